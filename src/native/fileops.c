@@ -1,0 +1,83 @@
+// Linux file-space system calls Node.js does not expose: hole punching,
+// zero ranges and SEEK_DATA/SEEK_HOLE. Used by the file block device for
+// thin provisioning (UNMAP, WRITE SAME with UNMAP, GET LBA STATUS).
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <string.h>
+#include <unistd.h>
+#include <node_api.h>
+
+static napi_value throw_errno(napi_env env, const char *what, int err) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
+  napi_value code, message, error;
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message);
+  napi_create_int32(env, err, &code);
+  napi_create_error(env, NULL, message, &error);
+  napi_set_named_property(env, error, "errno", code);
+  napi_throw(env, error);
+  return NULL;
+}
+
+static int get_args(napi_env env, napi_callback_info info, size_t want, int32_t *fd, int64_t *a, int64_t *b) {
+  size_t argc = 3;
+  napi_value argv[3];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) {
+    napi_throw_type_error(env, NULL, "wrong number of arguments");
+    return 0;
+  }
+  if (napi_get_value_int32(env, argv[0], fd) != napi_ok ||
+      napi_get_value_int64(env, argv[1], a) != napi_ok ||
+      (want > 2 && napi_get_value_int64(env, argv[2], b) != napi_ok)) {
+    napi_throw_type_error(env, NULL, "arguments must be numbers");
+    return 0;
+  }
+  return 1;
+}
+
+static napi_value fallocate_mode(napi_env env, napi_callback_info info, int mode, const char *what) {
+  int32_t fd; int64_t off, len;
+  if (!get_args(env, info, 3, &fd, &off, &len)) return NULL;
+  if (fallocate(fd, mode, off, len) != 0) return throw_errno(env, what, errno);
+  napi_value undef;
+  napi_get_undefined(env, &undef);
+  return undef;
+}
+
+// punchHole(fd, offset, length): deallocate; reads return zeros afterwards.
+static napi_value punch_hole(napi_env env, napi_callback_info info) {
+  return fallocate_mode(env, info, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, "fallocate(PUNCH_HOLE)");
+}
+
+// zeroRange(fd, offset, length): zero without writing data blocks.
+static napi_value zero_range(napi_env env, napi_callback_info info) {
+  return fallocate_mode(env, info, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, "fallocate(ZERO_RANGE)");
+}
+
+// seek(fd, offset, whence) -> offset, or -1 when there is no data/hole past offset (ENXIO).
+static napi_value seek_common(napi_env env, napi_callback_info info, int whence, const char *what) {
+  int32_t fd; int64_t off, unused = 0;
+  if (!get_args(env, info, 2, &fd, &off, &unused)) return NULL;
+  off_t r = lseek(fd, off, whence);
+  if (r < 0 && errno != ENXIO) return throw_errno(env, what, errno);
+  napi_value out;
+  napi_create_int64(env, r < 0 ? -1 : (int64_t)r, &out);
+  return out;
+}
+static napi_value seek_data(napi_env env, napi_callback_info info) { return seek_common(env, info, SEEK_DATA, "lseek(SEEK_DATA)"); }
+static napi_value seek_hole(napi_env env, napi_callback_info info) { return seek_common(env, info, SEEK_HOLE, "lseek(SEEK_HOLE)"); }
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default, NULL},
+    {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_default, NULL},
+    {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default, NULL},
+    {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,31 @@
+// Typed loader for the fileops native addon (built by node-gyp into build/Release).
+import { createRequire } from 'node:module';
+
+export interface FileOps {
+  /** Deallocate [offset, offset+length); later reads return zeros. */
+  punchHole(fd: number, offset: number, length: number): void;
+  /** Zero [offset, offset+length) without writing data blocks. */
+  zeroRange(fd: number, offset: number, length: number): void;
+  /** Next offset >= offset that holds data, or -1 if none. */
+  seekData(fd: number, offset: number): number;
+  /** Next offset >= offset that is a hole (EOF counts as one), or -1. */
+  seekHole(fd: number, offset: number): number;
+}
+
+const require = createRequire(import.meta.url);
+
+function load(): FileOps {
+  // Works from src/native (tsx) and dist/src/native (compiled).
+  const candidates = ['../../build/Release/fileops.node', '../../../build/Release/fileops.node'];
+  const errors: string[] = [];
+  for (const c of candidates) {
+    try {
+      return require(c) as FileOps;
+    } catch (e) {
+      errors.push(`${c}: ${(e as Error).message}`);
+    }
+  }
+  throw new Error(`fileops native addon not built (run npm run build): ${errors.join('; ')}`);
+}
+
+export const fileOps: FileOps = load();
