@@ -1,0 +1,66 @@
+// `tabula target`: serve one file as LUN 0 of one iSCSI target, without the
+// controller or tables. Useful by itself and the baseline for the table-driven path.
+import type { Argv } from 'yargs';
+import { FileBlockDevice } from '../blockdev/file-device.js';
+import { IscsiPortalServer } from '../iscsi/portal-server.js';
+import { TargetRegistry } from '../iscsi/target-registry.js';
+import { ScsiTargetDevice } from '../scsi/target-device.js';
+import { log } from '../util/log.js';
+import { parseHostPort, parseSize } from '../util/size.js';
+import { parseCredentials } from './credentials.js';
+import { runUntilSignal } from './signals.js';
+
+export const DEFAULT_TARGET_IQN = 'iqn.2026-11.org.tabula:target';
+
+interface TargetArgs {
+  file: string;
+  size?: string;
+  portal: string;
+  iqn: string;
+  chap?: string;
+  'mutual-chap'?: string;
+  'block-size': number;
+  'allow-initiator'?: string[];
+  'read-only': boolean;
+}
+
+export function targetCommand(y: Argv): Argv {
+  return y.command<TargetArgs>(
+    'target',
+    'serve one file as LUN 0 of an iSCSI target',
+    (a) =>
+      a
+        .option('file', { type: 'string', demandOption: true, describe: 'backing file (created sparse if missing and --size is given)' })
+        .option('size', { type: 'string', describe: 'create or grow the file to this size (e.g. 1GiB)' })
+        .option('portal', { type: 'string', default: '127.0.0.1:3260', describe: 'HOST:PORT to listen on' })
+        .option('iqn', { type: 'string', default: DEFAULT_TARGET_IQN, describe: 'target name' })
+        .option('chap', { type: 'string', describe: 'USER:SECRET the initiator must present (CHAP)' })
+        .option('mutual-chap', { type: 'string', describe: 'USER:SECRET the target presents (mutual CHAP)' })
+        .option('block-size', { type: 'number', default: 512, choices: [512, 4096], describe: 'logical block size' })
+        .option('allow-initiator', { type: 'string', array: true, describe: 'initiator IQN allowed to log in (repeatable; default: any)' })
+        .option('read-only', { type: 'boolean', default: false, describe: 'refuse writes (DATA PROTECT)' }) as unknown as Argv<TargetArgs>,
+    async (args) => {
+      const portal = parseHostPort(args.portal, 3260);
+      const size = args.size === undefined ? undefined : parseSize(args.size);
+      const chap = args.chap ? parseCredentials(args.chap, '--chap') : undefined;
+      const mutualChap = args['mutual-chap'] ? parseCredentials(args['mutual-chap'], '--mutual-chap') : undefined;
+      if (mutualChap && !chap) throw new Error('--mutual-chap needs --chap as well');
+      const blockSize = args['block-size'] as 512 | 4096;
+      const device = await FileBlockDevice.open(args.file, { size, blockSize, readOnly: args['read-only'] });
+      const scsi = new ScsiTargetDevice({ name: args.iqn, portGroups: [{ id: 1, relativePortIds: [1] }] });
+      scsi.addLun(0, device, { readOnly: args['read-only'], lunId: `${args.iqn}/${args.file}` });
+      const registry = new TargetRegistry();
+      registry.add({ name: args.iqn, chap, mutualChap, allowedInitiators: args['allow-initiator'] ?? null, portals: [] }, scsi);
+      const server = new IscsiPortalServer(registry, { host: portal.host, port: portal.port, tpgt: 1 });
+      const addr = await server.listen();
+      const host = portal.host.includes(':') ? `[${portal.host}]` : portal.host;
+      process.stdout.write(`iscsi://${host}:${addr.port}/${args.iqn}/0\n`);
+      await runUntilSignal(async (signal) => {
+        log.info('stopping target', { signal });
+        await server.close();
+        await device.flush().catch(() => undefined);
+        await device.close();
+      });
+    },
+  );
+}
