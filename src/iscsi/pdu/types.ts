@@ -350,3 +350,53 @@ export type TargetPdu =
   | RejectPdu;
 
 export type Pdu = InitiatorPdu | TargetPdu;
+
+// ---- Additions for the codec (parser.ts / encode.ts); nothing above changes. ----
+
+/** AHSType values (RFC 7143 11.2.2). */
+export const enum AhsType {
+  ExtendedCdb = 1,
+  BidiReadLength = 2,
+}
+
+/** Which digests are in force on a connection (CRC32C or None). */
+export interface DigestSettings {
+  header: boolean;
+  data: boolean;
+}
+
+export interface ParserOptions {
+  /** HeaderDigest=CRC32C in force from the first PDU (default false). */
+  headerDigest?: boolean;
+  /** DataDigest=CRC32C in force from the first PDU (default false). */
+  dataDigest?: boolean;
+  /** Our MaxRecvDataSegmentLength (default 8192, the RFC 7143 default). */
+  maxDataSegmentLength?: number;
+  /**
+   * Above this (or above maxDataSegmentLength, whichever is larger) a data
+   * segment length is taken as a sign of a desynchronised stream and is fatal
+   * instead of skipped (default 1 MiB).
+   */
+  hardMaxDataSegmentLength?: number;
+}
+
+export interface ParseOk {
+  ok: true;
+  pdu: Pdu;
+  /** The raw 48-byte BHS, e.g. for the data segment of a Reject. */
+  header: Buffer;
+}
+
+export interface ParseError {
+  ok: false;
+  /** The stream cannot be resynchronised: close the connection. */
+  fatal: boolean;
+  reason: RejectReason;
+  message: string;
+  /** The raw 48-byte BHS of the offending PDU, when it could be framed. */
+  header?: Buffer;
+  /** The decoded PDU, when it decoded (e.g. a data digest error). */
+  pdu?: Pdu;
+}
+
+export type ParseResult = ParseOk | ParseError;
