@@ -288,7 +288,8 @@ export class PduParser {
       if (this.head === this.chunks.length) {
         this.chunks.length = 0;
         this.head = 0;
-      } else if (this.head >= 64) {
+      } else if (this.head >= 64 && this.head * 2 >= this.chunks.length) {
+        // Amortised compaction: never re-shift a long tail on every consumed chunk.
         this.chunks.splice(0, this.head);
         this.head = 0;
       }
