@@ -1,0 +1,35 @@
+// Readable text for a mapping table, like `dmsetup table`: one line per
+// extent, `first-last state [c=<container> off=<offset>]`. Used by
+// `tabula vdisk table`; ranges are inclusive vdisk segment numbers and
+// offsets are in segments.
+
+import type { MappingTable } from './mapping-table.js';
+import { toExtents, type Extent } from './extents.js';
+import { segmentStateName } from './segment-state.js';
+
+export interface FormatOptions {
+  /** Print whole container UUIDs instead of their first 8 characters. */
+  fullIds?: boolean;
+  /** Start with a `#` line giving version and geometry. */
+  header?: boolean;
+}
+
+export function formatExtent(e: Extent, opts: FormatOptions = {}): string {
+  const range = `${e.first}-${e.first + e.count - 1} ${segmentStateName(e.state)}`;
+  if (e.container === null) return range;
+  const id = opts.fullIds ? e.container : e.container.slice(0, 8);
+  return `${range} c=${id} off=${e.offset}`;
+}
+
+export function formatExtents(extents: readonly Extent[], opts: FormatOptions = {}): string {
+  return extents.map((e) => formatExtent(e, opts)).join('\n');
+}
+
+export function formatTable(table: MappingTable, opts: FormatOptions = {}): string {
+  const body = formatExtents(toExtents(table), opts);
+  if (!opts.header) return body;
+  const head =
+    `# ${table.name ? `vdisk ${table.name} ` : ''}version ${table.version}: ${table.segmentCount} segments` +
+    ` of ${table.segmentSize} bytes, block size ${table.blockSize}`;
+  return body ? `${head}\n${body}` : head;
+}

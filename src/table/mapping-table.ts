@@ -1,0 +1,634 @@
+// The mapping table of one vdisk: for each segment, its state and where it
+// lives (container, segment offset in that container). Kept in parallel typed
+// arrays (7 bytes per segment) so a 1 M-segment table is 7 MiB and every
+// lookup is O(1); shared by the controller and the agent, so no I/O here.
+
+import {
+  SegmentState,
+  isSegmentState,
+  segmentStateName,
+  stateHasLocation,
+  stateNeedsLocation,
+} from './segment-state.js';
+
+export const DEFAULT_SEGMENT_SIZE = 1 << 20;
+export const MIN_SEGMENT_SIZE = 64 << 10;
+/** Keeps container byte offsets (offset × segmentSize) exact in a double for any realistic container. */
+export const MAX_SEGMENT_SIZE = 1 << 30;
+export const DEFAULT_BLOCK_SIZE = 512;
+export const BLOCK_SIZES: readonly number[] = [512, 4096];
+/** Segment indices travel as uint32. */
+export const MAX_SEGMENT_COUNT = 0xffffffff;
+/** Container segment offsets are stored as uint32. */
+export const MAX_CONTAINER_OFFSET = 0xffffffff;
+/** Slots are stored +1 in a Uint16Array (0 = no container). */
+export const MAX_CONTAINERS = 0xffff;
+
+const NO_SLOT = 0;
+
+export interface TableGeometry {
+  /** Bytes per segment: a power of two, 64 KiB .. 1 GiB. */
+  readonly segmentSize: number;
+  /** Logical block size in bytes: 512 or 4096. */
+  readonly blockSize: number;
+  readonly segmentCount: number;
+}
+
+export interface TableMeta extends TableGeometry {
+  readonly version: number;
+}
+
+export interface TableOptions {
+  segmentCount: number;
+  segmentSize?: number;
+  blockSize?: number;
+  version?: number;
+  /** vdisk name, used only in error messages. */
+  name?: string;
+}
+
+/** One segment's entry. `container` is null and `offset` 0 when the state has no location. */
+export interface SegmentEntry {
+  readonly state: SegmentState;
+  readonly container: string | null;
+  /** Offset in the container, in segments. */
+  readonly offset: number;
+}
+
+/**
+ * What to store. Normal and no-write need a container and offset; error may
+ * have one (the failed location) or not; zero and invalid never do, so their
+ * container and offset are dropped.
+ */
+export interface EntryInput {
+  readonly state: SegmentState;
+  readonly container?: string | null;
+  readonly offset?: number;
+}
+
+/** One segment's share of an I/O. `bufferOffset` is in bytes from the start of the I/O's buffer. */
+export interface IoPiece {
+  seg: number;
+  lba: number;
+  blocks: number;
+  bufferOffset: number;
+}
+
+export type PieceCallback = (seg: number, lba: number, blocks: number, bufferOffset: number) => void;
+
+export interface Location {
+  seg: number;
+  state: SegmentState;
+  /** null when the segment has no location (zero, invalid, error without one). */
+  containerId: string | null;
+  /** Byte offset of the LBA in the container's data area; -1 when there is no location. */
+  byteOffset: number;
+}
+
+export interface StateCounts {
+  normal: number;
+  zero: number;
+  noWrite: number;
+  invalid: number;
+  error: number;
+  /** Segments that point at a container segment, whatever their state. */
+  allocated: number;
+}
+
+function isPowerOfTwo(n: number): boolean {
+  return Number.isInteger(n) && n > 0 && 2 ** Math.round(Math.log2(n)) === n;
+}
+
+/** Throws unless the geometry is one a vdisk may have. */
+export function checkGeometry(g: TableGeometry): void {
+  if (!isPowerOfTwo(g.segmentSize) || g.segmentSize < MIN_SEGMENT_SIZE || g.segmentSize > MAX_SEGMENT_SIZE) {
+    throw new RangeError(
+      `segment size ${g.segmentSize} invalid: must be a power of two from ${MIN_SEGMENT_SIZE} to ${MAX_SEGMENT_SIZE} bytes`,
+    );
+  }
+  if (!BLOCK_SIZES.includes(g.blockSize)) {
+    throw new RangeError(`block size ${g.blockSize} invalid: must be one of ${BLOCK_SIZES.join(', ')}`);
+  }
+  checkSegmentCount(g.segmentCount);
+}
+
+function checkSegmentCount(n: number): void {
+  if (!Number.isInteger(n) || n < 0 || n > MAX_SEGMENT_COUNT) {
+    throw new RangeError(`segment count ${n} invalid: must be an integer from 0 to ${MAX_SEGMENT_COUNT}`);
+  }
+}
+
+function checkVersion(v: number): void {
+  if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`table version ${v} invalid: must be a non-negative integer`);
+}
+
+/** An entry with its container and offset dropped where the state has none. */
+export interface NormalEntry {
+  state: SegmentState;
+  container: string | null;
+  offset: number;
+}
+
+function bad(what: string): never {
+  throw new RangeError(what);
+}
+
+/**
+ * normalizeEntry without context: throws a bare RangeError that callers
+ * prefix. Context strings are built only on failure, so bulk loads (a
+ * fragmented table is a million of these) stay cheap.
+ */
+export function checkEntry(entry: EntryInput, count: number, offsetStep: number): NormalEntry {
+  const { state } = entry;
+  if (!isSegmentState(state)) bad(`unknown state ${String(state)}`);
+  if (!Number.isInteger(offsetStep) || offsetStep < 0) bad(`offset step ${offsetStep} invalid: must be a non-negative integer`);
+  if (!stateHasLocation(state)) return { state, container: null, offset: 0 };
+  const container = entry.container === '' || entry.container === undefined ? null : entry.container;
+  if (container === null) {
+    if (stateNeedsLocation(state)) bad(`a ${segmentStateName(state)} entry needs a container`);
+    if (entry.offset !== undefined && entry.offset !== 0) bad(`offset ${entry.offset} given without a container`);
+    return { state, container: null, offset: 0 };
+  }
+  if (typeof container !== 'string') bad('container id must be a string');
+  const offset = entry.offset;
+  if (offset === undefined || !Number.isInteger(offset) || offset < 0 || offset > MAX_CONTAINER_OFFSET) {
+    bad(`container offset ${String(offset)} invalid: must be an integer from 0 to ${MAX_CONTAINER_OFFSET}`);
+  }
+  const last = offset + Math.max(0, count - 1) * offsetStep;
+  if (last > MAX_CONTAINER_OFFSET) bad(`container offset ${last} exceeds ${MAX_CONTAINER_OFFSET}`);
+  return { state, container, offset };
+}
+
+/** A RangeError from checkEntry with `where` put in front, for the caller to throw; other errors unchanged. */
+export function withContext(err: unknown, where: string): unknown {
+  return err instanceof RangeError ? new RangeError(`${where}: ${err.message}`) : err;
+}
+
+/**
+ * Checks an entry meant for `count` segments (offsets advancing by
+ * `offsetStep`) and returns it normalized; throws with `where` as context.
+ * An empty container id counts as none (protobuf's default string).
+ */
+export function normalizeEntry(entry: EntryInput, count = 1, offsetStep = 1, where = 'segment'): NormalEntry {
+  try {
+    return checkEntry(entry, count, offsetStep);
+  } catch (err) {
+    throw withContext(err, where);
+  }
+}
+
+export class MappingTable {
+  readonly segmentSize: number;
+  readonly blockSize: number;
+  readonly blocksPerSegment: number;
+  /** vdisk name for error messages ('' when unknown). */
+  readonly name: string;
+
+  #segmentCount: number;
+  #version: number;
+  #states: Uint8Array;
+  #slots: Uint16Array;
+  #offsets: Uint32Array;
+  #containers: string[] = [];
+  #slotById = new Map<string, number>();
+
+  /** A table of `segmentCount` zero segments. */
+  constructor(opts: TableOptions) {
+    const segmentSize = opts.segmentSize ?? DEFAULT_SEGMENT_SIZE;
+    const blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
+    checkGeometry({ segmentSize, blockSize, segmentCount: opts.segmentCount });
+    const version = opts.version ?? 0;
+    checkVersion(version);
+    this.segmentSize = segmentSize;
+    this.blockSize = blockSize;
+    this.blocksPerSegment = segmentSize / blockSize;
+    this.name = opts.name ?? '';
+    this.#segmentCount = opts.segmentCount;
+    this.#version = version;
+    this.#states = new Uint8Array(opts.segmentCount).fill(SegmentState.Zero);
+    this.#slots = new Uint16Array(opts.segmentCount);
+    this.#offsets = new Uint32Array(opts.segmentCount);
+  }
+
+  get segmentCount(): number {
+    return this.#segmentCount;
+  }
+
+  get version(): number {
+    return this.#version;
+  }
+
+  /** Capacity in logical blocks. */
+  get blockCount(): number {
+    return this.#segmentCount * this.blocksPerSegment;
+  }
+
+  get sizeBytes(): number {
+    return this.#segmentCount * this.segmentSize;
+  }
+
+  get meta(): TableMeta {
+    return {
+      segmentSize: this.segmentSize,
+      blockSize: this.blockSize,
+      segmentCount: this.#segmentCount,
+      version: this.#version,
+    };
+  }
+
+  /** Container UUIDs indexed by slot. May hold ids no segment uses any more (see pruneContainers). */
+  get containers(): readonly string[] {
+    return this.#containers;
+  }
+
+  /** Versions only move forward. */
+  setVersion(v: number): void {
+    checkVersion(v);
+    if (v < this.#version) throw new RangeError(`${this.#vdisk()}: version ${v} is older than current version ${this.#version}`);
+    this.#version = v;
+  }
+
+  bumpVersion(): number {
+    this.setVersion(this.#version + 1);
+    return this.#version;
+  }
+
+  // ---- per-segment lookups (hot path: no allocation) ----
+
+  stateOf(seg: number): SegmentState {
+    this.#checkSeg(seg);
+    return this.#states[seg] as SegmentState;
+  }
+
+  /** Index into `containers`, or -1 when the segment has no location. */
+  slotOf(seg: number): number {
+    this.#checkSeg(seg);
+    return (this.#slots[seg] as number) - 1;
+  }
+
+  containerOf(seg: number): string | null {
+    this.#checkSeg(seg);
+    const slot = this.#slots[seg] as number;
+    return slot === NO_SLOT ? null : (this.#containers[slot - 1] as string);
+  }
+
+  /** Offset in the container, in segments (0 when the segment has no location). */
+  containerOffsetOf(seg: number): number {
+    this.#checkSeg(seg);
+    return this.#offsets[seg] as number;
+  }
+
+  /** Byte offset of the segment's start in its container's data area, or -1 without a location. */
+  segmentByteOffset(seg: number): number {
+    this.#checkSeg(seg);
+    return this.#slots[seg] === NO_SLOT ? -1 : (this.#offsets[seg] as number) * this.segmentSize;
+  }
+
+  get(seg: number): SegmentEntry {
+    this.#checkSeg(seg);
+    return { state: this.#states[seg] as SegmentState, container: this.containerOf(seg), offset: this.#offsets[seg] as number };
+  }
+
+  segmentOf(lba: number): number {
+    this.#checkLba(lba);
+    return Math.floor(lba / this.blocksPerSegment);
+  }
+
+  locate(lba: number): Location {
+    const seg = this.segmentOf(lba);
+    const slot = this.#slots[seg] as number;
+    const state = this.#states[seg] as SegmentState;
+    if (slot === NO_SLOT) return { seg, state, containerId: null, byteOffset: -1 };
+    const within = (lba - seg * this.blocksPerSegment) * this.blockSize;
+    return {
+      seg,
+      state,
+      containerId: this.#containers[slot - 1] as string,
+      byteOffset: (this.#offsets[seg] as number) * this.segmentSize + within,
+    };
+  }
+
+  // ---- splitting an I/O into per-segment pieces ----
+
+  /** Number of segments the range [lba, lba+blocks) touches. */
+  pieceCount(lba: number, blocks: number): number {
+    this.#checkRange(lba, blocks);
+    if (blocks === 0) return 0;
+    const bps = this.blocksPerSegment;
+    return Math.floor((lba + blocks - 1) / bps) - Math.floor(lba / bps) + 1;
+  }
+
+  /** Calls `fn` once per segment piece, in LBA order, without allocating; returns the piece count. */
+  forEachPiece(lba: number, blocks: number, fn: PieceCallback): number {
+    this.#checkRange(lba, blocks);
+    const bps = this.blocksPerSegment;
+    const bs = this.blockSize;
+    let seg = Math.floor(lba / bps);
+    let cur = lba;
+    let left = blocks;
+    let bufferOffset = 0;
+    let n = 0;
+    while (left > 0) {
+      const take = Math.min(left, (seg + 1) * bps - cur);
+      fn(seg, cur, take, bufferOffset);
+      cur += take;
+      left -= take;
+      bufferOffset += take * bs;
+      seg++;
+      n++;
+    }
+    return n;
+  }
+
+  /** The pieces as an array sized exactly to the piece count. */
+  split(lba: number, blocks: number): IoPiece[] {
+    const out = new Array<IoPiece>(this.pieceCount(lba, blocks));
+    let i = 0;
+    this.forEachPiece(lba, blocks, (seg, l, b, bufferOffset) => {
+      out[i++] = { seg, lba: l, blocks: b, bufferOffset };
+    });
+    return out;
+  }
+
+  *pieces(lba: number, blocks: number): IterableIterator<IoPiece> {
+    this.#checkRange(lba, blocks);
+    const bps = this.blocksPerSegment;
+    let seg = Math.floor(lba / bps);
+    let cur = lba;
+    let left = blocks;
+    let bufferOffset = 0;
+    while (left > 0) {
+      const take = Math.min(left, (seg + 1) * bps - cur);
+      yield { seg, lba: cur, blocks: take, bufferOffset };
+      cur += take;
+      left -= take;
+      bufferOffset += take * this.blockSize;
+      seg++;
+    }
+  }
+
+  // ---- changes ----
+
+  set(seg: number, entry: EntryInput): void {
+    this.#checkSeg(seg);
+    this.setRange(seg, 1, entry, 0);
+  }
+
+  /**
+   * Sets `count` segments from `first`. For entries with a location, segment
+   * first+i maps to container offset `entry.offset + i * offsetStep`
+   * (offsetStep 1: a contiguous run; 0: every segment at the same offset).
+   */
+  setRange(first: number, count: number, entry: EntryInput, offsetStep = 1): void {
+    this.#checkSegRange(first, count);
+    let n: NormalEntry;
+    try {
+      n = checkEntry(entry, count, offsetStep);
+    } catch (err) {
+      throw withContext(err, count === 1 ? `${this.#vdisk()} segment ${first}` : `${this.#vdisk()} segments ${first}-${first + count - 1}`);
+    }
+    const { state, container, offset } = n;
+    if (count === 0) return;
+    const slot = container === null ? NO_SLOT : this.#intern(container);
+    if (count === 1) {
+      // Typed-array fill costs more than a store for one element; decoding
+      // a fragmented table is mostly these.
+      this.#states[first] = state;
+      this.#slots[first] = slot;
+      this.#offsets[first] = offset;
+      return;
+    }
+    const end = first + count;
+    this.#states.fill(state, first, end);
+    this.#slots.fill(slot, first, end);
+    if (slot === NO_SLOT || offsetStep === 0) {
+      this.#offsets.fill(slot === NO_SLOT ? 0 : offset, first, end);
+    } else {
+      const offsets = this.#offsets;
+      let o = offset;
+      for (let s = first; s < end; s++, o += offsetStep) offsets[s] = o;
+    }
+  }
+
+  /**
+   * Changes only the state of a range, keeping locations (normal to no-write
+   * for a snapshot, to error on a failure). Zero and invalid drop locations;
+   * normal and no-write need every segment to have one.
+   */
+  setStateRange(first: number, count: number, state: SegmentState): void {
+    this.#checkSegRange(first, count);
+    if (!isSegmentState(state)) throw new RangeError(`${this.#vdisk()} segment ${first}: unknown state ${String(state)}`);
+    const end = first + count;
+    if (stateNeedsLocation(state)) {
+      const at = this.#slots.subarray(first, end).indexOf(NO_SLOT);
+      if (at >= 0) {
+        throw new RangeError(
+          `${this.#vdisk()} segment ${first + at}: cannot become ${segmentStateName(state)} without a container location`,
+        );
+      }
+    }
+    this.#states.fill(state, first, end);
+    if (!stateHasLocation(state)) {
+      this.#slots.fill(NO_SLOT, first, end);
+      this.#offsets.fill(0, first, end);
+    }
+  }
+
+  setState(seg: number, state: SegmentState): void {
+    this.#checkSeg(seg);
+    this.setStateRange(seg, 1, state);
+  }
+
+  /** Grows (new segments zero) or shrinks the table. The version is the caller's to bump. */
+  resize(newSegmentCount: number): void {
+    checkSegmentCount(newSegmentCount);
+    const old = this.#segmentCount;
+    if (newSegmentCount === old) return;
+    const keep = Math.min(old, newSegmentCount);
+    const states = new Uint8Array(newSegmentCount);
+    const slots = new Uint16Array(newSegmentCount);
+    const offsets = new Uint32Array(newSegmentCount);
+    states.set(this.#states.subarray(0, keep));
+    slots.set(this.#slots.subarray(0, keep));
+    offsets.set(this.#offsets.subarray(0, keep));
+    states.fill(SegmentState.Zero, keep);
+    this.#states = states;
+    this.#slots = slots;
+    this.#offsets = offsets;
+    this.#segmentCount = newSegmentCount;
+  }
+
+  clone(): MappingTable {
+    const t = new MappingTable({
+      segmentCount: 0,
+      segmentSize: this.segmentSize,
+      blockSize: this.blockSize,
+      version: this.#version,
+      name: this.name,
+    });
+    t.#segmentCount = this.#segmentCount;
+    t.#states = this.#states.slice();
+    t.#slots = this.#slots.slice();
+    t.#offsets = this.#offsets.slice();
+    t.#containers = this.#containers.slice();
+    t.#slotById = new Map(this.#slotById);
+    return t;
+  }
+
+  /** Drops container ids no segment refers to, renumbering slots; returns how many were dropped. */
+  pruneContainers(): number {
+    const used = new Uint8Array(this.#containers.length + 1);
+    const slots = this.#slots;
+    for (let s = 0; s < this.#segmentCount; s++) used[slots[s] as number] = 1;
+    const remap = new Uint16Array(this.#containers.length + 1);
+    const kept: string[] = [];
+    for (let i = 0; i < this.#containers.length; i++) {
+      if (used[i + 1]) {
+        kept.push(this.#containers[i] as string);
+        remap[i + 1] = kept.length;
+      }
+    }
+    const dropped = this.#containers.length - kept.length;
+    if (dropped === 0) return 0;
+    for (let s = 0; s < this.#segmentCount; s++) slots[s] = remap[slots[s] as number] as number;
+    this.#containers = kept;
+    this.#slotById = new Map(kept.map((id, i) => [id, i + 1]));
+    return dropped;
+  }
+
+  // ---- whole-table views ----
+
+  /**
+   * End (exclusive, at most `limit`) of the run starting at `seg`: the
+   * segments that share its state and container and whose container offsets
+   * advance by one. One extent of the run-length encoding.
+   */
+  runEnd(seg: number, limit: number = this.#segmentCount): number {
+    this.#checkSeg(seg);
+    if (!Number.isInteger(limit) || limit > this.#segmentCount) {
+      throw new RangeError(`${this.#vdisk()} run limit ${limit} out of range (table has ${this.#segmentCount} segments)`);
+    }
+    const states = this.#states;
+    const slots = this.#slots;
+    const offsets = this.#offsets;
+    const state = states[seg];
+    const slot = slots[seg];
+    let s = seg + 1;
+    if (slot === NO_SLOT) {
+      while (s < limit && states[s] === state && slots[s] === NO_SLOT) s++;
+    } else {
+      let next = (offsets[seg] as number) + 1;
+      while (s < limit && states[s] === state && slots[s] === slot && offsets[s] === next) {
+        s++;
+        next++;
+      }
+    }
+    return s;
+  }
+
+  counts(): StateCounts {
+    const byState = [0, 0, 0, 0, 0];
+    let allocated = 0;
+    const states = this.#states;
+    const slots = this.#slots;
+    for (let s = 0; s < this.#segmentCount; s++) {
+      (byState[states[s] as number] as number)++;
+      if (slots[s] !== NO_SLOT) allocated++;
+    }
+    return {
+      normal: byState[SegmentState.Normal] as number,
+      zero: byState[SegmentState.Zero] as number,
+      noWrite: byState[SegmentState.NoWrite] as number,
+      invalid: byState[SegmentState.Invalid] as number,
+      error: byState[SegmentState.Error] as number,
+      allocated,
+    };
+  }
+
+  /** Same geometry, version and entries (container ids compared by value, not slot). */
+  equals(other: MappingTable): boolean {
+    if (
+      other.segmentSize !== this.segmentSize ||
+      other.blockSize !== this.blockSize ||
+      other.#segmentCount !== this.#segmentCount ||
+      other.#version !== this.#version
+    ) {
+      return false;
+    }
+    return this.firstDifference(other) < 0;
+  }
+
+  /** First segment (below both counts) whose entries differ, or -1. Ignores geometry and version. */
+  firstDifference(other: MappingTable): number {
+    const n = Math.min(this.#segmentCount, other.#segmentCount);
+    const slotMap = this.#slotTranslation(other);
+    const a = this.#states;
+    const b = other.#states;
+    const as = this.#slots;
+    const bs = other.#slots;
+    const ao = this.#offsets;
+    const bo = other.#offsets;
+    for (let s = 0; s < n; s++) {
+      if (a[s] !== b[s] || slotMap[as[s] as number] !== bs[s] || ao[s] !== bo[s]) return s;
+    }
+    return -1;
+  }
+
+  /**
+   * For each of this table's +1-encoded slots (index 0 = none), the matching
+   * +1-encoded slot in `other`, or -1 when `other` has no such container.
+   */
+  #slotTranslation(other: MappingTable): Int32Array {
+    const map = new Int32Array(this.#containers.length + 1);
+    for (let i = 0; i < this.#containers.length; i++) {
+      map[i + 1] = other.#slotById.get(this.#containers[i] as string) ?? -1;
+    }
+    return map;
+  }
+
+  // ---- internals ----
+
+  #intern(id: string): number {
+    let slot = this.#slotById.get(id);
+    if (slot === undefined) {
+      if (this.#containers.length >= MAX_CONTAINERS) {
+        throw new RangeError(`${this.#vdisk()}: more than ${MAX_CONTAINERS} containers in one table`);
+      }
+      this.#containers.push(id);
+      slot = this.#containers.length;
+      this.#slotById.set(id, slot);
+    }
+    return slot;
+  }
+
+  #vdisk(): string {
+    return this.name ? `vdisk ${this.name}` : 'vdisk';
+  }
+
+  #checkSeg(seg: number): void {
+    // seg >>> 0 === seg: an integer in uint32 range, checked in one step.
+    if (seg >>> 0 !== seg || seg >= this.#segmentCount) {
+      throw new RangeError(`${this.#vdisk()} segment ${seg} out of range (table has ${this.#segmentCount} segments)`);
+    }
+  }
+
+  #checkSegRange(first: number, count: number): void {
+    if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 0 || first + count > this.#segmentCount) {
+      throw new RangeError(
+        `${this.#vdisk()} segments ${first}+${count} out of range (table has ${this.#segmentCount} segments)`,
+      );
+    }
+  }
+
+  #checkLba(lba: number): void {
+    if (!Number.isInteger(lba) || lba < 0 || lba >= this.blockCount) {
+      throw new RangeError(`${this.#vdisk()} lba ${lba} out of range (${this.blockCount} blocks)`);
+    }
+  }
+
+  #checkRange(lba: number, blocks: number): void {
+    if (!Number.isInteger(lba) || !Number.isInteger(blocks) || lba < 0 || blocks < 0 || lba + blocks > this.blockCount) {
+      throw new RangeError(`${this.#vdisk()} lba ${lba} len ${blocks} out of range (${this.blockCount} blocks)`);
+    }
+  }
+}
