@@ -1,0 +1,183 @@
+// gRPC plumbing for proto/tabula.proto without a code generation step:
+// protobufjs reflection loads the .proto at run time and this module turns
+// its services into @grpc/grpc-js service definitions (serializers included)
+// and typed clients. Shared by the controller, the agent and the CLI.
+
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import protobuf from 'protobufjs';
+import type { AdminMethod, AdminReply, AdminRequest, AgentMessage, ControllerMessage, MalformedMessage } from './proto-types.js';
+
+export const PROTO_PACKAGE = 'tabula.v1';
+
+/** Finds proto/tabula.proto above this module (works from src/ under tsx and from dist/). */
+export function protoPath(): string {
+  const env = process.env.TABULA_PROTO_DIR;
+  if (env) return join(env, 'tabula.proto');
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    const p = join(dir, 'proto', 'tabula.proto');
+    if (existsSync(p)) return p;
+    dir = dirname(dir);
+  }
+  throw new Error(`proto/tabula.proto not found above ${fileURLToPath(import.meta.url)} (set TABULA_PROTO_DIR)`);
+}
+
+let root: protobuf.Root | undefined;
+
+export function protoRoot(): protobuf.Root {
+  if (root === undefined) {
+    const r = protobuf.loadSync(protoPath());
+    r.resolveAll();
+    root = r;
+  }
+  return root;
+}
+
+export function messageType(name: string): protobuf.Type {
+  return protoRoot().lookupType(`${PROTO_PACKAGE}.${name}`);
+}
+
+const TO_OBJECT: protobuf.IConversionOptions = { longs: Number, enums: Number, defaults: true, arrays: true, objects: true, oneofs: true };
+
+export function encodeMessage(type: protobuf.Type, obj: object): Buffer {
+  const u8 = type.encode(type.fromObject(obj as Record<string, unknown>)).finish();
+  return Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
+}
+
+export function decodeMessage<T>(type: protobuf.Type, buf: Buffer): T {
+  return type.toObject(type.decode(buf), TO_OBJECT) as T;
+}
+
+/**
+ * Decodes a stream message, yielding MalformedMessage instead of throwing:
+ * a throwing deserializer would make grpc-js cancel the whole stream with
+ * an opaque status, and the peer would never learn what was wrong.
+ */
+function lenientDecoder<T extends { body: string }>(type: protobuf.Type): (buf: Buffer) => T | MalformedMessage {
+  return (buf) => {
+    try {
+      const m = decodeMessage<Partial<T>>(type, buf);
+      if (typeof m.body !== 'string') return { body: 'malformed', reason: `${type.name} with no known message in it (${buf.length} bytes)` };
+      return m as T;
+    } catch (err) {
+      return { body: 'malformed', reason: `${type.name} does not decode (${buf.length} bytes): ${(err as Error).message}` };
+    }
+  };
+}
+
+function serviceDefinition(service: string, lenient: boolean): grpc.ServiceDefinition {
+  const svc = protoRoot().lookupService(`${PROTO_PACKAGE}.${service}`);
+  const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const m of Object.values(svc.methods)) {
+    m.resolve();
+    const req = m.resolvedRequestType as protobuf.Type;
+    const res = m.resolvedResponseType as protobuf.Type;
+    def[m.name] = {
+      path: `/${PROTO_PACKAGE}.${service}/${m.name}`,
+      requestStream: m.requestStream === true,
+      responseStream: m.responseStream === true,
+      requestSerialize: (v: unknown) => encodeMessage(req, v as object),
+      requestDeserialize: lenient && m.requestStream ? lenientDecoder(req) : (b: Buffer) => decodeMessage(req, b),
+      responseSerialize: (v: unknown) => encodeMessage(res, v as object),
+      responseDeserialize: lenient && m.responseStream ? lenientDecoder(res) : (b: Buffer) => decodeMessage(res, b),
+      originalName: m.name,
+    };
+  }
+  return def;
+}
+
+let agentDef: grpc.ServiceDefinition | undefined;
+let adminDef: grpc.ServiceDefinition | undefined;
+
+export function agentServiceDefinition(): grpc.ServiceDefinition {
+  agentDef ??= serviceDefinition('AgentService', true);
+  return agentDef;
+}
+
+export function adminServiceDefinition(): grpc.ServiceDefinition {
+  adminDef ??= serviceDefinition('AdminService', false);
+  return adminDef;
+}
+
+/** Metadata key for the shared-secret token (`authorization: Bearer <token>`). */
+export const AUTH_METADATA_KEY = 'authorization';
+
+export function authMetadata(token: string | undefined): grpc.Metadata {
+  const md = new grpc.Metadata();
+  if (token) md.set(AUTH_METADATA_KEY, `Bearer ${token}`);
+  return md;
+}
+
+export interface ClientOptions {
+  /** Shared-secret token, when the controller requires one. */
+  token?: string;
+  /** TLS credentials; insecure when omitted. */
+  credentials?: grpc.ChannelCredentials;
+}
+
+/** The agent's side of AgentService.Connect. */
+export type AgentStream = grpc.ClientDuplexStream<AgentMessage, ControllerMessage | MalformedMessage>;
+
+export class AgentServiceClient {
+  readonly #client: grpc.Client;
+  readonly #token: string | undefined;
+
+  constructor(address: string, opts: ClientOptions = {}) {
+    const Ctor = grpc.makeGenericClientConstructor(agentServiceDefinition(), 'AgentService');
+    this.#client = new Ctor(address, opts.credentials ?? grpc.credentials.createInsecure());
+    this.#token = opts.token;
+  }
+
+  connect(): AgentStream {
+    const def = agentServiceDefinition().Connect as grpc.MethodDefinition<AgentMessage, ControllerMessage | MalformedMessage>;
+    return this.#client.makeBidiStreamRequest(
+      def.path,
+      def.requestSerialize,
+      def.responseDeserialize,
+      authMetadata(this.#token),
+    );
+  }
+
+  close(): void {
+    this.#client.close();
+  }
+}
+
+/** AdminService with one promise-returning call per RPC; errors are grpc ServiceErrors (code + details). */
+export class AdminClient {
+  readonly #client: grpc.Client;
+  readonly #token: string | undefined;
+  readonly #deadlineMs: number;
+
+  constructor(address: string, opts: ClientOptions & { deadlineMs?: number } = {}) {
+    const Ctor = grpc.makeGenericClientConstructor(adminServiceDefinition(), 'AdminService');
+    this.#client = new Ctor(address, opts.credentials ?? grpc.credentials.createInsecure());
+    this.#token = opts.token;
+    this.#deadlineMs = opts.deadlineMs ?? 30_000;
+  }
+
+  call<M extends AdminMethod>(method: M, request: Partial<AdminRequest<M>>): Promise<AdminReply<M>> {
+    const def = adminServiceDefinition()[method] as grpc.MethodDefinition<Partial<AdminRequest<M>>, AdminReply<M>>;
+    return new Promise((resolve, reject) => {
+      this.#client.makeUnaryRequest(
+        def.path,
+        def.requestSerialize,
+        def.responseDeserialize,
+        request,
+        authMetadata(this.#token),
+        { deadline: Date.now() + this.#deadlineMs },
+        (err, value) => {
+          if (err) reject(err);
+          else resolve(value as AdminReply<M>);
+        },
+      );
+    });
+  }
+
+  close(): void {
+    this.#client.close();
+  }
+}

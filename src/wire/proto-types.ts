@@ -1,0 +1,388 @@
+// TypeScript shapes of the messages in proto/tabula.proto, as protobufjs
+// reflection produces and accepts them (camelCase, 64-bit integers as
+// numbers, enums as numbers). Decoded messages carry every scalar field
+// (proto3 defaults filled in); oneofs carry a `body` discriminant.
+
+import type { IoOp, SegmentState } from '../table/index.js';
+
+export const enum FaultAction {
+  Retry = 0,
+  Fail = 1,
+  Wait = 2,
+  Done = 3,
+}
+
+export const FAULT_ACTION_NAMES: readonly string[] = ['retry', 'fail', 'wait', 'done'];
+
+export interface WireExtent {
+  first: number;
+  count: number;
+  state: SegmentState;
+  /** '' for no container. */
+  container: string;
+  offset: number;
+}
+
+export interface ContainerRef {
+  id: string;
+  path: string;
+  size: number;
+  dataOffset: number;
+}
+
+// ---- agent -> controller ----
+
+export interface TableVersion {
+  vdiskId: string;
+  version: number;
+}
+
+export interface Register {
+  agentName: string;
+  portals: string[];
+  containers: ContainerRef[];
+  tables: TableVersion[];
+  softwareVersion: string;
+}
+
+export interface Heartbeat {
+  seq: number;
+  heldIos: number;
+}
+
+export interface TableAck {
+  vdiskId: string;
+  version: number;
+}
+
+export interface TableRequest {
+  vdiskId: string;
+  haveVersion: number;
+  reason: string;
+}
+
+export interface Fault {
+  faultId: number;
+  vdiskId: string;
+  tableVersion: number;
+  segment: number;
+  op: IoOp;
+  lba: number;
+  blocks: number;
+  state: SegmentState;
+  detail: string;
+}
+
+export interface CopyDone {
+  commandId: number;
+  ok: boolean;
+  error: string;
+}
+
+export interface Release {
+  requestId: number;
+  vdiskId: string;
+  tableVersion: number;
+  firstSegment: number;
+  segmentCount: number;
+}
+
+export type AgentMessage =
+  | { body: 'register'; register: Register }
+  | { body: 'heartbeat'; heartbeat: Heartbeat }
+  | { body: 'tableAck'; tableAck: TableAck }
+  | { body: 'tableRequest'; tableRequest: TableRequest }
+  | { body: 'fault'; fault: Fault }
+  | { body: 'copyDone'; copyDone: CopyDone }
+  | { body: 'release'; release: Release };
+
+// ---- controller -> agent ----
+
+export interface Welcome {
+  controllerId: string;
+  agentName: string;
+  heartbeatIntervalMs: number;
+  ackTimeoutMs: number;
+  holdTimeoutMs: number;
+  rejectedContainers: string[];
+}
+
+export interface Export {
+  vdiskId: string;
+  vdiskName: string;
+  targetIqn: string;
+  lun: number;
+  blockSize: number;
+  size: number;
+  segmentSize: number;
+  readOnly: boolean;
+}
+
+export interface ExportSet {
+  exports: Export[];
+}
+
+export interface TableFull {
+  vdiskId: string;
+  version: number;
+  segmentSize: number;
+  blockSize: number;
+  segmentCount: number;
+  containers: string[];
+  extents: WireExtent[];
+}
+
+export interface TableDeltaMsg {
+  vdiskId: string;
+  fromVersion: number;
+  toVersion: number;
+  segmentCount: number;
+  extents: WireExtent[];
+}
+
+export interface FaultReply {
+  faultId: number;
+  action: FaultAction;
+  tableVersion: number;
+  senseKey: number;
+  asc: number;
+  ascq: number;
+  reason: string;
+}
+
+export interface CopyCommand {
+  commandId: number;
+  srcContainer: string;
+  srcOffset: number;
+  dstContainer: string;
+  dstOffset: number;
+  length: number;
+}
+
+export interface ReleaseReply {
+  requestId: number;
+  ok: boolean;
+  tableVersion: number;
+  error: string;
+}
+
+export interface Fence {
+  vdiskId: string;
+  reason: string;
+}
+
+export interface ControllerError {
+  message: string;
+  fatal: boolean;
+}
+
+export type ControllerMessage =
+  | { body: 'welcome'; welcome: Welcome }
+  | { body: 'exportSet'; exportSet: ExportSet }
+  | { body: 'tableFull'; tableFull: TableFull }
+  | { body: 'tableDelta'; tableDelta: TableDeltaMsg }
+  | { body: 'faultReply'; faultReply: FaultReply }
+  | { body: 'copyCommand'; copyCommand: CopyCommand }
+  | { body: 'releaseReply'; releaseReply: ReleaseReply }
+  | { body: 'fence'; fence: Fence }
+  | { body: 'error'; error: ControllerError };
+
+/**
+ * What the stream deserializer yields for bytes that do not decode (or
+ * decode to an empty oneof): the service answers with ControllerError
+ * instead of letting the stream die.
+ */
+export interface MalformedMessage {
+  body: 'malformed';
+  reason: string;
+}
+
+// ---- admin ----
+
+export type Empty = Record<string, never>;
+
+export interface AddContainerRequest {
+  id: string;
+  path: string;
+  size: number;
+  dataOffset: number;
+  segmentSize: number;
+}
+
+export interface ContainerInfo {
+  id: string;
+  path: string;
+  size: number;
+  dataOffset: number;
+  segmentSize: number;
+  state: string;
+  segmentsTotal: number;
+  segmentsUsed: number;
+  agents: string[];
+}
+
+export interface ListContainersReply {
+  containers: ContainerInfo[];
+}
+
+export interface RemoveContainerRequest {
+  id: string;
+}
+
+export interface CreateVdiskRequest {
+  name: string;
+  size: number;
+  blockSize: number;
+  segmentSize: number;
+  thick: boolean;
+}
+
+export interface VdiskRef {
+  name: string;
+}
+
+export interface ExportInfo {
+  vdiskId: string;
+  vdiskName: string;
+  agent: string;
+  targetIqn: string;
+  lun: number;
+  readOnly: boolean;
+  ackedVersion: number;
+  fenced: boolean;
+}
+
+export interface VdiskInfo {
+  id: string;
+  name: string;
+  size: number;
+  blockSize: number;
+  segmentSize: number;
+  thin: boolean;
+  version: number;
+  created: string;
+  segmentCount: number;
+  segmentsAllocated: number;
+  allocatedBytes: number;
+  states: Record<string, number>;
+  exports: ExportInfo[];
+}
+
+export interface ListVdisksReply {
+  vdisks: VdiskInfo[];
+}
+
+export interface ResizeVdiskRequest {
+  name: string;
+  size: number;
+}
+
+export interface GetTableRequest {
+  name: string;
+  fullIds: boolean;
+}
+
+export interface TableReply {
+  vdiskId: string;
+  version: number;
+  segmentCount: number;
+  segmentSize: number;
+  blockSize: number;
+  extents: WireExtent[];
+  text: string;
+}
+
+export interface AddExportRequest {
+  vdisk: string;
+  agent: string;
+  targetIqn: string;
+  lun: number;
+  readOnly: boolean;
+}
+
+export interface ListExportsRequest {
+  vdisk: string;
+  agent: string;
+}
+
+export interface ListExportsReply {
+  exports: ExportInfo[];
+}
+
+export interface RemoveExportRequest {
+  vdisk: string;
+  agent: string;
+}
+
+export interface AgentInfo {
+  name: string;
+  online: boolean;
+  lastSeen: string;
+  portals: string[];
+  containers: string[];
+}
+
+export interface ListAgentsReply {
+  agents: AgentInfo[];
+}
+
+export interface FaultInfo {
+  id: number;
+  time: string;
+  agent: string;
+  vdiskId: string;
+  vdiskName: string;
+  segment: number;
+  op: string;
+  lba: number;
+  blocks: number;
+  state: string;
+  tableVersion: number;
+  outcome: string;
+  detail: string;
+}
+
+export interface ListFaultsRequest {
+  vdisk: string;
+  limit: number;
+}
+
+export interface ListFaultsReply {
+  faults: FaultInfo[];
+}
+
+export interface SetSegmentStateRequest {
+  vdisk: string;
+  first: number;
+  count: number;
+  state: SegmentState;
+}
+
+export interface CheckReply {
+  ok: boolean;
+  violations: string[];
+}
+
+/** Every AdminService RPC: request and reply types, by method name as in the .proto. */
+export interface AdminMethods {
+  AddContainer: [AddContainerRequest, ContainerInfo];
+  ListContainers: [Empty, ListContainersReply];
+  RemoveContainer: [RemoveContainerRequest, Empty];
+  CreateVdisk: [CreateVdiskRequest, VdiskInfo];
+  ListVdisks: [Empty, ListVdisksReply];
+  ShowVdisk: [VdiskRef, VdiskInfo];
+  RemoveVdisk: [VdiskRef, Empty];
+  ResizeVdisk: [ResizeVdiskRequest, VdiskInfo];
+  GetTable: [GetTableRequest, TableReply];
+  AddExport: [AddExportRequest, ExportInfo];
+  ListExports: [ListExportsRequest, ListExportsReply];
+  RemoveExport: [RemoveExportRequest, Empty];
+  ListAgents: [Empty, ListAgentsReply];
+  ListFaults: [ListFaultsRequest, ListFaultsReply];
+  SetSegmentState: [SetSegmentStateRequest, TableReply];
+  Check: [Empty, CheckReply];
+}
+
+export type AdminMethod = keyof AdminMethods;
+export type AdminRequest<M extends AdminMethod> = AdminMethods[M][0];
+export type AdminReply<M extends AdminMethod> = AdminMethods[M][1];
