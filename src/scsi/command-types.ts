@@ -37,6 +37,8 @@ export interface CommandSpec {
   skipsUnitAttention?: boolean;
   /** Allowed while a SANITIZE is in progress (INQUIRY, REPORT LUNS, REQUEST SENSE, ...). */
   allowedWhileBusy?: boolean;
+  /** Modifies the medium: refused with DATA PROTECT on a read-only LU before the handler runs. */
+  writesMedium?: boolean;
   /** CDB usage bitmap for REPORT SUPPORTED OPERATION CODES (one byte per CDB byte; bit set = field used). */
   cdbUsage: number[];
 }
