@@ -1,0 +1,177 @@
+// `tabula container init PATH [--size SIZE] [--force]`: make a file or block
+// device into a container by writing a label at its start. Creates a sparse
+// file when PATH does not exist; never overwrites an existing label (even a
+// damaged one) without `force`, because that would orphan every vdisk
+// segment stored there.
+import { randomUUID } from 'node:crypto';
+import * as fs from 'node:fs';
+import { DEFAULT_SEGMENT_SIZE } from '../table/mapping-table.js';
+import { call, callVoid, errnoName, readFully, sizeOf, writeFully, type ContainerMedium } from './fd-io.js';
+import {
+  DEFAULT_DATA_OFFSET,
+  LABEL_SIZE,
+  LABEL_VERSION,
+  LabelError,
+  checkLabel,
+  decodeLabel,
+  encodeLabel,
+  hasLabelMagic,
+  type ContainerLabel,
+} from './label.js';
+
+export interface InitOptions {
+  /** Container size in bytes. Needed to create a file; grows a smaller existing file; at most a device's size. */
+  size?: number;
+  /** Overwrite an existing (or damaged) label. The old container's data is abandoned, not erased. */
+  force?: boolean;
+  segmentSize?: number;
+  dataOffset?: number;
+  /** Container UUID to use (default: a random one). */
+  id?: string;
+  /** Creation time to record (default: now). */
+  createdMs?: number;
+}
+
+export interface InitResult {
+  label: ContainerLabel;
+  medium: ContainerMedium;
+  /** True when the file did not exist and was created. */
+  created: boolean;
+  /** Id of the label that `force` replaced, if any ('' for a damaged one). */
+  replaced?: string;
+}
+
+/**
+ * - `labelled`: already a container (use force); `existingId` names it ('' if its label is damaged);
+ * - `size`: size missing, invalid, too small, or not possible for this file/device;
+ * - `medium`: not a regular file or block device;
+ * - `io`: the open, read or write failed.
+ */
+export type InitErrorKind = 'labelled' | 'size' | 'medium' | 'io';
+
+export class ContainerInitError extends Error {
+  constructor(
+    readonly kind: InitErrorKind,
+    readonly path: string,
+    message: string,
+    readonly existingId?: string,
+  ) {
+    super(`${path}: ${message}`);
+    this.name = 'ContainerInitError';
+  }
+}
+
+export async function initContainer(path: string, opts: InitOptions = {}): Promise<InitResult> {
+  const segmentSize = opts.segmentSize ?? DEFAULT_SEGMENT_SIZE;
+  const dataOffset = opts.dataOffset ?? DEFAULT_DATA_OFFSET;
+  if (opts.size !== undefined && (!Number.isSafeInteger(opts.size) || opts.size <= 0)) {
+    throw new ContainerInitError('size', path, `size ${opts.size} is not a positive whole number of bytes`);
+  }
+  const { fd, created } = await openForInit(path, opts.size);
+  try {
+    let medium: ContainerMedium;
+    let actual: number;
+    try {
+      ({ medium, size: actual } = await sizeOf(fd, path));
+    } catch (e) {
+      throw new ContainerInitError('medium', path, `not a regular file or block device (${(e as Error).message})`);
+    }
+    let replaced: string | undefined;
+    if (!created) replaced = await existingLabel(fd, path, actual, opts.force === true);
+
+    const size = await settleSize(fd, path, medium, actual, opts.size);
+    const label: ContainerLabel = {
+      id: opts.id ?? randomUUID(),
+      formatVersion: LABEL_VERSION,
+      size,
+      dataOffset,
+      segmentSize,
+      createdMs: opts.createdMs ?? Date.now(),
+    };
+    try {
+      checkLabel(label, path);
+    } catch (e) {
+      throw new ContainerInitError('size', path, (e as Error).message.replace(`${path}: `, ''));
+    }
+    const block = encodeLabel(label);
+    try {
+      await writeFully(fd, block, 0, block.length, 0);
+      await callVoid((cb) => fs.fdatasync(fd, cb));
+    } catch (e) {
+      throw new ContainerInitError('io', path, `writing the label: ${errnoName(e)} ${(e as Error).message}`);
+    }
+    return replaced === undefined ? { label, medium, created } : { label, medium, created, replaced };
+  } catch (e) {
+    if (created) fs.rmSync(path, { force: true });
+    throw e;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+async function openForInit(path: string, size: number | undefined): Promise<{ fd: number; created: boolean }> {
+  const { O_RDWR, O_CREAT, O_EXCL } = fs.constants;
+  try {
+    return { fd: await call<number>((cb) => fs.open(path, O_RDWR, cb)), created: false };
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
+      throw new ContainerInitError('io', path, `cannot open read-write: ${(e as Error).message}`);
+    }
+  }
+  if (size === undefined) throw new ContainerInitError('size', path, 'does not exist: give a size to create it');
+  try {
+    return { fd: await call<number>((cb) => fs.open(path, O_RDWR | O_CREAT | O_EXCL, 0o600, cb)), created: true };
+  } catch (e) {
+    throw new ContainerInitError('io', path, `cannot create: ${(e as Error).message}`);
+  }
+}
+
+/** Refuses an existing label unless forced; returns the id it replaces (undefined when unlabelled). */
+async function existingLabel(fd: number, path: string, actual: number, force: boolean): Promise<string | undefined> {
+  const block = Buffer.alloc(Math.min(LABEL_SIZE, actual));
+  try {
+    await readFully(fd, block, 0, block.length, 0);
+  } catch (e) {
+    throw new ContainerInitError('io', path, `reading the first ${block.length} bytes: ${(e as Error).message}`);
+  }
+  if (!hasLabelMagic(block)) return undefined;
+  let id = '';
+  let what: string;
+  try {
+    id = decodeLabel(block).id;
+    what = `already a container (id ${id})`;
+  } catch (e) {
+    what = `holds a damaged container label (${e instanceof LabelError ? e.message : String(e)})`;
+  }
+  if (!force) throw new ContainerInitError('labelled', path, `${what}; use force to overwrite it`, id);
+  return id;
+}
+
+/** The size to record: grows a regular file to `wanted`, never shrinks; a device gives at most its size. */
+async function settleSize(
+  fd: number,
+  path: string,
+  medium: ContainerMedium,
+  actual: number,
+  wanted: number | undefined,
+): Promise<number> {
+  if (wanted === undefined) {
+    if (actual === 0) throw new ContainerInitError('size', path, 'is empty: give a size');
+    return actual;
+  }
+  if (medium === 'block') {
+    if (wanted > actual) throw new ContainerInitError('size', path, `size ${wanted} exceeds the device's ${actual} bytes`);
+    return wanted;
+  }
+  if (wanted < actual) {
+    throw new ContainerInitError('size', path, `file is ${actual} bytes, larger than the requested ${wanted} (refusing to shrink)`);
+  }
+  if (wanted > actual) {
+    try {
+      await callVoid((cb) => fs.ftruncate(fd, wanted, cb));
+    } catch (e) {
+      throw new ContainerInitError('io', path, `cannot grow to ${wanted} bytes: ${(e as Error).message}`);
+    }
+  }
+  return wanted;
+}
