@@ -10,6 +10,7 @@ import { good } from './command-types.js';
 import { inquiry } from './inquiry.js';
 import { modeSelect, modeSense } from './mode.js';
 import { getLbaStatus, unmap, writeSame } from './provisioning.js';
+import { persistentReserveIn, persistentReserveOut, release10, release6, reserve10, reserve6 } from './reservations.js';
 import { compareAndWrite, orWrite, preFetch, read, synchronizeCache, verify, write, writeAndVerify, writeAtomic } from './read-write.js';
 import {
   preventAllowMediumRemoval,
@@ -72,6 +73,9 @@ export const COMMANDS: readonly CommandSpec[] = [
   row(0x0a, 'WRITE(6)', write, 'write', [0, 0x1f, F, F, F, 0], W),
   row(0x12, 'INQUIRY', inquiry, 'allowed', [0, 0x01, F, F, F, 0], { skipsUnitAttention: true, allowedWhileBusy: true }),
   row(0x15, 'MODE SELECT(6)', modeSelect, 'conflict', [0, 0x10, 0, 0, F, 0], { dataOut: true }),
+  // RESERVE / RELEASE and PR IN / OUT check reservations themselves (reservations.ts)
+  row(0x16, 'RESERVE(6)', reserve6, 'allowed', [0, 0, 0, 0, 0, 0]),
+  row(0x17, 'RELEASE(6)', release6, 'allowed', [0, 0, 0, 0, 0, 0]),
   row(0x1a, 'MODE SENSE(6)', modeSense, 'read', [0, 0x08, F, F, F, 0]),
   row(0x1b, 'START STOP UNIT', startStopUnit, 'write', [0, 0x01, 0, 0x0f, 0xf7, 0]),
   row(0x1e, 'PREVENT ALLOW MEDIUM REMOVAL', preventAllowMediumRemoval, 'write', [0, 0, 0, 0, 0x03, 0]),
@@ -86,7 +90,15 @@ export const COMMANDS: readonly CommandSpec[] = [
   row(0x41, 'WRITE SAME(10)', writeSame, 'write', [0, 0x08, ...lba4, 0x1f, F, F, 0], W),
   row(0x42, 'UNMAP', unmap, 'write', [0, 0, 0, 0, 0, 0, 0x1f, F, F, 0], W),
   row(0x55, 'MODE SELECT(10)', modeSelect, 'conflict', [0, 0x10, 0, 0, 0, 0, 0, F, F, 0], { dataOut: true }),
+  row(0x56, 'RESERVE(10)', reserve10, 'allowed', [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+  row(0x57, 'RELEASE(10)', release10, 'allowed', [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
   row(0x5a, 'MODE SENSE(10)', modeSense, 'read', [0, 0x18, F, F, 0, 0, 0, F, F, 0]),
+  ...[0x00, 0x01, 0x02, 0x03].map((sa) =>
+    row(0x5e, 'PERSISTENT RESERVE IN', persistentReserveIn, 'allowed', [0, 0, 0, 0, 0, 0, 0, F, F, 0], { sa }),
+  ),
+  ...[0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07].map((sa) =>
+    row(0x5f, 'PERSISTENT RESERVE OUT', persistentReserveOut, 'allowed', [0, 0, F, 0, 0, F, F, F, F, 0], { sa, dataOut: true }),
+  ),
   row(0x88, 'READ(16)', read, 'read', [0, 0x18, ...lba8, ...lba4, 0x1f, 0]),
   row(0x89, 'COMPARE AND WRITE', compareAndWrite, 'write', [0, 0x18, ...lba8, 0, 0, 0, F, 0x1f, 0], W),
   row(0x8a, 'WRITE(16)', write, 'write', [0, 0x1a, ...lba8, ...lba4, 0x1f, 0], W),

@@ -19,6 +19,7 @@ import { lookupCommand } from './commands.js';
 import type { BlockLimits, DeviceServerLu, PortGroup } from './lu-context.js';
 import { defaultLimits } from './lu-context.js';
 import { ModeState } from './mode.js';
+import { Reservations } from './reservations.js';
 import type { Asc, SenseOptions } from './sense.js';
 import { buildSense, ReservationConflictError, ScsiError, Sense } from './sense.js';
 import type { Nexus, ScsiRequest, ScsiResponse } from './types.js';
@@ -37,7 +38,7 @@ export interface LogicalUnitOptions {
   readOnly?: boolean;
   /** Overrides of the VPD 0xB0 limits. */
   limits?: Partial<BlockLimits>;
-  /** Reservation state; defaults to one that never conflicts until reservations.ts is wired in. */
+  /** Reservation state (default: in-memory persistent reservations of this LU alone). */
   reservations?: ReservationGate;
   /** EXTENDED COPY is offered (3PC, VPD 0x8F). */
   thirdPartyCopy?: boolean;
@@ -45,15 +46,6 @@ export interface LogicalUnitOptions {
 
 /** At most this many unit attentions wait per nexus; later ones are dropped (SAM-5 allows reporting fewer). */
 const MAX_PENDING_UA = 16;
-
-/** A gate that never conflicts: used until a reservation implementation is supplied. */
-class NoReservations implements ReservationGate {
-  conflicts(): boolean {
-    return false;
-  }
-  onReset(): void {}
-  onNexusLost(): void {}
-}
 
 function sameAsc(a: Asc, b: Asc): boolean {
   return a.asc === b.asc && a.ascq === b.ascq && a.key === b.key;
@@ -99,7 +91,7 @@ export class LogicalUnit implements DeviceServerLu {
   ) {
     this.identity = opts.identity;
     this.readOnly = opts.readOnly ?? false;
-    this.reservations = opts.reservations ?? new NoReservations();
+    this.reservations = opts.reservations ?? new Reservations();
     this.limits = { ...defaultLimits(device.blockSize), ...opts.limits };
     this.thirdPartyCopy = opts.thirdPartyCopy ?? false;
     this.lastBlockCount = device.blockCount;

@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import { MemoryBlockDevice } from '../../../src/blockdev/memory-device.js';
+import { log } from '../../../src/util/log.js';
 import { TmfCode, TmfResult, makeNexus } from '../../../src/scsi/types.js';
 import { cdb, expectGood, expectSense, fixture, nexusA, nexusB, senseOf, TARGET } from './helpers.js';
 
@@ -54,7 +55,12 @@ describe('SCSI dispatch', () => {
       throw new TypeError('boom');
     };
     f.target.addLun(1, broken);
-    expectSense(await f.run(cdb.read10(0, 1), { lun: 1 }), 0x4, 0x44, 0x00);
+    log.silent = true; // the expected error line
+    try {
+      expectSense(await f.run(cdb.read10(0, 1), { lun: 1 }), 0x4, 0x44, 0x00);
+    } finally {
+      log.silent = false;
+    }
   });
 
   it('refuses medium writes on a read-only LU and reports WP', async () => {
