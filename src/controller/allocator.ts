@@ -1,0 +1,193 @@
+// Free-space allocation of container segments. The free map is the
+// complement of `container_segments` in the DB; this keeps it in memory as
+// sorted free runs per container so an allocation does not scan the map.
+// The DB stays the truth: callers allocate inside the transaction that
+// records the allocation, and `reload()` after a failed transaction.
+//
+// Placement: each request goes to the eligible container with the most free
+// segments (so vdisks spread across containers), as contiguous runs where
+// possible (so a thick vdisk is a few extents, not a million).
+
+import type { ContainerRow, ControllerDb, Location, VdiskRow } from './db.js';
+import { formatSize } from '../util/size.js';
+
+interface FreeRun {
+  start: number;
+  count: number;
+}
+
+interface ContainerSpace {
+  id: string;
+  total: number;
+  free: number;
+  /** Sorted, non-adjacent, non-overlapping. */
+  runs: FreeRun[];
+}
+
+export class ContainerFullError extends Error {
+  constructor(
+    readonly vdisk: string,
+    readonly needed: number,
+    readonly available: number,
+    readonly segmentSize: number,
+    detail: string,
+  ) {
+    super(
+      `container full: vdisk ${vdisk} needs ${needed} more segment${needed === 1 ? '' : 's'} of ${formatSize(segmentSize)}` +
+        ` but ${detail} ${available === 0 ? 'no free segments' : `only ${available} free`}`,
+    );
+    this.name = 'ContainerFullError';
+  }
+}
+
+/** A run of newly allocated container segments. */
+export interface AllocatedRun {
+  containerId: string;
+  offset: number;
+  count: number;
+}
+
+export class Allocator {
+  readonly #db: ControllerDb;
+  #space = new Map<string, ContainerSpace>();
+
+  constructor(db: ControllerDb) {
+    this.#db = db;
+    this.reload();
+  }
+
+  /** Rebuilds every free map from the DB. */
+  reload(): void {
+    this.#space.clear();
+    for (const c of this.#db.containers()) this.#load(c);
+  }
+
+  /** (Re)loads one container, e.g. after it was added. */
+  loadContainer(id: string): void {
+    const c = this.#db.container(id);
+    if (c) this.#load(c);
+    else this.#space.delete(id);
+  }
+
+  forget(id: string): void {
+    this.#space.delete(id);
+  }
+
+  #load(c: ContainerRow): void {
+    const used = this.#db.usedOffsets(c.id);
+    const runs: FreeRun[] = [];
+    let next = 0;
+    for (const o of used) {
+      if (o >= c.segmentsTotal) continue;
+      if (o > next) runs.push({ start: next, count: o - next });
+      next = o + 1;
+    }
+    if (next < c.segmentsTotal) runs.push({ start: next, count: c.segmentsTotal - next });
+    const free = runs.reduce((n, r) => n + r.count, 0);
+    this.#space.set(c.id, { id: c.id, total: c.segmentsTotal, free, runs });
+  }
+
+  freeSegments(containerId: string): number {
+    return this.#space.get(containerId)?.free ?? 0;
+  }
+
+  /**
+   * Containers a vdisk may allocate on: online, of the vdisk's segment size,
+   * and reached by every agent that exports the vdisk (any container when
+   * nobody exports it yet).
+   */
+  eligibleContainers(vdisk: VdiskRow): string[] {
+    const exporters = this.#db.exportsOfVdisk(vdisk.id).map((e) => e.agent);
+    const reach = exporters.map((a) => new Set(this.#db.agentContainers(a)));
+    return this.#db
+      .containers()
+      .filter((c) => c.state === 'online' && c.segmentSize === vdisk.segmentSize && reach.every((r) => r.has(c.id)))
+      .map((c) => c.id);
+  }
+
+  /**
+   * Takes `count` free container segments for `vdisk` (marks them used in
+   * memory only; the caller records them in the same DB transaction).
+   * Throws ContainerFullError, taking nothing, when they do not fit.
+   */
+  allocate(vdisk: VdiskRow, count: number, eligible: readonly string[] = this.eligibleContainers(vdisk)): AllocatedRun[] {
+    if (count <= 0) return [];
+    const spaces = eligible.map((id) => this.#space.get(id)).filter((s): s is ContainerSpace => s !== undefined);
+    const available = spaces.reduce((n, s) => n + s.free, 0);
+    if (available < count) {
+      const detail =
+        eligible.length === 0
+          ? 'no container is eligible (online, same segment size, reached by every exporting agent) and has'
+          : `its ${eligible.length} eligible container${eligible.length === 1 ? ' has' : 's have'}`;
+      throw new ContainerFullError(vdisk.name, count, available, vdisk.segmentSize, detail);
+    }
+    const out: AllocatedRun[] = [];
+    let left = count;
+    while (left > 0) {
+      let best = spaces[0] as ContainerSpace;
+      for (const s of spaces) if (s.free > best.free || (s.free === best.free && s.id < best.id)) best = s;
+      // Spread: a large request takes at most an even share of what is left
+      // from the emptiest container before the choice is made again.
+      const share = spaces.length > 1 && left > 1 ? Math.max(1, Math.ceil(left / spaces.filter((s) => s.free > 0).length)) : left;
+      let take = Math.min(share, best.free, left);
+      left -= take;
+      while (take > 0) {
+        const run = best.runs[0] as FreeRun;
+        const n = Math.min(run.count, take);
+        out.push({ containerId: best.id, offset: run.start, count: n });
+        run.start += n;
+        run.count -= n;
+        if (run.count === 0) best.runs.shift();
+        best.free -= n;
+        take -= n;
+      }
+    }
+    return out;
+  }
+
+  /** Returns reclaimed locations to the free maps. */
+  free(locations: readonly Location[]): void {
+    for (const l of locations) {
+      const s = this.#space.get(l.containerId);
+      if (!s || l.offset >= s.total) continue;
+      insertFree(s, l.offset);
+    }
+  }
+}
+
+/** Inserts one offset into a container's sorted free runs, merging neighbours. */
+function insertFree(s: ContainerSpace, offset: number): void {
+  const runs = s.runs;
+  let lo = 0;
+  let hi = runs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if ((runs[mid] as FreeRun).start <= offset) lo = mid + 1;
+    else hi = mid;
+  }
+  // runs[lo-1] starts at or before offset; runs[lo] after it.
+  const prev = lo > 0 ? (runs[lo - 1] as FreeRun) : undefined;
+  const next = lo < runs.length ? (runs[lo] as FreeRun) : undefined;
+  if (prev && offset < prev.start + prev.count) return; // already free
+  const joinsPrev = prev !== undefined && prev.start + prev.count === offset;
+  const joinsNext = next !== undefined && next.start === offset + 1;
+  if (joinsPrev && joinsNext) {
+    prev.count += 1 + next.count;
+    runs.splice(lo, 1);
+  } else if (joinsPrev) {
+    prev.count++;
+  } else if (joinsNext) {
+    next.start--;
+    next.count++;
+  } else {
+    runs.splice(lo, 0, { start: offset, count: 1 });
+  }
+  s.free++;
+}
+
+/** Expands runs into single locations. */
+export function runLocations(runs: readonly AllocatedRun[]): Location[] {
+  const out: Location[] = [];
+  for (const r of runs) for (let i = 0; i < r.count; i++) out.push({ containerId: r.containerId, offset: r.offset + i });
+  return out;
+}

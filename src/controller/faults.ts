@@ -1,0 +1,290 @@
+// Fault handling (design notes §2): one decision per segment however many
+// I/Os or agents fault on it together. Faults on one segment join a case;
+// the case looks at the segment's current state (the controller's table,
+// not the state the agent reported, which may be stale), performs at most
+// one table change at a time (allocate a zero segment, make a sole-owner
+// no-write segment writable), and then answers every waiting fault:
+//
+//   state now      op          answer
+//   normal         any         RETRY (the agent's table is behind)
+//   zero           read/verify RETRY
+//   zero           unmap       DONE (nothing to deallocate)
+//   zero           other write allocate, push, acks, RETRY
+//   no-write       write-ish   refcount 1: make normal, push, acks, RETRY;
+//                              shared: WAIT (copy-on-write comes with snapshots)
+//   invalid        any         WAIT, answered again when the state changes
+//   error          read/verify FAIL 03/11/00; others FAIL 03/0C/00
+//
+// Every fault is recorded for `tabula fault ls` with its outcome.
+
+import { IoOp, SegmentState, inhibits, isIoOp, isReadOp, isSegmentState, ioOpName, segmentStateName } from '../table/index.js';
+import { FaultAction, FAULT_ACTION_NAMES, type Fault, type FaultReply } from '../wire/proto-types.js';
+import { log } from '../util/log.js';
+import { ContainerFullError } from './allocator.js';
+import type { AgentLink } from './agent-link.js';
+import type { Controller } from './service.js';
+
+/** Sense data the controller hands out (key, asc, ascq). */
+export const SENSE = {
+  /** MEDIUM ERROR, UNRECOVERED READ ERROR. */
+  readError: [0x03, 0x11, 0x00],
+  /** MEDIUM ERROR, WRITE ERROR. */
+  writeError: [0x03, 0x0c, 0x00],
+  /** DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT (container full). */
+  spaceAllocationFailed: [0x07, 0x27, 0x07],
+  /** ILLEGAL REQUEST, LOGICAL BLOCK ADDRESS OUT OF RANGE. */
+  lbaOutOfRange: [0x05, 0x21, 0x00],
+  /** ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (vdisk not exported here). */
+  luNotSupported: [0x05, 0x25, 0x00],
+  /** HARDWARE ERROR, INTERNAL TARGET FAILURE (a fault the controller cannot act on). */
+  internalFailure: [0x04, 0x44, 0x00],
+} as const satisfies Record<string, readonly [number, number, number]>;
+
+type Sense = readonly [number, number, number];
+
+interface Waiter {
+  link: AgentLink;
+  fault: Fault;
+  recordId: number;
+  /** A WAIT reply already went out for it. */
+  toldWait: boolean;
+}
+
+interface SegmentCase {
+  key: string;
+  vdiskId: string;
+  seg: number;
+  waiters: Waiter[];
+  /** A decision (and maybe a table change) is in progress. */
+  busy: boolean;
+}
+
+type Decision =
+  | { kind: 'retry' }
+  | { kind: 'done' }
+  | { kind: 'fail'; sense: Sense; reason: string }
+  | { kind: 'wait'; reason: string }
+  | { kind: 'allocate' }
+  | { kind: 'make-writable' };
+
+const WRITE_LIKE = (op: IoOp): boolean => !isReadOp(op);
+
+/** The decision for one op on a segment in `state` with a location referenced `refcount` times. */
+export function decide(state: SegmentState, op: IoOp, refcount: number): Decision {
+  const inh = inhibits(state, op);
+  if (inh === 'proceed' || inh === 'zero-read') return { kind: 'retry' };
+  if (inh === 'fail') {
+    return isReadOp(op)
+      ? { kind: 'fail', sense: SENSE.readError, reason: 'segment is in state error' }
+      : { kind: 'fail', sense: SENSE.writeError, reason: 'segment is in state error' };
+  }
+  switch (state) {
+    case SegmentState.Zero:
+      return op === IoOp.Unmap ? { kind: 'done' } : { kind: 'allocate' };
+    case SegmentState.NoWrite:
+      if (WRITE_LIKE(op) && refcount <= 1) return { kind: 'make-writable' };
+      return { kind: 'wait', reason: 'segment is shared (no-write); copy-on-write is not available yet' };
+    case SegmentState.Invalid:
+      return { kind: 'wait', reason: 'segment is invalid' };
+    default:
+      return { kind: 'wait', reason: `segment is ${segmentStateName(state)}` };
+  }
+}
+
+export class FaultManager {
+  readonly #ctrl: Controller;
+  readonly #cases = new Map<string, SegmentCase>();
+
+  constructor(ctrl: Controller) {
+    this.#ctrl = ctrl;
+  }
+
+  /** Open cases (segments with faults waiting), for tests and metrics. */
+  get openCases(): number {
+    return this.#cases.size;
+  }
+
+  handle(link: AgentLink, f: Fault): void {
+    const agent = link.name as string;
+    const db = this.#ctrl.db;
+    const vdisk = db.vdisk(f.vdiskId);
+    const opName = isIoOp(f.op) ? ioOpName(f.op) : `op#${String(f.op)}`;
+    const stateName = isSegmentState(f.state) ? segmentStateName(f.state) : `state#${String(f.state)}`;
+    const recordId = db.insertFault({
+      agent,
+      vdiskId: f.vdiskId,
+      segment: f.segment,
+      op: opName,
+      lba: f.lba,
+      blocks: f.blocks,
+      state: stateName,
+      tableVersion: f.tableVersion,
+      detail: f.detail,
+    });
+    const w: Waiter = { link, fault: f, recordId, toldWait: false };
+    const reject = (sense: Sense, why: string): void => {
+      const msg = `fault ${f.faultId} from agent ${agent}: ${why}`;
+      log.error(msg);
+      link.sendError(msg);
+      this.#reply(w, { kind: 'fail', sense, reason: why }, 'error');
+    };
+    if (!vdisk) return reject(SENSE.luNotSupported, `unknown vdisk ${f.vdiskId}`);
+    if (!db.export(f.vdiskId, agent)) return reject(SENSE.luNotSupported, `vdisk ${vdisk.name} is not exported to this agent`);
+    if (!isIoOp(f.op)) return reject(SENSE.internalFailure, `unknown operation ${String(f.op)}`);
+    if (!isSegmentState(f.state)) return reject(SENSE.internalFailure, `unknown segment state ${String(f.state)}`);
+    if (!Number.isInteger(f.segment) || f.segment >= vdisk.segmentCount) {
+      return reject(SENSE.lbaOutOfRange, `segment ${f.segment} out of range (vdisk ${vdisk.name} has ${vdisk.segmentCount})`);
+    }
+    log.info(`fault: agent ${agent} vdisk ${vdisk.name} segment ${f.segment} ${opName} lba ${f.lba}+${f.blocks} in state ${stateName} (table v${f.tableVersion})`);
+    const key = `${f.vdiskId}:${f.segment}`;
+    let c = this.#cases.get(key);
+    if (c === undefined) {
+      c = { key, vdiskId: f.vdiskId, seg: f.segment, waiters: [], busy: false };
+      this.#cases.set(key, c);
+    }
+    c.waiters.push(w);
+    if (!c.busy) void this.#evaluate(c);
+  }
+
+  /** A table changed: cases left waiting on that vdisk look again. */
+  onTableChanged(vdiskId: string): void {
+    for (const c of this.#cases.values()) {
+      if (c.vdiskId === vdiskId && !c.busy && c.waiters.length > 0) void this.#evaluate(c);
+    }
+  }
+
+  /** The agent is gone: its held I/Os will be re-faulted after it reconnects. */
+  dropLink(link: AgentLink): void {
+    for (const c of [...this.#cases.values()]) {
+      const left = c.waiters.filter((w) => w.link !== link);
+      for (const w of c.waiters) if (w.link === link) this.#ctrl.db.setFaultOutcome(w.recordId, 'dropped', 'agent disconnected');
+      c.waiters = left;
+      if (left.length === 0 && !c.busy) this.#cases.delete(c.key);
+    }
+  }
+
+  async #evaluate(c: SegmentCase): Promise<void> {
+    c.busy = true;
+    try {
+      // Each round performs at most one table change, then looks again:
+      // faults that joined meanwhile are answered from the new state.
+      for (let round = 0; round < 4 && c.waiters.length > 0; round++) {
+        const ctrl = this.#ctrl;
+        const table = ctrl.table(c.vdiskId);
+        if (c.seg >= table.segmentCount) {
+          for (const w of c.waiters.splice(0)) this.#reply(w, { kind: 'fail', sense: SENSE.lbaOutOfRange, reason: 'segment beyond the end' });
+          break;
+        }
+        const row = ctrl.db.segment(c.vdiskId, c.seg);
+        const refcount =
+          row.containerId !== null && row.offset !== null ? (ctrl.db.containerSegment(row.containerId, row.offset)?.refcount ?? 0) : 0;
+        const decisions = c.waiters.map((w) => decide(row.state, w.fault.op, refcount));
+        const action = decisions.find((d) => d.kind === 'allocate' || d.kind === 'make-writable');
+        if (action !== undefined) {
+          const failed = await this.#act(c, action.kind as 'allocate' | 'make-writable', row.state);
+          if (failed !== null) {
+            // The action failed (e.g. container full): every fault that needed it fails.
+            const left: Waiter[] = [];
+            for (const w of c.waiters) {
+              const d = decide(row.state, w.fault.op, refcount);
+              if (d.kind === action.kind) this.#reply(w, failed, 'fail');
+              else left.push(w);
+            }
+            c.waiters = left;
+          }
+          continue;
+        }
+        const left: Waiter[] = [];
+        c.waiters.forEach((w, i) => {
+          const d = decisions[i] as Decision;
+          if (d.kind === 'wait') {
+            if (!w.toldWait) {
+              w.toldWait = true;
+              this.#send(w, FaultAction.Wait, [0, 0, 0], d.reason);
+              ctrl.db.setFaultOutcome(w.recordId, 'wait', d.reason);
+            }
+            left.push(w);
+          } else {
+            this.#reply(w, d);
+          }
+        });
+        c.waiters = left;
+        break;
+      }
+    } catch (err) {
+      log.error(`fault handling for vdisk ${c.vdiskId} segment ${c.seg} failed: ${(err as Error).message}`);
+      for (const w of c.waiters.splice(0)) {
+        this.#reply(w, { kind: 'fail', sense: SENSE.internalFailure, reason: (err as Error).message }, 'error');
+      }
+    } finally {
+      c.busy = false;
+      if (c.waiters.length === 0) this.#cases.delete(c.key);
+    }
+  }
+
+  /** Performs the one table change; null on success, else the failure to answer with. */
+  async #act(c: SegmentCase, kind: 'allocate' | 'make-writable', seen: SegmentState): Promise<Decision | null> {
+    const ctrl = this.#ctrl;
+    try {
+      await ctrl.changeTable(c.vdiskId, (ctx) => {
+        const row = ctrl.db.segment(c.vdiskId, c.seg);
+        // The state may have moved while we queued for the vdisk: act only
+        // on the state we decided for, and let the next round look again.
+        if (row.state !== seen) return;
+        if (kind === 'allocate') {
+          const [loc] = ctx.allocate(1);
+          if (loc === undefined) throw new Error('allocator returned nothing');
+          ctx.set(c.seg, SegmentState.Normal, loc);
+        } else if (row.containerId !== null && row.offset !== null) {
+          ctx.set(c.seg, SegmentState.Normal, { containerId: row.containerId, offset: row.offset });
+        }
+      });
+      return null;
+    } catch (err) {
+      if (err instanceof ContainerFullError) {
+        log.error(err.message);
+        return { kind: 'fail', sense: SENSE.spaceAllocationFailed, reason: err.message };
+      }
+      throw err;
+    }
+  }
+
+  #reply(w: Waiter, d: Decision, outcome?: string): void {
+    const version = this.#ctrl.db.vdisk(w.fault.vdiskId)?.version ?? 0;
+    let action: FaultAction;
+    let sense: Sense = [0, 0, 0];
+    let reason = '';
+    switch (d.kind) {
+      case 'retry':
+        action = FaultAction.Retry;
+        break;
+      case 'done':
+        action = FaultAction.Done;
+        break;
+      case 'fail':
+        action = FaultAction.Fail;
+        sense = d.sense;
+        reason = d.reason;
+        break;
+      default:
+        // 'wait' is sent by #evaluate; allocate/make-writable never reach here.
+        action = FaultAction.Wait;
+        reason = 'reason' in d ? d.reason : '';
+    }
+    this.#send(w, action, sense, reason, version);
+    this.#ctrl.db.setFaultOutcome(w.recordId, outcome ?? (FAULT_ACTION_NAMES[action] as string), reason);
+  }
+
+  #send(w: Waiter, action: FaultAction, sense: Sense, reason: string, version = 0): void {
+    const reply: FaultReply = {
+      faultId: w.fault.faultId,
+      action,
+      tableVersion: version,
+      senseKey: sense[0],
+      asc: sense[1],
+      ascq: sense[2],
+      reason,
+    };
+    w.link.send({ body: 'faultReply', faultReply: reply });
+  }
+}

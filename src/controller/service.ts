@@ -1,0 +1,625 @@
+// The controller's core: agent registry, table changes and their pushes, and
+// the AgentService stream handler. Every table change goes one way (design
+// notes §2.3): commit to SQLite (one transaction that bumps the version),
+// send the new version to every agent holding the vdisk, wait for each ack
+// (fencing an agent that misses the deadline), and only then reclaim old
+// locations, and only once every exporting agent has acked.
+//
+// Changes to one vdisk are serialized (a promise chain per vdisk); commit
+// and send happen in one synchronous step, so a TableRequest answered in
+// between always sees a version the pushes agree with.
+
+import { randomUUID } from 'node:crypto';
+import type * as grpc from '@grpc/grpc-js';
+import { MappingTable, SegmentState, extentsIn, toExtents, type Extent } from '../table/index.js';
+import type {
+  AgentMessage,
+  ContainerRef,
+  ControllerMessage,
+  Export,
+  MalformedMessage,
+  Register,
+  Release,
+  TableAck,
+  TableRequest,
+  WireExtent,
+} from '../wire/proto-types.js';
+import { log } from '../util/log.js';
+import { Allocator, runLocations } from './allocator.js';
+import { ControllerDb, TableChangeError, type Location, type VdiskRow } from './db.js';
+import { AgentLink, type AgentCall } from './agent-link.js';
+import { FaultManager } from './faults.js';
+
+export interface ControllerOptions {
+  /** How long an agent has to ack a table version before it is fenced (default 3000 ms). */
+  ackTimeoutMs?: number;
+  /** Heartbeat interval told to agents (default 2000 ms). */
+  heartbeatIntervalMs?: number;
+  /** Hold timeout told to agents (default 10000 ms, design notes §2.4). */
+  holdTimeoutMs?: number;
+  controllerId?: string;
+}
+
+/** What a table change did: the new version and the segments it touched. */
+export interface CommitResult {
+  vdiskId: string;
+  fromVersion: number;
+  version: number;
+  /** Sorted, disjoint [first, end) ranges of changed segments. */
+  ranges: [number, number][];
+  segmentCount: number;
+}
+
+/** What a change function may do inside its transaction. */
+export interface ChangeContext {
+  readonly vdisk: VdiskRow;
+  /** The version this change commits as. */
+  readonly version: number;
+  set(seg: number, state: SegmentState, location: Location | null): void;
+  /** Allocates `count` container segments for this vdisk (throws ContainerFullError). */
+  allocate(count: number): Location[];
+  /** Grows the vdisk (new segments zero). */
+  grow(size: number, segmentCount: number): void;
+}
+
+export const AGENT_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
+
+export class Controller {
+  readonly db: ControllerDb;
+  readonly allocator: Allocator;
+  readonly faults: FaultManager;
+  readonly id: string;
+  readonly ackTimeoutMs: number;
+  readonly heartbeatIntervalMs: number;
+  readonly holdTimeoutMs: number;
+  readonly #links = new Map<string, AgentLink>();
+  readonly #allLinks = new Set<AgentLink>();
+  readonly #tables = new Map<string, MappingTable>();
+  readonly #locks = new Map<string, Promise<unknown>>();
+  readonly #copies = new Map<number, { resolve: (err: string | null) => void; agent: string }>();
+  #nextCopyId = 1;
+  #closed = false;
+
+  constructor(db: ControllerDb, opts: ControllerOptions = {}) {
+    this.db = db;
+    this.allocator = new Allocator(db);
+    this.faults = new FaultManager(this);
+    this.id = opts.controllerId ?? randomUUID();
+    this.ackTimeoutMs = opts.ackTimeoutMs ?? 3000;
+    this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 2000;
+    this.holdTimeoutMs = opts.holdTimeoutMs ?? 10_000;
+  }
+
+  // ---- tables ----
+
+  /** The vdisk's current table (cached; the DB is the truth). */
+  table(vdiskId: string): MappingTable {
+    let t = this.#tables.get(vdiskId);
+    if (t === undefined) {
+      const v = this.db.vdisk(vdiskId);
+      if (!v) throw new TableChangeError(`vdisk ${vdiskId} does not exist`);
+      t = this.db.loadTable(v);
+      this.#tables.set(vdiskId, t);
+    }
+    return t;
+  }
+
+  /** Drops a cached table (vdisk removed). */
+  forgetTable(vdiskId: string): void {
+    this.#tables.delete(vdiskId);
+  }
+
+  /** Runs `fn` after every earlier serialized task of this vdisk. */
+  serialize<T>(vdiskId: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.#locks.get(vdiskId) ?? Promise.resolve();
+    const run = prev.then(fn, fn);
+    const tail = run.catch(() => undefined);
+    this.#locks.set(vdiskId, tail);
+    void tail.then(() => {
+      if (this.#locks.get(vdiskId) === tail) this.#locks.delete(vdiskId);
+    });
+    return run;
+  }
+
+  /**
+   * Commits a change in one transaction (bumping the version), updates the
+   * cached table and sends the new version to every agent holding the
+   * vdisk, all synchronously. Returns null when the change changed nothing
+   * (no version bump). Use through changeTable unless already serialized.
+   */
+  commitAndSend(vdiskId: string, change: (c: ChangeContext) => void): CommitResult | null {
+    const changed = new Set<number>();
+    let grownTo = -1;
+    const allocated: Location[] = [];
+    let result: CommitResult | null;
+    try {
+      result = this.db.tx(() => {
+        const vdisk = this.db.vdisk(vdiskId);
+        if (!vdisk) throw new TableChangeError(`vdisk ${vdiskId} does not exist`);
+        const version = this.db.bumpVersion(vdiskId);
+        const live: VdiskRow = { ...vdisk, version };
+        const ctx: ChangeContext = {
+          vdisk: live,
+          version,
+          set: (seg, state, location) => {
+            if (this.db.setSegment(live, seg, { state, location }, version)) changed.add(seg);
+          },
+          allocate: (count) => {
+            const locs = runLocations(this.allocator.allocate(live, count));
+            allocated.push(...locs);
+            return locs;
+          },
+          grow: (size, segmentCount) => {
+            if (segmentCount < live.segmentCount) {
+              throw new TableChangeError(`vdisk ${live.name}: shrinking (${live.segmentCount} to ${segmentCount} segments) is not supported`);
+            }
+            this.db.setVdiskSize(vdiskId, size, segmentCount);
+            (live as { size: number }).size = size;
+            if (segmentCount !== live.segmentCount) grownTo = segmentCount;
+            (live as { segmentCount: number }).segmentCount = segmentCount;
+          },
+        };
+        change(ctx);
+        if (changed.size === 0 && grownTo < 0) {
+          // Nothing to tell anyone: undo the version bump with the transaction.
+          throw new NoChange();
+        }
+        return { vdiskId, fromVersion: vdisk.version, version, ranges: toRanges(changed), segmentCount: live.segmentCount };
+      });
+    } catch (err) {
+      // Allocations were taken from the in-memory free map; the rollback
+      // undid them in the DB, so rebuild the map from it.
+      if (allocated.length > 0) this.allocator.reload();
+      if (err instanceof NoChange) return null;
+      throw err;
+    }
+    const table = this.table(vdiskId);
+    if (grownTo >= 0) table.resize(grownTo);
+    for (const [first, end] of result.ranges) {
+      for (let s = first; s < end; s++) table.set(s, tableEntryOf(this.db, vdiskId, s));
+    }
+    table.setVersion(result.version);
+    this.#send(result);
+    return result;
+  }
+
+  /** Serialized commit, send, wait for acks (fencing laggards) and reclaim. */
+  changeTable(vdiskId: string, change: (c: ChangeContext) => void): Promise<CommitResult | null> {
+    return this.serialize(vdiskId, async () => {
+      const r = this.commitAndSend(vdiskId, change);
+      if (r !== null) await this.awaitAcks(r);
+      return r;
+    });
+  }
+
+  #send(r: CommitResult): void {
+    const table = this.table(r.vdiskId);
+    let delta: WireExtent[] | null = null;
+    for (const link of this.#holders(r.vdiskId)) {
+      const held = link.held(r.vdiskId);
+      if (held === undefined || held.fenced || held.sent >= r.version) continue;
+      if (held.sent === r.fromVersion) {
+        delta ??= r.ranges.flatMap(([a, b]) => extentsIn(table, a, b)).map(wireExtent);
+        link.send({
+          body: 'tableDelta',
+          tableDelta: { vdiskId: r.vdiskId, fromVersion: r.fromVersion, toVersion: r.version, segmentCount: r.segmentCount, extents: delta },
+        });
+        link.noteSent(r.vdiskId, r.version, false);
+      } else {
+        this.sendFullTable(link, r.vdiskId);
+      }
+    }
+    this.faults.onTableChanged(r.vdiskId);
+  }
+
+  /** Waits for every online holder to ack r.version; fences those that do not; then reclaims. */
+  async awaitAcks(r: CommitResult): Promise<void> {
+    const holders = this.#holders(r.vdiskId).filter((l) => !(l.held(r.vdiskId)?.fenced ?? true));
+    const results = await Promise.all(holders.map((l) => l.waitAck(r.vdiskId, r.version, this.ackTimeoutMs)));
+    holders.forEach((l, i) => {
+      if (!results[i]) this.fence(l, r.vdiskId, `no ack of table version ${r.version} within ${this.ackTimeoutMs} ms`);
+    });
+    this.reclaim(r.vdiskId);
+  }
+
+  /** Frees locations released at versions every exporting agent has acked. */
+  reclaim(vdiskId: string): number {
+    const vdisk = this.db.vdisk(vdiskId);
+    const upTo = Math.min(this.db.minAckedVersion(vdiskId), vdisk?.version ?? Number.MAX_SAFE_INTEGER);
+    const freed = this.db.reclaim(vdiskId, upTo);
+    if (freed.length > 0) {
+      this.allocator.free(freed);
+      log.debug(`reclaimed ${freed.length} container segments released by vdisk ${vdisk?.name ?? vdiskId}`);
+    }
+    return freed.length;
+  }
+
+  fence(link: AgentLink, vdiskId: string, reason: string): void {
+    const held = link.held(vdiskId);
+    if (held) held.fenced = true;
+    const vd = this.db.vdisk(vdiskId);
+    log.warn(`fencing ${link.label} for vdisk ${vd?.name ?? vdiskId}: ${reason}`);
+    if (link.name !== null) {
+      this.db.setFenced(vdiskId, link.name, true);
+      this.db.event('fence', link.name, `vdisk ${vd?.name ?? vdiskId}: ${reason}`);
+    }
+    link.send({ body: 'fence', fence: { vdiskId, reason } });
+  }
+
+  sendFullTable(link: AgentLink, vdiskId: string): void {
+    const t = this.table(vdiskId);
+    const extents = toExtents(t);
+    const containers = [...new Set(extents.map((e) => e.container).filter((c): c is string => c !== null))];
+    link.send({
+      body: 'tableFull',
+      tableFull: {
+        vdiskId,
+        version: t.version,
+        segmentSize: t.segmentSize,
+        blockSize: t.blockSize,
+        segmentCount: t.segmentCount,
+        containers,
+        extents: extents.map(wireExtent),
+      },
+    });
+    link.noteSent(vdiskId, t.version, true);
+  }
+
+  #holders(vdiskId: string): AgentLink[] {
+    const out: AgentLink[] = [];
+    for (const l of this.#links.values()) if (!l.closed && l.held(vdiskId) !== undefined) out.push(l);
+    return out;
+  }
+
+  // ---- agents ----
+
+  link(agent: string): AgentLink | undefined {
+    const l = this.#links.get(agent);
+    return l && !l.closed ? l : undefined;
+  }
+
+  onlineAgents(): string[] {
+    return [...this.#links.values()].filter((l) => !l.closed).map((l) => l.name as string);
+  }
+
+  /** The export list an agent gets. */
+  exportsFor(agent: string): Export[] {
+    return this.db.exportsOfAgent(agent).flatMap((e) => {
+      const v = this.db.vdisk(e.vdiskId);
+      if (!v) return [];
+      return [
+        {
+          vdiskId: v.id,
+          vdiskName: v.name,
+          targetIqn: e.targetIqn,
+          lun: e.lun,
+          blockSize: v.blockSize,
+          size: v.size,
+          segmentSize: v.segmentSize,
+          readOnly: e.readOnly,
+        },
+      ];
+    });
+  }
+
+  /**
+   * Sends an agent its export set and a full table of every vdisk it newly
+   * serves; forgets vdisks no longer exported. Returns the vdisks sent.
+   */
+  syncExports(link: AgentLink, haveVersions: ReadonlyMap<string, number> = new Map()): string[] {
+    const name = link.name as string;
+    const exports = this.exportsFor(name);
+    link.send({ body: 'exportSet', exportSet: { exports } });
+    const want = new Set(exports.map((e) => e.vdiskId));
+    for (const id of [...link.tables.keys()]) if (!want.has(id)) link.drop(id);
+    const sent: string[] = [];
+    for (const e of exports) {
+      if (link.held(e.vdiskId) !== undefined) continue;
+      const t = this.table(e.vdiskId);
+      if (haveVersions.get(e.vdiskId) === t.version) {
+        // The agent kept this very version while away: nothing to send.
+        link.noteSent(e.vdiskId, t.version, true);
+        this.#applyAck(link, e.vdiskId, t.version);
+        continue;
+      }
+      this.sendFullTable(link, e.vdiskId);
+      sent.push(e.vdiskId);
+    }
+    return sent;
+  }
+
+  /** Waits for acks of full tables just sent; fences on timeout. */
+  #awaitInitial(link: AgentLink, vdiskIds: readonly string[]): void {
+    for (const id of vdiskIds) {
+      const version = link.held(id)?.sent ?? 0;
+      void link.waitAck(id, version, this.ackTimeoutMs).then((ok) => {
+        if (!ok && !link.closed && link.held(id) !== undefined) this.fence(link, id, `no ack of full table version ${version}`);
+      });
+    }
+  }
+
+  /** Export set changed for an agent (admin): resync it if online. */
+  exportsChanged(agent: string): void {
+    const link = this.link(agent);
+    if (!link) return;
+    this.#awaitInitial(link, this.syncExports(link));
+  }
+
+  // ---- copies ----
+
+  /** Commands an agent to copy; resolves with null on success or the error text. */
+  copy(agent: string, cmd: { srcContainer: string; srcOffset: number; dstContainer: string; dstOffset: number; length: number }): Promise<string | null> {
+    const link = this.link(agent);
+    if (!link) return Promise.resolve(`agent ${agent} is offline`);
+    const commandId = this.#nextCopyId++;
+    return new Promise((resolve) => {
+      this.#copies.set(commandId, { resolve, agent });
+      link.send({ body: 'copyCommand', copyCommand: { commandId, ...cmd } });
+    });
+  }
+
+  // ---- the stream ----
+
+  /** AgentService.Connect handler. */
+  connect(call: AgentCall): void {
+    const link = new AgentLink(call);
+    this.#allLinks.add(link);
+    call.on('data', (m: AgentMessage | MalformedMessage) => {
+      try {
+        this.#dispatch(link, m);
+      } catch (err) {
+        log.error(`message from ${link.label} failed`, { body: m.body, error: (err as Error).message });
+        link.sendError(`${m.body}: ${(err as Error).message}`);
+      }
+    });
+    const gone = (why: string) => () => this.#disconnected(link, why);
+    call.on('end', () => {
+      gone('stream ended')();
+      try {
+        call.end();
+      } catch {
+        // already closed
+      }
+    });
+    call.on('error', (err: grpc.ServiceError) => gone(`stream error: ${err.message}`)());
+    call.on('close', gone('stream closed'));
+    call.on('cancelled', gone('stream cancelled'));
+  }
+
+  #disconnected(link: AgentLink, why: string): void {
+    if (link.closed && !this.#allLinks.has(link)) return;
+    this.#allLinks.delete(link);
+    link.markClosed();
+    this.faults.dropLink(link);
+    for (const [id, c] of this.#copies) {
+      if (link.name !== null && c.agent === link.name) {
+        this.#copies.delete(id);
+        c.resolve(`agent ${link.name} disconnected`);
+      }
+    }
+    if (link.name !== null && this.#links.get(link.name) === link) {
+      this.#links.delete(link.name);
+      log.info(`agent ${link.name} disconnected: ${why}`);
+      this.db.event('agent', link.name, `disconnected: ${why}`);
+    }
+  }
+
+  #dispatch(link: AgentLink, m: AgentMessage | MalformedMessage): void {
+    if (m.body === 'malformed') {
+      log.error(`malformed message from ${link.label}: ${m.reason}`);
+      link.sendError(`malformed message: ${m.reason}`);
+      return;
+    }
+    if (m.body !== 'register' && link.name === null) {
+      log.error(`${link.label} sent ${m.body} before register`);
+      link.sendError(`${m.body} before register: send register first`, true);
+      link.close('protocol error: register first');
+      return;
+    }
+    switch (m.body) {
+      case 'register':
+        this.#onRegister(link, m.register);
+        return;
+      case 'heartbeat':
+        this.db.touchAgent(link.name as string);
+        return;
+      case 'tableAck':
+        this.#onAck(link, m.tableAck);
+        return;
+      case 'tableRequest':
+        this.#onTableRequest(link, m.tableRequest);
+        return;
+      case 'fault':
+        this.faults.handle(link, m.fault);
+        return;
+      case 'copyDone': {
+        const c = this.#copies.get(m.copyDone.commandId);
+        if (!c || c.agent !== link.name) {
+          link.sendError(`copyDone for unknown command ${m.copyDone.commandId}`);
+          return;
+        }
+        this.#copies.delete(m.copyDone.commandId);
+        c.resolve(m.copyDone.ok ? null : m.copyDone.error || 'copy failed');
+        return;
+      }
+      case 'release':
+        this.#onRelease(link, m.release);
+        return;
+      default: {
+        const body: string = (m as { body: string }).body;
+        log.error(`unknown message ${body} from ${link.label}`);
+        link.sendError(`unknown message ${body}`);
+      }
+    }
+  }
+
+  #onRegister(link: AgentLink, r: Register): void {
+    if (link.name !== null) {
+      link.sendError(`already registered as ${link.name}`);
+      return;
+    }
+    if (!AGENT_NAME_RE.test(r.agentName)) {
+      log.error(`register refused: bad agent name "${r.agentName}" from ${link.peer}`);
+      link.close(`bad agent name "${r.agentName}": use 1-64 of A-Z a-z 0-9 . _ -`);
+      return;
+    }
+    const old = this.#links.get(r.agentName);
+    if (old && !old.closed) {
+      log.warn(`agent ${r.agentName} reconnected from ${link.peer}; closing its old stream from ${old.peer}`);
+      old.close('replaced by a newer connection of the same agent');
+      this.#disconnected(old, 'replaced');
+    }
+    const accepted: { id: string; path: string }[] = [];
+    const rejected: string[] = [];
+    for (const c of r.containers) {
+      const why = this.#checkClaim(c);
+      if (why === null) accepted.push({ id: c.id, path: c.path });
+      else rejected.push(why);
+    }
+    for (const why of rejected) {
+      log.error(`agent ${r.agentName}: ${why}`);
+      link.sendError(why);
+    }
+    link.name = r.agentName;
+    this.#links.set(r.agentName, link);
+    this.db.registerAgent(r.agentName, r.portals, accepted);
+    this.db.event('agent', r.agentName, `registered from ${link.peer} with ${accepted.length} containers`);
+    log.info(`agent ${r.agentName} registered from ${link.peer}`, { portals: r.portals, containers: accepted.length, rejected: rejected.length });
+    link.send({
+      body: 'welcome',
+      welcome: {
+        controllerId: this.id,
+        agentName: r.agentName,
+        heartbeatIntervalMs: this.heartbeatIntervalMs,
+        ackTimeoutMs: this.ackTimeoutMs,
+        holdTimeoutMs: this.holdTimeoutMs,
+        rejectedContainers: rejected,
+      },
+    });
+    const have = new Map(r.tables.map((t) => [t.vdiskId, t.version]));
+    this.#awaitInitial(link, this.syncExports(link, have));
+  }
+
+  /** Null when the claim matches the registered container, else why not. */
+  #checkClaim(c: ContainerRef): string | null {
+    const reg = this.db.container(c.id);
+    if (!reg) return `container ${c.id} at ${c.path || '?'} is not registered with the controller (tabula container add)`;
+    if (reg.size !== c.size) return `container ${c.id} at ${c.path || '?'} claims size ${c.size} but is registered with size ${reg.size}`;
+    if (reg.dataOffset !== c.dataOffset) {
+      return `container ${c.id} at ${c.path || '?'} claims data offset ${c.dataOffset} but is registered with ${reg.dataOffset}`;
+    }
+    return null;
+  }
+
+  #onAck(link: AgentLink, a: TableAck): void {
+    const held = link.held(a.vdiskId);
+    if (held === undefined) {
+      link.sendError(`tableAck for vdisk ${a.vdiskId}, which this agent does not hold`);
+      return;
+    }
+    if (a.version > held.sent) {
+      link.sendError(`tableAck of vdisk ${a.vdiskId} version ${a.version}, but only version ${held.sent} was sent`);
+      return;
+    }
+    this.#applyAck(link, a.vdiskId, a.version);
+  }
+
+  #applyAck(link: AgentLink, vdiskId: string, version: number): void {
+    const name = link.name as string;
+    const unfenced = link.noteAck(vdiskId, version);
+    this.db.recordAck(vdiskId, name, version);
+    if (unfenced || this.db.export(vdiskId, name)?.fenced) {
+      if (!link.held(vdiskId)?.fenced) {
+        this.db.setFenced(vdiskId, name, false);
+        log.info(`agent ${name} re-synced vdisk ${vdiskId} at version ${version}; fence lifted`);
+      }
+    }
+    this.reclaim(vdiskId);
+  }
+
+  #onTableRequest(link: AgentLink, r: TableRequest): void {
+    const name = link.name as string;
+    if (!this.db.export(r.vdiskId, name)) {
+      log.error(`agent ${name} requested the table of vdisk ${r.vdiskId}, which is not exported to it`);
+      link.sendError(`table request: vdisk ${r.vdiskId} is not exported to agent ${name}`);
+      return;
+    }
+    log.info(`agent ${name} requests vdisk ${r.vdiskId} table (has version ${r.haveVersion}${r.reason ? `: ${r.reason}` : ''})`);
+    this.sendFullTable(link, r.vdiskId);
+    this.#awaitInitial(link, [r.vdiskId]);
+  }
+
+  #onRelease(link: AgentLink, r: Release): void {
+    const name = link.name as string;
+    const reply = (ok: boolean, version: number, error: string) =>
+      link.send({ body: 'releaseReply', releaseReply: { requestId: r.requestId, ok, tableVersion: version, error } });
+    const vdisk = this.db.vdisk(r.vdiskId);
+    if (!vdisk || !this.db.export(r.vdiskId, name)) {
+      const why = `release: vdisk ${r.vdiskId} ${vdisk ? 'is not exported to agent ' + name : 'does not exist'}`;
+      log.error(`agent ${name}: ${why}`);
+      reply(false, 0, why);
+      return;
+    }
+    const end = r.firstSegment + r.segmentCount;
+    if (r.segmentCount < 1 || end > vdisk.segmentCount) {
+      reply(false, vdisk.version, `release: segments ${r.firstSegment}+${r.segmentCount} out of range (vdisk ${vdisk.name} has ${vdisk.segmentCount})`);
+      return;
+    }
+    this.changeTable(r.vdiskId, (c) => {
+      for (const row of this.db.segmentRows(r.vdiskId, r.firstSegment, end)) {
+        // Only data-bearing writable-or-shared segments go back to zero;
+        // invalid and error stay for the admin.
+        if (row.state === SegmentState.Normal || row.state === SegmentState.NoWrite) c.set(row.seg, SegmentState.Zero, null);
+      }
+    }).then(
+      (res) => reply(true, res?.version ?? this.table(r.vdiskId).version, ''),
+      (err: Error) => {
+        log.error(`release of vdisk ${vdisk.name} segments ${r.firstSegment}+${r.segmentCount} failed: ${err.message}`);
+        reply(false, 0, err.message);
+      },
+    );
+  }
+
+  /** Ends every agent stream (controller shutdown). */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const l of this.#allLinks) {
+      l.close('controller shutting down');
+      this.faults.dropLink(l);
+    }
+    this.#allLinks.clear();
+    this.#links.clear();
+    for (const c of this.#copies.values()) c.resolve('controller shutting down');
+    this.#copies.clear();
+  }
+}
+
+class NoChange extends Error {}
+
+function toRanges(segs: Set<number>): [number, number][] {
+  const sorted = [...segs].sort((a, b) => a - b);
+  const out: [number, number][] = [];
+  for (const s of sorted) {
+    const last = out[out.length - 1];
+    if (last && last[1] === s) last[1] = s + 1;
+    else out.push([s, s + 1]);
+  }
+  return out;
+}
+
+function tableEntryOf(db: ControllerDb, vdiskId: string, seg: number): { state: SegmentState; container?: string; offset?: number } {
+  const r = db.segment(vdiskId, seg);
+  if (r.state === SegmentState.Zero || r.state === SegmentState.Invalid || r.containerId === null) return { state: r.state };
+  return { state: r.state, container: r.containerId, offset: r.offset ?? 0 };
+}
+
+export function wireExtent(e: Extent): WireExtent {
+  return { first: e.first, count: e.count, state: e.state, container: e.container ?? '', offset: e.offset };
+}
+
+export function fromWireExtent(e: WireExtent): Extent {
+  return { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
+}
+
+export type { ControllerMessage };
