@@ -5,6 +5,7 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import { log } from '../util/log.js';
 import { makeNexus } from '../scsi/types.js';
 import { Connection, type SessionFactory } from './connection.js';
+import type { NegotiatedParams } from './login/negotiation.js';
 import type { AdmitRequest, AdmitResult, LoginEnvironment, LoginOutcome } from './login/login-machine.js';
 import { Session, type SessionDirectory } from './session.js';
 import { defaultIscsiSettings, type IscsiSettings } from './settings.js';
@@ -26,6 +27,8 @@ export class IscsiPortalServer implements SessionDirectory, SessionFactory {
   private readonly connections = new Set<Connection>();
   private readonly sockets = new Set<Socket>();
   private nextTsih = 1;
+  /** Session-wide parameters of sessions being restarted on a new connection, by TSIH. */
+  private readonly carriedOver = new Map<number, NegotiatedParams>();
 
   constructor(
     readonly registry: TargetRegistry,
@@ -106,7 +109,10 @@ export class IscsiPortalServer implements SessionDirectory, SessionFactory {
       return { ok: true, tsih: this.allocTsih() };
     }
     if (same && same.tsih === req.tsih) {
-      // With MaxConnections=1 and ERL 0, a login naming the session restarts it.
+      // With MaxConnections=1 and ERL 0, a login naming the session restarts it on the
+      // new connection. Leading-only keys were Irrelevant in this login, so the session-wide
+      // values come from the old session.
+      this.carriedOver.set(req.tsih, same.params);
       same.terminate('connection reinstatement', false);
       return { ok: true, tsih: req.tsih };
     }
@@ -114,7 +120,9 @@ export class IscsiPortalServer implements SessionDirectory, SessionFactory {
   }
 
   createSession(outcome: LoginOutcome, conn: Connection, cmdSN: number): Session {
-    const p = outcome.params;
+    const old = this.carriedOver.get(outcome.tsih);
+    this.carriedOver.delete(outcome.tsih);
+    const p = old ? withSessionParams(outcome.params, old) : outcome.params;
     const target = outcome.target ? this.registry.get(outcome.target.name) : undefined;
     if (p.sessionType === 'Normal' && !target) throw new Error(`target ${outcome.target?.name ?? '?'} vanished during login`);
     const nexus = target ? makeNexus(p.initiatorName, outcome.isid, target.info.name, this.tpgt) : undefined;
@@ -151,4 +159,15 @@ export class IscsiPortalServer implements SessionDirectory, SessionFactory {
     for (const sock of this.sockets) sock.destroy();
     if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
   }
+}
+
+/** Connection-scoped values from `conn`, session-scoped ones from `session` (RFC 7143 13: key scopes). */
+function withSessionParams(conn: NegotiatedParams, session: NegotiatedParams): NegotiatedParams {
+  return {
+    ...session,
+    headerDigest: conn.headerDigest,
+    dataDigest: conn.dataDigest,
+    initiatorMaxRecvDataSegmentLength: conn.initiatorMaxRecvDataSegmentLength,
+    targetMaxRecvDataSegmentLength: conn.targetMaxRecvDataSegmentLength,
+  };
 }

@@ -597,11 +597,9 @@ export class Session {
       const chunks: Buffer[] = [];
       for (const [k, v] of pairs) {
         if (k === 'SendTargets') {
-          if (this.type === 'Normal' && v === 'All') {
-            // RFC 7143: in a normal session SendTargets=All is allowed too.
-          }
+          // In a normal session an empty value means this session's target.
           const value = this.type === 'Normal' && v === '' ? this.targetName ?? '' : v;
-          chunks.push(sendTargets(value, this.init.loginEnv, this.params.initiatorName));
+          chunks.push(sendTargets(value, this.init.loginEnv, this.params.initiatorName, this.type));
         } else {
           out.push([k, 'NotUnderstood']);
         }

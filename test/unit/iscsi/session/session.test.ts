@@ -268,6 +268,24 @@ describe('iSCSI session (full feature phase over a real socket)', function () {
     expect(port.lost.length).to.equal(1);
   });
 
+  it('restarts a session on a new connection that names its TSIH, keeping session-wide parameters', async () => {
+    const isid = 0x400001370043;
+    const first = await loggedIn({ MaxBurstLength: '65536', FirstBurstLength: '8192' }, isid);
+    const tsih = first.tsih;
+    const again = await client();
+    const r = await again.login({ targetName: IQN, isid, tsih });
+    expect(r.statusClass).to.equal(0);
+    expect(r.tsih).to.equal(tsih);
+    expect(await first.next(3000)).to.equal(null);
+    // A write larger than MaxBurstLength: every R2T must respect the old session's 64 KiB.
+    const blocks = 512;
+    const pdu = again.commandPdu(write10(0, blocks), { write: pattern(blocks * BLOCK, 1) });
+    again.send(pdu);
+    const p = await again.next();
+    if (p!.opcode !== Opcode.R2T) throw new Error(`expected R2T, got ${p!.opcode}`);
+    expect(p.desiredDataTransferLength).to.equal(65536);
+  });
+
   it('lists targets and portals with SendTargets in a discovery session', async () => {
     const c = await client();
     const r = await c.login({ sessionType: 'Discovery' });
