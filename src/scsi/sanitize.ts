@@ -38,6 +38,8 @@ export function setSanitizeRate(bytesPerSecond: number | null): void {
 
 interface LuSanitizeState {
   running: boolean;
+  /** The busy state of the running operation (its progress). */
+  busy?: BusyState;
   /** Set after a failed sanitize: the LU stays in failure mode until a sanitize succeeds or EXIT FAILURE MODE (if AUSE was set). */
   failed?: { ause: boolean };
 }
@@ -75,7 +77,11 @@ export async function sanitize(ctx: CommandContext): Promise<ScsiResponse> {
     throw ScsiError.cdb(7, undefined, `SANITIZE: parameter list length ${paramLen} is not valid for service action 0x${sa.toString(16)}`);
   }
   const state = stateOf(lu);
-  if (state.running) throw new ScsiError(Sense.notReadySanitizeInProgress, {}, 'SANITIZE already in progress');
+  // Also reached when the table lets SANITIZE through a busy LU (to leave failure mode).
+  if (state.running) {
+    const progress = state.busy?.progress();
+    throw new ScsiError(Sense.notReadySanitizeInProgress, progress === undefined ? {} : { progress }, 'SANITIZE already in progress');
+  }
 
   if (sa === SanitizeAction.ExitFailureMode) {
     if (state.failed) {
@@ -96,6 +102,7 @@ export async function sanitize(ctx: CommandContext): Promise<ScsiResponse> {
     progress: () => (total === 0 ? 0 : Math.min(0xffff, Math.floor((done / total) * 0x10000))),
   };
   state.running = true;
+  state.busy = busy;
   // Wait for commands already in progress, then turn every new one away.
   try {
     await lu.exclusive(async () => {

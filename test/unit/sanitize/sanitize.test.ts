@@ -118,7 +118,9 @@ describe('SANITIZE', () => {
     const busy = lu.busyState!;
     expect(busy.sense).to.deep.equal({ key: 2, asc: 0x04, ascq: 0x1b });
     // a second SANITIZE while one runs is NOT READY
-    expect((await run(cdb(2))).sense).to.deep.include({ key: 2, asc: 0x04, ascq: 0x1b });
+    const again = await run(cdb(2));
+    expect(again.sense).to.deep.include({ key: 2, asc: 0x04, ascq: 0x1b });
+    expect(again.senseBytes![15]).to.equal(0x80); // SKSV: progress indication follows
     await until(() => (busy.progress() ?? 0) > 0);
     await until(() => lu.busyState === null);
     expect((await dev.read(0, BLOCKS)).every((x) => x === 0x33)).to.equal(true);
