@@ -14,6 +14,7 @@ import type { Fault, FaultReply, Release, ReleaseReply } from '../wire/proto-typ
 import { FaultAction } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
 import type { ControllerLink } from './controller-link.js';
+import type { Fault as DeviceFault, FaultDecision, FaultSink, ReleaseRequest as DeviceRelease, ReleaseResult } from './fault.js';
 
 /** A fault without its id: what a device reports. */
 export type FaultReport = Omit<Fault, 'faultId' | 'detail'> & { detail?: string };
@@ -158,4 +159,44 @@ export class FaultChannel {
     this.#releases.clear();
     for (const p of pending) p.resolve(null);
   }
+}
+
+/** The controller's reply as the device's decision. */
+export function decisionOf(r: FaultReply): FaultDecision {
+  switch (r.action) {
+    case FaultAction.Retry:
+      return r.tableVersion > 0 ? { action: 'retry', minVersion: r.tableVersion } : { action: 'retry' };
+    case FaultAction.Fail:
+      return r.senseKey !== 0
+        ? { action: 'fail', sense: { key: r.senseKey, asc: r.asc, ascq: r.ascq }, reason: r.reason }
+        : { action: 'fail', reason: r.reason };
+    case FaultAction.Done:
+      return { action: 'done' };
+    default:
+      return { action: 'wait' };
+  }
+}
+
+/**
+ * The devices' FaultSink over the wire. A fault stays pending while the
+ * controller is away (the device enforces its hold timeout itself); it is
+ * forgotten here a little after that timeout so nothing piles up.
+ */
+export function wireFaultSink(channel: FaultChannel, holdTimeoutMs: () => number): FaultSink {
+  return {
+    async fault(f: DeviceFault): Promise<FaultDecision> {
+      const signal = AbortSignal.timeout(holdTimeoutMs() + 1000);
+      const reply = await channel.report(
+        { vdiskId: f.vdiskId, tableVersion: f.version, segment: f.segment, op: f.op, lba: f.lba, blocks: f.blocks, state: f.state, detail: f.detail },
+        signal,
+      );
+      return decisionOf(reply);
+    },
+    async release(r: DeviceRelease): Promise<ReleaseResult> {
+      const reply = await channel.release({ vdiskId: r.vdiskId, tableVersion: r.version, firstSegment: r.firstSegment, segmentCount: r.segmentCount });
+      // Rejecting means "not delivered": the device zeroes in place instead.
+      if (reply === null) throw new Error('controller not reachable');
+      return reply.ok ? { ok: true, version: reply.tableVersion } : { ok: false, version: reply.tableVersion, error: reply.error };
+    },
+  };
 }

@@ -1,0 +1,428 @@
+// The agent daemon's core: turns what the controller says into LUNs and
+// tables, and keeps serving whatever it holds while the controller is away.
+//
+// - ExportSet: the complete set of LUNs; each vdisk gets one device (created
+//   once, kept across reconnects and LUN moves) placed as a LUN of its target.
+// - TableFull / TableDelta: applied strictly in arrival order per vdisk; the
+//   ack for version V goes out only after the device reports that old-version
+//   I/O on the changed segments has drained (design notes §2.3). A delta that
+//   does not start at the held version asks for the whole table, once.
+// - Fence: the vdisk's segments are invalid at once; deltas are ignored until
+//   the full table that the TableRequest brings.
+// - CopyCommand: run, then CopyDone.
+// - Reconnect: Register lists the tables held (not fenced ones) so the
+//   controller can send deltas; the fault channel re-sends held faults.
+import { VersionGapError, fromExtents, type Extent, type MappingTable, type TableDelta } from '../table/index.js';
+import type { ContainerResolver } from '../container/driver.js';
+import type { IscsiSettings } from '../iscsi/settings.js';
+import type { ClientOptions } from '../wire/grpc.js';
+import type { CopyCommand, Export, ExportSet, Fence, TableDeltaMsg, TableFull, TableVersion, WireExtent } from '../wire/proto-types.js';
+import { log } from '../util/log.js';
+import type { BackoffOptions } from './backoff.js';
+import { AgentContainers } from './containers.js';
+import { ControllerLink } from './controller-link.js';
+import { runCopy } from './copy.js';
+import { placeholderTable, vdiskDeviceFactory, type AgentDevice, type DeviceFactory } from './device-port.js';
+import type { FaultSink } from './fault.js';
+import { FaultChannel, wireFaultSink } from './fault-channel.js';
+import { DEFAULT_HOLD_TIMEOUT_MS } from './vdisk-device.js';
+import { AgentTargets, formatAddress, type PortalAddress } from './targets.js';
+
+const AGENT_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
+
+export interface AgentOptions extends ClientOptions {
+  /** Controller address, HOST:PORT. */
+  controller: string;
+  name: string;
+  portals: PortalAddress[];
+  /** `--containers` globs. */
+  containers: string[];
+  /** Overrides the controller's Welcome.hold_timeout_ms when set. */
+  holdTimeoutMs?: number;
+  /** Default: VdiskDevice. */
+  deviceFactory?: DeviceFactory;
+  backoff?: BackoffOptions;
+  welcomeTimeoutMs?: number;
+  iscsiSettings?: Partial<IscsiSettings>;
+  softwareVersion?: string;
+}
+
+/** One exported vdisk as the agent holds it. */
+interface Held {
+  exp: Export;
+  device: AgentDevice;
+  /** Table operations of this vdisk, one after the other. */
+  queue: Promise<void>;
+  fenced: boolean;
+  /** A TableFull has been installed since the device was made or last fenced. */
+  loaded: boolean;
+  /** A TableRequest is out; further gaps wait for its TableFull. */
+  requested: boolean;
+  removed: boolean;
+}
+
+export interface ExportStatus {
+  vdiskId: string;
+  vdiskName: string;
+  targetIqn: string;
+  lun: number;
+  tableVersion: number | null;
+  fenced: boolean;
+}
+
+function toExtent(e: WireExtent): Extent {
+  return { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
+}
+
+function exportProblem(e: Export): string | null {
+  if (!e.vdiskId) return 'no vdisk id';
+  if (!e.targetIqn) return 'no target name';
+  if (!Number.isInteger(e.lun) || e.lun < 0 || e.lun > 16383) return `LUN ${e.lun} out of range 0..16383`;
+  if (e.blockSize !== 512 && e.blockSize !== 4096) return `block size ${e.blockSize} is not 512 or 4096`;
+  if (!Number.isInteger(e.segmentSize) || e.segmentSize <= 0 || (e.segmentSize & (e.segmentSize - 1)) !== 0) {
+    return `segment size ${e.segmentSize} is not a power of two`;
+  }
+  if (e.segmentSize % e.blockSize !== 0) return `segment size ${e.segmentSize} is not a multiple of block size ${e.blockSize}`;
+  if (!Number.isSafeInteger(e.size) || e.size < 0 || e.size % e.blockSize !== 0) return `size ${e.size} is not a whole number of blocks`;
+  return null;
+}
+
+export class Agent {
+  readonly name: string;
+  readonly link: ControllerLink;
+  readonly faults: FaultChannel;
+  readonly #sink: FaultSink;
+  readonly containers: AgentContainers;
+  readonly targets: AgentTargets;
+  readonly #opts: AgentOptions;
+  readonly #held = new Map<string, Held>();
+  #holdTimeoutMs: number;
+  #closed = false;
+
+  private constructor(opts: AgentOptions, targets: AgentTargets, containers: AgentContainers) {
+    this.#opts = opts;
+    this.targets = targets;
+    const portals = targets.portals;
+    this.name = opts.name;
+    this.containers = containers;
+    this.#holdTimeoutMs = opts.holdTimeoutMs ?? DEFAULT_HOLD_TIMEOUT_MS;
+    this.link = new ControllerLink({
+      controller: opts.controller,
+      agentName: opts.name,
+      portals: portals.map(formatAddress),
+      registration: () => this.#registration(),
+      heldIos: () => this.heldIos,
+      backoff: opts.backoff,
+      welcomeTimeoutMs: opts.welcomeTimeoutMs,
+      softwareVersion: opts.softwareVersion,
+      token: opts.token,
+      credentials: opts.credentials,
+    });
+    this.faults = new FaultChannel(this.link);
+    this.#sink = wireFaultSink(this.faults, () => this.#holdTimeoutMs);
+    this.link.on('welcome', (w) => {
+      if (opts.holdTimeoutMs === undefined && w.holdTimeoutMs > 0) this.#holdTimeoutMs = w.holdTimeoutMs;
+      // Whatever was requested on the old stream is answered on the new one from Register.
+      for (const h of this.#held.values()) h.requested = h.fenced;
+    });
+    this.link.on('exportSet', (s) => this.#onExportSet(s));
+    this.link.on('tableFull', (t) => this.#onTableFull(t));
+    this.link.on('tableDelta', (d) => this.#onTableDelta(d));
+    this.link.on('fence', (f) => this.#onFence(f));
+    this.link.on('copyCommand', (c) => this.#onCopy(c));
+  }
+
+  /** Opens containers, listens on the portals, and starts talking to the controller (in the background). */
+  static async start(opts: AgentOptions): Promise<Agent> {
+    if (!AGENT_NAME_RE.test(opts.name)) throw new Error(`agent name "${opts.name}" invalid: use 1-64 of A-Z a-z 0-9 . _ -`);
+    const containers = new AgentContainers(opts.containers);
+    await containers.refresh();
+    const targets = new AgentTargets();
+    let portals: PortalAddress[];
+    try {
+      portals = await targets.listen(opts.portals, opts.iscsiSettings);
+    } catch (err) {
+      await containers.close();
+      throw err;
+    }
+    const agent = new Agent(opts, targets, containers);
+    agent.link.start();
+    log.info('agent started', { name: opts.name, portals: portals.map(formatAddress), controller: opts.controller });
+    return agent;
+  }
+
+  get portals(): PortalAddress[] {
+    return this.targets.portals;
+  }
+
+  /** I/O pieces held across every export (waiting for fault replies or table installs). */
+  get heldIos(): number {
+    let n = 0;
+    for (const h of this.#held.values()) n += h.device.heldCount;
+    return n;
+  }
+
+  get holdTimeoutMs(): number {
+    return this.#holdTimeoutMs;
+  }
+
+  exports(): ExportStatus[] {
+    return [...this.#held.values()].map((h) => ({
+      vdiskId: h.exp.vdiskId,
+      vdiskName: h.exp.vdiskName,
+      targetIqn: h.exp.targetIqn,
+      lun: h.exp.lun,
+      tableVersion: h.loaded && !h.fenced ? h.device.version : null,
+      fenced: h.fenced,
+    }));
+  }
+
+  /** The device of an exported vdisk (diagnostics and tests). */
+  device(vdiskId: string): AgentDevice | undefined {
+    return this.#held.get(vdiskId)?.device;
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.link.close();
+    this.faults.close();
+    await this.targets.close();
+    const held = [...this.#held.values()];
+    this.#held.clear();
+    await Promise.all(held.map((h) => this.#closeDevice(h)));
+    await this.containers.close();
+    log.info('agent stopped', { name: this.name });
+  }
+
+  // ---- registration ----
+
+  async #registration(): Promise<{ containers: Awaited<ReturnType<AgentContainers['refresh']>>; tables: TableVersion[] }> {
+    const containers = await this.containers.refresh();
+    const tables: TableVersion[] = [];
+    for (const h of this.#held.values()) {
+      if (h.loaded && !h.fenced) tables.push({ vdiskId: h.exp.vdiskId, version: h.device.version });
+    }
+    return { containers, tables };
+  }
+
+  // ---- exports ----
+
+  #onExportSet(set: ExportSet): void {
+    const wanted = new Map<string, Export>();
+    const places = new Set<string>();
+    for (const e of set.exports) {
+      const problem = exportProblem(e);
+      const place = `${e.targetIqn}|${e.lun}`;
+      if (problem === null && wanted.has(e.vdiskId)) {
+        log.warn('export set names a vdisk twice; keeping the first', { vdisk: e.vdiskId });
+      } else if (problem === null && places.has(place)) {
+        log.warn('export set puts two vdisks on one LUN; keeping the first', { target: e.targetIqn, lun: e.lun, vdisk: e.vdiskId });
+      } else if (problem !== null) {
+        log.warn('export ignored', { vdisk: e.vdiskId, name: e.vdiskName, problem });
+      } else {
+        wanted.set(e.vdiskId, e);
+        places.add(place);
+      }
+    }
+    // Removals and moves first, so a LUN freed here can be taken below.
+    for (const [id, h] of [...this.#held]) {
+      const e = wanted.get(id);
+      if (e === undefined || e.blockSize !== h.exp.blockSize || e.segmentSize !== h.exp.segmentSize) {
+        this.targets.removeLun(h.exp.targetIqn, h.exp.lun);
+        this.#held.delete(id);
+        h.removed = true;
+        void this.#closeDevice(h);
+        log.info('export removed', { vdisk: h.exp.vdiskName, id, target: h.exp.targetIqn, lun: h.exp.lun });
+      } else if (e.targetIqn !== h.exp.targetIqn || e.lun !== h.exp.lun || e.readOnly !== h.exp.readOnly) {
+        this.targets.removeLun(h.exp.targetIqn, h.exp.lun);
+        h.exp = { ...e, targetIqn: '' }; // placed again below
+      } else {
+        h.exp = e;
+      }
+    }
+    for (const e of wanted.values()) {
+      let h = this.#held.get(e.vdiskId);
+      if (h !== undefined && h.exp.targetIqn !== '') continue;
+      if (h === undefined) {
+        let device: AgentDevice;
+        try {
+          const table = placeholderTable({
+            segmentCount: Math.ceil(e.size / e.segmentSize),
+            segmentSize: e.segmentSize,
+            blockSize: e.blockSize,
+            name: e.vdiskName,
+          });
+          device = (this.#opts.deviceFactory ?? vdiskDeviceFactory)({
+            vdiskId: e.vdiskId,
+            vdiskName: e.vdiskName,
+            table,
+            readOnly: e.readOnly,
+            faults: this.#sink,
+            containers: this.containers as ContainerResolver,
+            holdTimeoutMs: this.#holdTimeoutMs,
+          });
+          // Fenced until the first TableFull: holds I/O, and lets that table install whatever its version.
+          device.fence();
+        } catch (err) {
+          log.error('cannot create the device for an export', { vdisk: e.vdiskName, id: e.vdiskId, err: (err as Error).message });
+          continue;
+        }
+        h = { exp: e, device, queue: Promise.resolve(), fenced: false, loaded: false, requested: false, removed: false };
+        this.#held.set(e.vdiskId, h);
+      }
+      h.exp = e;
+      try {
+        this.targets.addLun({ targetIqn: e.targetIqn, lun: e.lun, readOnly: e.readOnly, lunId: e.vdiskId }, h.device);
+        log.info('export added', { vdisk: e.vdiskName, id: e.vdiskId, target: e.targetIqn, lun: e.lun, readOnly: e.readOnly });
+      } catch (err) {
+        log.error('cannot place an export', { vdisk: e.vdiskName, target: e.targetIqn, lun: e.lun, err: (err as Error).message });
+        this.#held.delete(e.vdiskId);
+        h.removed = true;
+        void this.#closeDevice(h);
+      }
+    }
+  }
+
+  async #closeDevice(h: Held): Promise<void> {
+    try {
+      await h.device.close();
+    } catch (err) {
+      log.warn('closing a vdisk device', { vdisk: h.exp.vdiskName, err: (err as Error).message });
+    }
+  }
+
+  // ---- tables ----
+
+  #heldFor(vdiskId: string, what: string): Held | undefined {
+    const h = this.#held.get(vdiskId);
+    if (h === undefined) log.warn(`${what} for a vdisk this agent does not export: ignored`, { vdisk: vdiskId });
+    return h;
+  }
+
+  /** Runs table operations of one vdisk in arrival order; a failure is logged, never thrown. */
+  #enqueue(h: Held, what: string, op: () => Promise<void>): void {
+    h.queue = h.queue.then(async () => {
+      if (h.removed || this.#closed) return;
+      try {
+        await op();
+      } catch (err) {
+        log.error(`${what} failed`, { vdisk: h.exp.vdiskName, id: h.exp.vdiskId, err: (err as Error).message });
+      }
+    });
+  }
+
+  #ack(h: Held, version: number): void {
+    // Not connected: the version goes in the next Register instead.
+    this.link.send({ body: 'tableAck', tableAck: { vdiskId: h.exp.vdiskId, version } });
+  }
+
+  #requestTable(h: Held, reason: string): void {
+    if (h.requested) return;
+    h.requested = true;
+    const haveVersion = h.loaded && !h.fenced ? h.device.version : 0;
+    log.info('asking for the whole table', { vdisk: h.exp.vdiskName, haveVersion, reason });
+    this.link.send({ body: 'tableRequest', tableRequest: { vdiskId: h.exp.vdiskId, haveVersion, reason } });
+  }
+
+  #onTableFull(t: TableFull): void {
+    const h = this.#heldFor(t.vdiskId, 'TableFull');
+    if (h === undefined) return;
+    const e = h.exp;
+    if (t.segmentSize !== e.segmentSize || t.blockSize !== e.blockSize) {
+      log.error('TableFull geometry differs from the export: ignored', {
+        vdisk: e.vdiskName,
+        table: { segmentSize: t.segmentSize, blockSize: t.blockSize },
+        export: { segmentSize: e.segmentSize, blockSize: e.blockSize },
+      });
+      return;
+    }
+    let table: MappingTable;
+    try {
+      table = fromExtents(
+        { segmentSize: t.segmentSize, blockSize: t.blockSize, segmentCount: t.segmentCount, version: t.version },
+        t.extents.map(toExtent),
+        e.vdiskName,
+      );
+    } catch (err) {
+      log.error('malformed TableFull: ignored', { vdisk: e.vdiskName, version: t.version, err: (err as Error).message });
+      return;
+    }
+    this.#enqueue(h, `installing table version ${t.version}`, async () => {
+      const have = h.device.version;
+      if (h.loaded && !h.fenced && t.version < have) {
+        log.warn('TableFull older than the table held: ignored', { vdisk: e.vdiskName, version: t.version, have });
+        this.#ack(h, have);
+        return;
+      }
+      await h.device.installTable(table);
+      h.fenced = false;
+      h.loaded = true;
+      h.requested = false;
+      log.info('table installed', { vdisk: e.vdiskName, version: t.version, segments: t.segmentCount });
+      this.#ack(h, t.version);
+    });
+  }
+
+  #onTableDelta(d: TableDeltaMsg): void {
+    const h = this.#heldFor(d.vdiskId, 'TableDelta');
+    if (h === undefined) return;
+    const delta: TableDelta = {
+      fromVersion: d.fromVersion,
+      toVersion: d.toVersion,
+      segmentCount: d.segmentCount,
+      extents: d.extents.map(toExtent),
+    };
+    this.#enqueue(h, `applying delta ${d.fromVersion}->${d.toVersion}`, async () => {
+      if (h.fenced) {
+        log.debug('delta for a fenced vdisk ignored (waiting for the whole table)', { vdisk: h.exp.vdiskName });
+        return;
+      }
+      const have = h.device.version;
+      if (!h.loaded) {
+        this.#requestTable(h, `delta ${d.fromVersion}->${d.toVersion} but no table held`);
+        return;
+      }
+      if (d.toVersion <= have) {
+        // Already there (a repeat): the drain it needs has happened.
+        this.#ack(h, have);
+        return;
+      }
+      try {
+        await h.device.applyDelta(delta);
+      } catch (err) {
+        if (err instanceof VersionGapError) {
+          this.#requestTable(h, err.message);
+          return;
+        }
+        // Malformed: the table is unchanged; only a whole table can resync it.
+        this.#requestTable(h, `delta ${d.fromVersion}->${d.toVersion} rejected: ${(err as Error).message}`);
+        return;
+      }
+      this.#ack(h, d.toVersion);
+    });
+  }
+
+  #onFence(f: Fence): void {
+    const h = this.#heldFor(f.vdiskId, 'Fence');
+    if (h === undefined) return;
+    // At once, not queued: a fenced agent must stop using its table now.
+    h.device.fence();
+    h.fenced = true;
+    h.loaded = false;
+    h.requested = false;
+    log.warn('vdisk fenced by the controller', { vdisk: h.exp.vdiskName, reason: f.reason });
+    this.#requestTable(h, `fenced: ${f.reason}`);
+  }
+
+  // ---- commands ----
+
+  #onCopy(c: CopyCommand): void {
+    void runCopy(c, this.containers).then((done) => {
+      if (!done.ok) log.error('copy failed', { commandId: c.commandId, err: done.error });
+      if (!this.link.send({ body: 'copyDone', copyDone: done })) {
+        log.warn('copy finished while the controller is away; it will ask again', { commandId: c.commandId, ok: done.ok });
+      }
+    });
+  }
+}

@@ -1,0 +1,106 @@
+// What the table-driven block device tells the controller and what it gets
+// back (design notes §2). The device only knows these interfaces; the agent's
+// connection code implements FaultSink over the wire (proto Fault/FaultReply,
+// Release/ReleaseReply), and tests implement it directly.
+import { BlockDeviceError, type BlockErrorKind } from '../blockdev/block-device.js';
+import type { IoOp, SegmentState } from '../table/segment-state.js';
+
+/** One I/O piece (one segment's share of an I/O) met a state that inhibits it. */
+export interface Fault {
+  vdiskId: string;
+  /** Table version the piece was evaluated against. */
+  version: number;
+  segment: number;
+  op: IoOp;
+  /** First LBA and block count of the piece within the segment. */
+  lba: number;
+  blocks: number;
+  /** The inhibiting state; Error also for a container that failed under a normal segment. */
+  state: SegmentState;
+  /** Why, for state Error: the container's I/O error. */
+  detail?: string;
+}
+
+/** Sense data the controller chose for a failed I/O (SPC-4 key/ASC/ASCQ). */
+export interface SenseCode {
+  key: number;
+  asc: number;
+  ascq: number;
+}
+
+/**
+ * The controller's answer to a fault:
+ * - `retry`: re-evaluate the piece against the table, once it is at `minVersion` or newer when given;
+ * - `fail`: end the I/O with this error (kind, or derived from the sense key when only sense is given);
+ * - `wait`: keep holding; re-evaluate after the next table installation (or fail at the hold timeout);
+ * - `done`: the controller completed the operation itself; finish the piece with GOOD, no container I/O.
+ */
+export type FaultDecision =
+  | { action: 'retry'; minVersion?: number }
+  | { action: 'fail'; kind?: BlockErrorKind; sense?: SenseCode; reason?: string }
+  | { action: 'wait' }
+  | { action: 'done' };
+
+/** Whole segments in state normal were unmapped: return them to zero and free their container space. */
+export interface ReleaseRequest {
+  vdiskId: string;
+  version: number;
+  firstSegment: number;
+  segmentCount: number;
+}
+
+export interface ReleaseResult {
+  ok: boolean;
+  /** When ok: the table version in which the segments are zero; the unmap completes once it is installed. */
+  version: number;
+  error?: string;
+}
+
+/**
+ * Where the device sends faults. `fault` resolves with the controller's
+ * decision; it should stay pending (not reject) while the controller is
+ * unreachable, since the device enforces the hold timeout itself. A rejection
+ * means the fault could not be delivered: the piece is held until a new table
+ * arrives or the hold timeout.
+ *
+ * `release` is optional. Without it, or when it rejects (not delivered) or
+ * answers !ok, whole normal segments are zeroed in place (discarded in their
+ * container) instead, which keeps LBPRZ but leaves them allocated.
+ */
+export interface FaultSink {
+  fault(f: Fault): Promise<FaultDecision>;
+  release?(r: ReleaseRequest): Promise<ReleaseResult>;
+}
+
+/** A failed vdisk I/O: a BlockDeviceError that also says where, and carries the controller's sense if it chose one. */
+export class VdiskIoError extends BlockDeviceError {
+  constructor(
+    kind: BlockErrorKind,
+    message: string,
+    lba: number | undefined,
+    readonly vdiskId: string,
+    /** Vdisk segment of the failed piece (-1 when not about one segment). */
+    readonly segment: number,
+    /** Sense data chosen by the controller, to report instead of the kind's default. */
+    readonly sense?: SenseCode,
+  ) {
+    super(kind, message, lba);
+    this.name = 'VdiskIoError';
+  }
+}
+
+/** The BlockDeviceError kind closest to a sense code, for a `fail` decision that gives only sense. */
+export function kindForSense(sense: SenseCode, write: boolean): BlockErrorKind {
+  switch (sense.key) {
+    case 0x2:
+      return 'not-ready';
+    case 0x7:
+      return sense.asc === 0x27 && sense.ascq === 0x07 ? 'no-space' : 'write-protected';
+    case 0x5:
+      if (sense.asc === 0x21) return 'out-of-range';
+      break;
+    default:
+      break;
+  }
+  return write ? 'write-error' : 'read-error';
+}

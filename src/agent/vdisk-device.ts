@@ -1,0 +1,632 @@
+// The agent's table-driven block device: a vdisk's logical blocks translated
+// through its MappingTable to container I/O. Each I/O is split at segment
+// boundaries and every piece follows its segment's state (inhibits() in
+// src/table): container I/O, zeros, a fault held until the controller
+// answers, or a failure. Table versions are installed the device-mapper way,
+// per changed segment: new I/O to those segments waits, I/O already in flight
+// on them drains, the table is swapped, and the held I/O resumes; I/O to
+// other segments never stops. No data is cached here (design notes §3):
+// every read goes to the container.
+import { BlockDeviceError, type BlockDevice, type BlockErrorKind, type ProvisioningStatus, type WriteOptions } from '../blockdev/block-device.js';
+import type { ContainerDriver, ContainerResolver, ContainerWriteOptions } from '../container/driver.js';
+import { checkExtents } from '../table/extents.js';
+import { VersionGapError, applyDelta as applyTableDelta, diff, type TableDelta } from '../table/delta.js';
+import type { MappingTable } from '../table/mapping-table.js';
+import { IoOp, SegmentState, inhibits, ioOpName, segmentStateName } from '../table/segment-state.js';
+import { log } from '../util/log.js';
+import { VdiskIoError, kindForSense, type Fault, type FaultDecision, type FaultSink, type ReleaseResult, type SenseCode } from './fault.js';
+import { SegmentGate, type SegmentRange } from './segment-gate.js';
+
+export const DEFAULT_HOLD_TIMEOUT_MS = 10_000;
+
+export interface VdiskDeviceOptions {
+  /** Vdisk UUID: named in faults and releases. */
+  vdiskId: string;
+  /** The first table. The device owns it from now on (deltas apply to it in place). */
+  table: MappingTable;
+  containers: ContainerResolver;
+  faults: FaultSink;
+  /** How long an I/O may be held (fault unanswered, table install) before it fails NOT READY. */
+  holdTimeoutMs?: number;
+  /** Exported read-only: every write fails with DATA PROTECT. */
+  readOnly?: boolean;
+}
+
+/** What a piece does to its blocks. Zero and Discard make them read as zeros. */
+const enum Mode {
+  Read = 0,
+  Write = 1,
+  /** Write zeros, keep the space allocated (WRITE SAME without UNMAP). */
+  Zero = 2,
+  /** Deallocate in the container where it can (UNMAP, WRITE SAME with UNMAP). */
+  Discard = 3,
+}
+
+const TIMEOUT = Symbol('timeout');
+const UNDELIVERED = Symbol('undelivered');
+const FUA: ContainerWriteOptions = { fua: true };
+
+export class VdiskDevice implements BlockDevice {
+  readonly thin = true;
+  readonly vdiskId: string;
+  readonly blockSize: number;
+  readonly readOnly: boolean;
+  readonly holdTimeoutMs: number;
+
+  #table: MappingTable;
+  readonly #bps: number;
+  readonly #containers: ContainerResolver;
+  readonly #faults: FaultSink;
+  readonly #gate: SegmentGate;
+  /** Drivers by the current table's slot, resolved on first use. */
+  #drivers: (ContainerDriver | undefined)[] = [];
+  /** Containers written since the last flush (they may not be in the current table any more). */
+  readonly #dirty = new Set<ContainerDriver>();
+  /** Held pieces waiting for the next table swap. */
+  readonly #wakers = new Set<() => void>();
+  /** Held pieces waiting for an answer; close() ends their wait. */
+  readonly #cancels = new Set<() => void>();
+  #installs: Promise<void> = Promise.resolve();
+  #fenced = false;
+  #closed = false;
+  #held = 0;
+
+  constructor(opts: VdiskDeviceOptions) {
+    this.vdiskId = opts.vdiskId;
+    this.#table = opts.table;
+    this.blockSize = opts.table.blockSize;
+    this.#bps = opts.table.blocksPerSegment;
+    this.#containers = opts.containers;
+    this.#faults = opts.faults;
+    this.holdTimeoutMs = opts.holdTimeoutMs ?? DEFAULT_HOLD_TIMEOUT_MS;
+    this.readOnly = opts.readOnly ?? false;
+    this.#gate = new SegmentGate(opts.table.segmentCount);
+  }
+
+  get blockCount(): number {
+    return this.#table.blockCount;
+  }
+
+  /** The installed table. Read it; never change it (the device applies deltas to it in place). */
+  get table(): MappingTable {
+    return this.#table;
+  }
+
+  get version(): number {
+    return this.#table.version;
+  }
+
+  /** I/O pieces currently held (fault unanswered, waiting for a table): Heartbeat.held_ios. */
+  get heldCount(): number {
+    return this.#held;
+  }
+
+  get fenced(): boolean {
+    return this.#fenced;
+  }
+
+  // ---- BlockDevice ----
+
+  async read(lba: number, blocks: number): Promise<Buffer> {
+    this.#checkRange(IoOp.Read, lba, blocks);
+    const buf = Buffer.allocUnsafe(blocks * this.blockSize);
+    if (blocks > 0) await this.#run(Mode.Read, IoOp.Read, lba, blocks, buf, false);
+    return buf;
+  }
+
+  async write(lba: number, data: Buffer, opts?: WriteOptions): Promise<void> {
+    if (data.length % this.blockSize !== 0) {
+      throw new RangeError(`WRITE lba=${lba} on ${this.#name()}: ${data.length} bytes is not a whole number of ${this.blockSize}-byte blocks`);
+    }
+    const blocks = data.length / this.blockSize;
+    this.#checkWritable(IoOp.Write, lba, blocks);
+    if (blocks > 0) await this.#run(Mode.Write, IoOp.Write, lba, blocks, data, opts?.fua === true);
+  }
+
+  /** Flushes every container the vdisk uses now, and any it wrote to under an older table. */
+  async flush(): Promise<void> {
+    const drivers = new Set(this.#dirty);
+    this.#dirty.clear();
+    for (const id of this.#table.containers) {
+      const d = this.#containers.get(id);
+      if (d !== undefined) drivers.add(d);
+    }
+    const failed: string[] = [];
+    await Promise.all(
+      [...drivers].map((d) =>
+        d.flush().catch((e: unknown) => {
+          this.#dirty.add(d);
+          failed.push((e as Error).message);
+        }),
+      ),
+    );
+    if (failed.length > 0) {
+      throw new VdiskIoError('write-error', `SYNCHRONIZE CACHE on ${this.#name()}: ${failed.join('; ')}`, undefined, this.vdiskId, -1);
+    }
+  }
+
+  unmap(lba: number, blocks: number): Promise<void> {
+    return this.writeZeroes(lba, blocks, true);
+  }
+
+  /**
+   * Whole segments in state normal are released to the controller (with
+   * deallocate), which returns them to zero; everything else is zeroed in
+   * place so LBPRZ holds. Zero segments already read as zeros: nothing to do,
+   * no fault.
+   */
+  async writeZeroes(lba: number, blocks: number, deallocate: boolean): Promise<void> {
+    const op = deallocate ? IoOp.Unmap : IoOp.WriteSame;
+    this.#checkWritable(op, lba, blocks);
+    if (blocks === 0) return;
+    const t = this.#table;
+    const bps = this.#bps;
+    const mode = deallocate ? Mode.Discard : Mode.Zero;
+    const canRelease = deallocate && this.#faults.release !== undefined && !this.#fenced;
+    const tasks: Promise<void>[] = [];
+    let runFirst = -1;
+    let runCount = 0;
+    t.forEachPiece(lba, blocks, (seg, l, b) => {
+      if (canRelease && b === bps && !this.#gate.isSuspended(seg) && t.stateOf(seg) === SegmentState.Normal) {
+        if (runCount > 0 && runFirst + runCount === seg) {
+          runCount++;
+        } else {
+          if (runCount > 0) tasks.push(this.#release(runFirst, runCount));
+          runFirst = seg;
+          runCount = 1;
+        }
+        return;
+      }
+      tasks.push(this.#piece(mode, op, seg, l, b, null, 0, false));
+    });
+    if (runCount > 0) tasks.push(this.#release(runFirst, runCount));
+    await settleAll(tasks);
+  }
+
+  /** Zero segments are deallocated; every other state counts as mapped. */
+  async provisioning(lba: number, maxBlocks: number): Promise<ProvisioningStatus> {
+    const t = this.#table;
+    if (!Number.isSafeInteger(lba) || lba < 0 || lba >= t.blockCount) {
+      throw new BlockDeviceError('out-of-range', `GET LBA STATUS lba=${lba} on ${this.#name()}: beyond the last block ${t.blockCount - 1}`, lba);
+    }
+    const limit = Math.min(t.blockCount, lba + Math.max(1, maxBlocks));
+    let seg = Math.floor(lba / this.#bps);
+    const mapped = t.stateOf(seg) !== SegmentState.Zero;
+    let end = (seg + 1) * this.#bps;
+    while (end < limit && (t.stateOf(seg + 1) !== SegmentState.Zero) === mapped) {
+      seg++;
+      end += this.#bps;
+    }
+    return { mapped, blocks: Math.min(end, limit) - lba };
+  }
+
+  /** Fails held I/O (NOT READY) and refuses new I/O. Containers belong to the resolver and stay open. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const cancels = [...this.#cancels];
+    this.#cancels.clear();
+    for (const c of cancels) c();
+    this.#broadcastSwap();
+  }
+
+  // ---- table installation ----
+
+  /**
+   * Installs a whole table (first load after a gap, or after a fence). `next`
+   * must have the same geometry and a newer version (the same version only
+   * to lift a fence); the device owns it afterwards. Resolves once every I/O
+   * started under the old table on the changed segments has completed: then
+   * the agent may ack `next.version`.
+   */
+  installTable(next: MappingTable): Promise<void> {
+    return this.#serialize(async () => {
+      const cur = this.#table;
+      if (next.segmentSize !== cur.segmentSize || next.blockSize !== cur.blockSize) {
+        throw new RangeError(
+          `${this.#name()}: table version ${next.version} has segment size ${next.segmentSize}, block size ${next.blockSize}; ` +
+            `the vdisk has ${cur.segmentSize}, ${cur.blockSize}`,
+        );
+      }
+      if (next.version < cur.version || (next.version === cur.version && !this.#fenced && !cur.equals(next))) {
+        throw new RangeError(`${this.#name()}: table version ${next.version} is not newer than installed version ${cur.version}`);
+      }
+      if (next.version === cur.version && !this.#fenced) return;
+      const ranges = next.version > cur.version ? diff(cur, next).extents.map(rangeOf) : changedRanges(cur, next);
+      if (next.segmentCount < cur.segmentCount) ranges.push({ first: next.segmentCount, count: cur.segmentCount - next.segmentCount });
+      await this.#swap(ranges, next.segmentCount, () => {
+        this.#table = next;
+        this.#fenced = false;
+      });
+    });
+  }
+
+  /**
+   * Applies a delta: the same drain-and-swap, for the segments it changes.
+   * Rejects with VersionGapError unless the installed table is at
+   * `delta.fromVersion` (the agent then asks for the whole table), and with
+   * RangeError for a malformed delta, before holding any I/O.
+   */
+  applyDelta(delta: TableDelta): Promise<void> {
+    return this.#serialize(async () => {
+      const cur = this.#table;
+      if (delta.fromVersion !== cur.version) {
+        throw new VersionGapError(cur.version, delta.fromVersion, delta.toVersion, cur.name || this.vdiskId);
+      }
+      if (!Number.isSafeInteger(delta.toVersion) || delta.toVersion <= delta.fromVersion) {
+        throw new RangeError(`${this.#name()}: delta ${delta.fromVersion}->${delta.toVersion}: the target version must be newer`);
+      }
+      if (!Number.isInteger(delta.segmentCount) || delta.segmentCount < 0) {
+        throw new RangeError(`${this.#name()}: delta ${delta.fromVersion}->${delta.toVersion}: segment count ${delta.segmentCount} invalid`);
+      }
+      checkExtents(delta.extents, delta.segmentCount, false);
+      const ranges = delta.extents.map(rangeOf);
+      if (delta.segmentCount < cur.segmentCount) ranges.push({ first: delta.segmentCount, count: cur.segmentCount - delta.segmentCount });
+      await this.#swap(ranges, delta.segmentCount, () => {
+        applyTableDelta(cur, delta);
+      });
+    });
+  }
+
+  /**
+   * The controller fenced this agent for the vdisk: every segment acts as
+   * invalid (I/O faults and is held) until a whole table is installed.
+   */
+  fence(): void {
+    this.#fenced = true;
+  }
+
+  #serialize(fn: () => Promise<void>): Promise<void> {
+    const p = this.#installs.then(fn);
+    this.#installs = p.catch(() => undefined);
+    return p;
+  }
+
+  async #swap(ranges: SegmentRange[], newCount: number, commit: () => void): Promise<void> {
+    const gate = this.#gate;
+    gate.ensure(Math.max(newCount, this.#table.segmentCount));
+    await gate.suspend(ranges);
+    try {
+      commit();
+    } finally {
+      this.#drivers = [];
+      gate.resume();
+      this.#broadcastSwap();
+    }
+    log.debug(`${this.#name()}: table version ${this.#table.version} installed`, { vdisk: this.vdiskId, changedRanges: ranges.length });
+  }
+
+  #broadcastSwap(): void {
+    const wakers = [...this.#wakers];
+    this.#wakers.clear();
+    for (const w of wakers) w();
+  }
+
+  // ---- the I/O path ----
+
+  /** Runs one I/O's pieces: inline for the common single-segment I/O, else all at once. */
+  async #run(mode: Mode, op: IoOp, lba: number, blocks: number, buf: Buffer, fua: boolean): Promise<void> {
+    const t = this.#table;
+    const seg = Math.floor(lba / this.#bps);
+    if (Math.floor((lba + blocks - 1) / this.#bps) === seg) {
+      await this.#piece(mode, op, seg, lba, blocks, buf, 0, fua);
+      return;
+    }
+    const tasks = new Array<Promise<void>>(t.pieceCount(lba, blocks));
+    let i = 0;
+    t.forEachPiece(lba, blocks, (s, l, b, off) => {
+      tasks[i++] = this.#piece(mode, op, s, l, b, buf, off, fua);
+    });
+    await settleAll(tasks);
+  }
+
+  /**
+   * One segment's piece of an I/O, re-evaluated against the current table
+   * until it completes or fails. The hold deadline starts the first time the
+   * piece is held and is not extended by retries.
+   */
+  async #piece(
+    mode: Mode,
+    op: IoOp,
+    seg: number,
+    lba: number,
+    blocks: number,
+    buf: Buffer | null,
+    bufOff: number,
+    fua: boolean,
+  ): Promise<void> {
+    let deadline = 0;
+    let faultedAt = -1;
+    let minVersion = 0;
+    for (;;) {
+      if (this.#closed) throw this.#error('not-ready', op, seg, lba, blocks, 'device closed');
+      const t = this.#table;
+      if (this.#gate.isSuspended(seg) || t.version < minVersion) {
+        deadline ||= Date.now() + this.holdTimeoutMs;
+        if (!(await this.#hold(this.#waitSwap(deadline)))) {
+          const why = t.version < minVersion ? `table version ${minVersion} not installed` : 'table install did not finish';
+          throw this.#timedOut(op, seg, lba, blocks, why);
+        }
+        continue;
+      }
+      if (seg >= t.segmentCount) {
+        throw this.#error('out-of-range', op, seg, lba, blocks, `vdisk shrank to ${t.segmentCount} segments`);
+      }
+      const state = this.#fenced ? SegmentState.Invalid : t.stateOf(seg);
+      // Making a zero segment read as zeros changes nothing: no fault, no I/O.
+      if (mode >= Mode.Zero && state === SegmentState.Zero) return;
+      const action = inhibits(state, op);
+      if (action === 'proceed') return this.#containerIo(t, mode, op, seg, lba, blocks, buf, bufOff, fua);
+      if (action === 'zero-read') {
+        (buf as Buffer).fill(0, bufOff, bufOff + blocks * this.blockSize);
+        return;
+      }
+      const fault: Fault = { vdiskId: this.vdiskId, version: t.version, segment: seg, op, lba, blocks, state };
+      if (action === 'fail') {
+        this.#report(fault);
+        throw this.#error(isWrite(op) ? 'write-error' : 'read-error', op, seg, lba, blocks, segmentStateName(state));
+      }
+      // action === 'fault': hold the piece until the controller answers.
+      deadline ||= Date.now() + this.holdTimeoutMs;
+      if (faultedAt === t.version) {
+        // Already asked at this version: wait for a new table rather than ask again.
+        if (!(await this.#hold(this.#waitSwap(deadline)))) {
+          throw this.#timedOut(op, seg, lba, blocks, `${segmentStateName(state)}, no new table after the controller's answer`);
+        }
+        continue;
+      }
+      faultedAt = t.version;
+      log.debug(`${ioOpName(op)} lba=${lba} len=${blocks} on ${this.#name()} segment ${seg}: ${segmentStateName(state)}, fault`, {
+        vdisk: this.vdiskId,
+        version: t.version,
+      });
+      const asked = this.#faults.fault(fault).catch((e: unknown): typeof UNDELIVERED => {
+        log.warn(`${this.#name()} segment ${seg}: fault not delivered: ${(e as Error).message}`);
+        return UNDELIVERED;
+      });
+      const d = await this.#hold(this.#race(asked, deadline));
+      if (d === TIMEOUT) throw this.#timedOut(op, seg, lba, blocks, `${segmentStateName(state)}, fault unanswered`);
+      if (d === UNDELIVERED) continue;
+      const done = this.#decide(d, op, seg, lba, blocks, state);
+      if (done) return;
+      if (d.action === 'retry') minVersion = d.minVersion ?? 0;
+    }
+  }
+
+  /** Applies a decision: true when the piece is complete, false to re-evaluate; throws for fail. */
+  #decide(d: FaultDecision, op: IoOp, seg: number, lba: number, blocks: number, state: SegmentState): boolean {
+    switch (d.action) {
+      case 'done':
+        return true;
+      case 'retry':
+      case 'wait':
+        return false;
+      case 'fail': {
+        const kind = d.kind ?? (d.sense !== undefined ? kindForSense(d.sense, isWrite(op)) : isWrite(op) ? 'write-error' : 'read-error');
+        const why = `${segmentStateName(state)}, failed by the controller${d.reason ? `: ${d.reason}` : ''}`;
+        throw this.#error(kind, op, seg, lba, blocks, why, d.sense);
+      }
+      default:
+        throw new Error(`${this.#name()} segment ${seg}: unknown fault decision ${JSON.stringify(d)}`);
+    }
+  }
+
+  async #containerIo(
+    t: MappingTable,
+    mode: Mode,
+    op: IoOp,
+    seg: number,
+    lba: number,
+    blocks: number,
+    buf: Buffer | null,
+    bufOff: number,
+    fua: boolean,
+  ): Promise<void> {
+    const slot = t.slotOf(seg);
+    let driver = this.#drivers[slot];
+    if (driver === undefined) {
+      driver = this.#containers.get(t.containers[slot] as string);
+      this.#drivers[slot] = driver;
+    }
+    if (driver === undefined) {
+      const why = `container ${t.containers[slot]} is not reachable from this agent`;
+      this.#report({ vdiskId: this.vdiskId, version: t.version, segment: seg, op, lba, blocks, state: SegmentState.Error, detail: why });
+      throw this.#error(isWrite(op) ? 'write-error' : 'read-error', op, seg, lba, blocks, why);
+    }
+    const bs = this.blockSize;
+    const offset = t.containerOffsetOf(seg) * t.segmentSize + (lba - seg * this.#bps) * bs;
+    const len = blocks * bs;
+    this.#gate.enter(seg);
+    try {
+      switch (mode) {
+        case Mode.Read:
+          await driver.readInto(offset, buf as Buffer, bufOff, len);
+          return;
+        case Mode.Write: {
+          const b = buf as Buffer;
+          await driver.write(offset, bufOff === 0 && len === b.length ? b : b.subarray(bufOff, bufOff + len), fua ? FUA : undefined);
+          break;
+        }
+        case Mode.Zero:
+          await driver.writeZeroes(offset, len);
+          break;
+        case Mode.Discard:
+          await driver.discard(offset, len);
+          break;
+      }
+      this.#dirty.add(driver);
+    } catch (e) {
+      const detail = (e as Error).message;
+      this.#report({ vdiskId: this.vdiskId, version: t.version, segment: seg, op, lba, blocks, state: SegmentState.Error, detail });
+      const code = (e as { code?: unknown }).code;
+      const kind: BlockErrorKind =
+        code === 'ENOSPC' || code === 'EDQUOT' ? 'no-space' : mode === Mode.Read ? 'read-error' : 'write-error';
+      throw this.#error(kind, op, seg, lba, blocks, detail);
+    } finally {
+      this.#gate.leave(seg);
+    }
+  }
+
+  /**
+   * Releases whole normal segments to the controller and completes once the
+   * table where they are zero is installed. If the request cannot be
+   * delivered or is refused, zeroes them in place instead.
+   */
+  async #release(first: number, count: number): Promise<void> {
+    const release = this.#faults.release as NonNullable<FaultSink['release']>;
+    const deadline = Date.now() + this.holdTimeoutMs;
+    const lba = first * this.#bps;
+    const blocks = count * this.#bps;
+    const asked = release
+      .call(this.#faults, { vdiskId: this.vdiskId, version: this.#table.version, firstSegment: first, segmentCount: count })
+      .catch((e: unknown): typeof UNDELIVERED => {
+        log.warn(`${this.#name()} segments ${first}+${count}: release not delivered, zeroing in place: ${(e as Error).message}`);
+        return UNDELIVERED;
+      });
+    const r: ReleaseResult | typeof UNDELIVERED | typeof TIMEOUT = await this.#hold(this.#race(asked, deadline));
+    if (r === TIMEOUT) throw this.#timedOut(IoOp.Unmap, first, lba, blocks, 'release unanswered');
+    if (r !== UNDELIVERED && r.ok) {
+      while (this.#table.version < r.version) {
+        if (!(await this.#hold(this.#waitSwap(deadline)))) {
+          throw this.#timedOut(IoOp.Unmap, first, lba, blocks, `released, but table version ${r.version} not installed`);
+        }
+        if (this.#closed) throw this.#error('not-ready', IoOp.Unmap, first, lba, blocks, 'device closed');
+      }
+      return;
+    }
+    if (r !== UNDELIVERED) log.warn(`${this.#name()} segments ${first}+${count}: release refused (${r.error ?? 'no reason'}), zeroing in place`);
+    const tasks: Promise<void>[] = [];
+    for (let s = first; s < first + count; s++) {
+      tasks.push(this.#piece(Mode.Discard, IoOp.Unmap, s, s * this.#bps, this.#bps, null, 0, false));
+    }
+    await settleAll(tasks);
+  }
+
+  // ---- holding ----
+
+  async #hold<T>(p: Promise<T>): Promise<T> {
+    this.#held++;
+    try {
+      return await p;
+    } finally {
+      this.#held--;
+    }
+  }
+
+  /** True after the next table swap, false at the deadline (or at close). */
+  #waitSwap(deadline: number): Promise<boolean> {
+    const ms = deadline - Date.now();
+    if (ms <= 0 || this.#closed) return Promise.resolve(false);
+    return new Promise<boolean>((resolve) => {
+      const wake = (): void => {
+        clearTimeout(timer);
+        resolve(!this.#closed);
+      };
+      const timer = setTimeout(() => {
+        this.#wakers.delete(wake);
+        resolve(false);
+      }, ms);
+      this.#wakers.add(wake);
+    });
+  }
+
+  /** `p`, or TIMEOUT at the deadline or when the device closes. */
+  #race<T>(p: Promise<T>, deadline: number): Promise<T | typeof TIMEOUT> {
+    const ms = deadline - Date.now();
+    if (ms <= 0 || this.#closed) return Promise.resolve(TIMEOUT);
+    return new Promise<T | typeof TIMEOUT>((resolve, reject) => {
+      const cancel = (): void => {
+        clearTimeout(timer);
+        resolve(TIMEOUT);
+      };
+      const timer = setTimeout(() => {
+        this.#cancels.delete(cancel);
+        resolve(TIMEOUT);
+      }, ms);
+      this.#cancels.add(cancel);
+      p.then(
+        (v) => {
+          clearTimeout(timer);
+          this.#cancels.delete(cancel);
+          resolve(v);
+        },
+        (e: unknown) => {
+          clearTimeout(timer);
+          this.#cancels.delete(cancel);
+          reject(e);
+        },
+      );
+    });
+  }
+
+  /** Sends a fault whose answer does not matter (state error, container failure). */
+  #report(f: Fault): void {
+    this.#faults.fault(f).catch((e: unknown) => {
+      log.warn(`${this.#name()} segment ${f.segment}: fault not delivered: ${(e as Error).message}`);
+    });
+  }
+
+  // ---- checks and errors ----
+
+  #checkRange(op: IoOp, lba: number, blocks: number): void {
+    if (this.#closed) throw new BlockDeviceError('not-ready', `${ioOpName(op).toUpperCase()} lba=${lba} on ${this.#name()}: device closed`, lba);
+    const count = this.#table.blockCount;
+    if (!Number.isSafeInteger(lba) || !Number.isSafeInteger(blocks) || lba < 0 || blocks < 0 || lba + blocks > count) {
+      throw new BlockDeviceError(
+        'out-of-range',
+        `${ioOpName(op).toUpperCase()} lba=${lba} len=${blocks} on ${this.#name()}: beyond the last block ${count - 1}`,
+        lba,
+      );
+    }
+  }
+
+  #checkWritable(op: IoOp, lba: number, blocks: number): void {
+    this.#checkRange(op, lba, blocks);
+    if (this.readOnly) {
+      throw new BlockDeviceError('write-protected', `${ioOpName(op).toUpperCase()} lba=${lba} len=${blocks} on ${this.#name()}: exported read-only`, lba);
+    }
+  }
+
+  #name(): string {
+    return `vdisk ${this.#table.name || this.vdiskId}`;
+  }
+
+  #error(kind: BlockErrorKind, op: IoOp, seg: number, lba: number, blocks: number, why: string, sense?: SenseCode): VdiskIoError {
+    const msg = `${ioOpName(op).toUpperCase()} lba=${lba} len=${blocks} on ${this.#name()} segment ${seg}: ${why}`;
+    return new VdiskIoError(kind, msg, lba, this.vdiskId, seg, sense);
+  }
+
+  #timedOut(op: IoOp, seg: number, lba: number, blocks: number, why: string): VdiskIoError {
+    if (this.#closed) return this.#error('not-ready', op, seg, lba, blocks, 'device closed while the I/O was held');
+    return this.#error('not-ready', op, seg, lba, blocks, `held ${this.holdTimeoutMs} ms (${why})`);
+  }
+}
+
+function isWrite(op: IoOp): boolean {
+  return op !== IoOp.Read && op !== IoOp.Verify;
+}
+
+function rangeOf(e: { first: number; count: number }): SegmentRange {
+  return { first: e.first, count: e.count };
+}
+
+/** Segments (below both counts) whose entries differ, as ranges. For tables of the same version. */
+function changedRanges(a: MappingTable, b: MappingTable): SegmentRange[] {
+  const out: SegmentRange[] = [];
+  const n = Math.min(a.segmentCount, b.segmentCount);
+  for (let s = 0; s < n; s++) {
+    if (a.stateOf(s) === b.stateOf(s) && a.containerOf(s) === b.containerOf(s) && a.containerOffsetOf(s) === b.containerOffsetOf(s)) continue;
+    const last = out[out.length - 1];
+    if (last !== undefined && last.first + last.count === s) last.count++;
+    else out.push({ first: s, count: 1 });
+  }
+  if (b.segmentCount > a.segmentCount) out.push({ first: a.segmentCount, count: b.segmentCount - a.segmentCount });
+  return out;
+}
+
+/** Waits for every task, then throws the first failure in submission (LBA) order. */
+async function settleAll(tasks: Promise<void>[]): Promise<void> {
+  if (tasks.length === 1) return tasks[0];
+  const results = await Promise.allSettled(tasks);
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
+}
