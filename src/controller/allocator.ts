@@ -4,9 +4,10 @@
 // The DB stays the truth: callers allocate inside the transaction that
 // records the allocation, and `reload()` after a failed transaction.
 //
-// Placement: each request goes to the eligible container with the most free
-// segments (so vdisks spread across containers), as contiguous runs where
-// possible (so a thick vdisk is a few extents, not a million).
+// Placement: a request goes to the eligible containers with the most free
+// segments, levelling them (so vdisks spread across containers), as
+// contiguous runs where possible (so a thick vdisk is a few extents, not a
+// million).
 
 import type { ContainerRow, ControllerDb, Location, VdiskRow } from './db.js';
 import { formatSize } from '../util/size.js';
@@ -121,25 +122,38 @@ export class Allocator {
           : `its ${eligible.length} eligible container${eligible.length === 1 ? ' has' : 's have'}`;
       throw new ContainerFullError(vdisk.name, count, available, vdisk.segmentSize, detail);
     }
-    const out: AllocatedRun[] = [];
+    // Water-filling: take from the containers with the most free space until
+    // they are level with the next ones, so free space stays even and each
+    // container gives one share (contiguous where its free runs allow).
+    const take = new Map<string, number>();
+    const remaining = (s: ContainerSpace): number => s.free - (take.get(s.id) ?? 0);
     let left = count;
     while (left > 0) {
-      let best = spaces[0] as ContainerSpace;
-      for (const s of spaces) if (s.free > best.free || (s.free === best.free && s.id < best.id)) best = s;
-      // Spread: a large request takes at most an even share of what is left
-      // from the emptiest container before the choice is made again.
-      const share = spaces.length > 1 && left > 1 ? Math.max(1, Math.ceil(left / spaces.filter((s) => s.free > 0).length)) : left;
-      let take = Math.min(share, best.free, left);
-      left -= take;
-      while (take > 0) {
-        const run = best.runs[0] as FreeRun;
-        const n = Math.min(run.count, take);
-        out.push({ containerId: best.id, offset: run.start, count: n });
-        run.start += n;
-        run.count -= n;
-        if (run.count === 0) best.runs.shift();
-        best.free -= n;
-        take -= n;
+      const top = Math.max(...spaces.map(remaining));
+      const level = spaces.filter((s) => remaining(s) === top).sort((a, b) => (a.id < b.id ? -1 : 1));
+      const below = Math.max(0, ...spaces.map(remaining).filter((r) => r < top));
+      const room = (top - below) * level.length;
+      if (room >= left) {
+        const per = Math.floor(left / level.length);
+        level.forEach((s, i) => take.set(s.id, (take.get(s.id) ?? 0) + per + (i < left % level.length ? 1 : 0)));
+        left = 0;
+      } else {
+        for (const s of level) take.set(s.id, (take.get(s.id) ?? 0) + top - below);
+        left -= room;
+      }
+    }
+    const out: AllocatedRun[] = [];
+    for (const s of [...spaces].sort((a, b) => (a.id < b.id ? -1 : 1))) {
+      let n = take.get(s.id) ?? 0;
+      while (n > 0) {
+        const run = s.runs[0] as FreeRun;
+        const k = Math.min(run.count, n);
+        out.push({ containerId: s.id, offset: run.start, count: k });
+        run.start += k;
+        run.count -= k;
+        if (run.count === 0) s.runs.shift();
+        s.free -= k;
+        n -= k;
       }
     }
     return out;
