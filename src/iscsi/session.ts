@@ -54,6 +54,8 @@ interface R2TState {
   offset: number;
   length: number;
   received: number;
+  /** DataSN the next Data-Out of this sequence must carry (each sequence starts at 0). */
+  nextDataSN: number;
 }
 
 interface Task {
@@ -70,6 +72,7 @@ interface Task {
   /** Bytes the initiator may send without R2T (immediate + unsolicited Data-Out). */
   unsolicitedLimit: number;
   unsolicitedReceived: number;
+  unsolicitedDataSN: number;
   nextSolicit: number;
   r2ts: Map<number, R2TState>;
   r2tSN: number;
@@ -296,6 +299,7 @@ export class Session {
       received: 0,
       unsolicitedLimit,
       unsolicitedReceived: 0,
+      unsolicitedDataSN: 0,
       nextSolicit: unsolicitedLimit,
       r2ts: new Map(),
       r2tSN: 0,
@@ -354,7 +358,7 @@ export class Session {
     while (task.nextSolicit < task.edtl && task.r2ts.size < p.maxOutstandingR2T) {
       const length = Math.min(p.maxBurstLength, task.edtl - task.nextSolicit);
       const ttt = this.allocTtt();
-      task.r2ts.set(ttt, { offset: task.nextSolicit, length, received: 0 });
+      task.r2ts.set(ttt, { offset: task.nextSolicit, length, received: 0, nextDataSN: 0 });
       this.send({
         opcode: Opcode.R2T,
         immediate: false,
@@ -403,6 +407,8 @@ export class Session {
         this.reject(RejectReason.ProtocolError, header);
         return;
       }
+      if (pdu.dataSN !== task.unsolicitedDataSN) return this.dataSequenceError(task, header, pdu.dataSN, task.unsolicitedDataSN);
+      task.unsolicitedDataSN++;
       task.unsolicitedReceived += len;
     } else {
       r2t = task.r2ts.get(pdu.ttt);
@@ -410,6 +416,8 @@ export class Session {
         this.reject(RejectReason.InvalidPduField, header);
         return;
       }
+      if (pdu.dataSN !== r2t.nextDataSN) return this.dataSequenceError(task, header, pdu.dataSN, r2t.nextDataSN);
+      r2t.nextDataSN++;
       r2t.received += len;
     }
     if (len > 0) {
@@ -418,6 +426,20 @@ export class Session {
     }
     if (r2t && (pdu.final || r2t.received >= r2t.length)) task.r2ts.delete(pdu.ttt);
     if (task.state === TaskState.Receiving && (task.received >= task.edtl || (r2t && !task.r2ts.has(pdu.ttt)))) this.advanceTask(task);
+  }
+
+  /**
+   * A Data-Out out of DataSN order. ERL 0 cannot ask for the missing PDU again, so the
+   * PDU is rejected and the command ends with ABORTED COMMAND / DATA PHASE ERROR.
+   */
+  private dataSequenceError(task: Task, header: Buffer, got: number, want: number): void {
+    log.warn('Data-Out DataSN out of order: failing the command', { session: this.tsih, itt: task.itt, got, want });
+    this.reject(RejectReason.ProtocolError, header);
+    this.tasks.delete(task.itt);
+    this.abortedItts.add(task.itt);
+    if (task.state === TaskState.Queued) this.abortedCmdSNs.add(task.cmdSN);
+    task.aborted = true;
+    this.sendResponse(task.itt, { status: ScsiStatus.CheckCondition, sense: buildSense(Sense.dataPhaseError, false) }, task.r2tSN, 0, task.edtl, false);
   }
 
   private async execute(task: Task): Promise<void> {

@@ -75,6 +75,7 @@ export const Sense = {
   sanitizeFailed: a(SenseKey.MediumError, 0x31, 0x03),
   mediumFormatCorrupted: a(SenseKey.MediumError, 0x31, 0x00),
   noAdditionalSense: a(SenseKey.NoSense, 0x00, 0x00),
+  dataPhaseError: a(SenseKey.AbortedCommand, 0x4b, 0x00),
 } as const satisfies Record<string, Asc>;
 
 /** Sense-key specific field pointer (SKSV): which CDB or parameter byte (and bit) was wrong. */

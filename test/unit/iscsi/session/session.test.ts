@@ -165,6 +165,27 @@ describe('iSCSI session (full feature phase over a real socket)', function () {
     expect(p!.opcode).to.equal(Opcode.ScsiResponse);
   });
 
+  it('fails a write whose Data-Out PDUs are out of DataSN order (Reject + ABORTED COMMAND)', async () => {
+    const c = await loggedIn({ InitialR2T: 'Yes', ImmediateData: 'No' });
+    const pdu = c.commandPdu(write10(100, 2), { write: pattern(2 * BLOCK, 5) });
+    c.send(pdu);
+    const r2t = await c.next();
+    if (r2t!.opcode !== Opcode.R2T) throw new Error('expected R2T');
+    for (const off of [0, BLOCK]) {
+      c.send({ opcode: Opcode.DataOut, immediate: false, ahs: [], data: Buffer.alloc(BLOCK, 1), final: off === BLOCK, lun: 0n, itt: pdu.itt, ttt: r2t.ttt, expStatSN: c.expStatSN, dataSN: 0, bufferOffset: off });
+    }
+    const rej = await c.next();
+    expect(rej!.opcode).to.equal(Opcode.Reject);
+    const resp = await c.next();
+    if (resp!.opcode !== Opcode.ScsiResponse) throw new Error('expected SCSI response');
+    expect(resp.status).to.equal(2);
+    const sense = resp.data.subarray(2);
+    expect([sense[2]! & 0xf, sense[12], sense[13]]).to.deep.equal([0x0b, 0x4b, 0x00]);
+    expect(port.disk.subarray(100 * BLOCK, 102 * BLOCK).every((b) => b === 0)).to.equal(true);
+    // The session goes on.
+    expect((await c.scsi(Buffer.from([0, 0, 0, 0, 0, 0]))).status).to.equal(0);
+  });
+
   it('answers NOP-Out pings with the same data', async () => {
     const c = await loggedIn();
     c.send({ opcode: Opcode.NopOut, immediate: true, ahs: [], data: Buffer.from('ping!'), lun: 0n, itt: 500, ttt: RESERVED_TAG, cmdSN: c.cmdSN, expStatSN: c.expStatSN });
