@@ -65,11 +65,23 @@ export interface ReleaseResult {
  *
  * `release` is optional. Without it, or when it rejects (not delivered) or
  * answers !ok, whole normal segments are zeroed in place (discarded in their
- * container) instead, which keeps LBPRZ but leaves them allocated.
+ * container) instead, which keeps LBPRZ but leaves them allocated. A release
+ * that WAS sent but whose answer was lost must reject with ReleaseLostError:
+ * the controller may have applied it, so zeroing in place and completing
+ * could let a later write be lost to the table change; the unmap fails NOT
+ * READY instead and the initiator retries it.
  */
 export interface FaultSink {
   fault(f: Fault): Promise<FaultDecision>;
   release?(r: ReleaseRequest): Promise<ReleaseResult>;
+}
+
+/** A release reached the controller but its answer did not come back (the stream broke). */
+export class ReleaseLostError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ReleaseLostError';
+  }
 }
 
 /** A failed vdisk I/O: a BlockDeviceError that also says where, and carries the controller's sense if it chose one. */

@@ -14,7 +14,7 @@ import { VersionGapError, applyDelta as applyTableDelta, diff, type TableDelta }
 import type { MappingTable } from '../table/mapping-table.js';
 import { IoOp, SegmentState, inhibits, ioOpName, segmentStateName } from '../table/segment-state.js';
 import { log } from '../util/log.js';
-import { VdiskIoError, kindForSense, type Fault, type FaultDecision, type FaultSink, type ReleaseResult, type SenseCode } from './fault.js';
+import { ReleaseLostError, VdiskIoError, kindForSense, type Fault, type FaultDecision, type FaultSink, type ReleaseResult, type SenseCode } from './fault.js';
 import { SegmentGate, type SegmentRange } from './segment-gate.js';
 
 export const DEFAULT_HOLD_TIMEOUT_MS = 10_000;
@@ -44,6 +44,7 @@ const enum Mode {
 
 const TIMEOUT = Symbol('timeout');
 const UNDELIVERED = Symbol('undelivered');
+const LOST = Symbol('lost');
 const FUA: ContainerWriteOptions = { fua: true };
 
 export class VdiskDevice implements BlockDevice {
@@ -479,12 +480,16 @@ export class VdiskDevice implements BlockDevice {
     const blocks = count * this.#bps;
     const asked = release
       .call(this.#faults, { vdiskId: this.vdiskId, version: this.#table.version, firstSegment: first, segmentCount: count })
-      .catch((e: unknown): typeof UNDELIVERED => {
+      .catch((e: unknown): typeof UNDELIVERED | typeof LOST => {
+        if (e instanceof ReleaseLostError) return LOST;
         log.warn(`${this.#name()} segments ${first}+${count}: release not delivered, zeroing in place: ${(e as Error).message}`);
         return UNDELIVERED;
       });
-    const r: ReleaseResult | typeof UNDELIVERED | typeof TIMEOUT = await this.#hold(this.#race(asked, deadline));
+    const r: ReleaseResult | typeof UNDELIVERED | typeof LOST | typeof TIMEOUT = await this.#hold(this.#race(asked, deadline));
+    // Unanswered or lost: the controller may still apply it, so the blocks
+    // must not be reused from here; the initiator retries the unmap.
     if (r === TIMEOUT) throw this.#timedOut(IoOp.Unmap, first, lba, blocks, 'release unanswered');
+    if (r === LOST) throw this.#error('not-ready', IoOp.Unmap, first, lba, blocks, 'release sent but its answer was lost');
     if (r !== UNDELIVERED && r.ok) {
       while (this.#table.version < r.version) {
         if (!(await this.#hold(this.#waitSwap(deadline)))) {

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { BlockDeviceError } from '../../../src/blockdev/block-device.js';
-import { VdiskIoError, type FaultDecision } from '../../../src/agent/fault.js';
+import { ReleaseLostError, VdiskIoError, type FaultDecision } from '../../../src/agent/fault.js';
 import { VdiskDevice } from '../../../src/agent/vdisk-device.js';
 import { VersionGapError, diff } from '../../../src/table/delta.js';
 import { MappingTable } from '../../../src/table/mapping-table.js';
@@ -418,6 +418,21 @@ describe('agent/VdiskDevice', () => {
       sink.onRelease = () => Promise.resolve({ ok: false, version: 0, error: 'not normal here' });
       await dev.unmap(BPS, BPS);
       expect(raw(fx.paths[C2]!, 0, 0, SEG).equals(zeros(BPS))).to.equal(true);
+    });
+
+    it('an undelivered release zeroes in place; a lost answer fails NOT READY and touches nothing', async () => {
+      make({ release: true });
+      await dev.write(BPS, pattern(BPS, 25));
+      sink.onRelease = () => Promise.reject(new Error('controller not reachable'));
+      await dev.unmap(BPS, BPS);
+      expect(raw(fx.paths[C2]!, 0, 0, SEG).equals(zeros(BPS))).to.equal(true);
+      await dev.write(BPS, pattern(BPS, 26));
+      fx.calls.length = 0;
+      sink.onRelease = () => Promise.reject(new ReleaseLostError('stream broke'));
+      const e = await rejects(dev.unmap(BPS, BPS));
+      expect((e as BlockDeviceError).kind).to.equal('not-ready');
+      expect(fx.calls).to.deep.equal([]);
+      expect(raw(fx.paths[C2]!, 0, 0, SEG).equals(pattern(BPS, 26))).to.equal(true);
     });
 
     it('unmapping zero segments needs neither I/O nor a fault', async () => {
