@@ -254,6 +254,7 @@ export class RawInitiator {
       if (!r) throw new Error('connection closed during command');
       if (r.opcode === Opcode.R2T && r.itt === pdu.itt && o.write) {
         const seg = 65536;
+        let dataSN = 0;
         for (let off = r.bufferOffset; off < r.bufferOffset + r.desiredDataTransferLength; off += seg) {
           const len = Math.min(seg, r.bufferOffset + r.desiredDataTransferLength - off);
           this.send({
@@ -266,7 +267,7 @@ export class RawInitiator {
             itt: pdu.itt,
             ttt: r.ttt,
             expStatSN: this.expStatSN,
-            dataSN: 0,
+            dataSN: dataSN++,
             bufferOffset: off,
           });
         }
