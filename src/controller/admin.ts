@@ -48,7 +48,7 @@ import type {
 import { adminServiceDefinition } from '../wire/grpc.js';
 import { formatSize, SizeError } from '../util/size.js';
 import { log } from '../util/log.js';
-import { ContainerFullError, runLocations } from './allocator.js';
+import { ContainerFullError } from './allocator.js';
 import { checkInvariants } from './check.js';
 import { TableChangeError, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
 import { wireExtent, type Controller } from './service.js';
@@ -195,8 +195,9 @@ export class Admin {
         const v = this.#db.insertVdisk({ id, name, size: segmentCount * segmentSize, blockSize, segmentSize, segmentCount, thin: !thick, version: 1 });
         if (thick) {
           let seg = 0;
-          for (const loc of runLocations(allocator.allocate(v, segmentCount))) {
-            this.#db.setSegment(v, seg++, { state: SegmentState.Normal, location: loc }, v.version);
+          for (const run of allocator.allocate(v, segmentCount)) {
+            this.#db.insertAllocatedRun(v, seg, run.containerId, run.offset, run.count);
+            seg += run.count;
           }
         }
       });

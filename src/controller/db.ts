@@ -381,6 +381,9 @@ export class ControllerDb {
       bumpVersion: p('UPDATE vdisks SET version = version + 1 WHERE id = ? RETURNING version'),
       segment: p('SELECT * FROM segments WHERE vdisk_id = ? AND seg = ?'),
       segmentsOf: p('SELECT * FROM segments WHERE vdisk_id = ? ORDER BY seg'),
+      segmentsRaw: p('SELECT seg, state, container_id, offset FROM segments WHERE vdisk_id = ? ORDER BY seg').raw(),
+      insertCseg: p('INSERT INTO container_segments (container_id, offset, refcount) VALUES (?, ?, 1)'),
+      insertSegment: p('INSERT INTO segments (vdisk_id, seg, state, container_id, offset) VALUES (?, ?, ?, ?, ?)'),
       segmentsIn: p('SELECT * FROM segments WHERE vdisk_id = ? AND seg >= ? AND seg < ? ORDER BY seg'),
       upsertSegment: p(
         `INSERT INTO segments (vdisk_id, seg, state, container_id, offset) VALUES (?, ?, ?, ?, ?)
@@ -648,8 +651,43 @@ export class ControllerDb {
       version: vdisk.version,
       name: vdisk.name,
     });
-    this.forEachSegment(vdisk.id, (r) => t.set(r.seg, tableEntry(r)));
+    // Raw rows, coalesced into runs before they reach the table: a thick
+    // vdisk of a million rows is then a handful of setRange calls.
+    type Raw = [seg: number, state: number, container: string | null, offset: number | null];
+    const rows = this.#s.segmentsRaw.all(vdisk.id) as Raw[];
+    // The container the table entry will carry (invalid drops its location).
+    const where = (r: Raw): string | null => (r[1] === SegmentState.Invalid ? null : r[2]);
+    let i = 0;
+    while (i < rows.length) {
+      const head = rows[i] as Raw;
+      const c = where(head);
+      let j = i + 1;
+      for (; j < rows.length; j++) {
+        const r = rows[j] as Raw;
+        const k = j - i;
+        if (r[0] !== head[0] + k || r[1] !== head[1] || where(r) !== c) break;
+        if (c !== null && r[3] !== (head[3] as number) + k) break;
+      }
+      const entry = tableEntry({ vdiskId: vdisk.id, seg: head[0], state: head[1] as SegmentState, containerId: head[2], offset: head[3] });
+      t.setRange(head[0], j - i, entry, 1);
+      i = j;
+    }
     return t;
+  }
+
+  /**
+   * Records a freshly allocated run for consecutive segments (thick create,
+   * growth): plain inserts, no per-segment lookups. The segments must be
+   * zero and the locations just taken from the allocator.
+   */
+  insertAllocatedRun(vdisk: VdiskRow, firstSeg: number, containerId: string, offset: number, count: number): void {
+    if (firstSeg < 0 || firstSeg + count > vdisk.segmentCount) {
+      throw new TableChangeError(`vdisk ${vdisk.name} segments ${firstSeg}+${count} out of range (${vdisk.segmentCount} segments)`);
+    }
+    for (let i = 0; i < count; i++) {
+      this.#s.insertCseg.run(containerId, offset + i);
+      this.#s.insertSegment.run(vdisk.id, firstSeg + i, SegmentState.Normal, containerId, offset + i);
+    }
   }
 
   // ---- agents ----
