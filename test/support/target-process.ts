@@ -1,0 +1,391 @@
+// Start and stop an iSCSI target for interoperability tests: Tabula's
+// standalone target (`tabula target`), or tgtd (Debian "tgt") as a reference
+// to prove the harness itself. Each target gets a free loopback port, a fresh
+// sparse backing file in its own temp dir, and a log file that is kept when a
+// test fails.
+import { createServer } from 'node:net';
+import { existsSync, mkdtempSync, openSync, closeSync, ftruncateSync, rmSync, writeFileSync, readFileSync, createWriteStream } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+import type { ChildProcess } from 'node:child_process';
+import { spawnBounded, killGroup, runBounded, describeRun } from './bounded-run.js';
+
+export type TargetKind = 'tabula' | 'tgtd';
+
+export interface ChapCredentials {
+  user: string;
+  secret: string;
+}
+
+export interface TargetOptions {
+  /** Which implementation to start (default: targetKindFromEnv()). */
+  kind?: TargetKind;
+  /** LUN size in bytes. */
+  sizeBytes: number;
+  /** Target name (default iqn.2026-11.org.tabula:interop-<port>). */
+  iqn?: string;
+  /** One-way CHAP: the initiator must authenticate with these. */
+  chap?: ChapCredentials;
+  /** Mutual CHAP: the target authenticates itself to the initiator with these. */
+  mutualChap?: ChapCredentials;
+  /** How long to wait for the target to accept connections (default 20 s). */
+  readyTimeoutMs?: number;
+  /** Upper bound on the target's lifetime; it is killed after that (default 30 min). */
+  maxLifetimeMs?: number;
+  /** Short label used in the temp dir name and messages. */
+  label?: string;
+}
+
+export interface RunningTarget {
+  kind: TargetKind;
+  /** iscsi://127.0.0.1:PORT/IQN/LUN (no credentials) */
+  url: string;
+  host: string;
+  port: number;
+  /** HOST:PORT */
+  portal: string;
+  iqn: string;
+  lun: number;
+  sizeBytes: number;
+  /** Temp dir holding the backing file and the logs. */
+  dir: string;
+  backingFile: string;
+  /** The target's stderr (Tabula) or tgtd's output. */
+  logFile: string;
+  /** Pid of the time-bounding wrapper (also the process group id). */
+  pid: number;
+  /**
+   * Stop the target (SIGTERM, SIGKILL after a grace period) and delete the
+   * backing file; the dir with its logs is kept when keepLogs is true.
+   */
+  stop(opts?: { keepLogs?: boolean }): Promise<void>;
+}
+
+export const LOOPBACK = '127.0.0.1';
+
+/** The target under test: env TABULA_INTEROP_TARGET=tgtd selects tgtd; default Tabula. */
+export function targetKindFromEnv(): TargetKind {
+  const v = (process.env.TABULA_INTEROP_TARGET ?? 'tabula').trim().toLowerCase();
+  if (v === '' || v === 'tabula') return 'tabula';
+  if (v === 'tgtd' || v === 'tgt') return 'tgtd';
+  throw new Error(`TABULA_INTEROP_TARGET=${v}: expected "tabula" or "tgtd"`);
+}
+
+/** Directory holding Tabula's package.json (works from test/ and from dist/test/). */
+export function repoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const pkg = join(dir, 'package.json');
+    if (existsSync(pkg) && (JSON.parse(readFileSync(pkg, 'utf8')) as { name?: string }).name === 'tabula') return dir;
+    const up = dirname(dir);
+    if (up === dir) throw new Error('cannot find the tabula package root above ' + fileURLToPath(import.meta.url));
+    dir = up;
+  }
+}
+
+/** A TCP port on loopback that was free a moment ago. */
+export function freeLoopbackPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, LOOPBACK, () => {
+      const addr = srv.address();
+      srv.close(() => {
+        if (addr !== null && typeof addr === 'object') resolve(addr.port);
+        else reject(new Error('no port from listen(0)'));
+      });
+    });
+  });
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function exited(child: ChildProcess): boolean {
+  return child.exitCode !== null || child.signalCode !== null;
+}
+
+function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
+  if (exited(child)) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(false), ms);
+    child.once('exit', () => {
+      clearTimeout(t);
+      resolve(true);
+    });
+  });
+}
+
+function tail(file: string, lines = 15): string {
+  try {
+    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '(no log)';
+  }
+}
+
+/** SIGTERM the target's group, then SIGKILL after graceMs. */
+async function terminate(child: ChildProcess, graceMs: number): Promise<void> {
+  const pid = child.pid;
+  if (pid === undefined) return;
+  if (!exited(child)) {
+    // `timeout` forwards SIGTERM to the target itself.
+    child.kill('SIGTERM');
+    if (!(await waitExit(child, graceMs))) {
+      killGroup(pid, 'SIGKILL');
+      await waitExit(child, 5000);
+    }
+  }
+  killGroup(pid, 'SIGKILL');
+}
+
+/** Start a target; rejects (after cleaning up) if it is not ready in time. */
+export async function startTarget(opts: TargetOptions): Promise<RunningTarget> {
+  const kind = opts.kind ?? targetKindFromEnv();
+  const port = await freeLoopbackPort();
+  const iqn = opts.iqn ?? `iqn.2026-11.org.tabula:interop-${port}`;
+  const dir = mkdtempSync(join(tmpdir(), `tabula-interop-${opts.label ?? kind}-`));
+  const backingFile = join(dir, 'lun.img');
+  // A fresh sparse file: ftruncate allocates nothing.
+  const fd = openSync(backingFile, 'w');
+  try {
+    ftruncateSync(fd, opts.sizeBytes);
+  } finally {
+    closeSync(fd);
+  }
+  const ctx: StartContext = {
+    port,
+    iqn,
+    dir,
+    backingFile,
+    readyTimeoutMs: opts.readyTimeoutMs ?? 20_000,
+    maxLifetimeMs: opts.maxLifetimeMs ?? 30 * 60_000,
+    opts,
+  };
+  try {
+    return kind === 'tabula' ? await startTabula(ctx) : await startTgtd(ctx);
+  } catch (err) {
+    // Keep the logs of a target that did not come up; drop the big file.
+    rmSync(backingFile, { force: true });
+    throw new Error(`${(err as Error).message}\n(logs kept in ${dir})`);
+  }
+}
+
+interface StartContext {
+  port: number;
+  iqn: string;
+  dir: string;
+  backingFile: string;
+  readyTimeoutMs: number;
+  maxLifetimeMs: number;
+  opts: TargetOptions;
+}
+
+function cleanupDir(ctx: { dir: string; backingFile: string }, keepLogs: boolean): void {
+  rmSync(ctx.backingFile, { force: true });
+  if (!keepLogs) rmSync(ctx.dir, { recursive: true, force: true });
+}
+
+// ---------------------------------------------------------------- Tabula ----
+
+async function startTabula(ctx: StartContext): Promise<RunningTarget> {
+  const root = repoRoot();
+  const entry = join(root, 'dist', 'src', 'cli', 'main.js');
+  if (!existsSync(entry)) {
+    throw new Error(`Tabula is not built (${entry} is missing): run \`npm run build:ts\` first`);
+  }
+  const portal = `${LOOPBACK}:${ctx.port}`;
+  const args = [
+    join(root, 'bin', 'tabula.js'),
+    'target',
+    '--file', ctx.backingFile,
+    '--size', String(ctx.opts.sizeBytes),
+    '--portal', portal,
+    '--iqn', ctx.iqn,
+  ];
+  if (ctx.opts.chap) args.push('--chap', `${ctx.opts.chap.user}:${ctx.opts.chap.secret}`);
+  if (ctx.opts.mutualChap) args.push('--mutual-chap', `${ctx.opts.mutualChap.user}:${ctx.opts.mutualChap.secret}`);
+  const logFile = join(ctx.dir, 'target.log');
+  writeFileSync(join(ctx.dir, 'command.txt'), `node ${args.join(' ')}\n`);
+  const logFd = openSync(logFile, 'a');
+  let child: ChildProcess;
+  try {
+    child = spawnBounded(process.execPath, args, ctx.maxLifetimeMs, ['ignore', 'pipe', logFd], {
+      ...process.env,
+      TABULA_LOG_LEVEL: process.env.TABULA_LOG_LEVEL ?? 'info',
+    });
+  } finally {
+    closeSync(logFd);
+  }
+  const expected = `iscsi://${portal}/${ctx.iqn}/0`;
+  // Everything the target prints on stdout goes to stdout.txt (the pipe must
+  // keep draining after the ready line).
+  const stdoutLog = createWriteStream(join(ctx.dir, 'stdout.txt'));
+  const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`tabula target did not print ${expected} within ${ctx.readyTimeoutMs} ms; stderr:\n${tail(logFile)}`)),
+        ctx.readyTimeoutMs,
+      );
+      const fail = (msg: string): void => {
+        clearTimeout(timer);
+        reject(new Error(msg));
+      };
+      lines.on('line', (line) => {
+        if (!stdoutLog.writableEnded) stdoutLog.write(line + '\n');
+        if (!line.startsWith('iscsi://')) return;
+        clearTimeout(timer);
+        if (line.trim() === expected) resolve();
+        else reject(new Error(`tabula target printed ${JSON.stringify(line)}, expected ${expected}`));
+      });
+      child.once('error', (err) => fail(`cannot start tabula target: ${err.message}`));
+      child.once('exit', (code, signal) =>
+        fail(`tabula target exited (${signal ?? `code ${code}`}) before it was ready; stderr:\n${tail(logFile)}`),
+      );
+    });
+  } catch (err) {
+    await terminate(child, 3000);
+    stdoutLog.end();
+    throw err;
+  }
+  let stopped = false;
+  return {
+    kind: 'tabula',
+    url: expected,
+    host: LOOPBACK,
+    port: ctx.port,
+    portal,
+    iqn: ctx.iqn,
+    lun: 0,
+    sizeBytes: ctx.opts.sizeBytes,
+    dir: ctx.dir,
+    backingFile: ctx.backingFile,
+    logFile,
+    pid: child.pid as number,
+    async stop(o?: { keepLogs?: boolean }): Promise<void> {
+      if (stopped) return;
+      stopped = true;
+      await terminate(child, 10_000);
+      stdoutLog.end();
+      cleanupDir(ctx, o?.keepLogs ?? false);
+    },
+  };
+}
+
+// ------------------------------------------------------------------ tgtd ----
+
+async function tgtadm(ctl: number, args: string[]): Promise<void> {
+  const r = await runBounded('tgtadm', ['-C', String(ctl), ...args], { timeoutMs: 15_000 });
+  if (r.exitCode !== 0) throw new Error(`tgtd setup failed: ${describeRun(r)}`);
+}
+
+/**
+ * tgtd's management channel number (-C): at most 32767, and its socket must
+ * not exist yet. Derived from the port so concurrent instances differ.
+ */
+function tgtdControlNumber(port: number): number {
+  for (let i = 0; i < 1000; i++) {
+    const n = 20000 + ((port + i) % 12000);
+    if (!existsSync(`/var/run/tgtd/socket.${n}`)) return n;
+  }
+  throw new Error('no free tgtd management channel number in /var/run/tgtd');
+}
+
+function removeTgtdSockets(ctl: number): void {
+  rmSync(`/var/run/tgtd/socket.${ctl}`, { force: true });
+  rmSync(`/var/run/tgtd/socket.${ctl}.lock`, { force: true });
+}
+
+/**
+ * tgtd on 127.0.0.1:PORT only (with its own management channel so instances
+ * do not collide), one target, one thin-provisioned file-backed disk at LUN 1 (tgt
+ * keeps LUN 0 for its controller device), ACL restricted to loopback.
+ */
+async function startTgtd(ctx: StartContext): Promise<RunningTarget> {
+  if (process.getuid?.() !== 0) throw new Error('tgtd needs root (TABULA_INTEROP_TARGET=tgtd)');
+  const ctl = tgtdControlNumber(ctx.port);
+  const portal = `${LOOPBACK}:${ctx.port}`;
+  const logFile = join(ctx.dir, 'tgtd.log');
+  removeTgtdSockets(ctl);
+  const logFd = openSync(logFile, 'a');
+  let child: ChildProcess;
+  try {
+    child = spawnBounded('tgtd', ['-f', '-C', String(ctl), '--iscsi', `portal=${portal}`], ctx.maxLifetimeMs, ['ignore', logFd, logFd]);
+  } finally {
+    closeSync(logFd);
+  }
+  const stop = async (): Promise<void> => {
+    if (!exited(child)) {
+      // tgtd ignores SIGTERM while it has targets: delete them, then ask it to exit.
+      const all = ['--lld', 'iscsi', '--mode', 'target', '--op', 'delete', '--force', '--tid', '1'];
+      await runBounded('tgtadm', ['-C', String(ctl), ...all], { timeoutMs: 10_000 });
+      await runBounded('tgtadm', ['-C', String(ctl), '--mode', 'system', '--op', 'delete'], { timeoutMs: 10_000 });
+      await waitExit(child, 5000);
+    }
+    await terminate(child, 5000);
+    removeTgtdSockets(ctl);
+  };
+  try {
+    const deadline = Date.now() + ctx.readyTimeoutMs;
+    for (;;) {
+      if (exited(child)) throw new Error(`tgtd exited before it was ready; log:\n${tail(logFile)}`);
+      const r = await runBounded('tgtadm', ['-C', String(ctl), '--mode', 'system', '--op', 'show'], { timeoutMs: 5000 });
+      if (r.exitCode === 0) break;
+      if (Date.now() > deadline) throw new Error(`tgtd management channel not up within ${ctx.readyTimeoutMs} ms; log:\n${tail(logFile)}`);
+      await sleep(200);
+    }
+    const iscsi = ['--lld', 'iscsi'];
+    await tgtadm(ctl, [...iscsi, '--mode', 'target', '--op', 'new', '--tid', '1', '--targetname', ctx.iqn]);
+    await tgtadm(ctl, [...iscsi, '--mode', 'logicalunit', '--op', 'new', '--tid', '1', '--lun', '1', '--backing-store', ctx.backingFile, '--bstype', 'rdwr']);
+    await tgtadm(ctl, [...iscsi, '--mode', 'logicalunit', '--op', 'update', '--tid', '1', '--lun', '1', '--params', 'thin_provisioning=1']);
+    // tgtd answers HeaderDigest=None unless CRC32C is allowed explicitly.
+    await tgtadm(ctl, [...iscsi, '--mode', 'target', '--op', 'update', '--tid', '1', '--name', 'HeaderDigest', '--value', 'CRC32C,None']);
+    await tgtadm(ctl, [...iscsi, '--mode', 'target', '--op', 'update', '--tid', '1', '--name', 'DataDigest', '--value', 'CRC32C,None']);
+    if (ctx.opts.chap) {
+      const { user, secret } = ctx.opts.chap;
+      await tgtadm(ctl, [...iscsi, '--mode', 'account', '--op', 'new', '--user', user, '--password', secret]);
+      await tgtadm(ctl, [...iscsi, '--mode', 'account', '--op', 'bind', '--tid', '1', '--user', user]);
+    }
+    if (ctx.opts.mutualChap) {
+      const { user, secret } = ctx.opts.mutualChap;
+      await tgtadm(ctl, [...iscsi, '--mode', 'account', '--op', 'new', '--user', user, '--password', secret]);
+      await tgtadm(ctl, [...iscsi, '--mode', 'account', '--op', 'bind', '--tid', '1', '--user', user, '--outgoing']);
+    }
+    await tgtadm(ctl, [...iscsi, '--mode', 'target', '--op', 'bind', '--tid', '1', '--initiator-address', LOOPBACK]);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  let stopped = false;
+  return {
+    kind: 'tgtd',
+    url: `iscsi://${portal}/${ctx.iqn}/1`,
+    host: LOOPBACK,
+    port: ctx.port,
+    portal,
+    iqn: ctx.iqn,
+    lun: 1,
+    sizeBytes: ctx.opts.sizeBytes,
+    dir: ctx.dir,
+    backingFile: ctx.backingFile,
+    logFile,
+    pid: child.pid as number,
+    async stop(o?: { keepLogs?: boolean }): Promise<void> {
+      if (stopped) return;
+      stopped = true;
+      await stop();
+      cleanupDir(ctx, o?.keepLogs ?? false);
+    },
+  };
+}
+
+/** The target's URL with CHAP credentials: iscsi://user%secret@host:port/iqn/lun. */
+export function urlWithChap(t: RunningTarget, c: ChapCredentials): string {
+  // libiscsi splits the URL on '%', '@' and '/' without percent-decoding.
+  for (const v of [c.user, c.secret]) {
+    if (/[%@/?&\s]/.test(v)) throw new Error(`CHAP name or secret ${JSON.stringify(v)} cannot be put in an iSCSI URL`);
+  }
+  return `iscsi://${c.user}%${c.secret}@${t.portal}/${t.iqn}/${t.lun}`;
+}
