@@ -2,6 +2,7 @@
 import yargs from 'yargs';
 import { readFileSync } from 'node:fs';
 import { targetCommand } from './target.js';
+import { agentCommand } from './agent.js';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -11,6 +12,7 @@ function version(): string {
 export async function main(argv: string[]): Promise<void> {
   const y = yargs(argv).scriptName('tabula');
   targetCommand(y);
+  agentCommand(y);
   await y
     .version(version())
     .strict()

@@ -48,6 +48,23 @@ function writeContainer(path: string, offset: number, data: Buffer): void {
   }
 }
 
+function unmapCdb(paramLength: number): Buffer {
+  const c = Buffer.alloc(10);
+  c[0] = 0x42;
+  c.writeUInt16BE(paramLength, 7);
+  return c;
+}
+
+/** UNMAP parameter list with one block descriptor (SBC-4 5.32.2). */
+function unmapList(lba: number, blocks: number): Buffer {
+  const b = Buffer.alloc(24);
+  b.writeUInt16BE(22, 0);
+  b.writeUInt16BE(16, 2);
+  b.writeBigUInt64BE(BigInt(lba), 8);
+  b.writeUInt32BE(blocks, 16);
+  return b;
+}
+
 /** ExportSet + TableFull (segment 0-1 normal at offsets 0-1, the rest zero), acked. */
 async function exportDisk(stream: FakeStream, version = 1): Promise<void> {
   stream.send({ body: 'exportSet', exportSet: { exports: [exportOf()] } });
@@ -224,6 +241,31 @@ describe('agent daemon', function () {
     expect(r.status).to.equal(2);
     expect(r.sense![2]! & 0x0f).to.equal(7);
     expect([r.sense![12], r.sense![13]]).to.deep.equal([0x27, 0x07]);
+  });
+
+  it('releases whole unmapped segments through the controller and completes once they are zero', async () => {
+    const { stream } = await ctl.accept();
+    await exportDisk(stream);
+    const ini = await login();
+    const unmap = ini.scsi(unmapCdb(24), { write: unmapList(BPS, BPS) });
+    const rel = await stream.take('release');
+    expect(rel.release).to.include({ vdiskId: VDISK_ID, tableVersion: 1, firstSegment: 1, segmentCount: 1 });
+    stream.send({ body: 'tableDelta', tableDelta: { vdiskId: VDISK_ID, fromVersion: 1, toVersion: 2, segmentCount: SEGS, extents: [zero(1, 1)] } });
+    expect((await stream.take('tableAck')).tableAck.version).to.equal(2);
+    stream.send({ body: 'releaseReply', releaseReply: { requestId: rel.release.requestId, ok: true, tableVersion: 2, error: '' } });
+    expect((await unmap).status).to.equal(0);
+  });
+
+  it('zeroes unmapped segments in place when the controller is away', async () => {
+    const { stream } = await ctl.accept();
+    await exportDisk(stream);
+    const ini = await login();
+    expect((await ini.scsi(write10(0, 2), { write: pattern(2, 0x12) })).status).to.equal(0);
+    await ctl.stop();
+    await until(() => !rig.agent.link.connected, 5000, 'the agent to notice');
+    expect((await ini.scsi(unmapCdb(24), { write: unmapList(0, BPS) })).status).to.equal(0);
+    const r = await ini.scsi(read10(0, 2), { read: 2 * BS });
+    expect(r.data.equals(Buffer.alloc(2 * BS))).to.equal(true);
   });
 
   it('keeps serving normal and zero segments while the controller is gone; faults fail NOT READY 02/04/0A after the hold timeout', async () => {
