@@ -56,6 +56,8 @@ interface Held {
   fenced: boolean;
   /** A TableFull has been installed since the device was made or last fenced. */
   loaded: boolean;
+  /** Counts fences: an install that a fence overtook must not lift it. */
+  fences: number;
   /** A TableRequest is out; further gaps wait for its TableFull. */
   requested: boolean;
   removed: boolean;
@@ -268,7 +270,7 @@ export class Agent {
           log.error('cannot create the device for an export', { vdisk: e.vdiskName, id: e.vdiskId, err: (err as Error).message });
           continue;
         }
-        h = { exp: e, device, queue: Promise.resolve(), fenced: false, loaded: false, requested: false, removed: false };
+        h = { exp: e, device, queue: Promise.resolve(), fenced: false, loaded: false, fences: 0, requested: false, removed: false };
         this.#held.set(e.vdiskId, h);
       }
       h.exp = e;
@@ -355,7 +357,9 @@ export class Agent {
         this.#ack(h, have);
         return;
       }
+      const fences = h.fences;
       await h.device.installTable(table);
+      if (this.#overtakenByFence(h, fences)) return;
       h.fenced = false;
       h.loaded = true;
       h.requested = false;
@@ -388,8 +392,10 @@ export class Agent {
         this.#ack(h, have);
         return;
       }
+      const fences = h.fences;
       try {
         await h.device.applyDelta(delta);
+        if (this.#overtakenByFence(h, fences)) return;
       } catch (err) {
         if (err instanceof VersionGapError) {
           this.#requestTable(h, err.message);
@@ -403,6 +409,19 @@ export class Agent {
     });
   }
 
+  /**
+   * A Fence arrived while an install was draining: the install may have
+   * lifted the device's fence, but the controller may already have moved on
+   * from that table. Fence again and do not ack; the requested TableFull
+   * follows.
+   */
+  #overtakenByFence(h: Held, fencesBefore: number): boolean {
+    if (h.fences === fencesBefore) return false;
+    h.device.fence();
+    log.info('table install overtaken by a fence: not acked', { vdisk: h.exp.vdiskName });
+    return true;
+  }
+
   #onFence(f: Fence): void {
     const h = this.#heldFor(f.vdiskId, 'Fence');
     if (h === undefined) return;
@@ -410,6 +429,7 @@ export class Agent {
     h.device.fence();
     h.fenced = true;
     h.loaded = false;
+    h.fences++;
     h.requested = false;
     log.warn('vdisk fenced by the controller', { vdisk: h.exp.vdiskName, reason: f.reason });
     this.#requestTable(h, `fenced: ${f.reason}`);

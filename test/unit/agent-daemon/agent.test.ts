@@ -169,6 +169,37 @@ describe('agent daemon', function () {
     expect(rig.agent.exports()[0]?.tableVersion).to.equal(2);
   });
 
+  it('does not ack, and stays fenced, when a Fence overtakes a draining install', async () => {
+    const { stream } = await ctl.accept();
+    await exportDisk(stream);
+    const ini = await login();
+    const gate = deferred();
+    rig.gate.writes = gate.promise;
+    const write = ini.scsi(write10(0, 1), { write: pattern(1, 0x23) });
+    await until(() => rig.gate.writesStarted > 0, 5000, 'the write to reach the container');
+    stream.send({
+      body: 'tableDelta',
+      tableDelta: { vdiskId: VDISK_ID, fromVersion: 1, toVersion: 2, segmentCount: SEGS, extents: [normal(0, 1, 5)] },
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    stream.send({ body: 'fence', fence: { vdiskId: VDISK_ID, reason: 'ack timeout' } });
+    expect((await stream.take('tableRequest')).tableRequest.haveVersion).to.equal(0);
+    rig.gate.writes = null;
+    gate.resolve();
+    expect((await write).status).to.equal(0);
+    expect(await stream.none('tableAck', 300)).to.equal(true);
+    const read = ini.scsi(read10(BPS, 1), { read: BS });
+    const f = await stream.take('fault');
+    expect(f.fault.state).to.equal(SegmentState.Invalid);
+    stream.send({
+      body: 'tableFull',
+      tableFull: { vdiskId: VDISK_ID, version: 3, segmentSize: SEG, blockSize: BS, segmentCount: SEGS, containers: [CONTAINER_ID], extents: [normal(0, 2), zero(2, 6)] },
+    });
+    expect((await stream.take('tableAck')).tableAck.version).to.equal(3);
+    stream.send({ body: 'faultReply', faultReply: { faultId: f.fault.faultId, action: FaultAction.Retry, tableVersion: 3, senseKey: 0, asc: 0, ascq: 0, reason: '' } });
+    expect((await read).status).to.equal(0);
+  });
+
   it('asks for the whole table once on a version gap, and acks the TableFull that answers', async () => {
     const { stream } = await ctl.accept();
     await exportDisk(stream);
