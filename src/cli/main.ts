@@ -1,12 +1,21 @@
 // The `tabula` command line (yargs). Each subcommand lives in its own module.
 import yargs from 'yargs';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { targetCommand } from './target.js';
 import { agentCommand } from './agent.js';
 
+/** The package version, from the nearest package.json above this module (works from src/ and dist/). */
 function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const p = join(dir, 'package.json');
+    if (existsSync(p)) return (JSON.parse(readFileSync(p, 'utf8')) as { version: string }).version;
+    const up = dirname(dir);
+    if (up === dir) return 'unknown';
+    dir = up;
+  }
 }
 
 export async function main(argv: string[]): Promise<void> {
