@@ -166,10 +166,10 @@ export class LogicalUnit implements DeviceServerLu {
     if (q.length === 0) this.ua.delete(nexus.id);
   }
 
-  /** LOGICAL UNIT RESET / target reset: SPC-2 reservations go, every nexus sees `code`. */
-  reset(code: Asc): void {
+  /** LOGICAL UNIT RESET / target reset: SPC-2 reservations go, every nexus (but `except`) sees `code`. */
+  reset(code: Asc, except?: Nexus): void {
     this.reservations.onReset();
-    this.raiseUnitAttention(code);
+    this.raiseUnitAttention(code, except ? { except } : undefined);
   }
 
   /**

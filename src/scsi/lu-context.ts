@@ -32,7 +32,6 @@ export interface BlockLimits {
 }
 
 export const DEFAULT_LIMITS_BYTES = {
-  maxTransfer: 8 << 20,
   optimalTransfer: 1 << 20,
   maxUnmap: 1 << 30,
   maxWriteSame: 1 << 30,
@@ -41,7 +40,8 @@ export const DEFAULT_LIMITS_BYTES = {
 
 export function defaultLimits(blockSize: number): BlockLimits {
   return {
-    maxTransferBlocks: DEFAULT_LIMITS_BYTES.maxTransfer / blockSize,
+    // 65536 blocks: libiscsi moves that much in one WRITE(16)/READ(16) without consulting the limit
+    maxTransferBlocks: 65536,
     optimalTransferBlocks: DEFAULT_LIMITS_BYTES.optimalTransfer / blockSize,
     transferGranularity: 1,
     // libiscsi treats more than 1M LBAs or descriptors as insane

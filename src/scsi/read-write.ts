@@ -154,12 +154,12 @@ export async function compareAndWrite(ctx: CommandContext): Promise<ScsiResponse
   const bs = lu.device.blockSize;
   const need = 2 * blocks * bs;
   const res: ScsiResponse = { status: ScsiStatus.Good, dataOutLength: need };
-  if (blocks === 0) return res;
   const data = ctx.req.dataOut;
   // the verify and write halves must both be there: a short or long buffer is an error, not a partial write
-  if (ctx.req.expectedLength !== need || !data || data.length < need) {
+  if (ctx.req.expectedLength !== need || (need > 0 && (!data || data.length < need))) {
     throw ScsiError.cdb(13, undefined, `COMPARE AND WRITE needs ${need} bytes of Data-Out, initiator declared ${ctx.req.expectedLength}`);
   }
+  if (blocks === 0 || !data) return res;
   const half = blocks * bs;
   const opts = writeOptions(ctx, lu);
   await lu.exclusive(async () => {

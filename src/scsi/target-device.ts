@@ -188,7 +188,10 @@ export class ScsiTargetDevice implements ScsiPort, TargetApi {
         return TmfResult.Complete;
       }
       case TmfCode.TargetWarmReset:
-        for (const u of this.units.values()) u.reset(Sense.busReset);
+        // The issuing nexus learns of the reset from the TMF response; the
+        // others get the UA. (A LUN reset, by contrast, is reported to every
+        // nexus: multipath initiators look for it on the issuing path too.)
+        for (const u of this.units.values()) u.reset(Sense.busReset, nexus);
         return TmfResult.Complete;
       case TmfCode.TargetColdReset:
         for (const u of this.units.values()) u.reset(Sense.powerOnOccurred);

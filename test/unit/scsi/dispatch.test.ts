@@ -137,13 +137,16 @@ describe('unit attentions', () => {
     expectSense(await f.run(cdb.tur()), 0x6, 0x3f, 0x0e);
   });
 
-  it('target resets raise their own codes; CLEAR TASK SET tells the other initiators', async () => {
+  it('target resets raise their own codes (warm: not to the issuer); CLEAR TASK SET tells the other initiators', async () => {
     const f = fixture();
     await f.run(cdb.tur(), { nexus: nexusA });
     await f.run(cdb.tur(), { nexus: nexusB });
     await f.target.taskManagement(TmfCode.TargetWarmReset, nexusA, 0);
     expectSense(await f.run(cdb.tur(), { nexus: nexusB }), 0x6, 0x29, 0x02);
-    expectSense(await f.run(cdb.tur(), { nexus: nexusA }), 0x6, 0x29, 0x02);
+    expectGood(await f.run(cdb.tur(), { nexus: nexusA })); // the issuer has its TMF response
+    await f.target.taskManagement(TmfCode.TargetColdReset, nexusA, 0);
+    expectSense(await f.run(cdb.tur(), { nexus: nexusA }), 0x6, 0x29, 0x01);
+    expectSense(await f.run(cdb.tur(), { nexus: nexusB }), 0x6, 0x29, 0x01);
     await f.target.taskManagement(TmfCode.ClearTaskSet, nexusA, 0);
     expectGood(await f.run(cdb.tur(), { nexus: nexusA }));
     expectSense(await f.run(cdb.tur(), { nexus: nexusB }), 0x6, 0x2f, 0x00);

@@ -71,7 +71,7 @@ describe('INQUIRY', () => {
     expect(bl[3]).to.equal(0x3c);
     expect(bl[4]).to.equal(0x01); // WSNZ
     expect(bl[5]).to.equal(64); // max COMPARE AND WRITE
-    expect(bl.readUInt32BE(8)).to.equal((8 << 20) / 512); // max transfer
+    expect(bl.readUInt32BE(8)).to.equal(65536); // max transfer
     expect(bl.readUInt32BE(20)).to.be.greaterThan(0).and.at.most(1 << 20); // max unmap LBA count
     expect(bl.readUInt32BE(24)).to.equal(256); // max unmap descriptors
     expect(bl.readUInt32BE(44)).to.equal((1 << 20) / 512); // max atomic transfer length

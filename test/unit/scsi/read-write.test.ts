@@ -44,8 +44,8 @@ describe('READ / WRITE', () => {
   });
 
   it('rejects a transfer beyond the maximum transfer length and protection fields', async () => {
-    const f = fixture(1 << 16);
-    expectSense(await f.run(cdb.read10(0, 16385)), 0x5, 0x24, 0x00);
+    const f = fixture(1 << 17);
+    expectSense(await f.run(cdb.read16(0n, 65537)), 0x5, 0x24, 0x00);
     expectSense(await f.run(cdb.read10(0, 1, 0x20)), 0x5, 0x24, 0x00); // RDPROTECT=1
     expectSense(await f.run(cdb.write10(0, 1, 0x20), { dataOut: block(1) }), 0x5, 0x24, 0x00);
     expectGood(await f.run(cdb.read10(0, 1, 0x18))); // DPO + FUA accepted
@@ -143,6 +143,9 @@ describe('COMPARE AND WRITE / ORWRITE / WRITE ATOMIC', () => {
     expectSense(await f.run(cdb.caw(0n, 3), { dataOut: block(0, 4) }), 0x5, 0x24, 0x00);
     expectSense(await f.run(cdb.caw(0n, 65), { dataOut: block(0, 130) }), 0x5, 0x24, 0x00);
     expectSense(await f.run(cdb.caw(2048n, 1), { dataOut: block(0, 2) }), 0x5, 0x21, 0x00);
+    // NUMBER OF LOGICAL BLOCKS 0 (e.g. 256 truncated to a byte) with Data-Out attached
+    expectSense(await f.run(cdb.caw(0n, 0), { dataOut: block(0, 512) }), 0x5, 0x24, 0x00);
+    expectGood(await f.run(cdb.caw(0n, 0), { dataOut: null, expectedLength: 0 }));
   });
 
   it('ORWRITE ors the data into the medium', async () => {
