@@ -25,7 +25,14 @@ import type {
   AdminMethods,
   AgentInfo,
   CheckReply,
+  CloneVdiskRequest,
   ContainerInfo,
+  EvacuateContainerRequest,
+  ListMigrationsReply,
+  MigrateVdiskRequest,
+  MigrationInfo,
+  MigrationRef,
+  SnapshotVdiskRequest,
   CreateVdiskRequest,
   Empty,
   ExportInfo,
@@ -51,6 +58,8 @@ import { log } from '../util/log.js';
 import { ContainerFullError } from './allocator.js';
 import { checkInvariants } from './check.js';
 import { TableChangeError, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
+import { MigrationError } from './migration.js';
+import { SnapshotError, removeTable, shareVdisk, shrinkTable } from './snapshots.js';
 import { wireExtent, type Controller } from './service.js';
 import { randomUUID } from 'node:crypto';
 
@@ -85,6 +94,7 @@ export function toStatus(err: unknown): { code: grpc.status; details: string } {
   const msg = (err as Error)?.message ?? String(err);
   if (err instanceof AdminError) return { code: err.code, details: msg };
   if (err instanceof ContainerFullError) return { code: grpc.status.RESOURCE_EXHAUSTED, details: msg };
+  if (err instanceof SnapshotError || err instanceof MigrationError) return { code: grpc.status.FAILED_PRECONDITION, details: msg };
   if (err instanceof TableChangeError || err instanceof RangeError || err instanceof SizeError) {
     return { code: grpc.status.INVALID_ARGUMENT, details: msg };
   }
@@ -141,7 +151,16 @@ export class Admin {
   }
 
   #containerInfo(c: ContainerRow): ContainerInfo {
+    const acct = this.#db.sql
+      .prepare('SELECT COUNT(*) AS used, COALESCE(SUM(refcount > 1), 0) AS shared, COALESCE(SUM(refcount = 1), 0) AS exclusive FROM container_segments WHERE container_id = ?')
+      .get(c.id) as { used: number; shared: number; exclusive: number };
+    const capacity = c.segmentsTotal * c.segmentSize;
     return {
+      capacityBytes: capacity,
+      allocatedBytes: acct.used * c.segmentSize,
+      sharedBytes: acct.shared * c.segmentSize,
+      exclusiveBytes: acct.exclusive * c.segmentSize,
+      freeBytes: capacity - acct.used * c.segmentSize,
       id: c.id,
       path: c.path,
       size: c.size,
@@ -224,7 +243,20 @@ export class Admin {
       allocated += c.located;
     }
     states.zero = (states.zero ?? 0) + v.segmentCount - nonZero;
+    const share = this.#db.sql
+      .prepare(
+        `SELECT COALESCE(SUM(cs.refcount > 1), 0) AS shared, COALESCE(SUM(cs.refcount = 1), 0) AS exclusive
+         FROM segments s JOIN container_segments cs ON cs.container_id = s.container_id AND cs.offset = s.offset WHERE s.vdisk_id = ?`,
+      )
+      .get(v.id) as { shared: number; exclusive: number };
+    const parent = v.parentId !== null ? this.#db.vdisk(v.parentId) : undefined;
     return {
+      sharedBytes: share.shared * v.segmentSize,
+      exclusiveBytes: share.exclusive * v.segmentSize,
+      kind: v.kind,
+      parent: parent?.name ?? '',
+      parentId: v.parentId ?? '',
+      migration: this.#migrationInfo(v.id) ?? null,
       id: v.id,
       name: v.name,
       size: v.size,
@@ -249,29 +281,48 @@ export class Admin {
     return this.#vdiskInfo(this.#vdisk(r.name));
   }
 
-  RemoveVdisk(r: Partial<VdiskRef>): Empty {
+  /**
+   * Removes a vdisk or snapshot that no agent exports. Its references go at
+   * once (the DB part is synchronous); locations reaching zero are freed,
+   * and the promise settles once locations left with one writable holder
+   * are writable there again.
+   */
+  RemoveVdisk(r: Partial<VdiskRef>): Promise<Empty> {
     const v = this.#vdisk(r.name);
     const ex = this.#db.exportsOfVdisk(v.id);
     if (ex.length > 0) throw precondition(`vdisk ${v.name} is exported on ${ex.map((e) => e.agent).join(', ')}; remove the exports first`);
-    this.#db.tx(() => {
-      const version = this.#db.bumpVersion(v.id);
-      for (const row of this.#db.segmentRows(v.id)) this.#db.setSegment(v, row.seg, { state: SegmentState.Zero, location: null }, version);
-      this.#db.deleteVdisk(v.id);
-    });
-    this.#ctrl.forgetTable(v.id);
-    this.#ctrl.reclaim(v.id);
-    this.#db.event('vdisk', v.name, 'removed');
-    return {};
+    if (this.#ctrl.migrations.running(v.id)) throw precondition(`vdisk ${v.name} is being migrated; cancel the migration first`);
+    const settled = removeTable(this.#ctrl, v.id);
+    this.#db.event(v.kind, v.name, 'removed');
+    log.info(`${v.kind} ${v.name} removed`);
+    return settled.then(() => ({}));
   }
 
+  /**
+   * Grows at any time (new segments zero, or allocated for thick vdisks):
+   * agents get the new segment count in the table delta and the new size
+   * in their export set (and raise CAPACITY DATA HAS CHANGED). Shrinks only
+   * with `force`, on a vdisk no agent exports.
+   */
   async ResizeVdisk(r: Partial<ResizeVdiskRequest>): Promise<VdiskInfo> {
     const v = this.#vdisk(r.name);
+    if (v.kind === 'snapshot') throw precondition(`${v.name} is a snapshot; snapshots keep the size they were taken at`);
     const size = r.size ?? 0;
+    if (!Number.isSafeInteger(size) || size <= 0) throw invalid(`vdisk ${v.name}: new size must be positive`);
     const segmentCount = Math.ceil(size / v.segmentSize);
-    if (!Number.isSafeInteger(size) || segmentCount < v.segmentCount) {
-      throw invalid(`vdisk ${v.name}: new size ${formatSize(size)} is smaller than ${formatSize(v.size)}; shrinking is not supported`);
-    }
     if (segmentCount > MAX_SEGMENT_COUNT) throw invalid(`vdisk ${v.name}: ${formatSize(size)} is too large`);
+    if (segmentCount < v.segmentCount) {
+      const newSize = formatSize(segmentCount * v.segmentSize);
+      if (r.force !== true) {
+        throw invalid(`vdisk ${v.name}: new size ${newSize} is smaller than ${formatSize(v.size)}; shrinking discards data and needs --force`);
+      }
+      const ex = this.#db.exportsOfVdisk(v.id);
+      if (ex.length > 0) throw precondition(`vdisk ${v.name} is exported on ${ex.map((e) => e.agent).join(', ')}; remove the exports before shrinking it`);
+      if (this.#ctrl.migrations.running(v.id)) throw precondition(`vdisk ${v.name} is being migrated; cancel the migration before shrinking it`);
+      await shrinkTable(this.#ctrl, v, segmentCount);
+      this.#db.event('vdisk', v.name, `shrunk from ${formatSize(v.size)} to ${newSize}`);
+      return this.#vdiskInfo(this.#vdisk(v.id));
+    }
     await this.#ctrl.changeTable(v.id, (c) => {
       const old = c.vdisk.segmentCount;
       c.grow(segmentCount * v.segmentSize, segmentCount);
@@ -281,6 +332,7 @@ export class Admin {
       }
     });
     this.#pushExportSets(v.id);
+    if (segmentCount > v.segmentCount) this.#db.event('vdisk', v.name, `grown from ${formatSize(v.size)} to ${formatSize(segmentCount * v.segmentSize)}`);
     return this.#vdiskInfo(this.#vdisk(v.id));
   }
 
@@ -334,7 +386,9 @@ export class Admin {
     const clash = this.#db.exportsOfAgent(agent).find((e) => e.targetIqn === targetIqn && e.lun === lun);
     if (clash) throw exists(`agent ${agent} already serves LUN ${lun} of ${targetIqn}`);
     // The agent has never held this vdisk, so it owes no ack for older versions.
-    this.#db.insertExport({ vdiskId: v.id, agent, targetIqn, lun, readOnly: r.readOnly === true, ackedVersion: v.version });
+    // A snapshot is read-only however it is exported (WRITE gets DATA PROTECT at the agent).
+    const readOnly = r.readOnly === true || v.kind === 'snapshot';
+    this.#db.insertExport({ vdiskId: v.id, agent, targetIqn, lun, readOnly, ackedVersion: v.version });
     this.#db.event('export', v.name, `exported on ${agent} as ${targetIqn} LUN ${lun}`);
     this.#ctrl.exportsChanged(agent);
     return this.#exportInfo(this.#db.export(v.id, agent) as ExportRow, v);
@@ -424,6 +478,13 @@ export class Admin {
       for (let seg = first; seg < first + count; seg++) {
         const row = this.#db.segment(v.id, seg);
         const loc = row.containerId !== null && row.offset !== null ? { containerId: row.containerId, offset: row.offset } : null;
+        const refs = loc !== null ? this.#db.refcount(loc) : 0;
+        if (refs > 1 && state !== SegmentState.Zero && state !== SegmentState.NoWrite) {
+          throw precondition(
+            `vdisk ${v.name} segment ${seg} shares container ${loc?.containerId} offset ${loc?.offset} with ${refs - 1} other table entr${refs === 2 ? 'y' : 'ies'} (snapshot or clone); it can only be no-write or zero`,
+          );
+        }
+        if (v.kind === 'snapshot' && state === SegmentState.Normal) throw precondition(`${v.name} is a snapshot; its segments cannot be made writable`);
         if (state === SegmentState.Zero) c.set(seg, state, null);
         else if (state === SegmentState.Normal || state === SegmentState.NoWrite) c.set(seg, state, loc ?? (c.allocate(1)[0] ?? null));
         else c.set(seg, state, loc);
@@ -431,6 +492,121 @@ export class Admin {
     });
     this.#db.event('segment', v.name, `segments ${first}-${first + count - 1} set to ${segmentStateName(state)}`);
     return this.#tableReply(v.id, false);
+  }
+
+  // ---- snapshots, clones, migrations ----
+
+  /** Snapshot of a vdisk: read-only, shares every segment; returns once every exporter acked. */
+  async SnapshotVdisk(r: Partial<SnapshotVdiskRequest>): Promise<VdiskInfo> {
+    const src = this.#vdisk(r.vdisk);
+    if (src.kind === 'snapshot') throw precondition(`${src.name} is already a snapshot; clone it for a writable copy`);
+    const name = this.#newName(r.name);
+    return this.#vdiskInfo(await shareVdisk(this.#ctrl, src, name, 'snapshot'));
+  }
+
+  /** Writable clone of a snapshot or of a vdisk (frozen as for a snapshot); copy-on-write from then on. */
+  async CloneVdisk(r: Partial<CloneVdiskRequest>): Promise<VdiskInfo> {
+    const src = this.#vdisk(r.source);
+    const name = this.#newName(r.name);
+    return this.#vdiskInfo(await shareVdisk(this.#ctrl, src, name, 'vdisk'));
+  }
+
+  #newName(name: string | undefined): string {
+    const n = name ?? '';
+    if (!VDISK_NAME_RE.test(n)) throw invalid(`bad name "${n}": use 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit`);
+    if (this.#db.vdiskByName(n)) throw exists(`vdisk ${n} already exists`);
+    return n;
+  }
+
+  MigrateVdisk(r: Partial<MigrateVdiskRequest>): MigrationInfo {
+    const v = this.#vdisk(r.vdisk);
+    const c = this.#db.findContainer(r.toContainer ?? '');
+    if (!r.toContainer || !c) throw notFound(`unknown container ${r.toContainer ?? ''}`);
+    if (c.state !== 'online') throw precondition(`container ${c.id} is ${c.state}; a migration target must be online`);
+    if (c.segmentSize !== v.segmentSize) {
+      throw precondition(`container ${c.id} has segments of ${formatSize(c.segmentSize)}, vdisk ${v.name} has ${formatSize(v.segmentSize)}`);
+    }
+    const cannot = this.#db.exportsOfVdisk(v.id).filter((e) => !this.#db.agentContainers(e.agent).includes(c.id));
+    if (cannot.length > 0) {
+      throw precondition(`agent${cannot.length > 1 ? 's' : ''} ${cannot.map((e) => e.agent).join(', ')} exporting vdisk ${v.name} do${cannot.length > 1 ? '' : 'es'} not reach container ${c.id}`);
+    }
+    if (this.#ctrl.migrations.running(v.id)) throw precondition(`vdisk ${v.name} is already being migrated; cancel that migration first`);
+    const toMove = this.#db.sql
+      .prepare(
+        `SELECT COUNT(*) FROM segments WHERE vdisk_id = ? AND container_id IS NOT NULL AND container_id != ? AND state IN (${SegmentState.Normal}, ${SegmentState.NoWrite})`,
+      )
+      .pluck()
+      .get(v.id, c.id) as number;
+    const free = this.#ctrl.allocator.freeSegments(c.id);
+    if (toMove > free) {
+      throw new ContainerFullError(v.name, toMove, free, v.segmentSize, `container ${c.id} has`);
+    }
+    this.#ctrl.migrations.start(v, { to: c.id, from: null });
+    return this.#migrationInfo(v.id) as MigrationInfo;
+  }
+
+  #migrationInfo(vdiskId: string): MigrationInfo | undefined {
+    const p = this.#ctrl.migrations.progress(vdiskId);
+    if (!p) return undefined;
+    const m = p.row;
+    return {
+      vdiskId: m.vdiskId,
+      vdiskName: this.#db.vdisk(m.vdiskId)?.name ?? '',
+      toContainer: m.toContainer ?? '',
+      fromContainer: m.fromContainer ?? '',
+      state: m.state,
+      segmentsTotal: m.segmentsTotal,
+      segmentsDone: m.segmentsDone,
+      bytesDone: m.bytesDone,
+      percent: p.percent,
+      bytesPerSecond: p.bytesPerSecond,
+      etaSeconds: p.etaSeconds,
+      started: m.started,
+      updated: m.updated,
+      finished: m.finished ?? '',
+      error: m.error,
+    };
+  }
+
+  GetMigration(r: Partial<MigrationRef>): MigrationInfo {
+    const v = this.#vdisk(r.vdisk);
+    const m = this.#migrationInfo(v.id);
+    if (!m) throw notFound(`vdisk ${v.name} has never been migrated`);
+    return m;
+  }
+
+  ListMigrations(_r: Partial<Empty>): ListMigrationsReply {
+    return { migrations: this.#db.migrations().flatMap((m) => this.#migrationInfo(m.vdiskId) ?? []) };
+  }
+
+  async CancelMigration(r: Partial<MigrationRef>): Promise<MigrationInfo> {
+    const v = this.#vdisk(r.vdisk);
+    const m = this.#db.migration(v.id);
+    if (!m) throw notFound(`vdisk ${v.name} has never been migrated`);
+    if (m.state !== 'running') throw precondition(`the migration of vdisk ${v.name} is not running (${m.state})`);
+    await this.#ctrl.migrations.cancel(v.id);
+    return this.#migrationInfo(v.id) as MigrationInfo;
+  }
+
+  /** Drains a container: no new allocations on it, every vdisk's segments on it migrated elsewhere. */
+  EvacuateContainer(r: Partial<EvacuateContainerRequest>): ListMigrationsReply {
+    const c = this.#db.findContainer(r.id ?? '');
+    if (!r.id || !c) throw notFound(`unknown container ${r.id ?? ''}`);
+    const users = this.#db.sql
+      .prepare('SELECT DISTINCT vdisk_id FROM segments WHERE container_id = ? ORDER BY vdisk_id')
+      .pluck()
+      .all(c.id) as string[];
+    if (c.state === 'online') this.#db.setContainerState(c.id, 'draining');
+    this.#db.event('container', c.id, `evacuating ${users.length} vdisks`);
+    const out: MigrationInfo[] = [];
+    for (const id of users) {
+      const v = this.#db.vdisk(id);
+      if (!v) continue;
+      if (!this.#ctrl.migrations.running(id)) this.#ctrl.migrations.start(v, { to: null, from: c.id });
+      const info = this.#migrationInfo(id);
+      if (info) out.push(info);
+    }
+    return { migrations: out };
   }
 
   Check(_r: Partial<Empty>): CheckReply {

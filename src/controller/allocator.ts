@@ -51,6 +51,13 @@ export interface AllocatedRun {
 export class Allocator {
   readonly #db: ControllerDb;
   #space = new Map<string, ContainerSpace>();
+  /**
+   * Locations taken for a copy in progress (copy-on-write, migration) and
+   * not yet in the DB: nothing references them until the copy's mapping is
+   * committed, so a crash forgets them, but until then a reload must not
+   * hand them out again.
+   */
+  readonly #reserved = new Map<string, Location>();
 
   constructor(db: ControllerDb) {
     this.#db = db;
@@ -85,7 +92,31 @@ export class Allocator {
     }
     if (next < c.segmentsTotal) runs.push({ start: next, count: c.segmentsTotal - next });
     const free = runs.reduce((n, r) => n + r.count, 0);
-    this.#space.set(c.id, { id: c.id, total: c.segmentsTotal, free, runs });
+    const space: ContainerSpace = { id: c.id, total: c.segmentsTotal, free, runs };
+    this.#space.set(c.id, space);
+    for (const r of this.#reserved.values()) if (r.containerId === c.id) takeFree(space, r.offset);
+  }
+
+  /**
+   * Takes `count` locations (as allocate) and keeps them reserved until
+   * unreserve: for a copy whose mapping is committed only after it is done.
+   */
+  reserve(vdisk: VdiskRow, count: number, eligible?: readonly string[]): Location[] {
+    const locs = runLocations(this.allocate(vdisk, count, eligible));
+    for (const l of locs) this.#reserved.set(locKey(l), l);
+    return locs;
+  }
+
+  /** Ends a reservation: `free` when the mapping was not committed (back to the free map). */
+  unreserve(locs: readonly Location[], free: boolean): void {
+    for (const l of locs) this.#reserved.delete(locKey(l));
+    if (!free) return;
+    // Only what the DB does not hold goes back (a commit may have raced the caller's view).
+    this.free(locs.filter((l) => this.#db.containerSegment(l.containerId, l.offset) === undefined));
+  }
+
+  get reservedCount(): number {
+    return this.#reserved.size;
   }
 
   freeSegments(containerId: string): number {
@@ -197,6 +228,24 @@ function insertFree(s: ContainerSpace, offset: number): void {
     runs.splice(lo, 0, { start: offset, count: 1 });
   }
   s.free++;
+}
+
+/** Removes one offset from a container's free runs (no-op when not free). */
+function takeFree(s: ContainerSpace, offset: number): void {
+  const i = s.runs.findIndex((r) => offset >= r.start && offset < r.start + r.count);
+  if (i < 0) return;
+  const r = s.runs[i] as FreeRun;
+  const tail = r.start + r.count - offset - 1;
+  const head = offset - r.start;
+  const parts: FreeRun[] = [];
+  if (head > 0) parts.push({ start: r.start, count: head });
+  if (tail > 0) parts.push({ start: offset + 1, count: tail });
+  s.runs.splice(i, 1, ...parts);
+  s.free--;
+}
+
+export function locKey(l: Location): string {
+  return `${l.containerId}:${l.offset}`;
 }
 
 /** Expands runs into single locations. */

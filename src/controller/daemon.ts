@@ -99,6 +99,8 @@ export async function startController(opts: StartControllerOptions): Promise<Con
   }
   const address = `${bindHost}:${bound}`;
   log.info(`controller listening on ${address} (db ${opts.dbPath})`);
+  // Migrations a previous run left running go on (each waits for an agent that can copy).
+  controller.migrations.resumeAll();
   let closed: Promise<void> | undefined;
   return {
     address,

@@ -16,6 +16,10 @@
 //   marked with the vdisk and version that released it, until every agent
 //   exporting that vdisk has acked that version (design notes §2.3); only
 //   then is the row deleted and the location reusable.
+// - Snapshots are vdisks of kind 'snapshot' (read-only); a snapshot or clone
+//   shares its source's container segments, whose counts then exceed 1.
+// - `migrations` holds one row per vdisk with its latest migration, so a
+//   restarted controller resumes a running one.
 
 import Database from 'better-sqlite3';
 import { MappingTable, SegmentState, isSegmentState, stateHasLocation, type EntryInput } from '../table/index.js';
@@ -46,6 +50,37 @@ export interface VdiskRow {
   thin: boolean;
   version: number;
   created: string;
+  /** 'snapshot' is read-only: its segments are no-write and stay so. */
+  kind: VdiskKind;
+  /** The vdisk a snapshot was taken of, or a clone's source (null for none). */
+  parentId: string | null;
+}
+
+export type VdiskKind = 'vdisk' | 'snapshot';
+
+export type MigrationState = 'running' | 'done' | 'cancelled' | 'failed';
+
+export interface MigrationRow {
+  vdiskId: string;
+  /** null: any eligible container other than fromContainer. */
+  toContainer: string | null;
+  /** null: every container but toContainer. */
+  fromContainer: string | null;
+  state: MigrationState;
+  segmentsTotal: number;
+  segmentsDone: number;
+  bytesDone: number;
+  started: string;
+  updated: string;
+  finished: string | null;
+  error: string;
+}
+
+/** One table entry referencing a location. */
+export interface Reference {
+  vdiskId: string;
+  seg: number;
+  state: SegmentState;
 }
 
 export interface SegmentRow {
@@ -195,6 +230,27 @@ export const MIGRATIONS: readonly ((db: Sql) => void)[] = [
       );
     `);
   },
+  // Snapshots, clones and migrations.
+  (db) => {
+    db.exec(`
+      ALTER TABLE vdisks ADD COLUMN kind TEXT NOT NULL DEFAULT 'vdisk' CHECK (kind IN ('vdisk', 'snapshot'));
+      ALTER TABLE vdisks ADD COLUMN parent_id TEXT;
+      CREATE TABLE migrations (
+        vdisk_id TEXT PRIMARY KEY REFERENCES vdisks(id) ON DELETE CASCADE,
+        to_container TEXT,
+        from_container TEXT,
+        state TEXT NOT NULL CHECK (state IN ('running', 'done', 'cancelled', 'failed')),
+        segments_total INTEGER NOT NULL DEFAULT 0,
+        segments_done INTEGER NOT NULL DEFAULT 0,
+        bytes_done INTEGER NOT NULL DEFAULT 0,
+        started TEXT NOT NULL,
+        updated TEXT NOT NULL,
+        finished TEXT,
+        error TEXT NOT NULL DEFAULT '',
+        CHECK (to_container IS NOT NULL OR from_container IS NOT NULL)
+      );
+    `);
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -250,7 +306,37 @@ interface RawVdisk {
   thin: number;
   version: number;
   created: string;
+  kind: VdiskKind;
+  parent_id: string | null;
 }
+
+interface RawMigration {
+  vdisk_id: string;
+  to_container: string | null;
+  from_container: string | null;
+  state: MigrationState;
+  segments_total: number;
+  segments_done: number;
+  bytes_done: number;
+  started: string;
+  updated: string;
+  finished: string | null;
+  error: string;
+}
+
+const toMigration = (r: RawMigration): MigrationRow => ({
+  vdiskId: r.vdisk_id,
+  toContainer: r.to_container,
+  fromContainer: r.from_container,
+  state: r.state,
+  segmentsTotal: r.segments_total,
+  segmentsDone: r.segments_done,
+  bytesDone: r.bytes_done,
+  started: r.started,
+  updated: r.updated,
+  finished: r.finished,
+  error: r.error,
+});
 
 interface RawSegment {
   vdisk_id: string;
@@ -306,6 +392,8 @@ const toVdisk = (r: RawVdisk): VdiskRow => ({
   thin: r.thin !== 0,
   version: r.version,
   created: r.created,
+  kind: r.kind,
+  parentId: r.parent_id,
 });
 
 const toSegment = (r: RawSegment): SegmentRow => ({
@@ -376,7 +464,7 @@ export class ControllerDb {
       vdiskByName: p('SELECT * FROM vdisks WHERE name = ?'),
       vdisks: p('SELECT * FROM vdisks ORDER BY name'),
       insertVdisk: p(
-        'INSERT INTO vdisks (id, name, size, block_size, segment_size, segment_count, thin, version, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        'INSERT INTO vdisks (id, name, size, block_size, segment_size, segment_count, thin, version, created, kind, parent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
       ),
       bumpVersion: p('UPDATE vdisks SET version = version + 1 WHERE id = ? RETURNING version'),
       segment: p('SELECT * FROM segments WHERE vdisk_id = ? AND seg = ?'),
@@ -438,6 +526,17 @@ export class ControllerDb {
       faults: p('SELECT * FROM faults ORDER BY id DESC LIMIT ?'),
       faultsOf: p('SELECT * FROM faults WHERE vdisk_id = ? ORDER BY id DESC LIMIT ?'),
       event: p('INSERT INTO events (time, kind, subject, message) VALUES (?, ?, ?, ?)'),
+      references: p('SELECT vdisk_id, seg, state FROM segments WHERE container_id = ? AND offset = ? ORDER BY vdisk_id, seg'),
+      migration: p('SELECT * FROM migrations WHERE vdisk_id = ?'),
+      migrations: p('SELECT * FROM migrations ORDER BY started, vdisk_id'),
+      upsertMigration: p(
+        `INSERT INTO migrations (vdisk_id, to_container, from_container, state, segments_total, segments_done, bytes_done, started, updated, finished, error)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (vdisk_id) DO UPDATE SET to_container = excluded.to_container, from_container = excluded.from_container,
+           state = excluded.state, segments_total = excluded.segments_total, segments_done = excluded.segments_done,
+           bytes_done = excluded.bytes_done, started = excluded.started, updated = excluded.updated,
+           finished = excluded.finished, error = excluded.error`,
+      ),
     };
   }
 
@@ -533,10 +632,12 @@ export class ControllerDb {
     return (this.#s.vdisks.all() as RawVdisk[]).map(toVdisk);
   }
 
-  insertVdisk(v: Omit<VdiskRow, 'created'>): VdiskRow {
+  insertVdisk(v: Omit<VdiskRow, 'created' | 'kind' | 'parentId'> & { kind?: VdiskKind; parentId?: string | null }): VdiskRow {
     const created = now();
-    this.#s.insertVdisk.run(v.id, v.name, v.size, v.blockSize, v.segmentSize, v.segmentCount, v.thin ? 1 : 0, v.version, created);
-    return { ...v, created };
+    const kind = v.kind ?? 'vdisk';
+    const parentId = v.parentId ?? null;
+    this.#s.insertVdisk.run(v.id, v.name, v.size, v.blockSize, v.segmentSize, v.segmentCount, v.thin ? 1 : 0, v.version, created, kind, parentId);
+    return { ...v, created, kind, parentId };
   }
 
   setVdiskSize(id: string, size: number, segmentCount: number): void {
@@ -688,6 +789,78 @@ export class ControllerDb {
       this.#s.insertCseg.run(containerId, offset + i);
       this.#s.insertSegment.run(vdisk.id, firstSeg + i, SegmentState.Normal, containerId, offset + i);
     }
+  }
+
+  /**
+   * Copies every located normal/no-write entry of `srcId` into `dstId` as
+   * no-write, each location gaining one reference (snapshot, clone). Call
+   * inside the transaction that created `dstId`. Returns the entries shared.
+   */
+  shareInto(srcId: string, dstId: string): number {
+    const where = `vdisk_id = ? AND container_id IS NOT NULL AND state IN (${SegmentState.Normal}, ${SegmentState.NoWrite})`;
+    this.sql
+      .prepare(
+        `UPDATE container_segments SET refcount = refcount + 1
+         WHERE (container_id, offset) IN (SELECT container_id, offset FROM segments WHERE ${where})`,
+      )
+      .run(srcId);
+    return this.sql
+      .prepare(`INSERT INTO segments (vdisk_id, seg, state, container_id, offset) SELECT ?, seg, ${SegmentState.NoWrite}, container_id, offset FROM segments WHERE ${where}`)
+      .run(dstId, srcId).changes;
+  }
+
+  /** Sets every normal entry of a vdisk to no-write (same location); returns the segments changed. */
+  freezeNormal(vdiskId: string): number[] {
+    const segs = this.sql.prepare(`SELECT seg FROM segments WHERE vdisk_id = ? AND state = ${SegmentState.Normal} ORDER BY seg`).pluck().all(vdiskId) as number[];
+    if (segs.length > 0) this.sql.prepare(`UPDATE segments SET state = ${SegmentState.NoWrite} WHERE vdisk_id = ? AND state = ${SegmentState.Normal}`).run(vdiskId);
+    return segs;
+  }
+
+  /** Segments of a vdisk per state (non-zero rows only). */
+  stateCounts(vdiskId: string): Map<SegmentState, number> {
+    const rows = this.sql.prepare('SELECT state, COUNT(*) AS n FROM segments WHERE vdisk_id = ? GROUP BY state').all(vdiskId) as { state: number; n: number }[];
+    return new Map(rows.map((r) => [r.state as SegmentState, r.n]));
+  }
+
+  /** Every table entry that references a location. */
+  references(loc: Location): Reference[] {
+    return (this.#s.references.all(loc.containerId, loc.offset) as { vdisk_id: string; seg: number; state: number }[]).map((r) => ({
+      vdiskId: r.vdisk_id,
+      seg: r.seg,
+      state: r.state as SegmentState,
+    }));
+  }
+
+  /** The reference count of a location (0 when free or releasing). */
+  refcount(loc: Location): number {
+    return this.containerSegment(loc.containerId, loc.offset)?.refcount ?? 0;
+  }
+
+  // ---- migrations ----
+
+  migration(vdiskId: string): MigrationRow | undefined {
+    const r = this.#s.migration.get(vdiskId) as RawMigration | undefined;
+    return r && toMigration(r);
+  }
+
+  migrations(): MigrationRow[] {
+    return (this.#s.migrations.all() as RawMigration[]).map(toMigration);
+  }
+
+  saveMigration(m: MigrationRow): void {
+    this.#s.upsertMigration.run(
+      m.vdiskId,
+      m.toContainer,
+      m.fromContainer,
+      m.state,
+      m.segmentsTotal,
+      m.segmentsDone,
+      m.bytesDone,
+      m.started,
+      m.updated,
+      m.finished,
+      m.error,
+    );
   }
 
   // ---- agents ----

@@ -10,17 +10,28 @@
 //   zero           read/verify RETRY
 //   zero           unmap       DONE (nothing to deallocate)
 //   zero           other write allocate, push, acks, RETRY
-//   no-write       write-ish   refcount 1: make normal, push, acks, RETRY;
-//                              shared: WAIT (copy-on-write comes with snapshots)
+//   no-write       write-ish   being migrated: WAIT (RETRY once the remap is acked);
+//                              refcount 1: make normal, push, acks, RETRY;
+//                              shared: copy-on-write: reserve a new location,
+//                              one agent copies, commit the writer's new
+//                              mapping (normal), push, acks, RETRY; the old
+//                              location loses a reference (and a sole
+//                              remaining writable holder gets it back normal)
 //   invalid        any         WAIT, answered again when the state changes
 //   error          read/verify FAIL 03/11/00; others FAIL 03/0C/00
+//   (snapshot)     write-ish   FAIL 07/27/00: snapshots are read-only
+//
+// Replies go out only once every table change of the vdisk queued before
+// has been acked (Controller.quiesce), so no agent acts on a version
+// another has not installed.
 //
 // Every fault is recorded for `tabula fault ls` with its outcome.
 
 import { IoOp, SegmentState, inhibits, isIoOp, isReadOp, isSegmentState, ioOpName, segmentStateName } from '../table/index.js';
 import { FaultAction, FAULT_ACTION_NAMES, type Fault, type FaultReply } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
-import { ContainerFullError } from './allocator.js';
+import { ContainerFullError, locKey } from './allocator.js';
+import type { Location } from './db.js';
 import type { AgentLink } from './agent-link.js';
 import type { Controller } from './service.js';
 
@@ -36,8 +47,10 @@ export const SENSE = {
   lbaOutOfRange: [0x05, 0x21, 0x00],
   /** ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (vdisk not exported here). */
   luNotSupported: [0x05, 0x25, 0x00],
-  /** HARDWARE ERROR, INTERNAL TARGET FAILURE (a fault the controller cannot act on). */
+  /** HARDWARE ERROR, INTERNAL TARGET FAILURE (a fault the controller cannot act on; a copy that failed). */
   internalFailure: [0x04, 0x44, 0x00],
+  /** DATA PROTECT, WRITE PROTECTED (a write to a snapshot). */
+  writeProtected: [0x07, 0x27, 0x00],
 } as const satisfies Record<string, readonly [number, number, number]>;
 
 type Sense = readonly [number, number, number];
@@ -65,12 +78,23 @@ type Decision =
   | { kind: 'fail'; sense: Sense; reason: string }
   | { kind: 'wait'; reason: string }
   | { kind: 'allocate' }
-  | { kind: 'make-writable' };
+  | { kind: 'make-writable' }
+  | { kind: 'copy' };
+
+type Action = 'allocate' | 'make-writable' | 'copy';
+
+/** What besides state, op and reference count a decision depends on. */
+export interface DecideContext {
+  /** The vdisk is a snapshot (read-only). */
+  snapshot?: boolean;
+  /** The segment's location is being copied by a migration. */
+  migrating?: boolean;
+}
 
 const WRITE_LIKE = (op: IoOp): boolean => !isReadOp(op);
 
 /** The decision for one op on a segment in `state` with a location referenced `refcount` times. */
-export function decide(state: SegmentState, op: IoOp, refcount: number): Decision {
+export function decide(state: SegmentState, op: IoOp, refcount: number, ctx: DecideContext = {}): Decision {
   const inh = inhibits(state, op);
   if (inh === 'proceed' || inh === 'zero-read') return { kind: 'retry' };
   if (inh === 'fail') {
@@ -78,12 +102,16 @@ export function decide(state: SegmentState, op: IoOp, refcount: number): Decisio
       ? { kind: 'fail', sense: SENSE.readError, reason: 'segment is in state error' }
       : { kind: 'fail', sense: SENSE.writeError, reason: 'segment is in state error' };
   }
+  if (ctx.snapshot && WRITE_LIKE(op) && (state === SegmentState.Zero || state === SegmentState.NoWrite)) {
+    return { kind: 'fail', sense: SENSE.writeProtected, reason: 'vdisk is a snapshot (read-only)' };
+  }
   switch (state) {
     case SegmentState.Zero:
       return op === IoOp.Unmap ? { kind: 'done' } : { kind: 'allocate' };
     case SegmentState.NoWrite:
-      if (WRITE_LIKE(op) && refcount <= 1) return { kind: 'make-writable' };
-      return { kind: 'wait', reason: 'segment is shared (no-write); copy-on-write is not available yet' };
+      if (!WRITE_LIKE(op)) return { kind: 'retry' };
+      if (ctx.migrating) return { kind: 'wait', reason: 'segment is being migrated' };
+      return refcount <= 1 ? { kind: 'make-writable' } : { kind: 'copy' };
     case SegmentState.Invalid:
       return { kind: 'wait', reason: 'segment is invalid' };
     default:
@@ -170,24 +198,36 @@ export class FaultManager {
       // faults that joined meanwhile are answered from the new state.
       for (let round = 0; round < 4 && c.waiters.length > 0; round++) {
         const ctrl = this.#ctrl;
+        await ctrl.quiesce(c.vdiskId);
+        if (ctrl.closed) return;
+        const vdisk = ctrl.db.vdisk(c.vdiskId);
+        if (!vdisk) {
+          for (const w of c.waiters.splice(0)) this.#reply(w, { kind: 'fail', sense: SENSE.luNotSupported, reason: 'vdisk was removed' });
+          break;
+        }
         const table = ctrl.table(c.vdiskId);
         if (c.seg >= table.segmentCount) {
           for (const w of c.waiters.splice(0)) this.#reply(w, { kind: 'fail', sense: SENSE.lbaOutOfRange, reason: 'segment beyond the end' });
           break;
         }
         const row = ctrl.db.segment(c.vdiskId, c.seg);
-        const refcount =
-          row.containerId !== null && row.offset !== null ? (ctrl.db.containerSegment(row.containerId, row.offset)?.refcount ?? 0) : 0;
-        const decisions = c.waiters.map((w) => decide(row.state, w.fault.op, refcount));
-        const action = decisions.find((d) => d.kind === 'allocate' || d.kind === 'make-writable');
+        const loc = row.containerId !== null && row.offset !== null ? { containerId: row.containerId, offset: row.offset } : null;
+        const refcount = loc !== null ? ctrl.db.refcount(loc) : 0;
+        const dctx: DecideContext = { snapshot: vdisk.kind === 'snapshot', migrating: loc !== null && ctrl.migrating.has(locKey(loc)) };
+        const decisions = c.waiters.map((w) => decide(row.state, w.fault.op, refcount, dctx));
+        const action = decisions.find((d) => d.kind === 'allocate' || d.kind === 'make-writable' || d.kind === 'copy');
         if (action !== undefined) {
-          const failed = await this.#act(c, action.kind as 'allocate' | 'make-writable', row.state);
+          const kind = action.kind as Action;
+          const failed =
+            kind === 'copy' && loc !== null
+              ? await this.#copyOnWrite(c, loc, c.waiters[0]?.link.name ?? null)
+              : await this.#act(c, kind as 'allocate' | 'make-writable', row.state);
           if (failed !== null) {
             // The action failed (e.g. container full): every fault that needed it fails.
             const left: Waiter[] = [];
             for (const w of c.waiters) {
-              const d = decide(row.state, w.fault.op, refcount);
-              if (d.kind === action.kind) this.#reply(w, failed, 'fail');
+              const d = decide(row.state, w.fault.op, refcount, dctx);
+              if (d.kind === kind) this.#reply(w, failed, 'fail');
               else left.push(w);
             }
             c.waiters = left;
@@ -249,6 +289,65 @@ export class FaultManager {
     }
   }
 
+  /**
+   * Copy-on-write of one shared segment: reserve a location the vdisk may
+   * use, have one agent (the faulting one when it can) copy the old
+   * location there, then commit the new mapping for this vdisk only. Null
+   * on success (or when the entry changed meanwhile: the next round looks
+   * again), else the failure to answer with.
+   */
+  async #copyOnWrite(c: SegmentCase, old: Location, prefer: string | null): Promise<Decision | null> {
+    const ctrl = this.#ctrl;
+    const vdisk = ctrl.db.vdisk(c.vdiskId);
+    if (!vdisk) return { kind: 'fail', sense: SENSE.luNotSupported, reason: 'vdisk was removed' };
+    const what = `copy-on-write of vdisk ${vdisk.name} segment ${c.seg}`;
+    let fresh: Location;
+    try {
+      [fresh] = ctrl.allocator.reserve(vdisk, 1) as [Location];
+    } catch (err) {
+      if (err instanceof ContainerFullError) {
+        log.error(`${what}: ${err.message}`);
+        return { kind: 'fail', sense: SENSE.spaceAllocationFailed, reason: err.message };
+      }
+      throw err;
+    }
+    let committed = false;
+    try {
+      const agent = ctrl.copyAgent([old.containerId, fresh.containerId], prefer);
+      if (agent === null) {
+        const reason = `${what} failed: no online agent reaches both containers ${old.containerId} and ${fresh.containerId}`;
+        log.error(reason);
+        return { kind: 'fail', sense: SENSE.internalFailure, reason };
+      }
+      const size = vdisk.segmentSize;
+      log.info(`${what}: agent ${agent} copies ${old.containerId}@${old.offset} to ${fresh.containerId}@${fresh.offset}`);
+      const err = await ctrl.copy(agent, {
+        srcContainer: old.containerId,
+        srcOffset: old.offset * size,
+        dstContainer: fresh.containerId,
+        dstOffset: fresh.offset * size,
+        length: size,
+      });
+      if (err !== null) {
+        const reason = `${what} failed: agent ${agent} could not copy ${old.containerId}@${old.offset} to ${fresh.containerId}@${fresh.offset}: ${err}`;
+        log.error(reason);
+        ctrl.db.event('cow', vdisk.name, reason);
+        return { kind: 'fail', sense: SENSE.internalFailure, reason };
+      }
+      await ctrl.changeTable(c.vdiskId, (ctx) => {
+        const row = ctrl.db.segment(c.vdiskId, c.seg);
+        // Still the shared entry we copied (not removed, made writable, migrated)?
+        if (row.state !== SegmentState.NoWrite || row.containerId !== old.containerId || row.offset !== old.offset) return;
+        ctx.set(c.seg, SegmentState.Normal, fresh);
+        committed = true;
+      });
+    } finally {
+      ctrl.allocator.unreserve([fresh], !committed);
+    }
+    if (committed) await ctrl.settleShared(old);
+    return null;
+  }
+
   #reply(w: Waiter, d: Decision, outcome?: string): void {
     const version = this.#ctrl.db.vdisk(w.fault.vdiskId)?.version ?? 0;
     let action: FaultAction;
@@ -267,7 +366,7 @@ export class FaultManager {
         reason = d.reason;
         break;
       default:
-        // 'wait' is sent by #evaluate; allocate/make-writable never reach here.
+        // 'wait' is sent by #evaluate; allocate/make-writable/copy never reach here.
         action = FaultAction.Wait;
         reason = 'reason' in d ? d.reason : '';
     }

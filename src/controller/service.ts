@@ -25,10 +25,11 @@ import type {
   WireExtent,
 } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
-import { Allocator, runLocations } from './allocator.js';
+import { Allocator, locKey, runLocations } from './allocator.js';
 import { ControllerDb, TableChangeError, type Location, type VdiskRow } from './db.js';
 import { AgentLink, type AgentCall } from './agent-link.js';
 import { FaultManager } from './faults.js';
+import { MigrationManager } from './migration.js';
 
 export interface ControllerOptions {
   /** How long an agent has to ack a table version before it is fenced (default 3000 ms). */
@@ -60,6 +61,8 @@ export interface ChangeContext {
   allocate(count: number): Location[];
   /** Grows the vdisk (new segments zero). */
   grow(size: number, segmentCount: number): void;
+  /** Records a segment changed by direct SQL in this transaction (bulk changes), so it is pushed. */
+  mark(seg: number): void;
 }
 
 export const AGENT_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
@@ -68,6 +71,13 @@ export class Controller {
   readonly db: ControllerDb;
   readonly allocator: Allocator;
   readonly faults: FaultManager;
+  readonly migrations: MigrationManager;
+  /**
+   * Locations (locKey) being copied by a migration: faults on entries that
+   * reference them WAIT (no copy-on-write, no making them writable) until
+   * the remap is acked.
+   */
+  readonly migrating = new Set<string>();
   readonly id: string;
   readonly ackTimeoutMs: number;
   readonly heartbeatIntervalMs: number;
@@ -84,6 +94,7 @@ export class Controller {
     this.db = db;
     this.allocator = new Allocator(db);
     this.faults = new FaultManager(this);
+    this.migrations = new MigrationManager(this);
     this.id = opts.controllerId ?? randomUUID();
     this.ackTimeoutMs = opts.ackTimeoutMs ?? 3000;
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 2000;
@@ -107,6 +118,20 @@ export class Controller {
   /** Drops a cached table (vdisk removed). */
   forgetTable(vdiskId: string): void {
     this.#tables.delete(vdiskId);
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /**
+   * Resolves once every table change of this vdisk queued so far has been
+   * acked: a fault answered from the DB state must not let an agent act on
+   * a version other agents have not installed yet.
+   */
+  quiesce(vdiskId: string): Promise<void> {
+    const tail = this.#locks.get(vdiskId);
+    return tail === undefined ? Promise.resolve() : tail.then(() => undefined);
   }
 
   /** Runs `fn` after every earlier serialized task of this vdisk. */
@@ -148,6 +173,9 @@ export class Controller {
             const locs = runLocations(this.allocator.allocate(live, count));
             allocated.push(...locs);
             return locs;
+          },
+          mark: (seg) => {
+            changed.add(seg);
           },
           grow: (size, segmentCount) => {
             if (segmentCount < live.segmentCount) {
@@ -209,7 +237,6 @@ export class Controller {
         this.sendFullTable(link, r.vdiskId);
       }
     }
-    this.faults.onTableChanged(r.vdiskId);
   }
 
   /** Waits for every online holder to ack r.version; fences those that do not; then reclaims. */
@@ -220,6 +247,8 @@ export class Controller {
       if (!results[i]) this.fence(l, r.vdiskId, `no ack of table version ${r.version} within ${this.ackTimeoutMs} ms`);
     });
     this.reclaim(r.vdiskId);
+    // Only now may held faults act on the new version (design notes §2.3).
+    this.faults.onTableChanged(r.vdiskId);
   }
 
   /** Frees locations released at versions every exporting agent has acked. */
@@ -345,7 +374,54 @@ export class Controller {
     this.#awaitInitial(link, this.syncExports(link));
   }
 
-  // ---- copies ----
+  // ---- copies and sharing ----
+
+  /**
+   * An online agent that reaches every one of `containers`, `prefer` when it
+   * does (the faulting agent), else the first by name; null when none.
+   */
+  copyAgent(containers: readonly string[], prefer?: string | null): string | null {
+    const fits = (name: string): boolean => {
+      if (this.link(name) === undefined) return false;
+      const reach = new Set(this.db.agentContainers(name));
+      return containers.every((c) => reach.has(c));
+    };
+    if (prefer && fits(prefer)) return prefer;
+    return this.onlineAgents().sort().find(fits) ?? null;
+  }
+
+  /**
+   * Locations whose count dropped to 1 (copy-on-write, migration, removal
+   * of a sharer) become writable again in the one writable table that
+   * still holds each: one change per vdisk, pushed and acked like any.
+   * Snapshot tables keep no-write (they are read-only); a location being
+   * migrated is left to the migration.
+   */
+  async settleShared(locs: Location | readonly Location[]): Promise<void> {
+    const byVdisk = new Map<string, { seg: number; loc: Location }[]>();
+    const sole = (loc: Location): boolean => this.db.refcount(loc) === 1 && !this.migrating.has(locKey(loc));
+    for (const loc of Array.isArray(locs) ? (locs as readonly Location[]) : [locs as Location]) {
+      if (this.#closed || !sole(loc)) continue;
+      const refs = this.db.references(loc);
+      const ref = refs[0];
+      if (refs.length !== 1 || ref === undefined || ref.state !== SegmentState.NoWrite) continue;
+      const list = byVdisk.get(ref.vdiskId) ?? [];
+      list.push({ seg: ref.seg, loc });
+      byVdisk.set(ref.vdiskId, list);
+    }
+    for (const [vdiskId, list] of byVdisk) {
+      if (this.#closed || this.db.vdisk(vdiskId)?.kind !== 'vdisk') continue;
+      await this.changeTable(vdiskId, (c) => {
+        for (const { seg, loc } of list) {
+          const row = this.db.segment(vdiskId, seg);
+          // Looked at again inside the transaction: the same entry, still alone.
+          if (row.state === SegmentState.NoWrite && row.containerId === loc.containerId && row.offset === loc.offset && sole(loc)) {
+            c.set(seg, SegmentState.Normal, loc);
+          }
+        }
+      });
+    }
+  }
 
   /** Commands an agent to copy; resolves with null on success or the error text. */
   copy(agent: string, cmd: { srcContainer: string; srcOffset: number; dstContainer: string; dstOffset: number; length: number }): Promise<string | null> {
@@ -584,6 +660,7 @@ export class Controller {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.migrations.stopAll();
     for (const l of this.#allLinks) {
       l.close('controller shutting down');
       this.faults.dropLink(l);

@@ -219,6 +219,11 @@ export interface ContainerInfo {
   segmentsTotal: number;
   segmentsUsed: number;
   agents: string[];
+  capacityBytes: number;
+  allocatedBytes: number;
+  sharedBytes: number;
+  exclusiveBytes: number;
+  freeBytes: number;
 }
 
 export interface ListContainersReply {
@@ -266,6 +271,14 @@ export interface VdiskInfo {
   allocatedBytes: number;
   states: Record<string, number>;
   exports: ExportInfo[];
+  sharedBytes: number;
+  exclusiveBytes: number;
+  /** 'vdisk' | 'snapshot'. */
+  kind: string;
+  parent: string;
+  parentId: string;
+  /** Latest migration of this vdisk; null (absent on the wire) when none. */
+  migration: MigrationInfo | null;
 }
 
 export interface ListVdisksReply {
@@ -275,6 +288,7 @@ export interface ListVdisksReply {
 export interface ResizeVdiskRequest {
   name: string;
   size: number;
+  force: boolean;
 }
 
 export interface GetTableRequest {
@@ -363,6 +377,53 @@ export interface CheckReply {
   violations: string[];
 }
 
+export interface SnapshotVdiskRequest {
+  vdisk: string;
+  name: string;
+}
+
+export interface CloneVdiskRequest {
+  source: string;
+  name: string;
+}
+
+export interface MigrateVdiskRequest {
+  vdisk: string;
+  toContainer: string;
+}
+
+export interface MigrationRef {
+  vdisk: string;
+}
+
+export interface EvacuateContainerRequest {
+  id: string;
+}
+
+export interface MigrationInfo {
+  vdiskId: string;
+  vdiskName: string;
+  toContainer: string;
+  fromContainer: string;
+  /** 'running' | 'done' | 'cancelled' | 'failed'. */
+  state: string;
+  segmentsTotal: number;
+  segmentsDone: number;
+  bytesDone: number;
+  percent: number;
+  bytesPerSecond: number;
+  /** -1 when unknown. */
+  etaSeconds: number;
+  started: string;
+  updated: string;
+  finished: string;
+  error: string;
+}
+
+export interface ListMigrationsReply {
+  migrations: MigrationInfo[];
+}
+
 /** Every AdminService RPC: request and reply types, by method name as in the .proto. */
 export interface AdminMethods {
   AddContainer: [AddContainerRequest, ContainerInfo];
@@ -381,6 +442,13 @@ export interface AdminMethods {
   ListFaults: [ListFaultsRequest, ListFaultsReply];
   SetSegmentState: [SetSegmentStateRequest, TableReply];
   Check: [Empty, CheckReply];
+  SnapshotVdisk: [SnapshotVdiskRequest, VdiskInfo];
+  CloneVdisk: [CloneVdiskRequest, VdiskInfo];
+  MigrateVdisk: [MigrateVdiskRequest, MigrationInfo];
+  GetMigration: [MigrationRef, MigrationInfo];
+  ListMigrations: [Empty, ListMigrationsReply];
+  CancelMigration: [MigrationRef, MigrationInfo];
+  EvacuateContainer: [EvacuateContainerRequest, ListMigrationsReply];
 }
 
 export type AdminMethod = keyof AdminMethods;

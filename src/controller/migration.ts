@@ -1,0 +1,383 @@
+// Online migration (design notes §2, "migration"): a vdisk's segments move
+// to another container one at a time while agents keep serving it:
+//
+//   1. the location joins Controller.migrating (faults on it WAIT);
+//   2. an exclusive normal entry becomes no-write: push, acks (reads go on,
+//      writes fault and wait); a shared entry is no-write already;
+//   3. a new location is reserved on the target and one agent reaching both
+//      containers copies the segment (CopyCommand / CopyDone);
+//   4. the entry is remapped to the new location (normal, or no-write in a
+//      snapshot): push, acks; the old location loses its reference and is
+//      freed once every exporter has acked (Controller.reclaim);
+//   5. the location leaves `migrating` and held writes get RETRY.
+//
+// A write therefore waits for at most one segment copy. A shared location
+// is copied for this vdisk only (its other holders keep it, and one left
+// alone becomes writable again, as after copy-on-write).
+//
+// Progress is in the `migrations` table after every segment; a controller
+// that restarts resumes every migration still 'running'. A crash between
+// steps leaves at worst an exclusive entry no-write (the next write makes
+// it writable) and an uncommitted copy in free space.
+
+import { SegmentState } from '../table/index.js';
+import { formatSize } from '../util/size.js';
+import { log } from '../util/log.js';
+import { ContainerFullError, locKey } from './allocator.js';
+import type { Location, MigrationRow, VdiskRow } from './db.js';
+import type { Controller } from './service.js';
+
+/** How long a migration waits before trying again when no agent can copy. */
+const NO_AGENT_RETRY_MS = 500;
+/** Pause after a segment that could not be moved this time. */
+const SKIP_PAUSE_MS = 20;
+
+export interface MigrationProgress {
+  row: MigrationRow;
+  /** Bytes per second since this controller (re)started the migration; 0 when unknown. */
+  bytesPerSecond: number;
+  /** Seconds left at that rate; -1 when unknown. */
+  etaSeconds: number;
+  percent: number;
+}
+
+interface Run {
+  vdiskId: string;
+  cancel: boolean;
+  /** Settles when the loop has stopped. */
+  done: Promise<void>;
+  startMs: number;
+  startBytes: number;
+  wake: (() => void) | null;
+}
+
+export class MigrationError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'MigrationError';
+  }
+}
+
+const now = (): string => new Date().toISOString();
+
+export class MigrationManager {
+  readonly #ctrl: Controller;
+  readonly #runs = new Map<string, Run>();
+
+  constructor(ctrl: Controller) {
+    this.#ctrl = ctrl;
+  }
+
+  get #db() {
+    return this.#ctrl.db;
+  }
+
+  /** Whether a migration loop of this vdisk is running in this controller. */
+  running(vdiskId: string): boolean {
+    return this.#runs.has(vdiskId);
+  }
+
+  /** Restarts every migration the database shows as running (controller start). */
+  resumeAll(): void {
+    for (const m of this.#db.migrations()) {
+      if (m.state !== 'running' || this.#runs.has(m.vdiskId)) continue;
+      log.info(`resuming migration of vdisk ${this.#db.vdisk(m.vdiskId)?.name ?? m.vdiskId} (${m.segmentsDone}/${m.segmentsTotal} segments done)`);
+      this.#launch(m.vdiskId);
+    }
+  }
+
+  /**
+   * Starts (or restarts) a migration of `vdisk`: to `to` (every segment not
+   * there), or off `from` (evacuation: segments on it, to any other
+   * eligible container). Returns the persisted row.
+   */
+  start(vdisk: VdiskRow, target: { to: string | null; from: string | null }): MigrationRow {
+    const existing = this.#db.migration(vdisk.id);
+    if (existing?.state === 'running' && this.#runs.has(vdisk.id)) {
+      throw new MigrationError(`vdisk ${vdisk.name} is already being migrated; cancel that migration first`);
+    }
+    const t = now();
+    const row: MigrationRow = {
+      vdiskId: vdisk.id,
+      toContainer: target.to,
+      fromContainer: target.from,
+      state: 'running',
+      segmentsTotal: this.#remaining(vdisk.id, target.to, target.from),
+      segmentsDone: 0,
+      bytesDone: 0,
+      started: t,
+      updated: t,
+      finished: null,
+      error: '',
+    };
+    this.#db.saveMigration(row);
+    this.#db.event('migration', vdisk.name, `started: ${describe(row)} (${row.segmentsTotal} segments)`);
+    log.info(`migration of vdisk ${vdisk.name} started: ${describe(row)}, ${row.segmentsTotal} segments`);
+    this.#launch(vdisk.id);
+    return row;
+  }
+
+  /** Stops a running migration after the segment in progress; resolves with the final row. */
+  async cancel(vdiskId: string): Promise<MigrationRow | undefined> {
+    const run = this.#runs.get(vdiskId);
+    if (run) {
+      run.cancel = true;
+      run.wake?.();
+      await run.done;
+    }
+    const m = this.#db.migration(vdiskId);
+    if (m && m.state === 'running') {
+      // Not running in this controller (e.g. stopped while shutting down): mark it anyway.
+      m.state = 'cancelled';
+      m.updated = now();
+      m.finished = m.updated;
+      this.#db.saveMigration(m);
+    }
+    return this.#db.migration(vdiskId);
+  }
+
+  /** Stops every loop without changing the persisted state (controller shutdown): they resume on restart. */
+  stopAll(): void {
+    for (const run of this.#runs.values()) run.wake?.();
+  }
+
+  /** Resolves when the vdisk's migration loop (if any) has stopped. */
+  async settled(vdiskId: string): Promise<void> {
+    await this.#runs.get(vdiskId)?.done;
+  }
+
+  progress(vdiskId: string): MigrationProgress | undefined {
+    const row = this.#db.migration(vdiskId);
+    if (!row) return undefined;
+    const run = this.#runs.get(vdiskId);
+    const total = Math.max(row.segmentsTotal, row.segmentsDone);
+    const percent = total === 0 ? 100 : (100 * row.segmentsDone) / total;
+    let bytesPerSecond = 0;
+    let etaSeconds = row.state === 'running' ? -1 : 0;
+    if (run && row.state === 'running') {
+      const secs = (Date.now() - run.startMs) / 1000;
+      const moved = row.bytesDone - run.startBytes;
+      if (secs > 0 && moved > 0) {
+        bytesPerSecond = moved / secs;
+        const segSize = this.#db.vdisk(vdiskId)?.segmentSize ?? 0;
+        etaSeconds = ((total - row.segmentsDone) * segSize) / bytesPerSecond;
+      }
+    }
+    return { row: { ...row, segmentsTotal: total }, bytesPerSecond, etaSeconds, percent };
+  }
+
+  /** Segments still to move. */
+  #remaining(vdiskId: string, to: string | null, from: string | null): number {
+    const { sql, params } = candidates(vdiskId, to, from);
+    return this.#db.sql.prepare(`SELECT COUNT(*) FROM segments WHERE ${sql}`).pluck().get(...params) as number;
+  }
+
+  #next(vdiskId: string, to: string | null, from: string | null, after: number): { seg: number; loc: Location } | undefined {
+    const { sql, params } = candidates(vdiskId, to, from);
+    const r = this.#db.sql
+      .prepare(`SELECT seg, container_id AS c, offset AS o FROM segments WHERE ${sql} AND seg > ? ORDER BY seg LIMIT 1`)
+      .get(...params, after) as { seg: number; c: string; o: number } | undefined;
+    return r && { seg: r.seg, loc: { containerId: r.c, offset: r.o } };
+  }
+
+  #launch(vdiskId: string): void {
+    const row = this.#db.migration(vdiskId);
+    const run: Run = { vdiskId, cancel: false, done: Promise.resolve(), startMs: Date.now(), startBytes: row?.bytesDone ?? 0, wake: null };
+    this.#runs.set(vdiskId, run);
+    run.done = this.#loop(run)
+      .catch((err: Error) => {
+        if (this.#ctrl.closed) return;
+        log.error(`migration of vdisk ${vdiskId} stopped: ${err.message}`);
+        this.#finish(vdiskId, 'failed', err.message);
+      })
+      .finally(() => {
+        if (this.#runs.get(vdiskId) === run) this.#runs.delete(vdiskId);
+      });
+  }
+
+  #finish(vdiskId: string, state: 'done' | 'cancelled' | 'failed', error = ''): void {
+    const m = this.#db.migration(vdiskId);
+    if (!m) return;
+    m.state = state;
+    m.error = error;
+    m.updated = now();
+    m.finished = m.updated;
+    this.#db.saveMigration(m);
+    const name = this.#db.vdisk(vdiskId)?.name ?? vdiskId;
+    this.#db.event('migration', name, `${state}${error ? `: ${error}` : ''} (${m.segmentsDone} segments moved)`);
+    log.info(`migration of vdisk ${name} ${state}${error ? `: ${error}` : ''}`);
+  }
+
+  async #loop(run: Run): Promise<void> {
+    const ctrl = this.#ctrl;
+    let after = -1;
+    for (;;) {
+      if (ctrl.closed) return;
+      if (run.cancel) return this.#finish(run.vdiskId, 'cancelled');
+      const m = this.#db.migration(run.vdiskId);
+      const vdisk = this.#db.vdisk(run.vdiskId);
+      if (!m || !vdisk || m.state !== 'running') return;
+      let next = this.#next(vdisk.id, m.toContainer, m.fromContainer, after);
+      if (next === undefined && after >= 0) {
+        // Wrap around once: segments allocated behind us (thin writes) or skipped.
+        after = -1;
+        next = this.#next(vdisk.id, m.toContainer, m.fromContainer, after);
+      }
+      if (next === undefined) return this.#finish(vdisk.id, 'done');
+      const outcome = await this.#moveSegment(run, vdisk, m, next.seg, next.loc);
+      if (ctrl.closed) return;
+      if (outcome === 'no-agent') {
+        await this.#pause(run, NO_AGENT_RETRY_MS);
+        continue;
+      }
+      // A skipped entry (changed under us, or being moved by another vdisk's
+      // migration) is looked at again on the next pass; never spin on it.
+      if (outcome === 'skipped') await this.#pause(run, SKIP_PAUSE_MS);
+      after = next.seg;
+      const fresh = this.#db.migration(vdisk.id);
+      if (!fresh || fresh.state !== 'running') return;
+      if (outcome === 'moved') {
+        fresh.segmentsDone++;
+        fresh.bytesDone += vdisk.segmentSize;
+      }
+      fresh.segmentsTotal = fresh.segmentsDone + this.#remaining(vdisk.id, fresh.toContainer, fresh.fromContainer);
+      fresh.error = '';
+      fresh.updated = now();
+      this.#db.saveMigration(fresh);
+    }
+  }
+
+  #pause(run: Run, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        run.wake = null;
+        resolve();
+      }, ms);
+      run.wake = () => {
+        clearTimeout(t);
+        run.wake = null;
+        resolve();
+      };
+    });
+  }
+
+  #note(vdiskId: string, error: string): void {
+    const m = this.#db.migration(vdiskId);
+    if (!m || m.error === error) return;
+    m.error = error;
+    m.updated = now();
+    this.#db.saveMigration(m);
+  }
+
+  /** One segment, steps 1-5 above. 'skipped' when the entry changed under us (looked at again later). */
+  async #moveSegment(run: Run, vdisk: VdiskRow, m: MigrationRow, seg: number, old: Location): Promise<'moved' | 'skipped' | 'no-agent'> {
+    const ctrl = this.#ctrl;
+    const db = this.#db;
+    const key = locKey(old);
+    const what = `migration of vdisk ${vdisk.name} segment ${seg}`;
+    // Target containers: the chosen one, or (evacuation) any the vdisk may use but the source.
+    const eligible = ctrl.allocator.eligibleContainers(vdisk).filter((c) => (m.toContainer !== null ? c === m.toContainer : c !== m.fromContainer));
+    if (m.toContainer !== null && eligible.length === 0) {
+      throw new MigrationError(
+        `target container ${m.toContainer} is not eligible for vdisk ${vdisk.name} (it must be online, of segment size ${formatSize(vdisk.segmentSize)}, and reached by every agent exporting the vdisk)`,
+      );
+    }
+    if (ctrl.migrating.has(key)) return 'skipped';
+    ctrl.migrating.add(key);
+    let fresh: Location | undefined;
+    let committed = false;
+    try {
+      const row = db.segment(vdisk.id, seg);
+      if (row.containerId !== old.containerId || row.offset !== old.offset) return 'skipped';
+      // Space and a copying agent first, so nothing is frozen for a copy that cannot run.
+      try {
+        [fresh] = ctrl.allocator.reserve(vdisk, 1, eligible) as [Location];
+      } catch (err) {
+        if (err instanceof ContainerFullError) throw new MigrationError(`${what}: ${err.message}`);
+        throw err;
+      }
+      const agent = ctrl.copyAgent([old.containerId, fresh.containerId]);
+      if (agent === null) {
+        this.#note(vdisk.id, `waiting for an online agent that reaches containers ${old.containerId} and ${fresh.containerId}`);
+        return 'no-agent';
+      }
+      // The version from which every exporter sees the entry no-write.
+      let frozenAt = db.vdisk(vdisk.id)?.version ?? 0;
+      if (row.state === SegmentState.Normal) {
+        // Step 2: reads go on, writes fault (and wait: the location is in `migrating`).
+        const r = await ctrl.changeTable(vdisk.id, (c) => {
+          const r = db.segment(vdisk.id, seg);
+          if (r.state === SegmentState.Normal && r.containerId === old.containerId && r.offset === old.offset) {
+            c.set(seg, SegmentState.NoWrite, old);
+          }
+        });
+        if (r !== null) frozenAt = r.version;
+      }
+      const frozen = db.segment(vdisk.id, seg);
+      if (frozen.state !== SegmentState.NoWrite || frozen.containerId !== old.containerId || frozen.offset !== old.offset) return 'skipped';
+      // An exporter that has not acked a table with the entry no-write (offline,
+      // fenced) might still write the old location: copy only once all have.
+      await ctrl.quiesce(vdisk.id);
+      const laggard = db.exportsOfVdisk(vdisk.id).find((e) => e.ackedVersion < frozenAt);
+      if (laggard !== undefined) {
+        this.#note(vdisk.id, `waiting for agent ${laggard.agent} to ack vdisk ${vdisk.name}'s table (acked version ${laggard.ackedVersion})`);
+        return 'no-agent';
+      }
+      const err = await ctrl.copy(agent, {
+        srcContainer: old.containerId,
+        srcOffset: old.offset * vdisk.segmentSize,
+        dstContainer: fresh.containerId,
+        dstOffset: fresh.offset * vdisk.segmentSize,
+        length: vdisk.segmentSize,
+      });
+      if (ctrl.closed) return 'skipped';
+      if (err !== null) {
+        if (ctrl.link(agent) === undefined) {
+          // The agent went away mid-copy: try again with another (or when it is back).
+          this.#note(vdisk.id, `copy on agent ${agent} interrupted: ${err}`);
+          return 'no-agent';
+        }
+        throw new MigrationError(`${what}: agent ${agent} could not copy ${old.containerId}@${old.offset} to ${fresh.containerId}@${fresh.offset}: ${err}`);
+      }
+      const target = fresh;
+      await ctrl.changeTable(vdisk.id, (c) => {
+        const r = db.segment(vdisk.id, seg);
+        if (r.state !== SegmentState.NoWrite || r.containerId !== old.containerId || r.offset !== old.offset) return;
+        c.set(seg, vdisk.kind === 'snapshot' ? SegmentState.NoWrite : SegmentState.Normal, target);
+        committed = true;
+      });
+      return committed ? 'moved' : 'skipped';
+    } finally {
+      if (fresh) ctrl.allocator.unreserve([fresh], !committed);
+      ctrl.migrating.delete(key);
+      if (!ctrl.closed) {
+        // Held writes look again now that the remap is acked; a location
+        // left to one writable holder becomes writable (also after an
+        // abandoned step, which leaves an exclusive entry no-write).
+        ctrl.faults.onTableChanged(vdisk.id);
+        await ctrl.settleShared(old).catch((e: Error) => log.warn(`${what}: ${e.message}`));
+      }
+    }
+  }
+}
+
+/** SQL for the entries a migration still has to move. */
+function candidates(vdiskId: string, to: string | null, from: string | null): { sql: string; params: string[] } {
+  let sql = `vdisk_id = ? AND container_id IS NOT NULL AND state IN (${SegmentState.Normal}, ${SegmentState.NoWrite})`;
+  const params = [vdiskId];
+  if (to !== null) {
+    sql += ' AND container_id != ?';
+    params.push(to);
+  }
+  if (from !== null) {
+    sql += ' AND container_id = ?';
+    params.push(from);
+  }
+  return { sql, params };
+}
+
+function describe(m: MigrationRow): string {
+  if (m.toContainer !== null && m.fromContainer !== null) return `from container ${m.fromContainer} to ${m.toContainer}`;
+  if (m.toContainer !== null) return `to container ${m.toContainer}`;
+  return `off container ${m.fromContainer ?? '?'}`;
+}
