@@ -102,6 +102,12 @@ export function toStatus(err: unknown): { code: grpc.status; details: string } {
   return { code: grpc.status.INTERNAL, details: msg };
 }
 
+/** Snapshot and migration refusals as the admin error they are. */
+function asAdminError(err: unknown): never {
+  if (err instanceof SnapshotError || err instanceof MigrationError) throw precondition(err.message);
+  throw err;
+}
+
 function num(n: number | undefined, dflt: number): number {
   return n === undefined || n === 0 ? dflt : n;
 }
@@ -501,14 +507,14 @@ export class Admin {
     const src = this.#vdisk(r.vdisk);
     if (src.kind === 'snapshot') throw precondition(`${src.name} is already a snapshot; clone it for a writable copy`);
     const name = this.#newName(r.name);
-    return this.#vdiskInfo(await shareVdisk(this.#ctrl, src, name, 'snapshot'));
+    return this.#vdiskInfo(await shareVdisk(this.#ctrl, src, name, 'snapshot').catch(asAdminError));
   }
 
   /** Writable clone of a snapshot or of a vdisk (frozen as for a snapshot); copy-on-write from then on. */
   async CloneVdisk(r: Partial<CloneVdiskRequest>): Promise<VdiskInfo> {
     const src = this.#vdisk(r.source);
     const name = this.#newName(r.name);
-    return this.#vdiskInfo(await shareVdisk(this.#ctrl, src, name, 'vdisk'));
+    return this.#vdiskInfo(await shareVdisk(this.#ctrl, src, name, 'vdisk').catch(asAdminError));
   }
 
   #newName(name: string | undefined): string {
@@ -541,7 +547,11 @@ export class Admin {
     if (toMove > free) {
       throw new ContainerFullError(v.name, toMove, free, v.segmentSize, `container ${c.id} has`);
     }
-    this.#ctrl.migrations.start(v, { to: c.id, from: null });
+    try {
+      this.#ctrl.migrations.start(v, { to: c.id, from: null });
+    } catch (err) {
+      asAdminError(err);
+    }
     return this.#migrationInfo(v.id) as MigrationInfo;
   }
 

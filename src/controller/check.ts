@@ -51,7 +51,8 @@ export function checkInvariants(db: ControllerDb): string[] {
     .all() as { c: string; o: number; total: number }[];
   for (const r of outside) out.push(`${loc(r.c, r.o)} is beyond the container's ${r.total} segments`);
 
-  // Shared locations are no-write everywhere; no two vdisks write one location.
+  // Shared locations are no-write everywhere (in snapshots and clones alike);
+  // no two vdisks write one location.
   const shared = sql
     .prepare(
       `SELECT container_id AS c, offset AS o, COUNT(*) AS refs, COUNT(DISTINCT vdisk_id) AS vdisks,
@@ -94,6 +95,29 @@ export function checkInvariants(db: ControllerDb): string[] {
     if (e.c !== null && e.css === null) out.push(`${what} references unknown container ${e.c}`);
     else if (e.c !== null && e.css !== e.vss) out.push(`${what} is in container ${e.c} of segment size ${e.css}, vdisk has ${e.vss}`);
   }
+
+  // Snapshots are read-only: no writable entry, no writable export.
+  const snapWritable = sql
+    .prepare(
+      `SELECT s.vdisk_id AS v, s.seg AS seg FROM segments s JOIN vdisks vd ON vd.id = s.vdisk_id
+       WHERE vd.kind = 'snapshot' AND s.state = ${SegmentState.Normal} ORDER BY s.vdisk_id, s.seg`,
+    )
+    .all() as { v: string; seg: number }[];
+  for (const r of snapWritable) out.push(`snapshot ${vname.get(r.v) ?? r.v} segment ${r.seg} is normal (writable); snapshots are read-only`);
+  const snapExports = sql
+    .prepare(`SELECT e.vdisk_id AS v, e.agent AS a FROM exports e JOIN vdisks vd ON vd.id = e.vdisk_id WHERE vd.kind = 'snapshot' AND e.read_only = 0`)
+    .all() as { v: string; a: string }[];
+  for (const r of snapExports) out.push(`snapshot ${vname.get(r.v) ?? r.v} is exported writable on agent ${r.a}`);
+
+  // Running migrations name containers that exist.
+  const migrations = sql
+    .prepare(
+      `SELECT m.vdisk_id AS v, m.to_container AS t, m.from_container AS f FROM migrations m
+       WHERE m.state = 'running' AND ((m.to_container IS NOT NULL AND m.to_container NOT IN (SELECT id FROM containers))
+          OR (m.from_container IS NOT NULL AND m.from_container NOT IN (SELECT id FROM containers)))`,
+    )
+    .all() as { v: string; t: string | null; f: string | null }[];
+  for (const r of migrations) out.push(`migration of ${vd(r.v)} names unknown container ${r.t ?? r.f ?? '?'}`);
 
   // vdisk geometry.
   for (const v of db.vdisks()) {

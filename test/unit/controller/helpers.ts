@@ -2,13 +2,14 @@
 // a loopback port, and a fake agent that speaks the real gRPC protocol and
 // keeps its tables with src/table (so pushes are checked by applying them).
 
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MappingTable, applyDelta, fromExtents } from '../../../src/table/index.js';
 import { AgentServiceClient, type AgentStream } from '../../../src/wire/grpc.js';
 import type {
   ContainerRef,
+  CopyCommand,
   ControllerMessage,
   Fault,
   FaultReply,
@@ -56,6 +57,13 @@ export interface FakeAgentOptions {
   autoAck?: boolean;
   token?: string;
   portals?: string[];
+  /**
+   * How CopyCommands are answered: 'ok' at once (default), 'manual' (the
+   * test calls copyDone), or 'files': really copied between the container
+   * files in `files` (id -> path, data area at containerRef's 1 MiB offset).
+   */
+  copy?: 'ok' | 'manual' | 'files';
+  files?: Map<string, string>;
 }
 
 export class FakeAgent {
@@ -68,6 +76,10 @@ export class FakeAgent {
   /** What happened, in order: `full <vdisk> v<n>`, `delta a->b`, `ack v<n>`, `reply <id> <action>`. */
   readonly events: string[] = [];
   autoAck: boolean;
+  /** CopyCommands received, in order. */
+  readonly copies: CopyCommand[] = [];
+  /** Answer for the next 'ok'/'files' copies: null = success, else the error text. */
+  copyError: string | null = null;
   #opts: FakeAgentOptions;
   #waiters: { pred: (m: Msg) => boolean; resolve: (m: Msg) => void; from: number }[] = [];
   #nextFault = 1;
@@ -125,6 +137,13 @@ export class FakeAgent {
       this.events.push(`reply ${m.faultReply.faultId} ${m.faultReply.action}`);
     } else if (m.body === 'fence') {
       this.events.push(`fence ${m.fence.vdiskId}`);
+    } else if (m.body === 'copyCommand') {
+      const c = m.copyCommand;
+      this.copies.push(c);
+      this.events.push(`copy ${c.commandId}`);
+      const mode = this.#opts.copy ?? 'ok';
+      if (mode === 'ok') this.copyDone(c.commandId, this.copyError);
+      else if (mode === 'files') this.copyDone(c.commandId, this.copyError ?? this.#copyFiles(c));
     }
     const idx = this.received.length - 1;
     for (const w of [...this.#waiters]) {
@@ -133,6 +152,29 @@ export class FakeAgent {
         w.resolve(m);
       }
     }
+  }
+
+  /** Answers a CopyCommand (error null = success). */
+  copyDone(commandId: number, error: string | null = null): void {
+    this.events.push(`copyDone ${commandId}`);
+    this.stream.write({ body: 'copyDone', copyDone: { commandId, ok: error === null, error: error ?? '' } });
+  }
+
+  #copyFiles(c: CopyCommand): string | null {
+    const src = this.#opts.files?.get(c.srcContainer);
+    const dst = this.#opts.files?.get(c.dstContainer);
+    if (src === undefined || dst === undefined) return `container ${src === undefined ? c.srcContainer : c.dstContainer} not here`;
+    const buf = Buffer.alloc(c.length);
+    const fs = openSync(src, 'r');
+    const fd = openSync(dst, 'r+');
+    try {
+      readSync(fs, buf, 0, c.length, MiB + c.srcOffset);
+      writeSync(fd, buf, 0, c.length, MiB + c.dstOffset);
+    } finally {
+      closeSync(fs);
+      closeSync(fd);
+    }
+    return null;
   }
 
   ack(vdiskId: string, version: number): void {
@@ -193,4 +235,13 @@ export class FakeAgent {
     }
     this.client.close();
   }
+}
+
+/** Polls `cond` every 20 ms until true (or fails after `ms`). */
+export async function until(cond: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
+  for (let t = 0; t < ms; t += 20) {
+    if (cond()) return;
+    await sleep(20);
+  }
+  throw new Error(`${what} not reached within ${ms} ms`);
 }
