@@ -7,10 +7,12 @@ import { readCapacity10, readCapacity16 } from './capacity.js';
 import { alloc32, clip } from './cdb.js';
 import type { CommandContext, CommandHandler, CommandSpec, ReservationClass } from './command-types.js';
 import { good } from './command-types.js';
+import { extendedCopy, receiveCopyResults } from './extended-copy.js';
 import { inquiry } from './inquiry.js';
 import { modeSelect, modeSense } from './mode.js';
 import { getLbaStatus, unmap, writeSame } from './provisioning.js';
 import { persistentReserveIn, persistentReserveOut, release10, release6, reserve10, reserve6 } from './reservations.js';
+import { sanitize } from './sanitize.js';
 import { compareAndWrite, orWrite, preFetch, read, synchronizeCache, verify, write, writeAndVerify, writeAtomic } from './read-write.js';
 import {
   preventAllowMediumRemoval,
@@ -89,6 +91,10 @@ export const COMMANDS: readonly CommandSpec[] = [
   row(0x37, 'READ DEFECT DATA(10)', readDefectData, 'read', [0, 0, 0x1f, 0, 0, 0, 0, F, F, 0]),
   row(0x41, 'WRITE SAME(10)', writeSame, 'write', [0, 0x08, ...lba4, 0x1f, F, F, 0], W),
   row(0x42, 'UNMAP', unmap, 'write', [0, 0, 0, 0, 0, 0, 0x1f, F, F, 0], W),
+  // SANITIZE: OVERWRITE, BLOCK ERASE, EXIT FAILURE MODE; it gets through a busy LU to report progress or leave failure mode
+  ...[0x01, 0x02, 0x1f].map((sa) =>
+    row(0x48, 'SANITIZE', sanitize, 'write', [0, 0xa0, 0, 0, 0, 0, 0, F, F, 0], { sa, dataOut: true, writesMedium: true, allowedWhileBusy: true }),
+  ),
   row(0x55, 'MODE SELECT(10)', modeSelect, 'conflict', [0, 0x10, 0, 0, 0, 0, 0, F, F, 0], { dataOut: true }),
   row(0x56, 'RESERVE(10)', reserve10, 'allowed', [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
   row(0x57, 'RELEASE(10)', release10, 'allowed', [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
@@ -98,6 +104,10 @@ export const COMMANDS: readonly CommandSpec[] = [
   ),
   ...[0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07].map((sa) =>
     row(0x5f, 'PERSISTENT RESERVE OUT', persistentReserveOut, 'allowed', [0, 0, F, 0, 0, F, F, F, F, 0], { sa, dataOut: true }),
+  ),
+  row(0x83, 'EXTENDED COPY', extendedCopy, 'write', [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ...lba4, 0, 0], { sa: 0x00, dataOut: true }),
+  ...[0x00, 0x03, 0x04].map((sa) =>
+    row(0x84, 'RECEIVE COPY RESULTS', receiveCopyResults, 'read', [0, 0, F, 0, 0, 0, 0, 0, 0, 0, ...lba4, 0, 0], { sa }),
   ),
   row(0x88, 'READ(16)', read, 'read', [0, 0x18, ...lba8, ...lba4, 0x1f, 0]),
   row(0x89, 'COMPARE AND WRITE', compareAndWrite, 'write', [0, 0x18, ...lba8, 0, 0, 0, F, 0x1f, 0], W),

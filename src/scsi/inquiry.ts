@@ -3,6 +3,7 @@
 // the allocation length.
 import { alloc16, clip } from './cdb.js';
 import type { CommandContext } from './command-types.js';
+import { thirdPartyCopyVpd } from './extended-copy.js';
 import { good } from './command-types.js';
 import type { DeviceServerLu } from './lu-context.js';
 import { asDeviceLu } from './lu-context.js';
@@ -23,11 +24,6 @@ export const enum Vpd {
 /** Version descriptors (SPC-4 table 30): SAM-5, SPC-4, SBC-3, iSCSI. */
 const VERSION_DESCRIPTORS = [0x00a0, 0x0460, 0x04c0, 0x0960];
 
-/** Hook for the VPD 0x8F page (EXTENDED COPY), installed by the command table when EXTENDED COPY is offered. */
-let thirdPartyCopyPage: ((lu: DeviceServerLu) => Buffer) | undefined;
-export function setThirdPartyCopyVpd(fn: ((lu: DeviceServerLu) => Buffer) | undefined): void {
-  thirdPartyCopyPage = fn;
-}
 
 function ascii(s: string, len: number): string {
   // SPC-4 4.3.1: printable ASCII, left-aligned, space padded
@@ -109,7 +105,7 @@ function deviceIdentification(lu: DeviceServerLu, nexus: Nexus): Buffer {
 
 function supportedPages(lu: DeviceServerLu): number[] {
   const pages = [Vpd.Supported, Vpd.UnitSerial, Vpd.DeviceIdentification, Vpd.ExtendedInquiry];
-  if (lu.thirdPartyCopy && thirdPartyCopyPage) pages.push(Vpd.ThirdPartyCopy);
+  if (lu.thirdPartyCopy) pages.push(Vpd.ThirdPartyCopy);
   pages.push(Vpd.BlockLimits, Vpd.BlockDeviceCharacteristics, Vpd.LogicalBlockProvisioning);
   return pages;
 }
@@ -145,6 +141,8 @@ function blockLimits(lu: DeviceServerLu): Buffer {
 function blockDeviceCharacteristics(): Buffer {
   const body = Buffer.alloc(0x3c);
   body.writeUInt16BE(0x0001, 0); // non-rotating medium
+  // WABEREQ=01b: after SANITIZE BLOCK ERASE, reads succeed (and return zeros); WACEREQ=0: no CRYPTO ERASE
+  body[3] = 0x40;
   return vpd(Vpd.BlockDeviceCharacteristics, body);
 }
 
@@ -153,8 +151,6 @@ function logicalBlockProvisioning(lu: DeviceServerLu): Buffer {
   if (lu.device.thin) {
     body[1] = 0x80 | 0x40 | 0x20 | 0x04; // LBPU, LBPWS, LBPWS10, LBPRZ=001b
     body[2] = 0x02; // provisioning type: thin
-  } else {
-    body[1] = 0x04; // LBPRZ: unwritten blocks read as zeros
   }
   return vpd(Vpd.LogicalBlockProvisioning, body);
 }
@@ -172,7 +168,7 @@ export function vpdPage(lu: DeviceServerLu, page: number, nexus: Nexus): Buffer 
     case Vpd.ExtendedInquiry:
       return extendedInquiry();
     case Vpd.ThirdPartyCopy:
-      return lu.thirdPartyCopy && thirdPartyCopyPage ? thirdPartyCopyPage(lu) : undefined;
+      return lu.thirdPartyCopy ? thirdPartyCopyVpd(lu) : undefined;
     case Vpd.BlockLimits:
       return blockLimits(lu);
     case Vpd.BlockDeviceCharacteristics:

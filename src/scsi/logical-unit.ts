@@ -4,8 +4,8 @@
 //
 // Dispatch order: unknown opcode (20/00) or service action (24/00), pending
 // unit attention (except INQUIRY, REPORT LUNS, REQUEST SENSE), CDB control
-// byte, reservation conflict, busy (sanitize: NOT READY), read-only LU (DATA
-// PROTECT for commands that write the medium), then the handler.
+// byte, reservation conflict, busy (sanitize: NOT READY), read-only LU or SWP
+// (DATA PROTECT for commands that write the medium), then the handler.
 //
 // Task attributes: ORDERED is a barrier (it waits for every command in
 // progress, and later commands wait for it); HEAD OF QUEUE and ACA run as
@@ -40,7 +40,7 @@ export interface LogicalUnitOptions {
   limits?: Partial<BlockLimits>;
   /** Reservation state (default: in-memory persistent reservations of this LU alone). */
   reservations?: ReservationGate;
-  /** EXTENDED COPY is offered (3PC, VPD 0x8F). */
+  /** EXTENDED COPY is offered (3PC, VPD 0x8F); default true. */
   thirdPartyCopy?: boolean;
 }
 
@@ -93,7 +93,7 @@ export class LogicalUnit implements DeviceServerLu {
     this.readOnly = opts.readOnly ?? false;
     this.reservations = opts.reservations ?? new Reservations();
     this.limits = { ...defaultLimits(device.blockSize), ...opts.limits };
-    this.thirdPartyCopy = opts.thirdPartyCopy ?? false;
+    this.thirdPartyCopy = opts.thirdPartyCopy ?? true;
     this.lastBlockCount = device.blockCount;
   }
 
@@ -268,7 +268,9 @@ export class LogicalUnit implements DeviceServerLu {
         const progress = this.busyState.progress();
         throw new ScsiError(this.busyState.sense, progress === undefined ? {} : { progress }, `${spec.name} while busy`);
       }
-      if (this.readOnly && spec.writesMedium) throw new ScsiError(Sense.writeProtected, {}, `${spec.name} on read-only LU ${this.lun}`);
+      if (spec.writesMedium && (this.readOnly || this.mode.softwareWriteProtect)) {
+        throw new ScsiError(this.readOnly ? Sense.writeProtected : Sense.softwareWriteProtected, {}, `${spec.name} on write-protected LU ${this.lun}`);
+      }
       if (req.attr === TaskAttribute.Ordered && !this.exclusiveRunning) {
         return await this.runExclusive(async () => ctx.spec.handler(ctx), false);
       }

@@ -2,8 +2,9 @@
 // the mode pages of one logical unit. Pages are shared by every I_T nexus;
 // a change raises MODE PARAMETERS CHANGED for the other nexuses.
 //
-// Changeable: WCE (caching page) and D_SENSE (control page). With WCE=0
-// every write is issued with FUA, so it is durable before GOOD status.
+// Changeable: WCE (caching page), D_SENSE and SWP (control page). With WCE=0
+// every write is issued with FUA, so it is durable before GOOD status; with
+// SWP=1 the medium is write protected (DATA PROTECT) for every nexus.
 // Saved values are not implemented: PC=3 and SP=1 are rejected.
 import { alloc16, clip } from './cdb.js';
 import type { CommandContext } from './command-types.js';
@@ -50,7 +51,7 @@ const PAGES: readonly PageDef[] = [
     subpage: 0,
     // TST=0, D_SENSE=0; QUEUE ALGORITHM MODIFIER=1 (unrestricted), QErr=0; SWP=0; TAS=0; busy timeout unlimited
     defaults: [0x0a, 0x0a, 0x00, 0x10, 0x00, 0x00, 0, 0, 0xff, 0xff, 0, 0],
-    changeable: [0, 0, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    changeable: [0, 0, 0x04, 0, 0x08, 0, 0, 0, 0, 0, 0, 0],
   },
   {
     page: 0x0a,
@@ -79,6 +80,11 @@ export class ModeState {
   /** D_SENSE in the control page: sense data in descriptor format. */
   get descriptorSense(): boolean {
     return (this.page(0x0a, 0)[2]! & 0x04) !== 0;
+  }
+
+  /** SWP in the control page: the medium is write protected. */
+  get softwareWriteProtect(): boolean {
+    return (this.page(0x0a, 0)[4]! & 0x08) !== 0;
   }
 
   /** WCE in the caching page: writes may complete before they are durable. */
@@ -218,8 +224,8 @@ export function modeSense(ctx: CommandContext): ScsiResponse {
   }
   const pages = defs.map((d) => lu.mode.bytes(d, pc));
   const pagesLen = pages.reduce((n, p) => n + p.length, 0);
-  // device-specific parameter: WP for read-only LUs, DPOFUA (DPO and FUA are honoured)
-  const dsp = (lu.readOnly ? 0x80 : 0) | 0x10;
+  // device-specific parameter: WP for read-only or software write protected LUs, DPOFUA (DPO and FUA are honoured)
+  const dsp = (lu.readOnly || lu.mode.softwareWriteProtect ? 0x80 : 0) | 0x10;
   const hdrLen = ten ? 8 : 4;
   const out = Buffer.alloc(hdrLen + desc.length + pagesLen);
   if (ten) {

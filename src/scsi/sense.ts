@@ -39,6 +39,7 @@ export const Sense = {
   invalidCommandOperationCode: a(SenseKey.IllegalRequest, 0x20, 0x00),
   insufficientRegistrationResources: a(SenseKey.IllegalRequest, 0x55, 0x04),
   writeProtected: a(SenseKey.DataProtect, 0x27, 0x00),
+  softwareWriteProtected: a(SenseKey.DataProtect, 0x27, 0x02),
   spaceAllocationFailedWriteProtect: a(SenseKey.DataProtect, 0x27, 0x07),
   unrecoveredReadError: a(SenseKey.MediumError, 0x11, 0x00),
   writeError: a(SenseKey.MediumError, 0x0c, 0x00),

@@ -8,7 +8,7 @@ describe('INQUIRY', () => {
     expectGood(r);
     const d = r.dataIn!;
     expect(d.length).to.equal(96);
-    expect([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]).to.deep.equal([0x00, 0x00, 0x06, 0x12, 91, 0x10, 0x00, 0x02]);
+    expect([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]).to.deep.equal([0x00, 0x00, 0x06, 0x12, 91, 0x18, 0x00, 0x02]); // TPGS=01b, 3PC
     expect(d.subarray(8, 16).toString('ascii')).to.equal('TABULA  ');
     expect(d.subarray(16, 32).toString('ascii')).to.equal('VDISK           ');
     expect([...d.subarray(58, 66)]).to.deep.equal([0x00, 0xa0, 0x04, 0x60, 0x04, 0xc0, 0x09, 0x60]);
@@ -28,7 +28,10 @@ describe('INQUIRY', () => {
     const f = fixture();
     const r = await f.run(cdb.inquiry(true, 0x00));
     expectGood(r);
-    expect([...r.dataIn!]).to.deep.equal([0, 0, 0, 7, 0x00, 0x80, 0x83, 0x86, 0xb0, 0xb1, 0xb2]);
+    expect([...r.dataIn!]).to.deep.equal([0, 0, 0, 8, 0x00, 0x80, 0x83, 0x86, 0x8f, 0xb0, 0xb1, 0xb2]);
+    const tpc = await f.run(cdb.inquiry(true, 0x8f));
+    expectGood(tpc);
+    expect(tpc.dataIn![1]).to.equal(0x8f);
   });
 
   it('serial and NAA come from the LUN id and are stable', async () => {
@@ -77,6 +80,7 @@ describe('INQUIRY', () => {
     expect(bl.readUInt32BE(44)).to.equal((1 << 20) / 512); // max atomic transfer length
     const bdc = (await f.run(cdb.inquiry(true, 0xb1))).dataIn!;
     expect(bdc.readUInt16BE(4)).to.equal(1);
+    expect(bdc[7]).to.equal(0x40); // WABEREQ=01b
     const lbp = (await f.run(cdb.inquiry(true, 0xb2))).dataIn!;
     expect([...lbp]).to.deep.equal([0, 0xb2, 0, 4, 0, 0xe4, 0x02, 0]);
   });

@@ -53,7 +53,7 @@ describe('MODE SENSE', () => {
   it('page control: changeable masks, defaults, saved values not supported', async () => {
     const f = fixture();
     const ch = (await f.run(cdb.modeSense6(0x0a, { pc: 1, dbd: true }))).dataIn!;
-    expect([...ch.subarray(4, 16)]).to.deep.equal([0x0a, 0x0a, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    expect([...ch.subarray(4, 16)]).to.deep.equal([0x0a, 0x0a, 0x04, 0, 0x08, 0, 0, 0, 0, 0, 0, 0]);
     const caching = (await f.run(cdb.modeSense6(0x08, { pc: 1, dbd: true }))).dataIn!;
     expect(caching[6]).to.equal(0x04);
     expectSense(await f.run(cdb.modeSense6(0x3f, { pc: 3 })), 0x5, 0x39, 0x00);
@@ -90,6 +90,20 @@ describe('MODE SELECT', () => {
     expect(senseOf(await f.run(cdb.read16(1n << 40n, 1))).format).to.equal('fixed');
   });
 
+  it('SWP write-protects the medium for every nexus until cleared', async () => {
+    const f = fixture();
+    const page = await controlPage(f);
+    page[4] = page[4]! | 0x08;
+    expectGood(await f.run(cdb.modeSelect6(16), { dataOut: Buffer.concat([Buffer.from([0, 0, 0, 0]), page]), nexus: nexusB }));
+    expectSense(await f.run(cdb.tur()), 0x6, 0x2a, 0x01); // A learns of B's change
+    expect((await f.run(cdb.modeSense6(0x0a, { dbd: true }))).dataIn![2]! & 0x80).to.equal(0x80); // WP
+    expectGood(await f.run(cdb.read10(0, 1)));
+    expectSense(await f.run(cdb.write10(0, 1), { dataOut: Buffer.alloc(512) }), 0x7, 0x27, 0x02);
+    page[4] = page[4]! & ~0x08;
+    expectGood(await f.run(cdb.modeSelect6(16), { dataOut: Buffer.concat([Buffer.from([0, 0, 0, 0]), page]), nexus: nexusB }));
+    expectGood(await f.run(cdb.write10(0, 1), { dataOut: Buffer.alloc(512) }));
+  });
+
   it('turns the write cache off (writes become FUA)', async () => {
     const f = fixture();
     const d = (await f.run(cdb.modeSense6(0x08, { dbd: true }))).dataIn!;
@@ -107,11 +121,11 @@ describe('MODE SELECT', () => {
     const list = (p: Buffer, hdr = [0, 0, 0, 0]) => Buffer.concat([Buffer.from(hdr), p]);
     expectSense(await f.run(cdb.modeSelect6(16, false), { dataOut: list(page) }), 0x5, 0x24, 0x00);
     expectSense(await f.run([0x15, 0x11, 0, 0, 16, 0], { dataOut: list(page) }), 0x5, 0x24, 0x00);
-    const swp = Buffer.from(page);
-    swp[4] = 0x08; // SWP is not changeable
-    const r = await f.run(cdb.modeSelect6(16), { dataOut: list(swp) });
+    const tas = Buffer.from(page);
+    tas[5] = 0x40; // TAS is not changeable
+    const r = await f.run(cdb.modeSelect6(16), { dataOut: list(tas) });
     expectSense(r, 0x5, 0x26, 0x00);
-    expect(senseOf(r).sks).to.deep.equal([0x80 | 0x08 | 3, 0, 8]); // parameter list byte 8 bit 3
+    expect(senseOf(r).sks).to.deep.equal([0x80 | 0x08 | 6, 0, 9]); // parameter list byte 9 bit 6
     const badLen = Buffer.from(page);
     badLen[1] = 0x0b;
     expectSense(await f.run(cdb.modeSelect6(16), { dataOut: list(badLen) }), 0x5, 0x26, 0x00);
