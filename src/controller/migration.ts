@@ -289,9 +289,15 @@ export class MigrationManager {
     try {
       const row = db.segment(vdisk.id, seg);
       if (row.containerId !== old.containerId || row.offset !== old.offset) return 'skipped';
-      // Space and a copying agent first, so nothing is frozen for a copy that cannot run.
+      // Space and a copying agent first, so nothing is frozen for a copy that
+      // cannot run: only targets some online agent reaches with the source.
+      const copyable = eligible.filter((c) => ctrl.copyAgent([old.containerId, c]) !== null);
+      if (copyable.length === 0) {
+        this.#note(vdisk.id, `waiting for an online agent that reaches container ${old.containerId} and a target container`);
+        return 'no-agent';
+      }
       try {
-        [fresh] = ctrl.allocator.reserve(vdisk, 1, eligible) as [Location];
+        [fresh] = ctrl.allocator.reserve(vdisk, 1, copyable) as [Location];
       } catch (err) {
         if (err instanceof ContainerFullError) throw new MigrationError(`${what}: ${err.message}`);
         throw err;
