@@ -53,7 +53,7 @@ export const BASE_CONTENT: GuestContent = {
 export const MULTIPATH_CONTENT: GuestContent = {
   packages: [...BASE_CONTENT.packages, 'multipath-tools', 'dmsetup', 'kpartx'],
   programs: [...BASE_CONTENT.programs, '/sbin/multipath', '/sbin/multipathd', '/sbin/dmsetup'],
-  files: [...BASE_CONTENT.files, '/lib/x86_64-linux-gnu/multipath'],
+  files: [...BASE_CONTENT.files, '/lib/multipath'],
   modules: [...BASE_CONTENT.modules, 'dm_multipath', 'dm_round_robin', 'dm_service_time', 'scsi_dh_alua'],
 };
 
@@ -300,6 +300,56 @@ function resolveModules(modRoot: string, wanted: string[], builtin: Set<string>)
   return { order, deps, aliases };
 }
 
+/** Identifies the state of apt's package lists: resolution is redone only when they change. */
+function aptListsStamp(): string {
+  const dir = '/var/lib/apt/lists';
+  const h = createHash('sha256');
+  try {
+    for (const f of readdirSync(dir).sort()) {
+      if (!f.endsWith('_Packages') && !f.includes('_Packages.')) continue;
+      const st = statSync(join(dir, f));
+      h.update(`${f} ${st.size} ${st.mtimeMs}\n`);
+    }
+  } catch {
+    return '';
+  }
+  return h.digest('hex');
+}
+
+interface Resolution {
+  stamp: string;
+  kpkg: string;
+  versions: Array<[string, string]>;
+}
+
+/**
+ * Kernel package, library closure and candidate versions. apt-cache takes
+ * seconds per call, so the answer is kept in the cache until apt's lists change.
+ */
+async function resolvePackages(
+  content: GuestContent,
+  cacheDir: string,
+  progress: (m: string) => void,
+): Promise<{ kpkg: string; versions: Map<string, string> }> {
+  const file = join(cacheDir, `resolution-${createHash('sha256').update(JSON.stringify([BUILDER_VERSION, content, process.env.TABULA_E2E_KERNEL_PACKAGE ?? ''])).digest('hex').slice(0, 16)}.json`);
+  const stamp = aptListsStamp();
+  if (stamp !== '' && existsSync(file)) {
+    const r = JSON.parse(readFileSync(file, 'utf8')) as Resolution;
+    if (r.stamp === stamp) return { kpkg: r.kpkg, versions: new Map(r.versions) };
+  }
+  await ensureAptLists(progress);
+  const kpkg = await kernelPackage();
+  const packages = await libraryClosure([...content.packages, kpkg]);
+  const versions = await candidateVersions(packages);
+  const after = aptListsStamp();
+  if (after !== '') {
+    mkdirSync(cacheDir, { recursive: true });
+    const r: Resolution = { stamp: after, kpkg, versions: [...versions] };
+    writeFileSync(file, JSON.stringify(r) + '\n');
+  }
+  return { kpkg, versions };
+}
+
 function imageKey(kernelPkg: string, versions: Map<string, string>, content: GuestContent): string {
   const h = createHash('sha256');
   h.update(JSON.stringify({ v: BUILDER_VERSION, kernelPkg, versions: [...versions].sort(), content }));
@@ -315,10 +365,7 @@ export async function buildGuestImage(opts: BuildOptions = {}): Promise<GuestIma
   const content = opts.content ?? BASE_CONTENT;
   const cacheDir = opts.cacheDir ?? defaultCacheDir();
   const progress = opts.progress ?? ((): void => undefined);
-  await ensureAptLists(progress);
-  const kpkg = await kernelPackage();
-  const packages = await libraryClosure([...content.packages, kpkg]);
-  const versions = await candidateVersions(packages);
+  const { kpkg, versions } = await resolvePackages(content, cacheDir, progress);
   const key = imageKey(kpkg, versions, content);
   const dir = join(cacheDir, 'images', key);
   const manifestFile = join(dir, 'manifest.json');

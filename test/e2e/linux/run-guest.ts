@@ -148,7 +148,8 @@ export function qemuArgs(image: GuestImage, initrd: string, scenario: GuestScena
     // panic=-1 + -no-reboot: a guest panic ends qemu at once instead of hanging.
     '-append', 'console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init',
     '-netdev', ['user', 'id=n0', 'restrict=on', 'net=10.0.2.0/24', ...fwds].join(','),
-    '-device', 'virtio-net-pci,netdev=n0',
+    // No option ROM: the guest boots with -kernel, never from the network.
+    '-device', 'virtio-net-pci,netdev=n0,romfile=',
   ];
 }
 
