@@ -5,6 +5,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { targetCommand } from './target.js';
 import { agentCommand } from './agent.js';
+import { agentSubcommands, systemCommands } from './commands.js';
 
 /** The package version, from the nearest package.json above this module (works from src/ and dist/). */
 function version(): string {
@@ -21,7 +22,8 @@ function version(): string {
 export async function main(argv: string[]): Promise<void> {
   const y = yargs(argv).scriptName('tabula');
   targetCommand(y);
-  agentCommand(y);
+  systemCommands(y);
+  agentCommand(y, agentSubcommands);
   await y
     .version(version())
     .strict()

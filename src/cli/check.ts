@@ -1,0 +1,23 @@
+// `tabula check`: the controller verifies the invariants from its database;
+// each violation is one line on stdout and the exit status is 1.
+import type { Argv } from 'yargs';
+import { adminOptions, withAdmin } from './admin-client.js';
+import { print, printJson } from './output.js';
+
+export function checkCommand(y: Argv): Argv {
+  return y.command(
+    'check',
+    'verify the invariants of tables, reference counts and free space',
+    (a) => adminOptions(a),
+    async (args) => {
+      const r = await withAdmin(args, (s) => s.call('Check', {}));
+      if (args.json) printJson(r);
+      else if (r.ok) print('ok: all invariants hold');
+      else print(r.violations.map((v) => `violation: ${v}`).join('\n'));
+      if (!r.ok) {
+        process.stderr.write(`tabula: check found ${r.violations.length} invariant violation${r.violations.length === 1 ? '' : 's'}\n`);
+        process.exitCode = 1;
+      }
+    },
+  );
+}

@@ -1,0 +1,96 @@
+// `tabula container init|add|ls|rm`. `init` works on the local file or device
+// alone; the others talk to the controller. `add` reads the label itself so
+// the controller learns the container's id, size and geometry from the disk.
+import { resolve } from 'node:path';
+import type { Argv } from 'yargs';
+import { initContainer, readContainerLabel } from '../container/index.js';
+import type { ContainerInfo } from '../wire/proto-types.js';
+import { formatSize, parseSize } from '../util/size.js';
+import { adminOptions, quietLogs, withAdmin } from './admin-client.js';
+import { formatColumns, print, printJson } from './output.js';
+
+/** Size of the data area the controller can allocate from. */
+function capacity(c: ContainerInfo): number {
+  return c.segmentsTotal * c.segmentSize;
+}
+
+export function containerRows(list: readonly ContainerInfo[]): string {
+  return formatColumns(
+    ['ID', 'PATH', 'CAPACITY', 'ALLOCATED', 'FREE', 'STATE', 'AGENTS'],
+    list.map((c) => [
+      c.id,
+      c.path,
+      formatSize(capacity(c)),
+      formatSize(c.segmentsUsed * c.segmentSize),
+      formatSize((c.segmentsTotal - c.segmentsUsed) * c.segmentSize),
+      c.state,
+      c.agents.length > 0 ? c.agents.join(',') : '-',
+    ]),
+  );
+}
+
+export function containerCommand(y: Argv): Argv {
+  return y.command('container', 'storage containers: init, add, ls, rm', (c) =>
+    c
+      .command(
+        'init <path>',
+        'label a file or block device as a container (creates a sparse file when PATH is new)',
+        (a) =>
+          a
+            .positional('path', { type: 'string', demandOption: true, describe: 'file or block device' })
+            .option('size', { type: 'string', describe: 'size with a unit (e.g. 100GiB); needed to create a file' })
+            .option('segment-size', { type: 'string', describe: 'allocation unit recorded in the label (default 1MiB)' })
+            .option('force', { type: 'boolean', default: false, describe: 'overwrite an existing container label (its data is abandoned)' })
+            .option('json', { type: 'boolean', default: false, describe: 'print the label as JSON' }),
+        async (args) => {
+          quietLogs();
+          const size = args.size === undefined ? undefined : parseSize(args.size);
+          const segmentSize = args['segment-size'] === undefined ? undefined : parseSize(args['segment-size']);
+          const r = await initContainer(args.path, { size, segmentSize, force: args.force });
+          const l = r.label;
+          if (args.json) {
+            printJson({ id: l.id, path: args.path, size: l.size, dataOffset: l.dataOffset, segmentSize: l.segmentSize, created: r.created, replaced: r.replaced ?? null });
+            return;
+          }
+          const how = r.created ? 'created' : r.replaced !== undefined ? `relabelled (replaced ${r.replaced || 'a damaged label'})` : 'labelled';
+          print(`container ${l.id} ${how} at ${args.path}: ${formatSize(l.size)}, data from ${formatSize(l.dataOffset)}, segments of ${formatSize(l.segmentSize)}`);
+        },
+      )
+      .command(
+        'add <path>',
+        'register a labelled container with the controller',
+        (a) => adminOptions(a.positional('path', { type: 'string', demandOption: true, describe: 'container file or block device' })),
+        async (args) => {
+          quietLogs();
+          const label = await readContainerLabel(args.path);
+          const info = await withAdmin(args, (s) =>
+            s.call('AddContainer', { id: label.id, path: resolve(args.path), size: label.size, dataOffset: label.dataOffset, segmentSize: label.segmentSize }),
+          );
+          if (args.json) printJson(info);
+          else print(`container ${info.id} added: ${formatSize(capacity(info))} in ${info.segmentsTotal} segments of ${formatSize(info.segmentSize)}`);
+        },
+      )
+      .command(
+        'ls',
+        'list containers: capacity, allocated, free',
+        (a) => adminOptions(a),
+        async (args) => {
+          const r = await withAdmin(args, (s) => s.call('ListContainers', {}));
+          if (args.json) printJson(r.containers);
+          else print(r.containers.length === 0 ? 'no containers' : containerRows(r.containers));
+        },
+      )
+      .command(
+        'rm <id>',
+        'unregister an empty container (UUID or unique prefix)',
+        (a) => adminOptions(a.positional('id', { type: 'string', demandOption: true, describe: 'container UUID or unique prefix' })),
+        async (args) => {
+          await withAdmin(args, (s) => s.call('RemoveContainer', { id: args.id }));
+          if (args.json) printJson({ removed: args.id });
+          else print(`container ${args.id} removed`);
+        },
+      )
+      .demandCommand(1, 'name a container command: init, add, ls, rm'),
+  );
+}
+
