@@ -277,9 +277,10 @@ export class MigrationManager {
     const what = `migration of vdisk ${vdisk.name} segment ${seg}`;
     // Target containers: the chosen one, or (evacuation) any the vdisk may use but the source.
     const eligible = ctrl.allocator.eligibleContainers(vdisk).filter((c) => (m.toContainer !== null ? c === m.toContainer : c !== m.fromContainer));
-    if (m.toContainer !== null && eligible.length === 0) {
+    if (eligible.length === 0) {
+      const which = m.toContainer !== null ? `target container ${m.toContainer} is` : `no container other than ${m.fromContainer ?? '?'} is`;
       throw new MigrationError(
-        `target container ${m.toContainer} is not eligible for vdisk ${vdisk.name} (it must be online, of segment size ${formatSize(vdisk.segmentSize)}, and reached by every agent exporting the vdisk)`,
+        `${which} eligible for vdisk ${vdisk.name} (it must be online, of segment size ${formatSize(vdisk.segmentSize)}, and reached by every agent exporting the vdisk)`,
       );
     }
     if (ctrl.migrating.has(key)) return 'skipped';

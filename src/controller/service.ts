@@ -87,7 +87,9 @@ export class Controller {
   readonly #tables = new Map<string, MappingTable>();
   readonly #locks = new Map<string, Promise<unknown>>();
   readonly #copies = new Map<number, { resolve: (err: string | null) => void; agent: string }>();
-  #nextCopyId = 1;
+  // Above any id an earlier run of the controller handed out (clock-based),
+  // so a CopyDone an agent sends late for an old command cannot complete a new one.
+  #nextCopyId = Date.now() * 1000;
   #closed = false;
 
   constructor(db: ControllerDb, opts: ControllerOptions = {}) {
