@@ -101,6 +101,7 @@ describe('MODE SELECT', () => {
     expectSense(await f.run(cdb.write10(0, 1), { dataOut: Buffer.alloc(512) }), 0x7, 0x27, 0x02);
     page[4] = page[4]! & ~0x08;
     expectGood(await f.run(cdb.modeSelect6(16), { dataOut: Buffer.concat([Buffer.from([0, 0, 0, 0]), page]), nexus: nexusB }));
+    expectSense(await f.run(cdb.write10(0, 1), { dataOut: Buffer.alloc(512) }), 0x6, 0x2a, 0x01);
     expectGood(await f.run(cdb.write10(0, 1), { dataOut: Buffer.alloc(512) }));
   });
 
