@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BlockDeviceError } from '../../../src/blockdev/block-device.js';
@@ -154,4 +154,44 @@ describe('FileBlockDevice', () => {
       await dev.close();
     }
   });
+
+  // Small I/O runs inline (readSync/writeSync), large I/O and inlineMaxBytes 0 go through
+  // the thread pool: both paths must put the same bytes at the same offsets.
+  for (const inlineMaxBytes of [undefined, 0]) {
+    it(`reads and writes the same bytes ${inlineMaxBytes === 0 ? 'through the thread pool only' : 'inline and through the thread pool'}`, async () => {
+      const path = join(dir, 'paths.img');
+      const dev = await FileBlockDevice.open(path, { size: 1 << 20, blockSize: 512, inlineMaxBytes });
+      try {
+        const small = Buffer.alloc(4096);
+        for (let i = 0; i < small.length; i++) small[i] = (i * 13 + 1) & 0xff;
+        const large = Buffer.alloc(128 * 1024);
+        for (let i = 0; i < large.length; i++) large[i] = (i * 31 + 7) & 0xff;
+        await dev.write(7, small);
+        await dev.write(100, large);
+        expect((await dev.read(7, 8)).equals(small)).to.equal(true);
+        expect((await dev.read(100, 256)).equals(large)).to.equal(true);
+        expect((await dev.read(6, 1)).every((x) => x === 0)).to.equal(true);
+      } finally {
+        await dev.close();
+      }
+      const raw = readFileSync(path);
+      expect(raw[7 * 512]).to.equal(1);
+      expect(raw[7 * 512 + 1]).to.equal(14);
+      expect(raw[100 * 512 + 1]).to.equal(38);
+    });
+
+    it(`reports a file that shrank under it as a read error ${inlineMaxBytes === 0 ? '(thread pool)' : '(inline)'}`, async () => {
+      const path = join(dir, 'shrunk.img');
+      const dev = await FileBlockDevice.open(path, { size: 64 * 512, inlineMaxBytes });
+      try {
+        truncateSync(path, 8 * 512);
+        const e = (await rejects(dev.read(10, 1))) as BlockDeviceError;
+        expect(e).to.be.instanceOf(BlockDeviceError);
+        expect(e.kind).to.equal('read-error');
+        expect(e.message).to.match(/READ .*shrunk\.img lba=10: unexpected end of file/);
+      } finally {
+        await dev.close();
+      }
+    });
+  }
 });
