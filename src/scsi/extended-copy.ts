@@ -154,10 +154,10 @@ function parseCscds(ctx: CommandContext, data: Buffer, start: number, len: numbe
     if (type !== CSCD_IDENTIFICATION) {
       throw new ScsiError(Sense.unsupportedTargetDescriptorType, { field: { inCdb: false, byte: offset } }, `CSCD descriptor type 0x${type.toString(16)} is not supported`);
     }
-    const luIdType = data[offset + 1]! >> 6;
+    // LU ID TYPE (byte 1 bits 7-6) is not checked: the LU is found by its designator, and
+    // SPC-4 devices ignore the reserved values (libiscsi ExtendedCopy.ValidTgtDescr expects GOOD).
     const nul = (data[offset + 1]! & 0x20) !== 0;
     const ptype = data[offset + 1]! & 0x1f;
-    if (luIdType !== 0) throw ScsiError.param(offset + 1, 7, `CSCD LU ID TYPE ${luIdType} is not supported`);
     if (ptype !== 0) throw ScsiError.param(offset + 1, 4, `CSCD peripheral device type ${ptype} is not a block device`);
     const assoc = (data[offset + 5]! >> 4) & 3;
     const dtype = data[offset + 5]! & 0x0f;

@@ -134,7 +134,8 @@ describe('EXTENDED COPY (LID1)', () => {
   });
 
   it('validates CSCD descriptors (libiscsi ExtendedCopy.ValidTgtDescr)', async () => {
-    expect((await run(paramList(1, 0, [cscd(lu, { luIdType: 2 })], [b2b(0, 0, 1, 0, 1)]))).sense).to.deep.include({ key: 5, asc: 0x26, ascq: 0 });
+    // A reserved LU ID TYPE is ignored (SPC-4): the copy runs.
+    expect((await run(paramList(1, 0, [cscd(lu, { luIdType: 2 })], [b2b(0, 0, 1, 0, 1)]))).status).to.equal(0);
     expect((await run(paramList(1, 0, [cscd(lu, { nul: true })], [b2b(0, 0, 1, 0, 1)]))).sense).to.deep.include({ key: 0x0a, asc: 0x08, ascq: 0x04 });
     expect((await run(paramList(1, 0, [cscd(lu, { blockSize: 4096 })], [b2b(0, 0, 1, 0, 1)]))).sense).to.deep.include({ key: 5, asc: 0x26 });
     const stranger = new FakeLu(new FakeTarget(), 5);
