@@ -11,16 +11,9 @@ import { defaultTargetIqn } from '../controller/admin.js';
 import { startController, type ControllerHandle } from '../controller/daemon.js';
 import { formatSize, parseHostPort } from '../util/size.js';
 import { log } from '../util/log.js';
+import { APPLIANCE_DEFAULTS } from './appliance-defaults.js';
 
-export const APPLIANCE_DEFAULTS = {
-  data: './data',
-  controllerListen: '127.0.0.1:7360',
-  portal: '127.0.0.1:3260',
-  agentName: 'local',
-  vdisk: 'disk0',
-  size: 1024 ** 3,
-  lun: 0,
-} as const;
+export { APPLIANCE_DEFAULTS } from './appliance-defaults.js';
 
 /** Sparse container room: twice the vdisk, at least 4 GiB (costs nothing until written). */
 export function containerSizeFor(vdiskSize: number): number {

@@ -1,6 +1,5 @@
 // `tabula controller`: the controller daemon for real deployments.
 import type { Argv } from 'yargs';
-import { startController } from '../controller/daemon.js';
 import { log } from '../util/log.js';
 import { parseHostPort } from '../util/size.js';
 import { CliError } from './admin-client.js';
@@ -25,6 +24,7 @@ export function controllerCommand(y: Argv): Argv {
         .option('hold-timeout', { type: 'number', describe: 'seconds agents hold a faulted I/O before NOT READY (default 10)' }),
     async (args) => {
       parseHostPort(args.listen, 7360);
+      const { startController } = await import('../controller/daemon.js');
       const ctl = await startController({
         dbPath: args.db,
         listen: args.listen,

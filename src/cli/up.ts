@@ -3,7 +3,7 @@
 import type { Argv } from 'yargs';
 import { log } from '../util/log.js';
 import { parseSize } from '../util/size.js';
-import { APPLIANCE_DEFAULTS, startAppliance } from './appliance.js';
+import { APPLIANCE_DEFAULTS } from './appliance-defaults.js';
 import { runUntilSignal } from './signals.js';
 
 export function upCommand(y: Argv): Argv {
@@ -27,6 +27,8 @@ export function upCommand(y: Argv): Argv {
         .option('token', { type: 'string', describe: 'shared secret for the controller API (or TABULA_TOKEN)' }),
     async (args) => {
       const size = args.size === undefined ? undefined : parseSize(args.size);
+      // Loaded here so that admin commands do not pay for the daemons' modules.
+      const { startAppliance } = await import('./appliance.js');
       const app = await startAppliance({
         data: args.data,
         portal: args.portal,
