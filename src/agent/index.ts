@@ -1,7 +1,9 @@
 // The agent daemon as a library: `tabula agent` runs it alone, `tabula up`
 // runs one in the same process as the controller.
 import { parseHostPort } from '../util/size.js';
+import { AgentMetrics, DEFAULT_AGENT_METRICS_PORT, startMetricsEndpoint, type MetricsEndpoint } from '../metrics/index.js';
 import { Agent, type AgentOptions, type ExportStatus } from './agent.js';
+import { vdiskDeviceFactory } from './device-port.js';
 import type { PortalAddress } from './targets.js';
 
 export { Agent, type AgentOptions, type ExportStatus } from './agent.js';
@@ -15,6 +17,8 @@ export const DEFAULT_ISCSI_PORT = 3260;
 export interface StartAgentOptions extends Omit<AgentOptions, 'portals'> {
   /** iSCSI portals: "HOST:PORT" (port 3260 when omitted; 0 picks a free one) or addresses. */
   portals: (string | PortalAddress)[];
+  /** Prometheus `GET /metrics` on HOST:PORT (":PORT" is loopback; port 0 picks one). No endpoint when not given. */
+  metricsListen?: string;
 }
 
 export interface AgentHandle {
@@ -23,6 +27,8 @@ export interface AgentHandle {
   readonly portals: PortalAddress[];
   /** The running agent, for diagnostics. */
   readonly agent: Agent;
+  /** HOST:PORT of the metrics endpoint as bound, or null when metricsListen was not given. */
+  readonly metricsAddress: string | null;
   exports(): ExportStatus[];
   /** Stops serving, drops the controller stream, closes devices and containers. */
   close(): Promise<void>;
@@ -31,12 +37,30 @@ export interface AgentHandle {
 /** Starts an agent: containers scanned, portals listening; the controller link connects in the background. */
 export async function startAgent(opts: StartAgentOptions): Promise<AgentHandle> {
   const portals = opts.portals.map((p) => (typeof p === 'string' ? parseHostPort(p, DEFAULT_ISCSI_PORT) : p));
-  const agent = await Agent.start({ ...opts, portals });
+  if (opts.metricsListen === undefined) {
+    const agent = await Agent.start({ ...opts, portals });
+    return { name: agent.name, portals: agent.portals, agent, metricsAddress: null, exports: () => agent.exports(), close: () => agent.close() };
+  }
+  // Metered: every export's device (and its fault sink) is wrapped where the agent makes it.
+  const metrics = new AgentMetrics();
+  const endpoint: MetricsEndpoint = await startMetricsEndpoint(metrics.registry, opts.metricsListen, DEFAULT_AGENT_METRICS_PORT, `agent ${opts.name}`);
+  let agent: Agent;
+  try {
+    agent = await Agent.start({ ...opts, portals, deviceFactory: metrics.deviceFactory(opts.deviceFactory ?? vdiskDeviceFactory) });
+  } catch (err) {
+    await endpoint.close();
+    throw err;
+  }
+  metrics.observe(agent);
   return {
     name: agent.name,
     portals: agent.portals,
     agent,
+    metricsAddress: endpoint.address,
     exports: () => agent.exports(),
-    close: () => agent.close(),
+    close: async () => {
+      await endpoint.close();
+      await agent.close();
+    },
   };
 }

@@ -48,7 +48,15 @@ export interface AllocatedRun {
   count: number;
 }
 
+/** Told of every allocation and free (metrics). */
+export interface AllocationObserver {
+  allocated(count: number): void;
+  freed(count: number): void;
+}
+
 export class Allocator {
+  /** Set by whoever counts allocations (the metrics); null when nobody does. */
+  observer: AllocationObserver | null = null;
   readonly #db: ControllerDb;
   #space = new Map<string, ContainerSpace>();
   /**
@@ -187,16 +195,20 @@ export class Allocator {
         n -= k;
       }
     }
+    this.observer?.allocated(count);
     return out;
   }
 
   /** Returns reclaimed locations to the free maps. */
   free(locations: readonly Location[]): void {
+    let n = 0;
     for (const l of locations) {
       const s = this.#space.get(l.containerId);
       if (!s || l.offset >= s.total) continue;
       insertFree(s, l.offset);
+      n++;
     }
+    if (n > 0) this.observer?.freed(n);
   }
 }
 

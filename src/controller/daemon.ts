@@ -8,6 +8,7 @@ import { isIP } from 'node:net';
 import { AUTH_METADATA_KEY, adminServiceDefinition, agentServiceDefinition } from '../wire/grpc.js';
 import { parseHostPort } from '../util/size.js';
 import { log } from '../util/log.js';
+import { ControllerMetrics, DEFAULT_CONTROLLER_METRICS_PORT, startMetricsEndpoint, type MetricsEndpoint } from '../metrics/index.js';
 import { Admin, adminImplementation } from './admin.js';
 import { ControllerDb } from './db.js';
 import { Controller, type ControllerOptions } from './service.js';
@@ -29,6 +30,8 @@ export interface StartControllerOptions extends ControllerOptions {
   /** Shared secret every call must carry. */
   token?: string;
   tls?: TlsOptions;
+  /** Prometheus `GET /metrics` on HOST:PORT (":PORT" is loopback; port 0 picks one). No endpoint when not given. */
+  metricsListen?: string;
 }
 
 export interface ControllerHandle {
@@ -38,8 +41,10 @@ export interface ControllerHandle {
   readonly controller: Controller;
   readonly admin: Admin;
   readonly db: ControllerDb;
-  /** Hook for the metrics endpoint (a later item): the gRPC server, for instrumentation. */
+  /** The gRPC server (AgentService and AdminService). */
   readonly server: grpc.Server;
+  /** HOST:PORT of the metrics endpoint as bound, or null when metricsListen was not given. */
+  readonly metricsAddress: string | null;
   close(): Promise<void>;
 }
 
@@ -68,9 +73,15 @@ export async function startController(opts: StartControllerOptions): Promise<Con
   }
   const db = new ControllerDb(opts.dbPath);
   const controller = new Controller(db, opts);
+  const metrics = opts.metricsListen === undefined ? null : new ControllerMetrics();
+  metrics?.observe(controller);
   const admin = new Admin(controller);
   const authorize = tokenAuthorizer(opts.token);
-  const server = new grpc.Server({ 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 5_000 });
+  const server = new grpc.Server({
+    'grpc.keepalive_time_ms': 10_000,
+    'grpc.keepalive_timeout_ms': 5_000,
+    interceptors: metrics === null ? [] : [metrics.interceptor],
+  });
   server.addService(agentServiceDefinition(), {
     Connect: (call: AgentCall) => {
       const denied = authorize(call.metadata);
@@ -87,12 +98,23 @@ export async function startController(opts: StartControllerOptions): Promise<Con
     ? grpc.ServerCredentials.createSsl(opts.tls.ca ?? null, [{ cert_chain: opts.tls.cert, private_key: opts.tls.key }], opts.tls.ca !== undefined)
     : grpc.ServerCredentials.createInsecure();
   const bindHost = host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
+  let endpoint: MetricsEndpoint | null = null;
+  if (metrics !== null) {
+    try {
+      endpoint = await startMetricsEndpoint(metrics.registry, opts.metricsListen as string, DEFAULT_CONTROLLER_METRICS_PORT, 'controller');
+    } catch (err) {
+      controller.close();
+      db.close();
+      throw err;
+    }
+  }
   let bound: number;
   try {
     bound = await new Promise<number>((resolve, reject) =>
       server.bindAsync(`${bindHost}:${port}`, creds, (err, p) => (err ? reject(err) : resolve(p))),
     );
   } catch (err) {
+    await endpoint?.close();
     controller.close();
     db.close();
     throw new Error(`controller cannot listen on ${bindHost}:${port}: ${(err as Error).message}`);
@@ -109,8 +131,10 @@ export async function startController(opts: StartControllerOptions): Promise<Con
     admin,
     db,
     server,
+    metricsAddress: endpoint?.address ?? null,
     close() {
       closed ??= (async () => {
+        await endpoint?.close();
         controller.close();
         await new Promise<void>((resolve) => {
           const t = setTimeout(() => {

@@ -1,0 +1,306 @@
+// The controller's metrics. Every message between the controller and its
+// agents passes through the AgentService.Connect stream, so a gRPC server
+// interceptor on that method sees pushes, acks, fences, faults, fault
+// answers and copies without a line in the controller's own code; it also
+// pairs each push with its ack and each fault with its final answer for the
+// latency histograms. Gauges are read from the controller at scrape time;
+// allocations and frees come from the allocator's observer.
+import * as grpc from '@grpc/grpc-js';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import type { Controller } from '../controller/service.js';
+import type { AllocationObserver } from '../controller/allocator.js';
+import { SEGMENT_STATE_NAMES } from '../table/segment-state.js';
+import { FAULT_ACTION_NAMES, FaultAction } from '../wire/proto-types.js';
+import { agentServiceDefinition } from '../wire/grpc.js';
+import { LATENCY_BUCKETS, newRegistry, stateLabel } from './registry.js';
+
+type Child = { inc(value?: number): void };
+
+/** The AgentService.Connect method path; other methods (admin) pass the interceptor untouched. */
+function connectPath(): string {
+  const def = agentServiceDefinition().Connect;
+  if (def === undefined) throw new Error('AgentService has no Connect method');
+  return def.path;
+}
+
+type Body = { body: string } & Record<string, unknown>;
+
+function bodyOf(m: unknown): Body | null {
+  if (m === null || typeof m !== 'object') return null;
+  const b = (m as { body?: unknown }).body;
+  return typeof b === 'string' ? (m as Body) : null;
+}
+
+function partOf(m: Body): Record<string, unknown> | null {
+  const p = m[m.body];
+  return p !== null && typeof p === 'object' ? (p as Record<string, unknown>) : null;
+}
+
+const num = (v: unknown): number => (typeof v === 'number' ? v : Number(v ?? NaN));
+
+export class ControllerMetrics {
+  readonly registry: Registry;
+  /** Pass to the gRPC server's `interceptors` option. */
+  readonly interceptor: grpc.ServerInterceptor;
+  readonly #pushes: { full: Child; delta: Child };
+  readonly #acks: Child;
+  readonly #ackSeconds: Histogram;
+  readonly #fences: Child;
+  readonly #faults: Counter<'state'>;
+  readonly #faultsByState = new Map<string, Child>();
+  readonly #replies: Child[];
+  readonly #decisionSeconds: Histogram;
+  readonly #copyCommands: Child;
+  readonly #copiesDone: { ok: Child; failed: Child };
+  readonly #allocated: Child;
+  readonly #freed: Child;
+  #controller: Controller | null = null;
+
+  constructor() {
+    const registry = newRegistry();
+    this.registry = registry;
+    const registers = [registry];
+    const ctrl = (): Controller | null => (this.#controller?.closed === false ? this.#controller : null);
+
+    const agents: Gauge = new Gauge({
+      name: 'tabula_controller_agents_connected',
+      help: 'Agents with a registered stream to this controller.',
+      registers,
+      collect: () => {
+        agents.set(ctrl()?.onlineAgents().length ?? 0);
+      },
+    });
+    const versions: Gauge<'vdisk'> = new Gauge({
+      name: 'tabula_controller_table_version',
+      help: 'Committed mapping table version of each vdisk (snapshots included).',
+      labelNames: ['vdisk'],
+      registers,
+      collect: () => {
+        versions.reset();
+        for (const v of ctrl()?.db.vdisks() ?? []) versions.set({ vdisk: v.name }, v.version);
+      },
+    });
+    const segments: Gauge<'container'> = new Gauge({
+      name: 'tabula_controller_container_segments',
+      help: 'Segments in each registered container.',
+      labelNames: ['container'],
+      registers,
+      collect: () => {
+        segments.reset();
+        for (const c of ctrl()?.db.containers() ?? []) segments.set({ container: c.id }, c.segmentsTotal);
+      },
+    });
+    const free: Gauge<'container'> = new Gauge({
+      name: 'tabula_controller_container_free_segments',
+      help: 'Free segments in each registered container (the allocator\'s free map).',
+      labelNames: ['container'],
+      registers,
+      collect: () => {
+        free.reset();
+        const c = ctrl();
+        for (const row of c?.db.containers() ?? []) free.set({ container: row.id }, c?.allocator.freeSegments(row.id) ?? 0);
+      },
+    });
+    const migTotal: Gauge<'vdisk'> = new Gauge({
+      name: 'tabula_controller_migration_segments_total',
+      help: 'Segments a running migration of the vdisk has to move.',
+      labelNames: ['vdisk'],
+      registers,
+      collect: () => {
+        migTotal.reset();
+        migDone.reset();
+        migBytes.reset();
+        const c = ctrl();
+        for (const m of c?.db.migrations() ?? []) {
+          if (m.state !== 'running') continue;
+          const vdisk = c?.db.vdisk(m.vdiskId)?.name ?? m.vdiskId;
+          migTotal.set({ vdisk }, m.segmentsTotal);
+          migDone.set({ vdisk }, m.segmentsDone);
+          migBytes.set({ vdisk }, m.bytesDone);
+        }
+      },
+    });
+    // Filled by migTotal's collect, which runs first (registration order).
+    const migDone = new Gauge({
+      name: 'tabula_controller_migration_segments_done',
+      help: 'Segments a running migration of the vdisk has moved so far.',
+      labelNames: ['vdisk'],
+      registers,
+    });
+    const migBytes = new Gauge({
+      name: 'tabula_controller_migration_bytes_done',
+      help: 'Bytes a running migration of the vdisk has copied so far.',
+      labelNames: ['vdisk'],
+      registers,
+    });
+
+    const pushes = new Counter({
+      name: 'tabula_controller_table_pushes_total',
+      help: 'Table versions sent to agents, as whole tables (full) or deltas.',
+      labelNames: ['kind'],
+      registers,
+    });
+    this.#pushes = { full: zeroed(pushes.labels('full')), delta: zeroed(pushes.labels('delta')) };
+    this.#acks = new Counter({ name: 'tabula_controller_table_acks_total', help: 'Table version acks received from agents.', registers });
+    this.#ackSeconds = new Histogram({
+      name: 'tabula_controller_table_ack_seconds',
+      help: 'From sending a table version to an agent to its ack of that version (or a later one).',
+      buckets: [...LATENCY_BUCKETS],
+      registers,
+    });
+    this.#fences = new Counter({ name: 'tabula_controller_fences_total', help: 'Fence messages sent to agents.', registers });
+    this.#faults = new Counter({
+      name: 'tabula_controller_faults_total',
+      help: 'Faults received from agents, by the inhibiting segment state they report.',
+      labelNames: ['state'],
+      registers,
+    });
+    for (const s of SEGMENT_STATE_NAMES) this.#stateChild(s);
+    const replies = new Counter({
+      name: 'tabula_controller_fault_replies_total',
+      help: 'Fault answers sent, by outcome (retry, fail, wait, done).',
+      labelNames: ['outcome'],
+      registers,
+    });
+    this.#replies = FAULT_ACTION_NAMES.map((n) => zeroed(replies.labels(n)));
+    this.#decisionSeconds = new Histogram({
+      name: 'tabula_controller_fault_decision_seconds',
+      help: 'From receiving a fault to sending its final answer (retry, fail or done).',
+      buckets: [...LATENCY_BUCKETS],
+      registers,
+    });
+    this.#copyCommands = new Counter({ name: 'tabula_controller_copy_commands_total', help: 'Copy commands sent to agents.', registers });
+    const copiesDone = new Counter({
+      name: 'tabula_controller_copies_done_total',
+      help: 'Copy completions reported by agents, by result.',
+      labelNames: ['result'],
+      registers,
+    });
+    this.#copiesDone = { ok: zeroed(copiesDone.labels('ok')), failed: zeroed(copiesDone.labels('failed')) };
+    this.#allocated = new Counter({
+      name: 'tabula_controller_segments_allocated_total',
+      help: 'Container segments taken from the free map (thin first writes, copy-on-write, migration, thick creation).',
+      registers,
+    });
+    this.#freed = new Counter({
+      name: 'tabula_controller_segments_freed_total',
+      help: 'Container segments returned to the free map.',
+      registers,
+    });
+    const path = connectPath();
+    this.interceptor = (method, call) => (method.path === path ? this.#tap(call) : new grpc.ServerInterceptingCall(call));
+  }
+
+  /** Starts reading `controller` at scrape time and counting its allocations. */
+  observe(controller: Controller): void {
+    this.#controller = controller;
+    const observer: AllocationObserver = {
+      allocated: (n) => this.#allocated.inc(n),
+      freed: (n) => this.#freed.inc(n),
+    };
+    controller.allocator.observer = observer;
+  }
+
+  /** One agent stream: counts its messages, and times pushes to acks and faults to answers. */
+  #tap(call: grpc.ServerInterceptingCallInterface): grpc.ServerInterceptingCall {
+    /** Per vdisk: versions sent and not acked yet, with when. */
+    const pushed = new Map<string, { version: number; at: number }[]>();
+    /** Fault id -> when it arrived, until its final answer. */
+    const faults = new Map<number, number>();
+    const received = (m: unknown): void => {
+      const msg = bodyOf(m);
+      const p = msg && partOf(msg);
+      if (msg === null || p === null) return;
+      switch (msg.body) {
+        case 'tableAck': {
+          this.#acks.inc();
+          const vdiskId = String(p.vdiskId);
+          const waiting = pushed.get(vdiskId);
+          if (waiting === undefined) return;
+          const version = num(p.version);
+          const now = performance.now();
+          const left = waiting.filter((w) => {
+            if (w.version > version) return true;
+            this.#ackSeconds.observe((now - w.at) / 1000);
+            return false;
+          });
+          if (left.length === 0) pushed.delete(vdiskId);
+          else pushed.set(vdiskId, left);
+          return;
+        }
+        case 'fault':
+          this.#stateChild(stateLabel(num(p.state))).inc();
+          faults.set(num(p.faultId), performance.now());
+          return;
+        case 'copyDone':
+          (p.ok === true ? this.#copiesDone.ok : this.#copiesDone.failed).inc();
+          return;
+        default:
+      }
+    };
+    const sent = (m: unknown): void => {
+      const msg = bodyOf(m);
+      const p = msg && partOf(msg);
+      if (msg === null || p === null) return;
+      switch (msg.body) {
+        case 'tableFull':
+        case 'tableDelta': {
+          const full = msg.body === 'tableFull';
+          (full ? this.#pushes.full : this.#pushes.delta).inc();
+          const vdiskId = String(p.vdiskId);
+          const entry = { version: num(full ? p.version : p.toVersion), at: performance.now() };
+          const list = pushed.get(vdiskId);
+          if (list === undefined) pushed.set(vdiskId, [entry]);
+          else list.push(entry);
+          return;
+        }
+        case 'fence':
+          this.#fences.inc();
+          return;
+        case 'faultReply': {
+          const action = num(p.action);
+          this.#replies[action]?.inc();
+          if (action === FaultAction.Wait) return;
+          const id = num(p.faultId);
+          const at = faults.get(id);
+          if (at === undefined) return;
+          faults.delete(id);
+          this.#decisionSeconds.observe((performance.now() - at) / 1000);
+          return;
+        }
+        case 'copyCommand':
+          this.#copyCommands.inc();
+          return;
+        default:
+      }
+    };
+    return new grpc.ServerInterceptingCall(call, {
+      start: (next) =>
+        next({
+          onReceiveMessage: (m: unknown, pass: (m: unknown) => void) => {
+            received(m);
+            pass(m);
+          },
+        }),
+      sendMessage: (m: unknown, pass: (m: unknown) => void) => {
+        sent(m);
+        pass(m);
+      },
+    });
+  }
+
+  #stateChild(state: string): Child {
+    let c = this.#faultsByState.get(state);
+    if (c === undefined) {
+      c = zeroed(this.#faults.labels(state));
+      this.#faultsByState.set(state, c);
+    }
+    return c;
+  }
+}
+
+/** Makes the series exist at 0 before its first event, so rates work from the start. */
+function zeroed(c: Child): Child {
+  c.inc(0);
+  return c;
+}
