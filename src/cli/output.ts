@@ -1,4 +1,6 @@
 // How commands print: aligned columns for people, JSON for scripts.
+import { segmentStateName } from '../table/index.js';
+import type { TableReply } from '../wire/proto-types.js';
 import { formatSize } from '../util/size.js';
 
 export type Cell = string | number | boolean;
@@ -36,4 +38,10 @@ export function sizeWithShare(part: number, whole: number): string {
   // Small shares keep a decimal so a thin vdisk that holds data never reads 0%.
   const shown = pct > 0 && pct < 10 ? pct.toFixed(1) : String(Math.round(pct));
   return `${formatSize(part)} (${shown}%)`;
+}
+
+/** A table reply for --json: state names instead of enum numbers, no text rendering. */
+export function tableJson(t: TableReply): object {
+  const { text: _text, extents, ...rest } = t;
+  return { ...rest, extents: extents.map((e) => ({ ...e, state: segmentStateName(e.state) })) };
 }

@@ -1,9 +1,9 @@
 // `tabula segment set-state VDISK SEG --state STATE`: admin repair and fault
 // injection. SEG is one segment number or an inclusive range FIRST-LAST.
 import type { Argv } from 'yargs';
-import { parseSegmentState } from '../table/index.js';
+import { parseSegmentState, segmentStateName } from '../table/index.js';
 import { CliError, adminOptions, withAdmin } from './admin-client.js';
-import { print, printJson } from './output.js';
+import { print, printJson, tableJson } from './output.js';
 
 /** `17` or `16-31` (inclusive) → first and count. */
 export function parseSegmentRange(text: string): { first: number; count: number } {
@@ -40,10 +40,8 @@ export function segmentCommand(y: Argv): Argv {
           }
           const t = await withAdmin(args, (s) => s.call('SetSegmentState', { vdisk: args.vdisk, first, count, state }));
           const range = count === 1 ? `segment ${first}` : `segments ${first}-${first + count - 1}`;
-          if (args.json) {
-            const { text: _text, ...rest } = t;
-            printJson(rest);
-          } else print(`vdisk ${args.vdisk} ${range} set to ${args.state.toLowerCase()}: table version ${t.version}`);
+          if (args.json) printJson(tableJson(t));
+          else print(`vdisk ${args.vdisk} ${range} set to ${segmentStateName(state)}: table version ${t.version}`);
         },
       )
       .demandCommand(1, 'name a segment command: set-state'),

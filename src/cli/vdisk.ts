@@ -5,7 +5,7 @@ import type { Argv } from 'yargs';
 import type { ExportInfo, VdiskInfo } from '../wire/proto-types.js';
 import { formatSize, parseSize } from '../util/size.js';
 import { CliError, adminOptions, quietLogs, withAdmin } from './admin-client.js';
-import { formatColumns, formatFields, print, printJson, sizeWithShare } from './output.js';
+import { formatColumns, formatFields, print, printJson, sizeWithShare, tableJson } from './output.js';
 
 const BLOCK_SIZES = [512, 4096];
 
@@ -159,10 +159,8 @@ export function vdiskCommand(y: Argv): Argv {
           ),
         async (args) => {
           const t = await withAdmin(args, (s) => s.call('GetTable', { name: args.name, fullIds: args['full-ids'] }));
-          if (args.json) {
-            const { text: _text, ...rest } = t;
-            printJson(rest);
-          } else print(t.text);
+          if (args.json) printJson(tableJson(t));
+          else print(t.text);
         },
       );
     notYet(c, 'snapshot', 'snapshot a vdisk');
