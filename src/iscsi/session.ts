@@ -68,6 +68,8 @@ interface Task {
   edtl: number;
   /** Write data gathered so far (null for commands without Data-Out). */
   buffer: Buffer | null;
+  /** buffer came from writeBuffers and goes back there once the SCSI layer is done. */
+  pooled: boolean;
   received: number;
   /** Bytes the initiator may send without R2T (immediate + unsolicited Data-Out). */
   unsolicitedLimit: number;
@@ -296,6 +298,7 @@ export class Session {
       state,
       edtl,
       buffer: null,
+      pooled: false,
       received: 0,
       unsolicitedLimit,
       unsolicitedReceived: 0,
@@ -309,7 +312,8 @@ export class Session {
       if (immediateLen === edtl) {
         task.buffer = pdu.data; // all data arrived with the command: no copy
       } else {
-        task.buffer = Buffer.allocUnsafe(edtl);
+        task.pooled = writeBuffers.fits(edtl, pdu.cdb);
+        task.buffer = task.pooled ? writeBuffers.take(edtl) : Buffer.allocUnsafe(edtl);
         if (immediateLen > 0) pdu.data.copy(task.buffer, 0);
       }
       task.received = immediateLen;
@@ -469,6 +473,12 @@ export class Session {
     }
     this.active--;
     task.state = TaskState.Done;
+    if (task.pooled) {
+      writeBuffers.give(task.buffer!);
+      task.pooled = false;
+      task.buffer = null;
+      req.dataOut = null;
+    }
     done();
     if (this.closed) return;
     if (task.aborted || req.aborted) {
@@ -799,6 +809,47 @@ export class Session {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/**
+ * Reuses the Data-Out buffers of large WRITEs. Each fresh buffer counts as V8
+ * external memory, and tens of MB of it trigger a full mark-compact: with a
+ * new 1 MiB buffer per command, 1 MiB sequential writes at depth 8 ran a
+ * mark-compact every ~15 commands (docs/performance.md). Only WRITE(10/12/16)
+ * data is pooled: those handlers are done with it when they complete, whereas
+ * other commands' parameter data may be kept (e.g. a SANITIZE pattern).
+ */
+class WriteBufferPool {
+  private readonly free = new Map<number, Buffer[]>();
+  private bytes = 0;
+
+  constructor(
+    private readonly minBytes: number,
+    private readonly maxPooledBytes: number,
+  ) {}
+
+  fits(length: number, cdb: Buffer): boolean {
+    const op = cdb[0];
+    return length >= this.minBytes && (op === 0x2a || op === 0xaa || op === 0x8a);
+  }
+
+  take(length: number): Buffer {
+    const list = this.free.get(length);
+    const b = list?.pop();
+    if (!b) return Buffer.allocUnsafe(length);
+    this.bytes -= length;
+    return b;
+  }
+
+  give(b: Buffer): void {
+    if (this.bytes + b.length > this.maxPooledBytes) return;
+    let list = this.free.get(b.length);
+    if (!list) this.free.set(b.length, (list = []));
+    list.push(b);
+    this.bytes += b.length;
+  }
+}
+
+const writeBuffers = new WriteBufferPool(64 * 1024, 32 * 1024 * 1024);
 
 const invalidFieldSense = (): Buffer => buildSense(Sense.invalidFieldInCdb, false);
 const internalFailureSense = (): Buffer => buildSense(Sense.internalTargetFailure, false);

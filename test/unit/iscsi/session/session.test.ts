@@ -98,6 +98,21 @@ describe('iSCSI session (full feature phase over a real socket)', function () {
     expect(back.data).to.deep.equal(data);
   });
 
+  it('keeps the data of consecutive large writes apart (write buffers are reused)', async () => {
+    const c = await loggedIn();
+    const blocks = 512; // 256 KiB: large enough for the reused buffers
+    const first = pattern(blocks * BLOCK, 21);
+    const second = pattern(blocks * BLOCK, 77);
+    expect((await c.scsi(write10(0, blocks), { write: first, immediateBytes: 0 })).status).to.equal(0);
+    expect((await c.scsi(write10(blocks, blocks), { write: second, immediateBytes: 0 })).status).to.equal(0);
+    expect((await c.scsi(write10(2 * blocks, blocks), { write: second, immediateBytes: 4096 })).status).to.equal(0);
+    expect((await c.scsi(write10(3 * blocks, blocks), { write: first, immediateBytes: 0 })).status).to.equal(0);
+    expect(port.disk.subarray(0, blocks * BLOCK)).to.deep.equal(first);
+    expect(port.disk.subarray(blocks * BLOCK, 2 * blocks * BLOCK)).to.deep.equal(second);
+    expect(port.disk.subarray(2 * blocks * BLOCK, 3 * blocks * BLOCK)).to.deep.equal(second);
+    expect(port.disk.subarray(3 * blocks * BLOCK, 4 * blocks * BLOCK)).to.deep.equal(first);
+  });
+
   it('reports overflow and underflow residuals', async () => {
     const c = await loggedIn();
     const pdu = c.commandPdu(read10(0, 4), { read: 4 * BLOCK });
