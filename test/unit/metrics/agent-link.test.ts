@@ -11,24 +11,8 @@ import { FaultAction } from '../../../src/wire/proto-types.js';
 import type { RawInitiator } from '../../support/raw-initiator.js';
 import { FakeController, type FakeStream } from '../agent-daemon/fake-controller.js';
 import { BPS, BS, CONTAINER_ID, IQN, SEG, SEGS, VDISK_ID, exportOf, loginTo, makeContainer, normal, until, write10, zero } from '../agent-daemon/helpers.js';
-import { parseExposition, valueOf, type Exposition } from './exposition.js';
-
-async function metrics(address: string): Promise<Exposition> {
-  const res = await fetch(`http://${address}/metrics`);
-  expect(res.status).to.equal(200);
-  return parseExposition(await res.text());
-}
-
-/** Polls the endpoint until `name{labels}` reads `want`. */
-async function untilValue(address: string, name: string, labels: Record<string, string>, want: number, ms = 5000): Promise<Exposition> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const e = await metrics(address);
-    if (valueOf(e, name, labels) === want) return e;
-    if (Date.now() > deadline) throw new Error(`${name}${JSON.stringify(labels)} is ${valueOf(e, name, labels)}, not ${want}, after ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 30));
-  }
-}
+import { valueOf } from './exposition.js';
+import { metrics, untilValue } from './scrape.js';
 
 async function exportDisk(stream: FakeStream, version: number): Promise<void> {
   stream.send({ body: 'exportSet', exportSet: { exports: [exportOf()] } });
@@ -56,7 +40,7 @@ describe('metrics: agent against a fake controller', function () {
       name: 'agent-a',
       portals: ['127.0.0.1:0'],
       containers: [join(dir, '*.img')],
-      holdTimeoutMs: 300,
+      holdTimeoutMs: 1000,
       metricsListen: ':0',
       backoff: { initialMs: 50, maxMs: 200, jitter: 0.5 },
       welcomeTimeoutMs: 2000,

@@ -12,24 +12,13 @@ import { startController, type ControllerHandle } from '../../../src/controller/
 import { SegmentState } from '../../../src/table/index.js';
 import type { RawInitiator } from '../../support/raw-initiator.js';
 import { loginTo, read10, until, write10 } from '../agent-daemon/helpers.js';
-import { parseExposition, valueOf, type Exposition } from './exposition.js';
+import { valueOf } from './exposition.js';
+import { metrics, untilValue } from './scrape.js';
 
 const MiB = 1 << 20;
 const BS = 512;
 const BPS = MiB / BS; // blocks per 1 MiB segment
 const IQN = 'iqn.2026-11.org.tabula:mdisk';
-
-async function scrape(address: string): Promise<{ status: number; type: string | null; text: string }> {
-  const res = await fetch(`http://${address}/metrics`);
-  return { status: res.status, type: res.headers.get('content-type'), text: await res.text() };
-}
-
-async function metrics(address: string): Promise<Exposition> {
-  const r = await scrape(address);
-  expect(r.status).to.equal(200);
-  expect(r.type).to.match(/^text\/plain; version=0\.0\.4/);
-  return parseExposition(r.text);
-}
 
 /** UNMAP parameter list with one block descriptor (SBC-4 5.32.2). */
 function unmapList(lba: number, blocks: number): Buffer {
@@ -162,6 +151,25 @@ describe('metrics: controller and agent endpoints', function () {
     const a = await metrics(agent.metricsAddress as string);
     expect(valueOf(a, 'tabula_agent_io_errors_total', { vdisk: 'mdisk', kind: 'read-error' })).to.equal(1);
     expect(valueOf(a, 'tabula_agent_faults_total', { state: 'error' })).to.equal(1);
+  });
+
+  it('times a fault that was told WAIT from arrival to its final answer, once', async () => {
+    const c0 = await metrics(ctl.metricsAddress as string);
+    const decisions = valueOf(c0, 'tabula_controller_fault_decision_seconds_count') as number;
+    const retries = valueOf(c0, 'tabula_controller_fault_replies_total', { outcome: 'retry' }) as number;
+    await ctl.admin.SetSegmentState({ vdisk: 'mdisk', first: 5, count: 1, state: SegmentState.Invalid });
+    const write = (ini as RawInitiator).scsi(write10(5 * BPS, 1), { write: Buffer.alloc(BS, 7) });
+    const held = await untilValue(ctl.metricsAddress as string, 'tabula_controller_fault_replies_total', { outcome: 'wait' }, 1);
+    expect(valueOf(held, 'tabula_controller_faults_total', { state: 'invalid' })).to.equal(1);
+    expect(valueOf(held, 'tabula_controller_fault_decision_seconds_count')).to.equal(decisions);
+    await ctl.admin.SetSegmentState({ vdisk: 'mdisk', first: 5, count: 1, state: SegmentState.Normal });
+    expect((await write).status).to.equal(0);
+    const c = await metrics(ctl.metricsAddress as string);
+    expect(valueOf(c, 'tabula_controller_fault_decision_seconds_count')).to.equal(decisions + 1);
+    expect(valueOf(c, 'tabula_controller_fault_replies_total', { outcome: 'retry' })).to.equal(retries + 1);
+    const a = await metrics(agent.metricsAddress as string);
+    expect(valueOf(a, 'tabula_agent_fault_outcomes_total', { outcome: 'wait' })).to.equal(1);
+    expect(valueOf(a, 'tabula_agent_faults_total', { state: 'invalid' })).to.equal(1);
   });
 
   it('answers other paths with 404 and other methods with 405', async () => {
