@@ -16,6 +16,7 @@ import { describeRun, killGroup, runBounded, spawnBounded, type RunResult } from
 import { freeLoopbackPort, repoRoot } from '../support/target-process.js';
 import { AdminClient } from '../../src/wire/grpc.js';
 import type { ExportInfo } from '../../src/wire/proto-types.js';
+import { GOOD, LunSession, describeIo } from './scsi-client.js';
 
 export const LOOPBACK = '127.0.0.1';
 const ENTRY = fileURLToPath(new URL('./tabula-entry.ts', import.meta.url));
@@ -320,14 +321,29 @@ export class Cluster {
     return join(this.dir, 'containers', '*.img');
   }
 
-  /** Waits until every named agent has acked the vdisk's current table version, unfenced. */
+  /**
+   * Waits until every named agent has acked the vdisk's current table version,
+   * unfenced, and answers a READ of LBA 0 on its LUN. (The acked version the
+   * controller shows outlives an agent's restart, so the read is what proves
+   * a restarted agent has its table again.)
+   */
   async waitServed(vdisk: string, agents: readonly string[], ms = 60_000): Promise<void> {
     await waitFor(`vdisk ${vdisk} served by ${agents.join(', ')}`, ms, async () => {
       const v = await this.admin.call('ShowVdisk', { name: vdisk });
       const ex = await this.admin.call('ListExports', { vdisk });
       const ok = agents.every((a) => ex.exports.some((e: ExportInfo) => e.agent === a && !e.fenced && e.ackedVersion === v.version));
-      return ok ? true : undefined;
-    });
+      if (!ok) return undefined;
+      for (const a of agents) {
+        const s = await LunSession.open(this.agent(a).portal, iqnOf(vdisk), v.blockSize);
+        try {
+          const r = await s.read(0, 1, 5000);
+          if (r.status !== GOOD) throw new Error(`agent ${a}: READ of LBA 0 ${describeIo(r)}`);
+        } finally {
+          s.close();
+        }
+      }
+      return true;
+    }, 300);
   }
 
   /** Stops every daemon (SIGTERM, then SIGKILL) and removes the dir unless `keep`. */
