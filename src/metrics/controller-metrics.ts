@@ -101,38 +101,30 @@ export class ControllerMetrics {
         for (const row of c?.db.containers() ?? []) free.set({ container: row.id }, c?.allocator.freeSegments(row.id) ?? 0);
       },
     });
-    const migTotal: Gauge<'vdisk'> = new Gauge({
-      name: 'tabula_controller_migration_segments_total',
-      help: 'Segments a running migration of the vdisk has to move.',
-      labelNames: ['vdisk'],
-      registers,
-      collect: () => {
-        migTotal.reset();
-        migDone.reset();
-        migBytes.reset();
-        const c = ctrl();
-        for (const m of c?.db.migrations() ?? []) {
-          if (m.state !== 'running') continue;
-          const vdisk = c?.db.vdisk(m.vdiskId)?.name ?? m.vdiskId;
-          migTotal.set({ vdisk }, m.segmentsTotal);
-          migDone.set({ vdisk }, m.segmentsDone);
-          migBytes.set({ vdisk }, m.bytesDone);
-        }
-      },
-    });
-    // Filled by migTotal's collect, which runs first (registration order).
-    const migDone = new Gauge({
-      name: 'tabula_controller_migration_segments_done',
-      help: 'Segments a running migration of the vdisk has moved so far.',
-      labelNames: ['vdisk'],
-      registers,
-    });
-    const migBytes = new Gauge({
-      name: 'tabula_controller_migration_bytes_done',
-      help: 'Bytes a running migration of the vdisk has copied so far.',
-      labelNames: ['vdisk'],
-      registers,
-    });
+    /** Running migrations by vdisk name: what the three migration gauges read. */
+    const running = (): { vdisk: string; total: number; done: number; bytes: number }[] => {
+      const c = ctrl();
+      if (c === null) return [];
+      return c.db
+        .migrations()
+        .filter((m) => m.state === 'running')
+        .map((m) => ({ vdisk: c.db.vdisk(m.vdiskId)?.name ?? m.vdiskId, total: m.segmentsTotal, done: m.segmentsDone, bytes: m.bytesDone }));
+    };
+    const migrationGauge = (name: string, help: string, pick: (m: ReturnType<typeof running>[number]) => number): void => {
+      const g: Gauge<'vdisk'> = new Gauge({
+        name,
+        help,
+        labelNames: ['vdisk'],
+        registers,
+        collect: () => {
+          g.reset();
+          for (const m of running()) g.set({ vdisk: m.vdisk }, pick(m));
+        },
+      });
+    };
+    migrationGauge('tabula_controller_migration_segments_total', 'Segments a running migration of the vdisk has to move.', (m) => m.total);
+    migrationGauge('tabula_controller_migration_segments_done', 'Segments a running migration of the vdisk has moved so far.', (m) => m.done);
+    migrationGauge('tabula_controller_migration_bytes_done', 'Bytes a running migration of the vdisk has copied so far.', (m) => m.bytes);
 
     const pushes = new Counter({
       name: 'tabula_controller_table_pushes_total',

@@ -151,6 +151,8 @@ describe('metrics: controller and agent endpoints', function () {
     const a = await metrics(agent.metricsAddress as string);
     expect(valueOf(a, 'tabula_agent_io_errors_total', { vdisk: 'mdisk', kind: 'read-error' })).to.equal(1);
     expect(valueOf(a, 'tabula_agent_faults_total', { state: 'error' })).to.equal(1);
+    // Repaired, so the snapshot below may be taken.
+    await ctl.admin.SetSegmentState({ vdisk: 'mdisk', first: 2, count: 1, state: SegmentState.Zero });
   });
 
   it('times a fault that was told WAIT from arrival to its final answer, once', async () => {
@@ -170,6 +172,23 @@ describe('metrics: controller and agent endpoints', function () {
     const a = await metrics(agent.metricsAddress as string);
     expect(valueOf(a, 'tabula_agent_fault_outcomes_total', { outcome: 'wait' })).to.equal(1);
     expect(valueOf(a, 'tabula_agent_faults_total', { state: 'invalid' })).to.equal(1);
+  });
+
+  it('counts the copy command of a copy-on-write after a snapshot', async () => {
+    await ctl.admin.SnapshotVdisk({ vdisk: 'mdisk', name: 'msnap' });
+    const c0 = await metrics(ctl.metricsAddress as string);
+    expect(valueOf(c0, 'tabula_controller_table_version', { vdisk: 'msnap' })).to.be.a('number');
+    expect(valueOf(c0, 'tabula_controller_copy_commands_total')).to.equal(0);
+    // Segment 5 is shared with the snapshot now: a write faults no-write, one agent copies, then RETRY.
+    const w = await (ini as RawInitiator).scsi(write10(5 * BPS + 1, 1), { write: Buffer.alloc(BS, 9) });
+    expect(w.status).to.equal(0);
+    const c = await metrics(ctl.metricsAddress as string);
+    expect(valueOf(c, 'tabula_controller_faults_total', { state: 'no-write' })).to.equal(1);
+    expect(valueOf(c, 'tabula_controller_copy_commands_total')).to.equal(1);
+    expect(valueOf(c, 'tabula_controller_copies_done_total', { result: 'ok' })).to.equal(1);
+    expect(valueOf(c, 'tabula_controller_copies_done_total', { result: 'failed' })).to.equal(0);
+    const a = await metrics(agent.metricsAddress as string);
+    expect(valueOf(a, 'tabula_agent_faults_total', { state: 'no-write' })).to.equal(1);
   });
 
   it('answers other paths with 404 and other methods with 405', async () => {
