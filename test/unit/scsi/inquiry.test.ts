@@ -116,7 +116,7 @@ describe('READ CAPACITY', () => {
   it('(16) reports LBPME and LBPRZ for a thin device and honours the allocation length', async () => {
     const f = fixture(2048);
     const r = await f.run(cdb.readCap16());
-    expect([...r.dataIn!.subarray(0, 16)]).to.deep.equal([0, 0, 0, 0, 0, 0, 0x07, 0xff, 0, 0, 0x02, 0, 0, 0, 0xc0, 0]);
+    expect([...r.dataIn!.subarray(0, 16)]).to.deep.equal([0, 0, 0, 0, 0, 0, 0x07, 0xff, 0, 0, 0x02, 0, 0, 0x03, 0xc0, 0]);
     expect((await f.run(cdb.readCap16(12))).dataIn!.length).to.equal(12);
   });
 });
