@@ -52,6 +52,10 @@ export class Connection implements SessionConnection {
     socket.setKeepAlive(true, 30_000);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => log.debug('connection error', { conn: this.id, err: err.message }));
+    // The session ends as soon as the initiator's FIN arrives, not when the socket
+    // finally closes: a command on another connection in the same poll round must
+    // already see the I_T nexus gone (e.g. its SPC-2 reservation released).
+    socket.on('end', () => this.close('initiator closed the connection'));
     socket.on('close', () => this.onClosed('socket closed'));
     this.loginTimer = setTimeout(() => this.close('login timeout'), settings.loginTimeoutSec * 1000);
     this.loginTimer.unref();
@@ -127,6 +131,8 @@ export class Connection implements SessionConnection {
         this.digests = { header: p.headerDigest, data: p.dataDigest };
         this.parser.setDigests(p.headerDigest, p.dataDigest);
         this.parser.setMaxDataSegmentLength(p.targetMaxRecvDataSegmentLength);
+        // Write data goes straight into its command's buffer: one copy instead of two.
+        this.parser.setDataDestination((bhs, length) => this.session?.dataOutDestination(bhs, length));
         this.startKeepalive();
         log.info('login complete', {
           conn: this.id,
