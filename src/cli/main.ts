@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { targetCommand } from './target.js';
 import { agentCommand } from './agent.js';
 import { agentSubcommands, systemCommands } from './commands.js';
+import { configCommand } from './config.js';
 
 /** The package version, from the nearest package.json above this module (works from src/ and dist/). */
 function version(): string {
@@ -24,6 +25,7 @@ export async function main(argv: string[]): Promise<void> {
   targetCommand(y);
   systemCommands(y);
   agentCommand(y, agentSubcommands);
+  configCommand(y);
   await y
     .version(version())
     .strict()

@@ -1,0 +1,139 @@
+// Where the effective configuration comes from, weakest first: built-in
+// defaults, the YAML file (/etc/tabula/tabula.yaml, or --file / TABULA_CONFIG),
+// TABULA_* environment variables, then flags (dotted keys such as
+// `agent.portals`). Later layers replace whole values, lists included.
+import { existsSync, readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { parseDocument } from 'yaml';
+import { ConfigError, validateConfig, type TabulaConfig } from './schema.js';
+
+export const DEFAULT_CONFIG_FILE = '/etc/tabula/tabula.yaml';
+
+/** Environment variable → dotted key. Lists are comma-separated. */
+export const ENV_KEYS: Readonly<Record<string, { key: string; list?: boolean }>> = {
+  TABULA_ROLE: { key: 'role' },
+  TABULA_DATA: { key: 'data-dir' },
+  TABULA_LOG_LEVEL: { key: 'log-level' },
+  TABULA_CONTROLLER: { key: 'controller.address' },
+  TABULA_CONTROLLER_LISTEN: { key: 'controller.listen' },
+  TABULA_AGENT_NAME: { key: 'agent.name' },
+  TABULA_PORTAL: { key: 'agent.portals', list: true },
+  TABULA_CONTAINERS: { key: 'agent.containers', list: true },
+  TABULA_TOKEN: { key: 'security.token' },
+};
+
+/** Keys that stand for the same setting: giving one drops the other from weaker layers. */
+const EXCLUSIVE: Readonly<Record<string, string>> = {
+  'security.token': 'security.token-file',
+  'security.token-file': 'security.token',
+};
+
+export interface LoadOptions {
+  /** The YAML file; default env TABULA_CONFIG, then /etc/tabula/tabula.yaml. */
+  file?: string;
+  /** A missing file is an error (default: only when `file` was given explicitly). */
+  requireFile?: boolean;
+  /** Environment to read TABULA_* from (default process.env). */
+  env?: NodeJS.ProcessEnv;
+  /** Flag values by dotted key (e.g. {'agent.portals': ['0.0.0.0:3260']}); undefined values are skipped. */
+  overrides?: Readonly<Record<string, unknown>>;
+  hostname?: string;
+}
+
+export interface LoadedConfig {
+  config: TabulaConfig;
+  /** The file read, or null when none existed. */
+  file: string | null;
+  /** Dotted keys set by the environment and by flags, for `config check`. */
+  fromEnv: string[];
+  fromFlags: string[];
+}
+
+/** Parses YAML text; syntax errors name the file, line and column. */
+export function parseConfigText(text: string, source: string): unknown {
+  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(
+      source,
+      doc.errors.map((e) => {
+        const before = text.slice(0, e.pos[0]);
+        const line = before.split('\n').length;
+        const col = e.pos[0] - before.lastIndexOf('\n');
+        return `line ${line} column ${col}: ${e.message.split('\n')[0]}`;
+      }),
+    );
+  }
+  return doc.toJS() as unknown;
+}
+
+/** Sets a dotted key in a nested plain object, creating mappings on the way. */
+export function setDotted(target: Record<string, unknown>, dotted: string, value: unknown): void {
+  const parts = dotted.split('.');
+  let o = target;
+  for (const p of parts.slice(0, -1)) {
+    const next = o[p];
+    if (typeof next !== 'object' || next === null || Array.isArray(next)) o[p] = {};
+    o = o[p] as Record<string, unknown>;
+  }
+  const last = parts[parts.length - 1]!;
+  o[last] = value;
+  const other = EXCLUSIVE[dotted];
+  if (other) {
+    const [section, key] = other.split('.') as [string, string];
+    const s = target[section];
+    if (typeof s === 'object' && s !== null) delete (s as Record<string, unknown>)[key];
+  }
+}
+
+export function configFilePath(opts: Pick<LoadOptions, 'file' | 'env'> = {}): string {
+  return opts.file ?? (opts.env ?? process.env).TABULA_CONFIG ?? DEFAULT_CONFIG_FILE;
+}
+
+export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
+  const env = opts.env ?? process.env;
+  const path = configFilePath(opts);
+  const explicit = opts.requireFile ?? (opts.file !== undefined || env.TABULA_CONFIG !== undefined);
+  let raw: unknown = {};
+  let file: string | null = null;
+  if (existsSync(path)) {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (e) {
+      throw new ConfigError(path, [`cannot read: ${(e as Error).message}`]);
+    }
+    raw = parseConfigText(text, path) ?? {};
+    file = path;
+  } else if (explicit) {
+    throw new ConfigError(path, ['no such file']);
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    // validateConfig names the problem; layers cannot be merged into a non-mapping.
+    return { config: validateConfig(raw, path, { hostname: opts.hostname ?? hostname() }), file, fromEnv: [], fromFlags: [] };
+  }
+  const doc = raw as Record<string, unknown>;
+  const fromEnv: string[] = [];
+  for (const [name, { key, list }] of Object.entries(ENV_KEYS)) {
+    const v = env[name];
+    if (v === undefined || v === '') continue;
+    setDotted(doc, key, list ? v.split(',').map((x) => x.trim()).filter((x) => x !== '') : v);
+    fromEnv.push(key);
+  }
+  const fromFlags: string[] = [];
+  for (const [key, v] of Object.entries(opts.overrides ?? {})) {
+    if (v === undefined) continue;
+    setDotted(doc, key, v);
+    fromFlags.push(key);
+  }
+  const source = file ?? `${path} (absent; defaults${fromEnv.length + fromFlags.length > 0 ? ', environment and flags' : ''})`;
+  return { config: validateConfig(doc, source, { hostname: opts.hostname ?? hostname() }), file, fromEnv, fromFlags };
+}
+
+/** `KEY=VALUE` from `--set`, the value read as YAML (so `[a, b]`, numbers and quotes work). */
+export function parseSetting(text: string): [string, unknown] {
+  const i = text.indexOf('=');
+  if (i <= 0) throw new ConfigError('--set', [`'${text}': expected KEY=VALUE, e.g. agent.portals=[0.0.0.0:3260]`]);
+  const key = text.slice(0, i).trim();
+  if (!/^[a-z-]+(\.[a-z-]+)*$/.test(key)) throw new ConfigError('--set', [`'${key}': expected a dotted key such as controller.listen`]);
+  return [key, parseConfigText(text.slice(i + 1), `--set ${key}`)];
+}

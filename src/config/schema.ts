@@ -1,0 +1,369 @@
+// The shape of /etc/tabula/tabula.yaml and its validation. Keys are kebab-case
+// like the command-line flags. Validation never stops at the first problem:
+// it collects every error, each naming the key (`agent.portals[1]`), so an
+// admin fixes a file in one pass. Unknown keys are errors too, because a
+// misspelt key silently ignored is a setting silently lost.
+import { parseHostPort, parseSize } from '../util/size.js';
+
+export const ROLES = ['controller', 'agent', 'all-in-one'] as const;
+export type Role = (typeof ROLES)[number];
+
+export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** A device to label as a container on first boot, when it is blank. */
+export interface ContainerInit {
+  device: string;
+  /** Bytes; default the whole device. */
+  size?: number;
+  segmentSize?: number;
+}
+
+export interface ChapConfig {
+  user: string;
+  secret: string;
+  mutualUser?: string;
+  mutualSecret?: string;
+}
+
+export interface TlsConfig {
+  cert: string;
+  key: string;
+  /** CA for the peer: client certificates on the controller, the controller's certificate on agents. */
+  ca?: string;
+}
+
+/** The effective configuration: every default filled in. */
+export interface TabulaConfig {
+  role: Role;
+  dataDir: string;
+  /** A block device of its own for dataDir: formatted ext4 when blank, mounted at dataDir. */
+  dataDevice?: string;
+  logLevel: LogLevel;
+  controller: {
+    /** Where the controller API listens (controller, all-in-one). */
+    listen: string;
+    /** Where agents and admin commands reach the controller (agent). */
+    address: string;
+    db: string;
+    ackTimeoutSec?: number;
+    holdTimeoutSec?: number;
+  };
+  agent: {
+    name: string;
+    portals: string[];
+    containers: string[];
+    holdTimeoutSec?: number;
+  };
+  containersInit: ContainerInit[];
+  allInOne: {
+    /** Size of disk0 when created (bytes). */
+    size: number;
+  };
+  security: {
+    token?: string;
+    tokenFile?: string;
+    tls?: TlsConfig;
+    chap?: ChapConfig;
+    allowedInitiators: string[];
+  };
+}
+
+export class ConfigError extends Error {
+  constructor(
+    readonly source: string,
+    readonly problems: readonly string[],
+  ) {
+    super(`${source}: ${problems.length === 1 ? problems[0] : `${problems.length} problems:\n  ${problems.join('\n  ')}`}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export interface DefaultsContext {
+  hostname: string;
+}
+
+type Obj = Record<string, unknown>;
+
+const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** Closest known key, for "did you mean" hints (edit distance at most 2). */
+function nearest(key: string, known: readonly string[]): string | undefined {
+  const dist = (a: string, b: string): number => {
+    const d = Array.from({ length: b.length + 1 }, (_, i) => i);
+    for (let i = 1; i <= a.length; i++) {
+      let prev = d[0]!;
+      d[0] = i;
+      for (let j = 1; j <= b.length; j++) {
+        const cur = d[j]!;
+        d[j] = Math.min(d[j]! + 1, d[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+        prev = cur;
+      }
+    }
+    return d[b.length]!;
+  };
+  let best: string | undefined;
+  let bestD = 3;
+  for (const k of known) {
+    const dd = dist(key, k);
+    if (dd < bestD) {
+      best = k;
+      bestD = dd;
+    }
+  }
+  return best;
+}
+
+/** Reads typed values out of one mapping, recording errors under their dotted key. */
+class Reader {
+  constructor(
+    private readonly errors: string[],
+    private readonly obj: Obj,
+    private readonly prefix: string,
+    known: readonly string[],
+  ) {
+    for (const k of Object.keys(obj)) {
+      if (known.includes(k)) continue;
+      const hint = nearest(k, known);
+      errors.push(`${this.key(k)}: unknown key${hint ? ` (did you mean ${this.key(hint)}?)` : ''}`);
+    }
+  }
+
+  key(k: string): string {
+    return this.prefix ? `${this.prefix}.${k}` : k;
+  }
+
+  private fail(k: string, why: string): undefined {
+    this.errors.push(`${this.key(k)}: ${why}`);
+    return undefined;
+  }
+
+  string(k: string): string | undefined {
+    const v = this.obj[k];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v === 'number') return String(v);
+    if (typeof v !== 'string' || v.trim() === '') return this.fail(k, `expected a non-empty string, got ${describe(v)}`);
+    return v;
+  }
+
+  oneOf<T extends string>(k: string, allowed: readonly T[]): T | undefined {
+    const v = this.string(k);
+    if (v === undefined) return undefined;
+    if (!(allowed as readonly string[]).includes(v)) return this.fail(k, `'${v}' is not one of ${allowed.join(', ')}`);
+    return v as T;
+  }
+
+  path(k: string): string | undefined {
+    const v = this.string(k);
+    if (v !== undefined && !v.startsWith('/')) return this.fail(k, `'${v}' must be an absolute path`);
+    return v;
+  }
+
+  address(k: string, defaultPort: number): string | undefined {
+    const v = this.string(k);
+    if (v === undefined) return undefined;
+    return checkAddress(v, defaultPort) ?? this.fail(k, `'${v}' is not HOST:PORT (port 0-65535)`);
+  }
+
+  seconds(k: string): number | undefined {
+    const v = this.obj[k];
+    if (v === undefined || v === null) return undefined;
+    const n = typeof v === 'string' && v.trim() !== '' ? Number(v) : v;
+    if (typeof n !== 'number' || !Number.isFinite(n) || n <= 0 || n > 3600) return this.fail(k, `expected seconds, more than 0 and at most 3600, got ${describe(v)}`);
+    return n;
+  }
+
+  size(k: string): number | undefined {
+    const v = this.obj[k];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== 'string' && typeof v !== 'number') return this.fail(k, `expected a size such as 10GiB, got ${describe(v)}`);
+    try {
+      const n = parseSize(v);
+      return n > 0 ? n : this.fail(k, 'must be more than 0');
+    } catch (e) {
+      return this.fail(k, (e as Error).message);
+    }
+  }
+
+  /** A list of strings; a single string is a list of one. */
+  strings(k: string, check?: (s: string) => string | null): string[] | undefined {
+    const v = this.obj[k];
+    if (v === undefined || v === null) return undefined;
+    const list = typeof v === 'string' ? [v] : v;
+    if (!Array.isArray(list)) return this.fail(k, `expected a list of strings, got ${describe(v)}`);
+    const out: string[] = [];
+    list.forEach((item: unknown, i) => {
+      if (typeof item !== 'string' || item.trim() === '') {
+        this.errors.push(`${this.key(k)}[${i}]: expected a non-empty string, got ${describe(item)}`);
+        return;
+      }
+      const why = check?.(item);
+      if (why) this.errors.push(`${this.key(k)}[${i}]: ${why}`);
+      else out.push(item);
+    });
+    return out;
+  }
+
+  section(k: string, known: readonly string[]): Reader {
+    const v = this.obj[k];
+    if (v === undefined || v === null) return new Reader(this.errors, {}, this.key(k), known);
+    if (!isObj(v)) {
+      this.fail(k, `expected a mapping of keys, got ${describe(v)}`);
+      return new Reader(this.errors, {}, this.key(k), known);
+    }
+    return new Reader(this.errors, v, this.key(k), known);
+  }
+
+  has(k: string): boolean {
+    return this.obj[k] !== undefined && this.obj[k] !== null;
+  }
+
+  list(k: string): unknown[] | undefined {
+    const v = this.obj[k];
+    if (v === undefined || v === null) return undefined;
+    if (!Array.isArray(v)) return this.fail(k, `expected a list, got ${describe(v)}`);
+    return v;
+  }
+
+  item(k: string, i: number, v: unknown, known: readonly string[]): Reader | undefined {
+    if (!isObj(v)) {
+      this.errors.push(`${this.key(k)}[${i}]: expected a mapping of keys, got ${describe(v)}`);
+      return undefined;
+    }
+    return new Reader(this.errors, v, `${this.key(k)}[${i}]`, known);
+  }
+}
+
+function describe(v: unknown): string {
+  if (Array.isArray(v)) return 'a list';
+  if (isObj(v)) return 'a mapping';
+  if (typeof v === 'string') return `'${v}'`;
+  return String(v);
+}
+
+function checkAddress(v: string, defaultPort: number): string | undefined {
+  try {
+    const { host, port } = parseHostPort(v, defaultPort);
+    return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+  } catch {
+    return undefined;
+  }
+}
+
+const TOP = ['role', 'data-dir', 'data-device', 'log-level', 'controller', 'agent', 'containers-init', 'all-in-one', 'security'] as const;
+const CONTROLLER = ['listen', 'address', 'db', 'ack-timeout', 'hold-timeout'] as const;
+const AGENT = ['name', 'portals', 'containers', 'hold-timeout'] as const;
+const INIT = ['device', 'size', 'segment-size'] as const;
+const SECURITY = ['token', 'token-file', 'tls', 'chap', 'allowed-initiators'] as const;
+const TLS = ['cert', 'key', 'ca'] as const;
+const CHAP = ['user', 'secret', 'mutual-user', 'mutual-secret'] as const;
+
+const NAME = /^[A-Za-z0-9._-]{1,64}$/;
+const IQN = /^(iqn\.\d{4}-\d{2}\.[^\s]+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$/;
+
+/**
+ * Validates a parsed document (the merge of file, environment and flags) and
+ * fills in defaults. Throws ConfigError listing every problem.
+ */
+export function validateConfig(raw: unknown, source: string, ctx: DefaultsContext): TabulaConfig {
+  const errors: string[] = [];
+  if (raw === undefined || raw === null) raw = {};
+  if (!isObj(raw)) throw new ConfigError(source, [`expected a mapping of keys at the top, got ${describe(raw)}`]);
+  const top = new Reader(errors, raw, '', TOP);
+
+  const role = top.oneOf('role', ROLES) ?? 'all-in-one';
+  const dataDir = top.path('data-dir') ?? '/var/lib/tabula';
+  const dataDevice = top.path('data-device');
+  const logLevel = top.oneOf('log-level', LOG_LEVELS) ?? 'info';
+
+  const c = top.section('controller', CONTROLLER);
+  const listen = c.address('listen', 7360);
+  const address = c.address('address', 7360);
+  const controller = {
+    listen: listen ?? (role === 'all-in-one' ? '127.0.0.1:7360' : '0.0.0.0:7360'),
+    address: address ?? '127.0.0.1:7360',
+    db: c.path('db') ?? `${dataDir}/controller.db`,
+    ackTimeoutSec: c.seconds('ack-timeout'),
+    holdTimeoutSec: c.seconds('hold-timeout'),
+  };
+  if (role === 'agent' && address === undefined && !c.has('address')) errors.push('controller.address: required when role is agent (HOST:PORT of the controller)');
+
+  const a = top.section('agent', AGENT);
+  const name = a.string('name');
+  if (name !== undefined && !NAME.test(name)) errors.push(`agent.name: '${name}' must be 1-64 of A-Z a-z 0-9 . _ -`);
+  const portals = a.strings('portals', (p) => (checkAddress(p, 3260) === undefined ? `'${p}' is not HOST:PORT (port 0-65535)` : null));
+  const containers = a.strings('containers', (p) => (p.startsWith('/') ? null : `'${p}' must be an absolute path or glob`));
+
+  const containersInit: ContainerInit[] = [];
+  const inits = top.list('containers-init') ?? [];
+  inits.forEach((v, i) => {
+    const r = typeof v === 'string' ? top.item('containers-init', i, { device: v }, INIT) : top.item('containers-init', i, v, INIT);
+    if (!r) return;
+    const device = r.path('device');
+    if (device === undefined) {
+      if (!r.has('device')) errors.push(`${r.key('device')}: required (the block device to label, e.g. /dev/disk/by-id/...)`);
+      return;
+    }
+    containersInit.push({ device, size: r.size('size'), segmentSize: r.size('segment-size') });
+  });
+
+  const agentName = name ?? (NAME.test(ctx.hostname) ? ctx.hostname : 'local');
+  const agent = {
+    name: role === 'all-in-one' ? 'local' : agentName,
+    portals: portals ?? ['0.0.0.0:3260'],
+    containers: containers ?? (containersInit.length > 0 ? containersInit.map((x) => x.device) : [`${dataDir}/containers/*`]),
+    holdTimeoutSec: a.seconds('hold-timeout'),
+  };
+  if (role === 'all-in-one' && name !== undefined && name !== 'local') errors.push(`agent.name: the all-in-one node's agent is always 'local', not '${name}'`);
+  if (role === 'all-in-one' && agent.portals.length !== 1) errors.push('agent.portals: the all-in-one node serves exactly one portal');
+
+  const aio = top.section('all-in-one', ['size']);
+  const allInOne = { size: aio.size('size') ?? 1024 ** 3 };
+
+  const s = top.section('security', SECURITY);
+  const token = s.string('token');
+  const tokenFile = s.path('token-file');
+  if (token !== undefined && tokenFile !== undefined) errors.push('security.token-file: give security.token or security.token-file, not both');
+  let tls: TlsConfig | undefined;
+  if (s.has('tls')) {
+    const t = s.section('tls', TLS);
+    const cert = t.path('cert');
+    const key = t.path('key');
+    if (!t.has('cert')) errors.push('security.tls.cert: required with security.tls');
+    if (!t.has('key')) errors.push('security.tls.key: required with security.tls');
+    if (cert !== undefined && key !== undefined) tls = { cert, key, ca: t.path('ca') };
+  }
+  let chap: ChapConfig | undefined;
+  if (s.has('chap')) {
+    const h = s.section('chap', CHAP);
+    const user = h.string('user');
+    const secret = h.string('secret');
+    const mutualUser = h.string('mutual-user');
+    const mutualSecret = h.string('mutual-secret');
+    if (!h.has('user')) errors.push('security.chap.user: required with security.chap');
+    if (!h.has('secret')) errors.push('security.chap.secret: required with security.chap');
+    if ((mutualUser === undefined) !== (mutualSecret === undefined)) errors.push('security.chap: give both mutual-user and mutual-secret, or neither');
+    if (secret !== undefined && secret.length < 12) errors.push('security.chap.secret: at least 12 characters (initiators such as Windows refuse shorter ones)');
+    if (user !== undefined && secret !== undefined) chap = { user, secret, mutualUser, mutualSecret };
+  }
+  const allowedInitiators = s.strings('allowed-initiators', (n) => (IQN.test(n) ? null : `'${n}' is not an iSCSI name (iqn.YYYY-MM.domain..., eui.…, naa.…)`)) ?? [];
+
+  const listenHost = parseHostPort(controller.listen, 7360).host;
+  const loopback = listenHost === 'localhost' || listenHost.startsWith('127.') || listenHost === '::1';
+  if (role !== 'agent' && !loopback && token === undefined && tokenFile === undefined) {
+    errors.push(`security.token: required when controller.listen (${controller.listen}) is beyond loopback (or give security.token-file)`);
+  }
+
+  if (errors.length > 0) throw new ConfigError(source, errors);
+  return {
+    role,
+    dataDir,
+    dataDevice,
+    logLevel,
+    controller,
+    agent,
+    containersInit,
+    allInOne,
+    security: { token, tokenFile, tls, chap, allowedInitiators },
+  };
+}
