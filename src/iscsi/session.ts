@@ -425,11 +425,37 @@ export class Session {
       r2t.received += len;
     }
     if (len > 0) {
-      pdu.data.copy(task.buffer, pdu.bufferOffset);
+      // Already in place when dataOutDestination() had the parser assemble it there.
+      if (pdu.data.buffer !== task.buffer.buffer || pdu.data.byteOffset !== task.buffer.byteOffset + pdu.bufferOffset) pdu.data.copy(task.buffer, pdu.bufferOffset);
       task.received += len;
     }
     if (r2t && (pdu.final || r2t.received >= r2t.length)) task.r2ts.delete(pdu.ttt);
     if (task.state === TaskState.Receiving && (task.received >= task.edtl || (r2t && !task.r2ts.has(pdu.ttt)))) this.advanceTask(task);
+  }
+
+  /**
+   * Where the parser should assemble the data of the PDU with this BHS: for a
+   * Data-Out that onDataOut() will accept (the same checks, without effects),
+   * the range of its task's buffer, so the payload is copied once; otherwise
+   * undefined (the parser's default).
+   */
+  dataOutDestination(bhs: Buffer, length: number): Buffer | undefined {
+    if ((bhs[0]! & 0x3f) !== Opcode.DataOut || this.closed) return undefined;
+    const task = this.tasks.get(bhs.readUInt32BE(16));
+    // Only while the data phase is open: a pooled buffer is recycled once the command has run.
+    if (!task || !task.buffer || task.aborted || (task.state !== TaskState.Receiving && task.state !== TaskState.Queued)) return undefined;
+    const ttt = bhs.readUInt32BE(20);
+    const dataSN = bhs.readUInt32BE(36);
+    const offset = bhs.readUInt32BE(40);
+    const end = offset + length;
+    if (end > task.edtl) return undefined;
+    if (ttt === RESERVED_TAG) {
+      if (task.unsolicitedReceived + length > task.unsolicitedLimit || end > task.unsolicitedLimit || dataSN !== task.unsolicitedDataSN) return undefined;
+    } else {
+      const r2t = task.r2ts.get(ttt);
+      if (!r2t || offset < r2t.offset || end > r2t.offset + r2t.length || dataSN !== r2t.nextDataSN) return undefined;
+    }
+    return task.buffer.subarray(offset, end);
   }
 
   /**

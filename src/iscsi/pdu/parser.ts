@@ -10,6 +10,15 @@ import type { ParseError, ParseResult, ParserOptions, Pdu } from './types.js';
 
 export type { ParseError, ParseOk, ParseResult, ParserOptions } from './types.js';
 
+/**
+ * Where to assemble a data segment: called with the BHS and DataSegmentLength
+ * of a PDU whose header was accepted, returns a buffer of exactly that length
+ * to copy the data into, or undefined for the default (a view of the received
+ * chunk when the data lies in one, else a new buffer). Lets write data land in
+ * its command's buffer with one copy.
+ */
+export type DataDestination = (bhs: Buffer, length: number) => Buffer | undefined;
+
 const DEFAULT_MAX_DATA_SEGMENT_LENGTH = 8192;
 const DEFAULT_HARD_MAX_DATA_SEGMENT_LENGTH = 1 << 20;
 
@@ -46,6 +55,9 @@ export class PduParser {
   private curHeader: Buffer = EMPTY;
   private skip = 0;
   private fatal: ParseError | null = null;
+  private destination: DataDestination | null = null;
+  /** Where the current PDU's data goes, when the destination callback chose. */
+  private curDest: Buffer | undefined = undefined;
 
   constructor(opts: ParserOptions = {}) {
     this.headerDigestOn = opts.headerDigest ?? false;
@@ -63,6 +75,11 @@ export class PduParser {
   /** Our MaxRecvDataSegmentLength, for PDUs whose BHS next() has not examined yet. */
   setMaxDataSegmentLength(n: number): void {
     this.maxData = n;
+  }
+
+  /** Set (or clear) the callback choosing where data segments are assembled. */
+  setDataDestination(fn: DataDestination | null): void {
+    this.destination = fn;
   }
 
   /** Bytes received and not yet consumed by next(). */
@@ -167,6 +184,11 @@ export class PduParser {
       };
     }
     this.curHeader = header;
+    if (dsl !== 0 && this.destination !== null) {
+      const dest = this.destination(bhs, dsl);
+      if (dest !== undefined && dest.length !== dsl) throw new RangeError(`data destination of ${dest.length} bytes for a ${dsl}-byte data segment`);
+      this.curDest = dest;
+    }
     this.state = State.Data;
     return undefined;
   }
@@ -176,7 +198,9 @@ export class PduParser {
     const dd = this.curDataDigest && dsl !== 0;
     const pad = padLength(dsl);
     if (this.total < dsl + pad + (dd ? DIGEST_LENGTH : 0)) return null;
-    const data = dsl === 0 ? EMPTY : this.take(dsl);
+    const dest = this.curDest;
+    this.curDest = undefined;
+    const data = dsl === 0 ? EMPTY : dest !== undefined ? this.takeInto(dest) : this.take(dsl);
     let digestError: ParseError | null = null;
     if (dd) {
       // The pad bytes are covered by the digest as received, zero or not.
@@ -249,6 +273,19 @@ export class PduParser {
     while (filled < n) {
       const cur = this.chunks[this.head]!;
       const m = Math.min(n - filled, cur.length - this.offset);
+      cur.copy(out, filled, this.offset, this.offset + m);
+      filled += m;
+      this.advance(m);
+    }
+    return out;
+  }
+
+  /** Consume out.length bytes (<= total) by copying them into out. */
+  private takeInto(out: Buffer): Buffer {
+    let filled = 0;
+    while (filled < out.length) {
+      const cur = this.chunks[this.head]!;
+      const m = Math.min(out.length - filled, cur.length - this.offset);
       cur.copy(out, filled, this.offset, this.offset + m);
       filled += m;
       this.advance(m);

@@ -146,6 +146,30 @@ describe('iSCSI PDU stream parser', () => {
     expect(expectOk(rb)).to.deep.equal(b.pdu); // header spans: copied, still right
   });
 
+  it('assembles data where the destination callback says, split or not, with digests checked', () => {
+    const d = { header: true, data: true };
+    const withData = vectors.filter((v) => v.pdu.data.length === 0).slice(0, 3).map((v, i) => ({ ...v.pdu, data: Buffer.alloc(37 + i, 0x30 + i) }) as Pdu);
+    const bytes = Buffer.concat(withData.flatMap((p) => encodePdu(p, d)));
+    const parser = new PduParser({ headerDigest: true, dataDigest: true });
+    const seen: { opcode: number; length: number }[] = [];
+    const dests: Buffer[] = [];
+    parser.setDataDestination((bhsBytes, length) => {
+      seen.push({ opcode: bhsBytes[0]! & 0x3f, length });
+      if (seen.length === 2) return undefined; // the second PDU keeps the default
+      const slab = Buffer.alloc(length + 8, 0xee);
+      dests.push(slab);
+      return slab.subarray(4, 4 + length);
+    });
+    const results = parseAll(parser, bytesOneByOne(bytes));
+    expect(results).to.have.length(3);
+    expect(seen).to.deep.equal(withData.map((p) => ({ opcode: p.opcode, length: p.data.length })));
+    results.forEach((r, i) => expect(expectOk(r).data).to.deep.equal(withData[i]!.data));
+    expect(expectOk(results[0]).data.buffer).to.equal(dests[0]!.buffer);
+    expect(expectOk(results[2]).data.buffer).to.equal(dests[1]!.buffer);
+    expect(dests[0]!.subarray(0, 4)).to.deep.equal(Buffer.alloc(4, 0xee)); // only the given range is written
+    expect(dests[0]!.subarray(4 + 37)).to.deep.equal(Buffer.alloc(4, 0xee));
+  });
+
   it('applies digest settings from the next PDU on (login then full feature phase)', () => {
     const login = vectors.find((v) => v.pdu.opcode === Opcode.LoginRequest)!;
     const nop = vectors[0]!;
