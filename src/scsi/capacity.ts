@@ -27,9 +27,11 @@ export function readCapacity16(ctx: CommandContext): ScsiResponse {
   b.writeBigUInt64BE(BigInt(dev.blockCount - 1), 0);
   b.writeUInt32BE(dev.blockSize, 8);
   b[12] = 0; // no protection information
-  // 512-byte logical blocks sit on 4 KiB physical ones (page cache, file systems, SSDs):
-  // report it (512e) so initiators align their I/O.
-  b[13] = dev.blockSize < 4096 ? Math.log2(4096 / dev.blockSize) : 0;
+  // One logical block per physical block. Reporting 4 KiB physical blocks under 512-byte
+  // logical ones would be truer of the page cache, but GET LBA STATUS then could not both
+  // follow SBC (the first descriptor contains the starting LBA) and satisfy initiators that
+  // expect physical-block-aligned extents (libiscsi GetLBAStatus.UnmapSingle).
+  b[13] = 0;
   // LBPME when the device can deallocate; LBPRZ: deallocated blocks read as zeros
   b[14] = dev.thin ? 0xc0 : 0;
   return good(clip(b, allocation));

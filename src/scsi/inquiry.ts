@@ -120,7 +120,7 @@ function extendedInquiry(): Buffer {
 function blockLimits(lu: DeviceServerLu): Buffer {
   const l = lu.limits;
   const body = Buffer.alloc(0x3c);
-  body[0] = 0x01; // WSNZ: WRITE SAME with zero blocks is not supported
+  body[0] = 0x00; // WSNZ=0: WRITE SAME with zero blocks writes to the end of the medium
   body[1] = Math.min(l.maxCompareAndWriteBlocks, 0xff);
   body.writeUInt16BE(l.transferGranularity, 2);
   body.writeUInt32BE(l.maxTransferBlocks, 4);

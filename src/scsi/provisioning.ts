@@ -58,10 +58,10 @@ export async function writeSame(ctx: CommandContext): Promise<ScsiResponse> {
   const lbaField = sixteen ? cdb.readBigUInt64BE(2) : BigInt(cdb.readUInt32BE(2));
   const blocks = sixteen ? cdb.readUInt32BE(10) : cdb.readUInt16BE(7);
   const lengthByte = sixteen ? 10 : 7;
-  const lba = checkLbaRange(lbaField, blocks, lu.device.blockCount);
-  // WSNZ=1 in VPD 0xB0: zero blocks does not mean "to the end of the medium"
-  if (blocks === 0) throw ScsiError.cdb(lengthByte, undefined, 'WRITE SAME with zero blocks');
-  if (blocks > lu.limits.maxWriteSameBlocks) throw ScsiError.cdb(lengthByte, undefined, `WRITE SAME of ${blocks} blocks exceeds ${lu.limits.maxWriteSameBlocks}`);
+  const lba = checkLbaRange(lbaField, Math.max(blocks, 1), lu.device.blockCount);
+  // WSNZ=0 in VPD 0xB0: zero blocks means from the starting LBA to the end of the medium.
+  const count = blocks === 0 ? lu.device.blockCount - lba : blocks;
+  if (count > lu.limits.maxWriteSameBlocks) throw ScsiError.cdb(lengthByte, undefined, `WRITE SAME of ${count} blocks exceeds ${lu.limits.maxWriteSameBlocks}`);
   const bs = lu.device.blockSize;
   const res: ScsiResponse = { status: ScsiStatus.Good, dataOutLength: ndob ? 0 : bs };
   let pattern: Buffer | undefined;
@@ -73,16 +73,18 @@ export async function writeSame(ctx: CommandContext): Promise<ScsiResponse> {
     }
     pattern = data.subarray(0, bs);
   }
-  if (!pattern || isZero(pattern)) {
-    await lu.device.writeZeroes(lba, blocks, unmapBit && lu.device.thin);
+  // UNMAP on a thin LU deallocates whatever the pattern (as LIO and tgt do, and
+  // initiators expect: with LBPRZ the range then reads as zeros).
+  if (!pattern || isZero(pattern) || (unmapBit && lu.device.thin)) {
+    await lu.device.writeZeroes(lba, count, unmapBit && lu.device.thin);
     return res;
   }
-  const perChunk = Math.max(1, Math.min(blocks, Math.floor(PATTERN_CHUNK_BYTES / bs)));
+  const perChunk = Math.max(1, Math.min(count, Math.floor(PATTERN_CHUNK_BYTES / bs)));
   const chunk = Buffer.allocUnsafe(perChunk * bs);
   for (let i = 0; i < perChunk; i++) pattern.copy(chunk, i * bs);
   const opts = lu.mode.writeCacheEnabled ? {} : { fua: true };
-  for (let done = 0; done < blocks; ) {
-    const n = Math.min(perChunk, blocks - done);
+  for (let done = 0; done < count; ) {
+    const n = Math.min(perChunk, count - done);
     await lu.device.write(lba + done, n === perChunk ? chunk : chunk.subarray(0, n * bs), opts);
     done += n;
   }

@@ -42,6 +42,13 @@ export interface ConformanceOptions {
   outDir: string;
   /** Second URL for the MultipathIO suite (default: url again: a second session to the same LU). */
   mpathUrl?: string;
+  /**
+   * FAMILY.SUITE names run with the first URL only. iscsi-test-cu keeps the
+   * second session for a whole suite, so state one test leaves on it (e.g. an
+   * SPC-2 reservation) reaches the next tests; without a second URL those tests
+   * open and close their own second session instead.
+   */
+  singleSessionSuites?: readonly string[];
   /** FAMILY[.SUITE[.TEST]] globs to run (default SCSI and iSCSI). */
   tests?: readonly string[];
   /** FAMILY[.SUITE[.TEST]] globs to leave out (status notrun, note "excluded"). */
@@ -179,7 +186,8 @@ export async function runConformance(opts: ConformanceOptions): Promise<Conforma
       // last-first: reverse it so they run in list order.
       const selection = remaining.length === members.length ? fs : [...remaining].reverse().join(',');
       const log = join(logDir, attempt === 1 ? `${fs}.log` : `${fs}.${attempt}.log`);
-      const args = [...baseArgs, '-t', selection, opts.url, mpathUrl];
+      const urls = opts.singleSessionSuites?.includes(fs) ? [opts.url] : [opts.url, mpathUrl];
+      const args = [...baseArgs, '-t', selection, ...urls];
       writeFileSync(log, `+ iscsi-test-cu ${args.join(' ')}\n`);
       // stdbuf: unbuffered output, so a killed run still shows which test was running.
       const r = await runBounded('stdbuf', ['-o0', '-e0', 'iscsi-test-cu', ...args], { timeoutMs: limit, outputFile: log });

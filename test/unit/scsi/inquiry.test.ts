@@ -72,7 +72,7 @@ describe('INQUIRY', () => {
     const bl = (await f.run(cdb.inquiry(true, 0xb0, 64))).dataIn!;
     expect(bl.length).to.equal(64);
     expect(bl[3]).to.equal(0x3c);
-    expect(bl[4]).to.equal(0x01); // WSNZ
+    expect(bl[4]).to.equal(0x00); // WSNZ=0: zero blocks means to the end
     expect(bl[5]).to.equal(64); // max COMPARE AND WRITE
     expect(bl.readUInt32BE(8)).to.equal(65536); // max transfer
     expect(bl.readUInt32BE(20)).to.be.greaterThan(0).and.at.most(1 << 20); // max unmap LBA count
@@ -116,7 +116,7 @@ describe('READ CAPACITY', () => {
   it('(16) reports LBPME and LBPRZ for a thin device and honours the allocation length', async () => {
     const f = fixture(2048);
     const r = await f.run(cdb.readCap16());
-    expect([...r.dataIn!.subarray(0, 16)]).to.deep.equal([0, 0, 0, 0, 0, 0, 0x07, 0xff, 0, 0, 0x02, 0, 0, 0x03, 0xc0, 0]);
+    expect([...r.dataIn!.subarray(0, 16)]).to.deep.equal([0, 0, 0, 0, 0, 0, 0x07, 0xff, 0, 0, 0x02, 0, 0, 0, 0xc0, 0]);
     expect((await f.run(cdb.readCap16(12))).dataIn!.length).to.equal(12);
   });
 });

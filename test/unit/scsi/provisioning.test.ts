@@ -75,9 +75,25 @@ describe('WRITE SAME', () => {
     expect((await f.run(cdb.read10(6, 1))).dataIn![0]).to.equal(0);
   });
 
-  it('rejects zero blocks (WSNZ), bad Data-Out sizes, ANCHOR and ranges beyond the end', async () => {
+  it('with zero blocks writes from the LBA to the end of the medium (WSNZ=0)', async () => {
     const f = fixture(64);
-    expectSense(await f.run(cdb.writeSame10(0, 0), { dataOut: Buffer.alloc(512) }), 0x5, 0x24, 0x00);
+    const pattern = Buffer.alloc(512, 0x3c);
+    expectGood(await f.run(cdb.writeSame10(60, 0), { dataOut: pattern }));
+    const tail = (await f.run([0x28, 0, 0, 0, 0, 56, 0, 0, 8, 0], { expectedLength: 8 * 512 })).dataIn!;
+    expect(tail.subarray(0, 4 * 512).every((b) => b === 0)).to.equal(true);
+    expect(tail.subarray(4 * 512).every((b) => b === 0x3c)).to.equal(true);
+  });
+
+  it('with UNMAP on a thin LU deallocates even when the pattern is not zero (LBPRZ: reads zeros)', async () => {
+    const f = fixture(64, { thin: true });
+    expectGood(await f.run([0x2a, 0, 0, 0, 0, 60, 0, 0, 4, 0], { dataOut: Buffer.alloc(4 * 512, 0xff) }));
+    expectGood(await f.run([0x41, 0x08, 0, 0, 0, 60, 0, 0, 0, 0], { dataOut: Buffer.alloc(512, 0xff) }));
+    const tail = (await f.run([0x28, 0, 0, 0, 0, 60, 0, 0, 4, 0], { expectedLength: 4 * 512 })).dataIn!;
+    expect(tail.every((b) => b === 0)).to.equal(true);
+  });
+
+  it('rejects bad Data-Out sizes, ANCHOR and ranges beyond the end', async () => {
+    const f = fixture(64);
     expectSense(await f.run(cdb.writeSame10(65, 0), { dataOut: Buffer.alloc(512) }), 0x5, 0x21, 0x00);
     expectSense(await f.run(cdb.writeSame10(0xffffffff, 0), { dataOut: Buffer.alloc(512) }), 0x5, 0x21, 0x00);
     expectSense(await f.run(cdb.writeSame10(60, 8), { dataOut: Buffer.alloc(512) }), 0x5, 0x21, 0x00);
