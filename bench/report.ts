@@ -1,0 +1,75 @@
+// The bench report: one row per (case, target), as a text table and as JSON.
+
+export interface CellResult {
+  case: string;
+  target: string;
+  blockSize: number;
+  depth: number;
+  write: boolean;
+  /** I/Os per run. */
+  count: number;
+  /** Successful runs (the median is over these). */
+  runs: number;
+  /** Wall time of every successful run, in order. */
+  seconds: number[];
+  iops?: number;
+  /** 10^6 bytes per second. */
+  mbps?: number;
+  /** Median over runs of the target process's user+system CPU time, per I/O. */
+  cpuUsPerIo?: number;
+  vsTgtd?: number;
+  vsRaw?: number;
+  /** How busy the whole machine was during the runs (median), to spot interference. */
+  machineBusyPct?: number;
+}
+
+export interface Report {
+  date: string;
+  label: string;
+  durationSec: number;
+  machine: {
+    cpuModel: string;
+    cpus: number;
+    memGiB: number;
+    kernel: string;
+    node: string;
+    qemuImg: string;
+    tgtd: string;
+    loadavgAtStart: number[];
+    loadavgAtEnd: number[];
+  };
+  options: Record<string, unknown>;
+  cells: CellResult[];
+}
+
+export function median(xs: number[]): number | undefined {
+  if (xs.length === 0) return undefined;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 === 1 ? s[m] : (s[m - 1]! + s[m]!) / 2;
+}
+
+const fmt = (x: number | undefined, digits: number): string => (x === undefined ? '-' : x.toFixed(digits));
+
+export function formatTable(r: Report): string {
+  const head = ['case', 'target', 'IOPS', 'MB/s', 'x tgtd', 'x raw', 'CPU us/IO', 'runs'];
+  const rows = r.cells.map((c) => [
+    c.case,
+    c.target,
+    fmt(c.iops, 0),
+    fmt(c.mbps, 1),
+    c.target === 'tgtd' ? '' : fmt(c.vsTgtd, 2),
+    c.target === 'raw' ? '' : fmt(c.vsRaw, 2),
+    fmt(c.cpuUsPerIo, 1),
+    String(c.runs),
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
+  const line = (cols: string[]): string => cols.map((v, i) => (i < 2 ? v.padEnd(widths[i]!) : v.padStart(widths[i]!))).join('  ');
+  const m = r.machine;
+  return [
+    `${r.date}  ${m.cpus} x ${m.cpuModel}, ${m.memGiB} GiB, Linux ${m.kernel}, node ${m.node}, ${m.tgtd ? `tgtd ${m.tgtd}` : ''}`,
+    `load average ${m.loadavgAtStart.join(' ')} -> ${m.loadavgAtEnd.join(' ')}; ${String(r.options.reps)} rep(s), medians${r.label ? `; ${r.label}` : ''}`,
+    line(head),
+    ...rows.map(line),
+  ].join('\n');
+}
