@@ -475,9 +475,14 @@ export class VdiskDevice implements BlockDevice {
    */
   async #release(first: number, count: number): Promise<void> {
     const release = this.#faults.release as NonNullable<FaultSink['release']>;
-    const deadline = Date.now() + this.holdTimeoutMs;
     const lba = first * this.#bps;
     const blocks = count * this.#bps;
+    // Discard before giving the space back: the controller hands freed
+    // container segments to the next allocation as they are, and a first
+    // write fills only part of its segment, so the rest must already read as
+    // zeros (LBPRZ) and no data of this vdisk may show up in another.
+    await settleAll(this.#discardInPlace(first, count));
+    const deadline = Date.now() + this.holdTimeoutMs;
     const asked = release
       .call(this.#faults, { vdiskId: this.vdiskId, version: this.#table.version, firstSegment: first, segmentCount: count })
       .catch((e: unknown): typeof UNDELIVERED | typeof LOST => {
@@ -500,11 +505,16 @@ export class VdiskDevice implements BlockDevice {
       return;
     }
     if (r !== UNDELIVERED) log.warn(`${this.#name()} segments ${first}+${count}: release refused (${r.error ?? 'no reason'}), zeroing in place`);
+    // Again: a write may have landed between the first discard and the refusal.
+    await settleAll(this.#discardInPlace(first, count));
+  }
+
+  #discardInPlace(first: number, count: number): Promise<void>[] {
     const tasks: Promise<void>[] = [];
     for (let s = first; s < first + count; s++) {
       tasks.push(this.#piece(Mode.Discard, IoOp.Unmap, s, s * this.#bps, this.#bps, null, 0, false));
     }
-    await settleAll(tasks);
+    return tasks;
   }
 
   // ---- holding ----

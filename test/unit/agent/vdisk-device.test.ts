@@ -382,7 +382,12 @@ describe('agent/VdiskDevice', () => {
       expect(sink.releases).to.deep.equal([{ vdiskId: VDISK, version: 1, firstSegment: 0, segmentCount: 1 }]);
       expect(sink.faults).to.deep.equal([]);
       expect(dev.table.stateOf(0)).to.equal(SegmentState.Zero);
-      expect(fx.calls.map((c) => [c.op, c.container, c.offset, c.length])).to.deep.equal([['discard', C2, 0, 16 * BS]]);
+      // Seg 0 (C1 offset 3) is discarded before it is released, so its space comes back as zeros.
+      expect(fx.calls.map((c) => [c.op, c.container, c.offset, c.length])).to.have.deep.members([
+        ['discard', C1, 3 * SEG, SEG],
+        ['discard', C2, 0, 16 * BS],
+      ]);
+      expect(raw(fx.paths[C1]!, 0, 3 * SEG, SEG).equals(zeros(BPS))).to.equal(true);
       expect(raw(fx.paths[C2]!, 0, 0, 16 * BS).equals(zeros(16))).to.equal(true);
       expect(raw(fx.paths[C2]!, 0, 16 * BS, (BPS - 16) * BS).equals(pattern(2 * BPS, 20).subarray((BPS + 16) * BS))).to.equal(true);
       expect((await dev.read(0, BPS + 16)).equals(zeros(BPS + 16))).to.equal(true);
@@ -412,6 +417,19 @@ describe('agent/VdiskDevice', () => {
       expect(dev.table.stateOf(3)).to.equal(SegmentState.Normal);
     });
 
+    it('a released segment is discarded before the release is sent, so reused space reads as zeros', async () => {
+      make({ release: true });
+      await dev.write(BPS, pattern(BPS, 23)); // seg 1: C2 offset 0
+      let atRelease: Buffer | undefined;
+      sink.onRelease = async (r) => {
+        atRelease = raw(fx.paths[C2]!, 0, 0, SEG);
+        await dev.installTable(next(dev.table, (n) => n.setRange(r.firstSegment, r.segmentCount, { state: SegmentState.Zero })));
+        return { ok: true, version: dev.version };
+      };
+      await dev.unmap(BPS, BPS);
+      expect(atRelease?.equals(zeros(BPS)), 'container segment zeroed before the controller may reuse it').to.equal(true);
+    });
+
     it('a refused release falls back to zeroing in place', async () => {
       make({ release: true });
       await dev.write(BPS, pattern(BPS, 22));
@@ -420,7 +438,7 @@ describe('agent/VdiskDevice', () => {
       expect(raw(fx.paths[C2]!, 0, 0, SEG).equals(zeros(BPS))).to.equal(true);
     });
 
-    it('an undelivered release zeroes in place; a lost answer fails NOT READY and touches nothing', async () => {
+    it('an undelivered release zeroes in place; a lost answer fails NOT READY after the discard that precedes every release', async () => {
       make({ release: true });
       await dev.write(BPS, pattern(BPS, 25));
       sink.onRelease = () => Promise.reject(new Error('controller not reachable'));
@@ -431,8 +449,9 @@ describe('agent/VdiskDevice', () => {
       sink.onRelease = () => Promise.reject(new ReleaseLostError('stream broke'));
       const e = await rejects(dev.unmap(BPS, BPS));
       expect((e as BlockDeviceError).kind).to.equal('not-ready');
-      expect(fx.calls).to.deep.equal([]);
-      expect(raw(fx.paths[C2]!, 0, 0, SEG).equals(pattern(BPS, 26))).to.equal(true);
+      // Nothing after the loss: the only container I/O is the discard made before asking.
+      expect(fx.calls.map((c) => [c.op, c.container, c.offset, c.length])).to.deep.equal([['discard', C2, 0, SEG]]);
+      expect(raw(fx.paths[C2]!, 0, 0, SEG).equals(zeros(BPS))).to.equal(true);
     });
 
     it('unmapping zero segments needs neither I/O nor a fault', async () => {
