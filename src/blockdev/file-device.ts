@@ -7,8 +7,8 @@
 // Small reads and buffered writes run inline (readSync/writeSync) while they
 // are fast: a page-cache hit costs a few microseconds there, against a
 // thread-pool round trip of two context switches and ~35 us of CPU (measured
-// under qemu-img 4 KiB random I/O at depth 32: 73 -> 33 us of target CPU per
-// read, 66 -> 44 per write; docs/performance.md). INLINE_SLOW_STREAK inline
+// under qemu-img 4 KiB random I/O at depth 32: 68 -> 22 us of target CPU per
+// read, 64 -> 26 per write; docs/performance.md). INLINE_SLOW_STREAK inline
 // calls in a row slower than INLINE_SLOW_MS mean the medium itself is being
 // waited for (one slow call alone is more often the thread being preempted on
 // a busy machine), so I/O goes through the thread pool for the next
