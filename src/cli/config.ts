@@ -13,6 +13,7 @@ import {
   resolveToken,
   type TabulaConfig,
 } from '../config/index.js';
+import { formatSize } from '../util/size.js';
 import { print, printJson } from './output.js';
 
 const MASK = '********';
@@ -40,10 +41,10 @@ export function effectiveDocument(cfg: TabulaConfig): Record<string, unknown> {
     },
     'containers-init': cfg.containersInit.map((c) => ({
       device: c.device,
-      ...(c.size !== undefined ? { size: c.size } : {}),
-      ...(c.segmentSize !== undefined ? { 'segment-size': c.segmentSize } : {}),
+      ...(c.size !== undefined ? { size: formatSize(c.size) } : {}),
+      ...(c.segmentSize !== undefined ? { 'segment-size': formatSize(c.segmentSize) } : {}),
     })),
-    'all-in-one': { size: cfg.allInOne.size },
+    'all-in-one': { size: formatSize(cfg.allInOne.size) },
     security: {
       ...(s.token !== undefined ? { token: MASK } : {}),
       ...(s.tokenFile !== undefined ? { 'token-file': s.tokenFile } : {}),

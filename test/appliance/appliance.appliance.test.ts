@@ -30,7 +30,7 @@ const BUILD_TIMEOUT_MS = 45 * 60_000;
 /** First boot under TCG on a busy two-core machine takes several minutes. */
 const BOOT_TIMEOUT_MS = 15 * 60_000;
 const IO_TIMEOUT_MS = 5 * 60_000;
-const READY = /tabula: ready: all-in-one serving (iscsi:\/\/\S+)/;
+const READY = /tabula: ready: all-in-one serving (iscsi:\/\/[^\s,]+)/;
 const IQN = 'iqn.2026-11.org.tabula:disk0';
 /** Where the second pattern goes: far from the first, inside the 256 MiB disk0. */
 const PATTERN_OFFSET = 100 * MiB;
