@@ -84,8 +84,8 @@ export class FileBlockDevice implements BlockDevice {
       const st = await call<fs.Stats>((cb) => fs.fstat(fd, cb));
       let size: number;
       if (st.isBlockDevice()) {
-        // fstat reports 0 for block devices; the end of the device is its first "hole".
-        size = fileOps.seekHole(fd, 0);
+        // fstat reports 0 for block devices and SEEK_HOLE is EINVAL on them: seek to the end.
+        size = fileOps.seekEnd(fd, 0);
         if (opts.size !== undefined && opts.size !== size) throw new Error(`${path}: block device is ${size} bytes, not ${opts.size}`);
       } else if (st.isFile()) {
         size = st.size;

@@ -84,8 +84,8 @@ export async function sizeOf(fd: number, path: string): Promise<{ medium: Contai
   const st = await call<fs.Stats>((cb) => fs.fstat(fd, cb));
   if (st.isFile()) return { medium: 'file', size: st.size };
   if (st.isBlockDevice()) {
-    // fstat reports 0 for block devices; the end of the device is its first "hole".
-    return { medium: 'block', size: fileOps.seekHole(fd, 0) };
+    // fstat reports 0 for block devices and SEEK_HOLE is EINVAL on them: seek to the end.
+    return { medium: 'block', size: fileOps.seekEnd(fd, 0) };
   }
   throw new Error(`${path}: not a regular file or block device`);
 }

@@ -67,6 +67,9 @@ static napi_value seek_common(napi_env env, napi_callback_info info, int whence,
   return out;
 }
 static napi_value seek_data(napi_env env, napi_callback_info info) { return seek_common(env, info, SEEK_DATA, "lseek(SEEK_DATA)"); }
+// seekEnd(fd): the size of a file or block device (fstat reports 0 for block
+// devices, and SEEK_HOLE is EINVAL on them).
+static napi_value seek_end(napi_env env, napi_callback_info info) { return seek_common(env, info, SEEK_END, "lseek(SEEK_END)"); }
 static napi_value seek_hole(napi_env env, napi_callback_info info) { return seek_common(env, info, SEEK_HOLE, "lseek(SEEK_HOLE)"); }
 
 static napi_value init(napi_env env, napi_value exports) {
@@ -75,6 +78,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_default, NULL},
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default, NULL},
+    {"seekEnd", NULL, seek_end, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

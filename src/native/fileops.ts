@@ -10,6 +10,8 @@ export interface FileOps {
   seekData(fd: number, offset: number): number;
   /** Next offset >= offset that is a hole (EOF counts as one), or -1. */
   seekHole(fd: number, offset: number): number;
+  /** lseek(fd, offset, SEEK_END): with offset 0, the size of a file or block device. */
+  seekEnd(fd: number, offset: number): number;
 }
 
 const require = createRequire(import.meta.url);
