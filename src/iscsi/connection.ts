@@ -8,7 +8,7 @@ import { encodePdu } from './pdu/encode.js';
 import { PduParser } from './pdu/parser.js';
 import { Opcode, RESERVED_TAG, RejectReason, type InitiatorPdu, type TargetPdu } from './pdu/types.js';
 import { snAdd } from './serial.js';
-import type { Session, SessionConnection } from './session.js';
+import { rejectPdu, type Session, type SessionConnection } from './session.js';
 import type { IscsiSettings } from './settings.js';
 
 const enum ConnState {
@@ -76,7 +76,7 @@ export class Connection implements SessionConnection {
           this.close(r.message);
           return;
         }
-        if (r.header) this.sendReject(r.reason, r.header);
+        if (r.header) this.send(rejectPdu(r.reason, r.header));
         if (r.reason === RejectReason.DataDigestError) {
           // ERL 0 cannot recover the lost payload: the session is ended (the initiator reconnects).
           this.close('data digest error');
@@ -208,20 +208,6 @@ export class Connection implements SessionConnection {
       pdu.maxCmdSN = w.maxCmdSN;
     }
     this.writePdu(pdu);
-  }
-
-  private sendReject(reason: RejectReason, header: Buffer): void {
-    this.send({
-      opcode: Opcode.Reject,
-      immediate: false,
-      ahs: [],
-      data: header.subarray(0, 48),
-      reason,
-      statSN: 0,
-      expCmdSN: 0,
-      maxCmdSN: 0,
-      dataSN: 0,
-    });
   }
 
   private writePdu(pdu: TargetPdu): void {

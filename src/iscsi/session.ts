@@ -23,6 +23,7 @@ import {
   type InitiatorPdu,
   type LogoutRequest,
   type NopOut,
+  type RejectPdu,
   type ScsiCommandPdu,
   type TargetPdu,
   type TaskMgmtRequest,
@@ -815,17 +816,7 @@ export class Session {
   // ---------------------------------------------------------------- output
 
   private reject(reason: RejectReason, header: Buffer): void {
-    this.send({
-      opcode: Opcode.Reject,
-      immediate: false,
-      ahs: [],
-      data: header.subarray(0, 48),
-      reason,
-      statSN: 0,
-      expCmdSN: 0,
-      maxCmdSN: 0,
-      dataSN: 0,
-    });
+    this.send(rejectPdu(reason, header));
   }
 
   private send(pdu: TargetPdu): void {
@@ -835,6 +826,11 @@ export class Session {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** A Reject carrying the rejected PDU's header; the connection fills the sequence numbers. */
+export function rejectPdu(reason: RejectReason, header: Buffer): RejectPdu {
+  return { opcode: Opcode.Reject, immediate: false, ahs: [], data: header.subarray(0, 48), reason, statSN: 0, expCmdSN: 0, maxCmdSN: 0, dataSN: 0 };
+}
 
 /**
  * Reuses the Data-Out buffers of large WRITEs. Each fresh buffer counts as V8
