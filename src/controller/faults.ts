@@ -214,8 +214,17 @@ export class FaultManager {
         const loc = row.containerId !== null && row.offset !== null ? { containerId: row.containerId, offset: row.offset } : null;
         const refcount = loc !== null ? ctrl.db.refcount(loc) : 0;
         const dctx: DecideContext = { snapshot: vdisk.kind === 'snapshot', migrating: loc !== null && ctrl.migrating.has(locKey(loc)) };
-        const decisions = c.waiters.map((w) => decide(row.state, w.fault.op, refcount, dctx));
-        const action = decisions.find((d) => d.kind === 'allocate' || d.kind === 'make-writable' || d.kind === 'copy');
+        let decisions = c.waiters.map((w) => decide(row.state, w.fault.op, refcount, dctx));
+        let action = decisions.find((d) => d.kind === 'allocate' || d.kind === 'make-writable' || d.kind === 'copy');
+        const away = action !== undefined ? ctrl.unreachableExporters(c.vdiskId) : [];
+        if (away.length > 0) {
+          // An exporting agent that is not connected would go on serving the old
+          // table (stale reads, writes to the old place): the change waits for it
+          // (answered again when it has resynced, or the I/O's hold times out).
+          const reason = `agent ${away.join(', ')} exporting vdisk ${vdisk.name} is not connected`;
+          decisions = decisions.map((d) => (d.kind === 'allocate' || d.kind === 'make-writable' || d.kind === 'copy' ? { kind: 'wait', reason } : d));
+          action = undefined;
+        }
         if (action !== undefined) {
           const kind = action.kind as Action;
           const failed =

@@ -313,6 +313,18 @@ export class Controller {
     return [...this.#links.values()].filter((l) => !l.closed).map((l) => l.name as string);
   }
 
+  /**
+   * Agents that export this vdisk but are not connected. Such an agent keeps
+   * serving the table it holds and can be neither told of a change nor
+   * fenced, so a change it would not see must wait until it is back.
+   */
+  unreachableExporters(vdiskId: string): string[] {
+    return this.db
+      .exportsOfVdisk(vdiskId)
+      .map((e) => e.agent)
+      .filter((a) => this.link(a) === undefined);
+  }
+
   /** The export list an agent gets. */
   exportsFor(agent: string): Export[] {
     return this.db.exportsOfAgent(agent).flatMap((e) => {
@@ -351,6 +363,8 @@ export class Controller {
         // The agent kept this very version while away: nothing to send.
         link.noteSent(e.vdiskId, t.version, true);
         this.#applyAck(link, e.vdiskId, t.version);
+        // Faults that waited for this agent to come back may go on now.
+        this.faults.onTableChanged(e.vdiskId);
         continue;
       }
       this.sendFullTable(link, e.vdiskId);
@@ -365,6 +379,8 @@ export class Controller {
       const version = link.held(id)?.sent ?? 0;
       void link.waitAck(id, version, this.ackTimeoutMs).then((ok) => {
         if (!ok && !link.closed && link.held(id) !== undefined) this.fence(link, id, `no ack of full table version ${version}`);
+        // Faults that waited for this agent to come back may go on now.
+        else if (ok) this.faults.onTableChanged(id);
       });
     }
   }
@@ -641,6 +657,13 @@ export class Controller {
     const end = r.firstSegment + r.segmentCount;
     if (r.segmentCount < 1 || end > vdisk.segmentCount) {
       reply(false, vdisk.version, `release: segments ${r.firstSegment}+${r.segmentCount} out of range (vdisk ${vdisk.name} has ${vdisk.segmentCount})`);
+      return;
+    }
+    // An exporting agent that is away would keep reading the old location: refuse,
+    // and the agent zeroes the segments in place (they stay allocated).
+    const away = this.unreachableExporters(r.vdiskId);
+    if (away.length > 0) {
+      reply(false, vdisk.version, `release: agent ${away.join(', ')} exporting vdisk ${vdisk.name} is not connected`);
       return;
     }
     this.changeTable(r.vdiskId, (c) => {

@@ -263,11 +263,15 @@ export class Cluster {
    * `containers` globs; resolves when it serves its portal (its tables load
    * in the background: see waitServed).
    */
-  async startAgent(name: string, opts: { containers: string[]; holdTimeoutS?: number; port?: number }, lifetimeMs = 10 * 60_000): Promise<AgentProc> {
+  async startAgent(
+    name: string,
+    opts: { containers: string[]; holdTimeoutS?: number; port?: number; /** HOST:PORT to reach the controller by (a proxy); default the controller's address. */ controller?: string },
+    lifetimeMs = 10 * 60_000,
+  ): Promise<AgentProc> {
     if (this.agents.get(name)?.daemon.running) throw new Error(`agent ${name} is already running`);
     const port = opts.port ?? this.agents.get(name)?.port ?? (await freeLoopbackPort());
     const portal = `${LOOPBACK}:${port}`;
-    const args = ['agent', '--controller', this.controllerAddress, '--name', name, '--portal', portal, '--containers', ...opts.containers];
+    const args = ['agent', '--controller', opts.controller ?? this.controllerAddress, '--name', name, '--portal', portal, '--containers', ...opts.containers];
     if (opts.holdTimeoutS !== undefined) args.push('--hold-timeout', String(opts.holdTimeoutS));
     const d = this.#spawn(`agent-${name}`, args, lifetimeMs);
     try {
