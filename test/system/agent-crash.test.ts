@@ -30,8 +30,11 @@ describe('system: an agent is SIGKILLed mid-write and restarted', function () {
     requireTools(['timeout', 'qemu-io']);
     await c.startController({ holdTimeoutS: 10, ackTimeoutS: 2 });
     await c.addContainer('c0.img', '128MiB');
-    await Promise.all([c.startAgent('a', { containers: [c.containerGlob] }), c.startAgent('b', { containers: [c.containerGlob] })]);
-    await c.cliOk(['vdisk', 'create', VDISK, '--size', '40MiB']);
+    await Promise.all([
+      c.startAgent('a', { containers: [c.containerGlob] }),
+      c.startAgent('b', { containers: [c.containerGlob] }),
+      c.cliOk(['vdisk', 'create', VDISK, '--size', '40MiB']),
+    ]);
     await Promise.all([c.cliOk(['export', 'add', VDISK, '--agent', 'a']), c.cliOk(['export', 'add', VDISK, '--agent', 'b'])]);
     await c.waitServed(VDISK, ['a', 'b']);
     // Segments 0-7 hold data before the crash.

@@ -72,8 +72,7 @@ describe('system: bad input', function () {
     requireTools(['timeout', 'qemu-io']);
     await c.startController();
     c0 = await c.addContainer('c0.img', '64MiB');
-    await c.startAgent('a', { containers: [c.containerGlob] });
-    await c.cliOk(['vdisk', 'create', VDISK, '--size', '8MiB']);
+    await Promise.all([c.startAgent('a', { containers: [c.containerGlob] }), c.cliOk(['vdisk', 'create', VDISK, '--size', '8MiB'])]);
     await c.cliOk(['export', 'add', VDISK, '--agent', 'a']);
     await c.waitServed(VDISK, ['a']);
     await writeP(c.url('a', VDISK), 0x5a, 0, 2 * MiB);

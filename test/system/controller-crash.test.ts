@@ -24,8 +24,8 @@ describe('system: the controller is SIGKILLed and restarted', function () {
     await Promise.all([
       c.startAgent('a', { containers: [c.containerGlob], holdTimeoutS: 2 }),
       c.startAgent('b', { containers: [c.containerGlob] }),
+      c.cliOk(['vdisk', 'create', VDISK, '--size', '32MiB']),
     ]);
-    await c.cliOk(['vdisk', 'create', VDISK, '--size', '32MiB']);
     await Promise.all([c.cliOk(['export', 'add', VDISK, '--agent', 'a']), c.cliOk(['export', 'add', VDISK, '--agent', 'b'])]);
     await c.waitServed(VDISK, ['a', 'b']);
     // Segments 0-3 allocated before the crash.
@@ -73,7 +73,8 @@ describe('system: the controller is SIGKILLed and restarted', function () {
       expect(settled, 'the held write completed with the controller down').to.equal(undefined);
       // Reads elsewhere are not blocked by the held write.
       const r0 = await sb.read(0, 8);
-      expect(r0.data.equals(Buffer.alloc(8 * 512, 0x11))).to.equal(true);
+      expect(describeIo(r0)).to.equal('GOOD');
+      expect(r0.data.equals(Buffer.alloc(8 * 512, 0x11)), `LBA 0: ${r0.data.subarray(0, 16).toString('hex')}`).to.equal(true);
 
       // The controller comes back on the same database and port: the held write completes.
       await c.startController();

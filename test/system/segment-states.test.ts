@@ -20,8 +20,7 @@ describe('system: segment states set by the admin', function () {
     requireTools(['timeout', 'qemu-io']);
     await c.startController({ holdTimeoutS: 60 });
     await c.addContainer('c0.img', '64MiB');
-    await c.startAgent('a', { containers: [c.containerGlob] });
-    await c.cliOk(['vdisk', 'create', VDISK, '--size', '16MiB']);
+    await Promise.all([c.startAgent('a', { containers: [c.containerGlob] }), c.cliOk(['vdisk', 'create', VDISK, '--size', '16MiB'])]);
     await c.cliOk(['export', 'add', VDISK, '--agent', 'a']);
     await c.waitServed(VDISK, ['a']);
     await writeP(c.url('a', VDISK), 0x55, 0, 4 * MiB);

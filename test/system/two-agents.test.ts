@@ -23,8 +23,11 @@ describe('system: two agents export one thin vdisk', function () {
     requireTools(['timeout', 'qemu-img', 'qemu-io']);
     await c.startController();
     await c.addContainer('c0.img', '256MiB');
-    await Promise.all([c.startAgent('a', { containers: [c.containerGlob] }), c.startAgent('b', { containers: [c.containerGlob] })]);
-    await c.cliOk(['vdisk', 'create', VDISK, '--size', `${SIZE_MIB}MiB`]);
+    await Promise.all([
+      c.startAgent('a', { containers: [c.containerGlob] }),
+      c.startAgent('b', { containers: [c.containerGlob] }),
+      c.cliOk(['vdisk', 'create', VDISK, '--size', `${SIZE_MIB}MiB`]),
+    ]);
     await Promise.all([c.cliOk(['export', 'add', VDISK, '--agent', 'a']), c.cliOk(['export', 'add', VDISK, '--agent', 'b'])]);
     await c.waitServed(VDISK, ['a', 'b']);
   });

@@ -1,0 +1,91 @@
+// Freed container segments come back as zeros: a segment released by UNMAP,
+// or freed by removing a vdisk, and then allocated again (to the same vdisk
+// or another) must not show its old contents: the unwritten part of a first
+// write's segment reads as zeros (LBPRZ), and a new thick vdisk reads zeros.
+// The container is made so small that every allocation has to reuse space.
+import { expect } from 'chai';
+import { requireTools } from '../support/tools.js';
+import { iqnOf, useCluster, waitFor } from './cluster.js';
+import { readP, writeP } from './clients.js';
+import { LunSession, describeIo } from './scsi-client.js';
+import { STATE, check, containerSegmentsUsed, segments, table } from './table.js';
+
+const MiB = 1 << 20;
+const BLOCKS_PER_SEG = MiB / 512;
+
+/** UNMAP of one LBA range (one block descriptor). */
+function unmapCdb(): Buffer {
+  const c = Buffer.alloc(10);
+  c[0] = 0x42;
+  c.writeUInt16BE(24, 7);
+  return c;
+}
+function unmapParams(lba: number, blocks: number): Buffer {
+  const p = Buffer.alloc(24);
+  p.writeUInt16BE(22, 0);
+  p.writeUInt16BE(16, 2);
+  p.writeBigUInt64BE(BigInt(lba), 8);
+  p.writeUInt32BE(blocks, 16);
+  return p;
+}
+
+describe('system: freed container space is reused without its old data', function () {
+  this.timeout(180_000);
+  const cluster = useCluster('space-reuse', async (c) => {
+    requireTools(['timeout', 'qemu-io']);
+    await c.startController();
+    // 1 MiB of label area and room for exactly two 1 MiB segments.
+    await c.addContainer('c0.img', '3MiB');
+    await c.startAgent('a', { containers: [c.containerGlob] });
+    const list = (await c.admin.call('ListContainers', {})).containers;
+    expect(list.map((x) => x.segmentsTotal)).to.deep.equal([2]);
+  });
+
+  it('a segment released by UNMAP and allocated again reads as zeros where it was not written', async function () {
+    const c = cluster();
+    await c.cliOk(['vdisk', 'create', 'u1', '--size', '8MiB']);
+    await c.cliOk(['export', 'add', 'u1', '--agent', 'a']);
+    await c.waitServed('u1', ['a']);
+    const url = c.url('a', 'u1');
+    await writeP(url, 0xab, 0, 2 * MiB);
+    expect(await containerSegmentsUsed(c)).to.equal(2);
+
+    const s = await LunSession.open(c.agent('a').portal, iqnOf('u1'));
+    try {
+      const r = await s.command(unmapCdb(), { write: unmapParams(0, 2 * BLOCKS_PER_SEG) });
+      expect(describeIo(r)).to.equal('GOOD');
+    } finally {
+      s.close();
+    }
+    const t = segments(await table(c, 'u1'));
+    expect(t.slice(0, 2).map((x) => x.state)).to.deep.equal([STATE.zero, STATE.zero]);
+    await waitFor('released segments freed', 20_000, async () => ((await containerSegmentsUsed(c)) === 0 ? true : undefined));
+
+    // First writes elsewhere must take the freed space: 4 KiB at the start of segments 4 and 5.
+    await writeP(url, 0xcd, 4 * MiB, 4096);
+    await writeP(url, 0xcd, 5 * MiB + MiB - 4096, 4096);
+    await readP(url, 0xcd, 4 * MiB, 4096);
+    await readP(url, 0, 4 * MiB + 4096, MiB - 4096);
+    await readP(url, 0, 5 * MiB, MiB - 4096);
+    await readP(url, 0xcd, 5 * MiB + MiB - 4096, 4096);
+    // And the unmapped range itself reads as zeros.
+    await readP(url, 0, 0, 2 * MiB);
+  });
+
+  // OPEN BUG: the controller frees a removed vdisk's container segments as they
+  // are (nothing scrubs them: the controller does no container I/O and the
+  // agent protocol has no zero command), so a new thick vdisk, or a partial
+  // first write, sees the removed vdisk's data. Fails today; un-skip with the fix.
+  it.skip('space freed by removing a vdisk reads as zeros in a new thick vdisk', async function () {
+    const c = cluster();
+    await c.cliOk(['export', 'rm', 'u1', '--agent', 'a']);
+    await c.cliOk(['vdisk', 'rm', 'u1']);
+    expect(await containerSegmentsUsed(c)).to.equal(0);
+    await c.cliOk(['vdisk', 'create', 'u2', '--size', '2MiB', '--thick']);
+    await c.cliOk(['export', 'add', 'u2', '--agent', 'a']);
+    await c.waitServed('u2', ['a']);
+    await readP(c.url('a', 'u2'), 0, 0, 2 * MiB);
+    const r = await check(c);
+    expect(r.ok, r.text).to.equal(true);
+  });
+});
