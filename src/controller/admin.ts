@@ -410,6 +410,7 @@ export class Admin {
       readOnly: e.readOnly,
       ackedVersion: e.ackedVersion,
       fenced: e.fenced,
+      allowedInitiators: [],
     };
   }
 

@@ -340,6 +340,7 @@ export class Controller {
           size: v.size,
           segmentSize: v.segmentSize,
           readOnly: e.readOnly,
+          allowedInitiators: [],
         },
       ];
     });
@@ -588,6 +589,7 @@ export class Controller {
         ackTimeoutMs: this.ackTimeoutMs,
         holdTimeoutMs: this.holdTimeoutMs,
         rejectedContainers: rejected,
+        leaseMs: 0,
       },
     });
     const have = new Map(r.tables.map((t) => [t.vdiskId, t.version]));

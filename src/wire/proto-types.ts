@@ -105,6 +105,8 @@ export interface Welcome {
   ackTimeoutMs: number;
   holdTimeoutMs: number;
   rejectedContainers: string[];
+  /** Agent lease in ms (0 = none): see Welcome.lease_ms in the .proto. */
+  leaseMs: number;
 }
 
 export interface Export {
@@ -116,6 +118,8 @@ export interface Export {
   size: number;
   segmentSize: number;
   readOnly: boolean;
+  /** Initiator IQNs allowed to see this LUN; empty = any. */
+  allowedInitiators: string[];
 }
 
 export interface ExportSet {
@@ -159,6 +163,13 @@ export interface CopyCommand {
   length: number;
 }
 
+export interface ZeroCommand {
+  commandId: number;
+  container: string;
+  offset: number;
+  length: number;
+}
+
 export interface ReleaseReply {
   requestId: number;
   ok: boolean;
@@ -185,7 +196,8 @@ export type ControllerMessage =
   | { body: 'copyCommand'; copyCommand: CopyCommand }
   | { body: 'releaseReply'; releaseReply: ReleaseReply }
   | { body: 'fence'; fence: Fence }
-  | { body: 'error'; error: ControllerError };
+  | { body: 'error'; error: ControllerError }
+  | { body: 'zeroCommand'; zeroCommand: ZeroCommand };
 
 /**
  * What the stream deserializer yields for bytes that do not decode (or
@@ -255,6 +267,7 @@ export interface ExportInfo {
   readOnly: boolean;
   ackedVersion: number;
   fenced: boolean;
+  allowedInitiators: string[];
 }
 
 export interface VdiskInfo {
@@ -312,6 +325,8 @@ export interface AddExportRequest {
   targetIqn: string;
   lun: number;
   readOnly: boolean;
+  /** Empty = any initiator. */
+  allowedInitiators: string[];
 }
 
 export interface ListExportsRequest {
@@ -449,6 +464,12 @@ export interface AdminMethods {
   ListMigrations: [Empty, ListMigrationsReply];
   CancelMigration: [MigrationRef, MigrationInfo];
   EvacuateContainer: [EvacuateContainerRequest, ListMigrationsReply];
+}
+
+/** Server-streaming AdminService RPCs (not in AdminMethods, which are unary). */
+export interface BackupChunk {
+  data: Buffer;
+  totalBytes: number;
 }
 
 export type AdminMethod = keyof AdminMethods;

@@ -74,6 +74,7 @@ export class FakeStream {
         ackTimeoutMs: 5000,
         holdTimeoutMs: 3000,
         rejectedContainers: [],
+        leaseMs: 0,
         ...w,
       },
     });

@@ -33,6 +33,7 @@ export function exportOf(over: Partial<Export> = {}): Export {
     size: SEGS * SEG,
     segmentSize: SEG,
     readOnly: false,
+    allowedInitiators: [],
     ...over,
   };
 }
