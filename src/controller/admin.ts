@@ -24,6 +24,7 @@ import type {
   AdminMethod,
   AdminMethods,
   AgentInfo,
+  BackupChunk,
   CheckReply,
   CloneVdiskRequest,
   ContainerInfo,
@@ -56,6 +57,7 @@ import { adminServiceDefinition } from '../wire/grpc.js';
 import { formatSize, SizeError } from '../util/size.js';
 import { log } from '../util/log.js';
 import { ContainerFullError } from './allocator.js';
+import { backupChunks, streamBackup } from './backup.js';
 import { checkInvariants } from './check.js';
 import { TableChangeError, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
 import { MigrationError } from './migration.js';
@@ -620,6 +622,11 @@ export class Admin {
     return { migrations: out };
   }
 
+  /** Online backup of the database, as chunks (server-streaming; not in AdminMethods). */
+  Backup(_r: Partial<Empty>): AsyncGenerator<BackupChunk> {
+    return backupChunks(this.#db);
+  }
+
   Check(_r: Partial<Empty>): CheckReply {
     const violations = checkInvariants(this.#db);
     return { ok: violations.length === 0, violations };
@@ -629,7 +636,9 @@ export class Admin {
 /** The gRPC implementation of AdminService over `admin`. */
 export function adminImplementation(admin: Admin, authorize: (md: grpc.Metadata) => string | null): grpc.UntypedServiceImplementation {
   const impl: grpc.UntypedServiceImplementation = {};
-  for (const method of Object.keys(adminServiceDefinition()) as AdminMethod[]) {
+  const def = adminServiceDefinition();
+  for (const method of Object.keys(def) as AdminMethod[]) {
+    if (def[method]?.responseStream) continue; // streaming RPCs below
     const fn = admin[method] as (r: Partial<AdminMethods[AdminMethod][0]>) => unknown;
     impl[method] = (call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) => {
       const denied = authorize(call.metadata);
@@ -650,5 +659,13 @@ export function adminImplementation(admin: Admin, authorize: (md: grpc.Metadata)
         );
     };
   }
+  impl.Backup = (call: grpc.ServerWritableStream<Empty, BackupChunk>) => {
+    const denied = authorize(call.metadata);
+    if (denied !== null) {
+      call.emit('error', { code: grpc.status.UNAUTHENTICATED, details: denied });
+      return;
+    }
+    void streamBackup(admin.Backup(call.request), call);
+  };
   return impl;
 }

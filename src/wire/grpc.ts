@@ -8,9 +8,12 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import protobuf from 'protobufjs';
-import type { AdminMethod, AdminReply, AdminRequest, AgentMessage, ControllerMessage, MalformedMessage } from './proto-types.js';
+import type { AdminMethod, AdminReply, AdminRequest, AgentMessage, BackupChunk, ControllerMessage, MalformedMessage } from './proto-types.js';
 
 export const PROTO_PACKAGE = 'tabula.v1';
+
+/** AdminService.Backup's request (no fields). */
+export type BackupRequest = Record<string, never>;
 
 /** Finds proto/tabula.proto above this module (works from src/ under tsx and from dist/). */
 export function protoPath(): string {
@@ -174,6 +177,18 @@ export class AdminClient {
           else resolve(value as AdminReply<M>);
         },
       );
+    });
+  }
+
+  /**
+   * AdminService.Backup: the database backup as a readable stream of chunks
+   * (async-iterable; errors are ServiceErrors). `deadlineMs` bounds the
+   * whole transfer (default 30 minutes: a backup is as long as the database).
+   */
+  backup(opts: { deadlineMs?: number } = {}): grpc.ClientReadableStream<BackupChunk> {
+    const def = adminServiceDefinition().Backup as grpc.MethodDefinition<BackupRequest, BackupChunk>;
+    return this.#client.makeServerStreamRequest(def.path, def.requestSerialize, def.responseDeserialize, {}, authMetadata(this.#token), {
+      deadline: Date.now() + (opts.deadlineMs ?? 30 * 60_000),
     });
   }
 
