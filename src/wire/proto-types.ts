@@ -182,6 +182,11 @@ export interface Fence {
   reason: string;
 }
 
+/** Answer to Heartbeat `seq` (sent only when the controller grants a lease). */
+export interface HeartbeatReply {
+  seq: number;
+}
+
 export interface ControllerError {
   message: string;
   fatal: boolean;
@@ -197,7 +202,8 @@ export type ControllerMessage =
   | { body: 'releaseReply'; releaseReply: ReleaseReply }
   | { body: 'fence'; fence: Fence }
   | { body: 'error'; error: ControllerError }
-  | { body: 'zeroCommand'; zeroCommand: ZeroCommand };
+  | { body: 'zeroCommand'; zeroCommand: ZeroCommand }
+  | { body: 'heartbeatReply'; heartbeatReply: HeartbeatReply };
 
 /**
  * What the stream deserializer yields for bytes that do not decode (or
