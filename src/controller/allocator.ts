@@ -1,5 +1,6 @@
 // Free-space allocation of container segments. The free map is the
-// complement of `container_segments` in the DB; this keeps it in memory as
+// complement of `container_segments` in the DB (which also holds freed
+// segments until they are scrubbed); this keeps it in memory as
 // sorted free runs per container so an allocation does not scan the map.
 // The DB stays the truth: callers allocate inside the transaction that
 // records the allocation, and `reload()` after a failed transaction.
@@ -32,10 +33,13 @@ export class ContainerFullError extends Error {
     readonly available: number,
     readonly segmentSize: number,
     detail: string,
+    /** Segments of those containers freed but not yet zeroed (they become free once scrubbed). */
+    readonly scrubbing = 0,
   ) {
     super(
       `container full: vdisk ${vdisk} needs ${needed} more segment${needed === 1 ? '' : 's'} of ${formatSize(segmentSize)}` +
-        ` but ${detail} ${available === 0 ? 'no free segments' : `only ${available} free`}`,
+        ` but ${detail} ${available === 0 ? 'no free segments' : `only ${available} free`}` +
+        (scrubbing > 0 ? `; ${scrubbing} segment${scrubbing === 1 ? ' is' : 's are'} being scrubbed and will be free once zeroed` : ''),
     );
     this.name = 'ContainerFullError';
   }
@@ -57,6 +61,8 @@ export interface AllocationObserver {
 export class Allocator {
   /** Set by whoever counts allocations (the metrics); null when nobody does. */
   observer: AllocationObserver | null = null;
+  /** Told of locations given up by unreserve, now waiting to be scrubbed (the controller's scrubber). */
+  scrubSink: ((locs: Location[]) => void) | null = null;
   readonly #db: ControllerDb;
   #space = new Map<string, ContainerSpace>();
   /**
@@ -115,12 +121,17 @@ export class Allocator {
     return locs;
   }
 
-  /** Ends a reservation: `free` when the mapping was not committed (back to the free map). */
+  /**
+   * Ends a reservation. `free` when the mapping was not committed: a copy
+   * may have written there, so the locations are scrubbed (zeroed by an
+   * agent) before they return to the free map.
+   */
   unreserve(locs: readonly Location[], free: boolean): void {
     for (const l of locs) this.#reserved.delete(locKey(l));
     if (!free) return;
-    // Only what the DB does not hold goes back (a commit may have raced the caller's view).
-    this.free(locs.filter((l) => this.#db.containerSegment(l.containerId, l.offset) === undefined));
+    // Only what the DB does not hold (a commit may have raced the caller's view).
+    const marked = this.#db.markScrub(locs);
+    if (marked.length > 0) this.scrubSink?.(marked);
   }
 
   get reservedCount(): number {
@@ -159,7 +170,8 @@ export class Allocator {
         eligible.length === 0
           ? 'no container is eligible (online, same segment size, reached by every exporting agent) and has'
           : `its ${eligible.length} eligible container${eligible.length === 1 ? ' has' : 's have'}`;
-      throw new ContainerFullError(vdisk.name, count, available, vdisk.segmentSize, detail);
+      const scrubbing = eligible.reduce((n, id) => n + this.#db.scrubPendingCount(id), 0);
+      throw new ContainerFullError(vdisk.name, count, available, vdisk.segmentSize, detail, scrubbing);
     }
     // Water-filling: take from the containers with the most free space until
     // they are level with the next ones, so free space stays even and each
@@ -199,7 +211,7 @@ export class Allocator {
     return out;
   }
 
-  /** Returns reclaimed locations to the free maps. */
+  /** Returns locations to the free maps: only ones the DB no longer holds (scrubbed, or never used). */
   free(locations: readonly Location[]): void {
     let n = 0;
     for (const l of locations) {

@@ -26,11 +26,25 @@ export function checkInvariants(db: ControllerDb): string[] {
     .all() as { c: string; o: number; rc: number; refs: number }[];
   for (const r of counts) out.push(`${loc(r.c, r.o)} has reference count ${r.rc} but ${r.refs} table entries reference it`);
 
-  // A count of 0 is legal only while the release waits for acks.
+  // A count of 0 is legal only while the release waits for acks, or the
+  // freed location waits to be zeroed (scrub) before it is free.
   const orphans = sql
-    .prepare('SELECT container_id AS c, offset AS o FROM container_segments WHERE refcount = 0 AND (release_vdisk IS NULL OR release_version IS NULL)')
+    .prepare(
+      'SELECT container_id AS c, offset AS o FROM container_segments WHERE refcount = 0 AND scrub = 0 AND (release_vdisk IS NULL OR release_version IS NULL)',
+    )
     .all() as { c: string; o: number }[];
   for (const r of orphans) out.push(`${loc(r.c, r.o)} is allocated with reference count 0 and no pending release`);
+
+  // A location waiting to be scrubbed holds old data and may be zeroed any
+  // moment: nothing may map it.
+  const scrubMapped = sql
+    .prepare(
+      `SELECT s.vdisk_id AS v, s.seg AS seg, s.container_id AS c, s.offset AS o FROM segments s
+       JOIN container_segments cs ON cs.container_id = s.container_id AND cs.offset = s.offset
+       WHERE cs.scrub = 1 ORDER BY s.vdisk_id, s.seg`,
+    )
+    .all() as { v: string; seg: number; c: string; o: number }[];
+  for (const r of scrubMapped) out.push(`${vd(r.v)} segment ${r.seg} references ${loc(r.c, r.o)}, which is waiting to be scrubbed`);
 
   // Every referenced location is allocated (not in the free map).
   const unallocated = sql

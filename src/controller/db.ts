@@ -14,8 +14,10 @@
 //   complement (offsets 0 .. segments_total-1 without a row), so "allocated
 //   and free at once" cannot be stored. A row whose count fell to 0 stays,
 //   marked with the vdisk and version that released it, until every agent
-//   exporting that vdisk has acked that version (design notes §2.3); only
-//   then is the row deleted and the location reusable.
+//   exporting that vdisk has acked that version (design notes §2.3); then
+//   it is marked `scrub` (still allocated, nothing may map it) until an
+//   agent has zeroed it, and only then is the row deleted and the location
+//   reusable: no vdisk may read another's old data.
 // - Snapshots are vdisks of kind 'snapshot' (read-only); a snapshot or clone
 //   shares its source's container segments, whose counts then exceed 1.
 // - `migrations` holds one row per vdisk with its latest migration, so a
@@ -97,6 +99,8 @@ export interface ContainerSegmentRow {
   refcount: number;
   releaseVdisk: string | null;
   releaseVersion: number | null;
+  /** Freed, waiting for an agent to zero it before it goes back to the free map. */
+  scrub: boolean;
 }
 
 export interface ExportRow {
@@ -107,6 +111,8 @@ export interface ExportRow {
   readOnly: boolean;
   ackedVersion: number;
   fenced: boolean;
+  /** Initiator IQNs allowed to log in to the target and see this LUN; empty = any. */
+  allowedInitiators: string[];
 }
 
 export interface AgentRow {
@@ -251,6 +257,19 @@ export const MIGRATIONS: readonly ((db: Sql) => void)[] = [
       );
     `);
   },
+  // Scrub before reuse: a freed location stays allocated, marked scrub,
+  // until an agent has zeroed it (a scrub row can never be referenced).
+  (db) => {
+    db.exec(`
+      ALTER TABLE container_segments ADD COLUMN scrub INTEGER NOT NULL DEFAULT 0
+        CHECK (scrub IN (0, 1) AND (scrub = 0 OR refcount = 0));
+      CREATE INDEX container_segments_scrub ON container_segments (container_id, offset) WHERE scrub = 1;
+    `);
+  },
+  // Initiator ACLs per export (JSON array of IQNs; [] = any initiator).
+  (db) => {
+    db.exec(`ALTER TABLE exports ADD COLUMN allowed_initiators TEXT NOT NULL DEFAULT '[]'`);
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -354,6 +373,7 @@ interface RawExport {
   read_only: number;
   acked_version: number;
   fenced: number;
+  allowed_initiators: string;
 }
 
 interface RawFault {
@@ -412,6 +432,7 @@ const toExport = (r: RawExport): ExportRow => ({
   readOnly: r.read_only !== 0,
   ackedVersion: r.acked_version,
   fenced: r.fenced !== 0,
+  allowedInitiators: JSON.parse(r.allowed_initiators) as string[],
 });
 
 const toFault = (r: RawFault): FaultRow => ({
@@ -489,12 +510,17 @@ export class ControllerDb {
            release_version = CASE WHEN refcount = 1 THEN ? ELSE release_version END
          WHERE container_id = ? AND offset = ? AND refcount > 0`,
       ),
-      releasable: p(
-        'SELECT container_id, offset FROM container_segments WHERE refcount = 0 AND release_vdisk = ? AND release_version <= ?',
+      releasedToScrub: p(
+        `UPDATE container_segments SET scrub = 1, release_vdisk = NULL, release_version = NULL
+         WHERE refcount = 0 AND release_vdisk = ? AND release_version <= ? RETURNING container_id, offset`,
       ),
-      deleteReleasable: p(
-        'DELETE FROM container_segments WHERE refcount = 0 AND release_vdisk = ? AND release_version <= ?',
+      insertScrub: p('INSERT INTO container_segments (container_id, offset, refcount, scrub) VALUES (?, ?, 0, 1) ON CONFLICT DO NOTHING'),
+      scrubPending: p('SELECT container_id, offset FROM container_segments WHERE scrub = 1 ORDER BY container_id, offset'),
+      scrubbed: p(
+        'DELETE FROM container_segments WHERE container_id = ? AND offset >= ? AND offset < ? AND scrub = 1 AND refcount = 0 RETURNING offset',
       ),
+      scrubCount: p('SELECT COUNT(*) FROM container_segments WHERE container_id = ? AND scrub = 1'),
+      scrubIn: p('SELECT offset FROM container_segments WHERE container_id = ? AND offset >= ? AND offset < ? AND scrub = 1 ORDER BY offset'),
       usedOffsets: p('SELECT offset FROM container_segments WHERE container_id = ? ORDER BY offset'),
       agent: p('SELECT * FROM agents WHERE name = ?'),
       agents: p('SELECT * FROM agents ORDER BY name'),
@@ -512,7 +538,7 @@ export class ControllerDb {
       exports: p('SELECT * FROM exports ORDER BY agent, target_iqn, lun'),
       export: p('SELECT * FROM exports WHERE vdisk_id = ? AND agent = ?'),
       insertExport: p(
-        'INSERT INTO exports (vdisk_id, agent, target_iqn, lun, read_only, acked_version, fenced) VALUES (?, ?, ?, ?, ?, ?, 0)',
+        'INSERT INTO exports (vdisk_id, agent, target_iqn, lun, read_only, acked_version, fenced, allowed_initiators) VALUES (?, ?, ?, ?, ?, ?, 0, ?)',
       ),
       deleteExport: p('DELETE FROM exports WHERE vdisk_id = ? AND agent = ?'),
       ackExport: p('UPDATE exports SET acked_version = MAX(acked_version, ?) WHERE vdisk_id = ? AND agent = ?'),
@@ -594,7 +620,7 @@ export class ControllerDb {
 
   containerSegment(containerId: string, offset: number): ContainerSegmentRow | undefined {
     const r = this.#s.cseg.get(containerId, offset) as
-      | { container_id: string; offset: number; refcount: number; release_vdisk: string | null; release_version: number | null }
+      | { container_id: string; offset: number; refcount: number; release_vdisk: string | null; release_version: number | null; scrub: number }
       | undefined;
     return (
       r && {
@@ -603,7 +629,45 @@ export class ControllerDb {
         refcount: r.refcount,
         releaseVdisk: r.release_vdisk,
         releaseVersion: r.release_version,
+        scrub: r.scrub !== 0,
       }
+    );
+  }
+
+  // ---- scrubbing (freed space is zeroed before reuse) ----
+
+  /** Every location waiting to be scrubbed, by container and offset. */
+  scrubPending(): Location[] {
+    return (this.#s.scrubPending.all() as { container_id: string; offset: number }[]).map((r) => ({ containerId: r.container_id, offset: r.offset }));
+  }
+
+  /** Locations of one container waiting to be scrubbed. */
+  scrubPendingCount(containerId: string): number {
+    return this.#s.scrubCount.pluck().get(containerId) as number;
+  }
+
+  /** Offsets of [offset, offset+count) of a container that wait to be scrubbed. */
+  scrubPendingIn(containerId: string, offset: number, count: number): number[] {
+    return this.#s.scrubIn.pluck().all(containerId, offset, offset + count) as number[];
+  }
+
+  /**
+   * Marks locations that nothing records (a reservation given up after a
+   * copy may have written to it) as waiting to be scrubbed; returns those
+   * newly marked (a location the map already holds is left as it is).
+   */
+  markScrub(locs: readonly Location[]): Location[] {
+    return this.tx(() => locs.filter((l) => this.#s.insertScrub.run(l.containerId, l.offset).changes > 0));
+  }
+
+  /**
+   * Container segments [offset, offset+count) of a container have been
+   * zeroed: those still waiting for it leave the map (so are free) and are
+   * returned.
+   */
+  finishScrub(containerId: string, offset: number, count: number): Location[] {
+    return this.tx(() =>
+      (this.#s.scrubbed.pluck().all(containerId, offset, offset + count) as number[]).map((o) => ({ containerId, offset: o })),
     );
   }
 
@@ -714,6 +778,10 @@ export class ControllerDb {
             `vdisk ${vdisk.name} segment ${seg}: offset ${location.offset} outside container ${c.id} (${c.segmentsTotal} segments)`,
           );
         }
+        if (this.containerSegment(location.containerId, location.offset)?.scrub) {
+          // It still holds a freed vdisk's data and an agent may be zeroing it right now.
+          throw new TableChangeError(`vdisk ${vdisk.name} segment ${seg}: container ${c.id} offset ${location.offset} is waiting to be scrubbed`);
+        }
         this.#s.csegIncr.run(location.containerId, location.offset);
       }
       if (old.containerId !== null && old.offset !== null) {
@@ -727,14 +795,16 @@ export class ControllerDb {
 
   /**
    * Container segments released by `vdiskId` at or before `version` whose
-   * count is still 0: deleted from the map (so free) and returned.
+   * count is still 0: marked to be scrubbed (still allocated, not yet free)
+   * and returned.
    */
   reclaim(vdiskId: string, version: number): Location[] {
-    return this.tx(() => {
-      const rows = this.#s.releasable.all(vdiskId, version) as { container_id: string; offset: number }[];
-      if (rows.length > 0) this.#s.deleteReleasable.run(vdiskId, version);
-      return rows.map((r) => ({ containerId: r.container_id, offset: r.offset }));
-    });
+    return this.tx(() =>
+      (this.#s.releasedToScrub.all(vdiskId, version) as { container_id: string; offset: number }[]).map((r) => ({
+        containerId: r.container_id,
+        offset: r.offset,
+      })),
+    );
   }
 
   /** The lowest version every exporting agent has acked; Infinity when nobody exports the vdisk. */
@@ -916,8 +986,8 @@ export class ControllerDb {
     return r && toExport(r);
   }
 
-  insertExport(e: Omit<ExportRow, 'fenced'>): void {
-    this.#s.insertExport.run(e.vdiskId, e.agent, e.targetIqn, e.lun, e.readOnly ? 1 : 0, e.ackedVersion);
+  insertExport(e: Omit<ExportRow, 'fenced' | 'allowedInitiators'> & { allowedInitiators?: readonly string[] }): void {
+    this.#s.insertExport.run(e.vdiskId, e.agent, e.targetIqn, e.lun, e.readOnly ? 1 : 0, e.ackedVersion, JSON.stringify(e.allowedInitiators ?? []));
   }
 
   deleteExport(vdiskId: string, agent: string): boolean {

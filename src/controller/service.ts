@@ -30,6 +30,7 @@ import { ControllerDb, TableChangeError, type Location, type VdiskRow } from './
 import { AgentLink, type AgentCall } from './agent-link.js';
 import { FaultManager } from './faults.js';
 import { MigrationManager } from './migration.js';
+import { Scrubber, type ScrubberOptions } from './scrubber.js';
 
 export interface ControllerOptions {
   /** How long an agent has to ack a table version before it is fenced (default 3000 ms). */
@@ -39,6 +40,8 @@ export interface ControllerOptions {
   /** Hold timeout told to agents (default 10000 ms, design notes §2.4). */
   holdTimeoutMs?: number;
   controllerId?: string;
+  /** How freed segments are zeroed before reuse (commands in flight, retry backoff). */
+  scrub?: ScrubberOptions;
 }
 
 /** What a table change did: the new version and the segments it touched. */
@@ -72,6 +75,8 @@ export class Controller {
   readonly allocator: Allocator;
   readonly faults: FaultManager;
   readonly migrations: MigrationManager;
+  /** Zeroes freed container segments (through agents) before they can be allocated again. */
+  readonly scrubber: Scrubber;
   /**
    * Locations (locKey) being copied by a migration: faults on entries that
    * reference them WAIT (no copy-on-write, no making them writable) until
@@ -97,6 +102,8 @@ export class Controller {
     this.allocator = new Allocator(db);
     this.faults = new FaultManager(this);
     this.migrations = new MigrationManager(this);
+    this.scrubber = new Scrubber(this, opts.scrub);
+    this.allocator.scrubSink = (locs) => this.scrubber.add(locs);
     this.id = opts.controllerId ?? randomUUID();
     this.ackTimeoutMs = opts.ackTimeoutMs ?? 3000;
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 2000;
@@ -253,14 +260,17 @@ export class Controller {
     this.faults.onTableChanged(r.vdiskId);
   }
 
-  /** Frees locations released at versions every exporting agent has acked. */
+  /**
+   * Locations released at versions every exporting agent has acked go to
+   * the scrubber, which frees them once an agent has zeroed them.
+   */
   reclaim(vdiskId: string): number {
     const vdisk = this.db.vdisk(vdiskId);
     const upTo = Math.min(this.db.minAckedVersion(vdiskId), vdisk?.version ?? Number.MAX_SAFE_INTEGER);
     const freed = this.db.reclaim(vdiskId, upTo);
     if (freed.length > 0) {
-      this.allocator.free(freed);
-      log.debug(`reclaimed ${freed.length} container segments released by vdisk ${vdisk?.name ?? vdiskId}`);
+      this.scrubber.add(freed);
+      log.debug(`reclaimed ${freed.length} container segments released by vdisk ${vdisk?.name ?? vdiskId}; scrubbing them`);
     }
     return freed.length;
   }
@@ -453,6 +463,17 @@ export class Controller {
     });
   }
 
+  /** Commands an agent to zero a data-area range (scrub); resolves like copy. */
+  zero(agent: string, cmd: { container: string; offset: number; length: number }): Promise<string | null> {
+    const link = this.link(agent);
+    if (!link) return Promise.resolve(`agent ${agent} is offline`);
+    const commandId = this.#nextCopyId++;
+    return new Promise((resolve) => {
+      this.#copies.set(commandId, { resolve, agent });
+      link.send({ body: 'zeroCommand', zeroCommand: { commandId, ...cmd } });
+    });
+  }
+
   // ---- the stream ----
 
   /** AgentService.Connect handler. */
@@ -594,6 +615,8 @@ export class Controller {
     });
     const have = new Map(r.tables.map((t) => [t.vdiskId, t.version]));
     this.#awaitInitial(link, this.syncExports(link, have));
+    // Freed space on containers this agent reaches may be waiting for it.
+    this.scrubber.kick();
   }
 
   /** Null when the claim matches the registered container, else why not. */
@@ -688,6 +711,7 @@ export class Controller {
     if (this.#closed) return;
     this.#closed = true;
     this.migrations.stopAll();
+    this.scrubber.stop();
     for (const l of this.#allLinks) {
       l.close('controller shutting down');
       this.faults.dropLink(l);

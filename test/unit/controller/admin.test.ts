@@ -6,7 +6,7 @@ import { AdminError } from '../../../src/controller/admin.js';
 import { ContainerFullError } from '../../../src/controller/allocator.js';
 import { startController } from '../../../src/controller/daemon.js';
 import { FaultAction } from '../../../src/wire/proto-types.js';
-import { CA, CB, FakeAgent, MiB, containerRef, startTestController, tempDir } from './helpers.js';
+import { CA, CB, FakeAgent, MiB, containerRef, startTestController, tempDir, until } from './helpers.js';
 
 type Ctl = Awaited<ReturnType<typeof startTestController>>;
 
@@ -121,7 +121,14 @@ describe('controller admin', () => {
     expect(ctl.admin.ShowVdisk({ name: 'd' }).segmentsAllocated).to.equal(2);
     await ctl.admin.SetSegmentState({ vdisk: 'd', first: 0, count: 2, state: SegmentState.Zero });
     expect(ctl.admin.ShowVdisk({ name: 'd' })).to.deep.include({ segmentsAllocated: 0, version: 4 });
-    expect(ctl.db.containerSegmentsUsed(CA) + ctl.db.containerSegmentsUsed(CB), 'no exporter: freed at once').to.equal(0);
+    const used = (): number => ctl.db.containerSegmentsUsed(CA) + ctl.db.containerSegmentsUsed(CB);
+    expect(ctl.db.scrubPendingCount(CA) + ctl.db.scrubPendingCount(CB), 'no exporter: released at once, no agent to scrub yet').to.equal(2);
+    expect(used()).to.equal(2);
+    const a = new FakeAgent(ctl.address, 'a1', { containers: [containerRef(CA, 8), containerRef(CB, 8)] });
+    agents.push(a);
+    await a.register();
+    await until(() => used() === 0, 2000, 'scrubbed by a1 and free');
+    expect(a.zeros.length).to.be.greaterThan(0);
     const err = await ctl.admin.SetSegmentState({ vdisk: 'd', first: 3, count: 2, state: SegmentState.Invalid }).catch((e: AdminError) => e);
     expect((err as AdminError).code).to.equal(grpc.status.INVALID_ARGUMENT);
     expect(ctl.admin.GetTable({ name: v.id }).extents).to.deep.equal([{ first: 0, count: 4, state: SegmentState.Zero, container: '', offset: 0 }]);

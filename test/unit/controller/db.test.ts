@@ -87,6 +87,8 @@ describe('controller db', () => {
     expect(rel).to.include({ refcount: 0, releaseVdisk: 'v1', releaseVersion: 5 });
     expect(db.reclaim('v1', 4)).to.deep.equal([]);
     expect(db.reclaim('v1', 5)).to.deep.equal([{ containerId: CA, offset: 3 }]);
+    expect(db.containerSegment(CA, 3), 'still allocated until zeroed').to.include({ refcount: 0, releaseVdisk: null, scrub: true });
+    expect(db.finishScrub(CA, 3, 1)).to.deep.equal([{ containerId: CA, offset: 3 }]);
     expect(db.containerSegment(CA, 3)).to.equal(undefined);
     db.close();
   });

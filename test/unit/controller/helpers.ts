@@ -16,6 +16,7 @@ import type {
   MalformedMessage,
   ReleaseReply,
   Welcome,
+  ZeroCommand,
 } from '../../../src/wire/proto-types.js';
 import { startController, type ControllerHandle, type StartControllerOptions } from '../../../src/controller/daemon.js';
 import { fromWireExtent } from '../../../src/controller/service.js';
@@ -64,6 +65,8 @@ export interface FakeAgentOptions {
    */
   copy?: 'ok' | 'manual' | 'files';
   files?: Map<string, string>;
+  /** How ZeroCommands (scrubs) are answered: 'ok' at once (default, and zeroed in `files` when there), or 'manual' (the test calls copyDone). */
+  zero?: 'ok' | 'manual';
 }
 
 export class FakeAgent {
@@ -80,6 +83,10 @@ export class FakeAgent {
   readonly copies: CopyCommand[] = [];
   /** Answer for the next 'ok'/'files' copies: null = success, else the error text. */
   copyError: string | null = null;
+  /** ZeroCommands received, in order. */
+  readonly zeros: ZeroCommand[] = [];
+  /** Answer for the next 'ok' zeros: null = success, else the error text. */
+  zeroError: string | null = null;
   #opts: FakeAgentOptions;
   #waiters: { pred: (m: Msg) => boolean; resolve: (m: Msg) => void; from: number }[] = [];
   #nextFault = 1;
@@ -144,6 +151,11 @@ export class FakeAgent {
       const mode = this.#opts.copy ?? 'ok';
       if (mode === 'ok') this.copyDone(c.commandId, this.copyError);
       else if (mode === 'files') this.copyDone(c.commandId, this.copyError ?? this.#copyFiles(c));
+    } else if (m.body === 'zeroCommand') {
+      const z = m.zeroCommand;
+      this.zeros.push(z);
+      this.events.push(`zero ${z.commandId}`);
+      if ((this.#opts.zero ?? 'ok') === 'ok') this.copyDone(z.commandId, this.zeroError ?? this.#zeroFile(z));
     }
     const idx = this.received.length - 1;
     for (const w of [...this.#waiters]) {
@@ -172,6 +184,18 @@ export class FakeAgent {
       writeSync(fd, buf, 0, c.length, MiB + c.dstOffset);
     } finally {
       closeSync(fs);
+      closeSync(fd);
+    }
+    return null;
+  }
+
+  #zeroFile(z: ZeroCommand): string | null {
+    const path = this.#opts.files?.get(z.container);
+    if (path === undefined) return null;
+    const fd = openSync(path, 'r+');
+    try {
+      writeSync(fd, Buffer.alloc(z.length), 0, z.length, MiB + z.offset);
+    } finally {
       closeSync(fd);
     }
     return null;

@@ -111,7 +111,7 @@ describe('controller online migration', () => {
     expect(a.copies).to.have.length(4);
     expect(a.tables.get(id)!.counts().normal).to.equal(4);
     expect([0, 1, 2, 3].every((s) => a.tables.get(id)!.get(s).container === CB)).to.equal(true);
-    expect(ctl!.db.containerSegmentsUsed(CA)).to.equal(0);
+    await until(() => ctl!.db.containerSegmentsUsed(CA) === 0, 2000, 'CA scrubbed and free');
     expect(ctl!.admin.ShowVdisk({ name: 'd' }).migration).to.deep.include({ state: 'done' });
     expect(ctl!.admin.ListMigrations({}).migrations.map((x) => x.vdiskName)).to.deep.equal(['d']);
     clean();
@@ -179,7 +179,7 @@ describe('controller online migration', () => {
     }
     await migrationDone('d');
     expect(ctl!.admin.GetMigration({ vdisk: 'd' })).to.deep.include({ state: 'done', segmentsDone: 3 });
-    expect(ctl!.db.containerSegmentsUsed(CA)).to.equal(0);
+    await until(() => ctl!.db.containerSegmentsUsed(CA) === 0, 2000, 'CA scrubbed and free');
     clean();
   });
 
@@ -205,7 +205,7 @@ describe('controller online migration', () => {
     expect(r.map((x) => [x[1], x[2]])).to.deep.equal([0, 1, 2, 3].map(() => [NORMAL, CB]));
     for (const [seg, , , off] of r) expect(readSeg(files.get(CB)!, off!).equals(pattern(seg + 1)), `segment ${seg} data`).to.equal(true);
     expect(b.copies.length).to.equal(3);
-    expect(h.db.containerSegmentsUsed(CA)).to.equal(0);
+    await until(() => h.db.containerSegmentsUsed(CA) === 0, 2000, 'CA scrubbed and free');
     clean();
   });
 

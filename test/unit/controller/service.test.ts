@@ -4,7 +4,7 @@ import { SegmentState } from '../../../src/table/index.js';
 import { FaultAction } from '../../../src/wire/proto-types.js';
 import { AdminClient, agentServiceDefinition } from '../../../src/wire/grpc.js';
 import { startController } from '../../../src/controller/daemon.js';
-import { CA, CB, FakeAgent, MiB, containerRef, sleep, startTestController } from './helpers.js';
+import { CA, CB, FakeAgent, MiB, containerRef, sleep, startTestController, until } from './helpers.js';
 
 type Ctl = Awaited<ReturnType<typeof startTestController>>;
 
@@ -165,7 +165,7 @@ describe('controller service (fake agents over loopback gRPC)', () => {
     expect(rel.ok).to.equal(true);
     expect(a.tables.get(vdiskId)!.counts().zero).to.equal(4);
     expect(rel.tableVersion).to.equal(a.tables.get(vdiskId)!.version);
-    expect(ctl.db.containerSegmentsUsed(CA), 'freed once every exporter acked').to.equal(0);
+    await until(() => ctl.db.containerSegmentsUsed(CA) === 0, 2000, 'freed once scrubbed');
     expect(ctl.admin.Check({}).ok).to.equal(true);
   });
 
