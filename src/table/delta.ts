@@ -5,7 +5,6 @@
 
 import { MappingTable } from './mapping-table.js';
 import { applyExtents, checkExtents, extentsIn, type Extent } from './extents.js';
-import { SegmentState } from './segment-state.js';
 
 export interface TableDelta {
   fromVersion: number;
@@ -41,26 +40,11 @@ export function diff(older: MappingTable, newer: MappingTable): TableDelta {
   if (newer.version <= older.version) {
     throw new RangeError(`cannot diff version ${older.version} to version ${newer.version}: versions only move forward`);
   }
-  // Older slot -> newer slot, so the scan compares integers, not strings.
-  const slotMap = new Int32Array(older.containers.length);
-  older.containers.forEach((id, i) => {
-    slotMap[i] = newer.containers.indexOf(id);
-  });
-  const oldCount = older.segmentCount;
-  const changed = (s: number): boolean => {
-    if (s >= oldCount) return newer.stateOf(s) !== SegmentState.Zero;
-    const os = older.slotOf(s);
-    return (
-      older.stateOf(s) !== newer.stateOf(s) ||
-      (os < 0 ? -1 : (slotMap[os] as number)) !== newer.slotOf(s) ||
-      older.containerOffsetOf(s) !== newer.containerOffsetOf(s)
-    );
-  };
   return {
     fromVersion: older.version,
     toVersion: newer.version,
     segmentCount: newer.segmentCount,
-    extents: extentsIn(newer, 0, newer.segmentCount, changed),
+    extents: newer.changedRuns(older).flatMap(([first, end]) => extentsIn(newer, first, end)),
   };
 }
 

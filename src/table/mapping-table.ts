@@ -575,6 +575,42 @@ export class MappingTable {
   }
 
   /**
+   * Segments whose entries differ from `older` (container ids compared by
+   * value), as sorted, disjoint [first, end) runs; segments beyond `older`'s
+   * count count as changed unless zero (growth adds zero segments). One
+   * typed-array pass: a 16 M-segment install diffs in tens of milliseconds.
+   */
+  changedRuns(older: MappingTable): [number, number][] {
+    const out: [number, number][] = [];
+    const n = Math.min(this.#segmentCount, older.#segmentCount);
+    const slotMap = older.#slotTranslation(this);
+    const a = older.#states;
+    const b = this.#states;
+    const as = older.#slots;
+    const bs = this.#slots;
+    const ao = older.#offsets;
+    const bo = this.#offsets;
+    let s = 0;
+    while (s < n) {
+      while (s < n && a[s] === b[s] && slotMap[as[s] as number] === bs[s] && ao[s] === bo[s]) s++;
+      if (s === n) break;
+      const first = s;
+      while (s < n && !(a[s] === b[s] && slotMap[as[s] as number] === bs[s] && ao[s] === bo[s])) s++;
+      out.push([first, s]);
+    }
+    for (let t = n; t < this.#segmentCount; ) {
+      while (t < this.#segmentCount && b[t] === SegmentState.Zero) t++;
+      if (t === this.#segmentCount) break;
+      const first = t;
+      while (t < this.#segmentCount && b[t] !== SegmentState.Zero) t++;
+      const last = out[out.length - 1];
+      if (last !== undefined && last[1] === first) last[1] = t;
+      else out.push([first, t]);
+    }
+    return out;
+  }
+
+  /**
    * For each of this table's +1-encoded slots (index 0 = none), the matching
    * +1-encoded slot in `other`, or -1 when `other` has no such container.
    */

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { MappingTable, normalizeEntry, type IoPiece, type PieceCallback } from '../../../src/table/mapping-table.js';
 import { SegmentState } from '../../../src/table/segment-state.js';
-import { C1, C2, int, naiveSplit, rng } from './helpers.js';
+import { C1, C2, C3, int, naiveSplit, randomModel, rng, tableFromModel, type ModelEntry } from './helpers.js';
 
 const MiB = 1 << 20;
 
@@ -332,6 +332,56 @@ describe('table/mapping-table', () => {
       expect(t.slotOf(1)).to.equal(0);
       expect(t.pruneContainers()).to.equal(0);
       expect(before.containers).to.deep.equal([C1, C2]);
+    });
+  });
+  describe('changedRuns', () => {
+    /** Naive reference: per-segment comparison of the models; growth counts only non-zero entries. */
+    function naiveRuns(older: readonly ModelEntry[], newer: readonly ModelEntry[]): [number, number][] {
+      const out: [number, number][] = [];
+      newer.forEach((e, s) => {
+        const o = older[s];
+        const changed = o === undefined ? e.state !== SegmentState.Zero : o.state !== e.state || o.container !== e.container || o.offset !== e.offset;
+        if (!changed) return;
+        const last = out[out.length - 1];
+        if (last !== undefined && last[1] === s) last[1] = s + 1;
+        else out.push([s, s + 1]);
+      });
+      return out;
+    }
+
+    it('finds the differing runs, comparing containers by id whatever their slots', () => {
+      const older = new MappingTable({ segmentCount: 6 });
+      older.setRange(0, 6, { state: SegmentState.Normal, container: C1, offset: 0 });
+      older.set(5, { state: SegmentState.Normal, container: C2, offset: 9 });
+      // C2 interned first here: slots differ, entries of segments 0-3 do not.
+      const newer = new MappingTable({ segmentCount: 9 });
+      newer.set(5, { state: SegmentState.Normal, container: C2, offset: 9 });
+      newer.setRange(0, 5, { state: SegmentState.Normal, container: C1, offset: 0 });
+      newer.set(4, { state: SegmentState.NoWrite, container: C1, offset: 4 });
+      newer.set(6, { state: SegmentState.Invalid });
+      newer.set(8, { state: SegmentState.Normal, container: C3, offset: 1 });
+      expect(newer.changedRuns(older)).to.deep.equal([
+        [4, 5],
+        [6, 7],
+        [8, 9],
+      ]);
+      expect(older.changedRuns(older.clone())).to.deep.equal([]);
+    });
+
+    it('joins a changed last segment with non-zero growth into one run', () => {
+      const older = new MappingTable({ segmentCount: 3 });
+      const newer = new MappingTable({ segmentCount: 5 });
+      newer.setRange(2, 3, { state: SegmentState.Invalid });
+      expect(newer.changedRuns(older)).to.deep.equal([[2, 5]]);
+    });
+
+    it('matches a naive comparison on random tables', () => {
+      const r = rng(7);
+      for (let i = 0; i < 200; i++) {
+        const a = randomModel(r, int(r, 1, 40));
+        const b = r() < 0.3 ? randomModel(r, int(r, 1, 40)) : a.map((e) => (r() < 0.2 ? (randomModel(r, 1)[0] as ModelEntry) : e));
+        expect(tableFromModel(b).changedRuns(tableFromModel(a)), `case ${i}`).to.deep.equal(naiveRuns(a, b));
+      }
     });
   });
 });
