@@ -5,7 +5,7 @@
 import type { BlockDevice } from '../blockdev/block-device.js';
 import type { ContainerResolver } from '../container/driver.js';
 import { MappingTable, SegmentState, type TableDelta } from '../table/index.js';
-import type { FaultSink } from './fault.js';
+import type { FaultSink, Lease } from './fault.js';
 import { VdiskDevice } from './vdisk-device.js';
 
 export interface AgentDevice extends BlockDevice {
@@ -32,6 +32,8 @@ export interface DeviceSpec {
   containers: ContainerResolver;
   /** Held I/O with no answer this long fails with NOT READY 02/04/0A. */
   holdTimeoutMs: number;
+  /** The controller's lease (zero and no-write segments are held while it is expired). */
+  lease?: Lease;
 }
 
 export type DeviceFactory = (spec: DeviceSpec) => AgentDevice;
@@ -44,6 +46,7 @@ export const vdiskDeviceFactory: DeviceFactory = (spec) =>
     faults: spec.faults,
     holdTimeoutMs: spec.holdTimeoutMs,
     readOnly: spec.readOnly,
+    lease: spec.lease,
   });
 
 /** A table where every segment is invalid: what an export serves before its first TableFull. */

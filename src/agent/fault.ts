@@ -76,6 +76,21 @@ export interface FaultSink {
   release?(r: ReleaseRequest): Promise<ReleaseResult>;
 }
 
+/**
+ * The controller's lease as a device sees it (Welcome.lease_ms). While
+ * `expired`, the controller may have allocated or copied segments of this
+ * vdisk behind the agent's back (another agent wrote them), so segments in
+ * state zero or no-write are not served from the table held here: their I/O
+ * is held until the lease is renewed (the agent has resynced its tables) or
+ * the hold timeout. Normal segments are served regardless.
+ */
+export interface Lease {
+  /** Read on the I/O path: keep it cheap. */
+  readonly expired: boolean;
+  /** Calls `fn` each time the lease is valid again; returns the unsubscribe. */
+  onRenewed(fn: () => void): () => void;
+}
+
 /** A release reached the controller but its answer did not come back (the stream broke). */
 export class ReleaseLostError extends Error {
   constructor(message: string) {

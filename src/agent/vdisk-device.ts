@@ -14,7 +14,7 @@ import { VersionGapError, applyDelta as applyTableDelta, diff, type TableDelta }
 import type { MappingTable } from '../table/mapping-table.js';
 import { IoOp, SegmentState, inhibits, ioOpName, segmentStateName } from '../table/segment-state.js';
 import { log } from '../util/log.js';
-import { ReleaseLostError, VdiskIoError, kindForSense, type Fault, type FaultDecision, type FaultSink, type ReleaseResult, type SenseCode } from './fault.js';
+import { ReleaseLostError, VdiskIoError, kindForSense, type Fault, type FaultDecision, type FaultSink, type Lease, type ReleaseResult, type SenseCode } from './fault.js';
 import { SegmentGate, type SegmentRange } from './segment-gate.js';
 
 export const DEFAULT_HOLD_TIMEOUT_MS = 10_000;
@@ -30,6 +30,8 @@ export interface VdiskDeviceOptions {
   holdTimeoutMs?: number;
   /** Exported read-only: every write fails with DATA PROTECT. */
   readOnly?: boolean;
+  /** The controller's lease: while expired, zero and no-write segments are held. None: always served. */
+  lease?: Lease;
 }
 
 /** What a piece does to its blocks. Zero and Discard make them read as zeros. */
@@ -71,6 +73,8 @@ export class VdiskDevice implements BlockDevice {
   #fenced = false;
   #closed = false;
   #held = 0;
+  readonly #lease: Lease | undefined;
+  readonly #unsubscribeLease: (() => void) | undefined;
 
   constructor(opts: VdiskDeviceOptions) {
     this.vdiskId = opts.vdiskId;
@@ -82,6 +86,9 @@ export class VdiskDevice implements BlockDevice {
     this.holdTimeoutMs = opts.holdTimeoutMs ?? DEFAULT_HOLD_TIMEOUT_MS;
     this.readOnly = opts.readOnly ?? false;
     this.#gate = new SegmentGate(opts.table.segmentCount);
+    this.#lease = opts.lease;
+    // Pieces held for the lease wait like those held for a table swap.
+    this.#unsubscribeLease = opts.lease?.onRenewed(() => this.#broadcastSwap());
   }
 
   get blockCount(): number {
@@ -205,6 +212,7 @@ export class VdiskDevice implements BlockDevice {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#unsubscribeLease?.();
     const cancels = [...this.#cancels];
     this.#cancels.clear();
     for (const c of cancels) c();
@@ -354,6 +362,16 @@ export class VdiskDevice implements BlockDevice {
         throw this.#error('out-of-range', op, seg, lba, blocks, `vdisk shrank to ${t.segmentCount} segments`);
       }
       const state = this.#fenced ? SegmentState.Invalid : t.stateOf(seg);
+      if ((state === SegmentState.Zero || state === SegmentState.NoWrite) && this.#lease?.expired === true) {
+        // The controller may have allocated or copied this segment without us
+        // (lease expired): neither zeros nor the shared location are safe to
+        // serve until the tables are resynced. No fault: nobody can answer it.
+        deadline ||= Date.now() + this.holdTimeoutMs;
+        if (!(await this.#hold(this.#waitSwap(deadline)))) {
+          throw this.#timedOut(op, seg, lba, blocks, `${segmentStateName(state)}, controller lease expired`);
+        }
+        continue;
+      }
       // Making a zero segment read as zeros changes nothing: no fault, no I/O.
       if (mode >= Mode.Zero && state === SegmentState.Zero) return;
       const action = inhibits(state, op);

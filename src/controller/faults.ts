@@ -25,6 +25,12 @@
 // has been acked (Controller.quiesce), so no agent acts on a version
 // another has not installed.
 //
+// An exporting agent that is not connected cannot be told of a change: the
+// change (allocate, make-writable, copy) WAITs until that agent's lease has
+// run out (Controller.exportersInLease; the agent then holds its zero and
+// no-write segments itself until it has resynced), and the case looks again
+// at that moment. Without a lease it waits for the agent to come back.
+//
 // Every fault is recorded for `tabula fault ls` with its outcome.
 
 import { IoOp, SegmentState, inhibits, isIoOp, isReadOp, isSegmentState, ioOpName, segmentStateName } from '../table/index.js';
@@ -70,6 +76,8 @@ interface SegmentCase {
   waiters: Waiter[];
   /** A decision (and maybe a table change) is in progress. */
   busy: boolean;
+  /** Looks again when a disconnected exporter's lease runs out. */
+  leaseTimer?: NodeJS.Timeout;
 }
 
 type Decision =
@@ -187,7 +195,7 @@ export class FaultManager {
       const left = c.waiters.filter((w) => w.link !== link);
       for (const w of c.waiters) if (w.link === link) this.#ctrl.db.setFaultOutcome(w.recordId, 'dropped', 'agent disconnected');
       c.waiters = left;
-      if (left.length === 0 && !c.busy) this.#cases.delete(c.key);
+      if (left.length === 0 && !c.busy) this.#dropCase(c);
     }
   }
 
@@ -216,12 +224,14 @@ export class FaultManager {
         const dctx: DecideContext = { snapshot: vdisk.kind === 'snapshot', migrating: loc !== null && ctrl.migrating.has(locKey(loc)) };
         let decisions = c.waiters.map((w) => decide(row.state, w.fault.op, refcount, dctx));
         let action = decisions.find((d) => d.kind === 'allocate' || d.kind === 'make-writable' || d.kind === 'copy');
-        const away = action !== undefined ? ctrl.unreachableExporters(c.vdiskId) : [];
-        if (away.length > 0) {
+        const away = action !== undefined ? ctrl.exportersInLease(c.vdiskId) : { agents: [], waitMs: 0 };
+        if (away.agents.length > 0) {
           // An exporting agent that is not connected would go on serving the old
-          // table (stale reads, writes to the old place): the change waits for it
-          // (answered again when it has resynced, or the I/O's hold times out).
-          const reason = `agent ${away.join(', ')} exporting vdisk ${vdisk.name} is not connected`;
+          // table (stale zeros, the shared location) until its lease runs out:
+          // the change waits for that (or for the agent to resync, or the I/O's hold).
+          const until = Number.isFinite(away.waitMs) ? ` (its lease runs out in ${away.waitMs} ms)` : '';
+          const reason = `agent ${away.agents.join(', ')} exporting vdisk ${vdisk.name} is not connected${until}`;
+          this.#lookAgainIn(c, away.waitMs);
           decisions = decisions.map((d) => (d.kind === 'allocate' || d.kind === 'make-writable' || d.kind === 'copy' ? { kind: 'wait', reason } : d));
           action = undefined;
         }
@@ -267,8 +277,25 @@ export class FaultManager {
       }
     } finally {
       c.busy = false;
-      if (c.waiters.length === 0) this.#cases.delete(c.key);
+      if (c.waiters.length === 0) this.#dropCase(c);
     }
+  }
+
+  #dropCase(c: SegmentCase): void {
+    if (c.leaseTimer !== undefined) clearTimeout(c.leaseTimer);
+    c.leaseTimer = undefined;
+    if (this.#cases.get(c.key) === c) this.#cases.delete(c.key);
+  }
+
+  /** Evaluates the case again in `ms` (a lease running out); no-op for Infinity. */
+  #lookAgainIn(c: SegmentCase, ms: number): void {
+    if (!Number.isFinite(ms)) return;
+    if (c.leaseTimer !== undefined) clearTimeout(c.leaseTimer);
+    c.leaseTimer = setTimeout(() => {
+      c.leaseTimer = undefined;
+      if (this.#cases.get(c.key) === c && !c.busy && c.waiters.length > 0 && !this.#ctrl.closed) void this.#evaluate(c);
+    }, ms + 1);
+    c.leaseTimer.unref();
   }
 
   /** Performs the one table change; null on success, else the failure to answer with. */

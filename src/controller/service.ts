@@ -39,10 +39,31 @@ export interface ControllerOptions {
   heartbeatIntervalMs?: number;
   /** Hold timeout told to agents (default 10000 ms, design notes §2.4). */
   holdTimeoutMs?: number;
+  /** Agent lease told to agents (Welcome.lease_ms; default DEFAULT_LEASE_MS; 0 = none: a disconnected exporter blocks table changes until it is back). */
+  leaseMs?: number;
+  /** Added to the lease before acting without a disconnected agent (default DEFAULT_LEASE_MARGIN_MS). */
+  leaseMarginMs?: number;
   controllerId?: string;
   /** How freed segments are zeroed before reuse (commands in flight, retry backoff). */
   scrub?: ScrubberOptions;
 }
+
+/**
+ * Agent lease. At least four heartbeat intervals (2 s), so a late answer or
+ * two never costs a healthy agent its lease; and lease plus margin (9 s)
+ * below the 10 s hold timeout, so a first write held on a surviving agent
+ * when another exporter dies is answered within one hold, not failed with
+ * 02/04/0A. Not shorter, because an agent cut off from the controller (or a
+ * controller restart) stops serving zero and no-write segments after it.
+ */
+export const DEFAULT_LEASE_MS = 8000;
+/**
+ * The agent's lease starts when it sent the heartbeat the controller
+ * answered, which is before the controller heard it, so network delay is
+ * already on the safe side; the margin covers clock rate differences and a
+ * busy event loop on the agent.
+ */
+export const DEFAULT_LEASE_MARGIN_MS = 1000;
 
 /** What a table change did: the new version and the segments it touched. */
 export interface CommitResult {
@@ -87,6 +108,12 @@ export class Controller {
   readonly ackTimeoutMs: number;
   readonly heartbeatIntervalMs: number;
   readonly holdTimeoutMs: number;
+  readonly leaseMs: number;
+  readonly leaseMarginMs: number;
+  /** performance.now() of the last message from each agent (lease accounting). */
+  readonly #lastHeard = new Map<string, number>();
+  /** Agents may hold leases granted before this controller started (an earlier run): count them from here. */
+  readonly #startedAt = performance.now();
   readonly #links = new Map<string, AgentLink>();
   readonly #allLinks = new Set<AgentLink>();
   readonly #tables = new Map<string, MappingTable>();
@@ -108,6 +135,8 @@ export class Controller {
     this.ackTimeoutMs = opts.ackTimeoutMs ?? 3000;
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 2000;
     this.holdTimeoutMs = opts.holdTimeoutMs ?? 10_000;
+    this.leaseMs = opts.leaseMs ?? DEFAULT_LEASE_MS;
+    this.leaseMarginMs = opts.leaseMarginMs ?? DEFAULT_LEASE_MARGIN_MS;
   }
 
   // ---- tables ----
@@ -335,6 +364,29 @@ export class Controller {
       .filter((a) => this.link(a) === undefined);
   }
 
+  /**
+   * Exporters of this vdisk that are not connected and may still serve its
+   * zero and no-write segments from their old table: their lease (counted
+   * from the last message heard from them, plus the margin) has not run out.
+   * A table change those segments depend on (allocation, copy-on-write) must
+   * wait `waitMs` for them; Infinity when no lease is granted.
+   */
+  exportersInLease(vdiskId: string): { agents: string[]; waitMs: number } {
+    const away = this.unreachableExporters(vdiskId);
+    if (away.length === 0) return { agents: [], waitMs: 0 };
+    if (this.leaseMs <= 0) return { agents: away, waitMs: Number.POSITIVE_INFINITY };
+    const now = performance.now();
+    let waitMs = 0;
+    const agents: string[] = [];
+    for (const a of away) {
+      const left = Math.max(this.#lastHeard.get(a) ?? this.#startedAt, this.#startedAt) + this.leaseMs + this.leaseMarginMs - now;
+      if (left <= 0) continue;
+      agents.push(a);
+      waitMs = Math.max(waitMs, left);
+    }
+    return { agents, waitMs: Math.ceil(waitMs) };
+  }
+
   /** The export list an agent gets. */
   exportsFor(agent: string): Export[] {
     return this.db.exportsOfAgent(agent).flatMap((e) => {
@@ -526,6 +578,7 @@ export class Controller {
       link.sendError(`malformed message: ${m.reason}`);
       return;
     }
+    if (link.name !== null && !link.closed) this.#lastHeard.set(link.name, performance.now());
     if (m.body !== 'register' && link.name === null) {
       log.error(`${link.label} sent ${m.body} before register`);
       link.sendError(`${m.body} before register: send register first`, true);
@@ -538,6 +591,8 @@ export class Controller {
         return;
       case 'heartbeat':
         this.db.touchAgent(link.name as string);
+        // The answer renews the agent's lease (from when it sent this heartbeat).
+        if (this.leaseMs > 0) link.send({ body: 'heartbeatReply', heartbeatReply: { seq: m.heartbeat.seq } });
         return;
       case 'tableAck':
         this.#onAck(link, m.tableAck);
@@ -598,6 +653,7 @@ export class Controller {
     }
     link.name = r.agentName;
     this.#links.set(r.agentName, link);
+    this.#lastHeard.set(r.agentName, performance.now());
     this.db.registerAgent(r.agentName, r.portals, accepted);
     this.db.event('agent', r.agentName, `registered from ${link.peer} with ${accepted.length} containers`);
     log.info(`agent ${r.agentName} registered from ${link.peer}`, { portals: r.portals, containers: accepted.length, rejected: rejected.length });
@@ -610,7 +666,7 @@ export class Controller {
         ackTimeoutMs: this.ackTimeoutMs,
         holdTimeoutMs: this.holdTimeoutMs,
         rejectedContainers: rejected,
-        leaseMs: 0,
+        leaseMs: this.leaseMs,
       },
     });
     const have = new Map(r.tables.map((t) => [t.vdiskId, t.version]));
