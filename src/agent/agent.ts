@@ -10,22 +10,20 @@
 // - Fence: the vdisk's segments are invalid at once; deltas are ignored until
 //   the full table that the TableRequest brings.
 // - CopyCommand: run, then CopyDone.
+// - ZeroCommand (scrub of freed space): zero the range durably, then CopyDone.
 // - Reconnect: Register lists the tables held (not fenced ones) so the
 //   controller can send deltas; the fault channel re-sends held faults.
-// - Lease (Welcome.lease_ms): when it has expired, the link starts a resync
-//   once the controller answers a heartbeat again (every table sent before
-//   that answer has arrived); it is confirmed once those tables are
-//   installed and acked and no vdisk still waits for a requested TableFull.
 import { VersionGapError, fromExtents, type Extent, type MappingTable, type TableDelta } from '../table/index.js';
 import type { ContainerResolver } from '../container/driver.js';
 import type { IscsiSettings } from '../iscsi/settings.js';
 import type { ClientOptions } from '../wire/grpc.js';
-import type { CopyCommand, Export, ExportSet, Fence, TableDeltaMsg, TableFull, TableVersion, WireExtent } from '../wire/proto-types.js';
+import type { CopyCommand, Export, ExportSet, Fence, TableDeltaMsg, TableFull, TableVersion, WireExtent, ZeroCommand } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
 import type { BackoffOptions } from './backoff.js';
 import { AgentContainers } from './containers.js';
 import { ControllerLink } from './controller-link.js';
 import { runCopy } from './copy.js';
+import { runZero } from './zero.js';
 import { placeholderTable, vdiskDeviceFactory, type AgentDevice, type DeviceFactory } from './device-port.js';
 import type { FaultSink } from './fault.js';
 import { FaultChannel, wireFaultSink } from './fault-channel.js';
@@ -104,8 +102,6 @@ export class Agent {
   readonly #held = new Map<string, Held>();
   #holdTimeoutMs: number;
   #closed = false;
-  /** The lease resync waiting for tables (0: none). */
-  #resyncEpoch = 0;
 
   private constructor(opts: AgentOptions, targets: AgentTargets, containers: AgentContainers) {
     this.#opts = opts;
@@ -138,7 +134,7 @@ export class Agent {
     this.link.on('tableDelta', (d) => this.#onTableDelta(d));
     this.link.on('fence', (f) => this.#onFence(f));
     this.link.on('copyCommand', (c) => this.#onCopy(c));
-    this.link.lease.onResync((epoch) => void this.#confirmResync(epoch));
+    this.link.on('zeroCommand', (z) => this.#onZero(z));
   }
 
   /** Opens containers, listens on the portals, and starts talking to the controller (in the background). */
@@ -270,7 +266,6 @@ export class Agent {
             faults: this.#sink,
             containers: this.containers as ContainerResolver,
             holdTimeoutMs: this.#holdTimeoutMs,
-            lease: this.link.lease,
           });
           // Fenced until the first TableFull: holds I/O, and lets that table install whatever its version.
           device.fence();
@@ -373,23 +368,7 @@ export class Agent {
       h.requested = false;
       log.info('table installed', { vdisk: e.vdiskName, version: t.version, segments: t.segmentCount });
       this.#ack(h, t.version);
-      // A resync may have waited for this table.
-      if (this.#resyncEpoch !== 0) void this.#confirmResync(this.#resyncEpoch);
     });
-  }
-
-  /**
-   * Confirms the lease resync `epoch` once every table operation queued so
-   * far has run and no (unfenced) vdisk still waits for a requested
-   * TableFull; otherwise the next table install tries again.
-   */
-  async #confirmResync(epoch: number): Promise<void> {
-    this.#resyncEpoch = epoch;
-    await Promise.all([...this.#held.values()].map((h) => h.queue));
-    if (this.#closed || this.#resyncEpoch !== epoch) return;
-    if ([...this.#held.values()].some((h) => h.requested && !h.fenced)) return;
-    this.#resyncEpoch = 0;
-    this.link.lease.confirm(epoch);
   }
 
   #onTableDelta(d: TableDeltaMsg): void {
@@ -466,6 +445,15 @@ export class Agent {
       if (!done.ok) log.error('copy failed', { commandId: c.commandId, err: done.error });
       if (!this.link.send({ body: 'copyDone', copyDone: done })) {
         log.warn('copy finished while the controller is away; it will ask again', { commandId: c.commandId, ok: done.ok });
+      }
+    });
+  }
+
+  #onZero(z: ZeroCommand): void {
+    void runZero(z, this.containers).then((done) => {
+      if (!done.ok) log.error('zero failed', { commandId: z.commandId, err: done.error });
+      if (!this.link.send({ body: 'copyDone', copyDone: done })) {
+        log.warn('zero finished while the controller is away; it will ask again', { commandId: z.commandId, ok: done.ok });
       }
     });
   }
