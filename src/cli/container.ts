@@ -1,12 +1,14 @@
-// `tabula container init|add|ls|rm`. `init` works on the local file or device
-// alone; the others talk to the controller. `add` reads the label itself so
-// the controller learns the container's id, size and geometry from the disk.
+// `tabula container init|add|ls|rm|evacuate`. `init` works on the local file
+// or device alone; the others talk to the controller. `add` reads the label
+// itself so the controller learns the container's id, size and geometry from
+// the disk.
 import { resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import { initContainer, readContainerLabel } from '../container/index.js';
 import type { ContainerInfo } from '../wire/proto-types.js';
 import { formatSize, parseSize } from '../util/size.js';
 import { adminOptions, quietLogs, withAdmin } from './admin-client.js';
+import { migrationLine, requireDone, waitMigrations } from './migration-progress.js';
 import { formatColumns, print, printJson } from './output.js';
 
 /** Size of the data area the controller can allocate from. */
@@ -16,12 +18,14 @@ function capacity(c: ContainerInfo): number {
 
 export function containerRows(list: readonly ContainerInfo[]): string {
   return formatColumns(
-    ['ID', 'PATH', 'CAPACITY', 'ALLOCATED', 'FREE', 'STATE', 'AGENTS'],
+    ['ID', 'PATH', 'CAPACITY', 'ALLOCATED', 'SHARED', 'EXCLUSIVE', 'FREE', 'STATE', 'AGENTS'],
     list.map((c) => [
       c.id,
       c.path,
       formatSize(capacity(c)),
       formatSize(c.segmentsUsed * c.segmentSize),
+      formatSize(c.sharedBytes),
+      formatSize(c.exclusiveBytes),
       formatSize((c.segmentsTotal - c.segmentsUsed) * c.segmentSize),
       c.state,
       c.agents.length > 0 ? c.agents.join(',') : '-',
@@ -30,7 +34,7 @@ export function containerRows(list: readonly ContainerInfo[]): string {
 }
 
 export function containerCommand(y: Argv): Argv {
-  return y.command('container', 'storage containers: init, add, ls, rm', (c) =>
+  return y.command('container', 'storage containers: init, add, ls, rm, evacuate', (c) =>
     c
       .command(
         'init <path>',
@@ -72,7 +76,7 @@ export function containerCommand(y: Argv): Argv {
       )
       .command(
         'ls',
-        'list containers: capacity, allocated, free',
+        'list containers: capacity, allocated (shared + exclusive), free',
         (a) => adminOptions(a),
         async (args) => {
           const r = await withAdmin(args, (s) => s.call('ListContainers', {}));
@@ -90,7 +94,33 @@ export function containerCommand(y: Argv): Argv {
           else print(`container ${args.id} removed`);
         },
       )
-      .demandCommand(1, 'name a container command: init, add, ls, rm'),
+      .command(
+        'evacuate <id>',
+        'stop allocating on a container and migrate every segment on it elsewhere, online; --wait follows it',
+        (a) =>
+          adminOptions(
+            a
+              .positional('id', { type: 'string', demandOption: true, describe: 'container UUID or unique prefix' })
+              .option('wait', { type: 'boolean', default: false, describe: 'follow the migrations until they end (exit 1 unless all are done)' }),
+          ),
+        async (args) => {
+          const list = await withAdmin(args, async (s) => {
+            const r = await s.call('EvacuateContainer', { id: args.id });
+            if (!args.wait || r.migrations.length === 0) return r.migrations;
+            if (!args.json) print(`container ${args.id} draining: migrating ${r.migrations.length} vdisk${r.migrations.length === 1 ? '' : 's'} off it`);
+            return waitMigrations(
+              s,
+              r.migrations.map((m) => m.vdiskId),
+              { out: args.json ? undefined : process.stdout },
+            );
+          });
+          if (args.json) printJson(list);
+          else if (list.length === 0) print(`container ${args.id} draining: no vdisk has segments on it`);
+          else if (!args.wait) print([`container ${args.id} draining:`, ...list.map(migrationLine)].join('\n'));
+          if (args.wait) requireDone(list);
+        },
+      )
+      .demandCommand(1, 'name a container command: init, add, ls, rm, evacuate'),
   );
 }
 

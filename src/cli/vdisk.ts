@@ -1,13 +1,15 @@
-// `tabula vdisk create|ls|show|rm|resize|table` over the admin API, and the
-// names of the operations issue 4 brings (snapshot, clone, migrate), which
-// answer that they are not there yet rather than "unknown command".
+// `tabula vdisk create|ls|show|rm|resize|table|snapshot|clone` and the
+// migration verbs (`migrate`, `migrate-status`, `migrate-cancel`) over the
+// admin API.
 import type { Argv } from 'yargs';
 import type { ExportInfo, VdiskInfo } from '../wire/proto-types.js';
 import { formatSize, parseSize } from '../util/size.js';
 import { CliError, adminOptions, quietLogs, withAdmin } from './admin-client.js';
+import { migrationLine, migrationRows, requireDone, waitMigrations } from './migration-progress.js';
 import { formatColumns, formatFields, print, printJson, sizeWithShare, tableJson } from './output.js';
 
 const BLOCK_SIZES = [512, 4096];
+const VERBS = 'create, ls, show, rm, resize, table, snapshot, clone, migrate, migrate-status, migrate-cancel';
 
 function parseBlockSize(v: string | number | undefined): number | undefined {
   if (v === undefined) return undefined;
@@ -29,11 +31,14 @@ function statesText(states: Record<string, number>): string {
 
 export function vdiskRows(list: readonly VdiskInfo[]): string {
   return formatColumns(
-    ['NAME', 'PROVISIONED', 'ALLOCATED', 'TYPE', 'BLOCK', 'SEGMENT', 'VERSION', 'EXPORTS'],
+    ['NAME', 'KIND', 'PROVISIONED', 'ALLOCATED', 'SHARED', 'EXCLUSIVE', 'TYPE', 'BLOCK', 'SEGMENT', 'VERSION', 'EXPORTS'],
     list.map((v) => [
       v.name,
+      kindText(v),
       formatSize(v.size),
       sizeWithShare(v.allocatedBytes, v.size),
+      formatSize(v.sharedBytes),
+      formatSize(v.exclusiveBytes),
       v.thin ? 'thin' : 'thick',
       v.blockSize,
       formatSize(v.segmentSize),
@@ -43,12 +48,21 @@ export function vdiskRows(list: readonly VdiskInfo[]): string {
   );
 }
 
+/** `vdisk`, `snapshot of disk0`, `clone of snap1`. */
+function kindText(v: VdiskInfo): string {
+  if (v.kind === 'snapshot') return v.parent ? `snapshot of ${v.parent}` : 'snapshot';
+  return v.parent ? `clone of ${v.parent}` : 'vdisk';
+}
+
 export function vdiskDetail(v: VdiskInfo): string {
   return formatFields([
     ['name', v.name],
     ['id', v.id],
+    ['kind', `${kindText(v)}${v.kind === 'snapshot' ? ' (read-only)' : ''}`],
     ['provisioned', `${formatSize(v.size)} (${v.size} bytes)`],
     ['allocated', `${sizeWithShare(v.allocatedBytes, v.size)}, ${v.segmentsAllocated} of ${v.segmentCount} segments`],
+    ['shared', `${formatSize(v.sharedBytes)} (with snapshots and clones)`],
+    ['exclusive', formatSize(v.exclusiveBytes)],
     ['type', v.thin ? 'thin' : 'thick'],
     ['block size', v.blockSize],
     ['segment size', formatSize(v.segmentSize)],
@@ -56,22 +70,12 @@ export function vdiskDetail(v: VdiskInfo): string {
     ['segment states', statesText(v.states) || '-'],
     ['created', v.created],
     ['exports', exportsText(v.exports)],
+    ['migration', v.migration ? migrationLine(v.migration) : '-'],
   ]);
 }
 
-function notYet(y: Argv, name: string, what: string): Argv {
-  return y.command(
-    `${name} <name> [args..]`,
-    `${what} (not implemented yet)`,
-    (a) => adminOptions(a).strict(false),
-    async () => {
-      throw new CliError(`vdisk ${name} is not implemented yet (planned in issue 4)`);
-    },
-  );
-}
-
 export function vdiskCommand(y: Argv): Argv {
-  return y.command('vdisk', 'virtual disks: create, ls, show, rm, resize, table', (c) => {
+  return y.command('vdisk', `virtual disks: ${VERBS}`, (c) => {
     c.command(
       'create <name>',
       'create a vdisk (thin unless --thick)',
@@ -125,24 +129,29 @@ export function vdiskCommand(y: Argv): Argv {
         },
       )
       .command(
-        'resize <name>',
-        'grow a vdisk (new segments are zero, or allocated when thick)',
+        'resize <name> [size]',
+        'grow a vdisk online (exporting agents raise CAPACITY DATA HAS CHANGED); shrink an unexported one with --force',
         (a) =>
           adminOptions(
             a
               .positional('name', { type: 'string', demandOption: true, describe: 'vdisk name or id' })
-              .option('size', { type: 'string', demandOption: true, describe: 'new size with a unit' })
-              .option('force', { type: 'boolean', default: false, describe: 'accepted for scripts; shrinking is refused regardless' }),
+              .positional('size', { type: 'string', describe: 'new size with a unit (or --size)' })
+              .option('size', { type: 'string', describe: 'new size with a unit' })
+              .option('force', { type: 'boolean', default: false, describe: 'allow shrinking (discards the segments past the new end; the vdisk must not be exported)' }),
           ),
         async (args) => {
           quietLogs();
-          const size = parseSize(args.size);
+          const given = args.size;
+          if (given === undefined) throw new CliError(`vdisk resize ${args.name}: give the new size (e.g. tabula vdisk resize ${args.name} 20GiB)`);
+          const size = parseSize(given);
           const v = await withAdmin(args, async (s) => {
             const cur = await s.call('ShowVdisk', { name: args.name });
-            if (size < cur.size) {
-              throw new CliError(`vdisk ${cur.name}: ${formatSize(size)} is smaller than its ${formatSize(cur.size)}; shrinking is not supported${args.force ? ' (not even with --force)' : ''}`);
+            if (size < cur.size && !args.force) {
+              throw new CliError(
+                `vdisk ${cur.name}: ${formatSize(size)} is smaller than its ${formatSize(cur.size)}; shrinking is not supported without --force (it discards data, and the vdisk must not be exported)`,
+              );
             }
-            return s.call('ResizeVdisk', { name: args.name, size });
+            return s.call('ResizeVdisk', { name: args.name, size, force: args.force });
           });
           if (args.json) printJson(v);
           else print(`vdisk ${v.name} is now ${formatSize(v.size)} (${v.segmentCount} segments), table version ${v.version}`);
@@ -163,9 +172,104 @@ export function vdiskCommand(y: Argv): Argv {
           else print(t.text);
         },
       );
-    notYet(c, 'snapshot', 'snapshot a vdisk');
-    notYet(c, 'clone', 'clone a vdisk');
-    notYet(c, 'migrate', 'move a vdisk to other containers');
-    return c.demandCommand(1, 'name a vdisk command: create, ls, show, rm, resize, table');
+    shareCommands(c);
+    migrateCommands(c);
+    return c.demandCommand(1, `name a vdisk command: ${VERBS}`);
   });
+}
+
+/** `snapshot` and `clone`: new tables sharing the source's segments. */
+function shareCommands(c: Argv): void {
+  c.command(
+    'snapshot <name> <snapshot>',
+    'read-only point-in-time copy of a vdisk (no data copied; returns once every exporting agent has the frozen table)',
+    (a) =>
+      adminOptions(
+        a
+          .positional('name', { type: 'string', demandOption: true, describe: 'vdisk name or id' })
+          .positional('snapshot', { type: 'string', demandOption: true, describe: 'name of the new snapshot' }),
+      ),
+    async (args) => {
+      const v = await withAdmin(args, (s) => s.call('SnapshotVdisk', { vdisk: args.name, name: args.snapshot }));
+      if (args.json) printJson(v);
+      else print(`snapshot ${v.name} of vdisk ${v.parent || args.name} created: ${formatSize(v.size)}, shares ${formatSize(v.sharedBytes)}`);
+    },
+  ).command(
+    'clone <source> <name>',
+    'writable copy of a snapshot or vdisk, sharing its segments (copy-on-write)',
+    (a) =>
+      adminOptions(
+        a
+          .positional('source', { type: 'string', demandOption: true, describe: 'snapshot or vdisk, name or id' })
+          .positional('name', { type: 'string', demandOption: true, describe: 'name of the new vdisk' }),
+      ),
+    async (args) => {
+      const v = await withAdmin(args, (s) => s.call('CloneVdisk', { source: args.source, name: args.name }));
+      if (args.json) printJson(v);
+      else print(`vdisk ${v.name} cloned from ${v.parent || args.source}: ${formatSize(v.size)}, shares ${formatSize(v.sharedBytes)}`);
+    },
+  );
+}
+
+/** `migrate`, `migrate-status` (alias `migration`), `migrate-cancel`. */
+function migrateCommands(c: Argv): void {
+  c.command(
+    'migrate <name>',
+    'move a vdisk online to another container, segment by segment; --wait follows it',
+    (a) =>
+      adminOptions(
+        a
+          .positional('name', { type: 'string', demandOption: true, describe: 'vdisk name or id' })
+          .option('to', { type: 'string', demandOption: true, describe: 'target container UUID or unique prefix' })
+          .option('wait', { type: 'boolean', default: false, describe: 'follow the progress until the migration ends (exit 1 unless it is done)' }),
+      ),
+    async (args) => {
+      const list = await withAdmin(args, async (s) => {
+        const m = await s.call('MigrateVdisk', { vdisk: args.name, toContainer: args.to });
+        if (!args.wait) return [m];
+        if (!args.json) print(`migration of vdisk ${m.vdiskName} started: ${m.segmentsTotal} segments to move`);
+        return waitMigrations(s, [m.vdiskId], { out: args.json ? undefined : process.stdout });
+      });
+      if (args.json) printJson(list[0]);
+      else if (!args.wait) print(`migration started: ${migrationLine(list[0]!)}`);
+      if (args.wait) requireDone(list);
+    },
+  )
+    .command(
+      ['migrate-status [name]', 'migration [name]'],
+      'progress of a vdisk\'s latest migration (percent, MB/s, ETA), or of every migration',
+      (a) =>
+        adminOptions(
+          a
+            .positional('name', { type: 'string', describe: 'vdisk name or id; all migrations when omitted' })
+            .option('wait', { type: 'boolean', default: false, describe: 'follow until it ends (exit 1 unless it is done)' }),
+        ),
+      async (args) => {
+        if (args.name === undefined) {
+          if (args.wait) throw new CliError('migrate-status --wait needs a vdisk name');
+          const r = await withAdmin(args, (s) => s.call('ListMigrations', {}));
+          if (args.json) printJson(r.migrations);
+          else print(r.migrations.length === 0 ? 'no migrations' : migrationRows(r.migrations));
+          return;
+        }
+        const name = args.name;
+        const list = await withAdmin(args, async (s) => {
+          if (!args.wait) return [await s.call('GetMigration', { vdisk: name })];
+          return waitMigrations(s, [name], { out: args.json ? undefined : process.stdout });
+        });
+        if (args.json) printJson(list[0]);
+        else if (!args.wait) print(migrationLine(list[0]!));
+        if (args.wait) requireDone(list);
+      },
+    )
+    .command(
+      'migrate-cancel <name>',
+      'stop a running migration after the segment in progress (moved segments stay moved)',
+      (a) => adminOptions(a.positional('name', { type: 'string', demandOption: true, describe: 'vdisk name or id' })),
+      async (args) => {
+        const m = await withAdmin(args, (s) => s.call('CancelMigration', { vdisk: args.name }));
+        if (args.json) printJson(m);
+        else print(migrationLine(m));
+      },
+    );
 }
