@@ -28,7 +28,7 @@ import { placeholderTable, vdiskDeviceFactory, type AgentDevice, type DeviceFact
 import type { FaultSink } from './fault.js';
 import { FaultChannel, wireFaultSink } from './fault-channel.js';
 import { DEFAULT_HOLD_TIMEOUT_MS } from './vdisk-device.js';
-import { AgentTargets, formatAddress, type PortalAddress } from './targets.js';
+import { AgentTargets, formatAddress, type AgentIscsiAuth, type PortalAddress } from './targets.js';
 
 const AGENT_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
 
@@ -46,6 +46,8 @@ export interface AgentOptions extends ClientOptions {
   backoff?: BackoffOptions;
   welcomeTimeoutMs?: number;
   iscsiSettings?: Partial<IscsiSettings>;
+  /** CHAP for every target this agent serves and for discovery (agent-local, not from the controller). */
+  iscsiAuth?: AgentIscsiAuth;
   softwareVersion?: string;
 }
 
@@ -76,6 +78,13 @@ export interface ExportStatus {
 
 function toExtent(e: WireExtent): Extent {
   return { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
+}
+
+/** Same initiator names, in any order (an older controller may send none: undefined). */
+function sameNames(a: readonly string[] | undefined, b: readonly string[] | undefined): boolean {
+  const x = [...(a ?? [])].sort();
+  const y = [...(b ?? [])].sort();
+  return x.length === y.length && x.every((n, i) => n === y[i]);
 }
 
 function exportProblem(e: Export): string | null {
@@ -142,7 +151,7 @@ export class Agent {
     if (!AGENT_NAME_RE.test(opts.name)) throw new Error(`agent name "${opts.name}" invalid: use 1-64 of A-Z a-z 0-9 . _ -`);
     const containers = new AgentContainers(opts.containers);
     await containers.refresh();
-    const targets = new AgentTargets();
+    const targets = new AgentTargets(opts.iscsiAuth);
     let portals: PortalAddress[];
     try {
       portals = await targets.listen(opts.portals, opts.iscsiSettings);
@@ -239,7 +248,7 @@ export class Agent {
         h.removed = true;
         void this.#closeDevice(h);
         log.info('export removed', { vdisk: h.exp.vdiskName, id, target: h.exp.targetIqn, lun: h.exp.lun });
-      } else if (e.targetIqn !== h.exp.targetIqn || e.lun !== h.exp.lun || e.readOnly !== h.exp.readOnly) {
+      } else if (e.targetIqn !== h.exp.targetIqn || e.lun !== h.exp.lun || e.readOnly !== h.exp.readOnly || !sameNames(e.allowedInitiators, h.exp.allowedInitiators)) {
         this.targets.removeLun(h.exp.targetIqn, h.exp.lun);
         h.exp = { ...e, targetIqn: '' }; // placed again below
       } else {
@@ -278,7 +287,7 @@ export class Agent {
       }
       h.exp = e;
       try {
-        this.targets.addLun({ targetIqn: e.targetIqn, lun: e.lun, readOnly: e.readOnly, lunId: e.vdiskId }, h.device);
+        this.targets.addLun({ targetIqn: e.targetIqn, lun: e.lun, readOnly: e.readOnly, lunId: e.vdiskId, allowedInitiators: e.allowedInitiators }, h.device);
         log.info('export added', { vdisk: e.vdiskName, id: e.vdiskId, target: e.targetIqn, lun: e.lun, readOnly: e.readOnly });
       } catch (err) {
         log.error('cannot place an export', { vdisk: e.vdiskName, target: e.targetIqn, lun: e.lun, err: (err as Error).message });

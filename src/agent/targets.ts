@@ -2,7 +2,16 @@
 // TargetRegistry served by one IscsiPortalServer per portal. Exports come and
 // go as LUNs; a target appears with its first LUN and goes (its sessions
 // ended) with its last.
+//
+// Access control: the agent's CHAP settings apply to every target and to
+// discovery; each export may name the initiators allowed to see it. The
+// SCSI layer has no per-initiator LUN masking, so a target admits an
+// initiator only if every LUN of it that names initiators names that one
+// (the intersection): no initiator ever reaches a LUN it was not allowed,
+// at the price of refusing one that is allowed on some LUNs of a target but
+// not on others. Such mixed targets are logged.
 import type { AddressInfo } from 'node:net';
+import { initiatorAllowed, type TargetAuth, type TargetInfo } from '../iscsi/login/environment.js';
 import type { BlockDevice } from '../blockdev/block-device.js';
 import { IscsiPortalServer } from '../iscsi/portal-server.js';
 import type { IscsiSettings } from '../iscsi/settings.js';
@@ -22,14 +31,59 @@ export interface LunPlacement {
   readOnly: boolean;
   /** Identity source for VPD 0x83 and the serial: the vdisk id, so every agent's path to it looks the same. */
   lunId: string;
+  /** Initiators allowed to see this LUN (and so to log in to its target); empty or absent = any. */
+  allowedInitiators?: readonly string[];
+}
+
+/** The agent's own iSCSI login settings, the same for every target it serves and for discovery. */
+export interface AgentIscsiAuth {
+  /** Initiators must authenticate with these (CHAP); absent = no authentication. */
+  chap?: TargetAuth;
+  /** What the agent answers with when an initiator asks for mutual CHAP; needs `chap`. */
+  mutualChap?: TargetAuth;
+}
+
+/**
+ * The initiators a target admits, from the ACLs of its LUNs: null (any) when
+ * no LUN restricts, else the names every restricting LUN allows (lower case;
+ * possibly none).
+ */
+export function targetAcl(lunAcls: Iterable<readonly string[] | undefined>): string[] | null {
+  let acl: string[] | null = null;
+  for (const list of lunAcls) {
+    if (list === undefined || list.length === 0) continue;
+    const names = list.map((n) => n.toLowerCase());
+    acl = acl === null ? [...new Set(names)] : acl.filter((n) => names.includes(n));
+  }
+  return acl;
+}
+
+interface AgentTarget {
+  device: ScsiTargetDevice;
+  info: TargetInfo;
+  /** ACL of each LUN, by LUN number. */
+  acls: Map<number, readonly string[]>;
 }
 
 export class AgentTargets {
   readonly registry = new TargetRegistry();
   readonly #servers: IscsiPortalServer[] = [];
   readonly #bound: PortalAddress[] = [];
-  readonly #targets = new Map<string, ScsiTargetDevice>();
+  readonly #targets = new Map<string, AgentTarget>();
+  readonly #auth: AgentIscsiAuth;
   #portGroups: PortGroup[] = [];
+
+  constructor(auth: AgentIscsiAuth = {}) {
+    if (auth.mutualChap !== undefined && auth.chap === undefined) throw new Error('mutual CHAP needs CHAP credentials for the initiator as well');
+    this.#auth = { ...auth };
+    // Discovery too: SendTargets would otherwise name every target to anyone.
+    if (auth.chap !== undefined) this.registry.discoveryAuth = { chap: auth.chap, mutualChap: auth.mutualChap };
+  }
+
+  /** Whether initiators must authenticate (CHAP). */
+  get chapRequired(): boolean {
+    return this.#auth.chap !== undefined;
+  }
 
   /** Starts one portal server per address (tpgt 1, 2, ... in order); resolves with the bound addresses. */
   async listen(portals: readonly PortalAddress[], settings?: Partial<IscsiSettings>): Promise<PortalAddress[]> {
@@ -59,29 +113,67 @@ export class AgentTargets {
   addLun(place: LunPlacement, device: BlockDevice): void {
     let target = this.#targets.get(place.targetIqn);
     if (target === undefined) {
-      target = new ScsiTargetDevice({ name: place.targetIqn, portGroups: this.#portGroups });
-      this.registry.add(
-        {
-          name: place.targetIqn,
-          allowedInitiators: null,
-          portals: this.#bound.map((p, i) => ({ address: p.host, port: p.port, tpgt: i + 1 })),
-        },
-        target,
-      );
+      const scsi = new ScsiTargetDevice({ name: place.targetIqn, portGroups: this.#portGroups });
+      const info: TargetInfo = {
+        name: place.targetIqn,
+        chap: this.#auth.chap,
+        mutualChap: this.#auth.mutualChap,
+        allowedInitiators: null,
+        portals: this.#bound.map((p, i) => ({ address: p.host, port: p.port, tpgt: i + 1 })),
+      };
+      this.registry.add(info, scsi);
+      target = { device: scsi, info, acls: new Map() };
       this.#targets.set(place.targetIqn, target);
     }
-    target.addLun(place.lun, device, { readOnly: place.readOnly, lunId: place.lunId });
+    target.device.addLun(place.lun, device, { readOnly: place.readOnly, lunId: place.lunId });
+    target.acls.set(place.lun, place.allowedInitiators ?? []);
+    this.#applyAcl(target);
   }
 
   hasLun(targetIqn: string, lun: number): boolean {
-    return this.#targets.get(targetIqn)?.hasLun(lun) ?? false;
+    return this.#targets.get(targetIqn)?.device.hasLun(lun) ?? false;
+  }
+
+  /** The initiators a target admits now (null = any); undefined for a target not served. */
+  allowedInitiators(targetIqn: string): string[] | null | undefined {
+    const t = this.#targets.get(targetIqn);
+    return t === undefined ? undefined : (t.info.allowedInitiators ?? null);
+  }
+
+  /** Recomputes a target's ACL and ends the sessions of initiators it no longer admits. */
+  #applyAcl(target: AgentTarget): void {
+    const acl = targetAcl(target.acls.values());
+    const restricting = [...target.acls.values()].filter((l) => l.length > 0).length;
+    if (restricting > 0 && restricting < target.acls.size) {
+      log.warn('target mixes LUNs open to any initiator with LUNs that name initiators: only those named by every such LUN may log in', {
+        target: target.info.name,
+        allowed: acl,
+      });
+    } else if (acl !== null && acl.length === 0) {
+      log.warn('the LUNs of a target allow disjoint initiators: none may log in', { target: target.info.name });
+    }
+    // Mutated in place: logins look the TargetInfo up at the time they happen.
+    target.info.allowedInitiators = acl;
+    if (acl === null) return;
+    for (const server of this.#servers) {
+      for (const s of server.sessionsOfTarget(target.info.name)) {
+        if (!initiatorAllowed(target.info, s.params.initiatorName)) {
+          log.info('ending the session of an initiator the target no longer admits', { target: target.info.name, initiator: s.params.initiatorName });
+          s.terminate('initiator no longer allowed', true);
+        }
+      }
+    }
   }
 
   removeLun(targetIqn: string, lun: number): void {
     const target = this.#targets.get(targetIqn);
     if (target === undefined) return;
-    target.removeLun(lun);
-    if (target.luns().length > 0) return;
+    target.device.removeLun(lun);
+    target.acls.delete(lun);
+    if (target.device.luns().length > 0) {
+      this.#applyAcl(target);
+      return;
+    }
     this.#targets.delete(targetIqn);
     this.registry.remove(targetIqn);
     for (const server of this.#servers) {

@@ -6,9 +6,14 @@ import { formatColumns, print, printJson } from './output.js';
 
 export function exportRows(list: readonly ExportInfo[]): string {
   return formatColumns(
-    ['VDISK', 'AGENT', 'TARGET', 'LUN', 'MODE', 'ACKED', 'FENCED'],
-    list.map((e) => [e.vdiskName, e.agent, e.targetIqn, e.lun, e.readOnly ? 'ro' : 'rw', e.ackedVersion, e.fenced]),
+    ['VDISK', 'AGENT', 'TARGET', 'LUN', 'MODE', 'ACKED', 'FENCED', 'INITIATORS'],
+    list.map((e) => [e.vdiskName, e.agent, e.targetIqn, e.lun, e.readOnly ? 'ro' : 'rw', e.ackedVersion, e.fenced, initiatorsCell(e.allowedInitiators)]),
   );
+}
+
+/** "any" for an export open to every initiator. */
+export function initiatorsCell(names: readonly string[] | undefined): string {
+  return names === undefined || names.length === 0 ? 'any' : names.join(',');
 }
 
 function parseLun(v: number | undefined): number | undefined {
@@ -30,19 +35,31 @@ export function exportCommand(y: Argv): Argv {
               .option('agent', { type: 'string', demandOption: true, describe: 'agent name' })
               .option('iqn', { type: 'string', describe: 'target name (default iqn.2026-11.org.tabula:<vdisk>)' })
               .option('lun', { type: 'number', describe: 'LUN number (default 0)' })
-              .option('read-only', { type: 'boolean', default: false, describe: 'refuse writes' }),
+              .option('read-only', { type: 'boolean', default: false, describe: 'refuse writes' })
+              .option('initiator', {
+                type: 'string',
+                array: true,
+                describe: 'initiator IQN allowed to log in to the target and see this LUN (repeatable; default: any)',
+              }),
           ),
         async (args) => {
           const lun = parseLun(args.lun);
           const { info, online } = await withAdmin(args, async (s) => {
-            const info = await s.call('AddExport', { vdisk: args.vdisk, agent: args.agent, targetIqn: args.iqn ?? '', lun, readOnly: args['read-only'] });
+            const info = await s.call('AddExport', {
+              vdisk: args.vdisk,
+              agent: args.agent,
+              targetIqn: args.iqn ?? '',
+              lun,
+              readOnly: args['read-only'],
+              allowedInitiators: args.initiator ?? [],
+            });
             const agents = await s.call('ListAgents', {});
             return { info, online: agents.agents.some((a) => a.name === args.agent && a.online) };
           });
           // Recorded either way: an offline agent picks the export up when it reconnects.
           if (!online) process.stderr.write(`tabula: note: agent ${args.agent} is offline; it serves the export once it reconnects\n`);
           if (args.json) printJson({ ...info, agentOnline: online });
-          else print(`vdisk ${info.vdiskName} exported on ${info.agent} as ${info.targetIqn} LUN ${info.lun}`);
+          else print(`vdisk ${info.vdiskName} exported on ${info.agent} as ${info.targetIqn} LUN ${info.lun}, initiators: ${initiatorsCell(info.allowedInitiators)}`);
         },
       )
       .command(

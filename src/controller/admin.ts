@@ -110,6 +110,17 @@ function asAdminError(err: unknown): never {
   throw err;
 }
 
+/** Checked, lower-cased (iSCSI names compare so), de-duplicated initiator names; [] = any. */
+function initiatorList(names: readonly string[] | undefined): string[] {
+  const out: string[] = [];
+  for (const raw of names ?? []) {
+    const n = raw.trim().toLowerCase();
+    if (!IQN_RE.test(n)) throw invalid(`bad initiator name "${raw}": expected iqn.YYYY-MM.reversed.domain[:id], eui. or naa.`);
+    if (!out.includes(n)) out.push(n);
+  }
+  return out;
+}
+
 function num(n: number | undefined, dflt: number): number {
   return n === undefined || n === 0 ? dflt : n;
 }
@@ -393,10 +404,11 @@ export class Admin {
     }
     const clash = this.#db.exportsOfAgent(agent).find((e) => e.targetIqn === targetIqn && e.lun === lun);
     if (clash) throw exists(`agent ${agent} already serves LUN ${lun} of ${targetIqn}`);
+    const allowedInitiators = initiatorList(r.allowedInitiators);
     // The agent has never held this vdisk, so it owes no ack for older versions.
     // A snapshot is read-only however it is exported (WRITE gets DATA PROTECT at the agent).
     const readOnly = r.readOnly === true || v.kind === 'snapshot';
-    this.#db.insertExport({ vdiskId: v.id, agent, targetIqn, lun, readOnly, ackedVersion: v.version });
+    this.#db.insertExport({ vdiskId: v.id, agent, targetIqn, lun, readOnly, ackedVersion: v.version, allowedInitiators });
     this.#db.event('export', v.name, `exported on ${agent} as ${targetIqn} LUN ${lun}`);
     this.#ctrl.exportsChanged(agent);
     return this.#exportInfo(this.#db.export(v.id, agent) as ExportRow, v);
@@ -412,7 +424,7 @@ export class Admin {
       readOnly: e.readOnly,
       ackedVersion: e.ackedVersion,
       fenced: e.fenced,
-      allowedInitiators: [],
+      allowedInitiators: e.allowedInitiators,
     };
   }
 

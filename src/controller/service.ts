@@ -402,7 +402,7 @@ export class Controller {
           size: v.size,
           segmentSize: v.segmentSize,
           readOnly: e.readOnly,
-          allowedInitiators: [],
+          allowedInitiators: e.allowedInitiators,
         },
       ];
     });
