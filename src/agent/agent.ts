@@ -13,6 +13,10 @@
 // - ZeroCommand (scrub of freed space): zero the range durably, then CopyDone.
 // - Reconnect: Register lists the tables held (not fenced ones) so the
 //   controller can send deltas; the fault channel re-sends held faults.
+// - Lease (Welcome.lease_ms): when it has expired, the link starts a resync
+//   once the controller answers a heartbeat again (every table sent before
+//   that answer has arrived); it is confirmed once those tables are
+//   installed and acked and no vdisk still waits for a requested TableFull.
 import { VersionGapError, fromExtents, type Extent, type MappingTable, type TableDelta } from '../table/index.js';
 import type { ContainerResolver } from '../container/driver.js';
 import type { IscsiSettings } from '../iscsi/settings.js';
@@ -111,6 +115,8 @@ export class Agent {
   readonly #held = new Map<string, Held>();
   #holdTimeoutMs: number;
   #closed = false;
+  /** The lease resync waiting for tables (0: none). */
+  #resyncEpoch = 0;
 
   private constructor(opts: AgentOptions, targets: AgentTargets, containers: AgentContainers) {
     this.#opts = opts;
@@ -144,6 +150,7 @@ export class Agent {
     this.link.on('fence', (f) => this.#onFence(f));
     this.link.on('copyCommand', (c) => this.#onCopy(c));
     this.link.on('zeroCommand', (z) => this.#onZero(z));
+    this.link.lease.onResync((epoch) => void this.#confirmResync(epoch));
   }
 
   /** Opens containers, listens on the portals, and starts talking to the controller (in the background). */
@@ -275,6 +282,7 @@ export class Agent {
             faults: this.#sink,
             containers: this.containers as ContainerResolver,
             holdTimeoutMs: this.#holdTimeoutMs,
+            lease: this.link.lease,
           });
           // Fenced until the first TableFull: holds I/O, and lets that table install whatever its version.
           device.fence();
@@ -377,7 +385,23 @@ export class Agent {
       h.requested = false;
       log.info('table installed', { vdisk: e.vdiskName, version: t.version, segments: t.segmentCount });
       this.#ack(h, t.version);
+      // A resync may have waited for this table.
+      if (this.#resyncEpoch !== 0) void this.#confirmResync(this.#resyncEpoch);
     });
+  }
+
+  /**
+   * Confirms the lease resync `epoch` once every table operation queued so
+   * far has run and no (unfenced) vdisk still waits for a requested
+   * TableFull; otherwise the next table install tries again.
+   */
+  async #confirmResync(epoch: number): Promise<void> {
+    this.#resyncEpoch = epoch;
+    await Promise.all([...this.#held.values()].map((h) => h.queue));
+    if (this.#closed || this.#resyncEpoch !== epoch) return;
+    if ([...this.#held.values()].some((h) => h.requested && !h.fenced)) return;
+    this.#resyncEpoch = 0;
+    this.link.lease.confirm(epoch);
   }
 
   #onTableDelta(d: TableDeltaMsg): void {

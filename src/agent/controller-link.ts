@@ -5,6 +5,10 @@
 // breaks. Bad or unknown messages are logged and dropped; nothing the
 // controller sends can crash the agent. The rest of the agent sees typed
 // events and a `send` that says whether the message left.
+//
+// The link also keeps the controller's lease (AgentLease below): renewed by
+// the controller's answers to heartbeats, it tells the devices when segments
+// in state zero or no-write may no longer be served from the table held.
 import { AgentServiceClient, type AgentStream, type ClientOptions } from '../wire/grpc.js';
 import type {
   AgentMessage,
@@ -26,6 +30,7 @@ import type {
 } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
 import { Backoff, type BackoffOptions } from './backoff.js';
+import type { Lease } from './fault.js';
 
 /** What Register carries besides name and portals; asked for again on every (re)connect. */
 export interface LinkRegistration {
@@ -86,6 +91,171 @@ const EVENT_OF_BODY: Readonly<Record<string, LinkEventName | undefined>> = {
   error: 'controllerError',
 };
 
+/**
+ * The agent's side of the controller's lease (Welcome.lease_ms; design:
+ * proto Welcome and HeartbeatReply). The lease runs lease_ms from the send
+ * time of the newest heartbeat the controller answered; the controller, which
+ * started its own clock when that heartbeat arrived, waits lease_ms plus a
+ * margin before changing a table without this agent. Once it may have, only
+ * a resync (tables current again) makes the held zero and no-write segments
+ * safe to serve.
+ *
+ *   none      no lease granted (lease_ms 0, or no controller yet): nothing is held on its account
+ *   valid     answers keep coming: everything is served
+ *   expired   lease_ms since the newest answered heartbeat was sent: zero and no-write I/O is held
+ *   resyncing a heartbeat was answered on a registered stream after expiry: every table the
+ *             controller sent before that answer has arrived; held until the agent confirms
+ *             they are installed and acked (confirm), then valid
+ *
+ * Times are monotonic (performance.now()), never the wall clock.
+ */
+export type LeaseState = 'none' | 'valid' | 'expired' | 'resyncing';
+
+export class AgentLease implements Lease {
+  #state: LeaseState = 'none';
+  #leaseMs = 0;
+  /** performance.now() when the newest heartbeat the controller answered was sent. */
+  #base = Number.NEGATIVE_INFINITY;
+  /** Counts moves into resyncing, so a confirmation meant for an earlier one is ignored. */
+  #epoch = 0;
+  #timer: NodeJS.Timeout | null = null;
+  readonly #renewed = new Set<() => void>();
+  readonly #resync = new Set<(epoch: number) => void>();
+
+  get state(): LeaseState {
+    this.#tick();
+    return this.#state;
+  }
+
+  get leaseMs(): number {
+    return this.#leaseMs;
+  }
+
+  /** Hot path (zero and no-write pieces): reads the clock, so a late timer cannot extend the lease. */
+  get expired(): boolean {
+    const s = this.#state;
+    if (s === 'none') return false;
+    return s !== 'valid' || performance.now() >= this.#base + this.#leaseMs;
+  }
+
+  onRenewed(fn: () => void): () => void {
+    this.#renewed.add(fn);
+    return () => this.#renewed.delete(fn);
+  }
+
+  /** `fn(epoch)` when a resync starts: the agent checks its tables, then calls confirm(epoch). */
+  onResync(fn: (epoch: number) => void): () => void {
+    this.#resync.add(fn);
+    return () => this.#resync.delete(fn);
+  }
+
+  /** A Welcome: lease_ms 0 means the controller grants none (nothing is held on its account). */
+  welcomed(leaseMs: number): void {
+    this.#tick();
+    if (!(leaseMs > 0)) {
+      this.#leaseMs = 0;
+      this.#move('none');
+      return;
+    }
+    this.#leaseMs = leaseMs;
+    // First lease from this controller: tables are unconfirmed until a resync.
+    if (this.#state === 'none') this.#move('expired');
+    else if (this.#state === 'valid') this.#arm();
+  }
+
+  /** The controller answered a heartbeat of the current stream that was sent at `sentAt`. */
+  answered(sentAt: number): void {
+    if (this.#leaseMs === 0) return;
+    // Expire first by the old base: an answer after the lease ran out cannot
+    // vouch for the time in between, when the controller may have acted.
+    this.#tick();
+    if (sentAt > this.#base) this.#base = sentAt;
+    switch (this.#state) {
+      case 'valid':
+        this.#arm();
+        return;
+      case 'expired':
+        this.#epoch++;
+        this.#move('resyncing');
+        this.#emitResync(this.#epoch);
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** The agent has installed and acked every table that came before the answer that started resync `epoch`. */
+  confirm(epoch: number): boolean {
+    if (this.#state !== 'resyncing' || epoch !== this.#epoch) return false;
+    if (performance.now() >= this.#base + this.#leaseMs) {
+      // Ran out while resyncing: the next answer starts over.
+      this.#move('expired');
+      return false;
+    }
+    this.#move('valid');
+    for (const fn of [...this.#renewed]) {
+      try {
+        fn();
+      } catch (err) {
+        log.error('controller lease: renewal listener failed', { err: (err as Error).message });
+      }
+    }
+    return true;
+  }
+
+  /** The stream is gone: a resync in progress must start over on the next one. */
+  disconnected(): void {
+    this.#tick();
+    if (this.#state === 'resyncing') this.#move('expired');
+  }
+
+  close(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+  }
+
+  #tick(): void {
+    if (this.#state === 'valid' && performance.now() >= this.#base + this.#leaseMs) this.#move('expired');
+  }
+
+  #arm(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      this.#tick();
+      if (this.#state === 'valid') this.#arm();
+    }, Math.max(0, this.#base + this.#leaseMs - performance.now()) + 1);
+    this.#timer.unref();
+  }
+
+  /** The one place the state changes. */
+  #move(next: LeaseState): void {
+    const prev = this.#state;
+    if (prev === next) return;
+    this.#state = next;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    if (next === 'valid') this.#arm();
+    if (next === 'expired' && prev === 'valid') {
+      log.warn('controller lease expired: holding I/O to zero and no-write segments until resynced', { leaseMs: this.#leaseMs });
+    } else if (next === 'valid') {
+      log.info('controller lease renewed: tables resynced, serving every segment', { from: prev });
+    } else {
+      log.debug('controller lease', { from: prev, to: next });
+    }
+  }
+
+  #emitResync(epoch: number): void {
+    for (const fn of [...this.#resync]) {
+      try {
+        fn(epoch);
+      } catch (err) {
+        log.error('controller lease: resync listener failed', { err: (err as Error).message });
+      }
+    }
+  }
+}
+
 export class ControllerLink {
   readonly #opts: ControllerLinkOptions;
   readonly #backoff: Backoff;
@@ -98,7 +268,11 @@ export class ControllerLink {
   #welcomeTimer: NodeJS.Timeout | null = null;
   #retryTimer: NodeJS.Timeout | null = null;
   #heartbeatSeq = 0;
+  /** Send times (performance.now()) of this stream's heartbeats not yet answered, oldest first. */
+  #beats: { seq: number; at: number }[] = [];
   #connects = 0;
+  /** The controller's lease; devices read it on the I/O path. */
+  readonly lease = new AgentLease();
 
   constructor(opts: ControllerLinkOptions) {
     this.#opts = opts;
@@ -170,6 +344,7 @@ export class ControllerLink {
     if (this.#state === 'closed') return;
     this.#state = 'closed';
     this.#clearTimers();
+    this.lease.close();
     if (this.#retryTimer) clearTimeout(this.#retryTimer);
     this.#retryTimer = null;
     this.#teardown();
@@ -243,6 +418,10 @@ export class ControllerLink {
       this.#onWelcome(m.welcome);
       return;
     }
+    if (m.body === 'heartbeatReply') {
+      if (this.#state === 'registered' && m.heartbeatReply !== null && typeof m.heartbeatReply === 'object') this.#onBeatAnswered(m.heartbeatReply.seq);
+      return;
+    }
     const event = EVENT_OF_BODY[m.body];
     if (event === undefined) {
       log.warn('controller link: dropped a message of unknown kind', { body: String((m as { body: unknown }).body) });
@@ -275,15 +454,36 @@ export class ControllerLink {
     this.#welcome = w;
     this.#backoff.reset();
     const interval = w.heartbeatIntervalMs > 0 ? w.heartbeatIntervalMs : DEFAULT_HEARTBEAT_MS;
-    this.#heartbeat = setInterval(() => {
-      this.send({ body: 'heartbeat', heartbeat: { seq: ++this.#heartbeatSeq, heldIos: this.#opts.heldIos?.() ?? 0 } });
-    }, interval);
+    this.#heartbeat = setInterval(() => this.#beat(), interval);
     this.#heartbeat.unref();
+    this.lease.welcomed(w.leaseMs);
     if (w.rejectedContainers.length > 0) {
       log.warn('controller rejected containers', { rejected: w.rejectedContainers });
     }
-    log.info('registered with controller', { controller: this.#opts.controller, controllerId: w.controllerId, heartbeatMs: interval });
+    log.info('registered with controller', { controller: this.#opts.controller, controllerId: w.controllerId, heartbeatMs: interval, leaseMs: w.leaseMs });
     this.#emit('welcome', w);
+    // At once rather than an interval from now: its answer marks the end of
+    // the tables sent for Register, which is what renews an expired lease.
+    this.#beat();
+  }
+
+  #beat(): void {
+    const seq = ++this.#heartbeatSeq;
+    const at = performance.now();
+    if (!this.send({ body: 'heartbeat', heartbeat: { seq, heldIos: this.#opts.heldIos?.() ?? 0 } })) return;
+    if (this.lease.leaseMs === 0) return;
+    this.#beats.push({ seq, at });
+    // A controller that stopped answering must not make this grow without bound.
+    if (this.#beats.length > 64) this.#beats.shift();
+  }
+
+  #onBeatAnswered(seq: number): void {
+    const i = this.#beats.findIndex((b) => b.seq === seq);
+    if (i < 0) return;
+    const at = (this.#beats[i] as { at: number }).at;
+    // Older unanswered beats are superseded: the lease runs from the newest.
+    this.#beats.splice(0, i + 1);
+    this.lease.answered(at);
   }
 
   #broken(stream: AgentStream, reason: string): void {
@@ -320,6 +520,9 @@ export class ControllerLink {
     this.#stream = null;
     this.#client = null;
     this.#welcome = null;
+    // Answers on another stream say nothing about this one's tables.
+    this.#beats = [];
+    this.lease.disconnected();
     if (stream) {
       // Late events of a dead stream are ignored by the identity checks above.
       stream.on('error', () => undefined);
