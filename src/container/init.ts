@@ -2,11 +2,15 @@
 // device into a container by writing a label at its start. Creates a sparse
 // file when PATH does not exist; never overwrites an existing label (even a
 // damaged one) without `force`, because that would orphan every vdisk
-// segment stored there.
+// segment stored there. The data area of an existing file or device is
+// zeroed (hole punched, zeroing discard, or zeros written), because the
+// controller hands a new container's segments out as zeros: whatever was
+// there before must not show through a new vdisk.
 import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import { DEFAULT_SEGMENT_SIZE } from '../table/mapping-table.js';
-import { call, callVoid, errnoName, readFully, sizeOf, writeFully, type ContainerMedium } from './fd-io.js';
+import { fileOps } from '../native/fileops.js';
+import { call, callVoid, errnoName, readFully, sizeOf, tryNative, writeFully, type ContainerMedium } from './fd-io.js';
 import {
   DEFAULT_DATA_OFFSET,
   LABEL_SIZE,
@@ -22,7 +26,7 @@ import {
 export interface InitOptions {
   /** Container size in bytes. Needed to create a file; grows a smaller existing file; at most a device's size. */
   size?: number;
-  /** Overwrite an existing (or damaged) label. The old container's data is abandoned, not erased. */
+  /** Overwrite an existing (or damaged) label. The old container's data area is zeroed with the rest. */
   force?: boolean;
   segmentSize?: number;
   dataOffset?: number;
@@ -93,6 +97,8 @@ export async function initContainer(path: string, opts: InitOptions = {}): Promi
     } catch (e) {
       throw new ContainerInitError('size', path, (e as Error).message.replace(`${path}: `, ''));
     }
+    // A new (sparse) file, or the part a file was just grown by, is zeros already.
+    if (!created) await zeroDataArea(fd, path, dataOffset, Math.min(actual, size));
     const block = encodeLabel(label);
     try {
       await writeFully(fd, block, 0, block.length, 0);
@@ -106,6 +112,35 @@ export async function initContainer(path: string, opts: InitOptions = {}): Promi
     throw e;
   } finally {
     fs.closeSync(fd);
+  }
+}
+
+/** Largest zero buffer written when the medium cannot zero a range itself. */
+const ZERO_CHUNK = 1 << 20;
+
+/**
+ * Makes [from, end) read as zeros: punches a hole (on a block device a
+ * zeroing discard), else zeroes the range natively, else writes zeros in
+ * bounded chunks. The label's fdatasync makes it durable.
+ */
+async function zeroDataArea(fd: number, path: string, from: number, end: number): Promise<void> {
+  const length = end - from;
+  if (length <= 0) return;
+  try {
+    if (tryNative(() => fileOps.punchHole(fd, from, length))) return;
+    if (tryNative(() => fileOps.zeroRange(fd, from, length))) return;
+  } catch (e) {
+    throw new ContainerInitError('io', path, `zeroing the data area (${length} bytes at ${from}): ${errnoName(e)} ${(e as Error).message}`);
+  }
+  const zero = Buffer.alloc(Math.min(ZERO_CHUNK, length));
+  for (let done = 0; done < length; ) {
+    const n = Math.min(zero.length, length - done);
+    try {
+      await writeFully(fd, zero, 0, n, from + done);
+    } catch (e) {
+      throw new ContainerInitError('io', path, `zeroing the data area at ${from + done}: ${errnoName(e)} ${(e as Error).message}`);
+    }
+    done += n;
   }
 }
 
