@@ -72,19 +72,44 @@ describe('system: freed container space is reused without its old data', functio
     await readP(url, 0, 0, 2 * MiB);
   });
 
-  // OPEN BUG: the controller frees a removed vdisk's container segments as they
-  // are (nothing scrubs them: the controller does no container I/O and the
-  // agent protocol has no zero command), so a new thick vdisk, or a partial
-  // first write, sees the removed vdisk's data. Fails today; un-skip with the fix.
-  it.skip('space freed by removing a vdisk reads as zeros in a new thick vdisk', async function () {
+  // Removing a vdisk frees its segments only after an agent has zeroed them
+  // (the controller's scrub, ZeroCommand), so a new thick vdisk, or a
+  // partial first write, never sees the removed vdisk's data.
+  it('space freed by removing a vdisk reads as zeros in a new thick vdisk', async function () {
     const c = cluster();
     await c.cliOk(['export', 'rm', 'u1', '--agent', 'a']);
     await c.cliOk(['vdisk', 'rm', 'u1']);
-    expect(await containerSegmentsUsed(c)).to.equal(0);
+    await waitFor('removed vdisk scrubbed and freed', 20_000, async () => ((await containerSegmentsUsed(c)) === 0 ? true : undefined));
     await c.cliOk(['vdisk', 'create', 'u2', '--size', '2MiB', '--thick']);
     await c.cliOk(['export', 'add', 'u2', '--agent', 'a']);
     await c.waitServed('u2', ['a']);
     await readP(c.url('a', 'u2'), 0, 0, 2 * MiB);
+    const r = await check(c);
+    expect(r.ok, r.text).to.equal(true);
+  });
+
+  it('a thick vdisk written in full, then removed: a thin vdisk\'s partial first writes there read zeros around them', async function () {
+    const c = cluster();
+    const u2 = c.url('a', 'u2');
+    await writeP(u2, 0xee, 0, 2 * MiB);
+    await readP(u2, 0xee, 0, 2 * MiB);
+    await c.cliOk(['export', 'rm', 'u2', '--agent', 'a']);
+    await c.cliOk(['vdisk', 'rm', 'u2']);
+    await waitFor('removed vdisk scrubbed and freed', 20_000, async () => ((await containerSegmentsUsed(c)) === 0 ? true : undefined));
+
+    await c.cliOk(['vdisk', 'create', 'u3', '--size', '8MiB']);
+    await c.cliOk(['export', 'add', 'u3', '--agent', 'a']);
+    await c.waitServed('u3', ['a']);
+    const u3 = c.url('a', 'u3');
+    // 4 KiB in the middle of segment 3, 4 KiB at the end of segment 6: both segments come from u2's old space.
+    await writeP(u3, 0x3c, 3 * MiB + 256 * 1024, 4096);
+    await writeP(u3, 0x6c, 7 * MiB - 4096, 4096);
+    expect(await containerSegmentsUsed(c)).to.equal(2);
+    await readP(u3, 0, 3 * MiB, 256 * 1024);
+    await readP(u3, 0x3c, 3 * MiB + 256 * 1024, 4096);
+    await readP(u3, 0, 3 * MiB + 256 * 1024 + 4096, MiB - 256 * 1024 - 4096);
+    await readP(u3, 0, 6 * MiB, MiB - 4096);
+    await readP(u3, 0x6c, 7 * MiB - 4096, 4096);
     const r = await check(c);
     expect(r.ok, r.text).to.equal(true);
   });
