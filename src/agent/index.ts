@@ -5,6 +5,7 @@ import { AgentMetrics, DEFAULT_AGENT_METRICS_PORT, startMetricsEndpoint, type Me
 import { Agent, type AgentOptions, type ExportStatus } from './agent.js';
 import { vdiskDeviceFactory } from './device-port.js';
 import type { PortalAddress } from './targets.js';
+import { ReloadableChannelCredentials, sameMaterial, type ReloadOutcome, type TlsMaterial } from '../security/tls.js';
 
 export { Agent, type AgentOptions, type ExportStatus } from './agent.js';
 export { ControllerLink, type ControllerLinkOptions, type LinkEvents, type LinkState } from './controller-link.js';
@@ -19,6 +20,14 @@ export interface StartAgentOptions extends Omit<AgentOptions, 'portals'> {
   portals: (string | PortalAddress)[];
   /** Prometheus `GET /metrics` on HOST:PORT (":PORT" is loopback; port 0 picks one). No endpoint when not given. */
   metricsListen?: string;
+  /** TLS to the controller from PEM contents (ca of the controller's certificate; cert+key for mutual TLS); replaces `credentials`. */
+  tls?: TlsMaterial;
+}
+
+/** The agent's security settings as they should now be. */
+export interface AgentReload {
+  token?: string;
+  tls?: TlsMaterial;
 }
 
 export interface AgentHandle {
@@ -30,6 +39,8 @@ export interface AgentHandle {
   /** HOST:PORT of the metrics endpoint as bound, or null when metricsListen was not given. */
   readonly metricsAddress: string | null;
   exports(): ExportStatus[];
+  /** New TLS files for the next connection to the controller; throws, changing nothing, when they are unusable. */
+  reload(next: AgentReload): ReloadOutcome;
   /** Stops serving, drops the controller stream, closes devices and containers. */
   close(): Promise<void>;
 }
@@ -37,16 +48,31 @@ export interface AgentHandle {
 /** Starts an agent: containers scanned, portals listening; the controller link connects in the background. */
 export async function startAgent(opts: StartAgentOptions): Promise<AgentHandle> {
   const portals = opts.portals.map((p) => (typeof p === 'string' ? parseHostPort(p, DEFAULT_ISCSI_PORT) : p));
+  const tls = opts.tls ? new ReloadableChannelCredentials(opts.tls) : null;
+  const credentials = tls?.credentials ?? opts.credentials;
+  const reload = (next: AgentReload): ReloadOutcome => {
+    const out: ReloadOutcome = { applied: [], needsRestart: [] };
+    // The controller link keeps the token it started with for every reconnection.
+    if (next.token !== opts.token) out.needsRestart.push('token: the agent presents the one it started with until restarted');
+    if (!sameMaterial(tls?.material, next.tls)) {
+      if (tls === null || next.tls === undefined) out.needsRestart.push(`TLS: turning it ${tls === null ? 'on' : 'off'} takes a restart`);
+      else {
+        tls.reload(next.tls);
+        out.applied.push('TLS files (next connection to the controller)');
+      }
+    }
+    return out;
+  };
   if (opts.metricsListen === undefined) {
-    const agent = await Agent.start({ ...opts, portals });
-    return { name: agent.name, portals: agent.portals, agent, metricsAddress: null, exports: () => agent.exports(), close: () => agent.close() };
+    const agent = await Agent.start({ ...opts, portals, credentials });
+    return { name: agent.name, portals: agent.portals, agent, metricsAddress: null, exports: () => agent.exports(), reload, close: () => agent.close() };
   }
   // Metered: every export's device (and its fault sink) is wrapped where the agent makes it.
   const metrics = new AgentMetrics();
   const endpoint: MetricsEndpoint = await startMetricsEndpoint(metrics.registry, opts.metricsListen, DEFAULT_AGENT_METRICS_PORT, `agent ${opts.name}`);
   let agent: Agent;
   try {
-    agent = await Agent.start({ ...opts, portals, deviceFactory: metrics.deviceFactory(opts.deviceFactory ?? vdiskDeviceFactory) });
+    agent = await Agent.start({ ...opts, portals, credentials, deviceFactory: metrics.deviceFactory(opts.deviceFactory ?? vdiskDeviceFactory) });
   } catch (err) {
     await endpoint.close();
     throw err;
@@ -58,6 +84,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<AgentHandle> 
     agent,
     metricsAddress: endpoint.address,
     exports: () => agent.exports(),
+    reload,
     close: async () => {
       await endpoint.close();
       await agent.close();

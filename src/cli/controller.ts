@@ -1,14 +1,49 @@
-// `tabula controller`: the controller daemon for real deployments.
+// `tabula controller`: the controller daemon for real deployments. Flags,
+// TABULA_* environment and `--config FILE` (the appliance's YAML) are one
+// configuration (src/config); SIGHUP reloads what can change while running.
 import type { Argv } from 'yargs';
-import { log } from '../util/log.js';
+import { COMMON_FLAGS, commandLoader, type FlagSpec } from '../config/flags.js';
+import { runDaemon } from '../config/run-daemon.js';
 import { parseHostPort } from '../util/size.js';
 import { CliError } from './admin-client.js';
-import { runUntilSignal } from './signals.js';
 
-function positiveMs(v: number | undefined, option: string): number | undefined {
-  if (v === undefined) return undefined;
+/** Each flag and the configuration key it sets. */
+export const CONTROLLER_FLAGS: readonly FlagSpec[] = [
+  { flag: 'db', key: 'controller.db', path: true },
+  { flag: 'listen', key: 'controller.listen' },
+  { flag: 'ack-timeout', key: 'controller.ack-timeout' },
+  { flag: 'hold-timeout', key: 'controller.hold-timeout' },
+  { flag: 'metrics-listen', key: 'controller.metrics-listen' },
+  { flag: 'tls-cert', key: 'security.tls.cert', path: true },
+  { flag: 'tls-key', key: 'security.tls.key', path: true },
+  { flag: 'tls-ca', key: 'security.tls.ca', path: true },
+  ...COMMON_FLAGS,
+];
+
+function checkSeconds(v: number | undefined, option: string): void {
+  if (v === undefined) return;
   if (!Number.isFinite(v) || v <= 0 || v > 3600) throw new CliError(`bad ${option} ${String(v)}: give seconds, more than 0 and at most 3600`);
-  return Math.round(v * 1000);
+}
+
+/** `--token` and `--token-file` name one setting. */
+export function oneToken(args: { token?: string; 'token-file'?: string }): void {
+  if (args.token !== undefined && args['token-file'] !== undefined) throw new CliError('give --token or --token-file, not both');
+}
+
+export interface DaemonArgs {
+  config?: string;
+  token?: string;
+  'token-file'?: string;
+  'log-level'?: string;
+}
+
+/** The options every daemon command takes: its configuration file, the token and the log level. */
+export function daemonOptions<T>(a: Argv<T>): Argv<T & DaemonArgs> {
+  return a
+    .option('config', { type: 'string', describe: 'YAML configuration file (as /etc/tabula/tabula.yaml; or TABULA_CONFIG); flags and environment override it' })
+    .option('token', { type: 'string', describe: 'shared secret every agent and admin must present (or TABULA_TOKEN)' })
+    .option('token-file', { type: 'string', describe: 'file whose first line is the token (or TABULA_TOKEN_FILE); read again on SIGHUP' })
+    .option('log-level', { type: 'string', describe: 'error, warn, info or debug (or TABULA_LOG_LEVEL)' }) as unknown as Argv<T & DaemonArgs>;
 }
 
 export function controllerCommand(y: Argv): Argv {
@@ -16,27 +51,31 @@ export function controllerCommand(y: Argv): Argv {
     'controller',
     'run the controller daemon: the database of tables, and the agent and admin APIs',
     (a) =>
-      a
-        .option('db', { type: 'string', demandOption: true, describe: 'SQLite database file (created when missing)' })
-        .option('listen', { type: 'string', default: '127.0.0.1:7360', describe: 'HOST:PORT for agents and admins; beyond loopback needs --token' })
-        .option('token', { type: 'string', describe: 'shared secret every agent and admin must present (or TABULA_TOKEN)' })
-        .option('ack-timeout', { type: 'number', describe: 'seconds an agent has to ack a table version before it is fenced (default 3)' })
-        .option('hold-timeout', { type: 'number', describe: 'seconds agents hold a faulted I/O before NOT READY (default 10)' }),
+      daemonOptions(
+        a
+          .option('db', { type: 'string', describe: 'SQLite database file (created when missing); required without --config' })
+          .option('listen', { type: 'string', describe: 'HOST:PORT for agents and admins (default 127.0.0.1:7360); beyond loopback needs a token or mutual TLS' })
+          .option('tls-cert', { type: 'string', describe: "the controller's certificate (PEM); TLS on the API" })
+          .option('tls-key', { type: 'string', describe: 'its private key (PEM)' })
+          .option('tls-ca', { type: 'string', describe: 'CA that agent and admin certificates must chain to (mutual TLS)' })
+          .option('metrics-listen', { type: 'string', describe: 'Prometheus /metrics on HOST:PORT, :PORT or PORT (loopback)' })
+          .option('ack-timeout', { type: 'number', describe: 'seconds an agent has to ack a table version before it is fenced (default 3)' })
+          .option('hold-timeout', { type: 'number', describe: 'seconds agents hold a faulted I/O before NOT READY (default 10)' }),
+      ),
     async (args) => {
-      parseHostPort(args.listen, 7360);
-      const { startController } = await import('../controller/daemon.js');
-      const ctl = await startController({
-        dbPath: args.db,
-        listen: args.listen,
-        token: args.token ?? process.env.TABULA_TOKEN,
-        ackTimeoutMs: positiveMs(args['ack-timeout'], '--ack-timeout'),
-        holdTimeoutMs: positiveMs(args['hold-timeout'], '--hold-timeout'),
+      checkSeconds(args['ack-timeout'], '--ack-timeout');
+      checkSeconds(args['hold-timeout'], '--hold-timeout');
+      oneToken(args);
+      if (args.listen !== undefined) parseHostPort(args.listen, 7360);
+      const load = commandLoader({
+        role: 'controller',
+        specs: CONTROLLER_FLAGS,
+        args,
+        file: args.config,
+        defaultsWithoutFile: { 'controller.listen': '127.0.0.1:7360' },
+        requiredWithoutFile: { 'controller.db': 'Missing required argument: db (or give --config FILE)' },
       });
-      process.stdout.write(`controller listening on ${ctl.address}\n`);
-      await runUntilSignal(async (signal) => {
-        log.info('stopping controller', { signal });
-        await ctl.close();
-      });
+      await runDaemon({ role: 'controller', load, ready: ({ line }) => process.stdout.write(`${line}\n`) });
     },
   );
 }

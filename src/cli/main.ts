@@ -7,6 +7,7 @@ import { targetCommand } from './target.js';
 import { agentCommand } from './agent.js';
 import { agentSubcommands, systemCommands } from './commands.js';
 import { configCommand } from './config.js';
+import { certsCommand } from './certs.js';
 import { backupCommands } from './backup.js';
 
 /** The package version, from the nearest package.json above this module (works from src/ and dist/). */
@@ -27,6 +28,7 @@ export async function main(argv: string[]): Promise<void> {
   systemCommands(y);
   agentCommand(y, agentSubcommands);
   configCommand(y);
+  certsCommand(y);
   backupCommands(y);
   await y
     .version(version())

@@ -1,47 +1,53 @@
 // `tabula up`: the all-in-one appliance (see appliance.ts). Prints the iSCSI
 // URL on stdout once the LUN is served, then runs until SIGINT/SIGTERM.
+// Without --config it uses the embedded defaults (./data, loopback); with
+// it, the file means what it means to the all-in-one systemd service.
+import { resolve } from 'node:path';
 import type { Argv } from 'yargs';
-import { log } from '../util/log.js';
+import { COMMON_FLAGS, commandLoader, type FlagSpec } from '../config/flags.js';
+import { runDaemon } from '../config/run-daemon.js';
 import { parseSize } from '../util/size.js';
 import { APPLIANCE_DEFAULTS } from './appliance-defaults.js';
-import { runUntilSignal } from './signals.js';
+import { daemonOptions, oneToken } from './controller.js';
+
+export const UP_FLAGS: readonly FlagSpec[] = [
+  { flag: 'data', key: 'data-dir', path: true },
+  { flag: 'portal', key: 'agent.portals', list: true },
+  { flag: 'controller-listen', key: 'controller.listen' },
+  { flag: 'size', key: 'all-in-one.size' },
+  ...COMMON_FLAGS,
+];
 
 export function upCommand(y: Argv): Argv {
   return y.command(
     'up',
     'run everything on this machine: controller, one agent and a thin vdisk disk0 served over iSCSI',
     (a) =>
-      a
-        .option('data', { type: 'string', default: process.env.TABULA_DATA ?? APPLIANCE_DEFAULTS.data, describe: 'data directory (or TABULA_DATA)' })
-        .option('portal', {
-          type: 'string',
-          default: process.env.TABULA_PORTAL ?? APPLIANCE_DEFAULTS.portal,
-          describe: 'iSCSI portal HOST:PORT (or TABULA_PORTAL; port 0 picks a free one)',
-        })
-        .option('controller-listen', {
-          type: 'string',
-          default: process.env.TABULA_CONTROLLER_LISTEN ?? APPLIANCE_DEFAULTS.controllerListen,
-          describe: 'controller API HOST:PORT (or TABULA_CONTROLLER_LISTEN; port 0 picks a free one)',
-        })
-        .option('size', { type: 'string', describe: 'size of disk0 when created, or to grow it to (default 1GiB)' })
-        .option('token', { type: 'string', describe: 'shared secret for the controller API (or TABULA_TOKEN)' }),
+      daemonOptions(
+        a
+          .option('data', { type: 'string', describe: `data directory (or TABULA_DATA; default ${APPLIANCE_DEFAULTS.data})` })
+          .option('portal', { type: 'string', describe: `iSCSI portal HOST:PORT (or TABULA_PORTAL; default ${APPLIANCE_DEFAULTS.portal}; port 0 picks a free one)` })
+          .option('controller-listen', {
+            type: 'string',
+            describe: `controller API HOST:PORT (or TABULA_CONTROLLER_LISTEN; default ${APPLIANCE_DEFAULTS.controllerListen}; port 0 picks a free one)`,
+          })
+          .option('size', { type: 'string', describe: 'size of disk0 when created, or to grow it to (default 1GiB)' }),
+      ),
     async (args) => {
-      const size = args.size === undefined ? undefined : parseSize(args.size);
-      // Loaded here so that admin commands do not pay for the daemons' modules.
-      const { startAppliance } = await import('./appliance.js');
-      const app = await startAppliance({
-        data: args.data,
-        portal: args.portal,
-        controllerListen: args['controller-listen'],
-        size,
-        token: args.token ?? process.env.TABULA_TOKEN,
+      if (args.size !== undefined) parseSize(args.size); // its own one-line error
+      oneToken(args);
+      const load = commandLoader({
+        role: 'all-in-one',
+        specs: UP_FLAGS,
+        args,
+        file: args.config,
+        defaultsWithoutFile: {
+          'data-dir': resolve(APPLIANCE_DEFAULTS.data),
+          'controller.listen': APPLIANCE_DEFAULTS.controllerListen,
+          'agent.portals': [APPLIANCE_DEFAULTS.portal],
+        },
       });
-      log.info(`tabula up: controller on ${app.controller.address}, data in ${app.dataDir}`);
-      process.stdout.write(`${app.url}\n`);
-      await runUntilSignal(async (signal) => {
-        log.info('stopping tabula up', { signal });
-        await app.close();
-      });
+      await runDaemon({ role: 'all-in-one', load, ready: ({ line }) => process.stdout.write(`${line}\n`) });
     },
   );
 }

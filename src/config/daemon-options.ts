@@ -3,6 +3,7 @@
 // handlers (or src/config/service.ts, the systemd entry) call these so that
 // flags, environment and the YAML file mean the same thing everywhere.
 import { readFileSync } from 'node:fs';
+import type { TlsMaterial } from '../security/tls.js';
 import type { TabulaConfig, TlsConfig } from './schema.js';
 import { ConfigError } from './schema.js';
 
@@ -14,6 +15,7 @@ export interface ControllerDaemonOptions {
   tls?: { cert: Buffer; key: Buffer; ca?: Buffer };
   ackTimeoutMs?: number;
   holdTimeoutMs?: number;
+  metricsListen?: string;
 }
 
 export interface AgentDaemonOptions {
@@ -23,8 +25,9 @@ export interface AgentDaemonOptions {
   containers: string[];
   holdTimeoutMs?: number;
   token?: string;
-  /** PEM files for a TLS channel to the controller (build grpc credentials from them). */
-  tls?: { cert: Buffer; key: Buffer; ca?: Buffer };
+  /** PEM contents for a TLS channel to the controller (ca of its certificate; cert+key of the agent's own). */
+  tls?: TlsMaterial;
+  metricsListen?: string;
 }
 
 export interface ApplianceDaemonOptions {
@@ -55,13 +58,29 @@ export function resolveToken(cfg: TabulaConfig): string | undefined {
   return t;
 }
 
-export function resolveTls(tls: TlsConfig | undefined): { cert: Buffer; key: Buffer; ca?: Buffer } | undefined {
+/** The PEM contents of the TLS files (read now: SIGHUP reads them again). */
+export function resolveTls(tls: TlsConfig | undefined): TlsMaterial | undefined {
   if (!tls) return undefined;
-  return {
-    cert: readSecretFile(tls.cert, 'security.tls.cert'),
-    key: readSecretFile(tls.key, 'security.tls.key'),
-    ca: tls.ca === undefined ? undefined : readSecretFile(tls.ca, 'security.tls.ca'),
-  };
+  const read = (path: string | undefined, key: string): Buffer | undefined => (path === undefined ? undefined : readSecretFile(path, key));
+  return { cert: read(tls.cert, 'security.tls.cert'), key: read(tls.key, 'security.tls.key'), ca: read(tls.ca, 'security.tls.ca') };
+}
+
+/** The controller's TLS: its certificate and key are required (the schema says so for non-agent roles). */
+function serverTls(tls: TlsConfig | undefined): ControllerDaemonOptions['tls'] {
+  const m = resolveTls(tls);
+  if (m === undefined) return undefined;
+  if (m.cert === undefined || m.key === undefined) throw new ConfigError('security.tls', ["the controller needs cert and key"]);
+  return { cert: m.cert, key: m.key, ca: m.ca };
+}
+
+/** The settings a running daemon can take again on SIGHUP. */
+export interface SecuritySettings {
+  token?: string;
+  tls?: TlsMaterial;
+}
+
+export function securitySettings(cfg: TabulaConfig): SecuritySettings {
+  return { token: resolveToken(cfg), tls: cfg.role === 'agent' ? resolveTls(cfg.security.tls) : serverTls(cfg.security.tls) };
 }
 
 export function controllerOptions(cfg: TabulaConfig): ControllerDaemonOptions {
@@ -69,9 +88,10 @@ export function controllerOptions(cfg: TabulaConfig): ControllerDaemonOptions {
     dbPath: cfg.controller.db,
     listen: cfg.controller.listen,
     token: resolveToken(cfg),
-    tls: resolveTls(cfg.security.tls),
+    tls: serverTls(cfg.security.tls),
     ackTimeoutMs: ms(cfg.controller.ackTimeoutSec),
     holdTimeoutMs: ms(cfg.controller.holdTimeoutSec),
+    metricsListen: cfg.controller.metricsListen,
   };
 }
 
@@ -84,6 +104,7 @@ export function agentOptions(cfg: TabulaConfig): AgentDaemonOptions {
     holdTimeoutMs: ms(cfg.agent.holdTimeoutSec),
     token: resolveToken(cfg),
     tls: resolveTls(cfg.security.tls),
+    metricsListen: cfg.agent.metricsListen,
   };
 }
 
@@ -107,5 +128,8 @@ export function notApplied(cfg: TabulaConfig): string[] {
   if (cfg.security.chap) out.push('security.chap: per-export CHAP is not enforced by the agent yet; use `tabula target --chap` for a standalone target');
   if (cfg.security.allowedInitiators.length > 0) out.push('security.allowed-initiators: initiator ACLs are not enforced by the agent yet');
   if (cfg.role === 'all-in-one' && cfg.security.tls) out.push('security.tls: the all-in-one node talks to its controller in-process; TLS applies to controller and agent roles');
+  if (cfg.role === 'all-in-one' && (cfg.controller.metricsListen !== undefined || cfg.agent.metricsListen !== undefined)) {
+    out.push('controller.metrics-listen, agent.metrics-listen: the all-in-one node has no metrics endpoints yet; they apply to controller and agent roles');
+  }
   return out;
 }

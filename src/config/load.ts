@@ -1,11 +1,12 @@
 // Where the effective configuration comes from, weakest first: built-in
-// defaults, the YAML file (/etc/tabula/tabula.yaml, or --file / TABULA_CONFIG),
-// TABULA_* environment variables, then flags (dotted keys such as
-// `agent.portals`). Later layers replace whole values, lists included.
+// defaults, a command's own defaults, the YAML file (/etc/tabula/tabula.yaml,
+// or --config / --file / TABULA_CONFIG), TABULA_* environment variables, then
+// flags (dotted keys such as `agent.portals`). Later layers replace whole
+// values, lists included.
 import { existsSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parseDocument } from 'yaml';
-import { ConfigError, validateConfig, type TabulaConfig } from './schema.js';
+import { ConfigError, validateConfig, type Role, type TabulaConfig } from './schema.js';
 
 export const DEFAULT_CONFIG_FILE = '/etc/tabula/tabula.yaml';
 
@@ -20,6 +21,7 @@ export const ENV_KEYS: Readonly<Record<string, { key: string; list?: boolean }>>
   TABULA_PORTAL: { key: 'agent.portals', list: true },
   TABULA_CONTAINERS: { key: 'agent.containers', list: true },
   TABULA_TOKEN: { key: 'security.token' },
+  TABULA_TOKEN_FILE: { key: 'security.token-file' },
 };
 
 /** Keys that stand for the same setting: giving one drops the other from weaker layers. */
@@ -33,6 +35,15 @@ export interface LoadOptions {
   file?: string;
   /** A missing file is an error (default: only when `file` was given explicitly). */
   requireFile?: boolean;
+  /** Read no file unless `file` or TABULA_CONFIG names one (the CLI daemons; the systemd service reads the default file). */
+  noDefaultFile?: boolean;
+  /**
+   * The daemon this configuration is for: the document's role becomes it, and
+   * a file or environment that names another role is an error.
+   */
+  role?: Role;
+  /** The command's own defaults by dotted key, under the file (only for keys the file does not set). */
+  defaults?: Readonly<Record<string, unknown>>;
   /** Environment to read TABULA_* from (default process.env). */
   env?: NodeJS.ProcessEnv;
   /** Flag values by dotted key (e.g. {'agent.portals': ['0.0.0.0:3260']}); undefined values are skipped. */
@@ -42,7 +53,7 @@ export interface LoadOptions {
 
 export interface LoadedConfig {
   config: TabulaConfig;
-  /** The file read, or null when none existed. */
+  /** The file read, or null when none existed (or none was asked for). */
   file: string | null;
   /** Dotted keys set by the environment and by flags, for `config check`. */
   fromEnv: string[];
@@ -89,13 +100,25 @@ export function configFilePath(opts: Pick<LoadOptions, 'file' | 'env'> = {}): st
   return opts.file ?? (opts.env ?? process.env).TABULA_CONFIG ?? DEFAULT_CONFIG_FILE;
 }
 
+function getDotted(target: Record<string, unknown>, dotted: string): unknown {
+  let o: unknown = target;
+  for (const p of dotted.split('.')) {
+    if (typeof o !== 'object' || o === null || Array.isArray(o)) return undefined;
+    o = (o as Record<string, unknown>)[p];
+  }
+  return o;
+}
+
 export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
   const env = opts.env ?? process.env;
-  const path = configFilePath(opts);
+  const path = configFilePath({ file: opts.file, env });
   const explicit = opts.requireFile ?? (opts.file !== undefined || env.TABULA_CONFIG !== undefined);
+  const skipFile = opts.noDefaultFile === true && opts.file === undefined && env.TABULA_CONFIG === undefined;
   let raw: unknown = {};
   let file: string | null = null;
-  if (existsSync(path)) {
+  if (skipFile) {
+    // no file: defaults, environment and flags only
+  } else if (existsSync(path)) {
     let text: string;
     try {
       text = readFileSync(path, 'utf8');
@@ -112,6 +135,9 @@ export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
     return { config: validateConfig(raw, path, { hostname: opts.hostname ?? hostname() }), file, fromEnv: [], fromFlags: [] };
   }
   const doc = raw as Record<string, unknown>;
+  for (const [key, v] of Object.entries(opts.defaults ?? {})) {
+    if (v !== undefined && getDotted(doc, key) === undefined) setDotted(doc, key, v);
+  }
   const fromEnv: string[] = [];
   for (const [name, { key, list }] of Object.entries(ENV_KEYS)) {
     const v = env[name];
@@ -125,7 +151,16 @@ export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
     setDotted(doc, key, v);
     fromFlags.push(key);
   }
-  const source = file ?? `${path} (absent; defaults${fromEnv.length + fromFlags.length > 0 ? ', environment and flags' : ''})`;
+  const layers = fromEnv.length + fromFlags.length > 0 ? ', environment and flags' : '';
+  const source = file ?? (skipFile ? `flags${layers ? ' and environment' : ''} (no configuration file)` : `${path} (absent; defaults${layers})`);
+  if (opts.role !== undefined) {
+    const said = doc.role;
+    if (said !== undefined && said !== null && said !== opts.role) {
+      const where = fromEnv.includes('role') ? 'TABULA_ROLE' : (file ?? source);
+      throw new ConfigError(where, [`role: the configuration says '${String(said)}', but this starts the ${opts.role} daemon`]);
+    }
+    doc.role = opts.role;
+  }
   return { config: validateConfig(doc, source, { hostname: opts.hostname ?? hostname() }), file, fromEnv, fromFlags };
 }
 

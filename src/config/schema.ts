@@ -4,6 +4,7 @@
 // admin fixes a file in one pass. Unknown keys are errors too, because a
 // misspelt key silently ignored is a setting silently lost.
 import { parseHostPort, parseSize } from '../util/size.js';
+import { DEFAULT_AGENT_METRICS_PORT, DEFAULT_CONTROLLER_METRICS_PORT, parseMetricsListen } from '../metrics/endpoint.js';
 
 export const ROLES = ['controller', 'agent', 'all-in-one'] as const;
 export type Role = (typeof ROLES)[number];
@@ -26,10 +27,14 @@ export interface ChapConfig {
   mutualSecret?: string;
 }
 
+/**
+ * PEM files. On the controller: its certificate and key, and with `ca`
+ * client certificates are required (mutual TLS). On an agent: `ca` of the
+ * controller's certificate, and cert+key when the controller wants one.
+ */
 export interface TlsConfig {
-  cert: string;
-  key: string;
-  /** CA for the peer: client certificates on the controller, the controller's certificate on agents. */
+  cert?: string;
+  key?: string;
   ca?: string;
 }
 
@@ -48,12 +53,15 @@ export interface TabulaConfig {
     db: string;
     ackTimeoutSec?: number;
     holdTimeoutSec?: number;
+    /** Prometheus endpoint of the controller, HOST:PORT (none when absent). */
+    metricsListen?: string;
   };
   agent: {
     name: string;
     portals: string[];
     containers: string[];
     holdTimeoutSec?: number;
+    metricsListen?: string;
   };
   containersInit: ContainerInit[];
   allInOne: {
@@ -165,6 +173,18 @@ class Reader {
     return checkAddress(v, defaultPort) ?? this.fail(k, `'${v}' is not HOST:PORT (port 0-65535)`);
   }
 
+  /** HOST:PORT, HOST, :PORT or PORT (the last two on loopback), as the metrics endpoint reads it. */
+  listen(k: string, defaultPort: number): string | undefined {
+    const v = this.string(k);
+    if (v === undefined) return undefined;
+    try {
+      parseMetricsListen(v, defaultPort);
+      return v;
+    } catch {
+      return this.fail(k, `'${v}' is not HOST:PORT, :PORT or PORT (port 0-65535)`);
+    }
+  }
+
   seconds(k: string): number | undefined {
     const v = this.obj[k];
     if (v === undefined || v === null) return undefined;
@@ -251,8 +271,8 @@ function checkAddress(v: string, defaultPort: number): string | undefined {
 }
 
 const TOP = ['role', 'data-dir', 'data-device', 'log-level', 'controller', 'agent', 'containers-init', 'all-in-one', 'security'] as const;
-const CONTROLLER = ['listen', 'address', 'db', 'ack-timeout', 'hold-timeout'] as const;
-const AGENT = ['name', 'portals', 'containers', 'hold-timeout'] as const;
+const CONTROLLER = ['listen', 'address', 'db', 'ack-timeout', 'hold-timeout', 'metrics-listen'] as const;
+const AGENT = ['name', 'portals', 'containers', 'hold-timeout', 'metrics-listen'] as const;
 const INIT = ['device', 'size', 'segment-size'] as const;
 const SECURITY = ['token', 'token-file', 'tls', 'chap', 'allowed-initiators'] as const;
 const TLS = ['cert', 'key', 'ca'] as const;
@@ -285,6 +305,7 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
     db: c.path('db') ?? `${dataDir}/controller.db`,
     ackTimeoutSec: c.seconds('ack-timeout'),
     holdTimeoutSec: c.seconds('hold-timeout'),
+    metricsListen: c.listen('metrics-listen', DEFAULT_CONTROLLER_METRICS_PORT),
   };
   if (role === 'agent' && address === undefined && !c.has('address')) errors.push('controller.address: required when role is agent (HOST:PORT of the controller)');
 
@@ -313,6 +334,7 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
     portals: portals ?? ['0.0.0.0:3260'],
     containers: containers ?? (containersInit.length > 0 ? containersInit.map((x) => x.device) : [`${dataDir}/containers/*`]),
     holdTimeoutSec: a.seconds('hold-timeout'),
+    metricsListen: a.listen('metrics-listen', DEFAULT_AGENT_METRICS_PORT),
   };
   if (role === 'all-in-one' && name !== undefined && name !== 'local') errors.push(`agent.name: the all-in-one node's agent is always 'local', not '${name}'`);
   if (role === 'all-in-one' && agent.portals.length !== 1) errors.push('agent.portals: the all-in-one node serves exactly one portal');
@@ -329,9 +351,14 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
     const t = s.section('tls', TLS);
     const cert = t.path('cert');
     const key = t.path('key');
-    if (!t.has('cert')) errors.push('security.tls.cert: required with security.tls');
-    if (!t.has('key')) errors.push('security.tls.key: required with security.tls');
-    if (cert !== undefined && key !== undefined) tls = { cert, key, ca: t.path('ca') };
+    const ca = t.path('ca');
+    if (t.has('cert') !== t.has('key')) errors.push(`security.tls.${t.has('cert') ? 'key' : 'cert'}: give the certificate and its key together`);
+    if (role === 'agent') {
+      if (!t.has('ca')) errors.push("security.tls.ca: required on an agent (the CA of the controller's certificate)");
+    } else if (!t.has('cert') && !t.has('key')) {
+      errors.push("security.tls.cert: required with security.tls (the controller's certificate, with security.tls.key)");
+    }
+    tls = { cert, key, ca };
   }
   let chap: ChapConfig | undefined;
   if (s.has('chap')) {
@@ -350,8 +377,10 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
 
   const listenHost = parseHostPort(controller.listen, 7360).host;
   const loopback = listenHost === 'localhost' || listenHost.startsWith('127.') || listenHost === '::1';
-  if (role !== 'agent' && !loopback && token === undefined && tokenFile === undefined) {
-    errors.push(`security.token: required when controller.listen (${controller.listen}) is beyond loopback (or give security.token-file)`);
+  if (role !== 'agent' && !loopback && token === undefined && tokenFile === undefined && tls?.ca === undefined) {
+    errors.push(
+      `security.token: required when controller.listen (${controller.listen}) is beyond loopback (or give security.token-file, or mutual TLS: security.tls with ca)`,
+    );
   }
 
   if (errors.length > 0) throw new ConfigError(source, errors);

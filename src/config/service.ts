@@ -4,11 +4,9 @@
 // on a small appliance. The units name the role they run; a unit whose role is
 // not the configured one refuses to start (ExecCondition in the unit checks
 // first, this is the backstop).
-import { log, setLogLevel } from '../util/log.js';
-import { runUntilSignal } from '../cli/signals.js';
-import { loadConfig } from './load.js';
-import { agentOptions, applianceOptions, controllerOptions, notApplied } from './daemon-options.js';
-import { prepareNode } from './prepare.js';
+import { log } from '../util/log.js';
+import { loadConfig, type LoadedConfig } from './load.js';
+import { runDaemon } from './run-daemon.js';
 import { ConfigError, ROLES, type Role } from './schema.js';
 
 export interface ServiceOptions {
@@ -21,44 +19,24 @@ export interface ServiceOptions {
 export const READY_PREFIX = 'tabula: ready';
 
 export async function runService(opts: ServiceOptions): Promise<void> {
-  const { config: cfg, file } = loadConfig({ file: opts.file });
-  setLogLevel(cfg.logLevel);
-  if (cfg.role !== opts.role) {
-    throw new ConfigError(file ?? 'configuration', [`role: the configuration says '${cfg.role}'; this service runs '${opts.role}'`]);
-  }
-  for (const n of notApplied(cfg)) log.warn(`config: ${n}`);
-  await prepareNode(cfg);
-
-  let close: () => Promise<void>;
-  let ready: string;
-  if (cfg.role === 'controller') {
-    const { startController } = await import('../controller/daemon.js');
-    const ctl = await startController(controllerOptions(cfg));
-    close = () => ctl.close();
-    ready = `controller listening on ${ctl.address}`;
-  } else if (cfg.role === 'agent') {
-    const { startAgent, formatAddress } = await import('../agent/index.js');
-    const o = agentOptions(cfg);
-    let credentials;
-    if (o.tls) {
-      const grpc = await import('@grpc/grpc-js');
-      credentials = grpc.credentials.createSsl(o.tls.ca ?? null, o.tls.key, o.tls.cert);
+  // The same path as `tabula controller|agent|up --config FILE`, plus disk preparation; SIGHUP reloads.
+  const load = (): LoadedConfig => {
+    const l = loadConfig({ file: opts.file });
+    // Unlike a command, a unit does not make the file's role its own: a node runs the role its file names.
+    if (l.config.role !== opts.role) {
+      throw new ConfigError(l.file ?? 'configuration', [`role: the configuration says '${l.config.role}'; this service runs '${opts.role}'`]);
     }
-    const agent = await startAgent({ ...o, credentials });
-    close = () => agent.close();
-    ready = `agent ${agent.name} serving on ${agent.portals.map(formatAddress).join(', ')}, controller ${o.controller}`;
-  } else {
-    const { startAppliance } = await import('../cli/appliance.js');
-    const app = await startAppliance(applianceOptions(cfg));
-    close = () => app.close();
-    ready = `all-in-one serving ${app.url}, controller on ${app.controller.address}`;
-  }
-  log.info(`${READY_PREFIX}: ${ready}`);
-  // stdout goes to the console too (the unit's StandardOutput), for whoever watches the boot.
-  process.stdout.write(`${READY_PREFIX}: ${ready}\n`);
-  await runUntilSignal(async (signal) => {
-    log.info(`stopping ${cfg.role}`, { signal });
-    await close();
+    return l;
+  };
+  await runDaemon({
+    role: opts.role,
+    load,
+    prepare: true,
+    ready: ({ summary }) => {
+      log.info(`${READY_PREFIX}: ${summary}`);
+      // stdout goes to the console too (the unit's StandardOutput), for whoever watches the boot.
+      process.stdout.write(`${READY_PREFIX}: ${summary}\n`);
+    },
   });
 }
 

@@ -1,6 +1,7 @@
 // The controller daemon: opens the database, serves AgentService and
 // AdminService on one gRPC port. Loopback by default; any other address
-// needs TLS or a shared token (metadata `authorization: Bearer <token>`).
+// needs mutual TLS or a shared token (metadata `authorization: Bearer <token>`).
+// The token and the TLS files can be replaced while running (reload()).
 
 import * as grpc from '@grpc/grpc-js';
 import { timingSafeEqual } from 'node:crypto';
@@ -8,6 +9,7 @@ import { isIP } from 'node:net';
 import { AUTH_METADATA_KEY, adminServiceDefinition, agentServiceDefinition } from '../wire/grpc.js';
 import { parseHostPort } from '../util/size.js';
 import { log } from '../util/log.js';
+import { ReloadableServerCredentials, sameMaterial, type ReloadOutcome } from '../security/tls.js';
 import { ControllerMetrics, DEFAULT_CONTROLLER_METRICS_PORT, startMetricsEndpoint, type MetricsEndpoint } from '../metrics/index.js';
 import { Admin, adminImplementation } from './admin.js';
 import { ControllerDb } from './db.js';
@@ -29,6 +31,7 @@ export interface StartControllerOptions extends ControllerOptions {
   listen?: string;
   /** Shared secret every call must carry. */
   token?: string;
+  /** TLS on the API; with `ca`, client certificates are required (mutual TLS). */
   tls?: TlsOptions;
   /** Prometheus `GET /metrics` on HOST:PORT (":PORT" is loopback; port 0 picks one). No endpoint when not given. */
   metricsListen?: string;
@@ -45,7 +48,26 @@ export interface ControllerHandle {
   readonly server: grpc.Server;
   /** HOST:PORT of the metrics endpoint as bound, or null when metricsListen was not given. */
   readonly metricsAddress: string | null;
+  /**
+   * Applies a new token and TLS files (new connections). Throws, changing
+   * nothing, when they are unusable or would leave a non-loopback API open.
+   */
+  reload(next: ControllerReload): ReloadOutcome;
   close(): Promise<void>;
+}
+
+/** The security settings as they should now be (absent = none). */
+export interface ControllerReload {
+  token?: string;
+  tls?: TlsOptions;
+}
+
+
+/** Why listening on `host` would expose the API, or null when it is protected. */
+export function exposure(host: string, token: string | undefined, tls: { ca?: Buffer } | undefined): string | null {
+  if (isLoopback(host) || token || tls?.ca !== undefined) return null;
+  const why = tls ? 'TLS without client certificates (--tls-ca)' : 'neither TLS nor a token';
+  return `refusing to listen on ${host} with ${why}: the admin API would be open to the network (give --token/--token-file, or --tls-cert, --tls-key and --tls-ca)`;
 }
 
 export function isLoopback(host: string): boolean {
@@ -68,15 +90,18 @@ export function tokenAuthorizer(token: string | undefined): (md: grpc.Metadata) 
 
 export async function startController(opts: StartControllerOptions): Promise<ControllerHandle> {
   const { host, port } = parseHostPort(opts.listen ?? `127.0.0.1:${DEFAULT_CONTROLLER_PORT}`, DEFAULT_CONTROLLER_PORT);
-  if (!isLoopback(host) && !opts.tls && !opts.token) {
-    throw new Error(`refusing to listen on ${host}:${port} without TLS or a token: the admin API would be open to the network`);
-  }
+  const exposed = exposure(host, opts.token, opts.tls);
+  if (exposed !== null) throw new Error(exposed);
+  // Built before the database opens so that bad certificate files fail first, naming themselves.
+  const tlsCreds = opts.tls ? new ReloadableServerCredentials(opts.tls) : null;
   const db = new ControllerDb(opts.dbPath);
   const controller = new Controller(db, opts);
   const metrics = opts.metricsListen === undefined ? null : new ControllerMetrics();
   metrics?.observe(controller);
   const admin = new Admin(controller);
-  const authorize = tokenAuthorizer(opts.token);
+  let token = opts.token;
+  let check = tokenAuthorizer(token);
+  const authorize = (md: grpc.Metadata): string | null => check(md);
   const server = new grpc.Server({
     'grpc.keepalive_time_ms': 10_000,
     'grpc.keepalive_timeout_ms': 5_000,
@@ -94,9 +119,7 @@ export async function startController(opts: StartControllerOptions): Promise<Con
     },
   });
   server.addService(adminServiceDefinition(), adminImplementation(admin, authorize));
-  const creds = opts.tls
-    ? grpc.ServerCredentials.createSsl(opts.tls.ca ?? null, [{ cert_chain: opts.tls.cert, private_key: opts.tls.key }], opts.tls.ca !== undefined)
-    : grpc.ServerCredentials.createInsecure();
+  const creds = tlsCreds ?? grpc.ServerCredentials.createInsecure();
   const bindHost = host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
   let endpoint: MetricsEndpoint | null = null;
   if (metrics !== null) {
@@ -132,6 +155,33 @@ export async function startController(opts: StartControllerOptions): Promise<Con
     db,
     server,
     metricsAddress: endpoint?.address ?? null,
+    reload(next) {
+      const out: ReloadOutcome = { applied: [], needsRestart: [] };
+      const tlsChanged = !sameMaterial(tlsCreds?.material, next.tls);
+      let applyTls = false;
+      if (tlsChanged) {
+        if (tlsCreds === null || next.tls === undefined) {
+          out.needsRestart.push(`TLS: turning it ${tlsCreds === null ? 'on' : 'off'} takes a restart`);
+        } else if ((next.tls.ca !== undefined) !== tlsCreds.mutual) {
+          out.needsRestart.push(`TLS: turning client certificates ${tlsCreds.mutual ? 'off' : 'on'} takes a restart`);
+        } else {
+          applyTls = true;
+        }
+      }
+      // The check uses the TLS that will be in force after this reload.
+      const exposed = exposure(host, next.token, applyTls ? next.tls : tlsCreds?.material);
+      if (next.token !== token && exposed !== null) throw new Error(`not dropping the token: ${exposed}`);
+      if (applyTls && tlsCreds !== null && next.tls !== undefined) {
+        tlsCreds.reload(next.tls); // throws before anything else changes
+        out.applied.push('TLS certificate and key (new connections)');
+      }
+      if (next.token !== token) {
+        token = next.token;
+        check = tokenAuthorizer(token);
+        out.applied.push(token === undefined ? 'token (removed)' : 'token');
+      }
+      return out;
+    },
     close() {
       closed ??= (async () => {
         await endpoint?.close();

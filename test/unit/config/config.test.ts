@@ -79,7 +79,7 @@ describe('config: validation', () => {
     expect(problems({ role: 'master' })).to.deep.equal(["role: 'master' is not one of controller, agent, all-in-one"]);
     expect(problems({ 'all-in-one': { size: '12 parsecs' } })[0]).to.match(/^all-in-one\.size: bad size '12 parsecs'/);
     expect(problems({ role: 'controller' })).to.deep.equal([
-      'security.token: required when controller.listen (0.0.0.0:7360) is beyond loopback (or give security.token-file)',
+      'security.token: required when controller.listen (0.0.0.0:7360) is beyond loopback (or give security.token-file, or mutual TLS: security.tls with ca)',
     ]);
     expect(problems({ role: 'controller', security: { token: 'a', 'token-file': '/etc/tabula/token' } })).to.deep.equal([
       'security.token-file: give security.token or security.token-file, not both',
@@ -146,6 +146,7 @@ describe('config: daemon options', () => {
         tls: undefined,
         ackTimeoutMs: 2500,
         holdTimeoutMs: 10000,
+        metricsListen: undefined,
       });
     } finally {
       rmSync(dir, { recursive: true, force: true });
@@ -162,6 +163,7 @@ describe('config: daemon options', () => {
       holdTimeoutMs: 3000,
       token: undefined,
       tls: undefined,
+      metricsListen: undefined,
     });
     const u = base({ 'all-in-one': { size: '256MiB' }, 'data-dir': '/srv/t' });
     expect(applianceOptions(u)).to.deep.equal({
