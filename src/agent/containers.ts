@@ -57,8 +57,12 @@ export class AgentContainers implements ContainerResolver {
   async close(): Promise<void> {
     const all = [...this.#resolver.values()];
     for (const d of all) this.#resolver.delete(d.id);
+    // Flushed first: a stopping agent leaves every acknowledged write durable, FUA or not.
     await Promise.all(
-      all.map((d) => d.close().catch((err: unknown) => log.warn('closing container', { id: d.id, err: (err as Error).message }))),
+      all.map(async (d) => {
+        await d.flush().catch((err: unknown) => log.warn('flushing container before closing it', { id: d.id, err: (err as Error).message }));
+        await d.close().catch((err: unknown) => log.warn('closing container', { id: d.id, err: (err as Error).message }));
+      }),
     );
   }
 }

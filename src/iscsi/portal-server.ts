@@ -1,7 +1,20 @@
 // An iSCSI portal: a TCP listener whose connections log in to the targets of
 // a TargetRegistry. Owns the session table (TSIH allocation, session
 // reinstatement by ISID) shared by all its connections.
+//
+// Graceful stop (drain): no new connections or logins (a login that is
+// already under way is refused with 03/01, service unavailable); each
+// session's commands in flight complete and are answered; once a session
+// has none it gets an Async Message asking its initiator to log out
+// (AsyncEvent 1, RFC 7143 11.9.1), and is closed when it has logged out,
+// after the grace it was given, or at the drain deadline, whichever comes
+// first. An initiator that logs out cleanly sees a planned logout rather
+// than a dropped connection and fails over to another path at once; one
+// that ignores the request loses nothing either, since it has no command
+// outstanding when its connection closes (unless it keeps sending new ones
+// until the deadline).
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { registerDrain } from '../util/graceful.js';
 import { log } from '../util/log.js';
 import { makeNexus } from '../scsi/types.js';
 import { Connection, type SessionFactory } from './connection.js';
@@ -19,6 +32,27 @@ export interface PortalOptions {
   settings?: Partial<IscsiSettings>;
 }
 
+/** How long a drain waits for commands in flight, at most (default). */
+export const DEFAULT_DRAIN_TIMEOUT_MS = 10_000;
+/** How long an initiator asked to log out is given (Parameter3, whole seconds). */
+export const DEFAULT_LOGOUT_GRACE_MS = 2_000;
+
+export interface DrainOptions {
+  timeoutMs?: number;
+  logoutGraceMs?: number;
+}
+
+export interface DrainResult {
+  /** Normal sessions open when the drain started. */
+  sessions: number;
+  /** Of those, sessions that logged out (or went away) by themselves. */
+  loggedOut: number;
+  /** Commands still outstanding on sessions closed at the deadline (abandoned). */
+  abandonedTasks: number;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
 export class IscsiPortalServer implements SessionDirectory, SessionFactory {
   readonly settings: IscsiSettings;
   readonly tpgt: number;
@@ -27,6 +61,8 @@ export class IscsiPortalServer implements SessionDirectory, SessionFactory {
   private readonly connections = new Set<Connection>();
   private readonly sockets = new Set<Socket>();
   private nextTsih = 1;
+  private draining: Promise<DrainResult> | null = null;
+  private unregisterDrain: (() => void) | null = null;
   /** Session-wide parameters of sessions being restarted on a new connection, by TSIH. */
   private readonly carriedOver = new Map<number, NegotiatedParams>();
 
@@ -51,6 +87,10 @@ export class IscsiPortalServer implements SessionDirectory, SessionFactory {
     server.on('error', (err) => log.error('portal error', { err: err.message }));
     const addr = server.address() as AddressInfo;
     this.registry.addPortal({ address: this.opts.host, port: addr.port, tpgt: this.tpgt });
+    // SIGTERM/SIGINT drains every listening portal before the daemon stops.
+    this.unregisterDrain = registerDrain(async () => {
+      await this.drain();
+    });
     log.info('iSCSI portal listening', { host: this.opts.host, port: addr.port, tpgt: this.tpgt });
     return addr;
   }
@@ -95,6 +135,8 @@ export class IscsiPortalServer implements SessionDirectory, SessionFactory {
   }
 
   private admit(req: AdmitRequest): AdmitResult {
+    // Status 03/01, service unavailable: the target is going down.
+    if (this.draining !== null) return { ok: false, statusClass: 0x03, statusDetail: 0x01 };
     if (req.sessionType === 'Discovery') return { ok: true, tsih: this.allocTsih() };
     const same = [...this.sessions].find(
       (s) => s.type === 'Normal' && s.isid === req.isid && s.params.initiatorName === req.initiatorName && s.targetName === req.targetName,
@@ -152,7 +194,65 @@ export class IscsiPortalServer implements SessionDirectory, SessionFactory {
     return this.sessions.size;
   }
 
+  /**
+   * Graceful stop of every session (see the top of this file); resolves when
+   * none is left, within `timeoutMs` plus a little. The listener stops at
+   * once. Calling it again returns the same drain; close() afterwards
+   * releases what is left.
+   */
+  drain(opts: DrainOptions = {}): Promise<DrainResult> {
+    this.draining ??= this.runDrain(opts.timeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS, opts.logoutGraceMs ?? DEFAULT_LOGOUT_GRACE_MS);
+    return this.draining;
+  }
+
+  private async runDrain(timeoutMs: number, graceMs: number): Promise<DrainResult> {
+    // No new connections; the close callback (all connections gone) is not awaited.
+    this.server?.close();
+    const deadline = Date.now() + timeoutMs;
+    const normal = [...this.sessions].filter((s) => s.type === 'Normal');
+    for (const s of this.sessions) if (s.type !== 'Normal') s.terminate('portal draining', true);
+    log.info('iSCSI portal draining', { port: this.opts.port, tpgt: this.tpgt, sessions: normal.length, timeoutMs });
+    const outcomes = await Promise.all(normal.map((s) => this.drainSession(s, deadline, graceMs)));
+    const result: DrainResult = {
+      sessions: normal.length,
+      loggedOut: outcomes.filter((o) => o === 'logged out').length,
+      abandonedTasks: outcomes.reduce<number>((n, o) => n + (typeof o === 'number' ? o : 0), 0),
+    };
+    // Connections still in login (they would be refused anyway).
+    for (const sock of this.sockets) sock.destroy();
+    if (result.abandonedTasks > 0) log.warn('iSCSI portal drained with commands still outstanding', { tpgt: this.tpgt, ...result });
+    else log.info('iSCSI portal drained', { tpgt: this.tpgt, ...result });
+    return result;
+  }
+
+  /** 'logged out', 'closed' (after the grace, nothing outstanding), or the number of commands abandoned at the deadline. */
+  private async drainSession(s: Session, deadline: number, graceMs: number): Promise<'logged out' | 'closed' | number> {
+    let askedAt = 0;
+    // Polled: a drain happens once per process lifetime, and the session needs no hook for it.
+    while (!s.isClosed && Date.now() < deadline) {
+      if (s.outstandingTasks === 0) {
+        if (askedAt === 0) {
+          askedAt = Date.now();
+          s.requestLogout(Math.min(graceMs, deadline - askedAt) / 1000);
+        } else if (Date.now() - askedAt >= graceMs) {
+          break;
+        }
+      }
+      await sleep(20);
+    }
+    if (s.isClosed) return 'logged out';
+    const left = s.outstandingTasks;
+    s.terminate(left > 0 ? 'portal drain deadline' : 'portal drained', true);
+    return left > 0 ? left : 'closed';
+  }
+
+  get isDraining(): boolean {
+    return this.draining !== null;
+  }
+
   async close(): Promise<void> {
+    this.unregisterDrain?.();
+    this.unregisterDrain = null;
     const server = this.server;
     this.server = null;
     for (const s of [...this.sessions]) s.terminate('portal shutting down', true);

@@ -160,6 +160,33 @@ export class Session {
     this.conn = conn;
   }
 
+  /** Commands received and not yet answered (a draining portal waits for none). */
+  get outstandingTasks(): number {
+    return this.tasks.size;
+  }
+
+  /**
+   * Async Message, AsyncEvent 1 (RFC 7143 11.9.1): the target asks the
+   * initiator to log out within `seconds` (Parameter3).
+   */
+  requestLogout(seconds: number): void {
+    this.send({
+      opcode: Opcode.AsyncMessage,
+      immediate: false,
+      ahs: [],
+      data: EMPTY,
+      lun: 0n,
+      statSN: 0,
+      expCmdSN: 0,
+      maxCmdSN: 0,
+      asyncEvent: 1,
+      asyncVCode: 0,
+      parameter1: 0,
+      parameter2: 0,
+      parameter3: Math.max(0, Math.min(0xffff, Math.ceil(seconds))),
+    });
+  }
+
   /** The connection went away (ERL 0: the session ends with it). */
   connectionLost(reason: string): void {
     this.terminate(reason, true);

@@ -1,0 +1,109 @@
+// Graceful stop of an agent: SIGTERM while a WRITE is in flight (held on a
+// segment an admin set invalid, so it is in flight for as long as we like).
+// The agent stops taking logins, lets the WRITE finish once the segment is
+// set back, asks idle initiators to log out (Async Message, AsyncEvent 1),
+// flushes, and exits 0 within its bound; the data is there after a restart.
+import { expect } from 'chai';
+import { readFileSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { Opcode } from '../../src/iscsi/pdu/types.js';
+import { RawInitiator } from '../support/raw-initiator.js';
+import { requireTools } from '../support/tools.js';
+import { iqnOf, sleep, useCluster } from './cluster.js';
+import { GOOD, LunSession, describeIo, pattern } from './scsi-client.js';
+
+const VDISK = 'dr';
+const SEG_BLOCKS = (1 << 20) / 512;
+/** 32 KiB into segment 5. */
+const LBA = 5 * SEG_BLOCKS + 64;
+const BLOCKS = 512;
+
+/**
+ * SIGTERM to the agent itself, not to the `timeout` wrapper it runs under:
+ * that would SIGKILL it 5 s later (`timeout -k`), in the middle of its drain.
+ */
+function terminate(wrapper: ChildProcess): void {
+  const pid = wrapper.pid as number;
+  const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  if (kids.length !== 1) throw new Error(`expected one process under timeout ${pid}, found ${kids.length}`);
+  process.kill(kids[0] as number, 'SIGTERM');
+}
+
+const exited = (child: ChildProcess): Promise<number | null> =>
+  child.exitCode !== null || child.signalCode !== null ? Promise.resolve(child.exitCode) : new Promise((r) => child.once('exit', (code) => r(code)));
+
+describe('system: graceful stop of an agent (SIGTERM drains)', function () {
+  this.timeout(180_000);
+  const cluster = useCluster('drain', async (c) => {
+    requireTools(['timeout']);
+    await c.startController({ holdTimeoutS: 60 });
+    await c.addContainer('c0.img', '64MiB');
+    await c.startAgent('a', { containers: [c.containerGlob] });
+    await c.cliOk(['vdisk', 'create', VDISK, '--size', '16MiB']);
+    await c.cliOk(['export', 'add', VDISK, '--agent', 'a']);
+    await c.waitServed(VDISK, ['a']);
+  });
+
+  it('finishes the WRITE in flight, asks idle initiators to log out, refuses new logins and exits 0', async function () {
+    const c = cluster();
+    const a = c.agent('a');
+    const writer = await LunSession.open(a.portal, iqnOf(VDISK));
+    // A second, idle session: it gets the logout request and answers it.
+    const idle = await RawInitiator.connect(a.port);
+    expect((await idle.login({ targetName: iqnOf(VDISK), initiatorName: 'iqn.2026-11.org.tabula.test:idle' })).statusClass).to.equal(0);
+
+    await c.cliOk(['segment', 'set-state', VDISK, '5', '--state', 'invalid']);
+    const data = pattern(0xd7a1, LBA, BLOCKS);
+    const write = writer.write(LBA, data, 60_000);
+    let settled = false;
+    void write.then(() => (settled = true), () => (settled = true));
+    await sleep(500);
+    expect(settled, 'the WRITE to an invalid segment is held').to.equal(false);
+
+    const t0 = Date.now();
+    const stopped = exited(a.daemon.child);
+    terminate(a.daemon.child);
+    // The idle session is asked to log out (AsyncEvent 1) and does.
+    const msg = await idle.next(10_000);
+    expect(msg?.opcode, 'Async Message').to.equal(Opcode.AsyncMessage);
+    if (msg?.opcode !== Opcode.AsyncMessage) throw new Error('unreachable');
+    expect(msg.asyncEvent, 'AsyncEvent 1: target requests logout').to.equal(1);
+    expect(msg.parameter3, 'seconds to log out in').to.be.greaterThan(0);
+    idle.send({ opcode: Opcode.LogoutRequest, immediate: true, ahs: [], data: Buffer.alloc(0), reason: 0, itt: idle.itt(), cid: 0, cmdSN: idle.cmdSN, expStatSN: idle.expStatSN } as never);
+    const lr = await idle.next(5000);
+    expect(lr?.opcode, 'Logout Response').to.equal(Opcode.LogoutResponse);
+
+    // No new logins while draining.
+    let refused = '';
+    await LunSession.open(a.portal, iqnOf(VDISK)).then(
+      (s) => s.close(),
+      (e: Error) => (refused = e.message),
+    );
+    expect(refused, 'a login during the drain').to.not.equal('');
+    expect(a.daemon.running, 'still draining: the WRITE is in flight').to.equal(true);
+
+    // The segment is set back: the held WRITE completes with GOOD before the agent goes.
+    await c.cliOk(['segment', 'set-state', VDISK, '5', '--state', 'normal']);
+    const r = await write;
+    expect(r.status, describeIo(r)).to.equal(GOOD);
+    const code = await stopped;
+    expect(code, `agent exit status\n${a.daemon.logTail(20)}`).to.equal(0);
+    expect(Date.now() - t0, 'within the drain bound plus shutdown').to.be.below(35_000);
+    writer.close();
+    idle.destroy();
+    const log = a.daemon.log();
+    expect(log).to.match(/iSCSI portal drain/);
+
+    // The data is on disk: a restarted agent reads it back.
+    await c.startAgent('a', { containers: [c.containerGlob] });
+    await c.waitServed(VDISK, ['a']);
+    const reader = await LunSession.open(a.portal, iqnOf(VDISK));
+    try {
+      const back = await reader.read(LBA, BLOCKS);
+      expect(back.status, describeIo(back)).to.equal(GOOD);
+      expect(back.data.equals(data), 'the WRITE that was in flight at SIGTERM reads back').to.equal(true);
+    } finally {
+      reader.close();
+    }
+  });
+});
