@@ -1,4 +1,5 @@
 // The bench report: one row per (case, target), as a text table and as JSON.
+import type { CostsReport } from './costs/index.js';
 
 export interface CellResult {
   case: string;
@@ -40,6 +41,8 @@ export interface Report {
   };
   options: Record<string, unknown>;
   cells: CellResult[];
+  /** Table-driven costs (bench/costs), when they ran. */
+  costs?: CostsReport;
 }
 
 export function median(xs: number[]): number | undefined {
@@ -47,6 +50,13 @@ export function median(xs: number[]): number | undefined {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
   return s.length % 2 === 1 ? s[m] : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** The q-quantile (0..1) by the nearest-rank method; undefined for no samples. */
+export function percentile(xs: readonly number[], q: number): number | undefined {
+  if (xs.length === 0) return undefined;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))];
 }
 
 const fmt = (x: number | undefined, digits: number): string => (x === undefined ? '-' : x.toFixed(digits));

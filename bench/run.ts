@@ -23,6 +23,16 @@
 //   --entry FILE       BENCH_TABULA_ENTRY  the tabula launcher (default bin/tabula.js of this checkout)
 //   --nice N           BENCH_NICE          nice level of targets and qemu-img (default 0; e.g. -10 on a shared box)
 //
+// Table-driven costs (bench/costs/, after the matrix; see docs/performance.md):
+//   --costs-only       BENCH_COSTS=only    run only the costs, not the qemu-img matrix
+//   --no-costs         BENCH_COSTS=0       run only the matrix
+//   --cost-parts LIST  BENCH_COST_PARTS    comma list of fault, load, fanout (default all)
+//   --fault-segments N BENCH_FAULT_SEGMENTS  zero segments written once each (default 500)
+//   --fanout-agents N  BENCH_FANOUT_AGENTS   agent processes holding the vdisk (default 16)
+//   --fanout-changes N BENCH_FANOUT_CHANGES  table changes timed (default 100)
+//   --load-cases LIST  BENCH_LOAD_CASES    KIND:SEGMENTS, kinds thick, aged, fragmented
+//                                          (default thick:1M,aged:1M,fragmented:1M,thick:16M,aged:16M)
+//
 // A/B in one run: --targets tgtd,tabula,tabula-uring,raw starts a second Tabula
 // target "tabula-uring" whose extra environment comes from
 // BENCH_ENV_TABULA_URING="K=V K=V" and whose launcher may come from
@@ -35,6 +45,7 @@ import { fileURLToPath } from 'node:url';
 import { busyPercent, cpuSeconds, installSignalCleanup, machineCpu, niced, runBounded, runCleanups, setNice } from './proc.js';
 import { startTabulaTarget, startTabulaUp, startTgtd, type RunningTarget } from './targets.js';
 import { formatTable, median, type CellResult, type Report } from './report.js';
+import { COST_PARTS, formatCosts, parseLoadCases, runCosts, type CostPart, type CostsOptions } from './costs/index.js';
 
 export interface BenchCase {
   name: string;
@@ -83,6 +94,9 @@ interface Options {
   tabulaNodeArgs: string[];
   entry: string;
   nice: number;
+  /** 'only': costs alone; 'no': matrix alone; 'yes': both. */
+  costs: 'yes' | 'no' | 'only';
+  costOptions: Omit<CostsOptions, 'dir' | 'log'>;
 }
 
 const repoRoot = findRepoRoot(dirname(fileURLToPath(import.meta.url)));
@@ -107,7 +121,7 @@ function parseOptions(argv: string[]): Options {
     const a = argv[i]!;
     if (!a.startsWith('--')) throw new Error(`unexpected argument '${a}'`);
     const [k, inline] = a.slice(2).split('=', 2) as [string, string | undefined];
-    if (k === 'quick') flags.set(k, '1');
+    if (k === 'quick' || k === 'costs-only' || k === 'no-costs') flags.set(k, '1');
     else if (k === 'help') flags.set(k, '1');
     else flags.set(k, inline ?? argv[++i] ?? '');
   }
@@ -132,11 +146,23 @@ function parseOptions(argv: string[]): Options {
     targets,
     cases,
     runTimeoutMs: 1000 * Number(get('run-timeout', 'BENCH_RUN_TIMEOUT') ?? 120),
-    out: resolve(get('out', 'BENCH_OUT') ?? join(repoRoot, 'bench/results/latest.json')),
+    // --costs-only keeps the last full matrix in latest.json
+    out: resolve(get('out', 'BENCH_OUT') ?? join(repoRoot, flags.has('costs-only') || process.env.BENCH_COSTS === 'only' ? 'bench/results/costs-latest.json' : 'bench/results/latest.json')),
     label: get('label', 'BENCH_LABEL') ?? '',
     tabulaNodeArgs: (get('tabula-node-args', 'BENCH_TABULA_NODE_ARGS') ?? '').split(' ').filter(Boolean),
     entry: resolve(get('entry', 'BENCH_TABULA_ENTRY') ?? join(repoRoot, 'bin/tabula.js')),
     nice: Number(get('nice', 'BENCH_NICE') ?? 0),
+    costs: flags.has('costs-only') || process.env.BENCH_COSTS === 'only' ? 'only' : flags.has('no-costs') || process.env.BENCH_COSTS === '0' ? 'no' : 'yes',
+    costOptions: {
+      parts: (get('cost-parts', 'BENCH_COST_PARTS') ?? COST_PARTS.join(','))
+        .split(',')
+        .filter(Boolean)
+        .map((p) => (COST_PARTS.includes(p as CostPart) ? (p as CostPart) : fail(`unknown cost part '${p}' (${COST_PARTS.join(', ')})`))),
+      faultSegments: Number(get('fault-segments', 'BENCH_FAULT_SEGMENTS') ?? 500),
+      fanoutAgents: Number(get('fanout-agents', 'BENCH_FANOUT_AGENTS') ?? 16),
+      fanoutChanges: Number(get('fanout-changes', 'BENCH_FANOUT_CHANGES') ?? 100),
+      loadCases: get('load-cases', 'BENCH_LOAD_CASES') === undefined ? undefined : parseLoadCases(get('load-cases', 'BENCH_LOAD_CASES')!),
+    },
   };
 }
 
@@ -238,6 +264,42 @@ async function main(): Promise<void> {
   setNice(opts.nice);
   mkdirSync(opts.dir, { recursive: true });
   mkdirSync(dirname(opts.out), { recursive: true });
+  const started = Date.now();
+  const cells = opts.costs === 'only' ? [] : await runMatrix(opts);
+  const costs = opts.costs === 'no' ? undefined : await runCosts({ ...opts.costOptions, dir: opts.dir, log });
+
+  const report: Report = {
+    date: new Date().toISOString(),
+    label: opts.label,
+    durationSec: Math.round((Date.now() - started) / 1000),
+    machine: {
+      ...machineInfo(),
+      qemuImg: await toolVersion('qemu-img', ['--version']),
+      tgtd: await toolVersion('tgtd', ['--version']),
+      loadavgAtEnd: loadavg().map((x) => Number(x.toFixed(2))),
+    },
+    options: {
+      quick: opts.quick,
+      reps: opts.reps,
+      nice: opts.nice,
+      sizeBytes: opts.size,
+      targets: opts.costs === 'only' ? [] : opts.targets,
+      tabulaNodeArgs: opts.tabulaNodeArgs,
+      variants: Object.fromEntries(opts.targets.filter((t) => /^tabula(-|$)/.test(t)).map((t) => [t, variantSettings(t, opts)])),
+      costs: opts.costs,
+      costOptions: opts.costOptions,
+    },
+    cells,
+    costs,
+  };
+  writeFileSync(opts.out, JSON.stringify(report, null, 2) + '\n');
+  if (cells.length > 0) process.stdout.write(formatTable(report) + '\n');
+  if (costs) process.stdout.write('\n' + formatCosts(costs) + '\n');
+  log(`bench: wrote ${opts.out}`);
+}
+
+/** The qemu-img matrix: every case on every target, alternating, medians of the repetitions. */
+async function runMatrix(opts: Options): Promise<CellResult[]> {
   const base = join(opts.dir, `base-${opts.size}.img`);
   ensureBaseImage(base, opts.size);
 
@@ -282,7 +344,6 @@ async function main(): Promise<void> {
 
   const samples = new Map<string, RunSample[]>();
   const key = (c: BenchCase, t: TargetName): string => `${c.name}\0${t}`;
-  const started = Date.now();
   for (let rep = 1; rep <= opts.reps; rep++) {
     for (const c of opts.cases) {
       const count = opts.quick ? c.quickCount : c.count;
@@ -342,30 +403,8 @@ async function main(): Promise<void> {
     if (cell.iops !== undefined && raw) cell.vsRaw = cell.iops / raw;
   }
 
-  const report: Report = {
-    date: new Date().toISOString(),
-    label: opts.label,
-    durationSec: Math.round((Date.now() - started) / 1000),
-    machine: {
-      ...machineInfo(),
-      qemuImg: await toolVersion('qemu-img', ['--version']),
-      tgtd: await toolVersion('tgtd', ['--version']),
-      loadavgAtEnd: loadavg().map((x) => Number(x.toFixed(2))),
-    },
-    options: {
-      quick: opts.quick,
-      reps: opts.reps,
-      nice: opts.nice,
-      sizeBytes: opts.size,
-      targets: opts.targets,
-      tabulaNodeArgs: opts.tabulaNodeArgs,
-      variants: Object.fromEntries(opts.targets.filter((t) => /^tabula(-|$)/.test(t)).map((t) => [t, variantSettings(t, opts)])),
-    },
-    cells,
-  };
-  writeFileSync(opts.out, JSON.stringify(report, null, 2) + '\n');
-  process.stdout.write(formatTable(report) + '\n');
-  log(`bench: wrote ${opts.out}`);
+  for (const t of targets) await t.t?.stop();
+  return cells;
 }
 
 main()

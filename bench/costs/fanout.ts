@@ -1,0 +1,83 @@
+// Table delta fan-out (issue 5): one vdisk exported on 16 agents; the
+// controller changes one segment and the clock runs from the commit to the
+// last agent's ack. The controller is the real one (src/controller) in the
+// bench's process, so the commit and the acks can be timed exactly; the 16
+// agents are real `tabula agent` processes (they decode, apply through the
+// device's drain-and-swap, and ack).
+//
+// Each change flips one segment between zero and invalid (no allocation, no
+// copy: only the table moves), through the same commit-push-ack path as a
+// fault's allocation or `segment set-state`.
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { startController } from '../../src/controller/daemon.js';
+import { SegmentState } from '../../src/table/index.js';
+import { Cluster } from '../../test/system/cluster.js';
+import { onCleanup } from '../proc.js';
+import { stats, type LatencyStats } from './fault-latency.js';
+
+export interface FanoutResult {
+  agents: number;
+  changes: number;
+  /** Commit (SQLite transaction, fsync) and send to every holder. */
+  commitAndSend: LatencyStats;
+  /** After commitAndSend returned -> the last agent's ack arrived. */
+  sentToLastAck: LatencyStats;
+  /** Start of the commit -> last ack. */
+  commitToLastAck: LatencyStats;
+}
+
+export async function measureFanout(opts: { agents: number; changes: number; warmup: number; log: (m: string) => void }): Promise<FanoutResult> {
+  const c = await Cluster.create('bench-fanout');
+  let closed = false;
+  const handle = await startController({ dbPath: c.dbPath, listen: c.controllerAddress, ackTimeoutMs: 10_000 });
+  const close = async (): Promise<void> => {
+    if (closed) return;
+    closed = true;
+    await c.close(false);
+    await handle.close();
+  };
+  onCleanup(close);
+  try {
+    await c.addContainer('c0.img', '256MiB');
+    const names = Array.from({ length: opts.agents }, (_, i) => `a${i}`);
+    opts.log(`bench: fan-out: starting ${opts.agents} agent processes`);
+    await Promise.all(names.map((n) => c.startAgent(n, { containers: [join(c.dir, 'containers', '*.img')] })));
+    await c.cliOk(['vdisk', 'create', 'shared', '--size', '64MiB']);
+    for (const n of names) await c.cliOk(['export', 'add', 'shared', '--agent', n]);
+    await c.waitServed('shared', names, 120_000);
+    const ctrl = handle.controller;
+    const id = handle.db.vdisks().find((v) => v.name === 'shared')?.id;
+    if (id === undefined) throw new Error('vdisk shared not found');
+    const commit: number[] = [];
+    const toAck: number[] = [];
+    const total: number[] = [];
+    opts.log(`bench: fan-out: ${opts.changes} changes (after ${opts.warmup} for warm-up) of one segment, each acked by ${opts.agents} agents`);
+    for (let i = 0; i < opts.changes + opts.warmup; i++) {
+      const seg = i % 64;
+      const state = Math.floor(i / 64) % 2 === 0 ? SegmentState.Invalid : SegmentState.Zero;
+      await ctrl.serialize(id, async () => {
+        const t0 = performance.now();
+        const r = ctrl.commitAndSend(id, (cx) => cx.set(seg, state, null));
+        const t1 = performance.now();
+        if (r === null) throw new Error(`segment ${seg}: the change changed nothing`);
+        await ctrl.awaitAcks(r);
+        const t2 = performance.now();
+        if (i < opts.warmup) return;
+        commit.push(t1 - t0);
+        toAck.push(t2 - t1);
+        total.push(t2 - t0);
+      });
+    }
+    const fenced = handle.db.exportsOfVdisk(id).filter((e) => e.fenced).length;
+    if (fenced > 0) throw new Error(`${fenced} agents were fenced during the fan-out (missed an ack deadline)`);
+    const result = { agents: opts.agents, changes: opts.changes, commitAndSend: stats(commit), sentToLastAck: stats(toAck), commitToLastAck: stats(total) };
+    opts.log(
+      `bench: fan-out to ${opts.agents} agents: commit->last ack median ${result.commitToLastAck.medianMs.toFixed(2)} ms ` +
+        `p99 ${result.commitToLastAck.p99Ms.toFixed(2)} ms (commit+send median ${result.commitAndSend.medianMs.toFixed(2)} ms)`,
+    );
+    return result;
+  } finally {
+    await close();
+  }
+}
