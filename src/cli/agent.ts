@@ -3,11 +3,58 @@
 // containers its globs find; keeps serving while the controller is away.
 // Flags, TABULA_* environment and `--config FILE` are one configuration
 // (src/config); SIGHUP reloads what can change while running.
+import { readFileSync } from 'node:fs';
 import type { Argv } from 'yargs';
 import { COMMON_FLAGS, commandLoader, type FlagSpec } from '../config/flags.js';
 import { runDaemon } from '../config/run-daemon.js';
 import { parseHostPort } from '../util/size.js';
 import { daemonOptions, oneToken } from './controller.js';
+
+// ---- iSCSI CHAP (agent-local: every target the agent serves, and discovery) ----
+// The flags are security.chap in the configuration; the secrets may also come
+// from a file (first line) or TABULA_CHAP_SECRET / TABULA_MUTUAL_SECRET, read
+// here into the flag they stand for. The configuration checks the rest
+// (both parts given, 12 characters at least).
+
+export const CHAP_FLAGS: readonly FlagSpec[] = [
+  { flag: 'chap-user', key: 'security.chap.user' },
+  { flag: 'chap-secret', key: 'security.chap.secret' },
+  { flag: 'mutual-user', key: 'security.chap.mutual-user' },
+  { flag: 'mutual-secret', key: 'security.chap.mutual-secret' },
+];
+
+function chapOptions(a: Argv): Argv {
+  return a
+    .option('chap-user', { type: 'string', describe: 'CHAP: user name initiators must log in with (every target and discovery)' })
+    .option('chap-secret', { type: 'string', describe: 'CHAP: their secret (or --chap-secret-file, or TABULA_CHAP_SECRET)' })
+    .option('chap-secret-file', { type: 'string', describe: 'CHAP: file holding the secret (first line)' })
+    .option('mutual-user', { type: 'string', describe: 'mutual CHAP: user name the agent answers with' })
+    .option('mutual-secret', { type: 'string', describe: "mutual CHAP: the agent's secret (or --mutual-secret-file, or TABULA_MUTUAL_SECRET)" })
+    .option('mutual-secret-file', { type: 'string', describe: "mutual CHAP: file holding the agent's secret (first line)" });
+}
+
+/** Fills --chap-secret / --mutual-secret from their -file flags or the environment. */
+export function chapSecrets(args: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): void {
+  for (const [flag, envName] of [
+    ['chap-secret', 'TABULA_CHAP_SECRET'],
+    ['mutual-secret', 'TABULA_MUTUAL_SECRET'],
+  ] as const) {
+    const file = args[`${flag}-file`];
+    if (typeof file === 'string') {
+      if (args[flag] !== undefined) throw new Error(`give --${flag} or --${flag}-file, not both`);
+      let line: string;
+      try {
+        line = readFileSync(file, 'utf8').split(/\r?\n/)[0] ?? '';
+      } catch (err) {
+        throw new Error(`--${flag}-file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      }
+      if (line === '') throw new Error(`--${flag}-file ${file}: the first line is empty`);
+      args[flag] = line;
+    } else if (args[flag] === undefined && env[envName]) {
+      args[flag] = env[envName];
+    }
+  }
+}
 
 interface AgentArgs {
   config?: string;
@@ -36,6 +83,7 @@ export const AGENT_FLAGS: readonly FlagSpec[] = [
   { flag: 'controller-ca', key: 'security.tls.ca', path: true },
   { flag: 'tls-cert', key: 'security.tls.cert', path: true },
   { flag: 'tls-key', key: 'security.tls.key', path: true },
+  ...CHAP_FLAGS,
   ...COMMON_FLAGS,
 ];
 
@@ -61,11 +109,12 @@ export function agentCommand(y: Argv, sub?: (a: Argv) => Argv): Argv {
           .option('tls-key', { type: 'string', describe: 'its private key' })
           .option('metrics-listen', { type: 'string', describe: 'Prometheus /metrics on HOST:PORT, :PORT or PORT (loopback)' }),
       );
-      return (sub ? sub(b) : b) as unknown as Argv<AgentArgs>;
+      return (sub ? sub(chapOptions(b)) : chapOptions(b)) as unknown as Argv<AgentArgs>;
     },
     async (args) => {
       const hold = args['hold-timeout'];
       oneToken(args);
+      chapSecrets(args as unknown as Record<string, unknown>);
       const load = commandLoader({
         role: 'agent',
         specs: AGENT_FLAGS,

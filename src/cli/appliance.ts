@@ -6,6 +6,7 @@
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { startAgent, formatAddress, type AgentHandle } from '../agent/index.js';
+import type { AgentIscsiAuth } from '../agent/targets.js';
 import { initContainer, scanContainers, type FoundContainer } from '../container/index.js';
 import { defaultTargetIqn } from '../controller/admin.js';
 import { startController, type ControllerHandle } from '../controller/daemon.js';
@@ -34,6 +35,8 @@ export interface ApplianceOptions {
   /** How long to wait for the agent to register and load the table (default 30 s). */
   readyTimeoutMs?: number;
   holdTimeoutMs?: number;
+  /** CHAP for the agent's targets and discovery. */
+  iscsiAuth?: AgentIscsiAuth;
 }
 
 export interface ApplianceHandle {
@@ -103,6 +106,7 @@ export async function startAppliance(opts: ApplianceOptions = {}): Promise<Appli
       containers: [join(containerDir, '*')],
       token: opts.token,
       holdTimeoutMs: opts.holdTimeoutMs,
+      iscsiAuth: opts.iscsiAuth,
     });
     const ids = containers.map((c) => c.id);
     await waitFor(`agent ${agentName} registering with the controller`, readyMs, () => {

@@ -28,6 +28,14 @@ export interface AgentDaemonOptions {
   /** PEM contents for a TLS channel to the controller (ca of its certificate; cert+key of the agent's own). */
   tls?: TlsMaterial;
   metricsListen?: string;
+  /** CHAP the agent requires for every target and for discovery (security.chap). */
+  iscsiAuth?: IscsiAuthOptions;
+}
+
+/** What AgentTargets takes (structural, like the rest of this module). */
+export interface IscsiAuthOptions {
+  chap?: { user: string; secret: string };
+  mutualChap?: { user: string; secret: string };
 }
 
 export interface ApplianceDaemonOptions {
@@ -37,6 +45,7 @@ export interface ApplianceDaemonOptions {
   size: number;
   token?: string;
   holdTimeoutMs?: number;
+  iscsiAuth?: IscsiAuthOptions;
 }
 
 const ms = (sec: number | undefined): number | undefined => (sec === undefined ? undefined : Math.round(sec * 1000));
@@ -95,6 +104,15 @@ export function controllerOptions(cfg: TabulaConfig): ControllerDaemonOptions {
   };
 }
 
+/** security.chap as the agent's iSCSI login settings (undefined: no CHAP). */
+export function iscsiAuth(cfg: TabulaConfig): IscsiAuthOptions | undefined {
+  const c = cfg.security.chap;
+  if (c === undefined) return undefined;
+  const out: IscsiAuthOptions = { chap: { user: c.user, secret: c.secret } };
+  if (c.mutualUser !== undefined && c.mutualSecret !== undefined) out.mutualChap = { user: c.mutualUser, secret: c.mutualSecret };
+  return out;
+}
+
 export function agentOptions(cfg: TabulaConfig): AgentDaemonOptions {
   return {
     controller: cfg.controller.address,
@@ -105,6 +123,7 @@ export function agentOptions(cfg: TabulaConfig): AgentDaemonOptions {
     token: resolveToken(cfg),
     tls: resolveTls(cfg.security.tls),
     metricsListen: cfg.agent.metricsListen,
+    iscsiAuth: iscsiAuth(cfg),
   };
 }
 
@@ -116,6 +135,7 @@ export function applianceOptions(cfg: TabulaConfig): ApplianceDaemonOptions {
     size: cfg.allInOne.size,
     token: resolveToken(cfg),
     holdTimeoutMs: ms(cfg.agent.holdTimeoutSec ?? cfg.controller.holdTimeoutSec),
+    iscsiAuth: iscsiAuth(cfg),
   };
 }
 
@@ -125,7 +145,6 @@ export function applianceOptions(cfg: TabulaConfig): ApplianceDaemonOptions {
  */
 export function notApplied(cfg: TabulaConfig): string[] {
   const out: string[] = [];
-  if (cfg.security.chap) out.push('security.chap: per-export CHAP is not enforced by the agent yet; use `tabula target --chap` for a standalone target');
   if (cfg.security.allowedInitiators.length > 0) out.push('security.allowed-initiators: initiator ACLs are not enforced by the agent yet');
   if (cfg.role === 'all-in-one' && cfg.security.tls) out.push('security.tls: the all-in-one node talks to its controller in-process; TLS applies to controller and agent roles');
   if (cfg.role === 'all-in-one' && (cfg.controller.metricsListen !== undefined || cfg.agent.metricsListen !== undefined)) {
