@@ -186,7 +186,10 @@ export class Scrubber {
       else this.#failed(what, agent, containerId, first, count, err);
       this.kick();
     };
-    this.#host.zero(agent, { container: containerId, offset: first * segmentSize, length: count * segmentSize }).then(done, (e: Error) => done(e.message));
+    // Through a promise, so a send that throws counts as a failed attempt too.
+    Promise.resolve()
+      .then(() => this.#host.zero(agent, { container: containerId, offset: first * segmentSize, length: count * segmentSize }))
+      .then(done, (e: Error) => done(e.message));
   }
 
   #scrubbed(containerId: string, first: number, count: number): void {
