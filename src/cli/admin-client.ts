@@ -73,7 +73,12 @@ function tlsReason(details: string, tls: boolean): string | null {
   if (alert) return `refused our client certificate (TLS alert: ${alert.toLowerCase()}; give --tls-cert and --tls-key signed by its CA)`;
   const verify = /(self[- ]signed certificate[^.;(]*|unable to verify[^.;(]*|certificate has expired|Hostname\/IP does not match[^.;(]*|ERR_TLS_CERT_ALTNAME_INVALID)/i.exec(details)?.[1];
   if (verify) return `presented a certificate we do not trust (${verify.trim()}; check --tls-ca and the certificate's --san)`;
-  if (!tls && /Failed to connect|Connection dropped|Protocol error/i.test(details)) return 'dropped the connection (does it want TLS? give --tls-ca)';
+  if (/Failed to connect|Connection dropped|Protocol error/i.test(details)) {
+    // The TLS alert does not always reach us: a closed connection is all there is to go on.
+    return tls
+      ? 'closed the TLS connection (does it take our client certificate? check --tls-cert and --tls-key against its CA)'
+      : 'dropped the connection (does it want TLS? give --tls-ca)';
+  }
   return null;
 }
 

@@ -59,6 +59,11 @@ export interface Daemon {
   stop(graceMs?: number): Promise<number | null>;
   /** SIGKILL the whole process group. */
   kill(): Promise<void>;
+  /**
+   * Sends `signal` to tabula itself. (Through `timeout` it would arrive too,
+   * but `timeout -k` then SIGKILLs it after its grace: fine for SIGTERM, not for SIGHUP.)
+   */
+  signal(signal: NodeJS.Signals): void;
 }
 
 function exited(child: ChildProcess): boolean {
@@ -143,5 +148,11 @@ export async function startDaemon(
       return child.exitCode;
     },
     kill,
+    signal(signal) {
+      const pid = child.pid;
+      if (pid === undefined || exited(child)) throw new Error(`tabula ${args.join(' ')} is not running`);
+      const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter((k) => k !== '');
+      for (const k of kids) process.kill(Number(k), signal);
+    },
   };
 }
