@@ -226,6 +226,10 @@ export class Admin {
       throw invalid(`vdisk ${name}: ${(err as Error).message}`);
     }
     const thick = r.thick === true;
+    // Thin too: better now than as a failed first write (07/27/07) later.
+    // With no container online at all, a thin vdisk waits for capacity (a thick one fails below).
+    const sizeProblem = this.#ctrl.allocator.segmentSizeProblem(segmentSize, thick);
+    if (sizeProblem !== null) throw precondition(`vdisk ${name}: ${sizeProblem}`);
     const id = randomUUID();
     const allocator = this.#ctrl.allocator;
     try {

@@ -143,6 +143,26 @@ export class Allocator {
   }
 
   /**
+   * Null when some online container is carved into segments of
+   * `segmentSize`, else what to do about it. A container's segment size is
+   * fixed by its label (`container init --segment-size`) and a vdisk
+   * allocates only from containers of exactly its own: table offsets, the
+   * reference counts and the checker all count a container in its own
+   * segments, so one container never mixes sizes. `whenNone` false: no
+   * problem while no container is online at all (capacity still to come).
+   */
+  segmentSizeProblem(segmentSize: number, whenNone = true): string | null {
+    const online = this.#db.containers().filter((c) => c.state === 'online');
+    if (online.some((c) => c.segmentSize === segmentSize)) return null;
+    if (online.length === 0 && !whenNone) return null;
+    const have = [...new Set(online.map((c) => c.segmentSize))].sort((a, b) => a - b).map(formatSize);
+    return (
+      `no online container has ${formatSize(segmentSize)} segments (${have.length > 0 ? `containers have ${have.join(', ')}` : 'no containers are online'}); ` +
+      `add one made for it: tabula container init PATH --size SIZE --segment-size ${formatSize(segmentSize)}, then tabula container add PATH`
+    );
+  }
+
+  /**
    * Containers a vdisk may allocate on: online, of the vdisk's segment size,
    * and reached by every agent that exports the vdisk (any container when
    * nobody exports it yet).
@@ -166,10 +186,13 @@ export class Allocator {
     const spaces = eligible.map((id) => this.#space.get(id)).filter((s): s is ContainerSpace => s !== undefined);
     const available = spaces.reduce((n, s) => n + s.free, 0);
     if (available < count) {
+      const sizeProblem = eligible.length === 0 ? this.segmentSizeProblem(vdisk.segmentSize) : null;
       const detail =
-        eligible.length === 0
-          ? 'no container is eligible (online, same segment size, reached by every exporting agent) and has'
-          : `its ${eligible.length} eligible container${eligible.length === 1 ? ' has' : 's have'}`;
+        sizeProblem !== null
+          ? `${sizeProblem}: there are`
+          : eligible.length === 0
+            ? 'no container is eligible (online, same segment size, reached by every exporting agent) and has'
+            : `its ${eligible.length} eligible container${eligible.length === 1 ? ' has' : 's have'}`;
       const scrubbing = eligible.reduce((n, id) => n + this.#db.scrubPendingCount(id), 0);
       throw new ContainerFullError(vdisk.name, count, available, vdisk.segmentSize, detail, scrubbing);
     }
