@@ -56,7 +56,9 @@ export async function startAgent(opts: StartAgentOptions): Promise<AgentHandle> 
     if (next.token !== opts.token) out.needsRestart.push('token: the agent presents the one it started with until restarted');
     if (!sameMaterial(tls?.material, next.tls)) {
       if (tls === null || next.tls === undefined) out.needsRestart.push(`TLS: turning it ${tls === null ? 'on' : 'off'} takes a restart`);
-      else {
+      else if ((next.tls.cert !== undefined) !== tls.withIdentity) {
+        out.needsRestart.push(`TLS: ${tls.withIdentity ? 'dropping' : 'adding'} the client certificate takes a restart`);
+      } else {
         tls.reload(next.tls);
         out.applied.push('TLS files (next connection to the controller)');
       }

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AdminSession, CliError } from '../../../src/cli/admin-client.js';
 import { startController, type ControllerHandle } from '../../../src/controller/daemon.js';
+import { startAgent } from '../../../src/agent/index.js';
 import { CertError, createCa, issueCert } from '../../../src/security/certs.js';
 import { checkTlsMaterial } from '../../../src/security/tls.js';
 
@@ -149,6 +150,26 @@ describe('security: tabula certs', function () {
 
     it('an admin that does not trust the CA refuses the controller', async () => {
       expect(await call({ ca: f('other/ca.crt'), cert: f('tls-admin.crt'), key: f('tls-admin.key') })).to.match(/certificate we do not trust/);
+    });
+
+    it('an agent registers over mutual TLS with its client certificate; one without is kept out', async () => {
+      const common = { controller: ctl.address, portals: ['127.0.0.1:0'], containers: [join(dir, 'no-containers', '*')] };
+      const ok = await startAgent({ ...common, name: 'tls-a1', tls: { ca: readFileSync(f('ca/ca.crt')), cert: readFileSync(f('tls-admin.crt')), key: readFileSync(f('tls-admin.key')) } });
+      const no = await startAgent({ ...common, name: 'tls-a2', tls: { ca: readFileSync(f('ca/ca.crt')) } });
+      try {
+        const online = (name: string): boolean => ctl.admin.ListAgents({}).agents.some((a) => a.name === name && a.online);
+        for (let i = 0; i < 100 && !online('tls-a1'); i++) await new Promise((r) => setTimeout(r, 100));
+        expect(online('tls-a1')).to.equal(true);
+        expect(online('tls-a2')).to.equal(false);
+        expect(ok.reload({ tls: { ca: readFileSync(f('ca/ca.crt')) } }).needsRestart).to.deep.equal(['TLS: dropping the client certificate takes a restart']);
+        expect(ok.reload({ token: 'new', tls: { ca: readFileSync(f('ca/ca.crt')), cert: readFileSync(f('tls-admin.crt')), key: readFileSync(f('tls-admin.key')) } })).to.deep.equal({
+          applied: [],
+          needsRestart: ['token: the agent presents the one it started with until restarted'],
+        });
+      } finally {
+        await ok.close();
+        await no.close();
+      }
     });
 
     it('reload: new certificate files serve new connections; unusable ones change nothing', async () => {
