@@ -13,7 +13,7 @@
 
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, openSync, readSync, renameSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readSync, renameSync, rmSync, statSync } from 'node:fs';
 import { copyFile, open, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { BackupChunk } from '../wire/proto-types.js';
@@ -215,6 +215,8 @@ export async function restoreDatabase(file: string, dbPath: string, opts: { forc
   const exists = existsSync(dbPath);
   if (exists && opts.force !== true) throw new DatabaseFileError(`${dbPath} exists; give --force to replace it (it is kept as ${dbPath}.before-restore-*)`);
   assertNotInUse(dbPath);
+  // A new place for the database (a new controller's data directory) is made as a controller would need it.
+  mkdirSync(dirname(dbPath), { recursive: true });
   const tmp = siblingTemp(dbPath, 'restore');
   try {
     await copyFile(file, tmp);
