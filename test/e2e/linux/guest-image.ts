@@ -57,6 +57,19 @@ export const MULTIPATH_CONTENT: GuestContent = {
   modules: [...BASE_CONTENT.modules, 'dm_multipath', 'dm_round_robin', 'dm_service_time', 'scsi_dh_alua'],
 };
 
+/**
+ * MULTIPATH_CONTENT plus sg3-utils (sg_vpd for VPD 0x83/0xB2, sg_rtpg for
+ * REPORT TARGET PORT GROUPS): the guest of the scenarios against the
+ * controller-and-agents system (multipath, fstrim, snapshot).
+ */
+export const CLUSTER_CONTENT: GuestContent = {
+  packages: [...MULTIPATH_CONTENT.packages, 'sg3-utils'],
+  programs: [...MULTIPATH_CONTENT.programs, '/usr/bin/sg_vpd', '/usr/bin/sg_rtpg', '/usr/bin/sg_inq'],
+  // multipathd's pthread_cancel() dlopen()s libgcc_s (no DT_NEEDED names it).
+  files: [...MULTIPATH_CONTENT.files, '/lib/x86_64-linux-gnu/libgcc_s.so.1'],
+  modules: MULTIPATH_CONTENT.modules,
+};
+
 export interface GuestImage {
   /** The kernel (bzImage). */
   kernel: string;
@@ -434,6 +447,9 @@ export async function buildGuestImage(opts: BuildOptions = {}): Promise<GuestIma
       if (st.isDirectory()) {
         for (const e of readdirSync(full)) addTree(`${rel}/${e}`);
       } else {
+        // A library listed here may already be in as some program's DT_NEEDED.
+        if (cpio.has(rel)) return;
+        if (rel.startsWith('lib/x86_64-linux-gnu/')) libsDone.add(basename(rel));
         const data = readFileSync(join(root, resolveInRoot(root, rel)));
         cpio.file(rel, data, st.mode & 0o777);
         if (data.length > 4 && data.readUInt32LE(0) === 0x464c457f) addLibs(readDynamicInfo(data, rel).needed, rel);

@@ -6,7 +6,14 @@
 // 3260), each relayed by slirp-relay.mjs to one portal on the host's loopback.
 // The scenario travels in a small cpio archive appended to the base initramfs
 // (with /init and the workload), so nothing about it is on the kernel command line.
-import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+//
+// Scenarios that need the host to act in the middle (kill an agent, take a
+// snapshot, report a vdisk's allocation) get a second serial port, the guest's
+// /dev/ttyS1, joined to a unix socket on the host: the guest writes one
+// request line and waits for "OK ..." or "ERR ..." (see host_request in
+// guest/workload.sh). Nothing else can reach the host from the guest.
+import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
@@ -29,7 +36,13 @@ export interface HostPortal {
 }
 
 /** Workloads defined in guest/workload.sh as workload_<name>. */
-export type GuestWorkload = 'basic';
+export type GuestWorkload = 'basic' | 'multipath' | 'fstrim' | 'snapshot';
+
+/**
+ * Carries out one request of the guest (its words split on blanks) and
+ * resolves with the text of the OK answer; a rejection is answered ERR.
+ */
+export type HostRequestHandler = (words: string[]) => Promise<string>;
 
 export interface GuestScenario {
   /** Printed in the guest's PASS/FAIL line; letters, digits, '-' and '_'. */
@@ -49,6 +62,8 @@ export interface GuestScenario {
   digests?: boolean;
   /** First check that logins with wrong credentials are refused. */
   negativeAuth?: boolean;
+  /** More scenario variables for the workload; names start with TABULA_. */
+  env?: Record<string, string>;
 }
 
 export interface GuestRunOptions {
@@ -60,6 +75,8 @@ export interface GuestRunOptions {
   timeoutMs: number;
   qemu?: string;
   memoryMiB?: number;
+  /** Answers the guest's requests on /dev/ttyS1; without it the guest has no second serial port. */
+  onRequest?: HostRequestHandler;
 }
 
 export interface GuestStep {
@@ -110,6 +127,10 @@ export function scenarioEnv(s: GuestScenario): string {
     TABULA_DIGEST: s.digests ? 'CRC32C' : 'None',
     TABULA_NEGATIVE_AUTH: s.negativeAuth ? '1' : '0',
   };
+  for (const [k, v] of Object.entries(s.env ?? {})) {
+    if (!/^TABULA_[A-Z0-9_]+$/.test(k) || k in vars) throw new Error(`scenario ${s.name}: bad or duplicate variable ${k}`);
+    vars[k] = v;
+  }
   return Object.entries(vars).map(([k, v]) => `${k}=${shellQuote(v)}`).join('\n') + '\n';
 }
 
@@ -124,7 +145,7 @@ function writeRunInitrd(image: GuestImage, scenario: GuestScenario, file: string
 }
 
 /** The qemu command line (without the program name). */
-export function qemuArgs(image: GuestImage, initrd: string, scenario: GuestScenario, memoryMiB: number): string[] {
+export function qemuArgs(image: GuestImage, initrd: string, scenario: GuestScenario, memoryMiB: number, controlSocket?: string): string[] {
   const relay = join(HERE, 'slirp-relay.mjs');
   const fwds = scenario.portals.map((p, i) => {
     if (!/^127\./.test(p.host)) throw new Error(`portal ${p.host}:${p.port} is not on loopback`);
@@ -141,6 +162,8 @@ export function qemuArgs(image: GuestImage, initrd: string, scenario: GuestScena
     '-no-user-config',
     '-display', 'none',
     '-serial', 'stdio',
+    // ttyS1: the request channel (a unix socket qemu listens on; wait=off: the guest boots before we connect).
+    ...(controlSocket !== undefined ? ['-chardev', `socket,id=ctl,path=${controlSocket.replace(/,/g, ',,')},server=on,wait=off`, '-serial', 'chardev:ctl'] : []),
     '-monitor', 'none',
     '-no-reboot',
     '-kernel', image.kernel,
@@ -154,6 +177,52 @@ export function qemuArgs(image: GuestImage, initrd: string, scenario: GuestScena
 }
 
 const VERDICT = /^TABULA-E2E (PASS|FAIL) ([A-Za-z0-9_-]+)(?:: (.*))?$/;
+
+/** Connects to qemu's request socket (retrying until qemu has made it) and serves the guest's requests one line at a time. */
+async function serveRequests(
+  path: string,
+  handler: HostRequestHandler,
+  note: (line: string) => void,
+  alive: () => boolean,
+): Promise<Socket | null> {
+  const deadline = Date.now() + 60_000;
+  let sock: Socket | null = null;
+  while (sock === null && alive() && Date.now() < deadline) {
+    if (existsSync(path)) {
+      sock = await new Promise<Socket | null>((resolve) => {
+        const s = connect(path);
+        s.once('connect', () => resolve(s));
+        s.once('error', () => resolve(null));
+      });
+    }
+    if (sock === null) await new Promise((r) => setTimeout(r, 100));
+  }
+  if (sock === null) {
+    note(`# host: could not connect to the request socket ${path}`);
+    return null;
+  }
+  const s = sock;
+  s.on('error', () => undefined);
+  const lines = createInterface({ input: s, crlfDelay: Infinity });
+  // One request at a time, in order: the guest waits for each answer.
+  let queue = Promise.resolve();
+  lines.on('line', (raw) => {
+    const line = raw.replace(/\r$/, '').trim();
+    if (line === '') return;
+    queue = queue.then(async () => {
+      note(`# host: request: ${line}`);
+      let answer: string;
+      try {
+        answer = `OK ${await handler(line.split(/\s+/))}`;
+      } catch (err) {
+        answer = `ERR ${(err as Error).message.replace(/\s+/g, ' ')}`;
+      }
+      note(`# host: answer: ${answer}`);
+      if (!s.destroyed) s.write(answer.replace(/\n/g, ' ') + '\n');
+    });
+  });
+  return s;
+}
 const STEP = /^TABULA-E2E (BOOTED|STEP (\S+))/;
 
 /** Boot the guest for one scenario and wait for its verdict, its poweroff, or the time limit. */
@@ -162,7 +231,8 @@ export async function runGuest(opts: GuestRunOptions): Promise<GuestRunResult> {
   const initrd = join(opts.runDir, 'initrd.img');
   writeRunInitrd(opts.image, opts.scenario, initrd);
   const qemu = opts.qemu ?? 'qemu-system-x86_64';
-  const args = qemuArgs(opts.image, initrd, opts.scenario, opts.memoryMiB ?? 512);
+  const controlSocket = opts.onRequest !== undefined ? join(opts.runDir, 'ctl.sock') : undefined;
+  const args = qemuArgs(opts.image, initrd, opts.scenario, opts.memoryMiB ?? 512, controlSocket);
   writeFileSync(join(opts.runDir, 'command.txt'), [qemu, ...args].map(shellQuote).join(' ') + '\n');
   const consoleLog = join(opts.runDir, 'console.log');
   const out = createWriteStream(consoleLog);
@@ -179,6 +249,20 @@ export async function runGuest(opts: GuestRunOptions): Promise<GuestRunResult> {
     out.write(c);
   });
   const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream, crlfDelay: Infinity });
+  let control: Promise<Socket | null> = Promise.resolve(null);
+  if (controlSocket !== undefined && opts.onRequest !== undefined) {
+    const handler = opts.onRequest;
+    control = serveRequests(
+      controlSocket,
+      handler,
+      (line) => {
+        out.write(line + '\n');
+        const req = /^# host: request: (\S+)/.exec(line);
+        if (req) steps.push({ name: `host-${req[1]}`, atMs: Date.now() - started });
+      },
+      () => child.exitCode === null && child.signalCode === null,
+    );
+  }
   let afterVerdict: NodeJS.Timeout | undefined;
   lines.on('line', (raw) => {
     const line = raw.replace(/\r$/, '');
@@ -214,6 +298,7 @@ export async function runGuest(opts: GuestRunOptions): Promise<GuestRunResult> {
   });
   clearTimeout(hard);
   if (afterVerdict) clearTimeout(afterVerdict);
+  (await control)?.destroy();
   const totalMs = Date.now() - started;
   await new Promise<void>((r) => out.end(r));
   // `timeout` exits 124 when it stopped qemu at the limit.

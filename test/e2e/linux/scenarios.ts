@@ -1,21 +1,39 @@
 // The Linux-initiator scenarios: what target to start and what the guest does.
-// A new scenario (multipath, fstrim, snapshot) is a new entry here plus, if it
-// needs new guest behaviour, a workload_<name> function in guest/workload.sh.
+// A new scenario is a new entry here plus, if it needs new guest behaviour, a
+// workload_<name> function in guest/workload.sh.
+//
+// Two kinds: `target` scenarios run against one `tabula target --file` (or
+// tgtd, to prove the harness); `cluster` scenarios run against the
+// table-driven system (a controller and agents as real processes, see
+// cluster-target.ts), boot the bigger guest image (dm-multipath, sg3-utils)
+// and may ask the host to act in the middle of the workload.
 import type { TargetOptions } from '../../support/target-process.js';
 import type { GuestScenario } from './run-guest.js';
+import type { ClusterSetup } from './cluster-target.js';
 
-export interface E2eScenario {
+interface ScenarioBase {
   /** Scenario name, as the guest prints it. */
   name: string;
   /** Test title. */
   title: string;
-  /** Hard bound on the guest run (boot included). */
+  /** Hard bound on the guest run (boot included); qemu is killed after it. */
   timeoutMs: number;
-  /** How the target is set up (its kind comes from TABULA_E2E_TARGET). */
-  target: Omit<TargetOptions, 'kind' | 'label'>;
   /** What the guest does; portals, IQN, LUN and size come from the running target. */
   guest: Omit<GuestScenario, 'name' | 'portals' | 'iqn' | 'lun' | 'sizeBytes'>;
 }
+
+export interface TargetScenario extends ScenarioBase {
+  kind: 'target';
+  /** How the target is set up (its kind comes from TABULA_E2E_TARGET). */
+  target: Omit<TargetOptions, 'kind' | 'label'>;
+}
+
+export interface ClusterScenario extends ScenarioBase {
+  kind: 'cluster';
+  cluster: ClusterSetup;
+}
+
+export type E2eScenario = TargetScenario | ClusterScenario;
 
 const MIB = 1 << 20;
 const SIZE = 256 * MIB;
@@ -30,6 +48,7 @@ export const SCENARIOS: E2eScenario[] = [
   {
     name: 'plain',
     title: 'discovery, login, raw I/O, ext4, fsck, logout (no auth, no digests)',
+    kind: 'target',
     timeoutMs: TIMEOUT_MS,
     target: { sizeBytes: SIZE },
     guest: { workload: 'basic' },
@@ -37,6 +56,7 @@ export const SCENARIOS: E2eScenario[] = [
   {
     name: 'chap',
     title: 'one-way CHAP (wrong secret and no CHAP are refused)',
+    kind: 'target',
     timeoutMs: TIMEOUT_MS,
     target: { sizeBytes: SIZE, chap: CHAP },
     guest: { workload: 'basic', chap: CHAP, negativeAuth: true },
@@ -44,6 +64,7 @@ export const SCENARIOS: E2eScenario[] = [
   {
     name: 'mutual-chap',
     title: 'mutual CHAP (a target answering with the wrong secret is refused)',
+    kind: 'target',
     timeoutMs: TIMEOUT_MS,
     target: { sizeBytes: SIZE, chap: CHAP, mutualChap: MUTUAL },
     guest: { workload: 'basic', chap: CHAP, mutualChap: MUTUAL, negativeAuth: true },
@@ -51,8 +72,35 @@ export const SCENARIOS: E2eScenario[] = [
   {
     name: 'digests',
     title: 'CRC32C header and data digests',
+    kind: 'target',
     timeoutMs: TIMEOUT_MS,
     target: { sizeBytes: SIZE },
     guest: { workload: 'basic', digests: true },
+  },
+  {
+    kind: 'cluster',
+    name: 'multipath',
+    title: 'dm-multipath over two agents: one WWID, ALUA on both paths, SIGKILL one agent under I/O, path comes back',
+    // Boot, two logins, mkfs, I/O across the outage (~5 s to fail the path),
+    // agent restart (a tsx start takes 5-20 s on a loaded machine), fsck.
+    timeoutMs: 480_000,
+    cluster: { agents: ['a', 'b'], vdiskSizeBytes: 128 * MIB, prefill: true, holdTimeoutS: 30 },
+    guest: { workload: 'multipath', env: { TABULA_KILL_AGENT: 'b' } },
+  },
+  {
+    kind: 'cluster',
+    name: 'fstrim',
+    title: 'fstrim on ext4 turns into UNMAP and the thin vdisk allocation drops',
+    timeoutMs: TIMEOUT_MS,
+    cluster: { agents: ['a'], vdiskSizeBytes: 128 * MIB },
+    guest: { workload: 'fstrim' },
+  },
+  {
+    kind: 'cluster',
+    name: 'snapshot',
+    title: 'snapshot of a mounted ext4 (two exporting agents): its clone mounts after journal replay with the synced tree',
+    timeoutMs: TIMEOUT_MS,
+    cluster: { agents: ['a', 'b'], vdiskSizeBytes: 128 * MIB },
+    guest: { workload: 'snapshot' },
   },
 ];
