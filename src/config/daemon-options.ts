@@ -113,6 +113,12 @@ export function iscsiAuth(cfg: TabulaConfig): IscsiAuthOptions | undefined {
   return out;
 }
 
+/** `{ iscsiAuth }` when CHAP is configured, else nothing (no key at all). */
+function withAuth(cfg: TabulaConfig): { iscsiAuth?: IscsiAuthOptions } {
+  const a = iscsiAuth(cfg);
+  return a === undefined ? {} : { iscsiAuth: a };
+}
+
 export function agentOptions(cfg: TabulaConfig): AgentDaemonOptions {
   return {
     controller: cfg.controller.address,
@@ -123,7 +129,7 @@ export function agentOptions(cfg: TabulaConfig): AgentDaemonOptions {
     token: resolveToken(cfg),
     tls: resolveTls(cfg.security.tls),
     metricsListen: cfg.agent.metricsListen,
-    iscsiAuth: iscsiAuth(cfg),
+    ...withAuth(cfg),
   };
 }
 
@@ -135,7 +141,7 @@ export function applianceOptions(cfg: TabulaConfig): ApplianceDaemonOptions {
     size: cfg.allInOne.size,
     token: resolveToken(cfg),
     holdTimeoutMs: ms(cfg.agent.holdTimeoutSec ?? cfg.controller.holdTimeoutSec),
-    iscsiAuth: iscsiAuth(cfg),
+    ...withAuth(cfg),
   };
 }
 

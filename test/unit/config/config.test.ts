@@ -178,6 +178,15 @@ describe('config: daemon options', () => {
 
   it('says which accepted settings are not applied yet', () => {
     const c = base({ security: { chap: { user: 'u', secret: 'twelve-chars' }, 'allowed-initiators': ['iqn.2026-01.com.example:h1'] } });
-    expect(notApplied(c)).to.have.length(2);
+    // CHAP is enforced by the agent; agent-wide initiator ACLs are not (exports carry their own).
+    expect(notApplied(c)).to.have.length(1);
+    expect(notApplied(c)[0]).to.match(/allowed-initiators/);
+  });
+
+  it('gives the agent and the all-in-one node security.chap as their iSCSI login settings', () => {
+    const c = base({ security: { chap: { user: 'u', secret: 'twelve-chars', 'mutual-user': 't', 'mutual-secret': 'other-twelve' } } });
+    const want = { chap: { user: 'u', secret: 'twelve-chars' }, mutualChap: { user: 't', secret: 'other-twelve' } };
+    expect(agentOptions(c).iscsiAuth).to.deep.equal(want);
+    expect(applianceOptions(c).iscsiAuth).to.deep.equal(want);
   });
 });
