@@ -52,6 +52,8 @@ export class ControllerMetrics {
   readonly #decisionSeconds: Histogram;
   readonly #copyCommands: Child;
   readonly #copiesDone: { ok: Child; failed: Child };
+  readonly #zeroCommands: Child;
+  readonly #zerosDone: { ok: Child; failed: Child };
   readonly #allocated: Child;
   readonly #freed: Child;
   #controller: Controller | null = null;
@@ -169,6 +171,18 @@ export class ControllerMetrics {
       registers,
     });
     this.#copiesDone = { ok: zeroed(copiesDone.labels('ok')), failed: zeroed(copiesDone.labels('failed')) };
+    this.#zeroCommands = new Counter({
+      name: 'tabula_controller_zero_commands_total',
+      help: 'Zero (scrub) commands sent to agents for freed container segments.',
+      registers,
+    });
+    const zerosDone = new Counter({
+      name: 'tabula_controller_zeros_done_total',
+      help: 'Zero (scrub) completions reported by agents, by result.',
+      labelNames: ['result'],
+      registers,
+    });
+    this.#zerosDone = { ok: zeroed(zerosDone.labels('ok')), failed: zeroed(zerosDone.labels('failed')) };
     this.#allocated = new Counter({
       name: 'tabula_controller_segments_allocated_total',
       help: 'Container segments taken from the free map (thin first writes, copy-on-write, migration, thick creation).',
@@ -199,6 +213,9 @@ export class ControllerMetrics {
     const pushed = new Map<string, { version: number; at: number }[]>();
     /** Fault id -> when it arrived, until its final answer. */
     const faults = new Map<number, number>();
+    // Zero commands are answered with CopyDone too (same id space): remember
+    // their ids so their completions are not counted as copies.
+    const zeroIds = new Set<number>();
     const received = (m: unknown): void => {
       const msg = bodyOf(m);
       const p = msg && partOf(msg);
@@ -224,9 +241,11 @@ export class ControllerMetrics {
           this.#stateChild(stateLabel(num(p.state))).inc();
           faults.set(num(p.faultId), performance.now());
           return;
-        case 'copyDone':
-          (p.ok === true ? this.#copiesDone.ok : this.#copiesDone.failed).inc();
+        case 'copyDone': {
+          const done = zeroIds.delete(num(p.commandId)) ? this.#zerosDone : this.#copiesDone;
+          (p.ok === true ? done.ok : done.failed).inc();
           return;
+        }
         default:
       }
     };
@@ -262,6 +281,10 @@ export class ControllerMetrics {
         }
         case 'copyCommand':
           this.#copyCommands.inc();
+          return;
+        case 'zeroCommand':
+          this.#zeroCommands.inc();
+          zeroIds.add(num(p.commandId));
           return;
         default:
       }

@@ -142,6 +142,10 @@ describe('metrics: controller and agent endpoints', function () {
     await until(() => ctl.controller.allocator.freeSegments(ctl.admin.ListContainers({}).containers[0]!.id) === 16, 5000, 'segment freed');
     const c = await metrics(ctl.metricsAddress as string);
     expect(valueOf(c, 'tabula_controller_segments_freed_total')).to.equal(1);
+    // The freed segment was scrubbed (a zero command), which is not a copy.
+    expect(valueOf(c, 'tabula_controller_zero_commands_total')).to.equal(1);
+    expect(valueOf(c, 'tabula_controller_zeros_done_total', { result: 'ok' })).to.equal(1);
+    expect(valueOf(c, 'tabula_controller_copies_done_total', { result: 'ok' })).to.equal(0);
   });
 
   it('counts failed I/O by kind and faults by state', async () => {
