@@ -200,7 +200,18 @@ export class Admin {
     const c = this.#db.findContainer(r.id ?? '');
     if (!c) throw notFound(`unknown container ${r.id ?? ''}`);
     const used = this.#db.containerSegmentsUsed(c.id);
-    if (used > 0) throw precondition(`container ${c.id} still holds ${used} allocated segments; migrate or remove the vdisks using it first`);
+    const scrubbing = this.#db.scrubPendingCount(c.id);
+    if (used > scrubbing) {
+      throw precondition(`container ${c.id} still holds ${used - scrubbing} allocated segments; migrate or remove the vdisks using it first`);
+    }
+    // Freed space is zeroed before it leaves our books: a removed container
+    // added back later must not hand out the old data.
+    if (scrubbing > 0) {
+      throw precondition(
+        `container ${c.id}: ${scrubbing} freed segments are still waiting to be zeroed by an agent that reaches it` +
+          ` (${this.#db.containerAgents(c.id).length === 0 ? 'no agent reaching it is registered' : 'retry in a moment'})`,
+      );
+    }
     this.#db.deleteContainer(c.id);
     this.#ctrl.allocator.forget(c.id);
     this.#db.event('container', c.id, 'removed');

@@ -46,6 +46,23 @@ describe('controller admin', () => {
     expect(ctl.admin.ListContainers({}).containers.map((c) => c.id)).to.not.include('small');
   });
 
+  it('refuses to remove a container whose freed space is not zeroed yet, and says so', () => {
+    ctl.admin.CreateVdisk({ name: 'gone', size: 3 * MiB, thick: true });
+    const used = ctl.admin.ListContainers({}).containers.filter((c) => c.segmentsUsed > 0);
+    ctl.admin.RemoveVdisk({ name: 'gone' });
+    // No agent is connected: the freed segments wait for a scrub.
+    for (const c of used) {
+      let message = '';
+      try {
+        ctl.admin.RemoveContainer({ id: c.id });
+      } catch (err) {
+        message = (err as Error).message;
+      }
+      expect(message).to.match(/freed segments are still waiting to be zeroed/);
+      expect(message).to.match(/no agent reaching it is registered/);
+    }
+  });
+
   it('creates thin and thick vdisks; thick spreads and fails whole when space is short', () => {
     const thin = ctl.admin.CreateVdisk({ name: 'thin', size: 3 * MiB + 1 });
     expect(thin).to.deep.include({ thin: true, segmentCount: 4, size: 4 * MiB, segmentsAllocated: 0, blockSize: 512, segmentSize: MiB });
