@@ -17,7 +17,7 @@
 //   once the controller answers a heartbeat again (every table sent before
 //   that answer has arrived); it is confirmed once those tables are
 //   installed and acked and no vdisk still waits for a requested TableFull.
-import { VersionGapError, fromExtents, type Extent, type MappingTable, type TableDelta } from '../table/index.js';
+import { VersionGapError, type Extent, type MappingTable, type TableDelta } from '../table/index.js';
 import type { ContainerResolver } from '../container/driver.js';
 import type { IscsiSettings } from '../iscsi/settings.js';
 import type { ClientOptions } from '../wire/grpc.js';
@@ -31,6 +31,7 @@ import { runZero } from './zero.js';
 import { placeholderTable, vdiskDeviceFactory, type AgentDevice, type DeviceFactory } from './device-port.js';
 import type { FaultSink } from './fault.js';
 import { FaultChannel, wireFaultSink } from './fault-channel.js';
+import { TableAssembly, continuesTable } from './table-assembly.js';
 import { DEFAULT_HOLD_TIMEOUT_MS } from './vdisk-device.js';
 import { AgentTargets, formatAddress, type AgentIscsiAuth, type PortalAddress } from './targets.js';
 
@@ -69,6 +70,8 @@ interface Held {
   /** A TableRequest is out; further gaps wait for its TableFull. */
   requested: boolean;
   removed: boolean;
+  /** A TableFull arriving in pieces, until its last one. */
+  assembly: TableAssembly | null;
 }
 
 export interface ExportStatus {
@@ -290,7 +293,7 @@ export class Agent {
           log.error('cannot create the device for an export', { vdisk: e.vdiskName, id: e.vdiskId, err: (err as Error).message });
           continue;
         }
-        h = { exp: e, device, queue: Promise.resolve(), fenced: false, loaded: false, fences: 0, requested: false, removed: false };
+        h = { exp: e, device, queue: Promise.resolve(), fenced: false, loaded: false, fences: 0, requested: false, removed: false, assembly: null };
         this.#held.set(e.vdiskId, h);
       }
       h.exp = e;
@@ -359,18 +362,36 @@ export class Agent {
       });
       return;
     }
-    let table: MappingTable;
-    try {
-      table = fromExtents(
-        { segmentSize: t.segmentSize, blockSize: t.blockSize, segmentCount: t.segmentCount, version: t.version },
-        t.extents.map(toExtent),
-        e.vdiskName,
-      );
-    } catch (err) {
-      log.error('malformed TableFull: ignored', { vdisk: e.vdiskName, version: t.version, err: (err as Error).message });
-      return;
-    }
+    // Built in the vdisk's queue, in slices with yields (table-assembly.ts):
+    // a big table must not stop the other LUNs.
     this.#enqueue(h, `installing table version ${t.version}`, async () => {
+      let a: TableAssembly;
+      if (continuesTable(t)) {
+        const why = h.assembly === null ? 'no table is being received' : h.assembly.mismatch(t);
+        if (h.assembly === null || why !== null) {
+          h.assembly = null;
+          log.warn('TableFull piece does not continue a table: ignored', { vdisk: e.vdiskName, version: t.version, from: t.firstSegment, why });
+          this.#requestTable(h, `TableFull piece at segment ${t.firstSegment ?? 0} of version ${t.version}: ${why}`);
+          return;
+        }
+        a = h.assembly;
+      } else {
+        if (h.assembly !== null) log.warn('TableFull replaces one not yet complete', { vdisk: e.vdiskName, version: t.version, incomplete: h.assembly.version });
+        a = new TableAssembly(t, e.vdiskName);
+        h.assembly = a;
+      }
+      let table: MappingTable;
+      try {
+        await a.add(t);
+        if (t.more === true) return;
+        table = a.finish();
+      } catch (err) {
+        if (h.assembly === a) h.assembly = null;
+        log.error('malformed TableFull: ignored', { vdisk: e.vdiskName, version: t.version, err: (err as Error).message });
+        return;
+      } finally {
+        if (t.more !== true && h.assembly === a) h.assembly = null;
+      }
       const have = h.device.version;
       if (h.loaded && !h.fenced && t.version < have) {
         log.warn('TableFull older than the table held: ignored', { vdisk: e.vdiskName, version: t.version, have });
@@ -466,6 +487,8 @@ export class Agent {
     h.fenced = true;
     h.loaded = false;
     h.fences++;
+    // The table being received predates the fence; the requested one replaces it.
+    h.assembly = null;
     h.requested = false;
     log.warn('vdisk fenced by the controller', { vdisk: h.exp.vdiskName, reason: f.reason });
     this.#requestTable(h, `fenced: ${f.reason}`);

@@ -401,6 +401,8 @@ export class ControllerLink {
           containers: reg.containers,
           tables: reg.tables,
           softwareVersion: this.#opts.softwareVersion ?? '',
+          // Whole tables in run form, in pieces (src/agent/table-assembly.ts).
+          tableRuns: true,
         },
       } satisfies AgentMessage);
     } catch (err) {

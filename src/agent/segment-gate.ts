@@ -13,6 +13,8 @@ export interface SegmentRange {
 export class SegmentGate {
   #inflight: Uint32Array;
   #suspended: Uint8Array;
+  /** Container I/O in flight on all segments: with none, a suspension need not scan. */
+  #total = 0;
   /** Suspended segments that still have I/O in flight. */
   #draining = 0;
   #onDrained: (() => void) | null = null;
@@ -41,10 +43,12 @@ export class SegmentGate {
   /** Hot path: call only when the segment is not suspended, then do the container I/O. */
   enter(seg: number): void {
     this.#inflight[seg]++;
+    this.#total++;
   }
 
   /** Hot path: the container I/O that `enter` counted has completed (successfully or not). */
   leave(seg: number): void {
+    this.#total--;
     const left = --this.#inflight[seg];
     if (left === 0 && this.#suspended[seg] === 1 && --this.#draining === 0) {
       const done = this.#onDrained;
@@ -80,6 +84,11 @@ export class SegmentGate {
       const end = r.first + r.count;
       if (r.first < 0 || end > suspended.length) {
         throw new RangeError(`segment gate: segments ${r.first}+${r.count} beyond capacity ${suspended.length}`);
+      }
+      if (this.#total === 0) {
+        // Nothing in flight anywhere (a fenced device's first install): no drain to count.
+        suspended.fill(1, r.first, end);
+        continue;
       }
       for (let s = r.first; s < end; s++) {
         if (suspended[s] === 1) continue;

@@ -10,7 +10,7 @@
 import { BlockDeviceError, type BlockDevice, type BlockErrorKind, type ProvisioningStatus, type WriteOptions } from '../blockdev/block-device.js';
 import type { ContainerDriver, ContainerResolver, ContainerWriteOptions } from '../container/driver.js';
 import { checkExtents } from '../table/extents.js';
-import { VersionGapError, applyDelta as applyTableDelta, diff, type TableDelta } from '../table/delta.js';
+import { VersionGapError, applyDelta as applyTableDelta, type TableDelta } from '../table/delta.js';
 import type { MappingTable } from '../table/mapping-table.js';
 import { IoOp, SegmentState, inhibits, ioOpName, segmentStateName } from '../table/segment-state.js';
 import { log } from '../util/log.js';
@@ -241,8 +241,16 @@ export class VdiskDevice implements BlockDevice {
         throw new RangeError(`${this.#name()}: table version ${next.version} is not newer than installed version ${cur.version}`);
       }
       if (next.version === cur.version && !this.#fenced) return;
-      const ranges = next.version > cur.version ? diff(cur, next).extents.map(rangeOf) : changedRanges(cur, next);
-      if (next.segmentCount < cur.segmentCount) ranges.push({ first: next.segmentCount, count: cur.segmentCount - next.segmentCount });
+      let ranges: SegmentRange[];
+      if (this.#fenced) {
+        // Every segment already acts as invalid (new I/O is held by the
+        // fence: a first install over the placeholder, a resync): suspend
+        // the whole device rather than diff 16 M segments on the event loop.
+        ranges = [{ first: 0, count: Math.max(cur.segmentCount, next.segmentCount) }];
+      } else {
+        ranges = next.version > cur.version ? next.changedRuns(cur).map(([a, b]) => ({ first: a, count: b - a })) : changedRanges(cur, next);
+        if (next.segmentCount < cur.segmentCount) ranges.push({ first: next.segmentCount, count: cur.segmentCount - next.segmentCount });
+      }
       await this.#swap(ranges, next.segmentCount, () => {
         this.#table = next;
         this.#fenced = false;

@@ -6,7 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { timingSafeEqual } from 'node:crypto';
 import { isIP } from 'node:net';
-import { AUTH_METADATA_KEY, adminServiceDefinition, agentServiceDefinition } from '../wire/grpc.js';
+import { AUTH_METADATA_KEY, MESSAGE_LIMIT_OPTIONS, adminServiceDefinition, agentServiceDefinition } from '../wire/grpc.js';
 import { parseHostPort } from '../util/size.js';
 import { log } from '../util/log.js';
 import { ReloadableServerCredentials, sameMaterial, type ReloadOutcome } from '../security/tls.js';
@@ -103,6 +103,7 @@ export async function startController(opts: StartControllerOptions): Promise<Con
   let check = tokenAuthorizer(token);
   const authorize = (md: grpc.Metadata): string | null => check(md);
   const server = new grpc.Server({
+    ...MESSAGE_LIMIT_OPTIONS,
     'grpc.keepalive_time_ms': 10_000,
     'grpc.keepalive_timeout_ms': 5_000,
     interceptors: metrics === null ? [] : [metrics.interceptor],

@@ -11,7 +11,8 @@
 
 import { randomUUID } from 'node:crypto';
 import type * as grpc from '@grpc/grpc-js';
-import { MappingTable, SegmentState, extentsIn, toExtents, type Extent } from '../table/index.js';
+import { MappingTable, SegmentState, extentsIn, tableRuns, toExtents, type Extent, type TableRuns } from '../table/index.js';
+import { TABLE_RUNS_PER_MESSAGE } from '../wire/grpc.js';
 import type {
   AgentMessage,
   ContainerRef,
@@ -65,6 +66,9 @@ export const DEFAULT_LEASE_MS = 8000;
  */
 export const DEFAULT_LEASE_MARGIN_MS = 1000;
 
+/** How often a change waiting for a fenced agent looks again without being woken (export removed with its vdisk, say). */
+const LAGGARD_RECHECK_MS = 1000;
+
 /** What a table change did: the new version and the segments it touched. */
 export interface CommitResult {
   vdiskId: string;
@@ -73,6 +77,13 @@ export interface CommitResult {
   /** Sorted, disjoint [first, end) ranges of changed segments. */
   ranges: [number, number][];
   segmentCount: number;
+  /**
+   * Some changed segment was normal before: an agent that missed this
+   * version may read and write the old location however long it has been
+   * cut off (leases do not stop normal segments), so only its ack or the
+   * removal of its export makes the change safe (awaitAcks).
+   */
+  touchesNormal: boolean;
 }
 
 /** What a change function may do inside its transaction. */
@@ -112,9 +123,15 @@ export class Controller {
   readonly leaseMarginMs: number;
   /** performance.now() of the last message from each agent (lease accounting). */
   readonly #lastHeard = new Map<string, number>();
+  /** performance.now() when the controller last answered a heartbeat of each agent (its lease runs from before then). */
+  readonly #lastAnswered = new Map<string, number>();
+  /** Table changes waiting for fenced agents (#awaitLaggards): woken to look again. */
+  readonly #laggardWakers = new Set<() => void>();
   /** Agents may hold leases granted before this controller started (an earlier run): count them from here. */
   readonly #startedAt = performance.now();
   readonly #links = new Map<string, AgentLink>();
+  /** Links whose agent reads TableFull's run form (Register.table_runs). */
+  readonly #tableRuns = new WeakSet<AgentLink>();
   readonly #allLinks = new Set<AgentLink>();
   readonly #tables = new Map<string, MappingTable>();
   readonly #locks = new Map<string, Promise<unknown>>();
@@ -191,6 +208,8 @@ export class Controller {
    * (no version bump). Use through changeTable unless already serialized.
    */
   commitAndSend(vdiskId: string, change: (c: ChangeContext) => void): CommitResult | null {
+    // Cached before the commit: CommitResult.touchesNormal reads the previous states from it.
+    this.table(vdiskId);
     const changed = new Set<number>();
     let grownTo = -1;
     const allocated: Location[] = [];
@@ -230,7 +249,7 @@ export class Controller {
           // Nothing to tell anyone: undo the version bump with the transaction.
           throw new NoChange();
         }
-        return { vdiskId, fromVersion: vdisk.version, version, ranges: toRanges(changed), segmentCount: live.segmentCount };
+        return { vdiskId, fromVersion: vdisk.version, version, ranges: toRanges(changed), segmentCount: live.segmentCount, touchesNormal: false };
       });
     } catch (err) {
       // Allocations were taken from the in-memory free map; the rollback
@@ -240,6 +259,8 @@ export class Controller {
       throw err;
     }
     const table = this.table(vdiskId);
+    // Still the previous version here (the DB is the truth, the cache follows it).
+    result.touchesNormal = touchesNormal(table, result.ranges);
     if (grownTo >= 0) table.resize(grownTo);
     for (const [first, end] of result.ranges) {
       for (let s = first; s < end; s++) table.set(s, tableEntryOf(this.db, vdiskId, s));
@@ -277,16 +298,85 @@ export class Controller {
     }
   }
 
-  /** Waits for every online holder to ack r.version; fences those that do not; then reclaims. */
+  /**
+   * Waits for every online holder to ack r.version; fences those that do
+   * not, and then waits for each of them until the change is safe without
+   * it (#awaitLaggards); then reclaims.
+   */
   async awaitAcks(r: CommitResult): Promise<void> {
     const holders = this.#holders(r.vdiskId).filter((l) => !(l.held(r.vdiskId)?.fenced ?? true));
     const results = await Promise.all(holders.map((l) => l.waitAck(r.vdiskId, r.version, this.ackTimeoutMs)));
+    const laggards: string[] = [];
     holders.forEach((l, i) => {
-      if (!results[i]) this.fence(l, r.vdiskId, `no ack of table version ${r.version} within ${this.ackTimeoutMs} ms`);
+      if (results[i]) return;
+      this.fence(l, r.vdiskId, `no ack of table version ${r.version} within ${this.ackTimeoutMs} ms`);
+      if (l.name !== null) laggards.push(l.name);
     });
+    if (laggards.length > 0) await this.#awaitLaggards(r, laggards);
     this.reclaim(r.vdiskId);
     // Only now may held faults act on the new version (design notes §2.3).
     this.faults.onTableChanged(r.vdiskId);
+  }
+
+  /**
+   * A fence is a message the laggard may never get (a partition the stream
+   * has not noticed yet), so it proves nothing. Waits, per laggard (by
+   * name, so an ack on a new stream counts), until it has acked r.version
+   * or later, or its export is gone, or the change is safe without it: the
+   * change turned no normal segment into anything else, and the agent's
+   * lease has run out (lease plus margin since the controller last answered
+   * one of its heartbeats; it answers none while the agent is fenced), so
+   * it holds I/O to the zero and no-write segments the change did touch. A
+   * change to normal segments waits for the ack however long: leases do not
+   * stop an agent serving normal segments. Serialized per vdisk, so only
+   * this vdisk's changes queue behind it.
+   */
+  async #awaitLaggards(r: CommitResult, names: readonly string[]): Promise<void> {
+    const vdisk = this.db.vdisk(r.vdiskId)?.name ?? r.vdiskId;
+    const leaseHelps = !r.touchesNormal && this.leaseMs > 0;
+    let logged = false;
+    for (;;) {
+      if (this.#closed) return;
+      const owing = names.filter((n) => (this.db.export(r.vdiskId, n)?.ackedVersion ?? Number.POSITIVE_INFINITY) < r.version);
+      if (owing.length === 0) return;
+      let waitMs = Number.POSITIVE_INFINITY;
+      if (leaseHelps) {
+        waitMs = Math.max(0, ...owing.map((n) => this.leaseEnd(n) - performance.now()));
+        if (waitMs === 0) {
+          log.warn(`vdisk ${vdisk} table version ${r.version} goes ahead without agent ${owing.join(', ')}: lease expired, and it changed no normal segment`);
+          return;
+        }
+      }
+      if (!logged) {
+        logged = true;
+        const until = leaseHelps ? `its ack or its lease to run out (${Math.ceil(waitMs)} ms)` : 'its ack or the removal of its export (the change touches normal segments)';
+        log.warn(`vdisk ${vdisk} table version ${r.version}: waiting for agent ${owing.join(', ')}: ${until}`);
+        this.db.event('fence', owing.join(','), `vdisk ${vdisk} version ${r.version} waits for ${until}`);
+      }
+      // Woken by acks and export changes; the timer covers the lease and anything missed.
+      await new Promise<void>((resolve) => {
+        const wake = (): void => {
+          clearTimeout(timer);
+          this.#laggardWakers.delete(wake);
+          resolve();
+        };
+        const timer = setTimeout(wake, Math.min(waitMs + 1, LAGGARD_RECHECK_MS));
+        this.#laggardWakers.add(wake);
+      });
+    }
+  }
+
+  /**
+   * performance.now() at which the agent's lease has surely run out: lease
+   * plus margin after the controller last answered one of its heartbeats
+   * (on any stream), counting from this controller's start at the earliest.
+   */
+  leaseEnd(agent: string): number {
+    return Math.max(this.#lastAnswered.get(agent) ?? this.#startedAt, this.#startedAt) + this.leaseMs + this.leaseMarginMs;
+  }
+
+  #wakeLaggardWaits(): void {
+    for (const w of [...this.#laggardWakers]) w();
   }
 
   /**
@@ -318,6 +408,35 @@ export class Controller {
 
   sendFullTable(link: AgentLink, vdiskId: string): void {
     const t = this.table(vdiskId);
+    if (this.#tableRuns.has(link)) {
+      // Run form, in pieces of bounded size (proto/tabula.proto, TableFull).
+      const meta = { vdiskId, version: t.version, segmentSize: t.segmentSize, blockSize: t.blockSize, segmentCount: t.segmentCount };
+      const containers = [...t.containers];
+      let prev: TableRuns | null = null;
+      const sendPiece = (r: TableRuns, more: boolean): void => {
+        link.send({
+          body: 'tableFull',
+          tableFull: {
+            ...meta,
+            containers,
+            extents: [],
+            firstSegment: r.firstSegment,
+            runCounts: r.counts,
+            runStates: r.states,
+            runContainers: r.containers,
+            runOffsets: r.offsets,
+            more,
+          },
+        });
+      };
+      for (const r of tableRuns(t, TABLE_RUNS_PER_MESSAGE)) {
+        if (prev !== null) sendPiece(prev, true);
+        prev = r;
+      }
+      if (prev !== null) sendPiece(prev, false);
+      link.noteSent(vdiskId, t.version, true);
+      return;
+    }
     const extents = toExtents(t);
     const containers = [...new Set(extents.map((e) => e.container).filter((c): c is string => c !== null))];
     link.send({
@@ -450,6 +569,8 @@ export class Controller {
 
   /** Export set changed for an agent (admin): resync it if online. */
   exportsChanged(agent: string): void {
+    // A change waiting for this agent may not need to any more (export removed).
+    this.#wakeLaggardWaits();
     const link = this.link(agent);
     if (!link) return;
     this.#awaitInitial(link, this.syncExports(link));
@@ -592,7 +713,12 @@ export class Controller {
       case 'heartbeat':
         this.db.touchAgent(link.name as string);
         // The answer renews the agent's lease (from when it sent this heartbeat).
-        if (this.leaseMs > 0) link.send({ body: 'heartbeatReply', heartbeatReply: { seq: m.heartbeat.seq } });
+        // None while a vdisk of it is fenced: its lease must run out even when
+        // the stream looks open, since table changes wait for that (#awaitLaggards).
+        if (this.leaseMs > 0 && !isFenced(link)) {
+          this.#lastAnswered.set(link.name as string, performance.now());
+          link.send({ body: 'heartbeatReply', heartbeatReply: { seq: m.heartbeat.seq } });
+        }
         return;
       case 'tableAck':
         this.#onAck(link, m.tableAck);
@@ -652,6 +778,7 @@ export class Controller {
       link.sendError(why);
     }
     link.name = r.agentName;
+    if (r.tableRuns === true) this.#tableRuns.add(link);
     this.#links.set(r.agentName, link);
     this.#lastHeard.set(r.agentName, performance.now());
     this.db.registerAgent(r.agentName, r.portals, accepted);
@@ -703,6 +830,7 @@ export class Controller {
     const name = link.name as string;
     const unfenced = link.noteAck(vdiskId, version);
     this.db.recordAck(vdiskId, name, version);
+    this.#wakeLaggardWaits();
     if (unfenced || this.db.export(vdiskId, name)?.fenced) {
       if (!link.held(vdiskId)?.fenced) {
         this.db.setFenced(vdiskId, name, false);
@@ -774,12 +902,27 @@ export class Controller {
     }
     this.#allLinks.clear();
     this.#links.clear();
+    this.#wakeLaggardWaits();
     for (const c of this.#copies.values()) c.resolve('controller shutting down');
     this.#copies.clear();
   }
 }
 
 class NoChange extends Error {}
+
+/** Whether a vdisk of this link is fenced (missed an ack, not yet resynced). */
+function isFenced(link: AgentLink): boolean {
+  for (const t of link.tables.values()) if (t.fenced) return true;
+  return false;
+}
+
+/** Whether any segment in `ranges` is normal in `table` (segments past its end are new: not). */
+function touchesNormal(table: MappingTable, ranges: readonly [number, number][]): boolean {
+  for (const [first, end] of ranges) {
+    for (let s = first; s < Math.min(end, table.segmentCount); s++) if (table.stateOf(s) === SegmentState.Normal) return true;
+  }
+  return false;
+}
 
 function toRanges(segs: Set<number>): [number, number][] {
   const sorted = [...segs].sort((a, b) => a - b);

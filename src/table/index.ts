@@ -4,3 +4,4 @@ export * from './mapping-table.js';
 export * from './extents.js';
 export * from './delta.js';
 export * from './format.js';
+export * from './runs.js';

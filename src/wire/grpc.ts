@@ -114,6 +114,24 @@ export function authMetadata(token: string | undefined): grpc.Metadata {
   return md;
 }
 
+/**
+ * Largest gRPC message a Tabula peer sends or accepts (grpc-js's default
+ * receive limit is 4 MiB). Whole tables travel in pieces far below this
+ * (TABLE_RUNS_PER_MESSAGE runs each); the bound is for the extents form an
+ * older controller sends in one message, and for AdminService.Table replies:
+ * 256 MiB is about 5 M extents with UUIDs, a fragmented 5 TiB vdisk.
+ */
+export const MAX_MESSAGE_BYTES = 256 << 20;
+
+/** Channel options that apply MAX_MESSAGE_BYTES (clients and the controller's server). */
+export const MESSAGE_LIMIT_OPTIONS = {
+  'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+  'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+} as const;
+
+/** Runs per TableFull message in the run form: at most ~20 bytes each, so about 1 MiB per message. */
+export const TABLE_RUNS_PER_MESSAGE = 1 << 16;
+
 export interface ClientOptions {
   /** Shared-secret token, when the controller requires one. */
   token?: string;
@@ -130,7 +148,7 @@ export class AgentServiceClient {
 
   constructor(address: string, opts: ClientOptions = {}) {
     const Ctor = grpc.makeGenericClientConstructor(agentServiceDefinition(), 'AgentService');
-    this.#client = new Ctor(address, opts.credentials ?? grpc.credentials.createInsecure());
+    this.#client = new Ctor(address, opts.credentials ?? grpc.credentials.createInsecure(), MESSAGE_LIMIT_OPTIONS);
     this.#token = opts.token;
   }
 
@@ -157,7 +175,7 @@ export class AdminClient {
 
   constructor(address: string, opts: ClientOptions & { deadlineMs?: number } = {}) {
     const Ctor = grpc.makeGenericClientConstructor(adminServiceDefinition(), 'AdminService');
-    this.#client = new Ctor(address, opts.credentials ?? grpc.credentials.createInsecure());
+    this.#client = new Ctor(address, opts.credentials ?? grpc.credentials.createInsecure(), MESSAGE_LIMIT_OPTIONS);
     this.#token = opts.token;
     this.#deadlineMs = opts.deadlineMs ?? 30_000;
   }

@@ -43,6 +43,8 @@ export interface Register {
   containers: ContainerRef[];
   tables: TableVersion[];
   softwareVersion: string;
+  /** The agent reads TableFull's run form (several messages, `more`). Absent (false) from older agents. */
+  tableRuns?: boolean;
 }
 
 export interface Heartbeat {
@@ -134,6 +136,15 @@ export interface TableFull {
   segmentCount: number;
   containers: string[];
   extents: WireExtent[];
+  /** Run form (see proto/tabula.proto): where this message's first run starts. */
+  firstSegment?: number;
+  runCounts?: number[];
+  runStates?: number[];
+  /** 1-based index into `containers`; 0 for none. */
+  runContainers?: number[];
+  runOffsets?: number[];
+  /** Run form: more messages of this table follow. */
+  more?: boolean;
 }
 
 export interface TableDeltaMsg {
