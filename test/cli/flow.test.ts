@@ -63,8 +63,8 @@ describe('tabula CLI: admin flow against a controller and an agent', function ()
     expect(list[0]).to.include({ id: containerId, size: 256 * MiB, segmentsTotal: 255, segmentsUsed: 0 });
     const text = await tabulaOk(['container', 'ls', ...ctl]);
     const [head, row] = text.trimEnd().split('\n');
-    expect(head!.split(/\s+/)).to.deep.equal(['ID', 'PATH', 'CAPACITY', 'ALLOCATED', 'FREE', 'STATE', 'AGENTS']);
-    expect(row!.split(/\s+/)).to.deep.equal([containerId, join(dir, 'c1.img'), '255MiB', '0B', '255MiB', 'online', '-']);
+    expect(head!.split(/\s+/)).to.deep.equal(['ID', 'PATH', 'CAPACITY', 'ALLOCATED', 'SHARED', 'EXCLUSIVE', 'FREE', 'STATE', 'AGENTS']);
+    expect(row!.split(/\s+/)).to.deep.equal([containerId, join(dir, 'c1.img'), '255MiB', '0B', '0B', '0B', '255MiB', 'online', '-']);
   });
 
   it('an agent registers and agent ls shows it online with its portal and container', async () => {
@@ -91,9 +91,14 @@ describe('tabula CLI: admin flow against a controller and an agent', function ()
     expect(thin).to.include({ name: 'v1', size: 64 * MiB, thin: true, blockSize: 512, segmentSize: MiB, segmentCount: 64, allocatedBytes: 0 });
     const thick = await tabulaJson<VdiskInfo>(['vdisk', 'create', 'v2', '--size', '4MiB', '--thick', '--block-size', '4096', ...ctl]);
     expect(thick).to.include({ name: 'v2', size: 4 * MiB, thin: false, blockSize: 4096, segmentSize: MiB, segmentCount: 4, allocatedBytes: 4 * MiB });
-    const big = await tabulaJson<VdiskInfo>(['vdisk', 'create', 'v3', '--size', '1TiB', '--segment-size', '64MiB', ...ctl]);
-    expect(big).to.include({ size: 1024 ** 4, segmentSize: 64 * MiB, segmentCount: 16384, thin: true });
+    const big = await tabulaJson<VdiskInfo>(['vdisk', 'create', 'v3', '--size', '1TiB', ...ctl]);
+    expect(big).to.include({ size: 1024 ** 4, segmentSize: MiB, segmentCount: 1024 * 1024, thin: true });
     await tabulaOk(['vdisk', 'rm', 'v3', ...ctl]);
+    // A vdisk allocates only from containers of its own segment size.
+    expectOneLineError(
+      await tabula(['vdisk', 'create', 'v4', '--size', '1TiB', '--segment-size', '64MiB', ...ctl]),
+      /no online container has 64MiB segments \(containers have 1MiB\)/,
+    );
 
     expectOneLineError(await tabula(['vdisk', 'create', 'v1', '--size', '1MiB', ...ctl]), /vdisk v1 already exists/);
     expectOneLineError(await tabula(['vdisk', 'create', 'big', '--size', '1GiB', '--thick', ...ctl]), /container full: vdisk big needs/);
@@ -101,9 +106,9 @@ describe('tabula CLI: admin flow against a controller and an agent', function ()
 
     const text = await tabulaOk(['vdisk', 'ls', ...ctl]);
     const lines = text.trimEnd().split('\n');
-    expect(lines[0]!.split(/\s{2,}/)).to.deep.equal(['NAME', 'PROVISIONED', 'ALLOCATED', 'TYPE', 'BLOCK', 'SEGMENT', 'VERSION', 'EXPORTS']);
-    expect(lines[1]).to.match(/^v1\s+64MiB\s+0B \(0%\)\s+thin\s+512\s+1MiB\s+1\s+-$/);
-    expect(lines[2]).to.match(/^v2\s+4MiB\s+4MiB \(100%\)\s+thick\s+4096\s+1MiB\s+1\s+-$/);
+    expect(lines[0]!.split(/\s{2,}/)).to.deep.equal(['NAME', 'KIND', 'PROVISIONED', 'ALLOCATED', 'SHARED', 'EXCLUSIVE', 'TYPE', 'BLOCK', 'SEGMENT', 'VERSION', 'EXPORTS']);
+    expect(lines[1]).to.match(/^v1\s+vdisk\s+64MiB\s+0B \(0%\)\s+0B\s+0B\s+thin\s+512\s+1MiB\s+1\s+-$/);
+    expect(lines[2]).to.match(/^v2\s+vdisk\s+4MiB\s+4MiB \(100%\)\s+0B\s+4MiB\s+thick\s+4096\s+1MiB\s+1\s+-$/);
 
     const show = await tabulaOk(['vdisk', 'show', 'v1', ...ctl]);
     expect(show).to.match(/^provisioned:\s+64MiB \(67108864 bytes\)$/m);
@@ -140,7 +145,7 @@ describe('tabula CLI: admin flow against a controller and an agent', function ()
       'v2@a1:iqn.2026-11.org.example:two/3',
     ]);
     const text = await tabulaOk(['export', 'ls', '--vdisk', 'v1', ...ctl]);
-    expect(text.trimEnd().split('\n')[1]).to.match(/^v1\s+a1\s+iqn\.2026-11\.org\.tabula:v1\s+0\s+rw\s+\d+\s+no$/);
+    expect(text.trimEnd().split('\n')[1]).to.match(/^v1\s+a1\s+iqn\.2026-11\.org\.tabula:v1\s+0\s+rw\s+\d+\s+no\s+any$/);
   });
 
   it('segment set-state changes the table; out-of-range segments and unknown vdisks are named', async () => {
