@@ -51,6 +51,9 @@ const RESTART_KEYS: Readonly<Record<Role, Readonly<Record<string, (c: TabulaConf
     'agent.containers': (c) => c.agent.containers,
     'agent.hold-timeout': (c) => c.agent.holdTimeoutSec,
     'agent.metrics-listen': (c) => c.agent.metricsListen,
+    // iSCSI login settings are fixed when the portals start.
+    'security.chap': (c) => c.security.chap,
+    'security.allowed-initiators': (c) => c.security.allowedInitiators,
   },
   'all-in-one': {
     'data-dir': (c) => c.dataDir,
@@ -59,6 +62,8 @@ const RESTART_KEYS: Readonly<Record<Role, Readonly<Record<string, (c: TabulaConf
     'agent.portals': (c) => c.agent.portals,
     'agent.hold-timeout': (c) => c.agent.holdTimeoutSec,
     'all-in-one.size': (c) => c.allInOne.size,
+    'security.chap': (c) => c.security.chap,
+    'security.allowed-initiators': (c) => c.security.allowedInitiators,
   },
 };
 

@@ -148,5 +148,8 @@ describe('config: daemon commands (flags, environment, --config)', () => {
     // The log level is no restart: SIGHUP applies it.
     expect(restartNeeded('agent', a, b)).to.deep.equal(['agent.name']);
     expect(restartNeeded('controller', a, a)).to.deep.equal([]);
+    const chap = validateConfig({ role: 'agent', controller: { address: 'c:1' }, security: { chap: { user: 'u', secret: 'twelve-chars' } } }, 't', ctx);
+    const noChap = validateConfig({ role: 'agent', controller: { address: 'c:1' } }, 't', ctx);
+    expect(restartNeeded('agent', noChap, chap)).to.deep.equal(['security.chap']);
   });
 });
