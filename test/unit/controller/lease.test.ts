@@ -4,7 +4,7 @@
 // longer than the lease plus the margin; the agent gets the new table when
 // it registers again. Without a lease the change waits for the agent.
 import { expect } from 'chai';
-import { SegmentState } from '../../../src/table/index.js';
+import { SegmentState, fromExtents, toExtents } from '../../../src/table/index.js';
 import { FaultAction, type FaultReply } from '../../../src/wire/proto-types.js';
 import { CA, FakeAgent, MiB, containerRef, startTestController, until } from './helpers.js';
 
@@ -18,9 +18,19 @@ describe('controller: agent leases (fake agents over loopback gRPC)', function (
   let ctl: Ctl | undefined;
   const agents: FakeAgent[] = [];
 
-  async function agent(name: string, tables: { vdiskId: string; version: number }[] = []): Promise<FakeAgent> {
+  /**
+   * A registered fake agent. With `from`, it registers holding copies of
+   * `from`'s tables of those vdisks (so it can apply the deltas that follow).
+   */
+  async function agent(name: string, tables: { vdiskId: string; version: number }[] = [], from?: FakeAgent): Promise<FakeAgent> {
     const a = new FakeAgent((ctl as Ctl).address, name, { containers: [containerRef(CA, 8)] });
     agents.push(a);
+    for (const { vdiskId, version } of tables) {
+      const t = from?.tables.get(vdiskId);
+      if (t === undefined) continue;
+      expect(t.version, `${from?.name}'s table to copy`).to.equal(version);
+      a.tables.set(vdiskId, fromExtents(t.meta, toExtents(t)));
+    }
     await a.register(tables);
     return a;
   }
@@ -103,7 +113,8 @@ describe('controller: agent leases (fake agents over loopback gRPC)', function (
     await new Promise((r) => setTimeout(r, LEASE_MS + MARGIN_MS + 500));
     expect((ctl as Ctl).db.segment(vdiskId, 3).state).to.equal(SegmentState.Zero);
     expect(a.received.slice(from).some((m) => m.body === 'faultReply' && m.faultReply.action !== FaultAction.Wait)).to.equal(false);
-    await agent('b', [{ vdiskId, version: 1 }]);
+    // b holds version 1 (it acks the allocation's delta: the change touched no normal segment, but no lease is granted).
+    await agent('b', [{ vdiskId, version: 1 }], a);
     const rs = await replies(a, f.faultId, from);
     expect(rs[rs.length - 1]?.action).to.equal(FaultAction.Retry);
     expect((ctl as Ctl).db.segment(vdiskId, 3).state).to.equal(SegmentState.Normal);

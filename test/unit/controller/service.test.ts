@@ -116,20 +116,25 @@ describe('controller service (fake agents over loopback gRPC)', () => {
     expect(ctl.db.containerSegmentsUsed(CA)).to.equal(1);
   });
 
-  it('fences an agent that does not ack in time, and lifts the fence once it re-syncs', async () => {
-    const { vdiskId, as } = await setup(['a1', 'slow'], {}, { ackTimeoutMs: 300 });
+  it('fences an agent that does not ack in time, holds the change until it re-syncs, and lifts the fence then', async () => {
+    // Lease longer than the test: only the fenced agent's ack can let the change go ahead.
+    const { vdiskId, as } = await setup(['a1', 'slow'], {}, { ackTimeoutMs: 300, leaseMs: 60_000 });
     const [a1, slow] = as as [FakeAgent, FakeAgent];
     slow.autoAck = false;
-    const r = await a1.sendFault({ vdiskId, segment: 0, op: 1 }).reply();
-    expect(r.action).to.equal(FaultAction.Retry);
+    const f = a1.sendFault({ vdiskId, segment: 0, op: 1 });
     await slow.next((m) => m.body === 'fence' && m.fence.vdiskId === vdiskId);
     expect(ctl.db.export(vdiskId, 'slow')?.fenced).to.equal(true);
     expect(ctl.admin.ListExports({ agent: 'slow' }).exports[0]?.fenced).to.equal(true);
+    // The fence may never have reached it: a1's write is not let go yet.
+    await sleep(200);
+    expect(a1.events.some((e) => e.startsWith(`reply ${f.faultId} 0`)), 'no RETRY while slow may read zeros').to.equal(false);
     // Re-sync: ask for the whole table, get it, ack it.
     slow.autoAck = true;
     const from = slow.received.length;
     slow.stream.write({ body: 'tableRequest', tableRequest: { vdiskId, haveVersion: 1, reason: 'fenced' } });
     await slow.next((m) => m.body === 'tableFull', 5000, from);
+    const r = await f.reply();
+    expect(r.action).to.equal(FaultAction.Retry);
     for (let i = 0; i < 50 && ctl.db.export(vdiskId, 'slow')?.fenced; i++) await sleep(20);
     expect(ctl.db.export(vdiskId, 'slow')?.fenced).to.equal(false);
     expect(slow.tables.get(vdiskId)!.get(0).state).to.equal(SegmentState.Normal);
