@@ -24,7 +24,7 @@ export class StubController {
   #registered: ((c: ContainerRef[]) => void)[] = [];
   #acks: AckWaiter[] = [];
   /** Encoded TableFull per vdisk, re-sent when the agent asks (TableRequest). */
-  readonly #tables = new Map<string, Buffer>();
+  readonly #tables = new Map<string, Buffer[]>();
   address = '';
   /** Why the last stream ended, if it did. */
   lastEnd = '';
@@ -59,10 +59,11 @@ export class StubController {
   }
 
   /** Sends an encoded TableFull and resolves with the time (ms since the epoch) its ack arrives. */
-  tableFull(vdiskId: string, version: number, encoded: Buffer, timeoutMs: number): Promise<number> {
-    this.#tables.set(vdiskId, encoded);
+  tableFull(vdiskId: string, version: number, encoded: Buffer | Buffer[], timeoutMs: number): Promise<number> {
+    const pieces = Array.isArray(encoded) ? encoded : [encoded];
+    this.#tables.set(vdiskId, pieces);
     const acked = this.waitAck(vdiskId, version, timeoutMs);
-    this.send(encoded);
+    for (const p of pieces) this.send(p);
     return acked;
   }
 
@@ -111,7 +112,7 @@ export class StubController {
         }
       } else if (m.body === 'tableRequest') {
         const t = this.#tables.get(m.tableRequest.vdiskId);
-        if (t !== undefined) call.write(t);
+        for (const p of t ?? []) call.write(p);
       }
     });
     const end = (why: string): void => {

@@ -150,6 +150,56 @@ export function encodeTableFull(shape: TableShape, vdiskId: string, version: num
   return w.buf;
 }
 
+/**
+ * The same table in TableFull's run form (fields 8-13): pieces of at most
+ * `runsPerPiece` runs, packed arrays, containers as 1-based indices; every
+ * piece but the last has `more`. What the controller sends to agents that
+ * register with table_runs.
+ */
+export function encodeTableFullRuns(shape: TableShape, vdiskId: string, version: number, segmentSize: number, blockSize: number, runsPerPiece: number): Buffer[] {
+  const ids = shape.containers.map((c) => Buffer.from(c));
+  const vid = Buffer.from(vdiskId);
+  const uintLen = (v: number): number => (v === 0 ? 0 : 1 + varintLen(v));
+  const packedLen = (vals: number[]): number => {
+    let n = 0;
+    for (const v of vals) n += varintLen(v);
+    return n;
+  };
+  const out: Buffer[] = [];
+  for (let i = 0; i === 0 || i < shape.extents.length; i += runsPerPiece) {
+    const runs = shape.extents.slice(i, i + runsPerPiece);
+    const first = runs[0]?.first ?? 0;
+    const more = i + runsPerPiece < shape.extents.length;
+    const cols = [runs.map((e) => e.count), runs.map((e) => e.state), runs.map((e) => e.container + 1), runs.map((e) => (e.container < 0 ? 0 : e.offset))];
+    let body = 1 + varintLen(vid.length) + vid.length;
+    body += uintLen(version) + uintLen(segmentSize) + uintLen(blockSize) + uintLen(shape.segmentCount);
+    for (const id of ids) body += 1 + varintLen(id.length) + id.length;
+    body += uintLen(first);
+    for (const c of cols) if (c.length > 0) body += 1 + varintLen(packedLen(c)) + packedLen(c);
+    body += more ? 2 : 0;
+    const w = new Writer(Buffer.allocUnsafe(1 + varintLen(body) + body));
+    w.tag(3, 2);
+    w.varint(body);
+    w.bytes(1, vid);
+    w.uint(2, version);
+    w.uint(3, segmentSize);
+    w.uint(4, blockSize);
+    w.uint(5, shape.segmentCount);
+    for (const id of ids) w.bytes(6, id);
+    w.uint(8, first);
+    cols.forEach((c, k) => {
+      if (c.length === 0) return;
+      w.tag(9 + k, 2);
+      w.varint(packedLen(c));
+      for (const v of c) w.varint(v);
+    });
+    w.uint(13, more ? 1 : 0);
+    if (w.pos !== w.buf.length) throw new Error(`TableFull run encoder: wrote ${w.pos} of ${w.buf.length} bytes`);
+    out.push(w.buf);
+  }
+  return out;
+}
+
 /** Throws unless protobufjs decodes the encoder's bytes to the same table (a small one). */
 export function checkEncoding(): void {
   const shape = makeShape('aged', 3000, 3, 9);
@@ -173,4 +223,17 @@ export function checkEncoding(): void {
       return e.first === s.first && e.count === s.count && e.state === s.state && e.offset === s.offset && e.container === (s.container < 0 ? '' : shape.containers[s.container]);
     });
   if (!ok) throw new Error('TableFull encoder: protobufjs decodes a different table');
+  const pieces = encodeTableFullRuns(shape, id, 7, 1 << 20, 512, 1000);
+  const decoded = pieces.map((b) => decodeMessage<ControllerMessage>(messageType('ControllerMessage'), b));
+  const runs = decoded.flatMap((d, k) => {
+    if (d.body !== 'tableFull' || d.tableFull.more !== (k < pieces.length - 1)) throw new Error(`TableFull run encoder: piece ${k} decodes wrong`);
+    const p = d.tableFull;
+    let at = p.firstSegment ?? 0;
+    return (p.runCounts ?? []).map((count, j) => {
+      const e = { first: at, count, state: p.runStates?.[j], container: (p.runContainers?.[j] ?? 0) - 1, offset: p.runOffsets?.[j] };
+      at += count;
+      return e;
+    });
+  });
+  if (JSON.stringify(runs) !== JSON.stringify(shape.extents)) throw new Error('TableFull run encoder: protobufjs decodes a different table');
 }

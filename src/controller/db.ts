@@ -575,6 +575,23 @@ export class ControllerDb {
     return this.sql.transaction(fn)();
   }
 
+  /**
+   * Runs writes whose loss at a power cut is harmless (the fault log, acked
+   * versions: an older acked version only delays reuse of space) without an
+   * fsync of their own: WAL with synchronous = NORMAL is still atomic and
+   * survives a controller crash, and the next durable commit (FULL) syncs
+   * them with it. Saves an fsync (~1-3 ms) per fault and per ack.
+   */
+  relaxed<T>(fn: () => T): T {
+    if (this.sql.inTransaction) return fn();
+    this.sql.pragma('synchronous = NORMAL');
+    try {
+      return fn();
+    } finally {
+      this.sql.pragma('synchronous = FULL');
+    }
+  }
+
   // ---- containers ----
 
   container(id: string): ContainerRow | undefined {

@@ -146,7 +146,8 @@ export class FaultManager {
     const vdisk = db.vdisk(f.vdiskId);
     const opName = isIoOp(f.op) ? ioOpName(f.op) : `op#${String(f.op)}`;
     const stateName = isSegmentState(f.state) ? segmentStateName(f.state) : `state#${String(f.state)}`;
-    const recordId = db.insertFault({
+    // The fault log need not be durable before the reply: no fsync of its own.
+    const recordId = db.relaxed(() => db.insertFault({
       agent,
       vdiskId: f.vdiskId,
       segment: f.segment,
@@ -156,7 +157,7 @@ export class FaultManager {
       state: stateName,
       tableVersion: f.tableVersion,
       detail: f.detail,
-    });
+    }));
     const w: Waiter = { link, fault: f, recordId, toldWait: false };
     const reject = (sense: Sense, why: string): void => {
       const msg = `fault ${f.faultId} from agent ${agent}: ${why}`;
@@ -193,7 +194,7 @@ export class FaultManager {
   dropLink(link: AgentLink): void {
     for (const c of [...this.#cases.values()]) {
       const left = c.waiters.filter((w) => w.link !== link);
-      for (const w of c.waiters) if (w.link === link) this.#ctrl.db.setFaultOutcome(w.recordId, 'dropped', 'agent disconnected');
+      for (const w of c.waiters) if (w.link === link) this.#ctrl.db.relaxed(() => this.#ctrl.db.setFaultOutcome(w.recordId, 'dropped', 'agent disconnected'));
       c.waiters = left;
       if (left.length === 0 && !c.busy) this.#dropCase(c);
     }
@@ -260,7 +261,7 @@ export class FaultManager {
             if (!w.toldWait) {
               w.toldWait = true;
               this.#send(w, FaultAction.Wait, [0, 0, 0], d.reason);
-              ctrl.db.setFaultOutcome(w.recordId, 'wait', d.reason);
+              ctrl.db.relaxed(() => ctrl.db.setFaultOutcome(w.recordId, 'wait', d.reason));
             }
             left.push(w);
           } else {
@@ -407,7 +408,7 @@ export class FaultManager {
         reason = 'reason' in d ? d.reason : '';
     }
     this.#send(w, action, sense, reason, version);
-    this.#ctrl.db.setFaultOutcome(w.recordId, outcome ?? (FAULT_ACTION_NAMES[action] as string), reason);
+    this.#ctrl.db.relaxed(() => this.#ctrl.db.setFaultOutcome(w.recordId, outcome ?? (FAULT_ACTION_NAMES[action] as string), reason));
   }
 
   #send(w: Waiter, action: FaultAction, sense: Sense, reason: string, version = 0): void {

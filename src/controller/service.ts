@@ -829,7 +829,8 @@ export class Controller {
   #applyAck(link: AgentLink, vdiskId: string, version: number): void {
     const name = link.name as string;
     const unfenced = link.noteAck(vdiskId, version);
-    this.db.recordAck(vdiskId, name, version);
+    // Not synced by itself: a lost ack only delays reuse of space (db.relaxed).
+    this.db.relaxed(() => this.db.recordAck(vdiskId, name, version));
     this.#wakeLaggardWaits();
     if (unfenced || this.db.export(vdiskId, name)?.fenced) {
       if (!link.held(vdiskId)?.fenced) {
