@@ -37,6 +37,9 @@ export interface ApplianceOptions {
   holdTimeoutMs?: number;
   /** CHAP for the agent's targets and discovery. */
   iscsiAuth?: AgentIscsiAuth;
+  /** Prometheus endpoints (HOST:PORT); none when omitted. */
+  controllerMetricsListen?: string;
+  agentMetricsListen?: string;
 }
 
 export interface ApplianceHandle {
@@ -88,6 +91,7 @@ export async function startAppliance(opts: ApplianceOptions = {}): Promise<Appli
     dbPath: join(dataDir, 'controller.db'),
     listen: opts.controllerListen ?? APPLIANCE_DEFAULTS.controllerListen,
     token: opts.token,
+    metricsListen: opts.controllerMetricsListen,
   });
   let agent: AgentHandle | undefined;
   try {
@@ -107,6 +111,7 @@ export async function startAppliance(opts: ApplianceOptions = {}): Promise<Appli
       token: opts.token,
       holdTimeoutMs: opts.holdTimeoutMs,
       iscsiAuth: opts.iscsiAuth,
+      metricsListen: opts.agentMetricsListen,
     });
     const ids = containers.map((c) => c.id);
     await waitFor(`agent ${agentName} registering with the controller`, readyMs, () => {

@@ -44,7 +44,7 @@ export function effectiveDocument(cfg: TabulaConfig): Record<string, unknown> {
       ...(c.size !== undefined ? { size: formatSize(c.size) } : {}),
       ...(c.segmentSize !== undefined ? { 'segment-size': formatSize(c.segmentSize) } : {}),
     })),
-    'all-in-one': { size: formatSize(cfg.allInOne.size) },
+    'all-in-one': { size: cfg.allInOne.size === undefined ? '1GiB (default, when disk0 is created)' : formatSize(cfg.allInOne.size) },
     security: {
       ...(s.token !== undefined ? { token: MASK } : {}),
       ...(s.tokenFile !== undefined ? { 'token-file': s.tokenFile } : {}),

@@ -15,6 +15,8 @@ export const UP_FLAGS: readonly FlagSpec[] = [
   { flag: 'portal', key: 'agent.portals', list: true },
   { flag: 'controller-listen', key: 'controller.listen' },
   { flag: 'size', key: 'all-in-one.size' },
+  { flag: 'controller-metrics-listen', key: 'controller.metrics-listen' },
+  { flag: 'agent-metrics-listen', key: 'agent.metrics-listen' },
   ...COMMON_FLAGS,
 ];
 
@@ -31,7 +33,9 @@ export function upCommand(y: Argv): Argv {
             type: 'string',
             describe: `controller API HOST:PORT (or TABULA_CONTROLLER_LISTEN; default ${APPLIANCE_DEFAULTS.controllerListen}; port 0 picks a free one)`,
           })
-          .option('size', { type: 'string', describe: 'size of disk0 when created, or to grow it to (default 1GiB)' }),
+          .option('size', { type: 'string', describe: 'size of disk0 when created, or to grow it to (default 1GiB)' })
+          .option('controller-metrics-listen', { type: 'string', describe: "the controller's Prometheus /metrics on HOST:PORT, :PORT or PORT" })
+          .option('agent-metrics-listen', { type: 'string', describe: "the agent's Prometheus /metrics on HOST:PORT, :PORT or PORT" }),
       ),
     async (args) => {
       if (args.size !== undefined) parseSize(args.size); // its own one-line error

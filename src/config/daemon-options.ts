@@ -42,10 +42,13 @@ export interface ApplianceDaemonOptions {
   data: string;
   portal: string;
   controllerListen: string;
-  size: number;
+  /** Unset: disk0 is created at the default size and never grown. */
+  size?: number;
   token?: string;
   holdTimeoutMs?: number;
   iscsiAuth?: IscsiAuthOptions;
+  controllerMetricsListen?: string;
+  agentMetricsListen?: string;
 }
 
 const ms = (sec: number | undefined): number | undefined => (sec === undefined ? undefined : Math.round(sec * 1000));
@@ -138,9 +141,11 @@ export function applianceOptions(cfg: TabulaConfig): ApplianceDaemonOptions {
     data: cfg.dataDir,
     portal: cfg.agent.portals[0]!,
     controllerListen: cfg.controller.listen,
-    size: cfg.allInOne.size,
+    ...(cfg.allInOne.size === undefined ? {} : { size: cfg.allInOne.size }),
     token: resolveToken(cfg),
     holdTimeoutMs: ms(cfg.agent.holdTimeoutSec ?? cfg.controller.holdTimeoutSec),
+    controllerMetricsListen: cfg.controller.metricsListen,
+    agentMetricsListen: cfg.agent.metricsListen,
     ...withAuth(cfg),
   };
 }
@@ -153,8 +158,5 @@ export function notApplied(cfg: TabulaConfig): string[] {
   const out: string[] = [];
   if (cfg.security.allowedInitiators.length > 0) out.push('security.allowed-initiators: initiator ACLs are not enforced by the agent yet');
   if (cfg.role === 'all-in-one' && cfg.security.tls) out.push('security.tls: the all-in-one node talks to its controller in-process; TLS applies to controller and agent roles');
-  if (cfg.role === 'all-in-one' && (cfg.controller.metricsListen !== undefined || cfg.agent.metricsListen !== undefined)) {
-    out.push('controller.metrics-listen, agent.metrics-listen: the all-in-one node has no metrics endpoints yet; they apply to controller and agent roles');
-  }
   return out;
 }

@@ -65,8 +65,12 @@ export interface TabulaConfig {
   };
   containersInit: ContainerInit[];
   allInOne: {
-    /** Size of disk0 when created (bytes). */
-    size: number;
+    /**
+     * Size of disk0 (bytes): used when disk0 is created (default 1 GiB) and,
+     * when given, grows an existing smaller disk0. Unset, a restart keeps
+     * disk0 as it is.
+     */
+    size?: number;
   };
   security: {
     token?: string;
@@ -340,7 +344,8 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
   if (role === 'all-in-one' && agent.portals.length !== 1) errors.push('agent.portals: the all-in-one node serves exactly one portal');
 
   const aio = top.section('all-in-one', ['size']);
-  const allInOne = { size: aio.size('size') ?? 1024 ** 3 };
+  const aioSize = aio.size('size');
+  const allInOne = aioSize === undefined ? {} : { size: aioSize };
 
   const s = top.section('security', SECURITY);
   const token = s.string('token');

@@ -34,7 +34,8 @@ describe('config: validation', () => {
     expect(c.controller.listen).to.equal('127.0.0.1:7360');
     expect(c.controller.db).to.equal('/var/lib/tabula/controller.db');
     expect(c.agent).to.deep.include({ name: 'local', portals: ['0.0.0.0:3260'], containers: ['/var/lib/tabula/containers/*'] });
-    expect(c.allInOne.size).to.equal(1024 ** 3);
+    // Unset: disk0 gets the default size when created and is never grown by a restart.
+    expect(c.allInOne.size).to.equal(undefined);
     expect(c.containersInit).to.deep.equal([]);
   });
 
@@ -173,7 +174,13 @@ describe('config: daemon options', () => {
       size: 256 * 1024 ** 2,
       token: undefined,
       holdTimeoutMs: undefined,
+      controllerMetricsListen: undefined,
+      agentMetricsListen: undefined,
     });
+    // Without all-in-one.size a restart never grows disk0 to the default.
+    expect(applianceOptions(base({})).size).to.equal(undefined);
+    const m = base({ controller: { 'metrics-listen': '127.0.0.1:9100' }, agent: { 'metrics-listen': '127.0.0.1:9101' } });
+    expect(applianceOptions(m)).to.include({ controllerMetricsListen: '127.0.0.1:9100', agentMetricsListen: '127.0.0.1:9101' });
   });
 
   it('says which accepted settings are not applied yet', () => {
