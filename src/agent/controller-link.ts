@@ -258,6 +258,8 @@ export class AgentLease implements Lease {
 
 export class ControllerLink {
   readonly #opts: ControllerLinkOptions;
+  /** Presented on every (re)connection; SIGHUP may replace it (setToken). */
+  #token: string | undefined;
   readonly #backoff: Backoff;
   readonly #listeners = new Map<LinkEventName, Set<(arg: never) => void>>();
   #state: LinkState = 'idle';
@@ -276,7 +278,13 @@ export class ControllerLink {
 
   constructor(opts: ControllerLinkOptions) {
     this.#opts = opts;
+    this.#token = opts.token;
     this.#backoff = new Backoff(opts.backoff);
+  }
+
+  /** The token for the next connection (the open stream was authorized already). */
+  setToken(token: string | undefined): void {
+    this.#token = token;
   }
 
   get state(): LinkState {
@@ -358,7 +366,7 @@ export class ControllerLink {
     this.#connects++;
     // A fresh client per attempt: grpc-js channels keep their own reconnect
     // backoff (up to minutes), which would override ours.
-    const client = new AgentServiceClient(this.#opts.controller, { token: this.#opts.token, credentials: this.#opts.credentials });
+    const client = new AgentServiceClient(this.#opts.controller, { token: this.#token, credentials: this.#opts.credentials });
     let stream: AgentStream;
     try {
       stream = client.connect();

@@ -50,10 +50,15 @@ export async function startAgent(opts: StartAgentOptions): Promise<AgentHandle> 
   const portals = opts.portals.map((p) => (typeof p === 'string' ? parseHostPort(p, DEFAULT_ISCSI_PORT) : p));
   const tls = opts.tls ? new ReloadableChannelCredentials(opts.tls) : null;
   const credentials = tls?.credentials ?? opts.credentials;
+  let link: { setToken(t: string | undefined): void } | null = null;
+  let token = opts.token;
   const reload = (next: AgentReload): ReloadOutcome => {
     const out: ReloadOutcome = { applied: [], needsRestart: [] };
-    // The controller link keeps the token it started with for every reconnection.
-    if (next.token !== opts.token) out.needsRestart.push('token: the agent presents the one it started with until restarted');
+    if (next.token !== token) {
+      token = next.token;
+      link?.setToken(next.token);
+      out.applied.push('token (next connection to the controller)');
+    }
     if (!sameMaterial(tls?.material, next.tls)) {
       if (tls === null || next.tls === undefined) out.needsRestart.push(`TLS: turning it ${tls === null ? 'on' : 'off'} takes a restart`);
       else if ((next.tls.cert !== undefined) !== tls.withIdentity) {
@@ -67,6 +72,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<AgentHandle> 
   };
   if (opts.metricsListen === undefined) {
     const agent = await Agent.start({ ...opts, portals, credentials });
+    link = agent.link;
     return { name: agent.name, portals: agent.portals, agent, metricsAddress: null, exports: () => agent.exports(), reload, close: () => agent.close() };
   }
   // Metered: every export's device (and its fault sink) is wrapped where the agent makes it.
@@ -80,6 +86,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<AgentHandle> 
     throw err;
   }
   metrics.observe(agent);
+  link = agent.link;
   return {
     name: agent.name,
     portals: agent.portals,

@@ -163,8 +163,8 @@ describe('security: tabula certs', function () {
         expect(online('tls-a2')).to.equal(false);
         expect(ok.reload({ tls: { ca: readFileSync(f('ca/ca.crt')) } }).needsRestart).to.deep.equal(['TLS: dropping the client certificate takes a restart']);
         expect(ok.reload({ token: 'new', tls: { ca: readFileSync(f('ca/ca.crt')), cert: readFileSync(f('tls-admin.crt')), key: readFileSync(f('tls-admin.key')) } })).to.deep.equal({
-          applied: [],
-          needsRestart: ['token: the agent presents the one it started with until restarted'],
+          applied: ['token (next connection to the controller)'],
+          needsRestart: [],
         });
       } finally {
         await ok.close();
