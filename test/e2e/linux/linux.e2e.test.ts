@@ -6,7 +6,7 @@
 //
 //   npx mocha test/e2e/linux/linux.e2e.test.ts
 // env TABULA_E2E_TARGET=tgtd     run the `target` scenarios against tgtd (proves the harness; cluster scenarios are skipped)
-// env TABULA_E2E_SCENARIOS=a,b   run only these scenarios
+// env TABULA_E2E_SCENARIOS=a,b   run only these scenarios ("ci": the ones marked for CI in scenarios.ts)
 // env TABULA_E2E_CACHE=DIR       guest image cache (default .cache/e2e-linux)
 // env TABULA_E2E_KEEP=1          keep the console log and target logs of passing scenarios too
 import { mkdtempSync, rmSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
@@ -53,8 +53,8 @@ describe('Linux kernel initiator in a qemu guest (TCG)', function () {
   const kind = e2eTargetKind();
   const start = e2eTargetStarter(kind);
   const timings: Timing[] = [];
-  const selected = SCENARIOS.filter((sc) => only.length === 0 || only.includes(sc.name));
-  let image: GuestImage;
+  const selected = SCENARIOS.filter((sc) => only.length === 0 || only.includes(sc.name) || (only.includes('ci') && sc.ci === true));
+  let image: GuestImage | undefined;
   let clusterImage: GuestImage | undefined;
   let qemu: string;
 
@@ -65,7 +65,7 @@ describe('Linux kernel initiator in a qemu guest (TCG)', function () {
       log.info(`e2e guest: ${m}`);
     };
     qemu = await ensureQemu(progress);
-    image = await buildGuestImage({ progress });
+    if (selected.some((sc) => sc.kind === 'target')) image = await buildGuestImage({ progress });
     if (kind === 'tabula' && selected.some((sc) => sc.kind === 'cluster')) clusterImage = await buildGuestImage({ content: CLUSTER_CONTENT, progress });
   });
 
@@ -92,7 +92,7 @@ describe('Linux kernel initiator in a qemu guest (TCG)', function () {
     if (timings.length === 0) return;
     const file = join(defaultCacheDir(), 'last-timings.json');
     mkdirSync(defaultCacheDir(), { recursive: true });
-    writeFileSync(file, JSON.stringify({ target: kind, kernel: image.kernelRelease, timings }, null, 2) + '\n');
+    writeFileSync(file, JSON.stringify({ target: kind, kernel: (image ?? clusterImage)?.kernelRelease, timings }, null, 2) + '\n');
     for (const t of timings) {
       log.info(
         `e2e linux ${t.scenario}: ${t.passed ? 'pass' : 'FAIL'}, boot ${t.bootMs ?? '-'} ms, guest ${t.guestMs} ms, total ${t.totalMs} ms`,
@@ -109,7 +109,7 @@ describe('Linux kernel initiator in a qemu guest (TCG)', function () {
     try {
       target = await start({ ...sc.target, label: `e2e-linux-${sc.name}` });
       result = await runGuest({
-        image,
+        image: image as GuestImage,
         qemu,
         runDir,
         timeoutMs: sc.timeoutMs,

@@ -20,6 +20,8 @@ interface ScenarioBase {
   timeoutMs: number;
   /** What the guest does; portals, IQN, LUN and size come from the running target. */
   guest: Omit<GuestScenario, 'name' | 'portals' | 'iqn' | 'lun' | 'sizeBytes'>;
+  /** In the CI set (TABULA_E2E_SCENARIOS=ci): the scenarios that fit CI's time budget (docs/e2e-linux.md). */
+  ci?: boolean;
 }
 
 export interface TargetScenario extends ScenarioBase {
@@ -80,6 +82,7 @@ export const SCENARIOS: E2eScenario[] = [
   {
     kind: 'cluster',
     name: 'multipath',
+    ci: true,
     title: 'dm-multipath over two agents: one WWID, ALUA on both paths, SIGKILL one agent under I/O, path comes back',
     // Boot, two logins, mkfs, I/O across the outage (~5 s to fail the path),
     // agent restart (a tsx start takes 5-20 s on a loaded machine), fsck.
@@ -90,6 +93,7 @@ export const SCENARIOS: E2eScenario[] = [
   {
     kind: 'cluster',
     name: 'fstrim',
+    ci: true,
     title: 'fstrim on ext4 turns into UNMAP and the thin vdisk allocation drops',
     timeoutMs: TIMEOUT_MS,
     cluster: { agents: ['a'], vdiskSizeBytes: 128 * MIB },
@@ -98,6 +102,7 @@ export const SCENARIOS: E2eScenario[] = [
   {
     kind: 'cluster',
     name: 'snapshot',
+    ci: true,
     title: 'snapshot of a mounted ext4 (two exporting agents): its clone mounts after journal replay with the synced tree',
     timeoutMs: TIMEOUT_MS,
     cluster: { agents: ['a', 'b'], vdiskSizeBytes: 128 * MIB },
