@@ -312,7 +312,11 @@ export class Controller {
       this.fence(l, r.vdiskId, `no ack of table version ${r.version} within ${this.ackTimeoutMs} ms`);
       if (l.name !== null) laggards.push(l.name);
     });
-    if (laggards.length > 0) await this.#awaitLaggards(r, laggards);
+    if (laggards.length > 0) {
+      await this.#awaitLaggards(r, laggards);
+      // Shut down while waiting: the change is not safe to act on, and the database is closing.
+      if (this.#closed) return;
+    }
     this.reclaim(r.vdiskId);
     // Only now may held faults act on the new version (design notes §2.3).
     this.faults.onTableChanged(r.vdiskId);
