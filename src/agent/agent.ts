@@ -298,7 +298,17 @@ export class Agent {
       }
       h.exp = e;
       try {
-        this.targets.addLun({ targetIqn: e.targetIqn, lun: e.lun, readOnly: e.readOnly, lunId: e.vdiskId, allowedInitiators: e.allowedInitiators }, h.device);
+        this.targets.addLun(
+          {
+            targetIqn: e.targetIqn,
+            lun: e.lun,
+            readOnly: e.readOnly,
+            lunId: e.vdiskId,
+            allowedInitiators: e.allowedInitiators,
+            unmapGranularityBlocks: e.segmentSize / e.blockSize,
+          },
+          h.device,
+        );
         log.info('export added', { vdisk: e.vdiskName, id: e.vdiskId, target: e.targetIqn, lun: e.lun, readOnly: e.readOnly });
       } catch (err) {
         log.error('cannot place an export', { vdisk: e.vdiskName, target: e.targetIqn, lun: e.lun, err: (err as Error).message });

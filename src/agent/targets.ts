@@ -33,6 +33,12 @@ export interface LunPlacement {
   lunId: string;
   /** Initiators allowed to see this LUN (and so to log in to its target); empty or absent = any. */
   allowedInitiators?: readonly string[];
+  /**
+   * OPTIMAL UNMAP GRANULARITY in blocks (VPD 0xB0): a vdisk frees space in
+   * whole segments, so advertising the segment lets file systems align their
+   * discards to what can actually be returned. Absent = 1 block.
+   */
+  unmapGranularityBlocks?: number;
 }
 
 /** The agent's own iSCSI login settings, the same for every target it serves and for discovery. */
@@ -125,9 +131,18 @@ export class AgentTargets {
       target = { device: scsi, info, acls: new Map() };
       this.#targets.set(place.targetIqn, target);
     }
-    target.device.addLun(place.lun, device, { readOnly: place.readOnly, lunId: place.lunId });
+    target.device.addLun(place.lun, device, {
+      readOnly: place.readOnly,
+      lunId: place.lunId,
+      ...(place.unmapGranularityBlocks === undefined ? {} : { limits: { unmapGranularity: place.unmapGranularityBlocks } }),
+    });
     target.acls.set(place.lun, place.allowedInitiators ?? []);
     this.#applyAcl(target);
+  }
+
+  /** The SCSI logical unit serving a LUN (for inspection). */
+  logicalUnit(targetIqn: string, lun: number): ReturnType<ScsiTargetDevice['lu']> {
+    return this.#targets.get(targetIqn)?.device.lu(lun);
   }
 
   hasLun(targetIqn: string, lun: number): boolean {

@@ -58,6 +58,18 @@ describe('agent targets: initiator ACLs', () => {
     });
   });
 
+  it('advertises the segment as the OPTIMAL UNMAP GRANULARITY when given, 1 block otherwise', async () => {
+    const targets = new AgentTargets();
+    try {
+      targets.addLun({ targetIqn: T1, lun: 0, readOnly: false, lunId: 'v1', unmapGranularityBlocks: 2048 }, new MemoryBlockDevice(4096));
+      targets.addLun({ targetIqn: T2, lun: 0, readOnly: false, lunId: 'v2' }, new MemoryBlockDevice(4096));
+      expect(targets.logicalUnit(T1, 0)?.limits.unmapGranularity).to.equal(2048);
+      expect(targets.logicalUnit(T2, 0)?.limits.unmapGranularity).to.equal(1);
+    } finally {
+      await targets.close();
+    }
+  });
+
   describe('over a portal', () => {
     let targets: AgentTargets;
     let port: number;
