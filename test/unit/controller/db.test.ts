@@ -45,6 +45,36 @@ describe('controller db', () => {
     raw.close();
   });
 
+  it('upgrades a database written by an older version (schema 2) and keeps its data', () => {
+    // What an upgrade meets: tables written by the previous release's schema.
+    const path = join(t.dir, 'old.db');
+    const raw = new Database(path);
+    expect(migrate(raw, MIGRATIONS.slice(0, 2))).to.equal(2);
+    const now = '2026-11-01T00:00:00.000Z';
+    raw.exec(`
+      INSERT INTO containers (id, path, size, data_offset, segment_size, segments_total, added) VALUES ('${CA}', '/c0', ${9 * MiB}, ${MiB}, ${MiB}, 8, '${now}');
+      INSERT INTO vdisks (id, name, size, block_size, segment_size, segment_count, thin, version, created) VALUES ('v-id', 'old', ${4 * MiB}, 512, ${MiB}, 4, 1, 7, '${now}');
+      INSERT INTO segments (vdisk_id, seg, state, container_id, offset) VALUES ('v-id', 1, 0, '${CA}', 3);
+      INSERT INTO container_segments (container_id, offset, refcount) VALUES ('${CA}', 3, 1);
+      INSERT INTO agents (name, portals, last_seen, registered) VALUES ('a1', '["127.0.0.1:3260"]', '${now}', '${now}');
+      INSERT INTO exports (vdisk_id, agent, target_iqn, lun, acked_version) VALUES ('v-id', 'a1', 'iqn.2026-11.org.tabula:old', 0, 7);
+    `);
+    raw.close();
+
+    const db = new ControllerDb(path);
+    try {
+      expect(schemaVersion(db.sql)).to.equal(SCHEMA_VERSION);
+      expect(db.vdiskByName('old')).to.include({ id: 'v-id', version: 7, segmentCount: 4 });
+      expect(db.segment('v-id', 1)).to.include({ state: SegmentState.Normal, containerId: CA, offset: 3 });
+      expect(db.segment('v-id', 0).state).to.equal(SegmentState.Zero);
+      expect(db.containerSegment(CA, 3)).to.include({ refcount: 1, scrub: false });
+      expect(db.export('v-id', 'a1')).to.include({ targetIqn: 'iqn.2026-11.org.tabula:old', ackedVersion: 7 });
+      expect(db.export('v-id', 'a1')?.allowedInitiators).to.deep.equal([]);
+    } finally {
+      db.close();
+    }
+  });
+
   it('rolls back a failing migration and keeps the old version', () => {
     const raw = new Database(join(t.dir, 'f.db'));
     const steps = [
