@@ -9,6 +9,7 @@
 import { randomUUID } from 'node:crypto';
 import { decodeMessage, messageType } from '../../src/wire/grpc.js';
 import type { ControllerMessage } from '../../src/wire/proto-types.js';
+import { prng } from '../../test/support/random-image.js';
 
 /** One extent as the wire carries it (state as its number; container index into `containers`, -1 for none). */
 export interface ShapeExtent {
@@ -30,17 +31,6 @@ export type ShapeKind = 'thick' | 'aged' | 'fragmented';
 
 const NORMAL = 0;
 
-/** A deterministic PRNG (mulberry32), so every run loads the same tables. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * - thick: allocated in one go over `nContainers` containers, each holding a
@@ -61,7 +51,8 @@ export function makeShape(kind: ShapeKind, segmentCount: number, nContainers = 4
       extents.push({ first, count: Math.min(per, segmentCount - first), state: NORMAL, container: c, offset: 0 });
     }
   } else if (kind === 'aged') {
-    const rand = rng(seed);
+    // Seeded, so every run loads the same tables.
+    const rand = prng(seed);
     const next = new Array<number>(nContainers).fill(0);
     for (let first = 0, c = 0; first < segmentCount; c = (c + 1) % nContainers) {
       const count = Math.min(segmentCount - first, 1 + Math.floor(rand() * 256));

@@ -17,7 +17,7 @@ export interface ImageLayout {
 }
 
 /** Small seeded PRNG (mulberry32) for layout decisions. */
-function prng(seed: number): () => number {
+export function prng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
