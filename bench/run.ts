@@ -37,13 +37,14 @@
 // target "tabula-uring" whose extra environment comes from
 // BENCH_ENV_TABULA_URING="K=V K=V" and whose launcher may come from
 // BENCH_ENTRY_TABULA_URING (e.g. a build of another commit).
-import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync, copyFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readdirSync, writeFileSync, writeSync, copyFileSync } from 'node:fs';
 import { randomFillSync } from 'node:crypto';
 import { cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { busyPercent, cpuSeconds, installSignalCleanup, machineCpu, niced, runBounded, runCleanups, setNice } from './proc.js';
 import { startTabulaTarget, startTabulaUp, startTgtd, type RunningTarget } from './targets.js';
+import { normalizePageCache } from './page-cache.js';
 import { formatTable, median, type CellResult, type Report } from './report.js';
 import { COST_PARTS, formatCosts, parseLoadCases, runCosts, type CostPart, type CostsOptions } from './costs/index.js';
 
@@ -77,6 +78,8 @@ interface TargetUnderTest {
   url: string;
   cache: 'none' | 'writeback';
   t?: RunningTarget;
+  /** Backing files whose page cache is normalised before the matrix (page-cache.ts). */
+  files?: string[];
   /** Replace the target by a fresh one before every measured run (vdisk-thin-fill). */
   fresh?: () => Promise<RunningTarget>;
 }
@@ -312,7 +315,9 @@ async function runMatrix(opts: Options): Promise<CellResult[]> {
       log(`bench: ${name} pid ${t.pid} at ${t.url}: copying the base image onto it (allocates every segment)`);
       const r = await runBounded('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', '-t', 'none', base, t.url], 10 * opts.runTimeoutMs);
       if (r.code !== 0) throw new Error(`filling ${name} failed: ${(r.stderr || r.stdout).trim()}`);
-      targets.push({ name, url: t.url, cache: 'none', t });
+      const cdir = join(opts.dir, `${name}.data`, 'containers');
+      const files = readdirSync(cdir).filter((f) => f.endsWith('.img')).map((f) => join(cdir, f));
+      targets.push({ name, url: t.url, cache: 'none', t, files });
       continue;
     }
     if (name === 'vdisk-thin-fill') {
@@ -326,11 +331,19 @@ async function runMatrix(opts: Options): Promise<CellResult[]> {
     copyFileSync(base, file);
     if (name === 'raw') {
       // the ceiling: the same file through the page cache, no network, no target
-      targets.push({ name, url: file, cache: 'writeback' });
+      targets.push({ name, url: file, cache: 'writeback', files: [file] });
     } else {
       const t = name === 'tgtd' ? await startTgtd(file, opts.dir) : await startTabulaTarget(file, opts.dir, { ...variantSettings(name, opts), nodeArgs: opts.tabulaNodeArgs, name });
       log(`bench: ${name} pid ${t.pid} at ${t.url}`);
-      targets.push({ name, url: t.url, cache: 'none', t });
+      targets.push({ name, url: t.url, cache: 'none', t, files: [file] });
+    }
+  }
+
+  // The same page-cache state for every backing file (see page-cache.ts).
+  for (const t of targets) {
+    for (const f of t.files ?? []) {
+      const r = normalizePageCache(f);
+      log(`bench: page cache of ${t.name} (${f}): evicted and re-read ${(r.bytesRead / 2 ** 20).toFixed(0)} MiB in 4 KiB pages (${r.seconds.toFixed(1)} s)`);
     }
   }
 

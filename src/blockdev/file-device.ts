@@ -4,21 +4,13 @@
 // through a second O_DSYNC descriptor: one thread-pool round trip instead of
 // write + fdatasync (measured on ext4: 0.3-0.9 ms vs 0.5-1.9 ms per 4 KiB FUA write).
 //
-// Small reads and buffered writes run inline (readSync/writeSync) while they
-// are fast: a page-cache hit costs a few microseconds there, against a
-// thread-pool round trip of two context switches and ~35 us of CPU (measured
-// under qemu-img 4 KiB random I/O at depth 32: 68 -> 22 us of target CPU per
-// read, 64 -> 26 per write; docs/performance.md). INLINE_SLOW_STREAK inline
-// calls in a row slower than INLINE_SLOW_MS mean the medium itself is being
-// waited for (one slow call alone is more often the thread being preempted on
-// a busy machine), so I/O goes through the thread pool for the next
-// INLINE_BACKOFF_MS: a disk holds the event loop for at most a few accesses
-// per window.
+// Small reads and buffered writes run inline while they are fast
+// (inline-policy.ts says when).
 import * as fs from 'node:fs';
-import { performance } from 'node:perf_hooks';
 import { constants as osConstants } from 'node:os';
 import { fileOps } from '../native/fileops.js';
 import { BlockDeviceError } from './block-device.js';
+import { INLINE_MAX_BYTES, InlinePolicy } from './inline-policy.js';
 import type { BlockDevice, BlockErrorKind, ProvisioningStatus, WriteOptions } from './block-device.js';
 
 export interface FileBlockDeviceOptions {
@@ -29,11 +21,6 @@ export interface FileBlockDeviceOptions {
   /** Largest read or buffered write done inline while fast (default INLINE_MAX_BYTES; 0: always the thread pool). */
   inlineMaxBytes?: number;
 }
-
-const INLINE_MAX_BYTES = 64 * 1024;
-const INLINE_SLOW_MS = 0.2;
-const INLINE_SLOW_STREAK = 3;
-const INLINE_BACKOFF_MS = 50;
 
 /** Largest zero buffer used when a file system cannot zero a range natively. */
 const ZERO_CHUNK = 1 << 20;
@@ -46,10 +33,7 @@ export class FileBlockDevice implements BlockDevice {
   readonly thin = true;
   private closed = false;
   private zeroChunk: Buffer | undefined;
-  /** performance.now() until which I/O avoids the inline path (a recent inline call was slow). */
-  private inlineAfter = 0;
-  /** Consecutive slow inline calls. */
-  private slowStreak = 0;
+  private readonly inlineIo: InlinePolicy;
 
   private constructor(
     readonly path: string,
@@ -59,8 +43,10 @@ export class FileBlockDevice implements BlockDevice {
     readonly blockSize: number,
     readonly blockCount: number,
     readonly readOnly: boolean,
-    private readonly inlineMax: number,
-  ) {}
+    inlineMax: number,
+  ) {
+    this.inlineIo = new InlinePolicy(inlineMax);
+  }
 
   static async open(path: string, opts: FileBlockDeviceOptions = {}): Promise<FileBlockDevice> {
     const blockSize = opts.blockSize ?? 512;
@@ -118,10 +104,10 @@ export class FileBlockDevice implements BlockDevice {
     while (done < len) {
       let n: number;
       try {
-        if (this.inline(len - done)) {
-          const t0 = performance.now();
+        if (this.inlineIo.allows(len - done)) {
+          const t0 = this.inlineIo.start();
           n = fs.readSync(this.fd, buf, done, len - done, pos + done);
-          this.inlineTook(t0);
+          this.inlineIo.took(t0);
         } else {
           n = await readAt(this.fd, buf, done, len - done, pos + done);
         }
@@ -149,10 +135,10 @@ export class FileBlockDevice implements BlockDevice {
     while (done < data.length) {
       try {
         // FUA writes wait for the medium: never inline.
-        if (!fua && this.inline(data.length - done)) {
-          const t0 = performance.now();
+        if (!fua && this.inlineIo.allows(data.length - done)) {
+          const t0 = this.inlineIo.start();
           done += fs.writeSync(fd, data, done, data.length - done, pos + done);
-          this.inlineTook(t0);
+          this.inlineIo.took(t0);
         } else {
           done += await writeAt(fd, data, done, data.length - done, pos + done);
         }
@@ -224,26 +210,6 @@ export class FileBlockDevice implements BlockDevice {
     this.closed = true;
     await call<void>((cb) => fs.close(this.fd, (err) => cb(err, undefined)));
     if (this.syncFd >= 0) await call<void>((cb) => fs.close(this.syncFd, (err) => cb(err, undefined)));
-  }
-
-  private inline(len: number): boolean {
-    if (len > this.inlineMax) return false;
-    if (this.inlineAfter !== 0) {
-      if (performance.now() < this.inlineAfter) return false;
-      this.inlineAfter = 0;
-    }
-    return true;
-  }
-
-  /** A streak of slow inline calls sends I/O to the thread pool for a while. */
-  private inlineTook(start: number): void {
-    const end = performance.now();
-    if (end - start <= INLINE_SLOW_MS) {
-      this.slowStreak = 0;
-    } else if (++this.slowStreak >= INLINE_SLOW_STREAK) {
-      this.slowStreak = 0;
-      this.inlineAfter = end + INLINE_BACKOFF_MS;
-    }
   }
 
   private check(lba: number, blocks: number, op: 'read' | 'write'): void {

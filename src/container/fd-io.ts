@@ -69,6 +69,33 @@ export async function writeFully(fd: number, buf: Buffer, off: number, len: numb
   }
 }
 
+/** readFully done on the calling thread (readSync): for page-cache hits, see InlinePolicy. */
+export function readFullySync(fd: number, buf: Buffer, off: number, len: number, pos: number): void {
+  let done = 0;
+  while (done < len) {
+    let n: number;
+    try {
+      n = fs.readSync(fd, buf, off + done, len - done, pos + done);
+    } catch (e) {
+      throw new PartialIoError(e as NodeJS.ErrnoException, done);
+    }
+    if (n === 0) throw new ShortReadError(done);
+    done += n;
+  }
+}
+
+/** writeFully done on the calling thread (writeSync): for buffered writes, see InlinePolicy. */
+export function writeFullySync(fd: number, buf: Buffer, off: number, len: number, pos: number): void {
+  let done = 0;
+  while (done < len) {
+    try {
+      done += fs.writeSync(fd, buf, off + done, len - done, pos + done);
+    } catch (e) {
+      throw new PartialIoError(e as NodeJS.ErrnoException, done);
+    }
+  }
+}
+
 /** errno name of an fs or native-addon error (the addon reports a number only). */
 export function errnoName(e: unknown): string {
   const err = (e instanceof PartialIoError ? e.error : e) as NodeJS.ErrnoException;

@@ -7,7 +7,12 @@
 // host's page cache serves data another host has overwritten (design notes
 // §3): that mode must open with O_DIRECT and use block-aligned buffers, and
 // is left for the shared-device driver.
+//
+// Small reads and buffered writes run inline while they are fast, as in
+// `tabula target`'s file device (src/blockdev/inline-policy.ts): a page-cache
+// hit costs microseconds there against a thread-pool round trip.
 import * as fs from 'node:fs';
+import { InlinePolicy } from '../blockdev/inline-policy.js';
 import { fileOps } from '../native/fileops.js';
 import { ContainerIoError, type ContainerDriver, type ContainerOp, type ContainerWriteOptions } from './driver.js';
 import {
@@ -17,15 +22,19 @@ import {
   callVoid,
   errnoName,
   readFully,
+  readFullySync,
   sizeOf,
   tryNative,
   writeFully,
+  writeFullySync,
   type ContainerMedium,
 } from './fd-io.js';
 import { LABEL_SIZE, LabelError, dataAreaSize, decodeLabel, type ContainerLabel } from './label.js';
 
 export interface FileDriverOptions {
   readOnly?: boolean;
+  /** Largest read or buffered write done inline while fast (default INLINE_MAX_BYTES; 0: always the thread pool). */
+  inlineMaxBytes?: number;
 }
 
 /** Largest zero buffer for media that cannot zero a range natively. */
@@ -36,6 +45,7 @@ export class FileContainerDriver implements ContainerDriver {
   #closed = false;
   readonly dataSize: number;
   readonly #base: number;
+  readonly #inline: InlinePolicy;
 
   private constructor(
     readonly kind: ContainerMedium,
@@ -45,9 +55,11 @@ export class FileContainerDriver implements ContainerDriver {
     /** O_DSYNC descriptor for FUA writes; -1 when read-only. */
     private readonly syncFd: number,
     readonly readOnly: boolean,
+    inlineMaxBytes: number | undefined,
   ) {
     this.dataSize = dataAreaSize(label);
     this.#base = label.dataOffset;
+    this.#inline = new InlinePolicy(inlineMaxBytes);
   }
 
   get id(): string {
@@ -82,7 +94,7 @@ export class FileContainerDriver implements ContainerDriver {
         throw new LabelError('truncated', `label says ${label.size} bytes but the ${medium === 'block' ? 'device' : 'file'} has ${size}`, path);
       }
       if (!readOnly) syncFd = await call<number>((cb) => fs.open(path, O_RDWR | O_DSYNC, cb));
-      return new FileContainerDriver(medium, path, label, fd, syncFd, readOnly);
+      return new FileContainerDriver(medium, path, label, fd, syncFd, readOnly, opts.inlineMaxBytes);
     } catch (e) {
       fs.closeSync(fd);
       if (syncFd >= 0) fs.closeSync(syncFd);
@@ -102,7 +114,13 @@ export class FileContainerDriver implements ContainerDriver {
       throw new RangeError(`read ${this.path} offset ${offset}: ${length} bytes do not fit the buffer at ${targetOffset}`);
     }
     try {
-      await readFully(this.fd, target, targetOffset, length, this.#base + offset);
+      if (this.#inline.allows(length)) {
+        const t0 = this.#inline.start();
+        readFullySync(this.fd, target, targetOffset, length, this.#base + offset);
+        this.#inline.took(t0);
+      } else {
+        await readFully(this.fd, target, targetOffset, length, this.#base + offset);
+      }
     } catch (e) {
       throw this.#ioError('read', offset, e);
     }
@@ -112,7 +130,14 @@ export class FileContainerDriver implements ContainerDriver {
     this.#checkWritable('write', offset);
     this.#check('write', offset, data.length);
     try {
-      await writeFully(opts?.fua ? this.syncFd : this.fd, data, 0, data.length, this.#base + offset);
+      // FUA writes wait for the medium: never inline.
+      if (opts?.fua !== true && this.#inline.allows(data.length)) {
+        const t0 = this.#inline.start();
+        writeFullySync(this.fd, data, 0, data.length, this.#base + offset);
+        this.#inline.took(t0);
+      } else {
+        await writeFully(opts?.fua ? this.syncFd : this.fd, data, 0, data.length, this.#base + offset);
+      }
     } catch (e) {
       throw this.#ioError('write', offset, e);
     }

@@ -1,6 +1,8 @@
 // Linux file-space system calls Node.js does not expose: hole punching,
 // zero ranges and SEEK_DATA/SEEK_HOLE. Used by the file block device for
-// thin provisioning (UNMAP, WRITE SAME with UNMAP, GET LBA STATUS).
+// thin provisioning (UNMAP, WRITE SAME with UNMAP, GET LBA STATUS), and
+// posix_fadvise (the benchmark puts every backing file's page cache in the
+// same state).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -72,6 +74,28 @@ static napi_value seek_data(napi_env env, napi_callback_info info) { return seek
 static napi_value seek_end(napi_env env, napi_callback_info info) { return seek_common(env, info, SEEK_END, "lseek(SEEK_END)"); }
 static napi_value seek_hole(napi_env env, napi_callback_info info) { return seek_common(env, info, SEEK_HOLE, "lseek(SEEK_HOLE)"); }
 
+// fadvise(fd, offset, length, advice): posix_fadvise; advice is POSIX_FADV_*.
+static napi_value fadvise(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  int32_t fd, advice;
+  int64_t off, len;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4) {
+    napi_throw_type_error(env, NULL, "wrong number of arguments");
+    return NULL;
+  }
+  if (napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_int64(env, argv[1], &off) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &len) != napi_ok || napi_get_value_int32(env, argv[3], &advice) != napi_ok) {
+    napi_throw_type_error(env, NULL, "arguments must be numbers");
+    return NULL;
+  }
+  int err = posix_fadvise(fd, off, len, advice);  // returns the error, does not set errno
+  if (err != 0) return throw_errno(env, "posix_fadvise", err);
+  napi_value undef;
+  napi_get_undefined(env, &undef);
+  return undef;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default, NULL},
@@ -79,6 +103,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default, NULL},
     {"seekEnd", NULL, seek_end, NULL, NULL, NULL, napi_default, NULL},
+    {"fadvise", NULL, fadvise, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

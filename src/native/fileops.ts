@@ -12,6 +12,17 @@ export interface FileOps {
   seekHole(fd: number, offset: number): number;
   /** lseek(fd, offset, SEEK_END): with offset 0, the size of a file or block device. */
   seekEnd(fd: number, offset: number): number;
+  /** posix_fadvise(fd, offset, length, advice); length 0 means to the end of the file. */
+  fadvise(fd: number, offset: number, length: number, advice: FileAdvice): void;
+}
+
+/** POSIX_FADV_* values (Linux). */
+export const enum FileAdvice {
+  Normal = 0,
+  Random = 1,
+  Sequential = 2,
+  WillNeed = 3,
+  DontNeed = 4,
 }
 
 const require = createRequire(import.meta.url);

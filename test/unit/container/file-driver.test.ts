@@ -60,6 +60,44 @@ describe('container/FileContainerDriver', () => {
     expect(rawAt(path, MiB + 4096, 16).toString('latin1')).to.equal('0123456789abcdef');
   });
 
+  it('inline and thread-pool paths read and write the same bytes, at the data offset', async () => {
+    // inlineMaxBytes 0 sends everything through the thread pool; the default
+    // runs these small transfers inline (readSync/writeSync).
+    for (const inlineMaxBytes of [0, undefined]) {
+      const d = await FileContainerDriver.open(path, { inlineMaxBytes });
+      const tag = inlineMaxBytes === 0 ? 0x5a : 0xa5;
+      try {
+        const small = Buffer.alloc(4096, tag);
+        const big = Buffer.alloc(256 * 1024, tag ^ 0xff); // above the inline limit either way
+        await d.write(3 * 4096, small);
+        await d.write(MiB, big);
+        const back = Buffer.alloc(4096 + 2, 0x11);
+        await d.readInto(3 * 4096, back, 1, 4096);
+        expect(back[0]).to.equal(0x11);
+        expect(back.subarray(1, 4097).equals(small)).to.equal(true);
+        expect(back[4097]).to.equal(0x11);
+        expect((await d.read(MiB, big.length)).equals(big)).to.equal(true);
+      } finally {
+        await d.close();
+      }
+      expect(rawAt(path, MiB + 3 * 4096, 4096).equals(Buffer.alloc(4096, tag))).to.equal(true);
+      expect(rawAt(path, 2 * MiB, 4096).equals(Buffer.alloc(4096, tag ^ 0xff))).to.equal(true);
+    }
+  });
+
+  it('a short read is an error naming the container on the inline path too', async () => {
+    const d = await FileContainerDriver.open(path);
+    try {
+      truncateSync(path, MiB + 4096); // the file shrank under the open driver
+      const err = await rejects(d.read(8192, 4096));
+      expect(err).to.be.instanceOf(ContainerIoError);
+      expect((err as ContainerIoError).code).to.equal('SHORT');
+      expect(err.message).to.contain(path);
+    } finally {
+      await d.close();
+    }
+  });
+
   it('discards and zeroes ranges', async () => {
     const d = await FileContainerDriver.open(path);
     try {
