@@ -1,7 +1,7 @@
 // The targets under test: tgtd (the reference, Debian "tgt") and Tabula's
 // standalone target, each on loopback over its own backing file. Each start
 // registers its own cleanup, so an interrupted bench leaves no daemon behind.
-import { openSync, closeSync, existsSync, mkdirSync, rmSync } from 'node:fs';
+import { openSync, closeSync, existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { freePort, onCleanup, runBounded, sleep, spawnDaemon, stopChild } from './proc.js';
@@ -16,17 +16,28 @@ export interface RunningTarget {
 
 const HOST = '127.0.0.1'; // never anything but loopback
 
+/** A target's log is kept when it says something; empty ones would pile up in the bench dir run after run. */
+function removeIfEmpty(path: string): void {
+  try {
+    if (statSync(path).size === 0) rmSync(path, { force: true });
+  } catch {
+    // already gone
+  }
+}
+
 /** tgtd with one file-backed LUN (bstype rdwr, its default), like ../shared/anchor-tgt/start-tgtd.sh. */
 export async function startTgtd(backingFile: string, logDir: string): Promise<RunningTarget> {
   if (process.getuid?.() !== 0) throw new Error('tgtd needs root (run the bench as root, or --targets tabula)');
   const port = await freePort();
   const ctl = String(freeControlChannel(port));
   const iqn = `iqn.2026-01.org.tabula.bench:tgtd-${port}`;
-  const logFd = openSync(join(logDir, `tgtd-${port}.log`), 'a');
+  const logPath = join(logDir, `tgtd-${port}.log`);
+  const logFd = openSync(logPath, 'a');
   const child = spawnDaemon('tgtd', ['-f', '-C', ctl, '--iscsi', `portal=${HOST}:${port}`], logFd);
   closeSync(logFd);
   const stop = async (): Promise<void> => {
     await stopChild(child);
+    removeIfEmpty(logPath);
     for (const f of [`/var/run/tgtd/socket.${ctl}`, `/var/run/tgtd/socket.${ctl}.lock`]) rmSync(f, { force: true });
   };
   onCleanup(stop);
@@ -69,11 +80,15 @@ export interface TabulaTargetOptions {
 export async function startTabulaTarget(backingFile: string, logDir: string, opts: TabulaTargetOptions): Promise<RunningTarget> {
   const port = await freePort();
   const iqn = `iqn.2026-01.org.tabula.bench:target-${port}`;
-  const logFd = openSync(join(logDir, `tabula-${port}.log`), 'a');
+  const logPath = join(logDir, `tabula-${port}.log`);
+  const logFd = openSync(logPath, 'a');
   const args = [...(opts.nodeArgs ?? []), opts.entry, 'target', '--file', backingFile, '--portal', `${HOST}:${port}`, '--iqn', iqn];
   const child = spawnDaemon(process.execPath, args, logFd, { ...process.env, TABULA_LOG_LEVEL: 'warn', ...opts.env });
   closeSync(logFd);
-  const stop = (): Promise<void> => stopChild(child, 10_000);
+  const stop = async (): Promise<void> => {
+    await stopChild(child, 10_000);
+    removeIfEmpty(logPath);
+  };
   onCleanup(stop);
   const url = await firstLine(child, 30_000).catch(async (e: unknown) => {
     await stop();
@@ -107,13 +122,15 @@ export async function startTabulaUp(dataDir: string, sizeBytes: number, logDir: 
   rmSync(dataDir, { recursive: true, force: true });
   mkdirSync(dataDir, { recursive: true });
   const port = await freePort();
-  const logFd = openSync(join(logDir, `tabula-up-${port}.log`), 'a');
+  const logPath = join(logDir, `tabula-up-${port}.log`);
+  const logFd = openSync(logPath, 'a');
   const args = [...(opts.nodeArgs ?? []), opts.entry, 'up', '--data', dataDir, '--portal', `${HOST}:${port}`, '--controller-listen', `${HOST}:0`, '--size', String(sizeBytes)];
   const child = spawnDaemon(process.execPath, args, logFd, { ...process.env, TABULA_LOG_LEVEL: 'warn', ...opts.env });
   closeSync(logFd);
   const stop = async (): Promise<void> => {
     await stopChild(child, 10_000);
     rmSync(dataDir, { recursive: true, force: true });
+    removeIfEmpty(logPath);
   };
   onCleanup(stop);
   const url = await firstLine(child, 60_000).catch(async (e: unknown) => {
