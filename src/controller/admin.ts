@@ -444,6 +444,7 @@ export class Admin {
   }
 
   ListExports(r: Partial<ListExportsRequest>): ListExportsReply {
+    this.#ctrl.writeBehind.flush(); // acked versions
     const v = r.vdisk ? this.#vdisk(r.vdisk) : undefined;
     const rows = this.#db.exports().filter((e) => (!v || e.vdiskId === v.id) && (!r.agent || e.agent === r.agent));
     return { exports: rows.map((e) => this.#exportInfo(e)) };
@@ -462,6 +463,7 @@ export class Admin {
   // ---- agents, faults, segments, check ----
 
   ListAgents(_r: Partial<Empty>): ListAgentsReply {
+    this.#ctrl.writeBehind.flush(); // last-seen times
     const online = new Set(this.#ctrl.onlineAgents());
     const agents: AgentInfo[] = this.#db.agents().map((a) => ({
       name: a.name,
@@ -474,6 +476,7 @@ export class Admin {
   }
 
   ListFaults(r: Partial<ListFaultsRequest>): ListFaultsReply {
+    this.#ctrl.writeBehind.flush(); // the latest faults and outcomes
     const v = r.vdisk ? this.#vdisk(r.vdisk) : undefined;
     const limit = Math.min(num(r.limit, 100), 10_000);
     const names = new Map(this.#db.vdisks().map((x) => [x.id, x.name]));
@@ -651,10 +654,12 @@ export class Admin {
 
   /** Online backup of the database, as chunks (server-streaming; not in AdminMethods). */
   Backup(_r: Partial<Empty>): AsyncGenerator<BackupChunk> {
+    this.#ctrl.writeBehind.flush();
     return backupChunks(this.#db);
   }
 
   Check(_r: Partial<Empty>): CheckReply {
+    this.#ctrl.writeBehind.flush();
     const violations = checkInvariants(this.#db);
     return { ok: violations.length === 0, violations };
   }

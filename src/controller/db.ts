@@ -137,7 +137,7 @@ export interface FaultRow {
   detail: string;
 }
 
-export type NewFault = Omit<FaultRow, 'id' | 'time' | 'outcome'> & { outcome?: string };
+export type NewFault = Omit<FaultRow, 'id' | 'time' | 'outcome'> & { outcome?: string; /** When it arrived (default now). */ time?: string };
 
 /** One location: a container segment. */
 export interface Location {
@@ -510,6 +510,7 @@ export class ControllerDb {
            release_version = CASE WHEN refcount = 1 THEN ? ELSE release_version END
          WHERE container_id = ? AND offset = ? AND refcount > 0`,
       ),
+      anyReleased: p('SELECT 1 FROM container_segments WHERE refcount = 0 AND release_vdisk = ? AND release_version <= ? LIMIT 1').pluck(),
       releasedToScrub: p(
         `UPDATE container_segments SET scrub = 1, release_vdisk = NULL, release_version = NULL
          WHERE refcount = 0 AND release_vdisk = ? AND release_version <= ? RETURNING container_id, offset`,
@@ -816,6 +817,8 @@ export class ControllerDb {
    * and returned.
    */
   reclaim(vdiskId: string, version: number): Location[] {
+    // Usually nothing is released: a read answers that without a write transaction.
+    if (this.#s.anyReleased.get(vdiskId, version) === undefined) return [];
     return this.tx(() =>
       (this.#s.releasedToScrub.all(vdiskId, version) as { container_id: string; offset: number }[]).map((r) => ({
         containerId: r.container_id,
@@ -1023,7 +1026,7 @@ export class ControllerDb {
 
   insertFault(f: NewFault): number {
     const r = this.#s.insertFault.get(
-      now(),
+      f.time ?? now(),
       f.agent,
       f.vdiskId,
       f.segment,

@@ -61,10 +61,15 @@ export const SENSE = {
 
 type Sense = readonly [number, number, number];
 
+/** A fault's row in the fault log, written behind (Controller.writeBehind): its id once inserted. */
+interface FaultRecord {
+  id: number | null;
+}
+
 interface Waiter {
   link: AgentLink;
   fault: Fault;
-  recordId: number;
+  record: FaultRecord;
   /** A WAIT reply already went out for it. */
   toldWait: boolean;
 }
@@ -146,8 +151,11 @@ export class FaultManager {
     const vdisk = db.vdisk(f.vdiskId);
     const opName = isIoOp(f.op) ? ioOpName(f.op) : `op#${String(f.op)}`;
     const stateName = isSegmentState(f.state) ? segmentStateName(f.state) : `state#${String(f.state)}`;
-    // The fault log need not be durable before the reply: no fsync of its own.
-    const recordId = db.relaxed(() => db.insertFault({
+    // The fault log need not be durable, nor written before the reply: it
+    // goes in with the next bookkeeping writes, after the messages of this turn.
+    const record: FaultRecord = { id: null };
+    const row = {
+      time: new Date().toISOString(),
       agent,
       vdiskId: f.vdiskId,
       segment: f.segment,
@@ -157,8 +165,11 @@ export class FaultManager {
       state: stateName,
       tableVersion: f.tableVersion,
       detail: f.detail,
-    }));
-    const w: Waiter = { link, fault: f, recordId, toldWait: false };
+    };
+    this.#ctrl.writeBehind.add(() => {
+      record.id = db.insertFault(row);
+    });
+    const w: Waiter = { link, fault: f, record, toldWait: false };
     const reject = (sense: Sense, why: string): void => {
       const msg = `fault ${f.faultId} from agent ${agent}: ${why}`;
       log.error(msg);
@@ -172,7 +183,8 @@ export class FaultManager {
     if (!Number.isInteger(f.segment) || f.segment >= vdisk.segmentCount) {
       return reject(SENSE.lbaOutOfRange, `segment ${f.segment} out of range (vdisk ${vdisk.name} has ${vdisk.segmentCount})`);
     }
-    log.info(`fault: agent ${agent} vdisk ${vdisk.name} segment ${f.segment} ${opName} lba ${f.lba}+${f.blocks} in state ${stateName} (table v${f.tableVersion})`);
+    // Debug, not info: every fault is in the fault log (tabula fault ls) already.
+    log.debug(`fault: agent ${agent} vdisk ${vdisk.name} segment ${f.segment} ${opName} lba ${f.lba}+${f.blocks} in state ${stateName} (table v${f.tableVersion})`);
     const key = `${f.vdiskId}:${f.segment}`;
     let c = this.#cases.get(key);
     if (c === undefined) {
@@ -194,7 +206,7 @@ export class FaultManager {
   dropLink(link: AgentLink): void {
     for (const c of [...this.#cases.values()]) {
       const left = c.waiters.filter((w) => w.link !== link);
-      for (const w of c.waiters) if (w.link === link) this.#ctrl.db.relaxed(() => this.#ctrl.db.setFaultOutcome(w.recordId, 'dropped', 'agent disconnected'));
+      for (const w of c.waiters) if (w.link === link) this.#outcome(w, 'dropped', 'agent disconnected');
       c.waiters = left;
       if (left.length === 0 && !c.busy) this.#dropCase(c);
     }
@@ -261,7 +273,7 @@ export class FaultManager {
             if (!w.toldWait) {
               w.toldWait = true;
               this.#send(w, FaultAction.Wait, [0, 0, 0], d.reason);
-              ctrl.db.relaxed(() => ctrl.db.setFaultOutcome(w.recordId, 'wait', d.reason));
+              this.#outcome(w, 'wait', d.reason);
             }
             left.push(w);
           } else {
@@ -408,7 +420,16 @@ export class FaultManager {
         reason = 'reason' in d ? d.reason : '';
     }
     this.#send(w, action, sense, reason, version);
-    this.#ctrl.db.relaxed(() => this.#ctrl.db.setFaultOutcome(w.recordId, outcome ?? (FAULT_ACTION_NAMES[action] as string), reason));
+    this.#outcome(w, outcome ?? (FAULT_ACTION_NAMES[action] as string), reason);
+  }
+
+  /** Records a fault's outcome in the fault log (written behind, after its insert). */
+  #outcome(w: Waiter, outcome: string, detail: string): void {
+    const db = this.#ctrl.db;
+    const record = w.record;
+    this.#ctrl.writeBehind.add(() => {
+      if (record.id !== null) db.setFaultOutcome(record.id, outcome, detail);
+    });
   }
 
   #send(w: Waiter, action: FaultAction, sense: Sense, reason: string, version = 0): void {

@@ -325,6 +325,7 @@ export class MigrationManager {
       // An exporter that has not acked a table with the entry no-write (offline,
       // fenced) might still write the old location: copy only once all have.
       await ctrl.quiesce(vdisk.id);
+      ctrl.writeBehind.flush(); // acked versions
       const laggard = db.exportsOfVdisk(vdisk.id).find((e) => e.ackedVersion < frozenAt);
       if (laggard !== undefined) {
         this.#note(vdisk.id, `waiting for agent ${laggard.agent} to ack vdisk ${vdisk.name}'s table (acked version ${laggard.ackedVersion})`);

@@ -32,6 +32,7 @@ import { AgentLink, type AgentCall } from './agent-link.js';
 import { FaultManager } from './faults.js';
 import { MigrationManager } from './migration.js';
 import { Scrubber, type ScrubberOptions } from './scrubber.js';
+import { WriteBehind } from './write-behind.js';
 
 export interface ControllerOptions {
   /** How long an agent has to ack a table version before it is fenced (default 3000 ms). */
@@ -109,6 +110,8 @@ export class Controller {
   readonly migrations: MigrationManager;
   /** Zeroes freed container segments (through agents) before they can be allocated again. */
   readonly scrubber: Scrubber;
+  /** Acked versions, the fault log and last-seen times, written off the path of the messages they follow. */
+  readonly writeBehind: WriteBehind;
   /**
    * Locations (locKey) being copied by a migration: faults on entries that
    * reference them WAIT (no copy-on-write, no making them writable) until
@@ -143,6 +146,7 @@ export class Controller {
 
   constructor(db: ControllerDb, opts: ControllerOptions = {}) {
     this.db = db;
+    this.writeBehind = new WriteBehind(db);
     this.allocator = new Allocator(db);
     this.faults = new FaultManager(this);
     this.migrations = new MigrationManager(this);
@@ -714,8 +718,9 @@ export class Controller {
       case 'register':
         this.#onRegister(link, m.register);
         return;
-      case 'heartbeat':
-        this.db.touchAgent(link.name as string);
+      case 'heartbeat': {
+        const name = link.name as string;
+        this.writeBehind.once(`seen ${name}`, () => this.db.touchAgent(name));
         // The answer renews the agent's lease (from when it sent this heartbeat).
         // None while a vdisk of it is fenced: its lease must run out even when
         // the stream looks open, since table changes wait for that (#awaitLaggards).
@@ -724,6 +729,7 @@ export class Controller {
           link.send({ body: 'heartbeatReply', heartbeatReply: { seq: m.heartbeat.seq } });
         }
         return;
+      }
       case 'tableAck':
         this.#onAck(link, m.tableAck);
         return;
@@ -832,9 +838,19 @@ export class Controller {
 
   #applyAck(link: AgentLink, vdiskId: string, version: number): void {
     const name = link.name as string;
+    // Releases the changes waiting for this ack at once (in memory); the
+    // database learns of it just after (a lost ack only delays reuse of space).
     const unfenced = link.noteAck(vdiskId, version);
-    // Not synced by itself: a lost ack only delays reuse of space (db.relaxed).
-    this.db.relaxed(() => this.db.recordAck(vdiskId, name, version));
+    this.writeBehind.add(
+      () => this.db.recordAck(vdiskId, name, version),
+      () => this.#afterAck(link, vdiskId, version, unfenced),
+    );
+  }
+
+  /** Once an ack is in the database: changes waiting for a fenced agent look again, the fence may lift, space may be reclaimed. */
+  #afterAck(link: AgentLink, vdiskId: string, version: number, unfenced: boolean): void {
+    if (this.#closed) return;
+    const name = link.name as string;
     this.#wakeLaggardWaits();
     if (unfenced || this.db.export(vdiskId, name)?.fenced) {
       if (!link.held(vdiskId)?.fenced) {
@@ -898,6 +914,7 @@ export class Controller {
   /** Ends every agent stream (controller shutdown). */
   close(): void {
     if (this.#closed) return;
+    this.writeBehind.flush();
     this.#closed = true;
     this.migrations.stopAll();
     this.scrubber.stop();
@@ -910,6 +927,8 @@ export class Controller {
     this.#wakeLaggardWaits();
     for (const c of this.#copies.values()) c.resolve('controller shutting down');
     this.#copies.clear();
+    // The faults just dropped, while the database is still open.
+    this.writeBehind.flush();
   }
 }
 

@@ -86,6 +86,7 @@ export async function shareVdisk(ctrl: Controller, src: VdiskRow, name: string, 
       });
       if (r !== null) {
         await ctrl.awaitAcks(r);
+        ctrl.writeBehind.flush(); // acked versions and lifted fences
         const missing = db.exportsOfVdisk(cur.id).filter((e) => e.ackedVersion < r.version || e.fenced);
         if (missing.length > 0) {
           const who = missing.map((e) => e.agent).join(', ');
