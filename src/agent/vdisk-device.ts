@@ -310,7 +310,8 @@ export class VdiskDevice implements BlockDevice {
       gate.resume();
       this.#broadcastSwap();
     }
-    log.debug(`${this.#name()}: table version ${this.#table.version} installed`, { vdisk: this.vdiskId, changedRanges: ranges.length });
+    // Guarded: winston formats (timestamp, JSON) even what its level then drops.
+    if (log.isDebugEnabled()) log.debug(`${this.#name()}: table version ${this.#table.version} installed`, { vdisk: this.vdiskId, changedRanges: ranges.length });
   }
 
   #broadcastSwap(): void {
@@ -403,10 +404,12 @@ export class VdiskDevice implements BlockDevice {
         continue;
       }
       faultedAt = t.version;
-      log.debug(`${ioOpName(op)} lba=${lba} len=${blocks} on ${this.#name()} segment ${seg}: ${segmentStateName(state)}, fault`, {
-        vdisk: this.vdiskId,
-        version: t.version,
-      });
+      if (log.isDebugEnabled()) {
+        log.debug(`${ioOpName(op)} lba=${lba} len=${blocks} on ${this.#name()} segment ${seg}: ${segmentStateName(state)}, fault`, {
+          vdisk: this.vdiskId,
+          version: t.version,
+        });
+      }
       const asked = this.#faults.fault(fault).catch((e: unknown): typeof UNDELIVERED => {
         log.warn(`${this.#name()} segment ${seg}: fault not delivered: ${(e as Error).message}`);
         return UNDELIVERED;

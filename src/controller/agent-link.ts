@@ -4,10 +4,11 @@
 // the controller's (service.ts); this only moves messages and keeps state.
 
 import type * as grpc from '@grpc/grpc-js';
+import type { EncodedMessage } from '../wire/grpc.js';
 import type { AgentMessage, ControllerMessage, MalformedMessage } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
 
-export type AgentCall = grpc.ServerDuplexStream<AgentMessage | MalformedMessage, ControllerMessage>;
+export type AgentCall = grpc.ServerDuplexStream<AgentMessage | MalformedMessage, ControllerMessage | EncodedMessage>;
 
 /** What the controller knows of one vdisk table held by this agent. */
 export interface HeldTable {
@@ -53,7 +54,8 @@ export class AgentLink {
     return this.name === null ? `unregistered agent at ${this.peer}` : `agent ${this.name}`;
   }
 
-  send(msg: ControllerMessage): boolean {
+  /** Sends a message, or one already serialized for many links (EncodedMessage). */
+  send(msg: ControllerMessage | EncodedMessage): boolean {
     if (this.#closed) return false;
     try {
       this.#call.write(msg);

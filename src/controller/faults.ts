@@ -184,7 +184,8 @@ export class FaultManager {
       return reject(SENSE.lbaOutOfRange, `segment ${f.segment} out of range (vdisk ${vdisk.name} has ${vdisk.segmentCount})`);
     }
     // Debug, not info: every fault is in the fault log (tabula fault ls) already.
-    log.debug(`fault: agent ${agent} vdisk ${vdisk.name} segment ${f.segment} ${opName} lba ${f.lba}+${f.blocks} in state ${stateName} (table v${f.tableVersion})`);
+    // Guarded: winston formats (timestamp, JSON) even what its level then drops.
+    if (log.isDebugEnabled()) log.debug(`fault: agent ${agent} vdisk ${vdisk.name} segment ${f.segment} ${opName} lba ${f.lba}+${f.blocks} in state ${stateName} (table v${f.tableVersion})`);
     const key = `${f.vdiskId}:${f.segment}`;
     let c = this.#cases.get(key);
     if (c === undefined) {

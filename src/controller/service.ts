@@ -12,7 +12,7 @@
 import { randomUUID } from 'node:crypto';
 import type * as grpc from '@grpc/grpc-js';
 import { MappingTable, SegmentState, extentsIn, tableRuns, toExtents, type Extent, type TableRuns } from '../table/index.js';
-import { TABLE_RUNS_PER_MESSAGE } from '../wire/grpc.js';
+import { TABLE_RUNS_PER_MESSAGE, encodeControllerMessage, type EncodedMessage } from '../wire/grpc.js';
 import type {
   AgentMessage,
   ContainerRef,
@@ -133,6 +133,8 @@ export class Controller {
   /** Agents may hold leases granted before this controller started (an earlier run): count them from here. */
   readonly #startedAt = performance.now();
   readonly #links = new Map<string, AgentLink>();
+  /** Acks applied in memory whose follow-ups (#settleAcks) wait for the write-behind, by vdisk. */
+  readonly #acksToSettle = new Map<string, Map<AgentLink, number>>();
   /** Links whose agent reads TableFull's run form (Register.table_runs). */
   readonly #tableRuns = new WeakSet<AgentLink>();
   readonly #allLinks = new Set<AgentLink>();
@@ -285,16 +287,23 @@ export class Controller {
 
   #send(r: CommitResult): void {
     const table = this.table(r.vdiskId);
-    let delta: WireExtent[] | null = null;
+    // Serialized once: the same bytes for every holder that gets the delta.
+    let delta: EncodedMessage | null = null;
     for (const link of this.#holders(r.vdiskId)) {
       const held = link.held(r.vdiskId);
       if (held === undefined || held.fenced || held.sent >= r.version) continue;
       if (held.sent === r.fromVersion) {
-        delta ??= r.ranges.flatMap(([a, b]) => extentsIn(table, a, b)).map(wireExtent);
-        link.send({
+        delta ??= encodeControllerMessage({
           body: 'tableDelta',
-          tableDelta: { vdiskId: r.vdiskId, fromVersion: r.fromVersion, toVersion: r.version, segmentCount: r.segmentCount, extents: delta },
+          tableDelta: {
+            vdiskId: r.vdiskId,
+            fromVersion: r.fromVersion,
+            toVersion: r.version,
+            segmentCount: r.segmentCount,
+            extents: r.ranges.flatMap(([a, b]) => extentsIn(table, a, b)).map(wireExtent),
+          },
         });
+        link.send(delta);
         link.noteSent(r.vdiskId, r.version, false);
       } else {
         this.sendFullTable(link, r.vdiskId);
@@ -840,20 +849,32 @@ export class Controller {
     const name = link.name as string;
     // Releases the changes waiting for this ack at once (in memory); the
     // database learns of it just after (a lost ack only delays reuse of space).
-    const unfenced = link.noteAck(vdiskId, version);
-    this.writeBehind.add(
-      () => this.db.recordAck(vdiskId, name, version),
-      () => this.#afterAck(link, vdiskId, version, unfenced),
-    );
+    link.noteAck(vdiskId, version);
+    let acks = this.#acksToSettle.get(vdiskId);
+    if (acks === undefined) {
+      acks = new Map();
+      this.#acksToSettle.set(vdiskId, acks);
+      this.writeBehind.afterWrites(() => this.#settleAcks(vdiskId));
+    }
+    acks.set(link, version);
+    this.writeBehind.add(() => this.db.recordAck(vdiskId, name, version));
   }
 
-  /** Once an ack is in the database: changes waiting for a fenced agent look again, the fence may lift, space may be reclaimed. */
-  #afterAck(link: AgentLink, vdiskId: string, version: number, unfenced: boolean): void {
-    if (this.#closed) return;
-    const name = link.name as string;
+  /**
+   * Once a turn's acks of a vdisk are in the database (all of them at once:
+   * a delta to many agents): changes waiting for a fenced agent look again,
+   * fences lift, space may be reclaimed.
+   */
+  #settleAcks(vdiskId: string): void {
+    const acks = this.#acksToSettle.get(vdiskId);
+    this.#acksToSettle.delete(vdiskId);
+    if (this.#closed || acks === undefined) return;
     this.#wakeLaggardWaits();
-    if (unfenced || this.db.export(vdiskId, name)?.fenced) {
-      if (!link.held(vdiskId)?.fenced) {
+    const fencedInDb = new Set(this.db.exportsOfVdisk(vdiskId).filter((e) => e.fenced).map((e) => e.agent));
+    for (const [link, version] of acks) {
+      const name = link.name as string;
+      // Fenced in the database (maybe by an earlier stream) but no longer on this link: it has resynced.
+      if (fencedInDb.has(name) && !link.held(vdiskId)?.fenced) {
         this.db.setFenced(vdiskId, name, false);
         log.info(`agent ${name} re-synced vdisk ${vdiskId} at version ${version}; fence lifted`);
       }

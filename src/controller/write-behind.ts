@@ -40,6 +40,12 @@ export class WriteBehind {
     this.#schedule();
   }
 
+  /** Runs `fn` once the writes queued by then have committed. */
+  afterWrites(fn: () => void): void {
+    this.#after.push(fn);
+    this.#schedule();
+  }
+
   /** Queues a write unless one with the same key is still pending (the later one would say the same). */
   once(key: string, write: () => void): void {
     if (this.#keys.has(key)) return;

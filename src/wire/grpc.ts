@@ -50,6 +50,24 @@ export function encodeMessage(type: protobuf.Type, obj: object): Buffer {
   return Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
 }
 
+/**
+ * A stream message serialized once for many streams (a table delta to
+ * every agent holding the vdisk): the stream serializers pass its bytes
+ * through, so N recipients cost one encoding. `body` names the message for
+ * logs, like a plain message's.
+ */
+export class EncodedMessage {
+  constructor(
+    readonly body: string,
+    readonly bytes: Buffer,
+  ) {}
+}
+
+/** Serializes a ControllerMessage once (see EncodedMessage). */
+export function encodeControllerMessage(msg: ControllerMessage): EncodedMessage {
+  return new EncodedMessage(msg.body, encodeMessage(messageType('ControllerMessage'), msg));
+}
+
 export function decodeMessage<T>(type: protobuf.Type, buf: Buffer): T {
   return type.toObject(type.decode(buf), TO_OBJECT) as T;
 }
@@ -82,9 +100,9 @@ function serviceDefinition(service: string, lenient: boolean): grpc.ServiceDefin
       path: `/${PROTO_PACKAGE}.${service}/${m.name}`,
       requestStream: m.requestStream === true,
       responseStream: m.responseStream === true,
-      requestSerialize: (v: unknown) => encodeMessage(req, v as object),
+      requestSerialize: (v: unknown) => (v instanceof EncodedMessage ? v.bytes : encodeMessage(req, v as object)),
       requestDeserialize: lenient && m.requestStream ? lenientDecoder(req) : (b: Buffer) => decodeMessage(req, b),
-      responseSerialize: (v: unknown) => encodeMessage(res, v as object),
+      responseSerialize: (v: unknown) => (v instanceof EncodedMessage ? v.bytes : encodeMessage(res, v as object)),
       responseDeserialize: lenient && m.responseStream ? lenientDecoder(res) : (b: Buffer) => decodeMessage(res, b),
       originalName: m.name,
     };
