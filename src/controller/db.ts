@@ -510,7 +510,8 @@ export class ControllerDb {
            release_version = CASE WHEN refcount = 1 THEN ? ELSE release_version END
          WHERE container_id = ? AND offset = ? AND refcount > 0`,
       ),
-      anyReleased: p('SELECT 1 FROM container_segments WHERE refcount = 0 AND release_vdisk = ? AND release_version <= ? LIMIT 1').pluck(),
+      anyReleased: p('SELECT 1 FROM container_segments WHERE refcount = 0 AND release_vdisk = ? LIMIT 1').pluck(),
+      fencedAgents: p('SELECT agent FROM exports WHERE vdisk_id = ? AND fenced = 1 ORDER BY agent').pluck(),
       releasedToScrub: p(
         `UPDATE container_segments SET scrub = 1, release_vdisk = NULL, release_version = NULL
          WHERE refcount = 0 AND release_vdisk = ? AND release_version <= ? RETURNING container_id, offset`,
@@ -817,14 +818,18 @@ export class ControllerDb {
    * and returned.
    */
   reclaim(vdiskId: string, version: number): Location[] {
-    // Usually nothing is released: a read answers that without a write transaction.
-    if (this.#s.anyReleased.get(vdiskId, version) === undefined) return [];
+    if (!this.hasReleased(vdiskId)) return [];
     return this.tx(() =>
       (this.#s.releasedToScrub.all(vdiskId, version) as { container_id: string; offset: number }[]).map((r) => ({
         containerId: r.container_id,
         offset: r.offset,
       })),
     );
+  }
+
+  /** Whether any location released by the vdisk waits for reclaim: usually not, and one read answers that. */
+  hasReleased(vdiskId: string): boolean {
+    return this.#s.anyReleased.get(vdiskId) !== undefined;
   }
 
   /** The lowest version every exporting agent has acked; Infinity when nobody exports the vdisk. */
@@ -1016,6 +1021,11 @@ export class ControllerDb {
 
   recordAck(vdiskId: string, agent: string, version: number): void {
     this.#s.ackExport.run(version, vdiskId, agent);
+  }
+
+  /** Agents whose export of the vdisk is marked fenced. */
+  fencedAgents(vdiskId: string): string[] {
+    return this.#s.fencedAgents.all(vdiskId) as string[];
   }
 
   setFenced(vdiskId: string, agent: string, fenced: boolean): void {

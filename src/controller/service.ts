@@ -401,6 +401,8 @@ export class Controller {
    * the scrubber, which frees them once an agent has zeroed them.
    */
   reclaim(vdiskId: string): number {
+    // Usually nothing is released: one read answers that.
+    if (!this.db.hasReleased(vdiskId)) return 0;
     const vdisk = this.db.vdisk(vdiskId);
     const upTo = Math.min(this.db.minAckedVersion(vdiskId), vdisk?.version ?? Number.MAX_SAFE_INTEGER);
     const freed = this.db.reclaim(vdiskId, upTo);
@@ -870,7 +872,7 @@ export class Controller {
     this.#acksToSettle.delete(vdiskId);
     if (this.#closed || acks === undefined) return;
     this.#wakeLaggardWaits();
-    const fencedInDb = new Set(this.db.exportsOfVdisk(vdiskId).filter((e) => e.fenced).map((e) => e.agent));
+    const fencedInDb = new Set(this.db.fencedAgents(vdiskId));
     for (const [link, version] of acks) {
       const name = link.name as string;
       // Fenced in the database (maybe by an earlier stream) but no longer on this link: it has resynced.

@@ -4,8 +4,9 @@
 // transaction (db.relaxed: no fsync of its own; the next durable commit
 // syncs them) from setImmediate. Node flushes the socket writes of the
 // messages sent meanwhile (native immediates run first), so a fault's
-// delta or reply never waits behind them, and a burst of acks (a delta to
-// many agents) costs one transaction instead of one each.
+// delta or reply never waits behind them. At most one flush per
+// MIN_GAP_MS: a burst (acks of a delta from many agents, arriving over a
+// few milliseconds) costs a transaction or two instead of one per ack.
 //
 // Code that reads these rows and must see the latest calls flush() first:
 // admin listings, the invariant check, a backup, shutdown, and whatever
@@ -15,6 +16,9 @@
 import { log } from '../util/log.js';
 import type { ControllerDb } from './db.js';
 
+/** Least time between two flushes; what comes sooner waits for the next. */
+export const MIN_GAP_MS = 5;
+
 export class WriteBehind {
   readonly #db: ControllerDb;
   #writes: (() => void)[] = [];
@@ -22,7 +26,9 @@ export class WriteBehind {
   #after: (() => void)[] = [];
   /** Keys of pending writes queued with `once`. */
   readonly #keys = new Set<string>();
-  #scheduled: NodeJS.Immediate | null = null;
+  #scheduled: { immediate: NodeJS.Immediate } | { timer: NodeJS.Timeout } | null = null;
+  /** performance.now() of the last flush. */
+  #lastFlush = Number.NEGATIVE_INFINITY;
 
   constructor(db: ControllerDb) {
     this.#db = db;
@@ -58,10 +64,8 @@ export class WriteBehind {
 
   /** Commits every queued write now, then runs their follow-ups. */
   flush(): void {
-    if (this.#scheduled !== null) {
-      clearImmediate(this.#scheduled);
-      this.#scheduled = null;
-    }
+    this.#cancel();
+    this.#lastFlush = performance.now();
     if (this.#writes.length === 0 && this.#after.length === 0) return;
     const writes = this.#writes;
     const after = this.#after;
@@ -93,9 +97,27 @@ export class WriteBehind {
   }
 
   #schedule(): void {
-    this.#scheduled ??= setImmediate(() => {
+    if (this.#scheduled !== null) return;
+    const run = (): void => {
       this.#scheduled = null;
       this.flush();
-    });
+    };
+    const wait = this.#lastFlush + MIN_GAP_MS - performance.now();
+    if (wait <= 0) {
+      this.#scheduled = { immediate: setImmediate(run) };
+      return;
+    }
+    const timer = setTimeout(run, wait);
+    // Shutdown flushes what is left (Controller.close): nothing to keep the process up for.
+    timer.unref();
+    this.#scheduled = { timer };
+  }
+
+  #cancel(): void {
+    const s = this.#scheduled;
+    if (s === null) return;
+    if ('immediate' in s) clearImmediate(s.immediate);
+    else clearTimeout(s.timer);
+    this.#scheduled = null;
   }
 }

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { join } from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { ControllerDb } from '../../../src/controller/db.js';
-import { WriteBehind } from '../../../src/controller/write-behind.js';
+import { MIN_GAP_MS, WriteBehind } from '../../../src/controller/write-behind.js';
 import { tempDir } from './helpers.js';
 
 describe('controller write-behind (bookkeeping writes)', () => {
@@ -64,6 +64,20 @@ describe('controller write-behind (bookkeeping writes)', () => {
     expect([writes, afters, count()]).to.deep.equal([1, 1, 1]);
     await nextTurn();
     expect([writes, afters, count()]).to.deep.equal([1, 1, 1]);
+  });
+
+  it('writes queued soon after a flush wait for the next one (MIN_GAP_MS), then go in together', async () => {
+    const wb = new WriteBehind(db);
+    wb.add(() => db.event('test', 's0', 'm'));
+    await nextTurn();
+    expect(count()).to.equal(1);
+    for (const n of [1, 2, 3]) wb.add(() => db.event('test', `s${n}`, 'm'));
+    // Not on the next turn: a timer runs it, no earlier than MIN_GAP_MS after the last flush.
+    await nextTurn();
+    expect(count()).to.equal(1);
+    for (let i = 0; i < 100 && wb.pending > 0; i++) await new Promise((r) => setTimeout(r, MIN_GAP_MS));
+    expect(count()).to.equal(4);
+    expect(wb.pending).to.equal(0);
   });
 
   it('once() keeps one pending write per key; after it is written the key can queue again', async () => {
