@@ -9,7 +9,10 @@
 // initiator only if every LUN of it that names initiators names that one
 // (the intersection): no initiator ever reaches a LUN it was not allowed,
 // at the price of refusing one that is allowed on some LUNs of a target but
-// not on others. Such mixed targets are logged.
+// not on others. Such mixed targets are logged. An agent-wide list
+// (security.allowed-initiators) narrows every target further: with it, only
+// the initiators it names may log in anywhere on this agent or see targets in
+// discovery, whatever the exports say.
 import type { AddressInfo } from 'node:net';
 import { initiatorAllowed, type TargetAuth, type TargetInfo } from '../iscsi/login/environment.js';
 import type { BlockDevice } from '../blockdev/block-device.js';
@@ -47,6 +50,8 @@ export interface AgentIscsiAuth {
   chap?: TargetAuth;
   /** What the agent answers with when an initiator asks for mutual CHAP; needs `chap`. */
   mutualChap?: TargetAuth;
+  /** Initiators allowed on every target of this agent (security.allowed-initiators); empty or absent = any. */
+  allowedInitiators?: readonly string[];
 }
 
 /**
@@ -77,11 +82,14 @@ export class AgentTargets {
   readonly #bound: PortalAddress[] = [];
   readonly #targets = new Map<string, AgentTarget>();
   readonly #auth: AgentIscsiAuth;
+  /** The agent-wide initiator list, lower case; null = any. */
+  readonly #agentAcl: readonly string[] | null;
   #portGroups: PortGroup[] = [];
 
   constructor(auth: AgentIscsiAuth = {}) {
     if (auth.mutualChap !== undefined && auth.chap === undefined) throw new Error('mutual CHAP needs CHAP credentials for the initiator as well');
     this.#auth = { ...auth };
+    this.#agentAcl = targetAcl([auth.allowedInitiators]);
     // Discovery too: SendTargets would otherwise name every target to anyone.
     if (auth.chap !== undefined) this.registry.discoveryAuth = { chap: auth.chap, mutualChap: auth.mutualChap };
   }
@@ -157,15 +165,19 @@ export class AgentTargets {
 
   /** Recomputes a target's ACL and ends the sessions of initiators it no longer admits. */
   #applyAcl(target: AgentTarget): void {
-    const acl = targetAcl(target.acls.values());
+    const lunAcl = targetAcl(target.acls.values());
+    const agentAcl = this.#agentAcl;
+    const acl = agentAcl === null ? lunAcl : lunAcl === null ? [...agentAcl] : lunAcl.filter((n) => agentAcl.includes(n));
     const restricting = [...target.acls.values()].filter((l) => l.length > 0).length;
     if (restricting > 0 && restricting < target.acls.size) {
       log.warn('target mixes LUNs open to any initiator with LUNs that name initiators: only those named by every such LUN may log in', {
         target: target.info.name,
         allowed: acl,
       });
-    } else if (acl !== null && acl.length === 0) {
+    } else if (lunAcl !== null && lunAcl.length === 0) {
       log.warn('the LUNs of a target allow disjoint initiators: none may log in', { target: target.info.name });
+    } else if (acl !== null && acl.length === 0) {
+      log.warn("no initiator a target's exports allow is in the agent's security.allowed-initiators: none may log in", { target: target.info.name });
     }
     // Mutated in place: logins look the TargetInfo up at the time they happen.
     target.info.allowedInitiators = acl;

@@ -21,6 +21,7 @@ export const CHAP_FLAGS: readonly FlagSpec[] = [
   { flag: 'chap-secret', key: 'security.chap.secret' },
   { flag: 'mutual-user', key: 'security.chap.mutual-user' },
   { flag: 'mutual-secret', key: 'security.chap.mutual-secret' },
+  { flag: 'allow-initiator', key: 'security.allowed-initiators', list: true },
 ];
 
 function chapOptions(a: Argv): Argv {
@@ -30,7 +31,12 @@ function chapOptions(a: Argv): Argv {
     .option('chap-secret-file', { type: 'string', describe: 'CHAP: file holding the secret (first line)' })
     .option('mutual-user', { type: 'string', describe: 'mutual CHAP: user name the agent answers with' })
     .option('mutual-secret', { type: 'string', describe: "mutual CHAP: the agent's secret (or --mutual-secret-file, or TABULA_MUTUAL_SECRET)" })
-    .option('mutual-secret-file', { type: 'string', describe: "mutual CHAP: file holding the agent's secret (first line)" });
+    .option('mutual-secret-file', { type: 'string', describe: "mutual CHAP: file holding the agent's secret (first line)" })
+    .option('allow-initiator', {
+      type: 'string',
+      array: true,
+      describe: 'initiator IQN allowed on every target of this node (repeatable; default: any; exports may narrow further)',
+    });
 }
 
 /** Fills --chap-secret / --mutual-secret from their -file flags or the environment. */

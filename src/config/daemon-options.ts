@@ -28,7 +28,7 @@ export interface AgentDaemonOptions {
   /** PEM contents for a TLS channel to the controller (ca of its certificate; cert+key of the agent's own). */
   tls?: TlsMaterial;
   metricsListen?: string;
-  /** CHAP the agent requires for every target and for discovery (security.chap). */
+  /** CHAP the agent requires for every target and for discovery (security.chap), and its initiator list. */
   iscsiAuth?: IscsiAuthOptions;
 }
 
@@ -36,6 +36,8 @@ export interface AgentDaemonOptions {
 export interface IscsiAuthOptions {
   chap?: { user: string; secret: string };
   mutualChap?: { user: string; secret: string };
+  /** security.allowed-initiators: the only initiators that may log in to any target of the agent. */
+  allowedInitiators?: string[];
 }
 
 export interface ApplianceDaemonOptions {
@@ -107,16 +109,21 @@ export function controllerOptions(cfg: TabulaConfig): ControllerDaemonOptions {
   };
 }
 
-/** security.chap as the agent's iSCSI login settings (undefined: no CHAP). */
+/** security.chap and security.allowed-initiators as the agent's iSCSI login settings (undefined: neither set). */
 export function iscsiAuth(cfg: TabulaConfig): IscsiAuthOptions | undefined {
   const c = cfg.security.chap;
-  if (c === undefined) return undefined;
-  const out: IscsiAuthOptions = { chap: { user: c.user, secret: c.secret } };
-  if (c.mutualUser !== undefined && c.mutualSecret !== undefined) out.mutualChap = { user: c.mutualUser, secret: c.mutualSecret };
+  const allowed = cfg.security.allowedInitiators;
+  if (c === undefined && allowed.length === 0) return undefined;
+  const out: IscsiAuthOptions = {};
+  if (c !== undefined) {
+    out.chap = { user: c.user, secret: c.secret };
+    if (c.mutualUser !== undefined && c.mutualSecret !== undefined) out.mutualChap = { user: c.mutualUser, secret: c.mutualSecret };
+  }
+  if (allowed.length > 0) out.allowedInitiators = [...allowed];
   return out;
 }
 
-/** `{ iscsiAuth }` when CHAP is configured, else nothing (no key at all). */
+/** `{ iscsiAuth }` when CHAP or an initiator list is configured, else nothing (no key at all). */
 function withAuth(cfg: TabulaConfig): { iscsiAuth?: IscsiAuthOptions } {
   const a = iscsiAuth(cfg);
   return a === undefined ? {} : { iscsiAuth: a };
@@ -156,7 +163,6 @@ export function applianceOptions(cfg: TabulaConfig): ApplianceDaemonOptions {
  */
 export function notApplied(cfg: TabulaConfig): string[] {
   const out: string[] = [];
-  if (cfg.security.allowedInitiators.length > 0) out.push('security.allowed-initiators: initiator ACLs are not enforced by the agent yet');
   if (cfg.role === 'all-in-one' && cfg.security.tls) out.push('security.tls: the all-in-one node talks to its controller in-process; TLS applies to controller and agent roles');
   return out;
 }

@@ -128,6 +128,39 @@ describe('agent targets: initiator ACLs', () => {
     });
   });
 
+  describe('agent-wide initiator list (security.allowed-initiators)', () => {
+    let targets: AgentTargets;
+    let port: number;
+    const CAROL = 'iqn.2026-11.org.example:carol';
+    beforeEach(async () => {
+      targets = new AgentTargets({ allowedInitiators: [ALICE.toUpperCase().replace('IQN', 'iqn'), CAROL] });
+      [{ port }] = (await targets.listen([{ host: '127.0.0.1', port: 0 }])) as [{ host: string; port: number }];
+    });
+    afterEach(async () => {
+      await targets.close();
+    });
+
+    it('admits only listed initiators to a target whose export names none, and hides it from the others', async () => {
+      targets.addLun({ targetIqn: T1, lun: 0, readOnly: false, lunId: 'v1' }, new MemoryBlockDevice(2048));
+      expect(targets.allowedInitiators(T1)).to.deep.equal([ALICE, CAROL]);
+      expect(await loginStatus(port, T1, ALICE)).to.deep.equal([0, 0]);
+      expect(await loginStatus(port, T1, BOB)).to.deep.equal([0x02, 0x02]);
+      expect(await discover(port, ALICE)).to.deep.equal([T1]);
+      expect(await discover(port, BOB)).to.deep.equal([]);
+    });
+
+    it('intersects with the export lists: an export cannot open the agent to an initiator it does not list', async () => {
+      targets.addLun({ targetIqn: T1, lun: 0, readOnly: false, lunId: 'v1', allowedInitiators: [BOB, CAROL] }, new MemoryBlockDevice(2048));
+      expect(targets.allowedInitiators(T1)).to.deep.equal([CAROL]);
+      expect(await loginStatus(port, T1, BOB)).to.deep.equal([0x02, 0x02]);
+      expect(await loginStatus(port, T1, ALICE)).to.deep.equal([0x02, 0x02]);
+      expect(await loginStatus(port, T1, CAROL)).to.deep.equal([0, 0]);
+      targets.addLun({ targetIqn: T2, lun: 0, readOnly: false, lunId: 'v2', allowedInitiators: [BOB] }, new MemoryBlockDevice(2048));
+      expect(targets.allowedInitiators(T2)).to.deep.equal([]);
+      expect(await loginStatus(port, T2, BOB)).to.deep.equal([0x02, 0x02]);
+    });
+  });
+
   describe('agent CHAP', () => {
     let targets: AgentTargets;
     let port: number;

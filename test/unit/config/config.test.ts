@@ -185,9 +185,16 @@ describe('config: daemon options', () => {
 
   it('says which accepted settings are not applied yet', () => {
     const c = base({ security: { chap: { user: 'u', secret: 'twelve-chars' }, 'allowed-initiators': ['iqn.2026-01.com.example:h1'] } });
-    // CHAP is enforced by the agent; agent-wide initiator ACLs are not (exports carry their own).
-    expect(notApplied(c)).to.have.length(1);
-    expect(notApplied(c)[0]).to.match(/allowed-initiators/);
+    // CHAP and the agent-wide initiator list are both enforced by the agent now.
+    expect(notApplied(c)).to.deep.equal([]);
+  });
+
+  it('gives the agent and the all-in-one node security.allowed-initiators, with or without CHAP', () => {
+    const list = ['iqn.2026-01.com.example:h1', 'iqn.2026-01.com.example:h2'];
+    const c = base({ security: { 'allowed-initiators': list } });
+    expect(agentOptions(c).iscsiAuth).to.deep.equal({ allowedInitiators: list });
+    expect(applianceOptions(c).iscsiAuth).to.deep.equal({ allowedInitiators: list });
+    expect(agentOptions(base({})).iscsiAuth).to.equal(undefined);
   });
 
   it('gives the agent and the all-in-one node security.chap as their iSCSI login settings', () => {
