@@ -11,7 +11,7 @@ import type { Controller } from '../controller/service.js';
 import type { AllocationObserver } from '../controller/allocator.js';
 import { SEGMENT_STATE_NAMES } from '../table/segment-state.js';
 import { FAULT_ACTION_NAMES, FaultAction } from '../wire/proto-types.js';
-import { agentServiceDefinition } from '../wire/grpc.js';
+import { EncodedMessage, agentServiceDefinition } from '../wire/grpc.js';
 import { LATENCY_BUCKETS, newRegistry, stateLabel } from './registry.js';
 
 type Child = { inc(value?: number): void };
@@ -26,6 +26,7 @@ function connectPath(): string {
 type Body = { body: string } & Record<string, unknown>;
 
 function bodyOf(m: unknown): Body | null {
+  if (m instanceof EncodedMessage) m = m.message; // a delta encoded once for all holders
   if (m === null || typeof m !== 'object') return null;
   const b = (m as { body?: unknown }).body;
   return typeof b === 'string' ? (m as Body) : null;

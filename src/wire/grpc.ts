@@ -60,12 +60,14 @@ export class EncodedMessage {
   constructor(
     readonly body: string,
     readonly bytes: Buffer,
+    /** What was encoded, for observers of the stream (metrics) that read its fields. */
+    readonly message: { body: string },
   ) {}
 }
 
 /** Serializes a ControllerMessage once (see EncodedMessage). */
 export function encodeControllerMessage(msg: ControllerMessage): EncodedMessage {
-  return new EncodedMessage(msg.body, encodeMessage(messageType('ControllerMessage'), msg));
+  return new EncodedMessage(msg.body, encodeMessage(messageType('ControllerMessage'), msg), msg);
 }
 
 export function decodeMessage<T>(type: protobuf.Type, buf: Buffer): T {
