@@ -818,7 +818,6 @@ export class ControllerDb {
    * and returned.
    */
   reclaim(vdiskId: string, version: number): Location[] {
-    if (!this.hasReleased(vdiskId)) return [];
     return this.tx(() =>
       (this.#s.releasedToScrub.all(vdiskId, version) as { container_id: string; offset: number }[]).map((r) => ({
         containerId: r.container_id,

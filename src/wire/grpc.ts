@@ -58,16 +58,19 @@ export function encodeMessage(type: protobuf.Type, obj: object): Buffer {
  */
 export class EncodedMessage {
   constructor(
-    readonly body: string,
     readonly bytes: Buffer,
     /** What was encoded, for observers of the stream (metrics) that read its fields. */
     readonly message: { body: string },
   ) {}
+
+  get body(): string {
+    return this.message.body;
+  }
 }
 
 /** Serializes a ControllerMessage once (see EncodedMessage). */
 export function encodeControllerMessage(msg: ControllerMessage): EncodedMessage {
-  return new EncodedMessage(msg.body, encodeMessage(messageType('ControllerMessage'), msg), msg);
+  return new EncodedMessage(encodeMessage(messageType('ControllerMessage'), msg), msg);
 }
 
 export function decodeMessage<T>(type: protobuf.Type, buf: Buffer): T {
