@@ -23,7 +23,10 @@
 //
 // Replies go out only once every table change of the vdisk queued before
 // has been acked (Controller.quiesce), so no agent acts on a version
-// another has not installed.
+// another has not installed. One exception saves a round trip: when the
+// faulting agent is the vdisk's only holder, the RETRY for a change made
+// for it goes right behind the delta on the same stream (#answerBehind);
+// the change still waits for that ack before the vdisk's next change.
 //
 // An exporting agent that is not connected cannot be told of a change: the
 // change (allocate, make-writable, copy) WAITs until that agent's lease has
@@ -39,7 +42,7 @@ import { log } from '../util/log.js';
 import { ContainerFullError, locKey } from './allocator.js';
 import type { Location } from './db.js';
 import type { AgentLink } from './agent-link.js';
-import type { Controller } from './service.js';
+import type { CommitResult, Controller } from './service.js';
 
 /** Sense data the controller hands out (key, asc, ascq). */
 export const SENSE = {
@@ -316,19 +319,23 @@ export class FaultManager {
   async #act(c: SegmentCase, kind: 'allocate' | 'make-writable', seen: SegmentState): Promise<Decision | null> {
     const ctrl = this.#ctrl;
     try {
-      await ctrl.changeTable(c.vdiskId, (ctx) => {
-        const row = ctrl.db.segment(c.vdiskId, c.seg);
-        // The state may have moved while we queued for the vdisk: act only
-        // on the state we decided for, and let the next round look again.
-        if (row.state !== seen) return;
-        if (kind === 'allocate') {
-          const [loc] = ctx.allocate(1);
-          if (loc === undefined) throw new Error('allocator returned nothing');
-          ctx.set(c.seg, SegmentState.Normal, loc);
-        } else if (row.containerId !== null && row.offset !== null) {
-          ctx.set(c.seg, SegmentState.Normal, { containerId: row.containerId, offset: row.offset });
-        }
-      });
+      await ctrl.changeTable(
+        c.vdiskId,
+        (ctx) => {
+          const row = ctrl.db.segment(c.vdiskId, c.seg);
+          // The state may have moved while we queued for the vdisk: act only
+          // on the state we decided for, and let the next round look again.
+          if (row.state !== seen) return;
+          if (kind === 'allocate') {
+            const [loc] = ctx.allocate(1);
+            if (loc === undefined) throw new Error('allocator returned nothing');
+            ctx.set(c.seg, SegmentState.Normal, loc);
+          } else if (row.containerId !== null && row.offset !== null) {
+            ctx.set(c.seg, SegmentState.Normal, { containerId: row.containerId, offset: row.offset });
+          }
+        },
+        (r) => this.#answerBehind(c, r),
+      );
       return null;
     } catch (err) {
       if (err instanceof ContainerFullError) {
@@ -384,18 +391,48 @@ export class FaultManager {
         ctrl.db.event('cow', vdisk.name, reason);
         return { kind: 'fail', sense: SENSE.internalFailure, reason };
       }
-      await ctrl.changeTable(c.vdiskId, (ctx) => {
-        const row = ctrl.db.segment(c.vdiskId, c.seg);
-        // Still the shared entry we copied (not removed, made writable, migrated)?
-        if (row.state !== SegmentState.NoWrite || row.containerId !== old.containerId || row.offset !== old.offset) return;
-        ctx.set(c.seg, SegmentState.Normal, fresh);
-        committed = true;
-      });
+      await ctrl.changeTable(
+        c.vdiskId,
+        (ctx) => {
+          const row = ctrl.db.segment(c.vdiskId, c.seg);
+          // Still the shared entry we copied (not removed, made writable, migrated)?
+          if (row.state !== SegmentState.NoWrite || row.containerId !== old.containerId || row.offset !== old.offset) return;
+          ctx.set(c.seg, SegmentState.Normal, fresh);
+          committed = true;
+        },
+        (r) => this.#answerBehind(c, r),
+      );
     } finally {
       ctrl.allocator.unreserve([fresh], !committed);
     }
     if (committed) await ctrl.settleShared(old);
     return null;
+  }
+
+  /**
+   * Answers RETRY right behind the new table when the faulting agent is the
+   * vdisk's only holder, instead of after its ack: the delta and the reply
+   * go out in order on the same stream, and the reply names the version to
+   * wait for, so the retried I/O runs on the new table. No other agent
+   * serves the old entry, so the ack protects no one here; the change still
+   * waits for it before the vdisk's next change. Saves the ack's round trip
+   * (design notes §2: RETRY means a newer table is on its way or already sent).
+   */
+  #answerBehind(c: SegmentCase, r: CommitResult): void {
+    const ctrl = this.#ctrl;
+    if (!r.ranges.some(([first, end]) => c.seg >= first && c.seg < end)) return;
+    const sole = ctrl.soleHolder(c.vdiskId);
+    if (sole === null) return;
+    const vdisk = ctrl.db.vdisk(c.vdiskId);
+    const row = ctrl.db.segment(c.vdiskId, c.seg);
+    if (!vdisk || row.state !== SegmentState.Normal) return;
+    const left: Waiter[] = [];
+    for (const w of c.waiters) {
+      const d = decide(row.state, w.fault.op, 1, { snapshot: vdisk.kind === 'snapshot' });
+      if (w.link === sole && d.kind === 'retry') this.#reply(w, d);
+      else left.push(w);
+    }
+    c.waiters = left;
   }
 
   #reply(w: Waiter, d: Decision, outcome?: string): void {

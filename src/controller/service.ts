@@ -276,13 +276,38 @@ export class Controller {
     return result;
   }
 
-  /** Serialized commit, send, wait for acks (fencing laggards) and reclaim. */
-  changeTable(vdiskId: string, change: (c: ChangeContext) => void): Promise<CommitResult | null> {
+  /**
+   * Serialized commit, send, wait for acks (fencing laggards) and reclaim.
+   * `afterSend` runs once the new version is on its way to every holder and
+   * before the acks are in (a fault answered right behind the delta).
+   */
+  changeTable(vdiskId: string, change: (c: ChangeContext) => void, afterSend?: (r: CommitResult) => void): Promise<CommitResult | null> {
     return this.serialize(vdiskId, async () => {
       const r = this.commitAndSend(vdiskId, change);
-      if (r !== null) await this.awaitAcks(r);
+      if (r !== null) {
+        afterSend?.(r);
+        await this.awaitAcks(r);
+      }
       return r;
     });
+  }
+
+  /**
+   * The one link that must install a new version of this vdisk before any
+   * I/O may act on it, or null when that is not exactly one connected agent
+   * (several holders, or an exporter away whose lease still lets it serve
+   * zero and no-write segments). A fenced holder does not count: it serves
+   * no segment of the vdisk until it has a whole table.
+   */
+  soleHolder(vdiskId: string): AgentLink | null {
+    let sole: AgentLink | null = null;
+    for (const l of this.#holders(vdiskId)) {
+      if (l.held(vdiskId)?.fenced === true) continue;
+      if (sole !== null) return null;
+      sole = l;
+    }
+    if (sole === null || this.exportersInLease(vdiskId).agents.length > 0) return null;
+    return sole;
   }
 
   #send(r: CommitResult): void {

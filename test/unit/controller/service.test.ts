@@ -61,28 +61,47 @@ describe('controller service (fake agents over loopback gRPC)', () => {
     expect(agentsList.agents[0]).to.deep.include({ name: 'a1', online: true, containers: [CA] });
   });
 
-  it('allocates a zero segment on a write fault, pushes a delta, and answers RETRY only after the ack', async () => {
+  it('allocates a zero segment on a write fault and answers its only holder RETRY right behind the delta; the next change waits for the ack', async () => {
     const { vdiskId, as } = await setup(['a1'], { autoAck: false });
     const a = as[0]!;
     // The initial full table was not acked (autoAck off): ack it now.
     a.ack(vdiskId, a.tables.get(vdiskId)!.version);
     const f = a.sendFault({ vdiskId, segment: 2, op: 1, lba: 2 * 2048, blocks: 8, state: SegmentState.Zero, tableVersion: 1 });
-    const delta = await a.next((m) => m.body === 'tableDelta');
-    expect(delta.body === 'tableDelta' && delta.tableDelta.extents).to.have.length(1);
-    await sleep(100);
-    expect(a.events.some((e) => e.startsWith('reply')), 'no reply before the ack').to.equal(false);
-    const v = a.tables.get(vdiskId)!.version;
-    a.ack(vdiskId, v);
+    // No ack yet: the agent holding the vdisk alone needs none to act on a
+    // version that came before the reply on the same stream.
     const r = await f.reply();
     expect(r.action).to.equal(FaultAction.Retry);
+    const v = a.tables.get(vdiskId)!.version;
     expect(r.tableVersion).to.equal(v);
     const order = a.events.filter((e) => !e.startsWith('full'));
-    expect(order.indexOf(`ack v${v}`)).to.be.lessThan(order.indexOf(`reply ${f.faultId} 0`));
+    expect(order.indexOf(`delta ${v - 1}->${v}`), 'the delta comes first').to.be.within(0, order.indexOf(`reply ${f.faultId} 0`) - 1);
+    expect(order.some((e) => e.startsWith('ack v') && e !== `ack v${v - 1}`), 'replied before any ack of the new version').to.equal(false);
     const entry = a.tables.get(vdiskId)!.get(2);
     expect(entry.state).to.equal(SegmentState.Normal);
     expect(entry.container).to.equal(CA);
+    // The change still waits for the ack: the next one (another segment) is not sent before it.
+    const f2 = a.sendFault({ vdiskId, segment: 3, op: 1, state: SegmentState.Zero, tableVersion: v });
+    await sleep(100);
+    expect(a.events.filter((e) => e.startsWith('delta')), 'second change waits for the first ack').to.have.length(1);
+    a.ack(vdiskId, v);
+    const r2 = await f2.reply();
+    expect(r2.action).to.equal(FaultAction.Retry);
+    expect(a.events.filter((e) => e.startsWith('delta'))).to.have.length(2);
+    a.ack(vdiskId, a.tables.get(vdiskId)!.version);
     const faults = ctl.admin.ListFaults({ vdisk: 'd' }).faults;
-    expect(faults[0]).to.deep.include({ agent: 'a1', segment: 2, op: 'write', state: 'zero', outcome: 'retry', lba: 4096, blocks: 8 });
+    expect(faults.find((x) => x.segment === 2)).to.deep.include({ agent: 'a1', segment: 2, op: 'write', state: 'zero', outcome: 'retry', lba: 4096, blocks: 8 });
+  });
+
+  it('answers RETRY only after every holder has acked when the vdisk has more than one', async () => {
+    const { vdiskId, as } = await setup(['a1', 'a2']);
+    const [a1, a2] = as as [FakeAgent, FakeAgent];
+    a2.autoAck = false;
+    const f = a1.sendFault({ vdiskId, segment: 2, op: 1 });
+    await a2.next((m) => m.body === 'tableDelta');
+    await sleep(100);
+    expect(a1.events.some((e) => e.startsWith('reply')), 'no reply while a2 has not acked').to.equal(false);
+    a2.ack(vdiskId, a2.tables.get(vdiskId)!.version);
+    expect((await f.reply()).action).to.equal(FaultAction.Retry);
   });
 
   it('allocates exactly once when two agents fault on one zero segment together', async () => {
