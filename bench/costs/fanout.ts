@@ -8,12 +8,13 @@
 // Each change flips one segment between zero and invalid (no allocation, no
 // copy: only the table moves), through the same commit-push-ack path as a
 // fault's allocation or `segment set-state`.
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { startController } from '../../src/controller/daemon.js';
 import { SegmentState } from '../../src/table/index.js';
 import { Cluster } from '../../test/system/cluster.js';
-import { onCleanup } from '../proc.js';
+import { cpuSeconds, onCleanup } from '../proc.js';
 import { stats, type LatencyStats } from './fault-latency.js';
 
 export interface FanoutResult {
@@ -25,6 +26,30 @@ export interface FanoutResult {
   sentToLastAck: LatencyStats;
   /** Start of the commit -> last ack. */
   commitToLastAck: LatencyStats;
+  /** CPU time all agent processes together spent per change (user + system), over the timed changes. */
+  agentCpuMsPerChange?: number;
+}
+
+/** The node process of a daemon (spawned under timeout(1): the child's child). */
+function nodePidOf(pid: number): number {
+  try {
+    const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+    return kids[0] ?? pid;
+  } catch {
+    return pid;
+  }
+}
+
+function agentsCpuSeconds(pids: readonly number[]): number {
+  let s = 0;
+  for (const p of pids) {
+    try {
+      s += cpuSeconds(p);
+    } catch {
+      // exited: counted as nothing
+    }
+  }
+  return s;
 }
 
 export async function measureFanout(opts: { agents: number; changes: number; warmup: number; log: (m: string) => void }): Promise<FanoutResult> {
@@ -53,7 +78,10 @@ export async function measureFanout(opts: { agents: number; changes: number; war
     const toAck: number[] = [];
     const total: number[] = [];
     opts.log(`bench: fan-out: ${opts.changes} changes (after ${opts.warmup} for warm-up) of one segment, each acked by ${opts.agents} agents`);
+    const pids = names.map((n) => nodePidOf(c.agent(n).daemon.child.pid ?? 0)).filter((p) => p > 0);
+    let cpu0 = 0;
     for (let i = 0; i < opts.changes + opts.warmup; i++) {
+      if (i === opts.warmup) cpu0 = agentsCpuSeconds(pids);
       const seg = i % 64;
       const state = Math.floor(i / 64) % 2 === 0 ? SegmentState.Invalid : SegmentState.Zero;
       await ctrl.serialize(id, async () => {
@@ -69,12 +97,13 @@ export async function measureFanout(opts: { agents: number; changes: number; war
         total.push(t2 - t0);
       });
     }
+    const agentCpuMsPerChange = ((agentsCpuSeconds(pids) - cpu0) * 1000) / opts.changes;
     const fenced = handle.db.exportsOfVdisk(id).filter((e) => e.fenced).length;
     if (fenced > 0) throw new Error(`${fenced} agents were fenced during the fan-out (missed an ack deadline)`);
-    const result = { agents: opts.agents, changes: opts.changes, commitAndSend: stats(commit), sentToLastAck: stats(toAck), commitToLastAck: stats(total) };
+    const result = { agents: opts.agents, changes: opts.changes, commitAndSend: stats(commit), sentToLastAck: stats(toAck), commitToLastAck: stats(total), agentCpuMsPerChange };
     opts.log(
       `bench: fan-out to ${opts.agents} agents: commit->last ack median ${result.commitToLastAck.medianMs.toFixed(2)} ms ` +
-        `p99 ${result.commitToLastAck.p99Ms.toFixed(2)} ms (commit+send median ${result.commitAndSend.medianMs.toFixed(2)} ms)`,
+        `p99 ${result.commitToLastAck.p99Ms.toFixed(2)} ms (commit+send median ${result.commitAndSend.medianMs.toFixed(2)} ms; agents' CPU ${agentCpuMsPerChange.toFixed(2)} ms per change, all ${opts.agents} together)`,
     );
     return result;
   } finally {

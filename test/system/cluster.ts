@@ -228,7 +228,9 @@ export class Cluster {
     const logFile = join(this.dir, `${label}.${++this.#starts}.log`);
     const fd = openSync(logFile, 'a');
     try {
-      const child = spawnBounded(process.execPath, [...tabulaLauncher(), ...args], lifetimeMs, ['ignore', 'pipe', fd], cleanEnv({ TABULA_LOG_LEVEL: 'info' }));
+      // TABULA_SYSTEM_NODE_ARGS: node flags for the daemons (e.g. --cpu-prof), for profiling a bench or a test.
+      const nodeArgs = (process.env.TABULA_SYSTEM_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
+      const child = spawnBounded(process.execPath, [...nodeArgs, ...tabulaLauncher(), ...args], lifetimeMs, ['ignore', 'pipe', fd], cleanEnv({ TABULA_LOG_LEVEL: 'info' }));
       return new Daemon(label, child, logFile);
     } finally {
       closeSync(fd);
