@@ -1,7 +1,7 @@
 // `tabula certs ca|issue`: a private CA and the certificates for mutual TLS
 // on the controller API (src/security/certs.ts does the work).
 import type { Argv } from 'yargs';
-import { CertError, createCa, issueCert, type CertUsage, type WrittenFiles } from '../security/certs.js';
+import type { CertUsage, WrittenFiles } from '../security/certs.js';
 import { CliError, quietLogs } from './admin-client.js';
 import { print, printJson } from './output.js';
 
@@ -31,11 +31,16 @@ function report(w: WrittenFiles, json: boolean): void {
   print(`subject     ${w.subject}${w.sans.length > 0 ? `, ${w.sans.join(', ')}` : ''}; valid until ${w.notAfter.toISOString().slice(0, 10)}`);
 }
 
-async function cliErrors<T>(fn: () => Promise<T>): Promise<T> {
+// Loaded on use: the X.509 library is most of what `tabula` would load at
+// start, and no other command needs it.
+type Certs = typeof import('../security/certs.js');
+
+async function cliErrors<T>(fn: (certs: Certs) => Promise<T>): Promise<T> {
+  const certs = await import('../security/certs.js');
   try {
-    return await fn();
+    return await fn(certs);
   } catch (e) {
-    if (e instanceof CertError) throw new CliError(e.message);
+    if (e instanceof certs.CertError) throw new CliError(e.message);
     throw e;
   }
 }
@@ -55,7 +60,7 @@ export function certsCommand(y: Argv): Argv {
             .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON' }) as unknown as Argv<CaArgs>,
         async (args) => {
           quietLogs();
-          report(await cliErrors(() => createCa({ out: args.out, commonName: args.name, days: args.days, force: args.force })), args.json);
+          report(await cliErrors(({ createCa }) => createCa({ out: args.out, commonName: args.name, days: args.days, force: args.force })), args.json);
         },
       )
       .command<IssueArgs>(
@@ -76,7 +81,7 @@ export function certsCommand(y: Argv): Argv {
         async (args) => {
           quietLogs();
           const usage: CertUsage = args.server === true ? 'server' : args.client === true ? 'client' : 'both';
-          const w = await cliErrors(() =>
+          const w = await cliErrors(({ issueCert }) =>
             issueCert({ ca: args.ca, name: args.name, out: args.out, sans: args.san, usage, days: args.days, force: args.force }),
           );
           report(w, args.json);

@@ -2,7 +2,6 @@
 // configuration (file, TABULA_* environment, flags) and print the effective
 // result, secrets masked, or every problem, each naming its key.
 import type { Argv } from 'yargs';
-import { stringify } from 'yaml';
 import {
   ConfigError,
   configFilePath,
@@ -74,7 +73,7 @@ export function configCommand(y: Argv): Argv {
             .option('file', { type: 'string', describe: `YAML file (default TABULA_CONFIG or ${configFilePath({ env: {} })})` })
             .option('set', { type: 'string', array: true, describe: 'override a key, e.g. --set agent.portals=[0.0.0.0:3260]' })
             .option('json', { type: 'boolean', default: false, describe: 'print the effective configuration as JSON' }) as unknown as Argv<CheckArgs>,
-        (args) => {
+        async (args) => {
           try {
             const overrides: Record<string, unknown> = {};
             for (const s of args.set ?? []) {
@@ -96,6 +95,7 @@ export function configCommand(y: Argv): Argv {
             if (loaded.fromFlags.length > 0) from.push(`flags: ${loaded.fromFlags.join(', ')}`);
             print(`# configuration OK, from ${from.join('; ')}`);
             for (const w of warnings) print(`# warning: ${w}`);
+            const { stringify } = await import('yaml');
             print(stringify(doc).trimEnd());
           } catch (e) {
             if (!(e instanceof ConfigError)) throw e;

@@ -1,10 +1,6 @@
 // `tabula target`: serve one file as LUN 0 of one iSCSI target, without the
 // controller or tables. Useful by itself and the baseline for the table-driven path.
 import type { Argv } from 'yargs';
-import { FileBlockDevice } from '../blockdev/file-device.js';
-import { IscsiPortalServer } from '../iscsi/portal-server.js';
-import { TargetRegistry } from '../iscsi/target-registry.js';
-import { ScsiTargetDevice } from '../scsi/target-device.js';
 import { log } from '../util/log.js';
 import { parseHostPort, parseSize } from '../util/size.js';
 import { parseCredentials } from './credentials.js';
@@ -46,6 +42,13 @@ export function targetCommand(y: Argv): Argv {
       const mutualChap = args['mutual-chap'] ? parseCredentials(args['mutual-chap'], '--mutual-chap') : undefined;
       if (mutualChap && !chap) throw new Error('--mutual-chap needs --chap as well');
       const blockSize = args['block-size'] as 512 | 4096;
+      // The iSCSI and SCSI stacks load only for this command (CLI start-up).
+      const [{ FileBlockDevice }, { IscsiPortalServer }, { TargetRegistry }, { ScsiTargetDevice }] = await Promise.all([
+        import('../blockdev/file-device.js'),
+        import('../iscsi/portal-server.js'),
+        import('../iscsi/target-registry.js'),
+        import('../scsi/target-device.js'),
+      ]);
       const device = await FileBlockDevice.open(args.file, { size, blockSize, readOnly: args['read-only'] });
       const scsi = new ScsiTargetDevice({ name: args.iqn, portGroups: [{ id: 1, relativePortIds: [1] }] });
       scsi.addLun(0, device, { readOnly: args['read-only'], lunId: `${args.iqn}/${args.file}` });

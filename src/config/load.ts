@@ -5,8 +5,17 @@
 // values, lists included.
 import { existsSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { parseDocument } from 'yaml';
+import { createRequire } from 'node:module';
 import { ConfigError, validateConfig, type Role, type TabulaConfig } from './schema.js';
+
+// Loaded on first use (synchronously: loading a config is synchronous): the
+// YAML parser is a good share of what every \`tabula\` command would load at start.
+const requireCjs = createRequire(import.meta.url);
+let yamlModule: typeof import('yaml') | undefined;
+function yaml(): typeof import('yaml') {
+  yamlModule ??= requireCjs('yaml') as typeof import('yaml');
+  return yamlModule;
+}
 
 export const DEFAULT_CONFIG_FILE = '/etc/tabula/tabula.yaml';
 
@@ -62,7 +71,7 @@ export interface LoadedConfig {
 
 /** Parses YAML text; syntax errors name the file, line and column. */
 export function parseConfigText(text: string, source: string): unknown {
-  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
+  const doc = yaml().parseDocument(text, { prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {
     throw new ConfigError(
       source,
