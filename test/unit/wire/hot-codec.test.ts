@@ -1,0 +1,166 @@
+import { expect } from 'chai';
+import type protobuf from 'protobufjs';
+import { decodeHotAgentMessage, decodeHotControllerMessage, encodeHotAgentMessage, encodeHotControllerMessage } from '../../../src/wire/hot-codec.js';
+import { agentServiceDefinition, messageType } from '../../../src/wire/grpc.js';
+import type { AgentMessage, ControllerMessage } from '../../../src/wire/proto-types.js';
+
+// The hand-written codec must be indistinguishable from protobufjs: the same
+// bytes for what it encodes, the same objects (decode + toObject with the
+// project's options) for what it decodes, and no answer at all (null) for
+// anything it does not handle exactly, so protobufjs takes over.
+
+const TO_OBJECT: protobuf.IConversionOptions = { longs: Number, enums: Number, defaults: true, arrays: true, objects: true, oneofs: true };
+const A = messageType('AgentMessage');
+const C = messageType('ControllerMessage');
+
+function pbEncode(t: protobuf.Type, m: object): Buffer {
+  return Buffer.from(t.encode(t.fromObject(m as Record<string, unknown>)).finish());
+}
+function pbDecode(t: protobuf.Type, b: Buffer): unknown {
+  return t.toObject(t.decode(b), TO_OBJECT);
+}
+
+/** A small deterministic PRNG: failures reproduce. */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+const EDGE_U32 = [0, 1, 127, 128, 16383, 16384, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1];
+const EDGE_U64 = [...EDGE_U32, 2 ** 32, 2 ** 35 + 3, 2 ** 53 - 1];
+const STRINGS = ['', 'v', '91c4d811-e1e4-4bc7-b20a-0123456789ab', 'container full: x'.repeat(20)];
+
+function pick<T>(r: () => number, xs: readonly T[]): T {
+  return xs[Math.floor(r() * xs.length)] as T;
+}
+
+function controllerMessages(seed: number, n: number): ControllerMessage[] {
+  const r = rng(seed);
+  const out: ControllerMessage[] = [];
+  for (let i = 0; i < n; i++) {
+    const k = i % 3;
+    if (k === 0) {
+      const extents = Array.from({ length: Math.floor(r() * 4) }, () => ({
+        first: pick(r, EDGE_U32),
+        count: pick(r, EDGE_U32),
+        state: pick(r, [0, 1, 2, 3, 4]),
+        container: pick(r, STRINGS),
+        offset: pick(r, EDGE_U32),
+      }));
+      out.push({
+        body: 'tableDelta',
+        tableDelta: { vdiskId: pick(r, STRINGS), fromVersion: pick(r, EDGE_U64), toVersion: pick(r, EDGE_U64), segmentCount: pick(r, EDGE_U32), extents },
+      });
+    } else if (k === 1) {
+      out.push({
+        body: 'faultReply',
+        faultReply: {
+          faultId: pick(r, EDGE_U64),
+          action: pick(r, [0, 1, 2, 3]),
+          tableVersion: pick(r, EDGE_U64),
+          senseKey: pick(r, EDGE_U32),
+          asc: pick(r, EDGE_U32),
+          ascq: pick(r, EDGE_U32),
+          reason: pick(r, STRINGS),
+        },
+      });
+    } else {
+      out.push({ body: 'heartbeatReply', heartbeatReply: { seq: pick(r, EDGE_U64) } });
+    }
+  }
+  return out;
+}
+
+function agentMessages(seed: number, n: number): AgentMessage[] {
+  const r = rng(seed);
+  const out: AgentMessage[] = [];
+  for (let i = 0; i < n; i++) {
+    const k = i % 3;
+    if (k === 0) out.push({ body: 'tableAck', tableAck: { vdiskId: pick(r, STRINGS), version: pick(r, EDGE_U64) } });
+    else if (k === 1) out.push({ body: 'heartbeat', heartbeat: { seq: pick(r, EDGE_U64), heldIos: pick(r, EDGE_U32) } });
+    else {
+      out.push({
+        body: 'fault',
+        fault: {
+          faultId: pick(r, EDGE_U64),
+          vdiskId: pick(r, STRINGS),
+          tableVersion: pick(r, EDGE_U64),
+          segment: pick(r, EDGE_U32),
+          op: pick(r, [0, 1, 2, 3, 4, 5]),
+          lba: pick(r, EDGE_U64),
+          blocks: pick(r, EDGE_U32),
+          state: pick(r, [0, 1, 2, 3, 4]),
+          detail: pick(r, STRINGS),
+        },
+      });
+    }
+  }
+  return out;
+}
+
+describe('wire: the hand-written codec of the hot stream messages', () => {
+  it('encodes controller messages to the bytes protobufjs makes, and decodes them to the objects protobufjs makes', () => {
+    for (const m of controllerMessages(1, 600)) {
+      const mine = encodeHotControllerMessage(m);
+      expect(mine, m.body).to.not.equal(null);
+      const theirs = pbEncode(C, m);
+      expect(mine!.toString('hex'), JSON.stringify(m)).to.equal(theirs.toString('hex'));
+      expect(decodeHotControllerMessage(theirs), JSON.stringify(m)).to.deep.equal(pbDecode(C, theirs));
+    }
+  });
+
+  it('encodes and decodes agent messages as protobufjs does', () => {
+    for (const m of agentMessages(2, 600)) {
+      const mine = encodeHotAgentMessage(m);
+      expect(mine, m.body).to.not.equal(null);
+      const theirs = pbEncode(A, m);
+      expect(mine!.toString('hex'), JSON.stringify(m)).to.equal(theirs.toString('hex'));
+      expect(decodeHotAgentMessage(theirs), JSON.stringify(m)).to.deep.equal(pbDecode(A, theirs));
+    }
+  });
+
+  it('declines what it does not handle exactly: other kinds, values a field cannot hold exactly, non-ASCII text', () => {
+    expect(encodeHotControllerMessage({ body: 'fence', fence: { vdiskId: 'v', reason: 'r' } } as ControllerMessage)).to.equal(null);
+    expect(encodeHotAgentMessage({ body: 'tableRequest', tableRequest: { vdiskId: 'v', haveVersion: 1, reason: '' } })).to.equal(null);
+    expect(encodeHotAgentMessage({ body: 'tableAck', tableAck: { vdiskId: 'v', version: 2 ** 53 } })).to.equal(null);
+    expect(encodeHotAgentMessage({ body: 'tableAck', tableAck: { vdiskId: 'v', version: -1 } })).to.equal(null);
+    expect(encodeHotAgentMessage({ body: 'tableAck', tableAck: { vdiskId: 'v', version: 1.5 } })).to.equal(null);
+    expect(encodeHotAgentMessage({ body: 'heartbeat', heartbeat: { seq: 1, heldIos: 2 ** 32 } })).to.equal(null);
+    expect(encodeHotAgentMessage({ body: 'tableAck', tableAck: { vdiskId: 'vdisk-é', version: 1 } })).to.equal(null);
+    expect(encodeHotAgentMessage({ body: 'tableAck', tableAck: null } as unknown as AgentMessage)).to.equal(null);
+    // protobufjs then encodes them its own way, through the stream serializer.
+    const connect = agentServiceDefinition().Connect!;
+    const m: AgentMessage = { body: 'tableAck', tableAck: { vdiskId: 'vdisk-é', version: 1 } };
+    expect(connect.requestDeserialize(connect.requestSerialize(m))).to.deep.equal(pbDecode(A, pbEncode(A, m)));
+  });
+
+  it('declines bytes off the plain path, so protobufjs decodes them or reports them malformed', () => {
+    const delta = pbEncode(C, controllerMessages(3, 1)[0]!);
+    const cases: [string, Buffer][] = [
+      ['empty', Buffer.alloc(0)],
+      ['another kind (fence)', pbEncode(C, { body: 'fence', fence: { vdiskId: 'v', reason: 'r' } })],
+      ['truncated', delta.subarray(0, delta.length - 1)],
+      ['two oneof members', Buffer.concat([delta, pbEncode(C, { body: 'heartbeatReply', heartbeatReply: { seq: 1 } })])],
+      ['wrong wire type', Buffer.from('5a020d05', 'hex')],
+      ['unknown field inside', Buffer.from('5a021005', 'hex')],
+      ['field repeated', Buffer.from('5a0408050806', 'hex')],
+      ['varint over 2^53', Buffer.from('5a0b08ffffffffffffffffff01', 'hex')],
+      ['uint32 over 2^32 - 1', Buffer.from('120708808080801010', 'hex')],
+      ['non-ASCII string', Buffer.from('1a050a03c3a978', 'hex')],
+      ['garbage', Buffer.from('ffffffff', 'hex')],
+    ];
+    for (const [what, b] of cases) {
+      expect(decodeHotControllerMessage(b), what).to.equal(null);
+      expect(decodeHotAgentMessage(b), what).to.equal(null);
+    }
+    // Through the stream deserializer: protobufjs's answer, malformed or not.
+    const connect = agentServiceDefinition().Connect!;
+    const bad = connect.responseDeserialize(Buffer.from('ffffffff', 'hex')) as { body: string };
+    expect(bad.body).to.equal('malformed');
+    const two = connect.responseDeserialize(cases[3]![1]) as { body: string };
+    expect(two.body).to.equal('heartbeatReply');
+  });
+});
