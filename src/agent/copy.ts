@@ -30,10 +30,9 @@ export async function runCopy(cmd: CopyCommand, containers: ContainerResolver, c
     for (let done = 0; done < cmd.length; ) {
       const n = Math.min(buf.length, cmd.length - done);
       await src.readInto(cmd.srcOffset + done, buf, 0, n);
-      await dst.write(cmd.dstOffset + done, n === buf.length ? buf : buf.subarray(0, n));
+      await dst.write(cmd.dstOffset + done, n === buf.length ? buf : buf.subarray(0, n), { fua: true });
       done += n;
     }
-    await dst.flush();
   } catch (err) {
     return fail(`${what}: ${(err as Error).message}`);
   }

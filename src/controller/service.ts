@@ -48,6 +48,8 @@ export interface ControllerOptions {
   controllerId?: string;
   /** How freed segments are zeroed before reuse (commands in flight, retry backoff). */
   scrub?: ScrubberOptions;
+  /** Segments of one vdisk a migration moves at once (default MIGRATION_CONCURRENCY). */
+  migrationConcurrency?: number;
 }
 
 /**
@@ -151,7 +153,7 @@ export class Controller {
     this.writeBehind = new WriteBehind(db);
     this.allocator = new Allocator(db);
     this.faults = new FaultManager(this);
-    this.migrations = new MigrationManager(this);
+    this.migrations = new MigrationManager(this, opts.migrationConcurrency);
     this.scrubber = new Scrubber(this, opts.scrub);
     this.allocator.scrubSink = (locs) => this.scrubber.add(locs);
     this.id = opts.controllerId ?? randomUUID();

@@ -7,6 +7,7 @@ import { FaultAction } from '../../../src/wire/proto-types.js';
 import { AdminError } from '../../../src/controller/admin.js';
 import { checkInvariants } from '../../../src/controller/check.js';
 import { startController, type ControllerHandle } from '../../../src/controller/daemon.js';
+import { MIGRATION_CONCURRENCY } from '../../../src/controller/migration.js';
 import { CA, CB, CC, FakeAgent, MiB, containerRef, sleep, tempDir, until } from './helpers.js';
 
 const NORMAL = SegmentState.Normal;
@@ -65,10 +66,13 @@ describe('controller online migration', () => {
     await ctl?.close();
     ctl = undefined;
     t.cleanup();
+    concurrency = 1;
   });
 
+  /** Segments moved at once; most tests follow one segment through its steps. */
+  let concurrency = 1;
   const start = async (): Promise<ControllerHandle> => {
-    ctl = await startController({ dbPath, listen: '127.0.0.1:0', ackTimeoutMs: 2000 });
+    ctl = await startController({ dbPath, listen: '127.0.0.1:0', ackTimeoutMs: 2000, migrationConcurrency: concurrency });
     return ctl;
   };
   const agent = async (name: string, copy: 'files' | 'manual' = 'files', ids = [CA, CB, CC]): Promise<FakeAgent> => {
@@ -97,7 +101,8 @@ describe('controller online migration', () => {
     return { id: v.id, a };
   }
 
-  it('moves every segment with real copies, frees the old container, reports progress', async () => {
+  it('moves every segment with real copies, frees the old container, reports progress (default concurrency)', async () => {
+    concurrency = MIGRATION_CONCURRENCY;
     const { id, a } = await setup();
     const m0 = ctl!.admin.MigrateVdisk({ vdisk: 'd', toContainer: CB.slice(0, 8) });
     expect(m0).to.deep.include({ vdiskName: 'd', toContainer: CB, fromContainer: '', segmentsTotal: 4 });
@@ -154,6 +159,33 @@ describe('controller online migration', () => {
     }
     await migrationDone('d');
     expect(ctl!.admin.GetMigration({ vdisk: 'd' }).state).to.equal('done');
+    clean();
+  });
+
+  it('moves several segments at once, each through its own steps: a write waits for its own segment only', async () => {
+    concurrency = 3;
+    const { id, a } = await setup('manual');
+    ctl!.admin.MigrateVdisk({ vdisk: 'd', toContainer: CB });
+    await until(() => a.copies.length === 3, 2000, 'three copies in flight');
+    await sleep(50);
+    expect(a.copies, 'no more than the concurrency').to.have.length(3);
+    // Segments 0-2 are frozen (no-write) and being copied; 3 waits its turn.
+    for (const s of [0, 1, 2]) expect(a.tables.get(id)!.get(s)).to.deep.include({ state: NO_WRITE, container: CA });
+    expect(a.tables.get(id)!.get(3)).to.deep.include({ state: NORMAL, container: CA });
+    const w1 = a.sendFault({ vdiskId: id, segment: 1, op: 1, state: NO_WRITE });
+    expect((await w1.reply(true)).action).to.equal(FaultAction.Wait);
+    // Segment 1's copy ends first: its write goes on while 0 and 2 are still being copied.
+    const c1 = a.copies.find((c) => c.srcOffset === 1 * MiB)!;
+    a.copyDone(c1.commandId);
+    expect((await w1.reply()).action).to.equal(FaultAction.Retry);
+    expect(a.tables.get(id)!.get(1)).to.deep.include({ state: NORMAL, container: CB });
+    expect(a.tables.get(id)!.get(0).state).to.equal(NO_WRITE);
+    // The freed slot takes segment 3.
+    await until(() => a.copies.length === 4, 2000, 'fourth copy');
+    for (const c of a.copies) if (c !== c1) a.copyDone(c.commandId);
+    await migrationDone('d');
+    expect(ctl!.admin.GetMigration({ vdisk: 'd' })).to.deep.include({ state: 'done', segmentsDone: 4, segmentsTotal: 4 });
+    expect(rows('d').map((x) => [x[0], x[1], x[2]])).to.deep.equal([0, 1, 2, 3].map((s) => [s, NORMAL, CB]));
     clean();
   });
 
