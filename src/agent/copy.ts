@@ -1,6 +1,8 @@
 // CopyCommand: copy bytes between two containers' data areas in bounded
 // chunks (one reused buffer per command, so a 1 GiB segment never sits in
-// memory), then flush the destination so CopyDone means durable.
+// memory). Each chunk is written FUA (O_DSYNC), so CopyDone means durable
+// without a flush of the whole destination, which would also wait for every
+// other writer's dirty pages in that container.
 import type { ContainerResolver } from '../container/driver.js';
 import type { CopyCommand, CopyDone } from '../wire/proto-types.js';
 
