@@ -80,18 +80,27 @@ describe('system: bad input', function () {
 
   it('garbage bytes on the gRPC port: the connection is dropped, the controller carries on', async function () {
     const c = cluster();
-    const send = (payload: Buffer): Promise<void> =>
+    /** Resolves 'closed' when the controller drops the connection, 'lingered' if it is still open after 5 s. */
+    const send = (payload: Buffer): Promise<'closed' | 'lingered'> =>
       new Promise((resolve) => {
         const s = connect({ host: LOOPBACK, port: c.controllerPort });
+        const timer = setTimeout(() => {
+          resolve('lingered');
+          s.destroy();
+        }, 5000);
         s.on('error', () => undefined);
-        s.on('close', () => resolve());
+        s.on('close', () => {
+          clearTimeout(timer);
+          resolve('closed');
+        });
         s.on('connect', () => s.end(payload));
-        setTimeout(() => s.destroy(), 5000);
+        // Read whatever comes back (a GOAWAY): a paused socket would never see the close.
+        s.resume();
       });
-    await send(randomBytes(64 * 1024));
+    expect(await send(randomBytes(64 * 1024)), 'random bytes').to.equal('closed');
     // A valid HTTP/2 preface followed by garbage frames.
-    await send(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), randomBytes(4096)]));
-    await send(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+    expect(await send(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), randomBytes(4096)])), 'preface + garbage').to.equal('closed');
+    expect(await send(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n')), 'HTTP/1.1').to.equal('closed');
     await stillHealthy(c);
   });
 
