@@ -13,7 +13,7 @@ import { checkExtents } from '../table/extents.js';
 import { VersionGapError, applyDelta as applyTableDelta, type TableDelta } from '../table/delta.js';
 import type { MappingTable } from '../table/mapping-table.js';
 import { IoOp, SegmentState, inhibits, ioOpName, segmentStateName } from '../table/segment-state.js';
-import { log } from '../util/log.js';
+import { debugEnabled, log } from '../util/log.js';
 import { ReleaseLostError, VdiskIoError, kindForSense, type Fault, type FaultDecision, type FaultSink, type Lease, type ReleaseResult, type SenseCode } from './fault.js';
 import { SegmentGate, type SegmentRange } from './segment-gate.js';
 
@@ -311,7 +311,7 @@ export class VdiskDevice implements BlockDevice {
       this.#broadcastSwap();
     }
     // Guarded: winston formats (timestamp, JSON) even what its level then drops.
-    if (log.isDebugEnabled()) log.debug(`${this.#name()}: table version ${this.#table.version} installed`, { vdisk: this.vdiskId, changedRanges: ranges.length });
+    if (debugEnabled()) log.debug(`${this.#name()}: table version ${this.#table.version} installed`, { vdisk: this.vdiskId, changedRanges: ranges.length });
   }
 
   #broadcastSwap(): void {
@@ -404,7 +404,7 @@ export class VdiskDevice implements BlockDevice {
         continue;
       }
       faultedAt = t.version;
-      if (log.isDebugEnabled()) {
+      if (debugEnabled()) {
         log.debug(`${ioOpName(op)} lba=${lba} len=${blocks} on ${this.#name()} segment ${seg}: ${segmentStateName(state)}, fault`, {
           vdisk: this.vdiskId,
           version: t.version,

@@ -38,7 +38,7 @@
 
 import { IoOp, SegmentState, inhibits, isIoOp, isReadOp, isSegmentState, ioOpName, segmentStateName } from '../table/index.js';
 import { FaultAction, FAULT_ACTION_NAMES, type Fault, type FaultReply } from '../wire/proto-types.js';
-import { log } from '../util/log.js';
+import { debugEnabled, log } from '../util/log.js';
 import { ContainerFullError, locKey } from './allocator.js';
 import type { Location } from './db.js';
 import type { AgentLink } from './agent-link.js';
@@ -188,7 +188,7 @@ export class FaultManager {
     }
     // Debug, not info: every fault is in the fault log (tabula fault ls) already.
     // Guarded: winston formats (timestamp, JSON) even what its level then drops.
-    if (log.isDebugEnabled()) log.debug(`fault: agent ${agent} vdisk ${vdisk.name} segment ${f.segment} ${opName} lba ${f.lba}+${f.blocks} in state ${stateName} (table v${f.tableVersion})`);
+    if (debugEnabled()) log.debug(`fault: agent ${agent} vdisk ${vdisk.name} segment ${f.segment} ${opName} lba ${f.lba}+${f.blocks} in state ${stateName} (table v${f.tableVersion})`);
     const key = `${f.vdiskId}:${f.segment}`;
     let c = this.#cases.get(key);
     if (c === undefined) {

@@ -15,4 +15,15 @@ export function setLogLevel(l: string): void {
   log.level = l;
 }
 
+/**
+ * Whether debug lines are written: for guarding debug logs on hot paths
+ * (winston formats what its level then drops). Two lookups, where winston's
+ * own isDebugEnabled() walks its transports on every call.
+ */
+export function debugEnabled(): boolean {
+  const configured = log.levels[log.level];
+  const debug = log.levels.debug;
+  return configured !== undefined && debug !== undefined && configured >= debug;
+}
+
 export type Logger = winston.Logger;
