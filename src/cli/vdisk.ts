@@ -264,7 +264,7 @@ function migrateCommands(c: Argv): void {
     )
     .command(
       'migrate-cancel <name>',
-      'stop a running migration after the segment in progress (moved segments stay moved)',
+      'stop a running migration after the segments in progress (moved segments stay moved)',
       (a) => adminOptions(a.positional('name', { type: 'string', demandOption: true, describe: 'vdisk name or id' })),
       async (args) => {
         const m = await withAdmin(args, (s) => s.call('CancelMigration', { vdisk: args.name }));

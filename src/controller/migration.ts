@@ -1,5 +1,6 @@
 // Online migration (design notes §2, "migration"): a vdisk's segments move
-// to another container one at a time while agents keep serving it:
+// to another container, a few at a time (MIGRATION_CONCURRENCY), each on
+// its own, while agents keep serving it:
 //
 //   1. the location joins Controller.migrating (faults on it WAIT);
 //   2. an exclusive normal entry becomes no-write: push, acks (reads go on,
@@ -11,14 +12,14 @@
 //      freed once every exporter has acked (Controller.reclaim);
 //   5. the location leaves `migrating` and held writes get RETRY.
 //
-// A write therefore waits for at most one segment copy. A shared location
+// A write therefore waits for its own segment's copy at most. A shared location
 // is copied for this vdisk only (its other holders keep it, and one left
 // alone becomes writable again, as after copy-on-write).
 //
 // Progress is in the `migrations` table after every segment; a controller
 // that restarts resumes every migration still 'running'. A crash between
-// steps leaves at worst an exclusive entry no-write (the next write makes
-// it writable) and an uncommitted copy in free space.
+// steps leaves at worst, per segment in flight, an exclusive entry no-write
+// (the next write makes it writable) and an uncommitted copy in free space.
 
 import { SegmentState } from '../table/index.js';
 import { formatSize } from '../util/size.js';
@@ -130,7 +131,7 @@ export class MigrationManager {
     return row;
   }
 
-  /** Stops a running migration after the segment in progress; resolves with the final row. */
+  /** Stops a running migration after the segments in progress; resolves with the final row. */
   async cancel(vdiskId: string): Promise<MigrationRow | undefined> {
     const run = this.#runs.get(vdiskId);
     if (run) {
