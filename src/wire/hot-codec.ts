@@ -10,6 +10,10 @@
 // an unknown or repeated field, a value beyond what the field holds exactly,
 // a non-ASCII string, truncation) yields null and the caller uses protobufjs,
 // which also produces the error for malformed bytes.
+//
+// Written out per message rather than driven by a table of fields: a
+// table-driven version was tried and cost the agents ~6 % more CPU per
+// delta in alternating runs (the generic loop runs cold as well).
 import type { AgentMessage, ControllerMessage, Fault, FaultReply, Heartbeat, HeartbeatReply, TableAck, TableDeltaMsg, WireExtent } from './proto-types.js';
 
 const U32_MAX = 0xffffffff;
