@@ -8,6 +8,7 @@
 // other segments never stops. No data is cached here (design notes §3):
 // every read goes to the container.
 import { BlockDeviceError, type BlockDevice, type BlockErrorKind, type ProvisioningStatus, type WriteOptions } from '../blockdev/block-device.js';
+import { readBuffer } from '../blockdev/read-buffers.js';
 import type { ContainerDriver, ContainerResolver, ContainerWriteOptions } from '../container/driver.js';
 import { checkExtents } from '../table/extents.js';
 import { VersionGapError, applyDelta as applyTableDelta, type TableDelta } from '../table/delta.js';
@@ -117,7 +118,7 @@ export class VdiskDevice implements BlockDevice {
 
   async read(lba: number, blocks: number): Promise<Buffer> {
     this.#checkRange(IoOp.Read, lba, blocks);
-    const buf = Buffer.allocUnsafe(blocks * this.blockSize);
+    const buf = readBuffer(blocks * this.blockSize);
     if (blocks > 0) await this.#run(Mode.Read, IoOp.Read, lba, blocks, buf, false);
     return buf;
   }

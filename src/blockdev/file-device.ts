@@ -11,6 +11,7 @@ import { constants as osConstants } from 'node:os';
 import { fileOps } from '../native/fileops.js';
 import { BlockDeviceError } from './block-device.js';
 import { INLINE_MAX_BYTES, InlinePolicy } from './inline-policy.js';
+import { readBuffer } from './read-buffers.js';
 import type { BlockDevice, BlockErrorKind, ProvisioningStatus, WriteOptions } from './block-device.js';
 
 export interface FileBlockDeviceOptions {
@@ -98,7 +99,7 @@ export class FileBlockDevice implements BlockDevice {
   async read(lba: number, blocks: number): Promise<Buffer> {
     this.check(lba, blocks, 'read');
     const len = blocks * this.blockSize;
-    const buf = Buffer.allocUnsafe(len);
+    const buf = readBuffer(len);
     let done = 0;
     const pos = lba * this.blockSize;
     while (done < len) {

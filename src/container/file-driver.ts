@@ -13,6 +13,7 @@
 // hit costs microseconds there against a thread-pool round trip.
 import * as fs from 'node:fs';
 import { InlinePolicy } from '../blockdev/inline-policy.js';
+import { readBuffer } from '../blockdev/read-buffers.js';
 import { fileOps } from '../native/fileops.js';
 import { ContainerIoError, type ContainerDriver, type ContainerOp, type ContainerWriteOptions } from './driver.js';
 import {
@@ -103,7 +104,7 @@ export class FileContainerDriver implements ContainerDriver {
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
-    const buf = Buffer.allocUnsafe(length);
+    const buf = readBuffer(length);
     await this.readInto(offset, buf, 0, length);
     return buf;
   }

@@ -81,8 +81,17 @@ interface Task {
   r2tSN: number;
   aborted: boolean;
   request?: ScsiRequest;
-  /** Resolves when the SCSI layer is done with the task (for task management). */
-  finished?: Promise<void>;
+  /**
+   * Called when the SCSI layer is done with the task. Only task management
+   * waits for that, so the list is made when it asks (see whenFinished), not
+   * per command.
+   */
+  onFinished?: (() => void)[];
+}
+
+/** Resolves when the SCSI layer is done with an executing task. */
+function whenFinished(t: Task): Promise<void> {
+  return new Promise<void>((resolve) => (t.onFinished ??= []).push(resolve));
 }
 
 /** A session-wide view shared by the portal server: all sessions, for TMF scope across nexuses. */
@@ -516,8 +525,6 @@ export class Session {
       expectedLength: task.edtl,
     };
     task.request = req;
-    let done!: () => void;
-    task.finished = new Promise<void>((r) => (done = r));
     let resp: ScsiResponse;
     try {
       resp = await port.execute(req);
@@ -533,7 +540,7 @@ export class Session {
       task.buffer = null;
       req.dataOut = null;
     }
-    done();
+    if (task.onFinished) for (const f of task.onFinished) f();
     if (this.closed) return;
     if (task.aborted || req.aborted) {
       this.abortedItts.add(task.itt);
@@ -827,7 +834,7 @@ export class Session {
       t.aborted = true;
       if (t.request) t.request.aborted = true;
       this.abortedItts.add(t.itt);
-      if (t.state === TaskState.Executing && t.finished) waits.push(t.finished);
+      if (t.state === TaskState.Executing) waits.push(whenFinished(t));
       else {
         this.tasks.delete(t.itt);
         if (t.state === TaskState.Queued) {
