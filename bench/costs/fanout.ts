@@ -8,7 +8,6 @@
 // Each change flips one segment between zero and invalid (no allocation, no
 // copy: only the table moves), through the same commit-push-ack path as a
 // fault's allocation or `segment set-state`.
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { startController } from '../../src/controller/daemon.js';
@@ -28,16 +27,6 @@ export interface FanoutResult {
   commitToLastAck: LatencyStats;
   /** CPU time all agent processes together spent per change (user + system), over the timed changes. */
   agentCpuMsPerChange?: number;
-}
-
-/** The node process of a daemon (spawned under timeout(1): the child's child). */
-function nodePidOf(pid: number): number {
-  try {
-    const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-    return kids[0] ?? pid;
-  } catch {
-    return pid;
-  }
 }
 
 function agentsCpuSeconds(pids: readonly number[]): number {
@@ -78,7 +67,7 @@ export async function measureFanout(opts: { agents: number; changes: number; war
     const toAck: number[] = [];
     const total: number[] = [];
     opts.log(`bench: fan-out: ${opts.changes} changes (after ${opts.warmup} for warm-up) of one segment, each acked by ${opts.agents} agents`);
-    const pids = names.map((n) => nodePidOf(c.agent(n).daemon.child.pid ?? 0)).filter((p) => p > 0);
+    const pids = names.map((n) => c.agent(n).daemon.processPid);
     let cpu0 = 0;
     for (let i = 0; i < opts.changes + opts.warmup; i++) {
       if (i === opts.warmup) cpu0 = agentsCpuSeconds(pids);

@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 import { ConfigError, validateConfig, type Role, type TabulaConfig } from './schema.js';
 
 // Loaded on first use (synchronously: loading a config is synchronous): the
-// YAML parser is a good share of what every \`tabula\` command would load at start.
+// YAML parser is a good share of what every `tabula` command would load at start.
 const requireCjs = createRequire(import.meta.url);
 let yamlModule: typeof import('yaml') | undefined;
 function yaml(): typeof import('yaml') {

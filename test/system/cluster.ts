@@ -114,6 +114,19 @@ export class Daemon {
     return !exited(this.child);
   }
 
+  /**
+   * The tabula process itself: `child` is the timeout(1) wrapper it runs
+   * under, so a signal meant for the daemon alone (SIGTERM without the
+   * wrapper's later SIGKILL) or its /proc figures go to this pid.
+   */
+  get processPid(): number {
+    const pid = this.child.pid;
+    if (pid === undefined) throw new Error(`${this.label}: not started`);
+    const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+    if (kids.length !== 1) throw new Error(`${this.label}: expected one process under timeout ${pid}, found ${kids.length}`);
+    return kids[0] as number;
+  }
+
   log(): string {
     try {
       return readFileSync(this.logFile, 'utf8');

@@ -4,7 +4,6 @@
 // set back, asks idle initiators to log out (Async Message, AsyncEvent 1),
 // flushes, and exits 0 within its bound; the data is there after a restart.
 import { expect } from 'chai';
-import { readFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
 import { Opcode } from '../../src/iscsi/pdu/types.js';
 import { RawInitiator } from '../support/raw-initiator.js';
@@ -17,17 +16,6 @@ const SEG_BLOCKS = (1 << 20) / 512;
 /** 32 KiB into segment 5. */
 const LBA = 5 * SEG_BLOCKS + 64;
 const BLOCKS = 512;
-
-/**
- * SIGTERM to the agent itself, not to the `timeout` wrapper it runs under:
- * that would SIGKILL it 5 s later (`timeout -k`), in the middle of its drain.
- */
-function terminate(wrapper: ChildProcess): void {
-  const pid = wrapper.pid as number;
-  const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-  if (kids.length !== 1) throw new Error(`expected one process under timeout ${pid}, found ${kids.length}`);
-  process.kill(kids[0] as number, 'SIGTERM');
-}
 
 const exited = (child: ChildProcess): Promise<number | null> =>
   child.exitCode !== null || child.signalCode !== null ? Promise.resolve(child.exitCode) : new Promise((r) => child.once('exit', (code) => r(code)));
@@ -62,7 +50,8 @@ describe('system: graceful stop of an agent (SIGTERM drains)', function () {
 
     const t0 = Date.now();
     const stopped = exited(a.daemon.child);
-    terminate(a.daemon.child);
+    // The agent itself, not its timeout wrapper: that would SIGKILL it 5 s later, mid-drain.
+    process.kill(a.daemon.processPid, 'SIGTERM');
     // The idle session is asked to log out (AsyncEvent 1) and does.
     const msg = await idle.next(10_000);
     expect(msg?.opcode, 'Async Message').to.equal(Opcode.AsyncMessage);
