@@ -8,13 +8,15 @@
 //
 // Releases are the opposite: they only make sense on the stream they were
 // sent on (the controller answers with the version that made the segments
-// zero), so a release outstanding when the stream breaks settles as null and
-// the device zeroes the blocks in place instead.
-import type { Fault, FaultReply, Release, ReleaseReply } from '../wire/proto-types.js';
+// zero). One that could not be sent settles as 'not-sent' (the device zeroes
+// the blocks in place instead); one outstanding when the stream breaks
+// settles as 'answer-lost': the controller may have applied it, so the
+// device must fail the UNMAP retryably rather than complete it in place.
+import type { AgentMessage, Fault, FaultReply, Release, ReleaseReply } from '../wire/proto-types.js';
 import { FaultAction } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
-import type { ControllerLink } from './controller-link.js';
-import type { Fault as DeviceFault, FaultDecision, FaultSink, ReleaseRequest as DeviceRelease, ReleaseResult } from './fault.js';
+import type { LinkEventName, LinkEvents } from './controller-link.js';
+import { ReleaseLostError, type Fault as DeviceFault, type FaultDecision, type FaultSink, type ReleaseRequest as DeviceRelease, type ReleaseResult } from './fault.js';
 
 /** A fault without its id: what a device reports. */
 export type FaultReport = Omit<Fault, 'faultId' | 'detail'> & { detail?: string };
@@ -39,18 +41,28 @@ interface HeldFault {
   signal?: AbortSignal;
 }
 
+/** How a release ended without a reply: never sent, or sent and its answer lost with the stream. */
+export type ReleaseUnanswered = 'not-sent' | 'answer-lost';
+
 interface PendingRelease {
-  resolve: (r: ReleaseReply | null) => void;
+  resolve: (r: ReleaseReply | ReleaseUnanswered) => void;
+}
+
+/** What the channel uses of the controller link (ControllerLink; tests give it a fake). */
+export interface FaultLink {
+  on<K extends LinkEventName>(event: K, fn: (arg: LinkEvents[K]) => void): unknown;
+  send(msg: AgentMessage): boolean;
+  sendFault(fault: Fault): boolean;
 }
 
 export class FaultChannel {
-  readonly #link: ControllerLink;
+  readonly #link: FaultLink;
   readonly #held = new Map<number, HeldFault>();
   readonly #releases = new Map<number, PendingRelease>();
   #nextFaultId = 1;
   #nextRequestId = 1;
 
-  constructor(link: ControllerLink) {
+  constructor(link: FaultLink) {
     this.#link = link;
     link.on('faultReply', (r) => this.#onReply(r));
     link.on('releaseReply', (r) => this.#onReleaseReply(r));
@@ -91,13 +103,14 @@ export class FaultChannel {
   }
 
   /**
-   * Asks the controller to release whole segments. Resolves with its reply,
-   * or null when the controller cannot be asked (not connected, or the stream
-   * broke before the answer): the caller then zeroes the blocks itself.
+   * Asks the controller to release whole segments. Resolves with its reply;
+   * 'not-sent' when the controller cannot be asked (not connected); or
+   * 'answer-lost' when the stream broke (or the agent shut down) after it
+   * was sent, so the controller may or may not have applied it.
    */
-  release(req: ReleaseRequest): Promise<ReleaseReply | null> {
+  release(req: ReleaseRequest): Promise<ReleaseReply | ReleaseUnanswered> {
     const requestId = this.#nextRequestId++;
-    if (!this.#link.send({ body: 'release', release: { ...req, requestId } })) return Promise.resolve(null);
+    if (!this.#link.send({ body: 'release', release: { ...req, requestId } })) return Promise.resolve('not-sent');
     return new Promise((resolve) => this.#releases.set(requestId, { resolve }));
   }
 
@@ -157,7 +170,7 @@ export class FaultChannel {
   #dropReleases(): void {
     const pending = [...this.#releases.values()];
     this.#releases.clear();
-    for (const p of pending) p.resolve(null);
+    for (const p of pending) p.resolve('answer-lost');
   }
 }
 
@@ -194,8 +207,12 @@ export function wireFaultSink(channel: FaultChannel, holdTimeoutMs: () => number
     },
     async release(r: DeviceRelease): Promise<ReleaseResult> {
       const reply = await channel.release({ vdiskId: r.vdiskId, tableVersion: r.version, firstSegment: r.firstSegment, segmentCount: r.segmentCount });
-      // Rejecting means "not delivered": the device zeroes in place instead.
-      if (reply === null) throw new Error('controller not reachable');
+      // A plain rejection means "not delivered": the device zeroes in place
+      // instead. A lost answer must not be taken for that (the controller
+      // may have made the segments zero; a write completed after zeroing in
+      // place would then be lost to the next table), hence ReleaseLostError.
+      if (reply === 'not-sent') throw new Error('controller not reachable');
+      if (reply === 'answer-lost') throw new ReleaseLostError(`release of ${r.vdiskId} segments ${r.firstSegment}+${r.segmentCount}: sent, but the stream broke before its answer`);
       return reply.ok ? { ok: true, version: reply.tableVersion } : { ok: false, version: reply.tableVersion, error: reply.error };
     },
   };
