@@ -3,7 +3,6 @@
 // configuration (src/config); SIGHUP reloads what can change while running.
 import type { Argv } from 'yargs';
 import { COMMON_FLAGS, commandLoader, type FlagSpec } from '../config/flags.js';
-import { runDaemon } from '../config/run-daemon.js';
 import { parseHostPort } from '../util/size.js';
 import { CliError } from './admin-client.js';
 
@@ -75,7 +74,9 @@ export function controllerCommand(y: Argv): Argv {
         defaultsWithoutFile: { 'controller.listen': '127.0.0.1:7360' },
         requiredWithoutFile: { 'controller.db': 'Missing required argument: db (or give --config FILE)' },
       });
-      await runDaemon({ role: 'controller', load, ready: ({ line }) => process.stdout.write(`${line}\n`) });
+      // The daemons load only for the command that runs one (CLI start-up).
+      const { runDaemon } = await import('../daemon/run.js');
+      await runDaemon({ role: 'controller', load });
     },
   );
 }
