@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import type { Argv } from 'yargs';
 import { COMMON_FLAGS, commandLoader, type FlagSpec } from '../config/flags.js';
 import { parseHostPort } from '../util/size.js';
-import { daemonOptions, oneToken } from './controller.js';
+import { daemonOptions, oneToken } from './daemon-flags.js';
 
 // ---- iSCSI CHAP (agent-local: every target the agent serves, and discovery) ----
 // The flags are security.chap in the configuration; the secrets may also come

@@ -7,7 +7,7 @@ import type { Argv } from 'yargs';
 import { COMMON_FLAGS, commandLoader, type FlagSpec } from '../config/flags.js';
 import { parseSize } from '../util/size.js';
 import { APPLIANCE_DEFAULTS } from '../daemon/appliance-defaults.js';
-import { daemonOptions, oneToken } from './controller.js';
+import { daemonOptions, oneToken } from './daemon-flags.js';
 
 export const UP_FLAGS: readonly FlagSpec[] = [
   { flag: 'data', key: 'data-dir', path: true },
