@@ -6,9 +6,8 @@
 import { readFileSync } from 'node:fs';
 import type { Argv } from 'yargs';
 import { COMMON_FLAGS, commandLoader, type FlagSpec } from '../config/flags.js';
-import { runDaemon } from '../config/run-daemon.js';
 import { parseHostPort } from '../util/size.js';
-import { daemonOptions, oneToken } from './controller.js';
+import { daemonOptions, oneToken } from './daemon-flags.js';
 
 // ---- iSCSI CHAP (agent-local: every target the agent serves, and discovery) ----
 // The flags are security.chap in the configuration; the secrets may also come
@@ -139,7 +138,9 @@ export function agentCommand(y: Argv, sub?: (a: Argv) => Argv): Argv {
       if (hold !== undefined && (!Number.isFinite(hold) || hold <= 0 || hold > 3600)) {
         throw new Error(`--hold-timeout ${hold} out of range: give seconds, more than 0 and at most 3600`);
       }
-      await runDaemon({ role: 'agent', load, ready: ({ line }) => process.stdout.write(`${line}\n`) });
+      // The daemons load only for the command that runs one (CLI start-up).
+      const { runDaemon } = await import('../daemon/run.js');
+      await runDaemon({ role: 'agent', load });
     },
   );
 }

@@ -6,16 +6,11 @@ import { open, rename, rm } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import { AdminClient } from '../wire/grpc.js';
-import { formatSize, parseHostPort } from '../util/size.js';
+import { parseHostPort } from '../util/size.js';
 import { CliError, adminOptions, describeCallError, quietLogs } from './admin-client.js';
+import { describeSummary } from './database-summary.js';
 import { print, printJson } from './output.js';
 import { restoreCommand } from './restore.js';
-
-/** One line for people: what a database file holds. */
-export function describeSummary(s: { bytes: number; schemaVersion: number; tables: number; vdisks: number; snapshots: number; containers: number; exports: number; agents: number }): string {
-  const n = (k: number, one: string, many = `${one}s`): string => `${k} ${k === 1 ? one : many}`;
-  return `${formatSize(s.bytes)}, schema version ${s.schemaVersion}, ${n(s.tables, 'table')}; ${n(s.vdisks, 'vdisk')}, ${n(s.snapshots, 'snapshot')}, ${n(s.containers, 'container')}, ${n(s.exports, 'export')}, ${n(s.agents, 'agent')}`;
-}
 
 /** Registers `tabula backup` and `tabula restore`. */
 export function backupCommands(y: Argv): Argv {

@@ -3,9 +3,9 @@
 // configuration (src/config); SIGHUP reloads what can change while running.
 import type { Argv } from 'yargs';
 import { COMMON_FLAGS, commandLoader, type FlagSpec } from '../config/flags.js';
-import { runDaemon } from '../config/run-daemon.js';
 import { parseHostPort } from '../util/size.js';
 import { CliError } from './admin-client.js';
+import { daemonOptions, oneToken } from './daemon-flags.js';
 
 /** Each flag and the configuration key it sets. */
 export const CONTROLLER_FLAGS: readonly FlagSpec[] = [
@@ -23,27 +23,6 @@ export const CONTROLLER_FLAGS: readonly FlagSpec[] = [
 function checkSeconds(v: number | undefined, option: string): void {
   if (v === undefined) return;
   if (!Number.isFinite(v) || v <= 0 || v > 3600) throw new CliError(`bad ${option} ${String(v)}: give seconds, more than 0 and at most 3600`);
-}
-
-/** `--token` and `--token-file` name one setting. */
-export function oneToken(args: { token?: string; 'token-file'?: string }): void {
-  if (args.token !== undefined && args['token-file'] !== undefined) throw new CliError('give --token or --token-file, not both');
-}
-
-export interface DaemonArgs {
-  config?: string;
-  token?: string;
-  'token-file'?: string;
-  'log-level'?: string;
-}
-
-/** The options every daemon command takes: its configuration file, the token and the log level. */
-export function daemonOptions<T>(a: Argv<T>): Argv<T & DaemonArgs> {
-  return a
-    .option('config', { type: 'string', describe: 'YAML configuration file (as /etc/tabula/tabula.yaml; or TABULA_CONFIG); flags and environment override it' })
-    .option('token', { type: 'string', describe: 'shared secret every agent and admin must present (or TABULA_TOKEN)' })
-    .option('token-file', { type: 'string', describe: 'file whose first line is the token (or TABULA_TOKEN_FILE); read again on SIGHUP' })
-    .option('log-level', { type: 'string', describe: 'error, warn, info or debug (or TABULA_LOG_LEVEL)' }) as unknown as Argv<T & DaemonArgs>;
 }
 
 export function controllerCommand(y: Argv): Argv {
@@ -75,7 +54,9 @@ export function controllerCommand(y: Argv): Argv {
         defaultsWithoutFile: { 'controller.listen': '127.0.0.1:7360' },
         requiredWithoutFile: { 'controller.db': 'Missing required argument: db (or give --config FILE)' },
       });
-      await runDaemon({ role: 'controller', load, ready: ({ line }) => process.stdout.write(`${line}\n`) });
+      // The daemons load only for the command that runs one (CLI start-up).
+      const { runDaemon } = await import('../daemon/run.js');
+      await runDaemon({ role: 'controller', load });
     },
   );
 }

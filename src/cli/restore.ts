@@ -5,6 +5,7 @@
 import { resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import { CliError, quietLogs } from './admin-client.js';
+import { describeSummary } from './database-summary.js';
 import { print, printJson } from './output.js';
 
 interface RestoreArgs {
@@ -27,7 +28,6 @@ export function restoreCommand(y: Argv): Argv {
     async (args) => {
       quietLogs();
       const { restoreDatabase, DatabaseFileError } = await import('../controller/backup.js');
-      const { describeSummary } = await import('./backup.js');
       let r;
       try {
         r = await restoreDatabase(resolve(args.file), resolve(args.db), { force: args.force });

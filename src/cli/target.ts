@@ -1,10 +1,9 @@
 // `tabula target`: serve one file as LUN 0 of one iSCSI target, without the
-// controller or tables. Useful by itself and the baseline for the table-driven path.
+// controller or tables. Useful by itself and the baseline for the table-driven
+// path. The command checks its flags; src/daemon/file-target.ts serves.
 import type { Argv } from 'yargs';
-import { log } from '../util/log.js';
 import { parseHostPort, parseSize } from '../util/size.js';
 import { parseCredentials } from './credentials.js';
-import { runUntilSignal } from './signals.js';
 
 export const DEFAULT_TARGET_IQN = 'iqn.2026-11.org.tabula:target';
 
@@ -41,28 +40,19 @@ export function targetCommand(y: Argv): Argv {
       const chap = args.chap ? parseCredentials(args.chap, '--chap') : undefined;
       const mutualChap = args['mutual-chap'] ? parseCredentials(args['mutual-chap'], '--mutual-chap') : undefined;
       if (mutualChap && !chap) throw new Error('--mutual-chap needs --chap as well');
-      const blockSize = args['block-size'] as 512 | 4096;
       // The iSCSI and SCSI stacks load only for this command (CLI start-up).
-      const [{ FileBlockDevice }, { IscsiPortalServer }, { TargetRegistry }, { ScsiTargetDevice }] = await Promise.all([
-        import('../blockdev/file-device.js'),
-        import('../iscsi/portal-server.js'),
-        import('../iscsi/target-registry.js'),
-        import('../scsi/target-device.js'),
-      ]);
-      const device = await FileBlockDevice.open(args.file, { size, blockSize, readOnly: args['read-only'] });
-      const scsi = new ScsiTargetDevice({ name: args.iqn, portGroups: [{ id: 1, relativePortIds: [1] }] });
-      scsi.addLun(0, device, { readOnly: args['read-only'], lunId: `${args.iqn}/${args.file}` });
-      const registry = new TargetRegistry();
-      registry.add({ name: args.iqn, chap, mutualChap, allowedInitiators: args['allow-initiator'] ?? null, portals: [] }, scsi);
-      const server = new IscsiPortalServer(registry, { host: portal.host, port: portal.port, tpgt: 1 });
-      const addr = await server.listen();
-      const host = portal.host.includes(':') ? `[${portal.host}]` : portal.host;
-      process.stdout.write(`iscsi://${host}:${addr.port}/${args.iqn}/0\n`);
-      await runUntilSignal(async (signal) => {
-        log.info('stopping target', { signal });
-        await server.close();
-        await device.flush().catch(() => undefined);
-        await device.close();
+      const { runFileTarget } = await import('../daemon/file-target.js');
+      await runFileTarget({
+        file: args.file,
+        size,
+        blockSize: args['block-size'] as 512 | 4096,
+        readOnly: args['read-only'],
+        iqn: args.iqn,
+        host: portal.host,
+        port: portal.port,
+        chap,
+        mutualChap,
+        allowedInitiators: args['allow-initiator'] ?? null,
       });
     },
   );

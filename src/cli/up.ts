@@ -1,14 +1,13 @@
-// `tabula up`: the all-in-one appliance (see appliance.ts). Prints the iSCSI
+// `tabula up`: the all-in-one appliance (src/daemon/appliance.ts). Prints the iSCSI
 // URL on stdout once the LUN is served, then runs until SIGINT/SIGTERM.
 // Without --config it uses the embedded defaults (./data, loopback); with
 // it, the file means what it means to the all-in-one systemd service.
 import { resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import { COMMON_FLAGS, commandLoader, type FlagSpec } from '../config/flags.js';
-import { runDaemon } from '../config/run-daemon.js';
 import { parseSize } from '../util/size.js';
-import { APPLIANCE_DEFAULTS } from './appliance-defaults.js';
-import { daemonOptions, oneToken } from './controller.js';
+import { APPLIANCE_DEFAULTS } from '../daemon/appliance-defaults.js';
+import { daemonOptions, oneToken } from './daemon-flags.js';
 
 export const UP_FLAGS: readonly FlagSpec[] = [
   { flag: 'data', key: 'data-dir', path: true },
@@ -51,7 +50,9 @@ export function upCommand(y: Argv): Argv {
           'agent.portals': [APPLIANCE_DEFAULTS.portal],
         },
       });
-      await runDaemon({ role: 'all-in-one', load, ready: ({ line }) => process.stdout.write(`${line}\n`) });
+      // The daemons load only for the command that runs one (CLI start-up).
+      const { runDaemon } = await import('../daemon/run.js');
+      await runDaemon({ role: 'all-in-one', load });
     },
   );
 }

@@ -88,7 +88,7 @@ export interface CommandConfigOptions {
  * How a daemon command reads its configuration: flags > TABULA_* environment
  * > the file of --config or TABULA_CONFIG > defaults. Without a file the
  * command's own defaults apply; with one, the file means exactly what it
- * means to the systemd service. Returns the loader runDaemon calls at start
+ * means to the systemd service. Returns the loader runDaemon (src/daemon/run.ts) calls at start
  * and on SIGHUP; it throws one-line errors.
  */
 export function commandLoader(o: CommandConfigOptions): () => LoadedConfig {

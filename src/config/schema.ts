@@ -401,3 +401,13 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
     security: { token, tokenFile, tls, chap, allowedInitiators },
   };
 }
+
+/**
+ * Settings the configuration accepts but this version's daemons do not apply
+ * yet, so `config check` and the service log say so instead of pretending.
+ */
+export function notApplied(cfg: TabulaConfig): string[] {
+  const out: string[] = [];
+  if (cfg.role === 'all-in-one' && cfg.security.tls) out.push('security.tls: the all-in-one node talks to its controller in-process; TLS applies to controller and agent roles');
+  return out;
+}

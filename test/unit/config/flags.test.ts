@@ -6,8 +6,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { commandLoader, describeConfigError, flagOverrides, type FlagSpec } from '../../../src/config/flags.js';
-import { restartNeeded } from '../../../src/config/run-daemon.js';
-import { ConfigError, loadConfig, securitySettings, validateConfig } from '../../../src/config/index.js';
+import { ConfigError, loadConfig, validateConfig } from '../../../src/config/index.js';
+import { securitySettings } from '../../../src/daemon/options.js';
+import { restartNeeded } from '../../../src/daemon/run.js';
 import { CONTROLLER_FLAGS } from '../../../src/cli/controller.js';
 import { AGENT_FLAGS } from '../../../src/cli/agent.js';
 

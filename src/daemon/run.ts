@@ -1,7 +1,7 @@
 // Runs one daemon (controller, agent or all-in-one) from an effective
 // configuration until SIGINT/SIGTERM, and reloads on SIGHUP. The CLI
-// commands (`tabula controller|agent|up`) and the systemd service
-// (service.ts) both come through here, so a setting means the same thing
+// commands (`tabula controller|agent|up`) and the systemd units
+// (systemd.ts) both come through here, so a setting means the same thing
 // whichever way it was given.
 //
 // SIGHUP reads the configuration again (the same file, environment and
@@ -11,12 +11,13 @@
 // restart. A configuration that does not validate, or files that do not
 // load, change nothing: the daemon keeps running as it was and logs why.
 import { log, setLogLevel } from '../util/log.js';
-import { runUntilSignal } from '../cli/signals.js';
 import type { ReloadOutcome } from '../security/tls.js';
-import { agentOptions, applianceOptions, controllerOptions, notApplied, resolveToken, securitySettings, type SecuritySettings } from './daemon-options.js';
-import type { LoadedConfig } from './load.js';
+import type { LoadedConfig } from '../config/load.js';
+import { notApplied, type Role, type TabulaConfig } from '../config/schema.js';
+import { resolveToken } from '../config/secrets.js';
+import { agentOptions, applianceOptions, controllerOptions, securitySettings, type SecuritySettings } from './options.js';
 import { prepareNode } from './prepare.js';
-import type { Role, TabulaConfig } from './schema.js';
+import { runUntilSignal } from './signals.js';
 
 export interface RunDaemonOptions {
   role: Role;
@@ -24,8 +25,12 @@ export interface RunDaemonOptions {
   load: () => LoadedConfig;
   /** Prepare the data and container devices first (the appliance's service). */
   prepare?: boolean;
-  /** Called once serving: `line` is what the CLI prints, `summary` a longer form for the service's journal. */
-  ready: (r: { line: string; summary: string }) => void;
+  /**
+   * Called once serving: `line` is what the CLI prints, `summary` a longer form
+   * for the service's journal. Default: `line` on stdout (what `tabula
+   * controller|agent|up` print, and scripts wait for).
+   */
+  ready?: (r: { line: string; summary: string }) => void;
 }
 
 interface Running {
@@ -99,7 +104,7 @@ async function start(cfg: TabulaConfig): Promise<Running> {
       close: () => agent.close(),
     };
   }
-  const { startAppliance } = await import('../cli/appliance.js');
+  const { startAppliance } = await import('./appliance.js');
   const app = await startAppliance(applianceOptions(cfg));
   const token = resolveToken(cfg);
   return {
@@ -117,7 +122,8 @@ export async function runDaemon(opts: RunDaemonOptions): Promise<void> {
   for (const n of notApplied(cfg)) log.warn(`config: ${n}`);
   if (opts.prepare) await prepareNode(cfg);
   const running = await start(cfg);
-  opts.ready({ line: running.line, summary: running.summary });
+  const ready = opts.ready ?? (({ line }) => process.stdout.write(`${line}\n`));
+  ready({ line: running.line, summary: running.summary });
 
   let logLevel = cfg.logLevel;
   const reload = (): void => {

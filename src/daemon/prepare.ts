@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { initContainer, readContainerLabel, LabelError } from '../container/index.js';
 import { formatSize } from '../util/size.js';
 import { log } from '../util/log.js';
-import type { TabulaConfig } from './schema.js';
+import type { TabulaConfig } from '../config/schema.js';
 
 const BLANK_PROBE = 1 << 20;
 /** Links made by prepare carry this prefix; others in the directory are the admin's. */

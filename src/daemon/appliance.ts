@@ -1,4 +1,5 @@
-// `tabula up`: the whole system on one machine in one process — controller,
+// The all-in-one node (`tabula up`, and the all-in-one systemd unit through
+// run.ts): the whole system on one machine in one process — controller,
 // one sparse container, one agent named `local`, and a thin vdisk exported as
 // LUN 0 — with the embedded defaults of design notes §4. Every step looks
 // first at what an earlier run left (database, container, vdisk, export) and

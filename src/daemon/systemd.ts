@@ -5,9 +5,9 @@
 // not the configured one refuses to start (ExecCondition in the unit checks
 // first, this is the backstop).
 import { log } from '../util/log.js';
-import { loadConfig, type LoadedConfig } from './load.js';
-import { runDaemon } from './run-daemon.js';
-import { ConfigError, ROLES, type Role } from './schema.js';
+import { loadConfig, type LoadedConfig } from '../config/load.js';
+import { ConfigError, ROLES, type Role } from '../config/schema.js';
+import { runDaemon } from './run.js';
 
 export interface ServiceOptions {
   /** The role this unit runs; it must match the configuration's. */
@@ -40,11 +40,11 @@ export async function runService(opts: ServiceOptions): Promise<void> {
   });
 }
 
-/** `node service-main.js ROLE [CONFIG]`: exit 1 with a one-line reason on failure. */
+/** `node systemd-main.js ROLE [CONFIG]`: exit 1 with a one-line reason on failure. */
 export async function serviceMain(argv: string[]): Promise<void> {
   const [role, file] = argv;
   if (!(ROLES as readonly string[]).includes(role ?? '')) {
-    process.stderr.write(`usage: service-main.js ${ROLES.join('|')} [CONFIG_FILE]\n`);
+    process.stderr.write(`usage: systemd-main.js ${ROLES.join('|')} [CONFIG_FILE]\n`);
     process.exit(2);
   }
   try {

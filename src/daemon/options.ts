@@ -1,11 +1,10 @@
 // From the effective configuration to the options of the three daemons'
-// library entries (startController, startAgent, startAppliance). The CLI
-// handlers (or src/config/service.ts, the systemd entry) call these so that
-// flags, environment and the YAML file mean the same thing everywhere.
-import { readFileSync } from 'node:fs';
+// library entries (startController, startAgent, startAppliance), so that
+// flags, environment and the YAML file mean the same thing whichever command
+// or unit starts the daemon (run.ts calls these).
 import type { TlsMaterial } from '../security/tls.js';
-import type { TabulaConfig, TlsConfig } from './schema.js';
-import { ConfigError } from './schema.js';
+import { ConfigError, type TabulaConfig, type TlsConfig } from '../config/schema.js';
+import { resolveTls, resolveToken } from '../config/secrets.js';
 
 /** What startController takes (kept structural so that this module loads without the controller). */
 export interface ControllerDaemonOptions {
@@ -54,30 +53,6 @@ export interface ApplianceDaemonOptions {
 }
 
 const ms = (sec: number | undefined): number | undefined => (sec === undefined ? undefined : Math.round(sec * 1000));
-
-function readSecretFile(path: string, key: string): Buffer {
-  try {
-    return readFileSync(path);
-  } catch (e) {
-    throw new ConfigError(key, [`cannot read ${path}: ${(e as Error).message}`]);
-  }
-}
-
-/** The shared token: security.token, or the first line of security.token-file. */
-export function resolveToken(cfg: TabulaConfig): string | undefined {
-  if (cfg.security.token !== undefined) return cfg.security.token;
-  if (cfg.security.tokenFile === undefined) return undefined;
-  const t = readSecretFile(cfg.security.tokenFile, 'security.token-file').toString('utf8').split('\n')[0]!.trim();
-  if (t === '') throw new ConfigError('security.token-file', [`${cfg.security.tokenFile} is empty`]);
-  return t;
-}
-
-/** The PEM contents of the TLS files (read now: SIGHUP reads them again). */
-export function resolveTls(tls: TlsConfig | undefined): TlsMaterial | undefined {
-  if (!tls) return undefined;
-  const read = (path: string | undefined, key: string): Buffer | undefined => (path === undefined ? undefined : readSecretFile(path, key));
-  return { cert: read(tls.cert, 'security.tls.cert'), key: read(tls.key, 'security.tls.key'), ca: read(tls.ca, 'security.tls.ca') };
-}
 
 /** The controller's TLS: its certificate and key are required (the schema says so for non-agent roles). */
 function serverTls(tls: TlsConfig | undefined): ControllerDaemonOptions['tls'] {
@@ -155,14 +130,4 @@ export function applianceOptions(cfg: TabulaConfig): ApplianceDaemonOptions {
     agentMetricsListen: cfg.agent.metricsListen,
     ...withAuth(cfg),
   };
-}
-
-/**
- * Settings the configuration accepts but this version's daemons do not apply
- * yet, so `config check` and the service log say so instead of pretending.
- */
-export function notApplied(cfg: TabulaConfig): string[] {
-  const out: string[] = [];
-  if (cfg.role === 'all-in-one' && cfg.security.tls) out.push('security.tls: the all-in-one node talks to its controller in-process; TLS applies to controller and agent roles');
-  return out;
 }

@@ -3,9 +3,9 @@ import { mkdtempSync, writeFileSync, rmSync, readlinkSync, readdirSync, symlinkS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { isBlank, linkContainers, mountedAt } from '../../../src/config/index.js';
+import { isBlank, linkContainers, mountedAt } from '../../../src/daemon/prepare.js';
 
-describe('config: node preparation', () => {
+describe('daemon: node preparation', () => {
   let dir: string;
   beforeEach(() => {
     dir = mkdtempSync(join(tmpdir(), 'tabula-prepare-'));
