@@ -29,7 +29,7 @@ import {
   writeFully,
   writeFullySync,
   type ContainerMedium,
-} from './fd-io.js';
+} from '../blockdev/file-io.js';
 import { LABEL_SIZE, LabelError, dataAreaSize, decodeLabel, type ContainerLabel } from './label.js';
 
 export interface FileDriverOptions {

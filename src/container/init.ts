@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import { DEFAULT_SEGMENT_SIZE } from '../table/mapping-table.js';
 import { fileOps } from '../native/fileops.js';
-import { call, callVoid, errnoName, readFully, sizeOf, tryNative, writeFully, type ContainerMedium } from './fd-io.js';
+import { call, callVoid, errnoName, readFully, sizeOf, tryNative, writeFully, type ContainerMedium } from '../blockdev/file-io.js';
 import {
   DEFAULT_DATA_OFFSET,
   LABEL_SIZE,

@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import { ContainerIoError } from './driver.js';
-import { call, callVoid, errnoName, readFully, sizeOf, type ContainerMedium } from './fd-io.js';
+import { call, callVoid, errnoName, readFully, sizeOf, type ContainerMedium } from '../blockdev/file-io.js';
 import { expandGlob, hasMagic } from './glob.js';
 import { LABEL_SIZE, LabelError, decodeLabel, type ContainerLabel, type LabelErrorKind } from './label.js';
 
