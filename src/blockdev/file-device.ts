@@ -1,16 +1,9 @@
-// A BlockDevice over a plain (sparse) file or a Linux block device, for
-// `tabula target` and for containers. The hot path uses raw descriptors with
-// fs.read/fs.write callbacks (cheaper than FileHandle promises); FUA writes go
-// through a second O_DSYNC descriptor: one thread-pool round trip instead of
-// write + fdatasync (measured on ext4: 0.3-0.9 ms vs 0.5-1.9 ms per 4 KiB FUA write).
-//
-// Small reads and buffered writes run inline while they are fast
-// (inline-policy.ts says when).
-import * as fs from 'node:fs';
-import { constants as osConstants } from 'node:os';
-import { fileOps } from '../native/fileops.js';
+// A BlockDevice over a plain (sparse) file or a Linux block device: what
+// `tabula target` serves. The file I/O itself (inline fast path, FUA
+// descriptor, hole punching) is file-io.ts, shared with the agent's
+// container driver; this file adds blocks, range checks and error kinds.
 import { BlockDeviceError } from './block-device.js';
-import { INLINE_MAX_BYTES, InlinePolicy } from './inline-policy.js';
+import { OpenFile, PartialIoError, ShortReadError, errnoName } from './file-io.js';
 import { readBuffer } from './read-buffers.js';
 import type { BlockDevice, BlockErrorKind, ProvisioningStatus, WriteOptions } from './block-device.js';
 
@@ -23,31 +16,19 @@ export interface FileBlockDeviceOptions {
   inlineMaxBytes?: number;
 }
 
-/** Largest zero buffer used when a file system cannot zero a range natively. */
-const ZERO_CHUNK = 1 << 20;
-const errno = osConstants.errno;
-const ERRNO_NAMES = new Map<number, string>(Object.entries(errno).map(([name, n]) => [n, name]));
-
 type IoOp = 'read' | 'write' | 'flush' | 'unmap' | 'zero';
 
 export class FileBlockDevice implements BlockDevice {
   readonly thin = true;
   private closed = false;
-  private zeroChunk: Buffer | undefined;
-  private readonly inlineIo: InlinePolicy;
 
   private constructor(
     readonly path: string,
-    private readonly fd: number,
-    /** O_DSYNC descriptor for FUA writes; -1 when read-only. */
-    private readonly syncFd: number,
+    private readonly file: OpenFile,
     readonly blockSize: number,
     readonly blockCount: number,
     readonly readOnly: boolean,
-    inlineMax: number,
-  ) {
-    this.inlineIo = new InlinePolicy(inlineMax);
-  }
+  ) {}
 
   static async open(path: string, opts: FileBlockDeviceOptions = {}): Promise<FileBlockDevice> {
     const blockSize = opts.blockSize ?? 512;
@@ -58,40 +39,28 @@ export class FileBlockDevice implements BlockDevice {
       if (opts.size % blockSize !== 0) throw new Error(`${path}: size ${opts.size} is not a multiple of the ${blockSize}-byte block size`);
       if (readOnly) throw new Error(`${path}: cannot create or extend a file opened read-only`);
     }
-    const { O_RDWR, O_RDONLY, O_CREAT, O_DSYNC } = fs.constants;
-    const flags = readOnly ? O_RDONLY : O_RDWR | (opts.size !== undefined ? O_CREAT : 0);
-    let fd: number;
+    let file: OpenFile;
     try {
-      fd = await call<number>((cb) => fs.open(path, flags, 0o644, cb));
+      file = await OpenFile.open(path, { readOnly, create: opts.size !== undefined, inlineMaxBytes: opts.inlineMaxBytes });
     } catch (e) {
       throw new Error(`cannot open ${path}${readOnly ? ' read-only' : ' read-write'}: ${(e as Error).message}`);
     }
-    let syncFd = -1;
     try {
-      const st = await call<fs.Stats>((cb) => fs.fstat(fd, cb));
-      let size: number;
-      if (st.isBlockDevice()) {
-        // fstat reports 0 for block devices and SEEK_HOLE is EINVAL on them: seek to the end.
-        size = fileOps.seekEnd(fd, 0);
+      const stat = await file.stat();
+      let size = stat.size;
+      if (stat.medium === 'block') {
         if (opts.size !== undefined && opts.size !== size) throw new Error(`${path}: block device is ${size} bytes, not ${opts.size}`);
-      } else if (st.isFile()) {
-        size = st.size;
-        if (opts.size !== undefined && opts.size > size) {
-          await call<void>((cb) => fs.ftruncate(fd, opts.size!, (err) => cb(err, undefined)));
-          size = opts.size;
-        } else if (opts.size !== undefined && opts.size < size) {
-          throw new Error(`${path}: file is ${size} bytes, larger than the requested ${opts.size} (refusing to shrink)`);
-        }
-      } else {
-        throw new Error(`${path}: not a regular file or block device`);
+      } else if (opts.size !== undefined && opts.size > size) {
+        await file.truncate(opts.size);
+        size = opts.size;
+      } else if (opts.size !== undefined && opts.size < size) {
+        throw new Error(`${path}: file is ${size} bytes, larger than the requested ${opts.size} (refusing to shrink)`);
       }
       if (size === 0) throw new Error(`${path}: empty file (give a size to create it)`);
       if (size % blockSize !== 0) throw new Error(`${path}: size ${size} is not a multiple of the ${blockSize}-byte block size`);
-      if (!readOnly) syncFd = await call<number>((cb) => fs.open(path, O_RDWR | O_DSYNC, cb));
-      return new FileBlockDevice(path, fd, syncFd, blockSize, size / blockSize, readOnly, opts.inlineMaxBytes ?? INLINE_MAX_BYTES);
+      return new FileBlockDevice(path, file, blockSize, size / blockSize, readOnly);
     } catch (e) {
-      fs.closeSync(fd);
-      if (syncFd >= 0) fs.closeSync(syncFd);
+      file.closeSync();
       throw e;
     }
   }
@@ -100,25 +69,11 @@ export class FileBlockDevice implements BlockDevice {
     this.check(lba, blocks, 'read');
     const len = blocks * this.blockSize;
     const buf = readBuffer(len);
-    let done = 0;
-    const pos = lba * this.blockSize;
-    while (done < len) {
-      let n: number;
-      try {
-        if (this.inlineIo.allows(len - done)) {
-          const t0 = this.inlineIo.start();
-          n = fs.readSync(this.fd, buf, done, len - done, pos + done);
-          this.inlineIo.took(t0);
-        } else {
-          n = await readAt(this.fd, buf, done, len - done, pos + done);
-        }
-      } catch (e) {
-        throw this.ioError('read', e, lba + Math.floor(done / this.blockSize));
-      }
-      if (n === 0) {
-        throw new BlockDeviceError('read-error', `READ ${this.path} lba=${lba + Math.floor(done / this.blockSize)}: unexpected end of file`, lba);
-      }
-      done += n;
+    try {
+      const pending = this.file.read(buf, 0, len, lba * this.blockSize);
+      if (pending !== undefined) await pending;
+    } catch (e) {
+      throw this.ioError('read', e, lba);
     }
     return buf;
   }
@@ -129,30 +84,18 @@ export class FileBlockDevice implements BlockDevice {
       throw new Error(`WRITE ${this.path} lba=${lba}: ${data.length} bytes is not a whole number of ${this.blockSize}-byte blocks`);
     }
     this.check(lba, data.length / this.blockSize, 'write');
-    const fua = opts?.fua === true;
-    const fd = fua ? this.syncFd : this.fd;
-    const pos = lba * this.blockSize;
-    let done = 0;
-    while (done < data.length) {
-      try {
-        // FUA writes wait for the medium: never inline.
-        if (!fua && this.inlineIo.allows(data.length - done)) {
-          const t0 = this.inlineIo.start();
-          done += fs.writeSync(fd, data, done, data.length - done, pos + done);
-          this.inlineIo.took(t0);
-        } else {
-          done += await writeAt(fd, data, done, data.length - done, pos + done);
-        }
-      } catch (e) {
-        throw this.ioError('write', e, lba + Math.floor(done / this.blockSize));
-      }
+    try {
+      const pending = this.file.write(data, 0, data.length, lba * this.blockSize, opts?.fua === true);
+      if (pending !== undefined) await pending;
+    } catch (e) {
+      throw this.ioError('write', e, lba);
     }
   }
 
   async flush(): Promise<void> {
     if (this.readOnly) return;
     try {
-      await call<void>((cb) => fs.fdatasync(this.fd, (err) => cb(err, undefined)));
+      await this.file.flush();
     } catch (e) {
       throw this.ioError('flush', e);
     }
@@ -165,21 +108,10 @@ export class FileBlockDevice implements BlockDevice {
   async writeZeroes(lba: number, blocks: number, deallocate: boolean): Promise<void> {
     if (this.readOnly) throw new BlockDeviceError('write-protected', `UNMAP ${this.path} lba=${lba}: opened read-only`, lba);
     this.check(lba, blocks, 'write');
-    if (blocks === 0) return;
-    const off = lba * this.blockSize;
-    const len = blocks * this.blockSize;
     try {
-      if (deallocate && tryNative(() => fileOps.punchHole(this.fd, off, len))) return;
-      if (tryNative(() => fileOps.zeroRange(this.fd, off, len))) return;
+      await this.file.zero(lba * this.blockSize, blocks * this.blockSize, deallocate);
     } catch (e) {
       throw this.ioError(deallocate ? 'unmap' : 'zero', e, lba);
-    }
-    // The file system supports neither: write zeros (a thick fallback is still correct).
-    const zero = (this.zeroChunk ??= Buffer.alloc(Math.min(ZERO_CHUNK, Math.max(len, this.blockSize))));
-    for (let done = 0; done < len; ) {
-      const n = Math.min(zero.length, len - done);
-      await this.write(lba + done / this.blockSize, n === zero.length ? zero : zero.subarray(0, n));
-      done += n;
     }
   }
 
@@ -190,7 +122,7 @@ export class FileBlockDevice implements BlockDevice {
     const end = this.blockCount * this.blockSize;
     let data: number;
     try {
-      data = fileOps.seekData(this.fd, off);
+      data = this.file.seekData(off);
     } catch {
       return { mapped: true, blocks: limit }; // no SEEK_DATA support: everything counts as mapped
     }
@@ -200,7 +132,7 @@ export class FileBlockDevice implements BlockDevice {
       const holeBlocks = Math.floor((data - off) / this.blockSize);
       if (holeBlocks > 0) return { mapped: false, blocks: Math.min(limit, holeBlocks) };
     }
-    let hole = fileOps.seekHole(this.fd, Math.max(off, data));
+    let hole = this.file.seekHole(Math.max(off, data));
     if (hole === -1 || hole > end) hole = end;
     const mappedBlocks = Math.ceil((hole - off) / this.blockSize);
     return { mapped: true, blocks: Math.min(limit, Math.max(1, mappedBlocks)) };
@@ -209,8 +141,7 @@ export class FileBlockDevice implements BlockDevice {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await call<void>((cb) => fs.close(this.fd, (err) => cb(err, undefined)));
-    if (this.syncFd >= 0) await call<void>((cb) => fs.close(this.syncFd, (err) => cb(err, undefined)));
+    await this.file.close();
   }
 
   private check(lba: number, blocks: number, op: 'read' | 'write'): void {
@@ -220,17 +151,19 @@ export class FileBlockDevice implements BlockDevice {
     }
   }
 
+  /** The failure of `op` at `lba`, moved on to the block the error hit when the bytes before it completed. */
   private ioError(op: IoOp, e: unknown, lba?: number): BlockDeviceError {
-    const err = e as NodeJS.ErrnoException;
-    // Native addon errors carry a numeric errno only.
-    const code = err.code ?? ERRNO_NAMES.get(typeof err.errno === 'number' ? Math.abs(err.errno) : -1);
-    const kind = errorKind(op, code);
-    const where = lba === undefined ? '' : ` lba=${lba}`;
-    return new BlockDeviceError(kind, `${op.toUpperCase()} ${this.path}${where}: ${code ?? ''} ${err.message}`.trim(), lba);
+    const at = lba !== undefined && (e instanceof PartialIoError || e instanceof ShortReadError) ? lba + Math.floor(e.done / this.blockSize) : lba;
+    const where = at === undefined ? '' : ` lba=${at}`;
+    if (e instanceof ShortReadError) {
+      return new BlockDeviceError('read-error', `READ ${this.path}${where}: unexpected end of file`, lba);
+    }
+    const code = errnoName(e);
+    return new BlockDeviceError(errorKind(op, code), `${op.toUpperCase()} ${this.path}${where}: ${code} ${(e as Error).message}`, at);
   }
 }
 
-function errorKind(op: IoOp, code: string | undefined): BlockErrorKind {
+function errorKind(op: IoOp, code: string): BlockErrorKind {
   switch (code) {
     case 'ENOSPC':
     case 'EDQUOT':
@@ -242,30 +175,4 @@ function errorKind(op: IoOp, code: string | undefined): BlockErrorKind {
     default:
       return op === 'read' ? 'read-error' : 'write-error';
   }
-}
-
-const UNSUPPORTED_ERRNOS = new Set([errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS, errno.ENODEV]);
-
-/** Run a native fallocate-style call; false when the file system does not support it. */
-function tryNative(fn: () => void): boolean {
-  try {
-    fn();
-    return true;
-  } catch (e) {
-    const code = (e as { errno?: number }).errno;
-    if (code !== undefined && UNSUPPORTED_ERRNOS.has(code)) return false;
-    throw e;
-  }
-}
-
-function call<T>(fn: (cb: (err: NodeJS.ErrnoException | null, value: T) => void) => void): Promise<T> {
-  return new Promise<T>((resolve, reject) => fn((err, value) => (err ? reject(err) : resolve(value))));
-}
-
-function readAt(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<number> {
-  return new Promise((resolve, reject) => fs.read(fd, buf, off, len, pos, (err, n) => (err ? reject(err) : resolve(n))));
-}
-
-function writeAt(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<number> {
-  return new Promise((resolve, reject) => fs.write(fd, buf, off, len, pos, (err, n) => (err ? reject(err) : resolve(n))));
 }

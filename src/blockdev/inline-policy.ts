@@ -7,8 +7,8 @@
 // SLOW_MS mean the medium itself is being waited for (one slow call alone is
 // more often the thread being preempted on a busy machine), so I/O goes
 // through the thread pool for the next BACKOFF_MS: a disk holds the event
-// loop for at most a few accesses per window. Used by `tabula target`'s file
-// device and by the agent's container driver.
+// loop for at most a few accesses per window. Used by OpenFile (file-io.ts),
+// under both `tabula target`'s file device and the agent's container driver.
 import { performance } from 'node:perf_hooks';
 
 export const INLINE_MAX_BYTES = 64 * 1024;

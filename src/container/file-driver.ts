@@ -8,28 +8,12 @@
 // §3): that mode must open with O_DIRECT and use block-aligned buffers, and
 // is left for the shared-device driver.
 //
-// Small reads and buffered writes run inline while they are fast, as in
-// `tabula target`'s file device (src/blockdev/inline-policy.ts): a page-cache
-// hit costs microseconds there against a thread-pool round trip.
-import * as fs from 'node:fs';
-import { InlinePolicy } from '../blockdev/inline-policy.js';
+// The file I/O itself (inline fast path, FUA descriptor, hole punching) is
+// src/blockdev/file-io.ts, the same code as `tabula target`'s file device;
+// this file adds the label, the data area and ContainerIoError.
+import { OpenFile, PartialIoError, ShortReadError, errnoName, type FileMedium } from '../blockdev/file-io.js';
 import { readBuffer } from '../blockdev/read-buffers.js';
-import { fileOps } from '../native/fileops.js';
 import { ContainerIoError, type ContainerDriver, type ContainerOp, type ContainerWriteOptions } from './driver.js';
-import {
-  PartialIoError,
-  ShortReadError,
-  call,
-  callVoid,
-  errnoName,
-  readFully,
-  readFullySync,
-  sizeOf,
-  tryNative,
-  writeFully,
-  writeFullySync,
-  type ContainerMedium,
-} from './fd-io.js';
 import { LABEL_SIZE, LabelError, dataAreaSize, decodeLabel, type ContainerLabel } from './label.js';
 
 export interface FileDriverOptions {
@@ -38,29 +22,20 @@ export interface FileDriverOptions {
   inlineMaxBytes?: number;
 }
 
-/** Largest zero buffer for media that cannot zero a range natively. */
-const ZERO_CHUNK = 1 << 20;
-let zeroChunk: Buffer | undefined;
-
 export class FileContainerDriver implements ContainerDriver {
   #closed = false;
   readonly dataSize: number;
   readonly #base: number;
-  readonly #inline: InlinePolicy;
 
   private constructor(
-    readonly kind: ContainerMedium,
+    readonly kind: FileMedium,
     readonly path: string,
     readonly label: ContainerLabel,
-    private readonly fd: number,
-    /** O_DSYNC descriptor for FUA writes; -1 when read-only. */
-    private readonly syncFd: number,
+    private readonly file: OpenFile,
     readonly readOnly: boolean,
-    inlineMaxBytes: number | undefined,
   ) {
     this.dataSize = dataAreaSize(label);
     this.#base = label.dataOffset;
-    this.#inline = new InlinePolicy(inlineMaxBytes);
   }
 
   get id(): string {
@@ -74,19 +49,17 @@ export class FileContainerDriver implements ContainerDriver {
    */
   static async open(path: string, opts: FileDriverOptions = {}): Promise<FileContainerDriver> {
     const readOnly = opts.readOnly ?? false;
-    const { O_RDWR, O_RDONLY, O_DSYNC } = fs.constants;
-    let fd: number;
+    let file: OpenFile;
     try {
-      fd = await call<number>((cb) => fs.open(path, readOnly ? O_RDONLY : O_RDWR, cb));
+      file = await OpenFile.open(path, { readOnly, inlineMaxBytes: opts.inlineMaxBytes });
     } catch (e) {
       throw new ContainerIoError('open', path, -1, errnoName(e), (e as Error).message);
     }
-    let syncFd = -1;
     try {
-      const { medium, size } = await sizeOf(fd, path);
+      const { medium, size } = await file.stat();
       const block = Buffer.alloc(Math.min(LABEL_SIZE, size));
       try {
-        await readFully(fd, block, 0, block.length, 0);
+        await file.read(block, 0, block.length, 0);
       } catch (e) {
         throw new ContainerIoError('read', path, -1, errnoName(e), `reading the label: ${(e as Error).message}`);
       }
@@ -94,11 +67,9 @@ export class FileContainerDriver implements ContainerDriver {
       if (size < label.size) {
         throw new LabelError('truncated', `label says ${label.size} bytes but the ${medium === 'block' ? 'device' : 'file'} has ${size}`, path);
       }
-      if (!readOnly) syncFd = await call<number>((cb) => fs.open(path, O_RDWR | O_DSYNC, cb));
-      return new FileContainerDriver(medium, path, label, fd, syncFd, readOnly, opts.inlineMaxBytes);
+      return new FileContainerDriver(medium, path, label, file, readOnly);
     } catch (e) {
-      fs.closeSync(fd);
-      if (syncFd >= 0) fs.closeSync(syncFd);
+      file.closeSync();
       throw e;
     }
   }
@@ -115,13 +86,8 @@ export class FileContainerDriver implements ContainerDriver {
       throw new RangeError(`read ${this.path} offset ${offset}: ${length} bytes do not fit the buffer at ${targetOffset}`);
     }
     try {
-      if (this.#inline.allows(length)) {
-        const t0 = this.#inline.start();
-        readFullySync(this.fd, target, targetOffset, length, this.#base + offset);
-        this.#inline.took(t0);
-      } else {
-        await readFully(this.fd, target, targetOffset, length, this.#base + offset);
-      }
+      const pending = this.file.read(target, targetOffset, length, this.#base + offset);
+      if (pending !== undefined) await pending;
     } catch (e) {
       throw this.#ioError('read', offset, e);
     }
@@ -131,14 +97,8 @@ export class FileContainerDriver implements ContainerDriver {
     this.#checkWritable('write', offset);
     this.#check('write', offset, data.length);
     try {
-      // FUA writes wait for the medium: never inline.
-      if (opts?.fua !== true && this.#inline.allows(data.length)) {
-        const t0 = this.#inline.start();
-        writeFullySync(this.fd, data, 0, data.length, this.#base + offset);
-        this.#inline.took(t0);
-      } else {
-        await writeFully(opts?.fua ? this.syncFd : this.fd, data, 0, data.length, this.#base + offset);
-      }
+      const pending = this.file.write(data, 0, data.length, this.#base + offset, opts?.fua === true);
+      if (pending !== undefined) await pending;
     } catch (e) {
       throw this.#ioError('write', offset, e);
     }
@@ -147,7 +107,7 @@ export class FileContainerDriver implements ContainerDriver {
   async flush(): Promise<void> {
     if (this.readOnly || this.#closed) return;
     try {
-      await callVoid((cb) => fs.fdatasync(this.fd, cb));
+      await this.file.flush();
     } catch (e) {
       throw this.#ioError('flush', -1, e);
     }
@@ -156,37 +116,20 @@ export class FileContainerDriver implements ContainerDriver {
   async discard(offset: number, length: number): Promise<void> {
     this.#checkWritable('discard', offset);
     this.#check('discard', offset, length);
-    if (length === 0) return;
-    const at = this.#base + offset;
     try {
-      // Punching a hole in a block device issues a zeroing discard (Linux >= 4.9).
-      if (tryNative(() => fileOps.punchHole(this.fd, at, length))) return;
+      await this.file.zero(this.#base + offset, length, true);
     } catch (e) {
       throw this.#ioError('discard', offset, e);
     }
-    await this.writeZeroes(offset, length);
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
     this.#checkWritable('zero', offset);
     this.#check('zero', offset, length);
-    if (length === 0) return;
-    const at = this.#base + offset;
     try {
-      if (tryNative(() => fileOps.zeroRange(this.fd, at, length))) return;
+      await this.file.zero(this.#base + offset, length, false);
     } catch (e) {
       throw this.#ioError('zero', offset, e);
-    }
-    // Neither the file system nor the device zeroes natively: write zeros.
-    const zero = (zeroChunk ??= Buffer.alloc(ZERO_CHUNK));
-    for (let done = 0; done < length; ) {
-      const n = Math.min(zero.length, length - done);
-      try {
-        await writeFully(this.fd, zero, 0, n, at + done);
-      } catch (e) {
-        throw this.#ioError('zero', offset + done, e);
-      }
-      done += n;
     }
   }
 
@@ -194,8 +137,7 @@ export class FileContainerDriver implements ContainerDriver {
     if (this.#closed) return;
     this.#closed = true;
     try {
-      await callVoid((cb) => fs.close(this.fd, cb));
-      if (this.syncFd >= 0) await callVoid((cb) => fs.close(this.syncFd, cb));
+      await this.file.close();
     } catch (e) {
       throw this.#ioError('close', -1, e);
     }

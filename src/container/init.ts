@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import { DEFAULT_SEGMENT_SIZE } from '../table/mapping-table.js';
 import { fileOps } from '../native/fileops.js';
-import { call, callVoid, errnoName, readFully, sizeOf, tryNative, writeFully, type ContainerMedium } from './fd-io.js';
+import { call, callVoid, errnoName, readFully, sizeOf, tryNative, writeFully, type FileMedium } from '../blockdev/file-io.js';
 import {
   DEFAULT_DATA_OFFSET,
   LABEL_SIZE,
@@ -38,7 +38,7 @@ export interface InitOptions {
 
 export interface InitResult {
   label: ContainerLabel;
-  medium: ContainerMedium;
+  medium: FileMedium;
   /** True when the file did not exist and was created. */
   created: boolean;
   /** Id of the label that `force` replaced, if any ('' for a damaged one). */
@@ -73,7 +73,7 @@ export async function initContainer(path: string, opts: InitOptions = {}): Promi
   }
   const { fd, created } = await openForInit(path, opts.size);
   try {
-    let medium: ContainerMedium;
+    let medium: FileMedium;
     let actual: number;
     try {
       ({ medium, size: actual } = await sizeOf(fd, path));
@@ -186,7 +186,7 @@ async function existingLabel(fd: number, path: string, actual: number, force: bo
 async function settleSize(
   fd: number,
   path: string,
-  medium: ContainerMedium,
+  medium: FileMedium,
   actual: number,
   wanted: number | undefined,
 ): Promise<number> {

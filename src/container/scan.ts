@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import { ContainerIoError } from './driver.js';
-import { call, callVoid, errnoName, readFully, sizeOf, type ContainerMedium } from './fd-io.js';
+import { call, callVoid, errnoName, readFully, sizeOf, type FileMedium } from '../blockdev/file-io.js';
 import { expandGlob, hasMagic } from './glob.js';
 import { LABEL_SIZE, LabelError, decodeLabel, type ContainerLabel, type LabelErrorKind } from './label.js';
 
@@ -16,7 +16,7 @@ export interface FoundContainer {
   size: number;
   dataOffset: number;
   segmentSize: number;
-  medium: ContainerMedium;
+  medium: FileMedium;
   label: ContainerLabel;
 }
 
@@ -54,7 +54,7 @@ export async function readContainerLabel(path: string): Promise<FoundContainer> 
     throw new ContainerIoError('open', path, -1, errnoName(e), (e as Error).message);
   }
   try {
-    let medium: ContainerMedium;
+    let medium: FileMedium;
     let size: number;
     try {
       ({ medium, size } = await sizeOf(fd, path));

@@ -1,8 +1,8 @@
 // Linux file-space system calls Node.js does not expose: hole punching,
-// zero ranges and SEEK_DATA/SEEK_HOLE. Used by the file block device for
-// thin provisioning (UNMAP, WRITE SAME with UNMAP, GET LBA STATUS), and
-// posix_fadvise (the benchmark puts every backing file's page cache in the
-// same state).
+// zero ranges and SEEK_DATA/SEEK_HOLE. Used through src/blockdev/file-io.ts
+// for thin provisioning (UNMAP, WRITE SAME with UNMAP, GET LBA STATUS) and
+// container zeroing, and posix_fadvise (the benchmark puts every backing
+// file's page cache in the same state).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>

@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import protobuf from 'protobufjs';
-import { decodeHotAgentMessage, decodeHotControllerMessage, encodeHotAgentMessage, encodeHotControllerMessage } from './hot-codec.js';
+import { tryDecodeAgentMessage, tryDecodeControllerMessage, tryEncodeAgentMessage, tryEncodeControllerMessage } from './stream-codec.js';
 import type { AdminMethod, AdminReply, AdminRequest, AgentMessage, BackupChunk, ControllerMessage, MalformedMessage } from './proto-types.js';
 
 export const PROTO_PACKAGE = 'tabula.v1';
@@ -47,21 +47,21 @@ export function messageType(name: string): protobuf.Type {
 const TO_OBJECT: protobuf.IConversionOptions = { longs: Number, enums: Number, defaults: true, arrays: true, objects: true, oneofs: true };
 
 export function encodeMessage(type: protobuf.Type, obj: object): Buffer {
-  const hot = HOT_ENCODERS[type.name]?.(obj);
-  if (hot != null) return hot;
+  const bytes = STREAM_ENCODERS[type.name]?.(obj);
+  if (bytes != null) return bytes;
   const u8 = type.encode(type.fromObject(obj as Record<string, unknown>)).finish();
   return Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
 }
 
 // The stream messages of every table change and fault go through a
-// hand-written codec (hot-codec.ts); it declines anything else (null).
-const HOT_ENCODERS: Readonly<Record<string, (obj: object) => Buffer | null>> = {
-  AgentMessage: (o) => encodeHotAgentMessage(o as AgentMessage),
-  ControllerMessage: (o) => encodeHotControllerMessage(o as ControllerMessage),
+// hand-written codec (stream-codec.ts); it declines anything else (null).
+const STREAM_ENCODERS: Readonly<Record<string, (obj: object) => Buffer | null>> = {
+  AgentMessage: (o) => tryEncodeAgentMessage(o as AgentMessage),
+  ControllerMessage: (o) => tryEncodeControllerMessage(o as ControllerMessage),
 };
-const HOT_DECODERS: Readonly<Record<string, (buf: Buffer) => object | null>> = {
-  AgentMessage: decodeHotAgentMessage,
-  ControllerMessage: decodeHotControllerMessage,
+const STREAM_DECODERS: Readonly<Record<string, (buf: Buffer) => object | null>> = {
+  AgentMessage: tryDecodeAgentMessage,
+  ControllerMessage: tryDecodeControllerMessage,
 };
 
 /**
@@ -88,8 +88,8 @@ export function encodeControllerMessage(msg: ControllerMessage): EncodedMessage 
 }
 
 export function decodeMessage<T>(type: protobuf.Type, buf: Buffer): T {
-  const hot = HOT_DECODERS[type.name]?.(buf);
-  if (hot != null) return hot as T;
+  const decoded = STREAM_DECODERS[type.name]?.(buf);
+  if (decoded != null) return decoded as T;
   return type.toObject(type.decode(buf), TO_OBJECT) as T;
 }
 

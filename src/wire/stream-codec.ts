@@ -1,11 +1,13 @@
-// Hand-written protobuf codec for the stream messages that go by on every
-// table change and every fault: TableDelta, FaultReply and HeartbeatReply
-// (controller -> agent), TableAck, Fault and Heartbeat (agent -> controller).
-// protobufjs reflection (fromObject, encode, decode, toObject) was a fifth
-// of an agent's CPU per delta: 16 agents on 2 CPUs run each of those rarely,
-// so V8 never optimises it. These few fixed shapes cost a few small loops.
+// Hand-written protobuf codec for the stream messages of table changes and
+// faults: TableDelta, FaultReply and HeartbeatReply (controller -> agent),
+// TableAck, Fault and Heartbeat (agent -> controller); grpc.ts tries it
+// before protobufjs. Why by hand: these go by on every table change and
+// every fault, and protobufjs reflection (fromObject, encode, decode,
+// toObject) was a fifth of an agent's CPU per delta: 16 agents on 2 CPUs run
+// each of those rarely, so V8 never optimises it. These few fixed shapes cost
+// a few small loops.
 //
-// Same bytes and same objects as protobufjs (test/unit/wire/hot-codec.test.ts
+// Same bytes and same objects as protobufjs (test/unit/wire/stream-codec.test.ts
 // checks both ways). Anything outside the plain case (another message kind,
 // an unknown or repeated field, a value beyond what the field holds exactly,
 // a non-ASCII string, truncation) yields null and the caller uses protobufjs,
@@ -180,8 +182,8 @@ function wrap(field: number, inner: Writer | null): Buffer | null {
   return w.bytes();
 }
 
-/** ControllerMessage bytes for the hot kinds, else null (use protobufjs). */
-export function encodeHotControllerMessage(m: ControllerMessage): Buffer | null {
+/** ControllerMessage bytes for TableDelta, FaultReply and HeartbeatReply, else null (use protobufjs). */
+export function tryEncodeControllerMessage(m: ControllerMessage): Buffer | null {
   switch (m.body) {
     case 'tableDelta':
       return m.tableDelta !== null && typeof m.tableDelta === 'object' ? wrap(4, tableDelta(m.tableDelta)) : null;
@@ -194,8 +196,8 @@ export function encodeHotControllerMessage(m: ControllerMessage): Buffer | null 
   }
 }
 
-/** AgentMessage bytes for the hot kinds, else null (use protobufjs). */
-export function encodeHotAgentMessage(m: AgentMessage): Buffer | null {
+/** AgentMessage bytes for TableAck, Fault and Heartbeat, else null (use protobufjs). */
+export function tryEncodeAgentMessage(m: AgentMessage): Buffer | null {
   switch (m.body) {
     case 'heartbeat':
       return m.heartbeat !== null && typeof m.heartbeat === 'object' ? wrap(2, heartbeat(m.heartbeat)) : null;
@@ -211,7 +213,7 @@ export function encodeHotAgentMessage(m: AgentMessage): Buffer | null {
 // ---- reading ----
 
 /** Thrown inside the reader for anything off the plain path; never escapes. */
-const OFF_PATH = new Error('not a plain hot message');
+const OFF_PATH = new Error('not a plain table or fault message');
 
 class Reader {
   pos: number;
@@ -482,8 +484,8 @@ function oneField(buf: Buffer): [number, Reader] | null {
   return [Math.floor(tag / 8), new Reader(buf, start, end)];
 }
 
-/** Decodes the hot ControllerMessage kinds as protobufjs would (decode, then toObject); null otherwise. */
-export function decodeHotControllerMessage(buf: Buffer): ControllerMessage | null {
+/** Decodes TableDelta, FaultReply and HeartbeatReply ControllerMessages as protobufjs would (decode, then toObject); null otherwise. */
+export function tryDecodeControllerMessage(buf: Buffer): ControllerMessage | null {
   try {
     const f = oneField(buf);
     if (f === null) return null;
@@ -504,8 +506,8 @@ export function decodeHotControllerMessage(buf: Buffer): ControllerMessage | nul
   }
 }
 
-/** Decodes the hot AgentMessage kinds as protobufjs would (decode, then toObject); null otherwise. */
-export function decodeHotAgentMessage(buf: Buffer): AgentMessage | null {
+/** Decodes TableAck, Fault and Heartbeat AgentMessages as protobufjs would (decode, then toObject); null otherwise. */
+export function tryDecodeAgentMessage(buf: Buffer): AgentMessage | null {
   try {
     const f = oneField(buf);
     if (f === null) return null;

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import type protobuf from 'protobufjs';
-import { decodeHotAgentMessage, decodeHotControllerMessage, encodeHotAgentMessage, encodeHotControllerMessage } from '../../../src/wire/hot-codec.js';
+import { tryDecodeAgentMessage, tryDecodeControllerMessage, tryEncodeAgentMessage, tryEncodeControllerMessage } from '../../../src/wire/stream-codec.js';
 import { agentServiceDefinition, messageType } from '../../../src/wire/grpc.js';
 import type { AgentMessage, ControllerMessage } from '../../../src/wire/proto-types.js';
 
@@ -101,36 +101,36 @@ function agentMessages(seed: number, n: number): AgentMessage[] {
   return out;
 }
 
-describe('wire: the hand-written codec of the hot stream messages', () => {
+describe('wire: the hand-written codec of the table-change and fault stream messages', () => {
   it('encodes controller messages to the bytes protobufjs makes, and decodes them to the objects protobufjs makes', () => {
     for (const m of controllerMessages(1, 600)) {
-      const mine = encodeHotControllerMessage(m);
+      const mine = tryEncodeControllerMessage(m);
       expect(mine, m.body).to.not.equal(null);
       const theirs = pbEncode(C, m);
       expect(mine!.toString('hex'), JSON.stringify(m)).to.equal(theirs.toString('hex'));
-      expect(decodeHotControllerMessage(theirs), JSON.stringify(m)).to.deep.equal(pbDecode(C, theirs));
+      expect(tryDecodeControllerMessage(theirs), JSON.stringify(m)).to.deep.equal(pbDecode(C, theirs));
     }
   });
 
   it('encodes and decodes agent messages as protobufjs does', () => {
     for (const m of agentMessages(2, 600)) {
-      const mine = encodeHotAgentMessage(m);
+      const mine = tryEncodeAgentMessage(m);
       expect(mine, m.body).to.not.equal(null);
       const theirs = pbEncode(A, m);
       expect(mine!.toString('hex'), JSON.stringify(m)).to.equal(theirs.toString('hex'));
-      expect(decodeHotAgentMessage(theirs), JSON.stringify(m)).to.deep.equal(pbDecode(A, theirs));
+      expect(tryDecodeAgentMessage(theirs), JSON.stringify(m)).to.deep.equal(pbDecode(A, theirs));
     }
   });
 
   it('declines what it does not handle exactly: other kinds, values a field cannot hold exactly, non-ASCII text', () => {
-    expect(encodeHotControllerMessage({ body: 'fence', fence: { vdiskId: 'v', reason: 'r' } } as ControllerMessage)).to.equal(null);
-    expect(encodeHotAgentMessage({ body: 'tableRequest', tableRequest: { vdiskId: 'v', haveVersion: 1, reason: '' } })).to.equal(null);
-    expect(encodeHotAgentMessage({ body: 'tableAck', tableAck: { vdiskId: 'v', version: 2 ** 53 } })).to.equal(null);
-    expect(encodeHotAgentMessage({ body: 'tableAck', tableAck: { vdiskId: 'v', version: -1 } })).to.equal(null);
-    expect(encodeHotAgentMessage({ body: 'tableAck', tableAck: { vdiskId: 'v', version: 1.5 } })).to.equal(null);
-    expect(encodeHotAgentMessage({ body: 'heartbeat', heartbeat: { seq: 1, heldIos: 2 ** 32 } })).to.equal(null);
-    expect(encodeHotAgentMessage({ body: 'tableAck', tableAck: { vdiskId: 'vdisk-é', version: 1 } })).to.equal(null);
-    expect(encodeHotAgentMessage({ body: 'tableAck', tableAck: null } as unknown as AgentMessage)).to.equal(null);
+    expect(tryEncodeControllerMessage({ body: 'fence', fence: { vdiskId: 'v', reason: 'r' } } as ControllerMessage)).to.equal(null);
+    expect(tryEncodeAgentMessage({ body: 'tableRequest', tableRequest: { vdiskId: 'v', haveVersion: 1, reason: '' } })).to.equal(null);
+    expect(tryEncodeAgentMessage({ body: 'tableAck', tableAck: { vdiskId: 'v', version: 2 ** 53 } })).to.equal(null);
+    expect(tryEncodeAgentMessage({ body: 'tableAck', tableAck: { vdiskId: 'v', version: -1 } })).to.equal(null);
+    expect(tryEncodeAgentMessage({ body: 'tableAck', tableAck: { vdiskId: 'v', version: 1.5 } })).to.equal(null);
+    expect(tryEncodeAgentMessage({ body: 'heartbeat', heartbeat: { seq: 1, heldIos: 2 ** 32 } })).to.equal(null);
+    expect(tryEncodeAgentMessage({ body: 'tableAck', tableAck: { vdiskId: 'vdisk-é', version: 1 } })).to.equal(null);
+    expect(tryEncodeAgentMessage({ body: 'tableAck', tableAck: null } as unknown as AgentMessage)).to.equal(null);
     // protobufjs then encodes them its own way, through the stream serializer.
     const connect = agentServiceDefinition().Connect!;
     const m: AgentMessage = { body: 'tableAck', tableAck: { vdiskId: 'vdisk-é', version: 1 } };
@@ -153,8 +153,8 @@ describe('wire: the hand-written codec of the hot stream messages', () => {
       ['garbage', Buffer.from('ffffffff', 'hex')],
     ];
     for (const [what, b] of cases) {
-      expect(decodeHotControllerMessage(b), what).to.equal(null);
-      expect(decodeHotAgentMessage(b), what).to.equal(null);
+      expect(tryDecodeControllerMessage(b), what).to.equal(null);
+      expect(tryDecodeAgentMessage(b), what).to.equal(null);
     }
     // Through the stream deserializer: protobufjs's answer, malformed or not.
     const connect = agentServiceDefinition().Connect!;
