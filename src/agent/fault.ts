@@ -21,6 +21,7 @@ export interface Fault {
   detail?: string;
 }
 
+/** The controller's sense for a failed fault is the block device's sense type: the logical unit reports it as is. */
 export type { SenseCode };
 
 /**

@@ -42,9 +42,8 @@ async function sense(c: Cluster, ops: readonly string[]): Promise<string[]> {
 
 /** Waits until the controller has answered WAIT to a fault on `segment`. */
 async function waiting(c: Cluster, segment: number): Promise<void> {
-  await waitFor(`a fault on segment ${segment} answered WAIT`, 20_000, async () =>
-    (await faults(c, VDISK)).some((f) => f.segment === segment && f.outcome === 'wait') ? true : undefined,
-  100);
+  const answered = async (): Promise<true | undefined> => ((await faults(c, VDISK)).some((f) => f.segment === segment && f.outcome === 'wait') ? true : undefined);
+  await waitFor(`a fault on segment ${segment} answered WAIT`, 20_000, answered, 100);
 }
 
 describe('system: the sense the controller chooses is the sense a libiscsi initiator sees', function () {
@@ -102,10 +101,9 @@ describe('system: the sense the controller chooses is the sense a libiscsi initi
     const out = await sense(c, ops);
     const full = out.findIndex((l) => !l.endsWith('GOOD'));
     expect(full, out.join('\n')).to.be.greaterThan(0);
-    expect(out.slice(full), out.join('\n')).to.deep.equal(ops.slice(full).map((o) => {
-      const lba = Number(o.split(':')[1]);
-      return `w ${lba} 1 CHECK 07/27/07 info=${lba}`;
-    }));
+    const lbaOf = (op: string): number => Number(op.split(':')[1]);
+    const want = ops.slice(full).map((op) => `w ${lbaOf(op)} 1 CHECK 07/27/07 info=${lbaOf(op)}`);
+    expect(out.slice(full), out.join('\n')).to.deep.equal(want);
   });
 
   it('a fault for a vdisk not exported to the agent: ILLEGAL REQUEST 05/25/00', async function () {
