@@ -2,7 +2,7 @@
 // back (design notes §2). The device only knows these interfaces; the agent's
 // connection code implements FaultSink over the wire (proto Fault/FaultReply,
 // Release/ReleaseReply), and tests implement it directly.
-import { BlockDeviceError, type BlockErrorKind } from '../blockdev/block-device.js';
+import { BlockDeviceError, type BlockErrorKind, type SenseCode } from '../blockdev/block-device.js';
 import type { IoOp, SegmentState } from '../table/segment-state.js';
 
 /** One I/O piece (one segment's share of an I/O) met a state that inhibits it. */
@@ -21,23 +21,19 @@ export interface Fault {
   detail?: string;
 }
 
-/** Sense data the controller chose for a failed I/O (SPC-4 key/ASC/ASCQ). */
-export interface SenseCode {
-  key: number;
-  asc: number;
-  ascq: number;
-}
+/** The controller's sense for a failed fault is the block device's sense type: the logical unit reports it as is. */
+export type { SenseCode };
 
 /**
  * The controller's answer to a fault:
  * - `retry`: re-evaluate the piece against the table, once it is at `minVersion` or newer when given;
- * - `fail`: end the I/O with this error (kind, or derived from the sense key when only sense is given);
+ * - `fail`: end the I/O with the controller's sense, exactly (MEDIUM ERROR when it gives none);
  * - `wait`: keep holding; re-evaluate after the next table installation (or fail at the hold timeout);
  * - `done`: the controller completed the operation itself; finish the piece with GOOD, no container I/O.
  */
 export type FaultDecision =
   | { action: 'retry'; minVersion?: number }
-  | { action: 'fail'; kind?: BlockErrorKind; sense?: SenseCode; reason?: string }
+  | { action: 'fail'; sense?: SenseCode; reason?: string }
   | { action: 'wait' }
   | { action: 'done' };
 
@@ -99,35 +95,18 @@ export class ReleaseLostError extends Error {
   }
 }
 
-/** A failed vdisk I/O: a BlockDeviceError that also says where, and carries the controller's sense if it chose one. */
+/** A failed vdisk I/O: a BlockDeviceError that also says where. */
 export class VdiskIoError extends BlockDeviceError {
   constructor(
-    kind: BlockErrorKind,
+    /** By name, or the sense the controller chose for a failed fault. */
+    error: BlockErrorKind | SenseCode,
     message: string,
     lba: number | undefined,
     readonly vdiskId: string,
     /** Vdisk segment of the failed piece (-1 when not about one segment). */
     readonly segment: number,
-    /** Sense data chosen by the controller, to report instead of the kind's default. */
-    readonly sense?: SenseCode,
   ) {
-    super(kind, message, lba);
+    super(error, message, lba);
     this.name = 'VdiskIoError';
   }
-}
-
-/** The BlockDeviceError kind closest to a sense code, for a `fail` decision that gives only sense. */
-export function kindForSense(sense: SenseCode, write: boolean): BlockErrorKind {
-  switch (sense.key) {
-    case 0x2:
-      return 'not-ready';
-    case 0x7:
-      return sense.asc === 0x27 && sense.ascq === 0x07 ? 'no-space' : 'write-protected';
-    case 0x5:
-      if (sense.asc === 0x21) return 'out-of-range';
-      break;
-    default:
-      break;
-  }
-  return write ? 'write-error' : 'read-error';
 }

@@ -15,7 +15,7 @@ import { VersionGapError, applyDelta as applyTableDelta, type TableDelta } from 
 import type { MappingTable } from '../table/mapping-table.js';
 import { IoOp, SegmentState, inhibits, ioOpName, segmentStateName } from '../table/segment-state.js';
 import { debugEnabled, log } from '../util/log.js';
-import { ReleaseLostError, VdiskIoError, kindForSense, type Fault, type FaultDecision, type FaultSink, type Lease, type ReleaseResult, type SenseCode } from './fault.js';
+import { ReleaseLostError, VdiskIoError, type Fault, type FaultDecision, type FaultSink, type Lease, type ReleaseResult, type SenseCode } from './fault.js';
 import { SegmentGate, type SegmentRange } from './segment-gate.js';
 
 export const DEFAULT_HOLD_TIMEOUT_MS = 10_000;
@@ -433,9 +433,8 @@ export class VdiskDevice implements BlockDevice {
       case 'wait':
         return false;
       case 'fail': {
-        const kind = d.kind ?? (d.sense !== undefined ? kindForSense(d.sense, isWrite(op)) : isWrite(op) ? 'write-error' : 'read-error');
         const why = `${segmentStateName(state)}, failed by the controller${d.reason ? `: ${d.reason}` : ''}`;
-        throw this.#error(kind, op, seg, lba, blocks, why, d.sense);
+        throw this.#error(d.sense ?? (isWrite(op) ? 'write-error' : 'read-error'), op, seg, lba, blocks, why);
       }
       default:
         throw new Error(`${this.#name()} segment ${seg}: unknown fault decision ${JSON.stringify(d)}`);
@@ -636,9 +635,9 @@ export class VdiskDevice implements BlockDevice {
     return `vdisk ${this.#table.name || this.vdiskId}`;
   }
 
-  #error(kind: BlockErrorKind, op: IoOp, seg: number, lba: number, blocks: number, why: string, sense?: SenseCode): VdiskIoError {
+  #error(error: BlockErrorKind | SenseCode, op: IoOp, seg: number, lba: number, blocks: number, why: string): VdiskIoError {
     const msg = `${ioOpName(op).toUpperCase()} lba=${lba} len=${blocks} on ${this.#name()} segment ${seg}: ${why}`;
-    return new VdiskIoError(kind, msg, lba, this.vdiskId, seg, sense);
+    return new VdiskIoError(error, msg, lba, this.vdiskId, seg);
   }
 
   #timedOut(op: IoOp, seg: number, lba: number, blocks: number, why: string): VdiskIoError {

@@ -1,26 +1,72 @@
 // The block-device interface under the SCSI layer (tcmu-runner style): what a
 // logical unit needs from whatever stores its blocks. A plain file implements
 // it for `tabula target`; the agent's table-driven vdisk implements it too.
-// LBAs and block counts are in logical blocks of `blockSize` bytes.
+// LBAs and block counts are in logical blocks of `blockSize` bytes. A failed
+// operation throws BlockDeviceError, which says which sense code the command
+// ends with.
 
-export type BlockErrorKind =
-  | 'read-error' // unrecoverable read error (medium error)
-  | 'write-error' // write fault (medium error)
-  | 'not-ready' // held I/O timed out or device transitioning; initiators retry
-  | 'no-space' // thin pool exhausted
-  | 'write-protected'
-  | 'out-of-range';
+import { Sense, type Asc } from '../scsi/sense.js';
 
-/** A failed block operation; the SCSI layer maps `kind` to exactly one sense code. */
+/** Sense data (SPC-4): sense key, additional sense code and qualifier. */
+export type SenseCode = Asc;
+
+/**
+ * The block errors that have a name, each exactly one sense code. The name
+ * is for people (logs, the agent's error metrics); the sense is what the
+ * initiator gets.
+ */
+export const BLOCK_ERROR_SENSE = {
+  /** Unrecoverable read error. */
+  'read-error': Sense.unrecoveredReadError,
+  /** Write fault. */
+  'write-error': Sense.writeError,
+  /** Held I/O timed out or the device is transitioning: initiators retry. */
+  'not-ready': Sense.notReadyTransition,
+  /** Thin pool (container space) exhausted. */
+  'no-space': Sense.spaceAllocationFailedWriteProtect,
+  'write-protected': Sense.writeProtected,
+  'out-of-range': Sense.lbaOutOfRange,
+  /** The vdisk is not (or no longer) exported here. */
+  'lu-not-supported': Sense.lunNotSupported,
+  /** A failure the target cannot act on (e.g. a copy-on-write that failed). */
+  'internal-failure': Sense.internalTargetFailure,
+} as const satisfies Record<string, SenseCode>;
+
+export type BlockErrorKind = keyof typeof BLOCK_ERROR_SENSE;
+
+/** The name of a sense code, or 'other-sense' for one without a name here. */
+export function blockErrorKind(sense: SenseCode): BlockErrorKind | 'other-sense' {
+  for (const [kind, s] of Object.entries(BLOCK_ERROR_SENSE)) {
+    if (s.key === sense.key && s.asc === sense.asc && s.ascq === sense.ascq) return kind as BlockErrorKind;
+  }
+  return 'other-sense';
+}
+
+/**
+ * A failed block operation. It carries the sense the command ends with,
+ * given by name (a BlockErrorKind) or as sense chosen elsewhere (the
+ * controller's, for a failed fault); the SCSI layer reports exactly that.
+ */
 export class BlockDeviceError extends Error {
+  readonly sense: SenseCode;
+  /** The sense's name, for logs and metrics. */
+  readonly kind: BlockErrorKind | 'other-sense';
+
   constructor(
-    readonly kind: BlockErrorKind,
+    error: BlockErrorKind | SenseCode,
     message: string,
     /** First LBA that failed, when known (reported in the sense INFORMATION field). */
     readonly lba?: number,
   ) {
     super(message);
     this.name = 'BlockDeviceError';
+    if (typeof error === 'string') {
+      this.kind = error;
+      this.sense = BLOCK_ERROR_SENSE[error];
+    } else {
+      this.kind = blockErrorKind(error);
+      this.sense = error;
+    }
   }
 }
 

@@ -51,15 +51,6 @@ function sameAsc(a: Asc, b: Asc): boolean {
   return a.asc === b.asc && a.ascq === b.ascq && a.key === b.key;
 }
 
-const BLOCK_ERROR_SENSE: Record<BlockDeviceError['kind'], Asc> = {
-  'read-error': Sense.unrecoveredReadError,
-  'write-error': Sense.writeError,
-  'not-ready': Sense.notReadyTransition,
-  'no-space': Sense.spaceAllocationFailedWriteProtect,
-  'write-protected': Sense.writeProtected,
-  'out-of-range': Sense.lbaOutOfRange,
-};
-
 export class LogicalUnit implements DeviceServerLu {
   readonly deviceServer = true as const;
   readonly identity: LuIdentity;
@@ -290,7 +281,8 @@ export class LogicalUnit implements DeviceServerLu {
     const what = `${spec?.name ?? `opcode 0x${(req.cdb[0] ?? 0).toString(16)}`} on LU ${this.lun} of ${this.host.api.name} from ${req.nexus.initiatorPort}`;
     if (e instanceof BlockDeviceError) {
       log.warn(`${what}: ${e.message}`, { kind: e.kind, lba: e.lba });
-      return this.checkCondition(BLOCK_ERROR_SENSE[e.kind], e.lba === undefined ? {} : { information: e.lba });
+      // Exactly the sense the error carries: the device's, or the controller's for a failed fault.
+      return this.checkCondition(e.sense, e.lba === undefined ? {} : { information: e.lba });
     }
     log.error(`${what}: internal error`, { error: e instanceof Error ? (e.stack ?? e.message) : String(e) });
     return this.checkCondition(Sense.internalTargetFailure);
