@@ -4,8 +4,8 @@
 // NOP, Text, Task Management and Logout. MaxConnections is 1, so a session
 // has exactly one connection at a time; ErrorRecoveryLevel is 0.
 import { log } from '../util/log.js';
-import type { Nexus, ScsiPort, ScsiRequest, ScsiResponse } from '../scsi/types.js';
-import { ScsiStatus, TmfCode } from '../scsi/types.js';
+import type { Nexus, ScsiPort, ScsiRequest, ScsiResponse } from '../scsi/port.js';
+import { ScsiStatus, TmfCode } from '../scsi/port.js';
 import { buildSense, Sense } from '../scsi/sense.js';
 import type { NegotiatedParams } from './login/negotiation.js';
 import { sendTargets } from './login/discovery.js';
