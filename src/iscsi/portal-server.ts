@@ -20,7 +20,7 @@ import { makeNexus } from '../scsi/port.js';
 import { Connection, type SessionFactory } from './connection.js';
 import type { NegotiatedParams } from './login/negotiation.js';
 import type { AdmitRequest, AdmitResult, LoginEnvironment, LoginOutcome } from './login/login-machine.js';
-import { Session, type SessionDirectory } from './session.js';
+import { Session, type SessionDirectory } from './session/session.js';
 import { defaultIscsiSettings, type IscsiSettings } from './settings.js';
 import type { TargetRegistry } from './target-registry.js';
 
