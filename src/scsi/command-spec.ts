@@ -5,6 +5,7 @@
 // (logical-unit.ts) turns exceptions into status and sense.
 import type { LogicalUnitApi, ReservationClass, TargetApi } from './lu-api.js';
 import type { ScsiRequest, ScsiResponse } from './port.js';
+import type { Asc } from './sense.js';
 
 export interface CommandContext {
   readonly req: ScsiRequest;
@@ -35,6 +36,8 @@ export interface CommandSpec {
   reservation: ReservationClass;
   /** Processed without reporting a pending unit attention (INQUIRY, REPORT LUNS, REQUEST SENSE). */
   skipsUnitAttention?: boolean;
+  /** A pending unit attention this command answers, cleared when it runs (REPORT LUNS: REPORTED LUNS DATA HAS CHANGED, SPC-4 6.33). */
+  clearsUnitAttention?: Asc;
   /** Allowed while a SANITIZE is in progress (INQUIRY, REPORT LUNS, REQUEST SENSE, ...). */
   allowedWhileBusy?: boolean;
   /** Modifies the medium: refused with DATA PROTECT on a read-only LU before the handler runs. */

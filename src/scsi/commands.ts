@@ -6,8 +6,8 @@
 import { readCapacity10, readCapacity16 } from './capacity.js';
 import { alloc32, clip } from './cdb.js';
 import type { CommandContext, CommandHandler, CommandSpec, NoLunHandler } from './command-spec.js';
-import type { ReservationClass } from './lu-api.js';
 import { good } from './command-spec.js';
+import type { ReservationClass } from './lu-api.js';
 import { extendedCopy, receiveCopyResults } from './extended-copy.js';
 import { inquiry, inquiryNoLun } from './inquiry.js';
 import { modeSelect, modeSense } from './mode.js';
@@ -18,13 +18,15 @@ import { compareAndWrite, orWrite, preFetch, read, synchronizeCache, verify, wri
 import { preventAllowMediumRemoval, readDefectData, startStopUnit } from './medium.js';
 import { requestSense, requestSenseNoLun, testUnitReady } from './readiness.js';
 import { reportLuns, reportLunsNoLun, reportTargetPortGroups } from './target-reports.js';
-import { ScsiError } from './sense.js';
+import type { Asc } from './sense.js';
+import { ScsiError, Sense } from './sense.js';
 import type { ScsiResponse } from './port.js';
 
 interface RowOptions {
   sa?: number;
   dataOut?: boolean;
   skipsUnitAttention?: boolean;
+  clearsUnitAttention?: Asc;
   allowedWhileBusy?: boolean;
   writesMedium?: boolean;
   releasesDataOut?: boolean;
@@ -54,6 +56,7 @@ function row(
     spec.cdbUsage[1] = (spec.cdbUsage[1]! & 0xe0) | opts.sa;
   }
   if (opts.skipsUnitAttention) spec.skipsUnitAttention = true;
+  if (opts.clearsUnitAttention) spec.clearsUnitAttention = opts.clearsUnitAttention;
   if (opts.allowedWhileBusy) spec.allowedWhileBusy = true;
   if (opts.writesMedium) spec.writesMedium = true;
   if (opts.releasesDataOut) spec.releasesDataOut = true;
@@ -122,7 +125,7 @@ export const COMMANDS: readonly CommandSpec[] = [
   row(0x9c, 'WRITE ATOMIC(16)', writeAtomic, 'write', [0, 0x18, ...lba8, 0, 0, F, F, 0x1f, 0], W),
   row(0x9e, 'READ CAPACITY(16)', readCapacity16, 'allowed', [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ...lba4, 0, 0], { sa: 0x10 }),
   row(0x9e, 'GET LBA STATUS', getLbaStatus, 'read', [0, 0, ...lba8, ...lba4, 0, 0], { sa: 0x12 }),
-  row(0xa0, 'REPORT LUNS', reportLuns, 'allowed', [0, 0, F, 0, 0, 0, ...lba4, 0, 0], { skipsUnitAttention: true, allowedWhileBusy: true, noLun: reportLunsNoLun }),
+  row(0xa0, 'REPORT LUNS', reportLuns, 'allowed', [0, 0, F, 0, 0, 0, ...lba4, 0, 0], { skipsUnitAttention: true, clearsUnitAttention: Sense.reportedLunsDataChanged, allowedWhileBusy: true, noLun: reportLunsNoLun }),
   row(0xa3, 'REPORT TARGET PORT GROUPS', reportTargetPortGroups, 'allowed', [0, 0xe0, 0, 0, 0, 0, ...lba4, 0, 0], { sa: 0x0a }),
   row(0xa3, 'REPORT SUPPORTED OPERATION CODES', reportSupportedOperationCodes, 'allowed', [0, 0, 0x87, F, F, F, ...lba4, 0, 0], { sa: 0x0c }),
   row(0xa3, 'REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS', reportSupportedTmfs, 'allowed', [0, 0, 0x80, 0, 0, 0, ...lba4, 0, 0], { sa: 0x0d }),

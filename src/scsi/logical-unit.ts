@@ -253,9 +253,9 @@ export class LogicalUnit implements LogicalUnitApi {
       if (!spec.skipsUnitAttention) {
         const ua = this.takeUnitAttention(req.nexus);
         if (ua) return this.checkCondition(ua);
-      } else if (spec.opcode === 0xa0) {
-        // REPORT LUNS reports the new inventory, which is what that UA was about (SPC-4 6.33)
-        this.clearUnitAttention(req.nexus, Sense.reportedLunsDataChanged);
+      } else if (spec.clearsUnitAttention) {
+        // REPORT LUNS reports the new inventory, which is what that UA was about
+        this.clearUnitAttention(req.nexus, spec.clearsUnitAttention);
       }
     }
     const ctx: CommandContext = { req, lu: this, spec };
