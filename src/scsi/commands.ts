@@ -67,16 +67,22 @@ function row(
 const F = 0xff;
 const lba4 = [F, F, F, F];
 const lba8 = [F, F, F, F, F, F, F, F];
-const W = { dataOut: true, writesMedium: true };
-/** WRITE(10/12/16): the transport recycles their data buffers (the write handler is done with them when it completes). */
-const WRITE_DATA = { ...W, releasesDataOut: true };
+/** Rows that take data and change the medium. */
+const WRITES_MEDIUM = { dataOut: true, writesMedium: true };
+/**
+ * WRITE(10/12/16): the write handler is done with the data when it completes,
+ * so the transport recycles these buffers. (WRITE(6), same handler, could be
+ * too; it carries at most 256 blocks and was left out when the pool was
+ * measured.)
+ */
+const WRITE_DATA = { ...WRITES_MEDIUM, releasesDataOut: true };
 
 /** Every command Tabula implements. Opcodes not listed get INVALID COMMAND OPERATION CODE. */
 export const COMMANDS: readonly CommandSpec[] = [
   row(0x00, 'TEST UNIT READY', testUnitReady, 'allowed', [0, 0, 0, 0, 0, 0]),
   row(0x03, 'REQUEST SENSE', requestSense, 'allowed', [0, 0x01, 0, 0, F, 0], { skipsUnitAttention: true, allowedWhileBusy: true, noLun: requestSenseNoLun }),
   row(0x08, 'READ(6)', read, 'read', [0, 0x1f, F, F, F, 0]),
-  row(0x0a, 'WRITE(6)', write, 'write', [0, 0x1f, F, F, F, 0], W),
+  row(0x0a, 'WRITE(6)', write, 'write', [0, 0x1f, F, F, F, 0], WRITES_MEDIUM),
   row(0x12, 'INQUIRY', inquiry, 'allowed', [0, 0x01, F, F, F, 0], { skipsUnitAttention: true, allowedWhileBusy: true, noLun: inquiryNoLun }),
   row(0x15, 'MODE SELECT(6)', modeSelect, 'conflict', [0, 0x10, 0, 0, F, 0], { dataOut: true }),
   // RESERVE / RELEASE and PR IN / OUT check reservations themselves (reservations.ts)
@@ -88,13 +94,13 @@ export const COMMANDS: readonly CommandSpec[] = [
   row(0x25, 'READ CAPACITY(10)', readCapacity10, 'allowed', [0, 0, ...lba4, 0, 0, 0x01, 0]),
   row(0x28, 'READ(10)', read, 'read', [0, 0x18, ...lba4, 0x1f, F, F, 0]),
   row(0x2a, 'WRITE(10)', write, 'write', [0, 0x1a, ...lba4, 0x1f, F, F, 0], WRITE_DATA),
-  row(0x2e, 'WRITE AND VERIFY(10)', writeAndVerify, 'write', [0, 0x12, ...lba4, 0x1f, F, F, 0], W),
+  row(0x2e, 'WRITE AND VERIFY(10)', writeAndVerify, 'write', [0, 0x12, ...lba4, 0x1f, F, F, 0], WRITES_MEDIUM),
   row(0x2f, 'VERIFY(10)', verify, 'read', [0, 0x16, ...lba4, 0x1f, F, F, 0], { dataOut: true }),
   row(0x34, 'PRE-FETCH(10)', preFetch, 'read', [0, 0x02, ...lba4, 0x1f, F, F, 0]),
   row(0x35, 'SYNCHRONIZE CACHE(10)', synchronizeCache, 'write', [0, 0x02, ...lba4, 0x1f, F, F, 0]),
   row(0x37, 'READ DEFECT DATA(10)', readDefectData, 'read', [0, 0, 0x1f, 0, 0, 0, 0, F, F, 0]),
-  row(0x41, 'WRITE SAME(10)', writeSame, 'write', [0, 0x08, ...lba4, 0x1f, F, F, 0], W),
-  row(0x42, 'UNMAP', unmap, 'write', [0, 0, 0, 0, 0, 0, 0x1f, F, F, 0], W),
+  row(0x41, 'WRITE SAME(10)', writeSame, 'write', [0, 0x08, ...lba4, 0x1f, F, F, 0], WRITES_MEDIUM),
+  row(0x42, 'UNMAP', unmap, 'write', [0, 0, 0, 0, 0, 0, 0x1f, F, F, 0], WRITES_MEDIUM),
   // SANITIZE: OVERWRITE, BLOCK ERASE, EXIT FAILURE MODE; it gets through a busy LU to report progress or leave failure mode
   ...[0x01, 0x02, 0x1f].map((sa) =>
     row(0x48, 'SANITIZE', sanitize, 'write', [0, 0xa0, 0, 0, 0, 0, 0, F, F, 0], { sa, dataOut: true, writesMedium: true, allowedWhileBusy: true }),
@@ -114,15 +120,15 @@ export const COMMANDS: readonly CommandSpec[] = [
     row(0x84, 'RECEIVE COPY RESULTS', receiveCopyResults, 'read', [0, 0, F, 0, 0, 0, 0, 0, 0, 0, ...lba4, 0, 0], { sa }),
   ),
   row(0x88, 'READ(16)', read, 'read', [0, 0x18, ...lba8, ...lba4, 0x1f, 0]),
-  row(0x89, 'COMPARE AND WRITE', compareAndWrite, 'write', [0, 0x18, ...lba8, 0, 0, 0, F, 0x1f, 0], W),
+  row(0x89, 'COMPARE AND WRITE', compareAndWrite, 'write', [0, 0x18, ...lba8, 0, 0, 0, F, 0x1f, 0], WRITES_MEDIUM),
   row(0x8a, 'WRITE(16)', write, 'write', [0, 0x1a, ...lba8, ...lba4, 0x1f, 0], WRITE_DATA),
-  row(0x8b, 'ORWRITE(16)', orWrite, 'write', [0, 0x18, ...lba8, ...lba4, 0x1f, 0], W),
-  row(0x8e, 'WRITE AND VERIFY(16)', writeAndVerify, 'write', [0, 0x12, ...lba8, ...lba4, 0x1f, 0], W),
+  row(0x8b, 'ORWRITE(16)', orWrite, 'write', [0, 0x18, ...lba8, ...lba4, 0x1f, 0], WRITES_MEDIUM),
+  row(0x8e, 'WRITE AND VERIFY(16)', writeAndVerify, 'write', [0, 0x12, ...lba8, ...lba4, 0x1f, 0], WRITES_MEDIUM),
   row(0x8f, 'VERIFY(16)', verify, 'read', [0, 0x16, ...lba8, ...lba4, 0x1f, 0], { dataOut: true }),
   row(0x90, 'PRE-FETCH(16)', preFetch, 'read', [0, 0x02, ...lba8, ...lba4, 0x1f, 0]),
   row(0x91, 'SYNCHRONIZE CACHE(16)', synchronizeCache, 'write', [0, 0x02, ...lba8, ...lba4, 0x1f, 0]),
-  row(0x93, 'WRITE SAME(16)', writeSame, 'write', [0, 0x09, ...lba8, ...lba4, 0x1f, 0], W),
-  row(0x9c, 'WRITE ATOMIC(16)', writeAtomic, 'write', [0, 0x18, ...lba8, 0, 0, F, F, 0x1f, 0], W),
+  row(0x93, 'WRITE SAME(16)', writeSame, 'write', [0, 0x09, ...lba8, ...lba4, 0x1f, 0], WRITES_MEDIUM),
+  row(0x9c, 'WRITE ATOMIC(16)', writeAtomic, 'write', [0, 0x18, ...lba8, 0, 0, F, F, 0x1f, 0], WRITES_MEDIUM),
   row(0x9e, 'READ CAPACITY(16)', readCapacity16, 'allowed', [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ...lba4, 0, 0], { sa: 0x10 }),
   row(0x9e, 'GET LBA STATUS', getLbaStatus, 'read', [0, 0, ...lba8, ...lba4, 0, 0], { sa: 0x12 }),
   row(0xa0, 'REPORT LUNS', reportLuns, 'allowed', [0, 0, F, 0, 0, 0, ...lba4, 0, 0], { skipsUnitAttention: true, clearsUnitAttention: Sense.reportedLunsDataChanged, allowedWhileBusy: true, noLun: reportLunsNoLun }),
@@ -131,7 +137,7 @@ export const COMMANDS: readonly CommandSpec[] = [
   row(0xa3, 'REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS', reportSupportedTmfs, 'allowed', [0, 0, 0x80, 0, 0, 0, ...lba4, 0, 0], { sa: 0x0d }),
   row(0xa8, 'READ(12)', read, 'read', [0, 0x18, ...lba4, ...lba4, 0x1f, 0]),
   row(0xaa, 'WRITE(12)', write, 'write', [0, 0x1a, ...lba4, ...lba4, 0x1f, 0], WRITE_DATA),
-  row(0xae, 'WRITE AND VERIFY(12)', writeAndVerify, 'write', [0, 0x12, ...lba4, ...lba4, 0x1f, 0], W),
+  row(0xae, 'WRITE AND VERIFY(12)', writeAndVerify, 'write', [0, 0x12, ...lba4, ...lba4, 0x1f, 0], WRITES_MEDIUM),
   row(0xaf, 'VERIFY(12)', verify, 'read', [0, 0x16, ...lba4, ...lba4, 0x1f, 0], { dataOut: true }),
   row(0xb7, 'READ DEFECT DATA(12)', readDefectData, 'read', [0, 0x1f, 0, 0, 0, 0, ...lba4, 0, 0]),
 ];
