@@ -254,7 +254,7 @@ export class LogicalUnit implements LogicalUnitApi {
         const ua = this.takeUnitAttention(req.nexus);
         if (ua) return this.checkCondition(ua);
       } else if (spec.clearsUnitAttention) {
-        // REPORT LUNS reports the new inventory, which is what that UA was about
+        // REPORT LUNS reports the new inventory, which is what that UA was about (SPC-4 6.33)
         this.clearUnitAttention(req.nexus, spec.clearsUnitAttention);
       }
     }
