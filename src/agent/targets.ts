@@ -19,7 +19,7 @@ import type { BlockDevice } from '../blockdev/block-device.js';
 import { IscsiPortalServer } from '../iscsi/portal-server.js';
 import type { IscsiSettings } from '../iscsi/settings.js';
 import { TargetRegistry } from '../iscsi/target-registry.js';
-import type { PortGroup } from '../scsi/lu-context.js';
+import type { PortGroup } from '../scsi/lu-api.js';
 import { ScsiTargetDevice } from '../scsi/target-device.js';
 import { log } from '../util/log.js';
 

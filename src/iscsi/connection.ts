@@ -8,7 +8,7 @@ import { encodePdu } from './pdu/encode.js';
 import { PduParser } from './pdu/parser.js';
 import { Opcode, RESERVED_TAG, RejectReason, type InitiatorPdu, type TargetPdu } from './pdu/types.js';
 import { snAdd } from './serial.js';
-import { rejectPdu, type Session, type SessionConnection } from './session.js';
+import { rejectPdu, type Session, type SessionConnection } from './session/session.js';
 import type { IscsiSettings } from './settings.js';
 
 const enum ConnState {

@@ -16,11 +16,11 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { registerDrain } from '../util/graceful.js';
 import { log } from '../util/log.js';
-import { makeNexus } from '../scsi/types.js';
+import { makeNexus } from '../scsi/port.js';
 import { Connection, type SessionFactory } from './connection.js';
 import type { NegotiatedParams } from './login/negotiation.js';
 import type { AdmitRequest, AdmitResult, LoginEnvironment, LoginOutcome } from './login/login-machine.js';
-import { Session, type SessionDirectory } from './session.js';
+import { Session, type SessionDirectory } from './session/session.js';
 import { defaultIscsiSettings, type IscsiSettings } from './settings.js';
 import type { TargetRegistry } from './target-registry.js';
 

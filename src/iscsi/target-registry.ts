@@ -1,6 +1,6 @@
 // The iSCSI targets a portal server offers: each a name, its SCSI device
 // (a ScsiPort), login policy (CHAP, ACL) and the portals it is reachable on.
-import type { ScsiPort } from '../scsi/types.js';
+import type { ScsiPort } from '../scsi/port.js';
 import type { TargetAuth, TargetInfo, PortalInfo } from './login/login-machine.js';
 
 export interface IscsiTarget {

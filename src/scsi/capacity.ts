@@ -1,9 +1,9 @@
 // READ CAPACITY(10) and READ CAPACITY(16) (SBC-4 5.20, 5.21).
 import { alloc32, clip } from './cdb.js';
-import type { CommandContext } from './command-types.js';
-import { good } from './command-types.js';
+import type { CommandContext } from './command-spec.js';
+import { good } from './command-spec.js';
 import { ScsiError } from './sense.js';
-import type { ScsiResponse } from './types.js';
+import type { ScsiResponse } from './port.js';
 
 /** READ CAPACITY(10) 0x25: last LBA (0xFFFFFFFF when it does not fit) and block length. */
 export function readCapacity10(ctx: CommandContext): ScsiResponse {

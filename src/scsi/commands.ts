@@ -5,33 +5,32 @@
 // so adding a command is adding one row.
 import { readCapacity10, readCapacity16 } from './capacity.js';
 import { alloc32, clip } from './cdb.js';
-import type { CommandContext, CommandHandler, CommandSpec, ReservationClass } from './command-types.js';
-import { good } from './command-types.js';
+import type { CommandContext, CommandHandler, CommandSpec, NoLunHandler } from './command-spec.js';
+import { good } from './command-spec.js';
+import type { ReservationClass } from './lu-api.js';
 import { extendedCopy, receiveCopyResults } from './extended-copy.js';
-import { inquiry } from './inquiry.js';
+import { inquiry, inquiryNoLun } from './inquiry.js';
 import { modeSelect, modeSense } from './mode.js';
 import { getLbaStatus, unmap, writeSame } from './provisioning.js';
 import { persistentReserveIn, persistentReserveOut, release10, release6, reserve10, reserve6 } from './reservations.js';
 import { sanitize } from './sanitize.js';
 import { compareAndWrite, orWrite, preFetch, read, synchronizeCache, verify, write, writeAndVerify, writeAtomic } from './read-write.js';
-import {
-  preventAllowMediumRemoval,
-  readDefectData,
-  reportLuns,
-  reportTargetPortGroups,
-  requestSense,
-  startStopUnit,
-  testUnitReady,
-} from './sense-commands.js';
-import { ScsiError } from './sense.js';
-import type { ScsiResponse } from './types.js';
+import { preventAllowMediumRemoval, readDefectData, startStopUnit } from './medium.js';
+import { requestSense, requestSenseNoLun, testUnitReady } from './readiness.js';
+import { reportLuns, reportLunsNoLun, reportTargetPortGroups } from './target-reports.js';
+import type { Asc } from './sense.js';
+import { ScsiError, Sense } from './sense.js';
+import type { ScsiResponse } from './port.js';
 
 interface RowOptions {
   sa?: number;
   dataOut?: boolean;
   skipsUnitAttention?: boolean;
+  clearsUnitAttention?: Asc;
   allowedWhileBusy?: boolean;
   writesMedium?: boolean;
+  releasesDataOut?: boolean;
+  noLun?: NoLunHandler;
 }
 
 function row(
@@ -57,23 +56,34 @@ function row(
     spec.cdbUsage[1] = (spec.cdbUsage[1]! & 0xe0) | opts.sa;
   }
   if (opts.skipsUnitAttention) spec.skipsUnitAttention = true;
+  if (opts.clearsUnitAttention) spec.clearsUnitAttention = opts.clearsUnitAttention;
   if (opts.allowedWhileBusy) spec.allowedWhileBusy = true;
   if (opts.writesMedium) spec.writesMedium = true;
+  if (opts.releasesDataOut) spec.releasesDataOut = true;
+  if (opts.noLun) spec.noLun = opts.noLun;
   return spec;
 }
 
 const F = 0xff;
 const lba4 = [F, F, F, F];
 const lba8 = [F, F, F, F, F, F, F, F];
-const W = { dataOut: true, writesMedium: true };
+/** Rows that take data and change the medium. */
+const WRITES_MEDIUM = { dataOut: true, writesMedium: true };
+/**
+ * WRITE(10/12/16): the write handler is done with the data when it completes,
+ * so the transport recycles these buffers. (WRITE(6), same handler, could be
+ * too; it carries at most 256 blocks and was left out when the pool was
+ * measured.)
+ */
+const WRITE_DATA = { ...WRITES_MEDIUM, releasesDataOut: true };
 
 /** Every command Tabula implements. Opcodes not listed get INVALID COMMAND OPERATION CODE. */
 export const COMMANDS: readonly CommandSpec[] = [
   row(0x00, 'TEST UNIT READY', testUnitReady, 'allowed', [0, 0, 0, 0, 0, 0]),
-  row(0x03, 'REQUEST SENSE', requestSense, 'allowed', [0, 0x01, 0, 0, F, 0], { skipsUnitAttention: true, allowedWhileBusy: true }),
+  row(0x03, 'REQUEST SENSE', requestSense, 'allowed', [0, 0x01, 0, 0, F, 0], { skipsUnitAttention: true, allowedWhileBusy: true, noLun: requestSenseNoLun }),
   row(0x08, 'READ(6)', read, 'read', [0, 0x1f, F, F, F, 0]),
-  row(0x0a, 'WRITE(6)', write, 'write', [0, 0x1f, F, F, F, 0], W),
-  row(0x12, 'INQUIRY', inquiry, 'allowed', [0, 0x01, F, F, F, 0], { skipsUnitAttention: true, allowedWhileBusy: true }),
+  row(0x0a, 'WRITE(6)', write, 'write', [0, 0x1f, F, F, F, 0], WRITES_MEDIUM),
+  row(0x12, 'INQUIRY', inquiry, 'allowed', [0, 0x01, F, F, F, 0], { skipsUnitAttention: true, allowedWhileBusy: true, noLun: inquiryNoLun }),
   row(0x15, 'MODE SELECT(6)', modeSelect, 'conflict', [0, 0x10, 0, 0, F, 0], { dataOut: true }),
   // RESERVE / RELEASE and PR IN / OUT check reservations themselves (reservations.ts)
   row(0x16, 'RESERVE(6)', reserve6, 'allowed', [0, 0, 0, 0, 0, 0]),
@@ -83,14 +93,14 @@ export const COMMANDS: readonly CommandSpec[] = [
   row(0x1e, 'PREVENT ALLOW MEDIUM REMOVAL', preventAllowMediumRemoval, 'write', [0, 0, 0, 0, 0x03, 0]),
   row(0x25, 'READ CAPACITY(10)', readCapacity10, 'allowed', [0, 0, ...lba4, 0, 0, 0x01, 0]),
   row(0x28, 'READ(10)', read, 'read', [0, 0x18, ...lba4, 0x1f, F, F, 0]),
-  row(0x2a, 'WRITE(10)', write, 'write', [0, 0x1a, ...lba4, 0x1f, F, F, 0], W),
-  row(0x2e, 'WRITE AND VERIFY(10)', writeAndVerify, 'write', [0, 0x12, ...lba4, 0x1f, F, F, 0], W),
+  row(0x2a, 'WRITE(10)', write, 'write', [0, 0x1a, ...lba4, 0x1f, F, F, 0], WRITE_DATA),
+  row(0x2e, 'WRITE AND VERIFY(10)', writeAndVerify, 'write', [0, 0x12, ...lba4, 0x1f, F, F, 0], WRITES_MEDIUM),
   row(0x2f, 'VERIFY(10)', verify, 'read', [0, 0x16, ...lba4, 0x1f, F, F, 0], { dataOut: true }),
   row(0x34, 'PRE-FETCH(10)', preFetch, 'read', [0, 0x02, ...lba4, 0x1f, F, F, 0]),
   row(0x35, 'SYNCHRONIZE CACHE(10)', synchronizeCache, 'write', [0, 0x02, ...lba4, 0x1f, F, F, 0]),
   row(0x37, 'READ DEFECT DATA(10)', readDefectData, 'read', [0, 0, 0x1f, 0, 0, 0, 0, F, F, 0]),
-  row(0x41, 'WRITE SAME(10)', writeSame, 'write', [0, 0x08, ...lba4, 0x1f, F, F, 0], W),
-  row(0x42, 'UNMAP', unmap, 'write', [0, 0, 0, 0, 0, 0, 0x1f, F, F, 0], W),
+  row(0x41, 'WRITE SAME(10)', writeSame, 'write', [0, 0x08, ...lba4, 0x1f, F, F, 0], WRITES_MEDIUM),
+  row(0x42, 'UNMAP', unmap, 'write', [0, 0, 0, 0, 0, 0, 0x1f, F, F, 0], WRITES_MEDIUM),
   // SANITIZE: OVERWRITE, BLOCK ERASE, EXIT FAILURE MODE; it gets through a busy LU to report progress or leave failure mode
   ...[0x01, 0x02, 0x1f].map((sa) =>
     row(0x48, 'SANITIZE', sanitize, 'write', [0, 0xa0, 0, 0, 0, 0, 0, F, F, 0], { sa, dataOut: true, writesMedium: true, allowedWhileBusy: true }),
@@ -110,24 +120,24 @@ export const COMMANDS: readonly CommandSpec[] = [
     row(0x84, 'RECEIVE COPY RESULTS', receiveCopyResults, 'read', [0, 0, F, 0, 0, 0, 0, 0, 0, 0, ...lba4, 0, 0], { sa }),
   ),
   row(0x88, 'READ(16)', read, 'read', [0, 0x18, ...lba8, ...lba4, 0x1f, 0]),
-  row(0x89, 'COMPARE AND WRITE', compareAndWrite, 'write', [0, 0x18, ...lba8, 0, 0, 0, F, 0x1f, 0], W),
-  row(0x8a, 'WRITE(16)', write, 'write', [0, 0x1a, ...lba8, ...lba4, 0x1f, 0], W),
-  row(0x8b, 'ORWRITE(16)', orWrite, 'write', [0, 0x18, ...lba8, ...lba4, 0x1f, 0], W),
-  row(0x8e, 'WRITE AND VERIFY(16)', writeAndVerify, 'write', [0, 0x12, ...lba8, ...lba4, 0x1f, 0], W),
+  row(0x89, 'COMPARE AND WRITE', compareAndWrite, 'write', [0, 0x18, ...lba8, 0, 0, 0, F, 0x1f, 0], WRITES_MEDIUM),
+  row(0x8a, 'WRITE(16)', write, 'write', [0, 0x1a, ...lba8, ...lba4, 0x1f, 0], WRITE_DATA),
+  row(0x8b, 'ORWRITE(16)', orWrite, 'write', [0, 0x18, ...lba8, ...lba4, 0x1f, 0], WRITES_MEDIUM),
+  row(0x8e, 'WRITE AND VERIFY(16)', writeAndVerify, 'write', [0, 0x12, ...lba8, ...lba4, 0x1f, 0], WRITES_MEDIUM),
   row(0x8f, 'VERIFY(16)', verify, 'read', [0, 0x16, ...lba8, ...lba4, 0x1f, 0], { dataOut: true }),
   row(0x90, 'PRE-FETCH(16)', preFetch, 'read', [0, 0x02, ...lba8, ...lba4, 0x1f, 0]),
   row(0x91, 'SYNCHRONIZE CACHE(16)', synchronizeCache, 'write', [0, 0x02, ...lba8, ...lba4, 0x1f, 0]),
-  row(0x93, 'WRITE SAME(16)', writeSame, 'write', [0, 0x09, ...lba8, ...lba4, 0x1f, 0], W),
-  row(0x9c, 'WRITE ATOMIC(16)', writeAtomic, 'write', [0, 0x18, ...lba8, 0, 0, F, F, 0x1f, 0], W),
+  row(0x93, 'WRITE SAME(16)', writeSame, 'write', [0, 0x09, ...lba8, ...lba4, 0x1f, 0], WRITES_MEDIUM),
+  row(0x9c, 'WRITE ATOMIC(16)', writeAtomic, 'write', [0, 0x18, ...lba8, 0, 0, F, F, 0x1f, 0], WRITES_MEDIUM),
   row(0x9e, 'READ CAPACITY(16)', readCapacity16, 'allowed', [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ...lba4, 0, 0], { sa: 0x10 }),
   row(0x9e, 'GET LBA STATUS', getLbaStatus, 'read', [0, 0, ...lba8, ...lba4, 0, 0], { sa: 0x12 }),
-  row(0xa0, 'REPORT LUNS', reportLuns, 'allowed', [0, 0, F, 0, 0, 0, ...lba4, 0, 0], { skipsUnitAttention: true, allowedWhileBusy: true }),
+  row(0xa0, 'REPORT LUNS', reportLuns, 'allowed', [0, 0, F, 0, 0, 0, ...lba4, 0, 0], { skipsUnitAttention: true, clearsUnitAttention: Sense.reportedLunsDataChanged, allowedWhileBusy: true, noLun: reportLunsNoLun }),
   row(0xa3, 'REPORT TARGET PORT GROUPS', reportTargetPortGroups, 'allowed', [0, 0xe0, 0, 0, 0, 0, ...lba4, 0, 0], { sa: 0x0a }),
   row(0xa3, 'REPORT SUPPORTED OPERATION CODES', reportSupportedOperationCodes, 'allowed', [0, 0, 0x87, F, F, F, ...lba4, 0, 0], { sa: 0x0c }),
   row(0xa3, 'REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS', reportSupportedTmfs, 'allowed', [0, 0, 0x80, 0, 0, 0, ...lba4, 0, 0], { sa: 0x0d }),
   row(0xa8, 'READ(12)', read, 'read', [0, 0x18, ...lba4, ...lba4, 0x1f, 0]),
-  row(0xaa, 'WRITE(12)', write, 'write', [0, 0x1a, ...lba4, ...lba4, 0x1f, 0], W),
-  row(0xae, 'WRITE AND VERIFY(12)', writeAndVerify, 'write', [0, 0x12, ...lba4, ...lba4, 0x1f, 0], W),
+  row(0xaa, 'WRITE(12)', write, 'write', [0, 0x1a, ...lba4, ...lba4, 0x1f, 0], WRITE_DATA),
+  row(0xae, 'WRITE AND VERIFY(12)', writeAndVerify, 'write', [0, 0x12, ...lba4, ...lba4, 0x1f, 0], WRITES_MEDIUM),
   row(0xaf, 'VERIFY(12)', verify, 'read', [0, 0x16, ...lba4, ...lba4, 0x1f, 0], { dataOut: true }),
   row(0xb7, 'READ DEFECT DATA(12)', readDefectData, 'read', [0, 0x1f, 0, 0, 0, 0, ...lba4, 0, 0]),
 ];
@@ -167,6 +177,13 @@ export function lookupCommand(cdb: Buffer): Lookup {
   const spec = slot.get(sa);
   if (!spec) return { error: ScsiError.cdb(1, 4, `unsupported service action 0x${sa.toString(16)} of opcode 0x${cdb[0]!.toString(16)}`) };
   return { spec };
+}
+
+/** The row for a CDB, or undefined (no allocation: the transport asks this per command). */
+export function commandOf(cdb: Buffer): CommandSpec | undefined {
+  const slot = TABLE[cdb[0] ?? 0];
+  if (slot instanceof Map) return slot.get(serviceActionOf(cdb));
+  return slot;
 }
 
 /** The row for an opcode / service action, if Tabula implements it. */

@@ -3,12 +3,13 @@
 // by identification CSCD descriptors (0xE4) carrying the LU's NAA designator.
 // Data moves in bounded chunks through the LUs' BlockDevices.
 import { BlockDeviceError } from '../blockdev/block-device.js';
-import type { CommandContext, CommandSpec, LogicalUnitApi } from './command-types.js';
-import { good } from './command-types.js';
+import type { CommandContext, CommandSpec } from './command-spec.js';
+import type { LogicalUnitApi } from './lu-api.js';
+import { good } from './command-spec.js';
 import { ReservationConflictError, ScsiError, SenseKey, Sense, buildSense } from './sense.js';
 import type { Asc } from './sense.js';
-import type { ScsiResponse } from './types.js';
-import { ScsiStatus } from './types.js';
+import type { ScsiResponse } from './port.js';
+import { ScsiStatus } from './port.js';
 
 /** What this copy manager accepts (RECEIVE COPY RESULTS OPERATING PARAMETERS, VPD 0x8F). */
 export const COPY_LIMITS = {

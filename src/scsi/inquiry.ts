@@ -2,13 +2,13 @@
 // (SPC-4 7.8, SBC-4 6.6). Every response is built whole and then clipped to
 // the allocation length.
 import { alloc16, clip } from './cdb.js';
-import type { CommandContext } from './command-types.js';
+import type { CommandContext } from './command-spec.js';
 import { thirdPartyCopyVpd } from './extended-copy.js';
-import { good } from './command-types.js';
-import type { DeviceServerLu } from './lu-context.js';
-import { asDeviceLu } from './lu-context.js';
+import { good } from './command-spec.js';
+import type { LogicalUnitApi } from './lu-api.js';
 import { ScsiError } from './sense.js';
-import type { Nexus, ScsiResponse } from './types.js';
+import type { Nexus, ScsiRequest, ScsiResponse } from './port.js';
+import { ScsiStatus } from './port.js';
 
 export const enum Vpd {
   Supported = 0x00,
@@ -31,7 +31,7 @@ function ascii(s: string, len: number): string {
 }
 
 /** Standard INQUIRY data (96 bytes) for an existing LU. */
-export function standardInquiry(lu: DeviceServerLu): Buffer {
+export function standardInquiry(lu: LogicalUnitApi): Buffer {
   const b = Buffer.alloc(96);
   b[0] = 0x00; // peripheral qualifier 000b, direct access block device
   b[1] = 0x00; // not removable
@@ -49,13 +49,20 @@ export function standardInquiry(lu: DeviceServerLu): Buffer {
 }
 
 /** Standard INQUIRY data for a LUN that does not exist: peripheral qualifier 011b, device type 1Fh. */
-export function noLunInquiry(): Buffer {
+function noLunInquiryData(): Buffer {
   const b = Buffer.alloc(36);
   b[0] = 0x7f;
   b[2] = 0x06;
   b[3] = 0x12;
   b[4] = b.length - 5;
   return b;
+}
+
+/** INQUIRY 0x12 to a LUN that does not exist: peripheral qualifier 011b; a VPD request gets the same header. */
+export function inquiryNoLun(req: ScsiRequest): ScsiResponse {
+  const alloc = req.cdb.readUInt16BE(3);
+  const data = noLunInquiryData();
+  return { status: ScsiStatus.Good, dataIn: data.length > alloc ? data.subarray(0, alloc) : data };
 }
 
 function vpd(page: number, body: Buffer): Buffer {
@@ -85,7 +92,7 @@ function nameString(s: string): Buffer {
   return b;
 }
 
-function deviceIdentification(lu: DeviceServerLu, nexus: Nexus): Buffer {
+function deviceIdentification(lu: LogicalUnitApi, nexus: Nexus): Buffer {
   const rel = Buffer.alloc(4);
   rel.writeUInt16BE(nexus.relativeTargetPortId & 0xffff, 2);
   const tpg = Buffer.alloc(4);
@@ -103,7 +110,7 @@ function deviceIdentification(lu: DeviceServerLu, nexus: Nexus): Buffer {
   return vpd(Vpd.DeviceIdentification, Buffer.concat(descs));
 }
 
-function supportedPages(lu: DeviceServerLu): number[] {
+function supportedPages(lu: LogicalUnitApi): number[] {
   const pages = [Vpd.Supported, Vpd.UnitSerial, Vpd.DeviceIdentification, Vpd.ExtendedInquiry];
   if (lu.thirdPartyCopy) pages.push(Vpd.ThirdPartyCopy);
   pages.push(Vpd.BlockLimits, Vpd.BlockDeviceCharacteristics, Vpd.LogicalBlockProvisioning);
@@ -117,7 +124,7 @@ function extendedInquiry(): Buffer {
   return vpd(Vpd.ExtendedInquiry, body);
 }
 
-function blockLimits(lu: DeviceServerLu): Buffer {
+function blockLimits(lu: LogicalUnitApi): Buffer {
   const l = lu.limits;
   const body = Buffer.alloc(0x3c);
   body[0] = 0x00; // WSNZ=0: WRITE SAME with zero blocks writes to the end of the medium
@@ -146,7 +153,7 @@ function blockDeviceCharacteristics(): Buffer {
   return vpd(Vpd.BlockDeviceCharacteristics, body);
 }
 
-function logicalBlockProvisioning(lu: DeviceServerLu): Buffer {
+function logicalBlockProvisioning(lu: LogicalUnitApi): Buffer {
   const body = Buffer.alloc(4);
   if (lu.device.thin) {
     body[1] = 0x80 | 0x40 | 0x20 | 0x04; // LBPU, LBPWS, LBPWS10, LBPRZ=001b
@@ -155,7 +162,7 @@ function logicalBlockProvisioning(lu: DeviceServerLu): Buffer {
   return vpd(Vpd.LogicalBlockProvisioning, body);
 }
 
-export function vpdPage(lu: DeviceServerLu, page: number, nexus: Nexus): Buffer | undefined {
+export function vpdPage(lu: LogicalUnitApi, page: number, nexus: Nexus): Buffer | undefined {
   switch (page) {
     case Vpd.Supported: {
       const pages = supportedPages(lu);
@@ -183,7 +190,7 @@ export function vpdPage(lu: DeviceServerLu, page: number, nexus: Nexus): Buffer 
 /** INQUIRY 0x12. */
 export function inquiry(ctx: CommandContext): ScsiResponse {
   const { cdb, nexus } = ctx.req;
-  const lu = asDeviceLu(ctx.lu);
+  const lu = ctx.lu;
   const evpd = (cdb[1]! & 0x01) !== 0;
   const page = cdb[2]!;
   const allocation = alloc16(cdb, 3);

@@ -14,16 +14,16 @@ import { BlockDeviceError } from '../blockdev/block-device.js';
 import type { BlockDevice } from '../blockdev/block-device.js';
 import { log } from '../util/log.js';
 import { checkControlByte } from './cdb.js';
-import type { BusyState, CommandContext, CommandSpec, LuIdentity, ReservationGate, TargetApi, UnitAttentionScope } from './command-types.js';
+import type { CommandContext, CommandSpec } from './command-spec.js';
 import { lookupCommand } from './commands.js';
-import type { BlockLimits, DeviceServerLu, PortGroup } from './lu-context.js';
-import { defaultLimits } from './lu-context.js';
-import { ModeState } from './mode.js';
+import type { BlockLimits, BusyState, LogicalUnitApi, LuIdentity, PortGroup, ReservationGate, TargetApi, UnitAttentionScope } from './lu-api.js';
+import { defaultLimits } from './lu-api.js';
+import { ModeState } from './mode-pages.js';
 import { Reservations } from './reservations.js';
 import type { Asc, SenseOptions } from './sense.js';
 import { buildSense, ReservationConflictError, ScsiError, Sense } from './sense.js';
-import type { Nexus, ScsiRequest, ScsiResponse } from './types.js';
-import { ScsiStatus, TaskAttribute } from './types.js';
+import type { Nexus, ScsiRequest, ScsiResponse } from './port.js';
+import { ScsiStatus, TaskAttribute } from './port.js';
 
 /** What a logical unit needs of the target device it belongs to. */
 export interface LuHost {
@@ -51,8 +51,7 @@ function sameAsc(a: Asc, b: Asc): boolean {
   return a.asc === b.asc && a.ascq === b.ascq && a.key === b.key;
 }
 
-export class LogicalUnit implements DeviceServerLu {
-  readonly deviceServer = true as const;
+export class LogicalUnit implements LogicalUnitApi {
   readonly identity: LuIdentity;
   readonly readOnly: boolean;
   readonly reservations: ReservationGate;
@@ -245,9 +244,9 @@ export class LogicalUnit implements DeviceServerLu {
       if (!spec.skipsUnitAttention) {
         const ua = this.takeUnitAttention(req.nexus);
         if (ua) return this.checkCondition(ua);
-      } else if (spec.opcode === 0xa0) {
+      } else if (spec.clearsUnitAttention) {
         // REPORT LUNS reports the new inventory, which is what that UA was about (SPC-4 6.33)
-        this.clearUnitAttention(req.nexus, Sense.reportedLunsDataChanged);
+        this.clearUnitAttention(req.nexus, spec.clearsUnitAttention);
       }
     }
     const ctx: CommandContext = { req, lu: this, spec };

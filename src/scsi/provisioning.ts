@@ -1,19 +1,18 @@
 // Logical block provisioning (SBC-4 4.7, 5.x): UNMAP, WRITE SAME(10/16),
 // GET LBA STATUS. Anchored LBAs are not supported (ANC_SUP=0).
 import { alloc32, checkLbaRange, clip } from './cdb.js';
-import type { CommandContext } from './command-types.js';
-import { good } from './command-types.js';
-import { asDeviceLu } from './lu-context.js';
+import type { CommandContext } from './command-spec.js';
+import { good } from './command-spec.js';
 import { ScsiError, Sense } from './sense.js';
-import type { ScsiResponse } from './types.js';
-import { ScsiStatus } from './types.js';
+import type { ScsiResponse } from './port.js';
+import { ScsiStatus } from './port.js';
 
 /** Bytes written per device call when WRITE SAME repeats a non-zero pattern. */
 const PATTERN_CHUNK_BYTES = 1 << 20;
 
 /** UNMAP 0x42. */
 export async function unmap(ctx: CommandContext): Promise<ScsiResponse> {
-  const lu = asDeviceLu(ctx.lu);
+  const lu = ctx.lu;
   const { cdb } = ctx.req;
   if (!lu.device.thin) throw new ScsiError(Sense.invalidOpcode, {}, 'UNMAP on a fully provisioned LU');
   if (cdb[1]! & 0x01) throw ScsiError.cdb(1, 0, 'anchored LBAs are not supported');
@@ -48,7 +47,7 @@ function isZero(b: Buffer): boolean {
 
 /** WRITE SAME(10) 0x41 and WRITE SAME(16) 0x93. */
 export async function writeSame(ctx: CommandContext): Promise<ScsiResponse> {
-  const lu = asDeviceLu(ctx.lu);
+  const lu = ctx.lu;
   const { cdb } = ctx.req;
   const sixteen = ctx.spec.cdbLength === 16;
   if (cdb[1]! & 0xe0) throw ScsiError.cdb(1, 7, 'protection information is not supported');
@@ -96,7 +95,7 @@ const MAX_LBA_STATUS_DESCRIPTORS = 512;
 
 /** GET LBA STATUS 0x9e/0x12: mapped / deallocated extents from the starting LBA. */
 export async function getLbaStatus(ctx: CommandContext): Promise<ScsiResponse> {
-  const lu = asDeviceLu(ctx.lu);
+  const lu = ctx.lu;
   const { cdb } = ctx.req;
   const start = cdb.readBigUInt64BE(2);
   const allocation = alloc32(cdb, 10);

@@ -7,13 +7,12 @@
 // garbage, and dataOutLength tells the transport to report the residual.
 import type { WriteOptions } from '../blockdev/block-device.js';
 import { checkLbaRange, lbaRange } from './cdb.js';
-import type { CommandContext } from './command-types.js';
-import { good } from './command-types.js';
-import type { DeviceServerLu } from './lu-context.js';
-import { asDeviceLu } from './lu-context.js';
+import type { CommandContext } from './command-spec.js';
+import { good } from './command-spec.js';
+import type { LogicalUnitApi } from './lu-api.js';
 import { ScsiError, Sense } from './sense.js';
-import type { ScsiResponse } from './types.js';
-import { ScsiStatus } from './types.js';
+import type { ScsiResponse } from './port.js';
+import { ScsiStatus } from './port.js';
 
 /** Byte of the TRANSFER LENGTH field, for field pointers. */
 function lengthByte(cdbLength: number): number {
@@ -26,13 +25,13 @@ function checkProtect(cdb: Buffer, cdbLength: number): void {
 }
 
 interface Decoded {
-  lu: DeviceServerLu;
+  lu: LogicalUnitApi;
   lba: number;
   blocks: number;
 }
 
 function decode(ctx: CommandContext, maxBlocks?: number): Decoded {
-  const lu = asDeviceLu(ctx.lu);
+  const lu = ctx.lu;
   const len = ctx.spec.cdbLength;
   const { cdb } = ctx.req;
   checkProtect(cdb, len);
@@ -43,7 +42,7 @@ function decode(ctx: CommandContext, maxBlocks?: number): Decoded {
   return { lu, lba, blocks: r.blocks };
 }
 
-function writeOptions(ctx: CommandContext, lu: DeviceServerLu): WriteOptions {
+function writeOptions(ctx: CommandContext, lu: LogicalUnitApi): WriteOptions {
   // FUA (byte 1 bit 3) in 10/12/16-byte CDBs; with WCE=0 every write is durable before status
   const fua = (ctx.spec.cdbLength > 6 && (ctx.req.cdb[1]! & 0x08) !== 0) || !lu.mode.writeCacheEnabled;
   return fua ? { fua: true } : {};
@@ -128,7 +127,7 @@ export async function verify(ctx: CommandContext): Promise<ScsiResponse> {
 
 /** PRE-FETCH(10/16): there is no cache to load, so GOOD once the range is valid. */
 export function preFetch(ctx: CommandContext): ScsiResponse {
-  const lu = asDeviceLu(ctx.lu);
+  const lu = ctx.lu;
   const r = lbaRange(ctx.req.cdb, ctx.spec.cdbLength);
   checkLbaRange(r.lba, r.blocks, lu.device.blockCount);
   return good();
@@ -136,7 +135,7 @@ export function preFetch(ctx: CommandContext): ScsiResponse {
 
 /** SYNCHRONIZE CACHE(10/16): flush the whole device (ranges are checked, not used). */
 export async function synchronizeCache(ctx: CommandContext): Promise<ScsiResponse> {
-  const lu = asDeviceLu(ctx.lu);
+  const lu = ctx.lu;
   const r = lbaRange(ctx.req.cdb, ctx.spec.cdbLength);
   checkLbaRange(r.lba, r.blocks, lu.device.blockCount);
   await lu.device.flush();
@@ -145,7 +144,7 @@ export async function synchronizeCache(ctx: CommandContext): Promise<ScsiRespons
 
 /** COMPARE AND WRITE 0x89: atomic against every other command of the LU. */
 export async function compareAndWrite(ctx: CommandContext): Promise<ScsiResponse> {
-  const lu = asDeviceLu(ctx.lu);
+  const lu = ctx.lu;
   const { cdb } = ctx.req;
   checkProtect(cdb, 16);
   const blocks = cdb[13]!;
@@ -190,7 +189,7 @@ export async function orWrite(ctx: CommandContext): Promise<ScsiResponse> {
 
 /** WRITE ATOMIC(16) 0x9c: within the VPD 0xB0 atomic limits, written while no other command runs. */
 export async function writeAtomic(ctx: CommandContext): Promise<ScsiResponse> {
-  const lu = asDeviceLu(ctx.lu);
+  const lu = ctx.lu;
   const { cdb } = ctx.req;
   checkProtect(cdb, 16);
   if (cdb.readUInt16BE(10) !== 0) throw ScsiError.cdb(10, undefined, 'atomic boundaries are not supported');

@@ -3,7 +3,7 @@
 // an agent uses the JSON file store today, the controller will own the state
 // cluster-wide later behind the same interface.
 import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
-import type { Nexus } from './types.js';
+import type { Nexus } from './port.js';
 
 /** One registered I_T nexus. `nexus` is kept whole so that unit attentions can be addressed to it. */
 export interface RegistrationRecord {

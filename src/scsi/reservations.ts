@@ -2,13 +2,14 @@
 // persistent reservations (5.13, 6.15 PERSISTENT RESERVE IN, 6.16 PERSISTENT
 // RESERVE OUT). The state lives behind a ReservationStore; the conflict rule
 // (ReservationGate.conflicts) reads the working copy held here.
-import type { CommandContext, CommandSpec, LogicalUnitApi, ReservationGate } from './command-types.js';
-import { good } from './command-types.js';
+import type { CommandContext } from './command-spec.js';
+import type { LogicalUnitApi, ReservationClass, ReservationGate } from './lu-api.js';
+import { good } from './command-spec.js';
 import { MemoryReservationStore, cloneReservationState, emptyReservationState } from './reservation-store.js';
 import type { RegistrationRecord, ReservationState, ReservationStore } from './reservation-store.js';
 import { ReservationConflictError, ScsiError, Sense } from './sense.js';
 import type { Asc } from './sense.js';
-import type { Nexus, ScsiRequest, ScsiResponse } from './types.js';
+import type { Nexus, ScsiRequest, ScsiResponse } from './port.js';
 
 export const enum PrType {
   WriteExclusive = 1,
@@ -88,7 +89,7 @@ export class Reservations implements ReservationGate {
 
   // ---- ReservationGate ----
 
-  conflicts(req: ScsiRequest, spec: CommandSpec): boolean {
+  conflicts(req: ScsiRequest, spec: { readonly reservation: ReservationClass }): boolean {
     const cls = spec.reservation;
     if (cls === 'allowed') return false;
     if (this.spc2) return this.spc2.id !== req.nexus.id;

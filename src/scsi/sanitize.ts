@@ -7,11 +7,12 @@
 import { BlockDeviceError } from '../blockdev/block-device.js';
 import type { BlockDevice } from '../blockdev/block-device.js';
 import { log } from '../util/log.js';
-import type { BusyState, CommandContext, LogicalUnitApi } from './command-types.js';
-import { good } from './command-types.js';
+import type { CommandContext } from './command-spec.js';
+import type { BusyState, LogicalUnitApi } from './lu-api.js';
+import { good } from './command-spec.js';
 import { ScsiError, Sense } from './sense.js';
-import type { ScsiResponse } from './types.js';
-import { ScsiStatus } from './types.js';
+import type { ScsiResponse } from './port.js';
+import { ScsiStatus } from './port.js';
 
 const enum SanitizeAction {
   Overwrite = 0x01,

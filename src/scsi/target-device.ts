@@ -12,15 +12,13 @@
 // port keeps the ones it has not seen yet.
 import { createHash } from 'node:crypto';
 import type { BlockDevice } from '../blockdev/block-device.js';
-import type { LuIdentity, LogicalUnitApi, ReservationGate, TargetApi } from './command-types.js';
-import { noLunInquiry } from './inquiry.js';
+import type { BlockLimits, LuIdentity, LogicalUnitApi, PortGroup, ReservationGate, TargetApi } from './lu-api.js';
 import type { LogicalUnitOptions, LuHost } from './logical-unit.js';
 import { LogicalUnit } from './logical-unit.js';
-import type { BlockLimits, PortGroup } from './lu-context.js';
-import { reportLunsResponse } from './sense-commands.js';
+import { commandOf } from './commands.js';
 import { buildSense, ScsiError, Sense } from './sense.js';
-import type { Nexus, ScsiPort, ScsiRequest, ScsiResponse } from './types.js';
-import { ScsiStatus, TmfCode, TmfResult } from './types.js';
+import type { Nexus, ScsiPort, ScsiRequest, ScsiResponse } from './port.js';
+import { ScsiStatus, TmfCode, TmfResult } from './port.js';
 
 /** IEEE company id used in NAA type 6 designators. */
 export const TABULA_OUI = 0x5a_b1_e0;
@@ -136,6 +134,10 @@ export class ScsiTargetDevice implements ScsiPort, TargetApi {
     return this.units.has(lun);
   }
 
+  releasesDataOut(cdb: Buffer): boolean {
+    return commandOf(cdb)?.releasesDataOut === true;
+  }
+
   async execute(req: ScsiRequest): Promise<ScsiResponse> {
     if (!this.live.has(req.nexus.id)) this.live.set(req.nexus.id, req.nexus);
     const unit = this.units.get(req.lun);
@@ -145,20 +147,9 @@ export class ScsiTargetDevice implements ScsiPort, TargetApi {
 
   /** SPC-4 / SAM-5 answers for a LUN with no logical unit behind it. */
   private noSuchLun(req: ScsiRequest): ScsiResponse {
-    const op = req.cdb[0];
+    const answer = commandOf(req.cdb)?.noLun;
     try {
-      if (op === 0x12) {
-        // INQUIRY: peripheral qualifier 011b; a VPD request gets the same header
-        const alloc = req.cdb.readUInt16BE(3);
-        const data = noLunInquiry();
-        return { status: ScsiStatus.Good, dataIn: data.length > alloc ? data.subarray(0, alloc) : data };
-      }
-      if (op === 0xa0) return reportLunsResponse(req.cdb, this.luns());
-      if (op === 0x03) {
-        const sense = buildSense(Sense.lunNotSupported, (req.cdb[1]! & 0x01) !== 0);
-        const alloc = req.cdb[4]!;
-        return { status: ScsiStatus.Good, dataIn: sense.length > alloc ? sense.subarray(0, alloc) : sense };
-      }
+      if (answer) return answer(req, this);
     } catch (e) {
       if (e instanceof ScsiError) return { status: ScsiStatus.CheckCondition, sense: buildSense(e.code, false, e.opts) };
       throw e;

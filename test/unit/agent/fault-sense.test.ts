@@ -10,8 +10,8 @@ import { SENSE } from '../../../src/controller/faults.js';
 import { MappingTable } from '../../../src/table/mapping-table.js';
 import { SegmentState } from '../../../src/table/segment-state.js';
 import { ScsiTargetDevice } from '../../../src/scsi/target-device.js';
-import type { ScsiResponse } from '../../../src/scsi/types.js';
-import { TaskAttribute, makeNexus } from '../../../src/scsi/types.js';
+import type { ScsiResponse } from '../../../src/scsi/port.js';
+import { TaskAttribute, makeNexus } from '../../../src/scsi/port.js';
 import { BPS, BS, C1, FakeSink, fixture, type Fixture } from './helpers.js';
 
 const VDISK = '99999999-0000-4000-8000-00000000fa17';

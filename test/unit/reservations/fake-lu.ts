@@ -4,22 +4,25 @@
 // the real one does. Shared by test/unit/{reservations,xcopy,sanitize}.
 import type { BlockDevice } from '../../../src/blockdev/block-device.js';
 import { MemoryBlockDevice } from '../../../src/blockdev/memory-device.js';
+import type { CommandHandler, CommandSpec } from '../../../src/scsi/command-spec.js';
 import type {
+  BlockLimits,
   BusyState,
-  CommandHandler,
-  CommandSpec,
   LogicalUnitApi,
   LuIdentity,
+  PortGroup,
   ReservationClass,
   ReservationGate,
   TargetApi,
   UnitAttentionScope,
-} from '../../../src/scsi/command-types.js';
+} from '../../../src/scsi/lu-api.js';
+import { defaultLimits } from '../../../src/scsi/lu-api.js';
+import { ModeState } from '../../../src/scsi/mode-pages.js';
 import { Reservations } from '../../../src/scsi/reservations.js';
 import { ReservationConflictError, ScsiError, buildSense, parseSense } from '../../../src/scsi/sense.js';
 import type { Asc } from '../../../src/scsi/sense.js';
-import { TaskAttribute, makeNexus } from '../../../src/scsi/types.js';
-import type { Nexus, ScsiResponse } from '../../../src/scsi/types.js';
+import { TaskAttribute, makeNexus } from '../../../src/scsi/port.js';
+import type { Nexus, ScsiResponse } from '../../../src/scsi/port.js';
 
 export const TARGET = 'iqn.2026-11.org.tabula:test';
 
@@ -53,6 +56,9 @@ export class FakeLu implements LogicalUnitApi {
   busyState: BusyState | null = null;
   readonly busyHistory: (BusyState | null)[] = [];
   readOnly = false;
+  readonly mode = new ModeState();
+  readonly limits: BlockLimits;
+  readonly thirdPartyCopy = true;
   private chain: Promise<unknown> = Promise.resolve();
 
   constructor(
@@ -66,10 +72,20 @@ export class FakeLu implements LogicalUnitApi {
     naa.writeUInt32BE(0x12345600 + lun, 12);
     this.identity = { vendor: 'TABULA  ', product: 'VDISK           ', revision: '0001', serial: `sn${lun}`, naa };
     target.units.set(lun, this);
+    this.limits = defaultLimits(device.blockSize);
   }
 
   descriptorSense(): boolean {
     return false;
+  }
+  portGroups(): readonly PortGroup[] {
+    return [];
+  }
+  takeUnitAttention(): Asc | undefined {
+    return undefined;
+  }
+  busy(): BusyState | null {
+    return this.busyState;
   }
   raiseUnitAttention(code: Asc, scope?: UnitAttentionScope): void {
     this.uas.push({ code, scope });

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { MemoryBlockDevice } from '../../../src/blockdev/memory-device.js';
 import { sanitize, sanitizeInProgress, setSanitizeRate } from '../../../src/scsi/sanitize.js';
-import { TaskAttribute } from '../../../src/scsi/types.js';
+import { TaskAttribute } from '../../../src/scsi/port.js';
 import { FakeLu, FakeTarget, exec, nexus, spec } from '../reservations/fake-lu.js';
 
 const SANITIZE = spec('SANITIZE', sanitize, 'write', true);

@@ -79,3 +79,18 @@ describe('REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS / REPORT TARGET PORT GROUPS
     expect([...(await f.run(cdb.reportLuns(16, 1))).dataIn!]).to.deep.equal([0, 0, 0, 0, 0, 0, 0, 0]);
   });
 });
+
+describe('what the command table tells the transport and the target', () => {
+  it('only WRITE(10/12/16) hand their Data-Out buffer back (the transport pools those)', () => {
+    const f = fixture();
+    expect(COMMANDS.filter((c) => c.releasesDataOut).map((c) => c.opcode)).to.have.members([0x2a, 0xaa, 0x8a]);
+    expect(f.target.releasesDataOut(Buffer.from([0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0]))).to.equal(true);
+    expect(f.target.releasesDataOut(Buffer.from([0x0a, 0, 0, 0, 8, 0]))).to.equal(false);
+    expect(f.target.releasesDataOut(Buffer.from([0x48, 0x01, 0, 0, 0, 0, 0, 0, 8, 0]))).to.equal(false);
+    expect(f.target.releasesDataOut(Buffer.from([0xc5]))).to.equal(false);
+  });
+
+  it('only INQUIRY, REPORT LUNS and REQUEST SENSE are answered for a LUN that does not exist', () => {
+    expect(COMMANDS.filter((c) => c.noLun).map((c) => c.opcode)).to.have.members([0x03, 0x12, 0xa0]);
+  });
+});

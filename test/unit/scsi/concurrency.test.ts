@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { MemoryBlockDevice } from '../../../src/blockdev/memory-device.js';
 import type { WriteOptions } from '../../../src/blockdev/block-device.js';
 import { ScsiTargetDevice } from '../../../src/scsi/target-device.js';
-import { TaskAttribute } from '../../../src/scsi/types.js';
+import { TaskAttribute } from '../../../src/scsi/port.js';
 import { cdb, expectGood, request, TARGET } from './helpers.js';
 
 /** A device whose writes wait until released, logging when each I/O starts and ends. */

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { MemoryBlockDevice } from '../../../src/blockdev/memory-device.js';
 import { log } from '../../../src/util/log.js';
-import { TmfCode, TmfResult, makeNexus } from '../../../src/scsi/types.js';
+import { TmfCode, TmfResult, makeNexus } from '../../../src/scsi/port.js';
 import { cdb, expectGood, expectSense, fixture, nexusA, nexusB, senseOf, TARGET } from './helpers.js';
 
 describe('SCSI dispatch', () => {

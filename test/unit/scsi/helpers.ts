@@ -3,8 +3,8 @@
 import { expect } from 'chai';
 import { MemoryBlockDevice } from '../../../src/blockdev/memory-device.js';
 import { ScsiTargetDevice } from '../../../src/scsi/target-device.js';
-import type { Nexus, ScsiRequest, ScsiResponse } from '../../../src/scsi/types.js';
-import { makeNexus, TaskAttribute } from '../../../src/scsi/types.js';
+import type { Nexus, ScsiRequest, ScsiResponse } from '../../../src/scsi/port.js';
+import { makeNexus, TaskAttribute } from '../../../src/scsi/port.js';
 
 export const TARGET = 'iqn.2026-11.org.tabula:test';
 export const nexusA = makeNexus('iqn.1994-05.com.example:a', 0x23d000000001, TARGET, 1);

@@ -2,7 +2,7 @@
 // transfer (READ/WRITE 10 over a memory array), plus a command that blocks
 // until released (to test aborts and ordering). SCSI semantics are tested
 // elsewhere; here only the iSCSI layer is under test.
-import type { Nexus, ScsiPort, ScsiRequest, ScsiResponse, TmfCode, TmfResult } from '../../../../src/scsi/types.js';
+import type { Nexus, ScsiPort, ScsiRequest, ScsiResponse, TmfCode, TmfResult } from '../../../../src/scsi/port.js';
 
 export const BLOCK = 512;
 export const OP_BLOCKING = 0xc0; // vendor-specific opcode: waits until released
@@ -55,6 +55,11 @@ export class FakePort implements ScsiPort {
   async taskManagement(fn: TmfCode, nexus: Nexus, lun: number): Promise<TmfResult> {
     this.tmfs.push({ fn, lun, nexus });
     return 0;
+  }
+
+  /** Only its WRITE(10) hands data back, as the real command table says of WRITE(10/12/16). */
+  releasesDataOut(cdb: Buffer): boolean {
+    return cdb[0] === 0x2a;
   }
 
   hasLun(lun: number): boolean {

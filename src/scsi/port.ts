@@ -1,6 +1,8 @@
-// The boundary between the iSCSI transport and the SCSI device server
-// (SPDK's lib/iscsi vs lib/scsi). iSCSI builds a ScsiRequest per command and
-// hands it to a ScsiPort; it knows nothing about LUN semantics.
+// The port between the iSCSI transport and the SCSI device server (SPDK's
+// lib/iscsi vs lib/scsi): ScsiPort and what crosses it (I_T nexus, request,
+// response, status, task attributes, task management codes). iSCSI builds a
+// ScsiRequest per command and hands it to a ScsiPort; it knows nothing about
+// LUN semantics, and asks the port what it must know of a command.
 
 export const enum ScsiStatus {
   Good = 0x00,
@@ -115,6 +117,12 @@ export interface ScsiPort {
   execute(req: ScsiRequest): Promise<ScsiResponse>;
   /** SCSI-level effects of a task management function, after the transport has aborted the tasks concerned. */
   taskManagement(fn: TmfCode, nexus: Nexus, lun: number): Promise<TmfResult>;
+  /**
+   * True if the command's handler is done with its Data-Out buffer once
+   * execute() settles, so the transport may reuse the buffer (WRITE data;
+   * from the command table). Called per command: must not allocate.
+   */
+  releasesDataOut(cdb: Buffer): boolean;
   /** True if `lun` exists (TMF "LUN does not exist"). */
   hasLun(lun: number): boolean;
   /** The I_T nexus is gone (session closed); not a reset. */

@@ -1,0 +1,186 @@
+// The mode pages of one logical unit (SPC-4 7.5, SBC-4 6.5): their layouts,
+// default and changeable values, and the current values every I_T nexus
+// shares. MODE SENSE / MODE SELECT (mode.ts) read and change them.
+//
+// Changeable: WCE (caching page), D_SENSE and SWP (control page). With WCE=0
+// every write is issued with FUA, so it is durable before GOOD status; with
+// SWP=1 the medium is write protected (DATA PROTECT) for every nexus.
+// Saved values are not implemented.
+import { ScsiError, Sense } from './sense.js';
+
+export const enum ModePage {
+  ReadWriteErrorRecovery = 0x01,
+  Caching = 0x08,
+  Control = 0x0a,
+  InformationalExceptions = 0x1c,
+  AllPages = 0x3f,
+}
+
+interface PageDef {
+  page: number;
+  subpage: number;
+  /** Default values, page header included. */
+  defaults: number[];
+  /** Changeable bit mask, page header bytes zero. */
+  changeable: number[];
+}
+
+/** Page layouts with their default values (SPC-4 7.5, SBC-4 6.5). */
+const PAGES: readonly PageDef[] = [
+  {
+    page: 0x01,
+    subpage: 0,
+    // AWRE | ARRE; retry counts and recovery time limit zero
+    defaults: [0x01, 0x0a, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    changeable: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+  },
+  {
+    page: 0x08,
+    subpage: 0,
+    // WCE=1; prefetch fields "no limit"
+    defaults: [0x08, 0x12, 0x04, 0, 0xff, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0],
+    changeable: [0, 0, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+  },
+  {
+    page: 0x0a,
+    subpage: 0,
+    // TST=0, D_SENSE=0; QUEUE ALGORITHM MODIFIER=1 (unrestricted), QErr=0; SWP=0; TAS=0; busy timeout unlimited
+    defaults: [0x0a, 0x0a, 0x00, 0x10, 0x00, 0x00, 0, 0, 0xff, 0xff, 0, 0],
+    changeable: [0, 0, 0x04, 0, 0x08, 0, 0, 0, 0, 0, 0, 0],
+  },
+  {
+    page: 0x0a,
+    subpage: 0x01,
+    // control extension: nothing enabled
+    defaults: [0x4a, 0x01, 0x00, 0x1c, ...new Array<number>(28).fill(0)],
+    changeable: new Array<number>(32).fill(0),
+  },
+  {
+    page: 0x1c,
+    subpage: 0,
+    // DEXCPT=1: no informational exception reporting
+    defaults: [0x1c, 0x0a, 0x08, 0x00, 0, 0, 0, 0, 0, 0, 0, 0],
+    changeable: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+  },
+];
+
+/** Current mode page values of one LU. */
+export class ModeState {
+  private readonly current = new Map<PageDef, Buffer>();
+
+  constructor() {
+    for (const p of PAGES) this.current.set(p, Buffer.from(p.defaults));
+  }
+
+  /** D_SENSE in the control page: sense data in descriptor format. */
+  get descriptorSense(): boolean {
+    return (this.page(0x0a, 0)[2]! & 0x04) !== 0;
+  }
+
+  /** SWP in the control page: the medium is write protected. */
+  get softwareWriteProtect(): boolean {
+    return (this.page(0x0a, 0)[4]! & 0x08) !== 0;
+  }
+
+  /** WCE in the caching page: writes may complete before they are durable. */
+  get writeCacheEnabled(): boolean {
+    return (this.page(0x08, 0)[2]! & 0x04) !== 0;
+  }
+
+  /** Set D_SENSE directly (tests, configuration). */
+  setDescriptorSense(on: boolean): void {
+    const p = this.page(0x0a, 0);
+    p[2] = on ? p[2]! | 0x04 : p[2]! & ~0x04;
+  }
+
+  setWriteCache(on: boolean): void {
+    const p = this.page(0x08, 0);
+    p[2] = on ? p[2]! | 0x04 : p[2]! & ~0x04;
+  }
+
+  /** Back to default values (not used on LU reset: there are no saved values to restore). */
+  resetToDefaults(): void {
+    for (const p of PAGES) this.current.set(p, Buffer.from(p.defaults));
+  }
+
+  private page(page: number, subpage: number): Buffer {
+    for (const [def, b] of this.current) if (def.page === page && def.subpage === subpage) return b;
+    throw new Error(`mode page ${page}/${subpage} is not defined`);
+  }
+
+  /** Pages selected by a MODE SENSE page code / subpage code, in ascending order; undefined if none matches. */
+  select(page: number, subpage: number): PageDef[] | undefined {
+    let out: PageDef[];
+    if (page === ModePage.AllPages) {
+      if (subpage === 0x00) out = PAGES.filter((p) => p.subpage === 0);
+      else if (subpage === 0xff) out = [...PAGES];
+      else return undefined;
+    } else if (subpage === 0xff) {
+      out = PAGES.filter((p) => p.page === page);
+    } else {
+      out = PAGES.filter((p) => p.page === page && p.subpage === subpage);
+    }
+    return out.length ? out : undefined;
+  }
+
+  /** Page bytes for a page control value: 0 current, 1 changeable, 2 default. */
+  bytes(def: PageDef, pc: number): Buffer {
+    if (pc === 0) return this.current.get(def)!;
+    const b = Buffer.from(pc === 1 ? def.changeable : def.defaults);
+    if (pc === 1) {
+      // the page header (code, SPF, length) is reported as in the current page
+      const hdr = def.subpage || def.defaults[0]! & 0x40 ? 4 : 2;
+      for (let i = 0; i < hdr; i++) b[i] = def.defaults[i]!;
+    }
+    return b;
+  }
+
+  find(page: number, subpage: number): PageDef | undefined {
+    return PAGES.find((p) => p.page === page && p.subpage === subpage);
+  }
+
+  /**
+   * Validate and apply the pages of a MODE SELECT parameter list (after the
+   * header and block descriptors). `base` is the list offset of `pages` for
+   * field pointers. Returns true if any value changed. Nothing is applied
+   * unless every page is valid.
+   */
+  applySelect(pages: Buffer, base: number): boolean {
+    const updates: Array<{ def: PageDef; data: Buffer }> = [];
+    let off = 0;
+    while (off < pages.length) {
+      const b0 = pages[off]!;
+      if (b0 & 0x80) throw ScsiError.param(base + off, 7, 'PS bit set in MODE SELECT page');
+      const spf = (b0 & 0x40) !== 0;
+      const hdr = spf ? 4 : 2;
+      if (off + hdr > pages.length) throw new ScsiError(Sense.parameterListLengthError, {}, 'truncated mode page header');
+      const pageCode = b0 & 0x3f;
+      const subpage = spf ? pages[off + 1]! : 0;
+      const len = spf ? pages.readUInt16BE(off + 2) : pages[off + 1]!;
+      const def = this.find(pageCode, subpage);
+      if (!def || (spf !== (def.subpage !== 0))) throw ScsiError.param(base + off, undefined, `mode page ${pageCode}/${subpage} is not supported`);
+      if (len + hdr !== def.defaults.length) throw ScsiError.param(base + off + 1, undefined, `mode page ${pageCode} length ${len}`);
+      if (off + hdr + len > pages.length) throw new ScsiError(Sense.parameterListLengthError, {}, 'truncated mode page');
+      const data = pages.subarray(off, off + hdr + len);
+      const cur = this.current.get(def)!;
+      for (let i = hdr; i < data.length; i++) {
+        const fixed = (data[i]! ^ cur[i]!) & ~def.changeable[i]! & 0xff;
+        if (fixed) throw ScsiError.param(base + off + i, 31 - Math.clz32(fixed), `mode page ${pageCode} byte ${i} is not changeable`);
+      }
+      updates.push({ def, data });
+      off += hdr + len;
+    }
+    let changed = false;
+    for (const { def, data } of updates) {
+      const cur = this.current.get(def)!;
+      for (let i = 2; i < data.length; i++) {
+        const v = (cur[i]! & ~def.changeable[i]!) | (data[i]! & def.changeable[i]!);
+        if (v !== cur[i]) {
+          cur[i] = v;
+          changed = true;
+        }
+      }
+    }
+    return changed;
+  }
+}
