@@ -62,7 +62,8 @@ import { checkInvariants } from './check.js';
 import { TableChangeError, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
 import { MigrationError } from './migration.js';
 import { SnapshotError, removeTable, shareVdisk, shrinkTable } from './snapshots.js';
-import { wireExtent, type Controller } from './service.js';
+import type { Controller } from './controller.js';
+import { wireExtent } from './table-changes.js';
 import { randomUUID } from 'node:crypto';
 
 export const DEFAULT_IQN_PREFIX = 'iqn.2026-11.org.tabula:';
@@ -357,7 +358,7 @@ export class Admin {
       this.#db.event('vdisk', v.name, `shrunk from ${formatSize(v.size)} to ${newSize}`);
       return this.#vdiskInfo(this.#vdisk(v.id));
     }
-    await this.#ctrl.changeTable(v.id, (c) => {
+    await this.#ctrl.tables.changeTable(v.id, (c) => {
       const old = c.vdisk.segmentCount;
       c.grow(segmentCount * v.segmentSize, segmentCount);
       if (!v.thin && segmentCount > old) {
@@ -373,8 +374,8 @@ export class Admin {
   /** Exports carry the size: agents holding the vdisk get a new export set. */
   #pushExportSets(vdiskId: string): void {
     for (const e of this.#db.exportsOfVdisk(vdiskId)) {
-      const link = this.#ctrl.link(e.agent);
-      if (link) link.send({ body: 'exportSet', exportSet: { exports: this.#ctrl.exportsFor(e.agent) } });
+      const link = this.#ctrl.agents.link(e.agent);
+      if (link) link.send({ body: 'exportSet', exportSet: { exports: this.#ctrl.exports.exportsFor(e.agent) } });
     }
   }
 
@@ -384,7 +385,7 @@ export class Admin {
   }
 
   #tableReply(vdiskId: string, fullIds: boolean): TableReply {
-    const t = this.#ctrl.table(vdiskId);
+    const t = this.#ctrl.tables.table(vdiskId);
     return {
       vdiskId,
       version: t.version,
@@ -425,7 +426,7 @@ export class Admin {
     const readOnly = r.readOnly === true || v.kind === 'snapshot';
     this.#db.insertExport({ vdiskId: v.id, agent, targetIqn, lun, readOnly, ackedVersion: v.version, allowedInitiators });
     this.#db.event('export', v.name, `exported on ${agent} as ${targetIqn} LUN ${lun}`);
-    this.#ctrl.exportsChanged(agent);
+    this.#ctrl.exports.exportsChanged(agent);
     return this.#exportInfo(this.#db.export(v.id, agent) as ExportRow, v);
   }
 
@@ -455,8 +456,8 @@ export class Admin {
     const agent = r.agent ?? '';
     if (!this.#db.deleteExport(v.id, agent)) throw notFound(`vdisk ${v.name} is not exported on agent ${agent}`);
     this.#db.event('export', v.name, `export on ${agent} removed`);
-    this.#ctrl.exportsChanged(agent);
-    this.#ctrl.reclaim(v.id);
+    this.#ctrl.exports.exportsChanged(agent);
+    this.#ctrl.tables.reclaim(v.id);
     return {};
   }
 
@@ -464,7 +465,7 @@ export class Admin {
 
   ListAgents(_r: Partial<Empty>): ListAgentsReply {
     this.#ctrl.writeBehind.flush(); // last-seen times
-    const online = new Set(this.#ctrl.onlineAgents());
+    const online = new Set(this.#ctrl.agents.onlineAgents());
     const agents: AgentInfo[] = this.#db.agents().map((a) => ({
       name: a.name,
       online: online.has(a.name),
@@ -513,7 +514,7 @@ export class Admin {
     if (!Number.isInteger(first) || first < 0 || first + count > v.segmentCount) {
       throw invalid(`segments ${first}-${first + count - 1} out of range: vdisk ${v.name} has segments 0-${v.segmentCount - 1}`);
     }
-    await this.#ctrl.changeTable(v.id, (c) => {
+    await this.#ctrl.tables.changeTable(v.id, (c) => {
       for (let seg = first; seg < first + count; seg++) {
         const row = this.#db.segment(v.id, seg);
         const loc = row.containerId !== null && row.offset !== null ? { containerId: row.containerId, offset: row.offset } : null;

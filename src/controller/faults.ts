@@ -22,7 +22,7 @@
 //   (snapshot)     write-ish   FAIL 07/27/00: snapshots are read-only
 //
 // Replies go out only once every table change of the vdisk queued before
-// has been acked (Controller.quiesce), so no agent acts on a version
+// has been acked (TableChanges.quiesce), so no agent acts on a version
 // another has not installed. One exception saves a round trip: when the
 // faulting agent is the vdisk's only holder, the RETRY for a change made
 // for it goes right behind the delta on the same stream (#answerBehind);
@@ -30,7 +30,7 @@
 //
 // An exporting agent that is not connected cannot be told of a change: the
 // change (allocate, make-writable, copy) WAITs until that agent's lease has
-// run out (Controller.exportersInLease; the agent then holds its zero and
+// run out (AgentRegistry.exportersInLease; the agent then holds its zero and
 // no-write segments itself until it has resynced), and the case looks again
 // at that moment. Without a lease it waits for the agent to come back.
 //
@@ -40,9 +40,13 @@ import { IoOp, SegmentState, inhibits, isIoOp, isReadOp, isSegmentState, ioOpNam
 import { FaultAction, FAULT_ACTION_NAMES, type Fault, type FaultReply } from '../wire/proto-types.js';
 import { debugEnabled, log } from '../util/log.js';
 import { ContainerFullError, locKey } from './allocator.js';
-import type { Location } from './db.js';
+import type { ControllerDb, Location } from './db.js';
 import type { AgentLink } from './agent-link.js';
-import type { CommitResult, Controller } from './service.js';
+import type { AgentCommands } from './agent-commands.js';
+import type { AgentRegistry } from './agent-registry.js';
+import type { CommitResult, TableChanges } from './table-changes.js';
+import type { WriteBehind } from './write-behind.js';
+import type { Allocator } from './allocator.js';
 
 /** Sense data the controller hands out (key, asc, ascq). */
 export const SENSE = {
@@ -64,7 +68,22 @@ export const SENSE = {
 
 type Sense = readonly [number, number, number];
 
-/** A fault's row in the fault log, written behind (Controller.writeBehind): its id once inserted. */
+/** What the fault manager needs of the controller. */
+export interface FaultHost {
+  readonly db: ControllerDb;
+  readonly allocator: Pick<Allocator, 'reserve' | 'unreserve'>;
+  /** The fault log is written behind the replies. */
+  readonly writeBehind: Pick<WriteBehind, 'add'>;
+  /** The controller is shutting down: nothing more is decided. */
+  readonly closed: boolean;
+  /** Locations (locKey) being copied by a migration. */
+  readonly migrating: ReadonlySet<string>;
+  readonly tables: Pick<TableChanges, 'table' | 'quiesce' | 'changeTable' | 'settleShared'>;
+  readonly agents: Pick<AgentRegistry, 'exportersInLease' | 'soleHolder'>;
+  readonly commands: Pick<AgentCommands, 'copyAgent' | 'copy'>;
+}
+
+/** A fault's row in the fault log, written behind (FaultHost.writeBehind): its id once inserted. */
 interface FaultRecord {
   id: number | null;
 }
@@ -136,11 +155,11 @@ export function decide(state: SegmentState, op: IoOp, refcount: number, ctx: Dec
 }
 
 export class FaultManager {
-  readonly #ctrl: Controller;
+  readonly #host: FaultHost;
   readonly #cases = new Map<string, SegmentCase>();
 
-  constructor(ctrl: Controller) {
-    this.#ctrl = ctrl;
+  constructor(host: FaultHost) {
+    this.#host = host;
   }
 
   /** Open cases (segments with faults waiting), for tests and metrics. */
@@ -150,7 +169,7 @@ export class FaultManager {
 
   handle(link: AgentLink, f: Fault): void {
     const agent = link.name as string;
-    const db = this.#ctrl.db;
+    const db = this.#host.db;
     const vdisk = db.vdisk(f.vdiskId);
     const opName = isIoOp(f.op) ? ioOpName(f.op) : `op#${String(f.op)}`;
     const stateName = isSegmentState(f.state) ? segmentStateName(f.state) : `state#${String(f.state)}`;
@@ -169,7 +188,7 @@ export class FaultManager {
       tableVersion: f.tableVersion,
       detail: f.detail,
     };
-    this.#ctrl.writeBehind.add(() => {
+    this.#host.writeBehind.add(() => {
       record.id = db.insertFault(row);
     });
     const w: Waiter = { link, fault: f, record, toldWait: false };
@@ -222,26 +241,26 @@ export class FaultManager {
       // Each round performs at most one table change, then looks again:
       // faults that joined meanwhile are answered from the new state.
       for (let round = 0; round < 4 && c.waiters.length > 0; round++) {
-        const ctrl = this.#ctrl;
-        await ctrl.quiesce(c.vdiskId);
-        if (ctrl.closed) return;
-        const vdisk = ctrl.db.vdisk(c.vdiskId);
+        const host = this.#host;
+        await host.tables.quiesce(c.vdiskId);
+        if (host.closed) return;
+        const vdisk = host.db.vdisk(c.vdiskId);
         if (!vdisk) {
           for (const w of c.waiters.splice(0)) this.#reply(w, { kind: 'fail', sense: SENSE.luNotSupported, reason: 'vdisk was removed' });
           break;
         }
-        const table = ctrl.table(c.vdiskId);
+        const table = host.tables.table(c.vdiskId);
         if (c.seg >= table.segmentCount) {
           for (const w of c.waiters.splice(0)) this.#reply(w, { kind: 'fail', sense: SENSE.lbaOutOfRange, reason: 'segment beyond the end' });
           break;
         }
-        const row = ctrl.db.segment(c.vdiskId, c.seg);
+        const row = host.db.segment(c.vdiskId, c.seg);
         const loc = row.containerId !== null && row.offset !== null ? { containerId: row.containerId, offset: row.offset } : null;
-        const refcount = loc !== null ? ctrl.db.refcount(loc) : 0;
-        const dctx: DecideContext = { snapshot: vdisk.kind === 'snapshot', migrating: loc !== null && ctrl.migrating.has(locKey(loc)) };
+        const refcount = loc !== null ? host.db.refcount(loc) : 0;
+        const dctx: DecideContext = { snapshot: vdisk.kind === 'snapshot', migrating: loc !== null && host.migrating.has(locKey(loc)) };
         let decisions = c.waiters.map((w) => decide(row.state, w.fault.op, refcount, dctx));
         let action = decisions.find((d) => d.kind === 'allocate' || d.kind === 'make-writable' || d.kind === 'copy');
-        const away = action !== undefined ? ctrl.exportersInLease(c.vdiskId) : { agents: [], waitMs: 0 };
+        const away = action !== undefined ? host.agents.exportersInLease(c.vdiskId) : { agents: [], waitMs: 0 };
         if (away.agents.length > 0) {
           // An exporting agent that is not connected would go on serving the old
           // table (stale zeros, the shared location) until its lease runs out:
@@ -310,19 +329,19 @@ export class FaultManager {
     if (c.leaseTimer !== undefined) clearTimeout(c.leaseTimer);
     c.leaseTimer = setTimeout(() => {
       c.leaseTimer = undefined;
-      if (this.#cases.get(c.key) === c && !c.busy && c.waiters.length > 0 && !this.#ctrl.closed) void this.#evaluate(c);
+      if (this.#cases.get(c.key) === c && !c.busy && c.waiters.length > 0 && !this.#host.closed) void this.#evaluate(c);
     }, ms + 1);
     c.leaseTimer.unref();
   }
 
   /** Performs the one table change; null on success, else the failure to answer with. */
   async #act(c: SegmentCase, kind: 'allocate' | 'make-writable', seen: SegmentState): Promise<Decision | null> {
-    const ctrl = this.#ctrl;
+    const host = this.#host;
     try {
-      await ctrl.changeTable(
+      await host.tables.changeTable(
         c.vdiskId,
         (ctx) => {
-          const row = ctrl.db.segment(c.vdiskId, c.seg);
+          const row = host.db.segment(c.vdiskId, c.seg);
           // The state may have moved while we queued for the vdisk: act only
           // on the state we decided for, and let the next round look again.
           if (row.state !== seen) return;
@@ -354,13 +373,13 @@ export class FaultManager {
    * again), else the failure to answer with.
    */
   async #copyOnWrite(c: SegmentCase, old: Location, prefer: string | null): Promise<Decision | null> {
-    const ctrl = this.#ctrl;
-    const vdisk = ctrl.db.vdisk(c.vdiskId);
+    const host = this.#host;
+    const vdisk = host.db.vdisk(c.vdiskId);
     if (!vdisk) return { kind: 'fail', sense: SENSE.luNotSupported, reason: 'vdisk was removed' };
     const what = `copy-on-write of vdisk ${vdisk.name} segment ${c.seg}`;
     let fresh: Location;
     try {
-      [fresh] = ctrl.allocator.reserve(vdisk, 1) as [Location];
+      [fresh] = host.allocator.reserve(vdisk, 1) as [Location];
     } catch (err) {
       if (err instanceof ContainerFullError) {
         log.error(`${what}: ${err.message}`);
@@ -370,7 +389,7 @@ export class FaultManager {
     }
     let committed = false;
     try {
-      const agent = ctrl.copyAgent([old.containerId, fresh.containerId], prefer);
+      const agent = host.commands.copyAgent([old.containerId, fresh.containerId], prefer);
       if (agent === null) {
         const reason = `${what} failed: no online agent reaches both containers ${old.containerId} and ${fresh.containerId}`;
         log.error(reason);
@@ -378,7 +397,7 @@ export class FaultManager {
       }
       const size = vdisk.segmentSize;
       log.info(`${what}: agent ${agent} copies ${old.containerId}@${old.offset} to ${fresh.containerId}@${fresh.offset}`);
-      const err = await ctrl.copy(agent, {
+      const err = await host.commands.copy(agent, {
         srcContainer: old.containerId,
         srcOffset: old.offset * size,
         dstContainer: fresh.containerId,
@@ -388,13 +407,13 @@ export class FaultManager {
       if (err !== null) {
         const reason = `${what} failed: agent ${agent} could not copy ${old.containerId}@${old.offset} to ${fresh.containerId}@${fresh.offset}: ${err}`;
         log.error(reason);
-        ctrl.db.event('cow', vdisk.name, reason);
+        host.db.event('cow', vdisk.name, reason);
         return { kind: 'fail', sense: SENSE.internalFailure, reason };
       }
-      await ctrl.changeTable(
+      await host.tables.changeTable(
         c.vdiskId,
         (ctx) => {
-          const row = ctrl.db.segment(c.vdiskId, c.seg);
+          const row = host.db.segment(c.vdiskId, c.seg);
           // Still the shared entry we copied (not removed, made writable, migrated)?
           if (row.state !== SegmentState.NoWrite || row.containerId !== old.containerId || row.offset !== old.offset) return;
           ctx.set(c.seg, SegmentState.Normal, fresh);
@@ -403,9 +422,9 @@ export class FaultManager {
         (r) => this.#answerBehind(c, r),
       );
     } finally {
-      ctrl.allocator.unreserve([fresh], !committed);
+      host.allocator.unreserve([fresh], !committed);
     }
-    if (committed) await ctrl.settleShared(old);
+    if (committed) await host.tables.settleShared(old);
     return null;
   }
 
@@ -419,12 +438,12 @@ export class FaultManager {
    * (design notes §2: RETRY means a newer table is on its way or already sent).
    */
   #answerBehind(c: SegmentCase, r: CommitResult): void {
-    const ctrl = this.#ctrl;
+    const host = this.#host;
     if (!r.ranges.some(([first, end]) => c.seg >= first && c.seg < end)) return;
-    const sole = ctrl.soleHolder(c.vdiskId);
+    const sole = host.agents.soleHolder(c.vdiskId);
     if (sole === null) return;
-    const vdisk = ctrl.db.vdisk(c.vdiskId);
-    const row = ctrl.db.segment(c.vdiskId, c.seg);
+    const vdisk = host.db.vdisk(c.vdiskId);
+    const row = host.db.segment(c.vdiskId, c.seg);
     if (!vdisk || row.state !== SegmentState.Normal) return;
     const left: Waiter[] = [];
     for (const w of c.waiters) {
@@ -436,7 +455,7 @@ export class FaultManager {
   }
 
   #reply(w: Waiter, d: Decision, outcome?: string): void {
-    const version = this.#ctrl.db.vdisk(w.fault.vdiskId)?.version ?? 0;
+    const version = this.#host.db.vdisk(w.fault.vdiskId)?.version ?? 0;
     let action: FaultAction;
     let sense: Sense = [0, 0, 0];
     let reason = '';
@@ -463,9 +482,9 @@ export class FaultManager {
 
   /** Records a fault's outcome in the fault log (written behind, after its insert). */
   #outcome(w: Waiter, outcome: string, detail: string): void {
-    const db = this.#ctrl.db;
+    const db = this.#host.db;
     const record = w.record;
-    this.#ctrl.writeBehind.add(() => {
+    this.#host.writeBehind.add(() => {
       if (record.id !== null) db.setFaultOutcome(record.id, outcome, detail);
     });
   }
