@@ -171,9 +171,7 @@ export class Admin {
   }
 
   #containerInfo(c: ContainerRow): ContainerInfo {
-    const acct = this.#db.sql
-      .prepare('SELECT COUNT(*) AS used, COALESCE(SUM(refcount > 1), 0) AS shared, COALESCE(SUM(refcount = 1), 0) AS exclusive FROM container_segments WHERE container_id = ?')
-      .get(c.id) as { used: number; shared: number; exclusive: number };
+    const acct = this.#db.containerSharing(c.id);
     const capacity = c.segmentsTotal * c.segmentSize;
     return {
       capacityBytes: capacity,
@@ -268,22 +266,14 @@ export class Admin {
     const states: Record<string, number> = {};
     for (const n of SEGMENT_STATE_NAMES) states[n] = 0;
     let nonZero = 0;
-    const counts = this.#db.sql
-      .prepare('SELECT state, COUNT(*) AS n, COUNT(container_id) AS located FROM segments WHERE vdisk_id = ? GROUP BY state')
-      .all(v.id) as { state: number; n: number; located: number }[];
     let allocated = 0;
-    for (const c of counts) {
-      if (isSegmentState(c.state)) states[segmentStateName(c.state)] = c.n;
-      nonZero += c.n;
+    for (const c of this.#db.entryCounts(v.id)) {
+      if (isSegmentState(c.state)) states[segmentStateName(c.state)] = c.entries;
+      nonZero += c.entries;
       allocated += c.located;
     }
     states.zero = (states.zero ?? 0) + v.segmentCount - nonZero;
-    const share = this.#db.sql
-      .prepare(
-        `SELECT COALESCE(SUM(cs.refcount > 1), 0) AS shared, COALESCE(SUM(cs.refcount = 1), 0) AS exclusive
-         FROM segments s JOIN container_segments cs ON cs.container_id = s.container_id AND cs.offset = s.offset WHERE s.vdisk_id = ?`,
-      )
-      .get(v.id) as { shared: number; exclusive: number };
+    const share = this.#db.vdiskSharing(v.id);
     const parent = v.parentId !== null ? this.#db.vdisk(v.parentId) : undefined;
     return {
       sharedBytes: share.shared * v.segmentSize,
@@ -410,10 +400,7 @@ export class Admin {
     if (!Number.isInteger(lun) || lun < 0 || lun > 16383) throw invalid(`LUN ${lun} out of range 0-16383`);
     if (this.#db.export(v.id, agent)) throw exists(`vdisk ${v.name} is already exported on agent ${agent}`);
     const reach = new Set(this.#db.agentContainers(agent));
-    const used = this.#db.sql
-      .prepare('SELECT DISTINCT container_id FROM segments WHERE vdisk_id = ? AND container_id IS NOT NULL')
-      .pluck()
-      .all(v.id) as string[];
+    const used = this.#db.containersOfVdisk(v.id);
     const missing = used.filter((c) => !reach.has(c));
     if (missing.length > 0) {
       throw precondition(`agent ${agent} does not reach container${missing.length > 1 ? 's' : ''} ${missing.join(', ')} holding segments of vdisk ${v.name}`);
@@ -571,12 +558,7 @@ export class Admin {
       throw precondition(`agent${cannot.length > 1 ? 's' : ''} ${cannot.map((e) => e.agent).join(', ')} exporting vdisk ${v.name} do${cannot.length > 1 ? '' : 'es'} not reach container ${c.id}`);
     }
     if (this.#ctrl.migrations.running(v.id)) throw precondition(`vdisk ${v.name} is already being migrated; cancel that migration first`);
-    const toMove = this.#db.sql
-      .prepare(
-        `SELECT COUNT(*) FROM segments WHERE vdisk_id = ? AND container_id IS NOT NULL AND container_id != ? AND state IN (${SegmentState.Normal}, ${SegmentState.NoWrite})`,
-      )
-      .pluck()
-      .get(v.id, c.id) as number;
+    const toMove = this.#db.countToMigrate(v.id, c.id, null);
     const free = this.#ctrl.allocator.freeSegments(c.id);
     if (toMove > free) {
       throw new ContainerFullError(v.name, toMove, free, v.segmentSize, `container ${c.id} has`);
@@ -636,10 +618,7 @@ export class Admin {
   EvacuateContainer(r: Partial<EvacuateContainerRequest>): ListMigrationsReply {
     const c = this.#db.findContainer(r.id ?? '');
     if (!r.id || !c) throw notFound(`unknown container ${r.id ?? ''}`);
-    const users = this.#db.sql
-      .prepare('SELECT DISTINCT vdisk_id FROM segments WHERE container_id = ? ORDER BY vdisk_id')
-      .pluck()
-      .all(c.id) as string[];
+    const users = this.#db.vdisksOnContainer(c.id);
     if (c.state === 'online') this.#db.setContainerState(c.id, 'draining');
     this.#db.event('container', c.id, `evacuating ${users.length} vdisks`);
     const out: MigrationInfo[] = [];

@@ -3,6 +3,10 @@
 // fault log. The database is the truth; the controller's in-memory tables
 // are caches of it.
 //
+// Every SQL statement of the controller is here (the schema and its
+// versions are in schema.ts): the rest of the controller calls named
+// methods, so what a query means is said once, next to it.
+//
 // Storage choices:
 // - `segments` holds one row per segment that is not plain zero (thin vdisks
 //   store only what is allocated; zero is the absence of a row). Rows keep
@@ -25,8 +29,9 @@
 
 import Database from 'better-sqlite3';
 import { MappingTable, SegmentState, isSegmentState, stateHasLocation, type EntryInput } from '../table/index.js';
+import { migrate, type Sql } from './schema.js';
 
-export type Sql = Database.Database;
+export type { Sql };
 
 export interface ContainerRow {
   id: string;
@@ -145,163 +150,27 @@ export interface Location {
   offset: number;
 }
 
-/** Schema migrations in order; migration i brings the schema to version i+1. */
-export const MIGRATIONS: readonly ((db: Sql) => void)[] = [
-  (db) => {
-    db.exec(`
-      CREATE TABLE containers (
-        id TEXT PRIMARY KEY,
-        path TEXT NOT NULL,
-        size INTEGER NOT NULL CHECK (size > 0),
-        data_offset INTEGER NOT NULL CHECK (data_offset >= 0),
-        segment_size INTEGER NOT NULL CHECK (segment_size > 0),
-        segments_total INTEGER NOT NULL CHECK (segments_total >= 0),
-        state TEXT NOT NULL DEFAULT 'online' CHECK (state IN ('online', 'draining', 'failed')),
-        added TEXT NOT NULL
-      );
-      CREATE TABLE vdisks (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        size INTEGER NOT NULL CHECK (size >= 0),
-        block_size INTEGER NOT NULL,
-        segment_size INTEGER NOT NULL,
-        segment_count INTEGER NOT NULL CHECK (segment_count >= 0),
-        thin INTEGER NOT NULL DEFAULT 1,
-        version INTEGER NOT NULL DEFAULT 1,
-        created TEXT NOT NULL
-      );
-      CREATE TABLE segments (
-        vdisk_id TEXT NOT NULL REFERENCES vdisks(id) ON DELETE CASCADE,
-        seg INTEGER NOT NULL CHECK (seg >= 0),
-        state INTEGER NOT NULL CHECK (state BETWEEN 0 AND 4),
-        container_id TEXT REFERENCES containers(id),
-        offset INTEGER,
-        PRIMARY KEY (vdisk_id, seg),
-        CHECK ((container_id IS NULL) = (offset IS NULL))
-      ) WITHOUT ROWID;
-      CREATE INDEX segments_by_location ON segments (container_id, offset) WHERE container_id IS NOT NULL;
-      CREATE TABLE container_segments (
-        container_id TEXT NOT NULL REFERENCES containers(id),
-        offset INTEGER NOT NULL CHECK (offset >= 0),
-        refcount INTEGER NOT NULL CHECK (refcount >= 0),
-        release_vdisk TEXT,
-        release_version INTEGER,
-        PRIMARY KEY (container_id, offset)
-      ) WITHOUT ROWID;
-      CREATE INDEX container_segments_releasing ON container_segments (release_vdisk) WHERE refcount = 0;
-      CREATE TABLE agents (
-        name TEXT PRIMARY KEY,
-        portals TEXT NOT NULL DEFAULT '[]',
-        last_seen TEXT NOT NULL,
-        registered TEXT NOT NULL
-      );
-      CREATE TABLE agent_containers (
-        agent TEXT NOT NULL REFERENCES agents(name) ON DELETE CASCADE,
-        container_id TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
-        path TEXT NOT NULL,
-        PRIMARY KEY (agent, container_id)
-      ) WITHOUT ROWID;
-      CREATE TABLE exports (
-        vdisk_id TEXT NOT NULL REFERENCES vdisks(id),
-        agent TEXT NOT NULL REFERENCES agents(name),
-        target_iqn TEXT NOT NULL,
-        lun INTEGER NOT NULL CHECK (lun BETWEEN 0 AND 16383),
-        read_only INTEGER NOT NULL DEFAULT 0,
-        acked_version INTEGER NOT NULL DEFAULT 0,
-        fenced INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (vdisk_id, agent),
-        UNIQUE (agent, target_iqn, lun)
-      );
-      CREATE TABLE faults (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        time TEXT NOT NULL,
-        agent TEXT NOT NULL,
-        vdisk_id TEXT NOT NULL,
-        segment INTEGER NOT NULL,
-        op TEXT NOT NULL,
-        lba INTEGER NOT NULL,
-        blocks INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        table_version INTEGER NOT NULL,
-        outcome TEXT NOT NULL DEFAULT 'pending',
-        detail TEXT NOT NULL DEFAULT ''
-      );
-      CREATE INDEX faults_by_vdisk ON faults (vdisk_id, id);
-      CREATE TABLE events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        time TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        subject TEXT NOT NULL DEFAULT '',
-        message TEXT NOT NULL
-      );
-    `);
-  },
-  // Snapshots, clones and migrations.
-  (db) => {
-    db.exec(`
-      ALTER TABLE vdisks ADD COLUMN kind TEXT NOT NULL DEFAULT 'vdisk' CHECK (kind IN ('vdisk', 'snapshot'));
-      ALTER TABLE vdisks ADD COLUMN parent_id TEXT;
-      CREATE TABLE migrations (
-        vdisk_id TEXT PRIMARY KEY REFERENCES vdisks(id) ON DELETE CASCADE,
-        to_container TEXT,
-        from_container TEXT,
-        state TEXT NOT NULL CHECK (state IN ('running', 'done', 'cancelled', 'failed')),
-        segments_total INTEGER NOT NULL DEFAULT 0,
-        segments_done INTEGER NOT NULL DEFAULT 0,
-        bytes_done INTEGER NOT NULL DEFAULT 0,
-        started TEXT NOT NULL,
-        updated TEXT NOT NULL,
-        finished TEXT,
-        error TEXT NOT NULL DEFAULT '',
-        CHECK (to_container IS NOT NULL OR from_container IS NOT NULL)
-      );
-    `);
-  },
-  // Scrub before reuse: a freed location stays allocated, marked scrub,
-  // until an agent has zeroed it (a scrub row can never be referenced).
-  (db) => {
-    db.exec(`
-      ALTER TABLE container_segments ADD COLUMN scrub INTEGER NOT NULL DEFAULT 0
-        CHECK (scrub IN (0, 1) AND (scrub = 0 OR refcount = 0));
-      CREATE INDEX container_segments_scrub ON container_segments (container_id, offset) WHERE scrub = 1;
-    `);
-  },
-  // Initiator ACLs per export (JSON array of IQNs; [] = any initiator).
-  (db) => {
-    db.exec(`ALTER TABLE exports ADD COLUMN allowed_initiators TEXT NOT NULL DEFAULT '[]'`);
-  },
-];
+/** A table entry and the location it maps. */
+export interface EntryAt extends Location {
+  vdiskId: string;
+  seg: number;
+}
 
-export const SCHEMA_VERSION = MIGRATIONS.length;
+/** An entry `tabula check` looks at closer (ControllerDb.suspectEntries). */
+export interface SuspectEntry {
+  vdiskId: string;
+  seg: number;
+  state: number;
+  containerId: string | null;
+  offset: number | null;
+  vdiskSegments: number;
+  vdiskSegmentSize: number;
+  /** Null when the container is unknown. */
+  containerSegmentSize: number | null;
+}
 
 function now(): string {
   return new Date().toISOString();
-}
-
-/** Reads the schema version; 0 for a new database. */
-export function schemaVersion(db: Sql): number {
-  db.exec('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)');
-  const row = db.prepare('SELECT version FROM schema_version').get() as { version: number } | undefined;
-  return row?.version ?? 0;
-}
-
-/** Applies the migrations the database lacks, each in its own transaction. */
-export function migrate(db: Sql, migrations: readonly ((db: Sql) => void)[] = MIGRATIONS): number {
-  let v = schemaVersion(db);
-  if (v > migrations.length) {
-    throw new Error(`database schema version ${v} is newer than this controller understands (${migrations.length}); upgrade tabula`);
-  }
-  while (v < migrations.length) {
-    const step = migrations[v] as (db: Sql) => void;
-    const target = v + 1;
-    db.transaction(() => {
-      step(db);
-      db.prepare('DELETE FROM schema_version').run();
-      db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(target);
-    })();
-    v = target;
-  }
-  return v;
 }
 
 interface RawContainer {
@@ -572,6 +441,16 @@ export class ControllerDb {
     if (this.sql.open) this.sql.close();
   }
 
+  /** Whether the database is still open (the controller shuts down). */
+  get open(): boolean {
+    return this.sql.open;
+  }
+
+  /** Copies the live database into a new file at `path` (SQLite's online backup: consistent, while serving). */
+  async backupTo(path: string): Promise<void> {
+    await this.sql.backup(path);
+  }
+
   /** Runs `fn` in one transaction (nested calls join the outer one). */
   tx<T>(fn: () => T): T {
     return this.sql.transaction(fn)();
@@ -631,6 +510,18 @@ export class ControllerDb {
   containerSegmentsUsed(id: string): number {
     return (this.#s.containerUsed.get(id) as { n: number }).n;
   }
+  /** A container's allocated segments: all, those referenced more than once (shared), those once (exclusive). */
+  containerSharing(id: string): { used: number; shared: number; exclusive: number } {
+    return this.sql
+      .prepare('SELECT COUNT(*) AS used, COALESCE(SUM(refcount > 1), 0) AS shared, COALESCE(SUM(refcount = 1), 0) AS exclusive FROM container_segments WHERE container_id = ?')
+      .get(id) as { used: number; shared: number; exclusive: number };
+  }
+
+  /** The vdisks (ids, sorted) with an entry on the container. */
+  vdisksOnContainer(containerId: string): string[] {
+    return this.sql.prepare('SELECT DISTINCT vdisk_id FROM segments WHERE container_id = ? ORDER BY vdisk_id').pluck().all(containerId) as string[];
+  }
+
 
   /** Allocated offsets of a container in ascending order (for the allocator's free map). */
   usedOffsets(id: string): number[] {
@@ -915,6 +806,28 @@ export class ControllerDb {
     const rows = this.sql.prepare('SELECT state, COUNT(*) AS n FROM segments WHERE vdisk_id = ? GROUP BY state').all(vdiskId) as { state: number; n: number }[];
     return new Map(rows.map((r) => [r.state as SegmentState, r.n]));
   }
+  /** Entries of a vdisk per state, and how many of them have a location (zero segments have no entry). */
+  entryCounts(vdiskId: string): { state: number; entries: number; located: number }[] {
+    return this.sql
+      .prepare('SELECT state, COUNT(*) AS entries, COUNT(container_id) AS located FROM segments WHERE vdisk_id = ? GROUP BY state')
+      .all(vdiskId) as { state: number; entries: number; located: number }[];
+  }
+
+  /** A vdisk's located segments: those whose location others reference too (shared), those it alone does (exclusive). */
+  vdiskSharing(vdiskId: string): { shared: number; exclusive: number } {
+    return this.sql
+      .prepare(
+        `SELECT COALESCE(SUM(cs.refcount > 1), 0) AS shared, COALESCE(SUM(cs.refcount = 1), 0) AS exclusive
+         FROM segments s JOIN container_segments cs ON cs.container_id = s.container_id AND cs.offset = s.offset WHERE s.vdisk_id = ?`,
+      )
+      .get(vdiskId) as { shared: number; exclusive: number };
+  }
+
+  /** The containers holding segments of a vdisk. */
+  containersOfVdisk(vdiskId: string): string[] {
+    return this.sql.prepare('SELECT DISTINCT container_id FROM segments WHERE vdisk_id = ? AND container_id IS NOT NULL').pluck().all(vdiskId) as string[];
+  }
+
 
   /** Every table entry that references a location. */
   references(loc: Location): Reference[] {
@@ -956,6 +869,24 @@ export class ControllerDb {
       m.error,
     );
   }
+  /**
+   * Segments a migration still has to move: located, normal or no-write,
+   * not on `to` (when given), on `from` (when given).
+   */
+  countToMigrate(vdiskId: string, to: string | null, from: string | null): number {
+    const { where, params } = toMigrate(vdiskId, to, from);
+    return this.sql.prepare(`SELECT COUNT(*) FROM segments WHERE ${where}`).pluck().get(...params) as number;
+  }
+
+  /** The first segment after `after` that a migration still has to move, with its location. */
+  nextToMigrate(vdiskId: string, to: string | null, from: string | null, after: number): { seg: number; loc: Location } | undefined {
+    const { where, params } = toMigrate(vdiskId, to, from);
+    const r = this.sql
+      .prepare(`SELECT seg, container_id AS containerId, offset FROM segments WHERE ${where} AND seg > ? ORDER BY seg LIMIT 1`)
+      .get(...params, after) as { seg: number; containerId: string; offset: number } | undefined;
+    return r && { seg: r.seg, loc: { containerId: r.containerId, offset: r.offset } };
+  }
+
 
   // ---- agents ----
 
@@ -1062,6 +993,144 @@ export class ControllerDb {
   event(kind: string, subject: string, message: string): void {
     this.#s.event.run(now(), kind, subject, message);
   }
+
+  // ---- invariants (`tabula check`, check.ts): each query returns the rows that break one ----
+
+  /** Allocated locations whose reference count differs from the table entries referencing them. */
+  refcountMismatches(): { containerId: string; offset: number; refcount: number; refs: number }[] {
+    return this.sql
+      .prepare(
+        `SELECT cs.container_id AS containerId, cs.offset AS offset, cs.refcount AS refcount, COUNT(s.seg) AS refs
+         FROM container_segments cs LEFT JOIN segments s ON s.container_id = cs.container_id AND s.offset = cs.offset
+         GROUP BY cs.container_id, cs.offset HAVING refs != cs.refcount`,
+      )
+      .all() as { containerId: string; offset: number; refcount: number; refs: number }[];
+  }
+
+  /** Allocated locations with count 0 that wait neither for a release's acks nor to be scrubbed. */
+  unreleasedZeroCounts(): Location[] {
+    return this.sql
+      .prepare(
+        'SELECT container_id AS containerId, offset FROM container_segments WHERE refcount = 0 AND scrub = 0 AND (release_vdisk IS NULL OR release_version IS NULL)',
+      )
+      .all() as Location[];
+  }
+
+  /** Table entries mapping a location that waits to be scrubbed. */
+  entriesOnScrubbing(): EntryAt[] {
+    return this.sql
+      .prepare(
+        `SELECT s.vdisk_id AS vdiskId, s.seg AS seg, s.container_id AS containerId, s.offset AS offset FROM segments s
+         JOIN container_segments cs ON cs.container_id = s.container_id AND cs.offset = s.offset
+         WHERE cs.scrub = 1 ORDER BY s.vdisk_id, s.seg`,
+      )
+      .all() as EntryAt[];
+  }
+
+  /** Table entries mapping a location that is not allocated (in the free map). */
+  entriesOnFreeSpace(): EntryAt[] {
+    return this.sql
+      .prepare(
+        `SELECT s.vdisk_id AS vdiskId, s.seg AS seg, s.container_id AS containerId, s.offset AS offset FROM segments s
+         LEFT JOIN container_segments cs ON cs.container_id = s.container_id AND cs.offset = s.offset
+         WHERE s.container_id IS NOT NULL AND cs.container_id IS NULL`,
+      )
+      .all() as EntryAt[];
+  }
+
+  /** Allocated locations past the end of their container. */
+  locationsBeyondContainer(): (Location & { segmentsTotal: number })[] {
+    return this.sql
+      .prepare(
+        `SELECT cs.container_id AS containerId, cs.offset AS offset, ct.segments_total AS segmentsTotal FROM container_segments cs
+         JOIN containers ct ON ct.id = cs.container_id WHERE cs.offset >= ct.segments_total`,
+      )
+      .all() as (Location & { segmentsTotal: number })[];
+  }
+
+  /** Locations referenced by more than one entry: how many entries, of how many vdisks, how many of them normal. */
+  sharedLocations(): (Location & { refs: number; vdisks: number; writable: number })[] {
+    return this.sql
+      .prepare(
+        `SELECT container_id AS containerId, offset, COUNT(*) AS refs, COUNT(DISTINCT vdisk_id) AS vdisks,
+                SUM(state = ${SegmentState.Normal}) AS writable
+         FROM segments WHERE container_id IS NOT NULL GROUP BY container_id, offset HAVING refs > 1`,
+      )
+      .all() as (Location & { refs: number; vdisks: number; writable: number })[];
+  }
+
+  /**
+   * Entries that may be malformed (past the vdisk's end, stored as zero,
+   * normal or no-write without a location, in an unknown container or one
+   * of another segment size), with what it takes to tell which.
+   */
+  suspectEntries(): SuspectEntry[] {
+    return this.sql
+      .prepare(
+        `SELECT s.vdisk_id AS vdiskId, s.seg AS seg, s.state AS state, s.container_id AS containerId, s.offset AS offset,
+                vd.segment_count AS vdiskSegments, vd.segment_size AS vdiskSegmentSize, ct.segment_size AS containerSegmentSize
+         FROM segments s JOIN vdisks vd ON vd.id = s.vdisk_id LEFT JOIN containers ct ON ct.id = s.container_id
+         WHERE s.seg >= vd.segment_count OR s.state = ${SegmentState.Zero}
+            OR (s.container_id IS NULL AND s.state IN (${SegmentState.Normal}, ${SegmentState.NoWrite}))
+            OR (s.container_id IS NOT NULL AND (ct.id IS NULL OR ct.segment_size != vd.segment_size))`,
+      )
+      .all() as SuspectEntry[];
+  }
+
+  /** Normal (writable) entries of snapshots. */
+  writableSnapshotEntries(): { vdiskId: string; seg: number }[] {
+    return this.sql
+      .prepare(
+        `SELECT s.vdisk_id AS vdiskId, s.seg AS seg FROM segments s JOIN vdisks vd ON vd.id = s.vdisk_id
+         WHERE vd.kind = 'snapshot' AND s.state = ${SegmentState.Normal} ORDER BY s.vdisk_id, s.seg`,
+      )
+      .all() as { vdiskId: string; seg: number }[];
+  }
+
+  /** Exports of snapshots that are not read-only. */
+  writableSnapshotExports(): { vdiskId: string; agent: string }[] {
+    return this.sql
+      .prepare(`SELECT e.vdisk_id AS vdiskId, e.agent AS agent FROM exports e JOIN vdisks vd ON vd.id = e.vdisk_id WHERE vd.kind = 'snapshot' AND e.read_only = 0`)
+      .all() as { vdiskId: string; agent: string }[];
+  }
+
+  /** Running migrations naming a container that does not exist. */
+  migrationsToUnknownContainers(): { vdiskId: string; toContainer: string | null; fromContainer: string | null }[] {
+    return this.sql
+      .prepare(
+        `SELECT m.vdisk_id AS vdiskId, m.to_container AS toContainer, m.from_container AS fromContainer FROM migrations m
+         WHERE m.state = 'running' AND ((m.to_container IS NOT NULL AND m.to_container NOT IN (SELECT id FROM containers))
+            OR (m.from_container IS NOT NULL AND m.from_container NOT IN (SELECT id FROM containers)))`,
+      )
+      .all() as { vdiskId: string; toContainer: string | null; fromContainer: string | null }[];
+  }
+
+  /** Exports whose agent does not reach a container the vdisk uses. */
+  exportsMissingContainers(): { agent: string; vdiskId: string; containerId: string }[] {
+    return this.sql
+      .prepare(
+        `SELECT DISTINCT e.agent AS agent, e.vdisk_id AS vdiskId, s.container_id AS containerId FROM exports e
+         JOIN segments s ON s.vdisk_id = e.vdisk_id AND s.container_id IS NOT NULL
+         LEFT JOIN agent_containers ac ON ac.agent = e.agent AND ac.container_id = s.container_id
+         WHERE ac.container_id IS NULL`,
+      )
+      .all() as { agent: string; vdiskId: string; containerId: string }[];
+  }
+}
+
+/** The WHERE clause for the entries a migration still has to move (ControllerDb.countToMigrate). */
+function toMigrate(vdiskId: string, to: string | null, from: string | null): { where: string; params: string[] } {
+  let where = `vdisk_id = ? AND container_id IS NOT NULL AND state IN (${SegmentState.Normal}, ${SegmentState.NoWrite})`;
+  const params = [vdiskId];
+  if (to !== null) {
+    where += ' AND container_id != ?';
+    params.push(to);
+  }
+  if (from !== null) {
+    where += ' AND container_id = ?';
+    params.push(from);
+  }
+  return { where, params };
 }
 
 /** A DB row as the table entry agents see (invalid drops its location). */
@@ -1072,4 +1141,45 @@ export function tableEntry(r: SegmentRow): EntryInput {
 
 export function openDb(path: string): ControllerDb {
   return new ControllerDb(path);
+}
+
+// ---- database files (backup and restore, backup.ts) ----
+
+/** Switches a database file (a backup copy) to a rollback journal: self-contained, and reading it makes no -wal or -shm files. */
+export function useRollbackJournal(sql: Sql): void {
+  sql.pragma('journal_mode = DELETE');
+}
+
+/** The names of the SQL tables in a database file. */
+export function sqlTableNames(sql: Sql): Set<string> {
+  return new Set(sql.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").pluck().all() as string[]);
+}
+
+/** SQLite's quick integrity check: 'ok', or what is wrong. */
+export function quickCheck(sql: Sql): string {
+  return sql.pragma('quick_check', { simple: true }) as string;
+}
+
+/** What a database file holds, counted (any schema version: snapshots came with version 2). */
+export function countRows(sql: Sql): { vdisks: number; snapshots: number; containers: number; exports: number; agents: number } {
+  const count = (q: string): number => sql.prepare(q).pluck().get() as number;
+  const hasKind = count("SELECT COUNT(*) FROM pragma_table_info('vdisks') WHERE name = 'kind'") > 0;
+  return {
+    vdisks: count(hasKind ? "SELECT COUNT(*) FROM vdisks WHERE kind = 'vdisk'" : 'SELECT COUNT(*) FROM vdisks'),
+    snapshots: hasKind ? count("SELECT COUNT(*) FROM vdisks WHERE kind = 'snapshot'") : 0,
+    containers: count('SELECT COUNT(*) FROM containers'),
+    exports: count('SELECT COUNT(*) FROM exports'),
+    agents: count('SELECT COUNT(*) FROM agents'),
+  };
+}
+
+/**
+ * Takes SQLite's EXCLUSIVE lock on the file and lets go at once; throws
+ * (SQLITE_BUSY, SQLITE_LOCKED) when another connection holds it, without
+ * waiting if the handle was opened with timeout 0.
+ */
+export function probeExclusiveLock(sql: Sql): void {
+  sql.pragma('locking_mode = EXCLUSIVE');
+  sql.exec('BEGIN EXCLUSIVE');
+  sql.exec('COMMIT');
 }

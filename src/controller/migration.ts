@@ -204,16 +204,11 @@ export class MigrationManager {
 
   /** Segments still to move. */
   #remaining(vdiskId: string, to: string | null, from: string | null): number {
-    const { sql, params } = candidates(vdiskId, to, from);
-    return this.#db.sql.prepare(`SELECT COUNT(*) FROM segments WHERE ${sql}`).pluck().get(...params) as number;
+    return this.#db.countToMigrate(vdiskId, to, from);
   }
 
   #next(vdiskId: string, to: string | null, from: string | null, after: number): { seg: number; loc: Location } | undefined {
-    const { sql, params } = candidates(vdiskId, to, from);
-    const r = this.#db.sql
-      .prepare(`SELECT seg, container_id AS c, offset AS o FROM segments WHERE ${sql} AND seg > ? ORDER BY seg LIMIT 1`)
-      .get(...params, after) as { seg: number; c: string; o: number } | undefined;
-    return r && { seg: r.seg, loc: { containerId: r.c, offset: r.o } };
+    return this.#db.nextToMigrate(vdiskId, to, from, after);
   }
 
   #launch(vdiskId: string): void {
@@ -445,21 +440,6 @@ export class MigrationManager {
       }
     }
   }
-}
-
-/** SQL for the entries a migration still has to move. */
-function candidates(vdiskId: string, to: string | null, from: string | null): { sql: string; params: string[] } {
-  let sql = `vdisk_id = ? AND container_id IS NOT NULL AND state IN (${SegmentState.Normal}, ${SegmentState.NoWrite})`;
-  const params = [vdiskId];
-  if (to !== null) {
-    sql += ' AND container_id != ?';
-    params.push(to);
-  }
-  if (from !== null) {
-    sql += ' AND container_id = ?';
-    params.push(from);
-  }
-  return { sql, params };
 }
 
 function describe(m: MigrationRow): string {
