@@ -3,13 +3,16 @@
 // the case looks at the segment's current state (the controller's table,
 // not the state the agent reported, which may be stale), performs at most
 // one table change at a time (allocate a zero segment, make a sole-owner
-// no-write segment writable), and then answers every waiting fault:
+// no-write segment writable), and then answers every waiting fault.
+//
+// The decisions, in full (decide() and FAILURE below are this table in code):
 //
 //   state now      op          answer
 //   normal         any         RETRY (the agent's table is behind)
 //   zero           read/verify RETRY
 //   zero           unmap       DONE (nothing to deallocate)
 //   zero           other write allocate, push, acks, RETRY
+//   no-write       read/verify RETRY
 //   no-write       write-ish   being migrated: WAIT (RETRY once the remap is acked);
 //                              refcount 1: make normal, push, acks, RETRY;
 //                              shared: copy-on-write: reserve a new location,
@@ -20,6 +23,15 @@
 //   invalid        any         WAIT, answered again when the state changes
 //   error          read/verify FAIL 03/11/00; others FAIL 03/0C/00
 //   (snapshot)     write-ish   FAIL 07/27/00: snapshots are read-only
+//
+//   and whatever the state:
+//   vdisk unknown, removed, or not exported to the agent   FAIL 05/25/00
+//   segment past the vdisk's end                           FAIL 05/21/00
+//   allocation or copy-on-write: no container has room    FAIL 07/27/07
+//   copy-on-write: no agent reaches both containers,
+//     or the copy failed                                   FAIL 04/44/00
+//   unknown op or state in the fault; handling threw       FAIL 04/44/00
+//   an exporter away (allocate, make-writable, copy)       WAIT (see below)
 //
 // Replies go out only once every table change of the vdisk queued before
 // has been acked (TableChanges.quiesce), so no agent acts on a version
@@ -68,6 +80,80 @@ export const SENSE = {
 
 type Sense = readonly [number, number, number];
 
+/**
+ * Every reason the controller fails a fault, and the sense data it chooses
+ * for each (the table at the top of this file, in code).
+ */
+export const FAILURE = {
+  /** Read or verify of a segment in state error. */
+  readOfErrorSegment: SENSE.readError,
+  /** Write-like op on a segment in state error. */
+  writeToErrorSegment: SENSE.writeError,
+  /** Write-like op on a snapshot's zero or no-write segment. */
+  writeToSnapshot: SENSE.writeProtected,
+  /** No eligible container has room for the allocation or copy a write needs. */
+  containerFull: SENSE.spaceAllocationFailed,
+  /** The vdisk does not exist (or was removed while the fault waited), or is not exported to the faulting agent. */
+  noSuchVdisk: SENSE.luNotSupported,
+  /** The segment is past the vdisk's end. */
+  segmentOutOfRange: SENSE.lbaOutOfRange,
+  /** The fault names an op or a segment state this controller does not know. */
+  malformedFault: SENSE.internalFailure,
+  /** Copy-on-write could not copy: no online agent reaches both containers, or the copy failed. */
+  copyFailed: SENSE.internalFailure,
+  /** Handling the fault threw. */
+  internalError: SENSE.internalFailure,
+} as const satisfies Record<string, Sense>;
+
+type FailureCause = keyof typeof FAILURE;
+
+type Decision =
+  | { kind: 'retry' }
+  | { kind: 'done' }
+  | { kind: 'fail'; cause: FailureCause; reason: string }
+  | { kind: 'wait'; reason: string }
+  | { kind: 'allocate' }
+  | { kind: 'make-writable' }
+  | { kind: 'copy' };
+
+type Action = 'allocate' | 'make-writable' | 'copy';
+
+/** What besides state, op and reference count a decision depends on. */
+export interface DecideContext {
+  /** The vdisk is a snapshot (read-only). */
+  snapshot?: boolean;
+  /** The segment's location is being copied by a migration. */
+  migrating?: boolean;
+}
+
+const WRITE_LIKE = (op: IoOp): boolean => !isReadOp(op);
+
+/** The decision for one op on a segment in `state` with a location referenced `refcount` times. */
+export function decide(state: SegmentState, op: IoOp, refcount: number, ctx: DecideContext = {}): Decision {
+  const inh = inhibits(state, op);
+  if (inh === 'proceed' || inh === 'zero-read') return { kind: 'retry' };
+  if (inh === 'fail') {
+    return isReadOp(op)
+      ? { kind: 'fail', cause: 'readOfErrorSegment', reason: 'segment is in state error' }
+      : { kind: 'fail', cause: 'writeToErrorSegment', reason: 'segment is in state error' };
+  }
+  if (ctx.snapshot && WRITE_LIKE(op) && (state === SegmentState.Zero || state === SegmentState.NoWrite)) {
+    return { kind: 'fail', cause: 'writeToSnapshot', reason: 'vdisk is a snapshot (read-only)' };
+  }
+  switch (state) {
+    case SegmentState.Zero:
+      return op === IoOp.Unmap ? { kind: 'done' } : { kind: 'allocate' };
+    case SegmentState.NoWrite:
+      if (!WRITE_LIKE(op)) return { kind: 'retry' };
+      if (ctx.migrating) return { kind: 'wait', reason: 'segment is being migrated' };
+      return refcount <= 1 ? { kind: 'make-writable' } : { kind: 'copy' };
+    case SegmentState.Invalid:
+      return { kind: 'wait', reason: 'segment is invalid' };
+    default:
+      return { kind: 'wait', reason: `segment is ${segmentStateName(state)}` };
+  }
+}
+
 /** What the fault manager needs of the controller. */
 export interface FaultHost {
   readonly db: ControllerDb;
@@ -105,53 +191,6 @@ interface SegmentCase {
   busy: boolean;
   /** Looks again when a disconnected exporter's lease runs out. */
   leaseTimer?: NodeJS.Timeout;
-}
-
-type Decision =
-  | { kind: 'retry' }
-  | { kind: 'done' }
-  | { kind: 'fail'; sense: Sense; reason: string }
-  | { kind: 'wait'; reason: string }
-  | { kind: 'allocate' }
-  | { kind: 'make-writable' }
-  | { kind: 'copy' };
-
-type Action = 'allocate' | 'make-writable' | 'copy';
-
-/** What besides state, op and reference count a decision depends on. */
-export interface DecideContext {
-  /** The vdisk is a snapshot (read-only). */
-  snapshot?: boolean;
-  /** The segment's location is being copied by a migration. */
-  migrating?: boolean;
-}
-
-const WRITE_LIKE = (op: IoOp): boolean => !isReadOp(op);
-
-/** The decision for one op on a segment in `state` with a location referenced `refcount` times. */
-export function decide(state: SegmentState, op: IoOp, refcount: number, ctx: DecideContext = {}): Decision {
-  const inh = inhibits(state, op);
-  if (inh === 'proceed' || inh === 'zero-read') return { kind: 'retry' };
-  if (inh === 'fail') {
-    return isReadOp(op)
-      ? { kind: 'fail', sense: SENSE.readError, reason: 'segment is in state error' }
-      : { kind: 'fail', sense: SENSE.writeError, reason: 'segment is in state error' };
-  }
-  if (ctx.snapshot && WRITE_LIKE(op) && (state === SegmentState.Zero || state === SegmentState.NoWrite)) {
-    return { kind: 'fail', sense: SENSE.writeProtected, reason: 'vdisk is a snapshot (read-only)' };
-  }
-  switch (state) {
-    case SegmentState.Zero:
-      return op === IoOp.Unmap ? { kind: 'done' } : { kind: 'allocate' };
-    case SegmentState.NoWrite:
-      if (!WRITE_LIKE(op)) return { kind: 'retry' };
-      if (ctx.migrating) return { kind: 'wait', reason: 'segment is being migrated' };
-      return refcount <= 1 ? { kind: 'make-writable' } : { kind: 'copy' };
-    case SegmentState.Invalid:
-      return { kind: 'wait', reason: 'segment is invalid' };
-    default:
-      return { kind: 'wait', reason: `segment is ${segmentStateName(state)}` };
-  }
 }
 
 export class FaultManager {
@@ -192,18 +231,18 @@ export class FaultManager {
       record.id = db.insertFault(row);
     });
     const w: Waiter = { link, fault: f, record, toldWait: false };
-    const reject = (sense: Sense, why: string): void => {
+    const reject = (cause: FailureCause, why: string): void => {
       const msg = `fault ${f.faultId} from agent ${agent}: ${why}`;
       log.error(msg);
       link.sendError(msg);
-      this.#reply(w, { kind: 'fail', sense, reason: why }, 'error');
+      this.#reply(w, { kind: 'fail', cause, reason: why }, 'error');
     };
-    if (!vdisk) return reject(SENSE.luNotSupported, `unknown vdisk ${f.vdiskId}`);
-    if (!db.export(f.vdiskId, agent)) return reject(SENSE.luNotSupported, `vdisk ${vdisk.name} is not exported to this agent`);
-    if (!isIoOp(f.op)) return reject(SENSE.internalFailure, `unknown operation ${String(f.op)}`);
-    if (!isSegmentState(f.state)) return reject(SENSE.internalFailure, `unknown segment state ${String(f.state)}`);
+    if (!vdisk) return reject('noSuchVdisk', `unknown vdisk ${f.vdiskId}`);
+    if (!db.export(f.vdiskId, agent)) return reject('noSuchVdisk', `vdisk ${vdisk.name} is not exported to this agent`);
+    if (!isIoOp(f.op)) return reject('malformedFault', `unknown operation ${String(f.op)}`);
+    if (!isSegmentState(f.state)) return reject('malformedFault', `unknown segment state ${String(f.state)}`);
     if (!Number.isInteger(f.segment) || f.segment >= vdisk.segmentCount) {
-      return reject(SENSE.lbaOutOfRange, `segment ${f.segment} out of range (vdisk ${vdisk.name} has ${vdisk.segmentCount})`);
+      return reject('segmentOutOfRange', `segment ${f.segment} out of range (vdisk ${vdisk.name} has ${vdisk.segmentCount})`);
     }
     // Debug, not info: every fault is in the fault log (tabula fault ls) already.
     // Guarded: winston formats (timestamp, JSON) even what its level then drops.
@@ -246,12 +285,12 @@ export class FaultManager {
         if (host.closed) return;
         const vdisk = host.db.vdisk(c.vdiskId);
         if (!vdisk) {
-          for (const w of c.waiters.splice(0)) this.#reply(w, { kind: 'fail', sense: SENSE.luNotSupported, reason: 'vdisk was removed' });
+          for (const w of c.waiters.splice(0)) this.#reply(w, { kind: 'fail', cause: 'noSuchVdisk', reason: 'vdisk was removed' });
           break;
         }
         const table = host.tables.table(c.vdiskId);
         if (c.seg >= table.segmentCount) {
-          for (const w of c.waiters.splice(0)) this.#reply(w, { kind: 'fail', sense: SENSE.lbaOutOfRange, reason: 'segment beyond the end' });
+          for (const w of c.waiters.splice(0)) this.#reply(w, { kind: 'fail', cause: 'segmentOutOfRange', reason: 'segment beyond the end' });
           break;
         }
         const row = host.db.segment(c.vdiskId, c.seg);
@@ -309,7 +348,7 @@ export class FaultManager {
     } catch (err) {
       log.error(`fault handling for vdisk ${c.vdiskId} segment ${c.seg} failed: ${(err as Error).message}`);
       for (const w of c.waiters.splice(0)) {
-        this.#reply(w, { kind: 'fail', sense: SENSE.internalFailure, reason: (err as Error).message }, 'error');
+        this.#reply(w, { kind: 'fail', cause: 'internalError', reason: (err as Error).message }, 'error');
       }
     } finally {
       c.busy = false;
@@ -359,7 +398,7 @@ export class FaultManager {
     } catch (err) {
       if (err instanceof ContainerFullError) {
         log.error(err.message);
-        return { kind: 'fail', sense: SENSE.spaceAllocationFailed, reason: err.message };
+        return { kind: 'fail', cause: 'containerFull', reason: err.message };
       }
       throw err;
     }
@@ -375,7 +414,7 @@ export class FaultManager {
   async #copyOnWrite(c: SegmentCase, old: Location, prefer: string | null): Promise<Decision | null> {
     const host = this.#host;
     const vdisk = host.db.vdisk(c.vdiskId);
-    if (!vdisk) return { kind: 'fail', sense: SENSE.luNotSupported, reason: 'vdisk was removed' };
+    if (!vdisk) return { kind: 'fail', cause: 'noSuchVdisk', reason: 'vdisk was removed' };
     const what = `copy-on-write of vdisk ${vdisk.name} segment ${c.seg}`;
     let fresh: Location;
     try {
@@ -383,7 +422,7 @@ export class FaultManager {
     } catch (err) {
       if (err instanceof ContainerFullError) {
         log.error(`${what}: ${err.message}`);
-        return { kind: 'fail', sense: SENSE.spaceAllocationFailed, reason: err.message };
+        return { kind: 'fail', cause: 'containerFull', reason: err.message };
       }
       throw err;
     }
@@ -393,7 +432,7 @@ export class FaultManager {
       if (agent === null) {
         const reason = `${what} failed: no online agent reaches both containers ${old.containerId} and ${fresh.containerId}`;
         log.error(reason);
-        return { kind: 'fail', sense: SENSE.internalFailure, reason };
+        return { kind: 'fail', cause: 'copyFailed', reason };
       }
       const size = vdisk.segmentSize;
       log.info(`${what}: agent ${agent} copies ${old.containerId}@${old.offset} to ${fresh.containerId}@${fresh.offset}`);
@@ -408,7 +447,7 @@ export class FaultManager {
         const reason = `${what} failed: agent ${agent} could not copy ${old.containerId}@${old.offset} to ${fresh.containerId}@${fresh.offset}: ${err}`;
         log.error(reason);
         host.db.event('cow', vdisk.name, reason);
-        return { kind: 'fail', sense: SENSE.internalFailure, reason };
+        return { kind: 'fail', cause: 'copyFailed', reason };
       }
       await host.tables.changeTable(
         c.vdiskId,
@@ -468,7 +507,7 @@ export class FaultManager {
         break;
       case 'fail':
         action = FaultAction.Fail;
-        sense = d.sense;
+        sense = FAILURE[d.cause];
         reason = d.reason;
         break;
       default:
