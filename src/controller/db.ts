@@ -330,7 +330,8 @@ export class TableChangeError extends Error {
 export class ControllerDb {
   readonly sql: Sql;
   readonly path: string;
-  readonly #s;
+  /** Statements prepared once, when the database opens. */
+  readonly #statements;
 
   constructor(path: string) {
     this.path = path;
@@ -343,7 +344,7 @@ export class ControllerDb {
     this.sql.pragma('busy_timeout = 5000');
     migrate(this.sql);
     const p = (q: string) => this.sql.prepare(q);
-    this.#s = {
+    this.#statements = {
       container: p('SELECT * FROM containers WHERE id = ?'),
       containers: p('SELECT * FROM containers ORDER BY added, id'),
       insertContainer: p(
@@ -360,7 +361,7 @@ export class ControllerDb {
       segment: p('SELECT * FROM segments WHERE vdisk_id = ? AND seg = ?'),
       segmentsOf: p('SELECT * FROM segments WHERE vdisk_id = ? ORDER BY seg'),
       segmentsRaw: p('SELECT seg, state, container_id, offset FROM segments WHERE vdisk_id = ? ORDER BY seg').raw(),
-      insertCseg: p('INSERT INTO container_segments (container_id, offset, refcount) VALUES (?, ?, 1)'),
+      insertContainerSegment: p('INSERT INTO container_segments (container_id, offset, refcount) VALUES (?, ?, 1)'),
       insertSegment: p('INSERT INTO segments (vdisk_id, seg, state, container_id, offset) VALUES (?, ?, ?, ?, ?)'),
       segmentsIn: p('SELECT * FROM segments WHERE vdisk_id = ? AND seg >= ? AND seg < ? ORDER BY seg'),
       upsertSegment: p(
@@ -368,12 +369,12 @@ export class ControllerDb {
          ON CONFLICT (vdisk_id, seg) DO UPDATE SET state = excluded.state, container_id = excluded.container_id, offset = excluded.offset`,
       ),
       deleteSegment: p('DELETE FROM segments WHERE vdisk_id = ? AND seg = ?'),
-      cseg: p('SELECT * FROM container_segments WHERE container_id = ? AND offset = ?'),
-      csegIncr: p(
+      containerSegment: p('SELECT * FROM container_segments WHERE container_id = ? AND offset = ?'),
+      addReference: p(
         `INSERT INTO container_segments (container_id, offset, refcount) VALUES (?, ?, 1)
          ON CONFLICT (container_id, offset) DO UPDATE SET refcount = refcount + 1, release_vdisk = NULL, release_version = NULL`,
       ),
-      csegDecr: p(
+      dropReference: p(
         `UPDATE container_segments SET refcount = refcount - 1,
            release_vdisk = CASE WHEN refcount = 1 THEN ? ELSE release_vdisk END,
            release_version = CASE WHEN refcount = 1 THEN ? ELSE release_version END
@@ -476,12 +477,12 @@ export class ControllerDb {
   // ---- containers ----
 
   container(id: string): ContainerRow | undefined {
-    const r = this.#s.container.get(id) as RawContainer | undefined;
+    const r = this.#statements.container.get(id) as RawContainer | undefined;
     return r && toContainer(r);
   }
 
   containers(): ContainerRow[] {
-    return (this.#s.containers.all() as RawContainer[]).map(toContainer);
+    return (this.#statements.containers.all() as RawContainer[]).map(toContainer);
   }
 
   /** Finds a container by UUID or unique UUID prefix. */
@@ -495,7 +496,7 @@ export class ControllerDb {
 
   insertContainer(c: Omit<ContainerRow, 'added'>): ContainerRow {
     const added = now();
-    this.#s.insertContainer.run(c.id, c.path, c.size, c.dataOffset, c.segmentSize, c.segmentsTotal, c.state, added);
+    this.#statements.insertContainer.run(c.id, c.path, c.size, c.dataOffset, c.segmentSize, c.segmentsTotal, c.state, added);
     return { ...c, added };
   }
 
@@ -508,7 +509,7 @@ export class ControllerDb {
   }
 
   containerSegmentsUsed(id: string): number {
-    return (this.#s.containerUsed.get(id) as { n: number }).n;
+    return (this.#statements.containerUsed.get(id) as { n: number }).n;
   }
   /** A container's allocated segments: all, those referenced more than once (shared), those once (exclusive). */
   containerSharing(id: string): { used: number; shared: number; exclusive: number } {
@@ -525,11 +526,11 @@ export class ControllerDb {
 
   /** Allocated offsets of a container in ascending order (for the allocator's free map). */
   usedOffsets(id: string): number[] {
-    return (this.#s.usedOffsets.pluck().all(id) as number[]);
+    return (this.#statements.usedOffsets.pluck().all(id) as number[]);
   }
 
   containerSegment(containerId: string, offset: number): ContainerSegmentRow | undefined {
-    const r = this.#s.cseg.get(containerId, offset) as
+    const r = this.#statements.containerSegment.get(containerId, offset) as
       | { container_id: string; offset: number; refcount: number; release_vdisk: string | null; release_version: number | null; scrub: number }
       | undefined;
     return (
@@ -548,17 +549,17 @@ export class ControllerDb {
 
   /** Every location waiting to be scrubbed, by container and offset. */
   scrubPending(): Location[] {
-    return (this.#s.scrubPending.all() as { container_id: string; offset: number }[]).map((r) => ({ containerId: r.container_id, offset: r.offset }));
+    return (this.#statements.scrubPending.all() as { container_id: string; offset: number }[]).map((r) => ({ containerId: r.container_id, offset: r.offset }));
   }
 
   /** Locations of one container waiting to be scrubbed. */
   scrubPendingCount(containerId: string): number {
-    return this.#s.scrubCount.pluck().get(containerId) as number;
+    return this.#statements.scrubCount.pluck().get(containerId) as number;
   }
 
   /** Offsets of [offset, offset+count) of a container that wait to be scrubbed. */
   scrubPendingIn(containerId: string, offset: number, count: number): number[] {
-    return this.#s.scrubIn.pluck().all(containerId, offset, offset + count) as number[];
+    return this.#statements.scrubIn.pluck().all(containerId, offset, offset + count) as number[];
   }
 
   /**
@@ -567,7 +568,7 @@ export class ControllerDb {
    * newly marked (a location the map already holds is left as it is).
    */
   markScrub(locs: readonly Location[]): Location[] {
-    return this.tx(() => locs.filter((l) => this.#s.insertScrub.run(l.containerId, l.offset).changes > 0));
+    return this.tx(() => locs.filter((l) => this.#statements.insertScrub.run(l.containerId, l.offset).changes > 0));
   }
 
   /**
@@ -577,23 +578,23 @@ export class ControllerDb {
    */
   finishScrub(containerId: string, offset: number, count: number): Location[] {
     return this.tx(() =>
-      (this.#s.scrubbed.pluck().all(containerId, offset, offset + count) as number[]).map((o) => ({ containerId, offset: o })),
+      (this.#statements.scrubbed.pluck().all(containerId, offset, offset + count) as number[]).map((o) => ({ containerId, offset: o })),
     );
   }
 
   containerAgents(id: string): string[] {
-    return this.#s.containerAgents.pluck().all(id) as string[];
+    return this.#statements.containerAgents.pluck().all(id) as string[];
   }
 
   // ---- vdisks ----
 
   vdisk(id: string): VdiskRow | undefined {
-    const r = this.#s.vdiskById.get(id) as RawVdisk | undefined;
+    const r = this.#statements.vdiskById.get(id) as RawVdisk | undefined;
     return r && toVdisk(r);
   }
 
   vdiskByName(name: string): VdiskRow | undefined {
-    const r = this.#s.vdiskByName.get(name) as RawVdisk | undefined;
+    const r = this.#statements.vdiskByName.get(name) as RawVdisk | undefined;
     return r && toVdisk(r);
   }
 
@@ -603,14 +604,14 @@ export class ControllerDb {
   }
 
   vdisks(): VdiskRow[] {
-    return (this.#s.vdisks.all() as RawVdisk[]).map(toVdisk);
+    return (this.#statements.vdisks.all() as RawVdisk[]).map(toVdisk);
   }
 
   insertVdisk(v: Omit<VdiskRow, 'created' | 'kind' | 'parentId'> & { kind?: VdiskKind; parentId?: string | null }): VdiskRow {
     const created = now();
     const kind = v.kind ?? 'vdisk';
     const parentId = v.parentId ?? null;
-    this.#s.insertVdisk.run(v.id, v.name, v.size, v.blockSize, v.segmentSize, v.segmentCount, v.thin ? 1 : 0, v.version, created, kind, parentId);
+    this.#statements.insertVdisk.run(v.id, v.name, v.size, v.blockSize, v.segmentSize, v.segmentCount, v.thin ? 1 : 0, v.version, created, kind, parentId);
     return { ...v, created, kind, parentId };
   }
 
@@ -620,7 +621,7 @@ export class ControllerDb {
 
   /** Bumps and returns the vdisk's table version; every table change does this in its transaction. */
   bumpVersion(vdiskId: string): number {
-    const r = this.#s.bumpVersion.get(vdiskId) as { version: number } | undefined;
+    const r = this.#statements.bumpVersion.get(vdiskId) as { version: number } | undefined;
     if (!r) throw new TableChangeError(`vdisk ${vdiskId} does not exist`);
     return r.version;
   }
@@ -632,7 +633,7 @@ export class ControllerDb {
   // ---- segments ----
 
   segment(vdiskId: string, seg: number): SegmentRow {
-    const r = this.#s.segment.get(vdiskId, seg) as RawSegment | undefined;
+    const r = this.#statements.segment.get(vdiskId, seg) as RawSegment | undefined;
     return r ? toSegment(r) : { vdiskId, seg, state: SegmentState.Zero, containerId: null, offset: null };
   }
 
@@ -640,14 +641,14 @@ export class ControllerDb {
   segmentRows(vdiskId: string, first?: number, end?: number): SegmentRow[] {
     const rows =
       first === undefined
-        ? (this.#s.segmentsOf.all(vdiskId) as RawSegment[])
-        : (this.#s.segmentsIn.all(vdiskId, first, end ?? Number.MAX_SAFE_INTEGER) as RawSegment[]);
+        ? (this.#statements.segmentsOf.all(vdiskId) as RawSegment[])
+        : (this.#statements.segmentsIn.all(vdiskId, first, end ?? Number.MAX_SAFE_INTEGER) as RawSegment[]);
     return rows.map(toSegment);
   }
 
   /** Calls fn per non-zero segment row without building an array (for large tables). */
   forEachSegment(vdiskId: string, fn: (row: SegmentRow) => void): void {
-    for (const r of this.#s.segmentsOf.iterate(vdiskId) as IterableIterator<RawSegment>) fn(toSegment(r));
+    for (const r of this.#statements.segmentsOf.iterate(vdiskId) as IterableIterator<RawSegment>) fn(toSegment(r));
   }
 
   /**
@@ -692,14 +693,14 @@ export class ControllerDb {
           // It still holds a freed vdisk's data and an agent may be zeroing it right now.
           throw new TableChangeError(`vdisk ${vdisk.name} segment ${seg}: container ${c.id} offset ${location.offset} is waiting to be scrubbed`);
         }
-        this.#s.csegIncr.run(location.containerId, location.offset);
+        this.#statements.addReference.run(location.containerId, location.offset);
       }
       if (old.containerId !== null && old.offset !== null) {
-        this.#s.csegDecr.run(vdisk.id, version, old.containerId, old.offset);
+        this.#statements.dropReference.run(vdisk.id, version, old.containerId, old.offset);
       }
     }
-    if (state === SegmentState.Zero) this.#s.deleteSegment.run(vdisk.id, seg);
-    else this.#s.upsertSegment.run(vdisk.id, seg, state, location?.containerId ?? null, location?.offset ?? null);
+    if (state === SegmentState.Zero) this.#statements.deleteSegment.run(vdisk.id, seg);
+    else this.#statements.upsertSegment.run(vdisk.id, seg, state, location?.containerId ?? null, location?.offset ?? null);
     return true;
   }
 
@@ -710,7 +711,7 @@ export class ControllerDb {
    */
   reclaim(vdiskId: string, version: number): Location[] {
     return this.tx(() =>
-      (this.#s.releasedToScrub.all(vdiskId, version) as { container_id: string; offset: number }[]).map((r) => ({
+      (this.#statements.releasedToScrub.all(vdiskId, version) as { container_id: string; offset: number }[]).map((r) => ({
         containerId: r.container_id,
         offset: r.offset,
       })),
@@ -719,12 +720,12 @@ export class ControllerDb {
 
   /** Whether any location released by the vdisk waits for reclaim: usually not, and one read answers that. */
   hasReleased(vdiskId: string): boolean {
-    return this.#s.anyReleased.get(vdiskId) !== undefined;
+    return this.#statements.anyReleased.get(vdiskId) !== undefined;
   }
 
   /** The lowest version every exporting agent has acked; Infinity when nobody exports the vdisk. */
   minAckedVersion(vdiskId: string): number {
-    const r = this.#s.minAcked.get(vdiskId) as { v: number | null; n: number };
+    const r = this.#statements.minAcked.get(vdiskId) as { v: number | null; n: number };
     return r.n === 0 || r.v === null ? Number.POSITIVE_INFINITY : r.v;
   }
 
@@ -740,7 +741,7 @@ export class ControllerDb {
     // Raw rows, coalesced into runs before they reach the table: a thick
     // vdisk of a million rows is then a handful of setRange calls.
     type Raw = [seg: number, state: number, container: string | null, offset: number | null];
-    const rows = this.#s.segmentsRaw.all(vdisk.id) as Raw[];
+    const rows = this.#statements.segmentsRaw.all(vdisk.id) as Raw[];
     // The container the table entry will carry (invalid drops its location).
     const where = (r: Raw): string | null => (r[1] === SegmentState.Invalid ? null : r[2]);
     let i = 0;
@@ -771,8 +772,8 @@ export class ControllerDb {
       throw new TableChangeError(`vdisk ${vdisk.name} segments ${firstSeg}+${count} out of range (${vdisk.segmentCount} segments)`);
     }
     for (let i = 0; i < count; i++) {
-      this.#s.insertCseg.run(containerId, offset + i);
-      this.#s.insertSegment.run(vdisk.id, firstSeg + i, SegmentState.Normal, containerId, offset + i);
+      this.#statements.insertContainerSegment.run(containerId, offset + i);
+      this.#statements.insertSegment.run(vdisk.id, firstSeg + i, SegmentState.Normal, containerId, offset + i);
     }
   }
 
@@ -831,7 +832,7 @@ export class ControllerDb {
 
   /** Every table entry that references a location. */
   references(loc: Location): Reference[] {
-    return (this.#s.references.all(loc.containerId, loc.offset) as { vdisk_id: string; seg: number; state: number }[]).map((r) => ({
+    return (this.#statements.references.all(loc.containerId, loc.offset) as { vdisk_id: string; seg: number; state: number }[]).map((r) => ({
       vdiskId: r.vdisk_id,
       seg: r.seg,
       state: r.state as SegmentState,
@@ -846,16 +847,16 @@ export class ControllerDb {
   // ---- migrations ----
 
   migration(vdiskId: string): MigrationRow | undefined {
-    const r = this.#s.migration.get(vdiskId) as RawMigration | undefined;
+    const r = this.#statements.migration.get(vdiskId) as RawMigration | undefined;
     return r && toMigration(r);
   }
 
   migrations(): MigrationRow[] {
-    return (this.#s.migrations.all() as RawMigration[]).map(toMigration);
+    return (this.#statements.migrations.all() as RawMigration[]).map(toMigration);
   }
 
   saveMigration(m: MigrationRow): void {
-    this.#s.upsertMigration.run(
+    this.#statements.upsertMigration.run(
       m.vdiskId,
       m.toContainer,
       m.fromContainer,
@@ -891,12 +892,12 @@ export class ControllerDb {
   // ---- agents ----
 
   agent(name: string): AgentRow | undefined {
-    const r = this.#s.agent.get(name) as { name: string; portals: string; last_seen: string; registered: string } | undefined;
+    const r = this.#statements.agent.get(name) as { name: string; portals: string; last_seen: string; registered: string } | undefined;
     return r && { name: r.name, portals: JSON.parse(r.portals) as string[], lastSeen: r.last_seen, registered: r.registered };
   }
 
   agents(): AgentRow[] {
-    return (this.#s.agents.all() as { name: string; portals: string; last_seen: string; registered: string }[]).map((r) => ({
+    return (this.#statements.agents.all() as { name: string; portals: string; last_seen: string; registered: string }[]).map((r) => ({
       name: r.name,
       portals: JSON.parse(r.portals) as string[],
       lastSeen: r.last_seen,
@@ -908,64 +909,64 @@ export class ControllerDb {
   registerAgent(name: string, portals: readonly string[], containers: readonly { id: string; path: string }[]): void {
     this.tx(() => {
       const t = now();
-      this.#s.upsertAgent.run(name, JSON.stringify(portals), t, t);
-      this.#s.clearAgentContainers.run(name);
-      for (const c of containers) this.#s.insertAgentContainer.run(name, c.id, c.path);
+      this.#statements.upsertAgent.run(name, JSON.stringify(portals), t, t);
+      this.#statements.clearAgentContainers.run(name);
+      for (const c of containers) this.#statements.insertAgentContainer.run(name, c.id, c.path);
     });
   }
 
   touchAgent(name: string): void {
-    this.#s.touchAgent.run(now(), name);
+    this.#statements.touchAgent.run(now(), name);
   }
 
   agentContainers(name: string): string[] {
-    return this.#s.agentContainers.pluck().all(name) as string[];
+    return this.#statements.agentContainers.pluck().all(name) as string[];
   }
 
   // ---- exports ----
 
   exportsOfVdisk(vdiskId: string): ExportRow[] {
-    return (this.#s.exportsOfVdisk.all(vdiskId) as RawExport[]).map(toExport);
+    return (this.#statements.exportsOfVdisk.all(vdiskId) as RawExport[]).map(toExport);
   }
 
   exportsOfAgent(agent: string): ExportRow[] {
-    return (this.#s.exportsOfAgent.all(agent) as RawExport[]).map(toExport);
+    return (this.#statements.exportsOfAgent.all(agent) as RawExport[]).map(toExport);
   }
 
   exports(): ExportRow[] {
-    return (this.#s.exports.all() as RawExport[]).map(toExport);
+    return (this.#statements.exports.all() as RawExport[]).map(toExport);
   }
 
   export(vdiskId: string, agent: string): ExportRow | undefined {
-    const r = this.#s.export.get(vdiskId, agent) as RawExport | undefined;
+    const r = this.#statements.export.get(vdiskId, agent) as RawExport | undefined;
     return r && toExport(r);
   }
 
   insertExport(e: Omit<ExportRow, 'fenced' | 'allowedInitiators'> & { allowedInitiators?: readonly string[] }): void {
-    this.#s.insertExport.run(e.vdiskId, e.agent, e.targetIqn, e.lun, e.readOnly ? 1 : 0, e.ackedVersion, JSON.stringify(e.allowedInitiators ?? []));
+    this.#statements.insertExport.run(e.vdiskId, e.agent, e.targetIqn, e.lun, e.readOnly ? 1 : 0, e.ackedVersion, JSON.stringify(e.allowedInitiators ?? []));
   }
 
   deleteExport(vdiskId: string, agent: string): boolean {
-    return this.#s.deleteExport.run(vdiskId, agent).changes > 0;
+    return this.#statements.deleteExport.run(vdiskId, agent).changes > 0;
   }
 
   recordAck(vdiskId: string, agent: string, version: number): void {
-    this.#s.ackExport.run(version, vdiskId, agent);
+    this.#statements.ackExport.run(version, vdiskId, agent);
   }
 
   /** Agents whose export of the vdisk is marked fenced. */
   fencedAgents(vdiskId: string): string[] {
-    return this.#s.fencedAgents.all(vdiskId) as string[];
+    return this.#statements.fencedAgents.all(vdiskId) as string[];
   }
 
   setFenced(vdiskId: string, agent: string, fenced: boolean): void {
-    this.#s.fenceExport.run(fenced ? 1 : 0, vdiskId, agent);
+    this.#statements.fenceExport.run(fenced ? 1 : 0, vdiskId, agent);
   }
 
   // ---- faults and events ----
 
   insertFault(f: NewFault): number {
-    const r = this.#s.insertFault.get(
+    const r = this.#statements.insertFault.get(
       f.time ?? now(),
       f.agent,
       f.vdiskId,
@@ -982,16 +983,16 @@ export class ControllerDb {
   }
 
   setFaultOutcome(id: number, outcome: string, detail = ''): void {
-    this.#s.faultOutcome.run(outcome, detail, detail, id);
+    this.#statements.faultOutcome.run(outcome, detail, detail, id);
   }
 
   faults(vdiskId?: string, limit = 100): FaultRow[] {
-    const rows = vdiskId === undefined ? this.#s.faults.all(limit) : this.#s.faultsOf.all(vdiskId, limit);
+    const rows = vdiskId === undefined ? this.#statements.faults.all(limit) : this.#statements.faultsOf.all(vdiskId, limit);
     return (rows as RawFault[]).map(toFault);
   }
 
   event(kind: string, subject: string, message: string): void {
-    this.#s.event.run(now(), kind, subject, message);
+    this.#statements.event.run(now(), kind, subject, message);
   }
 
   // ---- invariants (`tabula check`, check.ts): each query returns the rows that break one ----
