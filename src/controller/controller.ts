@@ -22,7 +22,7 @@ import { AgentRegistry, DEFAULT_LEASE_MARGIN_MS, DEFAULT_LEASE_MS } from './agen
 import { Exports } from './exports.js';
 import { FaultManager, type FaultHost } from './faults.js';
 import { MigrationManager, type MigrationHost } from './migration.js';
-import { Scrubber, type ScrubberOptions } from './scrubber.js';
+import { Scrubber, type ScrubHost, type ScrubberOptions } from './scrubber.js';
 import type { SnapshotHost } from './snapshots.js';
 import { TableChanges } from './table-changes.js';
 import { WriteBehind } from './write-behind.js';
@@ -45,7 +45,7 @@ export interface ControllerOptions {
   migrationConcurrency?: number;
 }
 
-export class Controller implements FaultHost, MigrationHost, SnapshotHost {
+export class Controller implements FaultHost, MigrationHost, SnapshotHost, ScrubHost {
   readonly id: string;
   readonly db: ControllerDb;
   readonly allocator: Allocator;
