@@ -25,13 +25,13 @@
 //   (snapshot)     write-ish   FAIL 07/27/00: snapshots are read-only
 //
 //   and whatever the state:
-//   vdisk unknown, removed, or not exported to the agent   FAIL 05/25/00
-//   segment past the vdisk's end                           FAIL 05/21/00
+//   vdisk unknown, removed, or not exported to the agent  FAIL 05/25/00
+//   segment past the vdisk's end                          FAIL 05/21/00
 //   allocation or copy-on-write: no container has room    FAIL 07/27/07
 //   copy-on-write: no agent reaches both containers,
-//     or the copy failed                                   FAIL 04/44/00
-//   unknown op or state in the fault; handling threw       FAIL 04/44/00
-//   an exporter away (allocate, make-writable, copy)       WAIT (see below)
+//     or the copy failed                                  FAIL 04/44/00
+//   unknown op or state in the fault; handling threw      FAIL 04/44/00
+//   an exporter away (allocate, make-writable, copy)      WAIT (see below)
 //
 // Replies go out only once every table change of the vdisk queued before
 // has been acked (TableChanges.quiesce), so no agent acts on a version
