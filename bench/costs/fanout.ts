@@ -73,12 +73,12 @@ export async function measureFanout(opts: { agents: number; changes: number; war
       if (i === opts.warmup) cpu0 = agentsCpuSeconds(pids);
       const seg = i % 64;
       const state = Math.floor(i / 64) % 2 === 0 ? SegmentState.Invalid : SegmentState.Zero;
-      await ctrl.serialize(id, async () => {
+      await ctrl.tables.serialize(id, async () => {
         const t0 = performance.now();
-        const r = ctrl.commitAndSend(id, (cx) => cx.set(seg, state, null));
+        const r = ctrl.tables.commitAndSend(id, (cx) => cx.set(seg, state, null));
         const t1 = performance.now();
         if (r === null) throw new Error(`segment ${seg}: the change changed nothing`);
-        await ctrl.awaitAcks(r);
+        await ctrl.tables.awaitAcks(r);
         const t2 = performance.now();
         if (i < opts.warmup) return;
         commit.push(t1 - t0);

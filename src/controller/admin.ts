@@ -62,7 +62,8 @@ import { checkInvariants } from './check.js';
 import { TableChangeError, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
 import { MigrationError } from './migration.js';
 import { SnapshotError, removeTable, shareVdisk, shrinkTable } from './snapshots.js';
-import { wireExtent, type Controller } from './service.js';
+import type { Controller } from './controller.js';
+import { wireExtent } from './table-changes.js';
 import { randomUUID } from 'node:crypto';
 
 export const DEFAULT_IQN_PREFIX = 'iqn.2026-11.org.tabula:';
@@ -170,9 +171,7 @@ export class Admin {
   }
 
   #containerInfo(c: ContainerRow): ContainerInfo {
-    const acct = this.#db.sql
-      .prepare('SELECT COUNT(*) AS used, COALESCE(SUM(refcount > 1), 0) AS shared, COALESCE(SUM(refcount = 1), 0) AS exclusive FROM container_segments WHERE container_id = ?')
-      .get(c.id) as { used: number; shared: number; exclusive: number };
+    const acct = this.#db.containerSharing(c.id);
     const capacity = c.segmentsTotal * c.segmentSize;
     return {
       capacityBytes: capacity,
@@ -267,22 +266,14 @@ export class Admin {
     const states: Record<string, number> = {};
     for (const n of SEGMENT_STATE_NAMES) states[n] = 0;
     let nonZero = 0;
-    const counts = this.#db.sql
-      .prepare('SELECT state, COUNT(*) AS n, COUNT(container_id) AS located FROM segments WHERE vdisk_id = ? GROUP BY state')
-      .all(v.id) as { state: number; n: number; located: number }[];
     let allocated = 0;
-    for (const c of counts) {
-      if (isSegmentState(c.state)) states[segmentStateName(c.state)] = c.n;
-      nonZero += c.n;
+    for (const c of this.#db.entryCounts(v.id)) {
+      if (isSegmentState(c.state)) states[segmentStateName(c.state)] = c.entries;
+      nonZero += c.entries;
       allocated += c.located;
     }
     states.zero = (states.zero ?? 0) + v.segmentCount - nonZero;
-    const share = this.#db.sql
-      .prepare(
-        `SELECT COALESCE(SUM(cs.refcount > 1), 0) AS shared, COALESCE(SUM(cs.refcount = 1), 0) AS exclusive
-         FROM segments s JOIN container_segments cs ON cs.container_id = s.container_id AND cs.offset = s.offset WHERE s.vdisk_id = ?`,
-      )
-      .get(v.id) as { shared: number; exclusive: number };
+    const share = this.#db.vdiskSharing(v.id);
     const parent = v.parentId !== null ? this.#db.vdisk(v.parentId) : undefined;
     return {
       sharedBytes: share.shared * v.segmentSize,
@@ -357,7 +348,7 @@ export class Admin {
       this.#db.event('vdisk', v.name, `shrunk from ${formatSize(v.size)} to ${newSize}`);
       return this.#vdiskInfo(this.#vdisk(v.id));
     }
-    await this.#ctrl.changeTable(v.id, (c) => {
+    await this.#ctrl.tables.changeTable(v.id, (c) => {
       const old = c.vdisk.segmentCount;
       c.grow(segmentCount * v.segmentSize, segmentCount);
       if (!v.thin && segmentCount > old) {
@@ -373,8 +364,8 @@ export class Admin {
   /** Exports carry the size: agents holding the vdisk get a new export set. */
   #pushExportSets(vdiskId: string): void {
     for (const e of this.#db.exportsOfVdisk(vdiskId)) {
-      const link = this.#ctrl.link(e.agent);
-      if (link) link.send({ body: 'exportSet', exportSet: { exports: this.#ctrl.exportsFor(e.agent) } });
+      const link = this.#ctrl.agents.link(e.agent);
+      if (link) link.send({ body: 'exportSet', exportSet: { exports: this.#ctrl.exports.exportsFor(e.agent) } });
     }
   }
 
@@ -384,7 +375,7 @@ export class Admin {
   }
 
   #tableReply(vdiskId: string, fullIds: boolean): TableReply {
-    const t = this.#ctrl.table(vdiskId);
+    const t = this.#ctrl.tables.table(vdiskId);
     return {
       vdiskId,
       version: t.version,
@@ -409,10 +400,7 @@ export class Admin {
     if (!Number.isInteger(lun) || lun < 0 || lun > 16383) throw invalid(`LUN ${lun} out of range 0-16383`);
     if (this.#db.export(v.id, agent)) throw exists(`vdisk ${v.name} is already exported on agent ${agent}`);
     const reach = new Set(this.#db.agentContainers(agent));
-    const used = this.#db.sql
-      .prepare('SELECT DISTINCT container_id FROM segments WHERE vdisk_id = ? AND container_id IS NOT NULL')
-      .pluck()
-      .all(v.id) as string[];
+    const used = this.#db.containersOfVdisk(v.id);
     const missing = used.filter((c) => !reach.has(c));
     if (missing.length > 0) {
       throw precondition(`agent ${agent} does not reach container${missing.length > 1 ? 's' : ''} ${missing.join(', ')} holding segments of vdisk ${v.name}`);
@@ -425,7 +413,7 @@ export class Admin {
     const readOnly = r.readOnly === true || v.kind === 'snapshot';
     this.#db.insertExport({ vdiskId: v.id, agent, targetIqn, lun, readOnly, ackedVersion: v.version, allowedInitiators });
     this.#db.event('export', v.name, `exported on ${agent} as ${targetIqn} LUN ${lun}`);
-    this.#ctrl.exportsChanged(agent);
+    this.#ctrl.exports.exportsChanged(agent);
     return this.#exportInfo(this.#db.export(v.id, agent) as ExportRow, v);
   }
 
@@ -455,8 +443,8 @@ export class Admin {
     const agent = r.agent ?? '';
     if (!this.#db.deleteExport(v.id, agent)) throw notFound(`vdisk ${v.name} is not exported on agent ${agent}`);
     this.#db.event('export', v.name, `export on ${agent} removed`);
-    this.#ctrl.exportsChanged(agent);
-    this.#ctrl.reclaim(v.id);
+    this.#ctrl.exports.exportsChanged(agent);
+    this.#ctrl.tables.reclaim(v.id);
     return {};
   }
 
@@ -464,7 +452,7 @@ export class Admin {
 
   ListAgents(_r: Partial<Empty>): ListAgentsReply {
     this.#ctrl.writeBehind.flush(); // last-seen times
-    const online = new Set(this.#ctrl.onlineAgents());
+    const online = new Set(this.#ctrl.agents.onlineAgents());
     const agents: AgentInfo[] = this.#db.agents().map((a) => ({
       name: a.name,
       online: online.has(a.name),
@@ -513,7 +501,7 @@ export class Admin {
     if (!Number.isInteger(first) || first < 0 || first + count > v.segmentCount) {
       throw invalid(`segments ${first}-${first + count - 1} out of range: vdisk ${v.name} has segments 0-${v.segmentCount - 1}`);
     }
-    await this.#ctrl.changeTable(v.id, (c) => {
+    await this.#ctrl.tables.changeTable(v.id, (c) => {
       for (let seg = first; seg < first + count; seg++) {
         const row = this.#db.segment(v.id, seg);
         const loc = row.containerId !== null && row.offset !== null ? { containerId: row.containerId, offset: row.offset } : null;
@@ -570,12 +558,7 @@ export class Admin {
       throw precondition(`agent${cannot.length > 1 ? 's' : ''} ${cannot.map((e) => e.agent).join(', ')} exporting vdisk ${v.name} do${cannot.length > 1 ? '' : 'es'} not reach container ${c.id}`);
     }
     if (this.#ctrl.migrations.running(v.id)) throw precondition(`vdisk ${v.name} is already being migrated; cancel that migration first`);
-    const toMove = this.#db.sql
-      .prepare(
-        `SELECT COUNT(*) FROM segments WHERE vdisk_id = ? AND container_id IS NOT NULL AND container_id != ? AND state IN (${SegmentState.Normal}, ${SegmentState.NoWrite})`,
-      )
-      .pluck()
-      .get(v.id, c.id) as number;
+    const toMove = this.#db.countToMigrate(v.id, c.id, null);
     const free = this.#ctrl.allocator.freeSegments(c.id);
     if (toMove > free) {
       throw new ContainerFullError(v.name, toMove, free, v.segmentSize, `container ${c.id} has`);
@@ -635,10 +618,7 @@ export class Admin {
   EvacuateContainer(r: Partial<EvacuateContainerRequest>): ListMigrationsReply {
     const c = this.#db.findContainer(r.id ?? '');
     if (!r.id || !c) throw notFound(`unknown container ${r.id ?? ''}`);
-    const users = this.#db.sql
-      .prepare('SELECT DISTINCT vdisk_id FROM segments WHERE container_id = ? ORDER BY vdisk_id')
-      .pluck()
-      .all(c.id) as string[];
+    const users = this.#db.vdisksOnContainer(c.id);
     if (c.state === 'online') this.#db.setContainerState(c.id, 'draining');
     this.#db.event('container', c.id, `evacuating ${users.length} vdisks`);
     const out: MigrationInfo[] = [];

@@ -1,7 +1,8 @@
 // One agent's connection: the server side of AgentService.Connect. Knows
 // which table versions it sent and which the agent acked, per vdisk, and
 // lets the controller wait for an ack with a deadline. Message handling is
-// the controller's (service.ts); this only moves messages and keeps state.
+// the registry's (agent-registry.ts, which hands most messages on); this
+// only moves messages and keeps state.
 
 import type * as grpc from '@grpc/grpc-js';
 import type { EncodedMessage } from '../wire/grpc.js';
@@ -34,6 +35,8 @@ export class AgentLink {
   readonly id = nextLinkId++;
   /** Set by Register. */
   name: string | null = null;
+  /** Set by Register: the agent reads TableFull's run form (Register.table_runs). */
+  readsTableRuns = false;
   readonly peer: string;
   readonly tables = new Map<string, HeldTable>();
   #call: AgentCall;

@@ -18,7 +18,8 @@ import { copyFile, open, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { BackupChunk } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
-import { SCHEMA_VERSION, type ControllerDb } from './db.js';
+import { countRows, probeExclusiveLock, quickCheck, sqlTableNames, useRollbackJournal, type ControllerDb } from './db.js';
+import { SCHEMA_VERSION, storedSchemaVersion } from './schema.js';
 
 /** gRPC messages stay well below the 4 MiB default limit. */
 export const BACKUP_CHUNK_SIZE = 1 << 20;
@@ -62,13 +63,13 @@ export function siblingTemp(path: string, tag: string): string {
 export async function snapshotDatabase(db: ControllerDb): Promise<string> {
   const tmp = siblingTemp(db.path, 'backup');
   try {
-    await db.sql.backup(tmp);
+    await db.backupTo(tmp);
     // The copy keeps the WAL flag of its source; a rollback-journal file is
     // self-contained, and reading it does not make -wal/-shm files appear
     // next to it. The controller switches it back to WAL when it opens it.
     const copy = new Database(tmp, { fileMustExist: true });
     try {
-      copy.pragma('journal_mode = DELETE');
+      useRollbackJournal(copy);
     } finally {
       copy.close();
     }
@@ -139,29 +140,17 @@ export function inspectDatabase(path: string): DatabaseSummary {
     throw new DatabaseFileError(`${path} cannot be opened: ${(err as Error).message}`);
   }
   try {
-    const names = new Set(sql.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").pluck().all() as string[]);
+    const names = sqlTableNames(sql);
     const missing = CORE_TABLES.filter((t) => !names.has(t));
     if (missing.length > 0) throw new DatabaseFileError(`${path} is not a Tabula controller database (no table${missing.length > 1 ? 's' : ''} ${missing.join(', ')})`);
-    const version = sql.prepare('SELECT version FROM schema_version').pluck().get() as number | undefined;
+    const version = storedSchemaVersion(sql);
     if (version === undefined || !Number.isInteger(version) || version < 1) throw new DatabaseFileError(`${path} has no schema version`);
     if (version > SCHEMA_VERSION) {
       throw new DatabaseFileError(`${path} is at schema version ${version}, newer than this tabula understands (${SCHEMA_VERSION}); use a newer tabula`);
     }
-    const check = sql.pragma('quick_check', { simple: true }) as string;
+    const check = quickCheck(sql);
     if (check !== 'ok') throw new DatabaseFileError(`${path} is damaged: ${check}`);
-    const count = (q: string): number => sql.prepare(q).pluck().get() as number;
-    const hasKind = (sql.prepare("SELECT COUNT(*) FROM pragma_table_info('vdisks') WHERE name = 'kind'").pluck().get() as number) > 0;
-    return {
-      path,
-      bytes,
-      schemaVersion: version,
-      tables: names.size,
-      vdisks: count(hasKind ? "SELECT COUNT(*) FROM vdisks WHERE kind = 'vdisk'" : 'SELECT COUNT(*) FROM vdisks'),
-      snapshots: hasKind ? count("SELECT COUNT(*) FROM vdisks WHERE kind = 'snapshot'") : 0,
-      containers: count('SELECT COUNT(*) FROM containers'),
-      exports: count('SELECT COUNT(*) FROM exports'),
-      agents: count('SELECT COUNT(*) FROM agents'),
-    };
+    return { path, bytes, schemaVersion: version, tables: names.size, ...countRows(sql) };
   } catch (err) {
     if (err instanceof DatabaseFileError) throw err;
     throw new DatabaseFileError(`${path} cannot be read as a Tabula database: ${(err as Error).message}`);
@@ -184,9 +173,7 @@ export function assertNotInUse(path: string): void {
   let sql: Database.Database | undefined;
   try {
     sql = new Database(path, { fileMustExist: true, timeout: 0 });
-    sql.pragma('locking_mode = EXCLUSIVE');
-    sql.exec('BEGIN EXCLUSIVE');
-    sql.exec('COMMIT');
+    probeExclusiveLock(sql);
   } catch (err) {
     const code = (err as { code?: string }).code;
     if (code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED') {

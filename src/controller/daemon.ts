@@ -13,7 +13,7 @@ import { ReloadableServerCredentials, sameMaterial, type ReloadOutcome } from '.
 import { ControllerMetrics, DEFAULT_CONTROLLER_METRICS_PORT, startMetricsEndpoint, type MetricsEndpoint } from '../metrics/index.js';
 import { Admin, adminImplementation } from './admin.js';
 import { ControllerDb } from './db.js';
-import { Controller, type ControllerOptions } from './service.js';
+import { Controller, type ControllerOptions } from './controller.js';
 import type { AgentCall } from './agent-link.js';
 
 export const DEFAULT_CONTROLLER_PORT = 7360;

@@ -3,6 +3,10 @@
 // fault log. The database is the truth; the controller's in-memory tables
 // are caches of it.
 //
+// Every SQL statement of the controller is here (the schema and its
+// versions are in schema.ts): the rest of the controller calls named
+// methods, so what a query means is said once, next to it.
+//
 // Storage choices:
 // - `segments` holds one row per segment that is not plain zero (thin vdisks
 //   store only what is allocated; zero is the absence of a row). Rows keep
@@ -25,8 +29,9 @@
 
 import Database from 'better-sqlite3';
 import { MappingTable, SegmentState, isSegmentState, stateHasLocation, type EntryInput } from '../table/index.js';
+import { migrate, type Sql } from './schema.js';
 
-export type Sql = Database.Database;
+export type { Sql };
 
 export interface ContainerRow {
   id: string;
@@ -145,163 +150,27 @@ export interface Location {
   offset: number;
 }
 
-/** Schema migrations in order; migration i brings the schema to version i+1. */
-export const MIGRATIONS: readonly ((db: Sql) => void)[] = [
-  (db) => {
-    db.exec(`
-      CREATE TABLE containers (
-        id TEXT PRIMARY KEY,
-        path TEXT NOT NULL,
-        size INTEGER NOT NULL CHECK (size > 0),
-        data_offset INTEGER NOT NULL CHECK (data_offset >= 0),
-        segment_size INTEGER NOT NULL CHECK (segment_size > 0),
-        segments_total INTEGER NOT NULL CHECK (segments_total >= 0),
-        state TEXT NOT NULL DEFAULT 'online' CHECK (state IN ('online', 'draining', 'failed')),
-        added TEXT NOT NULL
-      );
-      CREATE TABLE vdisks (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        size INTEGER NOT NULL CHECK (size >= 0),
-        block_size INTEGER NOT NULL,
-        segment_size INTEGER NOT NULL,
-        segment_count INTEGER NOT NULL CHECK (segment_count >= 0),
-        thin INTEGER NOT NULL DEFAULT 1,
-        version INTEGER NOT NULL DEFAULT 1,
-        created TEXT NOT NULL
-      );
-      CREATE TABLE segments (
-        vdisk_id TEXT NOT NULL REFERENCES vdisks(id) ON DELETE CASCADE,
-        seg INTEGER NOT NULL CHECK (seg >= 0),
-        state INTEGER NOT NULL CHECK (state BETWEEN 0 AND 4),
-        container_id TEXT REFERENCES containers(id),
-        offset INTEGER,
-        PRIMARY KEY (vdisk_id, seg),
-        CHECK ((container_id IS NULL) = (offset IS NULL))
-      ) WITHOUT ROWID;
-      CREATE INDEX segments_by_location ON segments (container_id, offset) WHERE container_id IS NOT NULL;
-      CREATE TABLE container_segments (
-        container_id TEXT NOT NULL REFERENCES containers(id),
-        offset INTEGER NOT NULL CHECK (offset >= 0),
-        refcount INTEGER NOT NULL CHECK (refcount >= 0),
-        release_vdisk TEXT,
-        release_version INTEGER,
-        PRIMARY KEY (container_id, offset)
-      ) WITHOUT ROWID;
-      CREATE INDEX container_segments_releasing ON container_segments (release_vdisk) WHERE refcount = 0;
-      CREATE TABLE agents (
-        name TEXT PRIMARY KEY,
-        portals TEXT NOT NULL DEFAULT '[]',
-        last_seen TEXT NOT NULL,
-        registered TEXT NOT NULL
-      );
-      CREATE TABLE agent_containers (
-        agent TEXT NOT NULL REFERENCES agents(name) ON DELETE CASCADE,
-        container_id TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
-        path TEXT NOT NULL,
-        PRIMARY KEY (agent, container_id)
-      ) WITHOUT ROWID;
-      CREATE TABLE exports (
-        vdisk_id TEXT NOT NULL REFERENCES vdisks(id),
-        agent TEXT NOT NULL REFERENCES agents(name),
-        target_iqn TEXT NOT NULL,
-        lun INTEGER NOT NULL CHECK (lun BETWEEN 0 AND 16383),
-        read_only INTEGER NOT NULL DEFAULT 0,
-        acked_version INTEGER NOT NULL DEFAULT 0,
-        fenced INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (vdisk_id, agent),
-        UNIQUE (agent, target_iqn, lun)
-      );
-      CREATE TABLE faults (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        time TEXT NOT NULL,
-        agent TEXT NOT NULL,
-        vdisk_id TEXT NOT NULL,
-        segment INTEGER NOT NULL,
-        op TEXT NOT NULL,
-        lba INTEGER NOT NULL,
-        blocks INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        table_version INTEGER NOT NULL,
-        outcome TEXT NOT NULL DEFAULT 'pending',
-        detail TEXT NOT NULL DEFAULT ''
-      );
-      CREATE INDEX faults_by_vdisk ON faults (vdisk_id, id);
-      CREATE TABLE events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        time TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        subject TEXT NOT NULL DEFAULT '',
-        message TEXT NOT NULL
-      );
-    `);
-  },
-  // Snapshots, clones and migrations.
-  (db) => {
-    db.exec(`
-      ALTER TABLE vdisks ADD COLUMN kind TEXT NOT NULL DEFAULT 'vdisk' CHECK (kind IN ('vdisk', 'snapshot'));
-      ALTER TABLE vdisks ADD COLUMN parent_id TEXT;
-      CREATE TABLE migrations (
-        vdisk_id TEXT PRIMARY KEY REFERENCES vdisks(id) ON DELETE CASCADE,
-        to_container TEXT,
-        from_container TEXT,
-        state TEXT NOT NULL CHECK (state IN ('running', 'done', 'cancelled', 'failed')),
-        segments_total INTEGER NOT NULL DEFAULT 0,
-        segments_done INTEGER NOT NULL DEFAULT 0,
-        bytes_done INTEGER NOT NULL DEFAULT 0,
-        started TEXT NOT NULL,
-        updated TEXT NOT NULL,
-        finished TEXT,
-        error TEXT NOT NULL DEFAULT '',
-        CHECK (to_container IS NOT NULL OR from_container IS NOT NULL)
-      );
-    `);
-  },
-  // Scrub before reuse: a freed location stays allocated, marked scrub,
-  // until an agent has zeroed it (a scrub row can never be referenced).
-  (db) => {
-    db.exec(`
-      ALTER TABLE container_segments ADD COLUMN scrub INTEGER NOT NULL DEFAULT 0
-        CHECK (scrub IN (0, 1) AND (scrub = 0 OR refcount = 0));
-      CREATE INDEX container_segments_scrub ON container_segments (container_id, offset) WHERE scrub = 1;
-    `);
-  },
-  // Initiator ACLs per export (JSON array of IQNs; [] = any initiator).
-  (db) => {
-    db.exec(`ALTER TABLE exports ADD COLUMN allowed_initiators TEXT NOT NULL DEFAULT '[]'`);
-  },
-];
+/** A table entry and the location it maps. */
+export interface EntryAt extends Location {
+  vdiskId: string;
+  seg: number;
+}
 
-export const SCHEMA_VERSION = MIGRATIONS.length;
+/** An entry `tabula check` looks at closer (ControllerDb.suspectEntries). */
+export interface SuspectEntry {
+  vdiskId: string;
+  seg: number;
+  state: number;
+  containerId: string | null;
+  offset: number | null;
+  vdiskSegments: number;
+  vdiskSegmentSize: number;
+  /** Null when the container is unknown. */
+  containerSegmentSize: number | null;
+}
 
 function now(): string {
   return new Date().toISOString();
-}
-
-/** Reads the schema version; 0 for a new database. */
-export function schemaVersion(db: Sql): number {
-  db.exec('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)');
-  const row = db.prepare('SELECT version FROM schema_version').get() as { version: number } | undefined;
-  return row?.version ?? 0;
-}
-
-/** Applies the migrations the database lacks, each in its own transaction. */
-export function migrate(db: Sql, migrations: readonly ((db: Sql) => void)[] = MIGRATIONS): number {
-  let v = schemaVersion(db);
-  if (v > migrations.length) {
-    throw new Error(`database schema version ${v} is newer than this controller understands (${migrations.length}); upgrade tabula`);
-  }
-  while (v < migrations.length) {
-    const step = migrations[v] as (db: Sql) => void;
-    const target = v + 1;
-    db.transaction(() => {
-      step(db);
-      db.prepare('DELETE FROM schema_version').run();
-      db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(target);
-    })();
-    v = target;
-  }
-  return v;
 }
 
 interface RawContainer {
@@ -461,7 +330,8 @@ export class TableChangeError extends Error {
 export class ControllerDb {
   readonly sql: Sql;
   readonly path: string;
-  readonly #s;
+  /** Statements prepared once, when the database opens. */
+  readonly #statements;
 
   constructor(path: string) {
     this.path = path;
@@ -474,7 +344,7 @@ export class ControllerDb {
     this.sql.pragma('busy_timeout = 5000');
     migrate(this.sql);
     const p = (q: string) => this.sql.prepare(q);
-    this.#s = {
+    this.#statements = {
       container: p('SELECT * FROM containers WHERE id = ?'),
       containers: p('SELECT * FROM containers ORDER BY added, id'),
       insertContainer: p(
@@ -491,7 +361,7 @@ export class ControllerDb {
       segment: p('SELECT * FROM segments WHERE vdisk_id = ? AND seg = ?'),
       segmentsOf: p('SELECT * FROM segments WHERE vdisk_id = ? ORDER BY seg'),
       segmentsRaw: p('SELECT seg, state, container_id, offset FROM segments WHERE vdisk_id = ? ORDER BY seg').raw(),
-      insertCseg: p('INSERT INTO container_segments (container_id, offset, refcount) VALUES (?, ?, 1)'),
+      insertContainerSegment: p('INSERT INTO container_segments (container_id, offset, refcount) VALUES (?, ?, 1)'),
       insertSegment: p('INSERT INTO segments (vdisk_id, seg, state, container_id, offset) VALUES (?, ?, ?, ?, ?)'),
       segmentsIn: p('SELECT * FROM segments WHERE vdisk_id = ? AND seg >= ? AND seg < ? ORDER BY seg'),
       upsertSegment: p(
@@ -499,12 +369,12 @@ export class ControllerDb {
          ON CONFLICT (vdisk_id, seg) DO UPDATE SET state = excluded.state, container_id = excluded.container_id, offset = excluded.offset`,
       ),
       deleteSegment: p('DELETE FROM segments WHERE vdisk_id = ? AND seg = ?'),
-      cseg: p('SELECT * FROM container_segments WHERE container_id = ? AND offset = ?'),
-      csegIncr: p(
+      containerSegment: p('SELECT * FROM container_segments WHERE container_id = ? AND offset = ?'),
+      addReference: p(
         `INSERT INTO container_segments (container_id, offset, refcount) VALUES (?, ?, 1)
          ON CONFLICT (container_id, offset) DO UPDATE SET refcount = refcount + 1, release_vdisk = NULL, release_version = NULL`,
       ),
-      csegDecr: p(
+      dropReference: p(
         `UPDATE container_segments SET refcount = refcount - 1,
            release_vdisk = CASE WHEN refcount = 1 THEN ? ELSE release_vdisk END,
            release_version = CASE WHEN refcount = 1 THEN ? ELSE release_version END
@@ -572,6 +442,16 @@ export class ControllerDb {
     if (this.sql.open) this.sql.close();
   }
 
+  /** Whether the database is still open (the controller shuts down). */
+  get open(): boolean {
+    return this.sql.open;
+  }
+
+  /** Copies the live database into a new file at `path` (SQLite's online backup: consistent, while serving). */
+  async backupTo(path: string): Promise<void> {
+    await this.sql.backup(path);
+  }
+
   /** Runs `fn` in one transaction (nested calls join the outer one). */
   tx<T>(fn: () => T): T {
     return this.sql.transaction(fn)();
@@ -597,12 +477,12 @@ export class ControllerDb {
   // ---- containers ----
 
   container(id: string): ContainerRow | undefined {
-    const r = this.#s.container.get(id) as RawContainer | undefined;
+    const r = this.#statements.container.get(id) as RawContainer | undefined;
     return r && toContainer(r);
   }
 
   containers(): ContainerRow[] {
-    return (this.#s.containers.all() as RawContainer[]).map(toContainer);
+    return (this.#statements.containers.all() as RawContainer[]).map(toContainer);
   }
 
   /** Finds a container by UUID or unique UUID prefix. */
@@ -616,7 +496,7 @@ export class ControllerDb {
 
   insertContainer(c: Omit<ContainerRow, 'added'>): ContainerRow {
     const added = now();
-    this.#s.insertContainer.run(c.id, c.path, c.size, c.dataOffset, c.segmentSize, c.segmentsTotal, c.state, added);
+    this.#statements.insertContainer.run(c.id, c.path, c.size, c.dataOffset, c.segmentSize, c.segmentsTotal, c.state, added);
     return { ...c, added };
   }
 
@@ -629,16 +509,28 @@ export class ControllerDb {
   }
 
   containerSegmentsUsed(id: string): number {
-    return (this.#s.containerUsed.get(id) as { n: number }).n;
+    return (this.#statements.containerUsed.get(id) as { n: number }).n;
   }
+  /** A container's allocated segments: all, those referenced more than once (shared), those once (exclusive). */
+  containerSharing(id: string): { used: number; shared: number; exclusive: number } {
+    return this.sql
+      .prepare('SELECT COUNT(*) AS used, COALESCE(SUM(refcount > 1), 0) AS shared, COALESCE(SUM(refcount = 1), 0) AS exclusive FROM container_segments WHERE container_id = ?')
+      .get(id) as { used: number; shared: number; exclusive: number };
+  }
+
+  /** The vdisks (ids, sorted) with an entry on the container. */
+  vdisksOnContainer(containerId: string): string[] {
+    return this.sql.prepare('SELECT DISTINCT vdisk_id FROM segments WHERE container_id = ? ORDER BY vdisk_id').pluck().all(containerId) as string[];
+  }
+
 
   /** Allocated offsets of a container in ascending order (for the allocator's free map). */
   usedOffsets(id: string): number[] {
-    return (this.#s.usedOffsets.pluck().all(id) as number[]);
+    return (this.#statements.usedOffsets.pluck().all(id) as number[]);
   }
 
   containerSegment(containerId: string, offset: number): ContainerSegmentRow | undefined {
-    const r = this.#s.cseg.get(containerId, offset) as
+    const r = this.#statements.containerSegment.get(containerId, offset) as
       | { container_id: string; offset: number; refcount: number; release_vdisk: string | null; release_version: number | null; scrub: number }
       | undefined;
     return (
@@ -657,17 +549,17 @@ export class ControllerDb {
 
   /** Every location waiting to be scrubbed, by container and offset. */
   scrubPending(): Location[] {
-    return (this.#s.scrubPending.all() as { container_id: string; offset: number }[]).map((r) => ({ containerId: r.container_id, offset: r.offset }));
+    return (this.#statements.scrubPending.all() as { container_id: string; offset: number }[]).map((r) => ({ containerId: r.container_id, offset: r.offset }));
   }
 
   /** Locations of one container waiting to be scrubbed. */
   scrubPendingCount(containerId: string): number {
-    return this.#s.scrubCount.pluck().get(containerId) as number;
+    return this.#statements.scrubCount.pluck().get(containerId) as number;
   }
 
   /** Offsets of [offset, offset+count) of a container that wait to be scrubbed. */
   scrubPendingIn(containerId: string, offset: number, count: number): number[] {
-    return this.#s.scrubIn.pluck().all(containerId, offset, offset + count) as number[];
+    return this.#statements.scrubIn.pluck().all(containerId, offset, offset + count) as number[];
   }
 
   /**
@@ -676,7 +568,7 @@ export class ControllerDb {
    * newly marked (a location the map already holds is left as it is).
    */
   markScrub(locs: readonly Location[]): Location[] {
-    return this.tx(() => locs.filter((l) => this.#s.insertScrub.run(l.containerId, l.offset).changes > 0));
+    return this.tx(() => locs.filter((l) => this.#statements.insertScrub.run(l.containerId, l.offset).changes > 0));
   }
 
   /**
@@ -686,23 +578,23 @@ export class ControllerDb {
    */
   finishScrub(containerId: string, offset: number, count: number): Location[] {
     return this.tx(() =>
-      (this.#s.scrubbed.pluck().all(containerId, offset, offset + count) as number[]).map((o) => ({ containerId, offset: o })),
+      (this.#statements.scrubbed.pluck().all(containerId, offset, offset + count) as number[]).map((o) => ({ containerId, offset: o })),
     );
   }
 
   containerAgents(id: string): string[] {
-    return this.#s.containerAgents.pluck().all(id) as string[];
+    return this.#statements.containerAgents.pluck().all(id) as string[];
   }
 
   // ---- vdisks ----
 
   vdisk(id: string): VdiskRow | undefined {
-    const r = this.#s.vdiskById.get(id) as RawVdisk | undefined;
+    const r = this.#statements.vdiskById.get(id) as RawVdisk | undefined;
     return r && toVdisk(r);
   }
 
   vdiskByName(name: string): VdiskRow | undefined {
-    const r = this.#s.vdiskByName.get(name) as RawVdisk | undefined;
+    const r = this.#statements.vdiskByName.get(name) as RawVdisk | undefined;
     return r && toVdisk(r);
   }
 
@@ -712,14 +604,14 @@ export class ControllerDb {
   }
 
   vdisks(): VdiskRow[] {
-    return (this.#s.vdisks.all() as RawVdisk[]).map(toVdisk);
+    return (this.#statements.vdisks.all() as RawVdisk[]).map(toVdisk);
   }
 
   insertVdisk(v: Omit<VdiskRow, 'created' | 'kind' | 'parentId'> & { kind?: VdiskKind; parentId?: string | null }): VdiskRow {
     const created = now();
     const kind = v.kind ?? 'vdisk';
     const parentId = v.parentId ?? null;
-    this.#s.insertVdisk.run(v.id, v.name, v.size, v.blockSize, v.segmentSize, v.segmentCount, v.thin ? 1 : 0, v.version, created, kind, parentId);
+    this.#statements.insertVdisk.run(v.id, v.name, v.size, v.blockSize, v.segmentSize, v.segmentCount, v.thin ? 1 : 0, v.version, created, kind, parentId);
     return { ...v, created, kind, parentId };
   }
 
@@ -729,7 +621,7 @@ export class ControllerDb {
 
   /** Bumps and returns the vdisk's table version; every table change does this in its transaction. */
   bumpVersion(vdiskId: string): number {
-    const r = this.#s.bumpVersion.get(vdiskId) as { version: number } | undefined;
+    const r = this.#statements.bumpVersion.get(vdiskId) as { version: number } | undefined;
     if (!r) throw new TableChangeError(`vdisk ${vdiskId} does not exist`);
     return r.version;
   }
@@ -741,7 +633,7 @@ export class ControllerDb {
   // ---- segments ----
 
   segment(vdiskId: string, seg: number): SegmentRow {
-    const r = this.#s.segment.get(vdiskId, seg) as RawSegment | undefined;
+    const r = this.#statements.segment.get(vdiskId, seg) as RawSegment | undefined;
     return r ? toSegment(r) : { vdiskId, seg, state: SegmentState.Zero, containerId: null, offset: null };
   }
 
@@ -749,14 +641,14 @@ export class ControllerDb {
   segmentRows(vdiskId: string, first?: number, end?: number): SegmentRow[] {
     const rows =
       first === undefined
-        ? (this.#s.segmentsOf.all(vdiskId) as RawSegment[])
-        : (this.#s.segmentsIn.all(vdiskId, first, end ?? Number.MAX_SAFE_INTEGER) as RawSegment[]);
+        ? (this.#statements.segmentsOf.all(vdiskId) as RawSegment[])
+        : (this.#statements.segmentsIn.all(vdiskId, first, end ?? Number.MAX_SAFE_INTEGER) as RawSegment[]);
     return rows.map(toSegment);
   }
 
   /** Calls fn per non-zero segment row without building an array (for large tables). */
   forEachSegment(vdiskId: string, fn: (row: SegmentRow) => void): void {
-    for (const r of this.#s.segmentsOf.iterate(vdiskId) as IterableIterator<RawSegment>) fn(toSegment(r));
+    for (const r of this.#statements.segmentsOf.iterate(vdiskId) as IterableIterator<RawSegment>) fn(toSegment(r));
   }
 
   /**
@@ -801,14 +693,14 @@ export class ControllerDb {
           // It still holds a freed vdisk's data and an agent may be zeroing it right now.
           throw new TableChangeError(`vdisk ${vdisk.name} segment ${seg}: container ${c.id} offset ${location.offset} is waiting to be scrubbed`);
         }
-        this.#s.csegIncr.run(location.containerId, location.offset);
+        this.#statements.addReference.run(location.containerId, location.offset);
       }
       if (old.containerId !== null && old.offset !== null) {
-        this.#s.csegDecr.run(vdisk.id, version, old.containerId, old.offset);
+        this.#statements.dropReference.run(vdisk.id, version, old.containerId, old.offset);
       }
     }
-    if (state === SegmentState.Zero) this.#s.deleteSegment.run(vdisk.id, seg);
-    else this.#s.upsertSegment.run(vdisk.id, seg, state, location?.containerId ?? null, location?.offset ?? null);
+    if (state === SegmentState.Zero) this.#statements.deleteSegment.run(vdisk.id, seg);
+    else this.#statements.upsertSegment.run(vdisk.id, seg, state, location?.containerId ?? null, location?.offset ?? null);
     return true;
   }
 
@@ -819,7 +711,7 @@ export class ControllerDb {
    */
   reclaim(vdiskId: string, version: number): Location[] {
     return this.tx(() =>
-      (this.#s.releasedToScrub.all(vdiskId, version) as { container_id: string; offset: number }[]).map((r) => ({
+      (this.#statements.releasedToScrub.all(vdiskId, version) as { container_id: string; offset: number }[]).map((r) => ({
         containerId: r.container_id,
         offset: r.offset,
       })),
@@ -828,12 +720,12 @@ export class ControllerDb {
 
   /** Whether any location released by the vdisk waits for reclaim: usually not, and one read answers that. */
   hasReleased(vdiskId: string): boolean {
-    return this.#s.anyReleased.get(vdiskId) !== undefined;
+    return this.#statements.anyReleased.get(vdiskId) !== undefined;
   }
 
   /** The lowest version every exporting agent has acked; Infinity when nobody exports the vdisk. */
   minAckedVersion(vdiskId: string): number {
-    const r = this.#s.minAcked.get(vdiskId) as { v: number | null; n: number };
+    const r = this.#statements.minAcked.get(vdiskId) as { v: number | null; n: number };
     return r.n === 0 || r.v === null ? Number.POSITIVE_INFINITY : r.v;
   }
 
@@ -849,7 +741,7 @@ export class ControllerDb {
     // Raw rows, coalesced into runs before they reach the table: a thick
     // vdisk of a million rows is then a handful of setRange calls.
     type Raw = [seg: number, state: number, container: string | null, offset: number | null];
-    const rows = this.#s.segmentsRaw.all(vdisk.id) as Raw[];
+    const rows = this.#statements.segmentsRaw.all(vdisk.id) as Raw[];
     // The container the table entry will carry (invalid drops its location).
     const where = (r: Raw): string | null => (r[1] === SegmentState.Invalid ? null : r[2]);
     let i = 0;
@@ -880,8 +772,8 @@ export class ControllerDb {
       throw new TableChangeError(`vdisk ${vdisk.name} segments ${firstSeg}+${count} out of range (${vdisk.segmentCount} segments)`);
     }
     for (let i = 0; i < count; i++) {
-      this.#s.insertCseg.run(containerId, offset + i);
-      this.#s.insertSegment.run(vdisk.id, firstSeg + i, SegmentState.Normal, containerId, offset + i);
+      this.#statements.insertContainerSegment.run(containerId, offset + i);
+      this.#statements.insertSegment.run(vdisk.id, firstSeg + i, SegmentState.Normal, containerId, offset + i);
     }
   }
 
@@ -915,10 +807,32 @@ export class ControllerDb {
     const rows = this.sql.prepare('SELECT state, COUNT(*) AS n FROM segments WHERE vdisk_id = ? GROUP BY state').all(vdiskId) as { state: number; n: number }[];
     return new Map(rows.map((r) => [r.state as SegmentState, r.n]));
   }
+  /** Entries of a vdisk per state, and how many of them have a location (zero segments have no entry). */
+  entryCounts(vdiskId: string): { state: number; entries: number; located: number }[] {
+    return this.sql
+      .prepare('SELECT state, COUNT(*) AS entries, COUNT(container_id) AS located FROM segments WHERE vdisk_id = ? GROUP BY state')
+      .all(vdiskId) as { state: number; entries: number; located: number }[];
+  }
+
+  /** A vdisk's located segments: those whose location others reference too (shared), those it alone does (exclusive). */
+  vdiskSharing(vdiskId: string): { shared: number; exclusive: number } {
+    return this.sql
+      .prepare(
+        `SELECT COALESCE(SUM(cs.refcount > 1), 0) AS shared, COALESCE(SUM(cs.refcount = 1), 0) AS exclusive
+         FROM segments s JOIN container_segments cs ON cs.container_id = s.container_id AND cs.offset = s.offset WHERE s.vdisk_id = ?`,
+      )
+      .get(vdiskId) as { shared: number; exclusive: number };
+  }
+
+  /** The containers holding segments of a vdisk. */
+  containersOfVdisk(vdiskId: string): string[] {
+    return this.sql.prepare('SELECT DISTINCT container_id FROM segments WHERE vdisk_id = ? AND container_id IS NOT NULL').pluck().all(vdiskId) as string[];
+  }
+
 
   /** Every table entry that references a location. */
   references(loc: Location): Reference[] {
-    return (this.#s.references.all(loc.containerId, loc.offset) as { vdisk_id: string; seg: number; state: number }[]).map((r) => ({
+    return (this.#statements.references.all(loc.containerId, loc.offset) as { vdisk_id: string; seg: number; state: number }[]).map((r) => ({
       vdiskId: r.vdisk_id,
       seg: r.seg,
       state: r.state as SegmentState,
@@ -933,16 +847,16 @@ export class ControllerDb {
   // ---- migrations ----
 
   migration(vdiskId: string): MigrationRow | undefined {
-    const r = this.#s.migration.get(vdiskId) as RawMigration | undefined;
+    const r = this.#statements.migration.get(vdiskId) as RawMigration | undefined;
     return r && toMigration(r);
   }
 
   migrations(): MigrationRow[] {
-    return (this.#s.migrations.all() as RawMigration[]).map(toMigration);
+    return (this.#statements.migrations.all() as RawMigration[]).map(toMigration);
   }
 
   saveMigration(m: MigrationRow): void {
-    this.#s.upsertMigration.run(
+    this.#statements.upsertMigration.run(
       m.vdiskId,
       m.toContainer,
       m.fromContainer,
@@ -956,16 +870,34 @@ export class ControllerDb {
       m.error,
     );
   }
+  /**
+   * Segments a migration still has to move: located, normal or no-write,
+   * not on `to` (when given), on `from` (when given).
+   */
+  countToMigrate(vdiskId: string, to: string | null, from: string | null): number {
+    const { where, params } = toMigrate(vdiskId, to, from);
+    return this.sql.prepare(`SELECT COUNT(*) FROM segments WHERE ${where}`).pluck().get(...params) as number;
+  }
+
+  /** The first segment after `after` that a migration still has to move, with its location. */
+  nextToMigrate(vdiskId: string, to: string | null, from: string | null, after: number): { seg: number; loc: Location } | undefined {
+    const { where, params } = toMigrate(vdiskId, to, from);
+    const r = this.sql
+      .prepare(`SELECT seg, container_id AS containerId, offset FROM segments WHERE ${where} AND seg > ? ORDER BY seg LIMIT 1`)
+      .get(...params, after) as { seg: number; containerId: string; offset: number } | undefined;
+    return r && { seg: r.seg, loc: { containerId: r.containerId, offset: r.offset } };
+  }
+
 
   // ---- agents ----
 
   agent(name: string): AgentRow | undefined {
-    const r = this.#s.agent.get(name) as { name: string; portals: string; last_seen: string; registered: string } | undefined;
+    const r = this.#statements.agent.get(name) as { name: string; portals: string; last_seen: string; registered: string } | undefined;
     return r && { name: r.name, portals: JSON.parse(r.portals) as string[], lastSeen: r.last_seen, registered: r.registered };
   }
 
   agents(): AgentRow[] {
-    return (this.#s.agents.all() as { name: string; portals: string; last_seen: string; registered: string }[]).map((r) => ({
+    return (this.#statements.agents.all() as { name: string; portals: string; last_seen: string; registered: string }[]).map((r) => ({
       name: r.name,
       portals: JSON.parse(r.portals) as string[],
       lastSeen: r.last_seen,
@@ -977,64 +909,64 @@ export class ControllerDb {
   registerAgent(name: string, portals: readonly string[], containers: readonly { id: string; path: string }[]): void {
     this.tx(() => {
       const t = now();
-      this.#s.upsertAgent.run(name, JSON.stringify(portals), t, t);
-      this.#s.clearAgentContainers.run(name);
-      for (const c of containers) this.#s.insertAgentContainer.run(name, c.id, c.path);
+      this.#statements.upsertAgent.run(name, JSON.stringify(portals), t, t);
+      this.#statements.clearAgentContainers.run(name);
+      for (const c of containers) this.#statements.insertAgentContainer.run(name, c.id, c.path);
     });
   }
 
   touchAgent(name: string): void {
-    this.#s.touchAgent.run(now(), name);
+    this.#statements.touchAgent.run(now(), name);
   }
 
   agentContainers(name: string): string[] {
-    return this.#s.agentContainers.pluck().all(name) as string[];
+    return this.#statements.agentContainers.pluck().all(name) as string[];
   }
 
   // ---- exports ----
 
   exportsOfVdisk(vdiskId: string): ExportRow[] {
-    return (this.#s.exportsOfVdisk.all(vdiskId) as RawExport[]).map(toExport);
+    return (this.#statements.exportsOfVdisk.all(vdiskId) as RawExport[]).map(toExport);
   }
 
   exportsOfAgent(agent: string): ExportRow[] {
-    return (this.#s.exportsOfAgent.all(agent) as RawExport[]).map(toExport);
+    return (this.#statements.exportsOfAgent.all(agent) as RawExport[]).map(toExport);
   }
 
   exports(): ExportRow[] {
-    return (this.#s.exports.all() as RawExport[]).map(toExport);
+    return (this.#statements.exports.all() as RawExport[]).map(toExport);
   }
 
   export(vdiskId: string, agent: string): ExportRow | undefined {
-    const r = this.#s.export.get(vdiskId, agent) as RawExport | undefined;
+    const r = this.#statements.export.get(vdiskId, agent) as RawExport | undefined;
     return r && toExport(r);
   }
 
   insertExport(e: Omit<ExportRow, 'fenced' | 'allowedInitiators'> & { allowedInitiators?: readonly string[] }): void {
-    this.#s.insertExport.run(e.vdiskId, e.agent, e.targetIqn, e.lun, e.readOnly ? 1 : 0, e.ackedVersion, JSON.stringify(e.allowedInitiators ?? []));
+    this.#statements.insertExport.run(e.vdiskId, e.agent, e.targetIqn, e.lun, e.readOnly ? 1 : 0, e.ackedVersion, JSON.stringify(e.allowedInitiators ?? []));
   }
 
   deleteExport(vdiskId: string, agent: string): boolean {
-    return this.#s.deleteExport.run(vdiskId, agent).changes > 0;
+    return this.#statements.deleteExport.run(vdiskId, agent).changes > 0;
   }
 
   recordAck(vdiskId: string, agent: string, version: number): void {
-    this.#s.ackExport.run(version, vdiskId, agent);
+    this.#statements.ackExport.run(version, vdiskId, agent);
   }
 
   /** Agents whose export of the vdisk is marked fenced. */
   fencedAgents(vdiskId: string): string[] {
-    return this.#s.fencedAgents.all(vdiskId) as string[];
+    return this.#statements.fencedAgents.all(vdiskId) as string[];
   }
 
   setFenced(vdiskId: string, agent: string, fenced: boolean): void {
-    this.#s.fenceExport.run(fenced ? 1 : 0, vdiskId, agent);
+    this.#statements.fenceExport.run(fenced ? 1 : 0, vdiskId, agent);
   }
 
   // ---- faults and events ----
 
   insertFault(f: NewFault): number {
-    const r = this.#s.insertFault.get(
+    const r = this.#statements.insertFault.get(
       f.time ?? now(),
       f.agent,
       f.vdiskId,
@@ -1051,17 +983,155 @@ export class ControllerDb {
   }
 
   setFaultOutcome(id: number, outcome: string, detail = ''): void {
-    this.#s.faultOutcome.run(outcome, detail, detail, id);
+    this.#statements.faultOutcome.run(outcome, detail, detail, id);
   }
 
   faults(vdiskId?: string, limit = 100): FaultRow[] {
-    const rows = vdiskId === undefined ? this.#s.faults.all(limit) : this.#s.faultsOf.all(vdiskId, limit);
+    const rows = vdiskId === undefined ? this.#statements.faults.all(limit) : this.#statements.faultsOf.all(vdiskId, limit);
     return (rows as RawFault[]).map(toFault);
   }
 
   event(kind: string, subject: string, message: string): void {
-    this.#s.event.run(now(), kind, subject, message);
+    this.#statements.event.run(now(), kind, subject, message);
   }
+
+  // ---- invariants (`tabula check`, check.ts): each query returns the rows that break one ----
+
+  /** Allocated locations whose reference count differs from the table entries referencing them. */
+  refcountMismatches(): { containerId: string; offset: number; refcount: number; refs: number }[] {
+    return this.sql
+      .prepare(
+        `SELECT cs.container_id AS containerId, cs.offset AS offset, cs.refcount AS refcount, COUNT(s.seg) AS refs
+         FROM container_segments cs LEFT JOIN segments s ON s.container_id = cs.container_id AND s.offset = cs.offset
+         GROUP BY cs.container_id, cs.offset HAVING refs != cs.refcount`,
+      )
+      .all() as { containerId: string; offset: number; refcount: number; refs: number }[];
+  }
+
+  /** Allocated locations with count 0 that wait neither for a release's acks nor to be scrubbed. */
+  unreleasedZeroCounts(): Location[] {
+    return this.sql
+      .prepare(
+        'SELECT container_id AS containerId, offset FROM container_segments WHERE refcount = 0 AND scrub = 0 AND (release_vdisk IS NULL OR release_version IS NULL)',
+      )
+      .all() as Location[];
+  }
+
+  /** Table entries mapping a location that waits to be scrubbed. */
+  entriesOnScrubbing(): EntryAt[] {
+    return this.sql
+      .prepare(
+        `SELECT s.vdisk_id AS vdiskId, s.seg AS seg, s.container_id AS containerId, s.offset AS offset FROM segments s
+         JOIN container_segments cs ON cs.container_id = s.container_id AND cs.offset = s.offset
+         WHERE cs.scrub = 1 ORDER BY s.vdisk_id, s.seg`,
+      )
+      .all() as EntryAt[];
+  }
+
+  /** Table entries mapping a location that is not allocated (in the free map). */
+  entriesOnFreeSpace(): EntryAt[] {
+    return this.sql
+      .prepare(
+        `SELECT s.vdisk_id AS vdiskId, s.seg AS seg, s.container_id AS containerId, s.offset AS offset FROM segments s
+         LEFT JOIN container_segments cs ON cs.container_id = s.container_id AND cs.offset = s.offset
+         WHERE s.container_id IS NOT NULL AND cs.container_id IS NULL`,
+      )
+      .all() as EntryAt[];
+  }
+
+  /** Allocated locations past the end of their container. */
+  locationsBeyondContainer(): (Location & { segmentsTotal: number })[] {
+    return this.sql
+      .prepare(
+        `SELECT cs.container_id AS containerId, cs.offset AS offset, ct.segments_total AS segmentsTotal FROM container_segments cs
+         JOIN containers ct ON ct.id = cs.container_id WHERE cs.offset >= ct.segments_total`,
+      )
+      .all() as (Location & { segmentsTotal: number })[];
+  }
+
+  /** Locations referenced by more than one entry: how many entries, of how many vdisks, how many of them normal. */
+  sharedLocations(): (Location & { refs: number; vdisks: number; writable: number })[] {
+    return this.sql
+      .prepare(
+        `SELECT container_id AS containerId, offset, COUNT(*) AS refs, COUNT(DISTINCT vdisk_id) AS vdisks,
+                SUM(state = ${SegmentState.Normal}) AS writable
+         FROM segments WHERE container_id IS NOT NULL GROUP BY container_id, offset HAVING refs > 1`,
+      )
+      .all() as (Location & { refs: number; vdisks: number; writable: number })[];
+  }
+
+  /**
+   * Entries that may be malformed (past the vdisk's end, stored as zero,
+   * normal or no-write without a location, in an unknown container or one
+   * of another segment size), with what it takes to tell which.
+   */
+  suspectEntries(): SuspectEntry[] {
+    return this.sql
+      .prepare(
+        `SELECT s.vdisk_id AS vdiskId, s.seg AS seg, s.state AS state, s.container_id AS containerId, s.offset AS offset,
+                vd.segment_count AS vdiskSegments, vd.segment_size AS vdiskSegmentSize, ct.segment_size AS containerSegmentSize
+         FROM segments s JOIN vdisks vd ON vd.id = s.vdisk_id LEFT JOIN containers ct ON ct.id = s.container_id
+         WHERE s.seg >= vd.segment_count OR s.state = ${SegmentState.Zero}
+            OR (s.container_id IS NULL AND s.state IN (${SegmentState.Normal}, ${SegmentState.NoWrite}))
+            OR (s.container_id IS NOT NULL AND (ct.id IS NULL OR ct.segment_size != vd.segment_size))`,
+      )
+      .all() as SuspectEntry[];
+  }
+
+  /** Normal (writable) entries of snapshots. */
+  writableSnapshotEntries(): { vdiskId: string; seg: number }[] {
+    return this.sql
+      .prepare(
+        `SELECT s.vdisk_id AS vdiskId, s.seg AS seg FROM segments s JOIN vdisks vd ON vd.id = s.vdisk_id
+         WHERE vd.kind = 'snapshot' AND s.state = ${SegmentState.Normal} ORDER BY s.vdisk_id, s.seg`,
+      )
+      .all() as { vdiskId: string; seg: number }[];
+  }
+
+  /** Exports of snapshots that are not read-only. */
+  writableSnapshotExports(): { vdiskId: string; agent: string }[] {
+    return this.sql
+      .prepare(`SELECT e.vdisk_id AS vdiskId, e.agent AS agent FROM exports e JOIN vdisks vd ON vd.id = e.vdisk_id WHERE vd.kind = 'snapshot' AND e.read_only = 0`)
+      .all() as { vdiskId: string; agent: string }[];
+  }
+
+  /** Running migrations naming a container that does not exist. */
+  migrationsToUnknownContainers(): { vdiskId: string; toContainer: string | null; fromContainer: string | null }[] {
+    return this.sql
+      .prepare(
+        `SELECT m.vdisk_id AS vdiskId, m.to_container AS toContainer, m.from_container AS fromContainer FROM migrations m
+         WHERE m.state = 'running' AND ((m.to_container IS NOT NULL AND m.to_container NOT IN (SELECT id FROM containers))
+            OR (m.from_container IS NOT NULL AND m.from_container NOT IN (SELECT id FROM containers)))`,
+      )
+      .all() as { vdiskId: string; toContainer: string | null; fromContainer: string | null }[];
+  }
+
+  /** Exports whose agent does not reach a container the vdisk uses. */
+  exportsMissingContainers(): { agent: string; vdiskId: string; containerId: string }[] {
+    return this.sql
+      .prepare(
+        `SELECT DISTINCT e.agent AS agent, e.vdisk_id AS vdiskId, s.container_id AS containerId FROM exports e
+         JOIN segments s ON s.vdisk_id = e.vdisk_id AND s.container_id IS NOT NULL
+         LEFT JOIN agent_containers ac ON ac.agent = e.agent AND ac.container_id = s.container_id
+         WHERE ac.container_id IS NULL`,
+      )
+      .all() as { agent: string; vdiskId: string; containerId: string }[];
+  }
+}
+
+/** The WHERE clause for the entries a migration still has to move (ControllerDb.countToMigrate). */
+function toMigrate(vdiskId: string, to: string | null, from: string | null): { where: string; params: string[] } {
+  let where = `vdisk_id = ? AND container_id IS NOT NULL AND state IN (${SegmentState.Normal}, ${SegmentState.NoWrite})`;
+  const params = [vdiskId];
+  if (to !== null) {
+    where += ' AND container_id != ?';
+    params.push(to);
+  }
+  if (from !== null) {
+    where += ' AND container_id = ?';
+    params.push(from);
+  }
+  return { where, params };
 }
 
 /** A DB row as the table entry agents see (invalid drops its location). */
@@ -1072,4 +1142,45 @@ export function tableEntry(r: SegmentRow): EntryInput {
 
 export function openDb(path: string): ControllerDb {
   return new ControllerDb(path);
+}
+
+// ---- database files (backup and restore, backup.ts) ----
+
+/** Switches a database file (a backup copy) to a rollback journal: self-contained, and reading it makes no -wal or -shm files. */
+export function useRollbackJournal(sql: Sql): void {
+  sql.pragma('journal_mode = DELETE');
+}
+
+/** The names of the SQL tables in a database file. */
+export function sqlTableNames(sql: Sql): Set<string> {
+  return new Set(sql.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").pluck().all() as string[]);
+}
+
+/** SQLite's quick integrity check: 'ok', or what is wrong. */
+export function quickCheck(sql: Sql): string {
+  return sql.pragma('quick_check', { simple: true }) as string;
+}
+
+/** What a database file holds, counted (any schema version: snapshots came with version 2). */
+export function countRows(sql: Sql): { vdisks: number; snapshots: number; containers: number; exports: number; agents: number } {
+  const count = (q: string): number => sql.prepare(q).pluck().get() as number;
+  const hasKind = count("SELECT COUNT(*) FROM pragma_table_info('vdisks') WHERE name = 'kind'") > 0;
+  return {
+    vdisks: count(hasKind ? "SELECT COUNT(*) FROM vdisks WHERE kind = 'vdisk'" : 'SELECT COUNT(*) FROM vdisks'),
+    snapshots: hasKind ? count("SELECT COUNT(*) FROM vdisks WHERE kind = 'snapshot'") : 0,
+    containers: count('SELECT COUNT(*) FROM containers'),
+    exports: count('SELECT COUNT(*) FROM exports'),
+    agents: count('SELECT COUNT(*) FROM agents'),
+  };
+}
+
+/**
+ * Takes SQLite's EXCLUSIVE lock on the file and lets go at once; throws
+ * (SQLITE_BUSY, SQLITE_LOCKED) when another connection holds it, without
+ * waiting if the handle was opened with timeout 0.
+ */
+export function probeExclusiveLock(sql: Sql): void {
+  sql.pragma('locking_mode = EXCLUSIVE');
+  sql.exec('BEGIN EXCLUSIVE');
+  sql.exec('COMMIT');
 }

@@ -3,13 +3,16 @@
 // the case looks at the segment's current state (the controller's table,
 // not the state the agent reported, which may be stale), performs at most
 // one table change at a time (allocate a zero segment, make a sole-owner
-// no-write segment writable), and then answers every waiting fault:
+// no-write segment writable), and then answers every waiting fault.
+//
+// The decisions, in full (decide() and FAILURE below are this table in code):
 //
 //   state now      op          answer
 //   normal         any         RETRY (the agent's table is behind)
 //   zero           read/verify RETRY
 //   zero           unmap       DONE (nothing to deallocate)
 //   zero           other write allocate, push, acks, RETRY
+//   no-write       read/verify RETRY
 //   no-write       write-ish   being migrated: WAIT (RETRY once the remap is acked);
 //                              refcount 1: make normal, push, acks, RETRY;
 //                              shared: copy-on-write: reserve a new location,
@@ -21,8 +24,17 @@
 //   error          read/verify FAIL 03/11/00; others FAIL 03/0C/00
 //   (snapshot)     write-ish   FAIL 07/27/00: snapshots are read-only
 //
+//   and whatever the state:
+//   vdisk unknown, removed, or not exported to the agent  FAIL 05/25/00
+//   segment past the vdisk's end                          FAIL 05/21/00
+//   allocation or copy-on-write: no container has room    FAIL 07/27/07
+//   copy-on-write: no agent reaches both containers,
+//     or the copy failed                                  FAIL 04/44/00
+//   unknown op or state in the fault; handling threw      FAIL 04/44/00
+//   an exporter away (allocate, make-writable, copy)      WAIT (see below)
+//
 // Replies go out only once every table change of the vdisk queued before
-// has been acked (Controller.quiesce), so no agent acts on a version
+// has been acked (TableChanges.quiesce), so no agent acts on a version
 // another has not installed. One exception saves a round trip: when the
 // faulting agent is the vdisk's only holder, the RETRY for a change made
 // for it goes right behind the delta on the same stream (#answerBehind);
@@ -30,7 +42,7 @@
 //
 // An exporting agent that is not connected cannot be told of a change: the
 // change (allocate, make-writable, copy) WAITs until that agent's lease has
-// run out (Controller.exportersInLease; the agent then holds its zero and
+// run out (AgentRegistry.exportersInLease; the agent then holds its zero and
 // no-write segments itself until it has resynced), and the case looks again
 // at that moment. Without a lease it waits for the agent to come back.
 //
@@ -40,9 +52,13 @@ import { IoOp, SegmentState, inhibits, isIoOp, isReadOp, isSegmentState, ioOpNam
 import { FaultAction, FAULT_ACTION_NAMES, type Fault, type FaultReply } from '../wire/proto-types.js';
 import { debugEnabled, log } from '../util/log.js';
 import { ContainerFullError, locKey } from './allocator.js';
-import type { Location } from './db.js';
+import type { ControllerDb, Location } from './db.js';
 import type { AgentLink } from './agent-link.js';
-import type { CommitResult, Controller } from './service.js';
+import type { AgentCommands } from './agent-commands.js';
+import type { AgentRegistry } from './agent-registry.js';
+import type { CommitResult, TableChanges } from './table-changes.js';
+import type { WriteBehind } from './write-behind.js';
+import type { Allocator } from './allocator.js';
 
 /** Sense data the controller hands out (key, asc, ascq). */
 export const SENSE = {
@@ -64,34 +80,37 @@ export const SENSE = {
 
 type Sense = readonly [number, number, number];
 
-/** A fault's row in the fault log, written behind (Controller.writeBehind): its id once inserted. */
-interface FaultRecord {
-  id: number | null;
-}
+/**
+ * Every reason the controller fails a fault, and the sense data it chooses
+ * for each (the table at the top of this file, in code).
+ */
+export const FAILURE = {
+  /** Read or verify of a segment in state error. */
+  readOfErrorSegment: SENSE.readError,
+  /** Write-like op on a segment in state error. */
+  writeToErrorSegment: SENSE.writeError,
+  /** Write-like op on a snapshot's zero or no-write segment. */
+  writeToSnapshot: SENSE.writeProtected,
+  /** No eligible container has room for the allocation or copy a write needs. */
+  containerFull: SENSE.spaceAllocationFailed,
+  /** The vdisk does not exist (or was removed while the fault waited), or is not exported to the faulting agent. */
+  noSuchVdisk: SENSE.luNotSupported,
+  /** The segment is past the vdisk's end. */
+  segmentOutOfRange: SENSE.lbaOutOfRange,
+  /** The fault names an op or a segment state this controller does not know. */
+  malformedFault: SENSE.internalFailure,
+  /** Copy-on-write could not copy: no online agent reaches both containers, or the copy failed. */
+  copyFailed: SENSE.internalFailure,
+  /** Handling the fault threw. */
+  internalError: SENSE.internalFailure,
+} as const satisfies Record<string, Sense>;
 
-interface Waiter {
-  link: AgentLink;
-  fault: Fault;
-  record: FaultRecord;
-  /** A WAIT reply already went out for it. */
-  toldWait: boolean;
-}
-
-interface SegmentCase {
-  key: string;
-  vdiskId: string;
-  seg: number;
-  waiters: Waiter[];
-  /** A decision (and maybe a table change) is in progress. */
-  busy: boolean;
-  /** Looks again when a disconnected exporter's lease runs out. */
-  leaseTimer?: NodeJS.Timeout;
-}
+type FailureCause = keyof typeof FAILURE;
 
 type Decision =
   | { kind: 'retry' }
   | { kind: 'done' }
-  | { kind: 'fail'; sense: Sense; reason: string }
+  | { kind: 'fail'; cause: FailureCause; reason: string }
   | { kind: 'wait'; reason: string }
   | { kind: 'allocate' }
   | { kind: 'make-writable' }
@@ -115,11 +134,11 @@ export function decide(state: SegmentState, op: IoOp, refcount: number, ctx: Dec
   if (inh === 'proceed' || inh === 'zero-read') return { kind: 'retry' };
   if (inh === 'fail') {
     return isReadOp(op)
-      ? { kind: 'fail', sense: SENSE.readError, reason: 'segment is in state error' }
-      : { kind: 'fail', sense: SENSE.writeError, reason: 'segment is in state error' };
+      ? { kind: 'fail', cause: 'readOfErrorSegment', reason: 'segment is in state error' }
+      : { kind: 'fail', cause: 'writeToErrorSegment', reason: 'segment is in state error' };
   }
   if (ctx.snapshot && WRITE_LIKE(op) && (state === SegmentState.Zero || state === SegmentState.NoWrite)) {
-    return { kind: 'fail', sense: SENSE.writeProtected, reason: 'vdisk is a snapshot (read-only)' };
+    return { kind: 'fail', cause: 'writeToSnapshot', reason: 'vdisk is a snapshot (read-only)' };
   }
   switch (state) {
     case SegmentState.Zero:
@@ -135,12 +154,51 @@ export function decide(state: SegmentState, op: IoOp, refcount: number, ctx: Dec
   }
 }
 
+/** What the fault manager needs of the controller. */
+export interface FaultHost {
+  readonly db: ControllerDb;
+  readonly allocator: Pick<Allocator, 'reserve' | 'unreserve'>;
+  /** The fault log is written behind the replies. */
+  readonly writeBehind: Pick<WriteBehind, 'add'>;
+  /** The controller is shutting down: nothing more is decided. */
+  readonly closed: boolean;
+  /** Locations (locKey) being copied by a migration. */
+  readonly migrating: ReadonlySet<string>;
+  readonly tables: Pick<TableChanges, 'table' | 'quiesce' | 'changeTable' | 'settleShared'>;
+  readonly agents: Pick<AgentRegistry, 'exportersInLease' | 'soleHolder'>;
+  readonly commands: Pick<AgentCommands, 'copyAgent' | 'copy'>;
+}
+
+/** A fault's row in the fault log, written behind (FaultHost.writeBehind): its id once inserted. */
+interface FaultRecord {
+  id: number | null;
+}
+
+interface Waiter {
+  link: AgentLink;
+  fault: Fault;
+  record: FaultRecord;
+  /** A WAIT reply already went out for it. */
+  toldWait: boolean;
+}
+
+interface SegmentCase {
+  key: string;
+  vdiskId: string;
+  seg: number;
+  waiters: Waiter[];
+  /** A decision (and maybe a table change) is in progress. */
+  busy: boolean;
+  /** Looks again when a disconnected exporter's lease runs out. */
+  leaseTimer?: NodeJS.Timeout;
+}
+
 export class FaultManager {
-  readonly #ctrl: Controller;
+  readonly #host: FaultHost;
   readonly #cases = new Map<string, SegmentCase>();
 
-  constructor(ctrl: Controller) {
-    this.#ctrl = ctrl;
+  constructor(host: FaultHost) {
+    this.#host = host;
   }
 
   /** Open cases (segments with faults waiting), for tests and metrics. */
@@ -150,7 +208,7 @@ export class FaultManager {
 
   handle(link: AgentLink, f: Fault): void {
     const agent = link.name as string;
-    const db = this.#ctrl.db;
+    const db = this.#host.db;
     const vdisk = db.vdisk(f.vdiskId);
     const opName = isIoOp(f.op) ? ioOpName(f.op) : `op#${String(f.op)}`;
     const stateName = isSegmentState(f.state) ? segmentStateName(f.state) : `state#${String(f.state)}`;
@@ -169,22 +227,22 @@ export class FaultManager {
       tableVersion: f.tableVersion,
       detail: f.detail,
     };
-    this.#ctrl.writeBehind.add(() => {
+    this.#host.writeBehind.add(() => {
       record.id = db.insertFault(row);
     });
     const w: Waiter = { link, fault: f, record, toldWait: false };
-    const reject = (sense: Sense, why: string): void => {
+    const reject = (cause: FailureCause, why: string): void => {
       const msg = `fault ${f.faultId} from agent ${agent}: ${why}`;
       log.error(msg);
       link.sendError(msg);
-      this.#reply(w, { kind: 'fail', sense, reason: why }, 'error');
+      this.#reply(w, { kind: 'fail', cause, reason: why }, 'error');
     };
-    if (!vdisk) return reject(SENSE.luNotSupported, `unknown vdisk ${f.vdiskId}`);
-    if (!db.export(f.vdiskId, agent)) return reject(SENSE.luNotSupported, `vdisk ${vdisk.name} is not exported to this agent`);
-    if (!isIoOp(f.op)) return reject(SENSE.internalFailure, `unknown operation ${String(f.op)}`);
-    if (!isSegmentState(f.state)) return reject(SENSE.internalFailure, `unknown segment state ${String(f.state)}`);
+    if (!vdisk) return reject('noSuchVdisk', `unknown vdisk ${f.vdiskId}`);
+    if (!db.export(f.vdiskId, agent)) return reject('noSuchVdisk', `vdisk ${vdisk.name} is not exported to this agent`);
+    if (!isIoOp(f.op)) return reject('malformedFault', `unknown operation ${String(f.op)}`);
+    if (!isSegmentState(f.state)) return reject('malformedFault', `unknown segment state ${String(f.state)}`);
     if (!Number.isInteger(f.segment) || f.segment >= vdisk.segmentCount) {
-      return reject(SENSE.lbaOutOfRange, `segment ${f.segment} out of range (vdisk ${vdisk.name} has ${vdisk.segmentCount})`);
+      return reject('segmentOutOfRange', `segment ${f.segment} out of range (vdisk ${vdisk.name} has ${vdisk.segmentCount})`);
     }
     // Debug, not info: every fault is in the fault log (tabula fault ls) already.
     // Guarded: winston formats (timestamp, JSON) even what its level then drops.
@@ -222,26 +280,26 @@ export class FaultManager {
       // Each round performs at most one table change, then looks again:
       // faults that joined meanwhile are answered from the new state.
       for (let round = 0; round < 4 && c.waiters.length > 0; round++) {
-        const ctrl = this.#ctrl;
-        await ctrl.quiesce(c.vdiskId);
-        if (ctrl.closed) return;
-        const vdisk = ctrl.db.vdisk(c.vdiskId);
+        const host = this.#host;
+        await host.tables.quiesce(c.vdiskId);
+        if (host.closed) return;
+        const vdisk = host.db.vdisk(c.vdiskId);
         if (!vdisk) {
-          for (const w of c.waiters.splice(0)) this.#reply(w, { kind: 'fail', sense: SENSE.luNotSupported, reason: 'vdisk was removed' });
+          for (const w of c.waiters.splice(0)) this.#reply(w, { kind: 'fail', cause: 'noSuchVdisk', reason: 'vdisk was removed' });
           break;
         }
-        const table = ctrl.table(c.vdiskId);
+        const table = host.tables.table(c.vdiskId);
         if (c.seg >= table.segmentCount) {
-          for (const w of c.waiters.splice(0)) this.#reply(w, { kind: 'fail', sense: SENSE.lbaOutOfRange, reason: 'segment beyond the end' });
+          for (const w of c.waiters.splice(0)) this.#reply(w, { kind: 'fail', cause: 'segmentOutOfRange', reason: 'segment beyond the end' });
           break;
         }
-        const row = ctrl.db.segment(c.vdiskId, c.seg);
+        const row = host.db.segment(c.vdiskId, c.seg);
         const loc = row.containerId !== null && row.offset !== null ? { containerId: row.containerId, offset: row.offset } : null;
-        const refcount = loc !== null ? ctrl.db.refcount(loc) : 0;
-        const dctx: DecideContext = { snapshot: vdisk.kind === 'snapshot', migrating: loc !== null && ctrl.migrating.has(locKey(loc)) };
+        const refcount = loc !== null ? host.db.refcount(loc) : 0;
+        const dctx: DecideContext = { snapshot: vdisk.kind === 'snapshot', migrating: loc !== null && host.migrating.has(locKey(loc)) };
         let decisions = c.waiters.map((w) => decide(row.state, w.fault.op, refcount, dctx));
         let action = decisions.find((d) => d.kind === 'allocate' || d.kind === 'make-writable' || d.kind === 'copy');
-        const away = action !== undefined ? ctrl.exportersInLease(c.vdiskId) : { agents: [], waitMs: 0 };
+        const away = action !== undefined ? host.agents.exportersInLease(c.vdiskId) : { agents: [], waitMs: 0 };
         if (away.agents.length > 0) {
           // An exporting agent that is not connected would go on serving the old
           // table (stale zeros, the shared location) until its lease runs out:
@@ -290,7 +348,7 @@ export class FaultManager {
     } catch (err) {
       log.error(`fault handling for vdisk ${c.vdiskId} segment ${c.seg} failed: ${(err as Error).message}`);
       for (const w of c.waiters.splice(0)) {
-        this.#reply(w, { kind: 'fail', sense: SENSE.internalFailure, reason: (err as Error).message }, 'error');
+        this.#reply(w, { kind: 'fail', cause: 'internalError', reason: (err as Error).message }, 'error');
       }
     } finally {
       c.busy = false;
@@ -310,19 +368,19 @@ export class FaultManager {
     if (c.leaseTimer !== undefined) clearTimeout(c.leaseTimer);
     c.leaseTimer = setTimeout(() => {
       c.leaseTimer = undefined;
-      if (this.#cases.get(c.key) === c && !c.busy && c.waiters.length > 0 && !this.#ctrl.closed) void this.#evaluate(c);
+      if (this.#cases.get(c.key) === c && !c.busy && c.waiters.length > 0 && !this.#host.closed) void this.#evaluate(c);
     }, ms + 1);
     c.leaseTimer.unref();
   }
 
   /** Performs the one table change; null on success, else the failure to answer with. */
   async #act(c: SegmentCase, kind: 'allocate' | 'make-writable', seen: SegmentState): Promise<Decision | null> {
-    const ctrl = this.#ctrl;
+    const host = this.#host;
     try {
-      await ctrl.changeTable(
+      await host.tables.changeTable(
         c.vdiskId,
         (ctx) => {
-          const row = ctrl.db.segment(c.vdiskId, c.seg);
+          const row = host.db.segment(c.vdiskId, c.seg);
           // The state may have moved while we queued for the vdisk: act only
           // on the state we decided for, and let the next round look again.
           if (row.state !== seen) return;
@@ -340,7 +398,7 @@ export class FaultManager {
     } catch (err) {
       if (err instanceof ContainerFullError) {
         log.error(err.message);
-        return { kind: 'fail', sense: SENSE.spaceAllocationFailed, reason: err.message };
+        return { kind: 'fail', cause: 'containerFull', reason: err.message };
       }
       throw err;
     }
@@ -354,31 +412,31 @@ export class FaultManager {
    * again), else the failure to answer with.
    */
   async #copyOnWrite(c: SegmentCase, old: Location, prefer: string | null): Promise<Decision | null> {
-    const ctrl = this.#ctrl;
-    const vdisk = ctrl.db.vdisk(c.vdiskId);
-    if (!vdisk) return { kind: 'fail', sense: SENSE.luNotSupported, reason: 'vdisk was removed' };
+    const host = this.#host;
+    const vdisk = host.db.vdisk(c.vdiskId);
+    if (!vdisk) return { kind: 'fail', cause: 'noSuchVdisk', reason: 'vdisk was removed' };
     const what = `copy-on-write of vdisk ${vdisk.name} segment ${c.seg}`;
     let fresh: Location;
     try {
-      [fresh] = ctrl.allocator.reserve(vdisk, 1) as [Location];
+      [fresh] = host.allocator.reserve(vdisk, 1) as [Location];
     } catch (err) {
       if (err instanceof ContainerFullError) {
         log.error(`${what}: ${err.message}`);
-        return { kind: 'fail', sense: SENSE.spaceAllocationFailed, reason: err.message };
+        return { kind: 'fail', cause: 'containerFull', reason: err.message };
       }
       throw err;
     }
     let committed = false;
     try {
-      const agent = ctrl.copyAgent([old.containerId, fresh.containerId], prefer);
+      const agent = host.commands.copyAgent([old.containerId, fresh.containerId], prefer);
       if (agent === null) {
         const reason = `${what} failed: no online agent reaches both containers ${old.containerId} and ${fresh.containerId}`;
         log.error(reason);
-        return { kind: 'fail', sense: SENSE.internalFailure, reason };
+        return { kind: 'fail', cause: 'copyFailed', reason };
       }
       const size = vdisk.segmentSize;
       log.info(`${what}: agent ${agent} copies ${old.containerId}@${old.offset} to ${fresh.containerId}@${fresh.offset}`);
-      const err = await ctrl.copy(agent, {
+      const err = await host.commands.copy(agent, {
         srcContainer: old.containerId,
         srcOffset: old.offset * size,
         dstContainer: fresh.containerId,
@@ -388,13 +446,13 @@ export class FaultManager {
       if (err !== null) {
         const reason = `${what} failed: agent ${agent} could not copy ${old.containerId}@${old.offset} to ${fresh.containerId}@${fresh.offset}: ${err}`;
         log.error(reason);
-        ctrl.db.event('cow', vdisk.name, reason);
-        return { kind: 'fail', sense: SENSE.internalFailure, reason };
+        host.db.event('cow', vdisk.name, reason);
+        return { kind: 'fail', cause: 'copyFailed', reason };
       }
-      await ctrl.changeTable(
+      await host.tables.changeTable(
         c.vdiskId,
         (ctx) => {
-          const row = ctrl.db.segment(c.vdiskId, c.seg);
+          const row = host.db.segment(c.vdiskId, c.seg);
           // Still the shared entry we copied (not removed, made writable, migrated)?
           if (row.state !== SegmentState.NoWrite || row.containerId !== old.containerId || row.offset !== old.offset) return;
           ctx.set(c.seg, SegmentState.Normal, fresh);
@@ -403,9 +461,9 @@ export class FaultManager {
         (r) => this.#answerBehind(c, r),
       );
     } finally {
-      ctrl.allocator.unreserve([fresh], !committed);
+      host.allocator.unreserve([fresh], !committed);
     }
-    if (committed) await ctrl.settleShared(old);
+    if (committed) await host.tables.settleShared(old);
     return null;
   }
 
@@ -419,12 +477,12 @@ export class FaultManager {
    * (design notes §2: RETRY means a newer table is on its way or already sent).
    */
   #answerBehind(c: SegmentCase, r: CommitResult): void {
-    const ctrl = this.#ctrl;
+    const host = this.#host;
     if (!r.ranges.some(([first, end]) => c.seg >= first && c.seg < end)) return;
-    const sole = ctrl.soleHolder(c.vdiskId);
+    const sole = host.agents.soleHolder(c.vdiskId);
     if (sole === null) return;
-    const vdisk = ctrl.db.vdisk(c.vdiskId);
-    const row = ctrl.db.segment(c.vdiskId, c.seg);
+    const vdisk = host.db.vdisk(c.vdiskId);
+    const row = host.db.segment(c.vdiskId, c.seg);
     if (!vdisk || row.state !== SegmentState.Normal) return;
     const left: Waiter[] = [];
     for (const w of c.waiters) {
@@ -436,7 +494,7 @@ export class FaultManager {
   }
 
   #reply(w: Waiter, d: Decision, outcome?: string): void {
-    const version = this.#ctrl.db.vdisk(w.fault.vdiskId)?.version ?? 0;
+    const version = this.#host.db.vdisk(w.fault.vdiskId)?.version ?? 0;
     let action: FaultAction;
     let sense: Sense = [0, 0, 0];
     let reason = '';
@@ -449,7 +507,7 @@ export class FaultManager {
         break;
       case 'fail':
         action = FaultAction.Fail;
-        sense = d.sense;
+        sense = FAILURE[d.cause];
         reason = d.reason;
         break;
       default:
@@ -463,9 +521,9 @@ export class FaultManager {
 
   /** Records a fault's outcome in the fault log (written behind, after its insert). */
   #outcome(w: Waiter, outcome: string, detail: string): void {
-    const db = this.#ctrl.db;
+    const db = this.#host.db;
     const record = w.record;
-    this.#ctrl.writeBehind.add(() => {
+    this.#host.writeBehind.add(() => {
       if (record.id !== null) db.setFaultOutcome(record.id, outcome, detail);
     });
   }

@@ -2,14 +2,14 @@
 // to another container, a few at a time (MIGRATION_CONCURRENCY), each on
 // its own, while agents keep serving it:
 //
-//   1. the location joins Controller.migrating (faults on it WAIT);
+//   1. the location joins MigrationHost.migrating (faults on it WAIT);
 //   2. an exclusive normal entry becomes no-write: push, acks (reads go on,
 //      writes fault and wait); a shared entry is no-write already;
 //   3. a new location is reserved on the target and one agent reaching both
 //      containers copies the segment (CopyCommand / CopyDone);
 //   4. the entry is remapped to the new location (normal, or no-write in a
 //      snapshot): push, acks; the old location loses its reference and is
-//      freed once every exporter has acked (Controller.reclaim);
+//      freed once every exporter has acked (TableChanges.reclaim);
 //   5. the location leaves `migrating` and held writes get RETRY.
 //
 // A write therefore waits for its own segment's copy at most. A shared location
@@ -25,8 +25,27 @@ import { SegmentState } from '../table/index.js';
 import { formatSize } from '../util/size.js';
 import { log } from '../util/log.js';
 import { ContainerFullError, locKey } from './allocator.js';
-import type { Location, MigrationRow, VdiskRow } from './db.js';
-import type { Controller } from './service.js';
+import type { ControllerDb, Location, MigrationRow, VdiskRow } from './db.js';
+import type { AgentCommands } from './agent-commands.js';
+import type { AgentRegistry } from './agent-registry.js';
+import type { Allocator } from './allocator.js';
+import type { TableChanges } from './table-changes.js';
+import type { WriteBehind } from './write-behind.js';
+
+/** What a migration needs of the controller. */
+export interface MigrationHost {
+  readonly db: ControllerDb;
+  readonly allocator: Pick<Allocator, 'eligibleContainers' | 'reserve' | 'unreserve'>;
+  /** Flushed before reading acked versions. */
+  readonly writeBehind: Pick<WriteBehind, 'flush'>;
+  /** The controller is shutting down: loops stop (and resume on restart). */
+  readonly closed: boolean;
+  /** Locations (locKey) being copied: a migration adds each while it moves it. */
+  readonly migrating: Set<string>;
+  readonly tables: Pick<TableChanges, 'quiesce' | 'changeTable' | 'settleShared'>;
+  readonly agents: Pick<AgentRegistry, 'link'>;
+  readonly commands: Pick<AgentCommands, 'copyAgent' | 'copy'>;
+}
 
 /** How long a migration waits before trying again when no agent can copy. */
 const NO_AGENT_RETRY_MS = 500;
@@ -72,18 +91,21 @@ export class MigrationError extends Error {
 const now = (): string => new Date().toISOString();
 
 export class MigrationManager {
-  readonly #ctrl: Controller;
+  readonly #host: MigrationHost;
+  /** Writes held on a vdisk's location (WAIT) look again: it left `migrating`. */
+  readonly #released: (vdiskId: string) => void;
   readonly #runs = new Map<string, Run>();
   readonly #concurrency: number;
 
-  constructor(ctrl: Controller, concurrency = MIGRATION_CONCURRENCY) {
-    this.#ctrl = ctrl;
+  constructor(host: MigrationHost, released: (vdiskId: string) => void, concurrency = MIGRATION_CONCURRENCY) {
+    this.#host = host;
+    this.#released = released;
     if (!Number.isInteger(concurrency) || concurrency < 1) throw new Error(`migration concurrency must be a positive integer, not ${concurrency}`);
     this.#concurrency = concurrency;
   }
 
   get #db() {
-    return this.#ctrl.db;
+    return this.#host.db;
   }
 
   /** Whether a migration loop of this vdisk is running in this controller. */
@@ -182,16 +204,11 @@ export class MigrationManager {
 
   /** Segments still to move. */
   #remaining(vdiskId: string, to: string | null, from: string | null): number {
-    const { sql, params } = candidates(vdiskId, to, from);
-    return this.#db.sql.prepare(`SELECT COUNT(*) FROM segments WHERE ${sql}`).pluck().get(...params) as number;
+    return this.#db.countToMigrate(vdiskId, to, from);
   }
 
   #next(vdiskId: string, to: string | null, from: string | null, after: number): { seg: number; loc: Location } | undefined {
-    const { sql, params } = candidates(vdiskId, to, from);
-    const r = this.#db.sql
-      .prepare(`SELECT seg, container_id AS c, offset AS o FROM segments WHERE ${sql} AND seg > ? ORDER BY seg LIMIT 1`)
-      .get(...params, after) as { seg: number; c: string; o: number } | undefined;
-    return r && { seg: r.seg, loc: { containerId: r.c, offset: r.o } };
+    return this.#db.nextToMigrate(vdiskId, to, from, after);
   }
 
   #launch(vdiskId: string): void {
@@ -200,7 +217,7 @@ export class MigrationManager {
     this.#runs.set(vdiskId, run);
     run.done = this.#loop(run)
       .catch((err: Error) => {
-        if (this.#ctrl.closed) return;
+        if (this.#host.closed) return;
         log.error(`migration of vdisk ${vdiskId} stopped: ${err.message}`);
         this.#finish(vdiskId, 'failed', err.message);
       })
@@ -223,7 +240,7 @@ export class MigrationManager {
   }
 
   async #loop(run: Run): Promise<void> {
-    const ctrl = this.#ctrl;
+    const host = this.#host;
     let after = -1;
     let wrapped = false;
     /** Segments being moved now, each settling with its segment number. */
@@ -235,7 +252,7 @@ export class MigrationManager {
       await Promise.allSettled(inFlight.values());
     };
     for (;;) {
-      if (ctrl.closed) return drain();
+      if (host.closed) return drain();
       if (failure !== null) {
         await drain();
         throw failure;
@@ -275,7 +292,7 @@ export class MigrationManager {
       if (inFlight.size === 0) return this.#finish(vdisk.id, 'done');
       const { seg, outcome } = await Promise.race(inFlight.values());
       inFlight.delete(seg);
-      if (ctrl.closed) return drain();
+      if (host.closed) return drain();
       if (failure !== null) continue;
       if (outcome === 'no-agent') {
         // Looked at again after the pause (it is behind the cursor: next pass).
@@ -327,20 +344,20 @@ export class MigrationManager {
 
   /** One segment, steps 1-5 above. 'skipped' when the entry changed under us (looked at again later). */
   async #moveSegment(run: Run, vdisk: VdiskRow, m: MigrationRow, seg: number, old: Location): Promise<Outcome> {
-    const ctrl = this.#ctrl;
+    const host = this.#host;
     const db = this.#db;
     const key = locKey(old);
     const what = `migration of vdisk ${vdisk.name} segment ${seg}`;
     // Target containers: the chosen one, or (evacuation) any the vdisk may use but the source.
-    const eligible = ctrl.allocator.eligibleContainers(vdisk).filter((c) => (m.toContainer !== null ? c === m.toContainer : c !== m.fromContainer));
+    const eligible = host.allocator.eligibleContainers(vdisk).filter((c) => (m.toContainer !== null ? c === m.toContainer : c !== m.fromContainer));
     if (eligible.length === 0) {
       const which = m.toContainer !== null ? `target container ${m.toContainer} is` : `no container other than ${m.fromContainer ?? '?'} is`;
       throw new MigrationError(
         `${which} eligible for vdisk ${vdisk.name} (it must be online, of segment size ${formatSize(vdisk.segmentSize)}, and reached by every agent exporting the vdisk)`,
       );
     }
-    if (ctrl.migrating.has(key)) return 'skipped';
-    ctrl.migrating.add(key);
+    if (host.migrating.has(key)) return 'skipped';
+    host.migrating.add(key);
     let fresh: Location | undefined;
     let committed = false;
     try {
@@ -348,18 +365,18 @@ export class MigrationManager {
       if (row.containerId !== old.containerId || row.offset !== old.offset) return 'skipped';
       // Space and a copying agent first, so nothing is frozen for a copy that
       // cannot run: only targets some online agent reaches with the source.
-      const copyable = eligible.filter((c) => ctrl.copyAgent([old.containerId, c]) !== null);
+      const copyable = eligible.filter((c) => host.commands.copyAgent([old.containerId, c]) !== null);
       if (copyable.length === 0) {
         this.#note(vdisk.id, `waiting for an online agent that reaches container ${old.containerId} and a target container`);
         return 'no-agent';
       }
       try {
-        [fresh] = ctrl.allocator.reserve(vdisk, 1, copyable) as [Location];
+        [fresh] = host.allocator.reserve(vdisk, 1, copyable) as [Location];
       } catch (err) {
         if (err instanceof ContainerFullError) throw new MigrationError(`${what}: ${err.message}`);
         throw err;
       }
-      const agent = ctrl.copyAgent([old.containerId, fresh.containerId]);
+      const agent = host.commands.copyAgent([old.containerId, fresh.containerId]);
       if (agent === null) {
         this.#note(vdisk.id, `waiting for an online agent that reaches containers ${old.containerId} and ${fresh.containerId}`);
         return 'no-agent';
@@ -368,7 +385,7 @@ export class MigrationManager {
       let frozenAt = db.vdisk(vdisk.id)?.version ?? 0;
       if (row.state === SegmentState.Normal) {
         // Step 2: reads go on, writes fault (and wait: the location is in `migrating`).
-        const r = await ctrl.changeTable(vdisk.id, (c) => {
+        const r = await host.tables.changeTable(vdisk.id, (c) => {
           const r = db.segment(vdisk.id, seg);
           if (r.state === SegmentState.Normal && r.containerId === old.containerId && r.offset === old.offset) {
             c.set(seg, SegmentState.NoWrite, old);
@@ -380,23 +397,23 @@ export class MigrationManager {
       if (frozen.state !== SegmentState.NoWrite || frozen.containerId !== old.containerId || frozen.offset !== old.offset) return 'skipped';
       // An exporter that has not acked a table with the entry no-write (offline,
       // fenced) might still write the old location: copy only once all have.
-      await ctrl.quiesce(vdisk.id);
-      ctrl.writeBehind.flush(); // acked versions
+      await host.tables.quiesce(vdisk.id);
+      host.writeBehind.flush(); // acked versions
       const laggard = db.exportsOfVdisk(vdisk.id).find((e) => e.ackedVersion < frozenAt);
       if (laggard !== undefined) {
         this.#note(vdisk.id, `waiting for agent ${laggard.agent} to ack vdisk ${vdisk.name}'s table (acked version ${laggard.ackedVersion})`);
         return 'no-agent';
       }
-      const err = await ctrl.copy(agent, {
+      const err = await host.commands.copy(agent, {
         srcContainer: old.containerId,
         srcOffset: old.offset * vdisk.segmentSize,
         dstContainer: fresh.containerId,
         dstOffset: fresh.offset * vdisk.segmentSize,
         length: vdisk.segmentSize,
       });
-      if (ctrl.closed) return 'skipped';
+      if (host.closed) return 'skipped';
       if (err !== null) {
-        if (ctrl.link(agent) === undefined) {
+        if (host.agents.link(agent) === undefined) {
           // The agent went away mid-copy: try again with another (or when it is back).
           this.#note(vdisk.id, `copy on agent ${agent} interrupted: ${err}`);
           return 'no-agent';
@@ -404,7 +421,7 @@ export class MigrationManager {
         throw new MigrationError(`${what}: agent ${agent} could not copy ${old.containerId}@${old.offset} to ${fresh.containerId}@${fresh.offset}: ${err}`);
       }
       const target = fresh;
-      await ctrl.changeTable(vdisk.id, (c) => {
+      await host.tables.changeTable(vdisk.id, (c) => {
         const r = db.segment(vdisk.id, seg);
         if (r.state !== SegmentState.NoWrite || r.containerId !== old.containerId || r.offset !== old.offset) return;
         c.set(seg, vdisk.kind === 'snapshot' ? SegmentState.NoWrite : SegmentState.Normal, target);
@@ -412,32 +429,17 @@ export class MigrationManager {
       });
       return committed ? 'moved' : 'skipped';
     } finally {
-      if (fresh) ctrl.allocator.unreserve([fresh], !committed);
-      ctrl.migrating.delete(key);
-      if (!ctrl.closed) {
+      if (fresh) host.allocator.unreserve([fresh], !committed);
+      host.migrating.delete(key);
+      if (!host.closed) {
         // Held writes look again now that the remap is acked; a location
         // left to one writable holder becomes writable (also after an
         // abandoned step, which leaves an exclusive entry no-write).
-        ctrl.faults.onTableChanged(vdisk.id);
-        await ctrl.settleShared(old).catch((e: Error) => log.warn(`${what}: ${e.message}`));
+        this.#released(vdisk.id);
+        await host.tables.settleShared(old).catch((e: Error) => log.warn(`${what}: ${e.message}`));
       }
     }
   }
-}
-
-/** SQL for the entries a migration still has to move. */
-function candidates(vdiskId: string, to: string | null, from: string | null): { sql: string; params: string[] } {
-  let sql = `vdisk_id = ? AND container_id IS NOT NULL AND state IN (${SegmentState.Normal}, ${SegmentState.NoWrite})`;
-  const params = [vdiskId];
-  if (to !== null) {
-    sql += ' AND container_id != ?';
-    params.push(to);
-  }
-  if (from !== null) {
-    sql += ' AND container_id = ?';
-    params.push(from);
-  }
-  return { sql, params };
 }
 
 function describe(m: MigrationRow): string {

@@ -17,15 +17,17 @@
 import { log } from '../util/log.js';
 import type { Allocator } from './allocator.js';
 import type { ControllerDb, Location } from './db.js';
+import type { AgentCommands } from './agent-commands.js';
 
 /** What the scrubber needs of the controller. */
 export interface ScrubHost {
   readonly db: ControllerDb;
   readonly allocator: Allocator;
-  /** A connected agent that reaches every one of `containers`, or null. */
-  copyAgent(containers: readonly string[]): string | null;
-  /** Sends a ZeroCommand; resolves with null once the agent reports it done and durable, else the error. */
-  zero(agent: string, cmd: { container: string; offset: number; length: number }): Promise<string | null>;
+  /**
+   * copyAgent: a connected agent that reaches every one of `containers`, or null.
+   * zero: sends a ZeroCommand; resolves with null once the agent reports it done and durable, else the error.
+   */
+  readonly commands: Pick<AgentCommands, 'copyAgent' | 'zero'>;
 }
 
 export interface ScrubberOptions {
@@ -150,7 +152,7 @@ export class Scrubber {
         this.#queues.delete(containerId);
         continue;
       }
-      const agent = this.#host.copyAgent([containerId]);
+      const agent = this.#host.commands.copyAgent([containerId]);
       if (agent === null) continue; // waits for an agent that reaches it to register
       const perCommand = Math.max(1, Math.floor(this.#maxCommandBytes / c.segmentSize));
       while (this.#inFlight < this.#maxInFlight && queued(q) > 0) {
@@ -188,7 +190,7 @@ export class Scrubber {
     };
     // Through a promise, so a send that throws counts as a failed attempt too.
     Promise.resolve()
-      .then(() => this.#host.zero(agent, { container: containerId, offset: first * segmentSize, length: count * segmentSize }))
+      .then(() => this.#host.commands.zero(agent, { container: containerId, offset: first * segmentSize, length: count * segmentSize }))
       .then(done, (e: Error) => done(e.message));
   }
 

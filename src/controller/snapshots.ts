@@ -13,13 +13,25 @@
 // Removal of a table drops its references; a location reaching zero is
 // freed once the agents that exported the table have acked (the vdisk must
 // be unexported first), and one left with a single writable holder becomes
-// writable there again (Controller.settleShared).
+// writable there again (TableChanges.settleShared).
 
 import { randomUUID } from 'node:crypto';
 import { SegmentState, segmentStateName } from '../table/index.js';
 import { log } from '../util/log.js';
-import type { Location, VdiskKind, VdiskRow } from './db.js';
-import type { Controller } from './service.js';
+import type { ControllerDb, Location, VdiskKind, VdiskRow } from './db.js';
+import type { AgentRegistry } from './agent-registry.js';
+import type { TableChanges } from './table-changes.js';
+import type { WriteBehind } from './write-behind.js';
+
+/** What snapshots, clones and table removal need of the controller. */
+export interface SnapshotHost {
+  readonly db: ControllerDb;
+  /** Flushed before reading acked versions. */
+  readonly writeBehind: Pick<WriteBehind, 'flush'>;
+  readonly tables: Pick<TableChanges, 'serialize' | 'commitAndSend' | 'awaitAcks' | 'forgetTable' | 'reclaim' | 'settleShared'>;
+  /** Whether each exporter of the source is connected and in step (it confirms the point in time). */
+  readonly agents: Pick<AgentRegistry, 'link'>;
+}
 
 /** A snapshot or clone that cannot be made now (maps to FAILED_PRECONDITION). */
 export class SnapshotError extends Error {
@@ -33,10 +45,10 @@ export class SnapshotError extends Error {
  * Makes `name`, a new table of `kind` sharing every segment of `src`.
  * Resolves once the source's exporters have acked its no-write version.
  */
-export async function shareVdisk(ctrl: Controller, src: VdiskRow, name: string, kind: VdiskKind): Promise<VdiskRow> {
-  const db = ctrl.db;
+export async function shareVdisk(host: SnapshotHost, src: VdiskRow, name: string, kind: VdiskKind): Promise<VdiskRow> {
+  const db = host.db;
   const verb = kind === 'snapshot' ? 'snapshot' : 'clone';
-  return ctrl.serialize(src.id, async () => {
+  return host.tables.serialize(src.id, async () => {
     const cur = db.vdisk(src.id);
     if (!cur) throw new SnapshotError(`vdisk ${src.name} was removed`);
     // Entries whose data cannot be shared as no-write (the invariant for shared locations).
@@ -49,7 +61,7 @@ export async function shareVdisk(ctrl: Controller, src: VdiskRow, name: string, 
     }
     if (cur.kind === 'vdisk') {
       for (const e of db.exportsOfVdisk(cur.id)) {
-        const link = ctrl.link(e.agent);
+        const link = host.agents.link(e.agent);
         const held = link?.held(cur.id);
         if (!link || !held || held.fenced) {
           throw new SnapshotError(
@@ -80,18 +92,18 @@ export async function shareVdisk(ctrl: Controller, src: VdiskRow, name: string, 
       // Nothing in the source is writable: no agent can change what is shared.
       db.tx(create);
     } else {
-      const r = ctrl.commitAndSend(cur.id, (c) => {
+      const r = host.tables.commitAndSend(cur.id, (c) => {
         create();
         for (const seg of db.freezeNormal(cur.id)) c.mark(seg);
       });
       if (r !== null) {
-        await ctrl.awaitAcks(r);
-        ctrl.writeBehind.flush(); // acked versions and lifted fences
+        await host.tables.awaitAcks(r);
+        host.writeBehind.flush(); // acked versions and lifted fences
         const missing = db.exportsOfVdisk(cur.id).filter((e) => e.ackedVersion < r.version || e.fenced);
         if (missing.length > 0) {
           const who = missing.map((e) => e.agent).join(', ');
           // Settling the source's entries queues behind this task: not awaited here.
-          void removeTable(ctrl, id);
+          void removeTable(host, id);
           throw new SnapshotError(`${verb} of vdisk ${cur.name} abandoned: agent ${who} did not ack table version ${r.version} in time`);
         }
       }
@@ -108,8 +120,8 @@ export async function shareVdisk(ctrl: Controller, src: VdiskRow, name: string, 
  * returned promise settles once locations left with one writable holder
  * have been made writable there.
  */
-export function removeTable(ctrl: Controller, vdiskId: string): Promise<void> {
-  const db = ctrl.db;
+export function removeTable(host: SnapshotHost, vdiskId: string): Promise<void> {
+  const db = host.db;
   const v = db.vdisk(vdiskId);
   if (!v) return Promise.resolve();
   const touched: Location[] = [];
@@ -121,14 +133,14 @@ export function removeTable(ctrl: Controller, vdiskId: string): Promise<void> {
     }
     db.deleteVdisk(v.id);
   });
-  ctrl.forgetTable(v.id);
-  ctrl.reclaim(v.id);
-  return settleAll(ctrl, touched);
+  host.tables.forgetTable(v.id);
+  host.tables.reclaim(v.id);
+  return settleAll(host, touched);
 }
 
 /** Discards segments at or past `segmentCount` of an unexported vdisk (forced shrink). */
-export function shrinkTable(ctrl: Controller, v: VdiskRow, segmentCount: number): Promise<void> {
-  const db = ctrl.db;
+export function shrinkTable(host: SnapshotHost, v: VdiskRow, segmentCount: number): Promise<void> {
+  const db = host.db;
   const touched: Location[] = [];
   db.tx(() => {
     const version = db.bumpVersion(v.id);
@@ -138,11 +150,11 @@ export function shrinkTable(ctrl: Controller, v: VdiskRow, segmentCount: number)
     }
     db.setVdiskSize(v.id, segmentCount * v.segmentSize, segmentCount);
   });
-  ctrl.forgetTable(v.id);
-  ctrl.reclaim(v.id);
-  return settleAll(ctrl, touched);
+  host.tables.forgetTable(v.id);
+  host.tables.reclaim(v.id);
+  return settleAll(host, touched);
 }
 
-function settleAll(ctrl: Controller, locs: readonly Location[]): Promise<void> {
-  return ctrl.settleShared(locs.filter((l) => ctrl.db.refcount(l) === 1));
+function settleAll(host: SnapshotHost, locs: readonly Location[]): Promise<void> {
+  return host.tables.settleShared(locs.filter((l) => host.db.refcount(l) === 1));
 }

@@ -72,7 +72,7 @@ export class WriteBehind {
     this.#writes = [];
     this.#after = [];
     this.#keys.clear();
-    if (writes.length > 0 && this.#db.sql.open) {
+    if (writes.length > 0 && this.#db.open) {
       this.#db.relaxed(() =>
         this.#db.tx(() => {
           for (const w of writes) {

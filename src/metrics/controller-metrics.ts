@@ -7,7 +7,7 @@
 // allocations and frees come from the allocator's observer.
 import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import type { Controller } from '../controller/service.js';
+import type { Controller } from '../controller/controller.js';
 import type { AllocationObserver } from '../controller/allocator.js';
 import { SEGMENT_STATE_NAMES } from '../table/segment-state.js';
 import { FAULT_ACTION_NAMES, FaultAction } from '../wire/proto-types.js';
@@ -70,7 +70,7 @@ export class ControllerMetrics {
       help: 'Agents with a registered stream to this controller.',
       registers,
       collect: () => {
-        agents.set(ctrl()?.onlineAgents().length ?? 0);
+        agents.set(ctrl()?.agents.onlineAgents().length ?? 0);
       },
     });
     const versions: Gauge<'vdisk'> = new Gauge({

@@ -7,7 +7,7 @@
 //   goes ahead and a read of that segment through a is held, not answered
 //   with stale zeros, until a is back and has resynced: then it reads b's data.
 import { expect } from 'chai';
-import { DEFAULT_LEASE_MARGIN_MS, DEFAULT_LEASE_MS } from '../../src/controller/service.js';
+import { DEFAULT_LEASE_MARGIN_MS, DEFAULT_LEASE_MS } from '../../src/controller/agent-registry.js';
 import { requireTools } from '../support/tools.js';
 import { iqnOf, sleep, useCluster, waitFor } from './cluster.js';
 import { readP, writeP } from './clients.js';

@@ -160,7 +160,7 @@ describe('controller admin', () => {
     await a.next((m) => m.body === 'tableFull');
     expect((await a.sendFault({ vdiskId: v.id, segment: 0 }).reply()).action).to.equal(FaultAction.Retry);
     a.close();
-    for (let i = 0; i < 50 && ctl.controller.link('a1'); i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 50 && ctl.controller.agents.link('a1'); i++) await new Promise((r) => setTimeout(r, 20));
     await ctl.admin.SetSegmentState({ vdisk: 'd', first: 0, count: 1, state: SegmentState.Zero });
     expect(ctl.db.containerSegmentsUsed(CA) + ctl.db.containerSegmentsUsed(CB), 'a1 may still write there').to.equal(1);
     expect(ctl.admin.Check({}).ok).to.equal(true);

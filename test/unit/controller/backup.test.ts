@@ -9,7 +9,8 @@ import {
   inspectDatabase,
   restoreDatabase,
 } from '../../../src/controller/backup.js';
-import { ControllerDb, SCHEMA_VERSION } from '../../../src/controller/db.js';
+import { ControllerDb } from '../../../src/controller/db.js';
+import { SCHEMA_VERSION } from '../../../src/controller/schema.js';
 import { AdminClient } from '../../../src/wire/grpc.js';
 import type { BackupChunk } from '../../../src/wire/proto-types.js';
 import { CA, MiB, startTestController, tempDir } from './helpers.js';

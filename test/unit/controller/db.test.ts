@@ -1,7 +1,8 @@
 import { expect } from 'chai';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { ControllerDb, MIGRATIONS, SCHEMA_VERSION, migrate, schemaVersion, type VdiskRow } from '../../../src/controller/db.js';
+import { ControllerDb, type VdiskRow } from '../../../src/controller/db.js';
+import { MIGRATIONS, SCHEMA_VERSION, migrate, schemaVersion } from '../../../src/controller/schema.js';
 import { SegmentState } from '../../../src/table/index.js';
 import { CA, MiB, tempDir } from './helpers.js';
 

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { Admin } from '../../../src/controller/admin.js';
 import type { AgentCall } from '../../../src/controller/agent-link.js';
 import { ControllerDb } from '../../../src/controller/db.js';
-import { Controller } from '../../../src/controller/service.js';
+import { Controller } from '../../../src/controller/controller.js';
 import { SegmentState } from '../../../src/table/index.js';
 import { EncodedMessage, agentServiceDefinition } from '../../../src/wire/grpc.js';
 import type { AgentMessage, ControllerMessage } from '../../../src/wire/proto-types.js';
@@ -60,7 +60,7 @@ describe('controller: a table delta goes to every holder encoded once', () => {
     for (const n of ['a1', 'a2', 'a3']) admin.AddExport({ vdisk: 'd', agent: n });
     // a1 and a2 ack the whole table; a3 does not, but was sent version 1 too, so it is in step.
     for (const c of calls.slice(0, 2)) c.say({ body: 'tableAck', tableAck: { vdiskId: v.id, version: 1 } });
-    const r1 = ctrl.commitAndSend(v.id, (cx) => cx.set(2, SegmentState.Invalid, null));
+    const r1 = ctrl.tables.commitAndSend(v.id, (cx) => cx.set(2, SegmentState.Invalid, null));
     expect(r1?.version).to.equal(2);
     const deltas = calls.map((c) => c.written.at(-1));
     expect(deltas[0]).to.be.instanceOf(EncodedMessage);
@@ -72,9 +72,9 @@ describe('controller: a table delta goes to every holder encoded once', () => {
       tableDelta: { vdiskId: v.id, fromVersion: 1, toVersion: 2, segmentCount: 4, extents: [{ first: 2, count: 1, state: SegmentState.Invalid, container: '', offset: 0 }] },
     });
     // a3 misses version 2 (say its stream lost it): the next change sends it the whole table, the others a delta.
-    ctrl.link('a3')!.noteSent(v.id, 1, false);
+    ctrl.agents.link('a3')!.noteSent(v.id, 1, false);
     const before = calls.map((c) => c.written.length);
-    const r2 = ctrl.commitAndSend(v.id, (cx) => cx.set(2, SegmentState.Zero, null));
+    const r2 = ctrl.tables.commitAndSend(v.id, (cx) => cx.set(2, SegmentState.Zero, null));
     expect(r2?.version).to.equal(3);
     const sent = calls.map((c, i) => c.written.slice(before[i]));
     expect(sent[0]).to.have.length(1);

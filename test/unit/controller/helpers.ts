@@ -19,7 +19,7 @@ import type {
   ZeroCommand,
 } from '../../../src/wire/proto-types.js';
 import { startController, type ControllerHandle, type StartControllerOptions } from '../../../src/controller/daemon.js';
-import { fromWireExtent } from '../../../src/controller/service.js';
+import { fromWireExtent } from '../../../src/controller/table-changes.js';
 
 export const MiB = 1 << 20;
 export const CA = 'aaaaaaaa-0000-4000-8000-00000000000a';

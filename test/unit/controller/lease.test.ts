@@ -77,7 +77,7 @@ describe('controller: agent leases (fake agents over loopback gRPC)', function (
   it('answers a first-write fault on a with WAIT while b may hold its lease, then allocates once b is silent past it', async () => {
     const { vdiskId, a, b } = await setup(LEASE_MS);
     b.close();
-    await until(() => !(ctl as Ctl).controller.onlineAgents().includes('b'), 5000, 'b to be seen disconnected');
+    await until(() => !(ctl as Ctl).controller.agents.onlineAgents().includes('b'), 5000, 'b to be seen disconnected');
 
     const from = a.received.length;
     const f = a.sendFault({ vdiskId, segment: 2, op: 1, lba: 2 * 2048, blocks: 8, state: SegmentState.Zero, tableVersion: 1 });
@@ -104,7 +104,7 @@ describe('controller: agent leases (fake agents over loopback gRPC)', function (
     const { vdiskId, a, b } = await setup(0);
     expect(a.received.find((m) => m.body === 'welcome')).to.satisfy((m: { welcome: { leaseMs: number } }) => m.welcome.leaseMs === 0);
     b.close();
-    await until(() => !(ctl as Ctl).controller.onlineAgents().includes('b'), 5000, 'b to be seen disconnected');
+    await until(() => !(ctl as Ctl).controller.agents.onlineAgents().includes('b'), 5000, 'b to be seen disconnected');
     const from = a.received.length;
     const f = a.sendFault({ vdiskId, segment: 3, op: 1, lba: 3 * 2048, blocks: 8, state: SegmentState.Zero, tableVersion: 1 });
     const wait = await f.reply(true);

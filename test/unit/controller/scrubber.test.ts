@@ -99,7 +99,7 @@ describe('controller scrubber (fake agents over loopback gRPC)', () => {
     await ctl.admin.RemoveVdisk({ name: 'd' });
     await a.next((x) => x.body === 'zeroCommand');
     a.close();
-    await until(() => ctl.controller.link('a1') === undefined, 2000, 'a1 gone');
+    await until(() => ctl.controller.agents.link('a1') === undefined, 2000, 'a1 gone');
     await sleep(100);
     expect(used(CA)).to.equal(2);
     const back = await agent('a1', [CA]);
@@ -159,20 +159,22 @@ describe('controller scrubber (queue, with a stand-in host)', () => {
     const host: ScrubHost = {
       db,
       allocator,
-      copyAgent: () => 'a1',
-      zero: (_agent, cmd) =>
-        new Promise((resolve) => {
-          out++;
-          maxOut = Math.max(maxOut, out);
-          sent.push({
-            offset: cmd.offset,
-            length: cmd.length,
-            resolve: (err) => {
-              out--;
-              resolve(err);
-            },
-          });
-        }),
+      commands: {
+        copyAgent: () => 'a1',
+        zero: (_agent, cmd) =>
+          new Promise((resolve) => {
+            out++;
+            maxOut = Math.max(maxOut, out);
+            sent.push({
+              offset: cmd.offset,
+              length: cmd.length,
+              resolve: (err) => {
+                out--;
+                resolve(err);
+              },
+            });
+          }),
+      },
     };
     expect(allocator.freeSegments(CA)).to.equal(32 - offsets.length);
     const s = new Scrubber(host, { maxInFlight: 2, maxCommandBytes: 4 * MiB });
@@ -203,10 +205,12 @@ describe('controller scrubber (queue, with a stand-in host)', () => {
     const host: ScrubHost = {
       db,
       allocator,
-      copyAgent: () => 'a1',
-      zero: (_agent, cmd) => {
-        sent.push([cmd.offset / MiB, cmd.length / MiB]);
-        return Promise.resolve(null);
+      commands: {
+        copyAgent: () => 'a1',
+        zero: (_agent, cmd) => {
+          sent.push([cmd.offset / MiB, cmd.length / MiB]);
+          return Promise.resolve(null);
+        },
       },
     };
     const s = new Scrubber(host);

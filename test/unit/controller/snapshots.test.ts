@@ -238,7 +238,7 @@ describe('controller snapshots, clones and copy-on-write', () => {
   it('refuses a snapshot while an exporting agent is offline, or with error segments', async () => {
     const { as } = await setup(['a1', 'a2']);
     as[1]!.close();
-    await until(() => ctl.controller.link('a2') === undefined, 2000, 'a2 offline');
+    await until(() => ctl.controller.agents.link('a2') === undefined, 2000, 'a2 offline');
     const err = await ctl.admin.SnapshotVdisk({ vdisk: 'd', name: 's1' }).catch((e: AdminError) => e);
     expect((err as AdminError).code).to.equal(grpc.status.FAILED_PRECONDITION);
     expect((err as Error).message).to.match(/agent a2 exports it but is offline/);

@@ -8,7 +8,7 @@ import { CA, CB, FakeAgent, MiB, containerRef, sleep, startTestController, until
 
 type Ctl = Awaited<ReturnType<typeof startTestController>>;
 
-describe('controller service (fake agents over loopback gRPC)', () => {
+describe('controller (fake agents over loopback gRPC)', () => {
   let ctl: Ctl;
   const agents: FakeAgent[] = [];
 

@@ -1,0 +1,349 @@
+// The agent registry: who is connected (one AgentLink per agent name), the
+// AgentService stream handler (connect, register, heartbeats, disconnect),
+// and leases: how long an agent that is away may still be serving its
+// tables. Register and heartbeats are handled here; every other message
+// goes to its owner through AgentMessageHandlers (wired in controller.ts).
+
+import type * as grpc from '@grpc/grpc-js';
+import type {
+  AgentMessage,
+  ContainerRef,
+  CopyDone,
+  Fault,
+  MalformedMessage,
+  Register,
+  Release,
+  TableAck,
+  TableRequest,
+} from '../wire/proto-types.js';
+import { log } from '../util/log.js';
+import type { ControllerDb } from './db.js';
+import { AgentLink, type AgentCall } from './agent-link.js';
+import type { WriteBehind } from './write-behind.js';
+
+/**
+ * Agent lease. At least four heartbeat intervals (2 s), so a late answer or
+ * two never costs a healthy agent its lease; and lease plus margin (9 s)
+ * below the 10 s hold timeout, so a first write held on a surviving agent
+ * when another exporter dies is answered within one hold, not failed with
+ * 02/04/0A. Not shorter, because an agent cut off from the controller (or a
+ * controller restart) stops serving zero and no-write segments after it.
+ */
+export const DEFAULT_LEASE_MS = 8000;
+/**
+ * The agent's lease starts when it sent the heartbeat the controller
+ * answered, which is before the controller heard it, so network delay is
+ * already on the safe side; the margin covers clock rate differences and a
+ * busy event loop on the agent.
+ */
+export const DEFAULT_LEASE_MARGIN_MS = 1000;
+
+export const AGENT_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
+
+/** What the registry tells agents in Welcome, and the lease it grants. */
+export interface AgentRegistrySettings {
+  controllerId: string;
+  heartbeatIntervalMs: number;
+  ackTimeoutMs: number;
+  holdTimeoutMs: number;
+  /** 0 = no lease: a disconnected exporter blocks table changes until it is back. */
+  leaseMs: number;
+  leaseMarginMs: number;
+}
+
+/** Where the messages the registry does not handle itself go. */
+export interface AgentMessageHandlers {
+  /** An agent registered and was welcomed; `haveVersions` are the table versions it kept. */
+  registered(link: AgentLink, haveVersions: ReadonlyMap<string, number>): void;
+  /** A link is gone (its stream ended, or the controller is shutting down). */
+  disconnected(link: AgentLink): void;
+  tableAck(link: AgentLink, a: TableAck): void;
+  tableRequest(link: AgentLink, r: TableRequest): void;
+  fault(link: AgentLink, f: Fault): void;
+  copyDone(link: AgentLink, d: CopyDone): void;
+  release(link: AgentLink, r: Release): void;
+}
+
+/** Exporters away whose lease may still let them serve zero and no-write segments, and how long until it surely has not. */
+export interface ExportersInLease {
+  agents: string[];
+  /** Infinity when no lease is granted. */
+  waitMs: number;
+}
+
+export class AgentRegistry {
+  readonly #db: ControllerDb;
+  readonly #writeBehind: WriteBehind;
+  readonly #settings: AgentRegistrySettings;
+  readonly #handlers: AgentMessageHandlers;
+  /** performance.now() of the last message from each agent (lease accounting). */
+  readonly #lastHeard = new Map<string, number>();
+  /** performance.now() when the controller last answered a heartbeat of each agent (its lease runs from before then). */
+  readonly #lastAnswered = new Map<string, number>();
+  /** Agents may hold leases granted before this controller started (an earlier run): count them from here. */
+  readonly #startedAt = performance.now();
+  /** Registered links by agent name (the newest stream of each). */
+  readonly #links = new Map<string, AgentLink>();
+  /** Every open stream, registered or not. */
+  readonly #allLinks = new Set<AgentLink>();
+
+  constructor(db: ControllerDb, writeBehind: WriteBehind, settings: AgentRegistrySettings, handlers: AgentMessageHandlers) {
+    this.#db = db;
+    this.#writeBehind = writeBehind;
+    this.#settings = settings;
+    this.#handlers = handlers;
+  }
+
+  get leaseMs(): number {
+    return this.#settings.leaseMs;
+  }
+
+  link(agent: string): AgentLink | undefined {
+    const l = this.#links.get(agent);
+    return l && !l.closed ? l : undefined;
+  }
+
+  onlineAgents(): string[] {
+    return [...this.#links.values()].filter((l) => !l.closed).map((l) => l.name as string);
+  }
+
+  /** Connected links holding a table of this vdisk (fenced or not). */
+  holders(vdiskId: string): AgentLink[] {
+    const out: AgentLink[] = [];
+    for (const l of this.#links.values()) if (!l.closed && l.held(vdiskId) !== undefined) out.push(l);
+    return out;
+  }
+
+  /**
+   * The one link that must install a new version of this vdisk before any
+   * I/O may act on it, or null when that is not exactly one connected agent
+   * (several holders, or an exporter away whose lease still lets it serve
+   * zero and no-write segments). A fenced holder does not count: it serves
+   * no segment of the vdisk until it has a whole table.
+   */
+  soleHolder(vdiskId: string): AgentLink | null {
+    let sole: AgentLink | null = null;
+    for (const l of this.holders(vdiskId)) {
+      if (l.held(vdiskId)?.fenced === true) continue;
+      if (sole !== null) return null;
+      sole = l;
+    }
+    if (sole === null || this.exportersInLease(vdiskId).agents.length > 0) return null;
+    return sole;
+  }
+
+  /**
+   * Agents that export this vdisk but are not connected. Such an agent keeps
+   * serving the table it holds and can be neither told of a change nor
+   * fenced, so a change it would not see must wait until it is back.
+   */
+  unreachableExporters(vdiskId: string): string[] {
+    return this.#db
+      .exportsOfVdisk(vdiskId)
+      .map((e) => e.agent)
+      .filter((a) => this.link(a) === undefined);
+  }
+
+  /**
+   * Exporters of this vdisk that are not connected and may still serve its
+   * zero and no-write segments from their old table: their lease (counted
+   * from the last message heard from them, plus the margin) has not run out.
+   * A table change those segments depend on (allocation, copy-on-write) must
+   * wait `waitMs` for them; Infinity when no lease is granted.
+   */
+  exportersInLease(vdiskId: string): ExportersInLease {
+    const away = this.unreachableExporters(vdiskId);
+    if (away.length === 0) return { agents: [], waitMs: 0 };
+    const { leaseMs, leaseMarginMs } = this.#settings;
+    if (leaseMs <= 0) return { agents: away, waitMs: Number.POSITIVE_INFINITY };
+    const now = performance.now();
+    let waitMs = 0;
+    const agents: string[] = [];
+    for (const a of away) {
+      const left = Math.max(this.#lastHeard.get(a) ?? this.#startedAt, this.#startedAt) + leaseMs + leaseMarginMs - now;
+      if (left <= 0) continue;
+      agents.push(a);
+      waitMs = Math.max(waitMs, left);
+    }
+    return { agents, waitMs: Math.ceil(waitMs) };
+  }
+
+  /**
+   * performance.now() at which the agent's lease has surely run out: lease
+   * plus margin after the controller last answered one of its heartbeats
+   * (on any stream), counting from this controller's start at the earliest.
+   */
+  leaseEnd(agent: string): number {
+    return Math.max(this.#lastAnswered.get(agent) ?? this.#startedAt, this.#startedAt) + this.#settings.leaseMs + this.#settings.leaseMarginMs;
+  }
+
+  // ---- the stream ----
+
+  /** AgentService.Connect handler. */
+  connect(call: AgentCall): void {
+    const link = new AgentLink(call);
+    this.#allLinks.add(link);
+    call.on('data', (m: AgentMessage | MalformedMessage) => {
+      try {
+        this.#dispatch(link, m);
+      } catch (err) {
+        log.error(`message from ${link.label} failed`, { body: m.body, error: (err as Error).message });
+        link.sendError(`${m.body}: ${(err as Error).message}`);
+      }
+    });
+    const gone = (why: string) => () => this.#disconnected(link, why);
+    call.on('end', () => {
+      gone('stream ended')();
+      try {
+        call.end();
+      } catch {
+        // already closed
+      }
+    });
+    call.on('error', (err: grpc.ServiceError) => gone(`stream error: ${err.message}`)());
+    call.on('close', gone('stream closed'));
+    call.on('cancelled', gone('stream cancelled'));
+  }
+
+  /** Ends every agent stream (controller shutdown). */
+  close(): void {
+    for (const l of this.#allLinks) {
+      l.close('controller shutting down');
+      this.#handlers.disconnected(l);
+    }
+    this.#allLinks.clear();
+    this.#links.clear();
+  }
+
+  #disconnected(link: AgentLink, why: string): void {
+    if (link.closed && !this.#allLinks.has(link)) return;
+    this.#allLinks.delete(link);
+    link.markClosed();
+    this.#handlers.disconnected(link);
+    if (link.name !== null && this.#links.get(link.name) === link) {
+      this.#links.delete(link.name);
+      log.info(`agent ${link.name} disconnected: ${why}`);
+      this.#db.event('agent', link.name, `disconnected: ${why}`);
+    }
+  }
+
+  #dispatch(link: AgentLink, m: AgentMessage | MalformedMessage): void {
+    if (m.body === 'malformed') {
+      log.error(`malformed message from ${link.label}: ${m.reason}`);
+      link.sendError(`malformed message: ${m.reason}`);
+      return;
+    }
+    if (link.name !== null && !link.closed) this.#lastHeard.set(link.name, performance.now());
+    if (m.body !== 'register' && link.name === null) {
+      log.error(`${link.label} sent ${m.body} before register`);
+      link.sendError(`${m.body} before register: send register first`, true);
+      link.close('protocol error: register first');
+      return;
+    }
+    const to = this.#handlers;
+    switch (m.body) {
+      case 'register':
+        this.#onRegister(link, m.register);
+        return;
+      case 'heartbeat': {
+        const name = link.name as string;
+        this.#writeBehind.once(`seen ${name}`, () => this.#db.touchAgent(name));
+        // The answer renews the agent's lease (from when it sent this heartbeat).
+        // None while a vdisk of it is fenced: its lease must run out even when
+        // the stream looks open, since table changes wait for that (TableChanges.awaitAcks).
+        if (this.#settings.leaseMs > 0 && !isFenced(link)) {
+          this.#lastAnswered.set(name, performance.now());
+          link.send({ body: 'heartbeatReply', heartbeatReply: { seq: m.heartbeat.seq } });
+        }
+        return;
+      }
+      case 'tableAck':
+        to.tableAck(link, m.tableAck);
+        return;
+      case 'tableRequest':
+        to.tableRequest(link, m.tableRequest);
+        return;
+      case 'fault':
+        to.fault(link, m.fault);
+        return;
+      case 'copyDone':
+        to.copyDone(link, m.copyDone);
+        return;
+      case 'release':
+        to.release(link, m.release);
+        return;
+      default: {
+        const body: string = (m as { body: string }).body;
+        log.error(`unknown message ${body} from ${link.label}`);
+        link.sendError(`unknown message ${body}`);
+      }
+    }
+  }
+
+  #onRegister(link: AgentLink, r: Register): void {
+    if (link.name !== null) {
+      link.sendError(`already registered as ${link.name}`);
+      return;
+    }
+    if (!AGENT_NAME_RE.test(r.agentName)) {
+      log.error(`register refused: bad agent name "${r.agentName}" from ${link.peer}`);
+      link.close(`bad agent name "${r.agentName}": use 1-64 of A-Z a-z 0-9 . _ -`);
+      return;
+    }
+    const old = this.#links.get(r.agentName);
+    if (old && !old.closed) {
+      log.warn(`agent ${r.agentName} reconnected from ${link.peer}; closing its old stream from ${old.peer}`);
+      old.close('replaced by a newer connection of the same agent');
+      this.#disconnected(old, 'replaced');
+    }
+    const accepted: { id: string; path: string }[] = [];
+    const rejected: string[] = [];
+    for (const c of r.containers) {
+      const why = this.#checkClaim(c);
+      if (why === null) accepted.push({ id: c.id, path: c.path });
+      else rejected.push(why);
+    }
+    for (const why of rejected) {
+      log.error(`agent ${r.agentName}: ${why}`);
+      link.sendError(why);
+    }
+    link.name = r.agentName;
+    if (r.tableRuns === true) link.readsTableRuns = true;
+    this.#links.set(r.agentName, link);
+    this.#lastHeard.set(r.agentName, performance.now());
+    this.#db.registerAgent(r.agentName, r.portals, accepted);
+    this.#db.event('agent', r.agentName, `registered from ${link.peer} with ${accepted.length} containers`);
+    log.info(`agent ${r.agentName} registered from ${link.peer}`, { portals: r.portals, containers: accepted.length, rejected: rejected.length });
+    const s = this.#settings;
+    link.send({
+      body: 'welcome',
+      welcome: {
+        controllerId: s.controllerId,
+        agentName: r.agentName,
+        heartbeatIntervalMs: s.heartbeatIntervalMs,
+        ackTimeoutMs: s.ackTimeoutMs,
+        holdTimeoutMs: s.holdTimeoutMs,
+        rejectedContainers: rejected,
+        leaseMs: s.leaseMs,
+      },
+    });
+    this.#handlers.registered(link, new Map(r.tables.map((t) => [t.vdiskId, t.version])));
+  }
+
+  /** Null when the claim matches the registered container, else why not. */
+  #checkClaim(c: ContainerRef): string | null {
+    const reg = this.#db.container(c.id);
+    if (!reg) return `container ${c.id} at ${c.path || '?'} is not registered with the controller (tabula container add)`;
+    if (reg.size !== c.size) return `container ${c.id} at ${c.path || '?'} claims size ${c.size} but is registered with size ${reg.size}`;
+    if (reg.dataOffset !== c.dataOffset) {
+      return `container ${c.id} at ${c.path || '?'} claims data offset ${c.dataOffset} but is registered with ${reg.dataOffset}`;
+    }
+    return null;
+  }
+}
+
+/** Whether a vdisk of this link is fenced (missed an ack, not yet resynced). */
+function isFenced(link: AgentLink): boolean {
+  for (const t of link.tables.values()) if (t.fenced) return true;
+  return false;
+}

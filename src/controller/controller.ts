@@ -1,0 +1,144 @@
+// The controller: builds its parts and wires them together. It owns no
+// decision itself; each job has its module:
+//
+//   agent-registry.ts  who is connected, the agent stream, heartbeats, leases
+//   table-changes.ts   commit, push, acks, fences, reclaim (the way every table change goes)
+//   exports.ts         which agents serve which vdisk, and syncing them
+//   agent-commands.ts  copy and zero commands run by agents
+//   faults.ts          what to do about each fault (its decision table)
+//   migration.ts       moving a vdisk's segments to another container
+//   scrubber.ts        zeroing freed container segments before reuse
+//   snapshots.ts       snapshots and clones (shared segments)
+//
+// The managers see the controller through narrow interfaces (FaultHost,
+// MigrationHost, SnapshotHost, ScrubHost) listing what each uses.
+
+import { randomUUID } from 'node:crypto';
+import { Allocator } from './allocator.js';
+import type { ControllerDb } from './db.js';
+import type { AgentCall } from './agent-link.js';
+import { AgentCommands } from './agent-commands.js';
+import { AgentRegistry, DEFAULT_LEASE_MARGIN_MS, DEFAULT_LEASE_MS } from './agent-registry.js';
+import { Exports } from './exports.js';
+import { FaultManager, type FaultHost } from './faults.js';
+import { MigrationManager, type MigrationHost } from './migration.js';
+import { Scrubber, type ScrubHost, type ScrubberOptions } from './scrubber.js';
+import type { SnapshotHost } from './snapshots.js';
+import { TableChanges } from './table-changes.js';
+import { WriteBehind } from './write-behind.js';
+
+export interface ControllerOptions {
+  /** How long an agent has to ack a table version before it is fenced (default 3000 ms). */
+  ackTimeoutMs?: number;
+  /** Heartbeat interval told to agents (default 2000 ms). */
+  heartbeatIntervalMs?: number;
+  /** Hold timeout told to agents (default 10000 ms, design notes §2.4). */
+  holdTimeoutMs?: number;
+  /** Agent lease told to agents (Welcome.lease_ms; default DEFAULT_LEASE_MS; 0 = none: a disconnected exporter blocks table changes until it is back). */
+  leaseMs?: number;
+  /** Added to the lease before acting without a disconnected agent (default DEFAULT_LEASE_MARGIN_MS). */
+  leaseMarginMs?: number;
+  controllerId?: string;
+  /** How freed segments are zeroed before reuse (commands in flight, retry backoff). */
+  scrub?: ScrubberOptions;
+  /** Segments of one vdisk a migration moves at once (default MIGRATION_CONCURRENCY). */
+  migrationConcurrency?: number;
+}
+
+export class Controller implements FaultHost, MigrationHost, SnapshotHost, ScrubHost {
+  readonly id: string;
+  readonly db: ControllerDb;
+  readonly allocator: Allocator;
+  /** Acked versions, the fault log and last-seen times, written off the path of the messages they follow. */
+  readonly writeBehind: WriteBehind;
+  readonly agents: AgentRegistry;
+  readonly tables: TableChanges;
+  readonly exports: Exports;
+  readonly commands: AgentCommands;
+  readonly faults: FaultManager;
+  readonly migrations: MigrationManager;
+  /** Zeroes freed container segments (through agents) before they can be allocated again. */
+  readonly scrubber: Scrubber;
+  /**
+   * Locations (locKey) being copied by a migration: faults on entries that
+   * reference them WAIT (no copy-on-write, no making them writable) until
+   * the remap is acked.
+   */
+  readonly migrating = new Set<string>();
+  #closed = false;
+
+  constructor(db: ControllerDb, opts: ControllerOptions = {}) {
+    this.db = db;
+    this.id = opts.controllerId ?? randomUUID();
+    const ackTimeoutMs = opts.ackTimeoutMs ?? 3000;
+    this.writeBehind = new WriteBehind(db);
+    this.allocator = new Allocator(db);
+    // The registry hands each message to the part that owns it.
+    this.agents = new AgentRegistry(
+      db,
+      this.writeBehind,
+      {
+        controllerId: this.id,
+        heartbeatIntervalMs: opts.heartbeatIntervalMs ?? 2000,
+        ackTimeoutMs,
+        holdTimeoutMs: opts.holdTimeoutMs ?? 10_000,
+        leaseMs: opts.leaseMs ?? DEFAULT_LEASE_MS,
+        leaseMarginMs: opts.leaseMarginMs ?? DEFAULT_LEASE_MARGIN_MS,
+      },
+      {
+        registered: (link, have) => {
+          this.exports.resync(link, have);
+          // Freed space on containers this agent reaches may be waiting for it.
+          this.scrubber.kick();
+        },
+        disconnected: (link) => {
+          this.faults.dropLink(link);
+          this.commands.linkGone(link);
+        },
+        tableAck: (link, a) => this.tables.onAck(link, a),
+        tableRequest: (link, r) => this.exports.onTableRequest(link, r),
+        fault: (link, f) => this.faults.handle(link, f),
+        copyDone: (link, d) => this.commands.onDone(link, d),
+        release: (link, r) => this.tables.onRelease(link, r),
+      },
+    );
+    // A settled change (or an agent back with the current table) lets held faults act.
+    const settled = (vdiskId: string): void => this.faults.onTableChanged(vdiskId);
+    this.tables = new TableChanges(db, this.allocator, this.writeBehind, this.agents, ackTimeoutMs, {
+      migrating: this.migrating,
+      scrub: (locs) => this.scrubber.add(locs),
+      settled,
+    });
+    this.exports = new Exports(db, this.agents, this.tables, ackTimeoutMs, settled);
+    this.commands = new AgentCommands(db, this.agents);
+    this.faults = new FaultManager(this);
+    // Writes held on a location that leaves `migrating` look again.
+    this.migrations = new MigrationManager(this, settled, opts.migrationConcurrency);
+    this.scrubber = new Scrubber(this, opts.scrub);
+    this.allocator.scrubSink = (locs) => this.scrubber.add(locs);
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** AgentService.Connect handler. */
+  connect(call: AgentCall): void {
+    this.agents.connect(call);
+  }
+
+  /** Ends every agent stream (controller shutdown). */
+  close(): void {
+    if (this.#closed) return;
+    this.writeBehind.flush();
+    this.#closed = true;
+    this.tables.close();
+    this.migrations.stopAll();
+    this.scrubber.stop();
+    this.commands.close();
+    // Drops the faults each agent had waiting.
+    this.agents.close();
+    // The faults just dropped, while the database is still open.
+    this.writeBehind.flush();
+  }
+}

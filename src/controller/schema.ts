@@ -1,0 +1,172 @@
+// The controller database's schema: its tables as a list of migrations
+// (schema versions), and the one function that brings a database file up
+// to the version this build runs. A new database gets every migration in
+// order; one written by an older tabula gets those it lacks. What each
+// table holds, and why it is stored that way, is in db.ts.
+//
+// A migration is never edited once released: a change to the schema is a
+// new migration at the end of MIGRATIONS.
+
+import type Database from 'better-sqlite3';
+
+export type Sql = Database.Database;
+
+/** Schema migrations in order; migration i brings the schema to version i+1. */
+export const MIGRATIONS: readonly ((db: Sql) => void)[] = [
+  (db) => {
+    db.exec(`
+      CREATE TABLE containers (
+        id TEXT PRIMARY KEY,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL CHECK (size > 0),
+        data_offset INTEGER NOT NULL CHECK (data_offset >= 0),
+        segment_size INTEGER NOT NULL CHECK (segment_size > 0),
+        segments_total INTEGER NOT NULL CHECK (segments_total >= 0),
+        state TEXT NOT NULL DEFAULT 'online' CHECK (state IN ('online', 'draining', 'failed')),
+        added TEXT NOT NULL
+      );
+      CREATE TABLE vdisks (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL CHECK (size >= 0),
+        block_size INTEGER NOT NULL,
+        segment_size INTEGER NOT NULL,
+        segment_count INTEGER NOT NULL CHECK (segment_count >= 0),
+        thin INTEGER NOT NULL DEFAULT 1,
+        version INTEGER NOT NULL DEFAULT 1,
+        created TEXT NOT NULL
+      );
+      CREATE TABLE segments (
+        vdisk_id TEXT NOT NULL REFERENCES vdisks(id) ON DELETE CASCADE,
+        seg INTEGER NOT NULL CHECK (seg >= 0),
+        state INTEGER NOT NULL CHECK (state BETWEEN 0 AND 4),
+        container_id TEXT REFERENCES containers(id),
+        offset INTEGER,
+        PRIMARY KEY (vdisk_id, seg),
+        CHECK ((container_id IS NULL) = (offset IS NULL))
+      ) WITHOUT ROWID;
+      CREATE INDEX segments_by_location ON segments (container_id, offset) WHERE container_id IS NOT NULL;
+      CREATE TABLE container_segments (
+        container_id TEXT NOT NULL REFERENCES containers(id),
+        offset INTEGER NOT NULL CHECK (offset >= 0),
+        refcount INTEGER NOT NULL CHECK (refcount >= 0),
+        release_vdisk TEXT,
+        release_version INTEGER,
+        PRIMARY KEY (container_id, offset)
+      ) WITHOUT ROWID;
+      CREATE INDEX container_segments_releasing ON container_segments (release_vdisk) WHERE refcount = 0;
+      CREATE TABLE agents (
+        name TEXT PRIMARY KEY,
+        portals TEXT NOT NULL DEFAULT '[]',
+        last_seen TEXT NOT NULL,
+        registered TEXT NOT NULL
+      );
+      CREATE TABLE agent_containers (
+        agent TEXT NOT NULL REFERENCES agents(name) ON DELETE CASCADE,
+        container_id TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        PRIMARY KEY (agent, container_id)
+      ) WITHOUT ROWID;
+      CREATE TABLE exports (
+        vdisk_id TEXT NOT NULL REFERENCES vdisks(id),
+        agent TEXT NOT NULL REFERENCES agents(name),
+        target_iqn TEXT NOT NULL,
+        lun INTEGER NOT NULL CHECK (lun BETWEEN 0 AND 16383),
+        read_only INTEGER NOT NULL DEFAULT 0,
+        acked_version INTEGER NOT NULL DEFAULT 0,
+        fenced INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (vdisk_id, agent),
+        UNIQUE (agent, target_iqn, lun)
+      );
+      CREATE TABLE faults (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        vdisk_id TEXT NOT NULL,
+        segment INTEGER NOT NULL,
+        op TEXT NOT NULL,
+        lba INTEGER NOT NULL,
+        blocks INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        table_version INTEGER NOT NULL,
+        outcome TEXT NOT NULL DEFAULT 'pending',
+        detail TEXT NOT NULL DEFAULT ''
+      );
+      CREATE INDEX faults_by_vdisk ON faults (vdisk_id, id);
+      CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL DEFAULT '',
+        message TEXT NOT NULL
+      );
+    `);
+  },
+  // Snapshots, clones and migrations.
+  (db) => {
+    db.exec(`
+      ALTER TABLE vdisks ADD COLUMN kind TEXT NOT NULL DEFAULT 'vdisk' CHECK (kind IN ('vdisk', 'snapshot'));
+      ALTER TABLE vdisks ADD COLUMN parent_id TEXT;
+      CREATE TABLE migrations (
+        vdisk_id TEXT PRIMARY KEY REFERENCES vdisks(id) ON DELETE CASCADE,
+        to_container TEXT,
+        from_container TEXT,
+        state TEXT NOT NULL CHECK (state IN ('running', 'done', 'cancelled', 'failed')),
+        segments_total INTEGER NOT NULL DEFAULT 0,
+        segments_done INTEGER NOT NULL DEFAULT 0,
+        bytes_done INTEGER NOT NULL DEFAULT 0,
+        started TEXT NOT NULL,
+        updated TEXT NOT NULL,
+        finished TEXT,
+        error TEXT NOT NULL DEFAULT '',
+        CHECK (to_container IS NOT NULL OR from_container IS NOT NULL)
+      );
+    `);
+  },
+  // Scrub before reuse: a freed location stays allocated, marked scrub,
+  // until an agent has zeroed it (a scrub row can never be referenced).
+  (db) => {
+    db.exec(`
+      ALTER TABLE container_segments ADD COLUMN scrub INTEGER NOT NULL DEFAULT 0
+        CHECK (scrub IN (0, 1) AND (scrub = 0 OR refcount = 0));
+      CREATE INDEX container_segments_scrub ON container_segments (container_id, offset) WHERE scrub = 1;
+    `);
+  },
+  // Initiator ACLs per export (JSON array of IQNs; [] = any initiator).
+  (db) => {
+    db.exec(`ALTER TABLE exports ADD COLUMN allowed_initiators TEXT NOT NULL DEFAULT '[]'`);
+  },
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/** Reads the schema version; 0 for a new database. */
+export function schemaVersion(db: Sql): number {
+  db.exec('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)');
+  const row = db.prepare('SELECT version FROM schema_version').get() as { version: number } | undefined;
+  return row?.version ?? 0;
+}
+
+/** The schema version stored in a database opened read-only (nothing is created); undefined when there is none. */
+export function storedSchemaVersion(db: Sql): number | undefined {
+  return db.prepare('SELECT version FROM schema_version').pluck().get() as number | undefined;
+}
+
+/** Applies the migrations the database lacks, each in its own transaction. */
+export function migrate(db: Sql, migrations: readonly ((db: Sql) => void)[] = MIGRATIONS): number {
+  let v = schemaVersion(db);
+  if (v > migrations.length) {
+    throw new Error(`database schema version ${v} is newer than this controller understands (${migrations.length}); upgrade tabula`);
+  }
+  while (v < migrations.length) {
+    const step = migrations[v] as (db: Sql) => void;
+    const target = v + 1;
+    db.transaction(() => {
+      step(db);
+      db.prepare('DELETE FROM schema_version').run();
+      db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(target);
+    })();
+    v = target;
+  }
+  return v;
+}
