@@ -11,7 +11,7 @@ import { initContainer } from '../../../src/container/init.js';
 import { startController, type ControllerHandle } from '../../../src/controller/daemon.js';
 import { SegmentState } from '../../../src/table/index.js';
 import type { RawInitiator } from '../../support/raw-initiator.js';
-import { loginTo, read10, until, write10 } from '../agent-daemon/helpers.js';
+import { loginTo, read10, until, write10 } from '../agent/rig.js';
 import { valueOf } from './exposition.js';
 import { metrics, untilValue } from './scrape.js';
 

@@ -7,7 +7,7 @@ import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { runZero } from '../../../src/agent/zero.js';
 import { MapResolver, type ContainerDriver } from '../../../src/container/driver.js';
 import { FakeController } from './fake-controller.js';
-import { CONTAINER_ID, DATA_OFFSET, SEG, startRig, type Rig } from './helpers.js';
+import { CONTAINER_ID, DATA_OFFSET, SEG, startRig, type Rig } from './rig.js';
 
 /** Container file bytes at a data-area offset, read straight from the file. */
 function readData(path: string, offset: number, length: number): Buffer {

@@ -7,7 +7,7 @@ import type { VdiskDevice } from '../../../src/agent/vdisk-device.js';
 import { SegmentState } from '../../../src/table/index.js';
 import type { TableFull, WireExtent } from '../../../src/wire/proto-types.js';
 import { FakeController, type FakeStream } from './fake-controller.js';
-import { BPS, BS, CONTAINER_ID, DATA_OFFSET, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, read10, startRig, zero, type Rig } from './helpers.js';
+import { BPS, BS, CONTAINER_ID, DATA_OFFSET, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, read10, startRig, zero, type Rig } from './rig.js';
 import type { RawInitiator } from '../../support/raw-initiator.js';
 
 const BIG_ID = '7e000000-1111-4222-8333-444455556666';

@@ -25,7 +25,7 @@ import {
   write10,
   zero,
   type Rig,
-} from './helpers.js';
+} from './rig.js';
 import type { RawInitiator } from '../../support/raw-initiator.js';
 
 function readContainer(path: string, offset: number, length: number): Buffer {
