@@ -6,7 +6,8 @@
 // old or its new contents.
 import { expect } from 'chai';
 import { requireTools } from '../support/tools.js';
-import { iqnOf, useCluster, waitFor } from './cluster.js';
+import { iqnOf, useCluster } from './cluster.js';
+import { waitFor } from '../support/process.js';
 import { readP, writeP } from './clients.js';
 import { GOOD, LunSession, describeIo, pattern } from './scsi-client.js';
 import { check } from './table.js';

@@ -11,25 +11,17 @@ import { truncateSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { requireTools } from '../support/tools.js';
-import { describeRun, type RunResult } from '../support/bounded-run.js';
+import type { RunResult } from '../support/bounded-run.js';
 import { AgentServiceClient } from '../../src/wire/grpc.js';
 import type { ControllerMessage, MalformedMessage } from '../../src/wire/proto-types.js';
-import { LOOPBACK, useCluster, type Cluster } from './cluster.js';
+import { useCluster, type Cluster } from './cluster.js';
+import { LOOPBACK } from '../support/process.js';
+import { expectOneLineError } from '../support/tabula-process.js';
 import { readP, writeP } from './clients.js';
 import { check } from './table.js';
 
 const MiB = 1 << 20;
 const VDISK = 'bad';
-
-/** Failed (not by timing out), with one line on stderr starting `tabula: ` and matching `re`. */
-function expectOneLineError(r: RunResult, re: RegExp): void {
-  expect(r.timedOut, describeRun(r)).to.equal(false);
-  expect(r.exitCode, describeRun(r)).to.be.a('number').and.not.equal(0);
-  const lines = r.stderr.split('\n').filter((l) => l !== '');
-  expect(lines, `stderr of ${r.command}`).to.have.lengthOf(1);
-  expect(lines[0]).to.match(/^tabula: /);
-  expect(lines[0]).to.match(re);
-}
 
 /** The controller answers the admin API and the agent still serves the data written in setup. */
 async function stillHealthy(c: Cluster): Promise<void> {

@@ -6,7 +6,8 @@
 // `tabula check` passes.
 import { expect } from 'chai';
 import { requireTools } from '../support/tools.js';
-import { iqnOf, useCluster, waitFor } from './cluster.js';
+import { iqnOf, useCluster } from './cluster.js';
+import { waitFor } from '../support/process.js';
 import { readP, writeP } from './clients.js';
 import { CHECK_CONDITION, GOOD, LunSession, describeIo, pattern, senseText, type IoResult } from './scsi-client.js';
 import { STATE, check, segments, table } from './table.js';

@@ -9,7 +9,8 @@
 import { expect } from 'chai';
 import { DEFAULT_LEASE_MARGIN_MS, DEFAULT_LEASE_MS } from '../../src/controller/service.js';
 import { requireTools } from '../support/tools.js';
-import { iqnOf, sleep, useCluster, waitFor } from './cluster.js';
+import { iqnOf, useCluster } from './cluster.js';
+import { sleep, waitFor } from '../support/process.js';
 import { readP, writeP } from './clients.js';
 import { CuttableProxy } from './proxy.js';
 import { GOOD, LunSession, describeIo, pattern, type IoResult } from './scsi-client.js';

@@ -11,7 +11,8 @@
 // released.
 import { expect } from 'chai';
 import { requireTools } from '../support/tools.js';
-import { iqnOf, sleep, useCluster, waitFor } from './cluster.js';
+import { iqnOf, useCluster } from './cluster.js';
+import { sleep, waitFor } from '../support/process.js';
 import { readP, writeP } from './clients.js';
 import { CuttableProxy } from './proxy.js';
 import { GOOD, LunSession, describeIo, pattern } from './scsi-client.js';

@@ -4,11 +4,12 @@
 // space takes writes. Shrinking needs --force and an unexported vdisk.
 import { expect } from 'chai';
 import { requireTools } from '../support/tools.js';
-import { iqnOf, useCluster, waitFor } from './cluster.js';
+import { iqnOf, useCluster } from './cluster.js';
+import { waitFor } from '../support/process.js';
 import { readP, writeP } from './clients.js';
 import { CHECK_CONDITION, GOOD, LunSession, describeIo, senseText } from './scsi-client.js';
 import { check } from './table.js';
-import { expectOneLineError } from '../cli/harness.js';
+import { expectOneLineError } from '../support/tabula-process.js';
 
 const MiB = 1 << 20;
 const VDISK = 'grow';

@@ -5,7 +5,8 @@
 // state, on the wire and in `tabula fault ls`.
 import { expect } from 'chai';
 import { requireTools } from '../support/tools.js';
-import { iqnOf, sleep, useCluster } from './cluster.js';
+import { iqnOf, useCluster } from './cluster.js';
+import { sleep } from '../support/process.js';
 import { readP, writeP } from './clients.js';
 import { CHECK_CONDITION, LunSession, describeIo, pattern, senseText, type IoResult } from './scsi-client.js';
 import { STATE, check, faults, segments, table } from './table.js';

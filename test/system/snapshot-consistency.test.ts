@@ -12,7 +12,8 @@
 import { expect } from 'chai';
 import { performance } from 'node:perf_hooks';
 import { requireTools } from '../support/tools.js';
-import { iqnOf, sleep, useCluster } from './cluster.js';
+import { iqnOf, useCluster } from './cluster.js';
+import { sleep } from '../support/process.js';
 import { writeP } from './clients.js';
 import { GOOD, LunSession, describeIo, pattern } from './scsi-client.js';
 import { check } from './table.js';

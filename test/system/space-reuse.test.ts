@@ -5,7 +5,8 @@
 // The container is made so small that every allocation has to reuse space.
 import { expect } from 'chai';
 import { requireTools } from '../support/tools.js';
-import { iqnOf, useCluster, waitFor } from './cluster.js';
+import { iqnOf, useCluster } from './cluster.js';
+import { waitFor } from '../support/process.js';
 import { readP, writeP } from './clients.js';
 import { LunSession, describeIo } from './scsi-client.js';
 import { STATE, check, containerSegmentsUsed, segments, table } from './table.js';
