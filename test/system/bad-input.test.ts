@@ -62,11 +62,7 @@ describe('system: bad input', function () {
   let c0 = '';
   const cluster = useCluster('bad-input', async (c) => {
     requireTools(['timeout', 'qemu-io']);
-    await c.startController();
-    c0 = await c.addContainer('c0.img', '64MiB');
-    await Promise.all([c.startAgent('a', { containers: [c.containerGlob] }), c.cliOk(['vdisk', 'create', VDISK, '--size', '8MiB'])]);
-    await c.cliOk(['export', 'add', VDISK, '--agent', 'a']);
-    await c.waitServed(VDISK, ['a']);
+    c0 = await c.serveVdisk({ vdisk: VDISK, size: '8MiB', containerSize: '64MiB', agents: { a: {} } });
     await writeP(c.url('a', VDISK), 0x5a, 0, 2 * MiB);
   });
 

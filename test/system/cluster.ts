@@ -25,6 +25,26 @@ export interface AgentProc {
   port: number;
 }
 
+export interface AgentOptions {
+  holdTimeoutS?: number;
+  /** Its portal's port (default: the one it had, else a free one). */
+  port?: number;
+  /** HOST:PORT to reach the controller by (a proxy); default the controller's address. */
+  controller?: string;
+}
+
+/** The set-up most system tests share: see Cluster.serveVdisk. */
+export interface ServedVdisk {
+  /** A thin vdisk of this name and size. */
+  vdisk: string;
+  size: string;
+  /** The size of the one container, c0.img, every agent serves from. */
+  containerSize: string;
+  /** The agents, each with its own options, in the order they are named; every one exports the vdisk. */
+  agents: Readonly<Record<string, AgentOptions>>;
+  controller?: ControllerOptions;
+}
+
 export interface ControllerOptions {
   /** Seconds agents hold a faulted I/O before NOT READY (the daemon's default 10 when omitted). */
   holdTimeoutS?: number;
@@ -103,7 +123,7 @@ export class Cluster {
    */
   async startAgent(
     name: string,
-    opts: { containers: string[]; holdTimeoutS?: number; port?: number; /** HOST:PORT to reach the controller by (a proxy); default the controller's address. */ controller?: string },
+    opts: AgentOptions & { containers: string[] },
     lifetimeMs = 10 * 60_000,
   ): Promise<AgentProc> {
     if (this.agents.get(name)?.daemon.running) throw new Error(`agent ${name} is already running`);
@@ -180,6 +200,24 @@ export class Cluster {
       }
       return true;
     }, 300);
+  }
+
+  /**
+   * A controller, one container, the agents over it, and one thin vdisk
+   * exported (LUN 0) on every agent and served by all of them; returns the
+   * container's id.
+   */
+  async serveVdisk(s: ServedVdisk): Promise<string> {
+    await this.startController(s.controller);
+    const container = await this.addContainer('c0.img', s.containerSize);
+    const names = Object.keys(s.agents);
+    await Promise.all([
+      ...names.map((name) => this.startAgent(name, { ...s.agents[name], containers: [this.containerGlob] })),
+      this.cliOk(['vdisk', 'create', s.vdisk, '--size', s.size]),
+    ]);
+    await Promise.all(names.map((name) => this.cliOk(['export', 'add', s.vdisk, '--agent', name])));
+    await this.waitServed(s.vdisk, names);
+    return container;
   }
 
   /** Stops every daemon (SIGTERM, then SIGKILL) and removes the dir unless `keep`. */

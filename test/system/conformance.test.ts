@@ -37,15 +37,7 @@ describe('system: iscsi-test-cu against a thin table-driven vdisk (two agents)',
 
   const cluster = useCluster('conformance', async (c) => {
     requireTools(['timeout', 'stdbuf', 'iscsi-test-cu']);
-    await c.startController();
-    await c.addContainer('c0.img', '2GiB');
-    await Promise.all([
-      c.startAgent('a', { containers: [c.containerGlob] }),
-      c.startAgent('b', { containers: [c.containerGlob] }),
-      c.cliOk(['vdisk', 'create', VDISK, '--size', '1GiB']),
-    ]);
-    await Promise.all([c.cliOk(['export', 'add', VDISK, '--agent', 'a']), c.cliOk(['export', 'add', VDISK, '--agent', 'b'])]);
-    await c.waitServed(VDISK, ['a', 'b']);
+    await c.serveVdisk({ vdisk: VDISK, size: '1GiB', containerSize: '2GiB', agents: { a: {}, b: {} } });
   });
 
   before(async function () {

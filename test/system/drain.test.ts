@@ -21,12 +21,7 @@ describe('system: graceful stop of an agent (SIGTERM drains)', function () {
   this.timeout(180_000);
   const cluster = useCluster('drain', async (c) => {
     requireTools(['timeout']);
-    await c.startController({ holdTimeoutS: 60 });
-    await c.addContainer('c0.img', '64MiB');
-    await c.startAgent('a', { containers: [c.containerGlob] });
-    await c.cliOk(['vdisk', 'create', VDISK, '--size', '16MiB']);
-    await c.cliOk(['export', 'add', VDISK, '--agent', 'a']);
-    await c.waitServed(VDISK, ['a']);
+    await c.serveVdisk({ vdisk: VDISK, size: '16MiB', containerSize: '64MiB', agents: { a: {} }, controller: { holdTimeoutS: 60 } });
   });
 
   it('finishes the WRITE in flight, asks idle initiators to log out, refuses new logins and exits 0', async function () {

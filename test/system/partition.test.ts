@@ -41,16 +41,8 @@ describe('system: an agent partitioned from the controller', function () {
   let proxy: CuttableProxy | undefined;
   const cluster = useCluster('partition', async (c) => {
     requireTools(['timeout', 'qemu-io']);
-    await c.startController({ holdTimeoutS: 60 });
-    await c.addContainer('c0.img', '64MiB');
     proxy = await CuttableProxy.start(c.controllerAddress);
-    await Promise.all([
-      c.startAgent('a', { containers: [c.containerGlob], controller: proxy.address }),
-      c.startAgent('b', { containers: [c.containerGlob] }),
-      c.cliOk(['vdisk', 'create', VDISK, '--size', '16MiB']),
-    ]);
-    await Promise.all([c.cliOk(['export', 'add', VDISK, '--agent', 'a']), c.cliOk(['export', 'add', VDISK, '--agent', 'b'])]);
-    await c.waitServed(VDISK, ['a', 'b']);
+    await c.serveVdisk({ vdisk: VDISK, size: '16MiB', containerSize: '64MiB', agents: { a: { controller: proxy.address }, b: {} }, controller: { holdTimeoutS: 60 } });
     await writeP(c.url('a', VDISK), 0x21, 0, 2 * MiB);
   });
   after(async () => proxy?.close());

@@ -35,15 +35,7 @@ describe('system: online resize', function () {
   this.timeout(120_000);
   const cluster = useCluster('resize', async (c) => {
     requireTools(['timeout', 'qemu-io']);
-    await c.startController();
-    await c.addContainer('c0.img', '128MiB');
-    await Promise.all([
-      c.startAgent('a', { containers: [c.containerGlob] }),
-      c.startAgent('b', { containers: [c.containerGlob] }),
-      c.cliOk(['vdisk', 'create', VDISK, '--size', '16MiB']),
-    ]);
-    await Promise.all([c.cliOk(['export', 'add', VDISK, '--agent', 'a']), c.cliOk(['export', 'add', VDISK, '--agent', 'b'])]);
-    await c.waitServed(VDISK, ['a', 'b']);
+    await c.serveVdisk({ vdisk: VDISK, size: '16MiB', containerSize: '128MiB', agents: { a: {}, b: {} } });
   });
 
   it('grow: every connected initiator sees 06/2A/09 and READ CAPACITY(16) reports the new size', async function () {
