@@ -113,9 +113,34 @@ interface StartContext {
   opts: TargetOptions;
 }
 
-function cleanupDir(ctx: { dir: string; backingFile: string }, keepLogs: boolean): void {
-  rmSync(ctx.backingFile, { force: true });
-  if (!keepLogs) rmSync(ctx.dir, { recursive: true, force: true });
+/**
+ * The running target as tests see it; `stopProcess` stops the process, and
+ * stop() then deletes the backing file and, unless asked to keep them, the logs.
+ */
+function runningTarget(ctx: StartContext, kind: TargetKind, lun: number, logFile: string, pid: number, stopProcess: () => Promise<void>): RunningTarget {
+  const portal = `${LOOPBACK}:${ctx.port}`;
+  let stopped = false;
+  return {
+    kind,
+    url: `iscsi://${portal}/${ctx.iqn}/${lun}`,
+    host: LOOPBACK,
+    port: ctx.port,
+    portal,
+    iqn: ctx.iqn,
+    lun,
+    sizeBytes: ctx.opts.sizeBytes,
+    dir: ctx.dir,
+    backingFile: ctx.backingFile,
+    logFile,
+    pid,
+    async stop(o?: { keepLogs?: boolean }): Promise<void> {
+      if (stopped) return;
+      stopped = true;
+      await stopProcess();
+      rmSync(ctx.backingFile, { force: true });
+      if (!(o?.keepLogs ?? false)) rmSync(ctx.dir, { recursive: true, force: true });
+    },
+  };
 }
 
 // ---------------------------------------------------------------- Tabula ----
@@ -181,28 +206,10 @@ async function startTabula(ctx: StartContext): Promise<RunningTarget> {
     stdoutLog.end();
     throw err;
   }
-  let stopped = false;
-  return {
-    kind: 'tabula',
-    url: expected,
-    host: LOOPBACK,
-    port: ctx.port,
-    portal,
-    iqn: ctx.iqn,
-    lun: 0,
-    sizeBytes: ctx.opts.sizeBytes,
-    dir: ctx.dir,
-    backingFile: ctx.backingFile,
-    logFile,
-    pid: child.pid as number,
-    async stop(o?: { keepLogs?: boolean }): Promise<void> {
-      if (stopped) return;
-      stopped = true;
-      await terminate(child, 10_000);
-      stdoutLog.end();
-      cleanupDir(ctx, o?.keepLogs ?? false);
-    },
-  };
+  return runningTarget(ctx, 'tabula', 0, logFile, child.pid as number, async () => {
+    await terminate(child, 10_000);
+    stdoutLog.end();
+  });
 }
 
 // ------------------------------------------------------------------ tgtd ----
@@ -253,27 +260,7 @@ async function startTgtd(ctx: StartContext): Promise<RunningTarget> {
     await stop();
     throw err;
   }
-  let stopped = false;
-  return {
-    kind: 'tgtd',
-    url: `iscsi://${portal}/${ctx.iqn}/${TGTD_LUN}`,
-    host: LOOPBACK,
-    port: ctx.port,
-    portal,
-    iqn: ctx.iqn,
-    lun: TGTD_LUN,
-    sizeBytes: ctx.opts.sizeBytes,
-    dir: ctx.dir,
-    backingFile: ctx.backingFile,
-    logFile,
-    pid: child.pid as number,
-    async stop(o?: { keepLogs?: boolean }): Promise<void> {
-      if (stopped) return;
-      stopped = true;
-      await stop();
-      cleanupDir(ctx, o?.keepLogs ?? false);
-    },
-  };
+  return runningTarget(ctx, 'tgtd', TGTD_LUN, logFile, child.pid as number, stop);
 }
 
 /** The target's URL with CHAP credentials: iscsi://user%secret@host:port/iqn/lun. */

@@ -17,6 +17,7 @@ import { readP, writeP } from './clients.js';
 import { CuttableProxy } from './proxy.js';
 import { GOOD, LunSession, describeIo, pattern } from './scsi-client.js';
 import { STATE, check, faults, segments, table } from './table.js';
+import { unmapCdb, unmapList } from '../support/cdb.js';
 
 const MiB = 1 << 20;
 const VDISK = 'pt';
@@ -107,15 +108,7 @@ describe('system: an agent partitioned from the controller', function () {
     await waitFor('agent a offline', 20_000, async () => ((await agentOnline(c, 'a')) ? undefined : true));
     const sb = await LunSession.open(c.agent('b').portal, iqnOf(VDISK));
     try {
-      const cdb = Buffer.alloc(10);
-      cdb[0] = 0x42;
-      cdb.writeUInt16BE(24, 7);
-      const params = Buffer.alloc(24);
-      params.writeUInt16BE(22, 0);
-      params.writeUInt16BE(16, 2);
-      params.writeBigUInt64BE(0n, 8);
-      params.writeUInt32BE(BLOCKS_PER_SEG, 16);
-      const r = await sb.command(cdb, { write: params, timeoutMs: 90_000 });
+      const r = await sb.command(unmapCdb(24), { write: unmapList(0, BLOCKS_PER_SEG), timeoutMs: 90_000 });
       expect(describeIo(r)).to.equal('GOOD');
     } finally {
       sb.close();

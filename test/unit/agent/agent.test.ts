@@ -1,5 +1,4 @@
 import { expect } from 'chai';
-import { openSync, readSync, closeSync, writeSync } from 'node:fs';
 import { FaultAction } from '../../../src/wire/proto-types.js';
 import { IoOp, SegmentState } from '../../../src/table/index.js';
 import { FakeController, type FakeStream } from './fake-controller.js';
@@ -25,45 +24,11 @@ import {
   write10,
   zero,
   type Rig,
+  readContainer,
+  writeContainer,
 } from './rig.js';
 import type { RawInitiator } from '../../support/raw-initiator.js';
-
-function readContainer(path: string, offset: number, length: number): Buffer {
-  const fd = openSync(path, 'r');
-  try {
-    const b = Buffer.alloc(length);
-    readSync(fd, b, 0, length, DATA_OFFSET + offset);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function writeContainer(path: string, offset: number, data: Buffer): void {
-  const fd = openSync(path, 'r+');
-  try {
-    writeSync(fd, data, 0, data.length, DATA_OFFSET + offset);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function unmapCdb(paramLength: number): Buffer {
-  const c = Buffer.alloc(10);
-  c[0] = 0x42;
-  c.writeUInt16BE(paramLength, 7);
-  return c;
-}
-
-/** UNMAP parameter list with one block descriptor (SBC-4 5.32.2). */
-function unmapList(lba: number, blocks: number): Buffer {
-  const b = Buffer.alloc(24);
-  b.writeUInt16BE(22, 0);
-  b.writeUInt16BE(16, 2);
-  b.writeBigUInt64BE(BigInt(lba), 8);
-  b.writeUInt32BE(blocks, 16);
-  return b;
-}
+import { unmapCdb, unmapList } from '../../support/cdb.js';
 
 /** ExportSet + TableFull (segment 0-1 normal at offsets 0-1, the rest zero), acked. */
 async function exportDisk(stream: FakeStream, version = 1): Promise<void> {

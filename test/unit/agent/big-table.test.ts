@@ -2,24 +2,14 @@
 // limit installs; the run form arrives in pieces and is installed once
 // whole; and while a big table is built, other LUNs of the agent are served.
 import { expect } from 'chai';
-import { openSync, writeSync, closeSync } from 'node:fs';
 import type { VdiskDevice } from '../../../src/agent/vdisk-device.js';
 import { SegmentState } from '../../../src/table/index.js';
 import type { TableFull, WireExtent } from '../../../src/wire/proto-types.js';
 import { FakeController, type FakeStream } from './fake-controller.js';
-import { BPS, BS, CONTAINER_ID, DATA_OFFSET, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, read10, startRig, zero, type Rig } from './rig.js';
+import { BPS, BS, CONTAINER_ID, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, read10, startRig, zero, type Rig, writeContainer } from './rig.js';
 import type { RawInitiator } from '../../support/raw-initiator.js';
 
 const BIG_ID = '7e000000-1111-4222-8333-444455556666';
-
-function writeContainer(path: string, offset: number, data: Buffer): void {
-  const fd = openSync(path, 'r+');
-  try {
-    writeSync(fd, data, 0, data.length, DATA_OFFSET + offset);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 function tableFull(vdiskId: string, segmentCount: number, over: Partial<TableFull>): TableFull {
   return { vdiskId, version: 1, segmentSize: SEG, blockSize: BS, segmentCount, containers: [CONTAINER_ID], extents: [], ...over };

@@ -4,26 +4,16 @@
 // its back), until it has reconnected and installed the tables the
 // controller sends; such I/O fails NOT READY 02/04/0A after the hold timeout.
 import { expect } from 'chai';
-import { openSync, closeSync, writeSync } from 'node:fs';
 import { SegmentState } from '../../../src/table/index.js';
 import type { WireExtent } from '../../../src/wire/proto-types.js';
 import type { RawInitiator } from '../../support/raw-initiator.js';
 import { FakeController, type FakeStream } from './fake-controller.js';
-import { BPS, BS, CONTAINER_ID, DATA_OFFSET, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, pattern, read10, startRig, until, write10, zero, type Rig } from './rig.js';
+import { BPS, BS, CONTAINER_ID, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, pattern, read10, startRig, until, write10, zero, type Rig, writeContainer } from './rig.js';
 
 const LEASE_MS = 500;
 
 function noWrite(first: number, count: number, offset = first): WireExtent {
   return { first, count, state: SegmentState.NoWrite, container: CONTAINER_ID, offset };
-}
-
-function writeContainer(path: string, offset: number, data: Buffer): void {
-  const fd = openSync(path, 'r+');
-  try {
-    writeSync(fd, data, 0, data.length, DATA_OFFSET + offset);
-  } finally {
-    closeSync(fd);
-  }
 }
 
 /** Answers every heartbeat on `stream` with HeartbeatReply until stopped. */
