@@ -10,6 +10,7 @@ import { initContainer } from '../../../src/container/init.js';
 import { SegmentState } from '../../../src/table/index.js';
 import type { Export, WireExtent } from '../../../src/wire/proto-types.js';
 import { RawInitiator } from '../../support/raw-initiator.js';
+import { FakeController } from './fake-controller.js';
 import { vdiskDeviceFactory, type AgentDevice } from '../../../src/agent/device-port.js';
 import type { ContainerDriver, ContainerResolver, ContainerWriteOptions } from '../../../src/container/driver.js';
 export { read10, write10 } from '../../support/cdb.js';
@@ -95,6 +96,31 @@ export async function startRig(controller: string, over: Partial<AgentOptions> =
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** What useRig sets up before each test; tests push the initiators they log in to `initiators`. */
+export class RigFixture {
+  ctl!: FakeController;
+  rig!: Rig;
+  readonly initiators: RawInitiator[] = [];
+}
+
+/**
+ * mocha hooks for one describe block: a fake controller and an agent rig on
+ * it before each test; after it, the test's initiators are destroyed and both stopped.
+ */
+export function useRig(over: Partial<AgentOptions> = {}): RigFixture {
+  const f = new RigFixture();
+  beforeEach(async () => {
+    f.ctl = await FakeController.start();
+    f.rig = await startRig(f.ctl.address, over);
+  });
+  afterEach(async () => {
+    for (const i of f.initiators.splice(0)) i.destroy();
+    await f.rig.close();
+    await f.ctl.stop();
+  });
+  return f;
 }
 
 export async function loginTo(port: number, targetName = IQN): Promise<RawInitiator> {
