@@ -1,12 +1,10 @@
-// A Tabula cluster of real processes for the system tests: one controller and
-// any number of agents, each `tabula` daemon in its own time-bounded process
-// group (test/support/bounded-run.ts), on free loopback ports, in one temp
-// dir that is kept when a test fails. Admin commands run the real CLI; the
-// admin API (AdminClient) is used only to poll for readiness.
-//
-// The processes run the compiled dist/ when it is at least as new as every
-// source file (as under `npm test`, which builds first), else the sources
-// through tsx, so a stale build is never what gets tested.
+// A Tabula cluster of real processes for the system tests (and the e2e
+// scenarios and cost benches): one controller and any number of agents, each
+// a `tabula` daemon started by test/support/tabula-process.ts (the build when
+// current, else the sources), on free loopback ports, in one temp dir that is
+// kept when a test fails. Admin commands run the real CLI; the admin API
+// (AdminClient) is used only to poll for readiness. serveVdisk is the set-up
+// most tests share: a vdisk exported on every agent.
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
