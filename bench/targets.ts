@@ -1,10 +1,11 @@
 // The targets under test: tgtd (the reference, Debian "tgt") and Tabula's
 // standalone target, each on loopback over its own backing file. Each start
 // registers its own cleanup, so an interrupted bench leaves no daemon behind.
-import { openSync, closeSync, existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { openSync, closeSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { freePort, onCleanup, runBounded, sleep, spawnDaemon, stopChild } from './proc.js';
+import { TGTD_LUN, TGTD_PROBE, removeTgtdSockets, tgtdArgs, tgtdControlNumber, tgtdSetup } from '../test/support/tgtd.js';
 
 export interface RunningTarget {
   name: string;
@@ -25,46 +26,39 @@ function removeIfEmpty(path: string): void {
   }
 }
 
-/** tgtd with one file-backed LUN (bstype rdwr, its default), like ../shared/anchor-tgt/start-tgtd.sh. */
+/**
+ * tgtd with one file-backed LUN (bstype rdwr, its default), like
+ * ../shared/anchor-tgt/start-tgtd.sh: no thin provisioning or digests, which
+ * the interop tests ask of it (test/support/tgtd.ts holds both set-ups).
+ */
 export async function startTgtd(backingFile: string, logDir: string): Promise<RunningTarget> {
   if (process.getuid?.() !== 0) throw new Error('tgtd needs root (run the bench as root, or --targets tabula)');
   const port = await freePort();
-  const ctl = String(freeControlChannel(port));
+  const ctl = tgtdControlNumber(port);
   const iqn = `iqn.2026-01.org.tabula.bench:tgtd-${port}`;
   const logPath = join(logDir, `tgtd-${port}.log`);
   const logFd = openSync(logPath, 'a');
-  const child = spawnDaemon('tgtd', ['-f', '-C', ctl, '--iscsi', `portal=${HOST}:${port}`], logFd);
+  const child = spawnDaemon('tgtd', tgtdArgs(ctl, `${HOST}:${port}`), logFd);
   closeSync(logFd);
   const stop = async (): Promise<void> => {
     await stopChild(child);
     removeIfEmpty(logPath);
-    for (const f of [`/var/run/tgtd/socket.${ctl}`, `/var/run/tgtd/socket.${ctl}.lock`]) rmSync(f, { force: true });
+    removeTgtdSockets(ctl);
   };
   onCleanup(stop);
-  const adm = async (...args: string[]): Promise<void> => {
-    const r = await runBounded('tgtadm', ['-C', ctl, '--lld', 'iscsi', ...args], 10_000);
+  const adm = async (args: readonly string[]): Promise<void> => {
+    const r = await runBounded('tgtadm', ['-C', String(ctl), ...args], 10_000);
     if (r.code !== 0) throw new Error(`tgtadm ${args.join(' ')} failed: ${(r.stderr || r.stdout).trim()}`);
   };
   let up = false;
   for (let i = 0; i < 50 && !up; i++) {
     if (child.exitCode !== null) throw new Error(`tgtd exited with ${child.exitCode} (log in ${logDir})`);
-    up = (await runBounded('tgtadm', ['-C', ctl, '--mode', 'system', '--op', 'show'], 5000)).code === 0;
+    up = (await runBounded('tgtadm', ['-C', String(ctl), ...TGTD_PROBE], 5000)).code === 0;
     if (!up) await sleep(200);
   }
   if (!up) throw new Error(`tgtd management channel ${ctl} did not come up`);
-  await adm('--mode', 'target', '--op', 'new', '--tid', '1', '--targetname', iqn);
-  await adm('--mode', 'logicalunit', '--op', 'new', '--tid', '1', '--lun', '1', '--backing-store', backingFile, '--bstype', 'rdwr');
-  await adm('--mode', 'target', '--op', 'bind', '--tid', '1', '--initiator-address', HOST);
-  return { name: 'tgtd', url: `iscsi://${HOST}:${port}/${iqn}/1`, pid: child.pid!, stop };
-}
-
-/** A tgtd management channel number (-C, at most 32767) whose socket nobody holds. */
-function freeControlChannel(seed: number): number {
-  for (let i = 0; i < 1000; i++) {
-    const n = 1000 + ((seed + i) % 31000);
-    if (!existsSync(`/var/run/tgtd/socket.${n}`) && !existsSync(`/var/run/tgtd/socket.${n}.lock`)) return n;
-  }
-  throw new Error('no free tgtd management channel number');
+  for (const args of tgtdSetup({ iqn, backingFile, initiatorAddress: HOST })) await adm(args);
+  return { name: 'tgtd', url: `iscsi://${HOST}:${port}/${iqn}/${TGTD_LUN}`, pid: child.pid!, stop };
 }
 
 export interface TabulaTargetOptions {

@@ -45,12 +45,7 @@ export async function measureFaultLatency(opts: { segments: number; warmup: numb
   };
   onCleanup(close);
   try {
-    await c.startController();
-    await c.addContainer('c0.img', `${total + 64}MiB`);
-    await c.startAgent('a', { containers: [c.containerGlob] });
-    await c.cliOk(['vdisk', 'create', 'thin', '--size', `${total}MiB`]);
-    await c.cliOk(['export', 'add', 'thin', '--agent', 'a']);
-    await c.waitServed('thin', ['a']);
+    await c.serveVdisk({ vdisk: 'thin', size: `${total}MiB`, containerSize: `${total + 64}MiB`, agents: { a: {} } });
     const s = await LunSession.open(c.agent('a').portal, iqnOf('thin'), 512);
     const data = Buffer.alloc(4096, 0xa5);
     const cold: number[] = [];

@@ -9,7 +9,7 @@
 import { randomUUID } from 'node:crypto';
 import { decodeMessage, messageType } from '../../src/wire/grpc.js';
 import type { ControllerMessage } from '../../src/wire/proto-types.js';
-import { prng } from '../../test/support/random-image.js';
+import { prng } from '../../test/support/prng.js';
 
 /** One extent as the wire carries it (state as its number; container index into `containers`, -1 for none). */
 export interface ShapeExtent {

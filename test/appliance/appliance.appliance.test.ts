@@ -21,7 +21,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { describeRun, runBounded } from '../support/bounded-run.js';
-import { freeLoopbackPort, repoRoot } from '../support/target-process.js';
+import { freeLoopbackPort, repoRoot } from '../support/process.js';
 import { log } from '../../src/util/log.js';
 import { ApplianceVm } from './appliance-vm.js';
 

@@ -25,7 +25,7 @@ describe('tabula CLI: admin flow against a controller and an agent', function ()
     const port = await freeLoopbackPort();
     ctl = ['--controller', `127.0.0.1:${port}`];
     controller = await startDaemon(['controller', '--db', join(dir, 'controller.db'), '--listen', `127.0.0.1:${port}`], /controller listening on/, join(dir, 'controller.log'));
-    expect(controller.stdout()).to.equal(`controller listening on 127.0.0.1:${port}\n`);
+    expect(controller.stdout).to.equal(`controller listening on 127.0.0.1:${port}\n`);
   });
 
   after(async () => {

@@ -43,7 +43,7 @@ describe('tabula up (all-in-one appliance)', function () {
 
   it('prints the iSCSI URL once the LUN is served, with the embedded layout under --data', async () => {
     up = await startDaemon([...upArgs, '--size', '64MiB'], /\n/, join(dir, 'up.log'));
-    url = up.stdout().trim();
+    url = up.stdout.trim();
     expect(url).to.equal(`iscsi://127.0.0.1:${portalPort}/${IQN}/0`);
     const containers = readdirSync(join(dir, 'data', 'containers'));
     expect(containers).to.have.lengthOf(1);
@@ -88,7 +88,7 @@ describe('tabula up (all-in-one appliance)', function () {
     expect(await up!.stop()).to.equal(0);
     const before = readdirSync(join(dir, 'data', 'containers'));
     up = await startDaemon(upArgs, /\n/, join(dir, 'up.log'));
-    expect(up.stdout().trim()).to.equal(url);
+    expect(up.stdout.trim()).to.equal(url);
     expect(readdirSync(join(dir, 'data', 'containers'))).to.deep.equal(before);
     const list = await tabulaJson<VdiskInfo[]>(['vdisk', 'ls', ...ctl]);
     expect(list.map((x) => [x.name, x.size, x.allocatedBytes])).to.deep.equal([['disk0', 64 * MiB, 8 * MiB]]);

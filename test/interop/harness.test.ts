@@ -12,7 +12,7 @@ import {
   parseDesignators,
   parseReadCapacity16,
 } from '../support/client-output.js';
-import { excuse, TABULA_SKIPS } from './expectations.js';
+import { excuse, TABULA_SKIPS } from '../support/conformance.js';
 import { runBounded } from '../support/bounded-run.js';
 import { runConformance } from '../support/iscsi-test-cu.js';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync, readdirSync } from 'node:fs';

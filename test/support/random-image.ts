@@ -5,6 +5,7 @@
 // AES-128-CTR over zeros, which is fast (GB/s) and reproducible.
 import { createCipheriv, createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
+import { prng } from './prng.js';
 
 export const CHUNK = 1 << 20;
 
@@ -14,18 +15,6 @@ export interface ImageLayout {
   holes: number;
   full: number;
   partial: number;
-}
-
-/** Small seeded PRNG (mulberry32) for layout decisions. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /**

@@ -3,14 +3,14 @@
 // to prove the harness itself. Each target gets a free loopback port, a fresh
 // sparse backing file in its own temp dir, and a log file that is kept when a
 // test fails.
-import { createServer } from 'node:net';
-import { existsSync, mkdtempSync, openSync, closeSync, ftruncateSync, rmSync, writeFileSync, readFileSync, createWriteStream } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, closeSync, ftruncateSync, rmSync, writeFileSync, createWriteStream } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { ChildProcess } from 'node:child_process';
-import { spawnBounded, killGroup, runBounded, describeRun } from './bounded-run.js';
+import { spawnBounded, runBounded, describeRun } from './bounded-run.js';
+import { TGTD_LUN, TGTD_PROBE, removeTgtdSockets, tgtdArgs, tgtdControlNumber, tgtdSetup, tgtdShutdown } from './tgtd.js';
+import { LOOPBACK, exited, fileTail as tail, freeLoopbackPort, repoRoot, sleep, terminate, waitExit } from './process.js';
 
 export type TargetKind = 'tabula' | 'tgtd';
 
@@ -63,81 +63,12 @@ export interface RunningTarget {
   stop(opts?: { keepLogs?: boolean }): Promise<void>;
 }
 
-export const LOOPBACK = '127.0.0.1';
-
 /** The target under test: env TABULA_INTEROP_TARGET=tgtd selects tgtd; default Tabula. */
 export function targetKindFromEnv(): TargetKind {
   const v = (process.env.TABULA_INTEROP_TARGET ?? 'tabula').trim().toLowerCase();
   if (v === '' || v === 'tabula') return 'tabula';
   if (v === 'tgtd' || v === 'tgt') return 'tgtd';
   throw new Error(`TABULA_INTEROP_TARGET=${v}: expected "tabula" or "tgtd"`);
-}
-
-/** Directory holding Tabula's package.json (works from test/ and from dist/test/). */
-export function repoRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    const pkg = join(dir, 'package.json');
-    if (existsSync(pkg) && (JSON.parse(readFileSync(pkg, 'utf8')) as { name?: string }).name === 'tabula') return dir;
-    const up = dirname(dir);
-    if (up === dir) throw new Error('cannot find the tabula package root above ' + fileURLToPath(import.meta.url));
-    dir = up;
-  }
-}
-
-/** A TCP port on loopback that was free a moment ago. */
-export function freeLoopbackPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, LOOPBACK, () => {
-      const addr = srv.address();
-      srv.close(() => {
-        if (addr !== null && typeof addr === 'object') resolve(addr.port);
-        else reject(new Error('no port from listen(0)'));
-      });
-    });
-  });
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function exited(child: ChildProcess): boolean {
-  return child.exitCode !== null || child.signalCode !== null;
-}
-
-function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
-  if (exited(child)) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const t = setTimeout(() => resolve(false), ms);
-    child.once('exit', () => {
-      clearTimeout(t);
-      resolve(true);
-    });
-  });
-}
-
-function tail(file: string, lines = 15): string {
-  try {
-    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
-  } catch {
-    return '(no log)';
-  }
-}
-
-/** SIGTERM the target's group, then SIGKILL after graceMs. */
-async function terminate(child: ChildProcess, graceMs: number): Promise<void> {
-  const pid = child.pid;
-  if (pid === undefined) return;
-  if (!exited(child)) {
-    // `timeout` forwards SIGTERM to the target itself.
-    child.kill('SIGTERM');
-    if (!(await waitExit(child, graceMs))) {
-      killGroup(pid, 'SIGKILL');
-      await waitExit(child, 5000);
-    }
-  }
-  killGroup(pid, 'SIGKILL');
 }
 
 /** Start a target; rejects (after cleaning up) if it is not ready in time. */
@@ -182,9 +113,34 @@ interface StartContext {
   opts: TargetOptions;
 }
 
-function cleanupDir(ctx: { dir: string; backingFile: string }, keepLogs: boolean): void {
-  rmSync(ctx.backingFile, { force: true });
-  if (!keepLogs) rmSync(ctx.dir, { recursive: true, force: true });
+/**
+ * The running target as tests see it; `stopProcess` stops the process, and
+ * stop() then deletes the backing file and, unless asked to keep them, the logs.
+ */
+function runningTarget(ctx: StartContext, kind: TargetKind, lun: number, logFile: string, pid: number, stopProcess: () => Promise<void>): RunningTarget {
+  const portal = `${LOOPBACK}:${ctx.port}`;
+  let stopped = false;
+  return {
+    kind,
+    url: `iscsi://${portal}/${ctx.iqn}/${lun}`,
+    host: LOOPBACK,
+    port: ctx.port,
+    portal,
+    iqn: ctx.iqn,
+    lun,
+    sizeBytes: ctx.opts.sizeBytes,
+    dir: ctx.dir,
+    backingFile: ctx.backingFile,
+    logFile,
+    pid,
+    async stop(o?: { keepLogs?: boolean }): Promise<void> {
+      if (stopped) return;
+      stopped = true;
+      await stopProcess();
+      rmSync(ctx.backingFile, { force: true });
+      if (!(o?.keepLogs ?? false)) rmSync(ctx.dir, { recursive: true, force: true });
+    },
+  };
 }
 
 // ---------------------------------------------------------------- Tabula ----
@@ -250,52 +206,17 @@ async function startTabula(ctx: StartContext): Promise<RunningTarget> {
     stdoutLog.end();
     throw err;
   }
-  let stopped = false;
-  return {
-    kind: 'tabula',
-    url: expected,
-    host: LOOPBACK,
-    port: ctx.port,
-    portal,
-    iqn: ctx.iqn,
-    lun: 0,
-    sizeBytes: ctx.opts.sizeBytes,
-    dir: ctx.dir,
-    backingFile: ctx.backingFile,
-    logFile,
-    pid: child.pid as number,
-    async stop(o?: { keepLogs?: boolean }): Promise<void> {
-      if (stopped) return;
-      stopped = true;
-      await terminate(child, 10_000);
-      stdoutLog.end();
-      cleanupDir(ctx, o?.keepLogs ?? false);
-    },
-  };
+  return runningTarget(ctx, 'tabula', 0, logFile, child.pid as number, async () => {
+    await terminate(child, 10_000);
+    stdoutLog.end();
+  });
 }
 
 // ------------------------------------------------------------------ tgtd ----
 
-async function tgtadm(ctl: number, args: string[]): Promise<void> {
+async function tgtadm(ctl: number, args: readonly string[]): Promise<void> {
   const r = await runBounded('tgtadm', ['-C', String(ctl), ...args], { timeoutMs: 15_000 });
   if (r.exitCode !== 0) throw new Error(`tgtd setup failed: ${describeRun(r)}`);
-}
-
-/**
- * tgtd's management channel number (-C): at most 32767, and its socket must
- * not exist yet. Derived from the port so concurrent instances differ.
- */
-function tgtdControlNumber(port: number): number {
-  for (let i = 0; i < 1000; i++) {
-    const n = 20000 + ((port + i) % 12000);
-    if (!existsSync(`/var/run/tgtd/socket.${n}`)) return n;
-  }
-  throw new Error('no free tgtd management channel number in /var/run/tgtd');
-}
-
-function removeTgtdSockets(ctl: number): void {
-  rmSync(`/var/run/tgtd/socket.${ctl}`, { force: true });
-  rmSync(`/var/run/tgtd/socket.${ctl}.lock`, { force: true });
 }
 
 /**
@@ -304,7 +225,7 @@ function removeTgtdSockets(ctl: number): void {
  * keeps LUN 0 for its controller device), ACL restricted to loopback.
  */
 async function startTgtd(ctx: StartContext): Promise<RunningTarget> {
-  if (process.getuid?.() !== 0) throw new Error('tgtd needs root (TABULA_INTEROP_TARGET=tgtd)');
+  if (process.getuid?.() !== 0) throw new Error('tgtd needs root');
   const ctl = tgtdControlNumber(ctx.port);
   const portal = `${LOOPBACK}:${ctx.port}`;
   const logFile = join(ctx.dir, 'tgtd.log');
@@ -312,16 +233,13 @@ async function startTgtd(ctx: StartContext): Promise<RunningTarget> {
   const logFd = openSync(logFile, 'a');
   let child: ChildProcess;
   try {
-    child = spawnBounded('tgtd', ['-f', '-C', String(ctl), '--iscsi', `portal=${portal}`], ctx.maxLifetimeMs, ['ignore', logFd, logFd]);
+    child = spawnBounded('tgtd', tgtdArgs(ctl, portal), ctx.maxLifetimeMs, ['ignore', logFd, logFd]);
   } finally {
     closeSync(logFd);
   }
   const stop = async (): Promise<void> => {
     if (!exited(child)) {
-      // tgtd ignores SIGTERM while it has targets: delete them, then ask it to exit.
-      const all = ['--lld', 'iscsi', '--mode', 'target', '--op', 'delete', '--force', '--tid', '1'];
-      await runBounded('tgtadm', ['-C', String(ctl), ...all], { timeoutMs: 10_000 });
-      await runBounded('tgtadm', ['-C', String(ctl), '--mode', 'system', '--op', 'delete'], { timeoutMs: 10_000 });
+      for (const args of tgtdShutdown()) await runBounded('tgtadm', ['-C', String(ctl), ...args], { timeoutMs: 10_000 });
       await waitExit(child, 5000);
     }
     await terminate(child, 5000);
@@ -331,54 +249,18 @@ async function startTgtd(ctx: StartContext): Promise<RunningTarget> {
     const deadline = Date.now() + ctx.readyTimeoutMs;
     for (;;) {
       if (exited(child)) throw new Error(`tgtd exited before it was ready; log:\n${tail(logFile)}`);
-      const r = await runBounded('tgtadm', ['-C', String(ctl), '--mode', 'system', '--op', 'show'], { timeoutMs: 5000 });
+      const r = await runBounded('tgtadm', ['-C', String(ctl), ...TGTD_PROBE], { timeoutMs: 5000 });
       if (r.exitCode === 0) break;
       if (Date.now() > deadline) throw new Error(`tgtd management channel not up within ${ctx.readyTimeoutMs} ms; log:\n${tail(logFile)}`);
       await sleep(200);
     }
-    const iscsi = ['--lld', 'iscsi'];
-    await tgtadm(ctl, [...iscsi, '--mode', 'target', '--op', 'new', '--tid', '1', '--targetname', ctx.iqn]);
-    await tgtadm(ctl, [...iscsi, '--mode', 'logicalunit', '--op', 'new', '--tid', '1', '--lun', '1', '--backing-store', ctx.backingFile, '--bstype', 'rdwr']);
-    await tgtadm(ctl, [...iscsi, '--mode', 'logicalunit', '--op', 'update', '--tid', '1', '--lun', '1', '--params', 'thin_provisioning=1']);
-    // tgtd answers HeaderDigest=None unless CRC32C is allowed explicitly.
-    await tgtadm(ctl, [...iscsi, '--mode', 'target', '--op', 'update', '--tid', '1', '--name', 'HeaderDigest', '--value', 'CRC32C,None']);
-    await tgtadm(ctl, [...iscsi, '--mode', 'target', '--op', 'update', '--tid', '1', '--name', 'DataDigest', '--value', 'CRC32C,None']);
-    if (ctx.opts.chap) {
-      const { user, secret } = ctx.opts.chap;
-      await tgtadm(ctl, [...iscsi, '--mode', 'account', '--op', 'new', '--user', user, '--password', secret]);
-      await tgtadm(ctl, [...iscsi, '--mode', 'account', '--op', 'bind', '--tid', '1', '--user', user]);
-    }
-    if (ctx.opts.mutualChap) {
-      const { user, secret } = ctx.opts.mutualChap;
-      await tgtadm(ctl, [...iscsi, '--mode', 'account', '--op', 'new', '--user', user, '--password', secret]);
-      await tgtadm(ctl, [...iscsi, '--mode', 'account', '--op', 'bind', '--tid', '1', '--user', user, '--outgoing']);
-    }
-    await tgtadm(ctl, [...iscsi, '--mode', 'target', '--op', 'bind', '--tid', '1', '--initiator-address', LOOPBACK]);
+    const setup = { iqn: ctx.iqn, backingFile: ctx.backingFile, initiatorAddress: LOOPBACK, thin: true, digests: true, chap: ctx.opts.chap, mutualChap: ctx.opts.mutualChap };
+    for (const args of tgtdSetup(setup)) await tgtadm(ctl, args);
   } catch (err) {
     await stop();
     throw err;
   }
-  let stopped = false;
-  return {
-    kind: 'tgtd',
-    url: `iscsi://${portal}/${ctx.iqn}/1`,
-    host: LOOPBACK,
-    port: ctx.port,
-    portal,
-    iqn: ctx.iqn,
-    lun: 1,
-    sizeBytes: ctx.opts.sizeBytes,
-    dir: ctx.dir,
-    backingFile: ctx.backingFile,
-    logFile,
-    pid: child.pid as number,
-    async stop(o?: { keepLogs?: boolean }): Promise<void> {
-      if (stopped) return;
-      stopped = true;
-      await stop();
-      cleanupDir(ctx, o?.keepLogs ?? false);
-    },
-  };
+  return runningTarget(ctx, 'tgtd', TGTD_LUN, logFile, child.pid as number, stop);
 }
 
 /** The target's URL with CHAP credentials: iscsi://user%secret@host:port/iqn/lun. */

@@ -4,12 +4,11 @@
 // flags lets in only initiators with the right credentials
 // (iscsi://user%secret@host/...), for targets and for discovery.
 import { expect } from 'chai';
-import { closeSync, openSync } from 'node:fs';
-import { join } from 'node:path';
-import { describeRun, runBounded, spawnBounded, type RunResult } from '../support/bounded-run.js';
-import { freeLoopbackPort } from '../support/target-process.js';
+import { describeRun, runBounded, type RunResult } from '../support/bounded-run.js';
 import { requireTools } from '../support/tools.js';
-import { Daemon, LOOPBACK, iqnOf, tabulaLauncher, useCluster, waitFor } from './cluster.js';
+import { LOOPBACK, freeLoopbackPort, waitFor } from '../support/process.js';
+import type { Daemon } from '../support/tabula-process.js';
+import { iqnOf, useCluster } from './cluster.js';
 import type { ExportInfo } from '../../src/wire/proto-types.js';
 
 const ALLOWED = 'iqn.2026-11.org.example:allowed';
@@ -32,16 +31,8 @@ describe('system: initiator ACLs and CHAP on the agent (libiscsi)', function () 
     // The CHAP agent: the cluster helper knows no CHAP flags, so it is started here.
     const port = await freeLoopbackPort();
     chapPortal = `${LOOPBACK}:${port}`;
-    const logFile = join(c.dir, 'agent-chap.log');
-    const fd = openSync(logFile, 'a');
-    try {
-      const args = ['agent', '--controller', c.controllerAddress, '--name', 'chap', '--portal', chapPortal, '--containers', c.containerGlob, '--chap-user', CHAP_USER, '--chap-secret', CHAP_SECRET];
-      const env = { ...process.env, TABULA_LOG_LEVEL: 'info', TABULA_CHAP_SECRET: '', TABULA_MUTUAL_SECRET: '' };
-      chapAgent = new Daemon('agent-chap', spawnBounded(process.execPath, [...tabulaLauncher(), ...args], 10 * 60_000, ['ignore', 'pipe', fd], env), logFile);
-    } finally {
-      closeSync(fd);
-    }
-    await chapAgent.waitStdout(/agent chap serving on/, 60_000);
+    const args = ['agent', '--controller', c.controllerAddress, '--name', 'chap', '--portal', chapPortal, '--containers', c.containerGlob, '--chap-user', CHAP_USER, '--chap-secret', CHAP_SECRET];
+    chapAgent = await c.startDaemon('agent-chap', args, /agent chap serving on/);
     for (const v of ['acla', 'aclb', 'aclc']) await c.cliOk(['vdisk', 'create', v, '--size', '8MiB']);
     await c.cliOk(['export', 'add', 'acla', '--agent', 'open', '--initiator', ALLOWED, '--initiator', ALLOWED.toUpperCase().replace('IQN', 'iqn')]);
     await c.cliOk(['export', 'add', 'aclb', '--agent', 'open']);

@@ -6,7 +6,8 @@
 // old or its new contents.
 import { expect } from 'chai';
 import { requireTools } from '../support/tools.js';
-import { iqnOf, useCluster, waitFor } from './cluster.js';
+import { iqnOf, useCluster } from './cluster.js';
+import { waitFor } from '../support/process.js';
 import { readP, writeP } from './clients.js';
 import { GOOD, LunSession, describeIo, pattern } from './scsi-client.js';
 import { check } from './table.js';
@@ -28,15 +29,7 @@ describe('system: an agent is SIGKILLed mid-write and restarted', function () {
   this.timeout(240_000);
   const cluster = useCluster('agent-crash', async (c) => {
     requireTools(['timeout', 'qemu-io']);
-    await c.startController({ holdTimeoutS: 10, ackTimeoutS: 2 });
-    await c.addContainer('c0.img', '128MiB');
-    await Promise.all([
-      c.startAgent('a', { containers: [c.containerGlob] }),
-      c.startAgent('b', { containers: [c.containerGlob] }),
-      c.cliOk(['vdisk', 'create', VDISK, '--size', '40MiB']),
-    ]);
-    await Promise.all([c.cliOk(['export', 'add', VDISK, '--agent', 'a']), c.cliOk(['export', 'add', VDISK, '--agent', 'b'])]);
-    await c.waitServed(VDISK, ['a', 'b']);
+    await c.serveVdisk({ vdisk: VDISK, size: '40MiB', containerSize: '128MiB', agents: { a: {}, b: {} }, controller: { holdTimeoutS: 10, ackTimeoutS: 2 } });
     // Segments 0-7 hold data before the crash.
     await writeP(c.url('a', VDISK), 0x44, 0, 8 * MiB);
   });

@@ -5,13 +5,13 @@
 // `tabula check` is clean, and restore refuses a database a controller has
 // open.
 import { expect } from 'chai';
-import { closeSync, existsSync, openSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { spawnBounded } from '../support/bounded-run.js';
-import { freeLoopbackPort } from '../support/target-process.js';
+import { LOOPBACK, freeLoopbackPort } from '../support/process.js';
+import type { Daemon } from '../support/tabula-process.js';
 import { requireTools } from '../support/tools.js';
 import type { VdiskInfo } from '../../src/wire/proto-types.js';
-import { Cluster, Daemon, LOOPBACK, iqnOf, tabulaLauncher, useCluster } from './cluster.js';
+import { Cluster, iqnOf, useCluster } from './cluster.js';
 import { GOOD, LunSession, describeIo, pattern } from './scsi-client.js';
 
 const VDISK = 'bk';
@@ -48,16 +48,7 @@ function perSegment(t: JsonTable): string[] {
 
 async function startControllerOn(c: Cluster, db: string, label: string): Promise<{ daemon: Daemon; address: string }> {
   const address = `${LOOPBACK}:${await freeLoopbackPort()}`;
-  const logFile = join(c.dir, `${label}.log`);
-  const fd = openSync(logFile, 'a');
-  let daemon: Daemon;
-  try {
-    const env = { ...process.env, TABULA_LOG_LEVEL: 'info' };
-    daemon = new Daemon(label, spawnBounded(process.execPath, [...tabulaLauncher(), 'controller', '--db', db, '--listen', address], 5 * 60_000, ['ignore', 'pipe', fd], env), logFile);
-  } finally {
-    closeSync(fd);
-  }
-  await daemon.waitStdout(/controller listening on \S+/, 60_000);
+  const daemon = await c.startDaemon(label, ['controller', '--db', db, '--listen', address], /controller listening on \S+/, 5 * 60_000);
   return { daemon, address };
 }
 

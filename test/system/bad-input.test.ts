@@ -11,25 +11,17 @@ import { truncateSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { requireTools } from '../support/tools.js';
-import { describeRun, type RunResult } from '../support/bounded-run.js';
+import type { RunResult } from '../support/bounded-run.js';
 import { AgentServiceClient } from '../../src/wire/grpc.js';
 import type { ControllerMessage, MalformedMessage } from '../../src/wire/proto-types.js';
-import { LOOPBACK, useCluster, type Cluster } from './cluster.js';
+import { useCluster, type Cluster } from './cluster.js';
+import { LOOPBACK } from '../support/process.js';
+import { expectOneLineError } from '../support/tabula-process.js';
 import { readP, writeP } from './clients.js';
 import { check } from './table.js';
 
 const MiB = 1 << 20;
 const VDISK = 'bad';
-
-/** Failed (not by timing out), with one line on stderr starting `tabula: ` and matching `re`. */
-function expectOneLineError(r: RunResult, re: RegExp): void {
-  expect(r.timedOut, describeRun(r)).to.equal(false);
-  expect(r.exitCode, describeRun(r)).to.be.a('number').and.not.equal(0);
-  const lines = r.stderr.split('\n').filter((l) => l !== '');
-  expect(lines, `stderr of ${r.command}`).to.have.lengthOf(1);
-  expect(lines[0]).to.match(/^tabula: /);
-  expect(lines[0]).to.match(re);
-}
 
 /** The controller answers the admin API and the agent still serves the data written in setup. */
 async function stillHealthy(c: Cluster): Promise<void> {
@@ -70,11 +62,7 @@ describe('system: bad input', function () {
   let c0 = '';
   const cluster = useCluster('bad-input', async (c) => {
     requireTools(['timeout', 'qemu-io']);
-    await c.startController();
-    c0 = await c.addContainer('c0.img', '64MiB');
-    await Promise.all([c.startAgent('a', { containers: [c.containerGlob] }), c.cliOk(['vdisk', 'create', VDISK, '--size', '8MiB'])]);
-    await c.cliOk(['export', 'add', VDISK, '--agent', 'a']);
-    await c.waitServed(VDISK, ['a']);
+    c0 = await c.serveVdisk({ vdisk: VDISK, size: '8MiB', containerSize: '64MiB', agents: { a: {} } });
     await writeP(c.url('a', VDISK), 0x5a, 0, 2 * MiB);
   });
 

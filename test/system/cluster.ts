@@ -1,195 +1,19 @@
-// A Tabula cluster of real processes for the system tests: one controller and
-// any number of agents, each `tabula` daemon in its own time-bounded process
-// group (test/support/bounded-run.ts), on free loopback ports, in one temp
-// dir that is kept when a test fails. Admin commands run the real CLI; the
-// admin API (AdminClient) is used only to poll for readiness.
-//
-// The processes run the compiled dist/ when it is at least as new as every
-// source file (as under `npm test`, which builds first), else the sources
-// through tsx, so a stale build is never what gets tested.
-import type { ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+// A Tabula cluster of real processes for the system tests (and the e2e
+// scenarios and cost benches): one controller and any number of agents, each
+// a `tabula` daemon started by test/support/tabula-process.ts (the build when
+// current, else the sources), on free loopback ports, in one temp dir that is
+// kept when a test fails. Admin commands run the real CLI; the admin API
+// (AdminClient) is used only to poll for readiness. serveVdisk is the set-up
+// most tests share: a vdisk exported on every agent.
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { describeRun, killGroup, runBounded, spawnBounded, type RunResult } from '../support/bounded-run.js';
-import { freeLoopbackPort, repoRoot } from '../support/target-process.js';
+import { join } from 'node:path';
+import { describeRun, type RunResult } from '../support/bounded-run.js';
+import { LOOPBACK, freeLoopbackPort, waitFor } from '../support/process.js';
+import { runTabula, startDaemon, tabulaLauncher, type Daemon } from '../support/tabula-process.js';
 import { AdminClient } from '../../src/wire/grpc.js';
 import type { ExportInfo } from '../../src/wire/proto-types.js';
 import { GOOD, LunSession, describeIo } from './scsi-client.js';
-
-export const LOOPBACK = '127.0.0.1';
-const ENTRY = fileURLToPath(new URL('./tabula-entry.ts', import.meta.url));
-
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** Polls `probe` until it returns a value other than undefined; throws `what` with the last error after `ms`. */
-export async function waitFor<T>(what: string, ms: number, probe: () => Promise<T | undefined>, everyMs = 200): Promise<T> {
-  const deadline = Date.now() + ms;
-  let last = '';
-  for (;;) {
-    try {
-      const v = await probe();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = (err as Error).message;
-    }
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms${last ? ` (last: ${last})` : ''}`);
-    await sleep(everyMs);
-  }
-}
-
-function newestMtime(dir: string, ext: string): Map<string, number> {
-  const out = new Map<string, number>();
-  const walk = (d: string): void => {
-    for (const e of readdirSync(d, { withFileTypes: true })) {
-      const p = join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.name.endsWith(ext)) out.set(p, statSync(p).mtimeMs);
-    }
-  };
-  walk(dir);
-  return out;
-}
-
-let launcher: string[] | undefined;
-
-/** node arguments that run `tabula`: the build when it is current, else the sources. */
-export function tabulaLauncher(): string[] {
-  if (launcher !== undefined) return launcher;
-  const root = repoRoot();
-  let fresh = existsSync(join(root, 'dist', 'src', 'cli', 'main.js'));
-  if (fresh) {
-    for (const [src, mtime] of newestMtime(join(root, 'src'), '.ts')) {
-      const js = join(root, 'dist', relative(root, src)).replace(/\.ts$/, '.js');
-      if (!existsSync(js) || statSync(js).mtimeMs < mtime) {
-        fresh = false;
-        break;
-      }
-    }
-  }
-  launcher = fresh ? [join(root, 'bin', 'tabula.js')] : ['--import', 'tsx', ENTRY];
-  return launcher;
-}
-
-/** Environment for tabula processes: no TABULA_* settings leak in from the caller. */
-function cleanEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('TABULA_')) env[k] = v;
-  return { ...env, ...extra };
-}
-
-function exited(child: ChildProcess): boolean {
-  return child.exitCode !== null || child.signalCode !== null;
-}
-
-function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
-  if (exited(child)) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const t = setTimeout(() => resolve(false), ms);
-    child.once('exit', () => {
-      clearTimeout(t);
-      resolve(true);
-    });
-  });
-}
-
-/** One running `tabula` daemon. */
-export class Daemon {
-  #out = '';
-
-  constructor(
-    readonly label: string,
-    readonly child: ChildProcess,
-    readonly logFile: string,
-  ) {
-    child.stdout?.on('data', (c: Buffer) => (this.#out += c.toString()));
-  }
-
-  get stdout(): string {
-    return this.#out;
-  }
-
-  get running(): boolean {
-    return !exited(this.child);
-  }
-
-  /**
-   * The tabula process itself: `child` is the timeout(1) wrapper it runs
-   * under, so a signal meant for the daemon alone (SIGTERM without the
-   * wrapper's later SIGKILL) or its /proc figures go to this pid.
-   */
-  get processPid(): number {
-    const pid = this.child.pid;
-    if (pid === undefined) throw new Error(`${this.label}: not started`);
-    const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-    if (kids.length !== 1) throw new Error(`${this.label}: expected one process under timeout ${pid}, found ${kids.length}`);
-    return kids[0] as number;
-  }
-
-  log(): string {
-    try {
-      return readFileSync(this.logFile, 'utf8');
-    } catch {
-      return '';
-    }
-  }
-
-  logTail(lines = 10): string {
-    return this.log().trimEnd().split('\n').slice(-lines).join('\n');
-  }
-
-  /** Resolves when stdout matches `re`; rejects if the process exits first or after `ms`. */
-  waitStdout(re: RegExp, ms: number): Promise<RegExpExecArray> {
-    return new Promise((resolve, reject) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        this.child.stdout?.off('data', check);
-        this.child.off('exit', onExit);
-      };
-      const check = (): void => {
-        const m = re.exec(this.#out);
-        if (m) {
-          done();
-          resolve(m);
-        }
-      };
-      const onExit = (): void => {
-        // The last stdout chunk may come with the exit.
-        const m = re.exec(this.#out);
-        done();
-        if (m) resolve(m);
-        else reject(new Error(`${this.label} exited (${this.child.signalCode ?? `status ${this.child.exitCode}`}) before printing ${re}; stdout: ${this.#out.trim()}\n${this.logTail()}`));
-      };
-      const timer = setTimeout(() => {
-        done();
-        reject(new Error(`${this.label} did not print ${re} within ${ms} ms; stdout: ${this.#out.trim()}\n${this.logTail()}`));
-      }, ms);
-      this.child.stdout?.on('data', check);
-      this.child.once('exit', onExit);
-      check();
-    });
-  }
-
-  /** SIGKILL the daemon's whole process group: a crash, no cleanup. */
-  async kill(): Promise<void> {
-    if (this.child.pid !== undefined) killGroup(this.child.pid, 'SIGKILL');
-    await waitExit(this.child, 5000);
-  }
-
-  /** SIGTERM (the `timeout` wrapper passes it on), SIGKILL after `graceMs`; the exit status, null when it had to be killed. */
-  async stop(graceMs = 15_000): Promise<number | null> {
-    if (!exited(this.child)) {
-      this.child.kill('SIGTERM');
-      if (!(await waitExit(this.child, graceMs))) {
-        await this.kill();
-        return null;
-      }
-    }
-    if (this.child.pid !== undefined) killGroup(this.child.pid, 'SIGKILL');
-    return this.child.exitCode;
-  }
-}
 
 export interface AgentProc {
   name: string;
@@ -197,6 +21,26 @@ export interface AgentProc {
   /** HOST:PORT of its iSCSI portal. */
   portal: string;
   port: number;
+}
+
+export interface AgentOptions {
+  holdTimeoutS?: number;
+  /** Its portal's port (default: the one it had, else a free one). */
+  port?: number;
+  /** HOST:PORT to reach the controller by (a proxy); default the controller's address. */
+  controller?: string;
+}
+
+/** The set-up most system tests share: see Cluster.serveVdisk. */
+export interface ServedVdisk {
+  /** A thin vdisk of this name and size. */
+  vdisk: string;
+  size: string;
+  /** The size of the one container, c0.img, every agent serves from. */
+  containerSize: string;
+  /** The agents, each with its own options, in the order they are named; every one exports the vdisk. */
+  agents: Readonly<Record<string, AgentOptions>>;
+  controller?: ControllerOptions;
 }
 
 export interface ControllerOptions {
@@ -237,17 +81,21 @@ export class Cluster {
     return this.#admin;
   }
 
-  #spawn(label: string, args: readonly string[], lifetimeMs: number): Daemon {
-    const logFile = join(this.dir, `${label}.${++this.#starts}.log`);
-    const fd = openSync(logFile, 'a');
-    try {
-      // TABULA_SYSTEM_NODE_ARGS: node flags for the daemons (e.g. --cpu-prof), for profiling a bench or a test.
-      const nodeArgs = (process.env.TABULA_SYSTEM_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
-      const child = spawnBounded(process.execPath, [...nodeArgs, ...tabulaLauncher(), ...args], lifetimeMs, ['ignore', 'pipe', fd], cleanEnv({ TABULA_LOG_LEVEL: 'info' }));
-      return new Daemon(label, child, logFile);
-    } finally {
-      closeSync(fd);
-    }
+  /**
+   * Starts a `tabula` daemon with its log in the cluster's dir and waits until
+   * its stdout matches `ready` (killed if it does not within a minute).
+   * TABULA_SYSTEM_NODE_ARGS: node flags for the daemons (e.g. --cpu-prof), for profiling a bench or a test.
+   */
+  startDaemon(label: string, args: readonly string[], ready: RegExp, lifetimeMs = 10 * 60_000): Promise<Daemon> {
+    const nodeArgs = (process.env.TABULA_SYSTEM_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
+    return startDaemon(args, {
+      label,
+      launcher: [...nodeArgs, ...tabulaLauncher()],
+      logFile: join(this.dir, `${label}.${++this.#starts}.log`),
+      ready,
+      lifetimeMs,
+      env: { TABULA_LOG_LEVEL: 'info' },
+    });
   }
 
   /** Starts (or restarts, on the same database and port) the controller; resolves when it listens. */
@@ -258,15 +106,8 @@ export class Cluster {
     const args = ['controller', '--db', this.dbPath, '--listen', this.controllerAddress];
     if (o.holdTimeoutS !== undefined) args.push('--hold-timeout', String(o.holdTimeoutS));
     if (o.ackTimeoutS !== undefined) args.push('--ack-timeout', String(o.ackTimeoutS));
-    const d = this.#spawn('controller', args, lifetimeMs);
-    this.controller = d;
-    try {
-      await d.waitStdout(/controller listening on \S+/, 60_000);
-    } catch (err) {
-      await d.kill();
-      throw err;
-    }
-    return d;
+    this.controller = await this.startDaemon('controller', args, /controller listening on \S+/, lifetimeMs);
+    return this.controller;
   }
 
   async killController(): Promise<void> {
@@ -280,7 +121,7 @@ export class Cluster {
    */
   async startAgent(
     name: string,
-    opts: { containers: string[]; holdTimeoutS?: number; port?: number; /** HOST:PORT to reach the controller by (a proxy); default the controller's address. */ controller?: string },
+    opts: AgentOptions & { containers: string[] },
     lifetimeMs = 10 * 60_000,
   ): Promise<AgentProc> {
     if (this.agents.get(name)?.daemon.running) throw new Error(`agent ${name} is already running`);
@@ -288,13 +129,7 @@ export class Cluster {
     const portal = `${LOOPBACK}:${port}`;
     const args = ['agent', '--controller', opts.controller ?? this.controllerAddress, '--name', name, '--portal', portal, '--containers', ...opts.containers];
     if (opts.holdTimeoutS !== undefined) args.push('--hold-timeout', String(opts.holdTimeoutS));
-    const d = this.#spawn(`agent-${name}`, args, lifetimeMs);
-    try {
-      await d.waitStdout(new RegExp(`agent ${name} serving on ${portal.replace(/\./g, '\\.')}`), 60_000);
-    } catch (err) {
-      await d.kill();
-      throw err;
-    }
+    const d = await this.startDaemon(`agent-${name}`, args, new RegExp(`agent ${name} serving on ${portal.replace(/\./g, '\\.')}`), lifetimeMs);
     const a = { name, daemon: d, portal, port };
     this.agents.set(name, a);
     return a;
@@ -314,7 +149,7 @@ export class Cluster {
   /** Runs one `tabula` command (60 s at most); `--controller` is added for admin commands. */
   cli(args: readonly string[], opts: { admin?: boolean; timeoutMs?: number } = {}): Promise<RunResult> {
     const full = opts.admin === false ? [...args] : [...args, '--controller', this.controllerAddress];
-    return runBounded(process.execPath, [...tabulaLauncher(), ...full], { timeoutMs: opts.timeoutMs ?? 60_000, env: cleanEnv() });
+    return runTabula(tabulaLauncher(), full, { timeoutMs: opts.timeoutMs ?? 60_000 });
   }
 
   async cliOk(args: readonly string[], opts: { admin?: boolean } = {}): Promise<string> {
@@ -363,6 +198,24 @@ export class Cluster {
       }
       return true;
     }, 300);
+  }
+
+  /**
+   * A controller, one container, the agents over it, and one thin vdisk
+   * exported (LUN 0) on every agent and served by all of them; returns the
+   * container's id.
+   */
+  async serveVdisk(s: ServedVdisk): Promise<string> {
+    await this.startController(s.controller);
+    const container = await this.addContainer('c0.img', s.containerSize);
+    const names = Object.keys(s.agents);
+    await Promise.all([
+      ...names.map((name) => this.startAgent(name, { ...s.agents[name], containers: [this.containerGlob] })),
+      this.cliOk(['vdisk', 'create', s.vdisk, '--size', s.size]),
+    ]);
+    await Promise.all(names.map((name) => this.cliOk(['export', 'add', s.vdisk, '--agent', name])));
+    await this.waitServed(s.vdisk, names);
+    return container;
   }
 
   /** Stops every daemon (SIGTERM, then SIGKILL) and removes the dir unless `keep`. */

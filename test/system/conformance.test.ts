@@ -13,20 +13,27 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { requireTools } from '../support/tools.js';
-import { runConformance, badResults, fullName, matchesTestGlob, type ConformanceRun, type TestResult } from '../support/iscsi-test-cu.js';
-import { TABULA_SKIPS, excuse } from '../interop/expectations.js';
+import { runConformance, fullName, matchesTestGlob, type ConformanceRun } from '../support/iscsi-test-cu.js';
+import {
+  SUITE_TIMEOUT,
+  TABULA_SKIPS,
+  TOTAL_TIMEOUT,
+  completed,
+  describeCounts,
+  excuse,
+  expectationFor,
+  itMeetsExpectation,
+  resultLine as line,
+  resultsContext,
+  runFullSuite,
+} from '../support/conformance.js';
 import { log } from '../../src/util/log.js';
 import { useCluster } from './cluster.js';
 import { check } from './table.js';
 
 const VDISK = 'cu';
-/** Per iscsi-test-cu process: Sanitize.Reset polls TEST UNIT READY with 60 s sleeps until its SANITIZE ends. */
-const SUITE_TIMEOUT = 150_000;
-const TOTAL_TIMEOUT = 10 * 60_000;
 /** Thin-provisioning tests that must pass on a thin table-driven LUN. */
 const THIN_MUST_PASS = ['SCSI.GetLBAStatus.*', 'SCSI.Unmap.*', 'SCSI.WriteSame10.Unmap*', 'SCSI.WriteSame16.Unmap*'];
-
-const line = (r: TestResult): string => `  ${r.status.padEnd(8)} ${fullName(r)}  ${r.note}`;
 
 describe('system: iscsi-test-cu against a thin table-driven vdisk (two agents)', function () {
   this.timeout(TOTAL_TIMEOUT + 120_000);
@@ -37,15 +44,7 @@ describe('system: iscsi-test-cu against a thin table-driven vdisk (two agents)',
 
   const cluster = useCluster('conformance', async (c) => {
     requireTools(['timeout', 'stdbuf', 'iscsi-test-cu']);
-    await c.startController();
-    await c.addContainer('c0.img', '2GiB');
-    await Promise.all([
-      c.startAgent('a', { containers: [c.containerGlob] }),
-      c.startAgent('b', { containers: [c.containerGlob] }),
-      c.cliOk(['vdisk', 'create', VDISK, '--size', '1GiB']),
-    ]);
-    await Promise.all([c.cliOk(['export', 'add', VDISK, '--agent', 'a']), c.cliOk(['export', 'add', VDISK, '--agent', 'b'])]);
-    await c.waitServed(VDISK, ['a', 'b']);
+    await c.serveVdisk({ vdisk: VDISK, size: '1GiB', containerSize: '2GiB', agents: { a: {}, b: {} } });
   });
 
   before(async function () {
@@ -66,25 +65,10 @@ describe('system: iscsi-test-cu against a thin table-driven vdisk (two agents)',
       sanitize: false,
     });
     log.warn(`MultipathIO across agents a and b: ${paths.results.map((r) => `${r.test} ${r.status}`).join(', ')}`);
-    run = await runConformance({
-      url: c.url('a', VDISK),
-      // A second session to the same agent for the suites that want another I_T nexus (reservations,
-      // multipath): reservations and mode pages live in each agent, so across agents they are not one LU's.
-      mpathUrl: c.url('a', VDISK),
-      // As test/interop/conformance.test.ts: Sanitize.Reservations leaves a RESERVE(6) on the
-      // suite-wide second session, so that suite runs with per-test second sessions.
-      singleSessionSuites: ['SCSI.Sanitize'],
-      outDir,
-      suiteTimeoutMs: SUITE_TIMEOUT,
-      totalTimeoutMs: TOTAL_TIMEOUT,
-      dataloss: true,
-      sanitize: true,
-    });
-    const n = run.counts;
-    log.warn(
-      `iscsi-test-cu against a thin table-driven vdisk: ${n.passed} passed, ${n.failed} failed, ${n.skipped} skipped, ` +
-        `${n.hung} hung, ${n.crashed} crashed, ${n.notrun} not run; ${run.runs} processes, ${(run.elapsedMs / 1000).toFixed(1)} s`,
-    );
+    // A second session to the same agent for the suites that want another I_T nexus (reservations,
+    // multipath): reservations and mode pages live in each agent, so across agents they are not one LU's.
+    run = await runFullSuite(c.url('a', VDISK), c.url('a', VDISK), outDir);
+    log.warn(describeCounts('a thin table-driven vdisk', run));
   });
 
   afterEach(function () {
@@ -97,37 +81,16 @@ describe('system: iscsi-test-cu against a thin table-driven vdisk (two agents)',
     if (keep && outDir !== '') log.warn(`conformance results kept in ${outDir}`);
   });
 
-  const done = (): ConformanceRun => {
-    if (run === undefined) throw new Error('the conformance run did not complete');
-    return run;
-  };
-  const context = (): string => `\n(results: ${outDir}/results.tsv, logs: ${outDir}/logs/)\n\n${done().summary}`;
-
-  it('runs every test: none hung, crashed or unable to run', function () {
-    const broken = badResults(done().results).filter((r) => r.status !== 'failed');
-    expect(broken.map(line), `hung / crashed / unrunnable:\n${broken.map(line).join('\n')}${context()}`).to.deep.equal([]);
-  });
-
-  it('has no failed tests', function () {
-    const failures = done().results.filter((r) => r.status === 'failed');
-    expect(failures.map(line), `failed:\n${failures.map(line).join('\n')}${context()}`).to.deep.equal([]);
-  });
-
-  it('skips only allow-listed tests', function () {
-    const unexcused = done().results.filter((r) => r.status === 'skipped' && excuse(r, TABULA_SKIPS) === undefined);
-    expect(unexcused.map(line), `skipped, not allow-listed:\n${unexcused.map(line).join('\n')}${context()}`).to.deep.equal([]);
-  });
+  // The same bar as against `tabula target`.
+  itMeetsExpectation(expectationFor('tabula'), () => run);
 
   it('passes GetLBAStatus, Unmap and WriteSame with UNMAP on the thin LUN', function () {
-    const thin = done().results.filter((r) => THIN_MUST_PASS.some((p) => matchesTestGlob(fullName(r), p)));
+    const done = completed(run);
+    const thin = done.results.filter((r) => THIN_MUST_PASS.some((p) => matchesTestGlob(fullName(r), p)));
     expect(thin.length, 'thin-provisioning tests found').to.be.at.least(10);
     // UnmapUnaligned skips by design when there are fewer than 2 logical blocks per physical block.
     const notPassed = thin.filter((r) => r.status !== 'passed' && !(r.status === 'skipped' && excuse(r, TABULA_SKIPS) !== undefined));
-    expect(notPassed.map(line), `thin-provisioning tests not passed:\n${notPassed.map(line).join('\n')}${context()}`).to.deep.equal([]);
-  });
-
-  it('passes at least 210 tests', function () {
-    expect(done().counts.passed, `passed count too low${context()}`).to.be.at.least(210);
+    expect(notPassed.map(line), `thin-provisioning tests not passed:\n${notPassed.map(line).join('\n')}${resultsContext(done)}`).to.deep.equal([]);
   });
 
   it('MultipathIO through two agents: the same data on both paths, compare-and-write across paths', function () {

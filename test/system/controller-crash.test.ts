@@ -6,7 +6,8 @@
 // `tabula check` passes.
 import { expect } from 'chai';
 import { requireTools } from '../support/tools.js';
-import { iqnOf, useCluster, waitFor } from './cluster.js';
+import { iqnOf, useCluster } from './cluster.js';
+import { waitFor } from '../support/process.js';
 import { readP, writeP } from './clients.js';
 import { CHECK_CONDITION, GOOD, LunSession, describeIo, pattern, senseText, type IoResult } from './scsi-client.js';
 import { STATE, check, segments, table } from './table.js';
@@ -19,15 +20,7 @@ describe('system: the controller is SIGKILLed and restarted', function () {
   this.timeout(240_000);
   const cluster = useCluster('controller-crash', async (c) => {
     requireTools(['timeout', 'qemu-io']);
-    await c.startController({ holdTimeoutS: 30 });
-    await c.addContainer('c0.img', '128MiB');
-    await Promise.all([
-      c.startAgent('a', { containers: [c.containerGlob], holdTimeoutS: 2 }),
-      c.startAgent('b', { containers: [c.containerGlob] }),
-      c.cliOk(['vdisk', 'create', VDISK, '--size', '32MiB']),
-    ]);
-    await Promise.all([c.cliOk(['export', 'add', VDISK, '--agent', 'a']), c.cliOk(['export', 'add', VDISK, '--agent', 'b'])]);
-    await c.waitServed(VDISK, ['a', 'b']);
+    await c.serveVdisk({ vdisk: VDISK, size: '32MiB', containerSize: '128MiB', agents: { a: { holdTimeoutS: 2 }, b: {} }, controller: { holdTimeoutS: 30 } });
     // Segments 0-3 allocated before the crash.
     await writeP(c.url('a', VDISK), 0x11, 0, 4 * MiB);
   });

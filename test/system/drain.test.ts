@@ -4,11 +4,11 @@
 // set back, asks idle initiators to log out (Async Message, AsyncEvent 1),
 // flushes, and exits 0 within its bound; the data is there after a restart.
 import { expect } from 'chai';
-import type { ChildProcess } from 'node:child_process';
 import { Opcode } from '../../src/iscsi/pdu/types.js';
 import { RawInitiator } from '../support/raw-initiator.js';
 import { requireTools } from '../support/tools.js';
-import { iqnOf, sleep, useCluster } from './cluster.js';
+import { iqnOf, useCluster } from './cluster.js';
+import { exitStatus, sleep } from '../support/process.js';
 import { GOOD, LunSession, describeIo, pattern } from './scsi-client.js';
 
 const VDISK = 'dr';
@@ -17,19 +17,11 @@ const SEG_BLOCKS = (1 << 20) / 512;
 const LBA = 5 * SEG_BLOCKS + 64;
 const BLOCKS = 512;
 
-const exited = (child: ChildProcess): Promise<number | null> =>
-  child.exitCode !== null || child.signalCode !== null ? Promise.resolve(child.exitCode) : new Promise((r) => child.once('exit', (code) => r(code)));
-
 describe('system: graceful stop of an agent (SIGTERM drains)', function () {
   this.timeout(180_000);
   const cluster = useCluster('drain', async (c) => {
     requireTools(['timeout']);
-    await c.startController({ holdTimeoutS: 60 });
-    await c.addContainer('c0.img', '64MiB');
-    await c.startAgent('a', { containers: [c.containerGlob] });
-    await c.cliOk(['vdisk', 'create', VDISK, '--size', '16MiB']);
-    await c.cliOk(['export', 'add', VDISK, '--agent', 'a']);
-    await c.waitServed(VDISK, ['a']);
+    await c.serveVdisk({ vdisk: VDISK, size: '16MiB', containerSize: '64MiB', agents: { a: {} }, controller: { holdTimeoutS: 60 } });
   });
 
   it('finishes the WRITE in flight, asks idle initiators to log out, refuses new logins and exits 0', async function () {
@@ -49,7 +41,7 @@ describe('system: graceful stop of an agent (SIGTERM drains)', function () {
     expect(settled, 'the WRITE to an invalid segment is held').to.equal(false);
 
     const t0 = Date.now();
-    const stopped = exited(a.daemon.child);
+    const stopped = exitStatus(a.daemon.child);
     // The agent itself, not its timeout wrapper: that would SIGKILL it 5 s later, mid-drain.
     process.kill(a.daemon.processPid, 'SIGTERM');
     // The idle session is asked to log out (AsyncEvent 1) and does.

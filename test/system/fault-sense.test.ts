@@ -22,9 +22,9 @@ import { expect } from 'chai';
 import { existsSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { runBounded } from '../support/bounded-run.js';
-import { repoRoot } from '../support/target-process.js';
+import { repoRoot, waitFor } from '../support/process.js';
 import { requireTools, runOk } from '../support/tools.js';
-import { iqnOf, useCluster, waitFor, type Cluster } from './cluster.js';
+import { iqnOf, useCluster, type Cluster } from './cluster.js';
 import { STATE, faults, segments, table } from './table.js';
 
 const MiB = 1 << 20;

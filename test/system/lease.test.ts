@@ -9,7 +9,8 @@
 import { expect } from 'chai';
 import { DEFAULT_LEASE_MARGIN_MS, DEFAULT_LEASE_MS } from '../../src/controller/agent-registry.js';
 import { requireTools } from '../support/tools.js';
-import { iqnOf, sleep, useCluster, waitFor } from './cluster.js';
+import { iqnOf, useCluster } from './cluster.js';
+import { sleep, waitFor } from '../support/process.js';
 import { readP, writeP } from './clients.js';
 import { CuttableProxy } from './proxy.js';
 import { GOOD, LunSession, describeIo, pattern, type IoResult } from './scsi-client.js';
@@ -25,15 +26,7 @@ describe('system: an exporting agent dies and stays dead (leases)', function () 
   const VDISK = 'lease-dead';
   const cluster = useCluster('lease-dead', async (c) => {
     requireTools(['timeout', 'qemu-io']);
-    await c.startController();
-    await c.addContainer('c0.img', '64MiB');
-    await Promise.all([
-      c.startAgent('a', { containers: [c.containerGlob] }),
-      c.startAgent('b', { containers: [c.containerGlob] }),
-      c.cliOk(['vdisk', 'create', VDISK, '--size', '16MiB']),
-    ]);
-    await Promise.all([c.cliOk(['export', 'add', VDISK, '--agent', 'a']), c.cliOk(['export', 'add', VDISK, '--agent', 'b'])]);
-    await c.waitServed(VDISK, ['a', 'b']);
+    await c.serveVdisk({ vdisk: VDISK, size: '16MiB', containerSize: '64MiB', agents: { a: {}, b: {} } });
     await writeP(c.url('a', VDISK), 0x41, 0, MiB);
   });
 
@@ -69,17 +62,9 @@ describe('system: an agent cut off from the controller past its lease', function
   let proxy: CuttableProxy | undefined;
   const cluster = useCluster('lease-cut', async (c) => {
     requireTools(['timeout', 'qemu-io']);
-    await c.startController();
-    await c.addContainer('c0.img', '64MiB');
     proxy = await CuttableProxy.start(c.controllerAddress);
-    await Promise.all([
-      // A long hold: the held read below spans the agent's reconnect backoff.
-      c.startAgent('a', { containers: [c.containerGlob], controller: proxy.address, holdTimeoutS: 45 }),
-      c.startAgent('b', { containers: [c.containerGlob] }),
-      c.cliOk(['vdisk', 'create', VDISK, '--size', '16MiB']),
-    ]);
-    await Promise.all([c.cliOk(['export', 'add', VDISK, '--agent', 'a']), c.cliOk(['export', 'add', VDISK, '--agent', 'b'])]);
-    await c.waitServed(VDISK, ['a', 'b']);
+    // A long hold: the held read below spans the agent's reconnect backoff.
+    await c.serveVdisk({ vdisk: VDISK, size: '16MiB', containerSize: '64MiB', agents: { a: { controller: proxy.address, holdTimeoutS: 45 }, b: {} } });
     await writeP(c.url('a', VDISK), 0x51, 0, 2 * MiB);
   });
   after(async () => proxy?.close());

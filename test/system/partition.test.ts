@@ -11,11 +11,13 @@
 // released.
 import { expect } from 'chai';
 import { requireTools } from '../support/tools.js';
-import { iqnOf, sleep, useCluster, waitFor } from './cluster.js';
+import { iqnOf, useCluster } from './cluster.js';
+import { sleep, waitFor } from '../support/process.js';
 import { readP, writeP } from './clients.js';
 import { CuttableProxy } from './proxy.js';
 import { GOOD, LunSession, describeIo, pattern } from './scsi-client.js';
 import { STATE, check, faults, segments, table } from './table.js';
+import { unmapCdb, unmapList } from '../support/cdb.js';
 
 const MiB = 1 << 20;
 const VDISK = 'pt';
@@ -40,16 +42,8 @@ describe('system: an agent partitioned from the controller', function () {
   let proxy: CuttableProxy | undefined;
   const cluster = useCluster('partition', async (c) => {
     requireTools(['timeout', 'qemu-io']);
-    await c.startController({ holdTimeoutS: 60 });
-    await c.addContainer('c0.img', '64MiB');
     proxy = await CuttableProxy.start(c.controllerAddress);
-    await Promise.all([
-      c.startAgent('a', { containers: [c.containerGlob], controller: proxy.address }),
-      c.startAgent('b', { containers: [c.containerGlob] }),
-      c.cliOk(['vdisk', 'create', VDISK, '--size', '16MiB']),
-    ]);
-    await Promise.all([c.cliOk(['export', 'add', VDISK, '--agent', 'a']), c.cliOk(['export', 'add', VDISK, '--agent', 'b'])]);
-    await c.waitServed(VDISK, ['a', 'b']);
+    await c.serveVdisk({ vdisk: VDISK, size: '16MiB', containerSize: '64MiB', agents: { a: { controller: proxy.address }, b: {} }, controller: { holdTimeoutS: 60 } });
     await writeP(c.url('a', VDISK), 0x21, 0, 2 * MiB);
   });
   after(async () => proxy?.close());
@@ -114,15 +108,7 @@ describe('system: an agent partitioned from the controller', function () {
     await waitFor('agent a offline', 20_000, async () => ((await agentOnline(c, 'a')) ? undefined : true));
     const sb = await LunSession.open(c.agent('b').portal, iqnOf(VDISK));
     try {
-      const cdb = Buffer.alloc(10);
-      cdb[0] = 0x42;
-      cdb.writeUInt16BE(24, 7);
-      const params = Buffer.alloc(24);
-      params.writeUInt16BE(22, 0);
-      params.writeUInt16BE(16, 2);
-      params.writeBigUInt64BE(0n, 8);
-      params.writeUInt32BE(BLOCKS_PER_SEG, 16);
-      const r = await sb.command(cdb, { write: params, timeoutMs: 90_000 });
+      const r = await sb.command(unmapCdb(24), { write: unmapList(0, BLOCKS_PER_SEG), timeoutMs: 90_000 });
       expect(describeIo(r)).to.equal('GOOD');
     } finally {
       sb.close();

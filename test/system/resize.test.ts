@@ -4,11 +4,12 @@
 // space takes writes. Shrinking needs --force and an unexported vdisk.
 import { expect } from 'chai';
 import { requireTools } from '../support/tools.js';
-import { iqnOf, useCluster, waitFor } from './cluster.js';
+import { iqnOf, useCluster } from './cluster.js';
+import { waitFor } from '../support/process.js';
 import { readP, writeP } from './clients.js';
 import { CHECK_CONDITION, GOOD, LunSession, describeIo, senseText } from './scsi-client.js';
 import { check } from './table.js';
-import { expectOneLineError } from '../cli/harness.js';
+import { expectOneLineError } from '../support/tabula-process.js';
 
 const MiB = 1 << 20;
 const VDISK = 'grow';
@@ -34,15 +35,7 @@ describe('system: online resize', function () {
   this.timeout(120_000);
   const cluster = useCluster('resize', async (c) => {
     requireTools(['timeout', 'qemu-io']);
-    await c.startController();
-    await c.addContainer('c0.img', '128MiB');
-    await Promise.all([
-      c.startAgent('a', { containers: [c.containerGlob] }),
-      c.startAgent('b', { containers: [c.containerGlob] }),
-      c.cliOk(['vdisk', 'create', VDISK, '--size', '16MiB']),
-    ]);
-    await Promise.all([c.cliOk(['export', 'add', VDISK, '--agent', 'a']), c.cliOk(['export', 'add', VDISK, '--agent', 'b'])]);
-    await c.waitServed(VDISK, ['a', 'b']);
+    await c.serveVdisk({ vdisk: VDISK, size: '16MiB', containerSize: '128MiB', agents: { a: {}, b: {} } });
   });
 
   it('grow: every connected initiator sees 06/2A/09 and READ CAPACITY(16) reports the new size', async function () {

@@ -5,7 +5,8 @@
 // state, on the wire and in `tabula fault ls`.
 import { expect } from 'chai';
 import { requireTools } from '../support/tools.js';
-import { iqnOf, sleep, useCluster } from './cluster.js';
+import { iqnOf, useCluster } from './cluster.js';
+import { sleep } from '../support/process.js';
 import { readP, writeP } from './clients.js';
 import { CHECK_CONDITION, LunSession, describeIo, pattern, senseText, type IoResult } from './scsi-client.js';
 import { STATE, check, faults, segments, table } from './table.js';
@@ -18,11 +19,7 @@ describe('system: segment states set by the admin', function () {
   this.timeout(180_000);
   const cluster = useCluster('segment-states', async (c) => {
     requireTools(['timeout', 'qemu-io']);
-    await c.startController({ holdTimeoutS: 60 });
-    await c.addContainer('c0.img', '64MiB');
-    await Promise.all([c.startAgent('a', { containers: [c.containerGlob] }), c.cliOk(['vdisk', 'create', VDISK, '--size', '16MiB'])]);
-    await c.cliOk(['export', 'add', VDISK, '--agent', 'a']);
-    await c.waitServed(VDISK, ['a']);
+    await c.serveVdisk({ vdisk: VDISK, size: '16MiB', containerSize: '64MiB', agents: { a: {} }, controller: { holdTimeoutS: 60 } });
     await writeP(c.url('a', VDISK), 0x55, 0, 4 * MiB);
   });
 

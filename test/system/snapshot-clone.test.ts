@@ -33,15 +33,7 @@ describe('system: snapshot and clone through two agents', function () {
   this.timeout(120_000);
   const cluster = useCluster('snapshot-clone', async (c) => {
     requireTools(['timeout', 'qemu-io']);
-    await c.startController();
-    await c.addContainer('c0.img', '128MiB');
-    await Promise.all([
-      c.startAgent('a', { containers: [c.containerGlob] }),
-      c.startAgent('b', { containers: [c.containerGlob] }),
-      c.cliOk(['vdisk', 'create', BASE, '--size', '16MiB']),
-    ]);
-    await Promise.all([c.cliOk(['export', 'add', BASE, '--agent', 'a']), c.cliOk(['export', 'add', BASE, '--agent', 'b'])]);
-    await c.waitServed(BASE, ['a', 'b']);
+    await c.serveVdisk({ vdisk: BASE, size: '16MiB', containerSize: '128MiB', agents: { a: {}, b: {} } });
   });
 
   /** The Check RPC behind `tabula check` (the CLI itself runs at the end). */

@@ -12,7 +12,8 @@
 import { expect } from 'chai';
 import { performance } from 'node:perf_hooks';
 import { requireTools } from '../support/tools.js';
-import { iqnOf, sleep, useCluster } from './cluster.js';
+import { iqnOf, useCluster } from './cluster.js';
+import { sleep } from '../support/process.js';
 import { writeP } from './clients.js';
 import { GOOD, LunSession, describeIo, pattern } from './scsi-client.js';
 import { check } from './table.js';
@@ -38,15 +39,7 @@ describe('system: a snapshot under concurrent writers through two agents is one 
   this.timeout(150_000);
   const cluster = useCluster('snapshot-consistency', async (c) => {
     requireTools(['timeout', 'qemu-io']);
-    await c.startController();
-    await c.addContainer('c0.img', '160MiB');
-    await Promise.all([
-      c.startAgent('a', { containers: [c.containerGlob] }),
-      c.startAgent('b', { containers: [c.containerGlob] }),
-      c.cliOk(['vdisk', 'create', VDISK, '--size', '32MiB']),
-    ]);
-    await Promise.all([c.cliOk(['export', 'add', VDISK, '--agent', 'a']), c.cliOk(['export', 'add', VDISK, '--agent', 'b'])]);
-    await c.waitServed(VDISK, ['a', 'b']);
+    await c.serveVdisk({ vdisk: VDISK, size: '32MiB', containerSize: '160MiB', agents: { a: {}, b: {} } });
     // Half the segments hold data before the writers start (zeros written are data too).
     await writeP(c.url('a', VDISK), 0, 0, 16 * MiB);
   });

@@ -5,29 +5,15 @@
 // The container is made so small that every allocation has to reuse space.
 import { expect } from 'chai';
 import { requireTools } from '../support/tools.js';
-import { iqnOf, useCluster, waitFor } from './cluster.js';
+import { iqnOf, useCluster } from './cluster.js';
+import { waitFor } from '../support/process.js';
 import { readP, writeP } from './clients.js';
 import { LunSession, describeIo } from './scsi-client.js';
 import { STATE, check, containerSegmentsUsed, segments, table } from './table.js';
+import { unmapCdb, unmapList } from '../support/cdb.js';
 
 const MiB = 1 << 20;
 const BLOCKS_PER_SEG = MiB / 512;
-
-/** UNMAP of one LBA range (one block descriptor). */
-function unmapCdb(): Buffer {
-  const c = Buffer.alloc(10);
-  c[0] = 0x42;
-  c.writeUInt16BE(24, 7);
-  return c;
-}
-function unmapParams(lba: number, blocks: number): Buffer {
-  const p = Buffer.alloc(24);
-  p.writeUInt16BE(22, 0);
-  p.writeUInt16BE(16, 2);
-  p.writeBigUInt64BE(BigInt(lba), 8);
-  p.writeUInt32BE(blocks, 16);
-  return p;
-}
 
 describe('system: freed container space is reused without its old data', function () {
   this.timeout(180_000);
@@ -52,7 +38,7 @@ describe('system: freed container space is reused without its old data', functio
 
     const s = await LunSession.open(c.agent('a').portal, iqnOf('u1'));
     try {
-      const r = await s.command(unmapCdb(), { write: unmapParams(0, 2 * BLOCKS_PER_SEG) });
+      const r = await s.command(unmapCdb(24), { write: unmapList(0, 2 * BLOCKS_PER_SEG) });
       expect(describeIo(r)).to.equal('GOOD');
     } finally {
       s.close();

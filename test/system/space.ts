@@ -3,7 +3,8 @@
 // numbers are counted by the tests from what they wrote, never taken from
 // the controller.
 import type { ContainerInfo, VdiskInfo } from '../../src/wire/proto-types.js';
-import { waitFor, type Cluster } from './cluster.js';
+import { type Cluster } from './cluster.js';
+import { waitFor } from '../support/process.js';
 
 export interface Space {
   /** Summed over containers, in segments. */

@@ -21,15 +21,7 @@ describe('system: two agents export one thin vdisk', function () {
   this.timeout(180_000);
   const cluster = useCluster('two-agents', async (c) => {
     requireTools(['timeout', 'qemu-img', 'qemu-io']);
-    await c.startController();
-    await c.addContainer('c0.img', '256MiB');
-    await Promise.all([
-      c.startAgent('a', { containers: [c.containerGlob] }),
-      c.startAgent('b', { containers: [c.containerGlob] }),
-      c.cliOk(['vdisk', 'create', VDISK, '--size', `${SIZE_MIB}MiB`]),
-    ]);
-    await Promise.all([c.cliOk(['export', 'add', VDISK, '--agent', 'a']), c.cliOk(['export', 'add', VDISK, '--agent', 'b'])]);
-    await c.waitServed(VDISK, ['a', 'b']);
+    await c.serveVdisk({ vdisk: VDISK, size: `${SIZE_MIB}MiB`, containerSize: '256MiB', agents: { a: {}, b: {} } });
   });
 
   it('starts thin: every segment zero, nothing allocated', async function () {

@@ -11,7 +11,8 @@
 //                      agent under the same IQN: the snapshot read-only at LUN 1,
 //                      the clone writable at LUN 2
 import { expect } from 'chai';
-import { Cluster, iqnOf, waitFor } from '../../system/cluster.js';
+import { Cluster, iqnOf } from '../../system/cluster.js';
+import { waitFor } from '../../support/process.js';
 import { writeP } from '../../system/clients.js';
 import type { VdiskInfo } from '../../../src/wire/proto-types.js';
 import type { HostPortal } from './run-guest.js';

@@ -15,7 +15,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, renameS
 import { join, basename, posix } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { runBounded, describeRun } from '../../support/bounded-run.js';
-import { repoRoot } from '../../support/target-process.js';
+import { repoRoot } from '../../support/process.js';
 import { CpioWriter } from './cpio.js';
 import { readDynamicInfo, readModInfo, normalizeModuleName } from './elf.js';
 

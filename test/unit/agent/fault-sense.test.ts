@@ -12,7 +12,7 @@ import { SegmentState } from '../../../src/table/segment-state.js';
 import { ScsiTargetDevice } from '../../../src/scsi/target-device.js';
 import type { ScsiResponse } from '../../../src/scsi/port.js';
 import { TaskAttribute, makeNexus } from '../../../src/scsi/port.js';
-import { BPS, BS, C1, FakeSink, fixture, type Fixture } from './helpers.js';
+import { BPS, BS, C1, FakeSink, fixture, type Fixture } from './device-fixture.js';
 
 const VDISK = '99999999-0000-4000-8000-00000000fa17';
 const TARGET = 'iqn.2026-11.org.tabula:fault-sense';

@@ -5,7 +5,7 @@ import { VdiskDevice } from '../../../src/agent/vdisk-device.js';
 import { VersionGapError, diff } from '../../../src/table/delta.js';
 import { MappingTable } from '../../../src/table/mapping-table.js';
 import { IoOp, SegmentState } from '../../../src/table/segment-state.js';
-import { BPS, BS, C1, C2, FakeSink, Latch, SEG, fixture, pattern, raw, rejects, settle, type Fixture } from './helpers.js';
+import { BPS, BS, C1, C2, FakeSink, Latch, SEG, fixture, pattern, raw, rejects, settle, type Fixture } from './device-fixture.js';
 
 const VDISK = '99999999-0000-4000-8000-00000000d15c';
 

@@ -4,15 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BlockDeviceError } from '../../../src/blockdev/block-device.js';
 import { FileBlockDevice } from '../../../src/blockdev/file-device.js';
-
-async function rejects(p: Promise<unknown>): Promise<Error> {
-  try {
-    await p;
-  } catch (e) {
-    return e as Error;
-  }
-  throw new Error('expected a rejection');
-}
+import { rejects } from '../../support/rejects.js';
 
 describe('FileBlockDevice', () => {
   let dir: string;

@@ -6,15 +6,7 @@ import { ContainerIoError } from '../../../src/container/driver.js';
 import { FileContainerDriver } from '../../../src/container/file-driver.js';
 import { initContainer } from '../../../src/container/init.js';
 import { LabelError } from '../../../src/container/label.js';
-
-async function rejects(p: Promise<unknown>): Promise<Error> {
-  try {
-    await p;
-  } catch (e) {
-    return e as Error;
-  }
-  throw new Error('expected a rejection');
-}
+import { rejects } from '../../support/rejects.js';
 
 const MiB = 1 << 20;
 const ID = 'cccccccc-0000-4000-8000-000000000003';

@@ -6,15 +6,7 @@ import { ContainerInitError, initContainer } from '../../../src/container/init.j
 import { LabelError, decodeLabel } from '../../../src/container/label.js';
 import { expandBraces, expandGlob } from '../../../src/container/glob.js';
 import { readContainerLabel, scanContainers } from '../../../src/container/scan.js';
-
-async function rejects(p: Promise<unknown>): Promise<Error> {
-  try {
-    await p;
-  } catch (e) {
-    return e as Error;
-  }
-  throw new Error('expected a rejection');
-}
+import { rejects } from '../../support/rejects.js';
 
 const MiB = 1 << 20;
 const ID_A = 'aaaaaaaa-0000-4000-8000-000000000001';

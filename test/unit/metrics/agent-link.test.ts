@@ -9,8 +9,8 @@ import { startAgent, type AgentHandle } from '../../../src/agent/index.js';
 import { SegmentState } from '../../../src/table/index.js';
 import { FaultAction } from '../../../src/wire/proto-types.js';
 import type { RawInitiator } from '../../support/raw-initiator.js';
-import { FakeController, type FakeStream } from '../agent-daemon/fake-controller.js';
-import { BPS, BS, CONTAINER_ID, IQN, SEG, SEGS, VDISK_ID, exportOf, loginTo, makeContainer, normal, until, write10, zero } from '../agent-daemon/helpers.js';
+import { FakeController, type FakeStream } from '../agent/fake-controller.js';
+import { BPS, BS, CONTAINER_ID, IQN, SEG, SEGS, VDISK_ID, exportOf, loginTo, makeContainer, normal, write10, zero } from '../agent/rig.js';
 import { valueOf } from './exposition.js';
 import { metrics, untilValue } from './scrape.js';
 

@@ -11,32 +11,15 @@ import { initContainer } from '../../../src/container/init.js';
 import { startController, type ControllerHandle } from '../../../src/controller/daemon.js';
 import { SegmentState } from '../../../src/table/index.js';
 import type { RawInitiator } from '../../support/raw-initiator.js';
-import { loginTo, read10, until, write10 } from '../agent-daemon/helpers.js';
+import { loginTo, read10, until, write10 } from '../agent/rig.js';
 import { valueOf } from './exposition.js';
 import { metrics, untilValue } from './scrape.js';
+import { unmapCdb, unmapList } from '../../support/cdb.js';
 
 const MiB = 1 << 20;
 const BS = 512;
 const BPS = MiB / BS; // blocks per 1 MiB segment
 const IQN = 'iqn.2026-11.org.tabula:mdisk';
-
-/** UNMAP parameter list with one block descriptor (SBC-4 5.32.2). */
-function unmapList(lba: number, blocks: number): Buffer {
-  const b = Buffer.alloc(24);
-  b.writeUInt16BE(22, 0);
-  b.writeUInt16BE(16, 2);
-  b.writeUInt32BE(Math.floor(lba / 2 ** 32), 8);
-  b.writeUInt32BE(lba % 2 ** 32, 12);
-  b.writeUInt32BE(blocks, 16);
-  return b;
-}
-
-function unmapCdb(paramLength: number): Buffer {
-  const c = Buffer.alloc(10);
-  c[0] = 0x42;
-  c.writeUInt16BE(paramLength, 7);
-  return c;
-}
 
 describe('metrics: controller and agent endpoints', function () {
   this.timeout(30_000);

@@ -4,17 +4,8 @@
 import { MappingTable } from '../../../src/table/mapping-table.js';
 import { SegmentState } from '../../../src/table/segment-state.js';
 
-/** mulberry32: small, seeded, good enough for property tests. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The shared seeded PRNG (mulberry32). */
+export { prng as rng } from '../../support/prng.js';
 
 export function int(r: () => number, lo: number, hi: number): number {
   return lo + Math.floor(r() * (hi - lo + 1));

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FakeController } from './fake-controller.js';
-import { CONTAINER_ID, makeContainer } from './helpers.js';
+import { CONTAINER_ID, makeContainer } from './rig.js';
 
 const RUNNER = new URL('./cli-runner.ts', import.meta.url).pathname;
 

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { MemoryBlockDevice } from '../../../src/blockdev/memory-device.js';
 import { extendedCopy, receiveCopyResults, thirdPartyCopyVpd } from '../../../src/scsi/extended-copy.js';
 import { Reservations } from '../../../src/scsi/reservations.js';
-import { FakeLu, FakeTarget, exec, nexus, spec } from '../reservations/fake-lu.js';
+import { FakeLu, FakeTarget, exec, nexus, spec } from './fake-lu.js';
 
 const XCOPY = spec('EXTENDED COPY', extendedCopy, 'write', true);
 const RCR = spec('RECEIVE COPY RESULTS', receiveCopyResults);

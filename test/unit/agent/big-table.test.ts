@@ -2,24 +2,13 @@
 // limit installs; the run form arrives in pieces and is installed once
 // whole; and while a big table is built, other LUNs of the agent are served.
 import { expect } from 'chai';
-import { openSync, writeSync, closeSync } from 'node:fs';
 import type { VdiskDevice } from '../../../src/agent/vdisk-device.js';
 import { SegmentState } from '../../../src/table/index.js';
 import type { TableFull, WireExtent } from '../../../src/wire/proto-types.js';
-import { FakeController, type FakeStream } from './fake-controller.js';
-import { BPS, BS, CONTAINER_ID, DATA_OFFSET, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, read10, startRig, zero, type Rig } from './helpers.js';
-import type { RawInitiator } from '../../support/raw-initiator.js';
+import type { FakeStream } from './fake-controller.js';
+import { BPS, BS, CONTAINER_ID, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, read10, useRig, writeContainer, zero } from './rig.js';
 
 const BIG_ID = '7e000000-1111-4222-8333-444455556666';
-
-function writeContainer(path: string, offset: number, data: Buffer): void {
-  const fd = openSync(path, 'r+');
-  try {
-    writeSync(fd, data, 0, data.length, DATA_OFFSET + offset);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 function tableFull(vdiskId: string, segmentCount: number, over: Partial<TableFull>): TableFull {
   return { vdiskId, version: 1, segmentSize: SEG, blockSize: BS, segmentCount, containers: [CONTAINER_ID], extents: [], ...over };
@@ -27,20 +16,7 @@ function tableFull(vdiskId: string, segmentCount: number, over: Partial<TableFul
 
 describe('agent daemon: big tables', function () {
   this.timeout(60_000);
-  let ctl: FakeController;
-  let rig: Rig;
-  const initiators: RawInitiator[] = [];
-
-  beforeEach(async () => {
-    ctl = await FakeController.start();
-    rig = await startRig(ctl.address, { holdTimeoutMs: 3000 });
-  });
-
-  afterEach(async () => {
-    for (const i of initiators.splice(0)) i.destroy();
-    await rig.close();
-    await ctl.stop();
-  });
+  const fx = useRig({ holdTimeoutMs: 3000 });
 
   async function exportBoth(stream: FakeStream, bigSegments: number): Promise<void> {
     stream.send({
@@ -52,7 +28,7 @@ describe('agent daemon: big tables', function () {
   }
 
   it('installs a TableFull of over 4 MiB in the extents form (one message, 100 000 extents)', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     const n = 100_000;
     stream.send({ body: 'exportSet', exportSet: { exports: [exportOf({ vdiskId: BIG_ID, vdiskName: 'big', size: n * SEG })] } });
     // Neighbours at offsets 0 and 2 never merge into one extent: n extents of ~52 bytes each.
@@ -60,20 +36,20 @@ describe('agent daemon: big tables', function () {
     for (let s = 0; s < n; s++) extents.push(normal(s, 1, s % 2 === 0 ? 0 : 2));
     stream.send({ body: 'tableFull', tableFull: tableFull(BIG_ID, n, { extents }) });
     expect((await stream.take('tableAck', 30_000)).tableAck).to.deep.equal({ vdiskId: BIG_ID, version: 1 });
-    const t = (rig.devices.get(BIG_ID) as VdiskDevice).table;
+    const t = (fx.rig.devices.get(BIG_ID) as VdiskDevice).table;
     expect([t.containerOffsetOf(0), t.containerOffsetOf(n - 1), t.stateOf(n - 1)]).to.deep.equal([0, 2, SegmentState.Normal]);
     // The last segment reads container offset 2.
     const data = Buffer.alloc(BS, 0x5c);
-    writeContainer(rig.containerPath, 2 * SEG, data);
-    const ini = await loginTo(rig.port);
-    initiators.push(ini);
+    writeContainer(fx.rig.containerPath, 2 * SEG, data);
+    const ini = await loginTo(fx.rig.port);
+    fx.initiators.push(ini);
     const r = await ini.scsi(read10((n - 1) * BPS, 1), { read: BS });
     expect(r.status).to.equal(0);
     expect(r.data.equals(data)).to.equal(true);
   });
 
   it('installs a table that comes in the run form in pieces only once the last piece is in, and asks again for a broken one', async () => {
-    const { stream, register } = await ctl.accept();
+    const { stream, register } = await fx.ctl.accept();
     expect(register.tableRuns).to.equal(true);
     stream.send({ body: 'exportSet', exportSet: { exports: [exportOf()] } });
     // SEGS = 8: 0-1 normal @0, 2 zero | 3 normal @5, 4-6 zero | 7 invalid.
@@ -86,7 +62,7 @@ describe('agent daemon: big tables', function () {
     expect(await stream.none('tableAck', 300)).to.equal(true);
     stream.send({ body: 'tableFull', tableFull: piece(7, [1], [SegmentState.Invalid], [0], [0], false) });
     expect((await stream.take('tableAck')).tableAck).to.deep.equal({ vdiskId: VDISK_ID, version: 1 });
-    const t = (rig.devices.get(VDISK_ID) as VdiskDevice).table;
+    const t = (fx.rig.devices.get(VDISK_ID) as VdiskDevice).table;
     expect([0, 1, 2, 3, 4, 7].map((s) => [t.stateOf(s), t.containerOffsetOf(s)])).to.deep.equal([
       [N, 0],
       [N, 1],
@@ -102,15 +78,15 @@ describe('agent daemon: big tables', function () {
     expect(req.tableRequest.vdiskId).to.equal(VDISK_ID);
     expect(req.tableRequest.reason).to.match(/segment 4 of version 2: starts at segment 4, expected 3/);
     expect(await stream.none('tableAck', 200)).to.equal(true);
-    expect(rig.devices.get(VDISK_ID)?.version).to.equal(1);
+    expect(fx.rig.devices.get(VDISK_ID)?.version).to.equal(1);
   });
 
   it('serves READs on another LUN while an 8 M-segment table is built and installed', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     const big = 8 << 20;
     await exportBoth(stream, big);
-    const ini = await loginTo(rig.port);
-    initiators.push(ini);
+    const ini = await loginTo(fx.rig.port);
+    fx.initiators.push(ini);
     let stop = false;
     let during = 0;
     let acked = false;
@@ -134,7 +110,7 @@ describe('agent daemon: big tables', function () {
     stop = true;
     await reads;
     expect(ack.tableAck).to.deep.equal({ vdiskId: BIG_ID, version: 1 });
-    expect((rig.devices.get(BIG_ID) as VdiskDevice).table.containerOffsetOf(big - 1)).to.equal(big - 1);
+    expect((fx.rig.devices.get(BIG_ID) as VdiskDevice).table.containerOffsetOf(big - 1)).to.equal(big - 1);
     // Built in 32 slices of 256 Ki segments, each followed by a turn of the event loop.
     expect(completed).to.be.at.least(5);
   });

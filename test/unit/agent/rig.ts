@@ -2,7 +2,7 @@
 // dir, an agent wired to a fake controller with the fake device, iSCSI
 // helpers that build CDBs by hand.
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent, type AgentOptions } from '../../../src/agent/agent.js';
@@ -10,8 +10,10 @@ import { initContainer } from '../../../src/container/init.js';
 import { SegmentState } from '../../../src/table/index.js';
 import type { Export, WireExtent } from '../../../src/wire/proto-types.js';
 import { RawInitiator } from '../../support/raw-initiator.js';
+import { FakeController } from './fake-controller.js';
 import { vdiskDeviceFactory, type AgentDevice } from '../../../src/agent/device-port.js';
 import type { ContainerDriver, ContainerResolver, ContainerWriteOptions } from '../../../src/container/driver.js';
+export { read10, write10 } from '../../support/cdb.js';
 
 export const KiB = 1024;
 export const SEG = 64 * KiB;
@@ -96,6 +98,31 @@ export async function startRig(controller: string, over: Partial<AgentOptions> =
   };
 }
 
+/** What useRig sets up before each test; tests push the initiators they log in to `initiators`. */
+export class RigFixture {
+  ctl!: FakeController;
+  rig!: Rig;
+  readonly initiators: RawInitiator[] = [];
+}
+
+/**
+ * mocha hooks for one describe block: a fake controller and an agent rig on
+ * it before each test; after it, the test's initiators are destroyed and both stopped.
+ */
+export function useRig(over: Partial<AgentOptions> = {}): RigFixture {
+  const f = new RigFixture();
+  beforeEach(async () => {
+    f.ctl = await FakeController.start();
+    f.rig = await startRig(f.ctl.address, over);
+  });
+  afterEach(async () => {
+    for (const i of f.initiators.splice(0)) i.destroy();
+    await f.rig.close();
+    await f.ctl.stop();
+  });
+  return f;
+}
+
 export async function loginTo(port: number, targetName = IQN): Promise<RawInitiator> {
   const ini = await RawInitiator.connect(port);
   const r = await ini.login({ targetName });
@@ -106,20 +133,26 @@ export async function loginTo(port: number, targetName = IQN): Promise<RawInitia
   return ini;
 }
 
-export function read10(lba: number, blocks: number): Buffer {
-  const c = Buffer.alloc(10);
-  c[0] = 0x28;
-  c.writeUInt32BE(lba, 2);
-  c.writeUInt16BE(blocks, 7);
-  return c;
+/** Container file bytes at a data-area offset, read straight from the file (not through the code under test). */
+export function readContainer(path: string, offset: number, length: number): Buffer {
+  const fd = openSync(path, 'r');
+  try {
+    const b = Buffer.alloc(length);
+    readSync(fd, b, 0, length, DATA_OFFSET + offset);
+    return b;
+  } finally {
+    closeSync(fd);
+  }
 }
 
-export function write10(lba: number, blocks: number): Buffer {
-  const c = Buffer.alloc(10);
-  c[0] = 0x2a;
-  c.writeUInt32BE(lba, 2);
-  c.writeUInt16BE(blocks, 7);
-  return c;
+/** Writes straight into the container file at a data-area offset. */
+export function writeContainer(path: string, offset: number, data: Buffer): void {
+  const fd = openSync(path, 'r+');
+  try {
+    writeSync(fd, data, 0, data.length, DATA_OFFSET + offset);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 export function inquiryVpd(page: number, alloc = 255): Buffer {

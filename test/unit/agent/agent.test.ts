@@ -1,5 +1,4 @@
 import { expect } from 'chai';
-import { openSync, readSync, closeSync, writeSync } from 'node:fs';
 import { FaultAction } from '../../../src/wire/proto-types.js';
 import { IoOp, SegmentState } from '../../../src/table/index.js';
 import { FakeController, type FakeStream } from './fake-controller.js';
@@ -20,50 +19,15 @@ import {
   normal,
   pattern,
   read10,
-  startRig,
   until,
+  useRig,
   write10,
   zero,
-  type Rig,
-} from './helpers.js';
+  readContainer,
+  writeContainer,
+} from './rig.js';
 import type { RawInitiator } from '../../support/raw-initiator.js';
-
-function readContainer(path: string, offset: number, length: number): Buffer {
-  const fd = openSync(path, 'r');
-  try {
-    const b = Buffer.alloc(length);
-    readSync(fd, b, 0, length, DATA_OFFSET + offset);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function writeContainer(path: string, offset: number, data: Buffer): void {
-  const fd = openSync(path, 'r+');
-  try {
-    writeSync(fd, data, 0, data.length, DATA_OFFSET + offset);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function unmapCdb(paramLength: number): Buffer {
-  const c = Buffer.alloc(10);
-  c[0] = 0x42;
-  c.writeUInt16BE(paramLength, 7);
-  return c;
-}
-
-/** UNMAP parameter list with one block descriptor (SBC-4 5.32.2). */
-function unmapList(lba: number, blocks: number): Buffer {
-  const b = Buffer.alloc(24);
-  b.writeUInt16BE(22, 0);
-  b.writeUInt16BE(16, 2);
-  b.writeBigUInt64BE(BigInt(lba), 8);
-  b.writeUInt32BE(blocks, 16);
-  return b;
-}
+import { unmapCdb, unmapList } from '../../support/cdb.js';
 
 /** ExportSet + TableFull (segment 0-1 normal at offsets 0-1, the rest zero), acked. */
 async function exportDisk(stream: FakeStream, version = 1): Promise<void> {
@@ -86,37 +50,24 @@ async function exportDisk(stream: FakeStream, version = 1): Promise<void> {
 
 describe('agent daemon', function () {
   this.timeout(20_000);
-  let ctl: FakeController;
-  let rig: Rig;
-  const initiators: RawInitiator[] = [];
-
-  beforeEach(async () => {
-    ctl = await FakeController.start();
-    rig = await startRig(ctl.address, { holdTimeoutMs: 3000 });
-  });
-
-  afterEach(async () => {
-    for (const i of initiators.splice(0)) i.destroy();
-    await rig.close();
-    await ctl.stop();
-  });
+  const fx = useRig({ holdTimeoutMs: 3000 });
 
   async function login(): Promise<RawInitiator> {
-    const i = await loginTo(rig.port);
-    initiators.push(i);
+    const i = await loginTo(fx.rig.port);
+    fx.initiators.push(i);
     return i;
   }
 
   it('registers with its name, portals and the containers its globs find', async () => {
-    const { register } = await ctl.accept();
+    const { register } = await fx.ctl.accept();
     expect(register.agentName).to.equal('agent-a');
-    expect(register.portals).to.deep.equal([`127.0.0.1:${rig.port}`]);
-    expect(register.containers).to.deep.equal([{ id: CONTAINER_ID, path: rig.containerPath, size: 4 << 20, dataOffset: DATA_OFFSET }]);
+    expect(register.portals).to.deep.equal([`127.0.0.1:${fx.rig.port}`]);
+    expect(register.containers).to.deep.equal([{ id: CONTAINER_ID, path: fx.rig.containerPath, size: 4 << 20, dataOffset: DATA_OFFSET }]);
     expect(register.tables).to.deep.equal([]);
   });
 
   it('sends heartbeats at the interval the Welcome names', async () => {
-    const { stream } = await ctl.accept({ heartbeatIntervalMs: 100 });
+    const { stream } = await fx.ctl.accept({ heartbeatIntervalMs: 100 });
     const a = await stream.take('heartbeat', 2000);
     const b = await stream.take('heartbeat', 2000);
     expect(b.heartbeat.seq).to.be.greaterThan(a.heartbeat.seq);
@@ -124,7 +75,7 @@ describe('agent daemon', function () {
   });
 
   it('serves an exported vdisk as a LUN whose identity comes from the vdisk id', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     await exportDisk(stream);
     const ini = await login();
     const vpd = await ini.scsi(inquiryVpd(0x83), { read: 255 });
@@ -137,7 +88,7 @@ describe('agent daemon', function () {
     const data = pattern(8, 0x11);
     const w = await ini.scsi(write10(BPS + 16, 8), { write: data });
     expect(w.status).to.equal(0);
-    expect(readContainer(rig.containerPath, SEG + 16 * BS, 8 * BS).equals(data)).to.equal(true);
+    expect(readContainer(fx.rig.containerPath, SEG + 16 * BS, 8 * BS).equals(data)).to.equal(true);
     const r = await ini.scsi(read10(BPS + 16, 8), { read: 8 * BS });
     expect(r.data.equals(data)).to.equal(true);
     // a zero segment reads as zeros
@@ -147,36 +98,36 @@ describe('agent daemon', function () {
   });
 
   it('acks a delta only after old-version I/O on the changed segment has drained', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     await exportDisk(stream);
     const ini = await login();
     const gate = deferred();
-    rig.gate.writes = gate.promise;
+    fx.rig.gate.writes = gate.promise;
     const data = pattern(4, 0x22);
     const write = ini.scsi(write10(0, 4), { write: data });
-    await until(() => rig.gate.writesStarted > 0, 5000, 'the write to reach the container');
+    await until(() => fx.rig.gate.writesStarted > 0, 5000, 'the write to reach the container');
     // segment 0 moves to container offset 5; the write started under version 1 is still in flight
     stream.send({
       body: 'tableDelta',
       tableDelta: { vdiskId: VDISK_ID, fromVersion: 1, toVersion: 2, segmentCount: SEGS, extents: [normal(0, 1, 5)] },
     });
     expect(await stream.none('tableAck', 400)).to.equal(true);
-    rig.gate.writes = null;
+    fx.rig.gate.writes = null;
     gate.resolve();
     expect((await write).status).to.equal(0);
     const ack = await stream.take('tableAck');
     expect(ack.tableAck).to.deep.equal({ vdiskId: VDISK_ID, version: 2 });
-    expect(rig.agent.exports()[0]?.tableVersion).to.equal(2);
+    expect(fx.rig.agent.exports()[0]?.tableVersion).to.equal(2);
   });
 
   it('does not ack, and stays fenced, when a Fence overtakes a draining install', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     await exportDisk(stream);
     const ini = await login();
     const gate = deferred();
-    rig.gate.writes = gate.promise;
+    fx.rig.gate.writes = gate.promise;
     const write = ini.scsi(write10(0, 1), { write: pattern(1, 0x23) });
-    await until(() => rig.gate.writesStarted > 0, 5000, 'the write to reach the container');
+    await until(() => fx.rig.gate.writesStarted > 0, 5000, 'the write to reach the container');
     stream.send({
       body: 'tableDelta',
       tableDelta: { vdiskId: VDISK_ID, fromVersion: 1, toVersion: 2, segmentCount: SEGS, extents: [normal(0, 1, 5)] },
@@ -184,7 +135,7 @@ describe('agent daemon', function () {
     await new Promise((r) => setTimeout(r, 100));
     stream.send({ body: 'fence', fence: { vdiskId: VDISK_ID, reason: 'ack timeout' } });
     expect((await stream.take('tableRequest')).tableRequest.haveVersion).to.equal(0);
-    rig.gate.writes = null;
+    fx.rig.gate.writes = null;
     gate.resolve();
     expect((await write).status).to.equal(0);
     expect(await stream.none('tableAck', 300)).to.equal(true);
@@ -201,7 +152,7 @@ describe('agent daemon', function () {
   });
 
   it('asks for the whole table once on a version gap, and acks the TableFull that answers', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     await exportDisk(stream);
     stream.send({ body: 'tableDelta', tableDelta: { vdiskId: VDISK_ID, fromVersion: 3, toVersion: 4, segmentCount: SEGS, extents: [normal(2, 1)] } });
     stream.send({ body: 'tableDelta', tableDelta: { vdiskId: VDISK_ID, fromVersion: 4, toVersion: 5, segmentCount: SEGS, extents: [normal(3, 1)] } });
@@ -221,7 +172,7 @@ describe('agent daemon', function () {
   });
 
   it('on Fence holds I/O, ignores deltas and asks for the whole table', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     await exportDisk(stream);
     const ini = await login();
     stream.send({ body: 'fence', fence: { vdiskId: VDISK_ID, reason: 'ack timeout' } });
@@ -244,7 +195,7 @@ describe('agent daemon', function () {
   });
 
   it('holds a write to a zero segment until the controller maps it and answers RETRY', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     await exportDisk(stream);
     const ini = await login();
     const data = pattern(16, 0x33);
@@ -257,11 +208,11 @@ describe('agent daemon', function () {
     expect((await stream.take('tableAck')).tableAck.version).to.equal(2);
     stream.send({ body: 'faultReply', faultReply: { faultId: f.fault.faultId, action: FaultAction.Retry, tableVersion: 2, senseKey: 0, asc: 0, ascq: 0, reason: 'allocated' } });
     expect((await write).status).to.equal(0);
-    expect(readContainer(rig.containerPath, 6 * SEG + 8 * BS, 16 * BS).equals(data)).to.equal(true);
+    expect(readContainer(fx.rig.containerPath, 6 * SEG + 8 * BS, 16 * BS).equals(data)).to.equal(true);
   });
 
   it('fails a held write with the sense the controller chooses', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     await exportDisk(stream);
     const ini = await login();
     const write = ini.scsi(write10(5 * BPS, 1), { write: pattern(1, 0x44) });
@@ -275,7 +226,7 @@ describe('agent daemon', function () {
   });
 
   it('releases whole unmapped segments through the controller and completes once they are zero', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     await exportDisk(stream);
     const ini = await login();
     const unmap = ini.scsi(unmapCdb(24), { write: unmapList(BPS, BPS) });
@@ -288,25 +239,25 @@ describe('agent daemon', function () {
   });
 
   it('zeroes unmapped segments in place when the controller is away', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     await exportDisk(stream);
     const ini = await login();
     expect((await ini.scsi(write10(0, 2), { write: pattern(2, 0x12) })).status).to.equal(0);
-    await ctl.stop();
-    await until(() => !rig.agent.link.connected, 5000, 'the agent to notice');
+    await fx.ctl.stop();
+    await until(() => !fx.rig.agent.link.connected, 5000, 'the agent to notice');
     expect((await ini.scsi(unmapCdb(24), { write: unmapList(0, BPS) })).status).to.equal(0);
     const r = await ini.scsi(read10(0, 2), { read: 2 * BS });
     expect(r.data.equals(Buffer.alloc(2 * BS))).to.equal(true);
   });
 
   it('keeps serving normal and zero segments while the controller is gone; faults fail NOT READY 02/04/0A after the hold timeout', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     await exportDisk(stream);
     const ini = await login();
     const data = pattern(4, 0x55);
     expect((await ini.scsi(write10(4, 4), { write: data })).status).to.equal(0);
-    await ctl.stop();
-    await until(() => !rig.agent.link.connected, 5000, 'the agent to notice');
+    await fx.ctl.stop();
+    await until(() => !fx.rig.agent.link.connected, 5000, 'the agent to notice');
     const r = await ini.scsi(read10(4, 4), { read: 4 * BS });
     expect(r.status).to.equal(0);
     expect(r.data.equals(data)).to.equal(true);
@@ -321,19 +272,19 @@ describe('agent daemon', function () {
   });
 
   it('reconnects with backoff, re-registers with the tables it holds and re-sends held faults', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     await exportDisk(stream);
     const ini = await login();
-    const port = ctl.port;
-    await ctl.stop();
-    await until(() => !rig.agent.link.connected, 5000, 'the agent to notice');
+    const port = fx.ctl.port;
+    await fx.ctl.stop();
+    await until(() => !fx.rig.agent.link.connected, 5000, 'the agent to notice');
     // a write to a zero segment while the controller is away: held, fault pending
     const data = pattern(2, 0x66);
     const write = ini.scsi(write10(4 * BPS, 2), { write: data });
-    await until(() => rig.agent.heldIos > 0, 5000, 'the write to be held');
+    await until(() => fx.rig.agent.heldIos > 0, 5000, 'the write to be held');
     await new Promise((r) => setTimeout(r, 300)); // a few failed attempts
-    ctl = await FakeController.start(port);
-    const s2 = await ctl.nextStream(5000);
+    fx.ctl = await FakeController.start(port);
+    const s2 = await fx.ctl.nextStream(5000);
     const reg = await s2.take('register');
     expect(reg.register.tables).to.deep.equal([{ vdiskId: VDISK_ID, version: 1 }]);
     s2.welcome();
@@ -344,21 +295,21 @@ describe('agent daemon', function () {
     expect((await s2.take('tableAck')).tableAck.version).to.equal(2);
     s2.send({ body: 'faultReply', faultReply: { faultId: f.fault.faultId, action: FaultAction.Retry, tableVersion: 2, senseKey: 0, asc: 0, ascq: 0, reason: '' } });
     expect((await write).status).to.equal(0);
-    expect(readContainer(rig.containerPath, 7 * SEG, 2 * BS).equals(data)).to.equal(true);
-    expect(rig.agent.link.connectAttempts).to.be.greaterThan(2);
+    expect(readContainer(fx.rig.containerPath, 7 * SEG, 2 * BS).equals(data)).to.equal(true);
+    expect(fx.rig.agent.link.connectAttempts).to.be.greaterThan(2);
   });
 
   it('reconnects when the controller ends the stream', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     await exportDisk(stream);
     stream.end();
-    const s2 = await ctl.nextStream(5000);
+    const s2 = await fx.ctl.nextStream(5000);
     const reg = await s2.take('register');
     expect(reg.register.tables).to.deep.equal([{ vdiskId: VDISK_ID, version: 1 }]);
   });
 
   it('logs and ignores messages it cannot use, and goes on working', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     stream.send(Buffer.from([0xff, 0xff, 0xff, 0x0f, 0x01])); // does not decode
     stream.send(Buffer.alloc(0)); // a ControllerMessage with nothing in it
     stream.send({ body: 'tableFull', tableFull: { vdiskId: 'no-such-vdisk', version: 1, segmentSize: SEG, blockSize: BS, segmentCount: 1, containers: [], extents: [zero(0, 1)] } });
@@ -374,17 +325,17 @@ describe('agent daemon', function () {
     expect(await stream.none('tableAck', 300)).to.equal(true);
     stream.send({ body: 'tableDelta', tableDelta: { vdiskId: VDISK_ID, fromVersion: 1, toVersion: 2, segmentCount: SEGS, extents: [normal(2, 1)] } });
     expect((await stream.take('tableAck')).tableAck.version).to.equal(2);
-    expect(rig.agent.link.connectAttempts).to.equal(1);
+    expect(fx.rig.agent.link.connectAttempts).to.equal(1);
   });
 
   it('removes the LUN and its target when the export goes away', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     await exportDisk(stream);
     stream.send({ body: 'exportSet', exportSet: { exports: [] } });
-    await until(() => rig.agent.exports().length === 0, 5000, 'the export to go');
+    await until(() => fx.rig.agent.exports().length === 0, 5000, 'the export to go');
     let failed = false;
     try {
-      await loginTo(rig.port, IQN);
+      await loginTo(fx.rig.port, IQN);
     } catch {
       failed = true;
     }
@@ -392,16 +343,16 @@ describe('agent daemon', function () {
   });
 
   it('copies between container data areas and reports CopyDone', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     const src = pattern(2 * BPS, 0x77); // two segments' worth
-    writeContainer(rig.containerPath, 10 * SEG, src);
+    writeContainer(fx.rig.containerPath, 10 * SEG, src);
     stream.send({
       body: 'copyCommand',
       copyCommand: { commandId: 42, srcContainer: CONTAINER_ID, srcOffset: 10 * SEG, dstContainer: CONTAINER_ID, dstOffset: 20 * SEG, length: 2 * SEG },
     });
     const done = await stream.take('copyDone');
     expect(done.copyDone).to.deep.equal({ commandId: 42, ok: true, error: '' });
-    expect(readContainer(rig.containerPath, 20 * SEG, 2 * SEG).equals(src)).to.equal(true);
+    expect(readContainer(fx.rig.containerPath, 20 * SEG, 2 * SEG).equals(src)).to.equal(true);
     stream.send({
       body: 'copyCommand',
       copyCommand: { commandId: 43, srcContainer: 'deadbeef-0000-4000-8000-000000000000', srcOffset: 0, dstContainer: CONTAINER_ID, dstOffset: 0, length: SEG },

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { MemoryBlockDevice } from '../../../src/blockdev/memory-device.js';
 import { sanitize, sanitizeInProgress, setSanitizeRate } from '../../../src/scsi/sanitize.js';
 import { TaskAttribute } from '../../../src/scsi/port.js';
-import { FakeLu, FakeTarget, exec, nexus, spec } from '../reservations/fake-lu.js';
+import { FakeLu, FakeTarget, exec, nexus, spec } from './fake-lu.js';
 
 const SANITIZE = spec('SANITIZE', sanitize, 'write', true);
 const i1 = nexus('iqn.2007-10.test:one', 1);

@@ -3,7 +3,7 @@ import { openSync, closeSync, writeSync, ftruncateSync, readSync, unlinkSync, mk
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { fileOps } from '../../src/native/fileops.js';
+import { fileOps } from '../../../src/native/fileops.js';
 
 describe('native fileops', () => {
   it('punches holes and finds data and holes', () => {

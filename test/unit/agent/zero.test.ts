@@ -3,70 +3,36 @@
 // CopyDone; a bad range or container gets ok=false with the reason and the
 // agent goes on working.
 import { expect } from 'chai';
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { runZero } from '../../../src/agent/zero.js';
 import { MapResolver, type ContainerDriver } from '../../../src/container/driver.js';
-import { FakeController } from './fake-controller.js';
-import { CONTAINER_ID, DATA_OFFSET, SEG, startRig, type Rig } from './helpers.js';
-
-/** Container file bytes at a data-area offset, read straight from the file. */
-function readData(path: string, offset: number, length: number): Buffer {
-  const fd = openSync(path, 'r');
-  try {
-    const b = Buffer.alloc(length);
-    readSync(fd, b, 0, length, DATA_OFFSET + offset);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function writeData(path: string, offset: number, data: Buffer): void {
-  const fd = openSync(path, 'r+');
-  try {
-    writeSync(fd, data, 0, data.length, DATA_OFFSET + offset);
-  } finally {
-    closeSync(fd);
-  }
-}
+import { CONTAINER_ID, DATA_OFFSET, SEG, readContainer, useRig, writeContainer } from './rig.js';
 
 describe('agent daemon: ZeroCommand', function () {
   this.timeout(20_000);
-  let ctl: FakeController;
-  let rig: Rig;
-
-  beforeEach(async () => {
-    ctl = await FakeController.start();
-    rig = await startRig(ctl.address);
-  });
-
-  afterEach(async () => {
-    await rig.close();
-    await ctl.stop();
-  });
+  const fx = useRig();
 
   it('zeroes exactly the range (whole segments, not aligned to anything larger) and answers CopyDone ok', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     const old = Buffer.alloc(6 * SEG, 0xa5);
-    writeData(rig.containerPath, 2 * SEG, old);
+    writeContainer(fx.rig.containerPath, 2 * SEG, old);
     stream.send({ body: 'zeroCommand', zeroCommand: { commandId: 7, container: CONTAINER_ID, offset: 3 * SEG, length: 3 * SEG } });
     const done = await stream.take('copyDone');
     expect(done.copyDone).to.deep.equal({ commandId: 7, ok: true, error: '' });
-    expect(readData(rig.containerPath, 3 * SEG, 3 * SEG).equals(Buffer.alloc(3 * SEG)), 'zeroed').to.equal(true);
-    expect(readData(rig.containerPath, 2 * SEG, SEG).equals(Buffer.alloc(SEG, 0xa5)), 'segment before kept').to.equal(true);
-    expect(readData(rig.containerPath, 6 * SEG, 2 * SEG).equals(Buffer.alloc(2 * SEG, 0xa5)), 'segments after kept').to.equal(true);
+    expect(readContainer(fx.rig.containerPath, 3 * SEG, 3 * SEG).equals(Buffer.alloc(3 * SEG)), 'zeroed').to.equal(true);
+    expect(readContainer(fx.rig.containerPath, 2 * SEG, SEG).equals(Buffer.alloc(SEG, 0xa5)), 'segment before kept').to.equal(true);
+    expect(readContainer(fx.rig.containerPath, 6 * SEG, 2 * SEG).equals(Buffer.alloc(2 * SEG, 0xa5)), 'segments after kept').to.equal(true);
   });
 
   it('answers ok=false for a range beyond the data area or a container it does not reach, and goes on working', async () => {
-    const { stream } = await ctl.accept();
+    const { stream } = await fx.ctl.accept();
     const dataSize = (4 << 20) - DATA_OFFSET;
-    writeData(rig.containerPath, dataSize - SEG, Buffer.alloc(SEG, 0x5a));
+    writeContainer(fx.rig.containerPath, dataSize - SEG, Buffer.alloc(SEG, 0x5a));
     stream.send({ body: 'zeroCommand', zeroCommand: { commandId: 1, container: CONTAINER_ID, offset: dataSize - SEG, length: 2 * SEG } });
     const beyond = await stream.take('copyDone');
     expect(beyond.copyDone.commandId).to.equal(1);
     expect(beyond.copyDone.ok).to.equal(false);
     expect(beyond.copyDone.error).to.match(/beyond the data area \(3145728 bytes\)/);
-    expect(readData(rig.containerPath, dataSize - SEG, SEG).equals(Buffer.alloc(SEG, 0x5a)), 'nothing zeroed').to.equal(true);
+    expect(readContainer(fx.rig.containerPath, dataSize - SEG, SEG).equals(Buffer.alloc(SEG, 0x5a)), 'nothing zeroed').to.equal(true);
 
     stream.send({ body: 'zeroCommand', zeroCommand: { commandId: 2, container: 'deadbeef-0000-4000-8000-000000000000', offset: 0, length: SEG } });
     const elsewhere = await stream.take('copyDone');
@@ -75,7 +41,7 @@ describe('agent daemon: ZeroCommand', function () {
 
     stream.send({ body: 'zeroCommand', zeroCommand: { commandId: 3, container: CONTAINER_ID, offset: dataSize - SEG, length: SEG } });
     expect((await stream.take('copyDone')).copyDone).to.deep.equal({ commandId: 3, ok: true, error: '' });
-    expect(readData(rig.containerPath, dataSize - SEG, SEG).equals(Buffer.alloc(SEG)), 'last segment zeroed').to.equal(true);
+    expect(readContainer(fx.rig.containerPath, dataSize - SEG, SEG).equals(Buffer.alloc(SEG)), 'last segment zeroed').to.equal(true);
   });
 });
 

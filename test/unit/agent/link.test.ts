@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { ControllerLink } from '../../../src/agent/controller-link.js';
 import { FakeController } from './fake-controller.js';
-import { until } from './helpers.js';
+import { until } from './rig.js';
 
 describe('agent/controller-link', function () {
   this.timeout(20_000);

@@ -5,7 +5,7 @@ import { expect } from 'chai';
 import { SENSE } from '../../../src/controller/faults.js';
 import { FaultAction } from '../../../src/wire/proto-types.js';
 import { FakeController, type FakeStream } from './fake-controller.js';
-import { BPS, BS, CONTAINER_ID, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, pattern, startRig, write10, zero, type Rig } from './helpers.js';
+import { BPS, BS, CONTAINER_ID, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, pattern, startRig, write10, zero, type Rig } from './rig.js';
 import type { RawInitiator } from '../../support/raw-initiator.js';
 
 async function exportDisk(stream: FakeStream): Promise<void> {
