@@ -5,7 +5,8 @@
 //   once, kept across reconnects and LUN moves) placed as a LUN of its target.
 // - TableFull / TableDelta: applied strictly in arrival order per vdisk; the
 //   ack for version V goes out only after the device reports that old-version
-//   I/O on the changed segments has drained (design notes §2.3). A delta that
+//   I/O on the changed segments has drained (docs/architecture.md, "Table changes and
+//   acks"). A delta that
 //   does not start at the held version asks for the whole table, once.
 // - Fence: the vdisk's segments are invalid at once; deltas are ignored until
 //   the full table that the TableRequest brings.

@@ -1,5 +1,5 @@
 // Faults and releases in flight between the agent's devices and the
-// controller (design notes §2). A fault is held here until a FaultReply with
+// controller (docs/architecture.md, "Faults and holds"). A fault is held here until a FaultReply with
 // its id arrives: WAIT keeps it held, anything else settles it. Faults
 // outlive the stream: after a reconnect every one still held is sent again
 // (same id; ids are unique for the life of the agent, hence per connection).

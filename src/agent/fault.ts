@@ -1,5 +1,5 @@
 // What the table-driven block device tells the controller and what it gets
-// back (design notes §2). The device only knows these interfaces; the agent's
+// back (docs/architecture.md, "Decisions"). The device only knows these interfaces; the agent's
 // connection code implements FaultSink over the wire (proto Fault/FaultReply,
 // Release/ReleaseReply), and tests implement it directly.
 import { BlockDeviceError, type BlockErrorKind, type SenseCode } from '../blockdev/block-device.js';

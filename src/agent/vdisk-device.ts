@@ -5,7 +5,8 @@
 // answers, or a failure. Table versions are installed the device-mapper way,
 // per changed segment: new I/O to those segments waits, I/O already in flight
 // on them drains, the table is swapped, and the held I/O resumes; I/O to
-// other segments never stops. No data is cached here (design notes §3):
+// other segments never stops. No data is cached here (docs/architecture.md,
+// "What the I/O path guarantees"):
 // every read goes to the container.
 import { BlockDeviceError, type BlockDevice, type BlockErrorKind, type ProvisioningStatus, type WriteOptions } from '../blockdev/block-device.js';
 import { readBuffer } from '../blockdev/read-buffers.js';

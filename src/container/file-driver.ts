@@ -4,8 +4,8 @@
 // page cache, so a read always sees the latest write and durability comes from
 // FUA (a second O_DSYNC descriptor) and flush (fdatasync). A block device
 // shared by agents on SEVERAL hosts (a SAN LUN) needs O_DIRECT instead, or one
-// host's page cache serves data another host has overwritten (design notes
-// §3): that mode must open with O_DIRECT and use block-aligned buffers, and
+// host's page cache serves data another host has overwritten
+// (docs/architecture.md, "What the I/O path guarantees"): that mode must open with O_DIRECT and use block-aligned buffers, and
 // is left for the shared-device driver.
 //
 // The file I/O itself (inline fast path, FUA descriptor, hole punching) is

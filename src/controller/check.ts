@@ -1,4 +1,5 @@
-// `tabula check`: verifies the invariants of design notes §3 that the
+// `tabula check`: verifies the invariants (docs/architecture.md,
+// "What `tabula check` verifies") that the
 // database can show, from the database alone, and names every violation.
 // (The "no stale data" and "acknowledged writes never lost" invariants are
 // properties of the agents' I/O paths; what the DB can show of them is

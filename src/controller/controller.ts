@@ -32,7 +32,7 @@ export interface ControllerOptions {
   ackTimeoutMs?: number;
   /** Heartbeat interval told to agents (default 2000 ms). */
   heartbeatIntervalMs?: number;
-  /** Hold timeout told to agents (default 10000 ms, design notes §2.4). */
+  /** Hold timeout told to agents (default 10000 ms, docs/architecture.md, "Hold timeout"). */
   holdTimeoutMs?: number;
   /** Agent lease told to agents (Welcome.lease_ms; default DEFAULT_LEASE_MS; 0 = none: a disconnected exporter blocks table changes until it is back). */
   leaseMs?: number;

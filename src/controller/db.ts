@@ -18,7 +18,7 @@
 //   complement (offsets 0 .. segments_total-1 without a row), so "allocated
 //   and free at once" cannot be stored. A row whose count fell to 0 stays,
 //   marked with the vdisk and version that released it, until every agent
-//   exporting that vdisk has acked that version (design notes §2.3); then
+//   exporting that vdisk has acked that version (docs/architecture.md, "Releases and scrubbing"); then
 //   it is marked `scrub` (still allocated, nothing may map it) until an
 //   agent has zeroed it, and only then is the row deleted and the location
 //   reusable: no vdisk may read another's old data.

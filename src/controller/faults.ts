@@ -1,4 +1,4 @@
-// Fault handling (design notes §2): one decision per segment however many
+// Fault handling (docs/architecture.md, "Decisions"): one decision per segment however many
 // I/Os or agents fault on it together. Faults on one segment join a case;
 // the case looks at the segment's current state (the controller's table,
 // not the state the agent reported, which may be stale), performs at most
@@ -474,7 +474,7 @@ export class FaultManager {
    * wait for, so the retried I/O runs on the new table. No other agent
    * serves the old entry, so the ack protects no one here; the change still
    * waits for it before the vdisk's next change. Saves the ack's round trip
-   * (design notes §2: RETRY means a newer table is on its way or already sent).
+   * (docs/architecture.md, "Retry behind the delta": RETRY means a newer table is on its way or already sent).
    */
   #answerBehind(c: SegmentCase, r: CommitResult): void {
     const host = this.#host;

@@ -1,4 +1,4 @@
-// Online migration (design notes §2, "migration"): a vdisk's segments move
+// Online migration (docs/architecture.md, "Migration"): a vdisk's segments move
 // to another container, a few at a time (MIGRATION_CONCURRENCY), each on
 // its own, while agents keep serving it:
 //

@@ -1,5 +1,5 @@
-// Table changes: every change to a vdisk's table goes one way (design notes
-// §2.3): commit to SQLite (one transaction that bumps the version), send the
+// Table changes: every change to a vdisk's table goes one way
+// (docs/architecture.md, "Table changes and acks"): commit to SQLite (one transaction that bumps the version), send the
 // new version to every agent holding the vdisk, wait for each ack (fencing
 // an agent that misses the deadline), and only then reclaim old locations,
 // and only once every exporting agent has acked.
@@ -273,7 +273,7 @@ export class TableChanges {
       if (this.#closed) return;
     }
     this.reclaim(r.vdiskId);
-    // Only now may held faults act on the new version (design notes §2.3).
+    // Only now may held faults act on the new version (docs/architecture.md, "Table changes and acks").
     this.#hooks.settled(r.vdiskId);
   }
 

@@ -1,4 +1,4 @@
-// The embedded defaults of `tabula up` (design notes §4), apart from the
+// The embedded defaults of `tabula up` (docs/architecture.md, "Names other tools rely on"), apart from the
 // appliance itself so the CLI can show them without loading the daemons.
 export const APPLIANCE_DEFAULTS = {
   data: './data',

@@ -1,7 +1,8 @@
 // The all-in-one node (`tabula up`, and the all-in-one systemd unit through
 // run.ts): the whole system on one machine in one process — controller,
 // one sparse container, one agent named `local`, and a thin vdisk exported as
-// LUN 0 — with the embedded defaults of design notes §4. Every step looks
+// LUN 0 — with the embedded defaults (docs/architecture.md,
+// "Names other tools rely on"). Every step looks
 // first at what an earlier run left (database, container, vdisk, export) and
 // reuses it, so restarting serves the same data.
 import { mkdirSync } from 'node:fs';

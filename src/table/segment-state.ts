@@ -1,4 +1,5 @@
-// Segment states and what each one does to an I/O (design notes §1). The
+// Segment states and what each one does to an I/O (docs/architecture.md,
+// "Segment states"). The
 // agent asks `inhibits(state, op)` once per segment piece of every I/O; the
 // answer comes from one table so the policy lives in exactly one place.
 
@@ -95,7 +96,8 @@ export type Inhibition = 'proceed' | 'zero-read' | 'fault' | 'fail';
 
 // Rows by SegmentState, columns by IoOp:
 //                  read         write    unmap    c-and-w  w-same   verify
-// Unmap of a zero segment faults like any write (design notes): the
+// Unmap of a zero segment faults like any write (docs/architecture.md,
+// "Segment states"): the
 // controller, not the agent, decides that nothing needs doing.
 const POLICY: readonly (readonly Inhibition[])[] = [
   /* normal   */ ['proceed', 'proceed', 'proceed', 'proceed', 'proceed', 'proceed'],

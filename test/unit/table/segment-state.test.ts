@@ -43,7 +43,7 @@ describe('table/segment-state', () => {
     expect(isReadOp(IoOp.CompareAndWrite)).to.equal(false);
   });
 
-  // Written from the design notes' state table, one row per state.
+  // Written from docs/architecture.md's "Segment states" table, one row per state.
   const expected: Record<string, Record<string, string>> = {
     normal: { read: 'proceed', write: 'proceed', unmap: 'proceed', 'compare-and-write': 'proceed', 'write-same': 'proceed', verify: 'proceed' },
     zero: { read: 'zero-read', write: 'fault', unmap: 'fault', 'compare-and-write': 'fault', 'write-same': 'fault', verify: 'zero-read' },
