@@ -391,6 +391,8 @@ export class Admin {
   // ---- exports ----
 
   AddExport(r: Partial<AddExportRequest>): ExportInfo {
+    const alua = r.alua || 'optimized';
+    if (!(ALUA_PREFERENCES as readonly string[]).includes(alua)) throw invalid(`bad ALUA state "${alua}": use ${ALUA_PREFERENCES.join(' or ')}`);
     const v = this.#vdisk(r.vdisk);
     const agent = r.agent ?? '';
     if (!agent) throw invalid('agent name missing');
@@ -409,8 +411,6 @@ export class Admin {
     const clash = this.#db.exportsOfAgent(agent).find((e) => e.targetIqn === targetIqn && e.lun === lun);
     if (clash) throw exists(`agent ${agent} already serves LUN ${lun} of ${targetIqn}`);
     const allowedInitiators = initiatorList(r.allowedInitiators);
-    const alua = r.alua || 'optimized';
-    if (!(ALUA_PREFERENCES as readonly string[]).includes(alua)) throw invalid(`bad ALUA state "${alua}": use ${ALUA_PREFERENCES.join(' or ')}`);
     // The agent has never held this vdisk, so it owes no ack for older versions.
     // A snapshot is read-only however it is exported (WRITE gets DATA PROTECT at the agent).
     const readOnly = r.readOnly === true || v.kind === 'snapshot';
