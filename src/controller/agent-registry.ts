@@ -339,6 +339,7 @@ export class AgentRegistry {
     }
     link.name = r.agentName;
     if (r.tableRuns === true) link.readsTableRuns = true;
+    link.keptTables = new Set(r.tables.map((t) => t.vdiskId));
     this.#links.set(r.agentName, link);
     this.#lastHeard.set(r.agentName, performance.now());
     this.#draining.delete(r.agentName);

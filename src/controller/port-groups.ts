@@ -12,7 +12,8 @@
 //     or it went away after announcing a drain
 //   draining (SIGTERM: Heartbeat.draining)        transitioning
 //   connected, no table of the vdisk installed    transitioning
-//     on this connection yet (reconnecting)
+//     on this connection yet, and none kept from
+//     before (a restarted agent loading it)
 //   otherwise (also away within its lease: it     the export's preference:
 //     may well still be serving)                  active/optimized or active/non-optimized
 
@@ -35,7 +36,12 @@ export interface ExporterFacts {
   /** Away (not connected) and surely no longer serving: its lease ran out, or it announced a drain before it went. */
   gone: boolean;
   draining: boolean;
-  /** Connected, but it has not installed a table of this vdisk on this connection yet. */
+  /**
+   * Connected, but it has not installed a table of this vdisk on this
+   * connection yet and did not keep one from before: an agent back with the
+   * table it went on serving from (Register.tables) is not, since it serves
+   * at once (I/O the newer version changes waits for that version).
+   */
   syncing: boolean;
 }
 
@@ -122,7 +128,7 @@ export class PortGroups {
       connected: link !== undefined,
       gone: link === undefined && (registry.stopped(agent) || leaseOver),
       draining: registry.draining(agent),
-      syncing: link !== undefined && (held === undefined || held.acked === 0),
+      syncing: link !== undefined && (held === undefined || held.acked === 0) && !link.keptTables.has(vdiskId),
     };
   }
 

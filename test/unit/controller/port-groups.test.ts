@@ -166,4 +166,27 @@ describe('controller: port groups in the ExportSet (fake agents over loopback gR
     b.close();
     await a.next((m) => m.body === 'exportSet' && states(m.exportSet.exports[0])[1] === `b:2:${AluaState.Unavailable}:33`, 5000, gone);
   });
+
+  it('an agent back with the table it kept serving from is active at once, never transitioning', async () => {
+    ctl = await startTestController({ leaseMs: 60_000 });
+    ctl.admin.AddContainer({ id: CA, path: '/c/a', size: 9 * MiB, dataOffset: MiB });
+    const a = new FakeAgent(ctl.address, 'a', { containers: [containerRef(CA, 8)] });
+    const b = new FakeAgent(ctl.address, 'b', { containers: [containerRef(CA, 8)] });
+    agents.push(a, b);
+    await a.register();
+    await b.register();
+    const v = ctl.admin.CreateVdisk({ name: 'd', size: 4 * MiB });
+    ctl.admin.AddExport({ vdisk: 'd', agent: 'a' });
+    ctl.admin.AddExport({ vdisk: 'd', agent: 'b' });
+    await a.next((m) => m.body === 'exportSet' && states(m.exportSet.exports[0]).join() === 'a:1:0:17,b:2:0:33');
+    const kept = b.tables.get(v.id)!.version;
+    b.close();
+    const from = a.received.length;
+    const b2 = new FakeAgent(ctl.address, 'b', { containers: [containerRef(CA, 8)] });
+    agents.push(b2);
+    await b2.register([{ vdiskId: v.id, version: kept }]);
+    await b2.next((m) => m.body === 'exportSet' && states(m.exportSet.exports[0]).join() === 'a:1:0:17,b:2:0:33');
+    const seen = a.received.slice(from).flatMap((m) => (m.body === 'exportSet' ? [states(m.exportSet.exports[0])[1]] : []));
+    expect(seen.filter((x) => x !== 'b:2:0:33')).to.deep.equal([]);
+  });
 });
