@@ -23,6 +23,8 @@ import type { ContainerResolver } from '../container/driver.js';
 import type { IscsiSettings } from '../iscsi/settings.js';
 import type { ClientOptions } from '../wire/grpc.js';
 import type { CopyCommand, Export, ExportSet, Fence, TableDeltaMsg, TableFull, TableVersion, WireExtent, ZeroCommand } from '../wire/proto-types.js';
+import type { AccessState } from '../scsi/lu-api.js';
+import { registerDrain } from '../util/graceful.js';
 import { log } from '../util/log.js';
 import type { BackoffOptions } from './backoff.js';
 import { AgentContainers } from './containers.js';
@@ -121,6 +123,7 @@ export class Agent {
   #closed = false;
   /** The lease resync waiting for tables (0: none). */
   #resyncEpoch = 0;
+  readonly #unregisterDrain: () => void;
 
   private constructor(opts: AgentOptions, targets: AgentTargets, containers: AgentContainers) {
     this.#opts = opts;
@@ -145,6 +148,8 @@ export class Agent {
     this.#sink = wireFaultSink(this.faults, () => this.#holdTimeoutMs);
     this.link.on('welcome', (w) => {
       if (opts.holdTimeoutMs === undefined && w.holdTimeoutMs > 0) this.#holdTimeoutMs = w.holdTimeoutMs;
+      // Before the ExportSet that follows: targets are made with this identity.
+      this.targets.setAgentNumber(w.agentNumber ?? 0);
       // Whatever was requested on the old stream is answered on the new one from Register.
       for (const h of this.#held.values()) h.requested = h.fenced;
     });
@@ -155,6 +160,9 @@ export class Agent {
     this.link.on('copyCommand', (c) => this.#onCopy(c));
     this.link.on('zeroCommand', (z) => this.#onZero(z));
     this.link.lease.onResync((epoch) => void this.#confirmResync(epoch));
+    // SIGTERM: the controller hears of the drain at once, so the other paths
+    // report this agent's port groups transitioning while the portals drain.
+    this.#unregisterDrain = registerDrain(async () => this.link.setDraining());
   }
 
   /** Opens containers, listens on the portals, and starts talking to the controller (in the background). */
@@ -210,6 +218,7 @@ export class Agent {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#unregisterDrain();
     await this.link.close();
     this.faults.close();
     await this.targets.close();
@@ -317,6 +326,24 @@ export class Agent {
         h.removed = true;
         void this.#closeDevice(h);
       }
+    }
+    for (const e of wanted.values()) if (this.#held.has(e.vdiskId)) this.#applyPortGroups(e);
+  }
+
+  /** The vdisk's port groups (every agent's path with its state) on its LU; the LU raises 2A/06 when a state changed. */
+  #applyPortGroups(e: Export): void {
+    const groups = e.portGroups ?? [];
+    if (groups.length === 0) return;
+    const changed = this.targets.setPortGroups(
+      e.targetIqn,
+      e.lun,
+      groups.map((g) => ({ id: g.id, relativePortIds: g.relativePortIds, state: g.state as number as AccessState })),
+    );
+    if (changed) {
+      log.info('port groups changed: asymmetric access state changed', {
+        vdisk: e.vdiskName,
+        groups: groups.map((g) => `${g.agent}(${g.id}${g.id === e.ownPortGroup ? ', this agent' : ''}): ${g.state}`),
+      });
     }
   }
 

@@ -273,6 +273,8 @@ export class ControllerLink {
   /** Send times (performance.now()) of this stream's heartbeats not yet answered, oldest first. */
   #beats: { seq: number; at: number }[] = [];
   #connects = 0;
+  /** The agent is stopping: every heartbeat says so (Heartbeat.draining). */
+  #draining = false;
   /** The controller's lease; devices read it on the I/O path. */
   readonly lease = new AgentLease();
 
@@ -342,6 +344,17 @@ export class ControllerLink {
       log.error('controller link: cannot send message', { body: msg.body, err: (err as Error).message });
       return false;
     }
+  }
+
+  /**
+   * The agent is stopping (SIGTERM drain): tells the controller at once and
+   * in every heartbeat from now on, so that the other paths to its vdisks
+   * report its port groups transitioning.
+   */
+  setDraining(): void {
+    if (this.#draining) return;
+    this.#draining = true;
+    this.#beat();
   }
 
   sendFault(fault: Fault): boolean {
@@ -480,7 +493,8 @@ export class ControllerLink {
   #beat(): void {
     const seq = ++this.#heartbeatSeq;
     const at = performance.now();
-    if (!this.send({ body: 'heartbeat', heartbeat: { seq, heldIos: this.#opts.heldIos?.() ?? 0 } })) return;
+    const heartbeat = { seq, heldIos: this.#opts.heldIos?.() ?? 0, ...(this.#draining ? { draining: true } : {}) };
+    if (!this.send({ body: 'heartbeat', heartbeat })) return;
     if (this.lease.leaseMs === 0) return;
     this.#beats.push({ seq, at });
     // A controller that stopped answering must not make this grow without bound.

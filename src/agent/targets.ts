@@ -20,6 +20,7 @@ import { IscsiPortalServer } from '../iscsi/portal-server.js';
 import type { IscsiSettings } from '../iscsi/settings.js';
 import { TargetRegistry } from '../iscsi/target-registry.js';
 import type { PortGroup } from '../scsi/lu-api.js';
+import { agentPortId, MAX_AGENT_PORTALS } from '../wire/port-identity.js';
 import { ScsiTargetDevice } from '../scsi/target-device.js';
 import { log } from '../util/log.js';
 
@@ -85,6 +86,8 @@ export class AgentTargets {
   /** The agent-wide initiator list, lower case; null = any. */
   readonly #agentAcl: readonly string[] | null;
   #portGroups: PortGroup[] = [];
+  /** The controller-given agent number the portals' identity comes from (0: none yet). */
+  #agentNumber = 0;
 
   constructor(auth: AgentIscsiAuth = {}) {
     if (auth.mutualChap !== undefined && auth.chap === undefined) throw new Error('mutual CHAP needs CHAP credentials for the initiator as well');
@@ -133,7 +136,7 @@ export class AgentTargets {
         chap: this.#auth.chap,
         mutualChap: this.#auth.mutualChap,
         allowedInitiators: null,
-        portals: this.#bound.map((p, i) => ({ address: p.host, port: p.port, tpgt: i + 1 })),
+        portals: this.#portalInfos(),
       };
       this.registry.add(info, scsi);
       target = { device: scsi, info, acls: new Map() };
@@ -146,6 +149,48 @@ export class AgentTargets {
     });
     target.acls.set(place.lun, place.allowedInitiators ?? []);
     this.#applyAcl(target);
+  }
+
+  #portalInfos(): TargetInfo['portals'] {
+    return this.#bound.map((p, i) => ({ address: p.host, port: p.port, tpgt: this.#servers[i]?.tpgt ?? i + 1 }));
+  }
+
+  /**
+   * Takes the target port identity of agent `number` (Welcome.agent_number;
+   * port-identity.ts): group `number`, portal i is relative port and TPGT
+   * number * 16 + i + 1, so that this agent's ports differ from every other
+   * agent's. 0 (an older controller) leaves the identity as it is. Should
+   * the number ever change (a controller with another database), sessions
+   * open under the old identity are ended, so that no nexus keeps a name the
+   * rest of the cluster no longer knows.
+   */
+  setAgentNumber(number: number): void {
+    if (!(number > 0) || number === this.#agentNumber) return;
+    const previous = this.#agentNumber;
+    this.#agentNumber = number;
+    this.#servers.forEach((server, i) => {
+      if (i >= MAX_AGENT_PORTALS) {
+        log.error('an agent has at most 15 portals with distinct target port ids; this one keeps its own', { portal: formatAddress(this.#bound[i] as PortalAddress) });
+        return;
+      }
+      const id = agentPortId(number, i);
+      server.setPortIdentity({ tpgt: id, relativeTargetPortId: id, targetPortGroup: number });
+    });
+    this.#portGroups.splice(0, this.#portGroups.length, { id: number, relativePortIds: this.#servers.slice(0, MAX_AGENT_PORTALS).map((_, i) => agentPortId(number, i)) });
+    for (const t of this.#targets.values()) t.info.portals = this.#portalInfos();
+    log.info('target port identity', { agentNumber: number, portGroup: number, tpgts: this.#servers.map((s) => s.tpgt) });
+    if (previous === 0) return;
+    log.warn('agent number changed: ending sessions logged in under the old target port identity', { from: previous, to: number });
+    for (const server of this.#servers) for (const t of this.#targets.keys()) for (const s of server.sessionsOfTarget(t)) s.terminate('target port identity changed', true);
+  }
+
+  /**
+   * Sets the port groups of a LUN: every agent's path to the vdisk with its
+   * access state. Returns whether a state changed (the LU then raised
+   * ASYMMETRIC ACCESS STATE CHANGED on its nexuses).
+   */
+  setPortGroups(targetIqn: string, lun: number, groups: readonly PortGroup[]): boolean {
+    return this.#targets.get(targetIqn)?.device.lu(lun)?.setPortGroups(groups) ?? false;
   }
 
   /** The SCSI logical unit serving a LUN (for inspection). */

@@ -6,8 +6,19 @@ import { formatColumns, print, printJson } from './output.js';
 
 export function exportRows(list: readonly ExportInfo[]): string {
   return formatColumns(
-    ['VDISK', 'AGENT', 'TARGET', 'LUN', 'MODE', 'ACKED', 'FENCED', 'INITIATORS'],
-    list.map((e) => [e.vdiskName, e.agent, e.targetIqn, e.lun, e.readOnly ? 'ro' : 'rw', e.ackedVersion, e.fenced, initiatorsCell(e.allowedInitiators)]),
+    ['VDISK', 'AGENT', 'TARGET', 'LUN', 'MODE', 'ACKED', 'FENCED', 'INITIATORS', 'ALUA', 'ALUA STATE'],
+    list.map((e) => [
+      e.vdiskName,
+      e.agent,
+      e.targetIqn,
+      e.lun,
+      e.readOnly ? 'ro' : 'rw',
+      e.ackedVersion,
+      e.fenced,
+      initiatorsCell(e.allowedInitiators),
+      e.alua || 'optimized',
+      e.aluaState || '-',
+    ]),
   );
 }
 
@@ -15,6 +26,8 @@ export function exportRows(list: readonly ExportInfo[]): string {
 export function initiatorsCell(names: readonly string[] | undefined): string {
   return names === undefined || names.length === 0 ? 'any' : names.join(',');
 }
+
+const ALUA_CHOICES = ['optimized', 'non-optimized'];
 
 function parseLun(v: number | undefined): number | undefined {
   if (v === undefined) return undefined;
@@ -36,6 +49,11 @@ export function exportCommand(y: Argv): Argv {
               .option('iqn', { type: 'string', describe: 'target name (default iqn.2026-11.org.tabula:<vdisk>)' })
               .option('lun', { type: 'number', describe: 'LUN number (default 0)' })
               .option('read-only', { type: 'boolean', default: false, describe: 'refuse writes' })
+              .option('alua', {
+                type: 'string',
+                default: 'optimized',
+                describe: 'access state this path reports while the agent serves it (REPORT TARGET PORT GROUPS): optimized or non-optimized',
+              })
               .option('initiator', {
                 type: 'string',
                 array: true,
@@ -44,6 +62,7 @@ export function exportCommand(y: Argv): Argv {
           ),
         async (args) => {
           const lun = parseLun(args.lun);
+          if (!ALUA_CHOICES.includes(args.alua)) throw new CliError(`bad --alua ${args.alua}: use ${ALUA_CHOICES.join(' or ')}`);
           const { info, online } = await withAdmin(args, async (s) => {
             const info = await s.call('AddExport', {
               vdisk: args.vdisk,
@@ -52,6 +71,7 @@ export function exportCommand(y: Argv): Argv {
               lun,
               readOnly: args['read-only'],
               allowedInitiators: args.initiator ?? [],
+              alua: args.alua,
             });
             const agents = await s.call('ListAgents', {});
             return { info, online: agents.agents.some((a) => a.name === args.agent && a.online) };
@@ -59,7 +79,11 @@ export function exportCommand(y: Argv): Argv {
           // Recorded either way: an offline agent picks the export up when it reconnects.
           if (!online) process.stderr.write(`tabula: note: agent ${args.agent} is offline; it serves the export once it reconnects\n`);
           if (args.json) printJson({ ...info, agentOnline: online });
-          else print(`vdisk ${info.vdiskName} exported on ${info.agent} as ${info.targetIqn} LUN ${info.lun}, initiators: ${initiatorsCell(info.allowedInitiators)}`);
+          else {
+            print(
+              `vdisk ${info.vdiskName} exported on ${info.agent} as ${info.targetIqn} LUN ${info.lun}, initiators: ${initiatorsCell(info.allowedInitiators)}, ALUA ${info.alua || 'optimized'}`,
+            );
+          }
         },
       )
       .command(

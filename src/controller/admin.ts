@@ -59,7 +59,8 @@ import { log } from '../util/log.js';
 import { ContainerFullError } from './allocator.js';
 import { backupChunks, streamBackup } from './backup.js';
 import { checkInvariants } from './check.js';
-import { TableChangeError, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
+import { ALUA_PREFERENCES, TableChangeError, type AluaPreference, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
+import { aluaStateName } from './port-groups.js';
 import { MigrationError } from './migration.js';
 import { SnapshotError, removeTable, shareVdisk, shrinkTable } from './snapshots.js';
 import type { Controller } from './controller.js';
@@ -390,6 +391,8 @@ export class Admin {
   // ---- exports ----
 
   AddExport(r: Partial<AddExportRequest>): ExportInfo {
+    const alua = r.alua || 'optimized';
+    if (!(ALUA_PREFERENCES as readonly string[]).includes(alua)) throw invalid(`bad ALUA state "${alua}": use ${ALUA_PREFERENCES.join(' or ')}`);
     const v = this.#vdisk(r.vdisk);
     const agent = r.agent ?? '';
     if (!agent) throw invalid('agent name missing');
@@ -411,7 +414,7 @@ export class Admin {
     // The agent has never held this vdisk, so it owes no ack for older versions.
     // A snapshot is read-only however it is exported (WRITE gets DATA PROTECT at the agent).
     const readOnly = r.readOnly === true || v.kind === 'snapshot';
-    this.#db.insertExport({ vdiskId: v.id, agent, targetIqn, lun, readOnly, ackedVersion: v.version, allowedInitiators });
+    this.#db.insertExport({ vdiskId: v.id, agent, targetIqn, lun, readOnly, ackedVersion: v.version, allowedInitiators, alua: alua as AluaPreference });
     this.#db.event('export', v.name, `exported on ${agent} as ${targetIqn} LUN ${lun}`);
     this.#ctrl.exports.exportsChanged(agent);
     return this.#exportInfo(this.#db.export(v.id, agent) as ExportRow, v);
@@ -428,7 +431,16 @@ export class Admin {
       ackedVersion: e.ackedVersion,
       fenced: e.fenced,
       allowedInitiators: e.allowedInitiators,
+      alua: e.alua,
+      aluaState: this.#aluaState(e),
     };
+  }
+
+  /** The state this export's port group is reported in now. */
+  #aluaState(e: ExportRow): string {
+    const number = this.#db.agent(e.agent)?.number ?? null;
+    const group = this.#ctrl.portGroups.groups(e.vdiskId).find((g) => g.id === number);
+    return group === undefined ? '' : aluaStateName(group.state);
   }
 
   ListExports(r: Partial<ListExportsRequest>): ListExportsReply {
@@ -459,6 +471,7 @@ export class Admin {
       lastSeen: a.lastSeen,
       portals: a.portals,
       containers: this.#db.agentContainers(a.name),
+      number: a.number ?? 0,
     }));
     return { agents };
   }

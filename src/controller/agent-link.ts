@@ -37,6 +37,8 @@ export class AgentLink {
   name: string | null = null;
   /** Set by Register: the agent reads TableFull's run form (Register.table_runs). */
   readsTableRuns = false;
+  /** Set by Register: vdisks whose table the agent kept from an earlier connection (Register.tables), and served from while away. */
+  keptTables: ReadonlySet<string> = new Set();
   readonly peer: string;
   readonly tables = new Map<string, HeldTable>();
   #call: AgentCall;

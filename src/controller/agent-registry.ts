@@ -62,6 +62,8 @@ export interface AgentMessageHandlers {
   fault(link: AgentLink, f: Fault): void;
   copyDone(link: AgentLink, d: CopyDone): void;
   release(link: AgentLink, r: Release): void;
+  /** An agent started draining (Heartbeat.draining): its port groups are transitioning now. */
+  draining(agent: string): void;
 }
 
 /** Exporters away whose lease may still let them serve zero and no-write segments, and how long until it surely has not. */
@@ -86,6 +88,10 @@ export class AgentRegistry {
   readonly #links = new Map<string, AgentLink>();
   /** Every open stream, registered or not. */
   readonly #allLinks = new Set<AgentLink>();
+  /** Agents that announced a drain on their current stream (Heartbeat.draining). */
+  readonly #draining = new Set<string>();
+  /** Agents that went away after announcing a drain: stopped, not merely cut off. Until they register again. */
+  readonly #stopped = new Set<string>();
 
   constructor(db: ControllerDb, writeBehind: WriteBehind, settings: AgentRegistrySettings, handlers: AgentMessageHandlers) {
     this.#db = db;
@@ -96,6 +102,16 @@ export class AgentRegistry {
 
   get leaseMs(): number {
     return this.#settings.leaseMs;
+  }
+
+  /** The agent announced a drain and is still connected. */
+  draining(agent: string): boolean {
+    return this.#draining.has(agent);
+  }
+
+  /** The agent went away after announcing a drain (and has not registered since). */
+  stopped(agent: string): boolean {
+    return this.#stopped.has(agent);
   }
 
   link(agent: string): AgentLink | undefined {
@@ -219,6 +235,7 @@ export class AgentRegistry {
     if (link.closed && !this.#allLinks.has(link)) return;
     this.#allLinks.delete(link);
     link.markClosed();
+    if (link.name !== null && this.#links.get(link.name) === link && this.#draining.delete(link.name)) this.#stopped.add(link.name);
     this.#handlers.disconnected(link);
     if (link.name !== null && this.#links.get(link.name) === link) {
       this.#links.delete(link.name);
@@ -248,6 +265,11 @@ export class AgentRegistry {
       case 'heartbeat': {
         const name = link.name as string;
         this.#writeBehind.once(`seen ${name}`, () => this.#db.touchAgent(name));
+        if (m.heartbeat.draining === true && this.#links.get(name) === link && !this.#draining.has(name)) {
+          this.#draining.add(name);
+          log.info(`agent ${name} is draining`);
+          to.draining(name);
+        }
         // The answer renews the agent's lease (from when it sent this heartbeat).
         // None while a vdisk of it is fenced: its lease must run out even when
         // the stream looks open, since table changes wait for that (TableChanges.awaitAcks).
@@ -307,11 +329,21 @@ export class AgentRegistry {
       log.error(`agent ${r.agentName}: ${why}`);
       link.sendError(why);
     }
+    let agentNumber: number;
+    try {
+      agentNumber = this.#db.registerAgent(r.agentName, r.portals, accepted);
+    } catch (err) {
+      log.error(`register refused: agent ${r.agentName}: ${(err as Error).message}`);
+      link.close((err as Error).message);
+      return;
+    }
     link.name = r.agentName;
     if (r.tableRuns === true) link.readsTableRuns = true;
+    link.keptTables = new Set(r.tables.map((t) => t.vdiskId));
     this.#links.set(r.agentName, link);
     this.#lastHeard.set(r.agentName, performance.now());
-    this.#db.registerAgent(r.agentName, r.portals, accepted);
+    this.#draining.delete(r.agentName);
+    this.#stopped.delete(r.agentName);
     this.#db.event('agent', r.agentName, `registered from ${link.peer} with ${accepted.length} containers`);
     log.info(`agent ${r.agentName} registered from ${link.peer}`, { portals: r.portals, containers: accepted.length, rejected: rejected.length });
     const s = this.#settings;
@@ -325,6 +357,7 @@ export class AgentRegistry {
         holdTimeoutMs: s.holdTimeoutMs,
         rejectedContainers: rejected,
         leaseMs: s.leaseMs,
+        agentNumber,
       },
     });
     this.#handlers.registered(link, new Map(r.tables.map((t) => [t.vdiskId, t.version])));

@@ -22,6 +22,7 @@ import { AgentRegistry, DEFAULT_LEASE_MARGIN_MS, DEFAULT_LEASE_MS } from './agen
 import { Exports } from './exports.js';
 import { FaultManager, type FaultHost } from './faults.js';
 import { MigrationManager, type MigrationHost } from './migration.js';
+import { PortGroups } from './port-groups.js';
 import { Scrubber, type ScrubHost, type ScrubberOptions } from './scrubber.js';
 import type { SnapshotHost } from './snapshots.js';
 import { TableChanges } from './table-changes.js';
@@ -54,6 +55,8 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
   readonly agents: AgentRegistry;
   readonly tables: TableChanges;
   readonly exports: Exports;
+  /** ALUA: each vdisk's port groups (one per exporting agent) and their states. */
+  readonly portGroups: PortGroups;
   readonly commands: AgentCommands;
   readonly faults: FaultManager;
   readonly migrations: MigrationManager;
@@ -88,13 +91,16 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
       {
         registered: (link, have) => {
           this.exports.resync(link, have);
+          this.portGroups.recheck(link.name as string);
           // Freed space on containers this agent reaches may be waiting for it.
           this.scrubber.kick();
         },
         disconnected: (link) => {
           this.faults.dropLink(link);
           this.commands.linkGone(link);
+          if (link.name !== null) this.portGroups.agentAway(link.name);
         },
+        draining: (agent) => this.portGroups.recheck(agent),
         tableAck: (link, a) => this.tables.onAck(link, a),
         tableRequest: (link, r) => this.exports.onTableRequest(link, r),
         fault: (link, f) => this.faults.handle(link, f),
@@ -103,13 +109,20 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
       },
     );
     // A settled change (or an agent back with the current table) lets held faults act.
-    const settled = (vdiskId: string): void => this.faults.onTableChanged(vdiskId);
+    const settled = (vdiskId: string): void => {
+      this.faults.onTableChanged(vdiskId);
+      this.portGroups.settled(vdiskId);
+    };
     this.tables = new TableChanges(db, this.allocator, this.writeBehind, this.agents, ackTimeoutMs, {
       migrating: this.migrating,
       scrub: (locs) => this.scrubber.add(locs),
       settled,
+      fenced: (vdiskId) => this.portGroups.recheckVdisk(vdiskId),
     });
     this.exports = new Exports(db, this.agents, this.tables, ackTimeoutMs, settled);
+    this.portGroups = new PortGroups(db, this.agents, (agent) => this.exports.sendExportSet(agent));
+    this.exports.portGroups = (vdiskId) => this.portGroups.groups(vdiskId);
+    this.exports.groupsMayChange = () => this.portGroups.recheck();
     this.commands = new AgentCommands(db, this.agents);
     this.faults = new FaultManager(this);
     // Writes held on a location that leaves `migrating` look again.
@@ -132,6 +145,7 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
     if (this.#closed) return;
     this.writeBehind.flush();
     this.#closed = true;
+    this.portGroups.close();
     this.tables.close();
     this.migrations.stopAll();
     this.scrubber.stop();

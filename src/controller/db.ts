@@ -118,13 +118,26 @@ export interface ExportRow {
   fenced: boolean;
   /** Initiator IQNs allowed to log in to the target and see this LUN; empty = any. */
   allowedInitiators: string[];
+  /** The access state this agent's port group reports for the vdisk while it serves it (ALUA). */
+  alua: AluaPreference;
 }
+
+export type AluaPreference = 'optimized' | 'non-optimized';
+export const ALUA_PREFERENCES: readonly AluaPreference[] = ['optimized', 'non-optimized'];
+
+/**
+ * Agent numbers run 1..MAX_AGENT_NUMBER: an agent's relative target port ids
+ * are number * 16 + portal index + 1 (up to 15 portals), and must fit 16 bits.
+ */
+export const MAX_AGENT_NUMBER = 4095;
 
 export interface AgentRow {
   name: string;
   portals: string[];
   lastSeen: string;
   registered: string;
+  /** Stable number (target port identity); null only before the agent's first registration with this schema. */
+  number: number | null;
 }
 
 export interface FaultRow {
@@ -243,7 +256,24 @@ interface RawExport {
   acked_version: number;
   fenced: number;
   allowed_initiators: string;
+  alua: AluaPreference;
 }
+
+interface RawAgent {
+  name: string;
+  portals: string;
+  last_seen: string;
+  registered: string;
+  number: number | null;
+}
+
+const toAgent = (r: RawAgent): AgentRow => ({
+  name: r.name,
+  portals: JSON.parse(r.portals) as string[],
+  lastSeen: r.last_seen,
+  registered: r.registered,
+  number: r.number,
+});
 
 interface RawFault {
   id: number;
@@ -302,6 +332,7 @@ const toExport = (r: RawExport): ExportRow => ({
   ackedVersion: r.acked_version,
   fenced: r.fenced !== 0,
   allowedInitiators: JSON.parse(r.allowed_initiators) as string[],
+  alua: r.alua,
 });
 
 const toFault = (r: RawFault): FaultRow => ({
@@ -410,8 +441,10 @@ export class ControllerDb {
       exports: p('SELECT * FROM exports ORDER BY agent, target_iqn, lun'),
       export: p('SELECT * FROM exports WHERE vdisk_id = ? AND agent = ?'),
       insertExport: p(
-        'INSERT INTO exports (vdisk_id, agent, target_iqn, lun, read_only, acked_version, fenced, allowed_initiators) VALUES (?, ?, ?, ?, ?, ?, 0, ?)',
+        'INSERT INTO exports (vdisk_id, agent, target_iqn, lun, read_only, acked_version, fenced, allowed_initiators, alua) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)',
       ),
+      numberAgent: p('UPDATE agents SET number = ? WHERE name = ? AND number IS NULL'),
+      agentNumbers: p('SELECT number FROM agents WHERE number IS NOT NULL ORDER BY number').pluck(),
       deleteExport: p('DELETE FROM exports WHERE vdisk_id = ? AND agent = ?'),
       ackExport: p('UPDATE exports SET acked_version = MAX(acked_version, ?) WHERE vdisk_id = ? AND agent = ?'),
       fenceExport: p('UPDATE exports SET fenced = ? WHERE vdisk_id = ? AND agent = ?'),
@@ -892,26 +925,35 @@ export class ControllerDb {
   // ---- agents ----
 
   agent(name: string): AgentRow | undefined {
-    const r = this.#statements.agent.get(name) as { name: string; portals: string; last_seen: string; registered: string } | undefined;
-    return r && { name: r.name, portals: JSON.parse(r.portals) as string[], lastSeen: r.last_seen, registered: r.registered };
+    const r = this.#statements.agent.get(name) as RawAgent | undefined;
+    return r && toAgent(r);
   }
 
   agents(): AgentRow[] {
-    return (this.#statements.agents.all() as { name: string; portals: string; last_seen: string; registered: string }[]).map((r) => ({
-      name: r.name,
-      portals: JSON.parse(r.portals) as string[],
-      lastSeen: r.last_seen,
-      registered: r.registered,
-    }));
+    return (this.#statements.agents.all() as RawAgent[]).map(toAgent);
   }
 
-  /** Records a registration: portals and the (accepted) containers it reaches. */
-  registerAgent(name: string, portals: readonly string[], containers: readonly { id: string; path: string }[]): void {
-    this.tx(() => {
+  /**
+   * Records a registration: portals and the (accepted) containers it reaches.
+   * Returns the agent's number, given on its first registration: the
+   * smallest one free (numbers are only freed with the agent's row).
+   */
+  registerAgent(name: string, portals: readonly string[], containers: readonly { id: string; path: string }[]): number {
+    return this.tx(() => {
       const t = now();
       this.#statements.upsertAgent.run(name, JSON.stringify(portals), t, t);
       this.#statements.clearAgentContainers.run(name);
       for (const c of containers) this.#statements.insertAgentContainer.run(name, c.id, c.path);
+      const had = (this.#statements.agent.get(name) as RawAgent).number;
+      if (had !== null) return had;
+      let n = 1;
+      for (const used of this.#statements.agentNumbers.all() as number[]) {
+        if (used !== n) break;
+        n++;
+      }
+      if (n > MAX_AGENT_NUMBER) throw new Error(`no agent number left for ${name}: ${MAX_AGENT_NUMBER} agents are registered`);
+      this.#statements.numberAgent.run(n, name);
+      return n;
     });
   }
 
@@ -942,8 +984,17 @@ export class ControllerDb {
     return r && toExport(r);
   }
 
-  insertExport(e: Omit<ExportRow, 'fenced' | 'allowedInitiators'> & { allowedInitiators?: readonly string[] }): void {
-    this.#statements.insertExport.run(e.vdiskId, e.agent, e.targetIqn, e.lun, e.readOnly ? 1 : 0, e.ackedVersion, JSON.stringify(e.allowedInitiators ?? []));
+  insertExport(e: Omit<ExportRow, 'fenced' | 'allowedInitiators' | 'alua'> & { allowedInitiators?: readonly string[]; alua?: AluaPreference }): void {
+    this.#statements.insertExport.run(
+      e.vdiskId,
+      e.agent,
+      e.targetIqn,
+      e.lun,
+      e.readOnly ? 1 : 0,
+      e.ackedVersion,
+      JSON.stringify(e.allowedInitiators ?? []),
+      e.alua ?? 'optimized',
+    );
   }
 
   deleteExport(vdiskId: string, agent: string): boolean {

@@ -4,7 +4,7 @@
 // (TableRequest); each such table must be acked in time or the agent is
 // fenced for that vdisk (TableChanges.fence).
 
-import type { Export, TableRequest } from '../wire/proto-types.js';
+import type { Export, TableRequest, WirePortGroup } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
 import type { ControllerDb } from './db.js';
 import type { AgentLink } from './agent-link.js';
@@ -18,6 +18,10 @@ export class Exports {
   readonly #ackTimeoutMs: number;
   /** An agent installed a vdisk's current table: faults that waited for it may go on. */
   readonly #settled: (vdiskId: string) => void;
+  /** A vdisk's ALUA port groups now (port-groups.ts); none until set. */
+  portGroups: (vdiskId: string) => WirePortGroup[] = () => [];
+  /** Exports were added or removed: the port groups of their vdisks differ. */
+  groupsMayChange: () => void = () => undefined;
 
   constructor(db: ControllerDb, agents: AgentRegistry, tables: TableChanges, ackTimeoutMs: number, settled: (vdiskId: string) => void) {
     this.#db = db;
@@ -30,6 +34,7 @@ export class Exports {
   /** The export list an agent gets. */
   exportsFor(agent: string): Export[] {
     const db = this.#db;
+    const ownPortGroup = db.agent(agent)?.number ?? 0;
     return db.exportsOfAgent(agent).flatMap((e) => {
       const v = db.vdisk(e.vdiskId);
       if (!v) return [];
@@ -44,9 +49,16 @@ export class Exports {
           segmentSize: v.segmentSize,
           readOnly: e.readOnly,
           allowedInitiators: e.allowedInitiators,
+          portGroups: this.portGroups(v.id),
+          ownPortGroup,
         },
       ];
     });
+  }
+
+  /** Sends an agent its export set again (its port groups changed), if it is connected. */
+  sendExportSet(agent: string): void {
+    this.#agents.link(agent)?.send({ body: 'exportSet', exportSet: { exports: this.exportsFor(agent) } });
   }
 
   /**
@@ -87,8 +99,8 @@ export class Exports {
     // A change waiting for this agent may not need to any more (export removed).
     this.#tables.wakeLaggardWaits();
     const link = this.#agents.link(agent);
-    if (!link) return;
-    this.resync(link);
+    if (link) this.resync(link);
+    this.groupsMayChange();
   }
 
   /** An agent's TableRequest: the whole table of a vdisk exported to it. */

@@ -136,6 +136,19 @@ export const MIGRATIONS: readonly ((db: Sql) => void)[] = [
   (db) => {
     db.exec(`ALTER TABLE exports ADD COLUMN allowed_initiators TEXT NOT NULL DEFAULT '[]'`);
   },
+  // ALUA: each agent's number (its target port identity; never reused while
+  // the agent exists) and each export's preferred access state. Agents known
+  // already are numbered in the order they first registered.
+  (db) => {
+    db.exec(`
+      ALTER TABLE agents ADD COLUMN number INTEGER CHECK (number BETWEEN 1 AND 4095);
+      CREATE UNIQUE INDEX agents_by_number ON agents (number);
+      ALTER TABLE exports ADD COLUMN alua TEXT NOT NULL DEFAULT 'optimized' CHECK (alua IN ('optimized', 'non-optimized'));
+    `);
+    const names = db.prepare('SELECT name FROM agents ORDER BY registered, name').pluck().all() as string[];
+    const number = db.prepare('UPDATE agents SET number = ? WHERE name = ?');
+    names.forEach((name, i) => number.run(i + 1, name));
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -65,6 +65,8 @@ export interface TableChangeHooks {
   scrub(locs: Location[]): void;
   /** A change of the vdisk is acked by every holder (or safe without the laggards): held faults may act on it. */
   settled(vdiskId: string): void;
+  /** An agent was fenced for the vdisk (its port group is unavailable). */
+  fenced?(vdiskId: string): void;
 }
 
 export class TableChanges {
@@ -359,6 +361,7 @@ export class TableChanges {
       this.#db.event('fence', link.name, `vdisk ${vd?.name ?? vdiskId}: ${reason}`);
     }
     link.send({ body: 'fence', fence: { vdiskId, reason } });
+    this.#hooks.fenced?.(vdiskId);
   }
 
   sendFullTable(link: AgentLink, vdiskId: string): void {

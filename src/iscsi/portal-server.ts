@@ -27,8 +27,12 @@ import type { TargetRegistry } from './target-registry.js';
 export interface PortalOptions {
   host: string;
   port: number;
-  /** Target portal group tag of this portal (also its relative target port id and ALUA group). */
+  /** Target portal group tag of this portal (also its relative target port id and ALUA group unless those are given). */
   tpgt?: number;
+  /** Relative target port id of this portal (VPD 0x83, REPORT TARGET PORT GROUPS); default tpgt. */
+  relativeTargetPortId?: number;
+  /** Target port group (ALUA) this portal belongs to; default tpgt. */
+  targetPortGroup?: number;
   settings?: Partial<IscsiSettings>;
 }
 
@@ -55,7 +59,9 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 export class IscsiPortalServer implements SessionDirectory, SessionFactory {
   readonly settings: IscsiSettings;
-  readonly tpgt: number;
+  #tpgt: number;
+  #relativeTargetPortId: number;
+  #targetPortGroup: number;
   private server: Server | null = null;
   private readonly sessions = new Set<Session>();
   private readonly connections = new Set<Connection>();
@@ -71,7 +77,24 @@ export class IscsiPortalServer implements SessionDirectory, SessionFactory {
     private readonly opts: PortalOptions,
   ) {
     this.settings = { ...defaultIscsiSettings, ...opts.settings };
-    this.tpgt = opts.tpgt ?? 1;
+    this.#tpgt = opts.tpgt ?? 1;
+    this.#relativeTargetPortId = opts.relativeTargetPortId ?? this.#tpgt;
+    this.#targetPortGroup = opts.targetPortGroup ?? this.#tpgt;
+  }
+
+  get tpgt(): number {
+    return this.#tpgt;
+  }
+
+  /**
+   * Gives the portal another target port identity (an agent learns its own
+   * from the controller after it has started listening). Logins from now on
+   * use it; sessions already open keep the nexus they logged in with.
+   */
+  setPortIdentity(id: { tpgt: number; relativeTargetPortId: number; targetPortGroup: number }): void {
+    this.#tpgt = id.tpgt;
+    this.#relativeTargetPortId = id.relativeTargetPortId;
+    this.#targetPortGroup = id.targetPortGroup;
   }
 
   async listen(): Promise<AddressInfo> {
@@ -167,7 +190,9 @@ export class IscsiPortalServer implements SessionDirectory, SessionFactory {
     const p = old ? withSessionParams(outcome.params, old) : outcome.params;
     const target = outcome.target ? this.registry.get(outcome.target.name) : undefined;
     if (p.sessionType === 'Normal' && !target) throw new Error(`target ${outcome.target?.name ?? '?'} vanished during login`);
-    const nexus = target ? makeNexus(p.initiatorName, outcome.isid, target.info.name, this.tpgt) : undefined;
+    const nexus = target
+      ? makeNexus(p.initiatorName, outcome.isid, target.info.name, this.#tpgt, this.#relativeTargetPortId, this.#targetPortGroup)
+      : undefined;
     const session = new Session({
       tsih: outcome.tsih,
       isid: outcome.isid,

@@ -17,7 +17,7 @@ import { checkControlByte } from './cdb.js';
 import type { CommandContext, CommandSpec } from './command-spec.js';
 import { lookupCommand } from './commands.js';
 import type { BlockLimits, BusyState, LogicalUnitApi, LuIdentity, PortGroup, ReservationGate, TargetApi, UnitAttentionScope } from './lu-api.js';
-import { defaultLimits } from './lu-api.js';
+import { AccessState, defaultLimits } from './lu-api.js';
 import { ModeState } from './mode-pages.js';
 import { Reservations } from './reservations.js';
 import type { Asc, SenseOptions } from './sense.js';
@@ -65,6 +65,8 @@ export class LogicalUnit implements LogicalUnitApi {
   private uaPending = 0;
   private busyState: BusyState | null = null;
   private lastBlockCount: number;
+  /** Port groups of this LU alone (a vdisk exported by several agents); null = the target's. */
+  private ownPortGroups: readonly PortGroup[] | null = null;
 
   // Exclusion: normal commands count themselves in `active`; an exclusive
   // section waits for active == 0 and holds off new commands meanwhile.
@@ -96,7 +98,27 @@ export class LogicalUnit implements LogicalUnitApi {
   }
 
   portGroups(): readonly PortGroup[] {
-    return this.host.portGroups();
+    return this.ownPortGroups ?? this.host.portGroups();
+  }
+
+  /**
+   * Sets the LU's port groups (the paths to it, with their access states).
+   * When a group's state changed, or a group came or went, every nexus gets
+   * ASYMMETRIC ACCESS STATE CHANGED (implicit ALUA, SPC-4 5.16.2.6) and
+   * true is returned; the first groups set raise nothing.
+   */
+  setPortGroups(groups: readonly PortGroup[]): boolean {
+    const before = this.ownPortGroups;
+    this.ownPortGroups = groups.map((g) => ({ ...g, relativePortIds: [...g.relativePortIds] }));
+    if (before === null) return false;
+    const states = (gs: readonly PortGroup[]) =>
+      gs
+        .map((g) => `${g.id}:${g.state ?? AccessState.ActiveOptimized}`)
+        .sort()
+        .join(' ');
+    if (states(before) === states(groups)) return false;
+    this.raiseUnitAttention(Sense.asymmetricAccessStateChanged);
+    return true;
   }
 
   busy(): BusyState | null {

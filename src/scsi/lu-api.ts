@@ -67,10 +67,25 @@ export function defaultLimits(blockSize: number): BlockLimits {
   };
 }
 
+/** Asymmetric access states (SPC-4 5.16.2), by the codes REPORT TARGET PORT GROUPS reports. */
+export const enum AccessState {
+  ActiveOptimized = 0x0,
+  ActiveNonOptimized = 0x1,
+  Standby = 0x2,
+  Unavailable = 0x3,
+  Transitioning = 0xf,
+}
+
 /** A target port group as reported by REPORT TARGET PORT GROUPS and VPD 0x83. */
 export interface PortGroup {
   id: number;
   relativePortIds: number[];
+  /**
+   * Its asymmetric access state. Absent: a target whose groups are always
+   * active/optimized (`tabula target`), which reports no other state as
+   * supported either.
+   */
+  state?: AccessState;
 }
 
 export interface UnitAttentionScope {
@@ -127,7 +142,7 @@ export interface LogicalUnitApi {
   readonly thirdPartyCopy: boolean;
   /** D_SENSE in the control mode page: report sense in descriptor format. */
   descriptorSense(): boolean;
-  /** Target port groups of the target (ALUA: implicit, all active/optimized). */
+  /** Target port groups of this LU (ALUA, implicit): its own when set (setPortGroups), else the target's. */
   portGroups(): readonly PortGroup[];
   raiseUnitAttention(code: Asc, scope?: UnitAttentionScope): void;
   /** Dequeue the oldest pending unit attention for this nexus (REQUEST SENSE). */

@@ -60,6 +60,7 @@ export const Sense = {
   reservationsReleased: a(SenseKey.UnitAttention, 0x2a, 0x04),
   registrationsPreempted: a(SenseKey.UnitAttention, 0x2a, 0x05),
   capacityDataChanged: a(SenseKey.UnitAttention, 0x2a, 0x09),
+  asymmetricAccessStateChanged: a(SenseKey.UnitAttention, 0x2a, 0x06),
   reportedLunsDataChanged: a(SenseKey.UnitAttention, 0x3f, 0x0e),
   commandsClearedByAnotherInitiator: a(SenseKey.UnitAttention, 0x2f, 0x00),
   commandsClearedByDeviceServer: a(SenseKey.UnitAttention, 0x2f, 0x01),

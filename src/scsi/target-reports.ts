@@ -1,10 +1,10 @@
 // What the target holds, as an initiator discovers it: REPORT LUNS (also
 // answered for LUNs that do not exist) and REPORT TARGET PORT GROUPS
-// (implicit ALUA).
+// (implicit ALUA, every path to the LU with its access state).
 import { alloc32, clip } from './cdb.js';
 import type { CommandContext } from './command-spec.js';
 import { good } from './command-spec.js';
-import type { PortGroup, TargetApi } from './lu-api.js';
+import { AccessState, type PortGroup, type TargetApi } from './lu-api.js';
 import type { ScsiRequest, ScsiResponse } from './port.js';
 import { ScsiError } from './sense.js';
 
@@ -43,29 +43,48 @@ export function reportLunsNoLun(req: ScsiRequest, target: TargetApi): ScsiRespon
   return reportLunsResponse(req.cdb, target.luns());
 }
 
-/** REPORT TARGET PORT GROUPS 0xa3/0x0a: implicit ALUA, every group active/optimized. */
+/**
+ * Supported-state bits (byte 1 of a target port group descriptor) of a group
+ * whose state may change (a vdisk served by several agents): T_SUP, U_SUP,
+ * AN_SUP, AO_SUP. A group without a state is always active/optimized, and
+ * says only AO_SUP.
+ */
+const SUPPORTS_TRANSITIONS = 0x80 | 0x08 | 0x02 | 0x01;
+const SUPPORTS_OPTIMIZED_ONLY = 0x01;
+
+/** One target port group descriptor (SPC-4 6.36, table "Target port group descriptor format"). */
+export function portGroupDescriptor(g: PortGroup): Buffer {
+  const d = Buffer.alloc(8 + g.relativePortIds.length * 4);
+  const state = g.state ?? AccessState.ActiveOptimized;
+  // PREF: the optimized paths are the preferred ones.
+  d[0] = (state === AccessState.ActiveOptimized ? 0x80 : 0) | (state & 0x0f);
+  d[1] = g.state === undefined ? SUPPORTS_OPTIMIZED_ONLY : SUPPORTS_TRANSITIONS;
+  d.writeUInt16BE(g.id & 0xffff, 2);
+  // byte 5, STATUS CODE 0: no status available; byte 6 vendor specific
+  d[7] = g.relativePortIds.length;
+  g.relativePortIds.forEach((p, i) => d.writeUInt16BE(p & 0xffff, 8 + i * 4 + 2));
+  return d;
+}
+
+/**
+ * REPORT TARGET PORT GROUPS 0xa3/0x0a (implicit ALUA): every group of the LU
+ * with its state, in the length-only header format (0) or the extended one
+ * (1: format type and implicit transition time in bytes 4-5). RETURN DATA
+ * LENGTH counts the bytes after itself in both, as Linux and sg_rtpg read it.
+ */
 export function reportTargetPortGroups(ctx: CommandContext): ScsiResponse {
   const { cdb, nexus } = ctx.req;
   const lu = ctx.lu;
-  const extended = (cdb[1]! >> 5) === 1;
-  if (cdb[1]! >> 5 > 1) throw ScsiError.cdb(1, 7, 'parameter data format');
+  const format = cdb[1]! >> 5;
+  if (format > 1) throw ScsiError.cdb(1, 7, 'parameter data format');
   const allocation = alloc32(cdb, 6);
   let groups: readonly PortGroup[] = lu.portGroups();
   if (groups.length === 0) groups = [{ id: nexus.targetPortGroup, relativePortIds: [nexus.relativeTargetPortId] }];
-  const descs = groups.map((g) => {
-    const d = Buffer.alloc(8 + g.relativePortIds.length * 4);
-    d[0] = 0x80; // PREF, asymmetric access state 0h: active/optimized
-    d[1] = 0x01; // AO_SUP
-    d.writeUInt16BE(g.id & 0xffff, 2);
-    d[7] = g.relativePortIds.length;
-    g.relativePortIds.forEach((p, i) => d.writeUInt16BE(p & 0xffff, 8 + i * 4 + 2));
-    return d;
-  });
-  const hdrLen = extended ? 8 : 4;
-  const body = Buffer.concat(descs);
+  const hdrLen = format === 1 ? 8 : 4;
+  const body = Buffer.concat(groups.map(portGroupDescriptor));
   const out = Buffer.alloc(hdrLen + body.length);
   out.writeUInt32BE(out.length - 4, 0);
-  if (extended) out[4] = 0x10; // format type 1, implicit transition time 0
+  if (format === 1) out[4] = 0x10; // format type 1; implicit transition time 0: unspecified
   body.copy(out, hdrLen);
   return good(clip(out, allocation));
 }

@@ -50,6 +50,8 @@ export interface Register {
 export interface Heartbeat {
   seq: number;
   heldIos: number;
+  /** The agent is draining (stopping); absent = false. */
+  draining?: boolean;
 }
 
 export interface TableAck {
@@ -109,6 +111,8 @@ export interface Welcome {
   rejectedContainers: string[];
   /** Agent lease in ms (0 = none): see Welcome.lease_ms in the .proto. */
   leaseMs: number;
+  /** The agent's number (target port identity; see Welcome.agent_number); 0 or absent = none. */
+  agentNumber?: number;
 }
 
 export interface Export {
@@ -122,6 +126,26 @@ export interface Export {
   readOnly: boolean;
   /** Initiator IQNs allowed to see this LUN; empty = any. */
   allowedInitiators: string[];
+  /** The vdisk's target port groups, one per exporting agent; empty or absent = no ALUA information. */
+  portGroups?: WirePortGroup[];
+  /** Id of this agent's own group in portGroups. */
+  ownPortGroup?: number;
+}
+
+/** Asymmetric access states, numerically SPC-4's codes (proto AluaState). */
+export const enum AluaState {
+  ActiveOptimized = 0,
+  ActiveNonOptimized = 1,
+  Standby = 2,
+  Unavailable = 3,
+  Transitioning = 15,
+}
+
+export interface WirePortGroup {
+  id: number;
+  state: AluaState;
+  relativePortIds: number[];
+  agent: string;
 }
 
 export interface ExportSet {
@@ -285,6 +309,10 @@ export interface ExportInfo {
   ackedVersion: number;
   fenced: boolean;
   allowedInitiators: string[];
+  /** Configured preference: "optimized" | "non-optimized" (absent from an older controller). */
+  alua?: string;
+  /** The state reported for this agent's port group now, e.g. "active/optimized", "unavailable". */
+  aluaState?: string;
 }
 
 export interface VdiskInfo {
@@ -344,6 +372,8 @@ export interface AddExportRequest {
   readOnly: boolean;
   /** Empty = any initiator. */
   allowedInitiators: string[];
+  /** "optimized" (default, also "" or absent) | "non-optimized". */
+  alua?: string;
 }
 
 export interface ListExportsRequest {
@@ -366,6 +396,8 @@ export interface AgentInfo {
   lastSeen: string;
   portals: string[];
   containers: string[];
+  /** Welcome.agent_number (absent from an older controller). */
+  number?: number;
 }
 
 export interface ListAgentsReply {

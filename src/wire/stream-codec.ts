@@ -145,6 +145,7 @@ function heartbeat(h: Heartbeat): Writer | null {
   const w = new Writer(20);
   w.uint(1, h.seq);
   w.uint(2, h.heldIos);
+  w.uint(3, h.draining === true ? 1 : 0);
   return w;
 }
 
@@ -423,11 +424,12 @@ function readTableAck(r: Reader): TableAck {
 }
 
 function readHeartbeat(r: Reader): Heartbeat {
-  const h: Heartbeat = { seq: 0, heldIos: 0 };
+  const h: Heartbeat = { seq: 0, heldIos: 0, draining: false };
   fields(r, 0, (no, wt) => {
     expectWire(wt, 0);
     if (no === 1) h.seq = r.varint();
     else if (no === 2) h.heldIos = r.u32();
+    else if (no === 3) h.draining = r.varint() !== 0;
     else throw OFF_PATH;
   });
   return h;

@@ -145,7 +145,9 @@ describe('tabula CLI: admin flow against a controller and an agent', function ()
       'v2@a1:iqn.2026-11.org.example:two/3',
     ]);
     const text = await tabulaOk(['export', 'ls', '--vdisk', 'v1', ...ctl]);
-    expect(text.trimEnd().split('\n')[1]).to.match(/^v1\s+a1\s+iqn\.2026-11\.org\.tabula:v1\s+0\s+rw\s+\d+\s+no\s+any$/);
+    expect(text.trimEnd().split('\n')[1]).to.match(/^v1\s+a1\s+iqn\.2026-11\.org\.tabula:v1\s+0\s+rw\s+\d+\s+no\s+any\s+optimized\s+(active\/optimized|transitioning)$/);
+    expect(list.map((x) => x.alua)).to.deep.equal(['optimized', 'optimized']);
+    expectOneLineError(await tabula(['export', 'add', 'v2', '--agent', 'a1', '--alua', 'standby', ...ctl]), /alua/i);
   });
 
   it('segment set-state changes the table; out-of-range segments and unknown vdisks are named', async () => {

@@ -187,11 +187,17 @@ export class Cluster {
       const ex = await this.admin.call('ListExports', { vdisk });
       const ok = agents.every((a) => ex.exports.some((e: ExportInfo) => e.agent === a && !e.fenced && e.ackedVersion === v.version));
       if (!ok) return undefined;
+      // ALUA: each agent's port group, as every one of them reports it, must
+      // be active too, so that no ASYMMETRIC ACCESS STATE CHANGED from the
+      // set-up reaches the sessions of the test.
+      const numbers = new Set((await this.admin.call('ListAgents', {})).agents.filter((x) => agents.includes(x.name)).map((x) => x.number ?? 0));
       for (const a of agents) {
         const s = await LunSession.open(this.agent(a).portal, iqnOf(vdisk), v.blockSize);
         try {
           const r = await s.read(0, 1, 5000);
           if (r.status !== GOOD) throw new Error(`agent ${a}: READ of LBA 0 ${describeIo(r)}`);
+          const active = await groupsActive(s, numbers);
+          if (active !== true) throw new Error(`agent ${a}: ${active}`);
         } finally {
           s.close();
         }
@@ -226,6 +232,28 @@ export class Cluster {
     await this.controller?.stop(10_000);
     if (!keep) rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * true when REPORT TARGET PORT GROUPS through `s` lists every group of
+ * `ids` as active/optimized or active/non-optimized (a target that lists no
+ * such group id, e.g. one with no controller, passes), else why not.
+ */
+async function groupsActive(s: LunSession, ids: ReadonlySet<number>): Promise<true | string> {
+  const cdb = Buffer.alloc(12);
+  cdb[0] = 0xa3;
+  cdb[1] = 0x0a;
+  cdb.writeUInt32BE(4096, 6);
+  const r = await s.command(cdb, { read: 4096, timeoutMs: 5000 });
+  if (r.status !== GOOD) return `REPORT TARGET PORT GROUPS ${describeIo(r)}`;
+  const d = r.data;
+  const end = Math.min(d.length, d.readUInt32BE(0) + 4);
+  for (let off = 4; off + 8 <= end; off += 8 + d[off + 7]! * 4) {
+    const id = d.readUInt16BE(off + 2);
+    const state = d[off]! & 0x0f;
+    if (ids.has(id) && state > 1) return `port group ${id} in state ${state}`;
+  }
+  return true;
 }
 
 export function iqnOf(vdisk: string): string {

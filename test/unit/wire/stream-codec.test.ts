@@ -80,7 +80,7 @@ function agentMessages(seed: number, n: number): AgentMessage[] {
   for (let i = 0; i < n; i++) {
     const k = i % 3;
     if (k === 0) out.push({ body: 'tableAck', tableAck: { vdiskId: pick(r, STRINGS), version: pick(r, EDGE_U64) } });
-    else if (k === 1) out.push({ body: 'heartbeat', heartbeat: { seq: pick(r, EDGE_U64), heldIos: pick(r, EDGE_U32) } });
+    else if (k === 1) out.push({ body: 'heartbeat', heartbeat: { seq: pick(r, EDGE_U64), heldIos: pick(r, EDGE_U32), draining: pick(r, [false, true]) } });
     else {
       out.push({
         body: 'fault',
