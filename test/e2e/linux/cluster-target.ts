@@ -31,6 +31,8 @@ export interface ClusterSetup {
   prefill?: boolean;
   /** Agents' --hold-timeout (seconds a faulted I/O is held before NOT READY). */
   holdTimeoutS?: number;
+  /** ALUA preference of an agent's export (`export add --alua`); agents not named are optimized. */
+  alua?: Record<string, 'optimized' | 'non-optimized'>;
 }
 
 export const SNAPSHOT_LUN = 1;
@@ -61,7 +63,7 @@ export class ClusterTarget {
         c.admin.call('CreateVdisk', { name: VDISK, size: setup.vdiskSizeBytes }),
       ]);
       await t.#waitOnline(setup.agents);
-      for (const a of setup.agents) await c.admin.call('AddExport', { vdisk: VDISK, agent: a, lun: 0 });
+      for (const a of setup.agents) await c.admin.call('AddExport', { vdisk: VDISK, agent: a, lun: 0, alua: setup.alua?.[a] });
       await c.waitServed(VDISK, setup.agents);
       if (setup.prefill) await writeP(c.url(setup.agents[0] as string, VDISK), 0x5a, 0, setup.vdiskSizeBytes);
     } catch (err) {

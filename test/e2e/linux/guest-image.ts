@@ -64,7 +64,7 @@ export const MULTIPATH_CONTENT: GuestContent = {
  */
 export const CLUSTER_CONTENT: GuestContent = {
   packages: [...MULTIPATH_CONTENT.packages, 'sg3-utils'],
-  programs: [...MULTIPATH_CONTENT.programs, '/usr/bin/sg_vpd', '/usr/bin/sg_rtpg', '/usr/bin/sg_inq'],
+  programs: [...MULTIPATH_CONTENT.programs, '/usr/bin/sg_vpd', '/usr/bin/sg_rtpg', '/usr/bin/sg_inq', '/usr/bin/sg_persist', '/usr/bin/sg_raw'],
   // multipathd's pthread_cancel() dlopen()s libgcc_s (no DT_NEEDED names it).
   files: [...MULTIPATH_CONTENT.files, '/lib/x86_64-linux-gnu/libgcc_s.so.1'],
   modules: MULTIPATH_CONTENT.modules,

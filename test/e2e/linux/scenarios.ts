@@ -108,4 +108,21 @@ export const SCENARIOS: E2eScenario[] = [
     cluster: { agents: ['a', 'b'], vdiskSizeBytes: 128 * MIB },
     guest: { workload: 'snapshot' },
   },
+  {
+    kind: 'cluster',
+    name: 'alua',
+    title: 'ALUA over two agents: RTPG lists both groups, dm-multipath prefers the optimized one, fails over when it is SIGKILLed and back',
+    // As multipath: boot, two logins, mkfs, the outage, an agent restart, fsck.
+    timeoutMs: 480_000,
+    cluster: { agents: ['a', 'b'], vdiskSizeBytes: 128 * MIB, prefill: true, holdTimeoutS: 30, alua: { b: 'non-optimized' } },
+    guest: { workload: 'alua' },
+  },
+  {
+    kind: 'cluster',
+    name: 'persist',
+    title: 'persistent reservations across two agents: one path registers and reserves, the other sees it and gets RESERVATION CONFLICT',
+    timeoutMs: TIMEOUT_MS,
+    cluster: { agents: ['a', 'b'], vdiskSizeBytes: 128 * MIB },
+    guest: { workload: 'persist' },
+  },
 ];

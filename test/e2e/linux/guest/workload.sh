@@ -713,3 +713,302 @@ workload_snapshot() {
 	step done
 	return 0
 }
+
+# ------------------------------------------------------------------ alua ----
+
+# disk_of_portal PORTAL: the /dev/sdX of LUN TABULA_LUN in the session to PORTAL.
+disk_of_portal() {
+	iscsiadm -m session -P 3 2>/dev/null | awk -v p="$1" -v lun="$TABULA_LUN" '
+		/Current Portal:/ { cur = $3 }
+		/scsi[0-9]+ Channel [0-9]+ Id [0-9]+ Lun:/ { l = $NF }
+		/Attached scsi disk/ { if (index(cur, p) == 1 && l == lun) print "/dev/" $4 }'
+}
+
+# login_pair: iscsid, discovery and login on both portals; sets DA and DB to
+# LUN TABULA_LUN's disk through the first and the second portal.
+login_pair() {
+	set -- $TABULA_PORTALS
+	[ $# -eq 2 ] || fail "$TABULA_WORKLOAD needs two portals, got: $TABULA_PORTALS"
+	pa=$1
+	pb=$2
+	step iscsid
+	start_iscsid
+	step discovery
+	discover_all
+	step login
+	login "$pa"
+	login "$pb"
+	wait_disks "$TABULA_LUN" 2 > /dev/null || fail "LUN $TABULA_LUN did not appear on both sessions: $(disks_of_lun "$TABULA_LUN" | tr '\n' ' ')"
+	DA=$(disk_of_portal "$pa")
+	DB=$(disk_of_portal "$pb")
+	[ -b "$DA" ] && [ -b "$DB" ] && [ "$DA" != "$DB" ] || {
+		iscsiadm -m session -P 3
+		fail "no distinct disks per portal: '$DA' through $pa, '$DB' through $pb"
+	}
+	echo "paths: $DA through $pa (agent 1), $DB through $pb (agent 2)"
+}
+
+hexdec() { printf '%d' "$1" 2>/dev/null; }
+
+# own_tpg DEV: the path's own target port group (VPD 0x83), as a decimal number.
+own_tpg() { hexdec "$(sg_vpd -p di "$1" 2>/dev/null | sed -n 's/^ *Target port group: *\(0x[0-9a-fA-F]*\).*/\1/p' | head -1)"; }
+
+# rtpg_states FILE: "ID STATE" per group of a decoded sg_rtpg answer (ID decimal).
+rtpg_states() {
+	awk '/target port group id/ { split($0, a, ":"); split(a[2], b, ","); id = b[1]; gsub(/ /, "", id) }
+		/asymmetric access state/ { s = $0; sub(/.*\(/, "", s); sub(/\).*/, "", s); print id, s }' "$1" |
+		while read -r id s; do echo "$(hexdec "$id") $s"; done
+}
+
+# write_alua_multipath_conf: the ALUA set-up a Tabula LUN should get in the
+# field: paths grouped by ALUA priority (the optimized agent's group is used,
+# the non-optimized one stands by), the alua hardware handler, failback to
+# the optimized group as soon as it is back.
+write_alua_multipath_conf() {
+	mkdir -p /etc/multipath
+	cat > /etc/multipath.conf <<-'CONF'
+	defaults {
+		# See write_multipath_conf for these.
+		polling_interval 2
+		max_polling_interval 4
+		find_multipaths off
+		user_friendly_names no
+		retrigger_tries 0
+		no_path_retry 15
+	}
+	devices {
+		device {
+			vendor "TABULA"
+			product "VDISK"
+			path_grouping_policy group_by_prio
+			prio alua
+			hardware_handler "1 alua"
+			path_checker tur
+			failback immediate
+		}
+	}
+	blacklist {
+		devnode "^(ram|loop|fd|md|dm-|sr|scd|st|nbd|vd)[0-9]*"
+	}
+	CONF
+}
+
+# path_line DEV: "<group line> :: <path line>" of DEV in multipath -ll.
+path_line() {
+	mpath_ll | awk -v d="$(basename "$1")" '/prio=/ { g = $0 } $0 ~ (" " d " ") { print g " :: " $0 }'
+}
+
+# in_active_group DEV PRIO: DEV is "active ready" in the map's active group of priority PRIO.
+in_active_group() {
+	l=$(path_line "$1")
+	case $l in *"prio=$2 status=active"*"active ready"*) return 0 ;; esac
+	return 1
+}
+
+# wait_active_group DEV PRIO SECONDS
+wait_active_group() {
+	i=0
+	while [ $i -lt $(($3 * 2)) ]; do
+		in_active_group "$1" "$2" && return 0
+		i=$((i + 1))
+		sleep 0.5
+	done
+	mpath_ll
+	return 1
+}
+
+# The vdisk is exported by agent a (optimized) and agent b (--alua
+# non-optimized): REPORT TARGET PORT GROUPS on either path lists both groups
+# with their states; dm-multipath (prio alua, group_by_prio) sends I/O to
+# a's group only; a is SIGKILLed under I/O, b's group takes over with no I/O
+# error; a comes back and its group is preferred again.
+workload_alua() {
+	# See workload_multipath: a lost session fails its I/O after 5 s.
+	TABULA_REPLACEMENT_TIMEOUT=5
+	login_pair
+	step rtpg
+	for d in $DA $DB; do
+		echo "== sg_vpd -p di $d"
+		sg_vpd -p di "$d" 2>&1 | head -30
+		echo "== sg_rtpg -d $d"
+		sg_rtpg -d "$d" > "/tmp/rtpg.$(basename "$d")" 2>&1 || {
+			cat "/tmp/rtpg.$(basename "$d")"
+			fail "REPORT TARGET PORT GROUPS failed on $d"
+		}
+		cat "/tmp/rtpg.$(basename "$d")"
+	done
+	ra=/tmp/rtpg.$(basename "$DA")
+	cmp -s "$ra" "/tmp/rtpg.$(basename "$DB")" || fail "REPORT TARGET PORT GROUPS answers differ between $DA and $DB"
+	rtpg_states "$ra" > /tmp/states
+	echo "port groups (id state): $(tr '\n' ';' < /tmp/states)"
+	[ "$(wc -l < /tmp/states)" = 2 ] || fail "REPORT TARGET PORT GROUPS lists $(wc -l < /tmp/states) groups, expected 2 (one per agent)"
+	ga=$(own_tpg "$DA")
+	gb=$(own_tpg "$DB")
+	echo "own target port group (VPD 0x83): $DA $ga, $DB $gb"
+	[ -n "$ga" ] && [ -n "$gb" ] && [ "$ga" != "$gb" ] || fail "the two paths must be in two port groups (VPD 0x83: '$ga', '$gb')"
+	grep -q "^$ga active/optimized\$" /tmp/states || fail "group $ga (agent a, $DA) is not active/optimized"
+	grep -q "^$gb active/non.optimized\$" /tmp/states || fail "group $gb (agent b, $DB, --alua non-optimized) is not active/non-optimized"
+
+	step multipathd
+	write_alua_multipath_conf
+	udev_mark_initialized "$DA" "$DB"
+	export DM_DISABLE_UDEV=1
+	multipathd -d -s > /tmp/multipathd.log 2>&1 &
+	wait_paths 2 60 || {
+		tail -30 /tmp/multipathd.log
+		multipath -v3 2>&1 | tail -80
+		fail "multipath did not group both paths (2 active) within 60 s"
+	}
+	mpath_ll
+	mpath_ll | grep -q "hwhandler='1 alua'" || fail "multipath did not attach the ALUA hardware handler"
+	# The kernel makes a group active at the first I/O (checked under I/O below).
+	case $(path_line "$DA") in *"prio=50 status="*"active ready"*) ;; *) fail "the optimized path $DA is not in a prio 50 group of its own" ;; esac
+	case $(path_line "$DB") in *"prio=10 status=enabled"*"active ready"*) ;; *) fail "the non-optimized path $DB is not standing by in a prio 10 group" ;; esac
+	map=$(dmsetup ls --target multipath | awk 'NR == 1 { print $1 }')
+	[ -n "$map" ] || fail "no multipath map"
+	MP=/dev/mapper/$map
+	[ -b "$MP" ] || fail "$MP is missing"
+
+	step mkfs
+	# nodiscard: see workload_multipath (the host prefilled every segment).
+	must "mkfs.ext4 on $MP" timeout 300 /sbin/mke2fs -t ext4 -F -q -E nodiscard "$MP"
+	must "mount $MP" mount -t ext4 "$MP" $MNT
+	make_tree $MNT/tree || fail "writing the file tree on $MP"
+	checksum_tree $MNT/tree > /tmp/sums || fail "checksumming the tree"
+	sync
+	step io
+	rm -f /tmp/io.stop /tmp/io.error /tmp/io.sums /tmp/io.count
+	io_loop $MNT/io &
+	io_pid=$!
+	wait_io_progress 0 5 60 || fail "no I/O progress on $MP"
+	wait_active_group "$DA" 50 30 || fail "under I/O, the optimized path $DA is not in the active group (prio 50)"
+	case $(path_line "$DB") in *"status=enabled"*) ;; *) fail "under I/O, the non-optimized path's group is not standing by" ;; esac
+	mpath_ll
+
+	step kill
+	host_request kill-agent a
+	i=0
+	until in_active_group "$DB" 10 && ! path_line "$DA" | grep -q 'active ready'; do
+		i=$((i + 1))
+		[ $i -ge 120 ] && { mpath_ll; fail "I/O did not move to the non-optimized group within 60 s"; }
+		sleep 0.5
+	done
+	mpath_ll
+	sg_rtpg -d "$DB" 2>&1 | grep -E 'group id|access state'
+	from=$(io_count)
+	step failover-io
+	wait_io_progress "$from" 10 90 || fail "I/O stalled on the non-optimized path (count $(io_count), was $from)"
+	echo "I/O through the non-optimized group: $(( $(io_count) - from )) files written"
+
+	step restart
+	host_request start-agent a
+	wait_paths 2 120 || { tail -30 /tmp/multipathd.log; fail "the path to agent a did not come back within 120 s"; }
+	wait_active_group "$DA" 50 60 || fail "no failback to the optimized group"
+	mpath_ll
+	from=$(io_count)
+	wait_io_progress "$from" 5 60 || fail "no I/O progress after failback"
+	touch /tmp/io.stop
+	wait $io_pid
+	[ -e /tmp/io.error ] && { cat /tmp/io.error; fail "a write failed during the test"; }
+	echo "I/O: $(io_count) files written and acknowledged"
+
+	step verify
+	drop_caches "$MP"
+	verify_sums $MNT/tree /tmp/sums "file tree on $MP"
+	verify_sums $MNT/io /tmp/io.sums "files written across the failover"
+	must "umount $MP" umount $MNT
+	step fsck
+	must "e2fsck -f -n $MP (filesystem not clean)" timeout 300 /sbin/e2fsck -f -n "$MP"
+	step logout
+	must "multipathd shutdown" multipathd shutdown
+	must "flushing the multipath map" multipath -F
+	logout_all
+	step done
+	return 0
+}
+
+# --------------------------------------------------------------- persist ----
+
+# pr_gen DEV: the PR generation as sg_persist -k prints it (0x...).
+pr_gen() { sg_persist -n -i -k "$1" 2>&1 | sed -n 's/.*PR generation=\(0x[0-9a-fA-F]*\).*/\1/p'; }
+
+# pr_show WHAT: READ KEYS and READ RESERVATION through both paths.
+pr_show() {
+	for d in $DA $DB; do
+		echo "== $1: sg_persist -k / -r $d"
+		sg_persist -n -i -k "$d" 2>&1
+		sg_persist -n -i -r "$d" 2>&1
+	done
+}
+
+# same_gen WHAT GEN: both paths report PR generation GEN.
+same_gen() {
+	a=$(pr_gen "$DA")
+	b=$(pr_gen "$DB")
+	echo "$1: PR generation $a through $DA, $b through $DB"
+	[ "$(hexdec "$a")" = "$2" ] && [ "$(hexdec "$b")" = "$2" ] || fail "$1: PR generation must be $2 on both paths ('$a' on $DA, '$b' on $DB)"
+}
+
+# write_block DEV: WRITE(10) of LBA 0 (one 512-byte block) through SG_IO; prints sg_raw's report.
+write_block() { sg_raw -v -s 512 -i /tmp/blk "$1" 2a 00 00 00 00 00 00 00 01 00 2>&1; }
+read_block() { sg_raw -r 512 "$1" 28 00 00 00 00 00 00 00 01 00 2>&1; }
+
+# Persistent reservations through two agents: what one path registers and
+# reserves is what the other path reads (same keys, same generation), and
+# enforced there: a nexus of the other agent that is not registered gets
+# RESERVATION CONFLICT for a WRITE under Write Exclusive - Registrants Only.
+workload_persist() {
+	login_pair
+	must "random block" dd if=/dev/urandom of=/tmp/blk bs=512 count=1
+	step pr-clean
+	pr_show "before"
+	g0=$(hexdec "$(pr_gen "$DA")")
+	[ -n "$g0" ] || fail "no PR generation from sg_persist -k $DA"
+	same_gen "before" "$g0"
+	sg_persist -n -i -k "$DA" 2>&1 | grep -q 'NO registered' || fail "keys registered before the test"
+
+	step pr-register
+	must "REGISTER key 0xa1 through $DA" sg_persist -n -o -G -S 0xa1 "$DA"
+	must "RESERVE (type 5, WE registrants only) through $DA" sg_persist -n -o -R -K 0xa1 -T 5 "$DA"
+	pr_show "after register + reserve through $DA"
+	same_gen "register through $DA" $((g0 + 1))
+	sg_persist -n -i -k "$DB" 2>&1 | grep -q '0xa1' || fail "key 0xa1 (registered through $DA) not listed through $DB"
+	sg_persist -n -i -r "$DB" 2>&1 | grep -q 'Key=0xa1' || fail "the reservation taken through $DA is not reported through $DB"
+	sg_persist -n -i -r "$DB" 2>&1 | grep -qi 'registrants only' || fail "reservation type through $DB is not Write Exclusive, registrants only"
+	echo "== sg_persist -s (READ FULL STATUS) $DB"
+	sg_persist -n -i -s "$DB" 2>&1
+
+	step pr-conflict
+	out=$(write_block "$DB")
+	echo "WRITE through $DB (not registered): $out" | tail -3
+	echo "$out" | grep -qi 'reservation conflict' || fail "a WRITE through the unregistered path $DB did not get RESERVATION CONFLICT"
+	out=$(read_block "$DB") || { echo "$out"; fail "a READ through $DB failed under WE registrants only"; }
+	out=$(write_block "$DA") || { echo "$out"; fail "a WRITE through the holder $DA failed"; }
+	echo "WRITE through the holder $DA: good"
+
+	step pr-second
+	must "REGISTER key 0xb2 through $DB" sg_persist -n -o -G -S 0xb2 "$DB"
+	same_gen "register through $DB" $((g0 + 2))
+	out=$(write_block "$DB") || { echo "$out"; fail "a WRITE through $DB failed once it is registered (registrants only)"; }
+	echo "WRITE through $DB once registered: good"
+
+	step pr-release
+	must "RELEASE through $DA" sg_persist -n -o -L -K 0xa1 -T 5 "$DA"
+	# Releasing a registrants-only reservation raises RESERVATIONS RELEASED
+	# on the other registrants' nexuses (SPC-4 5.13.11.2): take it with a READ.
+	read_block "$DB" > /tmp/ua.out 2>&1
+	grep -i 'sense\|attention' /tmp/ua.out | head -3
+	sg_persist -n -i -r "$DB" 2>&1 | grep -qi 'no reservation' || { sg_persist -n -i -r "$DB"; fail "the release through $DA is not seen through $DB"; }
+	must "CLEAR through $DB" sg_persist -n -o -C -K 0xb2 "$DB"
+	# CLEAR raises RESERVATIONS PREEMPTED on the other registrant's nexus.
+	read_block "$DA" > /tmp/ua.out 2>&1
+	grep -i 'sense\|attention' /tmp/ua.out | head -3
+	pr_show "after release through $DA and clear through $DB"
+	same_gen "clear" $((g0 + 3))
+	sg_persist -n -i -k "$DA" 2>&1 | grep -q 'NO registered' || fail "keys still registered after CLEAR"
+	out=$(write_block "$DB") || { echo "$out"; fail "a WRITE through $DB failed after CLEAR"; }
+	step logout
+	logout_all
+	step done
+	return 0
+}
