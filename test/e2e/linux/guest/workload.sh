@@ -894,11 +894,23 @@ workload_alua() {
 		sleep 0.5
 	done
 	mpath_ll
-	sg_rtpg -d "$DB" 2>&1 | grep -E 'group id|access state'
 	from=$(io_count)
 	step failover-io
 	wait_io_progress "$from" 10 90 || fail "I/O stalled on the non-optimized path (count $(io_count), was $from)"
 	echo "I/O through the non-optimized group: $(( $(io_count) - from )) files written"
+	step unavailable
+	# Past a's lease (8 s + 1 s margin by default) b reports a's group
+	# unavailable. The first RTPG may meet the ASYMMETRIC ACCESS STATE
+	# CHANGED unit attention instead, hence the retries.
+	i=0
+	until sg_rtpg -d "$DB" > /tmp/rtpg.away 2>&1 && rtpg_states /tmp/rtpg.away | grep -q "^$ga unavailable\$"; do
+		i=$((i + 1))
+		[ $i -ge 60 ] && { cat /tmp/rtpg.away; fail "group $ga of the killed agent a is not reported unavailable through $DB within 60 s"; }
+		sleep 1
+	done
+	echo "== sg_rtpg -d $DB with agent a away"
+	cat /tmp/rtpg.away
+	rtpg_states /tmp/rtpg.away | grep -q "^$gb active/non.optimized\$" || fail "group $gb (agent b) is no longer active/non-optimized"
 
 	step restart
 	host_request start-agent a
