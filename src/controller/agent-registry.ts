@@ -10,6 +10,7 @@ import type {
   ContainerRef,
   CopyDone,
   Fault,
+  LuRequest,
   MalformedMessage,
   Register,
   Release,
@@ -62,6 +63,7 @@ export interface AgentMessageHandlers {
   fault(link: AgentLink, f: Fault): void;
   copyDone(link: AgentLink, d: CopyDone): void;
   release(link: AgentLink, r: Release): void;
+  luRequest(link: AgentLink, r: LuRequest): void;
 }
 
 /** Exporters away whose lease may still let them serve zero and no-write segments, and how long until it surely has not. */
@@ -271,6 +273,9 @@ export class AgentRegistry {
         return;
       case 'release':
         to.release(link, m.release);
+        return;
+      case 'luRequest':
+        to.luRequest(link, m.luRequest);
         return;
       default: {
         const body: string = (m as { body: string }).body;
