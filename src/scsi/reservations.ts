@@ -176,17 +176,21 @@ export class Reservations implements ReservationGate {
     }
   }
 
+  // A target reset or the loss of the holding nexus drops the SPC-2 reservation here at once, as SPC-2 says,
+  // so that the next command on this path already finds it gone (an initiator logging in right after another
+  // one's logout must be able to RESERVE); the authority, told alongside, drops it on every other path.
+
   onReset(): void {
-    // A target reset on one path: the SPC-2 reservation goes everywhere, so the authority drops it (as for a lost holder).
-    if (this.authority !== null && this.spc2 !== null) this.#forward(this.spc2, 'target reset');
-    else this.spc2 = null;
+    const holder = this.spc2;
+    this.spc2 = null;
+    if (this.authority !== null && holder !== null) this.#forward(holder, 'target reset');
   }
 
   onNexusLost(nexus: Nexus): void {
     if (this.spc2?.id !== nexus.id) return;
+    this.spc2 = null;
     // Only the holder's loss changes anything: no traffic to the authority otherwise.
     if (this.authority !== null) this.#forward(nexus, 'nexus lost');
-    else this.spc2 = null;
   }
 
   /** Tells the authority that `holder`'s SPC-2 reservation is gone; nobody waits for the answer. */

@@ -128,7 +128,10 @@ describe('Reservations with an authority', () => {
     expect(r.spc2Holder?.id).to.equal(i1.id);
     // A lost nexus goes to the authority only when it holds the SPC-2 reservation.
     r.onNexusLost(i2);
+    expect(r.spc2Holder?.id).to.equal(i1.id);
     r.onNexusLost(i1);
+    // Gone on this path at once; the authority drops it on the others.
+    expect(r.spc2Holder).to.equal(null);
     await new Promise((res) => setImmediate(res));
     expect(asked).to.deep.equal([
       [i1.id, 'reserve'],
