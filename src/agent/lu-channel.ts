@@ -13,6 +13,13 @@
 // held I/O gets at its hold timeout, which Linux dm-multipath, Windows MPIO
 // and VMware NMP all retry. READ and WRITE meanwhile go on under the state
 // last installed (ReservationGate.conflicts reads it locally).
+//
+// A lost SPC-2 holder is the one request nobody waits for (the agent has
+// dropped the reservation on its own path already): if it cannot reach the
+// controller, it goes again first thing after the next Welcome, so the
+// other paths do not keep a reservation whose holder is gone. (Dropping it
+// is harmless if it was already dropped: the controller drops it only for
+// that very nexus.)
 import type { LuOutcome, LuStateRequest, ReservationAuthority } from '../scsi/lu-api.js';
 import type { Nexus } from '../scsi/port.js';
 import { ScsiStatus } from '../scsi/port.js';
@@ -25,6 +32,8 @@ import type { ControllerLink } from './controller-link.js';
 interface Pending {
   resolve: (o: LuOutcome) => void;
   timer: NodeJS.Timeout;
+  /** A nexus-lost request, to send again after a reconnect if its answer is lost with the stream. */
+  retry?: () => void;
 }
 
 function retryable(message: string): LuOutcome {
@@ -35,6 +44,8 @@ export class LuChannel {
   readonly #link: ControllerLink;
   readonly #holdTimeoutMs: () => number;
   readonly #pending = new Map<number, Pending>();
+  /** Lost SPC-2 holders to tell the controller about once it is back. */
+  #afterWelcome: (() => void)[] = [];
   #nextRequestId = 1;
 
   constructor(link: ControllerLink, holdTimeoutMs: () => number) {
@@ -43,6 +54,11 @@ export class LuChannel {
     link.on('luReply', (r) => this.#onReply(r));
     // The answer of a request sent on a broken stream never comes: fail them now (the initiator retries).
     link.on('disconnected', () => this.#failAll('the controller connection broke before it answered'));
+    link.on('welcome', () => {
+      const again = this.#afterWelcome;
+      this.#afterWelcome = [];
+      for (const send of again) send();
+    });
   }
 
   /** The authority for one vdisk's LU. */
@@ -64,8 +80,10 @@ export class LuChannel {
         nexus: nexusRef(nexus),
       },
     });
+    const retry = req.kind === 'nexus-lost' ? (): void => void this.request(vdiskId, nexus, req) : undefined;
     if (!sent) {
       log.warn(`${req.kind} from ${nexus.initiatorPort} on vdisk ${vdiskId}: the controller is not connected`);
+      if (retry) this.#afterWelcome.push(retry);
       return Promise.resolve(retryable('the controller is not connected'));
     }
     return new Promise((resolve) => {
@@ -75,13 +93,14 @@ export class LuChannel {
         log.warn(`${req.kind} from ${nexus.initiatorPort} on vdisk ${vdiskId}: no answer from the controller within ${ms} ms`);
         resolve(retryable(`no answer from the controller within ${ms} ms`));
       }, ms);
-      this.#pending.set(requestId, { resolve, timer });
+      this.#pending.set(requestId, retry ? { resolve, timer, retry } : { resolve, timer });
     });
   }
 
   /** Fails every pending request (agent shutdown). */
   close(): void {
     this.#failAll('the agent is shutting down');
+    this.#afterWelcome = [];
   }
 
   #onReply(r: LuReply): void {
@@ -100,6 +119,7 @@ export class LuChannel {
     this.#pending.clear();
     for (const p of pending) {
       clearTimeout(p.timer);
+      if (p.retry) this.#afterWelcome.push(p.retry);
       p.resolve(retryable(why));
     }
   }

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { LuEventScope, LuRequestKind, type LuStateMsg } from '../../../src/wire/proto-types.js';
-import type { FakeStream } from './fake-controller.js';
-import { BS, CONTAINER_ID, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, read10, useRig, write10, zero } from './rig.js';
+import { FakeController, type FakeStream } from './fake-controller.js';
+import { BS, CONTAINER_ID, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, read10, until, useRig, write10, zero } from './rig.js';
 import type { RawInitiator } from '../../support/raw-initiator.js';
 
 // The agent's replica of a vdisk's LU state (the controller owns it): PROUT,
@@ -147,5 +147,38 @@ describe('agent: the LU state of a vdisk the controller owns', function () {
     expect([ua.sense![2]! & 0x0f, ua.sense![12], ua.sense![13]]).to.deep.equal([6, 0x29, 0x03]);
     expect((await ini.scsi(read10(0, 1), { read: BS })).status).to.equal(0);
     expect(await stream.none('luRequest', 100)).to.equal(true);
+  });
+
+  it('drops a lost SPC-2 holder\'s reservation here at once, and tells the controller once it is back', async () => {
+    const { stream } = await fx.ctl.accept();
+    await exportDisk(stream);
+    const holder = await login();
+    const reserve = holder.scsi(Buffer.from([0x16, 0, 0, 0, 0, 0]));
+    const req = (await stream.take('luRequest')).luRequest;
+    const state: LuStateMsg = { prGeneration: 0, aptpl: false, registrations: [], reservationType: 0, reservationHolder: '', spc2Holder: req.nexus };
+    stream.send({ body: 'tableDelta', tableDelta: { vdiskId: VDISK_ID, fromVersion: 1, toVersion: 2, segmentCount: SEGS, extents: [], lu: { state, events: [] } } });
+    await stream.take('tableAck');
+    stream.send({ body: 'luReply', luReply: { requestId: req.requestId, status: 0, senseKey: 0, asc: 0, ascq: 0, fieldValid: false, fieldInCdb: false, fieldByte: 0, fieldBit: 8, prGeneration: 0, reason: '' } });
+    expect((await reserve).status).to.equal(0);
+    const other = await login();
+    expect((await other.scsi(read10(0, 1), { read: BS })).status).to.equal(0x18);
+    // The controller goes away; then the holder's connection drops.
+    const port = fx.ctl.port;
+    await fx.ctl.stop();
+    await until(() => !fx.rig.agent.link.connected, 5000, 'the agent to notice');
+    holder.destroy();
+    // The agent sees the connection close soon after; from then on the reservation is gone on this path.
+    let status = -1;
+    for (let i = 0; i < 50 && status !== 0; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      status = (await other.scsi(read10(0, 1), { read: BS })).status;
+    }
+    expect(status).to.equal(0);
+    fx.ctl = await FakeController.start(port);
+    const s2 = await fx.ctl.nextStream(5000);
+    await s2.take('register');
+    s2.welcome();
+    const lost = (await s2.take('luRequest')).luRequest;
+    expect(lost).to.deep.include({ kind: LuRequestKind.NexusLost, nexus: req.nexus, vdiskId: VDISK_ID });
   });
 });
