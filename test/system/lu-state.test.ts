@@ -13,7 +13,7 @@ import { badResults, runConformance, type ConformanceRun } from '../support/iscs
 import { SUITE_TIMEOUT, completed, describeCounts, resultLine, resultsContext } from '../support/conformance.js';
 import { log } from '../../src/util/log.js';
 import { useCluster } from './cluster.js';
-import { GOOD, LunSession, describeIo } from './scsi-client.js';
+import { GOOD, LunSession, describeIo, type IoResult } from './scsi-client.js';
 
 const VDISK = 'shared';
 const IQN = `iqn.2026-11.org.tabula:${VDISK}`;
@@ -54,6 +54,20 @@ function proutParams(key: bigint, sark: bigint, flags: number): Buffer {
   b.writeBigUInt64BE(sark, 8);
   b[20] = flags;
   return b;
+}
+
+/**
+ * A PROUT as initiators send it: again while it fails with 02/04/0A, which
+ * the agent answers while it cannot reach the controller (an agent that kept
+ * serving may reconnect a little after the controller is back). Bounded.
+ */
+async function proutRetrying(s: LunSession, cdb: Buffer, params: Buffer): Promise<IoResult> {
+  for (let i = 0; ; i++) {
+    const r = await s.command(cdb, { write: params });
+    const transition = r.status === 2 && r.sense?.key === 2 && r.sense.asc === 0x04 && r.sense.ascq === 0x0a;
+    if (!transition || i >= 100) return r;
+    await new Promise((res) => setTimeout(res, 200));
+  }
 }
 
 /** PRIN READ KEYS: generation and keys. */
@@ -168,7 +182,7 @@ describe('system: one logical unit on every path (vdisk exported by two agents)'
           b2.close();
         }
         // Clean up: release and unregister (APTPL off).
-        const clear = await a.command(proutCdb(3), { write: proutParams(0xa1a1n, 0n, 0) });
+        const clear = await proutRetrying(a, proutCdb(3), proutParams(0xa1a1n, 0n, 0));
         expect(clear.status, `CLEAR: ${describeIo(clear)}`).to.equal(GOOD);
       } finally {
         a.close();
