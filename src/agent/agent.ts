@@ -498,7 +498,7 @@ export class Agent {
    * A version's LU change: the new state goes into the replica, and its
    * unit attentions to this agent's nexuses of the LU (each agent raises
    * them on its own); an LU reset or CLEAR TASK SET aborts the LU's tasks
-   * here too.
+   * here too, and PREEMPT AND ABORT the preempted nexus's tasks.
    */
   #applyLuChange(h: Held, lu: LuChange): void {
     try {
@@ -508,8 +508,8 @@ export class Agent {
         const ev = luEventFromWire(m);
         unit?.raiseUnitAttention(ev.code, ev.scope);
         if (ev.abortTasks) {
-          void this.targets.abortLunTasks(h.exp.targetIqn, h.exp.lun).catch((err: Error) => {
-            log.warn('aborting the tasks of an LU reset through another path', { vdisk: h.exp.vdiskName, err: err.message });
+          void this.targets.abortLunTasks(h.exp.targetIqn, h.exp.lun, ev.scope.only?.id).catch((err: Error) => {
+            log.warn('aborting tasks for an LU event (reset, CLEAR TASK SET, PREEMPT AND ABORT)', { vdisk: h.exp.vdiskName, err: err.message });
           });
         }
       }

@@ -158,13 +158,16 @@ export class AgentTargets {
 
   /**
    * Aborts the tasks of a LUN in every session of its target on this agent
-   * (an LU reset or CLEAR TASK SET that came through another path). Not
+   * (an LU reset or CLEAR TASK SET that came through another path), or of
+   * one I_T nexus (PREEMPT AND ABORT). Not
    * awaited by the caller: a task waiting on the controller (a PROUT, say)
    * ends only after this agent's ack, which must not wait for it.
    */
-  async abortLunTasks(targetIqn: string, lun: number): Promise<void> {
+  async abortLunTasks(targetIqn: string, lun: number, nexusId?: string): Promise<void> {
     const sessions = this.#servers.flatMap((server) => server.sessionsOfTarget(targetIqn));
-    await Promise.all(sessions.map((s) => s.tasks.abort(s.tasks.onLun(lun))));
+    // With a nexus (PREEMPT AND ABORT), only that I_T nexus's tasks.
+    const mine = nexusId === undefined ? sessions : sessions.filter((s) => s.nexus?.id === nexusId);
+    await Promise.all(mine.map((s) => s.tasks.abort(s.tasks.onLun(lun))));
   }
 
   hasLun(targetIqn: string, lun: number): boolean {

@@ -530,13 +530,18 @@ export function applyLuRequest(state: LuReservationState, nexus: Nexus, req: LuS
   engine.install(before);
   const events: LuEvent[] = [];
   let abortTasks = false;
+  let preemptAndAbort = false;
   const sink: UnitAttentionSink = {
-    raiseUnitAttention: (code, scope) => events.push({ code, scope: scope ?? {}, abortTasks }),
+    // Under PREEMPT AND ABORT only the preempted nexuses' tasks go, not those of registrants told of a new type.
+    raiseUnitAttention: (code, scope) => events.push({ code, scope: scope ?? {}, abortTasks: abortTasks && (!preemptAndAbort || code === Sense.registrationsPreempted) }),
   };
   let outcome: LuOutcome = { status: ScsiStatus.Good };
   try {
     switch (req.kind) {
       case 'prout':
+        // PREEMPT AND ABORT: the preempted nexuses' tasks are aborted too (SPC-4 5.13.11.2.6), wherever they run.
+        preemptAndAbort = (req.cdb[1]! & 0x1f) === PrOut.PreemptAndAbort;
+        abortTasks = preemptAndAbort;
         proutStep(engine, sink, nexus, req.cdb, req.data ?? Buffer.alloc(0));
         break;
       case 'reserve':
@@ -632,7 +637,8 @@ function proutStep(r: Reservations, ua: UnitAttentionSink, nexus: Nexus, cdb: Bu
       break;
     case PrOut.Preempt:
     case PrOut.PreemptAndAbort:
-      // PREEMPT AND ABORT: the preempted nexuses' tasks are not aborted here (no hook into the task set yet).
+      // PREEMPT AND ABORT: the events of the preempted nexuses carry abortTasks (applyLuRequest); an agent aborts
+      // their tasks, the in-process LU does not (no hook into the task set there).
       r.preempt(ua, nexus, p);
       break;
   }

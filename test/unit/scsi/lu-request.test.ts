@@ -74,6 +74,23 @@ describe('applyLuRequest: the reservation state as a pure step', () => {
     expect(t.state.pr.registrations.map((r) => r.key)).to.deep.equal([0xaan]);
   });
 
+  it('PREEMPT AND ABORT aborts the preempted nexus\'s tasks, not those of registrants told of a new type', () => {
+    const i3 = nexus('iqn.2007-10.test:three', 0x23d000000003);
+    const s = run([
+      [i1, prout(0, 0, 0n, 0xaan)],
+      [i2, prout(0, 0, 0n, 0xbbn)],
+      [i3, prout(0, 0, 0n, 0xccn)],
+      [i2, prout(1, 5, 0xbbn, 0n)],
+    ]);
+    // i1 preempts i2 (the holder) with a new type: i2 is preempted (tasks aborted), i3 learns the reservation changed.
+    const t = applyLuRequest(s, i1, prout(5, 1, 0xaan, 0xbbn));
+    expect(t.outcome.status).to.equal(0);
+    expect(t.events).to.deep.equal([
+      { code: Sense.registrationsPreempted, scope: { only: i2 }, abortTasks: true },
+      { code: Sense.reservationsReleased, scope: { only: i3 }, abortTasks: false },
+    ]);
+  });
+
   it('LU reset drops the SPC-2 reservation, keeps persistent ones, and tells every nexus (tasks aborted)', () => {
     const s = run([[i1, RESERVE6]]);
     expect(s.spc2?.id).to.equal(i1.id);
