@@ -30,6 +30,7 @@
 import Database from 'better-sqlite3';
 import { MappingTable, SegmentState, isSegmentState, stateHasLocation, type EntryInput } from '../table/index.js';
 import { migrate, type Sql } from './schema.js';
+import type { LuStateMsg } from '../wire/proto-types.js';
 
 export type { Sql };
 
@@ -505,6 +506,33 @@ export class ControllerDb {
     } finally {
       this.sql.pragma('synchronous = FULL');
     }
+  }
+
+  // ---- LU state (one logical unit on every path) ----
+
+  /** The vdisk's LU state (proto LuState), or undefined when none was ever set (the empty state). */
+  luState(vdiskId: string): LuStateMsg | undefined {
+    const json = this.#luStatements().get.get(vdiskId) as string | undefined;
+    return json === undefined ? undefined : (JSON.parse(json) as LuStateMsg);
+  }
+
+  /** Records the vdisk's LU state as of table `version` (inside the change's transaction). */
+  setLuState(vdiskId: string, state: LuStateMsg, version: number): void {
+    this.#luStatements().set.run(vdiskId, JSON.stringify(state), version);
+  }
+
+  #lu: { get: Database.Statement; set: Database.Statement } | undefined;
+
+  /** Prepared on first use (kept apart from the statements prepared at open). */
+  #luStatements(): { get: Database.Statement; set: Database.Statement } {
+    this.#lu ??= {
+      get: this.sql.prepare('SELECT state FROM lu_state WHERE vdisk_id = ?').pluck(),
+      set: this.sql.prepare(
+        `INSERT INTO lu_state (vdisk_id, state, version) VALUES (?, ?, ?)
+         ON CONFLICT (vdisk_id) DO UPDATE SET state = excluded.state, version = excluded.version`,
+      ),
+    };
+    return this.#lu;
   }
 
   // ---- containers ----

@@ -149,6 +149,19 @@ export const MIGRATIONS: readonly ((db: Sql) => void)[] = [
     const number = db.prepare('UPDATE agents SET number = ? WHERE name = ?');
     names.forEach((name, i) => number.run(i + 1, name));
   },
+  // The SCSI state of each vdisk's logical unit (persistent reservations,
+  // the SPC-2 RESERVE holder), owned here for every agent exporting the
+  // vdisk: proto LuState as JSON, and the table version that set it. No row
+  // = the empty state.
+  (db) => {
+    db.exec(`
+      CREATE TABLE lu_state (
+        vdisk_id TEXT PRIMARY KEY REFERENCES vdisks(id) ON DELETE CASCADE,
+        state TEXT NOT NULL,
+        version INTEGER NOT NULL
+      );
+    `);
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

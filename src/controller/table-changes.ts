@@ -15,7 +15,7 @@
 
 import { MappingTable, SegmentState, extentsIn, tableRuns, toExtents, type Extent, type TableRuns } from '../table/index.js';
 import { TABLE_RUNS_PER_MESSAGE, encodeControllerMessage, type EncodedMessage } from '../wire/grpc.js';
-import type { Release, TableAck, WireExtent } from '../wire/proto-types.js';
+import type { LuChange, LuEventMsg, LuStateMsg, Release, TableAck, WireExtent } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
 import { locKey, runLocations, type Allocator } from './allocator.js';
 import { TableChangeError, type ControllerDb, type Location, type VdiskRow } from './db.js';
@@ -41,6 +41,8 @@ export interface CommitResult {
    * removal of its export makes the change safe (awaitAcks).
    */
   touchesNormal: boolean;
+  /** The LU state and unit attentions this version carries (lu-state.ts), if it changed them. */
+  lu?: LuChange;
 }
 
 /** What a change function may do inside its transaction. */
@@ -55,6 +57,8 @@ export interface ChangeContext {
   grow(size: number, segmentCount: number): void;
   /** Records a segment changed by direct SQL in this transaction (bulk changes), so it is pushed. */
   mark(seg: number): void;
+  /** Sets the vdisk's LU state as of this version, with the unit attentions it raises (a version may change only this). */
+  setLu(state: LuStateMsg, events: LuEventMsg[]): void;
 }
 
 /** What table changes need from the rest of the controller (wired in controller.ts). */
@@ -155,6 +159,7 @@ export class TableChanges {
     this.table(vdiskId);
     const changed = new Set<number>();
     let grownTo = -1;
+    let lu: LuChange | undefined;
     const allocated: Location[] = [];
     let result: CommitResult | null;
     try {
@@ -177,6 +182,10 @@ export class TableChanges {
           mark: (seg) => {
             changed.add(seg);
           },
+          setLu: (state, events) => {
+            db.setLuState(vdiskId, state, version);
+            lu = { state, events };
+          },
           grow: (size, segmentCount) => {
             if (segmentCount < live.segmentCount) {
               throw new TableChangeError(`vdisk ${live.name}: shrinking (${live.segmentCount} to ${segmentCount} segments) is not supported`);
@@ -188,11 +197,13 @@ export class TableChanges {
           },
         };
         change(ctx);
-        if (changed.size === 0 && grownTo < 0) {
+        if (changed.size === 0 && grownTo < 0 && lu === undefined) {
           // Nothing to tell anyone: undo the version bump with the transaction.
           throw new NoChange();
         }
-        return { vdiskId, fromVersion: vdisk.version, version, ranges: toRanges(changed), segmentCount: live.segmentCount, touchesNormal: false };
+        const r: CommitResult = { vdiskId, fromVersion: vdisk.version, version, ranges: toRanges(changed), segmentCount: live.segmentCount, touchesNormal: false };
+        if (lu !== undefined) r.lu = lu;
+        return r;
       });
     } catch (err) {
       // Allocations were taken from the in-memory free map; the rollback
@@ -203,7 +214,9 @@ export class TableChanges {
     }
     const table = this.table(vdiskId);
     // Still the previous version here (the DB is the truth, the cache follows it).
-    result.touchesNormal = touchesNormal(table, result.ranges);
+    // A new LU state counts as touching normal segments: an agent that missed it would go on enforcing the old
+    // reservations on them however long it is cut off, so only its ack or the removal of its export makes it safe.
+    result.touchesNormal = result.lu !== undefined || touchesNormal(table, result.ranges);
     if (grownTo >= 0) table.resize(grownTo);
     for (const [first, end] of result.ranges) {
       for (let s = first; s < end; s++) table.set(s, tableEntryOf(db, vdiskId, s));
@@ -245,6 +258,7 @@ export class TableChanges {
             toVersion: r.version,
             segmentCount: r.segmentCount,
             extents: r.ranges.flatMap(([a, b]) => extentsIn(table, a, b)).map(wireExtent),
+            ...(r.lu === undefined ? {} : { lu: r.lu }),
           },
         });
         link.send(delta);
@@ -368,7 +382,7 @@ export class TableChanges {
     const t = this.table(vdiskId);
     if (link.readsTableRuns) {
       // Run form, in pieces of bounded size (proto/tabula.proto, TableFull).
-      const meta = { vdiskId, version: t.version, segmentSize: t.segmentSize, blockSize: t.blockSize, segmentCount: t.segmentCount };
+      const meta = { vdiskId, version: t.version, segmentSize: t.segmentSize, blockSize: t.blockSize, segmentCount: t.segmentCount, ...this.#luOf(vdiskId) };
       const containers = [...t.containers];
       let prev: TableRuns | null = null;
       const sendPiece = (r: TableRuns, more: boolean): void => {
@@ -407,9 +421,16 @@ export class TableChanges {
         segmentCount: t.segmentCount,
         containers,
         extents: extents.map(wireExtent),
+        ...this.#luOf(vdiskId),
       },
     });
     link.noteSent(vdiskId, t.version, true);
+  }
+
+  /** TableFull's LU state field: the state as of the table's version (none set yet: absent, the empty state). */
+  #luOf(vdiskId: string): { luState?: LuStateMsg } {
+    const s = this.#db.luState(vdiskId);
+    return s === undefined ? {} : { luState: s };
   }
 
   // ---- acks ----

@@ -99,6 +99,8 @@ function extent(e: WireExtent): Writer | null {
 
 function tableDelta(d: TableDeltaMsg): Writer | null {
   if (!ascii(d.vdiskId) || !u64(d.fromVersion) || !u64(d.toVersion) || !u32(d.segmentCount) || !Array.isArray(d.extents)) return null;
+  // A delta that carries LU state or unit attention events (rare: PROUT, RESERVE, resets) goes through protobufjs.
+  if (d.lu !== undefined && d.lu !== null) return null;
   const w = new Writer(64 + d.extents.length * 48);
   w.ascii(1, d.vdiskId);
   w.uint(2, d.fromVersion);
@@ -330,6 +332,7 @@ function readExtent(r: Reader): WireExtent {
 
 function readTableDelta(r: Reader): TableDeltaMsg {
   // Key order as protobufjs's toObject gives it (repeated fields first).
+  // `lu` (field 6, optional) is off this path: absent, protobufjs gives no key for it either.
   const d: TableDeltaMsg = { extents: [], vdiskId: '', fromVersion: 0, toVersion: 0, segmentCount: 0 } as TableDeltaMsg;
   fields(r, 5, (no, wt) => {
     switch (no) {
