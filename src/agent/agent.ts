@@ -84,7 +84,9 @@ export interface ExportStatus {
 }
 
 function toExtent(e: WireExtent): Extent {
-  return { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
+  const x: Extent = { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
+  if (e.owner) x.owner = e.owner;
+  return x;
 }
 
 /** Same initiator names, in any order (an older controller may send none: undefined). */
@@ -264,6 +266,7 @@ export class Agent {
       } else {
         h.exp = e;
       }
+      if (e !== undefined && !h.removed) h.device.setSharing?.(e.exporters || 1, e.ownerId ?? 0);
     }
     for (const e of wanted.values()) {
       let h = this.#held.get(e.vdiskId);
@@ -286,6 +289,8 @@ export class Agent {
             containers: this.containers as ContainerResolver,
             holdTimeoutMs: this.#holdTimeoutMs,
             lease: this.link.lease,
+            exporters: e.exporters || 1,
+            ownerId: e.ownerId ?? 0,
           });
           // Fenced until the first TableFull: holds I/O, and lets that table install whatever its version.
           device.fence();

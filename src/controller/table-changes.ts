@@ -380,6 +380,7 @@ export class TableChanges {
             runStates: r.states,
             runContainers: r.containers,
             runOffsets: r.offsets,
+            ...(r.owners !== undefined ? { runOwners: r.owners } : {}),
             more,
           },
         });
@@ -568,9 +569,13 @@ function tableEntryOf(db: ControllerDb, vdiskId: string, seg: number): { state: 
 }
 
 export function wireExtent(e: Extent): WireExtent {
-  return { first: e.first, count: e.count, state: e.state, container: e.container ?? '', offset: e.offset };
+  const w: WireExtent = { first: e.first, count: e.count, state: e.state, container: e.container ?? '', offset: e.offset };
+  if (e.owner) w.owner = e.owner;
+  return w;
 }
 
 export function fromWireExtent(e: WireExtent): Extent {
-  return { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
+  const x: Extent = { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
+  if (e.owner) x.owner = e.owner;
+  return x;
 }

@@ -21,6 +21,8 @@ export interface WireExtent {
   /** '' for no container. */
   container: string;
   offset: number;
+  /** Write owner (agent number); 0 or absent: none. */
+  owner?: number;
 }
 
 export interface ContainerRef {
@@ -122,6 +124,10 @@ export interface Export {
   readOnly: boolean;
   /** Initiator IQNs allowed to see this LUN; empty = any. */
   allowedInitiators: string[];
+  /** Agents exporting the vdisk (0 from an older controller: treat as one). */
+  exporters?: number;
+  /** This agent's number in Extent.owner (0: none given). */
+  ownerId?: number;
 }
 
 export interface ExportSet {
@@ -143,6 +149,8 @@ export interface TableFull {
   /** 1-based index into `containers`; 0 for none. */
   runContainers?: number[];
   runOffsets?: number[];
+  /** Run form: write owner of each run; empty when none is owned. */
+  runOwners?: number[];
   /** Run form: more messages of this table follow. */
   more?: boolean;
 }
