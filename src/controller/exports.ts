@@ -30,6 +30,7 @@ export class Exports {
   /** The export list an agent gets. */
   exportsFor(agent: string): Export[] {
     const db = this.#db;
+    const ownerId = db.agentNumber(agent);
     return db.exportsOfAgent(agent).flatMap((e) => {
       const v = db.vdisk(e.vdiskId);
       if (!v) return [];
@@ -44,6 +45,9 @@ export class Exports {
           segmentSize: v.segmentSize,
           readOnly: e.readOnly,
           allowedInitiators: e.allowedInitiators,
+          // With more than one, COMPARE AND WRITE needs write ownership (docs/architecture.md).
+          exporters: db.exportsOfVdisk(v.id).length,
+          ownerId,
         },
       ];
     });
@@ -87,8 +91,15 @@ export class Exports {
     // A change waiting for this agent may not need to any more (export removed).
     this.#tables.wakeLaggardWaits();
     const link = this.#agents.link(agent);
-    if (!link) return;
-    this.resync(link);
+    if (link) this.resync(link);
+    // The number of exporters of a vdisk this agent exports (or did) may
+    // have changed: every other online agent gets its export set again
+    // (export changes are rare; the agents keep their tables).
+    for (const other of this.#agents.onlineAgents()) {
+      if (other === agent) continue;
+      const l = this.#agents.link(other);
+      if (l) l.send({ body: 'exportSet', exportSet: { exports: this.exportsFor(other) } });
+    }
   }
 
   /** An agent's TableRequest: the whole table of a vdisk exported to it. */

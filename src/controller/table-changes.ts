@@ -55,6 +55,8 @@ export interface ChangeContext {
   grow(size: number, segmentCount: number): void;
   /** Records a segment changed by direct SQL in this transaction (bulk changes), so it is pushed. */
   mark(seg: number): void;
+  /** Sets (0: clears) a segment's write owner, keeping its entry. */
+  setOwner(seg: number, owner: number): void;
 }
 
 /** What table changes need from the rest of the controller (wired in controller.ts). */
@@ -152,6 +154,8 @@ export class TableChanges {
     // Cached before the commit: CommitResult.touchesNormal reads the previous states from it.
     this.table(vdiskId);
     const changed = new Set<number>();
+    /** Segments whose owner changed: with no other change, they do not make the change touch normal segments. */
+    const ownerChanged = new Set<number>();
     let grownTo = -1;
     const allocated: Location[] = [];
     let result: CommitResult | null;
@@ -174,6 +178,13 @@ export class TableChanges {
           },
           mark: (seg) => {
             changed.add(seg);
+          },
+          setOwner: (seg, owner) => {
+            if (seg < 0 || seg >= live.segmentCount) throw new TableChangeError(`vdisk ${live.name} segment ${seg} out of range`);
+            if (db.setSegmentOwner(vdiskId, seg, owner)) {
+              ownerChanged.add(seg);
+              changed.add(seg);
+            }
           },
           grow: (size, segmentCount) => {
             if (segmentCount < live.segmentCount) {
@@ -201,7 +212,9 @@ export class TableChanges {
     }
     const table = this.table(vdiskId);
     // Still the previous version here (the DB is the truth, the cache follows it).
-    result.touchesNormal = touchesNormal(table, result.ranges);
+    // A moved owner alone does not count: an agent stops writing a segment
+    // it owns once its lease runs out (VdiskDevice), so the lease covers it.
+    result.touchesNormal = touchesNormal(table, result.ranges, (s) => ownerChanged.has(s) && sameEntry(table, s, tableEntryOf(db, vdiskId, s)));
     if (grownTo >= 0) table.resize(grownTo);
     for (const [first, end] of result.ranges) {
       for (let s = first; s < end; s++) table.set(s, tableEntryOf(db, vdiskId, s));
@@ -543,12 +556,17 @@ export class TableChanges {
 
 class NoChange extends Error {}
 
-/** Whether any segment in `ranges` is normal in `table` (segments past its end are new: not). */
-function touchesNormal(table: MappingTable, ranges: readonly [number, number][]): boolean {
+/** Whether any segment in `ranges` is normal in `table` (segments past its end are new: not), leaving out those `ownerOnly` says. */
+function touchesNormal(table: MappingTable, ranges: readonly [number, number][], ownerOnly: (seg: number) => boolean): boolean {
   for (const [first, end] of ranges) {
-    for (let s = first; s < Math.min(end, table.segmentCount); s++) if (table.stateOf(s) === SegmentState.Normal) return true;
+    for (let s = first; s < Math.min(end, table.segmentCount); s++) if (table.stateOf(s) === SegmentState.Normal && !ownerOnly(s)) return true;
   }
   return false;
+}
+
+/** The cached entry of `seg` has the state and location of `e` (owners aside). */
+function sameEntry(table: MappingTable, seg: number, e: { state: SegmentState; container?: string; offset?: number }): boolean {
+  return table.stateOf(seg) === e.state && table.containerOf(seg) === (e.container ?? null) && table.containerOffsetOf(seg) === (e.offset ?? 0);
 }
 
 function toRanges(segs: Set<number>): [number, number][] {
@@ -562,10 +580,12 @@ function toRanges(segs: Set<number>): [number, number][] {
   return out;
 }
 
-function tableEntryOf(db: ControllerDb, vdiskId: string, seg: number): { state: SegmentState; container?: string; offset?: number } {
+function tableEntryOf(db: ControllerDb, vdiskId: string, seg: number): { state: SegmentState; container?: string; offset?: number; owner?: number } {
   const r = db.segment(vdiskId, seg);
-  if (r.state === SegmentState.Zero || r.state === SegmentState.Invalid || r.containerId === null) return { state: r.state };
-  return { state: r.state, container: r.containerId, offset: r.offset ?? 0 };
+  const owner = db.segmentOwner(vdiskId, seg);
+  const own = owner === 0 ? {} : { owner };
+  if (r.state === SegmentState.Zero || r.state === SegmentState.Invalid || r.containerId === null) return { state: r.state, ...own };
+  return { state: r.state, container: r.containerId, offset: r.offset ?? 0, ...own };
 }
 
 export function wireExtent(e: Extent): WireExtent {

@@ -87,16 +87,21 @@ const ASCII = /^[\x00-\x7f]*$/;
 const ascii = (v: unknown): v is string => typeof v === 'string' && ASCII.test(v);
 
 function extent(e: WireExtent): Writer | null {
-  const owner = e.owner ?? 0;
-  if (!u32(e.first) || !u32(e.count) || !enumValue(e.state) || !ascii(e.container) || !u32(e.offset) || !u32(owner)) return null;
+  const owner = e.owner;
+  if (!u32(e.first) || !u32(e.count) || !enumValue(e.state) || !ascii(e.container) || !u32(e.offset)) return null;
+  if (owner !== undefined && !u32(owner)) return null;
   const w = new Writer(16 + e.container.length);
   w.uint(1, e.first);
   w.uint(2, e.count);
   w.uint(3, e.state);
   w.ascii(4, e.container);
   w.uint(5, e.offset);
-  // 0 is omitted (proto3), so an unowned extent's bytes are as before.
-  w.uint(6, owner);
+  // `optional` (explicit presence): written when given, even 0, as
+  // protobufjs does; unowned extents carry none and their bytes are as before.
+  if (owner !== undefined) {
+    w.varint(6 << 3);
+    w.varint(owner);
+  }
   return w;
 }
 
@@ -300,7 +305,7 @@ function expectWire(actual: number, want: number): void {
 }
 
 function readExtent(r: Reader): WireExtent {
-  const e: WireExtent = { first: 0, count: 0, state: 0, container: '', offset: 0, owner: 0 };
+  const e: WireExtent = { first: 0, count: 0, state: 0, container: '', offset: 0 };
   fields(r, 0, (no, wt) => {
     switch (no) {
       case 1:

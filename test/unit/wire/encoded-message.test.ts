@@ -22,7 +22,7 @@ describe('wire: a message encoded once for many streams', () => {
         fromVersion: 7,
         toVersion: 8,
         segmentCount: 64,
-        extents: [{ first: 3, count: 2, state: 0, container: 'aaaaaaaa-0000-4000-8000-00000000000a', offset: 9, owner: 0 }],
+        extents: [{ first: 3, count: 2, state: 0, container: 'aaaaaaaa-0000-4000-8000-00000000000a', offset: 9 }],
       },
     };
     const e = encodeControllerMessage(msg);
