@@ -488,13 +488,13 @@ export class VdiskDevice implements BlockDevice {
       if (faultedAt === t.version) {
         // Already asked at this version: wait for a new table rather than ask again.
         if (!(await this.#hold(this.#waitSwap(deadline)))) {
-          throw this.#timedOut(op, seg, lba, blocks, `${segmentStateName(state)}, no new table after the controller's answer`);
+          throw this.#timedOut(op, seg, lba, blocks, `${segmentStateName(faultState)}, no new table after the controller's answer`);
         }
         continue;
       }
       faultedAt = t.version;
       if (debugEnabled()) {
-        log.debug(`${ioOpName(op)} lba=${lba} len=${blocks} on ${this.#name()} segment ${seg}: ${segmentStateName(state)}, fault`, {
+        log.debug(`${ioOpName(op)} lba=${lba} len=${blocks} on ${this.#name()} segment ${seg}: ${segmentStateName(faultState)}, fault`, {
           vdisk: this.vdiskId,
           version: t.version,
         });
@@ -504,7 +504,7 @@ export class VdiskDevice implements BlockDevice {
         return UNDELIVERED;
       });
       const d = await this.#hold(this.#race(asked, deadline));
-      if (d === TIMEOUT) throw this.#timedOut(op, seg, lba, blocks, `${segmentStateName(state)}, fault unanswered`);
+      if (d === TIMEOUT) throw this.#timedOut(op, seg, lba, blocks, `${segmentStateName(faultState)}, fault unanswered`);
       if (d === UNDELIVERED) continue;
       const done = this.#decide(d, op, seg, lba, blocks, faultState);
       if (done) return;
