@@ -662,6 +662,16 @@ export class ControllerDb {
     }[];
   }
 
+  /** Owned segments whose owner does not export the vdisk (any more). */
+  strayOwners(): { vdiskId: string; seg: number; owner: number }[] {
+    return this.sql
+      .prepare(
+        `SELECT o.vdisk_id AS vdiskId, o.seg, o.owner FROM segment_owners o LEFT JOIN agents a ON a.rowid = o.owner
+         WHERE a.name IS NULL OR NOT EXISTS (SELECT 1 FROM exports e WHERE e.vdisk_id = o.vdisk_id AND e.agent = a.name) ORDER BY o.vdisk_id, o.seg`,
+      )
+      .all() as { vdiskId: string; seg: number; owner: number }[];
+  }
+
   /** Sets (0: clears) a segment's write owner. Call inside a table change's transaction. Returns false when nothing changed. */
   setSegmentOwner(vdiskId: string, seg: number, owner: number): boolean {
     if (this.segmentOwner(vdiskId, seg) === owner) return false;
