@@ -305,7 +305,7 @@ export class FaultManager {
     try {
       // Each round performs at most one table change, then looks again:
       // faults that joined meanwhile are answered from the new state.
-      for (let round = 0; round < 4 && c.waiters.length > 0; round++) {
+      for (let round = 0, takes = 0; round < 4 && c.waiters.length > 0; round++) {
         const host = this.#host;
         await host.tables.quiesce(c.vdiskId);
         if (host.closed) return;
@@ -360,6 +360,9 @@ export class FaultManager {
             else left.push(w);
           });
           c.waiters = left;
+          // Agents taking turns on a contended lock block keep joining: their
+          // turns do not use up the rounds (bounded all the same).
+          if (++takes < 64) round--;
           continue;
         }
         if (action !== undefined) {
