@@ -465,6 +465,10 @@ export class VdiskDevice implements BlockDevice {
           }
           continue;
         }
+        // A CAW that would miscompare writes nothing: answered from a read
+        // here, as if it ran at that moment, without taking ownership (the
+        // lock holder keeps its segment while others spin on the lock).
+        if (own !== null && mode === Mode.Caw && (await this.#miscompares(t, seg, lba, blocks, caw as CawPiece))) return;
         if (own !== null) {
           // Not ours to write: no-write for this agent, and the fault says why.
           action = 'fault';
@@ -510,6 +514,21 @@ export class VdiskDevice implements BlockDevice {
       if (done) return;
       if (d.action === 'retry') minVersion = d.minVersion ?? 0;
     }
+  }
+
+  /** Reads the piece's blocks and compares them with the CAW's verify half: true (result set) when they differ. */
+  async #miscompares(t: MappingTable, seg: number, lba: number, blocks: number, caw: CawPiece): Promise<boolean> {
+    const len = blocks * this.blockSize;
+    const stored = readBuffer(len);
+    await this.#containerIo(t, Mode.Read, IoOp.Read, seg, lba, blocks, stored, 0, false);
+    if (stored.equals(caw.verify)) return false;
+    for (let i = 0; i < len; i++) {
+      if (stored[i] !== caw.verify[i]) {
+        caw.result = i;
+        break;
+      }
+    }
+    return true;
   }
 
   /**

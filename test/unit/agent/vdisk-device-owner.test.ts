@@ -105,6 +105,16 @@ describe('agent/VdiskDevice: segment write ownership', () => {
     expect(raw(fx.paths[C1]!, 1, 8 * BS, BS).equals(d)).to.equal(true);
   });
 
+  it('a COMPARE AND WRITE that would miscompare is answered from a read, without a fault, where it may not write', async () => {
+    make(2);
+    const wrong = Buffer.alloc(BS);
+    wrong[3] = 0xff;
+    expect(await dev.compareAndWrite(5, wrong, pattern(1, 9))).to.equal(3); // seg 0: owned by the other agent
+    expect(await dev.compareAndWrite(BPS + 5, wrong, pattern(1, 9))).to.equal(3); // seg 1: unowned, shared
+    expect(sink.faults).to.deep.equal([]);
+    expect(fx.calls.filter((c) => c.op === 'write')).to.deep.equal([]);
+  });
+
   it('a COMPARE AND WRITE is one piece: an ownership change waits for its read, compare and write', async () => {
     make(2);
     const c1 = fx.drivers[C1]!;
