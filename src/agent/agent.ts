@@ -95,7 +95,9 @@ export interface ExportStatus {
 }
 
 function toExtent(e: WireExtent): Extent {
-  return { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
+  const x: Extent = { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
+  if (e.owner) x.owner = e.owner;
+  return x;
 }
 
 /** Same initiator names, in any order (an older controller may send none: undefined). */
@@ -286,6 +288,7 @@ export class Agent {
       } else {
         h.exp = e;
       }
+      if (e !== undefined && !h.removed) h.device.setSharing?.(exportersOf(e), e.ownPortGroup ?? 0);
     }
     for (const e of wanted.values()) {
       let h = this.#held.get(e.vdiskId);
@@ -308,6 +311,8 @@ export class Agent {
             containers: this.containers as ContainerResolver,
             holdTimeoutMs: this.#holdTimeoutMs,
             lease: this.link.lease,
+            exporters: exportersOf(e),
+            ownerId: e.ownPortGroup ?? 0,
           });
           // Fenced until the first TableFull: holds I/O, and lets that table install whatever its version.
           device.fence();
@@ -594,4 +599,14 @@ export class Agent {
       }
     });
   }
+}
+
+/**
+ * Agents exporting the vdisk: one port group each (Export.port_groups; none
+ * from a controller without ALUA: treat as one). Above one, COMPARE AND WRITE
+ * needs write ownership of its segment, which names this agent by its own
+ * port group id, its agent number.
+ */
+function exportersOf(e: Export): number {
+  return Math.max(1, e.portGroups?.length ?? 0);
 }

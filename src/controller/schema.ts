@@ -162,6 +162,19 @@ export const MIGRATIONS: readonly ((db: Sql) => void)[] = [
       );
     `);
   },
+  // Write owners of segments (COMPARE AND WRITE across agents): few rows,
+  // apart from segments so that the common row and its queries stay as they
+  // are. owner is the agent's number (agents.number).
+  (db) => {
+    db.exec(`
+      CREATE TABLE segment_owners (
+        vdisk_id TEXT NOT NULL REFERENCES vdisks(id) ON DELETE CASCADE,
+        seg INTEGER NOT NULL CHECK (seg >= 0),
+        owner INTEGER NOT NULL CHECK (owner > 0),
+        PRIMARY KEY (vdisk_id, seg)
+      ) WITHOUT ROWID;
+    `);
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

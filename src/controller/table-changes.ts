@@ -59,6 +59,8 @@ export interface ChangeContext {
   mark(seg: number): void;
   /** Sets the vdisk's LU state as of this version, with the unit attentions it raises (a version may change only this). */
   setLu(state: LuStateMsg, events: LuEventMsg[]): void;
+  /** Sets (0: clears) a segment's write owner, keeping its entry. */
+  setOwner(seg: number, owner: number): void;
 }
 
 /** What table changes need from the rest of the controller (wired in controller.ts). */
@@ -158,6 +160,8 @@ export class TableChanges {
     // Cached before the commit: CommitResult.touchesNormal reads the previous states from it.
     this.table(vdiskId);
     const changed = new Set<number>();
+    /** Segments whose owner changed: with no other change, they do not make the change touch normal segments. */
+    const ownerChanged = new Set<number>();
     let grownTo = -1;
     let lu: LuChange | undefined;
     const allocated: Location[] = [];
@@ -185,6 +189,13 @@ export class TableChanges {
           setLu: (state, events) => {
             db.setLuState(vdiskId, state, version);
             lu = { state, events };
+          },
+          setOwner: (seg, owner) => {
+            if (seg < 0 || seg >= live.segmentCount) throw new TableChangeError(`vdisk ${live.name} segment ${seg} out of range`);
+            if (db.setSegmentOwner(vdiskId, seg, owner)) {
+              ownerChanged.add(seg);
+              changed.add(seg);
+            }
           },
           grow: (size, segmentCount) => {
             if (segmentCount < live.segmentCount) {
@@ -216,7 +227,10 @@ export class TableChanges {
     // Still the previous version here (the DB is the truth, the cache follows it).
     // A new LU state counts as touching normal segments: an agent that missed it would go on enforcing the old
     // reservations on them however long it is cut off, so only its ack or the removal of its export makes it safe.
-    result.touchesNormal = result.lu !== undefined || touchesNormal(table, result.ranges);
+    // A moved owner alone does not count: an agent stops writing a segment it owns once its lease runs out
+    // (VdiskDevice), so the lease covers it.
+    result.touchesNormal =
+      result.lu !== undefined || touchesNormal(table, result.ranges, (s) => ownerChanged.has(s) && sameEntry(table, s, tableEntryOf(db, vdiskId, s)));
     if (grownTo >= 0) table.resize(grownTo);
     for (const [first, end] of result.ranges) {
       for (let s = first; s < end; s++) table.set(s, tableEntryOf(db, vdiskId, s));
@@ -397,6 +411,7 @@ export class TableChanges {
             runStates: r.states,
             runContainers: r.containers,
             runOffsets: r.offsets,
+            ...(r.owners !== undefined ? { runOwners: r.owners } : {}),
             more,
           },
         });
@@ -566,12 +581,17 @@ export class TableChanges {
 
 class NoChange extends Error {}
 
-/** Whether any segment in `ranges` is normal in `table` (segments past its end are new: not). */
-function touchesNormal(table: MappingTable, ranges: readonly [number, number][]): boolean {
+/** Whether any segment in `ranges` is normal in `table` (segments past its end are new: not), leaving out those `ownerOnly` says. */
+function touchesNormal(table: MappingTable, ranges: readonly [number, number][], ownerOnly: (seg: number) => boolean): boolean {
   for (const [first, end] of ranges) {
-    for (let s = first; s < Math.min(end, table.segmentCount); s++) if (table.stateOf(s) === SegmentState.Normal) return true;
+    for (let s = first; s < Math.min(end, table.segmentCount); s++) if (table.stateOf(s) === SegmentState.Normal && !ownerOnly(s)) return true;
   }
   return false;
+}
+
+/** The cached entry of `seg` has the state and location of `e` (owners aside). */
+function sameEntry(table: MappingTable, seg: number, e: { state: SegmentState; container?: string; offset?: number }): boolean {
+  return table.stateOf(seg) === e.state && table.containerOf(seg) === (e.container ?? null) && table.containerOffsetOf(seg) === (e.offset ?? 0);
 }
 
 function toRanges(segs: Set<number>): [number, number][] {
@@ -585,16 +605,22 @@ function toRanges(segs: Set<number>): [number, number][] {
   return out;
 }
 
-function tableEntryOf(db: ControllerDb, vdiskId: string, seg: number): { state: SegmentState; container?: string; offset?: number } {
+function tableEntryOf(db: ControllerDb, vdiskId: string, seg: number): { state: SegmentState; container?: string; offset?: number; owner?: number } {
   const r = db.segment(vdiskId, seg);
-  if (r.state === SegmentState.Zero || r.state === SegmentState.Invalid || r.containerId === null) return { state: r.state };
-  return { state: r.state, container: r.containerId, offset: r.offset ?? 0 };
+  const owner = db.segmentOwner(vdiskId, seg);
+  const own = owner === 0 ? {} : { owner };
+  if (r.state === SegmentState.Zero || r.state === SegmentState.Invalid || r.containerId === null) return { state: r.state, ...own };
+  return { state: r.state, container: r.containerId, offset: r.offset ?? 0, ...own };
 }
 
 export function wireExtent(e: Extent): WireExtent {
-  return { first: e.first, count: e.count, state: e.state, container: e.container ?? '', offset: e.offset };
+  const w: WireExtent = { first: e.first, count: e.count, state: e.state, container: e.container ?? '', offset: e.offset };
+  if (e.owner) w.owner = e.owner;
+  return w;
 }
 
 export function fromWireExtent(e: WireExtent): Extent {
-  return { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
+  const x: Extent = { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
+  if (e.owner) x.owner = e.owner;
+  return x;
 }

@@ -21,6 +21,8 @@ export interface WireExtent {
   /** '' for no container. */
   container: string;
   offset: number;
+  /** Write owner (agent number); 0 or absent: none. */
+  owner?: number;
 }
 
 export interface ContainerRef {
@@ -168,6 +170,8 @@ export interface TableFull {
   /** 1-based index into `containers`; 0 for none. */
   runContainers?: number[];
   runOffsets?: number[];
+  /** Run form: write owner of each run; empty when none is owned. */
+  runOwners?: number[];
   /** Run form: more messages of this table follow. */
   more?: boolean;
   /** The LU state as of `version`; absent or null from a controller that keeps none. */

@@ -87,13 +87,21 @@ const ASCII = /^[\x00-\x7f]*$/;
 const ascii = (v: unknown): v is string => typeof v === 'string' && ASCII.test(v);
 
 function extent(e: WireExtent): Writer | null {
+  const owner = e.owner;
   if (!u32(e.first) || !u32(e.count) || !enumValue(e.state) || !ascii(e.container) || !u32(e.offset)) return null;
+  if (owner !== undefined && !u32(owner)) return null;
   const w = new Writer(16 + e.container.length);
   w.uint(1, e.first);
   w.uint(2, e.count);
   w.uint(3, e.state);
   w.ascii(4, e.container);
   w.uint(5, e.offset);
+  // `optional` (explicit presence): written when given, even 0, as
+  // protobufjs does; unowned extents carry none and their bytes are as before.
+  if (owner !== undefined) {
+    w.varint(6 << 3);
+    w.varint(owner);
+  }
   return w;
 }
 
@@ -322,6 +330,10 @@ function readExtent(r: Reader): WireExtent {
       case 5:
         expectWire(wt, 0);
         e.offset = r.u32();
+        return;
+      case 6:
+        expectWire(wt, 0);
+        e.owner = r.u32();
         return;
       default:
         throw OFF_PATH;
