@@ -10,6 +10,9 @@
 //   does not start at the held version asks for the whole table, once.
 // - Fence: the vdisk's segments are invalid at once; deltas are ignored until
 //   the full table that the TableRequest brings.
+// - LU state (TableFull.lu_state, TableDelta.lu): installed in the vdisk's
+//   reservation replica before the ack, and the delta's unit attentions
+//   raised on this agent's nexuses (lu-channel.ts sends the requests).
 // - CopyCommand: run, then CopyDone.
 // - ZeroCommand (scrub of freed space): zero the range durably, then CopyDone.
 // - Reconnect: Register lists the tables held (not fenced ones) so the
@@ -22,9 +25,11 @@ import { VersionGapError, type Extent, type MappingTable, type TableDelta } from
 import type { ContainerResolver } from '../container/driver.js';
 import type { IscsiSettings } from '../iscsi/settings.js';
 import type { ClientOptions } from '../wire/grpc.js';
-import type { CopyCommand, Export, ExportSet, Fence, TableDeltaMsg, TableFull, TableVersion, WireExtent, ZeroCommand } from '../wire/proto-types.js';
+import type { CopyCommand, Export, ExportSet, Fence, LuChange, TableDeltaMsg, TableFull, TableVersion, WireExtent, ZeroCommand } from '../wire/proto-types.js';
 import type { AccessState } from '../scsi/lu-api.js';
 import { registerDrain } from '../util/graceful.js';
+import { luEventFromWire, luStateFromWire, luStateToWire } from '../wire/lu-state.js';
+import { Reservations, emptyLuReservationState } from '../scsi/reservations.js';
 import { log } from '../util/log.js';
 import type { BackoffOptions } from './backoff.js';
 import { AgentContainers } from './containers.js';
@@ -34,6 +39,7 @@ import { runZero } from './zero.js';
 import { placeholderTable, vdiskDeviceFactory, type AgentDevice, type DeviceFactory } from './device-port.js';
 import type { FaultSink } from './fault.js';
 import { FaultChannel, wireFaultSink } from './fault-channel.js';
+import { LuChannel } from './lu-channel.js';
 import { TableAssembly, continuesTable } from './table-assembly.js';
 import { DEFAULT_HOLD_TIMEOUT_MS } from './vdisk-device.js';
 import { AgentTargets, formatAddress, type AgentIscsiAuth, type PortalAddress } from './targets.js';
@@ -75,6 +81,8 @@ interface Held {
   removed: boolean;
   /** A TableFull arriving in pieces, until its last one. */
   assembly: TableAssembly | null;
+  /** The LU's reservation state: the controller's, as last installed; changes go to the controller. */
+  gate: Reservations;
 }
 
 export interface ExportStatus {
@@ -87,7 +95,9 @@ export interface ExportStatus {
 }
 
 function toExtent(e: WireExtent): Extent {
-  return { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
+  const x: Extent = { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
+  if (e.owner) x.owner = e.owner;
+  return x;
 }
 
 /** Same initiator names, in any order (an older controller may send none: undefined). */
@@ -114,6 +124,8 @@ export class Agent {
   readonly name: string;
   readonly link: ControllerLink;
   readonly faults: FaultChannel;
+  /** LU state requests to the controller (PROUT, RESERVE, RELEASE, LU-scoped task management). */
+  readonly lu: LuChannel;
   readonly #sink: FaultSink;
   readonly containers: AgentContainers;
   readonly targets: AgentTargets;
@@ -146,6 +158,7 @@ export class Agent {
     });
     this.faults = new FaultChannel(this.link);
     this.#sink = wireFaultSink(this.faults, () => this.#holdTimeoutMs);
+    this.lu = new LuChannel(this.link, () => this.#holdTimeoutMs);
     this.link.on('welcome', (w) => {
       if (opts.holdTimeoutMs === undefined && w.holdTimeoutMs > 0) this.#holdTimeoutMs = w.holdTimeoutMs;
       // Before the ExportSet that follows: targets are made with this identity.
@@ -221,6 +234,7 @@ export class Agent {
     this.#unregisterDrain();
     await this.link.close();
     this.faults.close();
+    this.lu.close();
     await this.targets.close();
     const held = [...this.#held.values()];
     this.#held.clear();
@@ -274,6 +288,7 @@ export class Agent {
       } else {
         h.exp = e;
       }
+      if (e !== undefined && !h.removed) h.device.setSharing?.(exportersOf(e), e.ownPortGroup ?? 0);
     }
     for (const e of wanted.values()) {
       let h = this.#held.get(e.vdiskId);
@@ -296,6 +311,8 @@ export class Agent {
             containers: this.containers as ContainerResolver,
             holdTimeoutMs: this.#holdTimeoutMs,
             lease: this.link.lease,
+            exporters: exportersOf(e),
+            ownerId: e.ownPortGroup ?? 0,
           });
           // Fenced until the first TableFull: holds I/O, and lets that table install whatever its version.
           device.fence();
@@ -303,7 +320,9 @@ export class Agent {
           log.error('cannot create the device for an export', { vdisk: e.vdiskName, id: e.vdiskId, err: (err as Error).message });
           continue;
         }
-        h = { exp: e, device, queue: Promise.resolve(), fenced: false, loaded: false, fences: 0, requested: false, removed: false, assembly: null };
+        const gate = new Reservations();
+        gate.authority = this.lu.authority(e.vdiskId);
+        h = { exp: e, device, queue: Promise.resolve(), fenced: false, loaded: false, fences: 0, requested: false, removed: false, assembly: null, gate };
         this.#held.set(e.vdiskId, h);
       }
       h.exp = e;
@@ -316,6 +335,7 @@ export class Agent {
             lunId: e.vdiskId,
             allowedInitiators: e.allowedInitiators,
             unmapGranularityBlocks: e.segmentSize / e.blockSize,
+            reservations: h.gate,
           },
           h.device,
         );
@@ -442,6 +462,8 @@ export class Agent {
       h.fenced = false;
       h.loaded = true;
       h.requested = false;
+      // Absent: the controller has no LU state for the vdisk (nothing ever reserved), the empty state.
+      this.#applyLuChange(h, { state: t.luState ?? luStateToWire(emptyLuReservationState()), events: [] });
       log.info('table installed', { vdisk: e.vdiskName, version: t.version, segments: t.segmentCount });
       this.#ack(h, t.version);
       // A resync may have waited for this table.
@@ -500,8 +522,34 @@ export class Agent {
         this.#requestTable(h, `delta ${d.fromVersion}->${d.toVersion} rejected: ${(err as Error).message}`);
         return;
       }
+      if (d.lu) this.#applyLuChange(h, d.lu);
       this.#ack(h, d.toVersion);
     });
+  }
+
+  /**
+   * A version's LU change: the new state goes into the replica, and its
+   * unit attentions to this agent's nexuses of the LU (each agent raises
+   * them on its own); an LU reset or CLEAR TASK SET aborts the LU's tasks
+   * here too, and PREEMPT AND ABORT the preempted nexus's tasks.
+   */
+  #applyLuChange(h: Held, lu: LuChange): void {
+    try {
+      if (lu.state) h.gate.install(luStateFromWire(lu.state));
+      const unit = this.targets.logicalUnit(h.exp.targetIqn, h.exp.lun);
+      for (const m of lu.events) {
+        const ev = luEventFromWire(m);
+        unit?.raiseUnitAttention(ev.code, ev.scope);
+        if (ev.abortTasks) {
+          void this.targets.abortLunTasks(h.exp.targetIqn, h.exp.lun, ev.scope.only?.id).catch((err: Error) => {
+            log.warn('aborting tasks for an LU event (reset, CLEAR TASK SET, PREEMPT AND ABORT)', { vdisk: h.exp.vdiskName, err: err.message });
+          });
+        }
+      }
+    } catch (err) {
+      // Malformed names in the state: keep the last state (READ/WRITE go on under it).
+      log.error('LU state of a delta not installed', { vdisk: h.exp.vdiskName, err: (err as Error).message });
+    }
   }
 
   /**
@@ -551,4 +599,14 @@ export class Agent {
       }
     });
   }
+}
+
+/**
+ * Agents exporting the vdisk: one port group each (Export.port_groups; none
+ * from a controller without ALUA: treat as one). Above one, COMPARE AND WRITE
+ * needs write ownership of its segment, which names this agent by its own
+ * port group id, its agent number.
+ */
+function exportersOf(e: Export): number {
+  return Math.max(1, e.portGroups?.length ?? 0);
 }

@@ -20,6 +20,7 @@ import type {
   Fault,
   FaultReply,
   Fence,
+  LuReply,
   MalformedMessage,
   ReleaseReply,
   TableDeltaMsg,
@@ -66,6 +67,7 @@ export interface LinkEvents {
   copyCommand: CopyCommand;
   zeroCommand: ZeroCommand;
   releaseReply: ReleaseReply;
+  luReply: LuReply;
   fence: Fence;
   controllerError: ControllerError;
 }
@@ -87,6 +89,7 @@ const EVENT_OF_BODY: Readonly<Record<string, LinkEventName | undefined>> = {
   copyCommand: 'copyCommand',
   zeroCommand: 'zeroCommand',
   releaseReply: 'releaseReply',
+  luReply: 'luReply',
   fence: 'fence',
   error: 'controllerError',
 };

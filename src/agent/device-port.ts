@@ -20,6 +20,8 @@ export interface AgentDevice extends BlockDevice {
   applyDelta(delta: TableDelta): Promise<void>;
   /** Every segment invalid (I/O held) until the next installTable. */
   fence(): void;
+  /** The export changed: agents exporting the vdisk, and this agent's number in the table's owners. */
+  setSharing?(exporters: number, ownerId: number): void;
 }
 
 export interface DeviceSpec {
@@ -34,6 +36,10 @@ export interface DeviceSpec {
   holdTimeoutMs: number;
   /** The controller's lease (zero and no-write segments are held while it is expired). */
   lease?: Lease;
+  /** Agents exporting the vdisk (Export.exporters). */
+  exporters?: number;
+  /** This agent's number in the table's owners (Export.owner_id). */
+  ownerId?: number;
 }
 
 export type DeviceFactory = (spec: DeviceSpec) => AgentDevice;
@@ -47,6 +53,8 @@ export const vdiskDeviceFactory: DeviceFactory = (spec) =>
     holdTimeoutMs: spec.holdTimeoutMs,
     readOnly: spec.readOnly,
     lease: spec.lease,
+    exporters: spec.exporters,
+    ownerId: spec.ownerId,
   });
 
 /** A table where every segment is invalid: what an export serves before its first TableFull. */

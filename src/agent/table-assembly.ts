@@ -69,15 +69,17 @@ export class TableAssembly {
         states: t.runStates ?? [],
         containers: t.runContainers ?? [],
         offsets: t.runOffsets ?? [],
+        owners: t.runOwners ?? [],
       };
       checkRuns(runs, this.#containers.length);
+      const owners = runs.owners;
       for (let i = 0; i < counts.length; i++) {
         const c = runs.containers[i] as number;
         const container = c === 0 ? null : (this.#containers[c - 1] as string);
         const count = counts[i] as number;
         let done = 0;
         do {
-          done = this.#part(count, runs.states[i] as SegmentState, container, runs.offsets[i] as number, done);
+          done = this.#part(count, runs.states[i] as SegmentState, container, runs.offsets[i] as number, done, owners[i] ?? 0);
           if (this.#work >= SLICE_SEGMENTS) await this.#yield();
         } while (done < count);
       }
@@ -90,7 +92,7 @@ export class TableAssembly {
       const container = e.container === '' ? null : e.container;
       let done = 0;
       do {
-        done = this.#part(e.count, e.state, container, e.offset, done);
+        done = this.#part(e.count, e.state, container, e.offset, done, e.owner ?? 0);
         if (this.#work >= SLICE_SEGMENTS) await this.#yield();
       } while (done < e.count);
     }
@@ -105,13 +107,13 @@ export class TableAssembly {
    * Adds a run from its segment `done` on, as much as the current slice has
    * room for (a long run spans slices); returns how far it got.
    */
-  #part(count: number, state: SegmentState, container: string | null, offset: number, done: number): number {
+  #part(count: number, state: SegmentState, container: string | null, offset: number, done: number, owner: number): number {
     if (!Number.isInteger(count) || count < 1) {
-      this.#builder.addRun(count, state, container, offset); // throws, naming the run
+      this.#builder.addRun(count, state, container, offset, owner); // throws, naming the run
       return count;
     }
     const n = Math.min(count - done, Math.max(1, SLICE_SEGMENTS - this.#work));
-    this.#builder.addRun(n, state, container, container === null ? offset : offset + done);
+    this.#builder.addRun(n, state, container, container === null ? offset : offset + done, owner);
     this.#work += n + SLICE_SEGMENTS / SLICE_ENTRIES;
     return done + n;
   }

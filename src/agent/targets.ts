@@ -19,7 +19,7 @@ import type { BlockDevice } from '../blockdev/block-device.js';
 import { IscsiPortalServer } from '../iscsi/portal-server.js';
 import type { IscsiSettings } from '../iscsi/settings.js';
 import { TargetRegistry } from '../iscsi/target-registry.js';
-import type { PortGroup } from '../scsi/lu-api.js';
+import type { PortGroup, ReservationGate } from '../scsi/lu-api.js';
 import { agentPortId, MAX_AGENT_PORTALS } from '../wire/port-identity.js';
 import { ScsiTargetDevice } from '../scsi/target-device.js';
 import { log } from '../util/log.js';
@@ -43,6 +43,8 @@ export interface LunPlacement {
    * discards to what can actually be returned. Absent = 1 block.
    */
   unmapGranularityBlocks?: number;
+  /** The LU's reservation state (the vdisk's replica of the controller's LU state); absent = the LU's own. */
+  reservations?: ReservationGate;
 }
 
 /** The agent's own iSCSI login settings, the same for every target it serves and for discovery. */
@@ -146,6 +148,7 @@ export class AgentTargets {
       readOnly: place.readOnly,
       lunId: place.lunId,
       ...(place.unmapGranularityBlocks === undefined ? {} : { limits: { unmapGranularity: place.unmapGranularityBlocks } }),
+      ...(place.reservations === undefined ? {} : { reservations: place.reservations }),
     });
     target.acls.set(place.lun, place.allowedInitiators ?? []);
     this.#applyAcl(target);
@@ -196,6 +199,20 @@ export class AgentTargets {
   /** The SCSI logical unit serving a LUN (for inspection). */
   logicalUnit(targetIqn: string, lun: number): ReturnType<ScsiTargetDevice['lu']> {
     return this.#targets.get(targetIqn)?.device.lu(lun);
+  }
+
+  /**
+   * Aborts the tasks of a LUN in every session of its target on this agent
+   * (an LU reset or CLEAR TASK SET that came through another path), or of
+   * one I_T nexus (PREEMPT AND ABORT). Not
+   * awaited by the caller: a task waiting on the controller (a PROUT, say)
+   * ends only after this agent's ack, which must not wait for it.
+   */
+  async abortLunTasks(targetIqn: string, lun: number, nexusId?: string): Promise<void> {
+    const sessions = this.#servers.flatMap((server) => server.sessionsOfTarget(targetIqn));
+    // With a nexus (PREEMPT AND ABORT), only that I_T nexus's tasks.
+    const mine = nexusId === undefined ? sessions : sessions.filter((s) => s.nexus?.id === nexusId);
+    await Promise.all(mine.map((s) => s.tasks.abort(s.tasks.onLun(lun))));
   }
 
   hasLun(targetIqn: string, lun: number): boolean {

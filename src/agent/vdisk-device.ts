@@ -8,6 +8,13 @@
 // other segments never stops. No data is cached here (docs/architecture.md,
 // "What the I/O path guarantees"):
 // every read goes to the container.
+//
+// A vdisk exported on several agents is one device: a segment may have a
+// write owner (an agent, in the table); writes here to a segment another
+// agent owns fault, and so does COMPARE AND WRITE to an unowned one, so the
+// controller moves ownership first. COMPARE AND WRITE runs as one piece,
+// read, compare and write counted in flight together, so an ownership
+// change cannot be acked between its read and its write.
 import { BlockDeviceError, type BlockDevice, type BlockErrorKind, type ProvisioningStatus, type WriteOptions } from '../blockdev/block-device.js';
 import { readBuffer } from '../blockdev/read-buffers.js';
 import type { ContainerDriver, ContainerResolver, ContainerWriteOptions } from '../container/driver.js';
@@ -34,6 +41,10 @@ export interface VdiskDeviceOptions {
   readOnly?: boolean;
   /** The controller's lease: while expired, zero and no-write segments are held. None: always served. */
   lease?: Lease;
+  /** Agents exporting the vdisk (Export.exporters); above 1, COMPARE AND WRITE needs write ownership. */
+  exporters?: number;
+  /** This agent's number as the table's owners name it (Export.owner_id); 0: none. */
+  ownerId?: number;
 }
 
 /** What a piece does to its blocks. Zero and Discard make them read as zeros. */
@@ -44,7 +55,19 @@ const enum Mode {
   Zero = 2,
   /** Deallocate in the container where it can (UNMAP, WRITE SAME with UNMAP). */
   Discard = 3,
+  /** Read, compare with CawPiece.verify, and write only when equal: one piece. */
+  Caw = 4,
 }
+
+/** A COMPARE AND WRITE piece's verify half and its outcome. */
+interface CawPiece {
+  readonly verify: Buffer;
+  /** Byte offset of the first difference, or -1 once written. */
+  result: number;
+}
+
+/** #ownership's answer when the piece must wait for the lease (the controller may move this agent's ownership). */
+const LEASE_HOLD = 1;
 
 const TIMEOUT = Symbol('timeout');
 const UNDELIVERED = Symbol('undelivered');
@@ -75,6 +98,8 @@ export class VdiskDevice implements BlockDevice {
   #fenced = false;
   #closed = false;
   #held = 0;
+  #exporters: number;
+  #ownerId: number;
   readonly #lease: Lease | undefined;
   readonly #unsubscribeLease: (() => void) | undefined;
 
@@ -89,6 +114,8 @@ export class VdiskDevice implements BlockDevice {
     this.readOnly = opts.readOnly ?? false;
     this.#gate = new SegmentGate(opts.table.segmentCount);
     this.#lease = opts.lease;
+    this.#exporters = opts.exporters ?? 1;
+    this.#ownerId = opts.ownerId ?? 0;
     // Pieces held for the lease wait like those held for a table swap.
     this.#unsubscribeLease = opts.lease?.onRenewed(() => this.#broadcastSwap());
   }
@@ -113,6 +140,16 @@ export class VdiskDevice implements BlockDevice {
 
   get fenced(): boolean {
     return this.#fenced;
+  }
+
+  /** The export changed: how many agents export the vdisk, and this agent's owner number. */
+  setSharing(exporters: number, ownerId: number): void {
+    this.#exporters = exporters;
+    this.#ownerId = ownerId;
+  }
+
+  get exporters(): number {
+    return this.#exporters;
   }
 
   // ---- BlockDevice ----
@@ -191,6 +228,37 @@ export class VdiskDevice implements BlockDevice {
     });
     if (runCount > 0) tasks.push(this.#release(runFirst, runCount));
     await settleAll(tasks);
+  }
+
+  /**
+   * COMPARE AND WRITE: one piece per segment, evaluated against one table
+   * version and counted in flight from its read to its write. Returns the
+   * byte offset of the first difference, or -1 when it wrote. A range across
+   * segments (never an ATS lock, which is one block) reads, compares and
+   * writes piece by piece, atomic only within the LU's own exclusion.
+   */
+  async compareAndWrite(lba: number, verify: Buffer, data: Buffer, opts?: WriteOptions): Promise<number> {
+    const bs = this.blockSize;
+    if (verify.length !== data.length || data.length % bs !== 0) {
+      throw new RangeError(`COMPARE AND WRITE lba=${lba} on ${this.#name()}: ${verify.length} bytes to verify, ${data.length} to write (must be equal whole blocks)`);
+    }
+    const blocks = data.length / bs;
+    this.#checkWritable(IoOp.CompareAndWrite, lba, blocks);
+    if (blocks === 0) return -1;
+    const fua = opts?.fua === true;
+    const seg = Math.floor(lba / this.#bps);
+    if (Math.floor((lba + blocks - 1) / this.#bps) === seg) {
+      const caw: CawPiece = { verify, result: -1 };
+      await this.#piece(Mode.Caw, IoOp.CompareAndWrite, seg, lba, blocks, data, 0, fua, caw);
+      return caw.result;
+    }
+    const stored = readBuffer(data.length);
+    await this.#run(Mode.Read, IoOp.Read, lba, blocks, stored, false);
+    if (!stored.equals(verify)) {
+      for (let i = 0; i < stored.length; i++) if (stored[i] !== verify[i]) return i;
+    }
+    await this.#run(Mode.Write, IoOp.CompareAndWrite, lba, blocks, data, fua);
+    return -1;
   }
 
   /** Zero segments are deallocated; every other state counts as mapped. */
@@ -354,6 +422,7 @@ export class VdiskDevice implements BlockDevice {
     buf: Buffer | null,
     bufOff: number,
     fua: boolean,
+    caw?: CawPiece,
   ): Promise<void> {
     let deadline = 0;
     let faultedAt = -1;
@@ -384,14 +453,37 @@ export class VdiskDevice implements BlockDevice {
         continue;
       }
       // Making a zero segment read as zeros changes nothing: no fault, no I/O.
-      if (mode >= Mode.Zero && state === SegmentState.Zero) return;
-      const action = inhibits(state, op);
-      if (action === 'proceed') return this.#containerIo(t, mode, op, seg, lba, blocks, buf, bufOff, fua);
+      if ((mode === Mode.Zero || mode === Mode.Discard) && state === SegmentState.Zero) return;
+      let action = inhibits(state, op);
+      let faultState = state;
+      let detail: string | undefined;
+      if (action === 'proceed' && mode !== Mode.Read) {
+        const own = this.#ownership(t, seg, op);
+        if (own === LEASE_HOLD) {
+          deadline ||= Date.now() + this.holdTimeoutMs;
+          if (!(await this.#hold(this.#waitSwap(deadline)))) {
+            throw this.#timedOut(op, seg, lba, blocks, 'write owner, controller lease expired');
+          }
+          continue;
+        }
+        // A CAW that would miscompare writes nothing: answered from a read
+        // here, as if it ran at that moment, without taking ownership (the
+        // lock holder keeps its segment while others spin on the lock).
+        if (own !== null && mode === Mode.Caw && (await this.#miscompares(t, seg, lba, blocks, caw as CawPiece))) return;
+        if (own !== null) {
+          // Not ours to write: no-write for this agent, and the fault says why.
+          action = 'fault';
+          faultState = SegmentState.NoWrite;
+          detail = own;
+        }
+      }
+      if (action === 'proceed') return this.#containerIo(t, mode, op, seg, lba, blocks, buf, bufOff, fua, caw);
       if (action === 'zero-read') {
         (buf as Buffer).fill(0, bufOff, bufOff + blocks * this.blockSize);
         return;
       }
-      const fault: Fault = { vdiskId: this.vdiskId, version: t.version, segment: seg, op, lba, blocks, state };
+      const fault: Fault = { vdiskId: this.vdiskId, version: t.version, segment: seg, op, lba, blocks, state: faultState };
+      if (detail !== undefined) fault.detail = detail;
       if (action === 'fail') {
         this.#report(fault);
         throw this.#error(isWrite(op) ? 'write-error' : 'read-error', op, seg, lba, blocks, segmentStateName(state));
@@ -401,13 +493,13 @@ export class VdiskDevice implements BlockDevice {
       if (faultedAt === t.version) {
         // Already asked at this version: wait for a new table rather than ask again.
         if (!(await this.#hold(this.#waitSwap(deadline)))) {
-          throw this.#timedOut(op, seg, lba, blocks, `${segmentStateName(state)}, no new table after the controller's answer`);
+          throw this.#timedOut(op, seg, lba, blocks, `${segmentStateName(faultState)}, no new table after the controller's answer`);
         }
         continue;
       }
       faultedAt = t.version;
       if (debugEnabled()) {
-        log.debug(`${ioOpName(op)} lba=${lba} len=${blocks} on ${this.#name()} segment ${seg}: ${segmentStateName(state)}, fault`, {
+        log.debug(`${ioOpName(op)} lba=${lba} len=${blocks} on ${this.#name()} segment ${seg}: ${segmentStateName(faultState)}, fault`, {
           vdisk: this.vdiskId,
           version: t.version,
         });
@@ -417,12 +509,42 @@ export class VdiskDevice implements BlockDevice {
         return UNDELIVERED;
       });
       const d = await this.#hold(this.#race(asked, deadline));
-      if (d === TIMEOUT) throw this.#timedOut(op, seg, lba, blocks, `${segmentStateName(state)}, fault unanswered`);
+      if (d === TIMEOUT) throw this.#timedOut(op, seg, lba, blocks, `${segmentStateName(faultState)}, fault unanswered`);
       if (d === UNDELIVERED) continue;
-      const done = this.#decide(d, op, seg, lba, blocks, state);
+      const done = this.#decide(d, op, seg, lba, blocks, faultState);
       if (done) return;
       if (d.action === 'retry') minVersion = d.minVersion ?? 0;
     }
+  }
+
+  /** Reads the piece's blocks and compares them with the CAW's verify half: true (result set) when they differ. */
+  async #miscompares(t: MappingTable, seg: number, lba: number, blocks: number, caw: CawPiece): Promise<boolean> {
+    const len = blocks * this.blockSize;
+    const stored = readBuffer(len);
+    await this.#containerIo(t, Mode.Read, IoOp.Read, seg, lba, blocks, stored, 0, false);
+    if (stored.equals(caw.verify)) return false;
+    for (let i = 0; i < len; i++) {
+      if (stored[i] !== caw.verify[i]) {
+        caw.result = i;
+        break;
+      }
+    }
+    return true;
+  }
+
+  /**
+   * Whether this agent may write the segment now: null if so; LEASE_HOLD
+   * when it owns it but its lease ran out (the controller may move the
+   * ownership without its ack then); else why not (a fault takes ownership).
+   */
+  #ownership(t: MappingTable, seg: number, op: IoOp): string | typeof LEASE_HOLD | null {
+    const owner = t.ownedCount === 0 ? 0 : t.ownerOf(seg);
+    if (owner === 0) {
+      if (op !== IoOp.CompareAndWrite || this.#exporters <= 1) return null;
+      return `compare and write needs write ownership: ${this.#exporters} agents export the vdisk`;
+    }
+    if (owner !== this.#ownerId) return `write owner is agent ${owner}`;
+    return this.#lease?.expired === true ? LEASE_HOLD : null;
   }
 
   /** Applies a decision: true when the piece is complete, false to re-evaluate; throws for fail. */
@@ -452,6 +574,7 @@ export class VdiskDevice implements BlockDevice {
     buf: Buffer | null,
     bufOff: number,
     fua: boolean,
+    caw?: CawPiece,
   ): Promise<void> {
     const slot = t.slotOf(seg);
     let driver = this.#drivers[slot];
@@ -484,6 +607,24 @@ export class VdiskDevice implements BlockDevice {
         case Mode.Discard:
           await driver.discard(offset, len);
           break;
+        case Mode.Caw: {
+          // Read, compare and write inside one enter/leave: an install that
+          // changes this segment (ownership moving away) waits for all three.
+          const c = caw as CawPiece;
+          const stored = readBuffer(len);
+          await driver.readInto(offset, stored, 0, len);
+          if (!stored.equals(c.verify)) {
+            for (let i = 0; i < len; i++) {
+              if (stored[i] !== c.verify[i]) {
+                c.result = i;
+                return;
+              }
+            }
+          }
+          await driver.write(offset, buf as Buffer, fua ? FUA : undefined);
+          c.result = -1;
+          break;
+        }
       }
       this.#dirty.add(driver);
     } catch (e) {

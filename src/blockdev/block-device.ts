@@ -101,5 +101,14 @@ export interface BlockDevice {
   writeZeroes(lba: number, blocks: number, deallocate: boolean): Promise<void>;
   /** Provisioning status of the extent starting at `lba` (GET LBA STATUS). */
   provisioning(lba: number, maxBlocks: number): Promise<ProvisioningStatus>;
+  /**
+   * COMPARE AND WRITE as one operation of the device: compares the blocks
+   * at `lba` with `verify` and, only when they are equal, writes `data`
+   * (same length). Returns the byte offset of the first difference, or -1
+   * when it wrote. Optional: a device whose read-compare-write must be
+   * atomic beyond the LU's own exclusion (a vdisk exported on several
+   * agents) implements it; others get read, compare and write.
+   */
+  compareAndWrite?(lba: number, verify: Buffer, data: Buffer, opts?: WriteOptions): Promise<number>;
   close(): Promise<void>;
 }

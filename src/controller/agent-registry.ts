@@ -10,6 +10,7 @@ import type {
   ContainerRef,
   CopyDone,
   Fault,
+  LuRequest,
   MalformedMessage,
   Register,
   Release,
@@ -64,6 +65,7 @@ export interface AgentMessageHandlers {
   release(link: AgentLink, r: Release): void;
   /** An agent started draining (Heartbeat.draining): its port groups are transitioning now. */
   draining(agent: string): void;
+  luRequest(link: AgentLink, r: LuRequest): void;
 }
 
 /** Exporters away whose lease may still let them serve zero and no-write segments, and how long until it surely has not. */
@@ -293,6 +295,9 @@ export class AgentRegistry {
         return;
       case 'release':
         to.release(link, m.release);
+        return;
+      case 'luRequest':
+        to.luRequest(link, m.luRequest);
         return;
       default: {
         const body: string = (m as { body: string }).body;

@@ -81,5 +81,16 @@ export function checkInvariants(db: ControllerDb): string[] {
   // Exports of a vdisk reach every container it uses.
   for (const r of db.exportsMissingContainers()) out.push(`agent ${r.agent} exports ${vd(r.vdiskId)} but does not reach container ${r.containerId} it uses`);
 
+  // Write owners (COMPARE AND WRITE across agents) name agents that export
+  // the vdisk; an owner that no longer does only costs a fault, but points
+  // at a number reused or lost (an agent removed, a database restored).
+  for (const o of db.allSegmentOwners()) {
+    const agent = db.agentByNumber(o.owner);
+    const what = `${vd(o.vdiskId)} segment ${o.seg}`;
+    if (agent === undefined) out.push(`${what} is owned by agent number ${o.owner}, which is no registered agent`);
+    else if (!db.export(o.vdiskId, agent)) out.push(`${what} is owned by agent ${agent}, which does not export it`);
+    if (o.seg >= (db.vdisk(o.vdiskId)?.segmentCount ?? 0)) out.push(`${what} has an owner but is beyond the vdisk's end`);
+  }
+
   return out;
 }

@@ -9,6 +9,7 @@
 //   migration.ts       moving a vdisk's segments to another container
 //   scrubber.ts        zeroing freed container segments before reuse
 //   snapshots.ts       snapshots and clones (shared segments)
+//   lu-state.ts        each vdisk's SCSI LU state (reservations, unit attentions) for every path
 //
 // The managers see the controller through narrow interfaces (FaultHost,
 // MigrationHost, SnapshotHost, ScrubHost) listing what each uses.
@@ -21,6 +22,7 @@ import { AgentCommands } from './agent-commands.js';
 import { AgentRegistry, DEFAULT_LEASE_MARGIN_MS, DEFAULT_LEASE_MS } from './agent-registry.js';
 import { Exports } from './exports.js';
 import { FaultManager, type FaultHost } from './faults.js';
+import { LuStates } from './lu-state.js';
 import { MigrationManager, type MigrationHost } from './migration.js';
 import { PortGroups } from './port-groups.js';
 import { Scrubber, type ScrubHost, type ScrubberOptions } from './scrubber.js';
@@ -59,6 +61,8 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
   readonly portGroups: PortGroups;
   readonly commands: AgentCommands;
   readonly faults: FaultManager;
+  /** Each vdisk's LU state (persistent reservations, SPC-2 RESERVE, cross-path unit attentions). */
+  readonly lu: LuStates;
   readonly migrations: MigrationManager;
   /** Zeroes freed container segments (through agents) before they can be allocated again. */
   readonly scrubber: Scrubber;
@@ -106,6 +110,7 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
         fault: (link, f) => this.faults.handle(link, f),
         copyDone: (link, d) => this.commands.onDone(link, d),
         release: (link, r) => this.tables.onRelease(link, r),
+        luRequest: (link, r) => this.lu.onRequest(link, r),
       },
     );
     // A settled change (or an agent back with the current table) lets held faults act.
@@ -119,6 +124,7 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
       settled,
       fenced: (vdiskId) => this.portGroups.recheckVdisk(vdiskId),
     });
+    this.lu = new LuStates(db, this.tables);
     this.exports = new Exports(db, this.agents, this.tables, ackTimeoutMs, settled);
     this.portGroups = new PortGroups(db, this.agents, (agent) => this.exports.sendExportSet(agent));
     this.exports.portGroups = (vdiskId) => this.portGroups.groups(vdiskId);

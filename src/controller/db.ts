@@ -30,6 +30,7 @@
 import Database from 'better-sqlite3';
 import { MappingTable, SegmentState, isSegmentState, stateHasLocation, type EntryInput } from '../table/index.js';
 import { migrate, type Sql } from './schema.js';
+import type { LuStateMsg } from '../wire/proto-types.js';
 
 export type { Sql };
 
@@ -390,6 +391,9 @@ export class ControllerDb {
       ),
       bumpVersion: p('UPDATE vdisks SET version = version + 1 WHERE id = ? RETURNING version'),
       segment: p('SELECT * FROM segments WHERE vdisk_id = ? AND seg = ?'),
+      segmentOwner: p('SELECT owner FROM segment_owners WHERE vdisk_id = ? AND seg = ?'),
+      setSegmentOwner: p('INSERT OR REPLACE INTO segment_owners (vdisk_id, seg, owner) VALUES (?, ?, ?)'),
+      clearSegmentOwner: p('DELETE FROM segment_owners WHERE vdisk_id = ? AND seg = ?'),
       segmentsOf: p('SELECT * FROM segments WHERE vdisk_id = ? ORDER BY seg'),
       segmentsRaw: p('SELECT seg, state, container_id, offset FROM segments WHERE vdisk_id = ? ORDER BY seg').raw(),
       insertContainerSegment: p('INSERT INTO container_segments (container_id, offset, refcount) VALUES (?, ?, 1)'),
@@ -505,6 +509,33 @@ export class ControllerDb {
     } finally {
       this.sql.pragma('synchronous = FULL');
     }
+  }
+
+  // ---- LU state (one logical unit on every path) ----
+
+  /** The vdisk's LU state (proto LuState), or undefined when none was ever set (the empty state). */
+  luState(vdiskId: string): LuStateMsg | undefined {
+    const json = this.#luStatements().get.get(vdiskId) as string | undefined;
+    return json === undefined ? undefined : (JSON.parse(json) as LuStateMsg);
+  }
+
+  /** Records the vdisk's LU state as of table `version` (inside the change's transaction). */
+  setLuState(vdiskId: string, state: LuStateMsg, version: number): void {
+    this.#luStatements().set.run(vdiskId, JSON.stringify(state), version);
+  }
+
+  #lu: { get: Database.Statement; set: Database.Statement } | undefined;
+
+  /** Prepared on first use (kept apart from the statements prepared at open). */
+  #luStatements(): { get: Database.Statement; set: Database.Statement } {
+    this.#lu ??= {
+      get: this.sql.prepare('SELECT state FROM lu_state WHERE vdisk_id = ?').pluck(),
+      set: this.sql.prepare(
+        `INSERT INTO lu_state (vdisk_id, state, version) VALUES (?, ?, ?)
+         ON CONFLICT (vdisk_id) DO UPDATE SET state = excluded.state, version = excluded.version`,
+      ),
+    };
+    return this.#lu;
   }
 
   // ---- containers ----
@@ -650,6 +681,62 @@ export class ControllerDb {
 
   setVdiskSize(id: string, size: number, segmentCount: number): void {
     this.sql.prepare('UPDATE vdisks SET size = ?, segment_count = ? WHERE id = ?').run(size, segmentCount, id);
+    this.sql.prepare('DELETE FROM segment_owners WHERE vdisk_id = ? AND seg >= ?').run(id, segmentCount);
+  }
+
+  // ---- write owners ----
+
+  /**
+   * The number that names an agent as a segment's write owner (Extent.owner):
+   * its agent number (agents.number, also its ALUA port group), stable while
+   * the agent is registered; 0 before it has one.
+   */
+  agentNumber(name: string): number {
+    return this.agent(name)?.number ?? 0;
+  }
+
+  /** The agent named by an owner number, if any. */
+  agentByNumber(n: number): string | undefined {
+    const r = this.sql.prepare('SELECT name FROM agents WHERE number = ?').get(n) as { name: string } | undefined;
+    return r?.name;
+  }
+
+  /** The segment's write owner (agent number), 0 for none. */
+  segmentOwner(vdiskId: string, seg: number): number {
+    const r = this.#statements.segmentOwner.get(vdiskId, seg) as { owner: number } | undefined;
+    return r?.owner ?? 0;
+  }
+
+  /** Owned segments of a vdisk, in segment order. */
+  segmentOwners(vdiskId: string): { seg: number; owner: number }[] {
+    return this.sql.prepare('SELECT seg, owner FROM segment_owners WHERE vdisk_id = ? ORDER BY seg').all(vdiskId) as { seg: number; owner: number }[];
+  }
+
+  /** Every owned segment (for tabula check). */
+  allSegmentOwners(): { vdiskId: string; seg: number; owner: number }[] {
+    return this.sql.prepare('SELECT vdisk_id AS vdiskId, seg, owner FROM segment_owners ORDER BY vdisk_id, seg').all() as {
+      vdiskId: string;
+      seg: number;
+      owner: number;
+    }[];
+  }
+
+  /** Owned segments whose owner does not export the vdisk (any more). */
+  strayOwners(): { vdiskId: string; seg: number; owner: number }[] {
+    return this.sql
+      .prepare(
+        `SELECT o.vdisk_id AS vdiskId, o.seg, o.owner FROM segment_owners o LEFT JOIN agents a ON a.number = o.owner
+         WHERE a.name IS NULL OR NOT EXISTS (SELECT 1 FROM exports e WHERE e.vdisk_id = o.vdisk_id AND e.agent = a.name) ORDER BY o.vdisk_id, o.seg`,
+      )
+      .all() as { vdiskId: string; seg: number; owner: number }[];
+  }
+
+  /** Sets (0: clears) a segment's write owner. Call inside a table change's transaction. Returns false when nothing changed. */
+  setSegmentOwner(vdiskId: string, seg: number, owner: number): boolean {
+    if (this.segmentOwner(vdiskId, seg) === owner) return false;
+    if (owner === 0) this.#statements.clearSegmentOwner.run(vdiskId, seg);
+    else this.#statements.setSegmentOwner.run(vdiskId, seg, owner);
+    return true;
   }
 
   /** Bumps and returns the vdisk's table version; every table change does this in its transaction. */
@@ -792,6 +879,7 @@ export class ControllerDb {
       t.setRange(head[0], j - i, entry, 1);
       i = j;
     }
+    for (const o of this.segmentOwners(vdisk.id)) if (o.seg < t.segmentCount) t.setOwner(o.seg, o.owner);
     return t;
   }
 

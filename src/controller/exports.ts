@@ -98,9 +98,30 @@ export class Exports {
   exportsChanged(agent: string): void {
     // A change waiting for this agent may not need to any more (export removed).
     this.#tables.wakeLaggardWaits();
+    void this.#clearStrayOwners();
     const link = this.#agents.link(agent);
     if (link) this.resync(link);
     this.groupsMayChange();
+  }
+
+  /**
+   * Segments owned by an agent that no longer exports the vdisk go back to
+   * no owner (a table change like any), so the owners always name exporters.
+   */
+  async #clearStrayOwners(): Promise<void> {
+    const db = this.#db;
+    const byVdisk = new Map<string, { seg: number; owner: number }[]>();
+    for (const o of db.strayOwners()) byVdisk.set(o.vdiskId, [...(byVdisk.get(o.vdiskId) ?? []), o]);
+    for (const [vdiskId, owned] of byVdisk) {
+      try {
+        await this.#tables.changeTable(vdiskId, (c) => {
+          // Only those still owned as they were (a fault may have moved one meanwhile).
+          for (const o of owned) if (db.segmentOwner(vdiskId, o.seg) === o.owner) c.setOwner(o.seg, 0);
+        });
+      } catch (err) {
+        log.warn(`clearing write owners of vdisk ${vdiskId}: ${(err as Error).message}`);
+      }
+    }
   }
 
   /** An agent's TableRequest: the whole table of a vdisk exported to it. */

@@ -8,7 +8,13 @@
 // The decisions, in full (decide() and FAILURE below are this table in code):
 //
 //   state now      op          answer
-//   normal         any         RETRY (the agent's table is behind)
+//   normal         write-ish   write owner another agent, or CAW on an
+//                              unowned segment of a vdisk with several
+//                              exporters: the faulting agent becomes the
+//                              owner, push, acks (the old owner acks once its
+//                              in-flight CAW is done), RETRY to every such
+//                              fault (another agent's faults again, later)
+//   normal         any other   RETRY (the agent's table is behind)
 //   zero           read/verify RETRY
 //   zero           unmap       DONE (nothing to deallocate)
 //   zero           other write allocate, push, acks, RETRY
@@ -31,7 +37,8 @@
 //   copy-on-write: no agent reaches both containers,
 //     or the copy failed                                  FAIL 04/44/00
 //   unknown op or state in the fault; handling threw      FAIL 04/44/00
-//   an exporter away (allocate, make-writable, copy)      WAIT (see below)
+//   an exporter away (allocate, make-writable, copy,
+//     take ownership)                                     WAIT (see below)
 //
 // Replies go out only once every table change of the vdisk queued before
 // has been acked (TableChanges.quiesce), so no agent acts on a version
@@ -114,9 +121,12 @@ type Decision =
   | { kind: 'wait'; reason: string }
   | { kind: 'allocate' }
   | { kind: 'make-writable' }
-  | { kind: 'copy' };
+  | { kind: 'copy' }
+  | { kind: 'take-ownership' };
 
-type Action = 'allocate' | 'make-writable' | 'copy';
+type Action = 'allocate' | 'make-writable' | 'copy' | 'take-ownership';
+
+const isAction = (d: Decision): boolean => d.kind === 'allocate' || d.kind === 'make-writable' || d.kind === 'copy' || d.kind === 'take-ownership';
 
 /** What besides state, op and reference count a decision depends on. */
 export interface DecideContext {
@@ -124,6 +134,18 @@ export interface DecideContext {
   snapshot?: boolean;
   /** The segment's location is being copied by a migration. */
   migrating?: boolean;
+  /** The segment's write owner (agent number; 0 or absent: none). */
+  owner?: number;
+  /** The faulting agent's number. */
+  agent?: number;
+  /** More than one agent exports the vdisk: COMPARE AND WRITE needs ownership. */
+  shared?: boolean;
+  /**
+   * The state the agent reported. Ownership is moved only for a fault that
+   * ownership caused (the agent reports no-write); a fault on a state that
+   * changed since is answered RETRY and faults again if it still must.
+   */
+  reported?: SegmentState;
 }
 
 const WRITE_LIKE = (op: IoOp): boolean => !isReadOp(op);
@@ -131,6 +153,10 @@ const WRITE_LIKE = (op: IoOp): boolean => !isReadOp(op);
 /** The decision for one op on a segment in `state` with a location referenced `refcount` times. */
 export function decide(state: SegmentState, op: IoOp, refcount: number, ctx: DecideContext = {}): Decision {
   const inh = inhibits(state, op);
+  if (inh === 'proceed' && WRITE_LIKE(op) && (ctx.reported === undefined || ctx.reported === SegmentState.NoWrite)) {
+    const owner = ctx.owner ?? 0;
+    if (owner !== 0 ? owner !== ctx.agent : op === IoOp.CompareAndWrite && ctx.shared === true) return { kind: 'take-ownership' };
+  }
   if (inh === 'proceed' || inh === 'zero-read') return { kind: 'retry' };
   if (inh === 'fail') {
     return isReadOp(op)
@@ -279,7 +305,7 @@ export class FaultManager {
     try {
       // Each round performs at most one table change, then looks again:
       // faults that joined meanwhile are answered from the new state.
-      for (let round = 0; round < 4 && c.waiters.length > 0; round++) {
+      for (let round = 0, takes = 0; round < 4 && c.waiters.length > 0; round++) {
         const host = this.#host;
         await host.tables.quiesce(c.vdiskId);
         if (host.closed) return;
@@ -296,9 +322,20 @@ export class FaultManager {
         const row = host.db.segment(c.vdiskId, c.seg);
         const loc = row.containerId !== null && row.offset !== null ? { containerId: row.containerId, offset: row.offset } : null;
         const refcount = loc !== null ? host.db.refcount(loc) : 0;
-        const dctx: DecideContext = { snapshot: vdisk.kind === 'snapshot', migrating: loc !== null && host.migrating.has(locKey(loc)) };
-        let decisions = c.waiters.map((w) => decide(row.state, w.fault.op, refcount, dctx));
-        let action = decisions.find((d) => d.kind === 'allocate' || d.kind === 'make-writable' || d.kind === 'copy');
+        const dctx: DecideContext = {
+          snapshot: vdisk.kind === 'snapshot',
+          migrating: loc !== null && host.migrating.has(locKey(loc)),
+          owner: host.db.segmentOwner(c.vdiskId, c.seg),
+          shared: host.db.exportsOfVdisk(c.vdiskId).length > 1,
+        };
+        const numbers = new Map<AgentLink, number>();
+        const agentOf = (w: Waiter): number => {
+          let n = numbers.get(w.link);
+          if (n === undefined) numbers.set(w.link, (n = host.db.agentNumber(w.link.name as string)));
+          return n;
+        };
+        let decisions = c.waiters.map((w) => decide(row.state, w.fault.op, refcount, { ...dctx, agent: agentOf(w), reported: w.fault.state }));
+        let action = decisions.find(isAction);
         const away = action !== undefined ? host.agents.exportersInLease(c.vdiskId) : { agents: [], waitMs: 0 };
         if (away.agents.length > 0) {
           // An exporting agent that is not connected would go on serving the old
@@ -307,11 +344,29 @@ export class FaultManager {
           const until = Number.isFinite(away.waitMs) ? ` (its lease runs out in ${away.waitMs} ms)` : '';
           const reason = `agent ${away.agents.join(', ')} exporting vdisk ${vdisk.name} is not connected${until}`;
           this.#lookAgainIn(c, away.waitMs);
-          decisions = decisions.map((d) => (d.kind === 'allocate' || d.kind === 'make-writable' || d.kind === 'copy' ? { kind: 'wait', reason } : d));
+          decisions = decisions.map((d) => (isAction(d) ? { kind: 'wait', reason } : d));
           action = undefined;
         }
+        if (action !== undefined && action.kind === 'take-ownership') {
+          // Once per segment: the first such fault's agent gets it, and every
+          // fault that asked for it is answered RETRY; another agent's piece
+          // then faults again at the new version and gets its turn.
+          const i = decisions.indexOf(action);
+          const winner = c.waiters[i] as Waiter;
+          await this.#takeOwnership(c, agentOf(winner), winner.link.name as string);
+          const left: Waiter[] = [];
+          c.waiters.forEach((w, j) => {
+            if (decisions[j]?.kind === 'take-ownership') this.#reply(w, { kind: 'retry' });
+            else left.push(w);
+          });
+          c.waiters = left;
+          // Agents taking turns on a contended lock block keep joining: their
+          // turns do not use up the rounds (bounded all the same).
+          if (++takes < 64) round--;
+          continue;
+        }
         if (action !== undefined) {
-          const kind = action.kind as Action;
+          const kind = action.kind as Exclude<Action, 'take-ownership'>;
           const failed =
             kind === 'copy' && loc !== null
               ? await this.#copyOnWrite(c, loc, c.waiters[0]?.link.name ?? null)
@@ -371,6 +426,14 @@ export class FaultManager {
       if (this.#cases.get(c.key) === c && !c.busy && c.waiters.length > 0 && !this.#host.closed) void this.#evaluate(c);
     }, ms + 1);
     c.leaseTimer.unref();
+  }
+
+  /** Makes `agent` (its number) the segment's write owner: one table change, pushed and acked (changeTable). */
+  async #takeOwnership(c: SegmentCase, agent: number, name: string): Promise<void> {
+    const host = this.#host;
+    if (agent === 0) throw new Error(`agent ${name} has no number`);
+    await host.tables.changeTable(c.vdiskId, (ctx) => ctx.setOwner(c.seg, agent));
+    if (debugEnabled()) log.debug(`vdisk ${c.vdiskId} segment ${c.seg}: write owner is now agent ${name} (${agent})`);
   }
 
   /** Performs the one table change; null on success, else the failure to answer with. */

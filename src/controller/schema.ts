@@ -149,6 +149,32 @@ export const MIGRATIONS: readonly ((db: Sql) => void)[] = [
     const number = db.prepare('UPDATE agents SET number = ? WHERE name = ?');
     names.forEach((name, i) => number.run(i + 1, name));
   },
+  // The SCSI state of each vdisk's logical unit (persistent reservations,
+  // the SPC-2 RESERVE holder), owned here for every agent exporting the
+  // vdisk: proto LuState as JSON, and the table version that set it. No row
+  // = the empty state.
+  (db) => {
+    db.exec(`
+      CREATE TABLE lu_state (
+        vdisk_id TEXT PRIMARY KEY REFERENCES vdisks(id) ON DELETE CASCADE,
+        state TEXT NOT NULL,
+        version INTEGER NOT NULL
+      );
+    `);
+  },
+  // Write owners of segments (COMPARE AND WRITE across agents): few rows,
+  // apart from segments so that the common row and its queries stay as they
+  // are. owner is the agent's number (agents.number).
+  (db) => {
+    db.exec(`
+      CREATE TABLE segment_owners (
+        vdisk_id TEXT NOT NULL REFERENCES vdisks(id) ON DELETE CASCADE,
+        seg INTEGER NOT NULL CHECK (seg >= 0),
+        owner INTEGER NOT NULL CHECK (owner > 0),
+        PRIMARY KEY (vdisk_id, seg)
+      ) WITHOUT ROWID;
+    `);
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

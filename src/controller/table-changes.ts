@@ -15,7 +15,7 @@
 
 import { MappingTable, SegmentState, extentsIn, tableRuns, toExtents, type Extent, type TableRuns } from '../table/index.js';
 import { TABLE_RUNS_PER_MESSAGE, encodeControllerMessage, type EncodedMessage } from '../wire/grpc.js';
-import type { Release, TableAck, WireExtent } from '../wire/proto-types.js';
+import type { LuChange, LuEventMsg, LuStateMsg, Release, TableAck, WireExtent } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
 import { locKey, runLocations, type Allocator } from './allocator.js';
 import { TableChangeError, type ControllerDb, type Location, type VdiskRow } from './db.js';
@@ -41,6 +41,8 @@ export interface CommitResult {
    * removal of its export makes the change safe (awaitAcks).
    */
   touchesNormal: boolean;
+  /** The LU state and unit attentions this version carries (lu-state.ts), if it changed them. */
+  lu?: LuChange;
 }
 
 /** What a change function may do inside its transaction. */
@@ -55,6 +57,10 @@ export interface ChangeContext {
   grow(size: number, segmentCount: number): void;
   /** Records a segment changed by direct SQL in this transaction (bulk changes), so it is pushed. */
   mark(seg: number): void;
+  /** Sets the vdisk's LU state as of this version, with the unit attentions it raises (a version may change only this). */
+  setLu(state: LuStateMsg, events: LuEventMsg[]): void;
+  /** Sets (0: clears) a segment's write owner, keeping its entry. */
+  setOwner(seg: number, owner: number): void;
 }
 
 /** What table changes need from the rest of the controller (wired in controller.ts). */
@@ -154,7 +160,10 @@ export class TableChanges {
     // Cached before the commit: CommitResult.touchesNormal reads the previous states from it.
     this.table(vdiskId);
     const changed = new Set<number>();
+    /** Segments whose owner changed: with no other change, they do not make the change touch normal segments. */
+    const ownerChanged = new Set<number>();
     let grownTo = -1;
+    let lu: LuChange | undefined;
     const allocated: Location[] = [];
     let result: CommitResult | null;
     try {
@@ -177,6 +186,17 @@ export class TableChanges {
           mark: (seg) => {
             changed.add(seg);
           },
+          setLu: (state, events) => {
+            db.setLuState(vdiskId, state, version);
+            lu = { state, events };
+          },
+          setOwner: (seg, owner) => {
+            if (seg < 0 || seg >= live.segmentCount) throw new TableChangeError(`vdisk ${live.name} segment ${seg} out of range`);
+            if (db.setSegmentOwner(vdiskId, seg, owner)) {
+              ownerChanged.add(seg);
+              changed.add(seg);
+            }
+          },
           grow: (size, segmentCount) => {
             if (segmentCount < live.segmentCount) {
               throw new TableChangeError(`vdisk ${live.name}: shrinking (${live.segmentCount} to ${segmentCount} segments) is not supported`);
@@ -188,11 +208,13 @@ export class TableChanges {
           },
         };
         change(ctx);
-        if (changed.size === 0 && grownTo < 0) {
+        if (changed.size === 0 && grownTo < 0 && lu === undefined) {
           // Nothing to tell anyone: undo the version bump with the transaction.
           throw new NoChange();
         }
-        return { vdiskId, fromVersion: vdisk.version, version, ranges: toRanges(changed), segmentCount: live.segmentCount, touchesNormal: false };
+        const r: CommitResult = { vdiskId, fromVersion: vdisk.version, version, ranges: toRanges(changed), segmentCount: live.segmentCount, touchesNormal: false };
+        if (lu !== undefined) r.lu = lu;
+        return r;
       });
     } catch (err) {
       // Allocations were taken from the in-memory free map; the rollback
@@ -203,7 +225,12 @@ export class TableChanges {
     }
     const table = this.table(vdiskId);
     // Still the previous version here (the DB is the truth, the cache follows it).
-    result.touchesNormal = touchesNormal(table, result.ranges);
+    // A new LU state counts as touching normal segments: an agent that missed it would go on enforcing the old
+    // reservations on them however long it is cut off, so only its ack or the removal of its export makes it safe.
+    // A moved owner alone does not count: an agent stops writing a segment it owns once its lease runs out
+    // (VdiskDevice), so the lease covers it.
+    result.touchesNormal =
+      result.lu !== undefined || touchesNormal(table, result.ranges, (s) => ownerChanged.has(s) && sameEntry(table, s, tableEntryOf(db, vdiskId, s)));
     if (grownTo >= 0) table.resize(grownTo);
     for (const [first, end] of result.ranges) {
       for (let s = first; s < end; s++) table.set(s, tableEntryOf(db, vdiskId, s));
@@ -245,6 +272,7 @@ export class TableChanges {
             toVersion: r.version,
             segmentCount: r.segmentCount,
             extents: r.ranges.flatMap(([a, b]) => extentsIn(table, a, b)).map(wireExtent),
+            ...(r.lu === undefined ? {} : { lu: r.lu }),
           },
         });
         link.send(delta);
@@ -368,7 +396,7 @@ export class TableChanges {
     const t = this.table(vdiskId);
     if (link.readsTableRuns) {
       // Run form, in pieces of bounded size (proto/tabula.proto, TableFull).
-      const meta = { vdiskId, version: t.version, segmentSize: t.segmentSize, blockSize: t.blockSize, segmentCount: t.segmentCount };
+      const meta = { vdiskId, version: t.version, segmentSize: t.segmentSize, blockSize: t.blockSize, segmentCount: t.segmentCount, ...this.#luOf(vdiskId) };
       const containers = [...t.containers];
       let prev: TableRuns | null = null;
       const sendPiece = (r: TableRuns, more: boolean): void => {
@@ -383,6 +411,7 @@ export class TableChanges {
             runStates: r.states,
             runContainers: r.containers,
             runOffsets: r.offsets,
+            ...(r.owners !== undefined ? { runOwners: r.owners } : {}),
             more,
           },
         });
@@ -407,9 +436,16 @@ export class TableChanges {
         segmentCount: t.segmentCount,
         containers,
         extents: extents.map(wireExtent),
+        ...this.#luOf(vdiskId),
       },
     });
     link.noteSent(vdiskId, t.version, true);
+  }
+
+  /** TableFull's LU state field: the state as of the table's version (none set yet: absent, the empty state). */
+  #luOf(vdiskId: string): { luState?: LuStateMsg } {
+    const s = this.#db.luState(vdiskId);
+    return s === undefined ? {} : { luState: s };
   }
 
   // ---- acks ----
@@ -545,12 +581,17 @@ export class TableChanges {
 
 class NoChange extends Error {}
 
-/** Whether any segment in `ranges` is normal in `table` (segments past its end are new: not). */
-function touchesNormal(table: MappingTable, ranges: readonly [number, number][]): boolean {
+/** Whether any segment in `ranges` is normal in `table` (segments past its end are new: not), leaving out those `ownerOnly` says. */
+function touchesNormal(table: MappingTable, ranges: readonly [number, number][], ownerOnly: (seg: number) => boolean): boolean {
   for (const [first, end] of ranges) {
-    for (let s = first; s < Math.min(end, table.segmentCount); s++) if (table.stateOf(s) === SegmentState.Normal) return true;
+    for (let s = first; s < Math.min(end, table.segmentCount); s++) if (table.stateOf(s) === SegmentState.Normal && !ownerOnly(s)) return true;
   }
   return false;
+}
+
+/** The cached entry of `seg` has the state and location of `e` (owners aside). */
+function sameEntry(table: MappingTable, seg: number, e: { state: SegmentState; container?: string; offset?: number }): boolean {
+  return table.stateOf(seg) === e.state && table.containerOf(seg) === (e.container ?? null) && table.containerOffsetOf(seg) === (e.offset ?? 0);
 }
 
 function toRanges(segs: Set<number>): [number, number][] {
@@ -564,16 +605,22 @@ function toRanges(segs: Set<number>): [number, number][] {
   return out;
 }
 
-function tableEntryOf(db: ControllerDb, vdiskId: string, seg: number): { state: SegmentState; container?: string; offset?: number } {
+function tableEntryOf(db: ControllerDb, vdiskId: string, seg: number): { state: SegmentState; container?: string; offset?: number; owner?: number } {
   const r = db.segment(vdiskId, seg);
-  if (r.state === SegmentState.Zero || r.state === SegmentState.Invalid || r.containerId === null) return { state: r.state };
-  return { state: r.state, container: r.containerId, offset: r.offset ?? 0 };
+  const owner = db.segmentOwner(vdiskId, seg);
+  const own = owner === 0 ? {} : { owner };
+  if (r.state === SegmentState.Zero || r.state === SegmentState.Invalid || r.containerId === null) return { state: r.state, ...own };
+  return { state: r.state, container: r.containerId, offset: r.offset ?? 0, ...own };
 }
 
 export function wireExtent(e: Extent): WireExtent {
-  return { first: e.first, count: e.count, state: e.state, container: e.container ?? '', offset: e.offset };
+  const w: WireExtent = { first: e.first, count: e.count, state: e.state, container: e.container ?? '', offset: e.offset };
+  if (e.owner) w.owner = e.owner;
+  return w;
 }
 
 export function fromWireExtent(e: WireExtent): Extent {
-  return { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
+  const x: Extent = { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
+  if (e.owner) x.owner = e.owner;
+  return x;
 }

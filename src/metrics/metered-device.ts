@@ -41,6 +41,8 @@ export class MeteredDevice implements AgentDevice {
   readonly #failed: (err: unknown) => never;
   readonly blockSize: number;
   readonly thin: boolean;
+  /** Present when the inner device has it (counted as a read and a write). */
+  readonly compareAndWrite?: (lba: number, verify: Buffer, data: Buffer, opts?: WriteOptions) => Promise<number>;
 
   constructor(inner: AgentDevice, stats: VdiskIoStats, onClose: () => void) {
     this.#inner = inner;
@@ -52,6 +54,16 @@ export class MeteredDevice implements AgentDevice {
       stats.noteError(err);
       throw err;
     };
+    const caw = inner.compareAndWrite;
+    if (caw !== undefined) {
+      this.compareAndWrite = (lba, verify, data, opts) => {
+        stats.readIos++;
+        stats.readBytes += verify.length;
+        stats.writeIos++;
+        stats.writeBytes += data.length;
+        return caw.call(inner, lba, verify, data, opts).catch(this.#failed);
+      };
+    }
   }
 
   get blockCount(): number {
@@ -68,6 +80,10 @@ export class MeteredDevice implements AgentDevice {
 
   get heldCount(): number {
     return this.#inner.heldCount;
+  }
+
+  setSharing(exporters: number, ownerId: number): void {
+    this.#inner.setSharing?.(exporters, ownerId);
   }
 
   read(lba: number, blocks: number): Promise<Buffer> {

@@ -185,6 +185,24 @@ export class LogicalUnit implements LogicalUnitApi {
   }
 
   /**
+   * LOGICAL UNIT RESET or CLEAR TASK SET from `nexus`, after the transport
+   * has aborted the tasks concerned here: its effects on the LU's state and
+   * unit attentions are decided like any reservation change, so that with
+   * an authority (the controller) they reach every path. If the authority
+   * cannot be reached, the nexuses of this target still see the effects.
+   */
+  async taskSetRequest(kind: 'lu-reset' | 'clear-task-set', nexus: Nexus): Promise<void> {
+    const gate = this.reservations;
+    if (gate instanceof Reservations) {
+      const o = await gate.request(this, nexus, { kind, cdb: Buffer.alloc(0), data: null });
+      if (o.status === ScsiStatus.Good) return;
+      log.warn(`${kind} of LU ${this.lun} of ${this.host.api.name} from ${nexus.initiatorPort}: ${o.message ?? `status ${o.status}`}; effects on this target only`);
+    }
+    if (kind === 'lu-reset') this.reset(Sense.deviceResetOccurred);
+    else this.raiseUnitAttention(Sense.commandsClearedByAnotherInitiator, { except: nexus });
+  }
+
+  /**
    * The nexus logged out or its connection dropped. Its SPC-2 reservation
    * goes; pending unit attentions are kept, so that the same initiator port
    * reconnecting still sees them (and sees nothing it has already seen).

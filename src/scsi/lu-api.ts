@@ -6,8 +6,8 @@
 // logical-unit.ts imports the handlers through the command table.
 import type { BlockDevice } from '../blockdev/block-device.js';
 import type { ModeState } from './mode-pages.js';
-import type { Asc } from './sense.js';
-import type { Nexus, ScsiRequest } from './port.js';
+import type { Asc, SenseOptions } from './sense.js';
+import type { Nexus, ScsiRequest, ScsiStatus } from './port.js';
 
 /** Identification of a logical unit (INQUIRY, VPD 0x80/0x83). Stable across restarts. */
 export interface LuIdentity {
@@ -117,6 +117,49 @@ export interface ReservationGate {
   onReset(): void;
   /** A nexus went away (session closed): drops its SPC-2 reservation. */
   onNexusLost(nexus: Nexus): void;
+}
+
+/**
+ * A request that changes the LU's reservation state or raises unit
+ * attentions on other nexuses: what one path's action must make every path
+ * see (docs/architecture.md, "One logical unit on every path").
+ * - prout: PERSISTENT RESERVE OUT (cdb, data); reserve / release: RESERVE /
+ *   RELEASE (6) or (10) (cdb)
+ * - lu-reset: LOGICAL UNIT RESET; clear-task-set: CLEAR TASK SET
+ * - nexus-lost: the nexus went away (drops its SPC-2 reservation)
+ */
+export type LuRequestKind = 'prout' | 'reserve' | 'release' | 'lu-reset' | 'clear-task-set' | 'nexus-lost';
+
+export interface LuStateRequest {
+  kind: LuRequestKind;
+  cdb: Buffer;
+  data: Buffer | null;
+}
+
+/** How a request ended: GOOD, RESERVATION CONFLICT, or CHECK CONDITION with sense. */
+export interface LuOutcome {
+  status: ScsiStatus;
+  sense?: { code: Asc; opts: SenseOptions };
+  /** Why (for the log). */
+  message?: string;
+}
+
+/** A unit attention a request raises, and whether it also aborts the LU's tasks (resets, CLEAR TASK SET). */
+export interface LuEvent {
+  code: Asc;
+  scope: UnitAttentionScope;
+  abortTasks: boolean;
+}
+
+/**
+ * Who decides an LU's reservation requests. Without one, the LU decides
+ * them itself (reservations.ts, applyLuRequest). An agent serving a vdisk
+ * that the controller owns gives each LU an authority that asks the
+ * controller; decide() resolves only once the new state is installed in
+ * this LU's replica and its unit attentions are raised.
+ */
+export interface ReservationAuthority {
+  decide(nexus: Nexus, req: LuStateRequest): Promise<LuOutcome>;
 }
 
 /** A condition that makes most commands fail with NOT READY (e.g. sanitize in progress). */

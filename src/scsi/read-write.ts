@@ -161,11 +161,19 @@ export async function compareAndWrite(ctx: CommandContext): Promise<ScsiResponse
   if (blocks === 0 || !data) return res;
   const half = blocks * bs;
   const opts = writeOptions(ctx, lu);
+  const device = lu.device;
   await lu.exclusive(async () => {
-    const stored = await lu.device.read(lba, blocks);
+    // A device that does the whole operation itself makes it atomic beyond
+    // this LU (other agents exporting the vdisk); still inside the exclusion.
+    if (device.compareAndWrite !== undefined) {
+      const at = await device.compareAndWrite(lba, data.subarray(0, half), data.subarray(half, need), opts);
+      if (at >= 0) throw miscompare(at, 'COMPARE AND WRITE');
+      return;
+    }
+    const stored = await device.read(lba, blocks);
     const at = firstDifference(stored, data, half);
     if (at >= 0) throw miscompare(at, 'COMPARE AND WRITE');
-    await lu.device.write(lba, data.subarray(half, need), opts);
+    await device.write(lba, data.subarray(half, need), opts);
   });
   return res;
 }

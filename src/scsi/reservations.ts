@@ -1,15 +1,54 @@
 // Reservations of one logical unit: SPC-2 RESERVE/RELEASE and SPC-4
 // persistent reservations (5.13, 6.15 PERSISTENT RESERVE IN, 6.16 PERSISTENT
-// RESERVE OUT). The state lives behind a ReservationStore; the conflict rule
-// (ReservationGate.conflicts) reads the working copy held here.
+// RESERVE OUT). The conflict rule (ReservationGate.conflicts) and PERSISTENT
+// RESERVE IN read the copy of the state held here. Every change is one pure
+// step, applyLuRequest: (state, issuing nexus, request) -> (new state,
+// outcome, unit attention events). Who takes that step is the LU's
+// ReservationAuthority: none = this process (tabula target, unit tests; the
+// state then lives behind a ReservationStore), or the controller, which owns
+// a vdisk's LU state for every agent exporting it and installs the result
+// here (install) before the command completes.
 import type { CommandContext } from './command-spec.js';
-import type { LogicalUnitApi, ReservationClass, ReservationGate } from './lu-api.js';
+import type { LuEvent, LuOutcome, LuStateRequest, ReservationAuthority, ReservationClass, ReservationGate, UnitAttentionScope } from './lu-api.js';
 import { good } from './command-spec.js';
 import { MemoryReservationStore, cloneReservationState, emptyReservationState } from './reservation-store.js';
 import type { RegistrationRecord, ReservationState, ReservationStore } from './reservation-store.js';
 import { ReservationConflictError, ScsiError, Sense } from './sense.js';
 import type { Asc } from './sense.js';
+import { ScsiStatus } from './port.js';
 import type { Nexus, ScsiRequest, ScsiResponse } from './port.js';
+import { log } from '../util/log.js';
+
+/** Where unit attentions go: a logical unit, or the event list of a pure step. */
+export interface UnitAttentionSink {
+  raiseUnitAttention(code: Asc, scope?: UnitAttentionScope): void;
+}
+
+/** The whole reservation state of an LU: persistent reservations and the SPC-2 RESERVE holder. */
+export interface LuReservationState {
+  pr: ReservationState;
+  /** SPC-2 RESERVE(6)/(10) holder; not persistent (SPC-2: released by resets and by the loss of the nexus). */
+  spc2: Nexus | null;
+}
+
+export function cloneLuReservationState(s: LuReservationState): LuReservationState {
+  return { pr: cloneReservationState(s.pr), spc2: s.spc2 ? { ...s.spc2 } : null };
+}
+
+export function emptyLuReservationState(): LuReservationState {
+  return { pr: emptyReservationState(), spc2: null };
+}
+
+/** The result of one step: the state after it (the same state when nothing changed), its outcome and the unit attentions it raises. */
+export interface LuTransition {
+  state: LuReservationState;
+  outcome: LuOutcome;
+  events: LuEvent[];
+  /** The persistent part changed (to be stored). */
+  prChanged: boolean;
+  /** Anything changed, state or events: a new version to push. */
+  changed: boolean;
+}
 
 export const enum PrType {
   WriteExclusive = 1,
@@ -73,6 +112,8 @@ export class Reservations implements ReservationGate {
   private state: ReservationState;
   /** SPC-2 RESERVE(6)/(10) holder; not persistent. */
   private spc2: Nexus | null = null;
+  /** Who decides changes; null = this LU (applyLuRequest here, state kept in the store). */
+  authority: ReservationAuthority | null = null;
 
   constructor(private readonly store: ReservationStore = new MemoryReservationStore()) {
     this.state = store.load() ?? emptyReservationState();
@@ -81,6 +122,32 @@ export class Reservations implements ReservationGate {
   /** A copy of the persistent state (tests, diagnostics). */
   snapshot(): ReservationState {
     return cloneReservationState(this.state);
+  }
+
+  /** A copy of the whole state. */
+  current(): LuReservationState {
+    return { pr: cloneReservationState(this.state), spc2: this.spc2 ? { ...this.spc2 } : null };
+  }
+
+  /** Replaces the state (a decided step; on an agent, the state the controller pushed). */
+  install(s: LuReservationState): void {
+    const c = cloneLuReservationState(s);
+    this.state = c.pr;
+    this.spc2 = c.spc2;
+  }
+
+  /**
+   * Decides a change: through the authority when there is one, else here,
+   * raising the step's unit attentions on `ua` (the LU) and storing the
+   * persistent state before the command completes.
+   */
+  async request(ua: UnitAttentionSink, nexus: Nexus, req: LuStateRequest): Promise<LuOutcome> {
+    if (this.authority !== null) return this.authority.decide(nexus, req);
+    const t = applyLuRequest(this.current(), nexus, req);
+    if (t.changed) this.install(t.state);
+    for (const e of t.events) ua.raiseUnitAttention(e.code, e.scope);
+    if (t.prChanged) await this.persist();
+    return t.outcome;
   }
 
   get spc2Holder(): Nexus | null {
@@ -109,12 +176,32 @@ export class Reservations implements ReservationGate {
     }
   }
 
+  // A target reset or the loss of the holding nexus drops the SPC-2 reservation here at once, as SPC-2 says,
+  // so that the next command on this path already finds it gone (an initiator logging in right after another
+  // one's logout must be able to RESERVE); the authority, told alongside, drops it on every other path.
+
   onReset(): void {
+    const holder = this.spc2;
     this.spc2 = null;
+    if (this.authority !== null && holder !== null) this.#forward(holder, 'target reset');
   }
 
   onNexusLost(nexus: Nexus): void {
-    if (this.spc2?.id === nexus.id) this.spc2 = null;
+    if (this.spc2?.id !== nexus.id) return;
+    this.spc2 = null;
+    // Only the holder's loss changes anything: no traffic to the authority otherwise.
+    if (this.authority !== null) this.#forward(nexus, 'nexus lost');
+  }
+
+  /** Tells the authority that `holder`'s SPC-2 reservation is gone; nobody waits for the answer. */
+  #forward(holder: Nexus, why: string): void {
+    const authority = this.authority as ReservationAuthority;
+    authority.decide(holder, { kind: 'nexus-lost', cdb: Buffer.alloc(0), data: null }).then(
+      (o) => {
+        if (o.status !== ScsiStatus.Good) log.warn(`releasing the SPC-2 reservation of ${holder.initiatorPort} (${why}): ${o.message ?? `status ${o.status}`}`);
+      },
+      (err: Error) => log.warn(`releasing the SPC-2 reservation of ${holder.initiatorPort} (${why}): ${err.message}`),
+    );
   }
 
   // ---- SPC-2 RESERVE / RELEASE ----
@@ -126,6 +213,11 @@ export class Reservations implements ReservationGate {
     }
     if (this.spc2 && this.spc2.id !== nexus.id) throw new ReservationConflictError(`RESERVE: held by ${this.spc2.initiatorPort}`);
     this.spc2 = nexus;
+  }
+
+  /** Drops the SPC-2 reservation (held by `holder`, when given). */
+  dropSpc2(holder?: Nexus): void {
+    if (holder === undefined || this.spc2?.id === holder.id) this.spc2 = null;
   }
 
   releaseSpc2(nexus: Nexus): void {
@@ -206,7 +298,7 @@ export class Reservations implements ReservationGate {
   // ---- persistent reservations: changes (SPC-4 5.13.7 - 5.13.11) ----
 
   /** REGISTER (ignoreKey=false) and REGISTER AND IGNORE EXISTING KEY. Returns true if the state changed. */
-  register(lu: LogicalUnitApi, n: Nexus, p: PrOutParams, ignoreKey: boolean): boolean {
+  register(ua: UnitAttentionSink, n: Nexus, p: PrOutParams, ignoreKey: boolean): boolean {
     const reg = this.registration(n);
     if (!reg) {
       if (!ignoreKey && p.key !== 0n) throw new ReservationConflictError('REGISTER from an unregistered I_T nexus with a non-zero RESERVATION KEY');
@@ -214,7 +306,7 @@ export class Reservations implements ReservationGate {
       this.state.registrations.push({ key: p.serviceActionKey, nexus: { ...n }, allTargetPorts: p.allTargetPorts });
     } else {
       if (!ignoreKey && p.key !== reg.key) throw new ReservationConflictError('REGISTER: RESERVATION KEY does not match the registered key');
-      if (p.serviceActionKey === 0n) this.unregister(lu, reg, n);
+      if (p.serviceActionKey === 0n) this.unregister(ua, reg, n);
       else reg.key = p.serviceActionKey;
     }
     this.state.aptpl = p.aptpl;
@@ -234,7 +326,7 @@ export class Reservations implements ReservationGate {
     throw new ReservationConflictError('RESERVE: the logical unit is reserved by another I_T nexus or with another type');
   }
 
-  release(lu: LogicalUnitApi, n: Nexus, p: PrOutParams): void {
+  release(ua: UnitAttentionSink, n: Nexus, p: PrOutParams): void {
     this.checkRegistered(n, p.key);
     const res = this.state.reservation;
     if (!res || !this.isHolder(n)) return;
@@ -242,18 +334,18 @@ export class Reservations implements ReservationGate {
       throw new ScsiError(Sense.invalidReleaseOfPersistentReservation, {}, `RELEASE type ${p.type} does not match the reservation type ${res.type}`);
     }
     this.state.reservation = null;
-    if (registrantsOnly(res.type) || allRegistrants(res.type)) this.notifyOthers(lu, n, Sense.reservationsReleased);
+    if (registrantsOnly(res.type) || allRegistrants(res.type)) this.notifyOthers(ua, n, Sense.reservationsReleased);
   }
 
-  clear(lu: LogicalUnitApi, n: Nexus, p: PrOutParams): void {
+  clear(ua: UnitAttentionSink, n: Nexus, p: PrOutParams): void {
     this.checkRegistered(n, p.key);
-    this.notifyOthers(lu, n, Sense.reservationsPreempted);
+    this.notifyOthers(ua, n, Sense.reservationsPreempted);
     this.state.registrations = [];
     this.state.reservation = null;
     this.bump();
   }
 
-  preempt(lu: LogicalUnitApi, n: Nexus, p: PrOutParams): void {
+  preempt(ua: UnitAttentionSink, n: Nexus, p: PrOutParams): void {
     const self = this.checkRegistered(n, p.key);
     const res = this.state.reservation;
     const sark = p.serviceActionKey;
@@ -263,7 +355,7 @@ export class Reservations implements ReservationGate {
     if (res && allRegistrants(res.type) && sark === 0n) {
       // Preempting an all-registrants reservation: everyone else goes, I_T nexus n holds the new one.
       checkScopeType(p);
-      this.remove(lu, others(() => true));
+      this.remove(ua, others(() => true));
       this.state.reservation = { type: p.type, holder: allRegistrants(p.type) ? null : n.id };
       this.bump();
       return;
@@ -272,12 +364,12 @@ export class Reservations implements ReservationGate {
     if (res && holderReg && sark === holderReg.key) {
       checkScopeType(p);
       const removed = others((r) => r.key === sark);
-      this.remove(lu, removed);
+      this.remove(ua, removed);
       const changed = res.type !== p.type;
       this.state.reservation = { type: p.type, holder: allRegistrants(p.type) ? null : n.id };
       if (changed) {
         for (const r of this.state.registrations) {
-          if (r !== self) lu.raiseUnitAttention(Sense.reservationsReleased, { only: r.nexus });
+          if (r !== self) ua.raiseUnitAttention(Sense.reservationsReleased, { only: r.nexus });
         }
       }
       this.bump();
@@ -287,7 +379,7 @@ export class Reservations implements ReservationGate {
     if (sark === 0n) throw ScsiError.param(8, undefined, 'PREEMPT with SERVICE ACTION RESERVATION KEY 0');
     const removed = this.state.registrations.filter((r) => r.key === sark);
     if (removed.length === 0) throw new ReservationConflictError(`PREEMPT: no registration with key 0x${sark.toString(16)}`);
-    this.remove(lu, removed.filter((r) => r !== self));
+    this.remove(ua, removed.filter((r) => r !== self));
     this.bump();
   }
 
@@ -322,7 +414,7 @@ export class Reservations implements ReservationGate {
     return reg;
   }
 
-  private unregister(lu: LogicalUnitApi, reg: RegistrationRecord, n: Nexus): void {
+  private unregister(ua: UnitAttentionSink, reg: RegistrationRecord, n: Nexus): void {
     this.state.registrations = this.state.registrations.filter((r) => r !== reg);
     const res = this.state.reservation;
     if (!res) return;
@@ -330,23 +422,23 @@ export class Reservations implements ReservationGate {
       if (this.state.registrations.length === 0) this.state.reservation = null;
     } else if (res.holder === reg.nexus.id) {
       this.state.reservation = null;
-      if (registrantsOnly(res.type)) this.notifyOthers(lu, n, Sense.reservationsReleased);
+      if (registrantsOnly(res.type)) this.notifyOthers(ua, n, Sense.reservationsReleased);
     }
   }
 
   /** Remove registrations preempted by another I_T nexus (REGISTRATIONS PREEMPTED to each). */
-  private remove(lu: LogicalUnitApi, regs: RegistrationRecord[]): void {
+  private remove(ua: UnitAttentionSink, regs: RegistrationRecord[]): void {
     if (regs.length === 0) return;
     const gone = new Set(regs);
     this.state.registrations = this.state.registrations.filter((r) => !gone.has(r));
-    for (const r of regs) lu.raiseUnitAttention(Sense.registrationsPreempted, { only: r.nexus });
+    for (const r of regs) ua.raiseUnitAttention(Sense.registrationsPreempted, { only: r.nexus });
     const res = this.state.reservation;
     if (res && res.holder !== null && regs.some((r) => r.nexus.id === res.holder)) this.state.reservation = null;
   }
 
   /** A unit attention to every registered I_T nexus except `n`. */
-  private notifyOthers(lu: LogicalUnitApi, n: Nexus, code: Asc): void {
-    for (const r of this.state.registrations) if (!covers(r, n)) lu.raiseUnitAttention(code, { only: r.nexus });
+  private notifyOthers(ua: UnitAttentionSink, n: Nexus, code: Asc): void {
+    for (const r of this.state.registrations) if (!covers(r, n)) ua.raiseUnitAttention(code, { only: r.nexus });
   }
 
   private bump(): void {
@@ -425,17 +517,84 @@ export function persistentReserveIn(ctx: CommandContext): ScsiResponse {
   return good(clip(data, alloc));
 }
 
-/** PERSISTENT RESERVE OUT (0x5F). */
-export async function persistentReserveOut(ctx: CommandContext): Promise<ScsiResponse> {
-  const r = gateOf(ctx);
-  const { cdb, nexus } = ctx.req;
+/**
+ * One step of the LU's reservation state, pure: the state after `req` from
+ * `nexus`, how the request ends, and the unit attentions it raises (with
+ * their scope; the caller raises them on the nexuses it serves). A request
+ * that fails changes nothing. The same function serves the in-process LU
+ * (Reservations.request) and the controller (src/controller/lu-state.ts).
+ */
+export function applyLuRequest(state: LuReservationState, nexus: Nexus, req: LuStateRequest): LuTransition {
+  const before = cloneLuReservationState(state);
+  const engine = new Reservations();
+  engine.install(before);
+  const events: LuEvent[] = [];
+  let abortTasks = false;
+  let preemptAndAbort = false;
+  const sink: UnitAttentionSink = {
+    // Under PREEMPT AND ABORT only the preempted nexuses' tasks go, not those of registrants told of a new type.
+    raiseUnitAttention: (code, scope) => events.push({ code, scope: scope ?? {}, abortTasks: abortTasks && (!preemptAndAbort || code === Sense.registrationsPreempted) }),
+  };
+  let outcome: LuOutcome = { status: ScsiStatus.Good };
+  try {
+    switch (req.kind) {
+      case 'prout':
+        // PREEMPT AND ABORT: the preempted nexuses' tasks are aborted too (SPC-4 5.13.11.2.6), wherever they run.
+        preemptAndAbort = (req.cdb[1]! & 0x1f) === PrOut.PreemptAndAbort;
+        abortTasks = preemptAndAbort;
+        proutStep(engine, sink, nexus, req.cdb, req.data ?? Buffer.alloc(0));
+        break;
+      case 'reserve':
+        spc2Checks(req.cdb, 'RESERVE');
+        engine.reserveSpc2(nexus);
+        break;
+      case 'release':
+        spc2Checks(req.cdb, 'RELEASE');
+        engine.releaseSpc2(nexus);
+        break;
+      case 'lu-reset':
+        // SAM-5 6.3.3: the SPC-2 reservation goes (persistent ones stay), every task of the LU is aborted, and
+        // every I_T nexus, the issuing one included, sees the reset: multipath initiators look for it on every path.
+        abortTasks = true;
+        engine.dropSpc2();
+        sink.raiseUnitAttention(Sense.deviceResetOccurred);
+        break;
+      case 'clear-task-set':
+        // TAS = 0: the other initiators learn that their tasks were cleared from this UA (SAM-5 7.5).
+        abortTasks = true;
+        sink.raiseUnitAttention(Sense.commandsClearedByAnotherInitiator, { except: nexus });
+        break;
+      case 'nexus-lost':
+        engine.dropSpc2(nexus);
+        break;
+    }
+  } catch (e) {
+    if (e instanceof ReservationConflictError) outcome = { status: ScsiStatus.ReservationConflict, message: e.message };
+    else if (e instanceof ScsiError) outcome = { status: ScsiStatus.CheckCondition, sense: { code: e.code, opts: e.opts }, message: e.message };
+    else throw e;
+    return { state: before, outcome, events: [], prChanged: false, changed: false };
+  }
+  const after = engine.current();
+  const prChanged = !samePr(before.pr, after.pr);
+  const changed = prChanged || (before.spc2?.id ?? null) !== (after.spc2?.id ?? null) || events.length > 0;
+  return { state: after, outcome, events, prChanged, changed };
+}
+
+function samePr(a: ReservationState, b: ReservationState): boolean {
+  const key = (s: ReservationState): string =>
+    JSON.stringify([s.generation, s.aptpl, s.reservation, s.registrations.map((r) => [r.key.toString(16), r.nexus.id, r.allTargetPorts])]);
+  return key(a) === key(b);
+}
+
+/** PERSISTENT RESERVE OUT as a step on `r` (throws ScsiError / ReservationConflictError). */
+function proutStep(r: Reservations, ua: UnitAttentionSink, nexus: Nexus, cdb: Buffer, data: Buffer): void {
+  // SPC-4 5.13.3: persistent reservation commands conflict while a RESERVE(6)/(10) is in effect.
   if (r.spc2Holder) throw new ReservationConflictError('PERSISTENT RESERVE OUT while a RESERVE reservation is held');
   const sa = cdb[1]! & 0x1f;
   if (sa > PrOut.RegisterAndMove) throw ScsiError.cdb(1, 4, `PERSISTENT RESERVE OUT service action ${sa} is not supported`);
   const scope = cdb[2]! >> 4;
   const type = cdb[2]! & 0x0f;
   const paramLen = cdb.readUInt32BE(5);
-  const data = ctx.req.dataOut ?? Buffer.alloc(0);
   if (paramLen < 24 || data.length < paramLen) {
     throw new ScsiError(Sense.parameterListLengthError, {}, `PERSISTENT RESERVE OUT parameter list length ${paramLen} (received ${data.length})`);
   }
@@ -454,8 +613,7 @@ export async function persistentReserveOut(ctx: CommandContext): Promise<ScsiRes
     const t = parseTransportId(data.subarray(0, 24 + tidLen), 24);
     const dest: Nexus = { ...nexus, initiatorName: t.initiatorName, isid: t.isid, initiatorPort: t.initiatorPort, id: `${t.initiatorPort}|${nexus.targetPort}` };
     r.registerAndMove(nexus, key, sark, dest, unreg, aptpl);
-    await r.persist();
-    return good();
+    return;
   }
 
   const flags = data[20]!;
@@ -466,25 +624,38 @@ export async function persistentReserveOut(ctx: CommandContext): Promise<ScsiRes
   switch (sa) {
     case PrOut.Register:
     case PrOut.RegisterAndIgnore:
-      if (!r.register(ctx.lu, nexus, p, sa === PrOut.RegisterAndIgnore)) return good();
+      r.register(ua, nexus, p, sa === PrOut.RegisterAndIgnore);
       break;
     case PrOut.Reserve:
       r.reserve(nexus, p);
       break;
     case PrOut.Release:
-      r.release(ctx.lu, nexus, p);
+      r.release(ua, nexus, p);
       break;
     case PrOut.Clear:
-      r.clear(ctx.lu, nexus, p);
+      r.clear(ua, nexus, p);
       break;
     case PrOut.Preempt:
     case PrOut.PreemptAndAbort:
-      // PREEMPT AND ABORT: the preempted nexuses' tasks are not aborted here (no hook into the task set yet).
-      r.preempt(ctx.lu, nexus, p);
+      // PREEMPT AND ABORT: the events of the preempted nexuses carry abortTasks (applyLuRequest); an agent aborts
+      // their tasks, the in-process LU does not (no hook into the task set there).
+      r.preempt(ua, nexus, p);
       break;
   }
-  await r.persist();
-  return good();
+}
+
+/** Runs a request through the LU's gate and turns its outcome into the command's. */
+async function decided(ctx: CommandContext, kind: LuStateRequest['kind']): Promise<ScsiResponse> {
+  const o = await gateOf(ctx).request(ctx.lu, ctx.req.nexus, { kind, cdb: ctx.req.cdb, data: ctx.req.dataOut });
+  if (o.status === ScsiStatus.Good) return good();
+  if (o.sense) throw new ScsiError(o.sense.code, o.sense.opts, o.message);
+  if (o.status === ScsiStatus.ReservationConflict) throw new ReservationConflictError(o.message);
+  return { status: o.status };
+}
+
+/** PERSISTENT RESERVE OUT (0x5F). */
+export function persistentReserveOut(ctx: CommandContext): Promise<ScsiResponse> {
+  return decided(ctx, 'prout');
 }
 
 function spc2Checks(cdb: Buffer, name: string): void {
@@ -494,29 +665,21 @@ function spc2Checks(cdb: Buffer, name: string): void {
 }
 
 /** RESERVE(6) (0x16). */
-export function reserve6(ctx: CommandContext): ScsiResponse {
-  spc2Checks(ctx.req.cdb, 'RESERVE(6)');
-  gateOf(ctx).reserveSpc2(ctx.req.nexus);
-  return good();
+export function reserve6(ctx: CommandContext): Promise<ScsiResponse> {
+  return decided(ctx, 'reserve');
 }
 
 /** RESERVE(10) (0x56). */
-export function reserve10(ctx: CommandContext): ScsiResponse {
-  spc2Checks(ctx.req.cdb, 'RESERVE(10)');
-  gateOf(ctx).reserveSpc2(ctx.req.nexus);
-  return good();
+export function reserve10(ctx: CommandContext): Promise<ScsiResponse> {
+  return decided(ctx, 'reserve');
 }
 
 /** RELEASE(6) (0x17). */
-export function release6(ctx: CommandContext): ScsiResponse {
-  spc2Checks(ctx.req.cdb, 'RELEASE(6)');
-  gateOf(ctx).releaseSpc2(ctx.req.nexus);
-  return good();
+export function release6(ctx: CommandContext): Promise<ScsiResponse> {
+  return decided(ctx, 'release');
 }
 
 /** RELEASE(10) (0x57). */
-export function release10(ctx: CommandContext): ScsiResponse {
-  spc2Checks(ctx.req.cdb, 'RELEASE(10)');
-  gateOf(ctx).releaseSpc2(ctx.req.nexus);
-  return good();
+export function release10(ctx: CommandContext): Promise<ScsiResponse> {
+  return decided(ctx, 'release');
 }

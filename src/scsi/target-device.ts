@@ -161,13 +161,14 @@ export class ScsiTargetDevice implements ScsiPort, TargetApi {
     switch (fn) {
       case TmfCode.AbortTask:
       case TmfCode.AbortTaskSet:
-        // the transport aborts the tasks; only the issuing nexus's tasks are affected, so no UA
+        // the transport aborts the tasks; only the issuing nexus's tasks are affected (SAM-5 7.3: ABORT TASK SET
+        // aborts the commands received on that I_T nexus), so no UA and nothing for other paths either
         return this.units.has(lun) ? TmfResult.Complete : TmfResult.LunDoesNotExist;
       case TmfCode.ClearTaskSet: {
         const u = this.units.get(lun);
         if (!u) return TmfResult.LunDoesNotExist;
-        // tasks of other initiators were cleared too (TAS=0: they learn it from this UA)
-        u.raiseUnitAttention(Sense.commandsClearedByAnotherInitiator, { except: nexus });
+        // tasks of other initiators were cleared too (TAS=0: they learn it from a UA), on every path
+        await u.taskSetRequest('clear-task-set', nexus);
         return TmfResult.Complete;
       }
       case TmfCode.ClearAca:
@@ -175,7 +176,7 @@ export class ScsiTargetDevice implements ScsiPort, TargetApi {
       case TmfCode.LogicalUnitReset: {
         const u = this.units.get(lun);
         if (!u) return TmfResult.LunDoesNotExist;
-        u.reset(Sense.deviceResetOccurred);
+        await u.taskSetRequest('lu-reset', nexus);
         return TmfResult.Complete;
       }
       case TmfCode.TargetWarmReset:

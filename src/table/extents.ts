@@ -17,6 +17,8 @@ export interface Extent {
   container: string | null;
   /** Container offset of `first`, in segments; segment first+i is at offset+i. 0 without a container. */
   offset: number;
+  /** Write owner (agent number) of every segment of the extent; absent or 0: none. */
+  owner?: number;
 }
 
 /**
@@ -43,13 +45,17 @@ export function extentsIn(table: MappingTable, first: number, end: number, inclu
     while (s < stop) {
       const next = table.runEnd(s, stop);
       const slot = table.slotOf(s);
-      out.push({
+      const e: Extent = {
         first: s,
         count: next - s,
         state: table.stateOf(s),
         container: slot < 0 ? null : (containers[slot] as string),
         offset: table.containerOffsetOf(s),
-      });
+      };
+      // Only owned extents carry the field: the common extent stays as it was.
+      const owner = table.ownerOf(s);
+      if (owner !== 0) e.owner = owner;
+      out.push(e);
       s = next;
     }
   }
@@ -114,5 +120,6 @@ export function applyExtents(table: MappingTable, extents: readonly Extent[]): v
 /** For error and log messages: `segments 12-15 normal container <uuid> offset 7`. */
 export function describeExtent(e: Extent): string {
   const loc = e.container === null ? '' : ` container ${e.container} offset ${e.offset}`;
-  return `segments ${e.first}-${e.first + e.count - 1} ${segmentStateName(e.state)}${loc}`;
+  const owner = e.owner ? ` owner ${e.owner}` : '';
+  return `segments ${e.first}-${e.first + e.count - 1} ${segmentStateName(e.state)}${loc}${owner}`;
 }

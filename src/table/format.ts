@@ -1,5 +1,5 @@
 // Readable text for a mapping table, like `dmsetup table`: one line per
-// extent, `first-last state [c=<container> off=<offset>]`. Used by
+// extent, `first-last state [c=<container> off=<offset>] [owner=<agent number>]`. Used by
 // `tabula vdisk table`; ranges are inclusive vdisk segment numbers and
 // offsets are in segments.
 
@@ -16,9 +16,10 @@ export interface FormatOptions {
 
 export function formatExtent(e: Extent, opts: FormatOptions = {}): string {
   const range = `${e.first}-${e.first + e.count - 1} ${segmentStateName(e.state)}`;
-  if (e.container === null) return range;
+  const owner = e.owner ? ` owner=${e.owner}` : '';
+  if (e.container === null) return range + owner;
   const id = opts.fullIds ? e.container : e.container.slice(0, 8);
-  return `${range} c=${id} off=${e.offset}`;
+  return `${range} c=${id} off=${e.offset}${owner}`;
 }
 
 export function formatExtents(extents: readonly Extent[], opts: FormatOptions = {}): string {

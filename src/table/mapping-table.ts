@@ -2,6 +2,9 @@
 // lives (container, segment offset in that container). Kept in parallel typed
 // arrays (7 bytes per segment) so a 1 M-segment table is 7 MiB and every
 // lookup is O(1); shared by the controller and the agent, so no I/O here.
+// Write owners (the agent that alone may write a segment of a vdisk exported
+// on several agents, docs/architecture.md) are few, so they live in a side
+// map and cost nothing per segment.
 
 import {
   SegmentState,
@@ -23,6 +26,9 @@ export const MAX_SEGMENT_COUNT = 0xffffffff;
 export const MAX_CONTAINER_OFFSET = 0xffffffff;
 /** Slots are stored +1 in a Uint16Array (0 = no container). */
 export const MAX_CONTAINERS = 0xffff;
+/** Owners travel as uint32; 0 means none. */
+export const NO_OWNER = 0;
+export const MAX_OWNER = 0xffffffff;
 
 const NO_SLOT = 0;
 
@@ -64,6 +70,8 @@ export interface EntryInput {
   readonly state: SegmentState;
   readonly container?: string | null;
   readonly offset?: number;
+  /** Write owner of every segment set (agent number); absent or 0: none. */
+  readonly owner?: number;
 }
 
 /** One segment's share of an I/O. `bufferOffset` is in bytes from the start of the I/O's buffer. */
@@ -129,6 +137,23 @@ export interface NormalEntry {
   offset: number;
 }
 
+function checkOwner(owner: number): void {
+  if (owner >>> 0 !== owner) throw new RangeError(`owner ${owner} invalid: must be an integer from 0 to ${MAX_OWNER}`);
+}
+
+/** `runs` (sorted, disjoint [first, end)) with the segments `extra` added, still sorted and disjoint; all below `count`. */
+function mergeRuns(runs: readonly [number, number][], extra: readonly number[], count: number): [number, number][] {
+  const marks: [number, number][] = [...runs, ...extra.filter((s) => s < count).map((s): [number, number] => [s, s + 1])];
+  marks.sort((x, y) => x[0] - y[0]);
+  const out: [number, number][] = [];
+  for (const [a, b] of marks) {
+    const last = out[out.length - 1];
+    if (last !== undefined && a <= last[1]) last[1] = Math.max(last[1], b);
+    else out.push([a, b]);
+  }
+  return out;
+}
+
 function bad(what: string): never {
   throw new RangeError(what);
 }
@@ -191,6 +216,10 @@ export class MappingTable {
   #offsets: Uint32Array;
   #containers: string[] = [];
   #slotById = new Map<string, number>();
+  /** Write owners by segment (owned segments only). */
+  #owners = new Map<number, number>();
+  /** #owners' keys sorted, rebuilt on demand after a change (runEnd looks up the next owned segment). */
+  #ownedSorted: number[] | null = null;
 
   /** A table of `segmentCount` zero segments. */
   constructor(opts: TableOptions) {
@@ -282,6 +311,29 @@ export class MappingTable {
   segmentByteOffset(seg: number): number {
     this.#checkSeg(seg);
     return this.#slots[seg] === NO_SLOT ? -1 : (this.#offsets[seg] as number) * this.segmentSize;
+  }
+
+  /** The segment's write owner (agent number), 0 for none. */
+  ownerOf(seg: number): number {
+    this.#checkSeg(seg);
+    return this.#owners.size === 0 ? NO_OWNER : (this.#owners.get(seg) ?? NO_OWNER);
+  }
+
+  /** Number of owned segments. */
+  get ownedCount(): number {
+    return this.#owners.size;
+  }
+
+  /** Owned segments and their owners, in segment order. */
+  owned(): [seg: number, owner: number][] {
+    return this.#sortedOwned().map((s) => [s, this.#owners.get(s) as number]);
+  }
+
+  /** Sets (or with 0 clears) one segment's write owner, keeping its entry. */
+  setOwner(seg: number, owner: number): void {
+    this.#checkSeg(seg);
+    checkOwner(owner);
+    this.#putOwner(seg, owner);
   }
 
   get(seg: number): SegmentEntry {
@@ -389,6 +441,11 @@ export class MappingTable {
     }
     const { state, container, offset } = n;
     if (count === 0) return;
+    const owner = entry.owner ?? NO_OWNER;
+    if (owner !== NO_OWNER || this.#owners.size > 0) {
+      checkOwner(owner);
+      this.#setOwnerRange(first, count, owner);
+    }
     const slot = container === null ? NO_SLOT : this.#intern(container);
     if (count === 1) {
       // Typed-array fill costs more than a store for one element; decoding
@@ -452,6 +509,7 @@ export class MappingTable {
     slots.set(this.#slots.subarray(0, keep));
     offsets.set(this.#offsets.subarray(0, keep));
     states.fill(SegmentState.Zero, keep);
+    if (newSegmentCount < old && this.#owners.size > 0) this.#setOwnerRange(newSegmentCount, old - newSegmentCount, NO_OWNER);
     this.#states = states;
     this.#slots = slots;
     this.#offsets = offsets;
@@ -472,6 +530,7 @@ export class MappingTable {
     t.#offsets = this.#offsets.slice();
     t.#containers = this.#containers.slice();
     t.#slotById = new Map(this.#slotById);
+    t.#owners = new Map(this.#owners);
     return t;
   }
 
@@ -513,6 +572,8 @@ export class MappingTable {
     const offsets = this.#offsets;
     const state = states[seg];
     const slot = slots[seg];
+    // An owned segment is a run of its own; other runs stop before one.
+    if (this.#owners.size > 0) limit = this.#ownerBoundary(seg, limit);
     let s = seg + 1;
     if (slot === NO_SLOT) {
       while (s < limit && states[s] === state && slots[s] === NO_SLOT) s++;
@@ -568,10 +629,17 @@ export class MappingTable {
     const bs = other.#slots;
     const ao = this.#offsets;
     const bo = other.#offsets;
+    let first = -1;
     for (let s = 0; s < n; s++) {
-      if (a[s] !== b[s] || slotMap[as[s] as number] !== bs[s] || ao[s] !== bo[s]) return s;
+      if (a[s] !== b[s] || slotMap[as[s] as number] !== bs[s] || ao[s] !== bo[s]) {
+        first = s;
+        break;
+      }
     }
-    return -1;
+    for (const s of this.#ownerDifferences(other)) {
+      if (s < n && (first < 0 || s < first)) first = s;
+    }
+    return first;
   }
 
   /**
@@ -607,6 +675,16 @@ export class MappingTable {
       if (last !== undefined && last[1] === first) last[1] = t;
       else out.push([first, t]);
     }
+    const owners = this.#ownerDifferences(older);
+    return owners.length === 0 ? out : mergeRuns(out, owners, this.#segmentCount);
+  }
+
+  /** Segments whose owners differ between this table and `other`, unsorted. */
+  #ownerDifferences(other: MappingTable): number[] {
+    if (this.#owners.size === 0 && other.#owners.size === 0) return [];
+    const out: number[] = [];
+    for (const [s, o] of this.#owners) if (other.#owners.get(s) !== o) out.push(s);
+    for (const s of other.#owners.keys()) if (!this.#owners.has(s)) out.push(s);
     return out;
   }
 
@@ -623,6 +701,44 @@ export class MappingTable {
   }
 
   // ---- internals ----
+
+  #putOwner(seg: number, owner: number): void {
+    if (owner === NO_OWNER) {
+      if (this.#owners.delete(seg)) this.#ownedSorted = null;
+    } else if (this.#owners.get(seg) !== owner) {
+      if (!this.#owners.has(seg)) this.#ownedSorted = null;
+      this.#owners.set(seg, owner);
+    }
+  }
+
+  #setOwnerRange(first: number, count: number, owner: number): void {
+    if (owner === NO_OWNER && count > 1) {
+      // Clearing a long range: visit the few owned segments, not the range.
+      for (const s of [...this.#owners.keys()]) if (s >= first && s < first + count) this.#putOwner(s, NO_OWNER);
+      return;
+    }
+    for (let s = first; s < first + count; s++) this.#putOwner(s, owner);
+  }
+
+  #sortedOwned(): number[] {
+    this.#ownedSorted ??= [...this.#owners.keys()].sort((x, y) => x - y);
+    return this.#ownedSorted;
+  }
+
+  /** Where a run from `seg` must stop for owners: right after it when owned, else at the next owned segment. */
+  #ownerBoundary(seg: number, limit: number): number {
+    if (this.#owners.has(seg)) return Math.min(limit, seg + 1);
+    const sorted = this.#sortedOwned();
+    let lo = 0;
+    let hi = sorted.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if ((sorted[mid] as number) <= seg) lo = mid + 1;
+      else hi = mid;
+    }
+    const next = sorted[lo];
+    return next === undefined ? limit : Math.min(limit, next);
+  }
 
   #intern(id: string): number {
     let slot = this.#slotById.get(id);

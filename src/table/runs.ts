@@ -20,6 +20,11 @@ export interface TableRuns {
   containers: number[];
   /** Container offset of each run's first segment (0 without a container). */
   offsets: number[];
+  /**
+   * Write owner of each run (0: none); empty when no run of the piece is
+   * owned, which is the common case (owned segments are runs of their own).
+   */
+  owners?: number[];
 }
 
 /**
@@ -33,14 +38,23 @@ export function* tableRuns(table: MappingTable, maxRuns: number): Generator<Tabl
   let s = 0;
   do {
     const piece: TableRuns = { firstSegment: s, counts: [], states: [], containers: [], offsets: [] };
+    const owned = table.ownedCount > 0;
+    const owners: number[] = [];
+    let anyOwner = false;
     while (s < n && piece.counts.length < maxRuns) {
       const end = table.runEnd(s, n);
       piece.counts.push(end - s);
       piece.states.push(table.stateOf(s));
       piece.containers.push(table.slotOf(s) + 1);
       piece.offsets.push(table.containerOffsetOf(s));
+      if (owned) {
+        const o = table.ownerOf(s);
+        owners.push(o);
+        if (o !== 0) anyOwner = true;
+      }
       s = end;
     }
+    if (anyOwner) piece.owners = owners;
     yield piece;
   } while (s < n);
 }
@@ -72,9 +86,9 @@ export class TableBuilder {
    * `offset + i`. Long runs may be added in parts (the caller advances the
    * offset).
    */
-  addRun(count: number, state: SegmentState, container: string | null, offset: number): void {
+  addRun(count: number, state: SegmentState, container: string | null, offset: number, owner = 0): void {
     if (!Number.isInteger(count) || count < 1) throw new RangeError(`${this.#where()}: run of ${count} segments (must be at least 1)`);
-    this.table.setRange(this.#next, count, { state, container, offset }, 1);
+    this.table.setRange(this.#next, count, owner === 0 ? { state, container, offset } : { state, container, offset, owner }, 1);
     this.#next += count;
   }
 
@@ -84,7 +98,7 @@ export class TableBuilder {
       const e = extents[i] as Extent;
       if (e.first !== this.#next) throw new RangeError(`${this.#where()}: extent ${i} starts at segment ${e.first}`);
       try {
-        this.addRun(e.count, e.state, e.container, e.offset);
+        this.addRun(e.count, e.state, e.container, e.offset, e.owner ?? 0);
       } catch (err) {
         throw withContext(err, `extent ${i}`);
       }
@@ -111,6 +125,9 @@ export class TableBuilder {
  */
 export function checkRuns(r: TableRuns, containerCount: number): void {
   const n = r.counts.length;
+  if (r.owners !== undefined && r.owners.length !== 0 && r.owners.length !== n) {
+    throw new RangeError(`runs from segment ${r.firstSegment}: ${n} counts, ${r.owners.length} owners (must be equal, or no owners)`);
+  }
   if (r.states.length !== n || r.containers.length !== n || r.offsets.length !== n) {
     throw new RangeError(
       `runs from segment ${r.firstSegment}: ${n} counts, ${r.states.length} states, ${r.containers.length} containers, ${r.offsets.length} offsets (must be equal)`,

@@ -21,6 +21,8 @@ export interface WireExtent {
   /** '' for no container. */
   container: string;
   offset: number;
+  /** Write owner (agent number); 0 or absent: none. */
+  owner?: number;
 }
 
 export interface ContainerRef {
@@ -98,7 +100,8 @@ export type AgentMessage =
   | { body: 'tableRequest'; tableRequest: TableRequest }
   | { body: 'fault'; fault: Fault }
   | { body: 'copyDone'; copyDone: CopyDone }
-  | { body: 'release'; release: Release };
+  | { body: 'release'; release: Release }
+  | { body: 'luRequest'; luRequest: LuRequest };
 
 // ---- controller -> agent ----
 
@@ -167,8 +170,12 @@ export interface TableFull {
   /** 1-based index into `containers`; 0 for none. */
   runContainers?: number[];
   runOffsets?: number[];
+  /** Run form: write owner of each run; empty when none is owned. */
+  runOwners?: number[];
   /** Run form: more messages of this table follow. */
   more?: boolean;
+  /** The LU state as of `version`; absent or null from a controller that keeps none. */
+  luState?: LuStateMsg | null;
 }
 
 export interface TableDeltaMsg {
@@ -177,6 +184,15 @@ export interface TableDeltaMsg {
   toVersion: number;
   segmentCount: number;
   extents: WireExtent[];
+  /** What this version changed of the LU; absent = nothing. */
+  lu?: LuChange | null;
+}
+
+export interface LuChange {
+  /** The LU state as of the delta's toVersion; null = unchanged. */
+  state: LuStateMsg | null;
+  /** Unit attentions this version raises (one-shot). */
+  events: LuEventMsg[];
 }
 
 export interface FaultReply {
@@ -238,7 +254,8 @@ export type ControllerMessage =
   | { body: 'fence'; fence: Fence }
   | { body: 'error'; error: ControllerError }
   | { body: 'zeroCommand'; zeroCommand: ZeroCommand }
-  | { body: 'heartbeatReply'; heartbeatReply: HeartbeatReply };
+  | { body: 'heartbeatReply'; heartbeatReply: HeartbeatReply }
+  | { body: 'luReply'; luReply: LuReply };
 
 /**
  * What the stream deserializer yields for bytes that do not decode (or
@@ -524,3 +541,78 @@ export interface BackupChunk {
 export type AdminMethod = keyof AdminMethods;
 export type AdminRequest<M extends AdminMethod> = AdminMethods[M][0];
 export type AdminReply<M extends AdminMethod> = AdminMethods[M][1];
+
+// ---- one logical unit on every path ----
+
+/** An I_T nexus on the wire (proto NexusRef). */
+export interface NexusRef {
+  initiatorPort: string;
+  targetPort: string;
+  relativeTargetPortId: number;
+  targetPortGroup: number;
+}
+
+export interface PrRegistrationMsg {
+  /** RESERVATION KEY as 16 hex digits. */
+  key: string;
+  nexus: NexusRef | null;
+  allTgPt: boolean;
+}
+
+export interface LuStateMsg {
+  prGeneration: number;
+  aptpl: boolean;
+  registrations: PrRegistrationMsg[];
+  /** 0 = no persistent reservation. */
+  reservationType: number;
+  /** Holding nexus id; '' for the all-registrants types. */
+  reservationHolder: string;
+  spc2Holder?: NexusRef | null;
+}
+
+export const enum LuEventScope {
+  All = 0,
+  AllBut = 1,
+  Only = 2,
+}
+
+export interface LuEventMsg {
+  senseKey: number;
+  asc: number;
+  ascq: number;
+  scope: LuEventScope;
+  nexus?: NexusRef | null;
+  abortTasks: boolean;
+}
+
+export const enum LuRequestKind {
+  Prout = 0,
+  Reserve = 1,
+  Release = 2,
+  LuReset = 3,
+  ClearTaskSet = 4,
+  NexusLost = 5,
+}
+
+export interface LuRequest {
+  requestId: number;
+  vdiskId: string;
+  kind: LuRequestKind;
+  cdb: Uint8Array;
+  data: Uint8Array;
+  nexus: NexusRef | null;
+}
+
+export interface LuReply {
+  requestId: number;
+  status: number;
+  senseKey: number;
+  asc: number;
+  ascq: number;
+  fieldValid: boolean;
+  fieldInCdb: boolean;
+  fieldByte: number;
+  fieldBit: number;
+  prGeneration: number;
+  reason: string;
+}

@@ -87,18 +87,28 @@ const ASCII = /^[\x00-\x7f]*$/;
 const ascii = (v: unknown): v is string => typeof v === 'string' && ASCII.test(v);
 
 function extent(e: WireExtent): Writer | null {
+  const owner = e.owner;
   if (!u32(e.first) || !u32(e.count) || !enumValue(e.state) || !ascii(e.container) || !u32(e.offset)) return null;
+  if (owner !== undefined && !u32(owner)) return null;
   const w = new Writer(16 + e.container.length);
   w.uint(1, e.first);
   w.uint(2, e.count);
   w.uint(3, e.state);
   w.ascii(4, e.container);
   w.uint(5, e.offset);
+  // `optional` (explicit presence): written when given, even 0, as
+  // protobufjs does; unowned extents carry none and their bytes are as before.
+  if (owner !== undefined) {
+    w.varint(6 << 3);
+    w.varint(owner);
+  }
   return w;
 }
 
 function tableDelta(d: TableDeltaMsg): Writer | null {
   if (!ascii(d.vdiskId) || !u64(d.fromVersion) || !u64(d.toVersion) || !u32(d.segmentCount) || !Array.isArray(d.extents)) return null;
+  // A delta that carries LU state or unit attention events (rare: PROUT, RESERVE, resets) goes through protobufjs.
+  if (d.lu !== undefined && d.lu !== null) return null;
   const w = new Writer(64 + d.extents.length * 48);
   w.ascii(1, d.vdiskId);
   w.uint(2, d.fromVersion);
@@ -321,6 +331,10 @@ function readExtent(r: Reader): WireExtent {
         expectWire(wt, 0);
         e.offset = r.u32();
         return;
+      case 6:
+        expectWire(wt, 0);
+        e.owner = r.u32();
+        return;
       default:
         throw OFF_PATH;
     }
@@ -330,6 +344,7 @@ function readExtent(r: Reader): WireExtent {
 
 function readTableDelta(r: Reader): TableDeltaMsg {
   // Key order as protobufjs's toObject gives it (repeated fields first).
+  // `lu` (field 6, optional) is off this path: absent, protobufjs gives no key for it either.
   const d: TableDeltaMsg = { extents: [], vdiskId: '', fromVersion: 0, toVersion: 0, segmentCount: 0 } as TableDeltaMsg;
   fields(r, 5, (no, wt) => {
     switch (no) {

@@ -164,3 +164,32 @@ describe('wire: the hand-written codec of the table-change and fault stream mess
     expect(two.body).to.equal('heartbeatReply');
   });
 });
+
+describe('wire: Extent.owner on the hand-written path', () => {
+  const delta = (owner?: number): ControllerMessage => ({
+    body: 'tableDelta',
+    tableDelta: {
+      vdiskId: 'v',
+      fromVersion: 4,
+      toVersion: 5,
+      segmentCount: 9,
+      extents: [{ first: 2, count: 1, state: 0, container: 'c', offset: 3, ...(owner === undefined ? {} : { owner }) }],
+    },
+  });
+
+  it('an unowned extent is the same bytes as before owners existed', () => {
+    // ControllerMessage.table_delta(4) { vdisk_id "v", from 4, to 5, count 9, extents(5) { first 2, count 1, container "c", offset 3 } }
+    expect(tryEncodeControllerMessage(delta())!.toString('hex')).to.equal('22140a0176100418052009' + '2a09' + '080210012201632803');
+  });
+
+  it('an owned extent encodes and decodes as protobufjs does, the owner included', () => {
+    for (const owner of [0, 1, 300, 2 ** 32 - 1]) {
+      const m = delta(owner);
+      const mine = tryEncodeControllerMessage(m);
+      expect(mine!.toString('hex')).to.equal(pbEncode(C, m).toString('hex'));
+      const back = tryDecodeControllerMessage(mine!);
+      expect(back).to.deep.equal(pbDecode(C, mine!));
+      expect((back as { tableDelta: { extents: { owner?: number }[] } }).tableDelta.extents[0]!.owner).to.equal(owner);
+    }
+  });
+});
