@@ -753,6 +753,9 @@ hexdec() { printf '%d' "$1" 2>/dev/null; }
 # own_tpg DEV: the path's own target port group (VPD 0x83), as a decimal number.
 own_tpg() { hexdec "$(sg_vpd -p di "$1" 2>/dev/null | sed -n 's/^ *Target port group: *\(0x[0-9a-fA-F]*\).*/\1/p' | head -1)"; }
 
+# own_rel_port DEV: the path's relative target port (VPD 0x83), decimal.
+own_rel_port() { hexdec "$(sg_vpd -p di "$1" 2>/dev/null | sed -n 's/^ *Relative target port: *\(0x[0-9a-fA-F]*\).*/\1/p' | head -1)"; }
+
 # rtpg_states FILE: "ID STATE" per group of a decoded sg_rtpg answer (ID decimal).
 rtpg_states() {
 	awk '/target port group id/ { split($0, a, ":"); split(a[2], b, ","); id = b[1]; gsub(/ /, "", id) }
@@ -988,7 +991,13 @@ workload_persist() {
 	sg_persist -n -i -r "$DB" 2>&1 | grep -q 'Key=0xa1' || fail "the reservation taken through $DA is not reported through $DB"
 	sg_persist -n -i -r "$DB" 2>&1 | grep -qi 'registrants only' || fail "reservation type through $DB is not Write Exclusive, registrants only"
 	echo "== sg_persist -s (READ FULL STATUS) $DB"
-	sg_persist -n -i -s "$DB" 2>&1
+	sg_persist -n -i -s "$DB" > /tmp/full 2>&1
+	cat /tmp/full
+	# The registration is of $DA's I_T nexus: its target port is agent a's.
+	rpa=$(own_rel_port "$DA")
+	rps=$(hexdec "$(sed -n 's/^ *Relative port address: *\(0x[0-9a-fA-F]*\).*/\1/p' /tmp/full | head -1)")
+	echo "relative target port: $DA $rpa, $DB $(own_rel_port "$DB"), the registration's (READ FULL STATUS through $DB) $rps"
+	[ -n "$rpa" ] && [ "$rps" = "$rpa" ] || fail "READ FULL STATUS through $DB gives relative port '$rps' for the registration made through $DA (port '$rpa')"
 
 	step pr-conflict
 	out=$(write_block "$DB")
