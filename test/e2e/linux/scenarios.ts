@@ -111,6 +111,7 @@ export const SCENARIOS: E2eScenario[] = [
   {
     kind: 'cluster',
     name: 'alua',
+    ci: true,
     title: 'ALUA over two agents: RTPG lists both groups, dm-multipath prefers the optimized one, fails over when it is SIGKILLed and back',
     // As multipath: boot, two logins, mkfs, the outage, an agent restart, fsck.
     timeoutMs: 480_000,
@@ -120,6 +121,7 @@ export const SCENARIOS: E2eScenario[] = [
   {
     kind: 'cluster',
     name: 'persist',
+    ci: true,
     title: 'persistent reservations across two agents: one path registers and reserves, the other sees it and gets RESERVATION CONFLICT',
     timeoutMs: TIMEOUT_MS,
     cluster: { agents: ['a', 'b'], vdiskSizeBytes: 128 * MIB },
