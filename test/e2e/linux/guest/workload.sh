@@ -1003,6 +1003,11 @@ workload_persist() {
 	out=$(write_block "$DB")
 	echo "WRITE through $DB (not registered): $out" | tail -3
 	echo "$out" | grep -qi 'reservation conflict' || fail "a WRITE through the unregistered path $DB did not get RESERVATION CONFLICT"
+	# The kernel's own write path: the conflict is an I/O error (sd does not retry it).
+	dd if=/tmp/blk of="$DB" bs=512 count=1 oflag=direct 2>/tmp/dd.err && fail "a direct write through $DB succeeded under the reservation"
+	echo "dd oflag=direct through $DB: $(grep -v records /tmp/dd.err | tail -1)"
+	dmesg | grep -i 'reservation conflict' | tail -2
+	dmesg | grep -qi 'reservation conflict' || fail "the kernel did not report a reservation conflict for the direct write through $DB"
 	out=$(read_block "$DB") || { echo "$out"; fail "a READ through $DB failed under WE registrants only"; }
 	out=$(write_block "$DA") || { echo "$out"; fail "a WRITE through the holder $DA failed"; }
 	echo "WRITE through the holder $DA: good"
