@@ -1021,14 +1021,18 @@ workload_persist() {
 	step pr-release
 	must "RELEASE through $DA" sg_persist -n -o -L -K 0xa1 -T 5 "$DA"
 	# Releasing a registrants-only reservation raises RESERVATIONS RELEASED
-	# on the other registrants' nexuses (SPC-4 5.13.11.2): take it with a READ.
+	# on the other registrants' nexuses (SPC-4 5.13.11.2), here b's, from
+	# agent a's RELEASE: the next command through b must get it. Nothing
+	# else sends commands on these paths (no multipathd here).
 	read_block "$DB" > /tmp/ua.out 2>&1
 	grep -i 'sense\|attention' /tmp/ua.out | head -3
+	grep -qi 'reservations released' /tmp/ua.out || { cat /tmp/ua.out; fail "no RESERVATIONS RELEASED unit attention through $DB after the RELEASE through $DA"; }
 	sg_persist -n -i -r "$DB" 2>&1 | grep -qi 'no reservation' || { sg_persist -n -i -r "$DB"; fail "the release through $DA is not seen through $DB"; }
 	must "CLEAR through $DB" sg_persist -n -o -C -K 0xb2 "$DB"
 	# CLEAR raises RESERVATIONS PREEMPTED on the other registrant's nexus.
 	read_block "$DA" > /tmp/ua.out 2>&1
 	grep -i 'sense\|attention' /tmp/ua.out | head -3
+	grep -qi 'reservations preempted' /tmp/ua.out || { cat /tmp/ua.out; fail "no RESERVATIONS PREEMPTED unit attention through $DA after the CLEAR through $DB"; }
 	pr_show "after release through $DA and clear through $DB"
 	same_gen "clear" $((g0 + 3))
 	sg_persist -n -i -k "$DA" 2>&1 | grep -q 'NO registered' || fail "keys still registered after CLEAR"
