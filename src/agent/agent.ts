@@ -66,7 +66,7 @@ export interface AgentOptions extends ClientOptions {
 }
 
 /** One exported vdisk as the agent holds it. */
-interface Held {
+interface ServedVdisk {
   exp: Export;
   device: AgentDevice;
   /** Table operations of this vdisk, one after the other. */
@@ -130,7 +130,7 @@ export class Agent {
   readonly containers: AgentContainers;
   readonly targets: AgentTargets;
   readonly #opts: AgentOptions;
-  readonly #held = new Map<string, Held>();
+  readonly #held = new Map<string, ServedVdisk>();
   #holdTimeoutMs: number;
   #closed = false;
   /** The lease resync waiting for tables (0: none). */
@@ -367,7 +367,7 @@ export class Agent {
     }
   }
 
-  async #closeDevice(h: Held): Promise<void> {
+  async #closeDevice(h: ServedVdisk): Promise<void> {
     try {
       await h.device.close();
     } catch (err) {
@@ -377,14 +377,14 @@ export class Agent {
 
   // ---- tables ----
 
-  #heldFor(vdiskId: string, what: string): Held | undefined {
+  #heldFor(vdiskId: string, what: string): ServedVdisk | undefined {
     const h = this.#held.get(vdiskId);
     if (h === undefined) log.warn(`${what} for a vdisk this agent does not export: ignored`, { vdisk: vdiskId });
     return h;
   }
 
   /** Runs table operations of one vdisk in arrival order; a failure is logged, never thrown. */
-  #enqueue(h: Held, what: string, op: () => Promise<void>): void {
+  #enqueue(h: ServedVdisk, what: string, op: () => Promise<void>): void {
     h.queue = h.queue.then(async () => {
       if (h.removed || this.#closed) return;
       try {
@@ -395,12 +395,12 @@ export class Agent {
     });
   }
 
-  #ack(h: Held, version: number): void {
+  #ack(h: ServedVdisk, version: number): void {
     // Not connected: the version goes in the next Register instead.
     this.link.send({ body: 'tableAck', tableAck: { vdiskId: h.exp.vdiskId, version } });
   }
 
-  #requestTable(h: Held, reason: string): void {
+  #requestTable(h: ServedVdisk, reason: string): void {
     if (h.requested) return;
     h.requested = true;
     const haveVersion = h.loaded && !h.fenced ? h.device.version : 0;
@@ -533,7 +533,7 @@ export class Agent {
    * them on its own); an LU reset or CLEAR TASK SET aborts the LU's tasks
    * here too, and PREEMPT AND ABORT the preempted nexus's tasks.
    */
-  #applyLuChange(h: Held, lu: LuChange): void {
+  #applyLuChange(h: ServedVdisk, lu: LuChange): void {
     try {
       if (lu.state) h.gate.install(luStateFromWire(lu.state));
       const unit = this.targets.logicalUnit(h.exp.targetIqn, h.exp.lun);
@@ -558,7 +558,7 @@ export class Agent {
    * from that table. Fence again and do not ack; the requested TableFull
    * follows.
    */
-  #overtakenByFence(h: Held, fencesBefore: number): boolean {
+  #overtakenByFence(h: ServedVdisk, fencesBefore: number): boolean {
     if (h.fences === fencesBefore) return false;
     h.device.fence();
     log.info('table install overtaken by a fence: not acked', { vdisk: h.exp.vdiskName });

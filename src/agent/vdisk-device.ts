@@ -82,7 +82,7 @@ export class VdiskDevice implements BlockDevice {
   readonly holdTimeoutMs: number;
 
   #table: MappingTable;
-  readonly #bps: number;
+  readonly #blocksPerSegment: number;
   readonly #containers: ContainerResolver;
   readonly #faults: FaultSink;
   readonly #gate: SegmentGate;
@@ -107,7 +107,7 @@ export class VdiskDevice implements BlockDevice {
     this.vdiskId = opts.vdiskId;
     this.#table = opts.table;
     this.blockSize = opts.table.blockSize;
-    this.#bps = opts.table.blocksPerSegment;
+    this.#blocksPerSegment = opts.table.blocksPerSegment;
     this.#containers = opts.containers;
     this.#faults = opts.faults;
     this.holdTimeoutMs = opts.holdTimeoutMs ?? DEFAULT_HOLD_TIMEOUT_MS;
@@ -207,7 +207,7 @@ export class VdiskDevice implements BlockDevice {
     this.#checkWritable(op, lba, blocks);
     if (blocks === 0) return;
     const t = this.#table;
-    const bps = this.#bps;
+    const bps = this.#blocksPerSegment;
     const mode = deallocate ? Mode.Discard : Mode.Zero;
     const canRelease = deallocate && this.#faults.release !== undefined && !this.#fenced;
     const tasks: Promise<void>[] = [];
@@ -246,8 +246,8 @@ export class VdiskDevice implements BlockDevice {
     this.#checkWritable(IoOp.CompareAndWrite, lba, blocks);
     if (blocks === 0) return -1;
     const fua = opts?.fua === true;
-    const seg = Math.floor(lba / this.#bps);
-    if (Math.floor((lba + blocks - 1) / this.#bps) === seg) {
+    const seg = Math.floor(lba / this.#blocksPerSegment);
+    if (Math.floor((lba + blocks - 1) / this.#blocksPerSegment) === seg) {
       const caw: CawPiece = { verify, result: -1 };
       await this.#piece(Mode.Caw, IoOp.CompareAndWrite, seg, lba, blocks, data, 0, fua, caw);
       return caw.result;
@@ -268,12 +268,12 @@ export class VdiskDevice implements BlockDevice {
       throw new BlockDeviceError('out-of-range', `GET LBA STATUS lba=${lba} on ${this.#name()}: beyond the last block ${t.blockCount - 1}`, lba);
     }
     const limit = Math.min(t.blockCount, lba + Math.max(1, maxBlocks));
-    let seg = Math.floor(lba / this.#bps);
+    let seg = Math.floor(lba / this.#blocksPerSegment);
     const mapped = t.stateOf(seg) !== SegmentState.Zero;
-    let end = (seg + 1) * this.#bps;
+    let end = (seg + 1) * this.#blocksPerSegment;
     while (end < limit && (t.stateOf(seg + 1) !== SegmentState.Zero) === mapped) {
       seg++;
-      end += this.#bps;
+      end += this.#blocksPerSegment;
     }
     return { mapped, blocks: Math.min(end, limit) - lba };
   }
@@ -395,8 +395,8 @@ export class VdiskDevice implements BlockDevice {
   /** Runs one I/O's pieces: inline for the common single-segment I/O, else all at once. */
   async #run(mode: Mode, op: IoOp, lba: number, blocks: number, buf: Buffer, fua: boolean): Promise<void> {
     const t = this.#table;
-    const seg = Math.floor(lba / this.#bps);
-    if (Math.floor((lba + blocks - 1) / this.#bps) === seg) {
+    const seg = Math.floor(lba / this.#blocksPerSegment);
+    if (Math.floor((lba + blocks - 1) / this.#blocksPerSegment) === seg) {
       await this.#piece(mode, op, seg, lba, blocks, buf, 0, fua);
       return;
     }
@@ -588,7 +588,7 @@ export class VdiskDevice implements BlockDevice {
       throw this.#error(isWrite(op) ? 'write-error' : 'read-error', op, seg, lba, blocks, why);
     }
     const bs = this.blockSize;
-    const offset = t.containerOffsetOf(seg) * t.segmentSize + (lba - seg * this.#bps) * bs;
+    const offset = t.containerOffsetOf(seg) * t.segmentSize + (lba - seg * this.#blocksPerSegment) * bs;
     const len = blocks * bs;
     this.#gate.enter(seg);
     try {
@@ -646,8 +646,8 @@ export class VdiskDevice implements BlockDevice {
    */
   async #release(first: number, count: number): Promise<void> {
     const release = this.#faults.release as NonNullable<FaultSink['release']>;
-    const lba = first * this.#bps;
-    const blocks = count * this.#bps;
+    const lba = first * this.#blocksPerSegment;
+    const blocks = count * this.#blocksPerSegment;
     // Discard before giving the space back: the controller hands freed
     // container segments to the next allocation as they are, and a first
     // write fills only part of its segment, so the rest must already read as
@@ -683,7 +683,7 @@ export class VdiskDevice implements BlockDevice {
   #discardInPlace(first: number, count: number): Promise<void>[] {
     const tasks: Promise<void>[] = [];
     for (let s = first; s < first + count; s++) {
-      tasks.push(this.#piece(Mode.Discard, IoOp.Unmap, s, s * this.#bps, this.#bps, null, 0, false));
+      tasks.push(this.#piece(Mode.Discard, IoOp.Unmap, s, s * this.#blocksPerSegment, this.#blocksPerSegment, null, 0, false));
     }
     return tasks;
   }

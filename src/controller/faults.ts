@@ -66,24 +66,33 @@ import type { AgentRegistry } from './agent-registry.js';
 import type { CommitResult, TableChanges } from './table-changes.js';
 import type { WriteBehind } from './write-behind.js';
 import type { Allocator } from './allocator.js';
+import { Sense as ScsiSense, type Asc } from '../scsi/sense.js';
 
-/** Sense data the controller hands out (key, asc, ascq). */
+/**
+ * Sense data the controller hands out (key, asc, ascq), named from the one
+ * list of sense codes the SCSI layer reports (src/scsi/sense.ts), so what is
+ * chosen here is what the initiator sees.
+ */
 export const SENSE = {
   /** MEDIUM ERROR, UNRECOVERED READ ERROR. */
-  readError: [0x03, 0x11, 0x00],
+  readError: tuple(ScsiSense.unrecoveredReadError),
   /** MEDIUM ERROR, WRITE ERROR. */
-  writeError: [0x03, 0x0c, 0x00],
+  writeError: tuple(ScsiSense.writeError),
   /** DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT (container full). */
-  spaceAllocationFailed: [0x07, 0x27, 0x07],
+  spaceAllocationFailed: tuple(ScsiSense.spaceAllocationFailedWriteProtect),
   /** ILLEGAL REQUEST, LOGICAL BLOCK ADDRESS OUT OF RANGE. */
-  lbaOutOfRange: [0x05, 0x21, 0x00],
+  lbaOutOfRange: tuple(ScsiSense.lbaOutOfRange),
   /** ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (vdisk not exported here). */
-  luNotSupported: [0x05, 0x25, 0x00],
+  luNotSupported: tuple(ScsiSense.lunNotSupported),
   /** HARDWARE ERROR, INTERNAL TARGET FAILURE (a fault the controller cannot act on; a copy that failed). */
-  internalFailure: [0x04, 0x44, 0x00],
+  internalFailure: tuple(ScsiSense.internalTargetFailure),
   /** DATA PROTECT, WRITE PROTECTED (a write to a snapshot). */
-  writeProtected: [0x07, 0x27, 0x00],
+  writeProtected: tuple(ScsiSense.writeProtected),
 } as const satisfies Record<string, readonly [number, number, number]>;
+
+function tuple(s: Asc): readonly [number, number, number] {
+  return [s.key, s.asc, s.ascq];
+}
 
 type Sense = readonly [number, number, number];
 

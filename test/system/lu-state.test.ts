@@ -70,9 +70,21 @@ async function proutRetrying(s: LunSession, cdb: Buffer, params: Buffer): Promis
   }
 }
 
+/**
+ * A command as initiators send it after a path event: again while it reports
+ * a unit attention (e.g. 06/2A/06 when a restarted agent's port group turned
+ * active again, or 06/29/xx), which initiators consume and retry. Bounded.
+ */
+async function afterUnitAttentions(s: LunSession, cdb: Buffer, read: number): Promise<IoResult> {
+  for (let i = 0; ; i++) {
+    const r = await s.command(cdb, { read });
+    if (!(r.status === 2 && r.sense?.key === 6) || i >= 16) return r;
+  }
+}
+
 /** PRIN READ KEYS: generation and keys. */
 async function readKeys(s: LunSession): Promise<{ generation: number; keys: bigint[] }> {
-  const r = await s.command(prinCdb(0), { read: 4096 });
+  const r = await afterUnitAttentions(s, prinCdb(0), 4096);
   expect(r.status, `PRIN READ KEYS: ${describeIo(r)}`).to.equal(GOOD);
   const n = r.data.readUInt32BE(4) / 8;
   return { generation: r.data.readUInt32BE(0), keys: Array.from({ length: n }, (_, i) => r.data.readBigUInt64BE(8 + i * 8)) };
@@ -80,7 +92,7 @@ async function readKeys(s: LunSession): Promise<{ generation: number; keys: bigi
 
 /** PRIN READ FULL STATUS: each registration's key and TransportID text. */
 async function fullStatus(s: LunSession): Promise<{ key: bigint; holder: boolean; initiator: string }[]> {
-  const r = await s.command(prinCdb(3), { read: 4096 });
+  const r = await afterUnitAttentions(s, prinCdb(3), 4096);
   expect(r.status, `PRIN READ FULL STATUS: ${describeIo(r)}`).to.equal(GOOD);
   const out: { key: bigint; holder: boolean; initiator: string }[] = [];
   const end = 8 + r.data.readUInt32BE(4);
