@@ -1,10 +1,11 @@
 // The SCSI state of each vdisk's logical unit, owned here for every agent
 // exporting the vdisk (docs/architecture.md, "One logical unit on every
-// path"): persistent reservations, the SPC-2 RESERVE holder, and the unit
-// attentions one path's action raises on the others.
+// path"): persistent reservations, the SPC-2 RESERVE holder, the mode pages'
+// current values, and the unit attentions one path's action raises on the
+// others.
 //
 // An agent sends an LuRequest for PERSISTENT RESERVE OUT, RESERVE, RELEASE,
-// LOGICAL UNIT RESET, CLEAR TASK SET, and the loss of a nexus holding the
+// MODE SELECT, LOGICAL UNIT RESET, CLEAR TASK SET, and the loss of a nexus holding the
 // SPC-2 reservation. Each is applied with the same pure step the in-process
 // target uses (src/scsi/reservations.ts, applyLuRequest), serialized with
 // the vdisk's table changes, and a change goes the way every table change
@@ -60,7 +61,7 @@ export class LuStates {
     } catch (err) {
       return refuse(`LU request on vdisk ${vdisk.name}: ${(err as Error).message}`);
     }
-    const req = { kind, cdb: Buffer.from(r.cdb), data: kind === 'prout' ? Buffer.from(r.data) : null };
+    const req = { kind, cdb: Buffer.from(r.cdb), data: kind === 'prout' || kind === 'mode-select' ? Buffer.from(r.data) : null };
     this.#tables
       .serialize(r.vdiskId, async (): Promise<LuTransition> => {
         const t = applyLuRequest(this.state(r.vdiskId), nexus, req);

@@ -55,7 +55,8 @@ export class LogicalUnit implements LogicalUnitApi {
   readonly identity: LuIdentity;
   readonly readOnly: boolean;
   readonly reservations: ReservationGate;
-  readonly mode = new ModeState();
+  /** The mode pages: the reservation gate's when it is a Reservations (LU state, shared by every path), else this LU's own. */
+  readonly mode: ModeState;
   readonly limits: BlockLimits;
   readonly thirdPartyCopy: boolean;
 
@@ -84,6 +85,7 @@ export class LogicalUnit implements LogicalUnitApi {
     this.identity = opts.identity;
     this.readOnly = opts.readOnly ?? false;
     this.reservations = opts.reservations ?? new Reservations();
+    this.mode = this.reservations instanceof Reservations ? this.reservations.mode : new ModeState();
     this.limits = { ...defaultLimits(device.blockSize), ...opts.limits };
     this.thirdPartyCopy = opts.thirdPartyCopy ?? true;
     this.lastBlockCount = device.blockCount;

@@ -127,8 +127,9 @@ export interface ReservationGate {
  *   RELEASE (6) or (10) (cdb)
  * - lu-reset: LOGICAL UNIT RESET; clear-task-set: CLEAR TASK SET
  * - nexus-lost: the nexus went away (drops its SPC-2 reservation)
+ * - mode-select: MODE SELECT(6)/(10) (cdb, data: the parameter list)
  */
-export type LuRequestKind = 'prout' | 'reserve' | 'release' | 'lu-reset' | 'clear-task-set' | 'nexus-lost';
+export type LuRequestKind = 'prout' | 'reserve' | 'release' | 'lu-reset' | 'clear-task-set' | 'nexus-lost' | 'mode-select';
 
 export interface LuStateRequest {
   kind: LuRequestKind;

@@ -6,7 +6,18 @@
 // every write is issued with FUA, so it is durable before GOOD status; with
 // SWP=1 the medium is write protected (DATA PROTECT) for every nexus.
 // Saved values are not implemented.
+//
+// The current values are LU state: a vdisk exported by several agents is one
+// LU, so the controller owns them like reservations (ModePageValues travel in
+// LuState) and MODE SELECT is a step of applyLuRequest (reservations.ts).
 import { ScsiError, Sense } from './sense.js';
+
+/** One page's current values where they differ from the defaults (only changeable bits count); the page header included. */
+export interface ModePageValues {
+  page: number;
+  subpage: number;
+  values: Buffer;
+}
 
 export const enum ModePage {
   ReadWriteErrorRecovery = 0x01,
@@ -103,6 +114,32 @@ export class ModeState {
     for (const p of PAGES) this.current.set(p, Buffer.from(p.defaults));
   }
 
+  /** The pages whose current values differ from the defaults, in page order: the LU state's share of the mode pages. */
+  values(): ModePageValues[] {
+    const out: ModePageValues[] = [];
+    for (const [def, cur] of this.current) {
+      if (cur.some((b, i) => b !== def.defaults[i])) out.push({ page: def.page, subpage: def.subpage, values: Buffer.from(cur) });
+    }
+    return out;
+  }
+
+  /**
+   * Replaces the current values: defaults, then the changeable bits of each
+   * page given (other bits, and pages this build does not know, are ignored,
+   * so a state from another build cannot change what is not changeable).
+   */
+  setValues(pages: readonly ModePageValues[]): void {
+    this.resetToDefaults();
+    for (const v of pages) {
+      const def = this.find(v.page, v.subpage);
+      if (def === undefined) continue;
+      const cur = this.current.get(def)!;
+      for (let i = 0; i < cur.length && i < v.values.length; i++) {
+        cur[i] = (cur[i]! & ~def.changeable[i]!) | (v.values[i]! & def.changeable[i]!);
+      }
+    }
+  }
+
   private page(page: number, subpage: number): Buffer {
     for (const [def, b] of this.current) if (def.page === page && def.subpage === subpage) return b;
     throw new Error(`mode page ${page}/${subpage} is not defined`);
@@ -183,4 +220,35 @@ export class ModeState {
     }
     return changed;
   }
+}
+
+/** Where a MODE SELECT parameter list's pages start, after the header and block descriptors it checks. */
+export interface ModeSelectList {
+  /** The mode pages. */
+  pages: Buffer;
+  /** Their offset in the parameter list (for field pointers). */
+  base: number;
+  /** The block descriptor, if any. */
+  descriptor: Buffer | null;
+  longLba: boolean;
+}
+
+/**
+ * The parts of a MODE SELECT(6)/(10) parameter list (`list`: exactly the
+ * PARAMETER LIST LENGTH bytes), checked as far as they do not depend on the
+ * device. Both the receiving LU and the step that applies the pages
+ * (applyLuRequest) read the list through here.
+ */
+export function modeSelectList(cdb: Buffer, list: Buffer): ModeSelectList {
+  const ten = cdb[0] === 0x55;
+  const hdrLen = ten ? 8 : 4;
+  if (list.length < hdrLen) throw new ScsiError(Sense.parameterListLengthError, {}, 'MODE SELECT header truncated');
+  const bdLen = ten ? list.readUInt16BE(6) : list[3]!;
+  const longLba = ten && (list[4]! & 0x01) !== 0;
+  if (list[ten ? 2 : 1] !== 0) throw ScsiError.param(ten ? 2 : 1, undefined, 'medium type must be 0');
+  if (hdrLen + bdLen > list.length) throw new ScsiError(Sense.parameterListLengthError, {}, 'MODE SELECT block descriptors truncated');
+  const descSize = longLba ? 16 : 8;
+  if (bdLen % descSize !== 0 || bdLen > descSize) throw ScsiError.param(ten ? 6 : 3, undefined, `block descriptor length ${bdLen}`);
+  const base = hdrLen + bdLen;
+  return { pages: list.subarray(base), base, descriptor: bdLen ? list.subarray(hdrLen, base) : null, longLba };
 }

@@ -1,11 +1,14 @@
 // MODE SENSE(6/10) and MODE SELECT(6/10) (SPC-4 6.11-6.14, SBC-4 6.5) over
 // the LU's mode pages (mode-pages.ts). Pages are shared by every I_T nexus;
-// a change raises MODE PARAMETERS CHANGED for the other nexuses. Saved values
-// are not implemented: PC=3 and SP=1 are rejected.
+// a change raises MODE PARAMETERS CHANGED for the other nexuses, on every
+// path: MODE SELECT is a request to the LU's gate like PERSISTENT RESERVE
+// OUT (reservations.ts), while MODE SENSE reads the LU's own copy. Saved
+// values are not implemented: PC=3 and SP=1 are rejected.
 import { alloc16, clip } from './cdb.js';
 import type { CommandContext } from './command-spec.js';
 import { good } from './command-spec.js';
-import { ModePage } from './mode-pages.js';
+import { ModePage, modeSelectList } from './mode-pages.js';
+import { decideLuRequest } from './reservations.js';
 import { ScsiError, Sense } from './sense.js';
 import type { ScsiResponse } from './port.js';
 
@@ -67,7 +70,7 @@ export function modeSense(ctx: CommandContext): ScsiResponse {
 }
 
 /** MODE SELECT(6) 0x15 and MODE SELECT(10) 0x55. */
-export function modeSelect(ctx: CommandContext): ScsiResponse {
+export async function modeSelect(ctx: CommandContext): Promise<ScsiResponse> {
   const { cdb } = ctx.req;
   const lu = ctx.lu;
   const ten = cdb[0] === 0x55;
@@ -79,21 +82,13 @@ export function modeSelect(ctx: CommandContext): ScsiResponse {
   const data = ctx.req.dataOut ?? Buffer.alloc(0);
   if (data.length < listLength) throw new ScsiError(Sense.parameterListLengthError, {}, `MODE SELECT got ${data.length} of ${listLength} bytes`);
   const list = data.subarray(0, listLength);
-  const hdrLen = ten ? 8 : 4;
-  if (list.length < hdrLen) throw new ScsiError(Sense.parameterListLengthError, {}, 'MODE SELECT header truncated');
-  const bdLen = ten ? list.readUInt16BE(6) : list[3]!;
-  const longLba = ten && (list[4]! & 0x01) !== 0;
-  if (list[ten ? 2 : 1] !== 0) throw ScsiError.param(ten ? 2 : 1, undefined, 'medium type must be 0');
-  if (hdrLen + bdLen > list.length) throw new ScsiError(Sense.parameterListLengthError, {}, 'MODE SELECT block descriptors truncated');
-  const descSize = longLba ? 16 : 8;
-  if (bdLen % descSize !== 0 || bdLen > descSize) throw ScsiError.param(ten ? 6 : 3, undefined, `block descriptor length ${bdLen}`);
-  if (bdLen) {
-    const d = list.subarray(hdrLen, hdrLen + bdLen);
-    const blockLength = longLba ? d.readUInt32BE(12) : d.readUIntBE(5, 3);
+  const { descriptor, longLba } = modeSelectList(cdb, list);
+  if (descriptor) {
+    const hdrLen = ten ? 8 : 4;
+    const blockLength = longLba ? descriptor.readUInt32BE(12) : descriptor.readUIntBE(5, 3);
     if (blockLength !== lu.device.blockSize) throw ScsiError.param(hdrLen + (longLba ? 12 : 5), undefined, `block length ${blockLength} cannot be changed`);
   }
-  const base = hdrLen + bdLen;
-  const changed = lu.mode.applySelect(list.subarray(base), base);
-  if (changed) lu.raiseUnitAttention(Sense.modeParametersChanged, { except: ctx.req.nexus });
-  return res;
+  // The pages are LU state: the LU's gate decides (here, or the controller for every path) and raises the UAs.
+  const decided = await decideLuRequest(ctx, { kind: 'mode-select', cdb, data: list });
+  return { ...decided, dataOutLength: listLength };
 }

@@ -13,6 +13,7 @@ import type { LuEvent, LuOutcome, LuStateRequest, ReservationAuthority, Reservat
 import { good } from './command-spec.js';
 import { MemoryReservationStore, cloneReservationState, emptyReservationState } from './reservation-store.js';
 import type { RegistrationRecord, ReservationState, ReservationStore } from './reservation-store.js';
+import { ModeState, modeSelectList, type ModePageValues } from './mode-pages.js';
 import { ReservationConflictError, ScsiError, Sense } from './sense.js';
 import type { Asc } from './sense.js';
 import { ScsiStatus } from './port.js';
@@ -24,15 +25,19 @@ export interface UnitAttentionSink {
   raiseUnitAttention(code: Asc, scope?: UnitAttentionScope): void;
 }
 
-/** The whole reservation state of an LU: persistent reservations and the SPC-2 RESERVE holder. */
+/** The whole shared state of an LU: persistent reservations, the SPC-2 RESERVE holder, the mode pages' current values. */
 export interface LuReservationState {
   pr: ReservationState;
   /** SPC-2 RESERVE(6)/(10) holder; not persistent (SPC-2: released by resets and by the loss of the nexus). */
   spc2: Nexus | null;
+  /** Mode pages whose current values differ from the defaults (ModeState.values); absent = all defaults. */
+  mode?: ModePageValues[];
 }
 
 export function cloneLuReservationState(s: LuReservationState): LuReservationState {
-  return { pr: cloneReservationState(s.pr), spc2: s.spc2 ? { ...s.spc2 } : null };
+  const c: LuReservationState = { pr: cloneReservationState(s.pr), spc2: s.spc2 ? { ...s.spc2 } : null };
+  if (s.mode !== undefined) c.mode = s.mode.map((m) => ({ page: m.page, subpage: m.subpage, values: Buffer.from(m.values) }));
+  return c;
 }
 
 export function emptyLuReservationState(): LuReservationState {
@@ -114,6 +119,8 @@ export class Reservations implements ReservationGate {
   private spc2: Nexus | null = null;
   /** Who decides changes; null = this LU (applyLuRequest here, state kept in the store). */
   authority: ReservationAuthority | null = null;
+  /** The LU's mode pages (the LU reads them as LogicalUnit.mode): LU state, changed by MODE SELECT steps and install. */
+  readonly mode = new ModeState();
 
   constructor(private readonly store: ReservationStore = new MemoryReservationStore()) {
     this.state = store.load() ?? emptyReservationState();
@@ -126,7 +133,7 @@ export class Reservations implements ReservationGate {
 
   /** A copy of the whole state. */
   current(): LuReservationState {
-    return { pr: cloneReservationState(this.state), spc2: this.spc2 ? { ...this.spc2 } : null };
+    return { pr: cloneReservationState(this.state), spc2: this.spc2 ? { ...this.spc2 } : null, mode: this.mode.values() };
   }
 
   /** Replaces the state (a decided step; on an agent, the state the controller pushed). */
@@ -134,6 +141,7 @@ export class Reservations implements ReservationGate {
     const c = cloneLuReservationState(s);
     this.state = c.pr;
     this.spc2 = c.spc2;
+    this.mode.setValues(c.mode ?? []);
   }
 
   /**
@@ -567,6 +575,12 @@ export function applyLuRequest(state: LuReservationState, nexus: Nexus, req: LuS
       case 'nexus-lost':
         engine.dropSpc2(nexus);
         break;
+      case 'mode-select': {
+        // SPC-4 5.12 / 6.13: the other I_T nexuses (on every path) learn of the change; the issuer does not.
+        const { pages, base } = modeSelectList(req.cdb, req.data ?? Buffer.alloc(0));
+        if (engine.mode.applySelect(pages, base)) sink.raiseUnitAttention(Sense.modeParametersChanged, { except: nexus });
+        break;
+      }
     }
   } catch (e) {
     if (e instanceof ReservationConflictError) outcome = { status: ScsiStatus.ReservationConflict, message: e.message };
@@ -645,8 +659,13 @@ function proutStep(r: Reservations, ua: UnitAttentionSink, nexus: Nexus, cdb: Bu
 }
 
 /** Runs a request through the LU's gate and turns its outcome into the command's. */
-async function decided(ctx: CommandContext, kind: LuStateRequest['kind']): Promise<ScsiResponse> {
-  const o = await gateOf(ctx).request(ctx.lu, ctx.req.nexus, { kind, cdb: ctx.req.cdb, data: ctx.req.dataOut });
+function decided(ctx: CommandContext, kind: LuStateRequest['kind']): Promise<ScsiResponse> {
+  return decideLuRequest(ctx, { kind, cdb: ctx.req.cdb, data: ctx.req.dataOut });
+}
+
+/** Runs `req` through the LU's gate (this LU, or the controller for every path) and turns its outcome into the command's. */
+export async function decideLuRequest(ctx: CommandContext, req: LuStateRequest): Promise<ScsiResponse> {
+  const o = await gateOf(ctx).request(ctx.lu, ctx.req.nexus, req);
   if (o.status === ScsiStatus.Good) return good();
   if (o.sense) throw new ScsiError(o.sense.code, o.sense.opts, o.message);
   if (o.status === ScsiStatus.ReservationConflict) throw new ReservationConflictError(o.message);

@@ -1,7 +1,8 @@
 // The LU state of a vdisk (src/scsi/reservations.ts, LuReservationState) and
 // what changes it, as they travel between controller and agents
-// (proto/tabula.proto: LuState, LuEvent, LuRequest, LuReply). Both sides
-// convert through here, so a state survives the round trip unchanged.
+// (proto/tabula.proto: LuState with its ModePageValues, LuEvent, LuRequest,
+// LuReply). Both sides convert through here, so a state survives the round
+// trip unchanged.
 import type { LuEvent, LuOutcome, LuRequestKind as ScsiLuRequestKind } from '../scsi/lu-api.js';
 import type { Nexus } from '../scsi/port.js';
 import { ScsiStatus } from '../scsi/port.js';
@@ -44,6 +45,7 @@ export function luStateToWire(s: LuReservationState): LuStateMsg {
     reservationType: res?.type ?? 0,
     reservationHolder: res?.holder ?? '',
     spc2Holder: s.spc2 === null ? null : nexusRef(s.spc2),
+    modePages: (s.mode ?? []).map((m) => ({ page: m.page, subpage: m.subpage, values: m.values.toString('hex') })),
   };
 }
 
@@ -56,6 +58,8 @@ export function luStateFromWire(m: LuStateMsg): LuReservationState {
       reservation: m.reservationType === 0 ? null : { type: m.reservationType, holder: m.reservationHolder === '' ? null : m.reservationHolder },
     },
     spc2: m.spc2Holder === null || m.spc2Holder === undefined ? null : nexusOf(m.spc2Holder),
+    // Absent in states stored before mode pages were LU state: the defaults.
+    mode: (m.modePages ?? []).map((p) => ({ page: p.page, subpage: p.subpage, values: Buffer.from(p.values, 'hex') })),
   };
 }
 
@@ -85,6 +89,7 @@ const KINDS: readonly [ScsiLuRequestKind, LuRequestKind][] = [
   ['lu-reset', LuRequestKind.LuReset],
   ['clear-task-set', LuRequestKind.ClearTaskSet],
   ['nexus-lost', LuRequestKind.NexusLost],
+  ['mode-select', LuRequestKind.ModeSelect],
 ];
 
 export function luRequestKindToWire(k: ScsiLuRequestKind): LuRequestKind {

@@ -568,6 +568,15 @@ export interface LuStateMsg {
   /** Holding nexus id; '' for the all-registrants types. */
   reservationHolder: string;
   spc2Holder?: NexusRef | null;
+  /** Mode pages whose current values differ from the defaults; absent or empty = all defaults. */
+  modePages?: ModePageValuesMsg[];
+}
+
+export interface ModePageValuesMsg {
+  page: number;
+  subpage: number;
+  /** The whole page in hex. */
+  values: string;
 }
 
 export const enum LuEventScope {
@@ -592,6 +601,7 @@ export const enum LuRequestKind {
   LuReset = 3,
   ClearTaskSet = 4,
   NexusLost = 5,
+  ModeSelect = 6,
 }
 
 export interface LuRequest {

@@ -3,7 +3,8 @@
 // initiators (persistent reservations, RESERVE(6), MultipathIO) run with
 // their first session through agent a and their second through agent b; and
 // APTPL registrations made through agent a are reported on both agents after
-// the controller restarts (the controller owns the LU state, in its database).
+// the controller restarts (the controller owns the LU state, in its database);
+// a MODE SELECT through agent a changes the mode pages agent b reports.
 import { expect } from 'chai';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -105,6 +106,21 @@ async function fullStatus(s: LunSession): Promise<{ key: bigint; holder: boolean
   return out;
 }
 
+const MODE_SENSE_CACHING = Buffer.from([0x1a, 0x08, 0x08, 0, 0xff, 0]); // MODE SENSE(6), DBD, caching page
+const MODE_SELECT_6 = Buffer.from([0x15, 0x10, 0, 0, 24, 0]); // PF, a 4-byte header and the caching page
+
+/** A MODE SELECT(6) parameter list: the caching page with WCE as given, every other field at its default. */
+function cachingPage(wce: boolean): Buffer {
+  return Buffer.from([0, 0, 0, 0, 0x08, 0x12, wce ? 0x04 : 0, 0, 0xff, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]);
+}
+
+/** WCE of the caching page; `consumeUnitAttentions`: after any unit attentions pending, else the first answer must be GOOD. */
+async function wce(s: LunSession, consumeUnitAttentions: boolean): Promise<boolean> {
+  const r = consumeUnitAttentions ? await afterUnitAttentions(s, MODE_SENSE_CACHING, 255) : await s.command(MODE_SENSE_CACHING, { read: 255 });
+  expect(r.status, `MODE SENSE: ${describeIo(r)}`).to.equal(GOOD);
+  return (r.data[4 + 2]! & 0x04) !== 0;
+}
+
 describe('system: one logical unit on every path (vdisk exported by two agents)', function () {
   this.timeout(12 * 60_000);
   let run: ConformanceRun | undefined;
@@ -196,6 +212,37 @@ describe('system: one logical unit on every path (vdisk exported by two agents)'
         // Clean up: release and unregister (APTPL off).
         const clear = await proutRetrying(a, proutCdb(3), proutParams(0xa1a1n, 0n, 0));
         expect(clear.status, `CLEAR: ${describeIo(clear)}`).to.equal(GOOD);
+      } finally {
+        a.close();
+        b.close();
+      }
+    });
+  });
+
+  describe('mode parameters', function () {
+    it('MODE SELECT through agent a changes them on agent b, whose nexus is told first (06/2A/01)', async function () {
+      this.timeout(60_000);
+      const c = cluster();
+      const a = await LunSession.open(c.agent('a').portal, IQN);
+      const b = await LunSession.open(c.agent('b').portal, IQN);
+      try {
+        // Whatever path events came before (ports restarting, resets) are consumed first, as initiators do.
+        const before = await wce(a, true);
+        expect(await wce(b, true)).to.equal(before);
+        // The caching page's WCE, the other way round, through agent a.
+        const select = await proutRetrying(a, MODE_SELECT_6, cachingPage(!before));
+        expect(select.status, `MODE SELECT: ${describeIo(select)}`).to.equal(GOOD);
+        // The issuer is not told; it sees the new value.
+        expect(await wce(a, false)).to.equal(!before);
+        // Through agent b: MODE PARAMETERS CHANGED first, then the new value.
+        const ua = await b.command(MODE_SENSE_CACHING, { read: 255 });
+        expect(ua.status, `first command on b: ${describeIo(ua)}`).to.equal(2);
+        expect([ua.sense?.key, ua.sense?.asc, ua.sense?.ascq]).to.deep.equal([6, 0x2a, 0x01]);
+        expect(await wce(b, false)).to.equal(!before);
+        // Back as it was, now through agent b.
+        const back = await proutRetrying(b, MODE_SELECT_6, cachingPage(before));
+        expect(back.status, `MODE SELECT back: ${describeIo(back)}`).to.equal(GOOD);
+        expect(await wce(a, true)).to.equal(before);
       } finally {
         a.close();
         b.close();

@@ -5,7 +5,7 @@ import { BS, CONTAINER_ID, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, read1
 import type { RawInitiator } from '../../support/raw-initiator.js';
 
 // The agent's replica of a vdisk's LU state (the controller owns it): PROUT,
-// RESERVE and LU reset go to the controller and complete with its LuReply;
+// RESERVE, MODE SELECT and LU reset go to the controller and complete with its LuReply;
 // the state and unit attentions come with the table; conflicts and PRIN are
 // answered locally.
 
@@ -147,6 +147,64 @@ describe('agent: the LU state of a vdisk the controller owns', function () {
     expect([ua.sense![2]! & 0x0f, ua.sense![12], ua.sense![13]]).to.deep.equal([6, 0x29, 0x03]);
     expect((await ini.scsi(read10(0, 1), { read: BS })).status).to.equal(0);
     expect(await stream.none('luRequest', 100)).to.equal(true);
+  });
+
+  it('sends MODE SELECT to the controller; the pushed mode pages are what MODE SENSE shows, and the other nexuses get MODE PARAMETERS CHANGED', async () => {
+    const { stream } = await fx.ctl.accept();
+    await exportDisk(stream);
+    const issuer = await login();
+    const other = await login();
+    const senseCaching = Buffer.from([0x1a, 0x08, 0x08, 0, 0xff, 0]);
+    const wce = async (i: RawInitiator): Promise<boolean> => {
+      const r = await i.scsi(senseCaching, { read: 255 });
+      expect(r.status).to.equal(0);
+      return (r.data[4 + 2]! & 0x04) !== 0;
+    };
+    expect(await wce(other)).to.equal(true);
+    // MODE SELECT(6), caching page with WCE=0
+    const page = [0x08, 0x12, 0x00, 0, 0xff, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0];
+    const list = Buffer.from([0, 0, 0, 0, ...page]);
+    const select = issuer.scsi(Buffer.from([0x15, 0x10, 0, 0, list.length, 0]), { write: list });
+    const req = (await stream.take('luRequest')).luRequest;
+    expect(req.kind).to.equal(LuRequestKind.ModeSelect);
+    expect(Buffer.from(req.data).equals(list)).to.equal(true);
+    // Not applied here until the controller's version comes.
+    expect(await wce(other)).to.equal(true);
+    const state: LuStateMsg = {
+      prGeneration: 0,
+      aptpl: false,
+      registrations: [],
+      reservationType: 0,
+      reservationHolder: '',
+      spc2Holder: null,
+      modePages: [{ page: 8, subpage: 0, values: Buffer.from(page).toString('hex') }],
+    };
+    const events = [{ senseKey: 6, asc: 0x2a, ascq: 0x01, scope: LuEventScope.AllBut, nexus: req.nexus, abortTasks: false }];
+    stream.send({ body: 'tableDelta', tableDelta: { vdiskId: VDISK_ID, fromVersion: 1, toVersion: 2, segmentCount: SEGS, extents: [], lu: { state, events } } });
+    expect((await stream.take('tableAck')).tableAck.version).to.equal(2);
+    stream.send({ body: 'luReply', luReply: { requestId: req.requestId, status: 0, senseKey: 0, asc: 0, ascq: 0, fieldValid: false, fieldInCdb: false, fieldByte: 0, fieldBit: 8, prGeneration: 0, reason: '' } });
+    expect((await select).status).to.equal(0);
+    expect(await wce(issuer)).to.equal(false);
+    const ua = await other.scsi(senseCaching, { read: 255 });
+    expect(ua.status).to.equal(2);
+    expect([ua.sense![2]! & 0x0f, ua.sense![12], ua.sense![13]]).to.deep.equal([6, 0x2a, 0x01]);
+    expect(await wce(other)).to.equal(false);
+    expect(await stream.none('luRequest', 100)).to.equal(true);
+  });
+
+  it('fails MODE SELECT with NOT READY 04/0A when the controller does not answer, and keeps the mode pages', async () => {
+    const { stream } = await fx.ctl.accept();
+    await exportDisk(stream);
+    const ini = await login();
+    const page = [0x08, 0x12, 0x00, 0, 0xff, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0];
+    const list = Buffer.from([0, 0, 0, 0, ...page]);
+    const r = ini.scsi(Buffer.from([0x15, 0x10, 0, 0, list.length, 0]), { write: list });
+    await stream.take('luRequest');
+    const res = await r;
+    expect(res.status).to.equal(2);
+    expect([res.sense![2]! & 0x0f, res.sense![12], res.sense![13]]).to.deep.equal([2, 0x04, 0x0a]);
+    const sense = await ini.scsi(Buffer.from([0x1a, 0x08, 0x08, 0, 0xff, 0]), { read: 255 });
+    expect(sense.data[4 + 2]! & 0x04).to.equal(0x04);
   });
 
   it('drops a lost SPC-2 holder\'s reservation here at once, and tells the controller once it is back', async () => {

@@ -145,6 +145,29 @@ describe('controller: each vdisk\'s LU state', () => {
     expect(await reply(a, id)).to.include({ status: 0 });
   });
 
+  it('applies MODE SELECT to every path: the new mode pages in the delta, MODE PARAMETERS CHANGED for every other nexus, kept in its database', async () => {
+    const [a, b] = calls as [FakeCall, FakeCall];
+    // MODE SELECT(10), caching page with WCE=0
+    const page = [0x08, 0x12, 0x00, 0, 0xff, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0];
+    const data = Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, ...page]);
+    const cdb = Buffer.from([0x55, 0x10, 0, 0, 0, 0, 0, 0, data.length, 0]);
+    const id = request(b, LuRequestKind.ModeSelect, n2, { cdb, data });
+    await until(() => a.deltas().length > 0, 5000, 'the delta');
+    const d = a.deltas()[0]!;
+    expect(d.extents).to.deep.equal([]);
+    expect(d.lu?.state?.modePages).to.deep.equal([{ page: 8, subpage: 0, values: Buffer.from(page).toString('hex') }]);
+    expect(d.lu?.events).to.deep.equal([{ senseKey: 6, asc: 0x2a, ascq: 0x01, scope: LuEventScope.AllBut, nexus: n2, abortTasks: false }]);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(b.replies()).to.deep.equal([]);
+    ackAll(2);
+    expect(await reply(b, id)).to.include({ status: 0 });
+    expect(db.luState(vdiskId)?.modePages).to.have.length(1);
+    // The same values again: no new version.
+    const again = request(a, LuRequestKind.ModeSelect, n1, { cdb, data });
+    expect(await reply(a, again)).to.include({ status: 0 });
+    expect(a.deltas()).to.have.length(1);
+  });
+
   it('refuses requests from an agent that does not export the vdisk', async () => {
     const c = connect('c');
     calls.push(c);

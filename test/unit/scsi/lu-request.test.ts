@@ -3,7 +3,7 @@ import type { LuOutcome, LuStateRequest } from '../../../src/scsi/lu-api.js';
 import type { Nexus } from '../../../src/scsi/port.js';
 import { Reservations, applyLuRequest, cloneLuReservationState, emptyLuReservationState, type LuReservationState } from '../../../src/scsi/reservations.js';
 import { Sense } from '../../../src/scsi/sense.js';
-import { luEventFromWire, luEventToWire, luStateFromWire, luStateToWire } from '../../../src/wire/lu-state.js';
+import { luEventFromWire, luEventToWire, luRequestKindFromWire, luRequestKindToWire, luStateFromWire, luStateToWire } from '../../../src/wire/lu-state.js';
 import { nexus } from './fake-lu.js';
 
 // The reservation state transition as a pure step (what the controller runs
@@ -123,6 +123,63 @@ describe('applyLuRequest: the reservation state as a pure step', () => {
     ]) {
       expect(luEventFromWire(luEventToWire(e))).to.deep.equal(e);
     }
+  });
+});
+
+/** MODE SELECT(10) of the caching page with WCE on or off (PF=1). */
+function modeSelectWce(on: boolean): LuStateRequest {
+  const page = [0x08, 0x12, on ? 0x04 : 0, 0, 0xff, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0];
+  const data = Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, ...page]);
+  const cdb = Buffer.from([0x55, 0x10, 0, 0, 0, 0, 0, 0, data.length, 0]);
+  return { kind: 'mode-select', cdb, data };
+}
+
+describe('applyLuRequest: MODE SELECT', () => {
+  it('changes the LU state\'s mode pages and tells every other nexus (MODE PARAMETERS CHANGED)', () => {
+    const s = emptyLuReservationState();
+    const t = applyLuRequest(s, i1, modeSelectWce(false));
+    expect(t.outcome).to.deep.equal({ status: 0 });
+    expect(t).to.include({ changed: true, prChanged: false });
+    expect(t.events).to.deep.equal([{ code: Sense.modeParametersChanged, scope: { except: i1 }, abortTasks: false }]);
+    expect(t.state.mode?.map((m) => [m.page, m.subpage, m.values[2]])).to.deep.equal([[0x08, 0, 0]]);
+    expect(s.mode).to.equal(undefined);
+    // The same values again: nothing changes, nothing to push, no unit attention.
+    const again = applyLuRequest(t.state, i2, modeSelectWce(false));
+    expect(again).to.include({ changed: false });
+    expect(again.events).to.deep.equal([]);
+    // Back to the default: the state lists no page.
+    expect(applyLuRequest(t.state, i2, modeSelectWce(true)).state.mode).to.deep.equal([]);
+  });
+
+  it('refuses a change to a bit that is not changeable, changing nothing', () => {
+    const bad = modeSelectWce(false);
+    bad.data![8 + 3] = 0x01; // caching page byte 3: not changeable
+    const t = applyLuRequest(emptyLuReservationState(), i1, bad);
+    expect(t.outcome.sense).to.deep.equal({ code: Sense.invalidFieldInParameterList, opts: { field: { inCdb: false, byte: 11, bit: 0 } } });
+    expect(t).to.include({ changed: false });
+  });
+
+  it('is what an installed state shows in the mode pages, and survives the wire form', () => {
+    const t = applyLuRequest(emptyLuReservationState(), i1, modeSelectWce(false));
+    const back = luStateFromWire(luStateToWire(t.state));
+    expect(back).to.deep.equal(t.state);
+    expect(luRequestKindFromWire(luRequestKindToWire('mode-select'))).to.equal('mode-select');
+    const r = new Reservations();
+    expect(r.mode.writeCacheEnabled).to.equal(true);
+    r.install(back);
+    expect(r.mode.writeCacheEnabled).to.equal(false);
+    // A state without mode pages (stored before they were LU state) is the defaults.
+    r.install({ pr: back.pr, spc2: null });
+    expect(r.mode.writeCacheEnabled).to.equal(true);
+  });
+
+  it('in-process: the LU decides, installs, and raises the unit attention on the others', async () => {
+    const r = new Reservations();
+    const raised: unknown[] = [];
+    const o = await r.request({ raiseUnitAttention: (code, scope) => raised.push([code, scope]) }, i1, modeSelectWce(false));
+    expect(o).to.deep.equal({ status: 0 });
+    expect(r.mode.writeCacheEnabled).to.equal(false);
+    expect(raised).to.deep.equal([[Sense.modeParametersChanged, { except: i1 }]]);
   });
 });
 

@@ -25,7 +25,7 @@ describe('wire: LU state in table deltas', () => {
 
   it('sends a delta with LU state and events through protobufjs, and decodes it whole', () => {
     const lu = {
-      state: { prGeneration: 3, aptpl: true, registrations: [{ key: '00000000000000ab', nexus, allTgPt: true }], reservationType: 7, reservationHolder: '', spc2Holder: null },
+      state: { prGeneration: 3, aptpl: true, registrations: [{ key: '00000000000000ab', nexus, allTgPt: true }], reservationType: 7, reservationHolder: '', spc2Holder: null, modePages: [{ page: 8, subpage: 0, values: '0812000000000000ffffffff0000000000000000' }] },
       events: [{ senseKey: 6, asc: 0x2a, ascq: 0x05, scope: LuEventScope.Only, nexus, abortTasks: false }],
     };
     const m: ControllerMessage = { body: 'tableDelta', tableDelta: { ...plain, lu } };
