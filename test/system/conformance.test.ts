@@ -5,9 +5,10 @@
 // from the allow-list; the thin-provisioning suites (GetLBAStatus, Unmap,
 // WriteSame with UNMAP) pass. Before that, on the fresh LUN, the MultipathIO
 // suite with its second path through agent b: the same data and
-// compare-and-write through both agents. (Reservations, mode pages and unit
-// attentions live in each agent, so the suites that need them shared run on
-// one agent.) The outdir is kept when anything fails.
+// compare-and-write through both agents. (The full run keeps its second
+// sessions on agent a, as a single-path host would; the suites that use two
+// initiators run with the second one through agent b in
+// test/system/lu-state.test.ts.) The outdir is kept when anything fails.
 import { expect } from 'chai';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -66,7 +67,7 @@ describe('system: iscsi-test-cu against a thin table-driven vdisk (two agents)',
     });
     log.warn(`MultipathIO across agents a and b: ${paths.results.map((r) => `${r.test} ${r.status}`).join(', ')}`);
     // A second session to the same agent for the suites that want another I_T nexus (reservations,
-    // multipath): reservations and mode pages live in each agent, so across agents they are not one LU's.
+    // multipath); across agents they run in lu-state.test.ts.
     run = await runFullSuite(c.url('a', VDISK), c.url('a', VDISK), outDir);
     log.warn(describeCounts('a thin table-driven vdisk', run));
   });

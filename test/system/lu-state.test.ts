@@ -1,6 +1,7 @@
 // One logical unit on every path: a vdisk exported by agents a and b is one
 // LU to initiators, whichever agent each uses. libiscsi's suites that use two
-// initiators (persistent reservations, RESERVE(6), MultipathIO) run with
+// initiators (persistent reservations, RESERVE(6), MultipathIO, and
+// CompareAndWrite, which the issue counts among them) run with
 // their first session through agent a and their second through agent b; and
 // APTPL registrations made through agent a are reported on both agents after
 // the controller restarts (the controller owns the LU state, in its database);
@@ -30,6 +31,7 @@ export const TWO_INITIATOR_SUITES = [
   'SCSI.ProutPreempt',
   'SCSI.Reserve6',
   'SCSI.MultipathIO',
+  'SCSI.CompareAndWrite',
 ];
 
 function prinCdb(sa: number): Buffer {
