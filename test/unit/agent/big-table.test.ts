@@ -6,13 +6,9 @@ import type { VdiskDevice } from '../../../src/agent/vdisk-device.js';
 import { SegmentState } from '../../../src/table/index.js';
 import type { TableFull, WireExtent } from '../../../src/wire/proto-types.js';
 import type { FakeStream } from './fake-controller.js';
-import { BPS, BS, CONTAINER_ID, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, read10, useRig, writeContainer, zero } from './rig.js';
+import { BPS, BS, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, read10, tableFullOf, useRig, writeContainer, zero } from './rig.js';
 
 const BIG_ID = '7e000000-1111-4222-8333-444455556666';
-
-function tableFull(vdiskId: string, segmentCount: number, over: Partial<TableFull>): TableFull {
-  return { vdiskId, version: 1, segmentSize: SEG, blockSize: BS, segmentCount, containers: [CONTAINER_ID], extents: [], ...over };
-}
 
 describe('agent daemon: big tables', function () {
   this.timeout(60_000);
@@ -23,7 +19,7 @@ describe('agent daemon: big tables', function () {
       body: 'exportSet',
       exportSet: { exports: [exportOf(), exportOf({ vdiskId: BIG_ID, vdiskName: 'big', lun: 1, size: bigSegments * SEG })] },
     });
-    stream.send({ body: 'tableFull', tableFull: tableFull(VDISK_ID, SEGS, { extents: [normal(0, 2), zero(2, SEGS - 2)] }) });
+    stream.send({ body: 'tableFull', tableFull: tableFullOf(VDISK_ID, SEGS, { extents: [normal(0, 2), zero(2, SEGS - 2)] }) });
     expect((await stream.take('tableAck')).tableAck).to.deep.equal({ vdiskId: VDISK_ID, version: 1 });
   }
 
@@ -34,7 +30,7 @@ describe('agent daemon: big tables', function () {
     // Neighbours at offsets 0 and 2 never merge into one extent: n extents of ~52 bytes each.
     const extents: WireExtent[] = [];
     for (let s = 0; s < n; s++) extents.push(normal(s, 1, s % 2 === 0 ? 0 : 2));
-    stream.send({ body: 'tableFull', tableFull: tableFull(BIG_ID, n, { extents }) });
+    stream.send({ body: 'tableFull', tableFull: tableFullOf(BIG_ID, n, { extents }) });
     expect((await stream.take('tableAck', 30_000)).tableAck).to.deep.equal({ vdiskId: BIG_ID, version: 1 });
     const t = (fx.rig.devices.get(BIG_ID) as VdiskDevice).table;
     expect([t.containerOffsetOf(0), t.containerOffsetOf(n - 1), t.stateOf(n - 1)]).to.deep.equal([0, 2, SegmentState.Normal]);
@@ -54,7 +50,7 @@ describe('agent daemon: big tables', function () {
     stream.send({ body: 'exportSet', exportSet: { exports: [exportOf()] } });
     // SEGS = 8: 0-1 normal @0, 2 zero | 3 normal @5, 4-6 zero | 7 invalid.
     const piece = (first: number, counts: number[], states: number[], containers: number[], offsets: number[], more: boolean): TableFull =>
-      tableFull(VDISK_ID, SEGS, { firstSegment: first, runCounts: counts, runStates: states, runContainers: containers, runOffsets: offsets, more });
+      tableFullOf(VDISK_ID, SEGS, { firstSegment: first, runCounts: counts, runStates: states, runContainers: containers, runOffsets: offsets, more });
     const N = SegmentState.Normal;
     const Z = SegmentState.Zero;
     stream.send({ body: 'tableFull', tableFull: piece(0, [2, 1], [N, Z], [1, 0], [0, 0], true) });
@@ -102,7 +98,7 @@ describe('agent daemon: big tables', function () {
     during = 0;
     stream.send({
       body: 'tableFull',
-      tableFull: tableFull(BIG_ID, big, { firstSegment: 0, runCounts: [big], runStates: [SegmentState.Normal], runContainers: [1], runOffsets: [0], more: false }),
+      tableFull: tableFullOf(BIG_ID, big, { firstSegment: 0, runCounts: [big], runStates: [SegmentState.Normal], runContainers: [1], runOffsets: [0], more: false }),
     });
     const ack = await stream.take('tableAck', 30_000);
     acked = true;

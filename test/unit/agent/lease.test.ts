@@ -8,7 +8,7 @@ import { SegmentState } from '../../../src/table/index.js';
 import type { WireExtent } from '../../../src/wire/proto-types.js';
 import type { RawInitiator } from '../../support/raw-initiator.js';
 import { FakeController, type FakeStream } from './fake-controller.js';
-import { BPS, BS, CONTAINER_ID, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, pattern, read10, startRig, until, write10, zero, type Rig, writeContainer } from './rig.js';
+import { BPS, BS, CONTAINER_ID, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, pattern, read10, startRig, tableFullOf, until, write10, zero, type Rig, writeContainer } from './rig.js';
 
 const LEASE_MS = 500;
 
@@ -58,18 +58,7 @@ describe('agent daemon: controller lease', function () {
     rig = r;
     const { stream } = await ctl.accept({ leaseMs: LEASE_MS, heartbeatIntervalMs: 100 });
     stream.send({ body: 'exportSet', exportSet: { exports: [exportOf()] } });
-    stream.send({
-      body: 'tableFull',
-      tableFull: {
-        vdiskId: VDISK_ID,
-        version: 1,
-        segmentSize: SEG,
-        blockSize: BS,
-        segmentCount: SEGS,
-        containers: [CONTAINER_ID],
-        extents: [normal(0, 2), noWrite(2, 1), zero(3, SEGS - 3)],
-      },
-    });
+    stream.send({ body: 'tableFull', tableFull: tableFullOf(VDISK_ID, SEGS, { extents: [normal(0, 2), noWrite(2, 1), zero(3, SEGS - 3)] }) });
     expect((await stream.take('tableAck')).tableAck.version).to.equal(1);
     answerers.push(answerBeats(stream));
     await until(() => r.agent.link.lease.state === 'valid', 5000, 'the lease to be valid');

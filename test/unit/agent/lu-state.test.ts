@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { LuEventScope, LuRequestKind, type LuStateMsg } from '../../../src/wire/proto-types.js';
 import { FakeController, type FakeStream } from './fake-controller.js';
-import { BS, CONTAINER_ID, SEG, SEGS, VDISK_ID, exportOf, loginTo, normal, read10, until, useRig, write10, zero } from './rig.js';
+import { BS, SEGS, VDISK_ID, exportOf, loginTo, normal, read10, tableFullOf, until, useRig, write10, zero } from './rig.js';
 import type { RawInitiator } from '../../support/raw-initiator.js';
 
 // The agent's replica of a vdisk's LU state (the controller owns it): PROUT,
@@ -11,19 +11,7 @@ import type { RawInitiator } from '../../support/raw-initiator.js';
 
 async function exportDisk(stream: FakeStream, luState?: LuStateMsg): Promise<void> {
   stream.send({ body: 'exportSet', exportSet: { exports: [exportOf()] } });
-  stream.send({
-    body: 'tableFull',
-    tableFull: {
-      vdiskId: VDISK_ID,
-      version: 1,
-      segmentSize: SEG,
-      blockSize: BS,
-      segmentCount: SEGS,
-      containers: [CONTAINER_ID],
-      extents: [normal(0, 2), zero(2, SEGS - 2)],
-      ...(luState ? { luState } : {}),
-    },
-  });
+  stream.send({ body: 'tableFull', tableFull: tableFullOf(VDISK_ID, SEGS, { extents: [normal(0, 2), zero(2, SEGS - 2)], ...(luState ? { luState } : {}) }) });
   await stream.take('tableAck');
 }
 

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { Agent, type AgentOptions } from '../../../src/agent/agent.js';
 import { initContainer } from '../../../src/container/init.js';
 import { SegmentState } from '../../../src/table/index.js';
-import type { Export, WireExtent } from '../../../src/wire/proto-types.js';
+import type { Export, TableFull, WireExtent } from '../../../src/wire/proto-types.js';
 import { RawInitiator } from '../../support/raw-initiator.js';
 import { FakeController } from './fake-controller.js';
 import { vdiskDeviceFactory, type AgentDevice } from '../../../src/agent/device-port.js';
@@ -38,6 +38,11 @@ export function exportOf(over: Partial<Export> = {}): Export {
     allowedInitiators: [],
     ...over,
   };
+}
+
+/** A version-1 TableFull of a vdisk in this rig's geometry; `over` sets the extents and anything else. */
+export function tableFullOf(vdiskId: string, segmentCount: number, over: Partial<TableFull>): TableFull {
+  return { vdiskId, version: 1, segmentSize: SEG, blockSize: BS, segmentCount, containers: [CONTAINER_ID], extents: [], ...over };
 }
 
 export function normal(first: number, count: number, offset = first): WireExtent {
