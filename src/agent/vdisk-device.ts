@@ -41,9 +41,9 @@ export interface VdiskDeviceOptions {
   readOnly?: boolean;
   /** The controller's lease: while expired, zero and no-write segments are held. None: always served. */
   lease?: Lease;
-  /** Agents exporting the vdisk (Export.exporters); above 1, COMPARE AND WRITE needs write ownership. */
+  /** Agents exporting the vdisk (one per Export.port_groups entry); above 1, COMPARE AND WRITE needs write ownership. */
   exporters?: number;
-  /** This agent's number as the table's owners name it (Export.owner_id); 0: none. */
+  /** This agent's number as the table's owners name it (Export.own_port_group, its agent number); 0: none. */
   ownerId?: number;
 }
 

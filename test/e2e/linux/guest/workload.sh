@@ -252,6 +252,29 @@ filesystem() {
 	echo "filesystem: $(wc -l < /tmp/sums) files verified after remount"
 }
 
+# After a failover test: stop the writer, check no write failed, verify every
+# checksum on the multipath device (caches dropped), fsck it, log out.
+finish_failover_io() {
+	touch /tmp/io.stop
+	wait $io_pid
+	[ -e /tmp/io.error ] && { cat /tmp/io.error; fail "a write failed during the test"; }
+	echo "I/O: $(io_count) files written and acknowledged"
+
+	step verify
+	drop_caches "$MP"
+	verify_sums $MNT/tree /tmp/sums "file tree on $MP"
+	verify_sums $MNT/io /tmp/io.sums "files written across the failover"
+	must "umount $MP" umount $MNT
+	step fsck
+	must "e2fsck -f -n $MP (filesystem not clean)" timeout 300 /sbin/e2fsck -f -n "$MP"
+	step logout
+	must "multipathd shutdown" multipathd shutdown
+	must "flushing the multipath map" multipath -F
+	logout_all
+	step done
+	return 0
+}
+
 # ------------------------------------------------------------- workloads ----
 
 # One portal: discovery, login (CHAP/mutual CHAP/digests as configured), raw
@@ -584,25 +607,7 @@ workload_multipath() {
 	mpath_ll
 	from=$(io_count)
 	wait_io_progress "$from" 5 60 || fail "no I/O progress after the path came back"
-	touch /tmp/io.stop
-	wait $io_pid
-	[ -e /tmp/io.error ] && { cat /tmp/io.error; fail "a write failed during the test"; }
-	echo "I/O: $(io_count) files written and acknowledged"
-
-	step verify
-	drop_caches "$MP"
-	verify_sums $MNT/tree /tmp/sums "file tree on $MP"
-	verify_sums $MNT/io /tmp/io.sums "files written across the failover"
-	must "umount $MP" umount $MNT
-	step fsck
-	must "e2fsck -f -n $MP (filesystem not clean)" timeout 300 /sbin/e2fsck -f -n "$MP"
-
-	step logout
-	must "multipathd shutdown" multipathd shutdown
-	must "flushing the multipath map" multipath -F
-	logout_all
-	step done
-	return 0
+	finish_failover_io
 }
 
 # --------------------------------------------------------------- fstrim ----
@@ -922,24 +927,7 @@ workload_alua() {
 	mpath_ll
 	from=$(io_count)
 	wait_io_progress "$from" 5 60 || fail "no I/O progress after failback"
-	touch /tmp/io.stop
-	wait $io_pid
-	[ -e /tmp/io.error ] && { cat /tmp/io.error; fail "a write failed during the test"; }
-	echo "I/O: $(io_count) files written and acknowledged"
-
-	step verify
-	drop_caches "$MP"
-	verify_sums $MNT/tree /tmp/sums "file tree on $MP"
-	verify_sums $MNT/io /tmp/io.sums "files written across the failover"
-	must "umount $MP" umount $MNT
-	step fsck
-	must "e2fsck -f -n $MP (filesystem not clean)" timeout 300 /sbin/e2fsck -f -n "$MP"
-	step logout
-	must "multipathd shutdown" multipathd shutdown
-	must "flushing the multipath map" multipath -F
-	logout_all
-	step done
-	return 0
+	finish_failover_io
 }
 
 # --------------------------------------------------------------- persist ----
