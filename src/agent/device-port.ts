@@ -36,9 +36,9 @@ export interface DeviceSpec {
   holdTimeoutMs: number;
   /** The controller's lease (zero and no-write segments are held while it is expired). */
   lease?: Lease;
-  /** Agents exporting the vdisk (Export.exporters). */
+  /** Agents exporting the vdisk (one per Export.port_groups entry). */
   exporters?: number;
-  /** This agent's number in the table's owners (Export.owner_id). */
+  /** This agent's number in the table's owners (Export.own_port_group). */
   ownerId?: number;
 }
 
