@@ -10,6 +10,11 @@ import {
   TransportError,
   discoverTargets,
   reportLuns,
+  inquiryCdb,
+  read16Cdb,
+  readCapacity16Cdb,
+  senseKey,
+  write16Cdb,
   type ConnectOptions,
   type ScsiRequest,
   type ScsiResult,
@@ -24,54 +29,30 @@ const INITIATOR = 'iqn.2026-11.org.tabula:initiator-interop';
 const CHAP = { user: 'interop-user', secret: 'interop-secret-1' };
 const MUTUAL = { user: 'interop-target', secret: 'interop-secret-2' };
 
-export function rw16(op: 0x88 | 0x8a, lba: number, blocks: number, fua = false): Buffer {
-  const cdb = Buffer.alloc(16);
-  cdb[0] = op;
-  if (fua) cdb[1] = 0x08;
-  cdb.writeBigUInt64BE(BigInt(lba), 2);
-  cdb.writeUInt32BE(blocks, 10);
-  return cdb;
-}
-
-const isUnitAttention = (r: ScsiResult): boolean => r.status === 2 && r.sense !== undefined && (r.sense[2]! & 0x0f) === 6;
+const isUnitAttention = (r: ScsiResult): boolean => r.status === 2 && senseKey(r.sense) === 6;
 
 /**
  * A command run again while it gets UNIT ATTENTION: a target reports one to
  * the first commands of every new I_T nexus (tgtd: POWER ON OCCURRED), which
  * is the driver's business, not the initiator's.
  */
-export async function run(t: ScsiTransport, req: ScsiRequest): Promise<ScsiResult> {
+async function run(t: ScsiTransport, req: ScsiRequest): Promise<ScsiResult> {
   for (let i = 0; ; i++) {
     const r = await t.execute(req);
     if (!isUnitAttention(r) || i === 8) return r;
   }
 }
 
-export async function write16(t: ScsiTransport, lun: number, lba: number, data: Buffer): Promise<void> {
-  const r = await run(t, { lun, cdb: rw16(0x8a, lba, data.length / BLOCK), dataOut: data });
+async function write16(t: ScsiTransport, lun: number, lba: number, data: Buffer): Promise<void> {
+  const r = await run(t, { lun, cdb: write16Cdb(lba, data.length / BLOCK), dataOut: data });
   expect(r.status, `WRITE(16) lba=${lba} sense=${r.sense?.toString('hex')}`).to.equal(0);
 }
 
-export async function read16(t: ScsiTransport, lun: number, lba: number, bytes: number): Promise<Buffer> {
-  const r = await run(t, { lun, cdb: rw16(0x88, lba, bytes / BLOCK), dataInLength: bytes });
+async function read16(t: ScsiTransport, lun: number, lba: number, bytes: number): Promise<Buffer> {
+  const r = await run(t, { lun, cdb: read16Cdb(lba, bytes / BLOCK), dataInLength: bytes });
   expect(r.status, `READ(16) lba=${lba} sense=${r.sense?.toString('hex')}`).to.equal(0);
   expect(r.data?.length).to.equal(bytes);
   return r.data as Buffer;
-}
-
-function inquiryCdb(len: number): Buffer {
-  const cdb = Buffer.alloc(6);
-  cdb[0] = 0x12;
-  cdb.writeUInt16BE(len, 3);
-  return cdb;
-}
-
-function readCapacity16Cdb(len: number): Buffer {
-  const cdb = Buffer.alloc(16);
-  cdb[0] = 0x9e;
-  cdb[1] = 0x10;
-  cdb.writeUInt32BE(len, 10);
-  return cdb;
 }
 
 function useTarget(kind: TargetKind, extra: { chap?: typeof CHAP; mutualChap?: typeof MUTUAL } = {}): () => RunningTarget {
@@ -153,7 +134,7 @@ for (const kind of ['tabula', 'tgtd'] as const) {
     it('reports a CHECK CONDITION with its sense data as a result', async () => {
       const t = target();
       await withSession(optionsFor(t), async (s) => {
-        const r = await run(s, { lun: t.lun, cdb: rw16(0x88, SIZE / BLOCK, 1), dataInLength: BLOCK });
+        const r = await run(s, { lun: t.lun, cdb: read16Cdb(SIZE / BLOCK, 1), dataInLength: BLOCK });
         expect(r.status).to.equal(2);
         const sense = r.sense as Buffer;
         expect(sense[2]! & 0x0f, 'ILLEGAL REQUEST').to.equal(5);

@@ -15,3 +15,14 @@ export { connectSession, randomIsid, type ConnectOptions } from './connect.js';
 export { ReconnectingSession, type ReconnectingOptions, type StateListener } from './reconnecting.js';
 export { discoverTargets, parseSendTargets, DEFAULT_INITIATOR_NAME, type DiscoveredTarget, type DiscoveryOptions } from './discovery.js';
 export { reportLuns, parseReportLuns, ScsiStatusError } from './report-luns.js';
+export {
+  ScsiStatus,
+  inquiryCdb,
+  read16Cdb,
+  readCapacity16Cdb,
+  senseCode,
+  senseKey,
+  synchronizeCache16Cdb,
+  testUnitReadyCdb,
+  write16Cdb,
+} from './cdb.js';
