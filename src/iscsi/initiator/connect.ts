@@ -53,7 +53,7 @@ export function openConnection(opts: ConnectOptions & { isid: number }): Promise
       done = true;
       clearTimeout(timer);
       socket.removeListener('data', onData);
-      socket.removeListener('error', onError);
+      // onError stays (a no-op now): an error between here and the session's own listener must not go unhandled.
       socket.removeListener('close', onClose);
       if (err) {
         socket.destroy();

@@ -596,7 +596,7 @@ export class IscsiInitiatorSession implements ScsiTransport {
     t.cmdSN = this.cmdSN;
     this.cmdSN = snAdd(this.cmdSN, 1);
     this.inFlight++;
-    if (inLen > 0) t.readBuf = Buffer.allocUnsafe(inLen);
+    if (inLen > 0) t.readBuf = t.req.dataInBuffer ? t.req.dataInBuffer.subarray(0, inLen) : Buffer.allocUnsafe(inLen);
     let immediate = 0;
     let unsolicitedEnd = 0;
     if (out && out.length > 0) {
@@ -813,5 +813,6 @@ function validate(req: ScsiRequest): string | undefined {
   const n = req.dataInLength ?? 0;
   if (!Number.isInteger(n) || n < 0 || n > MAX_DATA_IN_LENGTH) return `dataInLength ${n} (0..${MAX_DATA_IN_LENGTH})`;
   if (!Number.isInteger(req.lun) || req.lun < 0 || req.lun > 0x3fff) return `LUN ${req.lun}`;
+  if (req.dataInBuffer && req.dataInBuffer.length < n) return `dataInBuffer of ${req.dataInBuffer.length} bytes for dataInLength ${n}`;
   return undefined;
 }

@@ -46,6 +46,19 @@ describe('iSCSI initiator session', () => {
     expect(r.s.window.expStatSN).to.equal(11);
   });
 
+  it('lands Data-In in the caller\'s buffer when given one', async () => {
+    const r = rig();
+    const mine = Buffer.alloc(8192, 0xee);
+    const p = r.s.execute({ lun: 0, cdb: read16Cdb(0, 8), dataInLength: 4096, dataInBuffer: mine });
+    const [cmd] = r.wire.take<ScsiCommandPdu>(Opcode.ScsiCommand);
+    r.feed(dataIn(r, cmd!.itt, 0, Buffer.alloc(4096, 5), 0));
+    const res = await p;
+    expect(res.data?.buffer).to.equal(mine.buffer);
+    expect(mine[0]).to.equal(5);
+    expect(mine[4095]).to.equal(5);
+    expect(mine[4096], 'beyond dataInLength').to.equal(0xee);
+  });
+
   it('returns CHECK CONDITION with the sense bytes after the 2-byte length, and the residual', async () => {
     const r = rig();
     const p = r.s.execute({ lun: 0, cdb: read16Cdb(0, 8), dataInLength: 4096 });
