@@ -304,7 +304,8 @@ export class IscsiInitiatorSession implements ScsiTransport {
       } catch (e) {
         if (e instanceof ConnectionDrop) this.goDown(new ConnectionLostError('unreachable', `${this.opts.label}: ${e.message}`));
         else if (e instanceof ProtocolViolation) this.protocolError(e.message);
-        else throw e;
+        // Whatever the target sent, it must not take the process down: a PDU we failed on ends the connection.
+        else this.protocolError(`cannot handle a PDU (opcode ${hex(r.pdu.opcode)}): ${(e as Error).message}`);
         return;
       }
     }
