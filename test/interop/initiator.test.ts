@@ -10,6 +10,7 @@ import {
   IscsiInitiatorSession,
   TransportError,
   discoverTargets,
+  randomIsid,
   reportLuns,
   inquiryCdb,
   read16Cdb,
@@ -208,6 +209,25 @@ for (const kind of ['tabula', 'tgtd'] as const) {
         expect(s.state).to.equal('up');
         expect((await read16(s, t.lun, 64, 4096)).equals(data)).to.equal(true);
       });
+    });
+
+    it('reinstates a session: a new login with the same ISID and TSIH 0 replaces the old one', async () => {
+      const t = target();
+      const isid = randomIsid();
+      const old = await IscsiInitiatorSession.connect(optionsFor(t, { isid, nopIntervalMs: 0 }));
+      const down = new Promise<TransportError>((resolve) => old.onDown(resolve));
+      await read16(old, t.lun, 0, 4096);
+      await withSession(optionsFor(t, { isid }), async (s) => {
+        expect(s.isid).to.equal(isid);
+        const data = randomBytes(8192);
+        await write16(s, t.lun, 256, data);
+        expect((await read16(s, t.lun, 256, data.length)).equals(data)).to.equal(true);
+        // The target dropped the old session's connection.
+        const err = await Promise.race([down, sleep(20_000).then(() => undefined)]);
+        expect(err, 'the old session is still up').to.be.instanceOf(TransportError);
+        expect(old.state).to.equal('down');
+      });
+      await old.close();
     });
 
     it('measures 4 KiB random reads at depth 32 (printed, not asserted)', async () => {
