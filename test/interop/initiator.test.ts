@@ -8,6 +8,7 @@ import { loadavg } from 'node:os';
 import { startTarget, type RunningTarget, type TargetKind } from '../support/target-process.js';
 import {
   IscsiInitiatorSession,
+  IscsiSessionPool,
   TransportError,
   discoverTargets,
   randomIsid,
@@ -209,6 +210,23 @@ for (const kind of ['tabula', 'tgtd'] as const) {
         expect(s.state).to.equal('up');
         expect((await read16(s, t.lun, 64, 4096)).equals(data)).to.equal(true);
       });
+    });
+
+    it('spreads commands over a pool of sessions', async () => {
+      const t = target();
+      const pool = await IscsiSessionPool.connect({ ...optionsFor(t), holdMs: 30_000 }, 3);
+      try {
+        expect(pool.state).to.equal('up');
+        const chunk = 32 * 1024;
+        const bufs = Array.from({ length: 48 }, () => randomBytes(chunk));
+        const lba = (i: number): number => 40960 + (i * chunk) / BLOCK;
+        await Promise.all(bufs.map((b, i) => write16(pool, t.lun, lba(i), b)));
+        const back = await Promise.all(bufs.map((_, i) => read16(pool, t.lun, lba(i), chunk)));
+        back.forEach((b, i) => expect(b.equals(bufs[i] as Buffer), `command ${i}`).to.equal(true));
+      } finally {
+        await pool.close();
+      }
+      expect(pool.state).to.equal('closed');
     });
 
     it('reinstates a session: a new login with the same ISID and TSIH 0 replaces the old one', async () => {
