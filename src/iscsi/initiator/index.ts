@@ -4,6 +4,8 @@ export {
   InitiatorLogin,
   InitiatorLoginState,
   loginStatusName,
+  LoginRedirect,
+  parseTargetAddress,
   type ChapSecret,
   type DigestChoice,
   type InitiatorParams,
