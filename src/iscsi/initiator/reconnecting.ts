@@ -192,6 +192,8 @@ export class ReconnectingSession implements ScsiTransport {
   }
 
   private waitUp(until: number): Promise<void> {
+    // A new session may already be up (the old one's failure reached us late).
+    if (this.st === 'up' && this.session) return Promise.resolve();
     const left = until - Date.now();
     if (left <= 0) return Promise.reject(this.unreachable());
     return new Promise<void>((resolve, reject) => {
