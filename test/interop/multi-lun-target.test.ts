@@ -2,9 +2,10 @@
 // LUN of one target, LUN 0..n-1 in order, each printed as its own iscsi://
 // URL. Real initiators see every LUN with its own size and identity
 // (iscsi-ls, iscsi-inq, iscsi-readcapacity16), and qemu-img writes and reads
-// back each LUN without touching the others' files.
+// back each LUN without touching the others' files. The appliance's storage
+// role is the same target started from /etc/tabula/tabula.yaml.
 import { expect } from 'chai';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { requireTools, runOk } from '../support/tools.js';
@@ -143,5 +144,72 @@ describe('interop: tabula target with several LUNs', function () {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('interop: the appliance storage role (systemd-main.js storage)', function () {
+  this.timeout(180_000);
+  const chap = { user: 'agents', secret: 'storage-secret-1' };
+  let dir = '';
+  let node: Daemon | undefined;
+  let portal = '';
+  let failed = false;
+
+  before(async function () {
+    this.timeout(90_000);
+    requireTools(['timeout', 'iscsi-ls', 'iscsi-readcapacity16']);
+    dir = mkdtempSync(join(tmpdir(), 'tabula-storage-role-'));
+    portal = `${LOOPBACK}:${await freeLoopbackPort()}`;
+    writeFileSync(join(dir, 'disk1.img'), Buffer.alloc(0));
+    const config = join(dir, 'tabula.yaml');
+    writeFileSync(
+      config,
+      [
+        'role: storage',
+        `data-dir: ${join(dir, 'data')}`,
+        'storage:',
+        '  luns:',
+        `    - { path: ${join(dir, 'disk0.img')}, size: 16MiB }`,
+        `    - { path: ${join(dir, 'disk1.img')}, size: 8MiB }`,
+        `  portal: ${portal}`,
+        `  iqn: ${IQN}`,
+        'security:',
+        `  chap: { user: ${chap.user}, secret: ${chap.secret} }`,
+        '',
+      ].join('\n'),
+    );
+    // The unit's entry (systemd-main.js ROLE CONFIG), from the sources.
+    const entry = join(process.cwd(), 'src', 'daemon', 'systemd-main.ts');
+    node = await startDaemon([config], {
+      label: 'storage node',
+      launcher: ['--import', 'tsx', entry, 'storage'],
+      logFile: join(dir, 'node.log'),
+      ready: /tabula: ready: storage node serving 2 LUNs: .*\n/,
+      readyMs: 60_000,
+    });
+  });
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed') failed = true;
+  });
+  after(async function () {
+    this.timeout(30_000);
+    await node?.stop();
+    if (!failed && dir !== '') rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('serves its data disks as LUN 0 and 1 of one target, in the configured order and sizes', async function () {
+    expect(node?.stdout).to.include(`iscsi://${portal}/${IQN}/0 iscsi://${portal}/${IQN}/1`);
+    const ls = parseIscsiLs((await runOk('iscsi-ls', ['-s', `iscsi://${chap.user}%${chap.secret}@${portal}`], { timeoutMs: QUICK })).stdout);
+    expect(ls.targets.map((t) => t.name)).to.deep.equal([IQN]);
+    expect(ls.luns.map((l) => l.lun)).to.deep.equal([0, 1]);
+    for (const [lun, bytes] of [16 * MiB, 8 * MiB].entries()) {
+      const url = `iscsi://${chap.user}%${chap.secret}@${portal}/${IQN}/${lun}`;
+      expect(parseReadCapacity16((await runOk('iscsi-readcapacity16', [url], { timeoutMs: QUICK })).stdout).totalBytes).to.equal(bytes);
+    }
+  });
+
+  it('security.chap applies: a login without it is refused', async function () {
+    const r = await runBounded('iscsi-readcapacity16', [`iscsi://${portal}/${IQN}/0`], { timeoutMs: QUICK });
+    expect(r.exitCode, describeRun(r)).to.not.equal(0);
   });
 });
