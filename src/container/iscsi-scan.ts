@@ -11,11 +11,11 @@ import { TransportError, type ScsiTransport } from '../iscsi/initiator/transport
 import { ContainerIoError } from './driver.js';
 import type { DiscoveredTarget, IscsiClientOptions, IscsiConnector, Portal } from './iscsi-client.js';
 import { resolveClientOptions } from './iscsi-client.js';
-import { IscsiContainerDriver, iscsiPath } from './iscsi-driver.js';
+import { IscsiContainerDriver, iscsiPath, readLunLabel } from './iscsi-driver.js';
 import { LocatorError, formatIscsiLocator, lunLocator, parseIscsiLocator, redactLocator, type IscsiLocator } from './iscsi-locator.js';
 import { IscsiLun } from './iscsi-lun.js';
 import { LabelError } from './label.js';
-import type { ScanProblem } from './scan.js';
+import type { FoundContainer, ScanProblem } from './scan.js';
 
 export interface IscsiScanOptions extends IscsiClientOptions {
   /** The initiator to use (default: src/iscsi/initiator). */
@@ -166,5 +166,16 @@ export async function connectLun(locator: IscsiLocator, opts: IscsiScanOptions =
   } catch (e) {
     await transport.close().catch(() => undefined);
     throw e;
+  }
+}
+
+/** The label of the one LUN a locator names, read through the initiator (`container add`); `path` without the secret. */
+export async function readIscsiLabel(locator: string, opts: IscsiScanOptions = {}): Promise<FoundContainer> {
+  const lun = await connectLun(parseIscsiLocator(locator), opts);
+  try {
+    const label = await readLunLabel(lun);
+    return { id: label.id, path: lun.path, size: label.size, dataOffset: label.dataOffset, segmentSize: label.segmentSize, medium: 'iscsi', label };
+  } finally {
+    await lun.transport.close().catch(() => undefined);
   }
 }
