@@ -80,6 +80,25 @@ describe('iSCSI containers: scan, init, add', () => {
     expect(sessions.every((t) => t.state === 'closed')).to.equal(true);
   });
 
+  it('skips a LUN that is no block device (tgtd keeps LUN 0 for its controller) unless it is named alone', async () => {
+    // LUN 0 answers INQUIRY as a storage array controller (type 0Ch), as tgtd's does.
+    const controller = (req: { lun: number; cdb: Buffer }) => {
+      if (req.lun !== 0 || req.cdb[0] !== 0x12 || (req.cdb[1]! & 1) !== 0) return undefined;
+      const d = Buffer.alloc(96);
+      d[0] = 0x0c;
+      return { status: 0, data: d };
+    };
+    const connector = loopConnector({ 'st1:3260': [target(T1, [0, 1])] }, { intercept: controller });
+    const a = await initContainer(`iscsi://st1/${T1}/1`, { iscsi: { connector } });
+    const r = await scanIscsiLocator('iscsi://st1', { connector });
+    expect(r.found.map((d) => d.id)).to.deep.equal([a.label.id]);
+    expect(r.problems).to.deep.equal([]);
+    const alone = await scanIscsiLocator(`iscsi://st1/${T1}/0`, { connector });
+    expect(alone.problems.map((p) => p.kind)).to.deep.equal(['unreadable']);
+    expect(alone.problems[0]!.message).to.match(/not a block device/);
+    for (const d of r.found) await d.close();
+  });
+
   it('a target locator scans that target only; a LUN locator opens that LUN', async () => {
     const connector = loopConnector({ 'st1:3260': [target(T1, [0, 1]), target(T2, [0])] });
     const a = await initContainer(`iscsi://st1/${T1}/1`, { iscsi: { connector } });
