@@ -17,7 +17,11 @@
 //                                          vdisk-thin-fill (`tabula up`, see targets.ts), raw, and the
 //                                          storage-network rows vdisk-file, vdisk-lun-tabula, vdisk-lun-tgtd
 //                                          (a thick vdisk on an agent whose container is a local file or a
-//                                          network LUN, see network-lun.ts) (default all)
+//                                          network LUN, see network-lun.ts) (default all). Their CPU
+//                                          column is the agent's; "x file" and "CPU x file" compare with
+//                                          vdisk-file (issue 15's goals: 0.6x / 0.8x, CPU at most 1.3x),
+//                                          e.g. --targets vdisk-file,vdisk-lun-tabula,vdisk-lun-tgtd
+//                                          --cases 4k-rand-read-qd32,4k-rand-write-qd32,1M-seq-read-qd8,1M-seq-write-qd8
 //   --cases LIST       BENCH_CASES         comma list of case names (default all, see CASES)
 //   --run-timeout S    BENCH_RUN_TIMEOUT   seconds per qemu-img run before it is killed (default 120)
 //   --out FILE         BENCH_OUT           JSON output (default bench/results/latest.json)
