@@ -32,11 +32,11 @@ function sessionOptions(portal: Portal, chap: IscsiChap | undefined, opts: Iscsi
   };
 }
 
-/** Several sessions to one target as one transport: each command goes to the session with the fewest in flight. */
-class SessionPool implements ScsiTransport {
+/** Several sessions to one target as one transport: each command goes to the up session with the fewest in flight. */
+export class SessionPool implements ScsiTransport {
   readonly #busy: number[];
 
-  constructor(readonly sessions: ReconnectingSession[]) {
+  constructor(readonly sessions: readonly ScsiTransport[]) {
     this.#busy = sessions.map(() => 0);
   }
 
