@@ -11,12 +11,12 @@ import { LABEL_SIZE, LabelError, decodeLabel, type ContainerLabel, type LabelErr
 
 export interface FoundContainer {
   id: string;
-  /** Path as matched (symlinks not resolved, so /dev/disk/by-id names stay readable). */
+  /** Path as matched (symlinks not resolved, so /dev/disk/by-id names stay readable); an iSCSI locator without its secret. */
   path: string;
   size: number;
   dataOffset: number;
   segmentSize: number;
-  medium: FileMedium;
+  medium: FileMedium | 'iscsi';
   label: ContainerLabel;
 }
 
@@ -24,10 +24,11 @@ export interface FoundContainer {
  * - `no-match`: a pattern matched nothing (path is the pattern);
  * - `unreadable`: cannot be opened or read, or is not a file or block device;
  * - `duplicate`: a second path with a container id already found elsewhere (a copied image?);
+ * - `unreachable`: a network locator whose portal or target did not answer (or refused the login);
  * - label kinds: `unlabelled`, `truncated` (label cut short, or the label's
  *   size exceeds the file or device), `corrupt`, `unsupported-version`, `invalid`.
  */
-export type ScanProblemKind = 'no-match' | 'unreadable' | 'duplicate' | LabelErrorKind;
+export type ScanProblemKind = 'no-match' | 'unreadable' | 'duplicate' | 'unreachable' | LabelErrorKind;
 
 export interface ScanProblem {
   path: string;
@@ -45,7 +46,7 @@ export interface ScanOptions {
   cwd?: string;
 }
 
-/** Reads and checks one path's label; throws LabelError or ContainerIoError. */
+/** Reads and checks one path's label; throws LabelError or ContainerIoError. (readIscsiLabel for a LUN.) */
 export async function readContainerLabel(path: string): Promise<FoundContainer> {
   let fd: number;
   try {
