@@ -89,6 +89,8 @@ describe('tabula CLI: SIGHUP rotation of the token and the TLS certificate, with
     ctl.signal('SIGHUP');
     await until('the controller takes token B', async () => (await tabula(['vdisk', 'ls', ...at, '--token', 'token-B-2222'])).exitCode === 0);
     expectOneLineError(await tabula(['vdisk', 'ls', ...at, '--token', 'token-A-1111']), /bad authorization token/);
+    // The stream agent a opened with A stays up (a token is checked when a call starts).
+    expect(await online('token-B-2222', 'a')).to.equal(true);
     // An agent that comes with A is refused: it never registers.
     const c = await start(await agentArgs('c', ['--token', 'token-A-1111']), /agent c serving on/, 'agent-c.log');
     await until('agent c refused', async () => /controller link down.*bad authorization token/.test(c.log()));

@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { ControllerDb, type NewFault } from '../../../src/controller/db.js';
 import { DEFAULT_RETENTION, Retention } from '../../../src/controller/retention.js';
 import { WriteBehind } from '../../../src/controller/write-behind.js';
-import { tempDir } from './helpers.js';
+import { AdminError } from '../../../src/controller/admin.js';
+import { startTestController, tempDir } from './helpers.js';
 
 const VDISK = '5e1f3c2a-7d44-4b1e-9a0c-3f6e2d1b8c01';
 
@@ -93,6 +94,21 @@ describe('controller retention (fault and event logs)', () => {
     expect(segs({ outcome: 'retry' })).to.deep.equal([1]);
     expect(segs({ since: ago(DAY) })).to.deep.equal([3, 2]);
     expect(segs({ vdiskId: VDISK, agent: 'a1', since: ago(DAY) })).to.deep.equal([]);
+  });
+
+  it('ListFaults (tabula fault ls) passes its filters to the database and refuses a bad time', async () => {
+    const ctl = await startTestController();
+    try {
+      ctl.db.insertFault(fault(1, { time: ago(2 * DAY) }));
+      ctl.db.insertFault(fault(2, { agent: 'a2' }));
+      const segs = (r: Parameters<typeof ctl.admin.ListFaults>[0]): number[] => ctl.admin.ListFaults(r).faults.map((f) => f.segment);
+      expect(segs({})).to.deep.equal([2, 1]);
+      expect(segs({ agent: 'a2' })).to.deep.equal([2]);
+      expect(segs({ outcome: 'pending', since: ago(DAY) })).to.deep.equal([2]);
+      expect(() => ctl.admin.ListFaults({ since: 'yesterday' })).to.throw(AdminError, /bad since "yesterday": give an ISO 8601 time/);
+    } finally {
+      await ctl.cleanup();
+    }
   });
 
   it('65,536 first-write faults (a 64 GiB thin vdisk filled at 1 MiB segments) through the write-behind: rows and database size stay bounded', async function () {
