@@ -12,6 +12,7 @@
 // command writes (a copy's destination, the segments being zeroed) must not
 // be reused before that, or a late write would land on live data. An agent
 // with overdue commands is chosen for new ones only when no other fits.
+// Its disconnection does not end an overdue command either (linkGone).
 import type { ControllerMessage, CopyDone } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
 import type { ControllerDb } from './db.js';
@@ -67,6 +68,7 @@ interface PendingCommand {
   agent: string;
   what: string;
   timer: NodeJS.Timeout | null;
+  deadlineMs: number;
   /** Missed its deadline: the caller has its answer; `late` is owed. */
   overdue: boolean;
   late?: (err: string | null) => void;
@@ -132,7 +134,7 @@ export class AgentCommands {
     const commandId = this.#nextCommandId++;
     const deadline = commandDeadlineMs(this.#timeoutMs, length);
     return new Promise((resolve) => {
-      const c: PendingCommand = { resolve, agent, what, timer: null, overdue: false };
+      const c: PendingCommand = { resolve, agent, what, timer: null, deadlineMs: deadline, overdue: false };
       if (opts.late !== undefined) c.late = opts.late;
       c.timer = setTimeout(() => {
         c.timer = null;
@@ -171,13 +173,39 @@ export class AgentCommands {
     c.late?.(err);
   }
 
-  /** The link's agent is gone: its commands end with an error. */
+  /**
+   * The link's agent is gone: its commands end with an error. An overdue
+   * command does not: the agent was silent, not necessarily stopped, and a
+   * process that resumes still reads the commands buffered on its old
+   * stream and runs them. It stays owed until the agent answers it (on any
+   * later stream of the same name) or has been registered again for the
+   * command's deadline (registered).
+   */
   linkGone(link: AgentLink): void {
     for (const [id, c] of this.#pending) {
-      if (link.name !== null && c.agent === link.name) {
+      if (link.name === null || c.agent !== link.name) continue;
+      if (c.overdue) continue;
+      this.#pending.delete(id);
+      this.#end(c, `agent ${link.name} disconnected`);
+    }
+  }
+
+  /**
+   * The agent registered (again). The commands of its old stream that were
+   * overdue have started by now, if ever (it read them before it noticed the
+   * stream was gone); each ends once the agent has had its deadline to
+   * finish and answer it.
+   */
+  registered(agent: string): void {
+    for (const [id, c] of this.#pending) {
+      if (c.agent !== agent || !c.overdue || c.timer !== null) continue;
+      c.timer = setTimeout(() => {
+        c.timer = null;
+        if (this.#pending.get(id) !== c) return;
         this.#pending.delete(id);
-        this.#end(c, `agent ${link.name} disconnected`);
-      }
+        this.#end(c, `agent ${agent} came back without answering command ${id} (${c.what})`);
+      }, c.deadlineMs);
+      c.timer.unref();
     }
   }
 

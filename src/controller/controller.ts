@@ -105,6 +105,7 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
           this.portGroups.recheck(link.name as string);
           // Freed space on containers this agent reaches may be waiting for it.
           this.scrubber.kick();
+          this.commands.registered(link.name as string);
         },
         disconnected: (link) => {
           this.faults.dropLink(link);

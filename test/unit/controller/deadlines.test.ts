@@ -62,6 +62,28 @@ describe('controller deadlines (silent agents)', () => {
     expect(checkInvariants(ctl.db)).to.deep.equal([]);
   });
 
+  it('an overdue zero outlives its agent\'s stream: owed until the agent is back and has had its deadline, then sent again', async () => {
+    ctl = await startTestController({ commandTimeoutMs: COMMAND_MS, scrub: { retryMinMs: 20, retryMaxMs: 50 } });
+    ctl.admin.AddContainer({ id: CA, path: '/c/a', size: 9 * MiB, dataOffset: MiB });
+    const a1 = await agent('a1', [CA], { zero: 'manual' });
+    ctl.admin.CreateVdisk({ name: 'd', size: 2 * MiB, thick: true });
+    await ctl.admin.RemoveVdisk({ name: 'd' });
+    await a1.next((x) => x.body === 'zeroCommand');
+    await until(() => ctl.controller.commands.overdue('a1') === 1, 5000, 'the deadline');
+    // The stream goes (keepalive, a restart): a resumed process may still run what it had read.
+    a1.close();
+    await until(() => ctl.controller.agents.link('a1') === undefined, 2000, 'a1 gone');
+    await sleep(commandDeadlineMs(COMMAND_MS, 2 * MiB) + 100);
+    expect(ctl.controller.commands.overdue('a1'), 'still owed while a1 is away').to.equal(1);
+    expect(used(CA)).to.equal(2);
+    // Back, it answers nothing: after its deadline the segments are zeroed again (by it) and freed.
+    const back = await agent('a1', [CA]);
+    await until(() => used(CA) === 0, 5000, 'zeroed after a1 had its time');
+    expect(back.zeros).to.have.length(1);
+    expect(ctl.controller.commands.overdue('a1')).to.equal(0);
+    expect(checkInvariants(ctl.db)).to.deep.equal([]);
+  });
+
   it('a migration copy past its deadline is done again by another agent; its destination stays reserved until the silent agent answers', async () => {
     ctl = await startTestController({ commandTimeoutMs: COMMAND_MS, scrub: { retryMinMs: 20, retryMaxMs: 50 } });
     ctl.admin.AddContainer({ id: CA, path: '/c/a', size: 9 * MiB, dataOffset: MiB });
