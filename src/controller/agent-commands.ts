@@ -7,12 +7,13 @@
 // MiB), so a connected but silent agent (stopped, hung on its medium) cannot
 // hold a migration, a copy-on-write or the scrubber forever: past it, the
 // caller gets a one-line error. The agent may still run the command when it
-// resumes, so the command stays *overdue* until its CopyDone comes or its
-// stream is gone, and the caller's `late` callback runs then: whatever the
-// command writes (a copy's destination, the segments being zeroed) must not
-// be reused before that, or a late write would land on live data. An agent
-// with overdue commands is chosen for new ones only when no other fits.
-// Its disconnection does not end an overdue command either (linkGone).
+// resumes, so the command stays *overdue* until its CopyDone comes, or the
+// agent has registered again and had the command's deadline (its stream
+// going away is not enough: linkGone), and the caller's `late` callback runs
+// then: whatever the command writes (a copy's destination, the segments
+// being zeroed) must not be reused before that, or a late write would land
+// on live data. An agent with overdue commands is chosen for new ones only
+// when no other fits.
 import type { ControllerMessage, CopyDone } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
 import type { ControllerDb } from './db.js';
@@ -49,8 +50,8 @@ export interface CommandOptions {
   /**
    * Called once, only for a command that missed its deadline, when it is
    * really over: with null when the agent reported it done after all, else
-   * the error (it failed, or the agent's stream is gone). Not called when
-   * the controller shuts down.
+   * the error (it failed, or it came back without answering). Not called
+   * when the controller shuts down.
    */
   late?: (err: string | null) => void;
 }
@@ -141,7 +142,7 @@ export class AgentCommands {
         if (this.#pending.get(commandId) !== c) return;
         c.overdue = true;
         const reason = `${OVERDUE}agent ${agent} did not finish command ${commandId} (${what}) within ${deadline} ms`;
-        log.warn(`${reason}; what it writes stays out of use until it answers or disconnects`);
+        log.warn(`${reason}; what it writes stays out of use until it answers, or is back and has had that long again`);
         this.#db.event('command', agent, reason);
         resolve(reason);
       }, deadline);
