@@ -8,7 +8,9 @@ import { ControllerDb, type NewFault } from '../../../src/controller/db.js';
 import { DEFAULT_RETENTION, Retention } from '../../../src/controller/retention.js';
 import { WriteBehind } from '../../../src/controller/write-behind.js';
 import { AdminError } from '../../../src/controller/admin.js';
-import { startTestController, tempDir } from './helpers.js';
+import { FaultAction } from '../../../src/wire/proto-types.js';
+import { SegmentState } from '../../../src/table/index.js';
+import { CA, FakeAgent, MiB, containerRef, startTestController, tempDir, until } from './helpers.js';
 
 const VDISK = '5e1f3c2a-7d44-4b1e-9a0c-3f6e2d1b8c01';
 
@@ -107,6 +109,36 @@ describe('controller retention (fault and event logs)', () => {
       expect(segs({ outcome: 'pending', since: ago(DAY) })).to.deep.equal([2]);
       expect(() => ctl.admin.ListFaults({ since: 'yesterday' })).to.throw(AdminError, /bad since "yesterday": give an ISO 8601 time/);
     } finally {
+      await ctl.cleanup();
+    }
+  });
+
+  it('through the real fault path: first writes of an agent over gRPC, the controller keeps the newest max-rows and answers every one', async function () {
+    this.timeout(180_000);
+    const total = 600;
+    const ctl = await startTestController({ retention: { faults: { maxRows: 150 }, intervalMs: 100 } });
+    const a = new FakeAgent(ctl.address, 'a1', { containers: [containerRef(CA, total)] });
+    try {
+      ctl.admin.AddContainer({ id: CA, path: '/c/a', size: (total + 1) * MiB, dataOffset: MiB });
+      await a.register();
+      const v = ctl.admin.CreateVdisk({ name: 'thin', size: total * MiB });
+      ctl.admin.AddExport({ vdisk: 'thin', agent: 'a1' });
+      await a.next((m) => m.body === 'tableFull');
+      for (let seg = 0; seg < total; seg++) {
+        const r = await a.sendFault({ vdiskId: v.id, segment: seg, op: 1, lba: seg * 2048, blocks: 8, state: SegmentState.Zero }).reply();
+        expect(r.action).to.equal(FaultAction.Retry);
+      }
+      await ctl.controller.retention.prune();
+      ctl.controller.writeBehind.flush();
+      await ctl.controller.retention.prune();
+      expect(ctl.db.logRows('faults')).to.equal(150);
+      const shown = ctl.admin.ListFaults({ vdisk: 'thin', limit: 10_000 }).faults;
+      expect(shown).to.have.length(150);
+      expect(shown[0]).to.deep.include({ segment: total - 1, outcome: 'retry' });
+      expect(ctl.controller.retention.removed.faults).to.equal(total - 150);
+      await until(() => ctl.db.vdisk(v.id)!.version > total, 5000, 'every allocation committed');
+    } finally {
+      a.close();
       await ctl.cleanup();
     }
   });
