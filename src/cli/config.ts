@@ -31,6 +31,8 @@ export function effectiveDocument(cfg: TabulaConfig): Record<string, unknown> {
       db: cfg.controller.db,
       ...(cfg.controller.ackTimeoutSec !== undefined ? { 'ack-timeout': cfg.controller.ackTimeoutSec } : {}),
       ...(cfg.controller.holdTimeoutSec !== undefined ? { 'hold-timeout': cfg.controller.holdTimeoutSec } : {}),
+      ...(cfg.controller.commandTimeoutSec !== undefined ? { 'command-timeout': cfg.controller.commandTimeoutSec } : {}),
+      ...retentionDocument(cfg),
     },
     agent: {
       name: cfg.agent.name,
@@ -117,4 +119,17 @@ export function configCommand(y: Argv): Argv {
       )
       .demandCommand(1, 'name a config command: check'),
   );
+}
+
+/** controller.retention as the file spells it, only what was set (the rest: the controller's defaults). */
+function retentionDocument(cfg: TabulaConfig): { retention?: Record<string, Record<string, number>> } {
+  const out: Record<string, Record<string, number>> = {};
+  for (const k of ['faults', 'events'] as const) {
+    const l = cfg.controller.retention[k];
+    const doc: Record<string, number> = {};
+    if (l.maxRows !== undefined) doc['max-rows'] = l.maxRows;
+    if (l.maxAgeDays !== undefined) doc['max-age-days'] = l.maxAgeDays;
+    if (Object.keys(doc).length > 0) out[k] = doc;
+  }
+  return Object.keys(out).length === 0 ? {} : { retention: out };
 }

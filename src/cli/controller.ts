@@ -13,6 +13,7 @@ export const CONTROLLER_FLAGS: readonly FlagSpec[] = [
   { flag: 'listen', key: 'controller.listen' },
   { flag: 'ack-timeout', key: 'controller.ack-timeout' },
   { flag: 'hold-timeout', key: 'controller.hold-timeout' },
+  { flag: 'command-timeout', key: 'controller.command-timeout' },
   { flag: 'metrics-listen', key: 'controller.metrics-listen' },
   { flag: 'tls-cert', key: 'security.tls.cert', path: true },
   { flag: 'tls-key', key: 'security.tls.key', path: true },
@@ -39,11 +40,13 @@ export function controllerCommand(y: Argv): Argv {
           .option('tls-ca', { type: 'string', describe: 'CA that agent and admin certificates must chain to (mutual TLS)' })
           .option('metrics-listen', { type: 'string', describe: 'Prometheus /metrics on HOST:PORT, :PORT or PORT (loopback)' })
           .option('ack-timeout', { type: 'number', describe: 'seconds an agent has to ack a table version before it is fenced (default 3)' })
-          .option('hold-timeout', { type: 'number', describe: 'seconds agents hold a faulted I/O before NOT READY (default 10)' }),
+          .option('hold-timeout', { type: 'number', describe: 'seconds agents hold a faulted I/O before NOT READY (default 10)' })
+          .option('command-timeout', { type: 'number', describe: 'seconds a copy or zero command may take, plus 64 ms per MiB (default 10)' }),
       ),
     async (args) => {
       checkSeconds(args['ack-timeout'], '--ack-timeout');
       checkSeconds(args['hold-timeout'], '--hold-timeout');
+      checkSeconds(args['command-timeout'], '--command-timeout');
       oneToken(args);
       if (args.listen !== undefined) parseHostPort(args.listen, 7360);
       const load = commandLoader({

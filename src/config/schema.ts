@@ -71,6 +71,10 @@ export interface TabulaConfig {
     holdTimeoutSec?: number;
     /** Prometheus endpoint of the controller, HOST:PORT (none when absent). */
     metricsListen?: string;
+    /** Base deadline of a copy or zero command an agent runs (seconds; default 10, plus 64 ms per MiB). */
+    commandTimeoutSec?: number;
+    /** Bounds of the fault and event logs (unset fields: the defaults in controller/retention.ts). */
+    retention: { faults: LogRetention; events: LogRetention };
   };
   agent: {
     name: string;
@@ -115,6 +119,12 @@ export interface StorageConfig {
   /** Target name (default iqn.2026-11.org.tabula:storage.<host name>). */
   iqn: string;
   blockSize: 512 | 4096;
+}
+
+/** controller.retention.faults / .events: newest rows kept, and the oldest age kept. */
+export interface LogRetention {
+  maxRows?: number;
+  maxAgeDays?: number;
 }
 
 export class ConfigError extends Error {
@@ -233,6 +243,24 @@ class Reader {
     return n;
   }
 
+  /** A whole number in [min, max]. */
+  count(k: string, min: number, max: number): number | undefined {
+    const v = this.obj[k];
+    if (v === undefined || v === null) return undefined;
+    const n = typeof v === 'string' && v.trim() !== '' ? Number(v) : v;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) return this.fail(k, `expected a whole number from ${min} to ${max}, got ${describe(v)}`);
+    return n;
+  }
+
+  /** Days, more than 0 and at most ten years. */
+  days(k: string): number | undefined {
+    const v = this.obj[k];
+    if (v === undefined || v === null) return undefined;
+    const n = typeof v === 'string' && v.trim() !== '' ? Number(v) : v;
+    if (typeof n !== 'number' || !Number.isFinite(n) || n <= 0 || n > 3650) return this.fail(k, `expected days, more than 0 and at most 3650, got ${describe(v)}`);
+    return n;
+  }
+
   size(k: string): number | undefined {
     const v = this.obj[k];
     if (v === undefined || v === null) return undefined;
@@ -313,7 +341,9 @@ function checkAddress(v: string, defaultPort: number): string | undefined {
 const TOP = ['role', 'data-dir', 'data-device', 'log-level', 'controller', 'agent', 'containers-init', 'all-in-one', 'storage', 'security'] as const;
 const STORAGE = ['luns', 'portal', 'iqn', 'block-size'] as const;
 const STORAGE_LUN = ['path', 'size'] as const;
-const CONTROLLER = ['listen', 'address', 'db', 'ack-timeout', 'hold-timeout', 'metrics-listen'] as const;
+const CONTROLLER = ['listen', 'address', 'db', 'ack-timeout', 'hold-timeout', 'metrics-listen', 'command-timeout', 'retention'] as const;
+const RETENTION = ['faults', 'events'] as const;
+const LOG_RETENTION = ['max-rows', 'max-age-days'] as const;
 const AGENT = ['name', 'portals', 'containers', 'hold-timeout', 'metrics-listen'] as const;
 const INIT = ['device', 'size', 'segment-size'] as const;
 const SECURITY = ['token', 'token-file', 'tls', 'chap', 'allowed-initiators'] as const;
@@ -350,6 +380,8 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
     ackTimeoutSec: c.seconds('ack-timeout'),
     holdTimeoutSec: c.seconds('hold-timeout'),
     metricsListen: c.listen('metrics-listen', DEFAULT_CONTROLLER_METRICS_PORT),
+    commandTimeoutSec: c.seconds('command-timeout'),
+    retention: retentionOf(c.section('retention', RETENTION)),
   };
   if (role === 'agent' && address === undefined && !c.has('address')) errors.push('controller.address: required when role is agent (HOST:PORT of the controller)');
 
@@ -510,6 +542,20 @@ function agentIscsi(errors: string[], r: Reader): AgentIscsiConfig {
   if (sessions !== undefined) out.sessions = sessions;
   if (commandTimeoutSec !== undefined) out.commandTimeoutSec = commandTimeoutSec;
   return out;
+}
+
+/** controller.retention: each log's bounds, as given (defaults are the controller's). */
+function retentionOf(r: Reader): { faults: LogRetention; events: LogRetention } {
+  const one = (k: 'faults' | 'events'): LogRetention => {
+    const l = r.section(k, LOG_RETENTION);
+    const out: LogRetention = {};
+    const maxRows = l.count('max-rows', 0, 100_000_000);
+    const maxAgeDays = l.days('max-age-days');
+    if (maxRows !== undefined) out.maxRows = maxRows;
+    if (maxAgeDays !== undefined) out.maxAgeDays = maxAgeDays;
+    return out;
+  };
+  return { faults: one('faults'), events: one('events') };
 }
 
 /**

@@ -481,8 +481,20 @@ export class Admin {
     const v = r.vdisk ? this.#vdisk(r.vdisk) : undefined;
     const limit = Math.min(num(r.limit, 100), 10_000);
     const names = new Map(this.#db.vdisks().map((x) => [x.id, x.name]));
+    let since: string | undefined;
+    if (r.since) {
+      const t = Date.parse(r.since);
+      if (Number.isNaN(t)) throw invalid(`bad since "${r.since}": give an ISO 8601 time`);
+      since = new Date(t).toISOString();
+    }
+    const filter = {
+      ...(v ? { vdiskId: v.id } : {}),
+      ...(r.agent ? { agent: r.agent } : {}),
+      ...(r.outcome ? { outcome: r.outcome } : {}),
+      ...(since ? { since } : {}),
+    };
     return {
-      faults: this.#db.faults(v?.id, limit).map((f) => ({
+      faults: this.#db.findFaults(filter, limit).map((f) => ({
         id: f.id,
         time: f.time,
         agent: f.agent,

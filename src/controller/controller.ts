@@ -25,6 +25,7 @@ import { FaultManager, type FaultHost } from './faults.js';
 import { LuStates } from './lu-state.js';
 import { MigrationManager, type MigrationHost } from './migration.js';
 import { PortGroups } from './port-groups.js';
+import { Retention, type RetentionOptions } from './retention.js';
 import { Scrubber, type ScrubHost, type ScrubberOptions } from './scrubber.js';
 import type { SnapshotHost } from './snapshots.js';
 import { TableChanges } from './table-changes.js';
@@ -46,6 +47,10 @@ export interface ControllerOptions {
   scrub?: ScrubberOptions;
   /** Segments of one vdisk a migration moves at once (default MIGRATION_CONCURRENCY). */
   migrationConcurrency?: number;
+  /** Bounds of the fault and event logs (retention.ts). */
+  retention?: RetentionOptions;
+  /** Base deadline of a copy or zero command (agent-commands.ts, DEFAULT_COMMAND_TIMEOUT_MS). */
+  commandTimeoutMs?: number;
 }
 
 export class Controller implements FaultHost, MigrationHost, SnapshotHost, ScrubHost {
@@ -66,6 +71,8 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
   readonly migrations: MigrationManager;
   /** Zeroes freed container segments (through agents) before they can be allocated again. */
   readonly scrubber: Scrubber;
+  /** Keeps the fault and event logs bounded, in the background. */
+  readonly retention: Retention;
   /**
    * Locations (locKey) being copied by a migration: faults on entries that
    * reference them WAIT (no copy-on-write, no making them writable) until
@@ -98,6 +105,7 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
           this.portGroups.recheck(link.name as string);
           // Freed space on containers this agent reaches may be waiting for it.
           this.scrubber.kick();
+          this.commands.registered(link.name as string);
         },
         disconnected: (link) => {
           this.faults.dropLink(link);
@@ -129,12 +137,14 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
     this.portGroups = new PortGroups(db, this.agents, (agent) => this.exports.sendExportSet(agent));
     this.exports.portGroups = (vdiskId) => this.portGroups.groups(vdiskId);
     this.exports.groupsMayChange = () => this.portGroups.recheck();
-    this.commands = new AgentCommands(db, this.agents);
+    this.commands = new AgentCommands(db, this.agents, opts.commandTimeoutMs);
     this.faults = new FaultManager(this);
     // Writes held on a location that leaves `migrating` look again.
     this.migrations = new MigrationManager(this, settled, opts.migrationConcurrency);
     this.scrubber = new Scrubber(this, opts.scrub);
     this.allocator.scrubSink = (locs) => this.scrubber.add(locs);
+    this.retention = new Retention(db, opts.retention);
+    this.retention.start();
   }
 
   get closed(): boolean {
@@ -155,6 +165,7 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
     this.tables.close();
     this.migrations.stopAll();
     this.scrubber.stop();
+    this.retention.stop();
     this.commands.close();
     // Drops the faults each agent had waiting.
     this.agents.close();

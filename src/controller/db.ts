@@ -156,6 +156,18 @@ export interface FaultRow {
   detail: string;
 }
 
+/** What `tabula fault ls` filters on; absent fields match every fault. */
+export interface FaultFilter {
+  vdiskId?: string;
+  agent?: string;
+  outcome?: string;
+  /** ISO time: faults at or after it. */
+  since?: string;
+}
+
+/** The two logs that retention bounds (retention.ts). */
+export type LogTable = 'faults' | 'events';
+
 export type NewFault = Omit<FaultRow, 'id' | 'time' | 'outcome'> & { outcome?: string; /** When it arrived (default now). */ time?: string };
 
 /** One location: a container segment. */
@@ -1132,6 +1144,76 @@ export class ControllerDb {
 
   event(kind: string, subject: string, message: string): void {
     this.#statements.event.run(now(), kind, subject, message);
+  }
+
+  /** Faults matching every filter given, newest first (`tabula fault ls`). */
+  findFaults(filter: FaultFilter, limit = 100): FaultRow[] {
+    const where: string[] = [];
+    const args: (string | number)[] = [];
+    if (filter.vdiskId !== undefined) {
+      where.push('vdisk_id = ?');
+      args.push(filter.vdiskId);
+    }
+    if (filter.agent !== undefined) {
+      where.push('agent = ?');
+      args.push(filter.agent);
+    }
+    if (filter.outcome !== undefined) {
+      where.push('outcome = ?');
+      args.push(filter.outcome);
+    }
+    if (filter.since !== undefined) {
+      where.push('time >= ?');
+      args.push(filter.since);
+    }
+    // Unindexed filters scan newest first, and retention bounds the table (retention.ts).
+    const q = `SELECT * FROM faults${where.length > 0 ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ?`;
+    return (this.sql.prepare(q).all(...args, limit) as RawFault[]).map(toFault);
+  }
+
+  /** Rows in the fault or the event log. */
+  logRows(table: LogTable): number {
+    return this.#logStatements(table).count.get() as number;
+  }
+
+  /**
+   * One batch of retention for the fault or the event log: deletes, oldest
+   * first, at most `batch` rows that are beyond the newest `keepRows` or
+   * older than `before` (ISO time), and returns how many. Ids grow with
+   * time, so the rows to go are a prefix by id: one short read of the
+   * oldest rows, one delete by rowid range, never a scan of the table.
+   */
+  pruneLog(table: LogTable, keepRows: number, before: string, batch: number): number {
+    const st = this.#logStatements(table);
+    const cutoff = (st.nthNewest.get(keepRows) as number | undefined) ?? 0;
+    const oldest = st.oldest.all(batch) as { id: number; time: string }[];
+    let last = 0;
+    for (const r of oldest) {
+      if (r.id > cutoff && r.time >= before) break;
+      last = r.id;
+    }
+    if (last === 0) return 0;
+    // The log's loss at a power cut is harmless: no fsync of its own (db.relaxed).
+    return this.relaxed(() => st.deleteUpTo.run(last).changes);
+  }
+
+  #logs = new Map<LogTable, { count: Database.Statement; nthNewest: Database.Statement; oldest: Database.Statement; deleteUpTo: Database.Statement }>();
+
+  /** Prepared on first use (kept apart from the statements prepared at open). */
+  #logStatements(table: LogTable): { count: Database.Statement; nthNewest: Database.Statement; oldest: Database.Statement; deleteUpTo: Database.Statement } {
+    let st = this.#logs.get(table);
+    if (st === undefined) {
+      const t = table === 'faults' ? 'faults' : 'events';
+      st = {
+        count: this.sql.prepare(`SELECT COUNT(*) FROM ${t}`).pluck(),
+        // The id of the (n+1)-th newest row: it and every older one are beyond the newest n.
+        nthNewest: this.sql.prepare(`SELECT id FROM ${t} ORDER BY id DESC LIMIT 1 OFFSET ?`).pluck(),
+        oldest: this.sql.prepare(`SELECT id, time FROM ${t} ORDER BY id LIMIT ?`),
+        deleteUpTo: this.sql.prepare(`DELETE FROM ${t} WHERE id <= ?`),
+      };
+      this.#logs.set(table, st);
+    }
+    return st;
   }
 
   // ---- invariants (`tabula check`, check.ts): each query returns the rows that break one ----

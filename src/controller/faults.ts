@@ -61,7 +61,7 @@ import { debugEnabled, log } from '../util/log.js';
 import { ContainerFullError, locKey } from './allocator.js';
 import type { ControllerDb, Location } from './db.js';
 import type { AgentLink } from './agent-link.js';
-import type { AgentCommands } from './agent-commands.js';
+import { isOverdue, type AgentCommands } from './agent-commands.js';
 import type { AgentRegistry } from './agent-registry.js';
 import type { CommitResult, TableChanges } from './table-changes.js';
 import type { WriteBehind } from './write-behind.js';
@@ -499,6 +499,7 @@ export class FaultManager {
       throw err;
     }
     let committed = false;
+    let overdue = false;
     try {
       const agent = host.commands.copyAgent([old.containerId, fresh.containerId], prefer);
       if (agent === null) {
@@ -508,13 +509,20 @@ export class FaultManager {
       }
       const size = vdisk.segmentSize;
       log.info(`${what}: agent ${agent} copies ${old.containerId}@${old.offset} to ${fresh.containerId}@${fresh.offset}`);
-      const err = await host.commands.copy(agent, {
-        srcContainer: old.containerId,
-        srcOffset: old.offset * size,
-        dstContainer: fresh.containerId,
-        dstOffset: fresh.offset * size,
-        length: size,
-      });
+      const target = fresh;
+      const err = await host.commands.copy(
+        agent,
+        {
+          srcContainer: old.containerId,
+          srcOffset: old.offset * size,
+          dstContainer: fresh.containerId,
+          dstOffset: fresh.offset * size,
+          length: size,
+        },
+        // The agent may still write the new location: it is given up only once the copy is over.
+        { late: () => host.allocator.unreserve([target], true) },
+      );
+      if (isOverdue(err)) overdue = true;
       if (err !== null) {
         const reason = `${what} failed: agent ${agent} could not copy ${old.containerId}@${old.offset} to ${fresh.containerId}@${fresh.offset}: ${err}`;
         log.error(reason);
@@ -533,7 +541,7 @@ export class FaultManager {
         (r) => this.#answerBehind(c, r),
       );
     } finally {
-      host.allocator.unreserve([fresh], !committed);
+      if (!overdue) host.allocator.unreserve([fresh], !committed);
     }
     if (committed) await host.tables.settleShared(old);
     return null;

@@ -12,6 +12,10 @@
 //      freed once every exporter has acked (TableChanges.reclaim);
 //   5. the location leaves `migrating` and held writes get RETRY.
 //
+// A copy that misses its deadline (agent-commands.ts) is tried again, by
+// another agent when one reaches both containers; its new location stays
+// reserved until the silent agent answers or is gone.
+//
 // A write therefore waits for its own segment's copy at most. A shared location
 // is copied for this vdisk only (its other holders keep it, and one left
 // alone becomes writable again, as after copy-on-write).
@@ -26,7 +30,7 @@ import { formatSize } from '../util/size.js';
 import { log } from '../util/log.js';
 import { ContainerFullError, locKey } from './allocator.js';
 import type { ControllerDb, Location, MigrationRow, VdiskRow } from './db.js';
-import type { AgentCommands } from './agent-commands.js';
+import { isOverdue, type AgentCommands } from './agent-commands.js';
 import type { AgentRegistry } from './agent-registry.js';
 import type { Allocator } from './allocator.js';
 import type { TableChanges } from './table-changes.js';
@@ -360,6 +364,8 @@ export class MigrationManager {
     host.migrating.add(key);
     let fresh: Location | undefined;
     let committed = false;
+    /** The copy missed its deadline: its `late` gives up the new location. */
+    let overdue = false;
     try {
       const row = db.segment(vdisk.id, seg);
       if (row.containerId !== old.containerId || row.offset !== old.offset) return 'skipped';
@@ -404,13 +410,25 @@ export class MigrationManager {
         this.#note(vdisk.id, `waiting for agent ${laggard.agent} to ack vdisk ${vdisk.name}'s table (acked version ${laggard.ackedVersion})`);
         return 'no-agent';
       }
-      const err = await host.commands.copy(agent, {
-        srcContainer: old.containerId,
-        srcOffset: old.offset * vdisk.segmentSize,
-        dstContainer: fresh.containerId,
-        dstOffset: fresh.offset * vdisk.segmentSize,
-        length: vdisk.segmentSize,
-      });
+      const dst = fresh;
+      const err = await host.commands.copy(
+        agent,
+        {
+          srcContainer: old.containerId,
+          srcOffset: old.offset * vdisk.segmentSize,
+          dstContainer: fresh.containerId,
+          dstOffset: fresh.offset * vdisk.segmentSize,
+          length: vdisk.segmentSize,
+        },
+        // The agent may still write the new location: it is given up only once the copy is over.
+        { late: () => host.allocator.unreserve([dst], true) },
+      );
+      if (isOverdue(err)) {
+        // Tried again with another agent (AgentCommands.copyAgent puts this one last).
+        overdue = true;
+        this.#note(vdisk.id, `${what}: ${err as string}`);
+        return 'no-agent';
+      }
       if (host.closed) return 'skipped';
       if (err !== null) {
         if (host.agents.link(agent) === undefined) {
@@ -429,7 +447,7 @@ export class MigrationManager {
       });
       return committed ? 'moved' : 'skipped';
     } finally {
-      if (fresh) host.allocator.unreserve([fresh], !committed);
+      if (fresh && !overdue) host.allocator.unreserve([fresh], !committed);
       host.migrating.delete(key);
       if (!host.closed) {
         // Held writes look again now that the remap is acked; a location

@@ -12,12 +12,15 @@
 //   go to the allocator's free map;
 // - failure: back in the queue, that container retried after a capped
 //   exponential backoff;
-// - no agent reaches the container: they wait for the next registration.
+// - no agent reaches the container: they wait for the next registration;
+// - no answer within the command's deadline (agent-commands.ts): the slot
+//   goes to other work, and the segments wait for that agent's late answer
+//   (or its disconnection) before they are freed or sent again.
 
 import { log } from '../util/log.js';
 import type { Allocator } from './allocator.js';
 import type { ControllerDb, Location } from './db.js';
-import type { AgentCommands } from './agent-commands.js';
+import { isOverdue, type AgentCommands } from './agent-commands.js';
 
 /** What the scrubber needs of the controller. */
 export interface ScrubHost {
@@ -178,8 +181,14 @@ export class Scrubber {
     this.#sent.set(containerId, (this.#sent.get(containerId) ?? 0) + count);
     const what = `scrub of container ${containerId} segments ${first}+${count}`;
     log.debug(`${what}: agent ${agent} zeroes them`);
-    const done = (err: string | null): void => {
+    let slot = true;
+    const freeSlot = (): void => {
+      if (!slot) return;
+      slot = false;
       this.#inFlight--;
+    };
+    const end = (err: string | null): void => {
+      freeSlot();
       const left = (this.#sent.get(containerId) ?? count) - count;
       if (left > 0) this.#sent.set(containerId, left);
       else this.#sent.delete(containerId);
@@ -188,9 +197,18 @@ export class Scrubber {
       else this.#failed(what, agent, containerId, first, count, err);
       this.kick();
     };
+    const done = (err: string | null): void => {
+      if (!isOverdue(err)) return end(err);
+      // The agent may still zero them when it resumes: not sent again (another
+      // agent could free them first, and the late zeroing would hit live data)
+      // until it answers or is gone (`late`); other work takes the slot.
+      freeSlot();
+      log.warn(`${what}: ${err}; they wait for agent ${agent}`);
+      this.kick();
+    };
     // Through a promise, so a send that throws counts as a failed attempt too.
     Promise.resolve()
-      .then(() => this.#host.commands.zero(agent, { container: containerId, offset: first * segmentSize, length: count * segmentSize }))
+      .then(() => this.#host.commands.zero(agent, { container: containerId, offset: first * segmentSize, length: count * segmentSize }, { late: end }))
       .then(done, (e: Error) => done(e.message));
   }
 

@@ -8,7 +8,10 @@
 // source has acked that version (an agent acks only after the I/O it
 // started under older versions completed), so every write acknowledged
 // before is in it and every write after faults. If an exporter does not
-// ack (offline, fenced), the snapshot is taken back and the call fails.
+// ack (offline, or connected but silent past the ack deadline: fenced), the
+// snapshot is taken back and the call fails then, within the ack timeout;
+// the source's change itself still waits for that agent (or the removal of
+// its export) before the vdisk's next change (TableChanges.awaitAcks).
 //
 // Removal of a table drops its references; a location reaching zero is
 // freed once the agents that exported the table have acked (the vdisk must
@@ -48,7 +51,13 @@ export class SnapshotError extends Error {
 export async function shareVdisk(host: SnapshotHost, src: VdiskRow, name: string, kind: VdiskKind): Promise<VdiskRow> {
   const db = host.db;
   const verb = kind === 'snapshot' ? 'snapshot' : 'clone';
-  return host.tables.serialize(src.id, async () => {
+  /** Set when an exporter missed the ack deadline: the call fails at once, the change goes on waiting for it. */
+  let abandoned: SnapshotError | null = null;
+  let giveUp: (e: SnapshotError) => void = () => undefined;
+  const early = new Promise<never>((_, reject) => {
+    giveUp = reject;
+  });
+  const task = host.tables.serialize(src.id, async () => {
     const cur = db.vdisk(src.id);
     if (!cur) throw new SnapshotError(`vdisk ${src.name} was removed`);
     // Entries whose data cannot be shared as no-write (the invariant for shared locations).
@@ -97,7 +106,17 @@ export async function shareVdisk(host: SnapshotHost, src: VdiskRow, name: string
         for (const seg of db.freezeNormal(cur.id)) c.mark(seg);
       });
       if (r !== null) {
-        await host.tables.awaitAcks(r);
+        await host.tables.awaitAcks(r, {
+          fenced: (who, why) => {
+            // The point in time is not confirmed within the deadline: the snapshot is taken back now,
+            // while the source's no-write version still waits for the fenced agent's ack (it touched
+            // normal segments) before the vdisk's next change, so nothing it may still write is lost.
+            abandoned = new SnapshotError(`${verb} of vdisk ${cur.name} abandoned: agent ${who.join(', ')} fenced: ${why}`);
+            void removeTable(host, id);
+            giveUp(abandoned);
+          },
+        });
+        if (abandoned !== null) throw abandoned;
         host.writeBehind.flush(); // acked versions and lifted fences
         const missing = db.exportsOfVdisk(cur.id).filter((e) => e.ackedVersion < r.version || e.fenced);
         if (missing.length > 0) {
@@ -112,6 +131,7 @@ export async function shareVdisk(host: SnapshotHost, src: VdiskRow, name: string
     log.info(`${verb} ${name} of vdisk ${cur.name} created`);
     return db.vdisk(id) as VdiskRow;
   });
+  return Promise.race([task, early]);
 }
 
 /**

@@ -63,6 +63,15 @@ export interface ChangeContext {
   setOwner(seg: number, owner: number): void;
 }
 
+export interface AwaitAcksOptions {
+  /**
+   * Called at the ack deadline with the agents just fenced for missing it,
+   * before the wait for them goes on (#awaitLaggards): a caller that must
+   * answer within a bound (a snapshot) gives up there.
+   */
+  fenced?(agents: readonly string[], why: string): void;
+}
+
 /** What table changes need from the rest of the controller (wired in controller.ts). */
 export interface TableChangeHooks {
   /** Locations (locKey) a migration is copying: settleShared leaves them to it. */
@@ -288,16 +297,18 @@ export class TableChanges {
    * not, and then waits for each of them until the change is safe without
    * it (#awaitLaggards); then reclaims.
    */
-  async awaitAcks(r: CommitResult): Promise<void> {
+  async awaitAcks(r: CommitResult, opts: AwaitAcksOptions = {}): Promise<void> {
     const holders = this.#agents.holders(r.vdiskId).filter((l) => !(l.held(r.vdiskId)?.fenced ?? true));
     const results = await Promise.all(holders.map((l) => l.waitAck(r.vdiskId, r.version, this.#ackTimeoutMs)));
     const laggards: string[] = [];
+    const why = `no ack of table version ${r.version} within ${this.#ackTimeoutMs} ms`;
     holders.forEach((l, i) => {
       if (results[i]) return;
-      this.fence(l, r.vdiskId, `no ack of table version ${r.version} within ${this.#ackTimeoutMs} ms`);
+      this.fence(l, r.vdiskId, why);
       if (l.name !== null) laggards.push(l.name);
     });
     if (laggards.length > 0) {
+      opts.fenced?.(laggards, why);
       await this.#awaitLaggards(r, laggards);
       // Shut down while waiting: the change is not safe to act on, and the database is closing.
       if (this.#closed) return;

@@ -16,6 +16,8 @@ export interface ControllerDaemonOptions {
   ackTimeoutMs?: number;
   holdTimeoutMs?: number;
   metricsListen?: string;
+  commandTimeoutMs?: number;
+  retention?: { faults?: { maxRows?: number; maxAgeDays?: number }; events?: { maxRows?: number; maxAgeDays?: number } };
 }
 
 export interface AgentDaemonOptions {
@@ -84,7 +86,16 @@ export function controllerOptions(cfg: TabulaConfig): ControllerDaemonOptions {
     ackTimeoutMs: ms(cfg.controller.ackTimeoutSec),
     holdTimeoutMs: ms(cfg.controller.holdTimeoutSec),
     metricsListen: cfg.controller.metricsListen,
+    ...(cfg.controller.commandTimeoutSec === undefined ? {} : { commandTimeoutMs: ms(cfg.controller.commandTimeoutSec) }),
+    ...retentionOptions(cfg),
   };
+}
+
+/** `{ retention }` when controller.retention sets anything, else nothing (the controller's defaults). */
+function retentionOptions(cfg: TabulaConfig): Pick<ControllerDaemonOptions, 'retention'> {
+  const r = cfg.controller.retention;
+  if (Object.keys(r.faults).length === 0 && Object.keys(r.events).length === 0) return {};
+  return { retention: { faults: { ...r.faults }, events: { ...r.events } } };
 }
 
 /** security.chap and security.allowed-initiators as the agent's iSCSI login settings (undefined: neither set). */

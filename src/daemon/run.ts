@@ -48,6 +48,8 @@ const RESTART_KEYS: Readonly<Record<Role, Readonly<Record<string, (c: TabulaConf
     'controller.ack-timeout': (c) => c.controller.ackTimeoutSec,
     'controller.hold-timeout': (c) => c.controller.holdTimeoutSec,
     'controller.metrics-listen': (c) => c.controller.metricsListen,
+    'controller.command-timeout': (c) => c.controller.commandTimeoutSec,
+    'controller.retention': (c) => c.controller.retention,
   },
   agent: {
     'controller.address': (c) => c.controller.address,

@@ -440,6 +440,11 @@ export interface FaultInfo {
 export interface ListFaultsRequest {
   vdisk: string;
   limit: number;
+  /** Filters; "" (or absent, from an older client) matches every fault. */
+  agent?: string;
+  outcome?: string;
+  /** ISO 8601 time. */
+  since?: string;
 }
 
 export interface ListFaultsReply {

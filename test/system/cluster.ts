@@ -47,6 +47,8 @@ export interface ControllerOptions {
   /** Seconds agents hold a faulted I/O before NOT READY (the daemon's default 10 when omitted). */
   holdTimeoutS?: number;
   ackTimeoutS?: number;
+  /** Base deadline of copy and zero commands (--command-timeout). */
+  commandTimeoutS?: number;
 }
 
 /** A controller and agents in one temp dir. */
@@ -106,6 +108,7 @@ export class Cluster {
     const args = ['controller', '--db', this.dbPath, '--listen', this.controllerAddress];
     if (o.holdTimeoutS !== undefined) args.push('--hold-timeout', String(o.holdTimeoutS));
     if (o.ackTimeoutS !== undefined) args.push('--ack-timeout', String(o.ackTimeoutS));
+    if (o.commandTimeoutS !== undefined) args.push('--command-timeout', String(o.commandTimeoutS));
     this.controller = await this.startDaemon('controller', args, /controller listening on \S+/, lifetimeMs);
     return this.controller;
   }

@@ -51,6 +51,23 @@ describe('config: validation', () => {
     ]);
   });
 
+  it('controller.retention and controller.command-timeout: read when given, every bad value named', () => {
+    const c = validateConfig(
+      { controller: { 'command-timeout': 4, retention: { faults: { 'max-rows': 1000, 'max-age-days': 0.5 }, events: { 'max-age-days': 30 } } } },
+      'test.yaml',
+      ctx,
+    );
+    expect(c.controller.commandTimeoutSec).to.equal(4);
+    expect(c.controller.retention).to.deep.equal({ faults: { maxRows: 1000, maxAgeDays: 0.5 }, events: { maxAgeDays: 30 } });
+    expect(validateConfig(null, 'test.yaml', ctx).controller.retention).to.deep.equal({ faults: {}, events: {} });
+    expect(problems({ controller: { 'command-timeout': 0, retention: { faults: { 'max-rows': -1, 'max-age': 3 }, event: {} } } })).to.deep.equal([
+      'controller.command-timeout: expected seconds, more than 0 and at most 3600, got 0',
+      'controller.retention.event: unknown key (did you mean controller.retention.events?)',
+      'controller.retention.faults.max-age: unknown key',
+      'controller.retention.faults.max-rows: expected a whole number from 0 to 100000000, got -1',
+    ]);
+  });
+
   it('names every bad key in one pass', () => {
     expect(
       problems({
