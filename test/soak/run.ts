@@ -44,18 +44,19 @@ export function formatReport(r: SoakReport): string {
   }
   out.push('  (start: first sample after set-up; warm-up and end: the last start of the daemon, a warm-up after it and the last sample under load)');
   out.push('', `database: ${(r.dbBytes / 2 ** 20).toFixed(1)} MiB (with WAL); fault rows kept ${r.faultRows} of ${r.faultsRecorded} recorded; event rows ${r.eventRows}`);
-  out.push('', 'minute  writer-W MiB/s  writer-R MiB/s  bench MiB/s  bench runs (failed)  failed I/O  RSS ctl/a/b MiB  db MiB  fault rows');
+  out.push('', 'minute  writer-W MiB/s  writer-R MiB/s  bench MiB/s  bench runs (failed)  failed I/O  RSS ctl/a/b MiB  db MiB  fault rows  kills');
   out.push(`  (I/O summed per minute of the run, shown per second; the last row is the stop and the final verification)`);
   for (const m of r.perMinute) {
     const rss = ['controller', 'agent-a', 'agent-b'].map((d) => mib(m.rssKiB[d as keyof typeof m.rssKiB] ?? 0)).join('/');
     out.push(
-      `  ${String(m.minute).padStart(4)} ${(m.writerWriteMiB / 60).toFixed(2).padStart(15)} ${(m.writerReadMiB / 60).toFixed(2).padStart(15)} ${(m.benchMiB / 60).toFixed(2).padStart(12)} ${`${m.benchRuns} (${m.benchFailed})`.padStart(20)} ${String(m.failedIo).padStart(11)}  ${rss.padStart(16)} ${(m.dbBytes / 2 ** 20).toFixed(1).padStart(7)} ${String(m.faultRows).padStart(11)}`,
+      `  ${String(m.minute).padStart(4)} ${(m.writerWriteMiB / 60).toFixed(2).padStart(15)} ${(m.writerReadMiB / 60).toFixed(2).padStart(15)} ${(m.benchMiB / 60).toFixed(2).padStart(12)} ${`${m.benchRuns} (${m.benchFailed})`.padStart(20)} ${String(m.failedIo).padStart(11)}  ${rss.padStart(16)} ${(m.dbBytes / 2 ** 20).toFixed(1).padStart(7)} ${String(m.faultRows).padStart(11)}  ${m.events.filter((e) => e.startsWith('SIGKILL')).map((e) => e.split(' ')[1]).join(' ')}`,
     );
   }
   out.push('', `kills: ${r.kills.length === 0 ? 'none' : r.kills.join('; ')}`);
   out.push(`operations: ${Object.entries(r.ops).map(([k, n]) => `${k} ${n}`).join(', ') || 'none'}`);
   if (r.opFailures.length > 0) out.push(`operations that failed (retried for 3 min): ${r.opFailures.join('; ')}`);
-  out.push(`I/O that did not end GOOD (allowed either content): ${Object.entries(r.statuses).map(([k, n]) => `${k}: ${n}`).join('; ') || 'none'}`);
+  out.push(`I/O that did not end GOOD (its blocks may hold the old or the new content):${Object.keys(r.statuses).length === 0 ? ' none' : ''}`);
+  for (const [k, n] of Object.entries(r.statuses).sort((x, y) => y[1] - x[1])) out.push(`  ${String(n).padStart(6)}  ${k}`);
   out.push('', 'verified:', ...r.verified.map((v) => `  ${v}`));
   out.push('', `mismatches: ${r.mismatchCount}`);
   for (const m of r.mismatches.slice(0, 20)) out.push(`  ${m.vdisk} offset ${m.offset}: found ${m.found}; allowed ${m.allowed}`);
@@ -73,6 +74,12 @@ async function main(): Promise<number> {
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  // Every wait of the soak is bounded; this bounds their sum, so the soak always ends by itself.
+  const watchdog = setTimeout(() => {
+    process.stderr.write(`soak: still running ${o.minutes + 25} minutes after the start: giving up\n`);
+    void soak.close(true).finally(() => process.exit(1));
+  }, (o.minutes + 25) * 60_000);
+  watchdog.unref();
   try {
     await soak.setup();
     const report = await soak.run();

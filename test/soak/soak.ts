@@ -463,7 +463,7 @@ export class Soak {
       } finally {
         s.close();
       }
-      this.verified.push(`${v.kind} ${v.name} through ${agent} ${when}: ${bad === 0 ? 'ok' : `${bad} blocks MISMATCH`}`);
+      this.verified.push(`${v.kind} ${v.name} through ${agent} ${when}: ${bad === 0 ? 'ok' : `${bad} blocks MISMATCH`} (${v.model.uncertainUnits} of ${v.model.units} 4 KiB units with more than one allowed content)`);
       this.#event(`verified ${v.kind} ${v.name} through ${agent} ${when}: ${bad === 0 ? 'ok' : `${bad} blocks MISMATCH`}${v.model.uncertainUnits > 0 ? ` (${v.model.uncertainUnits} units with more than one allowed content)` : ''}`);
     }
   }
@@ -523,7 +523,12 @@ export class Soak {
     this.#stopping = true;
     await kills;
     await ops;
-    await this.#migration;
+    // A migration left running is given 5 minutes to end, then cancelled (the cancel is a failure of the run's operations).
+    if (this.#migration !== undefined && (await Promise.race([this.#migration.then(() => true), sleep(5 * 60_000).then(() => false)])) === false) {
+      this.opFailures.push('migration of thick: still running 5 minutes after the end, cancelled');
+      await this.#ensure('migrate-cancel thick', () => this.c.cliOk(['vdisk', 'migrate-cancel', 'thick']), async () => false, 60_000);
+      await this.#migration;
+    }
     for (const v of this.live.values()) await v.worker?.stop();
     this.#sampleRss();
     samplerDone = true;
