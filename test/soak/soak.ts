@@ -17,7 +17,7 @@ import { requireTools } from '../support/tools.js';
 import { Cluster, iqnOf } from '../system/cluster.js';
 import { GOOD, LunSession, describeIo } from '../system/scsi-client.js';
 import { VdiskModel, type Mismatch } from './model.js';
-import { Stats, Worker, type Live, type Op, type WorkerEnv } from './workload.js';
+import { HOLD_S, Stats, Worker, type Live, type Op, type WorkerEnv } from './workload.js';
 
 const MiB = 1 << 20;
 const VDISK_MIB = 64;
@@ -178,7 +178,7 @@ export class Soak {
   }
 
   async #startController(): Promise<void> {
-    await this.c.startController({ holdTimeoutS: 30, ackTimeoutS: 5 }, this.lifetimeMs);
+    await this.c.startController({ holdTimeoutS: HOLD_S, ackTimeoutS: 5 }, this.lifetimeMs);
     this.#started('controller');
   }
 

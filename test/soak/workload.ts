@@ -84,7 +84,9 @@ export interface WorkerEnv {
 
 /** Writer sessions per agent, and commands in flight on each. */
 const SLOTS_PER_AGENT = 2;
-/** Time for one command: longer than any hold (the controller's is 30 s in the soak), so an answer always comes first while the agent lives. */
+/** The controller's hold timeout in the soak: a faulted I/O is answered within this while the agent lives. */
+export const HOLD_S = 30;
+/** Time for one command: longer than any hold, so an answer always comes first while the agent lives. */
 const COMMAND_MS = 120_000;
 const BENCH_MS = 180_000;
 
@@ -165,6 +167,7 @@ export class Worker {
       }
       const [first, count] = claim;
       const lba = (first * UNIT) / v.blockSize;
+      let answered = true;
       try {
         if (this.env.rng() < 0.7) {
           const op: Op = { ranges: [[first, count]], content: writerContent(this.env.nextSeq(), v.tag) };
@@ -208,10 +211,13 @@ export class Worker {
         }
       } catch {
         // The session died (its agent was killed) or a command went unanswered: a new session.
+        answered = false;
         s.close();
         s = undefined;
       } finally {
-        this.#busy.fill(0, first, first + count);
+        // An unanswered command may still be held in a living agent: its units are left alone until it has surely ended.
+        if (answered) this.#busy.fill(0, first, first + count);
+        else setTimeout(() => this.#busy.fill(0, first, first + count), (HOLD_S + 5) * 1000).unref();
       }
     }
     s?.close();
@@ -256,7 +262,10 @@ export class Worker {
         b.benchFailed++;
         this.env.stats.status(`qemu-img bench ${write ? 'write' : 'read'}: ${r.timedOut ? 'timed out' : (r.stderr.trim().split('\n').at(-1) ?? describeRun(r)).replace(/\d+/g, 'N')}`);
       }
-      if (!good) await sleep(500);
+      // qemu-img exits at its first failed request, possibly leaving others held in an agent (a first write
+      // while the controller is down): no bench write here until they have surely landed or failed, so none
+      // lands after a later acknowledged write to the same units.
+      if (!good) await sleep(write ? (HOLD_S + 5) * 1000 : 500);
     }
   }
 }
