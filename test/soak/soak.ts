@@ -15,7 +15,7 @@ import { prng } from '../support/prng.js';
 import { sleep, waitFor } from '../support/process.js';
 import { requireTools } from '../support/tools.js';
 import { Cluster, iqnOf } from '../system/cluster.js';
-import { GOOD, LunSession, describeIo } from '../system/scsi-client.js';
+import { GOOD, LunSession, describeIo, type IoResult } from '../system/scsi-client.js';
 import { VdiskModel, type Mismatch } from './model.js';
 import { HOLD_S, Stats, Worker, type Live, type Op, type WorkerEnv } from './workload.js';
 
@@ -444,18 +444,32 @@ export class Soak {
 
   // ---- verification ----
 
-  /** Reads all of `v` through every agent exporting it and checks it against the model. */
+  /**
+   * Reads all of `v` through every agent exporting it and checks it against
+   * the model. A session that dies under it (its agent killed) is opened again
+   * and the read repeated, a few times.
+   */
   async #verify(v: Live, when: string): Promise<void> {
     for (const agent of v.agents) {
-      const s = await waitFor(`session to ${v.name} on ${agent}`, 180_000, () => LunSession.open(this.c.agent(agent).portal, iqnOf(v.name), v.blockSize), 1000);
+      const open = (): Promise<LunSession> => waitFor(`session to ${v.name} on ${agent}`, 180_000, () => LunSession.open(this.c.agent(agent).portal, iqnOf(v.name), v.blockSize), 1000);
+      let s = await open();
       let bad = 0;
       try {
         const chunk = MiB;
         for (let off = 0; off < v.model.size; off += chunk) {
-          let r = await s.read(off / v.blockSize, chunk / v.blockSize, 120_000);
-          // A UNIT ATTENTION (an ALUA change after a restart) is answered once, then the read is repeated.
-          if (r.status !== GOOD) r = await s.read(off / v.blockSize, chunk / v.blockSize, 120_000);
-          if (r.status !== GOOD) throw new Error(`READ of ${v.name} at ${off} through ${agent}: ${describeIo(r)}`);
+          let r: IoResult | undefined;
+          for (let attempt = 1; r?.status !== GOOD; attempt++) {
+            try {
+              r = await s.read(off / v.blockSize, chunk / v.blockSize, 120_000);
+            } catch (err) {
+              if (attempt >= 5) throw err;
+              s.close();
+              s = await open();
+              continue;
+            }
+            // A UNIT ATTENTION (an ALUA change after a restart) is answered, then the read is repeated.
+            if (r.status !== GOOD && attempt >= 5) throw new Error(`READ of ${v.name} at ${off} through ${agent}: ${describeIo(r)}`);
+          }
           const ms = v.model.verify(off, r.data);
           bad += ms.length;
           this.stats.mismatch(ms.map((m) => ({ ...m, vdisk: `${m.vdisk} (${when}, through ${agent})` })));
