@@ -49,7 +49,7 @@ export function formatReport(r: SoakReport): string {
   for (const m of r.perMinute) {
     const rss = ['controller', 'agent-a', 'agent-b'].map((d) => mib(m.rssKiB[d as keyof typeof m.rssKiB] ?? 0)).join('/');
     out.push(
-      `  ${String(m.minute).padStart(4)} ${(m.writerWriteMiB / 60).toFixed(2).padStart(15)} ${(m.writerReadMiB / 60).toFixed(2).padStart(15)} ${(m.benchMiB / 60).toFixed(2).padStart(12)} ${`${m.benchRuns} (${m.benchFailed})`.padStart(20)} ${String(m.failedIo).padStart(11)}  ${rss.padStart(16)} ${(m.dbBytes / 2 ** 20).toFixed(1).padStart(7)} ${String(m.faultRows).padStart(11)}  ${m.events.filter((e) => e.startsWith('SIGKILL')).map((e) => e.split(' ')[1]).join(' ')}`,
+      `  ${String(m.minute).padStart(4)} ${(m.writerWriteMiB / 60).toFixed(2).padStart(15)} ${(m.writerReadMiB / 60).toFixed(2).padStart(15)} ${(m.benchMiB / 60).toFixed(2).padStart(12)} ${`${m.benchRuns} (${m.benchFailed})`.padStart(20)} ${String(m.failedIo).padStart(11)}  ${rss.padStart(16)} ${(m.dbBytes / 2 ** 20).toFixed(1).padStart(7)} ${String(m.faultRows).padStart(11)}  ${m.events.filter((e) => e.startsWith('SIGKILL')).map((e) => e.split(' ')[1]?.replace(',', '')).join(' ')}`,
     );
   }
   out.push('', `kills: ${r.kills.length === 0 ? 'none' : r.kills.join('; ')}`);
