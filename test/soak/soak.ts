@@ -417,13 +417,25 @@ export class Soak {
       plan.push({ at: from + this.#rng() * (to - from), who: 'agent-a' });
     }
     plan.sort((x, y) => x.at - y.at);
+    // A migration takes seconds, so a kill at a random moment seldom meets one: the first kill of each
+    // daemon waits (up to 2 minutes) for a migration to be running and strikes in its middle.
+    const aimed = new Set([plan.find((k) => k.who === 'controller'), plan.find((k) => k.who === 'agent-a')]);
     for (const k of plan) {
       const wait = this.#start + k.at - Date.now();
       if (wait > 0) await sleep(wait);
       if (this.#stopping) return;
+      let during = '';
+      if (aimed.has(k)) {
+        const deadline = Date.now() + 120_000;
+        while (this.#migration === undefined && Date.now() < deadline && !this.#stopping) await sleep(100);
+        if (this.#migration !== undefined) {
+          await sleep(500 + this.#rng() * 1000);
+          if (this.#migration !== undefined) during = ' during a migration';
+        }
+      }
       const down = 200 + this.#rng() * 3000;
-      this.#event(`SIGKILL ${k.who}, restart after ${(down / 1000).toFixed(1)}s`);
-      this.kills.push(`${this.#elapsed()} ${k.who} (down ${(down / 1000).toFixed(1)}s)`);
+      this.#event(`SIGKILL ${k.who}${during}, restart after ${(down / 1000).toFixed(1)}s`);
+      this.kills.push(`${this.#elapsed()} ${k.who}${during} (down ${(down / 1000).toFixed(1)}s)`);
       if (k.who === 'controller') await this.c.killController();
       else await this.c.agent('a').daemon.kill();
       await sleep(down);
