@@ -60,6 +60,8 @@ const MAX_WRITE_SAME_BYTES = 64 << 20;
 /** Commands of one large operation (zeroing a whole LUN) in flight at once. */
 const SPLIT_PARALLEL = 16;
 const MAX_BACKOFF_MS = 200;
+/** Unit attentions retried at once before the backoff applies. */
+const MAX_QUICK_ATTENTIONS = 4;
 /** REPORT LUNS data for every LUN 0..16383 fits. */
 const MAX_REPORT_LUNS_BYTES = 8 + 8 * 16384;
 
@@ -470,6 +472,7 @@ export class IscsiLun {
     const what = (): string => `${cdbText(req.cdb)}${note}`;
     const deadline = Date.now() + this.#holdMs;
     let delay = 1;
+    let attentions = 0;
     let last = '';
     for (let attempt = 0; ; attempt++) {
       const left = deadline - Date.now();
@@ -500,8 +503,9 @@ export class IscsiLun {
           if (mayRefuse && unsupported(s)) return 'unsupported';
           if (UA_OR_TRANSIENT.has(s.key)) {
             last = senseText(s);
-            // A unit attention is reported once: the retry goes at once.
-            if (s.key !== SenseKey.UnitAttention) delay = await this.#backoff(delay, deadline);
+            // A unit attention is reported once, so the retry goes at once (a few in a row: a reset and a
+            // capacity change, say); a target that keeps reporting them is paced like any other condition.
+            if (s.key !== SenseKey.UnitAttention || ++attentions > MAX_QUICK_ATTENTIONS) delay = await this.#backoff(delay, deadline);
             continue;
           }
           const at = s.info !== undefined && offset >= 0 && (op === 'read' || op === 'write') ? s.info * this.geometry.blockSize : offset;
