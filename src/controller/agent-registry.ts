@@ -227,7 +227,7 @@ export class AgentRegistry {
   }
 
   /** Checks claims as Register does: the accepted ones, and why each other one is not. */
-  #checkClaims(link: AgentLink, containers: readonly ContainerRef[]): { accepted: { id: string; path: string; reachable: boolean; error: string }[]; rejected: string[] } {
+  #checkClaims(link: AgentLink, agent: string, containers: readonly ContainerRef[]): { accepted: { id: string; path: string; reachable: boolean; error: string }[]; rejected: string[] } {
     const accepted: { id: string; path: string; reachable: boolean; error: string }[] = [];
     const rejected: string[] = [];
     for (const c of containers) {
@@ -244,7 +244,7 @@ export class AgentRegistry {
     for (const why of rejected) {
       if (told.has(why)) continue;
       told.add(why);
-      log.error(`agent ${link.name ?? link.label}: ${why}`);
+      log.error(`agent ${agent}: ${why}`);
       link.sendError(why);
     }
     return { accepted, rejected };
@@ -254,7 +254,7 @@ export class AgentRegistry {
     const name = link.name as string;
     if (this.#links.get(name) !== link) return;
     const before = new Map(this.#db.agentClaims(name).map((c) => [c.id, c]));
-    const { accepted } = this.#checkClaims(link, u.containers);
+    const { accepted } = this.#checkClaims(link, name, u.containers);
     this.#db.updateAgentContainers(name, accepted);
     for (const c of accepted) {
       const was = before.get(c.id);
@@ -426,7 +426,7 @@ export class AgentRegistry {
     // Claims of containers not registered yet are refused here and accepted
     // from the ContainerUpdate the agent sends when `container add` asks it
     // to rescan (rescanAll).
-    const { accepted, rejected } = this.#checkClaims(link, r.containers);
+    const { accepted, rejected } = this.#checkClaims(link, r.agentName, r.containers);
     const host = r.hostId ?? '';
     let agentNumber: number;
     try {
