@@ -35,7 +35,7 @@ export interface AgentContainersOptions {
   /** Default: scanIscsiLocator of src/container/iscsi-scan.ts. */
   scanIscsi?: IscsiScanner;
   /** Opens a file or block container (default openContainer); tests count reopenings here. */
-  open?: (path: string, opts: FileDriverOptions & { direct?: boolean }) => Promise<ContainerDriver>;
+  open?: (path: string, opts: FileDriverOptions) => Promise<ContainerDriver>;
 }
 
 /** A locator naming network LUNs rather than paths. */
@@ -168,8 +168,7 @@ export class AgentContainers implements ContainerResolver {
   }
 
   #openFile(path: string, direct: boolean): Promise<ContainerDriver> {
-    const opts: FileDriverOptions & { direct?: boolean } = direct ? { direct: true } : {};
-    return (this.#opts.open ?? openContainer)(path, opts);
+    return (this.#opts.open ?? openContainer)(path, direct ? { direct: true } : {});
   }
 
   #add(d: ContainerDriver, locator: string | null, direct: boolean): void {
@@ -230,7 +229,9 @@ export class AgentContainers implements ContainerResolver {
         c.direct = true;
         this.#resolver.add(d);
         this.#retire(old);
-        log.info('shared container reopened with O_DIRECT (other hosts reach it)', { id, path: d.path, kind: d.kind });
+        // The driver falls back to buffered I/O (with its own warning) where the file system refuses O_DIRECT.
+        const really = (d as { direct?: unknown }).direct !== false;
+        log.info('shared container reopened with O_DIRECT (other hosts reach it)', { id, path: d.path, kind: d.kind, direct: really });
       }
     });
     this.#scanning = run.catch(() => undefined);
