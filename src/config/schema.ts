@@ -7,7 +7,7 @@ import { parseHostPort, parseSize } from '../util/size.js';
 import { DEFAULT_AGENT_METRICS_PORT, DEFAULT_CONTROLLER_METRICS_PORT, parseMetricsListen } from '../metrics/endpoint.js';
 import { parseDigest, type DigestSetting } from '../container/iscsi-client.js';
 
-export const ROLES = ['controller', 'agent', 'all-in-one'] as const;
+export const ROLES = ['controller', 'agent', 'all-in-one', 'storage'] as const;
 export type Role = (typeof ROLES)[number];
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
@@ -79,8 +79,14 @@ export interface TabulaConfig {
     containers: string[];
     holdTimeoutSec?: number;
     metricsListen?: string;
+    /** Register.host_id (default: /etc/machine-id, else the host name). */
+    hostId?: string;
+    /** Seconds between container rescans; 0 = only on Rescan and SIGHUP (default 60). */
+    rescanIntervalSec?: number;
   };
   containersInit: ContainerInit[];
+  /** The storage role: data disks served as LUNs of one iSCSI target (src/daemon/appliance-storage.ts). */
+  storage: StorageConfig;
   allInOne: {
     /**
      * Size of disk0 (bytes): used when disk0 is created (default 1 GiB) and,
@@ -96,6 +102,23 @@ export interface TabulaConfig {
     chap?: ChapConfig;
     allowedInitiators: string[];
   };
+}
+
+/** One LUN of a storage node: a block device or file, a glob of them, or a file created at `size`. */
+export interface StorageLunConfig {
+  path: string;
+  /** Bytes: create the file sparse (or grow it) to this size. */
+  size?: number;
+}
+
+export interface StorageConfig {
+  /** LUN 0..n-1 in order (a glob adds its matches sorted). */
+  luns: StorageLunConfig[];
+  /** Where the target listens. */
+  portal: string;
+  /** Target name (default iqn.2026-11.org.tabula:storage.<host name>). */
+  iqn: string;
+  blockSize: 512 | 4096;
 }
 
 export class ConfigError extends Error {
@@ -214,6 +237,15 @@ class Reader {
     return n;
   }
 
+  /** Seconds where 0 means off: from 0 to `max`. */
+  secondsOrOff(k: string, max: number): number | undefined {
+    const v = this.obj[k];
+    if (v === undefined || v === null) return undefined;
+    const n = typeof v === 'string' && v.trim() !== '' ? Number(v) : v;
+    if (typeof n !== 'number' || !Number.isFinite(n) || n < 0 || n > max) return this.fail(k, `expected seconds from 0 (off) to ${max}, got ${describe(v)}`);
+    return n;
+  }
+
   size(k: string): number | undefined {
     const v = this.obj[k];
     if (v === undefined || v === null) return undefined;
@@ -291,9 +323,11 @@ function checkAddress(v: string, defaultPort: number): string | undefined {
   }
 }
 
-const TOP = ['role', 'data-dir', 'data-device', 'log-level', 'controller', 'agent', 'containers-init', 'all-in-one', 'security'] as const;
+const TOP = ['role', 'data-dir', 'data-device', 'log-level', 'controller', 'agent', 'containers-init', 'all-in-one', 'storage', 'security'] as const;
+const STORAGE = ['luns', 'portal', 'iqn', 'block-size'] as const;
+const STORAGE_LUN = ['path', 'size'] as const;
 const CONTROLLER = ['listen', 'address', 'db', 'ack-timeout', 'hold-timeout', 'metrics-listen'] as const;
-const AGENT = ['name', 'portals', 'containers', 'hold-timeout', 'metrics-listen'] as const;
+const AGENT = ['name', 'portals', 'containers', 'hold-timeout', 'metrics-listen', 'host-id', 'rescan-interval'] as const;
 const INIT = ['device', 'size', 'segment-size'] as const;
 const SECURITY = ['token', 'token-file', 'tls', 'chap', 'allowed-initiators'] as const;
 const TLS = ['cert', 'key', 'ca'] as const;
@@ -337,7 +371,12 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
   const name = a.string('name');
   if (name !== undefined && !NAME.test(name)) errors.push(`agent.name: '${name}' must be 1-64 of A-Z a-z 0-9 . _ -`);
   const portals = a.strings('portals', (p) => (checkAddress(p, 3260) === undefined ? `'${p}' is not HOST:PORT (port 0-65535)` : null));
-  const containers = a.strings('containers', (p) => (p.startsWith('/') ? null : `'${p}' must be an absolute path or glob`));
+  const containers = a.strings('containers', (p) =>
+    p.startsWith('/') || /^iscsi:\/\//i.test(p) ? null : `'${p}' must be an absolute path or glob`,
+  );
+  const hostId = a.string('host-id');
+  if (hostId !== undefined && !/^[\x21-\x7e]{1,255}$/.test(hostId)) errors.push(`agent.host-id: '${hostId}' must be 1-255 printable characters without spaces`);
+  const rescanIntervalSec = a.secondsOrOff('rescan-interval', 86_400);
 
   const containersInit: ContainerInit[] = [];
   const inits = top.list('containers-init') ?? [];
@@ -360,6 +399,8 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
     containers: containers ?? (containersInit.length > 0 ? containersInit.map((x) => x.device) : [`${dataDir}/containers/*`]),
     holdTimeoutSec: a.seconds('hold-timeout'),
     metricsListen: a.listen('metrics-listen', DEFAULT_AGENT_METRICS_PORT),
+    ...(hostId === undefined ? {} : { hostId }),
+    ...(rescanIntervalSec === undefined ? {} : { rescanIntervalSec }),
   };
   if (role === 'all-in-one' && name !== undefined && name !== 'local') errors.push(`agent.name: the all-in-one node's agent is always 'local', not '${name}'`);
   if (role === 'all-in-one' && agent.portals.length !== 1) errors.push('agent.portals: the all-in-one node serves exactly one portal');
@@ -371,6 +412,33 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
   const aio = top.section('all-in-one', ['size']);
   const aioSize = aio.size('size');
   const allInOne = aioSize === undefined ? {} : { size: aioSize };
+
+  const st = top.section('storage', STORAGE);
+  const luns: StorageLunConfig[] = [];
+  (st.list('luns') ?? []).forEach((v, i) => {
+    const r = st.item('luns', i, typeof v === 'string' ? { path: v } : v, STORAGE_LUN);
+    if (!r) return;
+    const path = r.path('path');
+    if (path === undefined) {
+      if (!r.has('path')) errors.push(`${r.key('path')}: required (a block device, a file or a glob of them)`);
+      return;
+    }
+    luns.push({ path, size: r.size('size') });
+  });
+  const iqn = st.string('iqn');
+  if (iqn !== undefined && !IQN.test(iqn)) errors.push(`storage.iqn: '${iqn}' is not an iSCSI name (iqn.YYYY-MM.domain...)`);
+  const blockSize = st.has('block-size') ? Number(st.string('block-size')) : 512;
+  if (blockSize !== 512 && blockSize !== 4096) errors.push(`storage.block-size: expected 512 or 4096, got ${String(blockSize)}`);
+  const storage: StorageConfig = {
+    luns,
+    portal: st.address('portal', 3260) ?? '0.0.0.0:3260',
+    iqn: iqn ?? `iqn.2026-11.org.tabula:storage.${ctx.hostname.toLowerCase().replace(/[^a-z0-9.-]/g, '-') || 'node'}`,
+    blockSize: blockSize === 4096 ? 4096 : 512,
+  };
+  if (role === 'storage' && luns.length === 0 && !st.has('luns')) errors.push('storage.luns: required when role is storage (the data disks to serve, e.g. /dev/disk/by-id/...)');
+  if (role === 'storage' && containersInit.length > 0) {
+    errors.push("containers-init: a storage node serves its disks raw; agents label them over iSCSI (tabula container init iscsi://...)");
+  }
 
   const s = top.section('security', SECURITY);
   const token = s.string('token');
@@ -407,7 +475,7 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
 
   const listenHost = parseHostPort(controller.listen, 7360).host;
   const loopback = listenHost === 'localhost' || listenHost.startsWith('127.') || listenHost === '::1';
-  if (role !== 'agent' && !loopback && token === undefined && tokenFile === undefined && tls?.ca === undefined) {
+  if (role !== 'agent' && role !== 'storage' && !loopback && token === undefined && tokenFile === undefined && tls?.ca === undefined) {
     errors.push(
       `security.token: required when controller.listen (${controller.listen}) is beyond loopback (or give security.token-file, or mutual TLS: security.tls with ca)`,
     );
@@ -422,6 +490,7 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
     controller,
     agent,
     containersInit,
+    storage,
     allInOne,
     security: { token, tokenFile, tls, chap, allowedInitiators },
   };
