@@ -534,7 +534,8 @@ export class IscsiLun {
 
   #error(op: ContainerOp, lunOffset: number, code: string, message: string): ContainerIoError {
     const at = lunOffset < 0 ? -1 : Math.max(0, lunOffset - this.#errorBase);
-    return new ContainerIoError(op, this.path, at, code, message);
+    // The code in the text too: fault details and logs carry only the message.
+    return new ContainerIoError(op, this.path, at, code, `${message} (${code})`);
   }
 }
 
