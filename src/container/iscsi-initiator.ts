@@ -2,12 +2,12 @@
 // a ReconnectingSession per target (an IscsiSessionPool of several, commands
 // spread over them, when `sessions` > 1), SendTargets discovery for the
 // portal forms.
-import { IscsiSessionPool, ReconnectingSession, discoverTargets } from '../iscsi/initiator/index.js';
+import { IscsiSessionPool, ReconnectingSession, discoverTargets, type ReconnectingOptions } from '../iscsi/initiator/index.js';
 import type { IscsiClientOptions, IscsiConnector, Portal } from './iscsi-client.js';
 import { resolveClientOptions } from './iscsi-client.js';
 import type { IscsiChap } from './iscsi-locator.js';
 
-function sessionOptions(portal: Portal, chap: IscsiChap | undefined, opts: IscsiClientOptions) {
+function sessionOptions(portal: Portal, chap: IscsiChap | undefined, opts: IscsiClientOptions): ReconnectingOptions {
   const o = resolveClientOptions(opts);
   return {
     host: portal.host,
