@@ -48,6 +48,8 @@ const CACHED_KINDS: ReadonlySet<string> = new Set(['file', 'block']);
 
 /** A driver replaced by its O_DIRECT reopening is closed this long after: I/O started on it has long finished. */
 const RETIRE_MS = 30_000;
+/** How long close() waits for a scan in progress. */
+const CLOSE_SCAN_WAIT_MS = 2000;
 
 interface OpenContainer {
   driver: ContainerDriver;
@@ -131,6 +133,11 @@ export class AgentContainers implements ContainerResolver {
         this.#logProblems([{ path: url, kind: 'unreachable', message: why }]);
         continue;
       }
+      if (this.#closed) {
+        // Closed while this scan waited on a node: nothing may stay open behind close().
+        await Promise.all(result.found.map((d) => d.close().catch(() => undefined)));
+        return [];
+      }
       this.#logProblems(result.problems);
       const down = result.problems.find((p) => p.kind === 'unreachable');
       if (down !== undefined) failed.set(url, down.message);
@@ -148,6 +155,13 @@ export class AgentContainers implements ContainerResolver {
     for (const [id, c] of this.#open) {
       if (seen.has(id)) {
         if (c.missing !== null) log.info('container found again', { id, path: c.driver.path });
+        c.missing = null;
+        continue;
+      }
+      // A network LUN whose portal could not be scanned: its own session
+      // says whether it is reachable (and says so again when the node is
+      // back, with no rescan needed).
+      if (c.locator !== null && failed.has(c.locator) && transportState(c.driver) !== undefined) {
         c.missing = null;
         continue;
       }
@@ -249,7 +263,11 @@ export class AgentContainers implements ContainerResolver {
 
   async close(): Promise<void> {
     this.#closed = true;
-    await this.#scanning;
+    // A scan stuck on a storage node that does not answer must not hold the
+    // agent's stop; what it opens after this is closed as it returns.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.#scanning, new Promise<void>((r) => (timer = setTimeout(r, CLOSE_SCAN_WAIT_MS)))]);
+    clearTimeout(timer);
     const all = [...this.#open.values()].map((c) => c.driver);
     for (const d of all) this.#resolver.delete(d.id);
     this.#open.clear();

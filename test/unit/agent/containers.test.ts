@@ -88,16 +88,23 @@ describe('agent/AgentContainers', () => {
     await cs.refresh();
     renameSync(path, join(dir, 'a.gone'));
     portalDown = true;
+    // The portal cannot be scanned, but the LUN's own session is up: its word counts.
+    expect((await cs.refresh()).map((r) => [r.id, r.reachable])).to.deep.equal([
+      [CONTAINER_ID, false],
+      [L1, true],
+    ]);
+    l.state = 'down';
     const away = await cs.refresh();
     expect(away.map((r) => [r.id, r.reachable])).to.deep.equal([
       [CONTAINER_ID, false],
       [L1, false],
     ]);
     expect(away[0]?.error).to.match(/not found by the last scan/);
-    expect(away[1]?.error).to.equal('connect ECONNREFUSED 10.0.0.1:3260');
+    expect(away[1]?.error).to.equal('iSCSI session down');
     expect(cs.get(CONTAINER_ID)).to.not.equal(undefined);
     renameSync(join(dir, 'a.gone'), path);
     portalDown = false;
+    l.state = 'up';
     expect((await cs.refresh()).map((r) => r.reachable)).to.deep.equal([true, true]);
     // The session's own state counts between scans.
     l.state = 'down';
@@ -170,6 +177,35 @@ describe('agent: rescan and container reports', function () {
     await rig.agent.rescan('SIGHUP');
     const gone = await stream.take('containerUpdate');
     expect(gone.containerUpdate.containers.find((c) => c.id === C2)).to.deep.include({ reachable: false });
+  });
+
+  it('registers again without waiting for a scan stuck on a storage node that is away; the scan completes once the node answers', async () => {
+    ctl = await FakeController.start();
+    let stuck = true;
+    const waiting: (() => void)[] = [];
+    let scans = 0;
+    rig = await startRig(ctl.address, {
+      rescanIntervalMs: 0,
+      containers: [URL],
+      containerOptions: {
+        // The first scan answers; later ones hang until released (a node that does not answer).
+        scanIscsi: async () => {
+          if (scans++ > 0 && stuck) await new Promise<void>((r) => waiting.push(r));
+          return { found: [lun(L1)], problems: [] };
+        },
+      },
+    });
+    const first = await ctl.accept();
+    expect(first.register.containers.map((c) => c.id)).to.deep.equal([L1]);
+    first.stream.end();
+    const again = await ctl.accept({}, 15_000);
+    expect(again.register.containers.map((c) => c.id)).to.deep.equal([L1]);
+    expect(waiting.length).to.be.greaterThan(0);
+    stuck = false;
+    for (const r of waiting.splice(0)) r();
+    // The node answers again: scans complete, the stream stays up.
+    expect((await rig.agent.rescan('test')).map((c) => c.id)).to.deep.equal([L1]);
+    expect(again.stream.ended).to.equal(false);
   });
 
   it('rescans by itself every rescan interval', async () => {
