@@ -15,6 +15,7 @@
 import { MapResolver, type ContainerDriver, type ContainerResolver } from '../container/driver.js';
 import { openContainer, type FileDriverOptions } from '../container/file-driver.js';
 import { IscsiContainerDriver } from '../container/iscsi-driver.js';
+import { parseIscsiLocator } from '../container/iscsi-locator.js';
 import { scanIscsiLocator, type IscsiScanOptions } from '../container/iscsi-scan.js';
 import { scanContainers, type ScanProblem } from '../container/scan.js';
 import type { ContainerRef, ContainerShare } from '../wire/proto-types.js';
@@ -124,6 +125,14 @@ export class AgentContainers implements ContainerResolver {
     }
 
     for (const url of urls) {
+      // One LUN already open: its session says whether it is there; logging
+      // in again every rescan would only churn sessions. Portal and target
+      // forms are scanned every time, since new LUNs may be behind them.
+      const open = [...this.#open.values()].find((c) => c.locator === url);
+      if (open !== undefined && lunForm(url)) {
+        seen.set(open.driver.id, url);
+        continue;
+      }
       let result: IscsiScanResult;
       try {
         result = await (this.#opts.scanIscsi ?? scanIscsiLocator)(url, this.#opts.iscsi ?? {});
@@ -275,6 +284,15 @@ export class AgentContainers implements ContainerResolver {
     this.#retired.clear();
     // Flushed first: a stopping agent leaves every acknowledged write durable, FUA or not.
     await Promise.all([...all, ...retired].map(closeFlushed));
+  }
+}
+
+/** A locator naming one LUN (iscsi://HOST:PORT/IQN/LUN). */
+function lunForm(url: string): boolean {
+  try {
+    return parseIscsiLocator(url).lun !== undefined;
+  } catch {
+    return false;
   }
 }
 

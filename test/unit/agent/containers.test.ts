@@ -145,6 +145,21 @@ describe('agent/AgentContainers', () => {
     expect(opens.slice(3)).to.deep.equal(['c.img direct']);
   });
 
+  it('a LUN-form locator is not scanned again while its LUN is open (no session churn); a portal is', async () => {
+    const lunUrl = `${URL}/iqn.2026-11.org.example:st1/0`;
+    const scans: string[] = [];
+    cs = new AgentContainers([lunUrl, URL], {
+      scanIscsi: async (locator) => {
+        scans.push(locator);
+        return { found: [lun(locator === URL ? L1 : 'c0c0c0c0-0000-4000-8000-0000000000a2')], problems: [] };
+      },
+    });
+    await cs.refresh();
+    await cs.refresh();
+    expect(scans).to.deep.equal([lunUrl, URL, URL]);
+    expect(cs.refs().map((r) => r.reachable)).to.deep.equal([true, true]);
+  });
+
   it('host id: /etc/machine-id, else the host name', () => {
     expect(defaultHostId(() => 'abc123\n')).to.equal('abc123');
     expect(defaultHostId(() => {
