@@ -120,6 +120,21 @@ for (const kind of ['tabula', 'tgtd'] as const) {
       }
     });
 
+    it('two sessions with CRC32C digests: data intact', async () => {
+      const t = target();
+      const scan = await scanIscsiLocator(t.url, { ...CLIENT, sessions: 2, headerDigest: 'CRC32C', dataDigest: 'CRC32C', queueDepth: 8 });
+      expect(scan.problems).to.deep.equal([]);
+      const d = scan.found[0]!;
+      try {
+        const pieces = Array.from({ length: 48 }, () => randomBytes(128 * 1024));
+        await Promise.all(pieces.map((p, i) => d.write(32 * MiB + i * p.length, p)));
+        const back = await Promise.all(pieces.map((p, i) => d.read(32 * MiB + i * p.length, p.length)));
+        back.forEach((b, i) => expect(Buffer.compare(b, pieces[i]!), `piece ${i}`).to.equal(0));
+      } finally {
+        await d.close();
+      }
+    });
+
     it('a MEDIUM ERROR from the backend (its file cut short) is EIO for that range only', async () => {
       const t = target();
       const d = driver!;
