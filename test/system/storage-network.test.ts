@@ -87,6 +87,15 @@ describe('system: storage network topology (two storage nodes, two hosts, a cont
       const r = await n.compare(host, image, url);
       expect(r.same, `from ${host}: ${r.text}`).to.equal(true);
     }
+    // A depth-16 writer on host B: what it was told is GOOD reads back from host A.
+    const reference = join(n.dir, 'writer.raw');
+    await n.clientOk('hb', ['cp', '--sparse=always', image, reference]);
+    const w = n.startWriter('hb', VDISK, 16 * MiB, reference, { via: 'ha' });
+    await w.waitWrites(200);
+    const summary = await w.stop();
+    expect(summary.errors).to.deep.equal([]);
+    const after = await n.compare('ha', reference, url);
+    expect(after.same, after.text).to.equal(true);
     // Nothing on host A holds a file of another machine open.
     expect(n.foreignFilesOpen('ha')).to.deep.equal([]);
     const ck = await n.cli(['check']);

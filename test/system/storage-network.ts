@@ -10,13 +10,15 @@
 // kept when a test fails.
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readlinkSync, rmSync, ftruncateSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readlinkSync, rmSync, ftruncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describeRun, runBounded, type RunResult } from '../support/bounded-run.js';
 import { Topology, netnsUnavailable, type TopologySpec } from '../support/netns.js';
 import { exited, fileTail, sleep, terminate, waitExit } from '../support/process.js';
 import { runTabula, startDaemon, tabulaLauncher, type Daemon } from '../support/tabula-process.js';
+import type { WriterSummary } from './storage-network-writer.js';
 import { TGTD_PROBE, removeTgtdSockets, tgtdAddLun, tgtdArgs, tgtdControlNumber, tgtdSetup, tgtdShutdown } from '../support/tgtd.js';
 
 export const TOPOLOGY: TopologySpec = {
@@ -156,6 +158,48 @@ export class FileTargetNode {
   }
 }
 
+const WRITER = fileURLToPath(new URL('./storage-network-writer.ts', import.meta.url));
+
+/** A depth-N writer running on a host (storage-network-writer.ts). */
+export class HostWriter {
+  #out = '';
+
+  constructor(
+    readonly host: string,
+    readonly child: ChildProcess,
+    readonly logFile: string,
+  ) {
+    child.stdout?.on('data', (c: Buffer) => (this.#out += c.toString()));
+  }
+
+  /** Writes completed so far (as last reported, once a second). */
+  get writes(): number {
+    const all = [...this.#out.matchAll(/^writes (\d+)$/gm)];
+    return all.length === 0 ? 0 : Number(all[all.length - 1]?.[1]);
+  }
+
+  async waitWrites(n: number, ms = 60_000): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (this.writes < n) {
+      if (exited(this.child)) throw new Error(`writer on ${this.host} exited: ${this.#out.slice(-500)}\n${fileTail(this.logFile)}`);
+      if (Date.now() > deadline) throw new Error(`writer on ${this.host}: ${this.writes} writes, not ${n}, within ${ms} ms\n${fileTail(this.logFile)}`);
+      await sleep(200);
+    }
+  }
+
+  /** SIGTERM: it finishes what is in flight and prints its summary. */
+  async stop(ms = 180_000): Promise<WriterSummary> {
+    if (!exited(this.child)) this.child.kill('SIGTERM');
+    if (!(await waitExit(this.child, ms))) {
+      await terminate(this.child, 1000);
+      throw new Error(`writer on ${this.host} did not stop within ${ms} ms`);
+    }
+    const line = this.#out.trim().split('\n').at(-1) ?? '';
+    if (!line.startsWith('{')) throw new Error(`writer on ${this.host} ended without a summary: ${this.#out.slice(-500)}\n${fileTail(this.logFile)}`);
+    return JSON.parse(line) as WriterSummary;
+  }
+}
+
 export interface AgentStart {
   /** Locators: iscsi:// URLs or globs (of files in the host's own directory). */
   containers: readonly string[];
@@ -263,6 +307,31 @@ export class StorageNetwork {
 
   async cliJson<T>(args: readonly string[], o: { machine?: string; admin?: boolean } = {}): Promise<T> {
     return JSON.parse(await this.cliOk([...args, '--json'], o)) as T;
+  }
+
+  /**
+   * Starts a writer at queue depth `depth` on `host`, through the agent on
+   * `via` (default: the host's own), to a vdisk of `sizeBytes`; every write
+   * also goes to `reference` (created sparse here when missing).
+   */
+  startWriter(host: Host, vdisk: string, sizeBytes: number, reference: string, o: { via?: Host; depth?: number } = {}): HostWriter {
+    const depth = o.depth ?? 16;
+    if (!existsSync(reference)) {
+      const fd = openSync(reference, 'w');
+      try {
+        ftruncateSync(fd, sizeBytes);
+      } finally {
+        closeSync(fd);
+      }
+    }
+    const log = join(this.dir, host, `writer.${++this.#starts}.log`);
+    const fd = openSync(log, 'a');
+    try {
+      const argv = [process.execPath, '--import', 'tsx', WRITER, this.agentPortal(o.via ?? host), `iqn.2026-11.org.tabula:${vdisk}`, String(sizeBytes), reference, String(depth), '600'];
+      return new HostWriter(host, this.t.spawn(host, argv, 11 * 60_000, ['ignore', 'pipe', fd]), log);
+    } finally {
+      closeSync(fd);
+    }
   }
 
   /** A client program (qemu-img, iscsi-inq, ...) run on a host. */
