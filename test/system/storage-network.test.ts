@@ -10,17 +10,11 @@ import { join } from 'node:path';
 import { writeRandomImage } from '../support/random-image.js';
 import { requireTools } from '../support/tools.js';
 import { waitFor } from '../support/process.js';
-import { useStorageNetwork, type Host, type StorageNetwork } from './storage-network.js';
+import { useStorageNetwork } from './storage-network.js';
 
 const MiB = 1 << 20;
 const LUN_MIB = 32;
 const VDISK = 'across';
-
-/** Reads the first block of `url` from `host` with qemu-io; true when it worked. */
-async function readable(n: StorageNetwork, host: string, url: string, timeoutMs = 30_000): Promise<boolean> {
-  const r = await n.client(host, ['qemu-io', '-f', 'raw', '-c', 'read 0 512', url], timeoutMs);
-  return r.exitCode === 0 && !/failed|error/i.test(r.stdout + r.stderr);
-}
 
 describe('system: storage network topology (two storage nodes, two hosts, a controller, each in a namespace)', function () {
   this.timeout(300_000);
@@ -60,13 +54,13 @@ describe('system: storage network topology (two storage nodes, two hosts, a cont
     const n = network();
     await n.t.cut('hb', 'san1');
     try {
-      expect(await readable(n, 'hb', n.tgtd.url(0), 20_000), 'hb to st1 over the cut link').to.equal(false);
-      expect(await readable(n, 'hb', n.target.url(0)), 'hb to st2').to.equal(true);
-      expect(await readable(n, 'ha', n.tgtd.url(0)), 'ha to st1').to.equal(true);
+      expect(await n.readable('hb', n.tgtd.url(0), { timeoutMs: 20_000 }), 'hb to st1 over the cut link').to.equal(false);
+      expect(await n.readable('hb', n.target.url(0)), 'hb to st2').to.equal(true);
+      expect(await n.readable('ha', n.tgtd.url(0)), 'ha to st1').to.equal(true);
     } finally {
       await n.t.restore('hb', 'san1');
     }
-    await waitFor('hb reads st1 again', 60_000, async () => ((await readable(n, 'hb', n.tgtd.url(0))) ? true : undefined));
+    await waitFor('hb reads st1 again', 60_000, async () => ((await n.readable('hb', n.tgtd.url(0))) ? true : undefined));
   });
 
   it("an agent on host A, over a container in A's own directory, serves a vdisk that a client on host B writes and reads", async function () {
@@ -78,8 +72,8 @@ describe('system: storage network topology (two storage nodes, two hosts, a cont
     await n.startAgent('ha', { containers: [join(n.dir, 'ha', '*.img')] });
     await n.cliOk(['vdisk', 'create', VDISK, '--size', '16MiB']);
     await n.cliOk(['export', 'add', VDISK, '--agent', 'ha']);
-    const url = n.agentUrl('ha' as Host, VDISK);
-    await waitFor(`vdisk ${VDISK} served by ha, seen from hb`, 90_000, async () => ((await readable(n, 'hb', url)) ? true : undefined), 500);
+    const url = n.agentUrl('ha', VDISK);
+    await n.waitServed('hb', VDISK, { via: 'ha' });
     const image = join(n.dir, 'vdisk.raw');
     await writeRandomImage(image, 16 * MiB, 16);
     await n.copyTo('hb', image, url);

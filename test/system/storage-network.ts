@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describeRun, runBounded, type RunResult } from '../support/bounded-run.js';
 import { Topology, netnsUnavailable, type TopologySpec } from '../support/netns.js';
-import { exited, fileTail, sleep, terminate, waitExit } from '../support/process.js';
+import { exited, fileTail, sleep, terminate, waitExit, waitFor } from '../support/process.js';
 import { runTabula, startDaemon, tabulaLauncher, type Daemon } from '../support/tabula-process.js';
 import type { WriterSummary } from './storage-network-writer.js';
 import { TGTD_PROBE, removeTgtdSockets, tgtdAddLun, tgtdArgs, tgtdControlNumber, tgtdSetup, tgtdShutdown } from '../support/tgtd.js';
@@ -343,6 +343,18 @@ export class StorageNetwork {
     const r = await this.client(machine, argv, timeoutMs);
     if (r.exitCode !== 0) throw new Error(`on ${machine}: ${describeRun(r)}`);
     return r;
+  }
+
+  /** Whether `host` reads `len` bytes at `offset` of `url` (qemu-io) within `timeoutMs`. */
+  async readable(host: string, url: string, o: { offset?: number; len?: number; timeoutMs?: number } = {}): Promise<boolean> {
+    const r = await this.client(host, ['qemu-io', '-f', 'raw', '-c', `read ${o.offset ?? 0} ${o.len ?? 512}`, url], o.timeoutMs ?? 30_000);
+    return r.exitCode === 0 && !/failed|error/i.test(r.stdout + r.stderr);
+  }
+
+  /** Waits until `host` reads LBA 0 of a vdisk through the agent on `via` (default: its own). */
+  async waitServed(host: Host, vdisk: string, o: { via?: Host; ms?: number } = {}): Promise<void> {
+    const url = this.agentUrl(o.via ?? host, vdisk);
+    await waitFor(`vdisk ${vdisk} read from ${host} through ${o.via ?? host}`, o.ms ?? 90_000, async () => ((await this.readable(host, url, { timeoutMs: 20_000 })) ? true : undefined), 500);
   }
 
   /** qemu-img compare of a raw image with a LUN, from `machine`: exit 0 same, 1 different. */
