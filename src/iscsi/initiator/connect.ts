@@ -1,0 +1,133 @@
+// The socket edge of the initiator: open a TCP connection to a portal, run
+// the login state machine over it, and hand the logged-in connection to an
+// IscsiInitiatorSession. Everything here is bounded by loginTimeoutMs.
+
+import { connect as netConnect, type Socket } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { encodePdu } from '../pdu/encode.js';
+import { PduParser } from '../pdu/parser.js';
+import { Opcode } from '../pdu/types.js';
+import { DEFAULT_INITIATOR_MRDSL, InitiatorLogin, type LoginOptions, type LoginResult } from './login.js';
+import { IscsiInitiatorSession, type SessionOptions, type Wire } from './session.js';
+import { TransportError } from './transport.js';
+
+export interface ConnectOptions extends Omit<LoginOptions, 'isid'>, SessionOptions {
+  host: string;
+  port: number;
+  /** 48-bit ISID (default: random, with the "random" qualifier type 0b11 in the top bits). */
+  isid?: number;
+  /** Bound on TCP connect plus the whole login (default 10 s). */
+  loginTimeoutMs?: number;
+}
+
+/** A fresh random ISID (RFC 7143 10.12.5, type 3: random). */
+export function randomIsid(): number {
+  const b = randomBytes(6);
+  b[0] = 0xc0 | ((b[0] as number) & 0x3f);
+  return b.readUIntBE(0, 6);
+}
+
+export interface LoggedInConnection {
+  socket: Socket;
+  /** Holds any bytes the target sent after the final Login Response. */
+  parser: PduParser;
+  result: LoginResult;
+}
+
+function portalOf(o: { host: string; port: number }): string {
+  return o.host.includes(':') ? `[${o.host}]:${o.port}` : `${o.host}:${o.port}`;
+}
+
+/** TCP connect and login; the socket comes back paused. */
+export function openConnection(opts: ConnectOptions & { isid: number }): Promise<LoggedInConnection> {
+  const portal = portalOf(opts);
+  const timeoutMs = opts.loginTimeoutMs ?? 10_000;
+  const machine = new InitiatorLogin(opts);
+  const parser = new PduParser({ maxDataSegmentLength: Math.max(opts.maxRecvDataSegmentLength ?? DEFAULT_INITIATOR_MRDSL, 8192) });
+  return new Promise<LoggedInConnection>((resolve, reject) => {
+    const socket = netConnect({ host: opts.host, port: opts.port });
+    socket.setNoDelay(true);
+    let done = false;
+    const finish = (err: TransportError | undefined, result?: LoginResult): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      socket.removeListener('data', onData);
+      socket.removeListener('error', onError);
+      socket.removeListener('close', onClose);
+      if (err) {
+        socket.destroy();
+        reject(err);
+        return;
+      }
+      socket.pause();
+      resolve({ socket, parser, result: result as LoginResult });
+    };
+    const timer = setTimeout(
+      () => finish(new TransportError('unreachable', `iSCSI login to ${opts.targetName ?? 'discovery'} at ${portal}: no login within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    const onError = (e: Error): void => finish(new TransportError('unreachable', `iSCSI connection to ${portal}: ${e.message}`));
+    const onClose = (): void => finish(new TransportError('unreachable', `iSCSI connection to ${portal} closed during login`));
+    const onData = (chunk: Buffer): void => {
+      parser.push(chunk);
+      try {
+        for (;;) {
+          if (done) return;
+          const r = parser.next();
+          if (r === null) return;
+          if (!r.ok) throw new TransportError('protocol', `login: ${r.message}`);
+          if (r.pdu.opcode !== Opcode.LoginResponse) throw new TransportError('protocol', `login: target sent opcode 0x${r.pdu.opcode.toString(16)} during login`);
+          const step = machine.receive(r.pdu);
+          if (step.kind === 'send') {
+            socket.write(Buffer.concat(encodePdu(step.pdu, { header: false, data: false })));
+          } else {
+            finish(undefined, step.result);
+            return;
+          }
+        }
+      } catch (e) {
+        if (e instanceof TransportError) {
+          finish(new TransportError(e.kind, `${e.message} (portal ${portal})`));
+        } else {
+          finish(new TransportError('protocol', `login at ${portal}: ${(e as Error).message}`));
+        }
+      }
+    };
+    socket.on('error', onError);
+    socket.on('close', onClose);
+    socket.once('connect', () => {
+      socket.on('data', onData);
+      socket.write(Buffer.concat(encodePdu(machine.start(), { header: false, data: false })));
+    });
+  });
+}
+
+class SocketWire implements Wire {
+  constructor(private readonly socket: Socket) {}
+
+  write(chunks: Buffer[]): void {
+    if (this.socket.destroyed) return;
+    // One writev per PDU: header, data, padding/digest.
+    this.socket.cork();
+    for (const c of chunks) this.socket.write(c);
+    this.socket.uncork();
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+}
+
+/** A logged-in full-feature session over a new connection. */
+export async function connectSession(opts: ConnectOptions): Promise<IscsiInitiatorSession> {
+  const isid = opts.isid ?? randomIsid();
+  const conn = await openConnection({ ...opts, isid });
+  const label = opts.label ?? `${opts.targetName ?? 'discovery'} at ${portalOf(opts)}`;
+  const session = new IscsiInitiatorSession(new SocketWire(conn.socket), conn.parser, conn.result, { ...opts, label });
+  conn.socket.on('data', (chunk: Buffer) => session.receive(chunk));
+  conn.socket.on('error', (e) => session.connectionClosed(e.message));
+  conn.socket.on('close', () => session.connectionClosed('closed by the target'));
+  conn.socket.resume();
+  return session;
+}
