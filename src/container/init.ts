@@ -6,11 +6,19 @@
 // zeroed (hole punched, zeroing discard, or zeros written), because the
 // controller hands a new container's segments out as zeros: whatever was
 // there before must not show through a new vdisk.
+//
+// PATH may be an iSCSI locator naming one LUN (iscsi://HOST:PORT/IQN/LUN):
+// the same rules, applied through the initiator (initLun), the size
+// defaulting to the LUN's capacity as it does to a block device's.
 import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import { DEFAULT_SEGMENT_SIZE } from '../table/mapping-table.js';
 import { fileOps } from '../native/fileops.js';
 import { call, callVoid, errnoName, readFully, sizeOf, tryNative, writeFully, type FileMedium } from '../blockdev/file-io.js';
+import { ContainerIoError } from './driver.js';
+import { isIscsiLocator, parseIscsiLocator, redactLocator } from './iscsi-locator.js';
+import type { IscsiLun } from './iscsi-lun.js';
+import type { IscsiScanOptions } from './iscsi-scan.js';
 import {
   DEFAULT_DATA_OFFSET,
   LABEL_SIZE,
@@ -34,11 +42,13 @@ export interface InitOptions {
   id?: string;
   /** Creation time to record (default: now). */
   createdMs?: number;
+  /** How to reach an iSCSI LUN (initiator name, mutual CHAP, ...), when PATH is a locator. */
+  iscsi?: IscsiScanOptions;
 }
 
 export interface InitResult {
   label: ContainerLabel;
-  medium: FileMedium;
+  medium: FileMedium | 'iscsi';
   /** True when the file did not exist and was created. */
   created: boolean;
   /** Id of the label that `force` replaced, if any ('' for a damaged one). */
@@ -65,12 +75,34 @@ export class ContainerInitError extends Error {
   }
 }
 
-export async function initContainer(path: string, opts: InitOptions = {}): Promise<InitResult> {
-  const segmentSize = opts.segmentSize ?? DEFAULT_SEGMENT_SIZE;
-  const dataOffset = opts.dataOffset ?? DEFAULT_DATA_OFFSET;
-  if (opts.size !== undefined && (!Number.isSafeInteger(opts.size) || opts.size <= 0)) {
-    throw new ContainerInitError('size', path, `size ${opts.size} is not a positive whole number of bytes`);
+function checkSizeOption(path: string, size: number | undefined): void {
+  if (size !== undefined && (!Number.isSafeInteger(size) || size <= 0)) {
+    throw new ContainerInitError('size', path, `size ${size} is not a positive whole number of bytes`);
   }
+}
+
+/** The label to write, checked (a bad size or geometry is a 'size' error). */
+function newLabel(path: string, size: number, opts: InitOptions): ContainerLabel {
+  const label: ContainerLabel = {
+    id: opts.id ?? randomUUID(),
+    formatVersion: LABEL_VERSION,
+    size,
+    dataOffset: opts.dataOffset ?? DEFAULT_DATA_OFFSET,
+    segmentSize: opts.segmentSize ?? DEFAULT_SEGMENT_SIZE,
+    createdMs: opts.createdMs ?? Date.now(),
+  };
+  try {
+    checkLabel(label, path);
+  } catch (e) {
+    throw new ContainerInitError('size', path, (e as Error).message.replace(`${path}: `, ''));
+  }
+  return label;
+}
+
+export async function initContainer(path: string, opts: InitOptions = {}): Promise<InitResult> {
+  if (isIscsiLocator(path)) return initIscsiContainer(path, opts);
+  const dataOffset = opts.dataOffset ?? DEFAULT_DATA_OFFSET;
+  checkSizeOption(path, opts.size);
   const { fd, created } = await openForInit(path, opts.size);
   try {
     let medium: FileMedium;
@@ -84,19 +116,7 @@ export async function initContainer(path: string, opts: InitOptions = {}): Promi
     if (!created) replaced = await existingLabel(fd, path, actual, opts.force === true);
 
     const size = await settleSize(fd, path, medium, actual, opts.size);
-    const label: ContainerLabel = {
-      id: opts.id ?? randomUUID(),
-      formatVersion: LABEL_VERSION,
-      size,
-      dataOffset,
-      segmentSize,
-      createdMs: opts.createdMs ?? Date.now(),
-    };
-    try {
-      checkLabel(label, path);
-    } catch (e) {
-      throw new ContainerInitError('size', path, (e as Error).message.replace(`${path}: `, ''));
-    }
+    const label = newLabel(path, size, opts);
     // A new (sparse) file, or the part a file was just grown by, is zeros already.
     if (!created) await zeroDataArea(fd, path, dataOffset, Math.min(actual, size));
     const block = encodeLabel(label);
@@ -169,6 +189,11 @@ async function existingLabel(fd: number, path: string, actual: number, force: bo
   } catch (e) {
     throw new ContainerInitError('io', path, `reading the first ${block.length} bytes: ${(e as Error).message}`);
   }
+  return replacedLabel(block, path, force);
+}
+
+/** Refuses a block that starts with a label (even a damaged one) unless forced; returns the id it replaces. */
+function replacedLabel(block: Buffer, path: string, force: boolean): string | undefined {
   if (!hasLabelMagic(block)) return undefined;
   let id = '';
   let what: string;
@@ -209,4 +234,56 @@ async function settleSize(
     }
   }
   return wanted;
+}
+
+/** `initContainer` of an iSCSI locator: one LUN, reached through the initiator. */
+async function initIscsiContainer(locator: string, opts: InitOptions): Promise<InitResult> {
+  const shown = redactLocator(locator);
+  let lun: IscsiLun;
+  try {
+    const { connectLun } = await import('./iscsi-scan.js');
+    lun = await connectLun(parseIscsiLocator(locator), opts.iscsi);
+  } catch (e) {
+    if (e instanceof ContainerInitError) throw e;
+    throw new ContainerInitError('io', shown, (e as Error).message.replace(`${shown}: `, ''));
+  }
+  try {
+    const r = await initLun(lun, opts);
+    return { label: r.label, medium: 'iscsi', created: false, ...(r.replaced === undefined ? {} : { replaced: r.replaced }) };
+  } finally {
+    await lun.transport.close().catch(() => undefined);
+  }
+}
+
+/**
+ * Labels a probed LUN: refuses an existing label unless forced, records
+ * `size` (default: the LUN's capacity; never more), zeroes the data area
+ * (deallocating where the LUN can) and writes the label with FUA, then
+ * SYNCHRONIZE CACHE. Errors are ContainerInitError naming the LUN.
+ */
+export async function initLun(lun: IscsiLun, opts: InitOptions = {}): Promise<{ label: ContainerLabel; replaced?: string }> {
+  const path = lun.path;
+  checkSizeOption(path, opts.size);
+  const capacity = lun.geometry.capacity;
+  const io = async (what: string, fn: () => Promise<void>): Promise<void> => {
+    try {
+      await fn();
+    } catch (e) {
+      if (!(e instanceof ContainerIoError)) throw e;
+      throw new ContainerInitError('io', path, `${what}: ${e.message.replace(` ${path}`, '')}`);
+    }
+  };
+  const block = Buffer.alloc(Math.min(LABEL_SIZE, capacity));
+  await io(`reading the first ${block.length} bytes`, () => lun.readInto(0, block, 0, block.length));
+  const replaced = replacedLabel(block, path, opts.force === true);
+  if (opts.size !== undefined && opts.size > capacity) {
+    throw new ContainerInitError('size', path, `size ${opts.size} exceeds the LUN's ${capacity} bytes`);
+  }
+  const label = newLabel(path, opts.size ?? capacity, opts);
+  await io('zeroing the data area', () => lun.discard(label.dataOffset, label.size - label.dataOffset));
+  await io('writing the label', async () => {
+    await lun.write(0, encodeLabel(label), true);
+    await lun.flush();
+  });
+  return replaced === undefined ? { label } : { label, replaced };
 }

@@ -7,16 +7,18 @@ import { promises as fsp } from 'node:fs';
 import { ContainerIoError } from './driver.js';
 import { call, callVoid, errnoName, readFully, sizeOf, type FileMedium } from '../blockdev/file-io.js';
 import { expandGlob, hasMagic } from './glob.js';
+import { isIscsiLocator, parseIscsiLocator } from './iscsi-locator.js';
+import type { IscsiScanOptions } from './iscsi-scan.js';
 import { LABEL_SIZE, LabelError, decodeLabel, type ContainerLabel, type LabelErrorKind } from './label.js';
 
 export interface FoundContainer {
   id: string;
-  /** Path as matched (symlinks not resolved, so /dev/disk/by-id names stay readable). */
+  /** Path as matched (symlinks not resolved, so /dev/disk/by-id names stay readable); an iSCSI locator without its secret. */
   path: string;
   size: number;
   dataOffset: number;
   segmentSize: number;
-  medium: FileMedium;
+  medium: FileMedium | 'iscsi';
   label: ContainerLabel;
 }
 
@@ -24,10 +26,11 @@ export interface FoundContainer {
  * - `no-match`: a pattern matched nothing (path is the pattern);
  * - `unreadable`: cannot be opened or read, or is not a file or block device;
  * - `duplicate`: a second path with a container id already found elsewhere (a copied image?);
+ * - `unreachable`: a network locator whose portal or target did not answer (or refused the login);
  * - label kinds: `unlabelled`, `truncated` (label cut short, or the label's
  *   size exceeds the file or device), `corrupt`, `unsupported-version`, `invalid`.
  */
-export type ScanProblemKind = 'no-match' | 'unreadable' | 'duplicate' | LabelErrorKind;
+export type ScanProblemKind = 'no-match' | 'unreadable' | 'duplicate' | 'unreachable' | LabelErrorKind;
 
 export interface ScanProblem {
   path: string;
@@ -45,8 +48,14 @@ export interface ScanOptions {
   cwd?: string;
 }
 
-/** Reads and checks one path's label; throws LabelError or ContainerIoError. */
-export async function readContainerLabel(path: string): Promise<FoundContainer> {
+export interface ReadLabelOptions {
+  /** How to reach an iSCSI LUN, when the path is a locator. */
+  iscsi?: IscsiScanOptions;
+}
+
+/** Reads and checks one path's (or LUN-form iSCSI locator's) label; throws LabelError or ContainerIoError. */
+export async function readContainerLabel(path: string, opts: ReadLabelOptions = {}): Promise<FoundContainer> {
+  if (isIscsiLocator(path)) return readIscsiLabel(path, opts.iscsi);
   let fd: number;
   try {
     fd = await call<number>((cb) => fs.open(path, fs.constants.O_RDONLY, cb));
@@ -74,6 +83,19 @@ export async function readContainerLabel(path: string): Promise<FoundContainer> 
     return { id: label.id, path, size: label.size, dataOffset: label.dataOffset, segmentSize: label.segmentSize, medium, label };
   } finally {
     await callVoid((cb) => fs.close(fd, cb)).catch(() => undefined);
+  }
+}
+
+/** The label of the one LUN a locator names, read through the initiator (the secret left out of `path`). */
+async function readIscsiLabel(locator: string, opts: IscsiScanOptions | undefined): Promise<FoundContainer> {
+  const { connectLun } = await import('./iscsi-scan.js');
+  const { readLunLabel } = await import('./iscsi-driver.js');
+  const lun = await connectLun(parseIscsiLocator(locator), opts);
+  try {
+    const label = await readLunLabel(lun);
+    return { id: label.id, path: lun.path, size: label.size, dataOffset: label.dataOffset, segmentSize: label.segmentSize, medium: 'iscsi', label };
+  } finally {
+    await lun.transport.close().catch(() => undefined);
   }
 }
 
