@@ -201,7 +201,7 @@ EOF
 : > "$ROOT/etc/machine-id"
 rm -f "$ROOT/var/lib/dbus/machine-id"
 chroot "$ROOT" systemctl enable --quiet systemd-networkd.service tabula-seed.service \
-  tabula-up.service tabula-controller.service tabula-agent.service
+  tabula-up.service tabula-controller.service tabula-agent.service tabula-storage.service
 if [ -n "${TABULA_APPLIANCE_ROOT_PASSWORD:-}" ]; then
   echo "root:$TABULA_APPLIANCE_ROOT_PASSWORD" | chroot "$ROOT" chpasswd
 fi

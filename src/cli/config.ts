@@ -44,6 +44,16 @@ export function effectiveDocument(cfg: TabulaConfig): Record<string, unknown> {
       ...(c.segmentSize !== undefined ? { 'segment-size': formatSize(c.segmentSize) } : {}),
     })),
     'all-in-one': { size: cfg.allInOne.size === undefined ? '1GiB (default, when disk0 is created)' : formatSize(cfg.allInOne.size) },
+    ...(cfg.role === 'storage'
+      ? {
+          storage: {
+            luns: cfg.storage.luns.map((l) => (l.size === undefined ? l.path : { path: l.path, size: formatSize(l.size) })),
+            portal: cfg.storage.portal,
+            iqn: cfg.storage.iqn,
+            'block-size': cfg.storage.blockSize,
+          },
+        }
+      : {}),
     security: {
       ...(s.token !== undefined ? { token: MASK } : {}),
       ...(s.tokenFile !== undefined ? { 'token-file': s.tokenFile } : {}),

@@ -6,7 +6,7 @@
 import { parseHostPort, parseSize } from '../util/size.js';
 import { DEFAULT_AGENT_METRICS_PORT, DEFAULT_CONTROLLER_METRICS_PORT, parseMetricsListen } from '../metrics/endpoint.js';
 
-export const ROLES = ['controller', 'agent', 'all-in-one'] as const;
+export const ROLES = ['controller', 'agent', 'all-in-one', 'storage'] as const;
 export type Role = (typeof ROLES)[number];
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
@@ -64,6 +64,8 @@ export interface TabulaConfig {
     metricsListen?: string;
   };
   containersInit: ContainerInit[];
+  /** The storage role: data disks served as LUNs of one iSCSI target (src/daemon/appliance-storage.ts). */
+  storage: StorageConfig;
   allInOne: {
     /**
      * Size of disk0 (bytes): used when disk0 is created (default 1 GiB) and,
@@ -79,6 +81,23 @@ export interface TabulaConfig {
     chap?: ChapConfig;
     allowedInitiators: string[];
   };
+}
+
+/** One LUN of a storage node: a block device or file, a glob of them, or a file created at `size`. */
+export interface StorageLunConfig {
+  path: string;
+  /** Bytes: create the file sparse (or grow it) to this size. */
+  size?: number;
+}
+
+export interface StorageConfig {
+  /** LUN 0..n-1 in order (a glob adds its matches sorted). */
+  luns: StorageLunConfig[];
+  /** Where the target listens. */
+  portal: string;
+  /** Target name (default iqn.2026-11.org.tabula:storage.<host name>). */
+  iqn: string;
+  blockSize: 512 | 4096;
 }
 
 export class ConfigError extends Error {
@@ -274,7 +293,9 @@ function checkAddress(v: string, defaultPort: number): string | undefined {
   }
 }
 
-const TOP = ['role', 'data-dir', 'data-device', 'log-level', 'controller', 'agent', 'containers-init', 'all-in-one', 'security'] as const;
+const TOP = ['role', 'data-dir', 'data-device', 'log-level', 'controller', 'agent', 'containers-init', 'all-in-one', 'storage', 'security'] as const;
+const STORAGE = ['luns', 'portal', 'iqn', 'block-size'] as const;
+const STORAGE_LUN = ['path', 'size'] as const;
 const CONTROLLER = ['listen', 'address', 'db', 'ack-timeout', 'hold-timeout', 'metrics-listen'] as const;
 const AGENT = ['name', 'portals', 'containers', 'hold-timeout', 'metrics-listen'] as const;
 const INIT = ['device', 'size', 'segment-size'] as const;
@@ -347,6 +368,33 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
   const aioSize = aio.size('size');
   const allInOne = aioSize === undefined ? {} : { size: aioSize };
 
+  const st = top.section('storage', STORAGE);
+  const luns: StorageLunConfig[] = [];
+  (st.list('luns') ?? []).forEach((v, i) => {
+    const r = st.item('luns', i, typeof v === 'string' ? { path: v } : v, STORAGE_LUN);
+    if (!r) return;
+    const path = r.path('path');
+    if (path === undefined) {
+      if (!r.has('path')) errors.push(`${r.key('path')}: required (a block device, a file or a glob of them)`);
+      return;
+    }
+    luns.push({ path, size: r.size('size') });
+  });
+  const iqn = st.string('iqn');
+  if (iqn !== undefined && !IQN.test(iqn)) errors.push(`storage.iqn: '${iqn}' is not an iSCSI name (iqn.YYYY-MM.domain...)`);
+  const blockSize = st.has('block-size') ? Number(st.string('block-size')) : 512;
+  if (blockSize !== 512 && blockSize !== 4096) errors.push(`storage.block-size: expected 512 or 4096, got ${String(blockSize)}`);
+  const storage: StorageConfig = {
+    luns,
+    portal: st.address('portal', 3260) ?? '0.0.0.0:3260',
+    iqn: iqn ?? `iqn.2026-11.org.tabula:storage.${ctx.hostname.toLowerCase().replace(/[^a-z0-9.-]/g, '-') || 'node'}`,
+    blockSize: blockSize === 4096 ? 4096 : 512,
+  };
+  if (role === 'storage' && luns.length === 0 && !st.has('luns')) errors.push('storage.luns: required when role is storage (the data disks to serve, e.g. /dev/disk/by-id/...)');
+  if (role === 'storage' && containersInit.length > 0) {
+    errors.push("containers-init: a storage node serves its disks raw; agents label them over iSCSI (tabula container init iscsi://...)");
+  }
+
   const s = top.section('security', SECURITY);
   const token = s.string('token');
   const tokenFile = s.path('token-file');
@@ -382,7 +430,7 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
 
   const listenHost = parseHostPort(controller.listen, 7360).host;
   const loopback = listenHost === 'localhost' || listenHost.startsWith('127.') || listenHost === '::1';
-  if (role !== 'agent' && !loopback && token === undefined && tokenFile === undefined && tls?.ca === undefined) {
+  if (role !== 'agent' && role !== 'storage' && !loopback && token === undefined && tokenFile === undefined && tls?.ca === undefined) {
     errors.push(
       `security.token: required when controller.listen (${controller.listen}) is beyond loopback (or give security.token-file, or mutual TLS: security.tls with ca)`,
     );
@@ -397,6 +445,7 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
     controller,
     agent,
     containersInit,
+    storage,
     allInOne,
     security: { token, tokenFile, tls, chap, allowedInitiators },
   };

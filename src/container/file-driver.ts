@@ -1,18 +1,19 @@
 // Container driver for regular files and block devices.
 //
-// Buffered I/O, not O_DIRECT: on one host every agent goes through the same
+// Buffered I/O by default: on one host every agent goes through the same
 // page cache, so a read always sees the latest write and durability comes from
 // FUA (a second O_DSYNC descriptor) and flush (fdatasync). A block device
 // shared by agents on SEVERAL hosts (a SAN LUN) needs O_DIRECT instead, or one
 // host's page cache serves data another host has overwritten
-// (docs/architecture.md, "What the I/O path guarantees"): that mode must open with O_DIRECT and use block-aligned buffers, and
-// is left for the shared-device driver.
+// (docs/architecture.md, "What the I/O path guarantees"): `direct: true` opens
+// it so, every transfer through block-aligned buffers (file-io.ts, direct
+// mode); the controller says which containers are shared.
 //
 // The file I/O itself (inline fast path, FUA descriptor, hole punching) is
 // src/blockdev/file-io.ts, the same code as `tabula target`'s file device;
 // this file adds the label, the data area and ContainerIoError.
 import { OpenFile, PartialIoError, ShortReadError, errnoName, type FileMedium } from '../blockdev/file-io.js';
-import { readBuffer } from '../blockdev/read-buffers.js';
+import { MAX_PIECE_BYTES, readBuffer } from '../blockdev/read-buffers.js';
 import { ContainerIoError, type ContainerDriver, type ContainerOp, type ContainerWriteOptions } from './driver.js';
 import { LABEL_SIZE, LabelError, dataAreaSize, decodeLabel, type ContainerLabel } from './label.js';
 
@@ -20,6 +21,10 @@ export interface FileDriverOptions {
   readOnly?: boolean;
   /** Largest read or buffered write done inline while fast (default INLINE_MAX_BYTES; 0: always the thread pool). */
   inlineMaxBytes?: number;
+  /** O_DIRECT with aligned buffers: a container that agents on several hosts reach (falls back to buffered, with a warning, where unsupported). */
+  direct?: boolean;
+  /** Direct mode's alignment in bytes (default: what the kernel reports, at least 512, else 4096). */
+  directAlignment?: number;
 }
 
 export class FileContainerDriver implements ContainerDriver {
@@ -42,6 +47,11 @@ export class FileContainerDriver implements ContainerDriver {
     return this.label.id;
   }
 
+  /** Opened with O_DIRECT (false when buffered, also when direct was asked for and refused by the file system). */
+  get direct(): boolean {
+    return this.file.direct;
+  }
+
   /**
    * Opens a labelled container. Throws LabelError when the label is missing,
    * damaged, or says the container is larger than the file or device
@@ -51,7 +61,7 @@ export class FileContainerDriver implements ContainerDriver {
     const readOnly = opts.readOnly ?? false;
     let file: OpenFile;
     try {
-      file = await OpenFile.open(path, { readOnly, inlineMaxBytes: opts.inlineMaxBytes });
+      file = await OpenFile.open(path, { readOnly, inlineMaxBytes: opts.inlineMaxBytes, direct: opts.direct, directAlignment: opts.directAlignment });
     } catch (e) {
       throw new ContainerIoError('open', path, -1, errnoName(e), (e as Error).message);
     }
@@ -75,7 +85,8 @@ export class FileContainerDriver implements ContainerDriver {
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
-    const buf = readBuffer(length);
+    // Direct mode: a large read lands in aligned memory (no bounce copy); a small one copies less than it would allocate.
+    const buf = this.file.direct && length > MAX_PIECE_BYTES ? this.file.allocReadBuffer(length) : readBuffer(length);
     await this.readInto(offset, buf, 0, length);
     return buf;
   }
@@ -163,7 +174,7 @@ export class FileContainerDriver implements ContainerDriver {
   }
 }
 
-/** Opens a container driver for a path (files and block devices today). */
+/** Opens a container driver for a path (files and block devices); `{ direct: true }` for one shared across hosts. */
 export function openContainer(path: string, opts: FileDriverOptions = {}): Promise<FileContainerDriver> {
   return FileContainerDriver.open(path, opts);
 }

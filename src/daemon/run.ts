@@ -1,4 +1,4 @@
-// Runs one daemon (controller, agent or all-in-one) from an effective
+// Runs one daemon (controller, agent, all-in-one or storage) from an effective
 // configuration until SIGINT/SIGTERM, and reloads on SIGHUP. The CLI
 // commands (`tabula controller|agent|up`) and the systemd units
 // (systemd.ts) both come through here, so a setting means the same thing
@@ -70,6 +70,11 @@ const RESTART_KEYS: Readonly<Record<Role, Readonly<Record<string, (c: TabulaConf
     'security.chap': (c) => c.security.chap,
     'security.allowed-initiators': (c) => c.security.allowedInitiators,
   },
+  storage: {
+    storage: (c) => c.storage,
+    'security.chap': (c) => c.security.chap,
+    'security.allowed-initiators': (c) => c.security.allowedInitiators,
+  },
 };
 
 /** Keys whose value differs between the running and the new configuration, among those needing a restart. */
@@ -102,6 +107,17 @@ async function start(cfg: TabulaConfig): Promise<Running> {
       summary: `agent ${agent.name} serving on ${portals}, controller ${o.controller}`,
       reload: (next) => agent.reload(next),
       close: () => agent.close(),
+    };
+  }
+  if (cfg.role === 'storage') {
+    const { startStorageNode } = await import('./appliance-storage.js');
+    const target = await startStorageNode(cfg);
+    return {
+      line: target.urls.join('\n'),
+      summary: `storage node serving ${target.urls.length} LUN${target.urls.length === 1 ? '' : 's'}: ${target.urls.join(' ')}`,
+      // Nothing of a running target changes on SIGHUP but the log level (RESTART_KEYS names the rest).
+      reload: () => ({ applied: [], needsRestart: [] }),
+      close: () => target.close(),
     };
   }
   const { startAppliance } = await import('./appliance.js');

@@ -2,12 +2,19 @@
 // zero ranges and SEEK_DATA/SEEK_HOLE. Used through src/blockdev/file-io.ts
 // for thin provisioning (UNMAP, WRITE SAME with UNMAP, GET LBA STATUS) and
 // container zeroing, and posix_fadvise (the benchmark puts every backing
-// file's page cache in the same state).
+// file's page cache in the same state), and what O_DIRECT needs: the
+// alignment a descriptor's direct I/O requires and where a Buffer's bytes
+// sit in memory (Node has no aligned allocator).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <node_api.h>
 
@@ -96,6 +103,62 @@ static napi_value fadvise(napi_env env, napi_callback_info info) {
   return undef;
 }
 
+// misalignment(buffer, align): the buffer's data address modulo align (a power of two).
+static napi_value misalignment(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  void *data;
+  size_t len;
+  int64_t align;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2) {
+    napi_throw_type_error(env, NULL, "wrong number of arguments");
+    return NULL;
+  }
+  if (napi_get_buffer_info(env, argv[0], &data, &len) != napi_ok || napi_get_value_int64(env, argv[1], &align) != napi_ok ||
+      align <= 0 || (align & (align - 1)) != 0) {
+    napi_throw_type_error(env, NULL, "arguments must be a Buffer and a power of two");
+    return NULL;
+  }
+  napi_value out;
+  napi_create_int64(env, (int64_t)((uintptr_t)data & (uintptr_t)(align - 1)), &out);
+  return out;
+}
+
+// dioAlignment(fd) -> { memory, offset, logicalBlock }: what direct I/O on fd
+// needs (statx STATX_DIOALIGN, Linux >= 6.1; 0 when not reported) and, for a
+// block device, its logical block size (BLKSSZGET; 0 for anything else).
+static napi_value dio_alignment(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok) {
+    napi_throw_type_error(env, NULL, "dioAlignment(fd): fd must be a number");
+    return NULL;
+  }
+  int64_t mem = 0, off = 0, lbs = 0;
+#ifdef STATX_DIOALIGN
+  struct statx stx;
+  if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN | STATX_TYPE, &stx) == 0 && (stx.stx_mask & STATX_DIOALIGN)) {
+    mem = stx.stx_dio_mem_align;
+    off = stx.stx_dio_offset_align;
+  }
+#endif
+  struct stat st;
+  if (fstat(fd, &st) == 0 && S_ISBLK(st.st_mode)) {
+    int sz = 0;
+    if (ioctl(fd, BLKSSZGET, &sz) == 0) lbs = sz;
+  }
+  napi_value out, v;
+  napi_create_object(env, &out);
+  napi_create_int64(env, mem, &v);
+  napi_set_named_property(env, out, "memory", v);
+  napi_create_int64(env, off, &v);
+  napi_set_named_property(env, out, "offset", v);
+  napi_create_int64(env, lbs, &v);
+  napi_set_named_property(env, out, "logicalBlock", v);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default, NULL},
@@ -104,6 +167,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default, NULL},
     {"seekEnd", NULL, seek_end, NULL, NULL, NULL, napi_default, NULL},
     {"fadvise", NULL, fadvise, NULL, NULL, NULL, napi_default, NULL},
+    {"misalignment", NULL, misalignment, NULL, NULL, NULL, napi_default, NULL},
+    {"dioAlignment", NULL, dio_alignment, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -14,6 +14,10 @@ export interface FileOps {
   seekEnd(fd: number, offset: number): number;
   /** posix_fadvise(fd, offset, length, advice); length 0 means to the end of the file. */
   fadvise(fd: number, offset: number, length: number, advice: FileAdvice): void;
+  /** The buffer's data address modulo `align` (a power of two): 0 when aligned. */
+  misalignment(buf: Buffer, align: number): number;
+  /** What direct I/O on fd needs (statx STATX_DIOALIGN; 0 when not reported) and a block device's logical block size (0 otherwise). */
+  dioAlignment(fd: number): { memory: number; offset: number; logicalBlock: number };
 }
 
 /** POSIX_FADV_* values (Linux). */

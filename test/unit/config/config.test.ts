@@ -74,7 +74,7 @@ describe('config: validation', () => {
   });
 
   it('refuses an unknown role, a bad size and a controller beyond loopback without a token', () => {
-    expect(problems({ role: 'master' })).to.deep.equal(["role: 'master' is not one of controller, agent, all-in-one"]);
+    expect(problems({ role: 'master' })).to.deep.equal(["role: 'master' is not one of controller, agent, all-in-one, storage"]);
     expect(problems({ 'all-in-one': { size: '12 parsecs' } })[0]).to.match(/^all-in-one\.size: bad size '12 parsecs'/);
     expect(problems({ role: 'controller' })).to.deep.equal([
       'security.token: required when controller.listen (0.0.0.0:7360) is beyond loopback (or give security.token-file, or mutual TLS: security.tls with ca)',
