@@ -36,6 +36,7 @@ const MOVER_MIB = 24;
 const HOLD_S = 45;
 const OUTAGE_MS = 20_000;
 const HOSTS: readonly Host[] = ['ha', 'hb'];
+const RESCAN_S = 5;
 
 interface ContainerJson {
   id: string;
@@ -103,13 +104,20 @@ describe('system: the storage network (agents on two hosts, containers as iSCSI 
     ids.st2b = await addLun(n, n.target.url(1));
     // Agents know the storage nodes by portal only: every labelled LUN behind them is theirs.
     const locators = [`iscsi://${n.tgtd.portal}`, `iscsi://${n.target.portal}`];
-    await Promise.all(HOSTS.map((h) => n.startAgent(h, { containers: locators, hostId: `host-${h}`, holdTimeoutS: HOLD_S })));
+    // Rescans every few seconds: reachability shows within the tests' bounds.
+    const extra = ['--rescan-interval', String(RESCAN_S)];
+    await Promise.all(HOSTS.map((h) => n.startAgent(h, { containers: locators, hostId: `host-${h}`, holdTimeoutS: HOLD_S, extra })));
     for (const h of HOSTS) pids.set(h, n.agent(h).processPid);
-    await waitFor('both agents reach all three LUNs', 90_000, async () => {
-      const list = await containers(n);
-      return list.length === 3 && list.every((c) => HOSTS.every((h) => c.agents.includes(h)) && (c.unreachable ?? []).length === 0) ? true : undefined;
-    }, 1000);
+    await allReachable(n, 3);
   });
+
+  /** Waits until `count` containers are registered and both agents report every one reachable. */
+  async function allReachable(n: StorageNetwork, count: number): Promise<void> {
+    await waitFor(`both agents reach all ${count} LUNs`, 90_000, async () => {
+      const list = await containers(n);
+      return list.length === count && list.every((c) => HOSTS.every((h) => c.agents.includes(h)) && (c.unreachable ?? []).length === 0) ? true : undefined;
+    }, 1000);
+  }
 
   it('a vdisk with segments on both storage nodes, written by qemu-img on host A, reads back byte for byte through host B', async function () {
     const n = network();
@@ -177,6 +185,7 @@ describe('system: the storage network (agents on two hosts, containers as iSCSI 
     const t = segments(await tableOf(n, XHOST));
     const onSt2 = t.findIndex((s) => s.container !== ids.st1);
     const onSt1 = t.findIndex((s) => s.container === ids.st1);
+    await allReachable(n, 3);
     const reference = join(n.dir, 'xhost-outage.raw');
     copyFileSync(image, reference);
     const w = n.startWriter('ha', XHOST, XHOST_MIB * MiB, reference);
@@ -211,6 +220,7 @@ describe('system: the storage network (agents on two hosts, containers as iSCSI 
     const onSt2 = t.findIndex((s) => s.container !== ids.st1);
     const onSt1 = t.findIndex((s) => s.container === ids.st1);
     const url = n.agentUrl('hb', XHOST);
+    await allReachable(n, 3);
     await n.t.cut('hb', 'san1');
     let held: Promise<boolean> | undefined;
     try {
@@ -232,7 +242,8 @@ describe('system: the storage network (agents on two hosts, containers as iSCSI 
       return c !== undefined && (c.unreachable ?? []).length === 0 ? true : undefined;
     }, 1000);
     expectNoRestart(n);
-    const r = await n.compare('hb', image, url);
+    // Host B sees what host A's agent serves, byte for byte.
+    const r = await n.compare('hb', n.agentUrl('ha', XHOST), url);
     expect(r.same, r.text).to.equal(true);
   });
 
@@ -244,6 +255,8 @@ describe('system: the storage network (agents on two hosts, containers as iSCSI 
       const c = (await containers(n)).find((x) => x.id === id);
       return c !== undefined && HOSTS.every((h) => c.agents.includes(h)) ? true : undefined;
     }, 1000);
+    // Through the controller's Rescan, not only the periodic one.
+    for (const h of HOSTS) expect(n.agent(h).log(), `agent on ${h} rescanned on container add`).to.match(new RegExp(`rescanning containers.*container ${id} added`));
     // The emptiest container takes the new vdisk's segments first.
     await n.cliOk(['vdisk', 'create', 'fresh', '--size', '16MiB', '--thick']);
     expect(segments(await tableOf(n, 'fresh')).some((s) => s.container === id), 'segments on the new LUN').to.equal(true);
