@@ -53,7 +53,7 @@ export function openConnection(opts: ConnectOptions & { isid: number }): Promise
       done = true;
       clearTimeout(timer);
       socket.removeListener('data', onData);
-      socket.removeListener('error', onError);
+      // onError stays (a no-op now): an error between here and the session's own listener must not go unhandled.
       socket.removeListener('close', onClose);
       if (err) {
         socket.destroy();
@@ -104,14 +104,23 @@ export function openConnection(opts: ConnectOptions & { isid: number }): Promise
 }
 
 class SocketWire implements Wire {
+  private corked = false;
+
   constructor(private readonly socket: Socket) {}
 
   write(chunks: Buffer[]): void {
     if (this.socket.destroyed) return;
-    // One writev per PDU: header, data, padding/digest.
-    this.socket.cork();
+    // Everything written in one tick (a burst of commands, a Data-Out
+    // sequence) leaves in one writev.
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
     for (const c of chunks) this.socket.write(c);
-    this.socket.uncork();
   }
 
   destroy(): void {

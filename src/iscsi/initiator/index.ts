@@ -26,3 +26,4 @@ export {
   testUnitReadyCdb,
   write16Cdb,
 } from './cdb.js';
+export { IscsiSessionPool } from './pool.js';
