@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import type { Argv } from 'yargs';
 import { COMMON_FLAGS, commandLoader, type FlagSpec } from '../config/flags.js';
 import { parseHostPort } from '../util/size.js';
-import { daemonOptions, oneToken } from './daemon-flags.js';
+import { ISCSI_FLAGS, daemonOptions, iscsiClientFlags, iscsiSecretFile, oneToken } from './daemon-flags.js';
 
 // ---- iSCSI CHAP (agent-local: every target the agent serves, and discovery) ----
 // The flags are security.chap in the configuration; the secrets may also come
@@ -93,6 +93,7 @@ export const AGENT_FLAGS: readonly FlagSpec[] = [
   { flag: 'tls-cert', key: 'security.tls.cert', path: true },
   { flag: 'tls-key', key: 'security.tls.key', path: true },
   ...CHAP_FLAGS,
+  ...ISCSI_FLAGS,
   ...COMMON_FLAGS,
 ];
 
@@ -120,12 +121,14 @@ export function agentCommand(y: Argv, sub?: (a: Argv) => Argv): Argv {
           .option('tls-key', { type: 'string', describe: 'its private key' })
           .option('metrics-listen', { type: 'string', describe: 'Prometheus /metrics on HOST:PORT, :PORT or PORT (loopback)' }),
       );
-      return (sub ? sub(chapOptions(b)) : chapOptions(b)) as unknown as Argv<AgentArgs>;
+      const c = chapOptions(iscsiClientFlags(b));
+      return (sub ? sub(c) : c) as unknown as Argv<AgentArgs>;
     },
     async (args) => {
       const hold = args['hold-timeout'];
       oneToken(args);
       chapSecrets(args as unknown as Record<string, unknown>);
+      iscsiSecretFile(args as unknown as Record<string, unknown>);
       const load = commandLoader({
         role: 'agent',
         specs: AGENT_FLAGS,

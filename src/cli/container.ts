@@ -1,10 +1,13 @@
 // `tabula container init|add|ls|rm|evacuate`. `init` works on the local file
 // or device alone; the others talk to the controller. `add` reads the label
 // itself so the controller learns the container's id, size and geometry from
-// the disk.
+// the disk. Either takes an iSCSI locator of one LUN instead of a path
+// (iscsi://[USER%SECRET@]HOST[:PORT]/IQN/LUN): the label is then read or
+// written through Tabula's initiator, set up from TABULA_ISCSI_*, and what is
+// printed or registered is the locator without its secret.
 import { resolve } from 'node:path';
 import type { Argv } from 'yargs';
-import { initContainer, readContainerLabel } from '../container/index.js';
+import { clientOptionsFromEnv, initContainer, isIscsiLocator, readContainerLabel, readIscsiLabel, redactLocator, type FoundContainer } from '../container/index.js';
 import type { ContainerInfo } from '../wire/proto-types.js';
 import { formatSize, parseSize } from '../util/size.js';
 import { adminOptions, quietLogs, withAdmin } from './admin-client.js';
@@ -40,16 +43,23 @@ export function containerRows(list: readonly ContainerInfo[]): string {
   );
 }
 
+/** The label of a path (made absolute) or of the LUN a locator names (its path the locator without the secret). */
+async function labelOf(path: string): Promise<FoundContainer> {
+  if (isIscsiLocator(path)) return readIscsiLabel(path, clientOptionsFromEnv());
+  const found = await readContainerLabel(path);
+  return { ...found, path: resolve(path) };
+}
+
 export function containerCommand(y: Argv): Argv {
   return y.command('container', 'storage containers: init, add, ls, rm, evacuate', (c) =>
     c
       .command(
         'init <path>',
-        'label a file or block device as a container (creates a sparse file when PATH is new)',
+        'label a file, block device or iSCSI LUN as a container (creates a sparse file when PATH is new)',
         (a) =>
           a
-            .positional('path', { type: 'string', demandOption: true, describe: 'file or block device' })
-            .option('size', { type: 'string', describe: 'size with a unit (e.g. 100GiB); needed to create a file' })
+            .positional('path', { type: 'string', demandOption: true, describe: 'file, block device or iscsi://[USER%SECRET@]HOST[:PORT]/IQN/LUN' })
+            .option('size', { type: 'string', describe: "size with a unit (e.g. 100GiB); needed to create a file; default a device's or LUN's capacity" })
             .option('segment-size', { type: 'string', describe: 'allocation unit recorded in the label (default 1MiB)' })
             .option('force', { type: 'boolean', default: false, describe: 'overwrite an existing container label (its data is abandoned)' })
             .option('json', { type: 'boolean', default: false, describe: 'print the label as JSON' }),
@@ -57,25 +67,30 @@ export function containerCommand(y: Argv): Argv {
           quietLogs();
           const size = args.size === undefined ? undefined : parseSize(args.size);
           const segmentSize = args['segment-size'] === undefined ? undefined : parseSize(args['segment-size']);
-          const r = await initContainer(args.path, { size, segmentSize, force: args.force });
+          const iscsi = isIscsiLocator(args.path) ? clientOptionsFromEnv() : undefined;
+          const r = await initContainer(args.path, { size, segmentSize, force: args.force, ...(iscsi ? { iscsi } : {}) });
           const l = r.label;
+          const shown = redactLocator(args.path);
           if (args.json) {
-            printJson({ id: l.id, path: args.path, size: l.size, dataOffset: l.dataOffset, segmentSize: l.segmentSize, created: r.created, replaced: r.replaced ?? null });
+            printJson({ id: l.id, path: shown, size: l.size, dataOffset: l.dataOffset, segmentSize: l.segmentSize, created: r.created, replaced: r.replaced ?? null });
             return;
           }
           const how = r.created ? 'created' : r.replaced !== undefined ? `relabelled (replaced ${r.replaced || 'a damaged label'})` : 'labelled';
-          print(`container ${l.id} ${how} at ${args.path}: ${formatSize(l.size)}, data from ${formatSize(l.dataOffset)}, segments of ${formatSize(l.segmentSize)}`);
+          print(`container ${l.id} ${how} at ${shown}: ${formatSize(l.size)}, data from ${formatSize(l.dataOffset)}, segments of ${formatSize(l.segmentSize)}`);
         },
       )
       .command(
         'add <path>',
         'register a labelled container with the controller',
-        (a) => adminOptions(a.positional('path', { type: 'string', demandOption: true, describe: 'container file or block device' })),
+        (a) =>
+          adminOptions(
+            a.positional('path', { type: 'string', demandOption: true, describe: 'container file, block device or iscsi://[USER%SECRET@]HOST[:PORT]/IQN/LUN' }),
+          ),
         async (args) => {
           quietLogs();
-          const label = await readContainerLabel(args.path);
+          const label = await labelOf(args.path);
           const info = await withAdmin(args, (s) =>
-            s.call('AddContainer', { id: label.id, path: resolve(args.path), size: label.size, dataOffset: label.dataOffset, segmentSize: label.segmentSize }),
+            s.call('AddContainer', { id: label.id, path: label.path, size: label.size, dataOffset: label.dataOffset, segmentSize: label.segmentSize }),
           );
           if (args.json) printJson(info);
           else print(`container ${info.id} added: ${formatSize(capacity(info))} in ${info.segmentsTotal} segments of ${formatSize(info.segmentSize)}`);

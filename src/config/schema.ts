@@ -5,6 +5,7 @@
 // misspelt key silently ignored is a setting silently lost.
 import { parseHostPort, parseSize } from '../util/size.js';
 import { DEFAULT_AGENT_METRICS_PORT, DEFAULT_CONTROLLER_METRICS_PORT, parseMetricsListen } from '../metrics/endpoint.js';
+import { parseDigest, type DigestSetting } from '../container/iscsi-client.js';
 
 export const ROLES = ['controller', 'agent', 'all-in-one', 'storage'] as const;
 export type Role = (typeof ROLES)[number];
@@ -18,6 +19,21 @@ export interface ContainerInit {
   /** Bytes; default the whole device. */
   size?: number;
   segmentSize?: number;
+}
+
+/** agent.iscsi: how the agent's initiator reaches iscsi:// containers (CHAP user and secret are in each locator). */
+export interface AgentIscsiConfig {
+  /** Unset: iqn.2024-01.io.tabula:agent.<host name> (defaultInitiatorName). */
+  initiatorName?: string;
+  /** Mutual CHAP: what the storage targets must answer with. */
+  mutualChap?: { user: string; secret: string };
+  /** Header and data digests. */
+  digest?: DigestSetting;
+  queueDepth?: number;
+  /** Sessions per target. */
+  sessions?: number;
+  /** Seconds; below the agent's hold timeout. */
+  commandTimeoutSec?: number;
 }
 
 export interface ChapConfig {
@@ -58,6 +74,7 @@ export interface TabulaConfig {
   };
   agent: {
     name: string;
+    iscsi: AgentIscsiConfig;
     portals: string[];
     containers: string[];
     holdTimeoutSec?: number;
@@ -315,6 +332,8 @@ const INIT = ['device', 'size', 'segment-size'] as const;
 const SECURITY = ['token', 'token-file', 'tls', 'chap', 'allowed-initiators'] as const;
 const TLS = ['cert', 'key', 'ca'] as const;
 const CHAP = ['user', 'secret', 'mutual-user', 'mutual-secret'] as const;
+/** agent.iscsi; the section itself is listed with the agent's keys where the agent section is read. */
+const AGENT_ISCSI = ['initiator-name', 'mutual-chap-user', 'mutual-chap-secret', 'digest', 'queue-depth', 'sessions', 'command-timeout'] as const;
 
 const NAME = /^[A-Za-z0-9._-]{1,64}$/;
 const IQN = /^(iqn\.\d{4}-\d{2}\.[^\s]+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$/;
@@ -347,7 +366,8 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
   };
   if (role === 'agent' && address === undefined && !c.has('address')) errors.push('controller.address: required when role is agent (HOST:PORT of the controller)');
 
-  const a = top.section('agent', AGENT);
+  const a = top.section('agent', [...AGENT, 'iscsi']);
+  const iscsi = agentIscsi(errors, a.section('iscsi', AGENT_ISCSI));
   const name = a.string('name');
   if (name !== undefined && !NAME.test(name)) errors.push(`agent.name: '${name}' must be 1-64 of A-Z a-z 0-9 . _ -`);
   const portals = a.strings('portals', (p) => (checkAddress(p, 3260) === undefined ? `'${p}' is not HOST:PORT (port 0-65535)` : null));
@@ -374,6 +394,7 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
   const agentName = name ?? (NAME.test(ctx.hostname) ? ctx.hostname : 'local');
   const agent = {
     name: role === 'all-in-one' ? 'local' : agentName,
+    iscsi,
     portals: portals ?? ['0.0.0.0:3260'],
     containers: containers ?? (containersInit.length > 0 ? containersInit.map((x) => x.device) : [`${dataDir}/containers/*`]),
     holdTimeoutSec: a.seconds('hold-timeout'),
@@ -384,6 +405,10 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
   if (role === 'all-in-one' && name !== undefined && name !== 'local') errors.push(`agent.name: the all-in-one node's agent is always 'local', not '${name}'`);
   if (role === 'all-in-one' && agent.portals.length !== 1) errors.push('agent.portals: the all-in-one node serves exactly one portal');
 
+  const cmdTimeout = agent.iscsi.commandTimeoutSec;
+  if (cmdTimeout !== undefined && agent.holdTimeoutSec !== undefined && cmdTimeout >= agent.holdTimeoutSec) {
+    errors.push(`agent.iscsi.command-timeout: ${cmdTimeout} s must be shorter than agent.hold-timeout (${agent.holdTimeoutSec} s), so a lost command is retried within the hold`);
+  }
   const aio = top.section('all-in-one', ['size']);
   const aioSize = aio.size('size');
   const allInOne = aioSize === undefined ? {} : { size: aioSize };
@@ -469,6 +494,42 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
     allInOne,
     security: { token, tokenFile, tls, chap, allowedInitiators },
   };
+}
+
+function agentIscsi(errors: string[], r: Reader): AgentIscsiConfig {
+  const initiatorName = r.string('initiator-name');
+  if (initiatorName !== undefined && !IQN.test(initiatorName)) {
+    errors.push(`agent.iscsi.initiator-name: '${initiatorName}' is not an iSCSI name (iqn.YYYY-MM.domain..., eui.…, naa.…)`);
+  }
+  const user = r.string('mutual-chap-user');
+  const secret = r.string('mutual-chap-secret');
+  if ((user === undefined) !== (secret === undefined)) errors.push('agent.iscsi: give both mutual-chap-user and mutual-chap-secret, or neither');
+  if (secret !== undefined && secret.length < 12) errors.push('agent.iscsi.mutual-chap-secret: at least 12 characters (targets such as tgtd and LIO refuse shorter ones)');
+  let digest: DigestSetting | undefined;
+  const d = r.string('digest');
+  if (d !== undefined) {
+    digest = parseDigest(d);
+    if (digest === undefined) errors.push(`agent.iscsi.digest: '${d}' is not one of none, crc32c, prefer`);
+  }
+  const count = (k: string, max: number): number | undefined => {
+    const v = r.string(k);
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (Number.isInteger(n) && n >= 1 && n <= max) return n;
+    errors.push(`${r.key(k)}: expected a whole number from 1 to ${max}, got '${v}'`);
+    return undefined;
+  };
+  const commandTimeoutSec = r.seconds('command-timeout');
+  const out: AgentIscsiConfig = {};
+  if (initiatorName !== undefined) out.initiatorName = initiatorName;
+  if (user !== undefined && secret !== undefined) out.mutualChap = { user, secret };
+  if (digest !== undefined) out.digest = digest;
+  const queueDepth = count('queue-depth', 1024);
+  if (queueDepth !== undefined) out.queueDepth = queueDepth;
+  const sessions = count('sessions', 16);
+  if (sessions !== undefined) out.sessions = sessions;
+  if (commandTimeoutSec !== undefined) out.commandTimeoutSec = commandTimeoutSec;
+  return out;
 }
 
 /**

@@ -9,4 +9,4 @@ export * from './iscsi-locator.js';
 export * from './iscsi-client.js';
 export { IscsiContainerDriver, iscsiPath, readLunLabel, type IscsiDriverOptions } from './iscsi-driver.js';
 export { IscsiLun, type IscsiLunOptions, type LunGeometry } from './iscsi-lun.js';
-export { scanIscsiLocator, connectLun, type IscsiScanOptions, type IscsiScanResult } from './iscsi-scan.js';
+export { scanIscsiLocator, connectLun, readIscsiLabel, type IscsiScanOptions, type IscsiScanResult } from './iscsi-scan.js';

@@ -18,7 +18,7 @@ import { call, callVoid, errnoName, readFully, sizeOf, tryNative, writeFully, ty
 import { ContainerIoError } from './driver.js';
 import { isIscsiLocator, parseIscsiLocator, redactLocator } from './iscsi-locator.js';
 import type { IscsiLun } from './iscsi-lun.js';
-import type { IscsiScanOptions } from './iscsi-scan.js';
+import { connectLun, type IscsiScanOptions } from './iscsi-scan.js';
 import {
   DEFAULT_DATA_OFFSET,
   LABEL_SIZE,
@@ -241,7 +241,6 @@ async function initIscsiContainer(locator: string, opts: InitOptions): Promise<I
   const shown = redactLocator(locator);
   let lun: IscsiLun;
   try {
-    const { connectLun } = await import('./iscsi-scan.js');
     lun = await connectLun(parseIscsiLocator(locator), opts.iscsi);
   } catch (e) {
     if (e instanceof ContainerInitError) throw e;

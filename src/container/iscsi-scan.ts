@@ -11,14 +11,17 @@ import { TransportError, type ScsiTransport } from '../iscsi/initiator/transport
 import { ContainerIoError } from './driver.js';
 import type { DiscoveredTarget, IscsiClientOptions, IscsiConnector, Portal } from './iscsi-client.js';
 import { resolveClientOptions } from './iscsi-client.js';
-import { IscsiContainerDriver, iscsiPath } from './iscsi-driver.js';
+import { IscsiContainerDriver, iscsiPath, readLunLabel } from './iscsi-driver.js';
+// Imported statically: a module loaded twice (once by import(), once not)
+// would have two TransportError classes, and instanceof would miss.
+import { initiatorConnector } from './iscsi-initiator.js';
 import { LocatorError, formatIscsiLocator, lunLocator, parseIscsiLocator, redactLocator, type IscsiLocator } from './iscsi-locator.js';
 import { IscsiLun } from './iscsi-lun.js';
 import { LabelError } from './label.js';
-import type { ScanProblem } from './scan.js';
+import type { FoundContainer, ScanProblem } from './scan.js';
 
 export interface IscsiScanOptions extends IscsiClientOptions {
-  /** The initiator to use (default: src/iscsi/initiator). */
+  /** The initiator to use (default: src/iscsi/initiator's ReconnectingSession). */
   connector?: IscsiConnector;
   readOnly?: boolean;
 }
@@ -28,13 +31,6 @@ export interface IscsiScanResult {
   problems: ScanProblem[];
 }
 
-let defaultConnectorPromise: Promise<IscsiConnector> | undefined;
-
-/** The initiator of src/iscsi/initiator, loaded on first use (admin commands that never meet a URL do not load it). */
-export function defaultConnector(): Promise<IscsiConnector> {
-  defaultConnectorPromise ??= import('./iscsi-initiator.js').then((m) => m.initiatorConnector);
-  return defaultConnectorPromise;
-}
 
 /** One session shared by the LUN drivers of a target: closed when the last holder closes. */
 class SharedTransport {
@@ -71,8 +67,8 @@ function problemOf(path: string, e: unknown): ScanProblem {
  * Opens every labelled LUN `locator` names: the LUN itself (LUN form), every
  * LUN of its target (REPORT LUNS), or every LUN of every target behind the
  * portal (SendTargets, then REPORT LUNS). Unlabelled LUNs are closed and
- * reported as 'unlabelled'; a container id met twice is reported as
- * 'duplicate' and the second LUN closed.
+ * reported as 'unlabelled'; LUNs that are no block device are skipped; a
+ * container id met twice is reported as 'duplicate' and the second LUN closed.
  */
 export async function scanIscsiLocator(locator: string, opts: IscsiScanOptions = {}): Promise<IscsiScanResult> {
   const shown = redactLocator(locator);
@@ -82,7 +78,7 @@ export async function scanIscsiLocator(locator: string, opts: IscsiScanOptions =
   } catch (e) {
     return { found: [], problems: [{ path: shown, kind: 'unreadable', message: (e as LocatorError).message }] };
   }
-  const connector = opts.connector ?? (await defaultConnector());
+  const connector = opts.connector ?? initiatorConnector;
   const client = resolveClientOptions(opts);
   const portal: Portal = { host: loc.host, port: loc.port };
   const out: IscsiScanResult = { found: [], problems: [] };
@@ -134,6 +130,8 @@ export async function scanIscsiLocator(locator: string, opts: IscsiScanOptions =
         try {
           d = await IscsiContainerDriver.open(shared.handle(), lunLoc, { ...client, readOnly: opts.readOnly, ownsTransport: true });
         } catch (e) {
+          // A LUN that is no disk (tgtd's controller at LUN 0) is no candidate, unless named alone.
+          if (loc.lun === undefined && e instanceof ContainerIoError && e.code === 'ENODEV') continue;
           out.problems.push(problemOf(path, e));
           continue;
         }
@@ -158,7 +156,7 @@ export async function connectLun(locator: IscsiLocator, opts: IscsiScanOptions =
   if (locator.target === undefined || locator.lun === undefined) {
     throw new LocatorError(formatIscsiLocator(locator, { redact: true }), 'name one LUN: iscsi://HOST:PORT/IQN/LUN');
   }
-  const connector = opts.connector ?? (await defaultConnector());
+  const connector = opts.connector ?? initiatorConnector;
   const client = resolveClientOptions(opts);
   const transport = await connector.connect({ host: locator.host, port: locator.port }, locator.target, locator.chap, client);
   try {
@@ -166,5 +164,16 @@ export async function connectLun(locator: IscsiLocator, opts: IscsiScanOptions =
   } catch (e) {
     await transport.close().catch(() => undefined);
     throw e;
+  }
+}
+
+/** The label of the one LUN a locator names, read through the initiator (`container add`); `path` without the secret. */
+export async function readIscsiLabel(locator: string, opts: IscsiScanOptions = {}): Promise<FoundContainer> {
+  const lun = await connectLun(parseIscsiLocator(locator), opts);
+  try {
+    const label = await readLunLabel(lun);
+    return { id: label.id, path: lun.path, size: label.size, dataOffset: label.dataOffset, segmentSize: label.segmentSize, medium: 'iscsi', label };
+  } finally {
+    await lun.transport.close().catch(() => undefined);
   }
 }

@@ -7,8 +7,6 @@ import { promises as fsp } from 'node:fs';
 import { ContainerIoError } from './driver.js';
 import { call, callVoid, errnoName, readFully, sizeOf, type FileMedium } from '../blockdev/file-io.js';
 import { expandGlob, hasMagic } from './glob.js';
-import { isIscsiLocator, parseIscsiLocator } from './iscsi-locator.js';
-import type { IscsiScanOptions } from './iscsi-scan.js';
 import { LABEL_SIZE, LabelError, decodeLabel, type ContainerLabel, type LabelErrorKind } from './label.js';
 
 export interface FoundContainer {
@@ -48,14 +46,8 @@ export interface ScanOptions {
   cwd?: string;
 }
 
-export interface ReadLabelOptions {
-  /** How to reach an iSCSI LUN, when the path is a locator. */
-  iscsi?: IscsiScanOptions;
-}
-
-/** Reads and checks one path's (or LUN-form iSCSI locator's) label; throws LabelError or ContainerIoError. */
-export async function readContainerLabel(path: string, opts: ReadLabelOptions = {}): Promise<FoundContainer> {
-  if (isIscsiLocator(path)) return readIscsiLabel(path, opts.iscsi);
+/** Reads and checks one path's label; throws LabelError or ContainerIoError. (readIscsiLabel for a LUN.) */
+export async function readContainerLabel(path: string): Promise<FoundContainer> {
   let fd: number;
   try {
     fd = await call<number>((cb) => fs.open(path, fs.constants.O_RDONLY, cb));
@@ -83,19 +75,6 @@ export async function readContainerLabel(path: string, opts: ReadLabelOptions = 
     return { id: label.id, path, size: label.size, dataOffset: label.dataOffset, segmentSize: label.segmentSize, medium, label };
   } finally {
     await callVoid((cb) => fs.close(fd, cb)).catch(() => undefined);
-  }
-}
-
-/** The label of the one LUN a locator names, read through the initiator (the secret left out of `path`). */
-async function readIscsiLabel(locator: string, opts: IscsiScanOptions | undefined): Promise<FoundContainer> {
-  const { connectLun } = await import('./iscsi-scan.js');
-  const { readLunLabel } = await import('./iscsi-driver.js');
-  const lun = await connectLun(parseIscsiLocator(locator), opts);
-  try {
-    const label = await readLunLabel(lun);
-    return { id: label.id, path: lun.path, size: label.size, dataOffset: label.dataOffset, segmentSize: label.segmentSize, medium: 'iscsi', label };
-  } finally {
-    await lun.transport.close().catch(() => undefined);
   }
 }
 

@@ -5,6 +5,7 @@
 import type { TlsMaterial } from '../security/tls.js';
 import { ConfigError, type TabulaConfig, type TlsConfig } from '../config/schema.js';
 import { resolveTls, resolveToken } from '../config/secrets.js';
+import type { IscsiClientOptions } from '../container/iscsi-client.js';
 
 /** What startController takes (kept structural so that this module loads without the controller). */
 export interface ControllerDaemonOptions {
@@ -33,6 +34,8 @@ export interface AgentDaemonOptions {
   metricsListen?: string;
   /** CHAP the agent requires for every target and for discovery (security.chap), and its initiator list. */
   iscsiAuth?: IscsiAuthOptions;
+  /** How the agent's initiator reaches iscsi:// containers (agent.iscsi). */
+  containerOptions?: { iscsi: IscsiClientOptions };
 }
 
 /** What AgentTargets takes (structural, like the rest of this module). */
@@ -121,7 +124,31 @@ export function agentOptions(cfg: TabulaConfig): AgentDaemonOptions {
     tls: resolveTls(cfg.security.tls),
     metricsListen: cfg.agent.metricsListen,
     ...withAuth(cfg),
+    ...withIscsi(cfg),
   };
+}
+
+/** `{ containerOptions }` when agent.iscsi sets anything, else nothing (the initiator's defaults apply). */
+function withIscsi(cfg: TabulaConfig): { containerOptions?: { iscsi: IscsiClientOptions } } {
+  return Object.keys(cfg.agent.iscsi).length === 0 ? {} : { containerOptions: { iscsi: iscsiClient(cfg) } };
+}
+
+/** agent.iscsi as the initiator's options; I/O to an unreachable container is held as long as faulted I/O (agent.hold-timeout). */
+export function iscsiClient(cfg: TabulaConfig): IscsiClientOptions {
+  const i = cfg.agent.iscsi;
+  const out: IscsiClientOptions = {};
+  if (i.initiatorName !== undefined) out.initiatorName = i.initiatorName;
+  if (i.mutualChap !== undefined) out.mutualChap = { ...i.mutualChap };
+  if (i.digest !== undefined) {
+    out.headerDigest = i.digest;
+    out.dataDigest = i.digest;
+  }
+  if (i.queueDepth !== undefined) out.queueDepth = i.queueDepth;
+  if (i.sessions !== undefined) out.sessions = i.sessions;
+  if (i.commandTimeoutSec !== undefined) out.commandTimeoutMs = Math.round(i.commandTimeoutSec * 1000);
+  const hold = ms(cfg.agent.holdTimeoutSec);
+  if (hold !== undefined) out.holdMs = hold;
+  return out;
 }
 
 export function applianceOptions(cfg: TabulaConfig): ApplianceDaemonOptions {

@@ -115,7 +115,10 @@ export function checkCondition(key: number, asc: number, ascq: number, info?: nu
 }
 
 /** A connector whose portals are in-process targets: `targets` by "host:port", each a list of targets. */
-export function loopConnector(portals: Record<string, ScsiTargetDevice[]>, opts: { down?: Set<string> } = {}): IscsiConnector & { transports: LoopTransport[] } {
+export function loopConnector(
+  portals: Record<string, ScsiTargetDevice[]>,
+  opts: { down?: Set<string>; intercept?: Interceptor } = {},
+): IscsiConnector & { transports: LoopTransport[] } {
   const transports: LoopTransport[] = [];
   const at = (host: string, port: number): ScsiTargetDevice[] => {
     const key = `${host}:${port}`;
@@ -128,6 +131,7 @@ export function loopConnector(portals: Record<string, ScsiTargetDevice[]>, opts:
       const t = at(portal.host, portal.port).find((x) => x.name === target);
       if (t === undefined) throw new TransportError('login', `target ${target} not found (login status 02/03)`);
       const tr = new LoopTransport(t);
+      tr.intercept = opts.intercept;
       transports.push(tr);
       return tr;
     },
