@@ -16,8 +16,14 @@ export interface CellResult {
   iops?: number;
   /** 10^6 bytes per second. */
   mbps?: number;
-  /** Median over runs of the target process's user+system CPU time, per I/O. */
+  /** Median over runs of the target process's user+system CPU time, per I/O (for the vdisk rows of network-lun.ts: the agent's). */
   cpuUsPerIo?: number;
+  /** The storage node's CPU time per I/O, for a vdisk on a network LUN. */
+  storageCpuUsPerIo?: number;
+  /** A network-LUN row's IOPS over the same vdisk on a local file (vdisk-file). */
+  vsFile?: number;
+  /** A network-LUN row's agent CPU per I/O over vdisk-file's. */
+  cpuVsFile?: number;
   vsTgtd?: number;
   vsRaw?: number;
   /** How busy the whole machine was during the runs (median), to spot interference. */
@@ -62,7 +68,9 @@ export function percentile(xs: readonly number[], q: number): number | undefined
 const fmt = (x: number | undefined, digits: number): string => (x === undefined ? '-' : x.toFixed(digits));
 
 export function formatTable(r: Report): string {
-  const head = ['case', 'target', 'IOPS', 'MB/s', 'x tgtd', 'x raw', 'CPU us/IO', 'runs'];
+  // The storage-network columns only when those rows ran.
+  const lun = r.cells.some((c) => c.target.startsWith('vdisk-lun-'));
+  const head = ['case', 'target', 'IOPS', 'MB/s', 'x tgtd', 'x raw', 'CPU us/IO', ...(lun ? ['x file', 'CPU x file', 'storage CPU us/IO'] : []), 'runs'];
   const rows = r.cells.map((c) => [
     c.case,
     c.target,
@@ -71,6 +79,7 @@ export function formatTable(r: Report): string {
     c.target === 'tgtd' ? '' : fmt(c.vsTgtd, 2),
     c.target === 'raw' ? '' : fmt(c.vsRaw, 2),
     fmt(c.cpuUsPerIo, 1),
+    ...(lun ? (c.target.startsWith('vdisk-lun-') ? [fmt(c.vsFile, 2), fmt(c.cpuVsFile, 2), fmt(c.storageCpuUsPerIo, 1)] : ['', '', '']) : []),
     String(c.runs),
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));

@@ -14,7 +14,14 @@
 //   --size BYTES|NGiB  BENCH_SIZE          LUN size (default 1GiB)
 //   --dir DIR          BENCH_DIR           working dir for backing files (default /tmp/tabula-bench)
 //   --targets LIST     BENCH_TARGETS       comma list of tgtd, tabula (`tabula target --file`), vdisk-thick and
-//                                          vdisk-thin-fill (`tabula up`, see targets.ts), raw (default all)
+//                                          vdisk-thin-fill (`tabula up`, see targets.ts), raw, and the
+//                                          storage-network rows vdisk-file, vdisk-lun-tabula, vdisk-lun-tgtd
+//                                          (a thick vdisk on an agent whose container is a local file or a
+//                                          network LUN, see network-lun.ts) (default all). Their CPU
+//                                          column is the agent's; "x file" and "CPU x file" compare with
+//                                          vdisk-file (issue 15's goals: 0.6x / 0.8x, CPU at most 1.3x),
+//                                          e.g. --targets vdisk-file,vdisk-lun-tabula,vdisk-lun-tgtd
+//                                          --cases 4k-rand-read-qd32,4k-rand-write-qd32,1M-seq-read-qd8,1M-seq-write-qd8
 //   --cases LIST       BENCH_CASES         comma list of case names (default all, see CASES)
 //   --run-timeout S    BENCH_RUN_TIMEOUT   seconds per qemu-img run before it is killed (default 120)
 //   --out FILE         BENCH_OUT           JSON output (default bench/results/latest.json)
@@ -44,6 +51,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { busyPercent, cpuSeconds, installSignalCleanup, machineCpu, niced, runBounded, runCleanups, setNice } from './proc.js';
 import { startTabulaTarget, startTabulaUp, startTgtd, type RunningTarget } from './targets.js';
+import { NETWORK_LUN_TARGETS, startAgentVdisk, type NetworkLunTarget } from './network-lun.js';
 import { normalizePageCache } from './page-cache.js';
 import { formatTable, median, type CellResult, type Report } from './report.js';
 import { COST_PARTS, formatCosts, parseLoadCases, runCosts, type CostPart, type CostsOptions } from './costs/index.js';
@@ -71,13 +79,16 @@ export const CASES: BenchCase[] = [
 
 /** tgtd, raw, vdisk-thick, vdisk-thin-fill, or a `tabula target` variant: "tabula" or "tabula-<anything>" (see variantSettings). */
 type TargetName = string;
-const FIXED_TARGETS = ['tgtd', 'raw', 'vdisk-thick', 'vdisk-thin-fill'];
+const FIXED_TARGETS: string[] = ['tgtd', 'raw', 'vdisk-thick', 'vdisk-thin-fill', ...NETWORK_LUN_TARGETS];
+const isNetworkLun = (t: string): t is NetworkLunTarget => (NETWORK_LUN_TARGETS as readonly string[]).includes(t);
 
 interface TargetUnderTest {
   name: TargetName;
   url: string;
   cache: 'none' | 'writeback';
   t?: RunningTarget;
+  /** A storage node's process under the target (network-LUN rows): its CPU is counted apart. */
+  storagePid?: number;
   /** Backing files whose page cache is normalised before the matrix (page-cache.ts). */
   files?: string[];
   /** Replace the target by a fresh one before every measured run (vdisk-thin-fill). */
@@ -137,7 +148,7 @@ function parseOptions(argv: string[]): Options {
   const quick = get('quick', 'BENCH_QUICK') === '1';
   const caseNames = get('cases', 'BENCH_CASES')?.split(',').filter(Boolean);
   const cases = caseNames ? caseNames.map((n) => CASES.find((c) => c.name === n) ?? fail(`unknown case '${n}' (have ${CASES.map((c) => c.name).join(', ')})`)) : CASES;
-  const targets = (get('targets', 'BENCH_TARGETS') ?? 'tgtd,tabula,vdisk-thick,vdisk-thin-fill,raw').split(',').filter(Boolean) as TargetName[];
+  const targets = (get('targets', 'BENCH_TARGETS') ?? ['tgtd', 'tabula', 'vdisk-thick', 'vdisk-thin-fill', ...NETWORK_LUN_TARGETS, 'raw'].join(',')).split(',').filter(Boolean) as TargetName[];
   for (const t of targets) if (!FIXED_TARGETS.includes(t) && !/^tabula(-[\w-]+)?$/.test(t)) fail(`unknown target '${t}' (${FIXED_TARGETS.join(', ')}, tabula, tabula-VARIANT)`);
   const reps = Number(get('reps', 'BENCH_REPS') ?? (quick ? 1 : 3));
   if (!Number.isInteger(reps) || reps < 1) fail(`bad --reps ${reps}`);
@@ -217,27 +228,36 @@ function ensureBaseImage(path: string, size: number): void {
 interface RunSample {
   seconds: number;
   cpuSeconds?: number;
+  storageCpuSeconds?: number;
   machineBusyPct: number;
   stealPct: number;
 }
 
-async function qemuBench(c: BenchCase, count: number, target: string, cache: 'none' | 'writeback', opts: Options, pid?: number): Promise<RunSample> {
+async function qemuBench(c: BenchCase, count: number, target: string, cache: 'none' | 'writeback', opts: Options, pid?: number, storagePid?: number): Promise<RunSample> {
   const args = ['bench', '-f', 'raw', '-t', cache, '-c', String(count), '-d', String(c.depth), '-s', String(c.blockSize)];
   if (c.step !== undefined) args.push('-S', String(c.step));
   if (c.write) args.push('-w');
   args.push(target);
   const cpu0 = pid === undefined ? 0 : cpuSeconds(pid);
+  const s0 = storagePid === undefined ? 0 : cpuSeconds(storagePid);
   const m0 = machineCpu();
   const r = await runBounded(...niced('qemu-img', args), opts.runTimeoutMs);
   const m1 = machineCpu();
   const cpu1 = pid === undefined ? 0 : cpuSeconds(pid);
+  const s1 = storagePid === undefined ? 0 : cpuSeconds(storagePid);
   const m = /Run completed in ([0-9.]+) seconds/.exec(r.stdout);
   if (!m) {
     const why = r.timedOut ? `timed out after ${opts.runTimeoutMs / 1000} s` : (r.stderr || r.stdout).trim().split('\n').pop();
     throw new Error(`qemu-img ${args.join(' ')}: ${why}`);
   }
   const load = busyPercent(m0, m1);
-  return { seconds: Number(m[1]), cpuSeconds: pid === undefined ? undefined : cpu1 - cpu0, machineBusyPct: load.busy, stealPct: load.steal };
+  return {
+    seconds: Number(m[1]),
+    cpuSeconds: pid === undefined ? undefined : cpu1 - cpu0,
+    storageCpuSeconds: storagePid === undefined ? undefined : s1 - s0,
+    machineBusyPct: load.busy,
+    stealPct: load.steal,
+  };
 }
 
 function machineInfo(): Omit<Report['machine'], 'qemuImg' | 'tgtd' | 'loadavgAtEnd'> {
@@ -320,6 +340,26 @@ async function runMatrix(opts: Options): Promise<CellResult[]> {
       targets.push({ name, url: t.url, cache: 'none', t, files });
       continue;
     }
+    if (isNetworkLun(name)) {
+      // Needs the iSCSI container driver (container init/add of iscsi:// locators, agents reaching them):
+      // a row that cannot start is left out, not the whole matrix.
+      let t;
+      try {
+        t = await startAgentVdisk(name, opts.dir, opts.size, opts.dir, { entry: opts.entry, nodeArgs: opts.tabulaNodeArgs, env: protoEnv() });
+      } catch (e) {
+        log(`bench: ${name} left out: ${(e as Error).message}`);
+        continue;
+      }
+      log(`bench: ${name} agent pid ${t.pid}${t.storagePid === undefined ? '' : `, storage pid ${t.storagePid}`}, container ${t.locator}, at ${t.url}: copying the base image onto it`);
+      const r = await runBounded('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', '-t', 'none', base, t.url], 10 * opts.runTimeoutMs);
+      if (r.code !== 0) {
+        log(`bench: ${name} left out: filling it failed: ${(r.stderr || r.stdout).trim()}`);
+        await t.stop();
+        continue;
+      }
+      targets.push({ name, url: t.url, cache: 'none', t, storagePid: t.storagePid, files: t.files });
+      continue;
+    }
     if (name === 'vdisk-thin-fill') {
       const dataDir = join(opts.dir, `${name}.data`);
       const t = await startTabulaUp(dataDir, opts.size, opts.dir, up);
@@ -370,7 +410,7 @@ async function runMatrix(opts: Options): Promise<CellResult[]> {
             // warm the JIT with reads, which allocate nothing
             await qemuBench(CASES[2]!, 2000, t.url, t.cache, opts).catch(() => undefined);
           }
-          s = await qemuBench(c, count, t.url, t.cache, opts, t.t?.pid);
+          s = await qemuBench(c, count, t.url, t.cache, opts, t.t?.pid, t.storagePid);
         } catch (e) {
           log(`bench: ${c.name} on ${t.name} (rep ${rep}) failed: ${(e as Error).message}`);
           continue;
@@ -378,7 +418,8 @@ async function runMatrix(opts: Options): Promise<CellResult[]> {
         const list = samples.get(key(c, t.name)) ?? [];
         list.push(s);
         samples.set(key(c, t.name), list);
-        const cpu = s.cpuSeconds === undefined ? '' : `, target CPU ${((1e6 * s.cpuSeconds) / count).toFixed(1)} us/IO`;
+        const storageCpu = s.storageCpuSeconds === undefined ? '' : `, storage node CPU ${((1e6 * s.storageCpuSeconds) / count).toFixed(1)} us/IO`;
+        const cpu = s.cpuSeconds === undefined ? '' : `, target CPU ${((1e6 * s.cpuSeconds) / count).toFixed(1)} us/IO${storageCpu}`;
         log(`bench: rep ${rep}/${opts.reps} ${c.name.padEnd(18)} ${t.name.padEnd(6)} ${(count / s.seconds).toFixed(0).padStart(7)} IOPS (${s.seconds.toFixed(3)} s${cpu}; machine ${s.machineBusyPct.toFixed(0)}% busy)`);
       }
     }
@@ -392,6 +433,8 @@ async function runMatrix(opts: Options): Promise<CellResult[]> {
       const sec = median(list.map((s) => s.seconds));
       const cpuList = list.map((s) => s.cpuSeconds).filter((x): x is number => x !== undefined);
       const cpu = cpuList.length > 0 ? median(cpuList) : undefined;
+      const storageList = list.map((s) => s.storageCpuSeconds).filter((x): x is number => x !== undefined);
+      const storageCpu = storageList.length > 0 ? median(storageList) : undefined;
       cells.push({
         case: c.name,
         target: t.name,
@@ -404,6 +447,7 @@ async function runMatrix(opts: Options): Promise<CellResult[]> {
         iops: sec === undefined ? undefined : count / sec,
         mbps: sec === undefined ? undefined : (count * c.blockSize) / sec / 1e6,
         cpuUsPerIo: cpu === undefined ? undefined : (1e6 * cpu) / count,
+        ...(storageCpu === undefined ? {} : { storageCpuUsPerIo: (1e6 * storageCpu) / count }),
         machineBusyPct: median(list.map((s) => s.machineBusyPct)),
       });
     }
@@ -414,6 +458,12 @@ async function runMatrix(opts: Options): Promise<CellResult[]> {
     const raw = ref('raw');
     if (cell.iops !== undefined && tg) cell.vsTgtd = cell.iops / tg;
     if (cell.iops !== undefined && raw) cell.vsRaw = cell.iops / raw;
+    // The storage-network rows against the same vdisk on a local file container (the issue's goals: 0.6x / 0.8x IOPS, CPU at most 1.3x).
+    const file = cells.find((x) => x.case === cell.case && x.target === 'vdisk-file');
+    if (cell.target.startsWith('vdisk-lun-') && file !== undefined) {
+      if (cell.iops !== undefined && file.iops) cell.vsFile = cell.iops / file.iops;
+      if (cell.cpuUsPerIo !== undefined && file.cpuUsPerIo) cell.cpuVsFile = cell.cpuUsPerIo / file.cpuUsPerIo;
+    }
   }
 
   for (const t of targets) await t.t?.stop();
