@@ -14,6 +14,8 @@
 // on this host could serve data another host has overwritten.
 import { MapResolver, type ContainerDriver, type ContainerResolver } from '../container/driver.js';
 import { openContainer, type FileDriverOptions } from '../container/file-driver.js';
+import { IscsiContainerDriver } from '../container/iscsi-driver.js';
+import { scanIscsiLocator, type IscsiScanOptions } from '../container/iscsi-scan.js';
 import { scanContainers, type ScanProblem } from '../container/scan.js';
 import type { ContainerRef, ContainerShare } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
@@ -25,31 +27,20 @@ export interface IscsiScanResult {
 }
 
 /** Scans one iscsi:// locator (a LUN, a target's LUNs, or every target behind a portal). */
-export type IscsiScanner = (locator: string, opts: Record<string, unknown>) => Promise<IscsiScanResult>;
+export type IscsiScanner = (locator: string, opts: IscsiScanOptions) => Promise<IscsiScanResult>;
 
 export interface AgentContainersOptions {
   /** Initiator settings for iscsi:// locators (agent.iscsi), passed to the scanner as they are. */
-  iscsi?: Record<string, unknown>;
+  iscsi?: IscsiScanOptions;
   /** Default: scanIscsiLocator of src/container/iscsi-scan.ts. */
   scanIscsi?: IscsiScanner;
   /** Opens a file or block container (default openContainer); tests count reopenings here. */
-  open?: (path: string, opts: FileDriverOptions & { direct?: boolean }) => Promise<ContainerDriver>;
+  open?: (path: string, opts: FileDriverOptions) => Promise<ContainerDriver>;
 }
 
 /** A locator naming network LUNs rather than paths. */
 export function isIscsiLocator(locator: string): boolean {
   return /^iscsi:\/\//i.test(locator);
-}
-
-/**
- * The iSCSI scanner, loaded on first use: an agent with only paths never
- * loads the initiator. The specifier is a variable so that this module
- * compiles before the driver exists on every branch (issue 15).
- */
-const ISCSI_SCAN_MODULE = '../container/iscsi-scan.js';
-async function defaultIscsiScanner(locator: string, opts: Record<string, unknown>): Promise<IscsiScanResult> {
-  const mod = (await import(ISCSI_SCAN_MODULE)) as { scanIscsiLocator: IscsiScanner };
-  return mod.scanIscsiLocator(locator, opts);
 }
 
 /** File and block devices go through a page cache; iSCSI LUNs do not. */
@@ -133,15 +124,15 @@ export class AgentContainers implements ContainerResolver {
     for (const url of urls) {
       let result: IscsiScanResult;
       try {
-        result = await (this.#opts.scanIscsi ?? defaultIscsiScanner)(url, this.#opts.iscsi ?? {});
+        result = await (this.#opts.scanIscsi ?? scanIscsiLocator)(url, this.#opts.iscsi ?? {});
       } catch (err) {
         const why = (err as Error).message;
         failed.set(url, why);
-        this.#logProblems([{ path: url, kind: 'unreachable' as ScanProblem['kind'], message: why }]);
+        this.#logProblems([{ path: url, kind: 'unreachable', message: why }]);
         continue;
       }
       this.#logProblems(result.problems);
-      const down = result.problems.find((p) => (p.kind as string) === 'unreachable');
+      const down = result.problems.find((p) => p.kind === 'unreachable');
       if (down !== undefined) failed.set(url, down.message);
       for (const d of result.found) {
         seen.set(d.id, url);
@@ -177,8 +168,7 @@ export class AgentContainers implements ContainerResolver {
   }
 
   #openFile(path: string, direct: boolean): Promise<ContainerDriver> {
-    const opts: FileDriverOptions & { direct?: boolean } = direct ? { direct: true } : {};
-    return (this.#opts.open ?? openContainer)(path, opts);
+    return (this.#opts.open ?? openContainer)(path, direct ? { direct: true } : {});
   }
 
   #add(d: ContainerDriver, locator: string | null, direct: boolean): void {
@@ -191,7 +181,7 @@ export class AgentContainers implements ContainerResolver {
   #reach(c: OpenContainer): { reachable: boolean; error: string } {
     if (c.missing !== null) return { reachable: false, error: c.missing };
     // A network container's transport says whether its session is up (ScsiTransport.state).
-    const state = (c.driver as { state?: unknown }).state;
+    const state = transportState(c.driver);
     if (state === 'down' || state === 'closed') return { reachable: false, error: `iSCSI session ${state}` };
     return { reachable: true, error: '' };
   }
@@ -239,7 +229,9 @@ export class AgentContainers implements ContainerResolver {
         c.direct = true;
         this.#resolver.add(d);
         this.#retire(old);
-        log.info('shared container reopened with O_DIRECT (other hosts reach it)', { id, path: d.path, kind: d.kind });
+        // The driver falls back to buffered I/O (with its own warning) where the file system refuses O_DIRECT.
+        const really = (d as { direct?: unknown }).direct !== false;
+        log.info('shared container reopened with O_DIRECT (other hosts reach it)', { id, path: d.path, kind: d.kind, direct: really });
       }
     });
     this.#scanning = run.catch(() => undefined);
@@ -266,6 +258,13 @@ export class AgentContainers implements ContainerResolver {
     // Flushed first: a stopping agent leaves every acknowledged write durable, FUA or not.
     await Promise.all([...all, ...retired].map(closeFlushed));
   }
+}
+
+/** The iSCSI session state of a network LUN's driver (a test's stand-in may carry `state` itself); undefined for the rest. */
+function transportState(d: ContainerDriver): string | undefined {
+  if (d instanceof IscsiContainerDriver) return d.lun.transport.state;
+  const own = (d as { state?: unknown }).state;
+  return typeof own === 'string' ? own : undefined;
 }
 
 async function closeFlushed(d: ContainerDriver): Promise<void> {

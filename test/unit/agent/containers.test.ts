@@ -113,7 +113,7 @@ describe('agent/AgentContainers', () => {
     const opens: string[] = [];
     cs = new AgentContainers([join(dir, '*.img'), URL], {
       scanIscsi: async () => ({ found: [lun(L1)], problems: [] }),
-      open: (p: string, o: FileDriverOptions & { direct?: boolean }) => {
+      open: (p: string, o: FileDriverOptions) => {
         opens.push(`${p.slice(dir.length + 1)}${o.direct === true ? ' direct' : ''}`);
         return openContainer(p, o);
       },
@@ -129,6 +129,8 @@ describe('agent/AgentContainers', () => {
     expect(opens).to.deep.equal(['a.img', 'b.img', 'a.img direct']);
     expect([cs.direct(CONTAINER_ID), cs.direct(C2), cs.direct(L1)]).to.deep.equal([true, false, false]);
     expect(cs.get(CONTAINER_ID)).to.not.equal(before);
+    // Really O_DIRECT where the file system allows it (tmpfs does not: the driver falls back).
+    expect((cs.get(CONTAINER_ID) as { direct?: boolean }).direct).to.be.a('boolean');
     // Known shared before it is first opened: opened direct at once.
     await initContainer(join(dir, 'c.img'), { size: 4 << 20, id: 'c0c0c0c0-0000-4000-8000-000000000003', segmentSize: SEG });
     await cs.setShared([{ id: 'c0c0c0c0-0000-4000-8000-000000000003', shared: true }]);
