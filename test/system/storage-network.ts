@@ -139,10 +139,7 @@ export class FileTargetNode {
     return this.files.length - 1;
   }
 
-  /**
-   * Starts (or restarts) the target over every file. More than one --file
-   * needs the multi-LUN `tabula target` (wt-node); with one it runs today.
-   */
+  /** Starts (or restarts) the target over every file: `--file` repeated, LUN 0..n-1. */
   async start(): Promise<void> {
     if (this.daemon?.running) throw new Error('tabula target on st2 is already running');
     const args = ['target', ...this.files.flatMap((f) => ['--file', f]), '--portal', this.portal, '--iqn', TARGET_IQN];
@@ -204,7 +201,7 @@ export interface AgentStart {
   /** Locators: iscsi:// URLs or globs (of files in the host's own directory). */
   containers: readonly string[];
   holdTimeoutS?: number;
-  /** --host-id (the designed flag; wt-dyn). */
+  /** --host-id: the host it runs on (agents in namespaces share /etc/machine-id). */
   hostId?: string;
   extra?: readonly string[];
 }
