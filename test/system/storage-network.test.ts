@@ -1,5 +1,5 @@
-// The storage-network topology with real targets and clients, without
-// iSCSI containers yet: hosts reach both storage nodes (tgtd on st1,
+// The storage-network topology with real targets and clients, no iSCSI
+// containers involved: hosts reach both storage nodes (tgtd on st1,
 // `tabula target` on st2) only over their storage networks, a cut link
 // isolates one host from one storage node and heals when restored, and an
 // agent on host A serves a vdisk to a client on host B across the
