@@ -244,6 +244,25 @@ describe('iSCSI initiator resilience (tabula target)', function () {
     }
   });
 
+  it('start() comes up once a target that was down at first appears, and runs the commands held meanwhile', async () => {
+    await target.kill();
+    const r = ReconnectingSession.start(target.options({ holdMs: 90_000, backoffMaxMs: 300 }));
+    try {
+      expect(r.state).to.equal('connecting');
+      const data = randomBytes(32 * 1024);
+      const write = write16(r, 0, 512, data);
+      await sleep(500);
+      expect(r.state).to.equal('connecting');
+      expect(r.lastFailure?.kind).to.equal('unreachable');
+      await target.start();
+      await write;
+      expect(r.state).to.equal('up');
+      expect((await read16(r, 0, 512, data.length)).equals(data)).to.equal(true);
+    } finally {
+      await r.close();
+    }
+  });
+
   it("fails commands as 'unreachable' after holdMs when the target never comes back, and close() is bounded", async () => {
     const r = await ReconnectingSession.connect(target.options({ holdMs: 1500, backoffMaxMs: 400 }));
     try {

@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { encodePdu } from '../pdu/encode.js';
 import { PduParser } from '../pdu/parser.js';
 import { Opcode } from '../pdu/types.js';
-import { DEFAULT_INITIATOR_MRDSL, InitiatorLogin, type LoginOptions, type LoginResult } from './login.js';
+import { DEFAULT_INITIATOR_MRDSL, InitiatorLogin, LoginRedirect, type LoginOptions, type LoginResult } from './login.js';
 import { IscsiInitiatorSession, type SessionOptions, type Wire } from './session.js';
 import { TransportError } from './transport.js';
 
@@ -38,8 +38,23 @@ function portalOf(o: { host: string; port: number }): string {
   return o.host.includes(':') ? `[${o.host}]:${o.port}` : `${o.host}:${o.port}`;
 }
 
-/** TCP connect and login; the socket comes back paused. */
-export function openConnection(opts: ConnectOptions & { isid: number }): Promise<LoggedInConnection> {
+/** Redirections followed before a login counts as failed. */
+const MAX_REDIRECTS = 3;
+
+/** TCP connect and login, following the target's redirections; the socket comes back paused. */
+export async function openConnection(opts: ConnectOptions & { isid: number }): Promise<LoggedInConnection> {
+  let at = opts;
+  for (let hop = 0; ; hop++) {
+    try {
+      return await loginOnce(at);
+    } catch (e) {
+      if (!(e instanceof LoginRedirect) || hop === MAX_REDIRECTS) throw e;
+      at = { ...at, host: e.to.host, port: e.to.port };
+    }
+  }
+}
+
+function loginOnce(opts: ConnectOptions & { isid: number }): Promise<LoggedInConnection> {
   const portal = portalOf(opts);
   const timeoutMs = opts.loginTimeoutMs ?? 10_000;
   const machine = new InitiatorLogin(opts);
@@ -87,7 +102,9 @@ export function openConnection(opts: ConnectOptions & { isid: number }): Promise
           }
         }
       } catch (e) {
-        if (e instanceof TransportError) {
+        if (e instanceof LoginRedirect) {
+          finish(e);
+        } else if (e instanceof TransportError) {
           finish(new TransportError(e.kind, `${e.message} (portal ${portal})`));
         } else {
           finish(new TransportError('protocol', `login at ${portal}: ${(e as Error).message}`));

@@ -2,7 +2,7 @@
 // login machine (src/iscsi/login) and against hand-made responses for the
 // rejects and oddities a foreign target may produce.
 import { expect } from 'chai';
-import { InitiatorLogin, InitiatorLoginState, loginStatusName, type LoginOptions, type LoginResult } from '../../../../src/iscsi/initiator/login.js';
+import { InitiatorLogin, InitiatorLoginState, LoginRedirect, loginStatusName, parseTargetAddress, type LoginOptions, type LoginResult } from '../../../../src/iscsi/initiator/login.js';
 import { TransportError } from '../../../../src/iscsi/initiator/transport.js';
 import { LoginMachine, type LoginEnvironment } from '../../../../src/iscsi/login/login-machine.js';
 import { Opcode, Stage, type LoginRequest, type LoginResponse } from '../../../../src/iscsi/pdu/types.js';
@@ -154,6 +154,22 @@ describe('iSCSI initiator login machine', () => {
     busy.start();
     expectTransport(() => busy.receive(response({ statusClass: 3, statusDetail: 1 })), 'unreachable', /ServiceUnavailable/);
     expect(loginStatusName({ statusClass: 2, statusDetail: 0x42 })).to.equal('InitiatorError (0x0242)');
+  });
+
+  it('reports a redirection with the portal to go to', () => {
+    const init = new InitiatorLogin(base());
+    init.start();
+    try {
+      init.receive(response({ statusClass: 1, statusDetail: 1, data: text('TargetAddress=[fe80::1]:3261,2') }));
+      throw new Error('expected a redirect');
+    } catch (e) {
+      expect(e).to.be.instanceOf(LoginRedirect);
+      expect((e as LoginRedirect).to).to.deep.equal({ host: 'fe80::1', port: 3261 });
+      expect((e as Error).message).to.match(/TargetMovedTemporarily/);
+    }
+    expect(parseTargetAddress('10.0.0.2')).to.deep.equal({ host: '10.0.0.2', port: 3260 });
+    expect(parseTargetAddress('st1.example:3262,1')).to.deep.equal({ host: 'st1.example', port: 3262 });
+    expect(parseTargetAddress('host:99999')).to.equal(undefined);
   });
 
   it('asks for the rest of a text the target continues (C bit)', () => {

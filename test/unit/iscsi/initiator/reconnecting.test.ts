@@ -103,6 +103,29 @@ describe('iSCSI ReconnectingSession', () => {
     await r.close();
   });
 
+  it('starts without waiting (start()), holds commands while connecting, and comes up when the target does', async () => {
+    const f = factory();
+    f.fail = true;
+    const states: TransportState[] = [];
+    const r = ReconnectingSession.start({ ...OPTS, connectFn: f.connect, holdMs: 5000 });
+    r.onStateChange((s) => states.push(s));
+    expect(r.state).to.equal('connecting');
+    const p = r.execute({ lun: 0, cdb: read16Cdb(0, 1), dataInLength: 512 });
+    await waitFor(() => (f.isids.length >= 3 ? true : undefined));
+    expect(r.state).to.equal('connecting');
+    f.fail = false;
+    const first = await waitFor(() => f.rigs[0]);
+    const [cmd] = await waitFor(() => {
+      const c = first.wire.take<ScsiCommandPdu>(Opcode.ScsiCommand);
+      return c.length ? c : undefined;
+    });
+    first.feed(dataIn(first, cmd!.itt, 0, Buffer.alloc(512), 0));
+    expect((await p).status).to.equal(0);
+    expect(states).to.deep.equal(['up']);
+    expect(r.reconnects).to.equal(0);
+    await r.close();
+  });
+
   it('fails waiting commands as closed on close(), and refuses new ones', async () => {
     const f = factory();
     const states: TransportState[] = [];
