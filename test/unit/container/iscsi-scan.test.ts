@@ -122,7 +122,7 @@ describe('iSCSI containers: scan, init, add', () => {
     expect(r.problems[0]).to.include({ path: 'iscsi://bob@st1', kind: 'unreachable' });
     expect(r.problems[0]!.message).to.not.include('pw@');
     const t = await scanIscsiLocator(`iscsi://st1/${T1}/0`, { connector });
-    expect(t.problems.map((p) => p.kind)).to.deep.equal(['unreachable']);
+    expect(t.problems.map((p) => [p.kind, p.path])).to.deep.equal([['unreachable', `iscsi://st1:3260/${T1}/0`]]);
     const bad = await scanIscsiLocator('iscsi://st1/x/0', { connector });
     expect(bad.problems.map((p) => p.kind)).to.deep.equal(['unreadable']);
   });
