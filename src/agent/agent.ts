@@ -39,7 +39,7 @@ import { Reservations, emptyLuReservationState } from '../scsi/reservations.js';
 import { log } from '../util/log.js';
 import type { BackoffOptions } from './backoff.js';
 import { AgentContainers, type AgentContainersOptions } from './containers.js';
-import { ControllerLink } from './controller-link.js';
+import { ControllerLink, DEFAULT_WELCOME_TIMEOUT_MS } from './controller-link.js';
 import { runCopy } from './copy.js';
 import { runZero } from './zero.js';
 import { placeholderTable, vdiskDeviceFactory, type AgentDevice, type DeviceFactory } from './device-port.js';
@@ -109,6 +109,8 @@ export interface ExportStatus {
 }
 
 export const DEFAULT_RESCAN_INTERVAL_MS = 60_000;
+/** How long Register waits for a rescan before going with the containers already open (at most half the Welcome timeout). */
+const REGISTER_SCAN_WAIT_MS = 3000;
 const DEFAULT_REACHABILITY_POLL_MS = 1000;
 
 /**
@@ -329,7 +331,27 @@ export class Agent {
   // ---- registration ----
 
   async #registration(): Promise<{ containers: Awaited<ReturnType<AgentContainers['refresh']>>; tables: TableVersion[] }> {
-    const containers = await this.containers.refresh();
+    // A storage node that is away can make a scan slow (connect timeouts):
+    // registering must not wait for it past the Welcome timeout, or an agent
+    // could never reconnect while one node is down. It registers with the
+    // containers it has; the scan's findings follow as a ContainerUpdate.
+    const scan = this.containers.refresh();
+    const waitMs = Math.min(REGISTER_SCAN_WAIT_MS, (this.#opts.welcomeTimeoutMs ?? DEFAULT_WELCOME_TIMEOUT_MS) / 2);
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<null>((resolve) => {
+      timer = setTimeout(() => resolve(null), waitMs);
+      timer.unref();
+    });
+    let containers = await Promise.race([scan, late]);
+    clearTimeout(timer);
+    if (containers === null) {
+      log.warn('container scan still running: registering with the containers already open', { waitedMs: waitMs });
+      containers = this.containers.refs();
+      void scan.then(
+        (refs) => this.#reportContainers(refs),
+        (err: Error) => log.error('container scan failed', { err: err.message }),
+      );
+    }
     this.#reported = JSON.stringify(containers);
     const tables: TableVersion[] = [];
     for (const h of this.#held.values()) {

@@ -15,6 +15,7 @@
 import { MapResolver, type ContainerDriver, type ContainerResolver } from '../container/driver.js';
 import { openContainer, type FileDriverOptions } from '../container/file-driver.js';
 import { IscsiContainerDriver } from '../container/iscsi-driver.js';
+import { parseIscsiLocator } from '../container/iscsi-locator.js';
 import { scanIscsiLocator, type IscsiScanOptions } from '../container/iscsi-scan.js';
 import { scanContainers, type ScanProblem } from '../container/scan.js';
 import type { ContainerRef, ContainerShare } from '../wire/proto-types.js';
@@ -48,6 +49,8 @@ const CACHED_KINDS: ReadonlySet<string> = new Set(['file', 'block']);
 
 /** A driver replaced by its O_DIRECT reopening is closed this long after: I/O started on it has long finished. */
 const RETIRE_MS = 30_000;
+/** How long close() waits for a scan in progress. */
+const CLOSE_SCAN_WAIT_MS = 2000;
 
 interface OpenContainer {
   driver: ContainerDriver;
@@ -122,6 +125,14 @@ export class AgentContainers implements ContainerResolver {
     }
 
     for (const url of urls) {
+      // One LUN already open: its session says whether it is there; logging
+      // in again every rescan would only churn sessions. Portal and target
+      // forms are scanned every time, since new LUNs may be behind them.
+      const open = [...this.#open.values()].find((c) => c.locator === url);
+      if (open !== undefined && lunForm(url)) {
+        seen.set(open.driver.id, url);
+        continue;
+      }
       let result: IscsiScanResult;
       try {
         result = await (this.#opts.scanIscsi ?? scanIscsiLocator)(url, this.#opts.iscsi ?? {});
@@ -130,6 +141,11 @@ export class AgentContainers implements ContainerResolver {
         failed.set(url, why);
         this.#logProblems([{ path: url, kind: 'unreachable', message: why }]);
         continue;
+      }
+      if (this.#closed) {
+        // Closed while this scan waited on a node: nothing may stay open behind close().
+        await Promise.all(result.found.map((d) => d.close().catch(() => undefined)));
+        return [];
       }
       this.#logProblems(result.problems);
       const down = result.problems.find((p) => p.kind === 'unreachable');
@@ -148,6 +164,13 @@ export class AgentContainers implements ContainerResolver {
     for (const [id, c] of this.#open) {
       if (seen.has(id)) {
         if (c.missing !== null) log.info('container found again', { id, path: c.driver.path });
+        c.missing = null;
+        continue;
+      }
+      // A network LUN whose portal could not be scanned: its own session
+      // says whether it is reachable (and says so again when the node is
+      // back, with no rescan needed).
+      if (c.locator !== null && failed.has(c.locator) && transportState(c.driver) !== undefined) {
         c.missing = null;
         continue;
       }
@@ -249,7 +272,11 @@ export class AgentContainers implements ContainerResolver {
 
   async close(): Promise<void> {
     this.#closed = true;
-    await this.#scanning;
+    // A scan stuck on a storage node that does not answer must not hold the
+    // agent's stop; what it opens after this is closed as it returns.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.#scanning, new Promise<void>((r) => (timer = setTimeout(r, CLOSE_SCAN_WAIT_MS)))]);
+    clearTimeout(timer);
     const all = [...this.#open.values()].map((c) => c.driver);
     for (const d of all) this.#resolver.delete(d.id);
     this.#open.clear();
@@ -257,6 +284,15 @@ export class AgentContainers implements ContainerResolver {
     this.#retired.clear();
     // Flushed first: a stopping agent leaves every acknowledged write durable, FUA or not.
     await Promise.all([...all, ...retired].map(closeFlushed));
+  }
+}
+
+/** A locator naming one LUN (iscsi://HOST:PORT/IQN/LUN). */
+function lunForm(url: string): boolean {
+  try {
+    return parseIscsiLocator(url).lun !== undefined;
+  } catch {
+    return false;
   }
 }
 

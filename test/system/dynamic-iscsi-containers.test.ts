@@ -5,7 +5,9 @@
 // a restart, and a thin vdisk allocates from it (written through agent a,
 // read back through agent b); both agents show the LUN shared (two hosts) and
 // leave it as it is (no page cache to avoid). The storage node stopped: both
-// agents report its LUNs unreachable; back: reachable again, no restart.
+// agents report its LUNs unreachable, and a READ of a segment on it ends,
+// after the hold, as ABORTED COMMAND / LOGICAL UNIT COMMUNICATION FAILURE
+// (0B/08/00) with no error fault; back: reachable again, no restart.
 import { expect } from 'chai';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,9 +15,10 @@ import { freeLoopbackPort, waitFor, LOOPBACK } from '../support/process.js';
 import type { Daemon } from '../support/tabula-process.js';
 import { requireTools } from '../support/tools.js';
 import type { ContainerInfo } from '../../src/wire/proto-types.js';
-import { useCluster, type Cluster } from './cluster.js';
+import { iqnOf, useCluster, type Cluster } from './cluster.js';
 import { readP, writeP } from './clients.js';
-import { STATE, check, segments, table } from './table.js';
+import { CHECK_CONDITION, LunSession } from './scsi-client.js';
+import { STATE, check, faults, segments, table } from './table.js';
 
 const MiB = 1 << 20;
 const VDISK = 'net';
@@ -101,6 +104,17 @@ describe('system: iSCSI containers added to a running system', function () {
     });
     const text = await c.cliOk(['container', 'ls']);
     expect(text).to.match(new RegExp(`^${lun0}\\s.*\\sa\\(unreachable\\),b\\(unreachable\\)$`, 'm'));
+    // I/O to a segment on the absent node: held, then failed retryably (ABORTED
+    // COMMAND / LOGICAL UNIT COMMUNICATION FAILURE), never as a medium error,
+    // and no error fault marks the segment.
+    const s = await LunSession.open(c.agent('a').portal, iqnOf(VDISK));
+    try {
+      const r = await s.read(MiB / 512 + 1, 1, 120_000);
+      expect([r.status, r.sense]).to.deep.equal([CHECK_CONDITION, { key: 0x0b, asc: 0x08, ascq: 0x00 }]);
+    } finally {
+      s.close();
+    }
+    expect((await faults(c, VDISK)).filter((f) => f.state === 'error')).to.deep.equal([]);
     node = await startNode(c);
     await waitFor('LUN 0 reachable again from both agents', 120_000, async () => {
       const info = (await containers(c)).find((x) => x.id === lun0);

@@ -88,16 +88,23 @@ describe('agent/AgentContainers', () => {
     await cs.refresh();
     renameSync(path, join(dir, 'a.gone'));
     portalDown = true;
+    // The portal cannot be scanned, but the LUN's own session is up: its word counts.
+    expect((await cs.refresh()).map((r) => [r.id, r.reachable])).to.deep.equal([
+      [CONTAINER_ID, false],
+      [L1, true],
+    ]);
+    l.state = 'down';
     const away = await cs.refresh();
     expect(away.map((r) => [r.id, r.reachable])).to.deep.equal([
       [CONTAINER_ID, false],
       [L1, false],
     ]);
     expect(away[0]?.error).to.match(/not found by the last scan/);
-    expect(away[1]?.error).to.equal('connect ECONNREFUSED 10.0.0.1:3260');
+    expect(away[1]?.error).to.equal('iSCSI session down');
     expect(cs.get(CONTAINER_ID)).to.not.equal(undefined);
     renameSync(join(dir, 'a.gone'), path);
     portalDown = false;
+    l.state = 'up';
     expect((await cs.refresh()).map((r) => r.reachable)).to.deep.equal([true, true]);
     // The session's own state counts between scans.
     l.state = 'down';
@@ -138,6 +145,21 @@ describe('agent/AgentContainers', () => {
     expect(opens.slice(3)).to.deep.equal(['c.img direct']);
   });
 
+  it('a LUN-form locator is not scanned again while its LUN is open (no session churn); a portal is', async () => {
+    const lunUrl = `${URL}/iqn.2026-11.org.example:st1/0`;
+    const scans: string[] = [];
+    cs = new AgentContainers([lunUrl, URL], {
+      scanIscsi: async (locator) => {
+        scans.push(locator);
+        return { found: [lun(locator === URL ? L1 : 'c0c0c0c0-0000-4000-8000-0000000000a2')], problems: [] };
+      },
+    });
+    await cs.refresh();
+    await cs.refresh();
+    expect(scans).to.deep.equal([lunUrl, URL, URL]);
+    expect(cs.refs().map((r) => r.reachable)).to.deep.equal([true, true]);
+  });
+
   it('host id: /etc/machine-id, else the host name', () => {
     expect(defaultHostId(() => 'abc123\n')).to.equal('abc123');
     expect(defaultHostId(() => {
@@ -170,6 +192,35 @@ describe('agent: rescan and container reports', function () {
     await rig.agent.rescan('SIGHUP');
     const gone = await stream.take('containerUpdate');
     expect(gone.containerUpdate.containers.find((c) => c.id === C2)).to.deep.include({ reachable: false });
+  });
+
+  it('registers again without waiting for a scan stuck on a storage node that is away; the scan completes once the node answers', async () => {
+    ctl = await FakeController.start();
+    let stuck = true;
+    const waiting: (() => void)[] = [];
+    let scans = 0;
+    rig = await startRig(ctl.address, {
+      rescanIntervalMs: 0,
+      containers: [URL],
+      containerOptions: {
+        // The first scan answers; later ones hang until released (a node that does not answer).
+        scanIscsi: async () => {
+          if (scans++ > 0 && stuck) await new Promise<void>((r) => waiting.push(r));
+          return { found: [lun(L1)], problems: [] };
+        },
+      },
+    });
+    const first = await ctl.accept();
+    expect(first.register.containers.map((c) => c.id)).to.deep.equal([L1]);
+    first.stream.end();
+    const again = await ctl.accept({}, 15_000);
+    expect(again.register.containers.map((c) => c.id)).to.deep.equal([L1]);
+    expect(waiting.length).to.be.greaterThan(0);
+    stuck = false;
+    for (const r of waiting.splice(0)) r();
+    // The node answers again: scans complete, the stream stays up.
+    expect((await rig.agent.rescan('test')).map((c) => c.id)).to.deep.equal([L1]);
+    expect(again.stream.ended).to.equal(false);
   });
 
   it('rescans by itself every rescan interval', async () => {
