@@ -223,21 +223,22 @@ export class IscsiLun {
     const first = Math.floor(offset / bs);
     const end = Math.ceil((offset + length) / bs);
     await this.#split(first, end - first, this.geometry.maxTransferBlocks, async (lba, n) => {
-      const data = await this.#readBlocks(lba, n);
       // The piece of [offset, offset+length) these blocks hold.
       const from = Math.max(offset, lba * bs);
       const to = Math.min(offset + length, (lba + n) * bs);
-      data.copy(target, targetOffset + (from - offset), from - lba * bs, to - lba * bs);
+      const dest = target.subarray(targetOffset + (from - offset), targetOffset + (to - offset));
+      // Whole blocks land straight in the caller's buffer (the initiator's dataInBuffer); ragged ends via a copy.
+      const whole = from === lba * bs && to === (lba + n) * bs;
+      const data = await this.#readBlocks(lba, n, whole ? dest : undefined);
+      if (data.buffer !== dest.buffer || data.byteOffset !== dest.byteOffset) data.copy(dest, 0, from - lba * bs, to - lba * bs);
     });
   }
 
-  async #readBlocks(lba: number, n: number): Promise<Buffer> {
+  async #readBlocks(lba: number, n: number, into?: Buffer): Promise<Buffer> {
     const bytes = n * this.geometry.blockSize;
-    const r = await this.#run('read', lba * this.geometry.blockSize, {
-      lun: this.lun,
-      cdb: read16Cdb(lba, n),
-      dataInLength: bytes,
-    });
+    const req: ScsiRequest = { lun: this.lun, cdb: read16Cdb(lba, n), dataInLength: bytes };
+    if (into !== undefined) req.dataInBuffer = into;
+    const r = await this.#run('read', lba * this.geometry.blockSize, req);
     const data = r.data;
     if (data === undefined || data.length < bytes) {
       throw this.#error('read', lba * this.geometry.blockSize, 'EIO', `READ(16) lba=${lba} blocks=${n}: ${data?.length ?? 0} of ${bytes} bytes came back`);
