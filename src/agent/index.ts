@@ -55,11 +55,9 @@ export async function startAgent(opts: StartAgentOptions): Promise<AgentHandle> 
   let token = opts.token;
   const reload = (next: AgentReload): ReloadOutcome => {
     const out: ReloadOutcome = { applied: [], needsRestart: [] };
-    // SIGHUP also looks for containers added since (a disk attached, a new LUN behind a portal).
-    if (running !== null) {
-      void running.rescan('SIGHUP');
-      out.applied.push('containers rescanned');
-    }
+    // SIGHUP also looks for containers added since (a disk attached, a new LUN
+    // behind a portal); the rescan logs itself ('rescanning containers').
+    if (running !== null) void running.rescan('SIGHUP');
     if (next.token !== token) {
       token = next.token;
       link?.setToken(next.token);
