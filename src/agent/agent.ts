@@ -234,7 +234,9 @@ export class Agent {
   /** Opens containers, listens on the portals, and starts talking to the controller (in the background). */
   static async start(opts: AgentOptions): Promise<Agent> {
     if (!AGENT_NAME_RE.test(opts.name)) throw new Error(`agent name "${opts.name}" invalid: use 1-64 of A-Z a-z 0-9 . _ -`);
-    const containers = new AgentContainers(opts.containers, opts.containerOptions);
+    // Without agent.iscsi settings, I/O to an unreachable LUN is still held as long as faulted I/O (--hold-timeout).
+    const iscsiHold = opts.holdTimeoutMs === undefined ? undefined : { iscsi: { holdMs: opts.holdTimeoutMs } };
+    const containers = new AgentContainers(opts.containers, opts.containerOptions ?? iscsiHold);
     await containers.refresh();
     const targets = new AgentTargets(opts.iscsiAuth);
     let portals: PortalAddress[];

@@ -61,9 +61,19 @@ export function cleanEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
   return { ...env, ...extra };
 }
 
-/** Runs one tabula command to completion (or to `timeoutMs`) with a clean environment. */
-export function runTabula(launch: readonly string[], args: readonly string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunResult> {
-  return runBounded(process.execPath, [...launch, ...args], { timeoutMs: opts.timeoutMs ?? 60_000, env: cleanEnv(opts.env) });
+/**
+ * The command line that runs node with `args`: inside network namespace
+ * `netns` (test/support/netns.ts) when given, through `ip netns exec`, which
+ * execs node itself (so the pid under `timeout` is still node's).
+ */
+function nodeCommand(args: readonly string[], netns: string | undefined): [string, string[]] {
+  return netns === undefined ? [process.execPath, [...args]] : ['ip', ['netns', 'exec', netns, process.execPath, ...args]];
+}
+
+/** Runs one tabula command to completion (or to `timeoutMs`) with a clean environment (in namespace `netns` when given). */
+export function runTabula(launch: readonly string[], args: readonly string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number; netns?: string } = {}): Promise<RunResult> {
+  const [cmd, argv] = nodeCommand([...launch, ...args], opts.netns);
+  return runBounded(cmd, argv, { timeoutMs: opts.timeoutMs ?? 60_000, env: cleanEnv(opts.env) });
 }
 
 /** The command failed (not by timing out) with exactly one line on stderr, starting `tabula: ` and matching `re`. */
@@ -191,6 +201,8 @@ export interface DaemonOptions {
   lifetimeMs?: number;
   /** Passed through cleanEnv. */
   env?: NodeJS.ProcessEnv;
+  /** Run inside this network namespace (test/support/netns.ts). */
+  netns?: string;
 }
 
 /**
@@ -202,7 +214,8 @@ export async function startDaemon(args: readonly string[], opts: DaemonOptions):
   const fd = openSync(opts.logFile, 'a');
   let d: Daemon;
   try {
-    const child = spawnBounded(process.execPath, [...(opts.launcher ?? tabulaLauncher()), ...args], opts.lifetimeMs ?? 10 * 60_000, ['ignore', 'pipe', fd], cleanEnv(opts.env));
+    const [cmd, argv] = nodeCommand([...(opts.launcher ?? tabulaLauncher()), ...args], opts.netns);
+    const child = spawnBounded(cmd, argv, opts.lifetimeMs ?? 10 * 60_000, ['ignore', 'pipe', fd], cleanEnv(opts.env));
     d = new Daemon(opts.label, child, opts.logFile);
   } finally {
     closeSync(fd);

@@ -73,6 +73,14 @@ export function tgtdSetup(t: TgtdTarget): string[][] {
   return cmds;
 }
 
+/**
+ * The tgtadm arguments (after `-C CTL`) that add one more file-backed disk to
+ * target 1 at `lun`, e.g. a storage node that gets a new disk while it runs.
+ */
+export function tgtdAddLun(lun: number, backingFile: string): string[] {
+  return ['--lld', 'iscsi', '--mode', 'logicalunit', '--op', 'new', '--tid', '1', '--lun', String(lun), '--backing-store', backingFile, '--bstype', 'rdwr'];
+}
+
 /** tgtadm arguments that remove every target and then ask tgtd to exit (it ignores SIGTERM while it has targets). */
 export function tgtdShutdown(): string[][] {
   return [

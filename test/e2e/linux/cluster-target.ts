@@ -6,13 +6,19 @@
 //   kill-agent NAME    SIGKILL the agent's process group (a crash, no cleanup)
 //   start-agent NAME   restart it on the same portal; answers once it serves the vdisk
 //   alloc              the vdisk's allocated bytes and segments (admin ShowVdisk)
+//   storage-outage S   (network LUNs) SIGKILL the storage node's target, wait S
+//                      seconds, start it again on the same portal and files;
+//                      answers once it serves again
 //   snapshot           SnapshotVdisk while the guest has the filesystem mounted,
 //                      CloneVdisk of that snapshot, both exported on the first
 //                      agent under the same IQN: the snapshot read-only at LUN 1,
 //                      the clone writable at LUN 2
 import { expect } from 'chai';
 import { Cluster, iqnOf } from '../../system/cluster.js';
-import { waitFor } from '../../support/process.js';
+import { closeSync, ftruncateSync, mkdirSync, openSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { LOOPBACK, freeLoopbackPort, sleep, waitFor } from '../../support/process.js';
+import type { Daemon } from '../../support/tabula-process.js';
 import { writeP } from '../../system/clients.js';
 import type { VdiskInfo } from '../../../src/wire/proto-types.js';
 import type { HostPortal } from './run-guest.js';
@@ -33,6 +39,13 @@ export interface ClusterSetup {
   holdTimeoutS?: number;
   /** ALUA preference of an agent's export (`export add --alua`); agents not named are optimized. */
   alua?: Record<string, 'optimized' | 'non-optimized'>;
+  /**
+   * The containers are `luns` iSCSI LUNs of this many bytes each, served by
+   * one storage node (`tabula target --file ... --file ...` on loopback) that
+   * the agents reach through their initiator (`--containers iscsi://PORTAL`),
+   * instead of a container file.
+   */
+  networkLuns?: { luns: number; lunSizeBytes: number };
 }
 
 export const SNAPSHOT_LUN = 1;
@@ -40,10 +53,62 @@ export const CLONE_LUN = 2;
 
 const VDISK = 'e2e';
 const CONTAINER_SIZE = '1GiB';
+const STORAGE_IQN = 'iqn.2026-11.org.tabula:e2e-storage';
+
+/** The storage node of a networkLuns set-up: `tabula target` over files in the cluster's dir. */
+class StorageNode {
+  daemon: Daemon | undefined;
+
+  private constructor(
+    readonly cluster: Cluster,
+    readonly files: string[],
+    readonly port: number,
+  ) {}
+
+  static async create(c: Cluster, luns: number, lunSizeBytes: number): Promise<StorageNode> {
+    const dir = join(c.dir, 'storage');
+    mkdirSync(dir, { recursive: true });
+    const files: string[] = [];
+    for (let i = 0; i < luns; i++) {
+      const f = join(dir, `lun${i}.img`);
+      const fd = openSync(f, 'w');
+      try {
+        ftruncateSync(fd, lunSizeBytes);
+      } finally {
+        closeSync(fd);
+      }
+      files.push(f);
+    }
+    return new StorageNode(c, files, await freeLoopbackPort());
+  }
+
+  get portal(): string {
+    return `${LOOPBACK}:${this.port}`;
+  }
+
+  url(lun: number): string {
+    return `iscsi://${this.portal}/${STORAGE_IQN}/${lun}`;
+  }
+
+  async start(): Promise<void> {
+    const args = ['target', ...this.files.flatMap((f) => ['--file', f]), '--portal', this.portal, '--iqn', STORAGE_IQN];
+    this.daemon = await this.cluster.startDaemon('storage', args, /^iscsi:\/\/\S+$/m);
+  }
+
+  async kill(): Promise<void> {
+    await this.daemon?.kill();
+  }
+
+  async stop(): Promise<void> {
+    await this.daemon?.stop(10_000);
+  }
+}
 
 export class ClusterTarget {
   readonly vdisk = VDISK;
   readonly iqn = iqnOf(VDISK);
+
+  storage: StorageNode | undefined;
 
   private constructor(
     readonly cluster: Cluster,
@@ -57,7 +122,8 @@ export class ClusterTarget {
     const t = new ClusterTarget(c, setup);
     try {
       await c.startController({ holdTimeoutS: setup.holdTimeoutS });
-      await c.addContainer('c0.img', CONTAINER_SIZE);
+      if (setup.networkLuns === undefined) await c.addContainer('c0.img', CONTAINER_SIZE);
+      else await t.#startStorage(setup.networkLuns);
       await Promise.all([
         ...setup.agents.map((a) => t.#startAgent(a)),
         c.admin.call('CreateVdisk', { name: VDISK, size: setup.vdiskSizeBytes }),
@@ -81,8 +147,20 @@ export class ClusterTarget {
     });
   }
 
+  /** The storage node, its LUNs labelled and registered over iSCSI (as an admin would: `container init|add iscsi://...`). */
+  async #startStorage(o: { luns: number; lunSizeBytes: number }): Promise<void> {
+    const c = this.cluster;
+    this.storage = await StorageNode.create(c, o.luns, o.lunSizeBytes);
+    await this.storage.start();
+    for (let lun = 0; lun < o.luns; lun++) {
+      await c.cliOk(['container', 'init', this.storage.url(lun)], { admin: false });
+      await c.cliOk(['container', 'add', this.storage.url(lun)]);
+    }
+  }
+
   #startAgent(name: string): Promise<unknown> {
-    return this.cluster.startAgent(name, { containers: [this.cluster.containerGlob], holdTimeoutS: this.setup.holdTimeoutS });
+    const containers = this.storage === undefined ? [this.cluster.containerGlob] : [`iscsi://${this.storage.portal}`];
+    return this.cluster.startAgent(name, { containers, holdTimeoutS: this.setup.holdTimeoutS });
   }
 
   get portals(): HostPortal[] {
@@ -119,6 +197,16 @@ export class ClusterTarget {
         const v = await this.show();
         return `${v.allocatedBytes} ${v.segmentsAllocated}`;
       }
+      case 'storage-outage': {
+        const storage = this.storage;
+        if (storage === undefined) throw new Error('storage-outage: this scenario has no storage node');
+        const seconds = Number(arg ?? '20');
+        if (!Number.isFinite(seconds) || seconds < 0 || seconds > 120) throw new Error(`storage-outage: bad seconds ${arg ?? ''}`);
+        await storage.kill();
+        await sleep(seconds * 1000);
+        await storage.start();
+        return `storage node down for ${seconds} s, serving again on ${storage.portal}`;
+      }
       case 'snapshot':
         return this.#snapshot();
       default:
@@ -147,6 +235,12 @@ export class ClusterTarget {
 
   /** Stops every daemon; keeps the dir (logs, database, containers) when asked. */
   async stop(keep: boolean): Promise<void> {
-    await this.cluster.close(keep);
+    // Agents first (cluster.close), then the storage they reach.
+    const storage = this.storage;
+    await this.cluster.close(storage === undefined ? keep : true);
+    if (storage !== undefined) {
+      await storage.stop();
+      if (!keep) rmSync(this.cluster.dir, { recursive: true, force: true });
+    }
   }
 }

@@ -1030,3 +1030,71 @@ workload_persist() {
 	step done
 	return 0
 }
+
+# -------------------------------------------------------- storage outage ----
+
+# The vdisk's containers are iSCSI LUNs of a storage node (`tabula target`)
+# that the agent reaches over the network. ext4 on the vdisk, a writer, and
+# the storage node's target SIGKILLed for TABULA_OUTAGE_S seconds and restarted
+# (the host does it): the agent holds the I/O and reconnects, so the guest sees
+# a stall, never an error: no I/O error in the kernel log, every checksum
+# equal, fsck clean.
+workload_storage_outage() {
+	set -- $TABULA_PORTALS
+	portal=$1
+	step iscsid
+	start_iscsid
+	step discovery
+	discover "$portal"
+	configure_node "$portal"
+	step login
+	login "$portal"
+	dev=$(wait_disk) || fail "no block device for LUN $TABULA_LUN after login"
+	echo "disk: $dev"
+	# The agent holds writes through the outage (its hold timeout is longer):
+	# the SCSI command timeout must outlast that hold, or sd aborts and retries
+	# commands the agent is still holding.
+	echo 180 > "$(sysfs_disk "$dev")/device/timeout" || fail "setting the SCSI command timeout of $dev"
+	step mkfs
+	# nodiscard: the host wrote every segment before boot, so no write during
+	# the outage needs an allocation (see the scenario); a discard would undo that.
+	must "mkfs.ext4 on $dev" timeout 300 /sbin/mke2fs -t ext4 -F -q -E nodiscard "$dev"
+	must "mount $dev" mount -t ext4 "$dev" $MNT
+	make_tree $MNT/tree || fail "writing the file tree on $dev"
+	checksum_tree $MNT/tree > /tmp/sums || fail "checksumming the tree"
+	sync
+	dmesg -c > /dev/null
+
+	step io
+	rm -f /tmp/io.stop /tmp/io.error /tmp/io.sums /tmp/io.count
+	io_loop $MNT/io &
+	io_pid=$!
+	wait_io_progress 0 5 60 || fail "no I/O progress on $dev before the outage"
+
+	step outage
+	from=$(io_count)
+	# Answers once the storage node is back (after the outage).
+	host_request storage-outage "${TABULA_OUTAGE_S:-20}"
+	step after-outage
+	wait_io_progress "$from" 10 180 || fail "no I/O progress after the storage node came back (count $(io_count), was $from)"
+	touch /tmp/io.stop
+	wait $io_pid
+	[ -e /tmp/io.error ] && { cat /tmp/io.error; fail "a write failed across the storage outage"; }
+	echo "I/O: $(io_count) files written and acknowledged, $(( $(io_count) - from )) since the outage began"
+	if dmesg | grep -iE 'I/O error|blk_update_request|Buffer I/O|EXT4-fs (error|warning)|rejecting I/O' > /tmp/kernel-errors; then
+		cat /tmp/kernel-errors | head -20
+		fail "the kernel log shows I/O errors from the storage outage"
+	fi
+
+	step verify
+	drop_caches "$dev"
+	verify_sums $MNT/tree /tmp/sums "file tree on $dev"
+	verify_sums $MNT/io /tmp/io.sums "files written across the outage"
+	must "umount $dev" umount $MNT
+	step fsck
+	must "e2fsck -f -n $dev (filesystem not clean)" timeout 300 /sbin/e2fsck -f -n "$dev"
+	step logout
+	logout_all
+	step done
+	return 0
+}
