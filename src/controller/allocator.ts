@@ -177,6 +177,27 @@ export class Allocator {
   }
 
   /**
+   * When an allocation for `vdisk` found no room: the containers that would
+   * have had room if every exporting agent reached them now (claimed but
+   * reported unreachable, e.g. a storage node that is restarting). Empty when
+   * even they would not fit: the vdisk is then really out of space. A fault
+   * waits for these to come back instead of failing the write as if the pool
+   * were full.
+   */
+  awayWithRoom(vdisk: VdiskRow, count: number): string[] {
+    const exporters = this.#db.exportsOfVdisk(vdisk.id).map((e) => e.agent);
+    if (exporters.length === 0) return [];
+    const claims = exporters.map((a) => new Map(this.#db.agentClaims(a).map((c) => [c.id, c.reachable])));
+    const candidates = this.#db
+      .containers()
+      .filter((c) => c.state === 'online' && c.segmentSize === vdisk.segmentSize && claims.every((m) => m.has(c.id)));
+    const away = candidates.filter((c) => claims.some((m) => m.get(c.id) === false)).map((c) => c.id);
+    if (away.length === 0) return [];
+    const free = candidates.reduce((n, c) => n + (this.#space.get(c.id)?.free ?? 0), 0);
+    return free >= count ? away : [];
+  }
+
+  /**
    * Takes `count` free container segments for `vdisk` (marks them used in
    * memory only; the caller records them in the same DB transaction).
    * Throws ContainerFullError, taking nothing, when they do not fit.

@@ -34,6 +34,8 @@
 //   vdisk unknown, removed, or not exported to the agent  FAIL 05/25/00
 //   segment past the vdisk's end                          FAIL 05/21/00
 //   allocation or copy-on-write: no container has room    FAIL 07/27/07
+//     but room is only behind containers an exporting
+//     agent cannot reach now (storage node away)           WAIT, looked at again each second
 //   copy-on-write: no agent reaches both containers,
 //     or the copy failed                                  FAIL 04/44/00
 //   unknown op or state in the fault; handling threw      FAIL 04/44/00
@@ -135,6 +137,9 @@ type Decision =
 
 type Action = 'allocate' | 'make-writable' | 'copy' | 'take-ownership';
 
+/** How often a fault waiting for an unreachable container's room is looked at again. */
+const UNREACHABLE_RECHECK_MS = 1000;
+
 const isAction = (d: Decision): boolean => d.kind === 'allocate' || d.kind === 'make-writable' || d.kind === 'copy' || d.kind === 'take-ownership';
 
 /** What besides state, op and reference count a decision depends on. */
@@ -192,7 +197,7 @@ export function decide(state: SegmentState, op: IoOp, refcount: number, ctx: Dec
 /** What the fault manager needs of the controller. */
 export interface FaultHost {
   readonly db: ControllerDb;
-  readonly allocator: Pick<Allocator, 'reserve' | 'unreserve'>;
+  readonly allocator: Pick<Allocator, 'reserve' | 'unreserve' | 'awayWithRoom'>;
   /** The fault log is written behind the replies. */
   readonly writeBehind: Pick<WriteBehind, 'add'>;
   /** The controller is shutting down: nothing more is decided. */
@@ -380,6 +385,17 @@ export class FaultManager {
             kind === 'copy' && loc !== null
               ? await this.#copyOnWrite(c, loc, c.waiters[0]?.link.name ?? null)
               : await this.#act(c, kind as 'allocate' | 'make-writable', row.state);
+          if (failed !== null && failed.kind === 'wait') {
+            // Room is behind an unreachable container: hold, look again soon.
+            for (const w of c.waiters) {
+              if (w.toldWait) continue;
+              w.toldWait = true;
+              this.#send(w, FaultAction.Wait, [0, 0, 0], failed.reason);
+              this.#outcome(w, 'wait', failed.reason);
+            }
+            this.#lookAgainIn(c, UNREACHABLE_RECHECK_MS);
+            break;
+          }
           if (failed !== null) {
             // The action failed (e.g. container full): every fault that needed it fails.
             const left: Waiter[] = [];
@@ -468,12 +484,27 @@ export class FaultManager {
       );
       return null;
     } catch (err) {
-      if (err instanceof ContainerFullError) {
-        log.error(err.message);
-        return { kind: 'fail', cause: 'containerFull', reason: err.message };
-      }
+      if (err instanceof ContainerFullError) return this.#outOfRoom(c.vdiskId, 1, err);
       throw err;
     }
+  }
+
+  /**
+   * An allocation found no room. If room is only missing because an
+   * exporting agent cannot reach some containers now (a storage node
+   * restarting, a cut link), the write waits, held by the agent, and the case
+   * is looked at again each second; else the vdisk is out of space.
+   */
+  #outOfRoom(vdiskId: string, count: number, err: ContainerFullError, what?: string): Decision {
+    const vdisk = this.#host.db.vdisk(vdiskId);
+    const away = vdisk ? this.#host.allocator.awayWithRoom(vdisk, count) : [];
+    if (away.length > 0) {
+      const reason = `containers ${away.join(', ')} with room for vdisk ${vdisk?.name ?? vdiskId} are unreachable from an exporting agent`;
+      log.warn(what !== undefined ? `${what}: ${reason}` : reason);
+      return { kind: 'wait', reason };
+    }
+    log.error(what !== undefined ? `${what}: ${err.message}` : err.message);
+    return { kind: 'fail', cause: 'containerFull', reason: err.message };
   }
 
   /**
@@ -492,10 +523,7 @@ export class FaultManager {
     try {
       [fresh] = host.allocator.reserve(vdisk, 1) as [Location];
     } catch (err) {
-      if (err instanceof ContainerFullError) {
-        log.error(`${what}: ${err.message}`);
-        return { kind: 'fail', cause: 'containerFull', reason: err.message };
-      }
+      if (err instanceof ContainerFullError) return this.#outOfRoom(c.vdiskId, 1, err, what);
       throw err;
     }
     let committed = false;

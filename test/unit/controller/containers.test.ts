@@ -80,6 +80,40 @@ describe('controller: containers of running agents (issue 15)', () => {
     expect(events).to.include.members([`container ${CA} unreachable: target 10.0.0.1:3260 unreachable`, `container ${CA} reachable again`]);
   });
 
+  it('a first write whose only room is on a container its agent cannot reach now waits for it instead of failing as full', async () => {
+    ctl = await startTestController();
+    ctl.admin.AddContainer({ id: CA, path: '/c/a', size: 9 * MiB, dataOffset: MiB });
+    const a1 = await agent('a1', { containers: [containerRef(CA, 8)], hostId: 'h1' });
+    const v = ctl.admin.CreateVdisk({ name: 'd', size: 2 * MiB });
+    ctl.admin.AddExport({ vdisk: 'd', agent: 'a1' });
+    await a1.next((m) => m.body === 'tableFull' && m.tableFull.vdiskId === v.id);
+    a1.containerUpdate([{ ...containerRef(CA, 8), reachable: false, error: 'storage node away', kind: 'iscsi' }]);
+    await until(() => ctl.db.agentContainers('a1').length === 0, 5000, 'reported unreachable');
+    const fault = a1.sendFault({ vdiskId: v.id, segment: 0, state: SegmentState.Zero });
+    const told = await fault.reply(true);
+    expect(told.action).to.equal(FaultAction.Wait);
+    expect(told.reason).to.match(/unreachable/);
+    // The storage node is back: the held write is answered RETRY and lands on CA.
+    a1.containerUpdate([containerRef(CA, 8)]);
+    const r = await fault.reply();
+    expect(r.action).to.equal(FaultAction.Retry);
+    await until(() => a1.tables.get(v.id)?.get(0).container === CA, 5000, 'segment 0 on CA');
+  });
+
+  it('a first write with no room even counting unreachable containers still fails as full (07/27/07)', async () => {
+    ctl = await startTestController();
+    ctl.admin.AddContainer({ id: CA, path: '/c/a', size: 9 * MiB, dataOffset: MiB });
+    const a1 = await agent('a1', { containers: [containerRef(CA, 8)] });
+    ctl.admin.CreateVdisk({ name: 'fill', size: 8 * MiB, thick: true });
+    const v = ctl.admin.CreateVdisk({ name: 'd', size: 2 * MiB });
+    ctl.admin.AddExport({ vdisk: 'd', agent: 'a1' });
+    await a1.next((m) => m.body === 'tableFull' && m.tableFull.vdiskId === v.id);
+    a1.containerUpdate([{ ...containerRef(CA, 8), reachable: false, error: 'away', kind: 'iscsi' }]);
+    await until(() => ctl.db.agentContainers('a1').length === 0, 5000, 'reported unreachable');
+    const r = await a1.sendFault({ vdiskId: v.id, segment: 0, state: SegmentState.Zero }).reply();
+    expect([r.action, r.senseKey, r.asc, r.ascq]).to.deep.equal([FaultAction.Fail, 0x07, 0x27, 0x07]);
+  });
+
   it('tells agents which containers are shared: reached from more than one host', async () => {
     ctl = await startTestController();
     ctl.admin.AddContainer({ id: CA, path: '/c/a', size: 9 * MiB, dataOffset: MiB });
