@@ -130,14 +130,15 @@ export const SCENARIOS: E2eScenario[] = [
   {
     kind: 'cluster',
     name: 'storage-outage',
+    ci: true,
     title: "ext4 on a vdisk whose containers are network LUNs (the agent's own initiator to a `tabula target` storage node): a 20 s storage-node outage under writes, no I/O error, checksums equal, fsck clean",
     // Boot, mkfs, the outage (20 s plus the target's restart), writes after it, fsck.
     timeoutMs: 480_000,
     // The hold outlasts the outage: the agent holds the guest's writes, never fails them.
-    // Prefilled (and mkfs without discard), so no write during the outage
-    // needs a segment allocated: allocation needs a reachable container, and
-    // here every container is on the storage node that is down.
-    cluster: { agents: ['a'], vdiskSizeBytes: 128 * MIB, prefill: true, holdTimeoutS: 60, networkLuns: { luns: 2, lunSizeBytes: 128 * MIB } },
+    // Thin, not prefilled: a first write during the outage finds its only
+    // room on the storage node that is down, and waits for it (held) instead
+    // of failing as full.
+    cluster: { agents: ['a'], vdiskSizeBytes: 128 * MIB, holdTimeoutS: 60, networkLuns: { luns: 2, lunSizeBytes: 128 * MIB } },
     guest: { workload: 'storage_outage', env: { TABULA_OUTAGE_S: '20' } },
   },
 ];

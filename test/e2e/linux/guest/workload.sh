@@ -1056,9 +1056,9 @@ workload_storage_outage() {
 	# commands the agent is still holding.
 	echo 180 > "$(sysfs_disk "$dev")/device/timeout" || fail "setting the SCSI command timeout of $dev"
 	step mkfs
-	# nodiscard: the host wrote every segment before boot, so no write during
-	# the outage needs an allocation (see the scenario); a discard would undo that.
-	must "mkfs.ext4 on $dev" timeout 300 /sbin/mke2fs -t ext4 -F -q -E nodiscard "$dev"
+	# A thin vdisk: writes during the outage that need a segment allocated
+	# wait for the storage node too (see the scenario).
+	must "mkfs.ext4 on $dev" timeout 300 /sbin/mke2fs -t ext4 -F -q "$dev"
 	must "mount $dev" mount -t ext4 "$dev" $MNT
 	make_tree $MNT/tree || fail "writing the file tree on $dev"
 	checksum_tree $MNT/tree > /tmp/sums || fail "checksumming the tree"
