@@ -17,23 +17,29 @@
 // - ZeroCommand (scrub of freed space): zero the range durably, then CopyDone.
 // - Reconnect: Register lists the tables held (not fenced ones) so the
 //   controller can send deltas; the fault channel re-sends held faults.
+// - Containers: rescanned on Rescan (a container was added), on SIGHUP
+//   (rescan) and every rescanIntervalMs; what changed, and any change of a
+//   container's reachability, goes to the controller as ContainerUpdate.
+//   ContainerSet says which are shared (reopened with O_DIRECT).
 // - Lease (Welcome.lease_ms): when it has expired, the link starts a resync
 //   once the controller answers a heartbeat again (every table sent before
 //   that answer has arrived); it is confirmed once those tables are
 //   installed and acked and no vdisk still waits for a requested TableFull.
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { VersionGapError, type Extent, type MappingTable, type TableDelta } from '../table/index.js';
 import type { ContainerResolver } from '../container/driver.js';
 import type { IscsiSettings } from '../iscsi/settings.js';
 import type { ClientOptions } from '../wire/grpc.js';
-import type { CopyCommand, Export, ExportSet, Fence, LuChange, TableDeltaMsg, TableFull, TableVersion, WireExtent, ZeroCommand } from '../wire/proto-types.js';
+import type { ContainerRef, CopyCommand, Export, ExportSet, Fence, LuChange, TableDeltaMsg, TableFull, TableVersion, WireExtent, ZeroCommand } from '../wire/proto-types.js';
 import type { AccessState } from '../scsi/lu-api.js';
 import { registerDrain } from '../util/graceful.js';
 import { luEventFromWire, luStateFromWire, luStateToWire } from '../wire/lu-state.js';
 import { Reservations, emptyLuReservationState } from '../scsi/reservations.js';
 import { log } from '../util/log.js';
 import type { BackoffOptions } from './backoff.js';
-import { AgentContainers } from './containers.js';
-import { ControllerLink } from './controller-link.js';
+import { AgentContainers, type AgentContainersOptions } from './containers.js';
+import { ControllerLink, DEFAULT_WELCOME_TIMEOUT_MS } from './controller-link.js';
 import { runCopy } from './copy.js';
 import { runZero } from './zero.js';
 import { placeholderTable, vdiskDeviceFactory, type AgentDevice, type DeviceFactory } from './device-port.js';
@@ -51,8 +57,16 @@ export interface AgentOptions extends ClientOptions {
   controller: string;
   name: string;
   portals: PortalAddress[];
-  /** `--containers` globs. */
+  /** `--containers` locators: globs of files and block devices, iscsi:// URLs. */
   containers: string[];
+  /** How iscsi:// locators are reached (initiator settings), and test hooks. */
+  containerOptions?: AgentContainersOptions;
+  /** Register.host_id (default: defaultHostId()). */
+  hostId?: string;
+  /** Scan the locators again this often (default 60 s; 0 = only on Rescan and SIGHUP). */
+  rescanIntervalMs?: number;
+  /** How often the containers' reachability is looked at (default 1 s). */
+  reachabilityPollMs?: number;
   /** Overrides the controller's Welcome.hold_timeout_ms when set. */
   holdTimeoutMs?: number;
   /** Default: VdiskDevice. */
@@ -92,6 +106,26 @@ export interface ExportStatus {
   lun: number;
   tableVersion: number | null;
   fenced: boolean;
+}
+
+export const DEFAULT_RESCAN_INTERVAL_MS = 60_000;
+/** How long Register waits for a rescan before going with the containers already open (at most half the Welcome timeout). */
+const REGISTER_SCAN_WAIT_MS = 3000;
+const DEFAULT_REACHABILITY_POLL_MS = 1000;
+
+/**
+ * The host this agent runs on, stable across restarts: /etc/machine-id
+ * (systemd's, unique per installation), else the host name. Agents with the
+ * same host id share a page cache, so their containers are not shared.
+ */
+export function defaultHostId(read: (path: string) => string = (p) => readFileSync(p, 'utf8')): string {
+  try {
+    const id = read('/etc/machine-id').trim();
+    if (id !== '') return id;
+  } catch {
+    // no machine id (a container image, another OS): the host name
+  }
+  return hostname();
 }
 
 function toExtent(e: WireExtent): Extent {
@@ -136,6 +170,10 @@ export class Agent {
   /** The lease resync waiting for tables (0: none). */
   #resyncEpoch = 0;
   readonly #unregisterDrain: () => void;
+  /** The container list the controller has now (Register or the last ContainerUpdate), as JSON; null on no stream. */
+  #reported: string | null = null;
+  #rescanTimer: NodeJS.Timeout | null = null;
+  #reachTimer: NodeJS.Timeout | null = null;
 
   private constructor(opts: AgentOptions, targets: AgentTargets, containers: AgentContainers) {
     this.#opts = opts;
@@ -153,6 +191,7 @@ export class Agent {
       backoff: opts.backoff,
       welcomeTimeoutMs: opts.welcomeTimeoutMs,
       softwareVersion: opts.softwareVersion,
+      hostId: opts.hostId ?? defaultHostId(),
       token: opts.token,
       credentials: opts.credentials,
     });
@@ -172,6 +211,20 @@ export class Agent {
     this.link.on('fence', (f) => this.#onFence(f));
     this.link.on('copyCommand', (c) => this.#onCopy(c));
     this.link.on('zeroCommand', (z) => this.#onZero(z));
+    this.link.on('rescan', (r) => void this.rescan(`controller: ${r.reason}`));
+    this.link.on('containerSet', (c) => {
+      this.containers.setShared(c.containers).catch((err: Error) => log.error('applying the ContainerSet', { err: err.message }));
+    });
+    this.link.on('disconnected', () => {
+      this.#reported = null;
+    });
+    const every = opts.rescanIntervalMs ?? DEFAULT_RESCAN_INTERVAL_MS;
+    if (every > 0) {
+      this.#rescanTimer = setInterval(() => void this.rescan('periodic'), every);
+      this.#rescanTimer.unref();
+    }
+    this.#reachTimer = setInterval(() => this.#reportContainers(this.containers.refs()), opts.reachabilityPollMs ?? DEFAULT_REACHABILITY_POLL_MS);
+    this.#reachTimer.unref();
     this.link.lease.onResync((epoch) => void this.#confirmResync(epoch));
     // SIGTERM: the controller hears of the drain at once, so the other paths
     // report this agent's port groups transitioning while the portals drain.
@@ -181,7 +234,7 @@ export class Agent {
   /** Opens containers, listens on the portals, and starts talking to the controller (in the background). */
   static async start(opts: AgentOptions): Promise<Agent> {
     if (!AGENT_NAME_RE.test(opts.name)) throw new Error(`agent name "${opts.name}" invalid: use 1-64 of A-Z a-z 0-9 . _ -`);
-    const containers = new AgentContainers(opts.containers);
+    const containers = new AgentContainers(opts.containers, opts.containerOptions);
     await containers.refresh();
     const targets = new AgentTargets(opts.iscsiAuth);
     let portals: PortalAddress[];
@@ -231,6 +284,8 @@ export class Agent {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#rescanTimer) clearInterval(this.#rescanTimer);
+    if (this.#reachTimer) clearInterval(this.#reachTimer);
     this.#unregisterDrain();
     await this.link.close();
     this.faults.close();
@@ -243,10 +298,59 @@ export class Agent {
     log.info('agent stopped', { name: this.name });
   }
 
+  // ---- containers ----
+
+  /**
+   * Scans the container locators again (Rescan, SIGHUP, the timer) and tells
+   * the controller what changed. Resolves with the containers as reported.
+   */
+  async rescan(why: string): Promise<ContainerRef[]> {
+    if (this.#closed) return [];
+    log.info('rescanning containers', { why });
+    let refs: ContainerRef[];
+    try {
+      refs = await this.containers.refresh();
+    } catch (err) {
+      log.error('container rescan failed', { why, err: (err as Error).message });
+      return this.containers.refs();
+    }
+    this.#reportContainers(refs, why.startsWith('controller:'));
+    return refs;
+  }
+
+  /** ContainerUpdate when the list differs from what the controller has (always when it asked). */
+  #reportContainers(refs: ContainerRef[], asked = false): void {
+    if (this.#reported === null || this.#closed) return; // no stream: the next Register carries them
+    const now = JSON.stringify(refs);
+    if (now === this.#reported && !asked) return;
+    if (this.link.send({ body: 'containerUpdate', containerUpdate: { containers: refs } })) this.#reported = now;
+  }
+
   // ---- registration ----
 
   async #registration(): Promise<{ containers: Awaited<ReturnType<AgentContainers['refresh']>>; tables: TableVersion[] }> {
-    const containers = await this.containers.refresh();
+    // A storage node that is away can make a scan slow (connect timeouts):
+    // registering must not wait for it past the Welcome timeout, or an agent
+    // could never reconnect while one node is down. It registers with the
+    // containers it has; the scan's findings follow as a ContainerUpdate.
+    const scan = this.containers.refresh();
+    const waitMs = Math.min(REGISTER_SCAN_WAIT_MS, (this.#opts.welcomeTimeoutMs ?? DEFAULT_WELCOME_TIMEOUT_MS) / 2);
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<null>((resolve) => {
+      timer = setTimeout(() => resolve(null), waitMs);
+      timer.unref();
+    });
+    let containers = await Promise.race([scan, late]);
+    clearTimeout(timer);
+    if (containers === null) {
+      log.warn('container scan still running: registering with the containers already open', { waitedMs: waitMs });
+      containers = this.containers.refs();
+      void scan.then(
+        (refs) => this.#reportContainers(refs),
+        (err: Error) => log.error('container scan failed', { err: err.message }),
+      );
+    }
+    this.#reported = JSON.stringify(containers);
     const tables: TableVersion[] = [];
     for (const h of this.#held.values()) {
       if (h.loaded && !h.fenced) tables.push({ vdiskId: h.exp.vdiskId, version: h.device.version });

@@ -13,6 +13,7 @@ import { AgentServiceClient, type AgentStream, type ClientOptions } from '../wir
 import type {
   AgentMessage,
   ContainerRef,
+  ContainerSet,
   ControllerError,
   ControllerMessage,
   CopyCommand,
@@ -23,6 +24,7 @@ import type {
   LuReply,
   MalformedMessage,
   ReleaseReply,
+  Rescan,
   TableDeltaMsg,
   TableFull,
   TableVersion,
@@ -52,6 +54,8 @@ export interface ControllerLinkOptions extends ClientOptions {
   /** A stream with no Welcome this long after Register is given up and retried. */
   welcomeTimeoutMs?: number;
   softwareVersion?: string;
+  /** Register.host_id: the host this agent runs on ('' = not given). */
+  hostId?: string;
 }
 
 /** Events of the link, by name, with their argument. */
@@ -70,6 +74,10 @@ export interface LinkEvents {
   luReply: LuReply;
   fence: Fence;
   controllerError: ControllerError;
+  /** Scan the container locators again and report (ContainerUpdate). */
+  rescan: Rescan;
+  /** Which of this agent's containers are shared (reached from more than one host). */
+  containerSet: ContainerSet;
 }
 
 export type LinkEventName = keyof LinkEvents;
@@ -92,6 +100,8 @@ const EVENT_OF_BODY: Readonly<Record<string, LinkEventName | undefined>> = {
   luReply: 'luReply',
   fence: 'fence',
   error: 'controllerError',
+  rescan: 'rescan',
+  containerSet: 'containerSet',
 };
 
 /**
@@ -427,6 +437,7 @@ export class ControllerLink {
           softwareVersion: this.#opts.softwareVersion ?? '',
           // Whole tables in run form, in pieces (src/agent/table-assembly.ts).
           tableRuns: true,
+          hostId: this.#opts.hostId ?? '',
         },
       } satisfies AgentMessage);
     } catch (err) {

@@ -51,9 +51,15 @@ export async function startAgent(opts: StartAgentOptions): Promise<AgentHandle> 
   const tls = opts.tls ? new ReloadableChannelCredentials(opts.tls) : null;
   const credentials = tls?.credentials ?? opts.credentials;
   let link: { setToken(t: string | undefined): void } | null = null;
+  let running: Agent | null = null;
   let token = opts.token;
   const reload = (next: AgentReload): ReloadOutcome => {
     const out: ReloadOutcome = { applied: [], needsRestart: [] };
+    // SIGHUP also looks for containers added since (a disk attached, a new LUN behind a portal).
+    if (running !== null) {
+      void running.rescan('SIGHUP');
+      out.applied.push('containers rescanned');
+    }
     if (next.token !== token) {
       token = next.token;
       link?.setToken(next.token);
@@ -73,6 +79,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<AgentHandle> 
   if (opts.metricsListen === undefined) {
     const agent = await Agent.start({ ...opts, portals, credentials });
     link = agent.link;
+    running = agent;
     return { name: agent.name, portals: agent.portals, agent, metricsAddress: null, exports: () => agent.exports(), reload, close: () => agent.close() };
   }
   // Metered: every export's device (and its fault sink) is wrapped where the agent makes it.
@@ -87,6 +94,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<AgentHandle> 
   }
   metrics.observe(agent);
   link = agent.link;
+  running = agent;
   return {
     name: agent.name,
     portals: agent.portals,

@@ -17,7 +17,8 @@
 // change cannot be acked between its read and its write.
 import { BlockDeviceError, type BlockDevice, type BlockErrorKind, type ProvisioningStatus, type WriteOptions } from '../blockdev/block-device.js';
 import { readBuffer } from '../blockdev/read-buffers.js';
-import type { ContainerDriver, ContainerResolver, ContainerWriteOptions } from '../container/driver.js';
+import { ContainerIoError, type ContainerDriver, type ContainerResolver, type ContainerWriteOptions } from '../container/driver.js';
+import { TransportError } from '../iscsi/initiator/transport.js';
 import { checkExtents } from '../table/extents.js';
 import { VersionGapError, applyDelta as applyTableDelta, type TableDelta } from '../table/delta.js';
 import type { MappingTable } from '../table/mapping-table.js';
@@ -179,16 +180,20 @@ export class VdiskDevice implements BlockDevice {
       if (d !== undefined) drivers.add(d);
     }
     const failed: string[] = [];
+    let media = false;
     await Promise.all(
       [...drivers].map((d) =>
         d.flush().catch((e: unknown) => {
           this.#dirty.add(d);
           failed.push((e as Error).message);
+          if (!isUnreachable(e)) media = true;
         }),
       ),
     );
     if (failed.length > 0) {
-      throw new VdiskIoError('write-error', `SYNCHRONIZE CACHE on ${this.#name()}: ${failed.join('; ')}`, undefined, this.vdiskId, -1);
+      // Only containers that are away: retryable, the writes are still there to flush.
+      const kind: BlockErrorKind = media ? 'write-error' : 'unreachable';
+      throw new VdiskIoError(kind, `SYNCHRONIZE CACHE on ${this.#name()}: ${failed.join('; ')}`, undefined, this.vdiskId, -1);
     }
   }
 
@@ -629,6 +634,10 @@ export class VdiskDevice implements BlockDevice {
       this.#dirty.add(driver);
     } catch (e) {
       const detail = (e as Error).message;
+      // A container that is away (its driver already held the I/O up to the
+      // hold timeout) says nothing about the medium: no error fault for the
+      // segment, and a sense the initiator retries.
+      if (isUnreachable(e)) throw this.#error('unreachable', op, seg, lba, blocks, detail);
       this.#report({ vdiskId: this.vdiskId, version: t.version, segment: seg, op, lba, blocks, state: SegmentState.Error, detail });
       const code = (e as { code?: unknown }).code;
       const kind: BlockErrorKind =
@@ -786,6 +795,15 @@ export class VdiskDevice implements BlockDevice {
     if (this.#closed) return this.#error('not-ready', op, seg, lba, blocks, 'device closed while the I/O was held');
     return this.#error('not-ready', op, seg, lba, blocks, `held ${this.holdTimeoutMs} ms (${why})`);
   }
+}
+
+/**
+ * A container that cannot be reached (a network LUN whose target is away),
+ * as opposed to one that answered with an error: the iSCSI driver's
+ * EUNREACHABLE, or a transport failure that got through unwrapped.
+ */
+export function isUnreachable(e: unknown): boolean {
+  return (e instanceof ContainerIoError && e.code === 'EUNREACHABLE') || e instanceof TransportError;
 }
 
 function isWrite(op: IoOp): boolean {

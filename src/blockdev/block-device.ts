@@ -30,6 +30,11 @@ export const BLOCK_ERROR_SENSE = {
   'lu-not-supported': Sense.lunNotSupported,
   /** A failure the target cannot act on (e.g. a copy-on-write that failed). */
   'internal-failure': Sense.internalTargetFailure,
+  /**
+   * The container is unreachable (a network LUN whose target did not come
+   * back within the hold timeout): not a medium error, and retryable.
+   */
+  unreachable: Sense.logicalUnitCommunicationFailureAborted,
 } as const satisfies Record<string, SenseCode>;
 
 export type BlockErrorKind = keyof typeof BLOCK_ERROR_SENSE;

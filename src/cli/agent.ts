@@ -68,6 +68,8 @@ interface AgentArgs {
   portal?: string[];
   containers?: string[];
   'hold-timeout'?: number;
+  'host-id'?: string;
+  'rescan-interval'?: number;
   token?: string;
   'token-file'?: string;
   'controller-ca'?: string;
@@ -84,6 +86,8 @@ export const AGENT_FLAGS: readonly FlagSpec[] = [
   { flag: 'portal', key: 'agent.portals', list: true },
   { flag: 'containers', key: 'agent.containers', list: true, path: true },
   { flag: 'hold-timeout', key: 'agent.hold-timeout' },
+  { flag: 'host-id', key: 'agent.host-id' },
+  { flag: 'rescan-interval', key: 'agent.rescan-interval' },
   { flag: 'metrics-listen', key: 'agent.metrics-listen' },
   { flag: 'controller-ca', key: 'security.tls.ca', path: true },
   { flag: 'tls-cert', key: 'security.tls.cert', path: true },
@@ -108,7 +112,9 @@ export function agentCommand(y: Argv, sub?: (a: Argv) => Argv): Argv {
           .option('controller', { type: 'string', describe: 'controller address HOST:PORT (or TABULA_CONTROLLER)' })
           .option('name', { type: 'string', describe: 'agent name, unique per agent ([A-Za-z0-9._-]{1,64})' })
           .option('portal', { type: 'string', array: true, describe: 'iSCSI portal HOST:PORT to listen on (repeatable)' })
-          .option('containers', { type: 'string', array: true, describe: 'globs of container files or block devices' })
+          .option('containers', { type: 'string', array: true, describe: 'container locators: globs of files or block devices, iscsi:// URLs' })
+          .option('host-id', { type: 'string', describe: 'the host this agent runs on (default: /etc/machine-id, else the host name)' })
+          .option('rescan-interval', { type: 'number', describe: 'seconds between container rescans, 0 = off (default 60; also on SIGHUP and container add)' })
           .option('hold-timeout', { type: 'number', describe: "seconds a faulted I/O is held before NOT READY (default: the controller's, 10)" })
           .option('controller-ca', { type: 'string', describe: "CA of the controller's certificate: connect with TLS" })
           .option('tls-cert', { type: 'string', describe: 'client certificate for a controller that requires one (mutual TLS)' })

@@ -1,5 +1,6 @@
 // `tabula agent ls`: the agents the controller knows, online or not (from
-// their streams and heartbeats), their portals and the containers they reach.
+// their streams and heartbeats), their number and host, their portals and
+// the containers they reach (those they report unreachable marked so).
 // Registered under the `agent` word that the agent daemon command owns.
 import type { Argv } from 'yargs';
 import type { AgentInfo } from '../wire/proto-types.js';
@@ -8,14 +9,19 @@ import { formatColumns, print, printJson } from './output.js';
 
 export function agentRows(list: readonly AgentInfo[]): string {
   return formatColumns(
-    ['NAME', 'STATUS', 'LAST SEEN', 'PORTALS', 'CONTAINERS'],
-    list.map((a) => [
-      a.name,
-      a.online ? 'online' : 'offline',
-      a.lastSeen || '-',
-      a.portals.length > 0 ? a.portals.join(',') : '-',
-      a.containers.length > 0 ? a.containers.map((c) => c.slice(0, 8)).join(',') : '-',
-    ]),
+    ['NAME', 'NUMBER', 'HOST', 'STATUS', 'LAST SEEN', 'PORTALS', 'CONTAINERS'],
+    list.map((a) => {
+      const down = new Set((a.unreachable ?? []).map((u) => u.split(':')[0]));
+      return [
+        a.name,
+        a.number ? String(a.number) : '-',
+        a.host || '-',
+        a.online ? 'online' : 'offline',
+        a.lastSeen || '-',
+        a.portals.length > 0 ? a.portals.join(',') : '-',
+        a.containers.length > 0 ? a.containers.map((c) => `${c.slice(0, 8)}${down.has(c) ? '(unreachable)' : ''}`).join(',') : '-',
+      ];
+    }),
   );
 }
 
@@ -23,7 +29,7 @@ export function agentRows(list: readonly AgentInfo[]): string {
 export function agentSubcommands(y: Argv): Argv {
   return y.command(
     'ls',
-    'list agents: online/offline, portals, containers',
+    'list agents: number, host, online/offline, portals, containers (reachable or not)',
     (a) => adminOptions(a),
     async (args) => {
       const r = await withAdmin(args, (s) => s.call('ListAgents', {}));

@@ -19,6 +19,13 @@ function capacity(c: ContainerInfo): number {
   return c.segmentsTotal * c.segmentSize;
 }
 
+/** The agents that reach it; those that report it unreachable marked so. */
+function agentsCell(c: ContainerInfo): string {
+  if (c.agents.length === 0) return '-';
+  const down = new Set((c.unreachable ?? []).map((u) => u.split(':')[0]));
+  return c.agents.map((a) => (down.has(a) ? `${a}(unreachable)` : a)).join(',');
+}
+
 export function containerRows(list: readonly ContainerInfo[]): string {
   return formatColumns(
     ['ID', 'PATH', 'CAPACITY', 'ALLOCATED', 'SHARED', 'EXCLUSIVE', 'FREE', 'STATE', 'AGENTS'],
@@ -31,7 +38,7 @@ export function containerRows(list: readonly ContainerInfo[]): string {
       formatSize(c.exclusiveBytes),
       formatSize((c.segmentsTotal - c.segmentsUsed) * c.segmentSize),
       c.state,
-      c.agents.length > 0 ? c.agents.join(',') : '-',
+      agentsCell(c),
     ]),
   );
 }

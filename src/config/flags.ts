@@ -18,7 +18,8 @@ export interface FlagSpec {
 }
 
 function abs(p: string): string {
-  return isAbsolute(p) ? p : resolve(p);
+  // A URL (an iscsi:// container locator) is not a path.
+  return isAbsolute(p) || /^[a-z][a-z0-9+.-]*:\/\//i.test(p) ? p : resolve(p);
 }
 
 /** Flag values by dotted key (relative paths made absolute); flags not given are left out. */

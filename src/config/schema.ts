@@ -79,6 +79,10 @@ export interface TabulaConfig {
     containers: string[];
     holdTimeoutSec?: number;
     metricsListen?: string;
+    /** Register.host_id (default: /etc/machine-id, else the host name). */
+    hostId?: string;
+    /** Seconds between container rescans; 0 = only on Rescan and SIGHUP (default 60). */
+    rescanIntervalSec?: number;
   };
   containersInit: ContainerInit[];
   /** The storage role: data disks served as LUNs of one iSCSI target (src/daemon/appliance-storage.ts). */
@@ -233,6 +237,15 @@ class Reader {
     return n;
   }
 
+  /** Seconds where 0 means off: from 0 to `max`. */
+  secondsOrOff(k: string, max: number): number | undefined {
+    const v = this.obj[k];
+    if (v === undefined || v === null) return undefined;
+    const n = typeof v === 'string' && v.trim() !== '' ? Number(v) : v;
+    if (typeof n !== 'number' || !Number.isFinite(n) || n < 0 || n > max) return this.fail(k, `expected seconds from 0 (off) to ${max}, got ${describe(v)}`);
+    return n;
+  }
+
   size(k: string): number | undefined {
     const v = this.obj[k];
     if (v === undefined || v === null) return undefined;
@@ -314,7 +327,7 @@ const TOP = ['role', 'data-dir', 'data-device', 'log-level', 'controller', 'agen
 const STORAGE = ['luns', 'portal', 'iqn', 'block-size'] as const;
 const STORAGE_LUN = ['path', 'size'] as const;
 const CONTROLLER = ['listen', 'address', 'db', 'ack-timeout', 'hold-timeout', 'metrics-listen'] as const;
-const AGENT = ['name', 'portals', 'containers', 'hold-timeout', 'metrics-listen'] as const;
+const AGENT = ['name', 'portals', 'containers', 'hold-timeout', 'metrics-listen', 'host-id', 'rescan-interval'] as const;
 const INIT = ['device', 'size', 'segment-size'] as const;
 const SECURITY = ['token', 'token-file', 'tls', 'chap', 'allowed-initiators'] as const;
 const TLS = ['cert', 'key', 'ca'] as const;
@@ -358,7 +371,12 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
   const name = a.string('name');
   if (name !== undefined && !NAME.test(name)) errors.push(`agent.name: '${name}' must be 1-64 of A-Z a-z 0-9 . _ -`);
   const portals = a.strings('portals', (p) => (checkAddress(p, 3260) === undefined ? `'${p}' is not HOST:PORT (port 0-65535)` : null));
-  const containers = a.strings('containers', (p) => (p.startsWith('/') ? null : `'${p}' must be an absolute path or glob`));
+  const containers = a.strings('containers', (p) =>
+    p.startsWith('/') || /^iscsi:\/\//i.test(p) ? null : `'${p}' must be an absolute path or glob`,
+  );
+  const hostId = a.string('host-id');
+  if (hostId !== undefined && !/^[\x21-\x7e]{1,255}$/.test(hostId)) errors.push(`agent.host-id: '${hostId}' must be 1-255 printable characters without spaces`);
+  const rescanIntervalSec = a.secondsOrOff('rescan-interval', 86_400);
 
   const containersInit: ContainerInit[] = [];
   const inits = top.list('containers-init') ?? [];
@@ -381,6 +399,8 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
     containers: containers ?? (containersInit.length > 0 ? containersInit.map((x) => x.device) : [`${dataDir}/containers/*`]),
     holdTimeoutSec: a.seconds('hold-timeout'),
     metricsListen: a.listen('metrics-listen', DEFAULT_AGENT_METRICS_PORT),
+    ...(hostId === undefined ? {} : { hostId }),
+    ...(rescanIntervalSec === undefined ? {} : { rescanIntervalSec }),
   };
   if (role === 'all-in-one' && name !== undefined && name !== 'local') errors.push(`agent.name: the all-in-one node's agent is always 'local', not '${name}'`);
   if (role === 'all-in-one' && agent.portals.length !== 1) errors.push('agent.portals: the all-in-one node serves exactly one portal');

@@ -331,3 +331,30 @@ export function decodeReportLuns(d: Buffer): number[] {
 export function reportLunsLength(d: Buffer): number {
   return d.length < 4 ? 0 : d.readUInt32BE(0) + 8;
 }
+
+const OP_NAMES: Readonly<Record<number, string>> = {
+  [Op.TestUnitReady]: 'TEST UNIT READY',
+  [Op.Inquiry]: 'INQUIRY',
+  [Op.ReadCapacity10]: 'READ CAPACITY(10)',
+  [Op.SynchronizeCache10]: 'SYNCHRONIZE CACHE(10)',
+  [Op.Unmap]: 'UNMAP',
+  [Op.Read16]: 'READ(16)',
+  [Op.Write16]: 'WRITE(16)',
+  [Op.SynchronizeCache16]: 'SYNCHRONIZE CACHE(16)',
+  [Op.WriteSame16]: 'WRITE SAME(16)',
+  [Op.ServiceActionIn16]: 'READ CAPACITY(16)',
+  [Op.ReportLuns]: 'REPORT LUNS',
+};
+
+/** A command as errors name it: `WRITE(16) FUA lba=2048 blocks=8`, `INQUIRY VPD B0h`. Built only when an error needs it. */
+export function cdbText(cdb: Buffer): string {
+  const op = cdb[0] ?? 0;
+  const name = OP_NAMES[op] ?? `opcode 0x${op.toString(16).padStart(2, '0')}`;
+  if ((op === Op.Read16 || op === Op.Write16 || op === Op.WriteSame16) && cdb.length >= 14) {
+    const flags = op === Op.Write16 && cdb[1]! & FUA ? ' FUA' : op === Op.WriteSame16 && cdb[1]! & WS_UNMAP ? ' UNMAP' : '';
+    return `${name}${flags} lba=${cdb.readBigUInt64BE(2)} blocks=${cdb.readUInt32BE(10)}`;
+  }
+  if (op === Op.Inquiry && cdb[1]! & 0x01) return `${name} VPD ${cdb[2]!.toString(16).toUpperCase().padStart(2, '0')}h`;
+  if (op === Op.Unmap && cdb.length >= 9) return `${name} (${(cdb.readUInt16BE(7) - 8) / 16} descriptors)`;
+  return name;
+}

@@ -31,6 +31,7 @@ import {
   decodeReportLuns,
   decodeSense,
   decodeSupportedPages,
+  cdbText,
   inquiryCdb,
   read16Cdb,
   readCapacity10Cdb,
@@ -59,6 +60,8 @@ const MAX_WRITE_SAME_BYTES = 64 << 20;
 /** Commands of one large operation (zeroing a whole LUN) in flight at once. */
 const SPLIT_PARALLEL = 16;
 const MAX_BACKOFF_MS = 200;
+/** Unit attentions retried at once before the backoff applies. */
+const MAX_QUICK_ATTENTIONS = 4;
 /** REPORT LUNS data for every LUN 0..16383 fits. */
 const MAX_REPORT_LUNS_BYTES = 8 + 8 * 16384;
 
@@ -150,29 +153,29 @@ export class IscsiLun {
 
   static async #probe(transport: ScsiTransport, lun: number, path: string, opts: IscsiLunOptions): Promise<IscsiLun> {
     const probe = new IscsiLun(transport, lun, path, EMPTY_GEOMETRY, opts);
-    const inq = decodeInquiry(await probe.#dataIn('INQUIRY', inquiryCdb(undefined, 96), 96));
+    const inq = decodeInquiry(await probe.#dataIn(inquiryCdb(undefined, 96), 96));
     if (inq.qualifier !== 0) throw new ContainerIoError('open', path, -1, 'ENXIO', `no logical unit at LUN ${lun} (peripheral qualifier ${inq.qualifier})`);
     if (inq.deviceType !== 0) {
       throw new ContainerIoError('open', path, -1, 'ENODEV', `LUN ${lun} is not a block device (peripheral device type 0x${inq.deviceType.toString(16)})`);
     }
     let cap: Capacity;
-    const rc16 = await probe.#dataInIf('READ CAPACITY(16)', readCapacity16Cdb(32), 32);
-    if (rc16 === 'unsupported') cap = decodeReadCapacity10(await probe.#dataIn('READ CAPACITY(10)', readCapacity10Cdb(), 8));
+    const rc16 = await probe.#dataInIf(readCapacity16Cdb(32), 32);
+    if (rc16 === 'unsupported') cap = decodeReadCapacity10(await probe.#dataIn(readCapacity10Cdb(), 8));
     else cap = decodeReadCapacity16(rc16);
     const bs = cap.blockSize;
     if (bs < 512 || bs > 4096 || (bs & (bs - 1)) !== 0) {
       throw new ContainerIoError('open', path, -1, 'EINVAL', `LUN ${lun} has ${bs}-byte blocks (512 to 4096, a power of two, is needed)`);
     }
-    const pagesData = await probe.#dataInIf('INQUIRY VPD 00h', inquiryCdb(0x00, 255), 255);
+    const pagesData = await probe.#dataInIf(inquiryCdb(0x00, 255), 255);
     const pages = pagesData === 'unsupported' ? [] : decodeSupportedPages(pagesData);
     let limits: BlockLimitsVpd | undefined;
     if (pages.includes(0xb0)) {
-      const d = await probe.#dataInIf('INQUIRY VPD B0h', inquiryCdb(0xb0, 64), 64);
+      const d = await probe.#dataInIf(inquiryCdb(0xb0, 64), 64);
       if (d !== 'unsupported') limits = decodeBlockLimits(d);
     }
     let provisioning: ProvisioningVpd = { unmap: false, writeSameUnmap: false, readsZeroWhenUnmapped: cap.readsZeroWhenUnmapped };
     if (pages.includes(0xb2)) {
-      const d = await probe.#dataInIf('INQUIRY VPD B2h', inquiryCdb(0xb2, 64), 64);
+      const d = await probe.#dataInIf(inquiryCdb(0xb2, 64), 64);
       if (d !== 'unsupported') provisioning = decodeProvisioning(d);
     }
     if (!cap.thin) provisioning = { unmap: false, writeSameUnmap: false, readsZeroWhenUnmapped: provisioning.readsZeroWhenUnmapped };
@@ -199,7 +202,7 @@ export class IscsiLun {
     const any = new IscsiLun(transport, 0, path, EMPTY_GEOMETRY, opts);
     let alloc = 8 + 8 * 256;
     for (;;) {
-      const d = await any.#dataIn('REPORT LUNS', reportLunsCdb(alloc), alloc);
+      const d = await any.#dataIn(reportLunsCdb(alloc), alloc);
       const whole = reportLunsLength(d);
       if (whole <= alloc || alloc >= MAX_REPORT_LUNS_BYTES) return [...new Set(decodeReportLuns(d))].sort((a, b) => a - b);
       alloc = Math.min(whole, MAX_REPORT_LUNS_BYTES);
@@ -230,7 +233,7 @@ export class IscsiLun {
 
   async #readBlocks(lba: number, n: number): Promise<Buffer> {
     const bytes = n * this.geometry.blockSize;
-    const r = await this.#run('read', lba * this.geometry.blockSize, `READ(16) lba=${lba} blocks=${n}`, {
+    const r = await this.#run('read', lba * this.geometry.blockSize, {
       lun: this.lun,
       cdb: read16Cdb(lba, n),
       dataInLength: bytes,
@@ -262,7 +265,7 @@ export class IscsiLun {
     await this.#split(lba, n, this.geometry.maxTransferBlocks, async (l, k) => {
       const bs = this.geometry.blockSize;
       const piece = data.subarray((l - lba) * bs, (l - lba + k) * bs);
-      await this.#run('write', l * bs, `WRITE(16)${fua ? ' FUA' : ''} lba=${l} blocks=${k}`, { lun: this.lun, cdb: write16Cdb(l, k, fua), dataOut: piece });
+      await this.#run('write', l * bs, { lun: this.lun, cdb: write16Cdb(l, k, fua), dataOut: piece });
     });
   }
 
@@ -315,7 +318,7 @@ export class IscsiLun {
     await runLimited(commands, SPLIT_PARALLEL, async (batch) => {
       const { cdb, data } = unmapCommand(batch);
       const first = batch[0]!;
-      const r = await this.#try('discard', first.lba * this.geometry.blockSize, `UNMAP lba=${first.lba} descriptors=${batch.length}`, { lun: this.lun, cdb, dataOut: data });
+      const r = await this.#try('discard', first.lba * this.geometry.blockSize, { lun: this.lun, cdb, dataOut: data });
       if (r === 'unsupported') refused = true;
     });
     return !refused;
@@ -327,7 +330,7 @@ export class IscsiLun {
     const chunk = Math.min(this.geometry.maxTransferBlocks, Math.max(1, (1 << 20) / bs));
     const zero = Buffer.alloc(chunk * bs);
     await this.#split(lba, n, chunk, (l, k) =>
-      this.#run(op, l * bs, `WRITE(16) of zeros lba=${l} blocks=${k}`, { lun: this.lun, cdb: write16Cdb(l, k, false), dataOut: zero.subarray(0, k * bs) }).then(() => undefined),
+      this.#run(op, l * bs, { lun: this.lun, cdb: write16Cdb(l, k, false), dataOut: zero.subarray(0, k * bs) }, ' (zeros)').then(() => undefined),
     );
   }
 
@@ -341,7 +344,7 @@ export class IscsiLun {
     let refused = false;
     await this.#split(lba, n, per, async (l, k) => {
       if (refused) return;
-      const r = await this.#try(op, l * bs, `WRITE SAME(16)${unmap ? ' UNMAP' : ''} lba=${l} blocks=${k}`, { lun: this.lun, cdb: writeSame16Cdb(l, k, unmap), dataOut: zero });
+      const r = await this.#try(op, l * bs, { lun: this.lun, cdb: writeSame16Cdb(l, k, unmap), dataOut: zero });
       if (r === 'unsupported') refused = true;
     });
     if (refused && !unmap) this.#writeSame = false;
@@ -352,12 +355,12 @@ export class IscsiLun {
   /** Makes completed writes durable: SYNCHRONIZE CACHE(16), else (10), else nothing (a LUN without a cache). */
   async flush(): Promise<void> {
     if (this.#syncCache16) {
-      const r = await this.#try('flush', -1, 'SYNCHRONIZE CACHE(16)', { lun: this.lun, cdb: synchronizeCache16Cdb() });
+      const r = await this.#try('flush', -1, { lun: this.lun, cdb: synchronizeCache16Cdb() });
       if (r !== 'unsupported') return;
       this.#syncCache16 = false;
     }
     if (this.#syncCache) {
-      const r = await this.#try('flush', -1, 'SYNCHRONIZE CACHE(10)', { lun: this.lun, cdb: synchronizeCache10Cdb() });
+      const r = await this.#try('flush', -1, { lun: this.lun, cdb: synchronizeCache10Cdb() });
       if (r === 'unsupported') this.#syncCache = false;
     }
   }
@@ -403,11 +406,7 @@ export class IscsiLun {
       const block = await this.#readBlocks(lba, 1);
       data.copy(block, within);
       const bs = this.geometry.blockSize;
-      await this.#run(op, lba * bs + within, `WRITE(16)${fua ? ' FUA' : ''} lba=${lba} blocks=1 (read-modify-write)`, {
-        lun: this.lun,
-        cdb: write16Cdb(lba, 1, fua),
-        dataOut: block,
-      });
+      await this.#run(op, lba * bs + within, { lun: this.lun, cdb: write16Cdb(lba, 1, fua), dataOut: block }, ' (read-modify-write)');
     });
   }
 
@@ -443,24 +442,24 @@ export class IscsiLun {
 
   // ---- one command, with retries and the error mapping ----
 
-  async #dataIn(what: string, cdb: Buffer, length: number): Promise<Buffer> {
-    return (await this.#run('open', -1, what, { lun: this.lun, cdb, dataInLength: length })).data ?? Buffer.alloc(0);
+  async #dataIn(cdb: Buffer, length: number): Promise<Buffer> {
+    return (await this.#run('open', -1, { lun: this.lun, cdb, dataInLength: length })).data ?? Buffer.alloc(0);
   }
 
   /** #dataIn, or 'unsupported' when the LUN refuses the command. */
-  async #dataInIf(what: string, cdb: Buffer, length: number): Promise<Buffer | Unsupported> {
-    const r = await this.#try('open', -1, what, { lun: this.lun, cdb, dataInLength: length });
+  async #dataInIf(cdb: Buffer, length: number): Promise<Buffer | Unsupported> {
+    const r = await this.#try('open', -1, { lun: this.lun, cdb, dataInLength: length });
     return r === 'unsupported' ? r : (r.data ?? Buffer.alloc(0));
   }
 
   /** #try, where a refusal is an error like any other. */
-  async #run(op: ContainerOp, offset: number, what: string, req: ScsiRequest): Promise<ScsiResult> {
-    return (await this.#attempt(op, offset, what, req, false)) as ScsiResult;
+  async #run(op: ContainerOp, offset: number, req: ScsiRequest, note = ''): Promise<ScsiResult> {
+    return (await this.#attempt(op, offset, req, false, note)) as ScsiResult;
   }
 
   /** Sends one command; ILLEGAL REQUEST for an unknown opcode or field returns 'unsupported'. */
-  #try(op: ContainerOp, offset: number, what: string, req: ScsiRequest): Promise<ScsiResult | Unsupported> {
-    return this.#attempt(op, offset, what, req, true);
+  #try(op: ContainerOp, offset: number, req: ScsiRequest): Promise<ScsiResult | Unsupported> {
+    return this.#attempt(op, offset, req, true, '');
   }
 
   /**
@@ -468,14 +467,17 @@ export class IscsiLun {
    * conditions are retried with backoff until the hold deadline; the rest
    * throw ContainerIoError.
    */
-  async #attempt(op: ContainerOp, offset: number, what: string, req: ScsiRequest, mayRefuse: boolean): Promise<ScsiResult | Unsupported> {
+  async #attempt(op: ContainerOp, offset: number, req: ScsiRequest, mayRefuse: boolean, note: string): Promise<ScsiResult | Unsupported> {
+    // Named only when an error needs it: no string is built per command.
+    const what = (): string => `${cdbText(req.cdb)}${note}`;
     const deadline = Date.now() + this.#holdMs;
     let delay = 1;
+    let attentions = 0;
     let last = '';
     for (let attempt = 0; ; attempt++) {
       const left = deadline - Date.now();
       if (attempt > 0 && left <= 0) {
-        throw this.#error(op, offset, 'EUNREACHABLE', `${what}: ${last}, still so after ${this.#holdMs} ms of retries`);
+        throw this.#error(op, offset, 'EUNREACHABLE', `${what()}: ${last}, still so after ${this.#holdMs} ms of retries`);
       }
       let r: ScsiResult;
       try {
@@ -483,9 +485,9 @@ export class IscsiLun {
         r = await this.transport.execute(timed);
       } catch (e) {
         if (!(e instanceof TransportError)) throw e;
-        if (e.kind === 'closed') throw this.#error(op, offset, 'EBADF', `${what}: ${e.message}`);
+        if (e.kind === 'closed') throw this.#error(op, offset, 'EBADF', `${what()}: ${e.message}`);
         // 'unreachable' comes after the session has already held the command for its hold time.
-        if (e.kind === 'unreachable' || !e.retryable) throw this.#error(op, offset, 'EUNREACHABLE', `${what}: ${e.kind}: ${e.message}`);
+        if (e.kind === 'unreachable' || !e.retryable) throw this.#error(op, offset, 'EUNREACHABLE', `${what()}: ${e.kind}: ${e.message}`);
         last = `${e.kind}: ${e.message}`;
         delay = await this.#backoff(delay, deadline);
         continue;
@@ -496,17 +498,18 @@ export class IscsiLun {
           return r;
         case Status.CheckCondition: {
           const s = decodeSense(r.sense);
-          if (s === undefined) throw this.#error(op, offset, 'EIO', `${what}: CHECK CONDITION without usable sense data`);
+          if (s === undefined) throw this.#error(op, offset, 'EIO', `${what()}: CHECK CONDITION without usable sense data`);
           if (s.key === SenseKey.RecoveredError) return r;
           if (mayRefuse && unsupported(s)) return 'unsupported';
           if (UA_OR_TRANSIENT.has(s.key)) {
             last = senseText(s);
-            // A unit attention is reported once: the retry goes at once.
-            if (s.key !== SenseKey.UnitAttention) delay = await this.#backoff(delay, deadline);
+            // A unit attention is reported once, so the retry goes at once (a few in a row: a reset and a
+            // capacity change, say); a target that keeps reporting them is paced like any other condition.
+            if (s.key !== SenseKey.UnitAttention || ++attentions > MAX_QUICK_ATTENTIONS) delay = await this.#backoff(delay, deadline);
             continue;
           }
           const at = s.info !== undefined && offset >= 0 && (op === 'read' || op === 'write') ? s.info * this.geometry.blockSize : offset;
-          throw this.#error(op, at, errnoOfSense(s), `${what}: ${senseText(s)}`);
+          throw this.#error(op, at, errnoOfSense(s), `${what()}: ${senseText(s)}`);
         }
         case Status.Busy:
         case Status.TaskSetFull:
@@ -515,9 +518,9 @@ export class IscsiLun {
           delay = await this.#backoff(delay, deadline);
           continue;
         case Status.ReservationConflict:
-          throw this.#error(op, offset, 'EACCES', `${what}: RESERVATION CONFLICT (another initiator holds a reservation on the LUN)`);
+          throw this.#error(op, offset, 'EACCES', `${what()}: RESERVATION CONFLICT (another initiator holds a reservation on the LUN)`);
         default:
-          throw this.#error(op, offset, 'EIO', `${what}: ${statusName(r.status)}`);
+          throw this.#error(op, offset, 'EIO', `${what()}: ${statusName(r.status)}`);
       }
     }
   }

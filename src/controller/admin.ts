@@ -57,6 +57,7 @@ import { adminServiceDefinition } from '../wire/grpc.js';
 import { formatSize, SizeError } from '../util/size.js';
 import { log } from '../util/log.js';
 import { ContainerFullError } from './allocator.js';
+import { isShared } from './agent-registry.js';
 import { backupChunks, streamBackup } from './backup.js';
 import { checkInvariants } from './check.js';
 import { ALUA_PREFERENCES, TableChangeError, type AluaPreference, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
@@ -168,11 +169,14 @@ export class Admin {
     this.#ctrl.allocator.loadContainer(id);
     this.#db.event('container', id, `added: ${formatSize(size)} at ${row.path}`);
     log.info(`container ${id} added (${segmentsTotal} segments of ${formatSize(segmentSize)})`);
+    // Agents running already find it on a rescan and claim it (ContainerUpdate).
+    this.#ctrl.agents.rescanAll(`container ${id} added`);
     return this.#containerInfo(row);
   }
 
   #containerInfo(c: ContainerRow): ContainerInfo {
     const acct = this.#db.containerSharing(c.id);
+    const reach = this.#db.containerReach(c.id);
     const capacity = c.segmentsTotal * c.segmentSize;
     return {
       capacityBytes: capacity,
@@ -189,6 +193,8 @@ export class Admin {
       segmentsTotal: c.segmentsTotal,
       segmentsUsed: this.#db.containerSegmentsUsed(c.id),
       agents: this.#db.containerAgents(c.id),
+      unreachable: reach.filter((r) => !r.reachable).map((r) => `${r.agent}: ${r.error}`),
+      shared: isShared(reach),
     };
   }
 
@@ -470,8 +476,13 @@ export class Admin {
       online: online.has(a.name),
       lastSeen: a.lastSeen,
       portals: a.portals,
-      containers: this.#db.agentContainers(a.name),
+      containers: this.#db.agentClaims(a.name).map((c) => c.id),
       number: a.number ?? 0,
+      host: a.host,
+      unreachable: this.#db
+        .agentClaims(a.name)
+        .filter((c) => !c.reachable)
+        .map((c) => `${c.id}: ${c.error}`),
     }));
     return { agents };
   }

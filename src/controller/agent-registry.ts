@@ -3,22 +3,31 @@
 // and leases: how long an agent that is away may still be serving its
 // tables. Register and heartbeats are handled here; every other message
 // goes to its owner through AgentMessageHandlers (wired in controller.ts).
+//
+// Containers: the registry checks what each agent claims (Register, then
+// ContainerUpdate whenever the agent rescans or a container's reachability
+// changes), records it with the agent's host, asks every agent to rescan
+// when a container is added (rescanAll), and tells each agent which of its
+// containers are shared, reached from more than one host (ContainerSet).
 
 import type * as grpc from '@grpc/grpc-js';
-import type {
-  AgentMessage,
-  ContainerRef,
-  CopyDone,
-  Fault,
-  LuRequest,
-  MalformedMessage,
-  Register,
-  Release,
-  TableAck,
-  TableRequest,
+import {
+  refReachable,
+  type AgentMessage,
+  type ContainerRef,
+  type ContainerShare,
+  type ContainerUpdate,
+  type CopyDone,
+  type Fault,
+  type LuRequest,
+  type MalformedMessage,
+  type Register,
+  type Release,
+  type TableAck,
+  type TableRequest,
 } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
-import type { ControllerDb } from './db.js';
+import type { ContainerReach, ControllerDb } from './db.js';
 import { AgentLink, type AgentCall } from './agent-link.js';
 import type { WriteBehind } from './write-behind.js';
 
@@ -94,6 +103,10 @@ export class AgentRegistry {
   readonly #draining = new Set<string>();
   /** Agents that went away after announcing a drain: stopped, not merely cut off. Until they register again. */
   readonly #stopped = new Set<string>();
+  /** The ContainerSet last sent on each agent's current stream (its JSON), so only changes go out. */
+  readonly #sentSets = new Map<AgentLink, string>();
+  /** Claims rejected on each stream, so a periodic rescan does not repeat the same error every time. */
+  readonly #rejected = new Map<AgentLink, Set<string>>();
 
   constructor(db: ControllerDb, writeBehind: WriteBehind, settings: AgentRegistrySettings, handlers: AgentMessageHandlers) {
     this.#db = db;
@@ -195,6 +208,88 @@ export class AgentRegistry {
     return Math.max(this.#lastAnswered.get(agent) ?? this.#startedAt, this.#startedAt) + this.#settings.leaseMs + this.#settings.leaseMarginMs;
   }
 
+  // ---- containers ----
+
+  /**
+   * Asks every connected agent to scan its container locators again (a
+   * container was added): each answers with ContainerUpdate, and the new
+   * container is accepted there. Returns the agents asked.
+   */
+  rescanAll(reason: string): string[] {
+    const asked: string[] = [];
+    for (const l of this.#links.values()) {
+      if (l.closed) continue;
+      l.send({ body: 'rescan', rescan: { reason } });
+      asked.push(l.name as string);
+    }
+    if (asked.length > 0) log.info('asked agents to rescan their containers', { reason, agents: asked });
+    return asked;
+  }
+
+  /** Checks claims as Register does: the accepted ones, and why each other one is not. */
+  #checkClaims(link: AgentLink, agent: string, containers: readonly ContainerRef[]): { accepted: { id: string; path: string; reachable: boolean; error: string }[]; rejected: string[] } {
+    const accepted: { id: string; path: string; reachable: boolean; error: string }[] = [];
+    const rejected: string[] = [];
+    for (const c of containers) {
+      const why = this.#checkClaim(c);
+      if (why === null) {
+        const reachable = refReachable(c);
+        accepted.push({ id: c.id, path: c.path, reachable, error: reachable ? '' : c.error || 'unreachable' });
+      } else {
+        rejected.push(why);
+      }
+    }
+    const told = this.#rejected.get(link) ?? new Set<string>();
+    this.#rejected.set(link, told);
+    for (const why of rejected) {
+      if (told.has(why)) continue;
+      told.add(why);
+      log.error(`agent ${agent}: ${why}`);
+      link.sendError(why);
+    }
+    return { accepted, rejected };
+  }
+
+  #onContainerUpdate(link: AgentLink, u: ContainerUpdate): void {
+    const name = link.name as string;
+    if (this.#links.get(name) !== link) return;
+    const before = new Map(this.#db.agentClaims(name).map((c) => [c.id, c]));
+    const { accepted } = this.#checkClaims(link, name, u.containers);
+    this.#db.updateAgentContainers(name, accepted);
+    for (const c of accepted) {
+      const was = before.get(c.id);
+      if (was === undefined) {
+        this.#db.event('agent', name, `reaches container ${c.id} at ${c.path}${c.reachable ? '' : ` (unreachable: ${c.error})`}`);
+        log.info(`agent ${name} reaches container ${c.id}`, { path: c.path, reachable: c.reachable });
+      } else if (was.reachable !== c.reachable) {
+        const what = c.reachable ? 'reachable again' : `unreachable: ${c.error}`;
+        this.#db.event('agent', name, `container ${c.id} ${what}`);
+        log.log(c.reachable ? 'info' : 'warn', `agent ${name}: container ${c.id} ${what}`);
+      }
+    }
+    for (const id of before.keys()) {
+      if (!accepted.some((c) => c.id === id)) this.#db.event('agent', name, `no longer reports container ${id}`);
+    }
+    this.#pushContainerSets();
+  }
+
+  /** What an agent is told about its containers now (ContainerSet): each accepted one, shared or not. */
+  #containerSetOf(agent: string): ContainerShare[] {
+    return this.#db.agentClaims(agent).map((c) => ({ id: c.id, shared: isShared(this.#db.containerReach(c.id)) }));
+  }
+
+  /** Sends each connected agent its ContainerSet when it differs from the last one sent on its stream. */
+  #pushContainerSets(): void {
+    for (const l of this.#links.values()) {
+      if (l.closed || l.name === null) continue;
+      const set = this.#containerSetOf(l.name);
+      const key = JSON.stringify(set);
+      if (this.#sentSets.get(l) === key) continue;
+      this.#sentSets.set(l, key);
+      l.send({ body: 'containerSet', containerSet: { containers: set } });
+    }
+  }
+
   // ---- the stream ----
 
   /** AgentService.Connect handler. */
@@ -236,6 +331,8 @@ export class AgentRegistry {
   #disconnected(link: AgentLink, why: string): void {
     if (link.closed && !this.#allLinks.has(link)) return;
     this.#allLinks.delete(link);
+    this.#sentSets.delete(link);
+    this.#rejected.delete(link);
     link.markClosed();
     if (link.name !== null && this.#links.get(link.name) === link && this.#draining.delete(link.name)) this.#stopped.add(link.name);
     this.#handlers.disconnected(link);
@@ -299,6 +396,9 @@ export class AgentRegistry {
       case 'luRequest':
         to.luRequest(link, m.luRequest);
         return;
+      case 'containerUpdate':
+        this.#onContainerUpdate(link, m.containerUpdate);
+        return;
       default: {
         const body: string = (m as { body: string }).body;
         log.error(`unknown message ${body} from ${link.label}`);
@@ -323,20 +423,14 @@ export class AgentRegistry {
       old.close('replaced by a newer connection of the same agent');
       this.#disconnected(old, 'replaced');
     }
-    const accepted: { id: string; path: string }[] = [];
-    const rejected: string[] = [];
-    for (const c of r.containers) {
-      const why = this.#checkClaim(c);
-      if (why === null) accepted.push({ id: c.id, path: c.path });
-      else rejected.push(why);
-    }
-    for (const why of rejected) {
-      log.error(`agent ${r.agentName}: ${why}`);
-      link.sendError(why);
-    }
+    // Claims of containers not registered yet are refused here and accepted
+    // from the ContainerUpdate the agent sends when `container add` asks it
+    // to rescan (rescanAll).
+    const { accepted, rejected } = this.#checkClaims(link, r.agentName, r.containers);
+    const host = r.hostId ?? '';
     let agentNumber: number;
     try {
-      agentNumber = this.#db.registerAgent(r.agentName, r.portals, accepted);
+      agentNumber = this.#db.registerAgent(r.agentName, r.portals, accepted, host);
     } catch (err) {
       log.error(`register refused: agent ${r.agentName}: ${(err as Error).message}`);
       link.close((err as Error).message);
@@ -350,7 +444,7 @@ export class AgentRegistry {
     this.#draining.delete(r.agentName);
     this.#stopped.delete(r.agentName);
     this.#db.event('agent', r.agentName, `registered from ${link.peer} with ${accepted.length} containers`);
-    log.info(`agent ${r.agentName} registered from ${link.peer}`, { portals: r.portals, containers: accepted.length, rejected: rejected.length });
+    log.info(`agent ${r.agentName} registered from ${link.peer}`, { host, portals: r.portals, containers: accepted.length, rejected: rejected.length });
     const s = this.#settings;
     link.send({
       body: 'welcome',
@@ -365,6 +459,8 @@ export class AgentRegistry {
         agentNumber,
       },
     });
+    // Before ExportSet and tables: a shared container is opened with O_DIRECT before it serves.
+    this.#pushContainerSets();
     this.#handlers.registered(link, new Map(r.tables.map((t) => [t.vdiskId, t.version])));
   }
 
@@ -378,6 +474,16 @@ export class AgentRegistry {
     }
     return null;
   }
+}
+
+/**
+ * Whether the agents claiming a container run on more than one host. An
+ * agent that reported no host (an older one) counts as a host of its own.
+ * Reachability does not count: a link that flaps must not flip a
+ * container's open mode back and forth.
+ */
+export function isShared(reach: readonly Pick<ContainerReach, 'agent' | 'host'>[]): boolean {
+  return new Set(reach.map((r) => (r.host === '' ? `agent:${r.agent}` : `host:${r.host}`))).size > 1;
 }
 
 /** Whether a vdisk of this link is fenced (missed an ack, not yet resynced). */

@@ -139,6 +139,26 @@ export interface AgentRow {
   registered: string;
   /** Stable number (target port identity); null only before the agent's first registration with this schema. */
   number: number | null;
+  /** The host it runs on (Register.host_id); '' when unknown (an older agent: a host of its own). */
+  host: string;
+}
+
+/** A container an agent claims, as it reports it (Register, ContainerUpdate). */
+export interface AgentClaim {
+  id: string;
+  path: string;
+  /** False while the agent reports it cannot do I/O to it. */
+  reachable: boolean;
+  /** Why not ('' when reachable). */
+  error: string;
+}
+
+/** One agent's reach of one container (ControllerDb.containerReach). */
+export interface ContainerReach {
+  agent: string;
+  host: string;
+  reachable: boolean;
+  error: string;
 }
 
 export interface FaultRow {
@@ -266,6 +286,7 @@ interface RawAgent {
   last_seen: string;
   registered: string;
   number: number | null;
+  host: string;
 }
 
 const toAgent = (r: RawAgent): AgentRow => ({
@@ -274,6 +295,7 @@ const toAgent = (r: RawAgent): AgentRow => ({
   lastSeen: r.last_seen,
   registered: r.registered,
   number: r.number,
+  host: r.host,
 });
 
 interface RawFault {
@@ -437,8 +459,14 @@ export class ControllerDb {
       ),
       touchAgent: p('UPDATE agents SET last_seen = ? WHERE name = ?'),
       clearAgentContainers: p('DELETE FROM agent_containers WHERE agent = ?'),
-      insertAgentContainer: p('INSERT INTO agent_containers (agent, container_id, path) VALUES (?, ?, ?)'),
-      agentContainers: p('SELECT container_id FROM agent_containers WHERE agent = ? ORDER BY container_id'),
+      insertAgentContainer: p('INSERT INTO agent_containers (agent, container_id, path, reachable, error) VALUES (?, ?, ?, ?, ?)'),
+      agentContainers: p('SELECT container_id FROM agent_containers WHERE agent = ? AND reachable = 1 ORDER BY container_id'),
+      agentClaims: p('SELECT container_id AS id, path, reachable, error FROM agent_containers WHERE agent = ? ORDER BY container_id'),
+      containerReach: p(
+        `SELECT ac.agent AS agent, a.host AS host, ac.reachable AS reachable, ac.error AS error
+         FROM agent_containers ac JOIN agents a ON a.name = ac.agent WHERE ac.container_id = ? ORDER BY ac.agent`,
+      ),
+      setAgentHost: p('UPDATE agents SET host = ? WHERE name = ?'),
       containerAgents: p('SELECT agent FROM agent_containers WHERE container_id = ? ORDER BY agent'),
       exportsOfVdisk: p('SELECT * FROM exports WHERE vdisk_id = ? ORDER BY agent'),
       exportsOfAgent: p('SELECT * FROM exports WHERE agent = ? ORDER BY target_iqn, lun'),
@@ -1026,12 +1054,17 @@ export class ControllerDb {
    * Returns the agent's number, given on its first registration: the
    * smallest one free (numbers are only freed with the agent's row).
    */
-  registerAgent(name: string, portals: readonly string[], containers: readonly { id: string; path: string }[]): number {
+  registerAgent(
+    name: string,
+    portals: readonly string[],
+    containers: readonly { id: string; path: string; reachable?: boolean; error?: string }[],
+    host = '',
+  ): number {
     return this.tx(() => {
       const t = now();
       this.#statements.upsertAgent.run(name, JSON.stringify(portals), t, t);
-      this.#statements.clearAgentContainers.run(name);
-      for (const c of containers) this.#statements.insertAgentContainer.run(name, c.id, c.path);
+      this.#statements.setAgentHost.run(host, name);
+      this.#writeClaims(name, containers);
       const had = (this.#statements.agent.get(name) as RawAgent).number;
       if (had !== null) return had;
       let n = 1;
@@ -1049,8 +1082,45 @@ export class ControllerDb {
     this.#statements.touchAgent.run(now(), name);
   }
 
+  /** The containers an agent reaches now (claimed and not reported unreachable): what allocation and copies may use through it. */
   agentContainers(name: string): string[] {
     return this.#statements.agentContainers.pluck().all(name) as string[];
+  }
+
+  /** Every container an agent claims, reachable or not, with what it reported. */
+  agentClaims(name: string): AgentClaim[] {
+    return (this.#statements.agentClaims.all(name) as { id: string; path: string; reachable: number; error: string }[]).map((r) => ({
+      id: r.id,
+      path: r.path,
+      reachable: r.reachable === 1,
+      error: r.error,
+    }));
+  }
+
+  /**
+   * Replaces an agent's claims (a ContainerUpdate after a rescan or a
+   * reachability change): the same rows Register writes, in one transaction.
+   */
+  updateAgentContainers(name: string, containers: readonly { id: string; path: string; reachable?: boolean; error?: string }[]): void {
+    this.tx(() => this.#writeClaims(name, containers));
+  }
+
+  #writeClaims(name: string, containers: readonly { id: string; path: string; reachable?: boolean; error?: string }[]): void {
+    this.#statements.clearAgentContainers.run(name);
+    for (const c of containers) {
+      const reachable = c.reachable !== false;
+      this.#statements.insertAgentContainer.run(name, c.id, c.path, reachable ? 1 : 0, reachable ? '' : (c.error ?? ''));
+    }
+  }
+
+  /** Which agents claim a container, on which host, and whether they reach it now. */
+  containerReach(id: string): ContainerReach[] {
+    return (this.#statements.containerReach.all(id) as { agent: string; host: string; reachable: number; error: string }[]).map((r) => ({
+      agent: r.agent,
+      host: r.host,
+      reachable: r.reachable === 1,
+      error: r.error,
+    }));
   }
 
   // ---- exports ----

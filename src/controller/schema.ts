@@ -175,6 +175,17 @@ export const MIGRATIONS: readonly ((db: Sql) => void)[] = [
       ) WITHOUT ROWID;
     `);
   },
+  // The storage network: the host each agent runs on (Register.host_id; ''
+  // unknown), and whether each agent reaches each of its containers now
+  // (reported by the agent; a container that went away keeps its row,
+  // unreachable, with the reason).
+  (db) => {
+    db.exec(`
+      ALTER TABLE agents ADD COLUMN host TEXT NOT NULL DEFAULT '';
+      ALTER TABLE agent_containers ADD COLUMN reachable INTEGER NOT NULL DEFAULT 1 CHECK (reachable IN (0, 1));
+      ALTER TABLE agent_containers ADD COLUMN error TEXT NOT NULL DEFAULT '';
+    `);
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -24,6 +24,10 @@ export interface AgentDaemonOptions {
   portals: string[];
   containers: string[];
   holdTimeoutMs?: number;
+  /** agent.host-id (default: the agent's, /etc/machine-id or the host name). */
+  hostId?: string;
+  /** agent.rescan-interval in ms (0 = off; default the agent's, 60 s). */
+  rescanIntervalMs?: number;
   token?: string;
   /** PEM contents for a TLS channel to the controller (ca of its certificate; cert+key of the agent's own). */
   tls?: TlsMaterial;
@@ -114,6 +118,8 @@ export function agentOptions(cfg: TabulaConfig): AgentDaemonOptions {
     portals: [...cfg.agent.portals],
     containers: [...cfg.agent.containers],
     holdTimeoutMs: ms(cfg.agent.holdTimeoutSec),
+    ...(cfg.agent.hostId === undefined ? {} : { hostId: cfg.agent.hostId }),
+    ...(cfg.agent.rescanIntervalSec === undefined ? {} : { rescanIntervalMs: cfg.agent.rescanIntervalSec * 1000 }),
     token: resolveToken(cfg),
     tls: resolveTls(cfg.security.tls),
     metricsListen: cfg.agent.metricsListen,

@@ -56,6 +56,8 @@ const RESTART_KEYS: Readonly<Record<Role, Readonly<Record<string, (c: TabulaConf
     'agent.containers': (c) => c.agent.containers,
     'agent.hold-timeout': (c) => c.agent.holdTimeoutSec,
     'agent.metrics-listen': (c) => c.agent.metricsListen,
+    'agent.host-id': (c) => c.agent.hostId,
+    'agent.rescan-interval': (c) => c.agent.rescanIntervalSec,
     // iSCSI login settings are fixed when the portals start.
     'security.chap': (c) => c.security.chap,
     'security.allowed-initiators': (c) => c.security.allowedInitiators,

@@ -68,7 +68,7 @@ export class AgentMetrics {
     });
     new Counter({
       name: 'tabula_agent_io_errors_total',
-      help: 'Failed I/Os on each exported vdisk, by kind (read-error, write-error, not-ready, no-space, write-protected, out-of-range, lu-not-supported, internal-failure, other-sense; other: not a block error).',
+      help: 'Failed I/Os on each exported vdisk, by kind (read-error, write-error, not-ready, no-space, write-protected, out-of-range, lu-not-supported, internal-failure, unreachable, other-sense; other: not a block error).',
       labelNames: ['vdisk', 'kind'],
       registers,
       collect(this: Counter<'vdisk' | 'kind'>) {

@@ -104,6 +104,19 @@ export class ControllerMetrics {
         for (const row of c?.db.containers() ?? []) free.set({ container: row.id }, c?.allocator.freeSegments(row.id) ?? 0);
       },
     });
+    // Which agents reach which containers (issue 15: the storage network), as the agents report it.
+    const reachable: Gauge<'agent' | 'container'> = new Gauge({
+      name: 'tabula_agent_container_reachable',
+      help: 'Whether the agent reaches the container now (1) or reports it unreachable (0), for every container each agent claims.',
+      labelNames: ['agent', 'container'],
+      registers,
+      collect: () => {
+        reachable.reset();
+        const c = ctrl();
+        if (c === null) return;
+        for (const a of c.db.agents()) for (const r of c.db.agentClaims(a.name)) reachable.set({ agent: a.name, container: r.id }, r.reachable ? 1 : 0);
+      },
+    });
     /** Running migrations by vdisk name: what the three migration gauges read. */
     const running = (): { vdisk: string; total: number; done: number; bytes: number }[] => {
       const c = ctrl();

@@ -74,6 +74,8 @@ export const Sense = {
   unsupportedTargetDescriptorType: a(SenseKey.IllegalRequest, 0x26, 0x07),
   internalTargetFailure: a(SenseKey.HardwareError, 0x44, 0x00),
   logicalUnitCommunicationFailure: a(SenseKey.HardwareError, 0x08, 0x00),
+  /** The same cause, retryable: a container reached over the network is away (Linux retries ABORTED COMMAND). */
+  logicalUnitCommunicationFailureAborted: a(SenseKey.AbortedCommand, 0x08, 0x00),
   sanitizeFailed: a(SenseKey.MediumError, 0x31, 0x03),
   mediumFormatCorrupted: a(SenseKey.MediumError, 0x31, 0x00),
   noAdditionalSense: a(SenseKey.NoSense, 0x00, 0x00),

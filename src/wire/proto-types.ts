@@ -30,6 +30,17 @@ export interface ContainerRef {
   path: string;
   size: number;
   dataOffset: number;
+  /** Absent (an older agent) or null = reachable. */
+  reachable?: boolean | null;
+  /** Why it is unreachable; '' or absent when reachable. */
+  error?: string;
+  /** Driver kind ('file', 'block', 'iscsi'); '' or absent from an older agent. */
+  kind?: string;
+}
+
+/** Whether a reported container is reachable: absent means yes (an older agent). */
+export function refReachable(c: ContainerRef): boolean {
+  return c.reachable !== false;
 }
 
 // ---- agent -> controller ----
@@ -47,6 +58,12 @@ export interface Register {
   softwareVersion: string;
   /** The agent reads TableFull's run form (several messages, `more`). Absent (false) from older agents. */
   tableRuns?: boolean;
+  /** The agent's host (Register.host_id); '' or absent from an older agent. */
+  hostId?: string;
+}
+
+export interface ContainerUpdate {
+  containers: ContainerRef[];
 }
 
 export interface Heartbeat {
@@ -101,7 +118,8 @@ export type AgentMessage =
   | { body: 'fault'; fault: Fault }
   | { body: 'copyDone'; copyDone: CopyDone }
   | { body: 'release'; release: Release }
-  | { body: 'luRequest'; luRequest: LuRequest };
+  | { body: 'luRequest'; luRequest: LuRequest }
+  | { body: 'containerUpdate'; containerUpdate: ContainerUpdate };
 
 // ---- controller -> agent ----
 
@@ -238,6 +256,19 @@ export interface HeartbeatReply {
   seq: number;
 }
 
+export interface Rescan {
+  reason: string;
+}
+
+export interface ContainerShare {
+  id: string;
+  shared: boolean;
+}
+
+export interface ContainerSet {
+  containers: ContainerShare[];
+}
+
 export interface ControllerError {
   message: string;
   fatal: boolean;
@@ -255,7 +286,9 @@ export type ControllerMessage =
   | { body: 'error'; error: ControllerError }
   | { body: 'zeroCommand'; zeroCommand: ZeroCommand }
   | { body: 'heartbeatReply'; heartbeatReply: HeartbeatReply }
-  | { body: 'luReply'; luReply: LuReply };
+  | { body: 'luReply'; luReply: LuReply }
+  | { body: 'rescan'; rescan: Rescan }
+  | { body: 'containerSet'; containerSet: ContainerSet };
 
 /**
  * What the stream deserializer yields for bytes that do not decode (or
@@ -294,6 +327,10 @@ export interface ContainerInfo {
   sharedBytes: number;
   exclusiveBytes: number;
   freeBytes: number;
+  /** Of `agents`, those reporting it unreachable now ("agent: why"); absent from an older controller. */
+  unreachable?: string[];
+  /** Agents on more than one host reach it. */
+  shared?: boolean;
 }
 
 export interface ListContainersReply {
@@ -415,6 +452,10 @@ export interface AgentInfo {
   containers: string[];
   /** Welcome.agent_number (absent from an older controller). */
   number?: number;
+  /** Register.host_id; '' or absent when unknown. */
+  host?: string;
+  /** Of `containers`, those it reports unreachable now ("uuid: why"). */
+  unreachable?: string[];
 }
 
 export interface ListAgentsReply {

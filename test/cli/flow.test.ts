@@ -83,7 +83,8 @@ describe('tabula CLI: admin flow against a controller and an agent', function ()
     expect(agents).to.have.lengthOf(1);
     expect(agents[0]).to.deep.include({ name: 'a1', online: true, portals: [portal], containers: [containerId] });
     const text = await tabulaOk(['agent', 'ls', ...ctl]);
-    expect(text).to.match(new RegExp(`^a1\\s+online\\s+\\S+\\s+${portal}\\s+${containerId.slice(0, 8)}$`, 'm'));
+    // Issue 15 added the agent's number and host (agent.host-id; default /etc/machine-id or the host name).
+    expect(text).to.match(new RegExp(`^a1\\s+1\\s+\\S+\\s+online\\s+\\S+\\s+${portal}\\s+${containerId.slice(0, 8)}$`, 'm'));
   });
 
   it('vdisk create, ls, show: provisioned vs allocated, thin and thick', async () => {

@@ -6,12 +6,12 @@
 import { expect } from 'chai';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { killGroup, spawnBounded } from '../support/bounded-run.js';
-import { LOOPBACK, freeLoopbackPort, sleep, terminate } from '../support/process.js';
+import { LOOPBACK, freeLoopbackPort, sleep, terminate, waitExit } from '../support/process.js';
 import { cleanEnv, tabulaLauncher } from '../support/tabula-process.js';
 import {
   IscsiInitiatorSession,
@@ -57,6 +57,7 @@ class RestartableTarget {
   private child: ChildProcess | undefined;
   readonly dir = mkdtempSync(join(tmpdir(), 'tabula-initiator-resilience-'));
   readonly file = join(this.dir, 'lun.img');
+  readonly logFile = join(this.dir, 'target.log');
   readonly iqn: string;
 
   constructor(readonly port: number) {
@@ -68,7 +69,13 @@ class RestartableTarget {
 
   async start(): Promise<void> {
     const args = [...tabulaLauncher(), 'target', '--file', this.file, '--size', String(SIZE), '--portal', `${LOOPBACK}:${this.port}`, '--iqn', this.iqn];
-    const child = spawnBounded(process.execPath, args, 10 * 60_000, ['ignore', 'pipe', 'ignore'], cleanEnv({ TABULA_LOG_LEVEL: 'warn' }));
+    const logFd = openSync(this.logFile, 'a');
+    let child: ChildProcess;
+    try {
+      child = spawnBounded(process.execPath, args, 10 * 60_000, ['ignore', 'pipe', logFd], cleanEnv({ TABULA_LOG_LEVEL: 'info' }));
+    } finally {
+      closeSync(logFd);
+    }
     this.child = child;
     const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
     await new Promise<void>((resolve, reject) => {
@@ -88,6 +95,19 @@ class RestartableTarget {
 
   signal(sig: NodeJS.Signals): void {
     if (this.child?.pid !== undefined) killGroup(this.child.pid, sig);
+  }
+
+  /** SIGTERM (the target drains: it asks its initiators to log out), and wait for the exit. */
+  async drainAndExit(): Promise<void> {
+    const c = this.child;
+    this.child = undefined;
+    if (!c) return;
+    c.kill('SIGTERM');
+    if (!(await waitExit(c, 30_000))) throw new Error('tabula target did not exit within 30 s of SIGTERM');
+  }
+
+  log(): string {
+    return readFileSync(this.logFile, 'utf8');
   }
 
   /** SIGKILL, and wait until the process is gone (its port is free again). */
@@ -199,6 +219,48 @@ describe('iSCSI initiator resilience (tabula target)', function () {
       await r.close();
     }
     expect(r.state).to.equal('closed');
+  });
+
+  it('logs out when the target asks (Async Message on SIGTERM drain) and carries on once it is back', async () => {
+    const states: TransportState[] = [];
+    const r = await ReconnectingSession.connect(target.options({ holdMs: 90_000, commandTimeoutMs: 60_000 }));
+    r.onStateChange((st) => states.push(st));
+    try {
+      const first = randomBytes(64 * 1024);
+      await write16(r, 0, 0, first);
+      await target.drainAndExit();
+      expect(target.log()).to.match(/"loggedOut":1/);
+      expect(states).to.include('down');
+      // Issued while the target is gone: held until it is back.
+      const later = randomBytes(64 * 1024);
+      const write = write16(r, 0, 128, later);
+      await sleep(200);
+      await target.start();
+      await write;
+      expect((await read16(r, 0, 0, first.length)).equals(first)).to.equal(true);
+      expect((await read16(r, 0, 128, later.length)).equals(later)).to.equal(true);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('start() comes up once a target that was down at first appears, and runs the commands held meanwhile', async () => {
+    await target.kill();
+    const r = ReconnectingSession.start(target.options({ holdMs: 90_000, backoffMaxMs: 300 }));
+    try {
+      expect(r.state).to.equal('connecting');
+      const data = randomBytes(32 * 1024);
+      const write = write16(r, 0, 512, data);
+      await sleep(500);
+      expect(r.state).to.equal('connecting');
+      expect(r.lastFailure?.kind).to.equal('unreachable');
+      await target.start();
+      await write;
+      expect(r.state).to.equal('up');
+      expect((await read16(r, 0, 512, data.length)).equals(data)).to.equal(true);
+    } finally {
+      await r.close();
+    }
   });
 
   it("fails commands as 'unreachable' after holdMs when the target never comes back, and close() is bounded", async () => {

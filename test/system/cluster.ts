@@ -29,6 +29,10 @@ export interface AgentOptions {
   port?: number;
   /** HOST:PORT to reach the controller by (a proxy); default the controller's address. */
   controller?: string;
+  /** --host-id: the host the agent says it runs on (default: this machine's). */
+  hostId?: string;
+  /** More flags for `tabula agent` (e.g. --rescan-interval). */
+  args?: readonly string[];
 }
 
 /** The set-up most system tests share: see Cluster.serveVdisk. */
@@ -129,6 +133,8 @@ export class Cluster {
     const portal = `${LOOPBACK}:${port}`;
     const args = ['agent', '--controller', opts.controller ?? this.controllerAddress, '--name', name, '--portal', portal, '--containers', ...opts.containers];
     if (opts.holdTimeoutS !== undefined) args.push('--hold-timeout', String(opts.holdTimeoutS));
+    if (opts.hostId !== undefined) args.push('--host-id', opts.hostId);
+    args.push(...(opts.args ?? []));
     const d = await this.startDaemon(`agent-${name}`, args, new RegExp(`agent ${name} serving on ${portal.replace(/\./g, '\\.')}`), lifetimeMs);
     const a = { name, daemon: d, portal, port };
     this.agents.set(name, a);

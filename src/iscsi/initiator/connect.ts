@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { encodePdu } from '../pdu/encode.js';
 import { PduParser } from '../pdu/parser.js';
 import { Opcode } from '../pdu/types.js';
-import { DEFAULT_INITIATOR_MRDSL, InitiatorLogin, type LoginOptions, type LoginResult } from './login.js';
+import { DEFAULT_INITIATOR_MRDSL, InitiatorLogin, LoginRedirect, type LoginOptions, type LoginResult } from './login.js';
 import { IscsiInitiatorSession, type SessionOptions, type Wire } from './session.js';
 import { TransportError } from './transport.js';
 
@@ -38,8 +38,23 @@ function portalOf(o: { host: string; port: number }): string {
   return o.host.includes(':') ? `[${o.host}]:${o.port}` : `${o.host}:${o.port}`;
 }
 
-/** TCP connect and login; the socket comes back paused. */
-export function openConnection(opts: ConnectOptions & { isid: number }): Promise<LoggedInConnection> {
+/** Redirections followed before a login counts as failed. */
+const MAX_REDIRECTS = 3;
+
+/** TCP connect and login, following the target's redirections; the socket comes back paused. */
+export async function openConnection(opts: ConnectOptions & { isid: number }): Promise<LoggedInConnection> {
+  let at = opts;
+  for (let hop = 0; ; hop++) {
+    try {
+      return await loginOnce(at);
+    } catch (e) {
+      if (!(e instanceof LoginRedirect) || hop === MAX_REDIRECTS) throw e;
+      at = { ...at, host: e.to.host, port: e.to.port };
+    }
+  }
+}
+
+function loginOnce(opts: ConnectOptions & { isid: number }): Promise<LoggedInConnection> {
   const portal = portalOf(opts);
   const timeoutMs = opts.loginTimeoutMs ?? 10_000;
   const machine = new InitiatorLogin(opts);
@@ -53,7 +68,7 @@ export function openConnection(opts: ConnectOptions & { isid: number }): Promise
       done = true;
       clearTimeout(timer);
       socket.removeListener('data', onData);
-      socket.removeListener('error', onError);
+      // onError stays (a no-op now): an error between here and the session's own listener must not go unhandled.
       socket.removeListener('close', onClose);
       if (err) {
         socket.destroy();
@@ -87,7 +102,9 @@ export function openConnection(opts: ConnectOptions & { isid: number }): Promise
           }
         }
       } catch (e) {
-        if (e instanceof TransportError) {
+        if (e instanceof LoginRedirect) {
+          finish(e);
+        } else if (e instanceof TransportError) {
           finish(new TransportError(e.kind, `${e.message} (portal ${portal})`));
         } else {
           finish(new TransportError('protocol', `login at ${portal}: ${(e as Error).message}`));
@@ -104,14 +121,23 @@ export function openConnection(opts: ConnectOptions & { isid: number }): Promise
 }
 
 class SocketWire implements Wire {
+  private corked = false;
+
   constructor(private readonly socket: Socket) {}
 
   write(chunks: Buffer[]): void {
     if (this.socket.destroyed) return;
-    // One writev per PDU: header, data, padding/digest.
-    this.socket.cork();
+    // Everything written in one tick (a burst of commands, a Data-Out
+    // sequence) leaves in one writev.
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
     for (const c of chunks) this.socket.write(c);
-    this.socket.uncork();
   }
 
   destroy(): void {

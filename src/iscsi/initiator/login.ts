@@ -78,6 +78,27 @@ export interface LoginResult {
   maxCmdSN: number;
 }
 
+/** The target redirected the login (status class 1) to another portal. */
+export class LoginRedirect extends TransportError {
+  constructor(
+    readonly to: { host: string; port: number },
+    message: string,
+  ) {
+    super('login', message);
+    this.name = 'LoginRedirect';
+  }
+}
+
+/** "host[:port][,tpgt]" (IPv6 in brackets) as in TargetAddress; port 3260 when absent. */
+export function parseTargetAddress(v: string): { host: string; port: number } | undefined {
+  const addr = v.split(',')[0]!.trim();
+  const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(addr) ?? /^([^:[\]]+)(?::(\d+))?$/.exec(addr);
+  if (!m) return undefined;
+  const port = m[2] === undefined ? 3260 : Number(m[2]);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) return undefined;
+  return { host: m[1]!, port };
+}
+
 export type LoginStepResult = { kind: 'send'; pdu: LoginRequest } | { kind: 'done'; result: LoginResult };
 
 export enum InitiatorLoginState {
@@ -196,6 +217,17 @@ export class InitiatorLogin {
       throw new TransportError('protocol', `login: unexpected Login Response in state ${InitiatorLoginState[this.st]}`);
     }
     if (resp.opcode !== Opcode.LoginResponse) throw new TransportError('protocol', 'login: expected a Login Response');
+    if (resp.statusClass === 1) {
+      // Redirection: the target names the portal to log in at instead.
+      let address: string | undefined;
+      try {
+        address = new Map(parseText(resp.data)).get('TargetAddress');
+      } catch {
+        address = undefined;
+      }
+      const to = address === undefined ? undefined : parseTargetAddress(address);
+      if (to) throw new LoginRedirect(to, `login to ${this.opts.targetName ?? 'discovery'} redirected to ${address}: ${loginStatusName(resp)}`);
+    }
     if (resp.statusClass !== 0) {
       const what = loginStatusName(resp);
       const kind = loginRejectKind(resp);

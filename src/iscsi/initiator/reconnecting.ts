@@ -42,11 +42,23 @@ export class ReconnectingSession implements ScsiTransport {
   /** Logins since the first one (for tests and diagnostics). */
   reconnects = 0;
   private lastError: TransportError | undefined;
+  private everUp = false;
 
   /** Logs in once (throwing the TransportError if that fails), then keeps the session up. */
   static async connect(opts: ReconnectingOptions): Promise<ReconnectingSession> {
     const r = new ReconnectingSession(opts);
     await r.firstLogin();
+    return r;
+  }
+
+  /**
+   * Starts without waiting: the state is 'connecting' until the first login
+   * succeeds, retried with the same backoff as a reconnection (for a portal
+   * that may be down when the agent starts). Commands wait up to holdMs.
+   */
+  static start(opts: ReconnectingOptions): ReconnectingSession {
+    const r = new ReconnectingSession(opts);
+    void r.reconnectLoop(true);
     return r;
   }
 
@@ -134,6 +146,7 @@ export class ReconnectingSession implements ScsiTransport {
     this.session = s;
     s.onDown((err) => this.sessionDown(s, err));
     if (s.state !== 'up') return;
+    this.everUp = true;
     this.setState('up');
     for (const w of this.waiters) {
       clearTimeout(w.timer);
@@ -151,26 +164,32 @@ export class ReconnectingSession implements ScsiTransport {
     void this.reconnectLoop();
   }
 
-  private async reconnectLoop(): Promise<void> {
+  private async reconnectLoop(first = false): Promise<void> {
     if (this.reconnecting) return;
     this.reconnecting = true;
     let delay = this.opts.backoffInitialMs ?? 100;
     const max = this.opts.backoffMaxMs ?? 2000;
+    const waiting = (): boolean => this.st === 'down' || this.st === 'connecting';
     try {
-      while (this.st === 'down') {
-        await this.sleep(delay);
-        if (this.st !== 'down') return;
+      while (waiting()) {
+        if (!first) await this.sleep(delay);
+        if (!waiting()) return;
         try {
           const s = await this.connectFn(this.connectOptions());
-          this.reconnects++;
-          log.info('iSCSI session reinstated', { target: this.label, tsih: s.tsih });
+          if (!this.everUp) {
+            log.info('iSCSI session up', { target: this.label, tsih: s.tsih });
+          } else {
+            this.reconnects++;
+            log.info('iSCSI session reinstated', { target: this.label, tsih: s.tsih });
+          }
           this.install(s);
           return;
         } catch (e) {
           this.lastError = e instanceof TransportError ? e : new TransportError('unreachable', (e as Error).message);
           log.debug('iSCSI reconnect failed', { target: this.label, error: this.lastError.message, nextInMs: Math.min(delay * 2, max) });
         }
-        delay = Math.min(delay * 2, max);
+        if (first) first = false;
+        else delay = Math.min(delay * 2, max);
       }
     } finally {
       this.reconnecting = false;
@@ -192,6 +211,8 @@ export class ReconnectingSession implements ScsiTransport {
   }
 
   private waitUp(until: number): Promise<void> {
+    // A new session may already be up (the old one's failure reached us late).
+    if (this.st === 'up' && this.session) return Promise.resolve();
     const left = until - Date.now();
     if (left <= 0) return Promise.reject(this.unreachable());
     return new Promise<void>((resolve, reject) => {

@@ -304,7 +304,8 @@ export class IscsiInitiatorSession implements ScsiTransport {
       } catch (e) {
         if (e instanceof ConnectionDrop) this.goDown(new ConnectionLostError('unreachable', `${this.opts.label}: ${e.message}`));
         else if (e instanceof ProtocolViolation) this.protocolError(e.message);
-        else throw e;
+        // Whatever the target sent, it must not take the process down: a PDU we failed on ends the connection.
+        else this.protocolError(`cannot handle a PDU (opcode ${hex(r.pdu.opcode)}): ${(e as Error).message}`);
         return;
       }
     }
@@ -596,7 +597,7 @@ export class IscsiInitiatorSession implements ScsiTransport {
     t.cmdSN = this.cmdSN;
     this.cmdSN = snAdd(this.cmdSN, 1);
     this.inFlight++;
-    if (inLen > 0) t.readBuf = Buffer.allocUnsafe(inLen);
+    if (inLen > 0) t.readBuf = t.req.dataInBuffer ? t.req.dataInBuffer.subarray(0, inLen) : Buffer.allocUnsafe(inLen);
     let immediate = 0;
     let unsolicitedEnd = 0;
     if (out && out.length > 0) {
@@ -813,5 +814,6 @@ function validate(req: ScsiRequest): string | undefined {
   const n = req.dataInLength ?? 0;
   if (!Number.isInteger(n) || n < 0 || n > MAX_DATA_IN_LENGTH) return `dataInLength ${n} (0..${MAX_DATA_IN_LENGTH})`;
   if (!Number.isInteger(req.lun) || req.lun < 0 || req.lun > 0x3fff) return `LUN ${req.lun}`;
+  if (req.dataInBuffer && req.dataInBuffer.length < n) return `dataInBuffer of ${req.dataInBuffer.length} bytes for dataInLength ${n}`;
   return undefined;
 }

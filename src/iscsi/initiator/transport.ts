@@ -11,6 +11,12 @@ export interface ScsiRequest {
   dataOut?: Buffer;
   /** Bytes expected from the target (READ, INQUIRY, ...). */
   dataInLength?: number;
+  /**
+   * Where the Data-In lands (at least dataInLength bytes), e.g. the caller's
+   * read buffer: saves a copy, and result.data is then a view of it. Its
+   * contents are undefined when the command fails.
+   */
+  dataInBuffer?: Buffer;
   /** Overrides the session's command timeout for this command. */
   timeoutMs?: number;
 }

@@ -62,7 +62,10 @@ describe('agent daemon', function () {
     const { register } = await fx.ctl.accept();
     expect(register.agentName).to.equal('agent-a');
     expect(register.portals).to.deep.equal([`127.0.0.1:${fx.rig.port}`]);
-    expect(register.containers).to.deep.equal([{ id: CONTAINER_ID, path: fx.rig.containerPath, size: 4 << 20, dataOffset: DATA_OFFSET }]);
+    // ContainerRef's reachability and kind (issue 15) ride along.
+    expect(register.containers).to.deep.equal([
+      { id: CONTAINER_ID, path: fx.rig.containerPath, size: 4 << 20, dataOffset: DATA_OFFSET, reachable: true, error: '', kind: 'file' },
+    ]);
     expect(register.tables).to.deep.equal([]);
   });
 

@@ -79,8 +79,9 @@ export class SpyDriver implements ContainerDriver {
     if (this.failWith) throw this.failWith;
     return this.inner.write(offset, data, opts);
   }
-  flush(): Promise<void> {
+  async flush(): Promise<void> {
     this.calls.push({ op: 'flush', container: this.id, offset: -1, length: 0 });
+    if (this.failWith) throw this.failWith;
     return this.inner.flush();
   }
   discard(offset: number, length: number): Promise<void> {

@@ -2,6 +2,8 @@ import { expect } from 'chai';
 import { BlockDeviceError } from '../../../src/blockdev/block-device.js';
 import { ReleaseLostError, VdiskIoError, type FaultDecision } from '../../../src/agent/fault.js';
 import { VdiskDevice } from '../../../src/agent/vdisk-device.js';
+import { ContainerIoError } from '../../../src/container/driver.js';
+import { TransportError } from '../../../src/iscsi/initiator/transport.js';
 import { VersionGapError, diff } from '../../../src/table/delta.js';
 import { MappingTable } from '../../../src/table/mapping-table.js';
 import { IoOp, SegmentState } from '../../../src/table/segment-state.js';
@@ -255,6 +257,23 @@ describe('agent/VdiskDevice', () => {
       expect(e.kind).to.equal('read-error');
       expect(sink.faults[0]).to.include({ segment: 0, op: IoOp.Read, state: SegmentState.Error });
       expect(sink.faults[0]?.detail).to.contain('EIO');
+    });
+
+    it('an unreachable container (EUNREACHABLE, or a transport error) fails the piece retryably, 0B/08/00, and reports no error fault', async () => {
+      make();
+      fx.drivers[C1]!.failWith = new ContainerIoError('read', 'iscsi://st1:3260/iqn.x/0', 3 * SEG, 'EUNREACHABLE', 'target away past the hold timeout');
+      const e = (await rejects(dev.read(0, 1))) as VdiskIoError;
+      expect([e.kind, e.sense]).to.deep.equal(['unreachable', { key: 0x0b, asc: 0x08, ascq: 0x00 }]);
+      fx.drivers[C1]!.failWith = new TransportError('unreachable', 'connection lost');
+      const w = (await rejects(dev.write(0, pattern(1, 3)))) as VdiskIoError;
+      expect(w.kind).to.equal('unreachable');
+      const f = (await rejects(dev.flush())) as VdiskIoError;
+      expect(f.kind).to.equal('unreachable');
+      expect(sink.faults).to.deep.equal([]);
+      // Back: the same segment serves again, nothing was marked.
+      fx.drivers[C1]!.failWith = null;
+      await dev.write(0, pattern(1, 4));
+      expect((await dev.read(0, 1)).equals(pattern(1, 4))).to.equal(true);
     });
 
     it('fencing makes every segment fault until a whole table is installed', async () => {

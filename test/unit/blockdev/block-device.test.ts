@@ -15,6 +15,7 @@ describe('blockdev/BlockDeviceError', () => {
       'out-of-range': '05/21/00',
       'lu-not-supported': '05/25/00',
       'internal-failure': '04/44/00',
+      unreachable: '0b/08/00',
     });
   });
 

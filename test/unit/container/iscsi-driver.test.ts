@@ -288,6 +288,15 @@ describe('IscsiContainerDriver', () => {
       expect((await rejects(d.read(0, 512))).code).to.equal('EUNREACHABLE');
     });
 
+    it('a target that keeps reporting UNIT ATTENTION is paced, then EUNREACHABLE', async () => {
+      const { r, d } = await labelled({}, { holdMs: 300 });
+      let n = 0;
+      r.transport.intercept = (req) => (req.cdb[0] === 0x88 ? (n++, checkCondition(0x06, 0x29, 0x00)) : undefined);
+      expect((await rejects(d.read(0, 512))).code).to.equal('EUNREACHABLE');
+      // Unpaced, a loop over an in-process target would send thousands in that time.
+      expect(n).to.be.within(5, 100);
+    });
+
     it('a transport that lost the target is EUNREACHABLE at once; a closed one is EBADF', async () => {
       const { r, d } = await labelled();
       let calls = 0;

@@ -67,6 +67,8 @@ export interface FakeAgentOptions {
   files?: Map<string, string>;
   /** How ZeroCommands (scrubs) are answered: 'ok' at once (default, and zeroed in `files` when there), or 'manual' (the test calls copyDone). */
   zero?: 'ok' | 'manual';
+  /** Register.host_id (default: none, as an older agent). */
+  hostId?: string;
 }
 
 export class FakeAgent {
@@ -116,6 +118,7 @@ export class FakeAgent {
         containers: this.#opts.containers ?? [],
         tables,
         softwareVersion: 'test',
+        ...(this.#opts.hostId !== undefined ? { hostId: this.#opts.hostId } : {}),
       },
     });
     const m = await this.next((x) => x.body === 'welcome');
@@ -199,6 +202,11 @@ export class FakeAgent {
       closeSync(fd);
     }
     return null;
+  }
+
+  /** Sends ContainerUpdate: the agent's whole container list now. */
+  containerUpdate(containers: ContainerRef[]): void {
+    this.stream.write({ body: 'containerUpdate', containerUpdate: { containers } });
   }
 
   ack(vdiskId: string, version: number): void {

@@ -44,6 +44,18 @@ describe('metrics: controller gauges', function () {
     expect(valueOf(e, 'tabula_controller_table_pushes_total', { kind: 'full' })).to.equal(0);
   });
 
+  it('shows, per agent and container, whether the agent reaches it (tabula_agent_container_reachable)', async () => {
+    // As Register and ContainerUpdate record them.
+    ctl.db.registerAgent('ha', [], [{ id: CA, path: '/dev/fake/a' }, { id: CB, path: '/dev/fake/b', reachable: false, error: 'iSCSI session down' }], 'host-a');
+    const e = await metrics(ctl.metricsAddress as string);
+    expect(valueOf(e, 'tabula_agent_container_reachable', { agent: 'ha', container: CA })).to.equal(1);
+    expect(valueOf(e, 'tabula_agent_container_reachable', { agent: 'ha', container: CB })).to.equal(0);
+    ctl.db.updateAgentContainers('ha', [{ id: CB, path: '/dev/fake/b' }]);
+    const after = await metrics(ctl.metricsAddress as string);
+    expect(valueOf(after, 'tabula_agent_container_reachable', { agent: 'ha', container: CB })).to.equal(1);
+    expect(valueOf(after, 'tabula_agent_container_reachable', { agent: 'ha', container: CA })).to.equal(undefined);
+  });
+
   it('shows a running migration\'s progress, and drops it once cancelled', async () => {
     // Spread evenly over both containers: the segments on CA are the ones to move.
     const onA = 8 - (valueOf(await metrics(ctl.metricsAddress as string), 'tabula_controller_container_free_segments', { container: CA }) as number);
