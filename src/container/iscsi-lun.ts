@@ -224,6 +224,10 @@ export class IscsiLun {
     const end = Math.ceil((offset + length) / bs);
     if (offset % bs === 0 && length % bs === 0) {
       // Whole blocks: Data-In lands in the caller's buffer, no buffer of our own and no copy.
+      if (end - first <= this.geometry.maxTransferBlocks) {
+        await this.#readBlocks(first, end - first, target.subarray(targetOffset, targetOffset + length));
+        return;
+      }
       await this.#split(first, end - first, this.geometry.maxTransferBlocks, async (lba, n) => {
         const at = targetOffset + (lba - first) * bs;
         await this.#readBlocks(lba, n, target.subarray(at, at + n * bs));
