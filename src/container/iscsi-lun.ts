@@ -222,28 +222,24 @@ export class IscsiLun {
     const bs = this.geometry.blockSize;
     const first = Math.floor(offset / bs);
     const end = Math.ceil((offset + length) / bs);
-    if (offset % bs === 0 && length % bs === 0) {
-      // Whole blocks: Data-In lands in the caller's buffer, no buffer of our own and no copy.
-      if (end - first <= this.geometry.maxTransferBlocks) {
-        await this.#readBlocks(first, end - first, target.subarray(targetOffset, targetOffset + length));
-        return;
-      }
-      await this.#split(first, end - first, this.geometry.maxTransferBlocks, async (lba, n) => {
-        const at = targetOffset + (lba - first) * bs;
-        await this.#readBlocks(lba, n, target.subarray(at, at + n * bs));
-      });
+    if (offset % bs === 0 && length % bs === 0 && end - first <= this.geometry.maxTransferBlocks) {
+      // Whole blocks in one command (the agent's usual read): straight into the caller's buffer, without the split's frames.
+      await this.#readBlocks(first, end - first, target.subarray(targetOffset, targetOffset + length));
       return;
     }
     await this.#split(first, end - first, this.geometry.maxTransferBlocks, async (lba, n) => {
-      const data = await this.#readBlocks(lba, n);
       // The piece of [offset, offset+length) these blocks hold.
       const from = Math.max(offset, lba * bs);
       const to = Math.min(offset + length, (lba + n) * bs);
-      data.copy(target, targetOffset + (from - offset), from - lba * bs, to - lba * bs);
+      const dest = target.subarray(targetOffset + (from - offset), targetOffset + (to - offset));
+      // Whole blocks land straight in the caller's buffer (the initiator's dataInBuffer); ragged ends via a copy.
+      const whole = from === lba * bs && to === (lba + n) * bs;
+      const data = await this.#readBlocks(lba, n, whole ? dest : undefined);
+      if (data.buffer !== dest.buffer || data.byteOffset !== dest.byteOffset) data.copy(dest, 0, from - lba * bs, to - lba * bs);
     });
   }
 
-  /** Reads blocks [lba, lba+n), into `into` (exactly n blocks) when given. */
+  /** Reads blocks [lba, lba+n), into `into` (exactly n blocks) when given, and returns where they are. */
   async #readBlocks(lba: number, n: number, into?: Buffer): Promise<Buffer> {
     const bytes = n * this.geometry.blockSize;
     const req: ScsiRequest = { lun: this.lun, cdb: read16Cdb(lba, n), dataInLength: bytes };
@@ -254,7 +250,10 @@ export class IscsiLun {
       throw this.#error('read', lba * this.geometry.blockSize, 'EIO', `READ(16) lba=${lba} blocks=${n}: ${data?.length ?? 0} of ${bytes} bytes came back`);
     }
     // A transport that does not honour dataInBuffer (a SessionPool's member may be any) returns its own buffer.
-    if (into !== undefined && !(data.buffer === into.buffer && data.byteOffset === into.byteOffset)) data.copy(into, 0, 0, bytes);
+    if (into !== undefined && !(data.buffer === into.buffer && data.byteOffset === into.byteOffset)) {
+      data.copy(into, 0, 0, bytes);
+      return into;
+    }
     return data;
   }
 
@@ -575,7 +574,8 @@ export class IscsiLun {
 
   #error(op: ContainerOp, lunOffset: number, code: string, message: string): ContainerIoError {
     const at = lunOffset < 0 ? -1 : Math.max(0, lunOffset - this.#errorBase);
-    return new ContainerIoError(op, this.path, at, code, message);
+    // The code in the text too: fault details and logs carry only the message.
+    return new ContainerIoError(op, this.path, at, code, `${message} (${code})`);
   }
 }
 

@@ -102,11 +102,13 @@ export async function scanIscsiLocator(locator: string, opts: IscsiScanOptions =
   for (const target of targets) {
     const targetLoc: IscsiLocator = { ...portal, target, ...(loc.chap ? { chap: loc.chap } : {}) };
     const targetPath = formatIscsiLocator(targetLoc, { redact: true });
+    // A LUN named alone is reported by its own locator, as the admin wrote it.
+    const failPath = loc.lun === undefined ? targetPath : iscsiPath(lunLocator(loc, target, loc.lun));
     let shared: SharedTransport;
     try {
       shared = new SharedTransport(await connector.connect(portal, target, loc.chap, client));
     } catch (e) {
-      out.problems.push(problemOf(targetPath, e));
+      out.problems.push(problemOf(failPath, e));
       continue;
     }
     const mine = shared.handle();

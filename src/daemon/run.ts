@@ -58,6 +58,8 @@ const RESTART_KEYS: Readonly<Record<Role, Readonly<Record<string, (c: TabulaConf
     'agent.metrics-listen': (c) => c.agent.metricsListen,
     'agent.host-id': (c) => c.agent.hostId,
     'agent.rescan-interval': (c) => c.agent.rescanIntervalSec,
+    // The initiator's settings are fixed when its sessions log in.
+    'agent.iscsi': (c) => c.agent.iscsi,
     // iSCSI login settings are fixed when the portals start.
     'security.chap': (c) => c.security.chap,
     'security.allowed-initiators': (c) => c.security.allowedInitiators,

@@ -10,6 +10,7 @@ import { ConfigError, validateConfig } from '../../../src/config/index.js';
 import { agentOptions, iscsiClient } from '../../../src/daemon/options.js';
 import { AGENT_FLAGS } from '../../../src/cli/agent.js';
 import { iscsiSecretFile } from '../../../src/cli/daemon-flags.js';
+import { restartNeeded } from '../../../src/daemon/run.js';
 
 const ctx = { hostname: 'node7' };
 const agent = (a: object) => validateConfig({ role: 'agent', controller: { address: 'ctl:7360' }, agent: a }, 't', ctx);
@@ -49,6 +50,11 @@ describe('config: agent.iscsi', () => {
       holdMs: 8000,
     });
     expect(agentOptions(c).containerOptions).to.deep.equal({ iscsi: iscsiClient(c) });
+  });
+
+  it('a change takes a restart (SIGHUP says so)', () => {
+    expect(restartNeeded('agent', agent({}), agent({ iscsi: { 'queue-depth': 8 } }))).to.deep.equal(['agent.iscsi']);
+    expect(restartNeeded('agent', agent({ iscsi: { sessions: 2 } }), agent({ iscsi: { sessions: 2 } }))).to.deep.equal([]);
   });
 
   it('without the section the agent gets no initiator options (the defaults apply)', () => {

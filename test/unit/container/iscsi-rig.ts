@@ -57,6 +57,8 @@ export class LoopTransport implements ScsiTransport {
       if (res.dataIn) {
         const want = req.dataInLength ?? 0;
         out.data = res.dataIn.subarray(0, Math.min(want, res.dataIn.length));
+        // As the initiator does: Data-In lands in the caller's buffer, and data is a view of it.
+        if (req.dataInBuffer !== undefined) out.data = req.dataInBuffer.subarray(0, out.data.copy(req.dataInBuffer));
         if (res.dataIn.length !== want) out.residual = want - res.dataIn.length;
       }
       return out;
