@@ -18,6 +18,11 @@ function sessionOptions(portal: Portal, chap: IscsiChap | undefined, opts: Iscsi
     ...(chap === undefined ? {} : { chap: { user: chap.user, secret: chap.secret } }),
     // Mutual CHAP rides on CHAP: without a user and secret for the target there is nothing to answer.
     ...(chap !== undefined && o.mutualChap !== undefined ? { mutualChap: { ...o.mutualChap } } : {}),
+    // A write of up to 1 MiB (the agent's largest usual I/O) goes out with its command, no R2T round trip,
+    // where the target agrees (InitialR2T is Yes if either side says so; FirstBurstLength is the lesser).
+    initialR2T: false,
+    firstBurstLength: 1 << 20,
+    maxBurstLength: 1 << 20,
     queueDepth: o.queueDepth,
     commandTimeoutMs: o.commandTimeoutMs,
     holdMs: o.holdMs,

@@ -222,6 +222,11 @@ export class IscsiLun {
     const bs = this.geometry.blockSize;
     const first = Math.floor(offset / bs);
     const end = Math.ceil((offset + length) / bs);
+    if (offset % bs === 0 && length % bs === 0 && end - first <= this.geometry.maxTransferBlocks) {
+      // Whole blocks in one command (the agent's usual read): straight into the caller's buffer, without the split's frames.
+      await this.#readBlocks(first, end - first, target.subarray(targetOffset, targetOffset + length));
+      return;
+    }
     await this.#split(first, end - first, this.geometry.maxTransferBlocks, async (lba, n) => {
       // The piece of [offset, offset+length) these blocks hold.
       const from = Math.max(offset, lba * bs);
@@ -234,6 +239,7 @@ export class IscsiLun {
     });
   }
 
+  /** Reads blocks [lba, lba+n), into `into` (exactly n blocks) when given, and returns where they are. */
   async #readBlocks(lba: number, n: number, into?: Buffer): Promise<Buffer> {
     const bytes = n * this.geometry.blockSize;
     const req: ScsiRequest = { lun: this.lun, cdb: read16Cdb(lba, n), dataInLength: bytes };
@@ -243,6 +249,11 @@ export class IscsiLun {
     if (data === undefined || data.length < bytes) {
       throw this.#error('read', lba * this.geometry.blockSize, 'EIO', `READ(16) lba=${lba} blocks=${n}: ${data?.length ?? 0} of ${bytes} bytes came back`);
     }
+    // A transport that does not honour dataInBuffer (a SessionPool's member may be any) returns its own buffer.
+    if (into !== undefined && !(data.buffer === into.buffer && data.byteOffset === into.byteOffset)) {
+      data.copy(into, 0, 0, bytes);
+      return into;
+    }
     return data;
   }
 
@@ -251,6 +262,11 @@ export class IscsiLun {
   /** Writes all of `data` at LUN byte `offset`; partial blocks at either end are read, patched and written. */
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     const bs = this.geometry.blockSize;
+    if (offset % bs === 0 && data.length % bs === 0 && data.length > 0) {
+      // Whole blocks (the agent's usual write): what #byBlocks would do, without its job list.
+      const lba = offset / bs;
+      return this.#guarded(lba, lba + data.length / bs, false, () => this.#writeBlocks(lba, data, fua));
+    }
     await this.#byBlocks(
       'write',
       offset,
@@ -263,6 +279,10 @@ export class IscsiLun {
 
   async #writeBlocks(lba: number, data: Buffer, fua: boolean): Promise<void> {
     const n = data.length / this.geometry.blockSize;
+    if (n <= this.geometry.maxTransferBlocks) {
+      await this.#run('write', lba * this.geometry.blockSize, { lun: this.lun, cdb: write16Cdb(lba, n, fua), dataOut: data });
+      return;
+    }
     await this.#split(lba, n, this.geometry.maxTransferBlocks, async (l, k) => {
       const bs = this.geometry.blockSize;
       const piece = data.subarray((l - lba) * bs, (l - lba + k) * bs);
@@ -416,12 +436,12 @@ export class IscsiLun {
     for (;;) {
       if (!rmw && this.#rmwActive === 0) break;
       const blocking: Promise<void>[] = [];
-      for (const a of this.#active) if ((rmw || a.rmw) && a.start < end && start < a.end) blocking.push(a.done);
+      for (const a of this.#active) if ((rmw || a.rmw) && a.start < end && start < a.end) blocking.push((a.done ??= new Promise<void>((r) => (a.release = r))));
       if (blocking.length === 0) break;
       await Promise.allSettled(blocking);
     }
-    let release!: () => void;
-    const entry: ActiveWrite = { start, end, rmw, done: new Promise<void>((r) => (release = r)) };
+    // `done` is made only when a write has to wait for this one: rarely, so no promise per write.
+    const entry: ActiveWrite = { start, end, rmw, done: undefined, release: undefined };
     this.#active.add(entry);
     if (rmw) this.#rmwActive++;
     try {
@@ -429,7 +449,7 @@ export class IscsiLun {
     } finally {
       this.#active.delete(entry);
       if (rmw) this.#rmwActive--;
-      release();
+      entry.release?.();
     }
   }
 
@@ -454,8 +474,13 @@ export class IscsiLun {
   }
 
   /** #try, where a refusal is an error like any other. */
-  async #run(op: ContainerOp, offset: number, req: ScsiRequest, note = ''): Promise<ScsiResult> {
-    return (await this.#attempt(op, offset, req, false, note)) as ScsiResult;
+  #run(op: ContainerOp, offset: number, req: ScsiRequest, note = ''): Promise<ScsiResult> {
+    // GOOD at the first try (nearly every command) skips the retry loop's async frame: one promise less per I/O.
+    const start = Date.now();
+    return this.transport.execute(req).then(
+      (r) => (r.status === Status.Good ? r : (this.#attempt(op, offset, req, false, note, start, { r }) as Promise<ScsiResult>)),
+      (e: unknown) => this.#attempt(op, offset, req, false, note, start, { e }) as Promise<ScsiResult>,
+    );
   }
 
   /** Sends one command; ILLEGAL REQUEST for an unknown opcode or field returns 'unsupported'. */
@@ -468,10 +493,19 @@ export class IscsiLun {
    * conditions are retried with backoff until the hold deadline; the rest
    * throw ContainerIoError.
    */
-  async #attempt(op: ContainerOp, offset: number, req: ScsiRequest, mayRefuse: boolean, note: string): Promise<ScsiResult | Unsupported> {
+  async #attempt(
+    op: ContainerOp,
+    offset: number,
+    req: ScsiRequest,
+    mayRefuse: boolean,
+    note: string,
+    start = Date.now(),
+    /** The outcome of a first try already made (by #run). */
+    first?: { r: ScsiResult } | { e: unknown },
+  ): Promise<ScsiResult | Unsupported> {
     // Named only when an error needs it: no string is built per command.
     const what = (): string => `${cdbText(req.cdb)}${note}`;
-    const deadline = Date.now() + this.#holdMs;
+    const deadline = start + this.#holdMs;
     let delay = 1;
     let attentions = 0;
     let last = '';
@@ -482,8 +516,13 @@ export class IscsiLun {
       }
       let r: ScsiResult;
       try {
-        const timed = attempt > 0 && this.#commandTimeoutMs !== undefined && left < this.#commandTimeoutMs ? { ...req, timeoutMs: Math.max(1, left) } : req;
-        r = await this.transport.execute(timed);
+        if (attempt === 0 && first !== undefined) {
+          if ('e' in first) throw first.e;
+          r = first.r;
+        } else {
+          const timed = attempt > 0 && this.#commandTimeoutMs !== undefined && left < this.#commandTimeoutMs ? { ...req, timeoutMs: Math.max(1, left) } : req;
+          r = await this.transport.execute(timed);
+        }
       } catch (e) {
         if (!(e instanceof TransportError)) throw e;
         if (e.kind === 'closed') throw this.#error(op, offset, 'EBADF', `${what()}: ${e.message}`);
@@ -544,7 +583,9 @@ interface ActiveWrite {
   start: number;
   end: number;
   rmw: boolean;
-  done: Promise<void>;
+  /** Settles when the write is over; made by the first write that waits for it. */
+  done: Promise<void> | undefined;
+  release: (() => void) | undefined;
 }
 
 const EMPTY_GEOMETRY: LunGeometry = {

@@ -88,7 +88,23 @@ export class ReconnectingSession implements ScsiTransport {
     return () => this.listeners.delete(fn);
   }
 
-  async execute(req: ScsiRequest): Promise<ScsiResult> {
+  execute(req: ScsiRequest): Promise<ScsiResult> {
+    // The common case, a session up: straight to it, the loop below only after a lost connection.
+    const s = this.session;
+    if (this.st === 'up' && s) return s.execute(req).catch((e: unknown) => this.afterLoss(s, e, req));
+    return this.held(req);
+  }
+
+  /** The command failed on session `s`: lost with its connection, it runs again on the next session. */
+  private afterLoss(s: IscsiInitiatorSession, e: unknown, req: ScsiRequest): Promise<ScsiResult> {
+    // Anything else is the caller's.
+    if (!(e instanceof ConnectionLostError)) return Promise.reject(e);
+    this.lastError = e;
+    if (s === this.session) this.sessionDown(s, e);
+    return this.held(req);
+  }
+
+  private async held(req: ScsiRequest): Promise<ScsiResult> {
     let holdUntil: number | undefined;
     for (;;) {
       if (this.st === 'closed') throw new TransportError('closed', `${this.label}: closed`);

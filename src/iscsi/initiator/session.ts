@@ -14,6 +14,7 @@ import {
   RESERVED_TAG,
   TaskAttr,
   TmfFunction,
+  type AhsSegment,
   type AsyncMessagePdu,
   type DataIn,
   type DataOut,
@@ -114,6 +115,21 @@ const DEFAULTS = {
   abortTimeoutMs: 5_000,
   logoutTimeoutMs: 2_000,
 };
+
+/** Shared by the PDUs without data or AHS (the encoder only reads them): nothing allocated per command for them. */
+const NO_DATA = Buffer.alloc(0);
+const NO_AHS: AhsSegment[] = [];
+
+/** LUN fields by LUN number: encoding one makes a BigInt, once per LUN instead of once per command. */
+const lunFields = new Map<number, bigint>();
+function lunField(lun: number): bigint {
+  let f = lunFields.get(lun);
+  if (f === undefined) {
+    f = encodeLun(lun);
+    lunFields.set(lun, f);
+  }
+  return f;
+}
 
 /** The largest Data-In a command may ask for: bounds what one command makes us allocate. */
 export const MAX_DATA_IN_LENGTH = 64 << 20;
@@ -218,7 +234,7 @@ export class IscsiInitiatorSession implements ScsiTransport {
       const task: Task = {
         itt: this.allocItt(),
         req,
-        lunField: encodeLun(req.lun),
+        lunField: lunField(req.lun),
         resolve,
         reject,
         sent: false,
@@ -608,8 +624,8 @@ export class IscsiInitiatorSession implements ScsiTransport {
     const cmd: ScsiCommandPdu = {
       opcode: Opcode.ScsiCommand,
       immediate: false,
-      ahs: [],
-      data: out && immediate > 0 ? out.subarray(0, immediate) : Buffer.alloc(0),
+      ahs: NO_AHS,
+      data: out && immediate > 0 ? out.subarray(0, immediate) : NO_DATA,
       final: unsolicitedEnd <= immediate,
       read: inLen > 0,
       write: out !== undefined && out.length > 0,
@@ -634,7 +650,7 @@ export class IscsiInitiatorSession implements ScsiTransport {
       const pdu: DataOut = {
         opcode: Opcode.DataOut,
         immediate: false,
-        ahs: [],
+        ahs: NO_AHS,
         data: data.subarray(off, end),
         final: end === to,
         lun: t.lunField,
