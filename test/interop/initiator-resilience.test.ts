@@ -14,8 +14,8 @@ import { killGroup, spawnBounded } from '../support/bounded-run.js';
 import { LOOPBACK, freeLoopbackPort, sleep, terminate, waitExit } from '../support/process.js';
 import { cleanEnv, tabulaLauncher } from '../support/tabula-process.js';
 import {
-  IscsiInitiatorSession,
   ReconnectingSession,
+  connectSession,
   TransportError,
   read16Cdb,
   senseKey,
@@ -143,7 +143,7 @@ describe('iSCSI initiator resilience (tabula target)', function () {
   });
 
   it('aborts a command that times out (ABORT TASK) and keeps the session usable', async () => {
-    const s = await IscsiInitiatorSession.connect(target.options({ nopIntervalMs: 0, abortTimeoutMs: 30_000 }));
+    const s = await connectSession(target.options({ nopIntervalMs: 0, abortTimeoutMs: 30_000 }));
     try {
       await write16(s, 0, 0, randomBytes(4096));
       target.signal('SIGSTOP');

@@ -12,6 +12,7 @@ import {
   TransportError,
   discoverTargets,
   randomIsid,
+  connectSession,
   reportLuns,
   inquiryCdb,
   read16Cdb,
@@ -88,7 +89,7 @@ function optionsFor(t: RunningTarget, extra: Partial<ConnectOptions> = {}): Conn
 }
 
 async function withSession<T>(opts: ConnectOptions, fn: (s: IscsiInitiatorSession) => Promise<T>): Promise<T> {
-  const s = await IscsiInitiatorSession.connect(opts);
+  const s = await connectSession(opts);
   try {
     return await fn(s);
   } finally {
@@ -232,7 +233,7 @@ for (const kind of ['tabula', 'tgtd'] as const) {
     it('reinstates a session: a new login with the same ISID and TSIH 0 replaces the old one', async () => {
       const t = target();
       const isid = randomIsid();
-      const old = await IscsiInitiatorSession.connect(optionsFor(t, { isid, nopIntervalMs: 0 }));
+      const old = await connectSession(optionsFor(t, { isid, nopIntervalMs: 0 }));
       const down = new Promise<TransportError>((resolve) => old.onDown(resolve));
       await read16(old, t.lun, 0, 4096);
       await withSession(optionsFor(t, { isid }), async (s) => {
@@ -301,10 +302,10 @@ for (const kind of ['tabula', 'tgtd'] as const) {
 
     it('fails as auth with a wrong secret, without CHAP, and when the target proves the wrong mutual secret', async () => {
       const t = target();
-      const e1 = await expectTransportError(IscsiInitiatorSession.connect(optionsFor(t, { chap: { user: CHAP.user, secret: 'wrong-secret-123' } })), 'auth');
+      const e1 = await expectTransportError(connectSession(optionsFor(t, { chap: { user: CHAP.user, secret: 'wrong-secret-123' } })), 'auth');
       expect(e1.message).to.match(/AuthenticationFailure|AuthorizationFailure/);
-      await expectTransportError(IscsiInitiatorSession.connect(optionsFor(t)), 'auth');
-      await expectTransportError(IscsiInitiatorSession.connect(optionsFor(t, { chap: CHAP, mutualChap: { user: MUTUAL.user, secret: 'not-the-target-1' } })), 'auth');
+      await expectTransportError(connectSession(optionsFor(t)), 'auth');
+      await expectTransportError(connectSession(optionsFor(t, { chap: CHAP, mutualChap: { user: MUTUAL.user, secret: 'not-the-target-1' } })), 'auth');
     });
   });
 }

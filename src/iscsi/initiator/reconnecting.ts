@@ -6,7 +6,7 @@
 // 'unreachable'; the caller (the agent) holds I/O no longer than that.
 
 import { log } from '../../util/log.js';
-import { randomIsid, type ConnectOptions } from './connect.js';
+import { connectSession, randomIsid, type ConnectOptions } from './connect.js';
 import { ConnectionLostError, IscsiInitiatorSession } from './session.js';
 import { TransportError, type ScsiRequest, type ScsiResult, type ScsiTransport, type TransportState } from './transport.js';
 
@@ -17,7 +17,7 @@ export interface ReconnectingOptions extends ConnectOptions {
   backoffInitialMs?: number;
   /** ...up to this (default 2 s). */
   backoffMaxMs?: number;
-  /** How to open a session (tests inject one; default IscsiInitiatorSession.connect). */
+  /** How to open a session (tests inject one; default connectSession). */
   connectFn?: (opts: ConnectOptions) => Promise<IscsiInitiatorSession>;
 }
 
@@ -65,7 +65,7 @@ export class ReconnectingSession implements ScsiTransport {
   private constructor(private readonly opts: ReconnectingOptions) {
     this.isid = opts.isid ?? randomIsid();
     this.holdMs = opts.holdMs ?? 30_000;
-    this.connectFn = opts.connectFn ?? ((o) => IscsiInitiatorSession.connect(o));
+    this.connectFn = opts.connectFn ?? ((o) => connectSession(o));
   }
 
   get state(): TransportState {

@@ -33,7 +33,6 @@ import { snAdd, snLt, snLte } from '../../iscsi/serial.js';
 import { parseText, serializeText, TextAccumulator, type TextPair } from '../login/text.js';
 import { log } from '../../util/log.js';
 import type { LoginResult } from './login.js';
-import { connectSession, type ConnectOptions } from './connect.js';
 import { TransportError, type ScsiRequest, type ScsiResult, type ScsiTransport, type TransportErrorKind, type TransportState } from './transport.js';
 
 /** Moves bytes; nothing else. */
@@ -164,9 +163,6 @@ export class IscsiInitiatorSession implements ScsiTransport {
   private downError: TransportError | undefined;
 
   /** TCP connect, login, and a session in full-feature phase. */
-  static connect(opts: ConnectOptions): Promise<IscsiInitiatorSession> {
-    return connectSession(opts);
-  }
 
   constructor(
     private readonly wire: Wire,
