@@ -1,13 +1,13 @@
 // Agent commands: data work the controller has an agent do on containers,
 // copy (copy-on-write, migration) and zero (scrub before reuse). Each is
-// one message out and a CopyDone back; a command whose agent disconnects,
-// or that is in flight when the controller stops, ends with an error.
+// one message out and a CopyDone back; a command in flight when the
+// controller stops ends with an error.
 //
 // Every command has a deadline (commandDeadlineMs: a base plus time per
 // MiB), so a connected but silent agent (stopped, hung on its medium) cannot
 // hold a migration, a copy-on-write or the scrubber forever: past it, the
-// caller gets a one-line error. The agent may still run the command when it
-// resumes, so the command stays *overdue* until its CopyDone comes, or the
+// caller gets a one-line error, as when the agent's stream goes away
+// first. The agent may still run the command when it resumes, so the command stays *overdue* until its CopyDone comes, or the
 // agent has registered again and had the command's deadline (its stream
 // going away is not enough: linkGone), and the caller's `late` callback runs
 // then: whatever the command writes (a copy's destination, the segments
@@ -175,19 +175,25 @@ export class AgentCommands {
   }
 
   /**
-   * The link's agent is gone: its commands end with an error. An overdue
-   * command does not: the agent was silent, not necessarily stopped, and a
-   * process that resumes still reads the commands buffered on its old
-   * stream and runs them. It stays owed until the agent answers it (on any
-   * later stream of the same name) or has been registered again for the
-   * command's deadline (registered).
+   * The link's agent is gone: the callers of its commands get their answer
+   * now, as overdue. A stream going away does not mean the process stopped:
+   * a stopped (or partitioned) agent that resumes still reads the commands
+   * buffered on its old stream and runs them, so what they write stays out
+   * of use the same way (`late`): until the agent answers (on any later
+   * stream of the same name) or has been registered again for the command's
+   * deadline (registered).
    */
   linkGone(link: AgentLink): void {
     for (const [id, c] of this.#pending) {
       if (link.name === null || c.agent !== link.name) continue;
       if (c.overdue) continue;
-      this.#pending.delete(id);
-      this.#end(c, `agent ${link.name} disconnected`);
+      if (c.timer !== null) clearTimeout(c.timer);
+      c.timer = null;
+      c.overdue = true;
+      const reason = `${OVERDUE}agent ${link.name} disconnected before it finished command ${id} (${c.what})`;
+      log.warn(`${reason}; what it writes stays out of use until it answers, or is back and has had its deadline again`);
+      this.#db.event('command', link.name, reason);
+      c.resolve(reason);
     }
   }
 
