@@ -43,8 +43,9 @@ const READ_BUFFER_BYTES = 256 * 1024;
  * The socket reads into one buffer, reused while the parser keeps nothing
  * of it: node's default allocates a buffer per read, and that memory,
  * counted as external, drove full garbage collections at high IOPS. When
- * the parser still holds bytes of it (a PDU that spans reads), the next read
- * goes to a fresh buffer instead.
+ * the parser still refers to bytes of it (a PDU that spans reads, or the
+ * header of one whose data is still to come), the next read goes to a fresh
+ * buffer instead.
  */
 export class SocketReads {
   private buf = Buffer.allocUnsafe(READ_BUFFER_BYTES);
@@ -57,7 +58,7 @@ export class SocketReads {
   options(): OnReadOpts {
     return {
       buffer: () => {
-        if (this.parser.buffered > 0) this.buf = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+        if (this.parser.holdsInput) this.buf = Buffer.allocUnsafe(READ_BUFFER_BYTES);
         return this.buf;
       },
       callback: (n, buf) => {

@@ -54,3 +54,35 @@ describe('initiator socket reads', () => {
     expect(seen).to.deep.equal([7, 8, 9]);
   });
 });
+
+describe('initiator socket reads, a read ending right after a header', () => {
+  function nopInWithData(itt: number, data: Buffer): Buffer {
+    const pdu: NopIn = { opcode: Opcode.NopIn, immediate: false, ahs: [], data, lun: 0n, itt, ttt: RESERVED_TAG, statSN: 1, expCmdSN: 1, maxCmdSN: 1 };
+    return Buffer.concat(encodePdu(pdu, { header: false, data: false }));
+  }
+
+  it('keeps the header the parser took (its data still to come) out of the next read', () => {
+    // The parser consumes a header as soon as it is whole and keeps a view of
+    // it until the data arrives: it buffers nothing then, yet the next read
+    // must not land on that header.
+    const parser = new PduParser();
+    const reads = new SocketReads(parser);
+    const seen: Array<{ itt: number; data: string }> = [];
+    reads.sink = (view) => {
+      parser.push(view);
+      for (let r = parser.next(); r !== null; r = parser.next()) {
+        expect(r.ok, r.ok ? '' : r.message).to.equal(true);
+        if (r.ok && r.pdu.opcode === Opcode.NopIn) seen.push({ itt: r.pdu.itt, data: r.pdu.data.toString('hex') });
+      }
+    };
+    const data = Buffer.alloc(64, 0xa5);
+    const first = nopInWithData(5, data);
+    deliver(reads, first.subarray(0, 48));
+    expect(parser.buffered).to.equal(0);
+    deliver(reads, Buffer.concat([first.subarray(48), nopInWithData(6, Buffer.alloc(0))]));
+    expect(seen).to.deep.equal([
+      { itt: 5, data: data.toString('hex') },
+      { itt: 6, data: '' },
+    ]);
+  });
+});
