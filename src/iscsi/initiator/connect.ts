@@ -2,7 +2,7 @@
 // the login state machine over it, and hand the logged-in connection to an
 // IscsiInitiatorSession. Everything here is bounded by loginTimeoutMs.
 
-import { connect as netConnect, type Socket } from 'node:net';
+import { connect as netConnect, type OnReadOpts, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { encodePdu } from '../pdu/encode.js';
 import { PduParser } from '../pdu/parser.js';
@@ -32,6 +32,41 @@ export interface LoggedInConnection {
   /** Holds any bytes the target sent after the final Login Response. */
   parser: PduParser;
   result: LoginResult;
+  /** Where the socket's bytes go from now on (nowhere until set). */
+  reads: SocketReads;
+}
+
+/** Bytes of one socket read (64 KiB is what node reads at most by default; Data-In of 256 KiB fills it). */
+const READ_BUFFER_BYTES = 256 * 1024;
+
+/**
+ * The socket reads into one buffer, reused while the parser keeps nothing
+ * of it: node's default allocates a buffer per read, and that memory,
+ * counted as external, drove full garbage collections at high IOPS. When
+ * the parser still refers to bytes of it (a PDU that spans reads, or the
+ * header of one whose data is still to come), the next read goes to a fresh
+ * buffer instead.
+ */
+export class SocketReads {
+  private buf = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+  /** Gets each read's bytes: a view valid only during the call unless the parser keeps them. */
+  sink: ((view: Buffer) => void) | undefined;
+
+  constructor(private readonly parser: PduParser) {}
+
+  /** The `onread` option of net.connect. */
+  options(): OnReadOpts {
+    return {
+      buffer: () => {
+        if (this.parser.holdsInput) this.buf = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+        return this.buf;
+      },
+      callback: (n, buf) => {
+        this.sink?.(Buffer.from(buf.buffer, buf.byteOffset, n));
+        return true; // false would stop reading
+      },
+    };
+  }
 }
 
 function portalOf(o: { host: string; port: number }): string {
@@ -59,15 +94,16 @@ function loginOnce(opts: ConnectOptions & { isid: number }): Promise<LoggedInCon
   const timeoutMs = opts.loginTimeoutMs ?? 10_000;
   const machine = new InitiatorLogin(opts);
   const parser = new PduParser({ maxDataSegmentLength: Math.max(opts.maxRecvDataSegmentLength ?? DEFAULT_INITIATOR_MRDSL, 8192) });
+  const reads = new SocketReads(parser);
   return new Promise<LoggedInConnection>((resolve, reject) => {
-    const socket = netConnect({ host: opts.host, port: opts.port });
+    const socket = netConnect({ host: opts.host, port: opts.port, onread: reads.options() });
     socket.setNoDelay(true);
     let done = false;
     const finish = (err: TransportError | undefined, result?: LoginResult): void => {
       if (done) return;
       done = true;
       clearTimeout(timer);
-      socket.removeListener('data', onData);
+      reads.sink = undefined;
       // onError stays (a no-op now): an error between here and the session's own listener must not go unhandled.
       socket.removeListener('close', onClose);
       if (err) {
@@ -76,7 +112,7 @@ function loginOnce(opts: ConnectOptions & { isid: number }): Promise<LoggedInCon
         return;
       }
       socket.pause();
-      resolve({ socket, parser, result: result as LoginResult });
+      resolve({ socket, parser, result: result as LoginResult, reads });
     };
     const timer = setTimeout(
       () => finish(new TransportError('unreachable', `iSCSI login to ${opts.targetName ?? 'discovery'} at ${portal}: no login within ${timeoutMs} ms`)),
@@ -114,7 +150,8 @@ function loginOnce(opts: ConnectOptions & { isid: number }): Promise<LoggedInCon
     socket.on('error', onError);
     socket.on('close', onClose);
     socket.once('connect', () => {
-      socket.on('data', onData);
+      // Login keeps pieces of text across PDUs: it gets copies, not views of the reused buffer.
+      reads.sink = (view) => onData(Buffer.from(view));
       socket.write(Buffer.concat(encodePdu(machine.start(), { header: false, data: false })));
     });
   });
@@ -151,7 +188,7 @@ export async function connectSession(opts: ConnectOptions): Promise<IscsiInitiat
   const conn = await openConnection({ ...opts, isid });
   const label = opts.label ?? `${opts.targetName ?? 'discovery'} at ${portalOf(opts)}`;
   const session = new IscsiInitiatorSession(new SocketWire(conn.socket), conn.parser, conn.result, { ...opts, label });
-  conn.socket.on('data', (chunk: Buffer) => session.receive(chunk));
+  conn.reads.sink = (view) => session.receive(view);
   conn.socket.on('error', (e) => session.connectionClosed(e.message));
   conn.socket.on('close', () => session.connectionClosed('closed by the target'));
   conn.socket.resume();

@@ -87,6 +87,16 @@ export class PduParser {
     return this.total;
   }
 
+  /**
+   * Whether the parser still refers to bytes it was pushed: unconsumed ones,
+   * or the header of a PDU whose data has not all arrived (consumed, yet kept
+   * as a view of its chunk). A caller reusing its read buffer must not while
+   * this holds.
+   */
+  get holdsInput(): boolean {
+    return this.total > 0 || this.curHeader.length > 0;
+  }
+
   push(chunk: Buffer): void {
     if (chunk.length === 0) return;
     this.chunks.push(chunk);
