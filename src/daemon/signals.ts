@@ -61,11 +61,16 @@ export function runUntilSignal(shutdown: (signal: string) => Promise<void>, grac
         .catch((e: unknown) => log.error('error during shutdown', { err: (e as Error).message }))
         .finally(() => {
           clearTimeout(timer);
+          process.off('SIGINT', onSignal);
+          process.off('SIGTERM', onSignal);
           resolve();
         });
     };
     if (opts.onHup !== undefined) process.on('SIGHUP', onHup);
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
+    // `on`, not `once`: a second SIGTERM during the drain (timeout(1) and
+    // service managers signal the child and then its group) must not fall to
+    // the default action and kill the process half-way through its stop.
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
   });
 }
