@@ -18,7 +18,6 @@ export const Op = {
   ReportLuns: 0xa0,
 } as const;
 
-const READ_CAPACITY_16 = 0x10;
 /** WRITE(16) byte 1: force unit access. */
 const FUA = 0x08;
 /** WRITE SAME(16) byte 1: deallocate where the data matches what unmapped blocks read as. */
@@ -95,24 +94,7 @@ function u64(b: Buffer, at: number, v: number): void {
   b.writeBigUInt64BE(BigInt(v), at);
 }
 
-export function inquiryCdb(page: number | undefined, alloc: number): Buffer {
-  const c = Buffer.alloc(6);
-  c[0] = Op.Inquiry;
-  if (page !== undefined) {
-    c[1] = 0x01;
-    c[2] = page;
-  }
-  c.writeUInt16BE(alloc, 3);
-  return c;
-}
 
-export function readCapacity16Cdb(alloc = 32): Buffer {
-  const c = Buffer.alloc(16);
-  c[0] = Op.ServiceActionIn16;
-  c[1] = READ_CAPACITY_16;
-  c.writeUInt32BE(alloc, 10);
-  return c;
-}
 
 export function readCapacity10Cdb(): Buffer {
   const c = Buffer.alloc(10);
@@ -120,22 +102,7 @@ export function readCapacity10Cdb(): Buffer {
   return c;
 }
 
-export function read16Cdb(lba: number, blocks: number): Buffer {
-  const c = Buffer.alloc(16);
-  c[0] = Op.Read16;
-  u64(c, 2, lba);
-  c.writeUInt32BE(blocks, 10);
-  return c;
-}
 
-export function write16Cdb(lba: number, blocks: number, fua: boolean): Buffer {
-  const c = Buffer.alloc(16);
-  c[0] = Op.Write16;
-  if (fua) c[1] = FUA;
-  u64(c, 2, lba);
-  c.writeUInt32BE(blocks, 10);
-  return c;
-}
 
 export function writeSame16Cdb(lba: number, blocks: number, unmap: boolean): Buffer {
   const c = Buffer.alloc(16);
@@ -146,12 +113,6 @@ export function writeSame16Cdb(lba: number, blocks: number, unmap: boolean): Buf
   return c;
 }
 
-/** SYNCHRONIZE CACHE(16) of the whole LU (LBA 0, 0 blocks = to the end). */
-export function synchronizeCache16Cdb(): Buffer {
-  const c = Buffer.alloc(16);
-  c[0] = Op.SynchronizeCache16;
-  return c;
-}
 
 export function synchronizeCache10Cdb(): Buffer {
   const c = Buffer.alloc(10);

@@ -32,24 +32,20 @@ import {
   decodeSense,
   decodeSupportedPages,
   cdbText,
-  inquiryCdb,
-  read16Cdb,
   readCapacity10Cdb,
-  readCapacity16Cdb,
   reportLunsCdb,
   reportLunsLength,
   senseText,
   statusName,
   synchronizeCache10Cdb,
-  synchronizeCache16Cdb,
   unmapCommand,
-  write16Cdb,
   writeSame16Cdb,
   type BlockLimitsVpd,
   type Capacity,
   type ProvisioningVpd,
   type SenseData,
 } from './iscsi-commands.js';
+import { inquiryCdb, read16Cdb, readCapacity16Cdb, synchronizeCache16Cdb, write16Cdb } from '../iscsi/initiator/cdb.js';
 
 /** The agent's default hold timeout: how long transient conditions are retried. */
 export const DEFAULT_HOLD_MS = 10_000;
@@ -153,7 +149,7 @@ export class IscsiLun {
 
   static async #probe(transport: ScsiTransport, lun: number, path: string, opts: IscsiLunOptions): Promise<IscsiLun> {
     const probe = new IscsiLun(transport, lun, path, EMPTY_GEOMETRY, opts);
-    const inq = decodeInquiry(await probe.#dataIn(inquiryCdb(undefined, 96), 96));
+    const inq = decodeInquiry(await probe.#dataIn(inquiryCdb(96), 96));
     if (inq.qualifier !== 0) throw new ContainerIoError('open', path, -1, 'ENXIO', `no logical unit at LUN ${lun} (peripheral qualifier ${inq.qualifier})`);
     if (inq.deviceType !== 0) {
       throw new ContainerIoError('open', path, -1, 'ENODEV', `LUN ${lun} is not a block device (peripheral device type 0x${inq.deviceType.toString(16)})`);
@@ -166,16 +162,16 @@ export class IscsiLun {
     if (bs < 512 || bs > 4096 || (bs & (bs - 1)) !== 0) {
       throw new ContainerIoError('open', path, -1, 'EINVAL', `LUN ${lun} has ${bs}-byte blocks (512 to 4096, a power of two, is needed)`);
     }
-    const pagesData = await probe.#dataInIf(inquiryCdb(0x00, 255), 255);
+    const pagesData = await probe.#dataInIf(inquiryCdb(255, 0x00), 255);
     const pages = pagesData === 'unsupported' ? [] : decodeSupportedPages(pagesData);
     let limits: BlockLimitsVpd | undefined;
     if (pages.includes(0xb0)) {
-      const d = await probe.#dataInIf(inquiryCdb(0xb0, 64), 64);
+      const d = await probe.#dataInIf(inquiryCdb(64, 0xb0), 64);
       if (d !== 'unsupported') limits = decodeBlockLimits(d);
     }
     let provisioning: ProvisioningVpd = { unmap: false, writeSameUnmap: false, readsZeroWhenUnmapped: cap.readsZeroWhenUnmapped };
     if (pages.includes(0xb2)) {
-      const d = await probe.#dataInIf(inquiryCdb(0xb2, 64), 64);
+      const d = await probe.#dataInIf(inquiryCdb(64, 0xb2), 64);
       if (d !== 'unsupported') provisioning = decodeProvisioning(d);
     }
     if (!cap.thin) provisioning = { unmap: false, writeSameUnmap: false, readsZeroWhenUnmapped: provisioning.readsZeroWhenUnmapped };
