@@ -55,6 +55,28 @@ export class ContainerIoError extends Error {
   }
 }
 
+/**
+ * The checks every driver makes before an I/O: open, and the range inside
+ * the data area.
+ */
+export function checkContainerIo(
+  d: Pick<ContainerDriver, 'path' | 'dataSize'>,
+  closed: boolean,
+  op: ContainerOp,
+  offset: number,
+  length: number,
+): void {
+  if (closed) throw new ContainerIoError(op, d.path, offset, 'EBADF', 'container is closed');
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > d.dataSize) {
+    throw new ContainerIoError(op, d.path, offset, 'ERANGE', `${length} bytes beyond the data area of ${d.dataSize} bytes`);
+  }
+}
+
+/** A write-like op on a container opened read-only. */
+export function checkContainerWritable(d: Pick<ContainerDriver, 'path'>, readOnly: boolean, op: ContainerOp, offset: number): void {
+  if (readOnly) throw new ContainerIoError(op, d.path, offset, 'EROFS', 'container opened read-only');
+}
+
 /** Finds the open driver of a container id; the agent's daemon plugs its scan results in here. */
 export interface ContainerResolver {
   get(id: string): ContainerDriver | undefined;

@@ -14,7 +14,7 @@
 // this file adds the label, the data area and ContainerIoError.
 import { OpenFile, PartialIoError, ShortReadError, errnoName, type FileMedium } from '../blockdev/file-io.js';
 import { MAX_PIECE_BYTES, readBuffer } from '../blockdev/read-buffers.js';
-import { ContainerIoError, type ContainerDriver, type ContainerOp, type ContainerWriteOptions } from './driver.js';
+import { ContainerIoError, checkContainerIo, checkContainerWritable, type ContainerDriver, type ContainerOp, type ContainerWriteOptions } from './driver.js';
 import { LABEL_SIZE, LabelError, dataAreaSize, decodeLabel, type ContainerLabel } from './label.js';
 
 export interface FileDriverOptions {
@@ -155,14 +155,11 @@ export class FileContainerDriver implements ContainerDriver {
   }
 
   #check(op: ContainerOp, offset: number, length: number): void {
-    if (this.#closed) throw new ContainerIoError(op, this.path, offset, 'EBADF', 'container is closed');
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.dataSize) {
-      throw new ContainerIoError(op, this.path, offset, 'ERANGE', `${length} bytes beyond the data area of ${this.dataSize} bytes`);
-    }
+    checkContainerIo(this, this.#closed, op, offset, length);
   }
 
   #checkWritable(op: ContainerOp, offset: number): void {
-    if (this.readOnly) throw new ContainerIoError(op, this.path, offset, 'EROFS', 'container opened read-only');
+    checkContainerWritable(this, this.readOnly, op, offset);
   }
 
   #ioError(op: ContainerOp, offset: number, e: unknown): ContainerIoError {

@@ -5,7 +5,7 @@
 // and the checks every driver makes. There is no page cache on this path, so
 // agents on several hosts can share the LUN as they are.
 import type { ScsiTransport } from '../iscsi/initiator/transport.js';
-import { ContainerIoError, type ContainerDriver, type ContainerOp, type ContainerWriteOptions } from './driver.js';
+import { ContainerIoError, checkContainerIo, checkContainerWritable, type ContainerDriver, type ContainerOp, type ContainerWriteOptions } from './driver.js';
 import { formatIscsiLocator, type IscsiLocator } from './iscsi-locator.js';
 import { IscsiLun, type IscsiLunOptions, type LunGeometry } from './iscsi-lun.js';
 import { LABEL_SIZE, LabelError, dataAreaSize, decodeLabel, type ContainerLabel } from './label.js';
@@ -135,13 +135,10 @@ export class IscsiContainerDriver implements ContainerDriver {
   }
 
   #check(op: ContainerOp, offset: number, length: number): void {
-    if (this.#closed) throw new ContainerIoError(op, this.path, offset, 'EBADF', 'container is closed');
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.dataSize) {
-      throw new ContainerIoError(op, this.path, offset, 'ERANGE', `${length} bytes beyond the data area of ${this.dataSize} bytes`);
-    }
+    checkContainerIo(this, this.#closed, op, offset, length);
   }
 
   #checkWritable(op: ContainerOp, offset: number): void {
-    if (this.readOnly) throw new ContainerIoError(op, this.path, offset, 'EROFS', 'container opened read-only');
+    checkContainerWritable(this, this.readOnly, op, offset);
   }
 }
