@@ -1,8 +1,9 @@
 // Hand-written protobuf codec for the stream messages of table changes and
 // faults: TableDelta, FaultReply and HeartbeatReply (controller -> agent),
-// TableAck, Fault and Heartbeat (agent -> controller), and the decoding of
-// TableFull (whole tables: a fragmented 1 TiB one is a million runs);
-// grpc.ts tries it before protobufjs. Why by hand: these go by on every table change and
+// TableAck, Fault and Heartbeat (agent -> controller), and TableFull (whole
+// tables: a fragmented 1 TiB one is a million runs, whose protobufjs
+// encoding held the controller's event loop for most of a second); grpc.ts
+// tries it before protobufjs. Why by hand: these go by on every table change and
 // every fault, and protobufjs reflection (fromObject, encode, decode,
 // toObject) was a fifth of an agent's CPU per delta: 16 agents on 2 CPUs run
 // each of those rarely, so V8 never optimises it. These few fixed shapes cost
@@ -156,6 +157,66 @@ function tableDelta(d: TableDeltaMsg): Writer | null {
   return w;
 }
 
+/** A packed repeated uint32 field, omitted when empty (as protobufjs writes proto3 repeated scalars); false if a value does not fit. */
+function packedU32(w: Writer, field: number, values: readonly number[] | undefined): boolean {
+  if (values === undefined || values.length === 0) return true;
+  if (!Array.isArray(values)) return false;
+  let len = 0;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (!u32(v)) return false;
+    len += v < 0x80 ? 1 : v < 0x4000 ? 2 : v < 0x200000 ? 3 : v < 0x10000000 ? 4 : 5;
+  }
+  w.varint((field << 3) | 2);
+  w.varint(len);
+  w.ensure(len);
+  const buf = w.buf;
+  let n = w.n;
+  for (let i = 0; i < values.length; i++) {
+    let v = values[i] as number;
+    while (v > 0x7f) {
+      buf[n++] = (v % 0x80) | 0x80;
+      v = Math.floor(v / 0x80);
+    }
+    buf[n++] = v;
+  }
+  w.n = n;
+  return true;
+}
+
+/** TableFull, both forms (the controller sends a whole table in these); one with LU state goes through protobufjs. */
+function tableFull(t: TableFull): Writer | null {
+  if (t.luState !== undefined && t.luState !== null) return null;
+  if (!ascii(t.vdiskId) || !u64(t.version) || !u32(t.segmentSize) || !u32(t.blockSize) || !u32(t.segmentCount)) return null;
+  if (!Array.isArray(t.containers) || !Array.isArray(t.extents) || !t.containers.every(ascii)) return null;
+  const first = t.firstSegment ?? 0;
+  if (!u32(first) || (t.more !== undefined && typeof t.more !== 'boolean')) return null;
+  const runs = (t.runCounts?.length ?? 0) + (t.runLegContainers?.length ?? 0);
+  const w = new Writer(64 + t.containers.length * 40 + t.extents.length * 48 + runs * 16);
+  w.ascii(1, t.vdiskId);
+  w.uint(2, t.version);
+  w.uint(3, t.segmentSize);
+  w.uint(4, t.blockSize);
+  w.uint(5, t.segmentCount);
+  for (const c of t.containers) {
+    // Repeated strings are written even when empty.
+    w.varint((6 << 3) | 2);
+    w.varint(c.length);
+    w.ensure(c.length);
+    w.n += w.buf.write(c, w.n, 'latin1');
+  }
+  for (const e of t.extents) {
+    const x = extent(e);
+    if (x === null) return null;
+    w.nested(7, x);
+  }
+  w.uint(8, first);
+  if (!packedU32(w, 9, t.runCounts) || !packedU32(w, 10, t.runStates) || !packedU32(w, 11, t.runContainers) || !packedU32(w, 12, t.runOffsets)) return null;
+  w.uint(13, t.more === true ? 1 : 0);
+  if (!packedU32(w, 20, t.runOwners) || !packedU32(w, 21, t.runLegCounts) || !packedU32(w, 22, t.runLegContainers) || !packedU32(w, 23, t.runLegOffsets)) return null;
+  return w;
+}
+
 function faultReply(r: FaultReply): Writer | null {
   if (!u64(r.faultId) || !enumValue(r.action) || !u64(r.tableVersion) || !u32(r.senseKey) || !u32(r.asc) || !u32(r.ascq) || !ascii(r.reason)) return null;
   const w = new Writer(48 + r.reason.length);
@@ -235,9 +296,11 @@ function wrap(field: number, inner: Writer | null): Buffer | null {
   return w.bytes();
 }
 
-/** ControllerMessage bytes for TableDelta, FaultReply and HeartbeatReply, else null (use protobufjs). */
+/** ControllerMessage bytes for TableFull, TableDelta, FaultReply and HeartbeatReply, else null (use protobufjs). */
 export function tryEncodeControllerMessage(m: ControllerMessage): Buffer | null {
   switch (m.body) {
+    case 'tableFull':
+      return m.tableFull !== null && typeof m.tableFull === 'object' ? wrap(3, tableFull(m.tableFull)) : null;
     case 'tableDelta':
       return m.tableDelta !== null && typeof m.tableDelta === 'object' ? wrap(4, tableDelta(m.tableDelta)) : null;
     case 'faultReply':

@@ -132,7 +132,7 @@ describe('wire: mirrored legs', () => {
   });
 });
 
-describe('wire: TableFull on the hand-written decoding path', () => {
+describe('wire: TableFull on the hand-written path', () => {
   const T = messageType('ControllerMessage');
   const rand = (seed: number): (() => number) => {
     let s = seed >>> 0;
@@ -155,7 +155,7 @@ describe('wire: TableFull on the hand-written decoding path', () => {
       segmentSize: pick(U32),
       blockSize: pick([0, 512, 4096]),
       segmentCount: pick(U32),
-      containers: Array.from({ length: Math.floor(r() * 3) }, () => pick([C1, C2, C3])),
+      containers: Array.from({ length: Math.floor(r() * 3) }, () => pick([C1, C2, C3, ''])),
       extents: runs
         ? []
         : Array.from({ length: n }, () => ({
@@ -176,21 +176,27 @@ describe('wire: TableFull on the hand-written decoding path', () => {
     return full;
   }
 
-  it('decodes both forms, legs and owners included, to the objects protobufjs makes', () => {
+  it('encodes and decodes both forms, legs and owners included, as protobufjs does', () => {
     const r = rand(21);
     for (let i = 0; i < 400; i++) {
       const m: ControllerMessage = { body: 'tableFull', tableFull: randomFull(r) };
       const bytes = pbEncode(T, m);
+      expect(tryEncodeControllerMessage(m)?.toString('hex'), JSON.stringify(m)).to.equal(bytes.toString('hex'));
       const mine = tryDecodeControllerMessage(bytes);
       expect(mine, JSON.stringify(m)).to.not.equal(null);
       expect(mine, JSON.stringify(m)).to.deep.equal(pbDecode(T, bytes));
     }
   });
 
-  it('leaves a TableFull with LU state, or a singular field twice, to protobufjs', () => {
-    const full = { ...randomFull(rand(3)), luState: { generation: 1, registrations: [], reservation: null } };
+  it('leaves a TableFull with LU state, values a field cannot hold, or a singular field twice, to protobufjs', () => {
+    const full: TableFull = { ...randomFull(rand(3)), luState: { prGeneration: 1, aptpl: false, registrations: [], reservationType: 0, reservationHolder: '' } };
     const bytes = pbEncode(T, { body: 'tableFull', tableFull: full });
+    expect(tryEncodeControllerMessage({ body: 'tableFull', tableFull: full })).to.equal(null);
     expect(tryDecodeControllerMessage(bytes)).to.equal(null);
+    const base = randomFull(rand(4));
+    expect(tryEncodeControllerMessage({ body: 'tableFull', tableFull: { ...base, runCounts: [2 ** 32] } })).to.equal(null);
+    expect(tryEncodeControllerMessage({ body: 'tableFull', tableFull: { ...base, runLegOffsets: [-1] } })).to.equal(null);
+    expect(tryEncodeControllerMessage({ body: 'tableFull', tableFull: { ...base, containers: ['é'] } })).to.equal(null);
     expect((decodeMessage<ControllerMessage>(T, bytes) as { tableFull: TableFull }).tableFull.luState).to.not.equal(undefined);
     // ControllerMessage.table_full { segment_count 1, segment_count 2 }
     expect(tryDecodeControllerMessage(Buffer.from('1a0428012802', 'hex'))).to.equal(null);
