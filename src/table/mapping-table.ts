@@ -326,6 +326,8 @@ export class MappingTable {
   /** Extra legs: #legSlots[k - 1] and #legOffsets[k - 1] hold leg k; allocated on first use. Packed: no leg k+1 without leg k. */
   #legSlots: Uint16Array[] = [];
   #legOffsets: Uint32Array[] = [];
+  /** setRange's extra-leg slots, reused (no allocation per entry). */
+  readonly #scratchSlots = new Uint16Array(MAX_COPIES - 1);
   #containers: string[] = [];
   #slotById = new Map<string, number>();
   /** Write owners by segment (owned segments only). */
@@ -394,7 +396,10 @@ export class MappingTable {
     return this.#version;
   }
 
-  /** Legs a segment may have in this table: 1 until an entry with extra legs is set, then 2 or 3 (never shrinks). */
+  /**
+   * Legs a segment may have in this table: 1 until an entry with extra legs
+   * is set, then 2 or 3 (it shrinks only in pruneContainers).
+   */
   get maxLegs(): number {
     return 1 + this.#legSlots.length;
   }
@@ -611,6 +616,9 @@ export class MappingTable {
     }
     const slot = container === null ? NO_SLOT : this.#intern(container);
     const legs = n.legs ?? NO_LEGS;
+    // Every container interned before anything is written (interning may throw).
+    const legSlots = this.#scratchSlots;
+    for (let k = 0; k < legs.length; k++) legSlots[k] = this.#intern((legs[k] as LegLocation).container);
     if (legs.length > 0) this.#growLegs(legs.length + 1);
     if (count === 1) {
       // Typed-array fill costs more than a store for one element; decoding
@@ -619,9 +627,9 @@ export class MappingTable {
       this.#slots[first] = slot;
       this.#offsets[first] = offset;
       for (let k = 0; k < this.#legSlots.length; k++) {
-        const leg = legs[k];
-        (this.#legSlots[k] as Uint16Array)[first] = leg === undefined ? NO_SLOT : this.#intern(leg.container);
-        (this.#legOffsets[k] as Uint32Array)[first] = leg === undefined ? 0 : leg.offset;
+        const has = k < legs.length;
+        (this.#legSlots[k] as Uint16Array)[first] = has ? (legSlots[k] as number) : NO_SLOT;
+        (this.#legOffsets[k] as Uint32Array)[first] = has ? (legs[k] as LegLocation).offset : 0;
       }
       return;
     }
@@ -629,9 +637,9 @@ export class MappingTable {
     this.#states.fill(state, first, end);
     fillLocation(this.#slots, this.#offsets, first, end, slot, offset, offsetStep);
     for (let k = 0; k < this.#legSlots.length; k++) {
-      const leg = legs[k];
-      const ls = leg === undefined ? NO_SLOT : this.#intern(leg.container);
-      fillLocation(this.#legSlots[k] as Uint16Array, this.#legOffsets[k] as Uint32Array, first, end, ls, leg?.offset ?? 0, offsetStep);
+      const has = k < legs.length;
+      const ls = has ? (legSlots[k] as number) : NO_SLOT;
+      fillLocation(this.#legSlots[k] as Uint16Array, this.#legOffsets[k] as Uint32Array, first, end, ls, has ? (legs[k] as LegLocation).offset : 0, offsetStep);
     }
   }
 
@@ -718,8 +726,17 @@ export class MappingTable {
     return t;
   }
 
-  /** Drops container ids no segment refers to, renumbering slots; returns how many were dropped. */
+  /**
+   * Drops container ids no segment refers to, renumbering slots, and the
+   * arrays of extra legs no segment has any more (maxLegs goes down: a table
+   * whose copies went back to one costs 7 B/segment again); returns how many
+   * container ids were dropped.
+   */
   pruneContainers(): number {
+    while (this.#legSlots.length > 0 && (this.#legSlots[this.#legSlots.length - 1] as Uint16Array).every((v) => v === NO_SLOT)) {
+      this.#legSlots.pop();
+      this.#legOffsets.pop();
+    }
     const used = new Uint8Array(this.#containers.length + 1);
     const slots = this.#slots;
     for (let s = 0; s < this.#segmentCount; s++) used[slots[s] as number] = 1;
