@@ -1052,6 +1052,80 @@ export class ControllerDb {
       .all(...(vdiskId === undefined ? [] : [vdiskId])) as { vdiskId: string; seg: number; legs: number; copies: number }[];
   }
 
+  /** Located segments of a vdisk with fewer locations than its copies (health). */
+  degradedCount(vdiskId: string): number {
+    return this.sql
+      .prepare(
+        `SELECT COUNT(*) FROM segments s JOIN vdisks v ON v.id = s.vdisk_id
+         WHERE s.vdisk_id = ? AND s.container_id IS NOT NULL
+           AND 1 + (SELECT COUNT(*) FROM segment_legs l WHERE l.vdisk_id = s.vdisk_id AND l.seg = s.seg) < v.copies`,
+      )
+      .pluck()
+      .get(vdiskId) as number;
+  }
+
+  /**
+   * Calls fn for every segment with extra legs (of one vdisk, or all), with
+   * its state and every location, leg 0 first, in vdisk and segment order:
+   * one read, for checks over large mirrored tables.
+   */
+  forEachMirroredSegment(fn: (vdiskId: string, seg: number, state: SegmentState, locations: Location[]) => void, vdiskId?: string): void {
+    const q = this.sql
+      .prepare(
+        `SELECT vdisk_id, seg, state, container_id, offset FROM segment_locations
+         WHERE (vdisk_id, seg) IN (SELECT DISTINCT vdisk_id, seg FROM segment_legs${vdiskId === undefined ? '' : ' WHERE vdisk_id = ?'})
+         ORDER BY vdisk_id, seg, leg`,
+      )
+      .raw();
+    let cur: { vdiskId: string; seg: number; state: SegmentState; locs: Location[] } | null = null;
+    const rows = (vdiskId === undefined ? q.iterate() : q.iterate(vdiskId)) as IterableIterator<[string, number, number, string, number]>;
+    for (const [v, seg, state, containerId, offset] of rows) {
+      if (cur === null || cur.vdiskId !== v || cur.seg !== seg) {
+        if (cur !== null) fn(cur.vdiskId, cur.seg, cur.state, cur.locs);
+        cur = { vdiskId: v, seg, state: state as SegmentState, locs: [] };
+      }
+      cur.locs.push({ containerId, offset });
+    }
+    if (cur !== null) fn(cur.vdiskId, cur.seg, cur.state, cur.locs);
+  }
+
+  /**
+   * Extra legs and stale legs that break the rules (`tabula check`): a leg
+   * of a segment with no location (zero, invalid without one) or none at
+   * all; a leg in the container of another leg of its segment; a leg 2
+   * without a leg 1 (legs are packed); a leg in a container of another
+   * segment size; a stale leg that is also one of its segment's legs.
+   * `leg` is -1 for a stale leg.
+   */
+  suspectLegs(): (EntryAt & { problem: string })[] {
+    return this.sql
+      .prepare(
+        `SELECT l.vdisk_id AS vdiskId, l.seg AS seg, l.leg AS leg, l.container_id AS containerId, l.offset AS offset,
+           CASE
+             WHEN s.seg IS NULL OR s.container_id IS NULL THEN 'leg of a segment without a location'
+             WHEN s.container_id = l.container_id
+               OR EXISTS (SELECT 1 FROM segment_legs o WHERE o.vdisk_id = l.vdisk_id AND o.seg = l.seg AND o.leg < l.leg AND o.container_id = l.container_id)
+               THEN 'leg in the same container as another leg of its segment'
+             WHEN l.leg = 2 AND NOT EXISTS (SELECT 1 FROM segment_legs o WHERE o.vdisk_id = l.vdisk_id AND o.seg = l.seg AND o.leg = 1) THEN 'leg 2 without a leg 1'
+             WHEN ct.segment_size != vd.segment_size THEN 'leg in a container of another segment size'
+           END AS problem
+         FROM segment_legs l JOIN vdisks vd ON vd.id = l.vdisk_id JOIN containers ct ON ct.id = l.container_id
+         LEFT JOIN segments s ON s.vdisk_id = l.vdisk_id AND s.seg = l.seg
+         WHERE problem IS NOT NULL
+         UNION ALL
+         SELECT st.vdisk_id, st.seg, -1, st.container_id, st.offset,
+           CASE
+             WHEN s.seg IS NULL OR s.container_id IS NULL THEN 'stale leg of a segment without a location'
+             ELSE 'stale leg that is also a leg of its segment'
+           END
+         FROM stale_legs st LEFT JOIN segments s ON s.vdisk_id = st.vdisk_id AND s.seg = st.seg
+         WHERE s.seg IS NULL OR s.container_id IS NULL
+            OR EXISTS (SELECT 1 FROM segment_locations x WHERE x.vdisk_id = st.vdisk_id AND x.seg = st.seg AND x.container_id = st.container_id AND x.offset = st.offset)
+         ORDER BY 1, 2, 3`,
+      )
+      .all() as (EntryAt & { problem: string })[];
+  }
+
   // ---- stale legs (removed with a failed container, kept for resync) ----
 
   /** Stale legs of a vdisk, of a container, or all, by vdisk, segment and container. */
