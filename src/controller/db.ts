@@ -479,6 +479,13 @@ export class ControllerDb {
       deleteSegment: p('DELETE FROM segments WHERE vdisk_id = ? AND seg = ?'),
       legsOf: p('SELECT container_id AS containerId, offset FROM segment_legs WHERE vdisk_id = ? AND seg = ? ORDER BY leg'),
       legsRaw: p('SELECT seg, container_id, offset FROM segment_legs WHERE vdisk_id = ? ORDER BY seg, leg').raw(),
+      anyLeg: p('SELECT 1 FROM segment_legs WHERE vdisk_id = ? LIMIT 1').pluck(),
+      segmentsWithLegsRaw: p(
+        `SELECT s.seg, s.state, s.container_id, s.offset, l1.container_id, l1.offset, l2.container_id, l2.offset FROM segments s
+         LEFT JOIN segment_legs l1 ON l1.vdisk_id = s.vdisk_id AND l1.seg = s.seg AND l1.leg = 1
+         LEFT JOIN segment_legs l2 ON l2.vdisk_id = s.vdisk_id AND l2.seg = s.seg AND l2.leg = 2
+         WHERE s.vdisk_id = ? ORDER BY s.seg`,
+      ).raw(),
       deleteLegs: p('DELETE FROM segment_legs WHERE vdisk_id = ? AND seg = ?'),
       insertLeg: p('INSERT INTO segment_legs (vdisk_id, seg, leg, container_id, offset) VALUES (?, ?, ?, ?, ?)'),
       staleOfSegment: p('SELECT container_id AS containerId, offset FROM stale_legs WHERE vdisk_id = ? AND seg = ? ORDER BY container_id'),
@@ -1209,31 +1216,26 @@ export class ControllerDb {
       name: vdisk.name,
     });
     // Raw rows, coalesced into runs before they reach the table: a thick
-    // vdisk of a million rows is then a handful of setRange calls.
-    type Raw = [seg: number, state: number, container: string | null, offset: number | null];
-    type RawLeg = [seg: number, container: string, offset: number];
-    const rows = this.#statements.segmentsRaw.all(vdisk.id) as Raw[];
-    // Extra legs by row (a one-copy vdisk has none: one empty read).
-    const legRows = this.#statements.legsRaw.all(vdisk.id) as RawLeg[];
-    const legsAt: (Location[] | undefined)[] = [];
-    if (legRows.length > 0) {
-      let li = 0;
-      rows.forEach((r, i) => {
-        while (li < legRows.length && (legRows[li] as RawLeg)[0] < r[0]) li++;
-        while (li < legRows.length && (legRows[li] as RawLeg)[0] === r[0]) {
-          const l = legRows[li++] as RawLeg;
-          (legsAt[i] ??= []).push({ containerId: l[1], offset: l[2] });
-        }
-      });
-    }
+    // vdisk of a million rows is then a handful of setRange calls. A vdisk
+    // with extra legs reads them joined into its rows (leg 1 and 2 columns
+    // null when absent); one without reads its rows as it always did.
+    type Raw = [seg: number, state: number, container: string | null, offset: number | null, ...legs: (string | number | null)[]];
+    const mirrored = this.#statements.anyLeg.get(vdisk.id) !== undefined;
+    const rows = (mirrored ? this.#statements.segmentsWithLegsRaw : this.#statements.segmentsRaw).all(vdisk.id) as Raw[];
     // The container the table entry will carry (invalid drops its location, and its legs).
     const where = (r: Raw): string | null => (r[1] === SegmentState.Invalid ? null : r[2]);
-    /** Row j continues row i's run by k segments in every extra leg too. */
-    const legsContinue = (i: number, j: number, k: number): boolean => {
-      const a = legsAt[i];
-      const b = legsAt[j];
-      if (a === undefined || b === undefined) return a === b;
-      return a.length === b.length && a.every((l, n) => (b[n] as Location).containerId === l.containerId && (b[n] as Location).offset === l.offset + k);
+    /** Row r continues head's run by k segments in every extra leg too. */
+    const legsContinue = (head: Raw, r: Raw, k: number): boolean => {
+      for (let c = 4; c < head.length; c += 2) {
+        if (r[c] !== head[c]) return false;
+        if (head[c] !== null && r[c + 1] !== (head[c + 1] as number) + k) return false;
+      }
+      return true;
+    };
+    const legsOf = (r: Raw): Location[] => {
+      const out: Location[] = [];
+      for (let c = 4; c < r.length && r[c] !== null; c += 2) out.push({ containerId: r[c] as string, offset: r[c + 1] as number });
+      return out;
     };
     let i = 0;
     while (i < rows.length) {
@@ -1244,10 +1246,10 @@ export class ControllerDb {
         const r = rows[j] as Raw;
         const k = j - i;
         if (r[0] !== head[0] + k || r[1] !== head[1] || where(r) !== c) break;
-        if (c !== null && (r[3] !== (head[3] as number) + k || !legsContinue(i, j, k))) break;
+        if (c !== null && (r[3] !== (head[3] as number) + k || (mirrored && !legsContinue(head, r, k)))) break;
       }
-      const entry = tableEntry({ vdiskId: vdisk.id, seg: head[0], state: head[1] as SegmentState, containerId: head[2], offset: head[3] }, legsAt[i]);
-      t.setRange(head[0], j - i, entry, 1);
+      const row = { vdiskId: vdisk.id, seg: head[0], state: head[1] as SegmentState, containerId: head[2], offset: head[3] };
+      t.setRange(head[0], j - i, tableEntry(row, mirrored ? legsOf(head) : []), 1);
       i = j;
     }
     for (const o of this.segmentOwners(vdisk.id)) if (o.seg < t.segmentCount) t.setOwner(o.seg, o.owner);
