@@ -12,6 +12,7 @@ import {
   fromExtents,
   tableRuns,
   toExtents,
+  type TableDelta,
 } from '../../../src/table/index.js';
 import { C1, C2, C3, int, rng } from './helpers.js';
 
@@ -240,8 +241,36 @@ describe('mapping table: mirrored legs against a per-segment model', () => {
       { container: C4, offset: 5 },
     ]);
     t.set(1, { state: N, container: C4, offset: 5 });
+    expect(t.maxLegs).to.equal(3);
     expect(t.pruneContainers()).to.equal(2);
     expect(t.containers).to.deep.equal([C4]);
+    // No segment has extra legs any more: their arrays go too.
+    expect(t.maxLegs).to.equal(1);
+    expect(t.counts()).to.not.have.property('byLegs');
+    expect(t.locationsOf(1)).to.deep.equal([{ container: C4, offset: 5 }]);
+  });
+
+  it('a delta with bad legs is refused before anything changes', () => {
+    const t = mirrored();
+    const before = t.clone();
+    const bad = (legs: { container: string; offset: number }[]): TableDelta => ({
+      fromVersion: 1,
+      toVersion: 2,
+      segmentCount: 8,
+      extents: [
+        { first: 4, count: 1, state: N, container: C3, offset: 0 },
+        { first: 6, count: 2, state: N, container: C1, offset: 3, legs },
+      ],
+    });
+    expect(() => applyDelta(t, bad([{ container: C1, offset: 0 }]))).to.throw(RangeError, /extent 1 \(segments 6\+2\): leg 1 is on container .*, as leg 0 is/);
+    expect(() => applyDelta(t, bad([{ container: C2, offset: 2 ** 32 - 1 }]))).to.throw(RangeError, /leg 1 container offset 4294967296 exceeds/);
+    expect(() => applyDelta(t, bad([{ container: C2, offset: 1.5 }]))).to.throw(RangeError, /leg 1 container offset 1.5 invalid/);
+    expect(t.equals(before)).to.equal(true);
+    applyDelta(t, bad([{ container: C2, offset: 0 }]));
+    expect(t.locationsOf(7)).to.deep.equal([
+      { container: C1, offset: 4 },
+      { container: C2, offset: 1 },
+    ]);
   });
 
   it('counts segments by number of legs', () => {
