@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AgentContainers, type IscsiScanResult } from '../../../src/agent/containers.js';
 import { defaultHostId } from '../../../src/agent/agent.js';
+import type { LegHints } from '../../../src/agent/vdisk-device.js';
 import type { ContainerDriver } from '../../../src/container/driver.js';
 import { openContainer, type FileDriverOptions } from '../../../src/container/file-driver.js';
 import { initContainer } from '../../../src/container/init.js';
@@ -149,8 +150,10 @@ describe('agent/AgentContainers', () => {
     await initContainer(join(dir, 'a.img'), { size: 4 << 20, id: CONTAINER_ID, segmentSize: SEG });
     const l = lun(L1);
     cs = new AgentContainers([join(dir, '*.img'), URL], { scanIscsi: async () => ({ found: [l], problems: [] }) });
+    // What the agent hands its devices as their resolver gives them both hints.
+    const hints: Required<LegHints> = cs;
     await cs.refresh();
-    expect([cs.near(CONTAINER_ID), cs.near(L1)]).to.deep.equal([false, false]);
+    expect([hints.near(CONTAINER_ID), cs.near(L1)]).to.deep.equal([false, false]);
     await cs.setShared([
       { id: CONTAINER_ID, shared: false, near: true },
       { id: L1, shared: false },
