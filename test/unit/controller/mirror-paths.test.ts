@@ -227,6 +227,21 @@ describe('controller paths on mirrored vdisks', () => {
     expect(legs('d', 0)).to.deep.equal(before);
     clean();
   });
+
+  it('growing a thick mirrored vdisk gives the new segments a leg per copy; segment set-state normal on a zero segment too', async () => {
+    await setup();
+    const v = ctl.admin.CreateVdisk({ name: 't', size: 2 * MiB, thick: true, copies: 2 });
+    await ctl.admin.ResizeVdisk({ name: 't', size: 4 * MiB });
+    for (const s of [0, 1, 2, 3]) {
+      const l = legs('t', s);
+      expect(l, `segment ${s}`).to.have.length(2);
+      expect(new Set(domainsOf(l)).size).to.equal(2);
+    }
+    await ctl.admin.SetSegmentState({ vdisk: 'd', first: 2, count: 1, state: NORMAL });
+    expect(legs('d', 2)).to.have.length(2);
+    expect(ctl.db.vdisk(v.id)!.copies).to.equal(2);
+    clean();
+  });
 });
 
 describe('controller paths on mirrored vdisks: pure parts', () => {
