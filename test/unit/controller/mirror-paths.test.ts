@@ -310,7 +310,7 @@ describe('tabula check on mirrored vdisks', () => {
     db.setContainerDomain(CC, 'y');
     run('UPDATE segment_legs SET container_id = ?, offset = 5 WHERE vdisk_id = ? AND seg = 0', CA, 'm1');
     run('UPDATE container_segments SET container_id = ?, offset = 5 WHERE container_id = ? AND offset = 0', CA, CC);
-    expect(checkInvariants(db)).to.deep.equal([`vdisk m segment 0 has legs 0 and 1 in the same container ${CA}`]);
+    expect(checkInvariants(db)).to.deep.equal([`vdisk m segment 0 leg 1 on container ${CA} offset 5: leg in the same container as another leg of its segment`]);
   });
 
   it('finds more legs than copies', () => {
