@@ -778,9 +778,9 @@ export class VdiskDevice implements BlockDevice {
         const b = buf as Buffer;
         data = bufOff === 0 && len === b.length ? b : b.subarray(bufOff, bufOff + len);
       }
-      const errors = await Promise.all(
-        Array.from({ length: n }, (_, leg) => this.#writeLeg(t, mode, seg, leg, within, len, data, fua)),
-      );
+      const legs = new Array<Promise<unknown>>(n);
+      for (let leg = 0; leg < n; leg++) legs[leg] = this.#writeLeg(t, mode, seg, leg, within, len, data, fua);
+      const errors = await Promise.all(legs);
       let first = -1;
       let failures = 0;
       for (let leg = 0; leg < n; leg++) {
