@@ -133,6 +133,10 @@ export class VdiskDevice implements BlockDevice {
   #closed = false;
   /** A table with extra legs was installed once: flush failures are looked at as leg failures. */
   #mirrored = false;
+  /** Table swaps so far: #legUse's answers hold until the next. */
+  #swaps = 0;
+  /** #legUse's answers by container, with the swap count they were found at. */
+  readonly #legUses = new Map<string, { swaps: number; use: number }>();
   #held = 0;
   #exporters: number;
   #ownerId: number;
@@ -218,6 +222,12 @@ export class VdiskDevice implements BlockDevice {
     for (const id of this.#table.containers) {
       const d = this.#containers.get(id);
       if (d !== undefined) drivers.add(d);
+    }
+    if (this.#mirrored && this.#containers.reachable !== undefined) {
+      // A container that is away and that no segment uses any more (its
+      // legs were dropped): nothing there matters, and asking it would wait
+      // out its driver's hold on every SYNCHRONIZE CACHE.
+      for (const d of drivers) if (!this.#containers.reachable(d.id) && this.#legUse(d.id) === NOT_USED) drivers.delete(d);
     }
     const failed: string[] = [];
     let media = false;
@@ -421,6 +431,7 @@ export class VdiskDevice implements BlockDevice {
     await gate.suspend(ranges);
     try {
       commit();
+      this.#swaps++;
       if (this.#table.maxLegs > 1) this.#mirrored = true;
     } finally {
       this.#drivers = [];
@@ -778,9 +789,9 @@ export class VdiskDevice implements BlockDevice {
         const b = buf as Buffer;
         data = bufOff === 0 && len === b.length ? b : b.subarray(bufOff, bufOff + len);
       }
-      const errors = await Promise.all(
-        Array.from({ length: n }, (_, leg) => this.#writeLeg(t, mode, seg, leg, within, len, data, fua)),
-      );
+      const legs = new Array<Promise<unknown>>(n);
+      for (let leg = 0; leg < n; leg++) legs[leg] = this.#writeLeg(t, mode, seg, leg, within, len, data, fua);
+      const errors = await Promise.all(legs);
       let first = -1;
       let failures = 0;
       for (let leg = 0; leg < n; leg++) {
@@ -912,22 +923,30 @@ export class VdiskDevice implements BlockDevice {
   /**
    * How the table uses a container: NOT_USED, SOLE_COPY (only as the one
    * copy of segments), else the first mirrored segment with a leg on it.
-   * Scans the table: only after a failed flush.
+   * Scans the table once per table swap: only for a container that failed
+   * a flush or is away.
    */
   #legUse(id: string): number {
+    const known = this.#legUses.get(id);
+    if (known !== undefined && known.swaps === this.#swaps) return known.use;
     const t = this.#table;
     const slot = t.containers.indexOf(id);
-    if (slot < 0) return NOT_USED;
-    let sole = false;
-    for (let s = 0; s < t.segmentCount; s++) {
-      const n = t.legCountOf(s);
-      for (let leg = 0; leg < n; leg++) {
-        if (t.legSlotOf(s, leg) !== slot) continue;
-        if (n > 1) return s;
-        sole = true;
+    let use = NOT_USED;
+    if (slot >= 0) {
+      scan: for (let s = 0; s < t.segmentCount; s++) {
+        const n = t.legCountOf(s);
+        for (let leg = 0; leg < n; leg++) {
+          if (t.legSlotOf(s, leg) !== slot) continue;
+          if (n > 1) {
+            use = s;
+            break scan;
+          }
+          use = SOLE_COPY;
+        }
       }
     }
-    return sole ? SOLE_COPY : NOT_USED;
+    this.#legUses.set(id, { swaps: this.#swaps, use });
+    return use;
   }
 
   /** A leg fault whose answer does not matter: the I/O went on without that leg. */

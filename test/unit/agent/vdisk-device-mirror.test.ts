@@ -371,6 +371,26 @@ describe('agent/VdiskDevice: mirrored segments', () => {
       expect(sink.faults).to.have.length(1);
     });
 
+    it('a container that is away and that no segment uses is not asked (its driver would hold every flush)', async () => {
+      make();
+      await dev.write(0, pattern(8, 19)); // c1 and c2 dirty
+      away.add(C2);
+      fx.calls.length = 0;
+      await dev.flush();
+      // Still a leg of segments 0, 1 and 4: flushed (it may only be reconnecting).
+      expect(fx.calls.map((c) => c.container).sort()).to.deep.equal([C1, C2, C3]);
+      const n = next(dev.table, (t) => {
+        t.set(0, { state: SegmentState.Normal, container: C1, offset: 0 });
+        t.set(1, { state: SegmentState.Normal, container: C1, offset: 2 });
+        t.set(4, { state: SegmentState.Normal, container: C1, offset: 4, legs: [{ container: C3, offset: 4 }] });
+      });
+      await dev.installTable(n);
+      fx.calls.length = 0;
+      await dev.flush();
+      expect(fx.calls.map((c) => c.container).sort()).to.deep.equal([C1, C3]);
+      expect(sink.faults).to.deep.equal([]);
+    });
+
     it('a container that is some segment\'s only copy fails the flush as with one copy', async () => {
       make();
       fx.drivers[C1]!.failWith = EIO(); // seg 3's only copy
