@@ -7,12 +7,13 @@
 //   agent-commands.ts  copy and zero commands run by agents
 //   faults.ts          what to do about each fault (its decision table)
 //   migration.ts       moving a vdisk's segments to another container
+//   mirrors.ts         a failed copy of mirrored vdisks: the leg removed per container, resync when it is back
 //   scrubber.ts        zeroing freed container segments before reuse
 //   snapshots.ts       snapshots and clones (shared segments)
 //   lu-state.ts        each vdisk's SCSI LU state (reservations, unit attentions) for every path
 //
 // The managers see the controller through narrow interfaces (FaultHost,
-// MigrationHost, SnapshotHost, ScrubHost) listing what each uses.
+// MigrationHost, MirrorHost, SnapshotHost, ScrubHost) listing what each uses.
 
 import { randomUUID } from 'node:crypto';
 import { Allocator } from './allocator.js';
@@ -24,6 +25,7 @@ import { Exports } from './exports.js';
 import { FaultManager, type FaultHost } from './faults.js';
 import { LuStates } from './lu-state.js';
 import { MigrationManager, type MigrationHost } from './migration.js';
+import { MirrorManager, type MirrorHost } from './mirrors.js';
 import { PortGroups } from './port-groups.js';
 import { Retention, type RetentionOptions } from './retention.js';
 import { Scrubber, type ScrubHost, type ScrubberOptions } from './scrubber.js';
@@ -53,7 +55,7 @@ export interface ControllerOptions {
   commandTimeoutMs?: number;
 }
 
-export class Controller implements FaultHost, MigrationHost, SnapshotHost, ScrubHost {
+export class Controller implements FaultHost, MigrationHost, MirrorHost, SnapshotHost, ScrubHost {
   readonly id: string;
   readonly db: ControllerDb;
   readonly allocator: Allocator;
@@ -69,6 +71,8 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
   /** Each vdisk's LU state (persistent reservations, SPC-2 RESERVE, cross-path unit attentions). */
   readonly lu: LuStates;
   readonly migrations: MigrationManager;
+  /** Leg faults of mirrored vdisks (once per failed container) and resync when the container is back. */
+  readonly mirrors: MirrorManager;
   /** Zeroes freed container segments (through agents) before they can be allocated again. */
   readonly scrubber: Scrubber;
   /** Keeps the fault and event logs bounded, in the background. */
@@ -119,6 +123,7 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
         copyDone: (link, d) => this.commands.onDone(link, d),
         release: (link, r) => this.tables.onRelease(link, r),
         luRequest: (link, r) => this.lu.onRequest(link, r),
+        containerReachable: (id) => this.mirrors.containerReachable(id),
       },
     );
     // A settled change (or an agent back with the current table) lets held faults act.
@@ -141,6 +146,8 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
     this.faults = new FaultManager(this);
     // Writes held on a location that leaves `migrating` look again.
     this.migrations = new MigrationManager(this, settled, opts.migrationConcurrency);
+    // Writes held on a segment being resynced look again once it is done, as after a migration step.
+    this.mirrors = new MirrorManager(this, settled);
     this.scrubber = new Scrubber(this, opts.scrub);
     this.allocator.scrubSink = (locs) => this.scrubber.add(locs);
     this.retention = new Retention(db, opts.retention);
@@ -164,6 +171,7 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
     this.portGroups.close();
     this.tables.close();
     this.migrations.stopAll();
+    this.mirrors.close();
     this.scrubber.stop();
     this.retention.stop();
     this.commands.close();
