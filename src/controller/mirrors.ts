@@ -507,7 +507,7 @@ export class MirrorManager {
   }
 
   #staleRow(vdiskId: string, seg: number, c: string): StaleLeg | undefined {
-    return this.#host.db.staleLegs({ vdiskId, containerId: c }).find((x) => x.seg === seg);
+    return this.#host.db.staleLeg(vdiskId, seg, c);
   }
 }
 
