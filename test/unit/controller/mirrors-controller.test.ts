@@ -134,4 +134,32 @@ describe('controller mirrors: leg faults and resync through the controller (fake
     expect(ctl.controller.tables.table(v.id).legCountOf(1)).to.equal(2);
     expect(db.staleLegs({})).to.deep.equal([]);
   });
+
+  it('an agent registering with the failed container reachable starts the resync; one reporting it unreachable does not', async () => {
+    const v = ctl.admin.CreateVdisk({ name: 'm', size: 2 * MiB });
+    ctl.db.setVdiskCopies(v.id, 2);
+    await ctl.controller.tables.changeTable(v.id, (ctx) => {
+      for (let s = 0; s < 2; s++) ctx.set(s, SegmentState.Normal, { containerId: CA, offset: s }, [{ containerId: CB, offset: s }]);
+    });
+    const a = await agent('a1');
+    ctl.admin.AddExport({ vdisk: 'm', agent: 'a1' });
+    await a.next((m) => m.body === 'tableFull');
+    const r = await a.sendFault({ vdiskId: v.id, segment: 1, op: IoOp.Write, state: SegmentState.Normal, detail: 'EIO', failedContainer: CB }).reply();
+    expect(r.action).to.equal(FaultAction.Retry);
+    expect(ctl.db.container(CB)!.state).to.equal('failed');
+    // Reaches CA only, CB unreachable: nothing to resync through it.
+    const b = new FakeAgent(ctl.address, 'a2', { containers: [containerRef(CA, SEGS), { ...containerRef(CB, SEGS), reachable: false, error: 'down' }], copy: 'files', files });
+    agents.push(b);
+    await b.register();
+    expect(ctl.controller.mirrors.resyncing(CB)).to.equal(false);
+    b.close();
+    // a1 restarts (a new stream) and reaches both.
+    a.close();
+    await until(() => ctl.controller.agents.link('a1') === undefined, 5000, 'a1 gone');
+    const a2 = await agent('a1');
+    await until(() => ctl.db.container(CB)!.state === 'online', 10_000, 'container online again');
+    expect(a2.copies.map((c) => [c.srcContainer, c.srcOffset, c.dstContainer, c.dstOffset])).to.deep.equal([[CA, MiB, CB, MiB]]);
+    expect(ctl.db.locationsOfSegment(v.id, 0)).to.have.length(2);
+    expect(ctl.db.locationsOfSegment(v.id, 1)).to.have.length(2);
+  });
 });
