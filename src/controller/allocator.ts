@@ -8,9 +8,11 @@
 // Placement: a request goes to the eligible containers with the most free
 // segments, levelling them (so vdisks spread across containers), as
 // contiguous runs where possible (so a thick vdisk is a few extents, not a
-// million).
+// million). A mirrored segment's legs go to distinct failure domains
+// (domains.ts), the emptiest first.
 
 import type { ContainerRow, ControllerDb, Location, VdiskRow } from './db.js';
+import { containerDomains } from './domains.js';
 import { formatSize } from '../util/size.js';
 
 interface FreeRun {
@@ -206,17 +208,7 @@ export class Allocator {
     if (count <= 0) return [];
     const spaces = eligible.map((id) => this.#space.get(id)).filter((s): s is ContainerSpace => s !== undefined);
     const available = spaces.reduce((n, s) => n + s.free, 0);
-    if (available < count) {
-      const sizeProblem = eligible.length === 0 ? this.segmentSizeProblem(vdisk.segmentSize) : null;
-      const detail =
-        sizeProblem !== null
-          ? `${sizeProblem}: there are`
-          : eligible.length === 0
-            ? 'no container is eligible (online, same segment size, reached by every exporting agent) and has'
-            : `its ${eligible.length} eligible container${eligible.length === 1 ? ' has' : 's have'}`;
-      const scrubbing = eligible.reduce((n, id) => n + this.#db.scrubPendingCount(id), 0);
-      throw new ContainerFullError(vdisk.name, count, available, vdisk.segmentSize, detail, scrubbing);
-    }
+    if (available < count) throw this.#full(vdisk, count, eligible, available);
     // Water-filling: take from the containers with the most free space until
     // they are level with the next ones, so free space stays even and each
     // container gives one share (contiguous where its free runs allow).
@@ -252,6 +244,87 @@ export class Allocator {
       }
     }
     this.observer?.allocated(count);
+    return out;
+  }
+
+  #full(vdisk: VdiskRow, count: number, eligible: readonly string[], available: number, why = ''): ContainerFullError {
+    const sizeProblem = eligible.length === 0 ? this.segmentSizeProblem(vdisk.segmentSize) : null;
+    const detail =
+      sizeProblem !== null
+        ? `${sizeProblem}: there are`
+        : eligible.length === 0
+          ? `no container is eligible (online, same segment size, reached by every exporting agent${why}) and has`
+          : `its ${eligible.length} eligible container${eligible.length === 1 ? ' has' : 's have'}`;
+    const scrubbing = eligible.reduce((n, id) => n + this.#db.scrubPendingCount(id), 0);
+    return new ContainerFullError(vdisk.name, count, available, vdisk.segmentSize, detail, scrubbing);
+  }
+
+  /**
+   * Free segments per failure domain among the containers `vdisk` may use,
+   * leaving out domains `avoid` names: what allocateLegs would choose from.
+   */
+  domainsWithRoom(vdisk: VdiskRow, avoid?: (domain: string) => boolean): Map<string, number> {
+    const domains = containerDomains(this.#db);
+    const out = new Map<string, number>();
+    for (const id of this.eligibleContainers(vdisk)) {
+      const d = domains.get(id) ?? `container:${id}`;
+      const free = this.#space.get(id)?.free ?? 0;
+      if (free === 0 || avoid?.(d) === true) continue;
+      out.set(d, (out.get(d) ?? 0) + free);
+    }
+    return out;
+  }
+
+  /**
+   * Takes locations for `count` entries of `vdisk`, each with up to `legs`
+   * locations in distinct failure domains (eligible containers only: online,
+   * of its segment size, reached by its exporters; domains `avoid` names
+   * left out), the emptiest domains first. An entry gets fewer legs
+   * (degraded, at least one) when domains with room run out, and legs only
+   * while every entry can still get one. Throws ContainerFullError, taking
+   * nothing, when there is not one free location per entry. Consecutive
+   * entries get consecutive offsets where free runs allow (a thick vdisk's
+   * legs are runs too). Marks them used in memory only, as allocate.
+   */
+  allocateLegs(vdisk: VdiskRow, count: number, legs: number, avoid?: (domain: string) => boolean): Location[][] {
+    if (count <= 0) return [];
+    if (!Number.isInteger(legs) || legs < 1) throw new RangeError(`allocateLegs: ${legs} legs`);
+    // One copy, nothing to avoid: a plain allocation, as always.
+    if (legs === 1 && avoid === undefined) return runLocations(this.allocate(vdisk, count)).map((l) => [l]);
+    const domainOf = containerDomains(this.#db);
+    const byDomain = new Map<string, ContainerSpace[]>();
+    const eligible: string[] = [];
+    for (const id of this.eligibleContainers(vdisk)) {
+      const d = domainOf.get(id) ?? `container:${id}`;
+      const s = this.#space.get(id);
+      if (s === undefined || avoid?.(d) === true) continue;
+      eligible.push(id);
+      let list = byDomain.get(d);
+      if (list === undefined) byDomain.set(d, (list = []));
+      list.push(s);
+    }
+    const freeOf = (d: string): number => (byDomain.get(d) ?? []).reduce((n, s) => n + s.free, 0);
+    const total = [...byDomain.keys()].reduce((n, d) => n + freeOf(d), 0);
+    if (total < count) throw this.#full(vdisk, count, eligible, total, avoid === undefined ? '' : ', in a failure domain not avoided');
+    const out: Location[][] = [];
+    while (out.length < count) {
+      const remaining = count - out.length;
+      const ranked = [...byDomain.keys()]
+        .map((d) => ({ d, free: freeOf(d) }))
+        .filter((x) => x.free > 0)
+        .sort((a, b) => b.free - a.free || (a.d < b.d ? -1 : 1));
+      // Free space beyond one location per entry left: what extra legs may use.
+      const spare = ranked.reduce((n, x) => n + x.free, 0) - remaining;
+      const k = Math.min(legs, ranked.length, 1 + spare);
+      const kth = (ranked[k - 1] as { free: number }).free;
+      const next = ranked[k]?.free ?? 0;
+      // A batch takes the chosen domains down to the next one's level (ties in slices), so the emptiest stay first.
+      let batch = Math.min(remaining, kth, Math.max(kth - next, Math.min(kth, 1024)));
+      // k <= 1 + spare, so at least one entry fits.
+      if (k > 1 && batch * (k - 1) > spare) batch = Math.floor(spare / (k - 1));
+      const perDomain = ranked.slice(0, k).map((x) => runLocations(this.allocate(vdisk, batch, (byDomain.get(x.d) ?? []).map((s) => s.id))));
+      for (let i = 0; i < batch; i++) out.push(perDomain.map((locs) => locs[i] as Location));
+    }
     return out;
   }
 
