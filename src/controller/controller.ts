@@ -7,6 +7,7 @@
 //   agent-commands.ts  copy and zero commands run by agents
 //   faults.ts          what to do about each fault (its decision table)
 //   migration.ts       moving a vdisk's segments to another container
+//   rebuild.ts         new legs for degraded segments of mirrored vdisks, set-copies, health
 //   scrubber.ts        zeroing freed container segments before reuse
 //   snapshots.ts       snapshots and clones (shared segments)
 //   lu-state.ts        each vdisk's SCSI LU state (reservations, unit attentions) for every path
@@ -25,6 +26,8 @@ import { FaultManager, type FaultHost } from './faults.js';
 import { LuStates } from './lu-state.js';
 import { MigrationManager, type MigrationHost } from './migration.js';
 import { PortGroups } from './port-groups.js';
+import { containerDomains } from './domains.js';
+import { RebuildManager } from './rebuild.js';
 import { Retention, type RetentionOptions } from './retention.js';
 import { Scrubber, type ScrubHost, type ScrubberOptions } from './scrubber.js';
 import type { SnapshotHost } from './snapshots.js';
@@ -51,6 +54,10 @@ export interface ControllerOptions {
   retention?: RetentionOptions;
   /** Base deadline of a copy or zero command (agent-commands.ts, DEFAULT_COMMAND_TIMEOUT_MS). */
   commandTimeoutMs?: number;
+  /** Age at which a failed container's stale legs are rebuilt elsewhere (rebuild.ts, DEFAULT_REBUILD_DELAY_MS). */
+  rebuildDelayMs?: number;
+  /** How often the rebuild looks for degraded segments and expired stale legs (rebuild.ts, DEFAULT_REBUILD_SCAN_MS). */
+  rebuildScanMs?: number;
 }
 
 export class Controller implements FaultHost, MigrationHost, SnapshotHost, ScrubHost {
@@ -69,6 +76,8 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
   /** Each vdisk's LU state (persistent reservations, SPC-2 RESERVE, cross-path unit attentions). */
   readonly lu: LuStates;
   readonly migrations: MigrationManager;
+  /** New legs for degraded segments of mirrored vdisks (started by startController: rebuild.start()). */
+  readonly rebuild: RebuildManager;
   /** Zeroes freed container segments (through agents) before they can be allocated again. */
   readonly scrubber: Scrubber;
   /** Keeps the fault and event logs bounded, in the background. */
@@ -141,6 +150,11 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
     this.faults = new FaultManager(this);
     // Writes held on a location that leaves `migrating` look again.
     this.migrations = new MigrationManager(this, settled, opts.migrationConcurrency);
+    this.rebuild = new RebuildManager(this, settled, {
+      domains: () => containerDomains(db),
+      ...(opts.rebuildDelayMs === undefined ? {} : { delayMs: opts.rebuildDelayMs }),
+      ...(opts.rebuildScanMs === undefined ? {} : { scanIntervalMs: opts.rebuildScanMs }),
+    });
     this.scrubber = new Scrubber(this, opts.scrub);
     this.allocator.scrubSink = (locs) => this.scrubber.add(locs);
     this.retention = new Retention(db, opts.retention);
@@ -164,6 +178,7 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
     this.portGroups.close();
     this.tables.close();
     this.migrations.stopAll();
+    this.rebuild.stop();
     this.scrubber.stop();
     this.retention.stop();
     this.commands.close();

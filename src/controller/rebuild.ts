@@ -27,7 +27,7 @@
 import { SegmentState } from '../table/index.js';
 import { log } from '../util/log.js';
 import { ContainerFullError, locKey } from './allocator.js';
-import type { ControllerDb, Location, VdiskRow } from './db.js';
+import type { ControllerDb, Location, StaleLeg, VdiskRow } from './db.js';
 import type { AgentCommands } from './agent-commands.js';
 import type { Allocator } from './allocator.js';
 import type { CommitResult, TableChanges } from './table-changes.js';
@@ -41,17 +41,6 @@ export const DEFAULT_REBUILD_DELAY_MS = 10 * 60_000;
 export const DEFAULT_REBUILD_SCAN_MS = 5_000;
 /** Pause before a pass that could rebuild nothing is tried again. */
 const RETRY_MS = 500;
-
-/** A stale leg as rebuild sees it (db.ts StaleLeg). */
-export interface StaleLegRef {
-  vdiskId: string;
-  seg: number;
-  containerId: string;
-  /** ISO time the leg was removed from the table. */
-  since: string;
-  /** Written to since (a resync copies it). */
-  dirty?: boolean | number;
-}
 
 /** The change context a rebuild uses (table-changes.ts ChangeContext, with legs). */
 export interface RebuildChange {
@@ -68,14 +57,10 @@ export interface RebuildTable {
 }
 
 /** What a rebuild needs of the database. */
-export interface RebuildDb extends Pick<ControllerDb, 'vdisk' | 'vdisks' | 'exportsOfVdisk' | 'segment' | 'refcount' | 'event'> {
-  /** Every leg of a segment, leg 0 first ([] when it has no location). */
-  locationsOfSegment(vdiskId: string, seg: number): Location[];
-  staleLegs(filter: { vdiskId?: string; containerId?: string }): StaleLegRef[];
-  /** Drops a stale leg, releasing its location at `version` (scrubbed once every exporter has acked it). */
-  dropStaleLeg(vdiskId: string, seg: number, containerId: string, version: number): void;
-  setVdiskCopies(vdiskId: string, copies: number): void;
-}
+export type RebuildDb = Pick<
+  ControllerDb,
+  'vdisk' | 'vdisks' | 'exportsOfVdisk' | 'segment' | 'refcount' | 'event' | 'locationsOfSegment' | 'staleLegs' | 'dropStaleLeg' | 'setVdiskCopies'
+>;
 
 /** What a rebuild needs of the controller. */
 export interface RebuildHost extends SegmentCopyHost {
@@ -147,9 +132,9 @@ interface Run {
   wake: (() => void) | null;
 }
 
-/** The copies of a vdisk row (1 for rows from before mirrored vdisks). */
+/** The copies of a vdisk row. */
 export function copiesOf(v: VdiskRow): number {
-  return (v as VdiskRow & { copies?: number }).copies ?? 1;
+  return v.copies;
 }
 
 export class RebuildManager {
@@ -332,7 +317,7 @@ export class RebuildManager {
       segments,
       degraded,
       stale: stale.length,
-      dirty: stale.filter((s) => s.dirty === true || s.dirty === 1).length,
+      dirty: stale.filter((s) => s.dirty).length,
       blocked: '',
     };
     const run = this.#runs.get(vdiskId);
@@ -362,7 +347,7 @@ export class RebuildManager {
   }
 
   /** Drops stale legs still present, each released at the version current when it goes (every holder has the table without it). */
-  async #dropStale(vdiskId: string, legs: readonly StaleLegRef[], why: string): Promise<void> {
+  async #dropStale(vdiskId: string, legs: readonly StaleLeg[], why: string): Promise<void> {
     if (legs.length === 0) return;
     const db = this.#db;
     const dropped = await this.#host.tables.serialize(vdiskId, async () => {

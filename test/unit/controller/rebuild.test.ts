@@ -7,9 +7,9 @@ import { expect } from 'chai';
 import { SegmentState } from '../../../src/table/index.js';
 import type { AgentLink } from '../../../src/controller/agent-link.js';
 import type { CopyArgs } from '../../../src/controller/agent-commands.js';
-import type { ExportRow, Location, SegmentRow, VdiskRow } from '../../../src/controller/db.js';
+import type { ExportRow, Location, SegmentRow, StaleLeg, VdiskRow } from '../../../src/controller/db.js';
 import type { CommitResult } from '../../../src/controller/table-changes.js';
-import { RebuildManager, type RebuildChange, type RebuildHost, type StaleLegRef } from '../../../src/controller/rebuild.js';
+import { RebuildManager, type RebuildChange, type RebuildHost } from '../../../src/controller/rebuild.js';
 
 /** Polls `pred` (the fake host settles on the event loop) until true, or fails naming `what`. */
 async function until(pred: () => boolean, ms: number, what: string): Promise<void> {
@@ -32,9 +32,9 @@ interface Seg {
 
 /** One vdisk `d`, containers with a domain and free offsets, and a log of what the rebuild did. */
 class World {
-  readonly vdisk: VdiskRow & { copies: number };
+  readonly vdisk: VdiskRow;
   readonly segs = new Map<number, Seg>();
-  stale: (StaleLegRef & { dirty: number })[] = [];
+  stale: StaleLeg[] = [];
   readonly domains = new Map<string, string>();
   readonly free = new Map<string, number[]>();
   readonly log: string[] = [];
@@ -267,8 +267,8 @@ describe('controller mirror rebuild (fake host)', () => {
     w.seg(0, [A(0)]).seg(1, [A(1)]);
     const old = new Date(Date.now() - 120_000).toISOString();
     w.stale = [
-      { vdiskId: 'v1', seg: 0, containerId: 'C', offset: 0, dirty: 1, since: new Date().toISOString() },
-      { vdiskId: 'v1', seg: 1, containerId: 'C', offset: 1, dirty: 0, since: old },
+      { vdiskId: 'v1', seg: 0, containerId: 'C', offset: 0, dirty: true, since: new Date().toISOString() },
+      { vdiskId: 'v1', seg: 1, containerId: 'C', offset: 1, dirty: false, since: old },
     ];
     const m = manager(w, { delayMs: 60_000 });
     expect(m.health('v1')).to.deep.include({ degraded: 2, stale: 2, dirty: 1 });
@@ -287,8 +287,8 @@ describe('controller mirror rebuild (fake host)', () => {
     const w = new World(2, 2).container('A', 'd1', 4).container('B', 'd2', 4);
     w.seg(0, [A(0)]).seg(1, [A(1)]);
     w.stale = [
-      { vdiskId: 'v1', seg: 0, containerId: 'C', offset: 0, dirty: 0, since: new Date().toISOString() },
-      { vdiskId: 'v1', seg: 1, containerId: 'D', offset: 1, dirty: 0, since: new Date().toISOString() },
+      { vdiskId: 'v1', seg: 0, containerId: 'C', offset: 0, dirty: false, since: new Date().toISOString() },
+      { vdiskId: 'v1', seg: 1, containerId: 'D', offset: 1, dirty: false, since: new Date().toISOString() },
     ];
     const m = manager(w);
     expect(await m.evacuate('C')).to.deep.equal(['v1']);
