@@ -8,6 +8,7 @@
 //   faults.ts          what to do about each fault (its decision table)
 //   migration.ts       moving a vdisk's segments to another container
 //   mirrors.ts         a failed copy of mirrored vdisks: the leg removed per container, resync when it is back
+//   rebuild.ts         new legs for degraded segments of mirrored vdisks, set-copies, health
 //   scrubber.ts        zeroing freed container segments before reuse
 //   snapshots.ts       snapshots and clones (shared segments)
 //   lu-state.ts        each vdisk's SCSI LU state (reservations, unit attentions) for every path
@@ -27,6 +28,8 @@ import { LuStates } from './lu-state.js';
 import { MigrationManager, type MigrationHost } from './migration.js';
 import { MirrorManager, type MirrorHost } from './mirrors.js';
 import { PortGroups } from './port-groups.js';
+import { containerDomains } from './domains.js';
+import { RebuildManager } from './rebuild.js';
 import { Retention, type RetentionOptions } from './retention.js';
 import { Scrubber, type ScrubHost, type ScrubberOptions } from './scrubber.js';
 import type { SnapshotHost } from './snapshots.js';
@@ -53,6 +56,10 @@ export interface ControllerOptions {
   retention?: RetentionOptions;
   /** Base deadline of a copy or zero command (agent-commands.ts, DEFAULT_COMMAND_TIMEOUT_MS). */
   commandTimeoutMs?: number;
+  /** Age at which a failed container's stale legs are rebuilt elsewhere (rebuild.ts, DEFAULT_REBUILD_DELAY_MS). */
+  rebuildDelayMs?: number;
+  /** How often the rebuild looks for degraded segments and expired stale legs (rebuild.ts, DEFAULT_REBUILD_SCAN_MS). */
+  rebuildScanMs?: number;
 }
 
 export class Controller implements FaultHost, MigrationHost, MirrorHost, SnapshotHost, ScrubHost {
@@ -73,6 +80,8 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
   readonly migrations: MigrationManager;
   /** Leg faults of mirrored vdisks (once per failed container) and resync when the container is back. */
   readonly mirrors: MirrorManager;
+  /** New legs for degraded segments of mirrored vdisks (started by startController: rebuild.start()). */
+  readonly rebuild: RebuildManager;
   /** Zeroes freed container segments (through agents) before they can be allocated again. */
   readonly scrubber: Scrubber;
   /** Keeps the fault and event logs bounded, in the background. */
@@ -148,6 +157,11 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
     this.migrations = new MigrationManager(this, settled, opts.migrationConcurrency);
     // Writes held on a segment being resynced look again once it is done, as after a migration step.
     this.mirrors = new MirrorManager(this, settled);
+    this.rebuild = new RebuildManager(this, settled, {
+      domains: () => containerDomains(db),
+      ...(opts.rebuildDelayMs === undefined ? {} : { delayMs: opts.rebuildDelayMs }),
+      ...(opts.rebuildScanMs === undefined ? {} : { scanIntervalMs: opts.rebuildScanMs }),
+    });
     this.scrubber = new Scrubber(this, opts.scrub);
     this.allocator.scrubSink = (locs) => this.scrubber.add(locs);
     this.retention = new Retention(db, opts.retention);
@@ -172,6 +186,7 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
     this.tables.close();
     this.migrations.stopAll();
     this.mirrors.close();
+    this.rebuild.stop();
     this.scrubber.stop();
     this.retention.stop();
     this.commands.close();

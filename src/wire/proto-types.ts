@@ -413,6 +413,31 @@ export interface VdiskInfo {
   parentId: string;
   /** Latest migration of this vdisk; null (absent on the wire) when none. */
   migration: MigrationInfo | null;
+  /** Copies and their health; null from a controller without mirrored vdisks. */
+  health?: VdiskHealthInfo | null;
+}
+
+export interface SetVdiskCopiesRequest {
+  name: string;
+  copies: number;
+}
+
+export interface RebuildProgressInfo {
+  done: number;
+  total: number;
+  bytes: number;
+}
+
+export interface VdiskHealthInfo {
+  copies: number;
+  segments: number;
+  degraded: number;
+  stale: number;
+  dirty: number;
+  rebuilding: RebuildProgressInfo | null;
+  /** Why the running rebuild cannot go on now; '' when it can. */
+  blocked: string;
+  resyncing: RebuildProgressInfo | null;
 }
 
 export interface ListVdisksReply {
@@ -586,6 +611,8 @@ export interface AdminMethods {
   RemoveVdisk: [VdiskRef, Empty];
   ResizeVdisk: [ResizeVdiskRequest, VdiskInfo];
   GetTable: [GetTableRequest, TableReply];
+  SetVdiskCopies: [SetVdiskCopiesRequest, VdiskInfo];
+  RepairVdisk: [VdiskRef, VdiskInfo];
   AddExport: [AddExportRequest, ExportInfo];
   ListExports: [ListExportsRequest, ListExportsReply];
   RemoveExport: [RemoveExportRequest, Empty];
