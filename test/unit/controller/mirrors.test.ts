@@ -7,6 +7,7 @@
 import { expect } from 'chai';
 import { join } from 'node:path';
 import { Allocator } from '../../../src/controller/allocator.js';
+import type { AgentLink } from '../../../src/controller/agent-link.js';
 import type { AgentRegistry } from '../../../src/controller/agent-registry.js';
 import type { CopyArgs } from '../../../src/controller/agent-commands.js';
 import { checkInvariants } from '../../../src/controller/check.js';
@@ -49,7 +50,8 @@ describe('controller mirrors: leg failure and resync (fake host)', () => {
     // No agent holds a table: commits are sent to no one and acked at once.
     const agents = { holders: () => [], leaseMs: 0, leaseEnd: () => 0, unreachableExporters: () => [] } as unknown as AgentRegistry;
     const migrating = new Set<string>();
-    const tables = new TableChanges(db, new Allocator(db), writeBehind, agents, 1000, { migrating, scrub: () => undefined, settled: () => undefined });
+    const allocator = new Allocator(db);
+    const tables = new TableChanges(db, allocator, writeBehind, agents, 1000, { migrating, scrub: () => undefined, settled: () => undefined });
     const fake = { copies: [] as CopyArgs[], copyError: null as string | null, copyAgent: 'a1' as string | null, released: [] as string[] };
     const host = {
       db,
@@ -57,6 +59,9 @@ describe('controller mirrors: leg failure and resync (fake host)', () => {
       migrating,
       writeBehind,
       tables,
+      allocator,
+      // Every copying agent stays connected: a copy error is the copy's own.
+      agents: { link: () => ({}) as AgentLink },
       commands: {
         copyAgent: () => fake.copyAgent,
         copy: (_agent: string, cmd: CopyArgs) => {
