@@ -1,5 +1,5 @@
-// Leg failure and resync of mirrored vdisks (docs/architecture.md,
-// "Mirrored vdisks"; /work design §6). A leg fault (Fault.failedContainer)
+// Leg failure and resync of mirrored vdisks (docs/architecture.md, "A
+// failed copy and its resync"). A leg fault (Fault.failedContainer)
 // says one copy of a segment failed while another took the write. The
 // controller decides once per container, not per segment:
 //
