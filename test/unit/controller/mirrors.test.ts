@@ -217,6 +217,27 @@ describe('controller mirrors: leg failure and resync (fake host)', () => {
     clean();
   });
 
+  it('resync keeps an entry no-write while its first leg is shared (a snapshot taken while degraded)', async () => {
+    const id = await mirrored('m', 2);
+    await legFault(id, 0, CB);
+    // A snapshot now: the source's entries no-write, every location shared (stale legs stay the source's).
+    await f.tables.changeTable(id, (ctx) => ctx.set(0, NO_WRITE, { containerId: CA, offset: 0 }));
+    const sid = 's-id';
+    f.db.tx(() => {
+      f.db.insertVdisk({ id: sid, name: 's', size: 2 * MiB, blockSize: 512, segmentSize: MiB, segmentCount: 2, thin: true, version: 0, kind: 'snapshot', parentId: id });
+      f.db.shareInto(id, sid);
+    });
+    await f.mirrors.resync(CB);
+    expect(f.copies.map((c) => [c.srcContainer, c.srcOffset, c.dstContainer, c.dstOffset])).to.deep.equal([[CA, 0, CB, 0]]);
+    for (let s = 0; s < 2; s++) {
+      expect(where(id, s), `segment ${s}`).to.deep.equal([`aa@${s}`, `bb@${s}`]);
+      expect(state(id, s), `segment ${s}`).to.equal(NO_WRITE);
+      expect(where(sid, s), `snapshot segment ${s}`).to.deep.equal([`aa@${s}`]);
+    }
+    expect(f.db.container(CB)!.state).to.equal('online');
+    clean();
+  });
+
   it('resync with a copy that fails: the container stays failed with its stale legs', async () => {
     const id = await mirrored('m', 2);
     await legFault(id, 0, CB);
