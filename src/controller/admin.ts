@@ -65,7 +65,7 @@ import { isShared } from './agent-registry.js';
 import { backupChunks, streamBackup } from './backup.js';
 import { checkInvariants, checkWarnings } from './check.js';
 import { ALUA_PREFERENCES, MAX_VDISK_COPIES, TableChangeError, type AluaPreference, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
-import { effectiveDomain } from './domains.js';
+import { containerDomains, effectiveDomain } from './domains.js';
 import { aluaStateName } from './port-groups.js';
 import { MigrationError } from './migration.js';
 import { containerDomains } from './domains.js';
@@ -190,7 +190,7 @@ export class Admin {
     return this.#containerInfo(row);
   }
 
-  #containerInfo(c: ContainerRow): ContainerInfo {
+  #containerInfo(c: ContainerRow, domains?: ReadonlyMap<string, string>): ContainerInfo {
     const acct = this.#db.containerSharing(c.id);
     const reach = this.#db.containerReach(c.id);
     const capacity = c.segmentsTotal * c.segmentSize;
@@ -211,7 +211,7 @@ export class Admin {
       agents: this.#db.containerAgents(c.id),
       unreachable: reach.filter((r) => !r.reachable).map((r) => `${r.agent}: ${r.error}`),
       shared: isShared(reach),
-      domain: effectiveDomain(c, this.#db),
+      domain: domains?.get(c.id) ?? effectiveDomain(c, this.#db),
     };
   }
 
@@ -229,7 +229,8 @@ export class Admin {
   }
 
   ListContainers(_r: Partial<Empty>): ListContainersReply {
-    return { containers: this.#db.containers().map((c) => this.#containerInfo(c)) };
+    const domains = containerDomains(this.#db);
+    return { containers: this.#db.containers().map((c) => this.#containerInfo(c, domains)) };
   }
 
   RemoveContainer(r: Partial<RemoveContainerRequest>): Empty {
