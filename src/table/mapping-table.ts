@@ -394,7 +394,10 @@ export class MappingTable {
     return this.#version;
   }
 
-  /** Legs a segment may have in this table: 1 until an entry with extra legs is set, then 2 or 3 (never shrinks). */
+  /**
+   * Legs a segment may have in this table: 1 until an entry with extra legs
+   * is set, then 2 or 3 (it shrinks only in pruneContainers).
+   */
   get maxLegs(): number {
     return 1 + this.#legSlots.length;
   }
@@ -718,8 +721,17 @@ export class MappingTable {
     return t;
   }
 
-  /** Drops container ids no segment refers to, renumbering slots; returns how many were dropped. */
+  /**
+   * Drops container ids no segment refers to, renumbering slots, and the
+   * arrays of extra legs no segment has any more (maxLegs goes down: a table
+   * whose copies went back to one costs 7 B/segment again); returns how many
+   * container ids were dropped.
+   */
   pruneContainers(): number {
+    while (this.#legSlots.length > 0 && (this.#legSlots[this.#legSlots.length - 1] as Uint16Array).every((v) => v === NO_SLOT)) {
+      this.#legSlots.pop();
+      this.#legOffsets.pop();
+    }
     const used = new Uint8Array(this.#containers.length + 1);
     const slots = this.#slots;
     for (let s = 0; s < this.#segmentCount; s++) used[slots[s] as number] = 1;
