@@ -62,7 +62,7 @@ import { log } from '../util/log.js';
 import { ContainerFullError } from './allocator.js';
 import { isShared } from './agent-registry.js';
 import { backupChunks, streamBackup } from './backup.js';
-import { checkInvariants } from './check.js';
+import { checkInvariants, checkWarnings } from './check.js';
 import { ALUA_PREFERENCES, TableChangeError, type AluaPreference, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
 import { aluaStateName } from './port-groups.js';
 import { MigrationError } from './migration.js';
@@ -738,7 +738,8 @@ export class Admin {
   Check(_r: Partial<Empty>): CheckReply {
     this.#ctrl.writeBehind.flush();
     const violations = checkInvariants(this.#db);
-    return { ok: violations.length === 0, violations };
+    const warnings = checkWarnings(this.#db);
+    return { ok: violations.length === 0, violations, ...(warnings.length > 0 ? { warnings } : {}) };
   }
 }
 

@@ -549,6 +549,8 @@ export interface SetSegmentStateRequest {
 export interface CheckReply {
   ok: boolean;
   violations: string[];
+  /** Not violations: degraded segments of mirrored vdisks (absent from an older controller). */
+  warnings?: string[];
 }
 
 export interface SnapshotVdiskRequest {
