@@ -279,12 +279,12 @@ export class Allocator {
    * Takes locations for `count` entries of `vdisk`, each with up to `legs`
    * locations in distinct failure domains (eligible containers only: online,
    * of its segment size, reached by its exporters; domains `avoid` names
-   * left out), the emptiest domains first. An entry gets fewer legs
-   * (degraded, at least one) when domains with room run out, and legs only
-   * while every entry can still get one. Throws ContainerFullError, taking
-   * nothing, when there is not one free location per entry. Consecutive
-   * entries get consecutive offsets where free runs allow (a thick vdisk's
-   * legs are runs too). Marks them used in memory only, as allocate.
+   * left out), the emptiest domains first. When the domains cannot give
+   * every entry all its legs, entries get fewer (degraded, at least one,
+   * evenly). Throws ContainerFullError, taking nothing, when there is not one
+   * free location per entry. Consecutive entries get consecutive offsets
+   * where free runs allow (a thick vdisk's legs are runs too). Marks them
+   * used in memory only, as allocate.
    */
   allocateLegs(vdisk: VdiskRow, count: number, legs: number, avoid?: (domain: string) => boolean): Location[][] {
     if (count <= 0) return [];
@@ -292,39 +292,45 @@ export class Allocator {
     // One copy, nothing to avoid: a plain allocation, as always.
     if (legs === 1 && avoid === undefined) return runLocations(this.allocate(vdisk, count)).map((l) => [l]);
     const domainOf = containerDomains(this.#db);
-    const byDomain = new Map<string, ContainerSpace[]>();
+    const byDomain = new Map<string, string[]>();
     const eligible: string[] = [];
     for (const id of this.eligibleContainers(vdisk)) {
       const d = domainOf.get(id) ?? `container:${id}`;
-      const s = this.#space.get(id);
-      if (s === undefined || avoid?.(d) === true) continue;
+      if (!this.#space.has(id) || avoid?.(d) === true) continue;
       eligible.push(id);
       let list = byDomain.get(d);
       if (list === undefined) byDomain.set(d, (list = []));
-      list.push(s);
+      list.push(id);
     }
-    const freeOf = (d: string): number => (byDomain.get(d) ?? []).reduce((n, s) => n + s.free, 0);
-    const total = [...byDomain.keys()].reduce((n, d) => n + freeOf(d), 0);
+    // Emptiest first: leg 0 goes there, and it gives the most.
+    const domains = [...byDomain]
+      .map(([d, ids]) => ({ ids, free: ids.reduce((n, id) => n + (this.#space.get(id)?.free ?? 0), 0) }))
+      .filter((x) => x.free > 0)
+      .sort((a, b) => b.free - a.free || ((a.ids[0] as string) < (b.ids[0] as string) ? -1 : 1));
+    const total = domains.reduce((n, x) => n + x.free, 0);
     if (total < count) throw this.#full(vdisk, count, eligible, total, avoid === undefined ? '' : ', in a failure domain not avoided');
-    const out: Location[][] = [];
-    while (out.length < count) {
-      const remaining = count - out.length;
-      const ranked = [...byDomain.keys()]
-        .map((d) => ({ d, free: freeOf(d) }))
-        .filter((x) => x.free > 0)
-        .sort((a, b) => b.free - a.free || (a.d < b.d ? -1 : 1));
-      // Free space beyond one location per entry left: what extra legs may use.
-      const spare = ranked.reduce((n, x) => n + x.free, 0) - remaining;
-      const k = Math.min(legs, ranked.length, 1 + spare);
-      const kth = (ranked[k - 1] as { free: number }).free;
-      const next = ranked[k]?.free ?? 0;
-      // A batch takes the chosen domains down to the next one's level (ties in slices), so the emptiest stay first.
-      let batch = Math.min(remaining, kth, Math.max(kth - next, Math.min(kth, 1024)));
-      // k <= 1 + spare, so at least one entry fits.
-      if (k > 1 && batch * (k - 1) > spare) batch = Math.floor(spare / (k - 1));
-      const perDomain = ranked.slice(0, k).map((x) => runLocations(this.allocate(vdisk, batch, (byDomain.get(x.d) ?? []).map((s) => s.id))));
-      for (let i = 0; i < batch; i++) out.push(perDomain.map((locs) => locs[i] as Location));
-    }
+    // A domain gives an entry at most one leg: at most `count` in all.
+    const cap = (f: number): number => Math.min(f, count);
+    const positions = Math.min(legs * count, domains.reduce((n, x) => n + cap(x.free), 0));
+    const takes = levelTakes(
+      domains.map((x) => x.free),
+      count,
+      positions,
+    );
+    // Wrap-around (McNaughton): the domains' takes laid end to end, position
+    // p is leg floor(p / count) of entry p % count. A domain takes at most
+    // `count` positions, so no entry gets two legs in one domain, and each
+    // domain's locations go to consecutive entries.
+    const out: Location[][] = Array.from({ length: count }, () => []);
+    let p = 0;
+    domains.forEach((x, i) => {
+      const n = takes[i] as number;
+      if (n === 0) return;
+      for (const l of runLocations(this.allocate(vdisk, n, x.ids))) {
+        (out[p % count] as Location[]).push(l);
+        p++;
+      }
+    });
     return out;
   }
 
@@ -339,6 +345,34 @@ export class Allocator {
     }
     if (n > 0) this.observer?.freed(n);
   }
+}
+
+/**
+ * How many locations each domain gives (frees in the order given, emptiest
+ * first) for `positions` in all, at most `count` each: down to a common
+ * level, so that the emptiest give most and free space stays even.
+ */
+function levelTakes(frees: readonly number[], count: number, positions: number): number[] {
+  const give = (level: number): number[] => frees.map((f) => Math.min(count, Math.max(0, f - level)));
+  const sum = (a: readonly number[]): number => a.reduce((n, x) => n + x, 0);
+  // The lowest level whose takes do not exceed `positions`.
+  let lo = 0;
+  let hi = Math.max(0, ...frees);
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (sum(give(mid)) <= positions) hi = mid;
+    else lo = mid + 1;
+  }
+  const takes = give(lo);
+  // One level lower gives more than needed: the rest, one each, emptiest first.
+  let rest = positions - sum(takes);
+  for (let i = 0; i < frees.length && rest > 0; i++) {
+    if ((takes[i] as number) < Math.min(count, frees[i] as number)) {
+      takes[i] = (takes[i] as number) + 1;
+      rest--;
+    }
+  }
+  return takes;
 }
 
 /** Inserts one offset into a container's sorted free runs, merging neighbours. */

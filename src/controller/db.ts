@@ -35,7 +35,7 @@
 //   (every leg of every entry) plus those of stale legs.
 
 import Database from 'better-sqlite3';
-import { MappingTable, SegmentState, isSegmentState, stateHasLocation, type EntryInput } from '../table/index.js';
+import { MAX_COPIES, MappingTable, SegmentState, isSegmentState, stateHasLocation, type EntryInput } from '../table/index.js';
 import { migrate, type Sql } from './schema.js';
 import type { LuStateMsg } from '../wire/proto-types.js';
 
@@ -75,8 +75,8 @@ export interface VdiskRow {
   copies: number;
 }
 
-/** The most copies a vdisk may have (the table's MAX_COPIES; schema CHECK). */
-export const MAX_VDISK_COPIES = 3;
+/** The most copies a vdisk may have (schema CHECK). */
+export const MAX_VDISK_COPIES = MAX_COPIES;
 
 export type VdiskKind = 'vdisk' | 'snapshot';
 
@@ -234,8 +234,8 @@ export interface EntryAt extends Location {
 
 export const sameLocation = (a: Location, b: Location): boolean => a.containerId === b.containerId && a.offset === b.offset;
 
-/** A table entry as the table takes it, with its extra legs (MappingTable EntryInput.legs). */
-export type EntryWithLegs = EntryInput & { readonly legs?: readonly { readonly container: string; readonly offset: number }[] };
+/** A table entry as the table takes it, with its extra legs (EntryInput.legs). */
+export type EntryWithLegs = EntryInput;
 
 /** An entry `tabula check` looks at closer (ControllerDb.suspectEntries). */
 export interface SuspectEntry {
@@ -1193,6 +1193,29 @@ export class ControllerDb {
       this.#statements.insertContainerSegment.run(containerId, offset + i);
       this.#statements.insertSegment.run(vdisk.id, firstSeg + i, SegmentState.Normal, containerId, offset + i);
     }
+  }
+
+  /**
+   * Records freshly allocated entries with their legs for consecutive
+   * segments from `firstSeg` (a mirrored thick create): plain inserts, as
+   * insertAllocatedRun. Each entry's locations are leg 0 first, just taken
+   * from the allocator, in distinct containers.
+   */
+  insertAllocatedLegs(vdisk: VdiskRow, firstSeg: number, entries: readonly (readonly Location[])[]): void {
+    if (firstSeg < 0 || firstSeg + entries.length > vdisk.segmentCount) {
+      throw new TableChangeError(`vdisk ${vdisk.name} segments ${firstSeg}+${entries.length} out of range (${vdisk.segmentCount} segments)`);
+    }
+    entries.forEach((locs, i) => {
+      const seg = firstSeg + i;
+      const first = locs[0];
+      if (first === undefined) throw new TableChangeError(`vdisk ${vdisk.name} segment ${seg}: no location`);
+      for (const l of locs) this.#statements.insertContainerSegment.run(l.containerId, l.offset);
+      this.#statements.insertSegment.run(vdisk.id, seg, SegmentState.Normal, first.containerId, first.offset);
+      for (let k = 1; k < locs.length; k++) {
+        const l = locs[k] as Location;
+        this.#statements.insertLeg.run(vdisk.id, seg, k, l.containerId, l.offset);
+      }
+    });
   }
 
   /**

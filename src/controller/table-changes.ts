@@ -623,9 +623,12 @@ function touchesNormal(table: MappingTable, ranges: readonly [number, number][],
   return false;
 }
 
-/** The cached entry of `seg` has the state and location of `e` (owners aside). */
-function sameEntry(table: MappingTable, seg: number, e: { state: SegmentState; container?: string | null; offset?: number }): boolean {
-  return table.stateOf(seg) === e.state && table.containerOf(seg) === (e.container ?? null) && table.containerOffsetOf(seg) === (e.offset ?? 0);
+/** The cached entry of `seg` has the state and locations (every leg) of `e` (owners aside). */
+function sameEntry(table: MappingTable, seg: number, e: EntryWithLegs): boolean {
+  if (table.stateOf(seg) !== e.state || table.containerOf(seg) !== (e.container ?? null) || table.containerOffsetOf(seg) !== (e.offset ?? 0)) return false;
+  const legs = e.legs ?? [];
+  if (table.legCountOf(seg) !== (table.containerOf(seg) === null ? 0 : 1 + legs.length)) return false;
+  return legs.every((l, i) => table.locationsOf(seg)[i + 1]?.container === l.container && table.locationsOf(seg)[i + 1]?.offset === l.offset);
 }
 
 function toRanges(segs: Set<number>): [number, number][] {

@@ -58,6 +58,19 @@ describe('controller allocator: legs in distinct failure domains', () => {
     expect(a.freeSegments(CC)).to.equal(2);
   });
 
+  it('gives every entry all its legs whenever the domains can (three equal domains, two legs, 1.5 domains of entries)', () => {
+    add(CA, 10, 'd1');
+    add(CB, 10, 'd2');
+    add(CC, 10, 'd3');
+    const a = new Allocator(db);
+    const entries = a.allocateLegs(vdisk('m', 15), 15, 2);
+    for (const e of entries) {
+      expect(e).to.have.length(2);
+      expect(new Set(domains(e)).size).to.equal(2);
+    }
+    expect([CA, CB, CC].map((c) => a.freeSegments(c))).to.deep.equal([0, 0, 0]);
+  });
+
   it('prefers the emptiest domains', () => {
     add(CA, 10, 'd1');
     add(CB, 4, 'd2');

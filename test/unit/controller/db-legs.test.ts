@@ -198,19 +198,22 @@ describe('controller db: mirrored segments (legs, stale legs, domains, copies)',
     const table = db.loadTable(db.vdisk('v1') as VdiskRow);
     expect(table.containerOf(0)).to.equal(CA);
     expect(table.containerOffsetOf(5)).to.equal(5);
-    // The table's legs API arrives with the table helper's branch; until then the entries' legs are checked on tableEntry.
-    const legs = (table as unknown as { locationsOf?: (s: number) => { container: string; offset: number }[] }).locationsOf;
-    if (legs !== undefined) {
-      expect(legs.call(table, 3)).to.deep.equal([
-        { container: CA, offset: 3 },
-        { container: CB, offset: 11 },
-      ]);
-      expect(legs.call(table, 4)).to.deep.equal([
-        { container: CA, offset: 4 },
-        { container: CC, offset: 12 },
-      ]);
-      expect(legs.call(table, 5)).to.deep.equal([{ container: CA, offset: 5 }]);
-    }
+    expect(table.locationsOf(3)).to.deep.equal([
+      { container: CA, offset: 3 },
+      { container: CB, offset: 11 },
+    ]);
+    expect(table.locationsOf(4)).to.deep.equal([
+      { container: CA, offset: 4 },
+      { container: CC, offset: 12 },
+    ]);
+    expect(table.locationsOf(5)).to.deep.equal([{ container: CA, offset: 5 }]);
+    expect(table.get(5).legs).to.equal(undefined);
+    expect(table.get(3).legs).to.deep.equal([{ container: CB, offset: 11 }]);
+    expect(table.maxLegs).to.equal(2);
+    // Segments 0-3 are one run (every leg continues), 4 and 5 runs of their own.
+    expect(table.runEnd(0)).to.equal(4);
+    expect(table.runEnd(4)).to.equal(5);
+    expect(table.equals(db.loadTable(db.vdisk('v1') as VdiskRow))).to.equal(true);
   });
 
   it('shares legs into a snapshot (each leg location gains a reference) with the source copies', () => {
