@@ -12,8 +12,9 @@
 //      fault and wait);
 //   4. the agent copies the healthy leg to the new location
 //      (segment-copy.ts);
-//   5. the leg is added and the entry goes back to its state: push, acks;
-//      held writes get RETRY and from then on reach every leg.
+//   5. the leg is added, the entry normal again (no-write while shared or
+//      a snapshot's): push, acks; held writes get RETRY and from then on
+//      reach every leg.
 //
 // What is degraded comes from the tables, so a restarted controller finds
 // the same segments again and goes on. A segment with a stale leg (its
@@ -529,14 +530,15 @@ export class RebuildManager {
         return { outcome: 'failed', reason: `${what}: ${copied.reason}` };
       }
       if (host.closed) return { outcome: 'skipped', reason: '' };
-      // Step 5: back to the state it had, with the new leg last; no-write if a
-      // snapshot came to share it meanwhile (its next write copies it).
+      // Step 5: the new leg last, and writable when this table alone holds
+      // every leg (as a write's make-writable would: it saves that fault);
+      // else no-write (a snapshot's, or shared: its next write copies it).
       const leg = fresh;
       const primary = legs[0] as Location;
       await host.tables.changeTable(vdisk.id, (c) => {
         if (db.segment(vdisk.id, seg).state !== SegmentState.NoWrite || !same(db.locationsOfSegment(vdisk.id, seg))) return;
-        const back = state === SegmentState.Normal && db.refcount(primary) === 1 ? SegmentState.Normal : SegmentState.NoWrite;
-        c.set(seg, back, primary, [...legs.slice(1), leg]);
+        const alone = vdisk.kind !== 'snapshot' && legs.every((l) => db.refcount(l) === 1);
+        c.set(seg, alone ? SegmentState.Normal : SegmentState.NoWrite, primary, [...legs.slice(1), leg]);
         committed = true;
       });
       return committed ? { outcome: 'rebuilt', reason: '' } : { outcome: 'skipped', reason: '' };
