@@ -375,7 +375,7 @@ export class Admin {
       dirty: h.dirty,
       rebuilding: h.rebuilding ?? null,
       blocked: h.blocked,
-      resyncing: null,
+      resyncing: this.#ctrl.mirrors.resyncProgress(v.id) ?? null,
     };
   }
 

@@ -57,6 +57,7 @@ export class ControllerMetrics {
   readonly #zerosDone: { ok: Child; failed: Child };
   readonly #allocated: Child;
   readonly #freed: Child;
+  readonly #resyncBytes: Child;
   readonly #rebuildBytes: Child;
   #controller: Controller | null = null;
 
@@ -228,6 +229,13 @@ export class ControllerMetrics {
       help: 'Container segments returned to the free map.',
       registers,
     });
+    this.#resyncBytes = zeroed(
+      new Counter({
+        name: 'tabula_resync_bytes_total',
+        help: 'Bytes copied onto stale legs of mirrored vdisks when their failed container came back (only the segments written while it was away).',
+        registers,
+      }),
+    );
     const path = connectPath();
     this.interceptor = (method, call) => (method.path === path ? this.#tap(call) : new grpc.ServerInterceptingCall(call));
   }
@@ -240,6 +248,7 @@ export class ControllerMetrics {
       freed: (n) => this.#freed.inc(n),
     };
     controller.allocator.observer = observer;
+    controller.mirrors.observer = { resyncBytes: (n) => this.#resyncBytes.inc(n) };
     controller.rebuild.observer = { copied: (bytes) => this.#rebuildBytes.inc(bytes) };
   }
 
