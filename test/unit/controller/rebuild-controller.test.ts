@@ -5,7 +5,8 @@
 import { expect } from 'chai';
 import { closeSync, openSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { SegmentState } from '../../../src/table/index.js';
+import { IoOp, SegmentState } from '../../../src/table/index.js';
+import { FaultAction } from '../../../src/wire/proto-types.js';
 import { checkInvariants } from '../../../src/controller/check.js';
 import { startController, type ControllerHandle } from '../../../src/controller/daemon.js';
 import { CA, CB, CC, FakeAgent, MiB, containerRef, tempDir, until } from './helpers.js';
@@ -178,6 +179,29 @@ describe('controller mirror rebuild', () => {
     await until(() => legs('d', 1).length === 2, 10_000, 'segment 1 rebuilt by the repair');
     await rebuilt('d');
     expect(health('d')).to.deep.include({ stale: 0, degraded: 0 });
+    clean();
+  });
+
+  it('a leg fault fails a container: its legs wait as stale legs; container evacuate of it rebuilds them in the third domain at once', async () => {
+    const { id, a } = await setup();
+    await ctl!.admin.SetVdiskCopies({ name: 'd', copies: 2 });
+    await rebuilt('d');
+    // Fail the container holding segment 0's second leg.
+    const failed = ctl!.db.locationsOfSegment(id, 0)[1]!.containerId;
+    const onFailed = [0, 1, 2, 3].filter((s) => ctl!.db.locationsOfSegment(id, s).some((l) => l.containerId === failed));
+    const r = await a.sendFault({ vdiskId: id, segment: 0, op: IoOp.Write, state: SegmentState.Normal, detail: 'EIO', failedContainer: failed }).reply();
+    expect(r.action).to.equal(FaultAction.Retry);
+    expect(ctl!.db.container(failed)!.state).to.equal('failed');
+    expect(health('d')).to.deep.include({ degraded: onFailed.length, stale: onFailed.length, rebuilding: null });
+    // The rebuild delay (10 min by default) would wait for the container to come back; evacuate does not.
+    expect(ctl!.admin.EvacuateContainer({ id: failed }).migrations).to.deep.equal([]);
+    await until(() => ctl!.db.staleLegs({ vdiskId: id }).length === 0 && health('d').degraded === 0 && health('d').rebuilding === null, 10_000, 'rebuilt off the failed container');
+    const third = [CB, CC].find((c) => c !== failed)!;
+    for (let s = 0; s < 4; s++) {
+      const l = ctl!.db.locationsOfSegment(id, s);
+      expect(l.map((x) => x.containerId), `segment ${s}`).to.deep.equal([CA, third]);
+      expect(readSeg(files.get(third)!, l[1]!.offset).equals(pattern(s + 1)), `segment ${s} copy`).to.equal(true);
+    }
     clean();
   });
 
