@@ -431,6 +431,8 @@ export class Admin {
     const ex = this.#db.exportsOfVdisk(v.id);
     if (ex.length > 0) throw precondition(`vdisk ${v.name} is exported on ${ex.map((e) => e.agent).join(', ')}; remove the exports first`);
     if (this.#ctrl.migrations.running(v.id)) throw precondition(`vdisk ${v.name} is being migrated; cancel the migration first`);
+    // A rebuild stops first (after its segments in flight), then everything is looked at again.
+    if (this.#ctrl.rebuild.running(v.id)) return this.#ctrl.rebuild.cancel(v.id).then(() => this.RemoveVdisk(r));
     const settled = removeTable(this.#ctrl, v.id);
     this.#db.event(v.kind, v.name, 'removed');
     log.info(`${v.kind} ${v.name} removed`);
@@ -458,6 +460,7 @@ export class Admin {
       const ex = this.#db.exportsOfVdisk(v.id);
       if (ex.length > 0) throw precondition(`vdisk ${v.name} is exported on ${ex.map((e) => e.agent).join(', ')}; remove the exports before shrinking it`);
       if (this.#ctrl.migrations.running(v.id)) throw precondition(`vdisk ${v.name} is being migrated; cancel the migration before shrinking it`);
+      await this.#ctrl.rebuild.cancel(v.id);
       await shrinkTable(this.#ctrl, v, segmentCount);
       this.#db.event('vdisk', v.name, `shrunk from ${formatSize(v.size)} to ${newSize}`);
       return this.#vdiskInfo(this.#vdisk(v.id));

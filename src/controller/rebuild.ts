@@ -81,6 +81,8 @@ export interface RebuildOptions {
   domains: () => ReadonlyMap<string, string>;
   /** Age at which a stale leg is dropped and its segment rebuilt (default DEFAULT_REBUILD_DELAY_MS). */
   delayMs?: number;
+  /** Whether the container's stale legs are being resynced now (mirrors.ts): they are not dropped under its copies. */
+  resyncing?: (containerId: string) => boolean;
   scanIntervalMs?: number;
   concurrency?: number;
 }
@@ -156,6 +158,7 @@ export class RebuildManager {
     if (!Number.isInteger(concurrency) || concurrency < 1) throw new Error(`rebuild concurrency must be a positive integer, not ${concurrency}`);
     this.#opts = {
       domains: opts.domains,
+      resyncing: opts.resyncing ?? (() => false),
       delayMs: opts.delayMs ?? DEFAULT_REBUILD_DELAY_MS,
       scanIntervalMs: opts.scanIntervalMs ?? DEFAULT_REBUILD_SCAN_MS,
       concurrency,
@@ -192,6 +195,15 @@ export class RebuildManager {
   /** Whether a rebuild of this vdisk is running. */
   running(vdiskId: string): boolean {
     return this.#runs.has(vdiskId);
+  }
+
+  /** Stops the vdisk's rebuild after the segments in flight (a removal or a shrink comes); the next scan starts it again if still needed. */
+  async cancel(vdiskId: string): Promise<void> {
+    const run = this.#runs.get(vdiskId);
+    if (!run) return;
+    run.cancel = true;
+    run.wake?.();
+    await run.done;
   }
 
   /** Resolves when the vdisk's rebuild (if any) has stopped. */
@@ -268,12 +280,7 @@ export class RebuildManager {
       this.#kick(vdiskId);
       return;
     }
-    const run = this.#runs.get(vdiskId);
-    if (run) {
-      run.cancel = true;
-      run.wake?.();
-      await run.done;
-    }
+    await this.cancel(vdiskId);
     let removed = 0;
     const r = await this.#host.tables.changeTable(vdiskId, (c) => {
       db.setVdiskCopies(vdiskId, copies);
@@ -347,7 +354,12 @@ export class RebuildManager {
     return out;
   }
 
-  /** Drops stale legs still present, each released at the version current when it goes (every holder has the table without it). */
+  /**
+   * Drops stale legs still present, each released at the version current
+   * when it goes (every holder has the table without it). Not one a resync
+   * may be copying onto: a copy landing after the scrub would leave data in
+   * free space.
+   */
   async #dropStale(vdiskId: string, legs: readonly StaleLeg[], why: string): Promise<void> {
     if (legs.length === 0) return;
     const db = this.#db;
@@ -357,7 +369,8 @@ export class RebuildManager {
       const present = new Set(db.staleLegs({ vdiskId }).map((s) => `${s.seg}:${s.containerId}`));
       let n = 0;
       for (const s of legs) {
-        if (!present.has(`${s.seg}:${s.containerId}`)) continue;
+        if (!present.has(`${s.seg}:${s.containerId}`) || this.#opts.resyncing(s.containerId)) continue;
+        if (db.locationsOfSegment(vdiskId, s.seg).some((l) => this.#host.migrating.has(locKey(l)))) continue;
         db.dropStaleLeg(vdiskId, s.seg, s.containerId, v.version);
         n++;
       }
