@@ -10,6 +10,8 @@ import { FaultAction } from '../../../src/wire/proto-types.js';
 import { checkInvariants } from '../../../src/controller/check.js';
 import { startController, type ControllerHandle } from '../../../src/controller/daemon.js';
 import { CA, CB, CC, FakeAgent, MiB, containerRef, tempDir, until } from './helpers.js';
+import { valueOf } from '../metrics/exposition.js';
+import { metrics } from '../metrics/scrape.js';
 
 const SEGS = 8;
 
@@ -66,7 +68,7 @@ describe('controller mirror rebuild', () => {
   });
 
   const start = async (opts: { rebuildDelayMs?: number; rebuildScanMs?: number } = {}): Promise<ControllerHandle> => {
-    ctl = await startController({ dbPath, listen: '127.0.0.1:0', ackTimeoutMs: 2000, ...opts });
+    ctl = await startController({ dbPath, listen: '127.0.0.1:0', ackTimeoutMs: 2000, metricsListen: '127.0.0.1:0', ...opts });
     return ctl;
   };
   const agent = async (name: string, copy: 'files' | 'manual' = 'files'): Promise<FakeAgent> => {
@@ -119,6 +121,9 @@ describe('controller mirror rebuild', () => {
     }
     expect(a.copies).to.have.length(4);
     clean();
+    const e = await metrics(ctl!.metricsAddress as string);
+    expect(valueOf(e, 'tabula_rebuild_bytes_total')).to.equal(4 * MiB);
+    expect(valueOf(e, 'tabula_vdisk_degraded_segments', { vdisk: 'd' })).to.equal(0);
 
     await ctl!.admin.SetVdiskCopies({ name: 'd', copies: 1 });
     for (let s = 0; s < 4; s++) expect(legs('d', s)).to.deep.equal([`aa@${s}`]);
@@ -193,6 +198,7 @@ describe('controller mirror rebuild', () => {
     expect(r.action).to.equal(FaultAction.Retry);
     expect(ctl!.db.container(failed)!.state).to.equal('failed');
     expect(health('d')).to.deep.include({ degraded: onFailed.length, stale: onFailed.length, rebuilding: null });
+    expect(valueOf(await metrics(ctl!.metricsAddress as string), 'tabula_vdisk_degraded_segments', { vdisk: 'd' })).to.equal(onFailed.length);
     // The rebuild delay (10 min by default) would wait for the container to come back; evacuate does not.
     expect(ctl!.admin.EvacuateContainer({ id: failed }).migrations).to.deep.equal([]);
     await until(() => ctl!.db.staleLegs({ vdiskId: id }).length === 0 && health('d').degraded === 0 && health('d').rebuilding === null, 10_000, 'rebuilt off the failed container');
