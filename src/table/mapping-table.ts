@@ -326,6 +326,8 @@ export class MappingTable {
   /** Extra legs: #legSlots[k - 1] and #legOffsets[k - 1] hold leg k; allocated on first use. Packed: no leg k+1 without leg k. */
   #legSlots: Uint16Array[] = [];
   #legOffsets: Uint32Array[] = [];
+  /** setRange's extra-leg slots, reused (no allocation per entry). */
+  readonly #scratchSlots = new Uint16Array(MAX_COPIES - 1);
   #containers: string[] = [];
   #slotById = new Map<string, number>();
   /** Write owners by segment (owned segments only). */
@@ -614,6 +616,9 @@ export class MappingTable {
     }
     const slot = container === null ? NO_SLOT : this.#intern(container);
     const legs = n.legs ?? NO_LEGS;
+    // Every container interned before anything is written (interning may throw).
+    const legSlots = this.#scratchSlots;
+    for (let k = 0; k < legs.length; k++) legSlots[k] = this.#intern((legs[k] as LegLocation).container);
     if (legs.length > 0) this.#growLegs(legs.length + 1);
     if (count === 1) {
       // Typed-array fill costs more than a store for one element; decoding
@@ -622,9 +627,9 @@ export class MappingTable {
       this.#slots[first] = slot;
       this.#offsets[first] = offset;
       for (let k = 0; k < this.#legSlots.length; k++) {
-        const leg = legs[k];
-        (this.#legSlots[k] as Uint16Array)[first] = leg === undefined ? NO_SLOT : this.#intern(leg.container);
-        (this.#legOffsets[k] as Uint32Array)[first] = leg === undefined ? 0 : leg.offset;
+        const has = k < legs.length;
+        (this.#legSlots[k] as Uint16Array)[first] = has ? (legSlots[k] as number) : NO_SLOT;
+        (this.#legOffsets[k] as Uint32Array)[first] = has ? (legs[k] as LegLocation).offset : 0;
       }
       return;
     }
@@ -632,9 +637,9 @@ export class MappingTable {
     this.#states.fill(state, first, end);
     fillLocation(this.#slots, this.#offsets, first, end, slot, offset, offsetStep);
     for (let k = 0; k < this.#legSlots.length; k++) {
-      const leg = legs[k];
-      const ls = leg === undefined ? NO_SLOT : this.#intern(leg.container);
-      fillLocation(this.#legSlots[k] as Uint16Array, this.#legOffsets[k] as Uint32Array, first, end, ls, leg?.offset ?? 0, offsetStep);
+      const has = k < legs.length;
+      const ls = has ? (legSlots[k] as number) : NO_SLOT;
+      fillLocation(this.#legSlots[k] as Uint16Array, this.#legOffsets[k] as Uint32Array, first, end, ls, has ? (legs[k] as LegLocation).offset : 0, offsetStep);
     }
   }
 

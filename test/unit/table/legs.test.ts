@@ -322,6 +322,25 @@ describe('mapping table: mirrored legs against a per-segment model', () => {
     bad({ containers: [0, 2] }, /run 0 has extra legs but no container/);
   });
 
+  it('a 1 TiB 2-copy table (1 M segments of 1 MiB), thick, is one run and round-trips through extents and run pieces', () => {
+    const n = 1 << 20;
+    const t = new MappingTable({ segmentCount: n, version: 3 });
+    t.setRange(0, n, { state: N, container: C1, offset: 0, legs: [{ container: C2, offset: 4096 }] });
+    const ext = toExtents(t);
+    expect(ext).to.deep.equal([{ first: 0, count: n, state: N, container: C1, offset: 0, legs: [{ container: C2, offset: 4096 }] }]);
+    expect(fromExtents(t.meta, ext).equals(t)).to.equal(true);
+    // Fragmented: every segment its own run on both legs.
+    const f = new MappingTable({ segmentCount: n, version: 3 });
+    for (let s = 0; s < n; s++) f.set(s, { state: N, container: s & 1 ? C1 : C3, offset: s >> 1, legs: [{ container: C2, offset: n - s }] });
+    const b = new TableBuilder(f.meta);
+    for (const p of tableRuns(f, 1 << 16)) {
+      const legs = new RunLegs(p, f.containers);
+      p.counts.forEach((count, i) => b.addRun(count, N, f.containers[(p.containers[i] as number) - 1] as string, p.offsets[i] as number, 0, legs.next(i)));
+    }
+    expect(b.finish().equals(f)).to.equal(true);
+    expect(f.counts().byLegs).to.deep.equal([0, 0, n]);
+  });
+
   it('text shows the extra legs', () => {
     const t = mirrored();
     expect(formatTable(t).split('\n').slice(0, 3)).to.deep.equal([
