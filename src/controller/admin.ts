@@ -69,7 +69,6 @@ import { containerDomains, effectiveDomain } from './domains.js';
 import { aluaStateName } from './port-groups.js';
 import { segmentRefcount } from './faults.js';
 import { MigrationError } from './migration.js';
-import { containerDomains } from './domains.js';
 import { RebuildError, copiesOf } from './rebuild.js';
 import { SnapshotError, removeTable, shareVdisk, shrinkTable } from './snapshots.js';
 import type { Controller } from './controller.js';
@@ -349,8 +348,8 @@ export class Admin {
       parent: parent?.name ?? '',
       parentId: v.parentId ?? '',
       migration: this.#migrationInfo(v.id) ?? null,
-      health: this.#healthInfo(v, allocated),
       copies: v.copies,
+      health: this.#healthInfo(v, allocated),
       id: v.id,
       name: v.name,
       size: v.size,
@@ -434,6 +433,8 @@ export class Admin {
     const ex = this.#db.exportsOfVdisk(v.id);
     if (ex.length > 0) throw precondition(`vdisk ${v.name} is exported on ${ex.map((e) => e.agent).join(', ')}; remove the exports first`);
     if (this.#ctrl.migrations.running(v.id)) throw precondition(`vdisk ${v.name} is being migrated; cancel the migration first`);
+    // A rebuild stops first (after its segments in flight), then everything is looked at again.
+    if (this.#ctrl.rebuild.running(v.id)) return this.#ctrl.rebuild.cancel(v.id).then(() => this.RemoveVdisk(r));
     const settled = removeTable(this.#ctrl, v.id);
     this.#db.event(v.kind, v.name, 'removed');
     log.info(`${v.kind} ${v.name} removed`);
@@ -461,6 +462,7 @@ export class Admin {
       const ex = this.#db.exportsOfVdisk(v.id);
       if (ex.length > 0) throw precondition(`vdisk ${v.name} is exported on ${ex.map((e) => e.agent).join(', ')}; remove the exports before shrinking it`);
       if (this.#ctrl.migrations.running(v.id)) throw precondition(`vdisk ${v.name} is being migrated; cancel the migration before shrinking it`);
+      await this.#ctrl.rebuild.cancel(v.id);
       await shrinkTable(this.#ctrl, v, segmentCount);
       this.#db.event('vdisk', v.name, `shrunk from ${formatSize(v.size)} to ${newSize}`);
       return this.#vdiskInfo(this.#vdisk(v.id));
