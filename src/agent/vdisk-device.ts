@@ -133,6 +133,17 @@ export class VdiskDevice implements BlockDevice {
   #closed = false;
   /** A table with extra legs was installed once: flush failures are looked at as leg failures. */
   #mirrored = false;
+  /**
+   * Mirrored segments written (without FUA) since the last flush started:
+   * not known durable on every leg. When a leg fails, the controller hears
+   * of them (#reportUnflushed), so that a copy which lost its write cache
+   * is not taken back without a resync of them. Null until mirrored.
+   */
+  #unflushed: Set<number> | null = null;
+  /** The #unflushed sets that flushes in progress took. */
+  readonly #flushing = new Set<Set<number>>();
+  /** Containers whose unflushed segments were reported, with the table swap count then: once per container and table. */
+  readonly #unflushedReported = new Map<string, number>();
   /** Table swaps so far: #legUse's answers hold until the next. */
   #swaps = 0;
   /** #legUse's answers by container, with the swap count they were found at. */
@@ -147,6 +158,7 @@ export class VdiskDevice implements BlockDevice {
     this.vdiskId = opts.vdiskId;
     this.#table = opts.table;
     this.#mirrored = opts.table.maxLegs > 1;
+    if (this.#mirrored) this.#unflushed = new Set();
     this.blockSize = opts.table.blockSize;
     this.#blocksPerSegment = opts.table.blocksPerSegment;
     this.#containers = opts.containers;
@@ -229,6 +241,12 @@ export class VdiskDevice implements BlockDevice {
       // out its driver's hold on every SYNCHRONIZE CACHE.
       for (const d of drivers) if (!this.#containers.reachable(d.id) && this.#legUse(d.id) === NOT_USED) drivers.delete(d);
     }
+    // Segments written before this point are durable once this flush succeeds.
+    const pending = this.#unflushed;
+    if (pending !== null) {
+      this.#unflushed = new Set();
+      this.#flushing.add(pending);
+    }
     const failed: string[] = [];
     let media = false;
     await Promise.all(
@@ -241,6 +259,10 @@ export class VdiskDevice implements BlockDevice {
         }),
       ),
     );
+    if (pending !== null) {
+      this.#flushing.delete(pending);
+      if (failed.length > 0) for (const seg of pending) (this.#unflushed as Set<number>).add(seg);
+    }
     if (failed.length > 0) {
       // Only containers that are away: retryable, the writes are still there to flush.
       const kind: BlockErrorKind = media ? 'write-error' : 'unreachable';
@@ -432,7 +454,10 @@ export class VdiskDevice implements BlockDevice {
     try {
       commit();
       this.#swaps++;
-      if (this.#table.maxLegs > 1) this.#mirrored = true;
+      if (this.#table.maxLegs > 1) {
+        this.#mirrored = true;
+        this.#unflushed ??= new Set();
+      }
     } finally {
       this.#drivers = [];
       gate.resume();
@@ -789,6 +814,7 @@ export class VdiskDevice implements BlockDevice {
         const b = buf as Buffer;
         data = bufOff === 0 && len === b.length ? b : b.subarray(bufOff, bufOff + len);
       }
+      if (!fua) this.#unflushed?.add(seg);
       const legs = new Array<Promise<unknown>>(n);
       for (let leg = 0; leg < n; leg++) legs[leg] = this.#writeLeg(t, mode, seg, leg, within, len, data, fua);
       const errors = await Promise.all(legs);
@@ -812,7 +838,9 @@ export class VdiskDevice implements BlockDevice {
         const e = errors[leg];
         if (e !== undefined) this.#reportLeg(t, op, seg, lba, blocks, leg, e);
       }
-      return { container: t.containers[t.legSlotOf(seg, first)] as string, detail: (errors[first] as Error).message };
+      const container = t.containers[t.legSlotOf(seg, first)] as string;
+      this.#reportUnflushed(container, seg);
+      return { container, detail: (errors[first] as Error).message };
     } finally {
       this.#gate.leave(seg);
     }
@@ -904,6 +932,7 @@ export class VdiskDevice implements BlockDevice {
       return true;
     }
     if (seg === SOLE_COPY) return false;
+    this.#reportUnflushed(d.id, seg);
     const t = this.#table;
     const lba = seg * this.#blocksPerSegment;
     const blocks = Math.min(this.#blocksPerSegment, t.blockCount - lba);
@@ -959,6 +988,48 @@ export class VdiskDevice implements BlockDevice {
       error: detail,
     });
     this.#report({ vdiskId: this.vdiskId, version: t.version, segment: seg, op, lba, blocks, state: t.stateOf(seg), detail, failedContainer: container });
+    this.#reportUnflushed(container, seg);
+  }
+
+  /**
+   * A leg on `container` failed: every mirrored segment with a leg there
+   * that was written since the last flush started is reported as a leg
+   * fault too (answer ignored). Those writes were acknowledged by that copy
+   * but may have been in its write cache only; the controller marks them
+   * dirty, so taking the copy back resyncs them. Once per container and
+   * table version; not `except`, the segment whose own leg fault names it.
+   */
+  #reportUnflushed(container: string, except: number): void {
+    if (this.#unflushed === null || this.#unflushedReported.get(container) === this.#swaps) return;
+    this.#unflushedReported.set(container, this.#swaps);
+    const t = this.#table;
+    const slot = t.containers.indexOf(container);
+    if (slot < 0) return;
+    const bps = this.#blocksPerSegment;
+    const detail = 'written since the last flush started: not known durable on this copy';
+    let count = 0;
+    const report = (seg: number): void => {
+      if (seg === except || seg >= t.segmentCount) return;
+      const n = t.legCountOf(seg);
+      if (n < 2) return;
+      for (let leg = 0; leg < n; leg++) {
+        if (t.legSlotOf(seg, leg) !== slot) continue;
+        const lba = seg * bps;
+        const blocks = Math.min(bps, t.blockCount - lba);
+        this.#report({ vdiskId: this.vdiskId, version: t.version, segment: seg, op: IoOp.Write, lba, blocks, state: t.stateOf(seg), detail, failedContainer: container });
+        count++;
+        return;
+      }
+    };
+    const seen = new Set<number>();
+    for (const set of [this.#unflushed, ...this.#flushing]) {
+      for (const seg of set) {
+        if (seen.has(seg)) continue;
+        seen.add(seg);
+        report(seg);
+      }
+    }
+    if (count > 0) log.warn(`${this.#name()}: ${count} segments written since the last flush reported with the failed leg on container ${container}`, { vdisk: this.vdiskId });
   }
 
   /**

@@ -1181,6 +1181,14 @@ export class ControllerDb {
     return true;
   }
 
+  /** One segment's stale leg on a container, if any (a resync checks it inside its change: one row, not the vdisk's list). */
+  staleLeg(vdiskId: string, seg: number, containerId: string): StaleLeg | undefined {
+    const r = this.sql.prepare('SELECT offset, dirty, since FROM stale_legs WHERE vdisk_id = ? AND seg = ? AND container_id = ?').get(vdiskId, seg, containerId) as
+      | { offset: number; dirty: number; since: string }
+      | undefined;
+    return r && { vdiskId, seg, containerId, offset: r.offset, dirty: r.dirty !== 0, since: r.since };
+  }
+
   /**
    * Container segments released by `vdiskId` at or before `version` whose
    * count is still 0: marked to be scrubbed (still allocated, not yet free)

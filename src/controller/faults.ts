@@ -74,6 +74,7 @@ import type { CommitResult, TableChanges } from './table-changes.js';
 import type { WriteBehind } from './write-behind.js';
 import type { Allocator } from './allocator.js';
 import { Sense as ScsiSense, type Asc } from '../scsi/sense.js';
+import type { MirrorManager } from './mirrors.js';
 
 /**
  * Sense data the controller hands out (key, asc, ascq), named from the one
@@ -231,6 +232,8 @@ export interface FaultHost {
   readonly tables: Pick<TableChanges, 'table' | 'quiesce' | 'changeTable' | 'settleShared'>;
   readonly agents: Pick<AgentRegistry, 'exportersInLease' | 'soleHolder'>;
   readonly commands: Pick<AgentCommands, 'copyAgent' | 'copy'>;
+  /** Decides leg faults of mirrored vdisks (mirrors.ts); absent: they are handled as any fault. */
+  readonly mirrors?: Pick<MirrorManager, 'legFault'>;
 }
 
 /** A fault's row in the fault log, written behind (FaultHost.writeBehind): its id once inserted. */
@@ -313,6 +316,11 @@ export class FaultManager {
     // Debug, not info: every fault is in the fault log (tabula fault ls) already.
     // Guarded: winston formats (timestamp, JSON) even what its level then drops.
     if (debugEnabled()) log.debug(`fault: agent ${agent} vdisk ${vdisk.name} segment ${f.segment} ${opName} lba ${f.lba}+${f.blocks} in state ${stateName} (table v${f.tableVersion})`);
+    // A leg fault (one copy failed, another took the I/O) is decided per container, not per segment.
+    if (typeof f.failedContainer === 'string' && f.failedContainer !== '' && this.#host.mirrors !== undefined) {
+      this.#host.mirrors.legFault(f, (d) => this.#reply(w, d.kind === 'retry' ? d : { kind: 'fail', cause: 'internalError', reason: d.reason }));
+      return;
+    }
     const key = `${f.vdiskId}:${f.segment}`;
     let c = this.#cases.get(key);
     if (c === undefined) {
