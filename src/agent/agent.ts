@@ -20,7 +20,9 @@
 // - Containers: rescanned on Rescan (a container was added), on SIGHUP
 //   (rescan) and every rescanIntervalMs; what changed, and any change of a
 //   container's reachability, goes to the controller as ContainerUpdate.
-//   ContainerSet says which are shared (reopened with O_DIRECT).
+//   ContainerSet says which are shared (reopened with O_DIRECT) and which
+//   are near (this agent's failure domain); the devices ask AgentContainers
+//   (their resolver) near() and reachable() to pick a mirrored read's leg.
 // - Lease (Welcome.lease_ms): when it has expired, the link starts a resync
 //   once the controller answers a heartbeat again (every table sent before
 //   that answer has arrived); it is confirmed once those tables are
@@ -35,6 +37,7 @@ import type { ContainerRef, CopyCommand, Export, ExportSet, Fence, LuChange, Tab
 import type { AccessState } from '../scsi/lu-api.js';
 import { registerDrain } from '../util/graceful.js';
 import { luEventFromWire, luStateFromWire, luStateToWire } from '../wire/lu-state.js';
+import { fromWireExtent } from '../wire/table-extents.js';
 import { Reservations, emptyLuReservationState } from '../scsi/reservations.js';
 import { log } from '../util/log.js';
 import type { BackoffOptions } from './backoff.js';
@@ -129,9 +132,7 @@ export function defaultHostId(read: (path: string) => string = (p) => readFileSy
 }
 
 function toExtent(e: WireExtent): Extent {
-  const x: Extent = { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
-  if (e.owner) x.owner = e.owner;
-  return x;
+  return fromWireExtent(e); // legs included (mirrored vdisks)
 }
 
 /** Same initiator names, in any order (an older controller may send none: undefined). */

@@ -9,6 +9,7 @@ import {
   BLOCK_SIZES,
   DEFAULT_BLOCK_SIZE,
   DEFAULT_SEGMENT_SIZE,
+  MAX_COPIES,
   MAX_SEGMENT_COUNT,
   SEGMENT_STATE_NAMES,
   SegmentState,
@@ -48,8 +49,11 @@ import type {
   RemoveContainerRequest,
   RemoveExportRequest,
   ResizeVdiskRequest,
+  SetContainerDomainRequest,
   SetSegmentStateRequest,
+  SetVdiskCopiesRequest,
   TableReply,
+  VdiskHealthInfo,
   VdiskInfo,
   VdiskRef,
 } from '../wire/proto-types.js';
@@ -59,10 +63,13 @@ import { log } from '../util/log.js';
 import { ContainerFullError } from './allocator.js';
 import { isShared } from './agent-registry.js';
 import { backupChunks, streamBackup } from './backup.js';
-import { checkInvariants } from './check.js';
-import { ALUA_PREFERENCES, TableChangeError, type AluaPreference, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
+import { checkInvariants, checkWarnings } from './check.js';
+import { ALUA_PREFERENCES, MAX_VDISK_COPIES, TableChangeError, type AluaPreference, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
+import { effectiveDomain } from './domains.js';
 import { aluaStateName } from './port-groups.js';
 import { MigrationError } from './migration.js';
+import { containerDomains } from './domains.js';
+import { RebuildError, copiesOf } from './rebuild.js';
 import { SnapshotError, removeTable, shareVdisk, shrinkTable } from './snapshots.js';
 import type { Controller } from './controller.js';
 import { wireExtent } from './table-changes.js';
@@ -77,6 +84,14 @@ export function defaultTargetIqn(vdiskName: string): string {
 const VDISK_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const IQN_RE = /^(iqn\.\d{4}-\d{2}\.[a-z0-9][a-z0-9.-]*(:[^\s]+)?|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16}([0-9A-Fa-f]{16})?)$/;
 const CONTAINER_ID_RE = /^[0-9A-Za-z][0-9A-Za-z-]{0,63}$/;
+const DOMAIN_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/;
+
+/** A failure domain name as given ('' = derived), checked. */
+function domainName(raw: string | undefined): string {
+  const d = (raw ?? '').trim();
+  if (d !== '' && !DOMAIN_RE.test(d)) throw invalid(`bad failure domain "${d}": use 1-64 of A-Z a-z 0-9 . _ : - starting with a letter or digit`);
+  return d;
+}
 
 /** An admin error with the gRPC status it maps to. */
 export class AdminError extends Error {
@@ -99,7 +114,7 @@ export function toStatus(err: unknown): { code: grpc.status; details: string } {
   const msg = (err as Error)?.message ?? String(err);
   if (err instanceof AdminError) return { code: err.code, details: msg };
   if (err instanceof ContainerFullError) return { code: grpc.status.RESOURCE_EXHAUSTED, details: msg };
-  if (err instanceof SnapshotError || err instanceof MigrationError) return { code: grpc.status.FAILED_PRECONDITION, details: msg };
+  if (err instanceof SnapshotError || err instanceof MigrationError || err instanceof RebuildError) return { code: grpc.status.FAILED_PRECONDITION, details: msg };
   if (err instanceof TableChangeError || err instanceof RangeError || err instanceof SizeError) {
     return { code: grpc.status.INVALID_ARGUMENT, details: msg };
   }
@@ -107,9 +122,9 @@ export function toStatus(err: unknown): { code: grpc.status; details: string } {
   return { code: grpc.status.INTERNAL, details: msg };
 }
 
-/** Snapshot and migration refusals as the admin error they are. */
+/** Snapshot, migration and rebuild refusals as the admin error they are. */
 function asAdminError(err: unknown): never {
-  if (err instanceof SnapshotError || err instanceof MigrationError) throw precondition(err.message);
+  if (err instanceof SnapshotError || err instanceof MigrationError || err instanceof RebuildError) throw precondition(err.message);
   throw err;
 }
 
@@ -165,9 +180,10 @@ export class Admin {
       throw invalid(`container ${id}: ${formatSize(size - dataOffset)} of data area holds no whole ${formatSize(segmentSize)} segment`);
     }
     if (this.#db.container(id)) throw exists(`container ${id} is already registered`);
-    const row = this.#db.insertContainer({ id, path: r.path ?? '', size, dataOffset, segmentSize, segmentsTotal, state: 'online' });
+    const domain = domainName(r.domain);
+    const row = this.#db.insertContainer({ id, path: r.path ?? '', size, dataOffset, segmentSize, segmentsTotal, state: 'online', domain });
     this.#ctrl.allocator.loadContainer(id);
-    this.#db.event('container', id, `added: ${formatSize(size)} at ${row.path}`);
+    this.#db.event('container', id, `added: ${formatSize(size)} at ${row.path}${domain === '' ? '' : ` in failure domain ${domain}`}`);
     log.info(`container ${id} added (${segmentsTotal} segments of ${formatSize(segmentSize)})`);
     // Agents running already find it on a rescan and claim it (ContainerUpdate).
     this.#ctrl.agents.rescanAll(`container ${id} added`);
@@ -195,7 +211,21 @@ export class Admin {
       agents: this.#db.containerAgents(c.id),
       unreachable: reach.filter((r) => !r.reachable).map((r) => `${r.agent}: ${r.error}`),
       shared: isShared(reach),
+      domain: effectiveDomain(c, this.#db),
     };
+  }
+
+  /** Sets (or with '' clears) a container's failure domain; where legs are placed already does not change. */
+  SetContainerDomain(r: Partial<SetContainerDomainRequest>): ContainerInfo {
+    const c = this.#db.findContainer(r.id ?? '');
+    if (!r.id || !c) throw notFound(`unknown container ${r.id ?? ''}`);
+    const domain = domainName(r.domain);
+    this.#db.setContainerDomain(c.id, domain);
+    const row = this.#db.container(c.id) as ContainerRow;
+    const shown = effectiveDomain(row, this.#db);
+    this.#db.event('container', c.id, `failure domain ${domain === '' ? `derived (${shown})` : domain}`);
+    log.info(`container ${c.id} failure domain ${shown}`);
+    return this.#containerInfo(row);
   }
 
   ListContainers(_r: Partial<Empty>): ListContainersReply {
@@ -243,6 +273,10 @@ export class Admin {
       throw invalid(`vdisk ${name}: ${(err as Error).message}`);
     }
     const thick = r.thick === true;
+    const copies = r.copies === undefined || r.copies === 0 ? 1 : r.copies;
+    if (!Number.isInteger(copies) || copies < 1 || copies > MAX_VDISK_COPIES) {
+      throw invalid(`vdisk ${name}: --copies ${copies} out of range 1-${MAX_VDISK_COPIES}`);
+    }
     // Thin too: better now than as a failed first write (07/27/07) later.
     // With no container online at all, a thin vdisk waits for capacity (a thick one fails below).
     const sizeProblem = this.#ctrl.allocator.segmentSizeProblem(segmentSize, thick);
@@ -251,22 +285,46 @@ export class Admin {
     const allocator = this.#ctrl.allocator;
     try {
       this.#db.tx(() => {
-        const v = this.#db.insertVdisk({ id, name, size: segmentCount * segmentSize, blockSize, segmentSize, segmentCount, thin: !thick, version: 1 });
-        if (thick) {
+        const v = this.#db.insertVdisk({ id, name, size: segmentCount * segmentSize, blockSize, segmentSize, segmentCount, thin: !thick, version: 1, copies });
+        if (thick && copies === 1) {
           let seg = 0;
           for (const run of allocator.allocate(v, segmentCount)) {
             this.#db.insertAllocatedRun(v, seg, run.containerId, run.offset, run.count);
             seg += run.count;
           }
+        } else if (thick) {
+          // Every segment gets all its copies now: a thick vdisk is never created degraded.
+          const problem = this.#mirrorRoomProblem(v);
+          if (problem !== null) throw precondition(`vdisk ${name}: ${problem}`);
+          this.#db.insertAllocatedLegs(v, 0, allocator.allocateLegs(v, segmentCount, copies));
         }
       });
     } catch (err) {
       if (thick) allocator.reload();
       throw err;
     }
-    this.#db.event('vdisk', name, `created ${thick ? 'thick' : 'thin'} ${formatSize(segmentCount * segmentSize)}`);
-    log.info(`vdisk ${name} created (${thick ? 'thick' : 'thin'}, ${segmentCount} segments)`);
+    const mirrored = copies > 1 ? `, ${copies} copies` : '';
+    this.#db.event('vdisk', name, `created ${thick ? 'thick' : 'thin'} ${formatSize(segmentCount * segmentSize)}${mirrored}`);
+    log.info(`vdisk ${name} created (${thick ? 'thick' : 'thin'}, ${segmentCount} segments${mirrored})`);
     return this.#vdiskInfo(this.#vdisk(id));
+  }
+
+  /**
+   * Null when `copies` legs of every segment of a new thick vdisk fit in
+   * distinct failure domains, else why not: a domain gives a segment at most
+   * one leg, so each domain counts for at most the vdisk's segments.
+   */
+  #mirrorRoomProblem(v: VdiskRow): string | null {
+    const room = this.#ctrl.allocator.domainsWithRoom(v);
+    const n = v.segmentCount;
+    const fits = [...room.values()].reduce((s, f) => s + Math.min(f, n), 0) >= v.copies * n;
+    if (fits) return null;
+    const full = [...room].filter(([, f]) => f >= n).length;
+    const list = [...room].map(([d, f]) => `${d} ${f}`).join(', ');
+    return (
+      `${v.copies} copies of ${n} segments need room in ${v.copies} failure domains, but ${full === 0 ? 'none has' : `only ${full} ha${full === 1 ? 's' : 've'}`} ` +
+      `${n} free segment${n === 1 ? '' : 's'} (free per domain: ${list || 'none'}); add containers in other domains (container add --domain) or use fewer copies`
+    );
   }
 
   #vdiskInfo(v: VdiskRow): VdiskInfo {
@@ -289,6 +347,8 @@ export class Admin {
       parent: parent?.name ?? '',
       parentId: v.parentId ?? '',
       migration: this.#migrationInfo(v.id) ?? null,
+      health: this.#healthInfo(v, allocated),
+      copies: v.copies,
       id: v.id,
       name: v.name,
       size: v.size,
@@ -303,6 +363,54 @@ export class Admin {
       states,
       exports: this.#db.exportsOfVdisk(v.id).map((e) => this.#exportInfo(e, v)),
     };
+  }
+
+  /** vdiskHealth: copies, degraded segments, stale legs, rebuild progress. */
+  #healthInfo(v: VdiskRow, allocated: number): VdiskHealthInfo {
+    const h = this.#ctrl.rebuild.health(v.id, allocated);
+    return {
+      copies: h.copies,
+      segments: h.segments,
+      degraded: h.degraded,
+      stale: h.stale,
+      dirty: h.dirty,
+      rebuilding: h.rebuilding ?? null,
+      blocked: h.blocked,
+      resyncing: this.#ctrl.mirrors.resyncProgress(v.id) ?? null,
+    };
+  }
+
+  /**
+   * `vdisk set-copies`: more copies need as many failure domains among the
+   * containers the vdisk may use; the rebuild runs on after this returns
+   * (its progress in `vdisk show`). Fewer copies: returns once the table
+   * without the last legs is acked.
+   */
+  async SetVdiskCopies(r: Partial<SetVdiskCopiesRequest>): Promise<VdiskInfo> {
+    const v = this.#vdisk(r.name);
+    const copies = r.copies ?? 0;
+    if (!Number.isInteger(copies) || copies < 1 || copies > MAX_COPIES) throw invalid(`bad copies ${copies}: give 1 to ${MAX_COPIES}`);
+    if (this.#ctrl.migrations.running(v.id)) throw precondition(`vdisk ${v.name} is being migrated; wait for the migration or cancel it first`);
+    if (copies > copiesOf(v)) {
+      const domains = containerDomains(this.#db);
+      const eligible = this.#ctrl.allocator.eligibleContainers(v);
+      const have = [...new Set(eligible.map((c) => domains.get(c) ?? `container:${c}`))].sort();
+      if (have.length < copies) {
+        throw precondition(
+          `vdisk ${v.name}: ${copies} copies need containers in ${copies} failure domains, but the containers it may use (online, of its segment size, reached by every exporting agent) are in ${have.length}` +
+            `${have.length > 0 ? ` (${have.join(', ')})` : ''}; add containers in another domain (tabula container add --domain NAME)`,
+        );
+      }
+    }
+    await this.#ctrl.rebuild.setCopies(v.id, copies).catch(asAdminError);
+    return this.#vdiskInfo(this.#vdisk(v.id));
+  }
+
+  /** `vdisk repair`: stale legs dropped now (no rebuild delay) and degraded segments rebuilt; returns as the rebuild starts. */
+  async RepairVdisk(r: Partial<VdiskRef>): Promise<VdiskInfo> {
+    const v = this.#vdisk(r.name);
+    await this.#ctrl.rebuild.repair(v.id).catch(asAdminError);
+    return this.#vdiskInfo(this.#vdisk(v.id));
   }
 
   ListVdisks(_r: Partial<Empty>): ListVdisksReply {
@@ -654,6 +762,13 @@ export class Admin {
   EvacuateContainer(r: Partial<EvacuateContainerRequest>): ListMigrationsReply {
     const c = this.#db.findContainer(r.id ?? '');
     if (!r.id || !c) throw notFound(`unknown container ${r.id ?? ''}`);
+    if (c.state === 'failed') {
+      // Nothing can be copied off it: the legs it held are stale in their
+      // tables. Rebuild them elsewhere now instead of after the rebuild delay.
+      this.#db.event('container', c.id, 'evacuating a failed container: its stale legs are rebuilt elsewhere');
+      void this.#ctrl.rebuild.evacuate(c.id).catch((err: Error) => log.warn(`evacuating failed container ${c.id}: ${err.message}`));
+      return { migrations: [] };
+    }
     const users = this.#db.vdisksOnContainer(c.id);
     if (c.state === 'online') this.#db.setContainerState(c.id, 'draining');
     this.#db.event('container', c.id, `evacuating ${users.length} vdisks`);
@@ -677,7 +792,8 @@ export class Admin {
   Check(_r: Partial<Empty>): CheckReply {
     this.#ctrl.writeBehind.flush();
     const violations = checkInvariants(this.#db);
-    return { ok: violations.length === 0, violations };
+    const warnings = checkWarnings(this.#db);
+    return { ok: violations.length === 0, violations, ...(warnings.length > 0 ? { warnings } : {}) };
   }
 }
 

@@ -23,6 +23,18 @@ export interface WireExtent {
   offset: number;
   /** Write owner (agent number); 0 or absent: none. */
   owner?: number;
+  /** Extra legs of a mirrored vdisk's run (`list`, leg 1 first); absent (or null) for one copy. */
+  legs?: ExtentLegs | null;
+}
+
+export interface ExtentLegs {
+  list: ExtentLeg[];
+}
+
+export interface ExtentLeg {
+  container: string;
+  /** Container offset of the extent's first segment, in segments. */
+  offset: number;
 }
 
 export interface ContainerRef {
@@ -94,6 +106,8 @@ export interface Fault {
   blocks: number;
   state: SegmentState;
   detail: string;
+  /** A leg fault: the I/O failed on this container only (other legs succeeded); '' or absent otherwise. */
+  failedContainer?: string;
 }
 
 export interface CopyDone {
@@ -190,6 +204,12 @@ export interface TableFull {
   runOffsets?: number[];
   /** Run form: write owner of each run; empty when none is owned. */
   runOwners?: number[];
+  /** Run form, mirrored: extra legs of each run; empty when no run has any. */
+  runLegCounts?: number[];
+  /** Run form, mirrored: flattened over runs, leg 1 first; 1-based index into `containers`. */
+  runLegContainers?: number[];
+  /** Run form, mirrored: flattened like runLegContainers; container offset of the run's first segment. */
+  runLegOffsets?: number[];
   /** Run form: more messages of this table follow. */
   more?: boolean;
   /** The LU state as of `version`; absent or null from a controller that keeps none. */
@@ -263,6 +283,8 @@ export interface Rescan {
 export interface ContainerShare {
   id: string;
   shared: boolean;
+  /** In this agent's own failure domain (reads prefer near legs); absent from an older controller. */
+  near?: boolean;
 }
 
 export interface ContainerSet {
@@ -310,6 +332,14 @@ export interface AddContainerRequest {
   size: number;
   dataOffset: number;
   segmentSize: number;
+  /** Failure domain; '' or absent = derived. */
+  domain?: string;
+}
+
+export interface SetContainerDomainRequest {
+  id: string;
+  /** '' = derived again. */
+  domain: string;
 }
 
 export interface ContainerInfo {
@@ -331,6 +361,8 @@ export interface ContainerInfo {
   unreachable?: string[];
   /** Agents on more than one host reach it. */
   shared?: boolean;
+  /** Its failure domain (set, or derived); absent from an older controller. */
+  domain?: string;
 }
 
 export interface ListContainersReply {
@@ -347,6 +379,8 @@ export interface CreateVdiskRequest {
   blockSize: number;
   segmentSize: number;
   thick: boolean;
+  /** Locations of each segment in distinct failure domains (1..3); 0 or absent = 1. */
+  copies?: number;
 }
 
 export interface VdiskRef {
@@ -391,6 +425,33 @@ export interface VdiskInfo {
   parentId: string;
   /** Latest migration of this vdisk; null (absent on the wire) when none. */
   migration: MigrationInfo | null;
+  /** Copies and their health; null from a controller without mirrored vdisks. */
+  health?: VdiskHealthInfo | null;
+  /** Locations each segment should have (1 = not mirrored); absent from an older controller. */
+  copies?: number;
+}
+
+export interface SetVdiskCopiesRequest {
+  name: string;
+  copies: number;
+}
+
+export interface RebuildProgressInfo {
+  done: number;
+  total: number;
+  bytes: number;
+}
+
+export interface VdiskHealthInfo {
+  copies: number;
+  segments: number;
+  degraded: number;
+  stale: number;
+  dirty: number;
+  rebuilding: RebuildProgressInfo | null;
+  /** Why the running rebuild cannot go on now; '' when it can. */
+  blocked: string;
+  resyncing: RebuildProgressInfo | null;
 }
 
 export interface ListVdisksReply {
@@ -502,6 +563,8 @@ export interface SetSegmentStateRequest {
 export interface CheckReply {
   ok: boolean;
   violations: string[];
+  /** Not violations: degraded segments of mirrored vdisks (absent from an older controller). */
+  warnings?: string[];
 }
 
 export interface SnapshotVdiskRequest {
@@ -562,6 +625,8 @@ export interface AdminMethods {
   RemoveVdisk: [VdiskRef, Empty];
   ResizeVdisk: [ResizeVdiskRequest, VdiskInfo];
   GetTable: [GetTableRequest, TableReply];
+  SetVdiskCopies: [SetVdiskCopiesRequest, VdiskInfo];
+  RepairVdisk: [VdiskRef, VdiskInfo];
   AddExport: [AddExportRequest, ExportInfo];
   ListExports: [ListExportsRequest, ListExportsReply];
   RemoveExport: [RemoveExportRequest, Empty];
@@ -576,6 +641,7 @@ export interface AdminMethods {
   ListMigrations: [Empty, ListMigrationsReply];
   CancelMigration: [MigrationRef, MigrationInfo];
   EvacuateContainer: [EvacuateContainerRequest, ListMigrationsReply];
+  SetContainerDomain: [SetContainerDomainRequest, ContainerInfo];
 }
 
 /** Server-streaming AdminService RPCs (not in AdminMethods, which are unary). */
