@@ -268,6 +268,9 @@ async function qemuBench(c: BenchCase, count: number, target: string, cache: 'no
   };
 }
 
+/** The load average when the bench began (machineInfo runs at the end). */
+const loadavgAtStart = loadavg().map((x) => Number(x.toFixed(2)));
+
 function machineInfo(): Omit<Report['machine'], 'qemuImg' | 'tgtd' | 'loadavgAtEnd'> {
   const c = cpus();
   return {
@@ -276,7 +279,7 @@ function machineInfo(): Omit<Report['machine'], 'qemuImg' | 'tgtd' | 'loadavgAtE
     memGiB: Math.round(totalmem() / (1 << 30)),
     kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(),
     node: process.version,
-    loadavgAtStart: loadavg().map((x) => Number(x.toFixed(2))),
+    loadavgAtStart,
   };
 }
 
