@@ -65,10 +65,10 @@ import { isShared } from './agent-registry.js';
 import { backupChunks, streamBackup } from './backup.js';
 import { checkInvariants, checkWarnings } from './check.js';
 import { ALUA_PREFERENCES, MAX_VDISK_COPIES, TableChangeError, type AluaPreference, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
-import { effectiveDomain } from './domains.js';
+import { containerDomains, effectiveDomain } from './domains.js';
 import { aluaStateName } from './port-groups.js';
+import { segmentRefcount } from './faults.js';
 import { MigrationError } from './migration.js';
-import { containerDomains } from './domains.js';
 import { RebuildError, copiesOf } from './rebuild.js';
 import { SnapshotError, removeTable, shareVdisk, shrinkTable } from './snapshots.js';
 import type { Controller } from './controller.js';
@@ -190,7 +190,7 @@ export class Admin {
     return this.#containerInfo(row);
   }
 
-  #containerInfo(c: ContainerRow): ContainerInfo {
+  #containerInfo(c: ContainerRow, domains?: ReadonlyMap<string, string>): ContainerInfo {
     const acct = this.#db.containerSharing(c.id);
     const reach = this.#db.containerReach(c.id);
     const capacity = c.segmentsTotal * c.segmentSize;
@@ -211,7 +211,7 @@ export class Admin {
       agents: this.#db.containerAgents(c.id),
       unreachable: reach.filter((r) => !r.reachable).map((r) => `${r.agent}: ${r.error}`),
       shared: isShared(reach),
-      domain: effectiveDomain(c, this.#db),
+      domain: domains?.get(c.id) ?? effectiveDomain(c, this.#db),
     };
   }
 
@@ -229,7 +229,8 @@ export class Admin {
   }
 
   ListContainers(_r: Partial<Empty>): ListContainersReply {
-    return { containers: this.#db.containers().map((c) => this.#containerInfo(c)) };
+    const domains = containerDomains(this.#db);
+    return { containers: this.#db.containers().map((c) => this.#containerInfo(c, domains)) };
   }
 
   RemoveContainer(r: Partial<RemoveContainerRequest>): Empty {
@@ -347,8 +348,8 @@ export class Admin {
       parent: parent?.name ?? '',
       parentId: v.parentId ?? '',
       migration: this.#migrationInfo(v.id) ?? null,
-      health: this.#healthInfo(v, allocated),
       copies: v.copies,
+      health: this.#healthInfo(v, allocated),
       id: v.id,
       name: v.name,
       size: v.size,
@@ -432,6 +433,8 @@ export class Admin {
     const ex = this.#db.exportsOfVdisk(v.id);
     if (ex.length > 0) throw precondition(`vdisk ${v.name} is exported on ${ex.map((e) => e.agent).join(', ')}; remove the exports first`);
     if (this.#ctrl.migrations.running(v.id)) throw precondition(`vdisk ${v.name} is being migrated; cancel the migration first`);
+    // A rebuild stops first (after its segments in flight), then everything is looked at again.
+    if (this.#ctrl.rebuild.running(v.id)) return this.#ctrl.rebuild.cancel(v.id).then(() => this.RemoveVdisk(r));
     const settled = removeTable(this.#ctrl, v.id);
     this.#db.event(v.kind, v.name, 'removed');
     log.info(`${v.kind} ${v.name} removed`);
@@ -459,6 +462,7 @@ export class Admin {
       const ex = this.#db.exportsOfVdisk(v.id);
       if (ex.length > 0) throw precondition(`vdisk ${v.name} is exported on ${ex.map((e) => e.agent).join(', ')}; remove the exports before shrinking it`);
       if (this.#ctrl.migrations.running(v.id)) throw precondition(`vdisk ${v.name} is being migrated; cancel the migration before shrinking it`);
+      await this.#ctrl.rebuild.cancel(v.id);
       await shrinkTable(this.#ctrl, v, segmentCount);
       this.#db.event('vdisk', v.name, `shrunk from ${formatSize(v.size)} to ${newSize}`);
       return this.#vdiskInfo(this.#vdisk(v.id));
@@ -468,7 +472,10 @@ export class Admin {
       c.grow(segmentCount * v.segmentSize, segmentCount);
       if (!v.thin && segmentCount > old) {
         let seg = old;
-        for (const loc of c.allocate(segmentCount - old)) c.set(seg++, SegmentState.Normal, loc);
+        if (c.vdisk.copies > 1) {
+          // A leg per copy, in distinct domains (fewer, degraded, when domains run out).
+          for (const [first, ...legs] of c.allocateLegs(segmentCount - old, c.vdisk.copies)) c.set(seg++, SegmentState.Normal, first ?? null, legs);
+        } else for (const loc of c.allocate(segmentCount - old)) c.set(seg++, SegmentState.Normal, loc);
       }
     });
     this.#pushExportSets(v.id);
@@ -649,7 +656,8 @@ export class Admin {
       for (let seg = first; seg < first + count; seg++) {
         const row = this.#db.segment(v.id, seg);
         const loc = row.containerId !== null && row.offset !== null ? { containerId: row.containerId, offset: row.offset } : null;
-        const refs = loc !== null ? this.#db.refcount(loc) : 0;
+        // A mirrored entry is shared when any of its legs is.
+        const refs = loc !== null ? segmentRefcount(this.#db, this.#db.locationsOfSegment(v.id, seg)) : 0;
         if (refs > 1 && state !== SegmentState.Zero && state !== SegmentState.NoWrite) {
           throw precondition(
             `vdisk ${v.name} segment ${seg} shares container ${loc?.containerId} offset ${loc?.offset} with ${refs - 1} other table entr${refs === 2 ? 'y' : 'ies'} (snapshot or clone); it can only be no-write or zero`,
@@ -657,7 +665,10 @@ export class Admin {
         }
         if (v.kind === 'snapshot' && state === SegmentState.Normal) throw precondition(`${v.name} is a snapshot; its segments cannot be made writable`);
         if (state === SegmentState.Zero) c.set(seg, state, null);
-        else if (state === SegmentState.Normal || state === SegmentState.NoWrite) c.set(seg, state, loc ?? (c.allocate(1)[0] ?? null));
+        else if ((state === SegmentState.Normal || state === SegmentState.NoWrite) && loc === null && c.vdisk.copies > 1) {
+          const [first, ...legs] = c.allocateLegs(1, c.vdisk.copies)[0] ?? [];
+          c.set(seg, state, first ?? null, legs);
+        } else if (state === SegmentState.Normal || state === SegmentState.NoWrite) c.set(seg, state, loc ?? (c.allocate(1)[0] ?? null));
         else c.set(seg, state, loc);
       }
     });

@@ -1,5 +1,5 @@
-// Leg failure and resync of mirrored vdisks (docs/architecture.md,
-// "Mirrored vdisks"; /work design §6). A leg fault (Fault.failedContainer)
+// Leg failure and resync of mirrored vdisks (docs/architecture.md, "A
+// failed copy and its resync"). A leg fault (Fault.failedContainer)
 // says one copy of a segment failed while another took the write. The
 // controller decides once per container, not per segment:
 //
@@ -43,9 +43,6 @@ export interface MirrorHost extends SegmentCopyHost {
   readonly commands: Pick<AgentCommands, 'copyAgent' | 'copy'>;
 }
 
-/** A fault that may name a failed leg. */
-export type LegFault = Fault & { failedContainer?: string };
-
 /** The answer to one leg fault (FaultManager sends it, and logs it). */
 export type LegAnswer = { kind: 'retry' } | { kind: 'fail'; reason: string };
 
@@ -69,7 +66,7 @@ const RESYNC_RETRY_MS = 500;
 const RESYNC_MAX_IDLE_PASSES = 20;
 
 interface Waiting {
-  fault: LegFault;
+  fault: Fault;
   answer: (a: LegAnswer) => void;
 }
 
@@ -167,7 +164,7 @@ export class MirrorManager {
    * A leg fault, already checked by FaultManager.handle (vdisk exported to
    * the agent, segment in range). Answered through `answer`, once.
    */
-  legFault(f: LegFault, answer: (a: LegAnswer) => void): void {
+  legFault(f: Fault, answer: (a: LegAnswer) => void): void {
     const c = f.failedContainer ?? '';
     const host = this.#host;
     const pending = this.#removals.get(c);

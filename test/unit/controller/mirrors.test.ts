@@ -12,10 +12,11 @@ import type { AgentRegistry } from '../../../src/controller/agent-registry.js';
 import type { CopyArgs } from '../../../src/controller/agent-commands.js';
 import { checkInvariants } from '../../../src/controller/check.js';
 import { ControllerDb, type Location } from '../../../src/controller/db.js';
-import { MirrorManager, type LegAnswer, type LegFault, type MirrorHost } from '../../../src/controller/mirrors.js';
+import { MirrorManager, type LegAnswer, type MirrorHost } from '../../../src/controller/mirrors.js';
 import { TableChanges } from '../../../src/controller/table-changes.js';
 import { WriteBehind } from '../../../src/controller/write-behind.js';
 import { IoOp, SegmentState } from '../../../src/table/index.js';
+import type { Fault } from '../../../src/wire/proto-types.js';
 import { CA, CB, CC, MiB, tempDir, until } from './helpers.js';
 
 const NORMAL = SegmentState.Normal;
@@ -95,7 +96,7 @@ describe('controller mirrors: leg failure and resync (fake host)', () => {
 
   let nextFault = 1;
   function legFault(vdiskId: string, seg: number, failed: string): Promise<LegAnswer> {
-    const fault: LegFault = { faultId: nextFault++, vdiskId, tableVersion: 1, segment: seg, op: IoOp.Write, lba: seg * 2048, blocks: 8, state: NORMAL, detail: 'EIO', failedContainer: failed };
+    const fault: Fault = { faultId: nextFault++, vdiskId, tableVersion: 1, segment: seg, op: IoOp.Write, lba: seg * 2048, blocks: 8, state: NORMAL, detail: 'EIO', failedContainer: failed };
     return new Promise((resolve) => f.mirrors.legFault(fault, resolve));
   }
 
@@ -214,6 +215,27 @@ describe('controller mirrors: leg failure and resync (fake host)', () => {
     expect(f.db.refcount({ containerId: CB, offset: 1 })).to.equal(1);
     expect(f.tables.table(id).legCountOf(3)).to.equal(2);
     expect(events('container-online')).to.have.length(1);
+    clean();
+  });
+
+  it('resync keeps an entry no-write while its first leg is shared (a snapshot taken while degraded)', async () => {
+    const id = await mirrored('m', 2);
+    await legFault(id, 0, CB);
+    // A snapshot now: the source's entries no-write, every location shared (stale legs stay the source's).
+    await f.tables.changeTable(id, (ctx) => ctx.set(0, NO_WRITE, { containerId: CA, offset: 0 }));
+    const sid = 's-id';
+    f.db.tx(() => {
+      f.db.insertVdisk({ id: sid, name: 's', size: 2 * MiB, blockSize: 512, segmentSize: MiB, segmentCount: 2, thin: true, version: 0, kind: 'snapshot', parentId: id });
+      f.db.shareInto(id, sid);
+    });
+    await f.mirrors.resync(CB);
+    expect(f.copies.map((c) => [c.srcContainer, c.srcOffset, c.dstContainer, c.dstOffset])).to.deep.equal([[CA, 0, CB, 0]]);
+    for (let s = 0; s < 2; s++) {
+      expect(where(id, s), `segment ${s}`).to.deep.equal([`aa@${s}`, `bb@${s}`]);
+      expect(state(id, s), `segment ${s}`).to.equal(NO_WRITE);
+      expect(where(sid, s), `snapshot segment ${s}`).to.deep.equal([`aa@${s}`]);
+    }
+    expect(f.db.container(CB)!.state).to.equal('online');
     clean();
   });
 
