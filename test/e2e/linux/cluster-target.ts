@@ -11,6 +11,9 @@
 //                      answers once it serves again
 //   kill-storage N     (network LUNs) SIGKILL storage node N's target (1-based)
 //                      and answer at once: the node stays down
+//   resync-storage N   start storage node N again (same portal and files) and
+//                      answer once the controller has every one of its
+//                      containers online again (resynced: stale legs back)
 //   mirror-state N     each container's state (`container ls`): answers
 //                      "node-N=<states of N's containers> others=<states of
 //                      the other nodes' containers>"
@@ -273,6 +276,16 @@ export class ClusterTarget {
         await node.kill();
         if (node.daemon?.running === true) throw new Error(`storage node ${arg ?? ''} still runs after SIGKILL`);
         return `storage node ${arg ?? ''} (${node.portal}) killed`;
+      }
+      case 'resync-storage': {
+        const node = this.#node(arg);
+        await node.start();
+        const prefix = `iscsi://${node.portal}/`;
+        await waitFor(`storage node ${arg ?? ''}'s containers online again`, 200_000, async () => {
+          const mine = (await c.admin.call('ListContainers', {})).containers.filter((ct) => ct.path.startsWith(prefix));
+          return mine.length > 0 && mine.every((ct) => ct.state === 'online') ? true : undefined;
+        });
+        return `storage node ${arg ?? ''} back and resynced: ${await this.#mirrorState(arg)}`;
       }
       case 'mirror-state':
         return this.#mirrorState(arg);

@@ -144,10 +144,11 @@ export const SCENARIOS: E2eScenario[] = [
   {
     kind: 'cluster',
     name: 'mirror-outage',
-    // Not in the CI set: 3.5 to 7 minutes on this machine (load average 5 to
-    // 17), far over the ~90 s one more CI scenario may cost (docs/e2e-linux.md).
+    // Not in the CI set: 110 s on a quiet machine (load average 4), 4 to 7
+    // minutes at load average 8 to 17: over the ~90 s one more CI scenario
+    // may cost (docs/e2e-linux.md).
     title:
-      'ext4 on a 2-copy thick vdisk whose legs are network LUNs of two storage nodes (two failure domains): one node SIGKILLed during a 200 MiB write, no I/O error, checksums equal, fsck clean',
+      'ext4 on a 2-copy thick vdisk whose legs are network LUNs of two storage nodes (two failure domains): one node SIGKILLed during a 200 MiB write, no I/O error; the node comes back and is resynced; checksums (read from both copies) equal, fsck clean',
     // Boot, mkfs, 200 MiB through TCG and the slirp relay (the slowest part:
     // 140 s of a 410 s guest run at load average 12), the agent's hold before
     // it gives up on the dead node's legs, reading it all back, fsck.

@@ -1106,12 +1106,13 @@ big_size() { stat -c %s "$1" 2>/dev/null || echo 0; }
 
 # The vdisk has two copies, each on a LUN of its own storage node (two
 # failure domains). ext4 on it, a large file written with conv=fsync, and
-# storage node TABULA_KILL_NODE SIGKILLed (for good) in the middle of it: the
-# agent's writes to the dead node's legs fail after its hold, the controller
-# drops those legs and the held writes complete on the surviving copy. The
-# guest sees a stall at most, never an error: the write completes, no I/O or
-# ext4 error in the kernel log, the file's checksum equals the bytes written,
-# fsck clean.
+# storage node TABULA_KILL_NODE SIGKILLed in the middle of it: the agent's
+# writes to the dead node's legs fail after its hold, the controller drops
+# those legs and the held writes complete on the surviving copy. The guest
+# sees a stall at most, never an error: the write completes, no I/O or ext4
+# error in the kernel log. Then the node comes back and is resynced, and the
+# file's checksum (read from both copies) equals the bytes written; fsck
+# clean.
 workload_mirror_outage() {
 	set -- $TABULA_PORTALS
 	portal=$1
@@ -1190,6 +1191,11 @@ workload_mirror_outage() {
 		*" node-$node=failed "*) ;;
 		*) fail "storage node $node's container is not failed after its death: $HOST_REPLY" ;;
 		esac
+		# The node comes back: the controller resyncs its stale legs (the
+		# segments written while it was away are copied) and adds them back,
+		# so the reads below come from both copies again (spread by segment).
+		step resync
+		host_request resync-storage "$node"
 	fi
 
 	step verify
