@@ -37,7 +37,7 @@ const HOST = '127.0.0.1';
 const LABEL_ROOM = 64 * 1024 * 1024;
 
 /** Resolves with the first stdout line matching `re`; rejects on exit or timeout. */
-function waitLine(child: ChildProcess, re: RegExp, timeoutMs: number): Promise<RegExpExecArray> {
+export function waitLine(child: ChildProcess, re: RegExp, timeoutMs: number): Promise<RegExpExecArray> {
   return new Promise((resolve, reject) => {
     let buf = '';
     const timer = setTimeout(() => reject(new Error(`no line matching ${re} within ${timeoutMs} ms (stdout: ${buf.trim()})`)), timeoutMs);

@@ -24,6 +24,10 @@ export interface CellResult {
   vsFile?: number;
   /** A network-LUN row's agent CPU per I/O over vdisk-file's. */
   cpuVsFile?: number;
+  /** A mirrored-vdisk row's IOPS over the 1-copy vdisk of the same set-up (vdisk-1copy, bench/mirror.ts). */
+  vs1Copy?: number;
+  /** A mirrored-vdisk row's agent CPU per I/O over vdisk-1copy's. */
+  cpuVs1Copy?: number;
   vsTgtd?: number;
   vsRaw?: number;
   /** How busy the whole machine was during the runs (median), to spot interference. */
@@ -70,7 +74,20 @@ const fmt = (x: number | undefined, digits: number): string => (x === undefined 
 export function formatTable(r: Report): string {
   // The storage-network columns only when those rows ran.
   const lun = r.cells.some((c) => c.target.startsWith('vdisk-lun-'));
-  const head = ['case', 'target', 'IOPS', 'MB/s', 'x tgtd', 'x raw', 'CPU us/IO', ...(lun ? ['x file', 'CPU x file', 'storage CPU us/IO'] : []), 'runs'];
+  // The mirror columns only when a mirrored row was compared.
+  const mirror = r.cells.some((c) => c.vs1Copy !== undefined);
+  const head = [
+    'case',
+    'target',
+    'IOPS',
+    'MB/s',
+    'x tgtd',
+    'x raw',
+    'CPU us/IO',
+    ...(lun ? ['x file', 'CPU x file', 'storage CPU us/IO'] : []),
+    ...(mirror ? ['x 1copy', 'CPU x 1copy'] : []),
+    'runs',
+  ];
   const rows = r.cells.map((c) => [
     c.case,
     c.target,
@@ -80,6 +97,7 @@ export function formatTable(r: Report): string {
     c.target === 'raw' ? '' : fmt(c.vsRaw, 2),
     fmt(c.cpuUsPerIo, 1),
     ...(lun ? (c.target.startsWith('vdisk-lun-') ? [fmt(c.vsFile, 2), fmt(c.cpuVsFile, 2), fmt(c.storageCpuUsPerIo, 1)] : ['', '', '']) : []),
+    ...(mirror ? (c.vs1Copy !== undefined || c.cpuVs1Copy !== undefined ? [fmt(c.vs1Copy, 2), fmt(c.cpuVs1Copy, 2)] : ['', '']) : []),
     String(c.runs),
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));

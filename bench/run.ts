@@ -21,7 +21,13 @@
 //                                          column is the agent's; "x file" and "CPU x file" compare with
 //                                          vdisk-file (issue 15's goals: 0.6x / 0.8x, CPU at most 1.3x),
 //                                          e.g. --targets vdisk-file,vdisk-lun-tabula,vdisk-lun-tgtd
-//                                          --cases 4k-rand-read-qd32,4k-rand-write-qd32,1M-seq-read-qd8,1M-seq-write-qd8
+//                                          --cases 4k-rand-read-qd32,4k-rand-write-qd32,1M-seq-read-qd8,1M-seq-write-qd8;
+//                                          and the mirrored-vdisk rows vdisk-1copy, vdisk-2copy (a thick vdisk
+//                                          with 1 or 2 copies over two file containers in two domains, see
+//                                          mirror.ts): "x 1copy" compares with vdisk-1copy (issue 16's goals
+//                                          for vdisk-2copy: 4k write 0.6x, 4k read 1.0x, 1M write 0.5x), e.g.
+//                                          --targets vdisk-1copy,vdisk-2copy
+//                                          --cases 4k-rand-write-qd32,4k-rand-read-qd32,1M-seq-write-qd8
 //   --cases LIST       BENCH_CASES         comma list of case names (default all, see CASES)
 //   --run-timeout S    BENCH_RUN_TIMEOUT   seconds per qemu-img run before it is killed (default 120)
 //   --out FILE         BENCH_OUT           JSON output (default bench/results/latest.json)
@@ -52,6 +58,7 @@ import { fileURLToPath } from 'node:url';
 import { busyPercent, cpuSeconds, installSignalCleanup, machineCpu, niced, runBounded, runCleanups, setNice } from './proc.js';
 import { startTabulaTarget, startTabulaUp, startTgtd, type RunningTarget } from './targets.js';
 import { NETWORK_LUN_TARGETS, startAgentVdisk, type NetworkLunTarget } from './network-lun.js';
+import { MIRROR_REFERENCE, MIRROR_TARGETS, startMirrorVdisk, type MirrorTarget } from './mirror.js';
 import { normalizePageCache } from './page-cache.js';
 import { formatTable, median, type CellResult, type Report } from './report.js';
 import { COST_PARTS, formatCosts, parseLoadCases, runCosts, type CostPart, type CostsOptions } from './costs/index.js';
@@ -79,8 +86,9 @@ export const CASES: BenchCase[] = [
 
 /** tgtd, raw, vdisk-thick, vdisk-thin-fill, or a `tabula target` variant: "tabula" or "tabula-<anything>" (see variantSettings). */
 type TargetName = string;
-const FIXED_TARGETS: string[] = ['tgtd', 'raw', 'vdisk-thick', 'vdisk-thin-fill', ...NETWORK_LUN_TARGETS];
+const FIXED_TARGETS: string[] = ['tgtd', 'raw', 'vdisk-thick', 'vdisk-thin-fill', ...NETWORK_LUN_TARGETS, ...MIRROR_TARGETS];
 const isNetworkLun = (t: string): t is NetworkLunTarget => (NETWORK_LUN_TARGETS as readonly string[]).includes(t);
+const isMirror = (t: string): t is MirrorTarget => (MIRROR_TARGETS as readonly string[]).includes(t);
 
 interface TargetUnderTest {
   name: TargetName;
@@ -148,7 +156,7 @@ function parseOptions(argv: string[]): Options {
   const quick = get('quick', 'BENCH_QUICK') === '1';
   const caseNames = get('cases', 'BENCH_CASES')?.split(',').filter(Boolean);
   const cases = caseNames ? caseNames.map((n) => CASES.find((c) => c.name === n) ?? fail(`unknown case '${n}' (have ${CASES.map((c) => c.name).join(', ')})`)) : CASES;
-  const targets = (get('targets', 'BENCH_TARGETS') ?? ['tgtd', 'tabula', 'vdisk-thick', 'vdisk-thin-fill', ...NETWORK_LUN_TARGETS, 'raw'].join(',')).split(',').filter(Boolean) as TargetName[];
+  const targets = (get('targets', 'BENCH_TARGETS') ?? ['tgtd', 'tabula', 'vdisk-thick', 'vdisk-thin-fill', ...NETWORK_LUN_TARGETS, ...MIRROR_TARGETS, 'raw'].join(',')).split(',').filter(Boolean) as TargetName[];
   for (const t of targets) if (!FIXED_TARGETS.includes(t) && !/^tabula(-[\w-]+)?$/.test(t)) fail(`unknown target '${t}' (${FIXED_TARGETS.join(', ')}, tabula, tabula-VARIANT)`);
   const reps = Number(get('reps', 'BENCH_REPS') ?? (quick ? 1 : 3));
   if (!Number.isInteger(reps) || reps < 1) fail(`bad --reps ${reps}`);
@@ -260,6 +268,9 @@ async function qemuBench(c: BenchCase, count: number, target: string, cache: 'no
   };
 }
 
+/** The load average when the bench began (machineInfo runs at the end). */
+const loadavgAtStart = loadavg().map((x) => Number(x.toFixed(2)));
+
 function machineInfo(): Omit<Report['machine'], 'qemuImg' | 'tgtd' | 'loadavgAtEnd'> {
   const c = cpus();
   return {
@@ -268,7 +279,7 @@ function machineInfo(): Omit<Report['machine'], 'qemuImg' | 'tgtd' | 'loadavgAtE
     memGiB: Math.round(totalmem() / (1 << 30)),
     kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(),
     node: process.version,
-    loadavgAtStart: loadavg().map((x) => Number(x.toFixed(2))),
+    loadavgAtStart,
   };
 }
 
@@ -340,12 +351,13 @@ async function runMatrix(opts: Options): Promise<CellResult[]> {
       targets.push({ name, url: t.url, cache: 'none', t, files });
       continue;
     }
-    if (isNetworkLun(name)) {
-      // Needs the iSCSI container driver (container init/add of iscsi:// locators, agents reaching them):
-      // a row that cannot start is left out, not the whole matrix.
+    if (isNetworkLun(name) || isMirror(name)) {
+      // Needs the iSCSI container driver (container init/add of iscsi:// locators, agents reaching them),
+      // or domains and copies (mirror rows): a row that cannot start is left out, not the whole matrix.
       let t;
       try {
-        t = await startAgentVdisk(name, opts.dir, opts.size, opts.dir, { entry: opts.entry, nodeArgs: opts.tabulaNodeArgs, env: protoEnv() });
+        const o = { entry: opts.entry, nodeArgs: opts.tabulaNodeArgs, env: protoEnv() };
+        t = isMirror(name) ? await startMirrorVdisk(name, opts.dir, opts.size, opts.dir, o) : await startAgentVdisk(name, opts.dir, opts.size, opts.dir, o);
       } catch (e) {
         log(`bench: ${name} left out: ${(e as Error).message}`);
         continue;
@@ -463,6 +475,12 @@ async function runMatrix(opts: Options): Promise<CellResult[]> {
     if (cell.target.startsWith('vdisk-lun-') && file !== undefined) {
       if (cell.iops !== undefined && file.iops) cell.vsFile = cell.iops / file.iops;
       if (cell.cpuUsPerIo !== undefined && file.cpuUsPerIo) cell.cpuVsFile = cell.cpuUsPerIo / file.cpuUsPerIo;
+    }
+    // The mirrored rows against the 1-copy vdisk of the same set-up (issue 16's goals: see mirror.ts).
+    const one = cells.find((x) => x.case === cell.case && x.target === MIRROR_REFERENCE);
+    if (isMirror(cell.target) && cell.target !== MIRROR_REFERENCE && one !== undefined) {
+      if (cell.iops !== undefined && one.iops) cell.vs1Copy = cell.iops / one.iops;
+      if (cell.cpuUsPerIo !== undefined && one.cpuUsPerIo) cell.cpuVs1Copy = cell.cpuUsPerIo / one.cpuUsPerIo;
     }
   }
 

@@ -9,6 +9,14 @@
 //   storage-outage S   (network LUNs) SIGKILL the storage node's target, wait S
 //                      seconds, start it again on the same portal and files;
 //                      answers once it serves again
+//   kill-storage N     (network LUNs) SIGKILL storage node N's target (1-based)
+//                      and answer at once: the node stays down
+//   resync-storage N   start storage node N again (same portal and files) and
+//                      answer once the controller has every one of its
+//                      containers online again (resynced: stale legs back)
+//   mirror-state N     each container's state (`container ls`): answers
+//                      "node-N=<states of N's containers> others=<states of
+//                      the other nodes' containers>"
 //   snapshot           SnapshotVdisk while the guest has the filesystem mounted,
 //                      CloneVdisk of that snapshot, both exported on the first
 //                      agent under the same IQN: the snapshot read-only at LUN 1,
@@ -45,7 +53,21 @@ export interface ClusterSetup {
    * the agents reach through their initiator (`--containers iscsi://PORTAL`),
    * instead of a container file.
    */
-  networkLuns?: { luns: number; lunSizeBytes: number };
+  networkLuns?: {
+    luns: number;
+    lunSizeBytes: number;
+    /**
+     * Storage nodes, each with `luns` LUNs (default 1). With more than one,
+     * node N's containers are added with `--domain stN`: all nodes listen on
+     * loopback, so the default domain (the portal's host) would put them in
+     * one failure domain.
+     */
+    nodes?: number;
+  };
+  /** Copies of the vdisk (`vdisk create --copies`); default 1 (the option is not passed). */
+  copies?: number;
+  /** A thick vdisk (`vdisk create --thick`): every segment (and each of its copies) allocated at create. */
+  thick?: boolean;
 }
 
 export const SNAPSHOT_LUN = 1;
@@ -63,10 +85,12 @@ class StorageNode {
     readonly cluster: Cluster,
     readonly files: string[],
     readonly port: number,
+    readonly label: string,
   ) {}
 
-  static async create(c: Cluster, luns: number, lunSizeBytes: number): Promise<StorageNode> {
-    const dir = join(c.dir, 'storage');
+  /** `label`: the node's name, its log's and its files' dir (`storage`, `storage2`, ...). */
+  static async create(c: Cluster, luns: number, lunSizeBytes: number, label = 'storage'): Promise<StorageNode> {
+    const dir = join(c.dir, label);
     mkdirSync(dir, { recursive: true });
     const files: string[] = [];
     for (let i = 0; i < luns; i++) {
@@ -79,7 +103,7 @@ class StorageNode {
       }
       files.push(f);
     }
-    return new StorageNode(c, files, await freeLoopbackPort());
+    return new StorageNode(c, files, await freeLoopbackPort(), label);
   }
 
   get portal(): string {
@@ -92,7 +116,7 @@ class StorageNode {
 
   async start(): Promise<void> {
     const args = ['target', ...this.files.flatMap((f) => ['--file', f]), '--portal', this.portal, '--iqn', STORAGE_IQN];
-    this.daemon = await this.cluster.startDaemon('storage', args, /^iscsi:\/\/\S+$/m);
+    this.daemon = await this.cluster.startDaemon(this.label, args, /^iscsi:\/\/\S+$/m);
   }
 
   async kill(): Promise<void> {
@@ -108,7 +132,8 @@ export class ClusterTarget {
   readonly vdisk = VDISK;
   readonly iqn = iqnOf(VDISK);
 
-  storage: StorageNode | undefined;
+  /** The storage nodes of a networkLuns set-up, node 1 first. */
+  readonly nodes: StorageNode[] = [];
 
   private constructor(
     readonly cluster: Cluster,
@@ -124,10 +149,11 @@ export class ClusterTarget {
       await c.startController({ holdTimeoutS: setup.holdTimeoutS });
       if (setup.networkLuns === undefined) await c.addContainer('c0.img', CONTAINER_SIZE);
       else await t.#startStorage(setup.networkLuns);
-      await Promise.all([
-        ...setup.agents.map((a) => t.#startAgent(a)),
-        c.admin.call('CreateVdisk', { name: VDISK, size: setup.vdiskSizeBytes }),
-      ]);
+      const create =
+        setup.copies === undefined && setup.thick !== true
+          ? c.admin.call('CreateVdisk', { name: VDISK, size: setup.vdiskSizeBytes })
+          : t.#createWithCli(setup);
+      await Promise.all([...setup.agents.map((a) => t.#startAgent(a)), create]);
       await t.#waitOnline(setup.agents);
       for (const a of setup.agents) await c.admin.call('AddExport', { vdisk: VDISK, agent: a, lun: 0, alua: setup.alua?.[a] });
       await c.waitServed(VDISK, setup.agents);
@@ -147,20 +173,58 @@ export class ClusterTarget {
     });
   }
 
-  /** The storage node, its LUNs labelled and registered over iSCSI (as an admin would: `container init|add iscsi://...`). */
-  async #startStorage(o: { luns: number; lunSizeBytes: number }): Promise<void> {
+  /** The first storage node (the only one of a single-node set-up). */
+  get storage(): StorageNode | undefined {
+    return this.nodes[0];
+  }
+
+  /** Copies and thick go through the CLI, as an admin would ask for them. */
+  async #createWithCli(setup: ClusterSetup): Promise<void> {
+    const args = ['vdisk', 'create', VDISK, '--size', String(setup.vdiskSizeBytes)];
+    if (setup.copies !== undefined) args.push('--copies', String(setup.copies));
+    if (setup.thick === true) args.push('--thick');
+    await this.cluster.cliOk(args);
+  }
+
+  /** The storage nodes, their LUNs labelled and registered over iSCSI (as an admin would: `container init|add iscsi://...`). */
+  async #startStorage(o: NonNullable<ClusterSetup['networkLuns']>): Promise<void> {
     const c = this.cluster;
-    this.storage = await StorageNode.create(c, o.luns, o.lunSizeBytes);
-    await this.storage.start();
-    for (let lun = 0; lun < o.luns; lun++) {
-      await c.cliOk(['container', 'init', this.storage.url(lun)], { admin: false });
-      await c.cliOk(['container', 'add', this.storage.url(lun)]);
+    const count = o.nodes ?? 1;
+    for (let n = 1; n <= count; n++) {
+      const node = await StorageNode.create(c, o.luns, o.lunSizeBytes, n === 1 ? 'storage' : `storage${n}`);
+      this.nodes.push(node);
+      await node.start();
+      for (let lun = 0; lun < o.luns; lun++) {
+        await c.cliOk(['container', 'init', node.url(lun)], { admin: false });
+        await c.cliOk(['container', 'add', node.url(lun), ...(count > 1 ? ['--domain', `st${n}`] : [])]);
+      }
     }
   }
 
   #startAgent(name: string): Promise<unknown> {
-    const containers = this.storage === undefined ? [this.cluster.containerGlob] : [`iscsi://${this.storage.portal}`];
+    const containers = this.nodes.length === 0 ? [this.cluster.containerGlob] : this.nodes.map((n) => `iscsi://${n.portal}`);
     return this.cluster.startAgent(name, { containers, holdTimeoutS: this.setup.holdTimeoutS });
+  }
+
+  /** Storage node N (1-based) of the guest's request. */
+  #node(arg: string | undefined): StorageNode {
+    const n = Number(arg ?? '');
+    const node = Number.isInteger(n) ? this.nodes[n - 1] : undefined;
+    if (node === undefined) throw new Error(`no storage node ${arg ?? ''} (have ${this.nodes.length})`);
+    return node;
+  }
+
+  /** `node-N=<states> others=<states>` from the controller's container list (ListContainers). */
+  async #mirrorState(arg: string | undefined): Promise<string> {
+    const node = this.#node(arg);
+    const prefix = `iscsi://${node.portal}/`;
+    const all = (await this.cluster.admin.call('ListContainers', {})).containers;
+    const states = (mine: boolean): string =>
+      all
+        .filter((ct) => ct.path.startsWith(prefix) === mine)
+        .map((ct) => ct.state)
+        .join(',') || 'none';
+    return `node-${arg ?? ''}=${states(true)} others=${states(false)}`;
   }
 
   get portals(): HostPortal[] {
@@ -207,6 +271,24 @@ export class ClusterTarget {
         await storage.start();
         return `storage node down for ${seconds} s, serving again on ${storage.portal}`;
       }
+      case 'kill-storage': {
+        const node = this.#node(arg);
+        await node.kill();
+        if (node.daemon?.running === true) throw new Error(`storage node ${arg ?? ''} still runs after SIGKILL`);
+        return `storage node ${arg ?? ''} (${node.portal}) killed`;
+      }
+      case 'resync-storage': {
+        const node = this.#node(arg);
+        await node.start();
+        const prefix = `iscsi://${node.portal}/`;
+        await waitFor(`storage node ${arg ?? ''}'s containers online again`, 200_000, async () => {
+          const mine = (await c.admin.call('ListContainers', {})).containers.filter((ct) => ct.path.startsWith(prefix));
+          return mine.length > 0 && mine.every((ct) => ct.state === 'online') ? true : undefined;
+        });
+        return `storage node ${arg ?? ''} back and resynced: ${await this.#mirrorState(arg)}`;
+      }
+      case 'mirror-state':
+        return this.#mirrorState(arg);
       case 'snapshot':
         return this.#snapshot();
       default:
@@ -236,10 +318,9 @@ export class ClusterTarget {
   /** Stops every daemon; keeps the dir (logs, database, containers) when asked. */
   async stop(keep: boolean): Promise<void> {
     // Agents first (cluster.close), then the storage they reach.
-    const storage = this.storage;
-    await this.cluster.close(storage === undefined ? keep : true);
-    if (storage !== undefined) {
-      await storage.stop();
+    await this.cluster.close(this.nodes.length === 0 ? keep : true);
+    if (this.nodes.length > 0) {
+      for (const node of this.nodes) await node.stop();
       if (!keep) rmSync(this.cluster.dir, { recursive: true, force: true });
     }
   }

@@ -36,7 +36,7 @@ export interface HostPortal {
 }
 
 /** Workloads defined in guest/workload.sh as workload_<name>. */
-export type GuestWorkload = 'basic' | 'multipath' | 'fstrim' | 'snapshot' | 'alua' | 'persist' | 'storage_outage';
+export type GuestWorkload = 'basic' | 'multipath' | 'fstrim' | 'snapshot' | 'alua' | 'persist' | 'storage_outage' | 'mirror_outage';
 
 /**
  * Carries out one request of the guest (its words split on blanks) and
