@@ -96,7 +96,18 @@ interface LeggedExtent {
   state: number;
   container: string;
   offset: number;
-  legs?: { container: string; offset: number }[];
+  /** As the admin API prints them: a list, or (the wire's form) `{ list }`. */
+  legs?: LegJson[] | { list?: LegJson[] } | null;
+}
+
+interface LegJson {
+  container: string;
+  offset: number;
+}
+
+function legList(e: LeggedExtent): LegJson[] {
+  if (e.legs === undefined || e.legs === null) return [];
+  return Array.isArray(e.legs) ? e.legs : (e.legs.list ?? []);
 }
 
 /** Per segment, the containers of its legs, leg 0 first ([] when unallocated). */
@@ -104,7 +115,7 @@ export function legsBySegment(t: JsonTable): string[][] {
   const out: string[][] = [];
   for (const e of t.extents as LeggedExtent[]) {
     if (e.first !== out.length) throw new Error(`table of ${t.vdiskId}: extent at ${e.first}, expected ${out.length}`);
-    const legs = e.container === '' ? [] : [e.container, ...(e.legs ?? []).map((l) => l.container)];
+    const legs = e.container === '' ? [] : [e.container, ...legList(e).map((l) => l.container)];
     for (let i = 0; i < e.count; i++) out.push(legs);
   }
   if (out.length !== t.segmentCount) throw new Error(`table of ${t.vdiskId}: ${out.length} segments, expected ${t.segmentCount}`);
