@@ -35,6 +35,7 @@ import type { ContainerRef, CopyCommand, Export, ExportSet, Fence, LuChange, Tab
 import type { AccessState } from '../scsi/lu-api.js';
 import { registerDrain } from '../util/graceful.js';
 import { luEventFromWire, luStateFromWire, luStateToWire } from '../wire/lu-state.js';
+import { fromWireExtent } from '../wire/table-extents.js';
 import { Reservations, emptyLuReservationState } from '../scsi/reservations.js';
 import { log } from '../util/log.js';
 import type { BackoffOptions } from './backoff.js';
@@ -129,9 +130,7 @@ export function defaultHostId(read: (path: string) => string = (p) => readFileSy
 }
 
 function toExtent(e: WireExtent): Extent {
-  const x: Extent = { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
-  if (e.owner) x.owner = e.owner;
-  return x;
+  return fromWireExtent(e); // legs included (mirrored vdisks)
 }
 
 /** Same initiator names, in any order (an older controller may send none: undefined). */

@@ -3,8 +3,12 @@
 // building is sliced: after about SLICE_SEGMENTS segments written (or
 // SLICE_ENTRIES runs) it yields to the event loop, so that a 16 M-segment
 // table does not stop I/O on the agent's other LUNs while it is built.
-import { SegmentState, TableBuilder, checkRuns, type MappingTable } from '../table/index.js';
+// Mirrored vdisks' extra legs come in the run form's run_leg_* arrays or in
+// each extent's legs, and are checked like the rest (containers known and
+// distinct per segment, offsets in range) as they are added.
+import { RunLegs, SegmentState, TableBuilder, checkRuns, type LegLocation, type MappingTable } from '../table/index.js';
 import type { TableFull } from '../wire/proto-types.js';
+import { fromWireExtent } from '../wire/table-extents.js';
 
 /** Segments written between yields (a typed-array fill of this many takes well under a millisecond). */
 const SLICE_SEGMENTS = 1 << 18;
@@ -70,16 +74,21 @@ export class TableAssembly {
         containers: t.runContainers ?? [],
         offsets: t.runOffsets ?? [],
         owners: t.runOwners ?? [],
+        legCounts: t.runLegCounts ?? [],
+        legContainers: t.runLegContainers ?? [],
+        legOffsets: t.runLegOffsets ?? [],
       };
       checkRuns(runs, this.#containers.length);
       const owners = runs.owners;
+      const legs = new RunLegs(runs, this.#containers);
       for (let i = 0; i < counts.length; i++) {
         const c = runs.containers[i] as number;
         const container = c === 0 ? null : (this.#containers[c - 1] as string);
         const count = counts[i] as number;
+        const runLegs = legs.next(i);
         let done = 0;
         do {
-          done = this.#part(count, runs.states[i] as SegmentState, container, runs.offsets[i] as number, done, owners[i] ?? 0);
+          done = this.#part(count, runs.states[i] as SegmentState, container, runs.offsets[i] as number, done, owners[i] ?? 0, runLegs);
           if (this.#work >= SLICE_SEGMENTS) await this.#yield();
         } while (done < count);
       }
@@ -89,10 +98,10 @@ export class TableAssembly {
       const e = t.extents[i];
       if (e === undefined) break;
       if (e.first !== this.nextSegment) throw new RangeError(`extent ${i} (segments ${e.first}+${e.count}) starts at ${e.first}, expected ${this.nextSegment}`);
-      const container = e.container === '' ? null : e.container;
+      const x = fromWireExtent(e);
       let done = 0;
       do {
-        done = this.#part(e.count, e.state, container, e.offset, done, e.owner ?? 0);
+        done = this.#part(x.count, x.state, x.container, x.offset, done, x.owner ?? 0, x.legs);
         if (this.#work >= SLICE_SEGMENTS) await this.#yield();
       } while (done < e.count);
     }
@@ -107,13 +116,15 @@ export class TableAssembly {
    * Adds a run from its segment `done` on, as much as the current slice has
    * room for (a long run spans slices); returns how far it got.
    */
-  #part(count: number, state: SegmentState, container: string | null, offset: number, done: number, owner: number): number {
+  #part(count: number, state: SegmentState, container: string | null, offset: number, done: number, owner: number, legs?: readonly LegLocation[]): number {
     if (!Number.isInteger(count) || count < 1) {
-      this.#builder.addRun(count, state, container, offset, owner); // throws, naming the run
+      this.#builder.addRun(count, state, container, offset, owner, legs); // throws, naming the run
       return count;
     }
     const n = Math.min(count - done, Math.max(1, SLICE_SEGMENTS - this.#work));
-    this.#builder.addRun(n, state, container, container === null ? offset : offset + done, owner);
+    // A later part of a long run: every leg's offset advances with the primary's.
+    const partLegs = done === 0 || legs === undefined ? legs : legs.map((l) => ({ container: l.container, offset: l.offset + done }));
+    this.#builder.addRun(n, state, container, container === null ? offset : offset + done, owner, partLegs);
     this.#work += n + SLICE_SEGMENTS / SLICE_ENTRIES;
     return done + n;
   }

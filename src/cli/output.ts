@@ -43,5 +43,6 @@ export function sizeWithShare(part: number, whole: number): string {
 /** A table reply for --json: state names instead of enum numbers, no text rendering. */
 export function tableJson(t: TableReply): object {
   const { text: _text, extents, ...rest } = t;
-  return { ...rest, extents: extents.map((e) => ({ ...e, state: segmentStateName(e.state) })) };
+  // A mirrored extent's legs as a plain list (on the wire they sit in a wrapper message).
+  return { ...rest, extents: extents.map(({ legs, ...e }) => ({ ...e, state: segmentStateName(e.state), ...(legs ? { legs: legs.list } : {}) })) };
 }

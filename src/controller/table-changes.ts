@@ -16,6 +16,7 @@
 import { MappingTable, SegmentState, extentsIn, tableRuns, toExtents, type Extent, type TableRuns } from '../table/index.js';
 import { TABLE_RUNS_PER_MESSAGE, encodeControllerMessage, type EncodedMessage } from '../wire/grpc.js';
 import type { LuChange, LuEventMsg, LuStateMsg, Release, TableAck, WireExtent } from '../wire/proto-types.js';
+import { fromWireExtent, wireExtent } from '../wire/table-extents.js';
 import { log } from '../util/log.js';
 import { locKey, runLocations, type Allocator } from './allocator.js';
 import { TableChangeError, type ControllerDb, type Location, type VdiskRow } from './db.js';
@@ -423,6 +424,7 @@ export class TableChanges {
             runContainers: r.containers,
             runOffsets: r.offsets,
             ...(r.owners !== undefined ? { runOwners: r.owners } : {}),
+            ...(r.legCounts !== undefined ? { runLegCounts: r.legCounts, runLegContainers: r.legContainers, runLegOffsets: r.legOffsets } : {}),
             more,
           },
         });
@@ -436,7 +438,7 @@ export class TableChanges {
       return;
     }
     const extents = toExtents(t);
-    const containers = [...new Set(extents.map((e) => e.container).filter((c): c is string => c !== null))];
+    const containers = [...new Set(extents.flatMap((e) => [e.container, ...(e.legs ?? []).map((l) => l.container)]).filter((c): c is string => c !== null))];
     link.send({
       body: 'tableFull',
       tableFull: {
@@ -624,14 +626,5 @@ function tableEntryOf(db: ControllerDb, vdiskId: string, seg: number): { state: 
   return { state: r.state, container: r.containerId, offset: r.offset ?? 0, ...own };
 }
 
-export function wireExtent(e: Extent): WireExtent {
-  const w: WireExtent = { first: e.first, count: e.count, state: e.state, container: e.container ?? '', offset: e.offset };
-  if (e.owner) w.owner = e.owner;
-  return w;
-}
-
-export function fromWireExtent(e: WireExtent): Extent {
-  const x: Extent = { first: e.first, count: e.count, state: e.state, container: e.container === '' ? null : e.container, offset: e.offset };
-  if (e.owner) x.owner = e.owner;
-  return x;
-}
+// Extent <-> WireExtent (legs included) live in src/wire/table-extents.ts, shared with the agent.
+export { wireExtent, fromWireExtent };

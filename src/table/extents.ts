@@ -4,7 +4,7 @@
 // container offsets advance by one, so a contiguously allocated 1 TiB vdisk
 // is one extent rather than a million entries.
 
-import { MappingTable, checkEntry, withContext, type TableMeta } from './mapping-table.js';
+import { MappingTable, checkEntry, withContext, type LegLocation, type TableMeta } from './mapping-table.js';
 import { SegmentState, segmentStateName } from './segment-state.js';
 
 export interface Extent {
@@ -19,6 +19,11 @@ export interface Extent {
   offset: number;
   /** Write owner (agent number) of every segment of the extent; absent or 0: none. */
   owner?: number;
+  /**
+   * Extra legs of a mirrored vdisk (leg 1 first): segment first+i is also at
+   * legs[k].offset+i in legs[k].container. Absent when none.
+   */
+  legs?: LegLocation[];
 }
 
 /**
@@ -55,6 +60,7 @@ export function extentsIn(table: MappingTable, first: number, end: number, inclu
       // Only owned extents carry the field: the common extent stays as it was.
       const owner = table.ownerOf(s);
       if (owner !== 0) e.owner = owner;
+      if (table.maxLegs > 1 && table.legCountOf(s) > 1) e.legs = table.locationsOf(s).slice(1);
       out.push(e);
       s = next;
     }
@@ -121,5 +127,6 @@ export function applyExtents(table: MappingTable, extents: readonly Extent[]): v
 export function describeExtent(e: Extent): string {
   const loc = e.container === null ? '' : ` container ${e.container} offset ${e.offset}`;
   const owner = e.owner ? ` owner ${e.owner}` : '';
-  return `segments ${e.first}-${e.first + e.count - 1} ${segmentStateName(e.state)}${loc}${owner}`;
+  const legs = (e.legs ?? []).map((l) => ` + container ${l.container} offset ${l.offset}`).join('');
+  return `segments ${e.first}-${e.first + e.count - 1} ${segmentStateName(e.state)}${loc}${legs}${owner}`;
 }

@@ -1,5 +1,6 @@
 // Readable text for a mapping table, like `dmsetup table`: one line per
-// extent, `first-last state [c=<container> off=<offset>] [owner=<agent number>]`. Used by
+// extent, `first-last state [c=<container> off=<offset> [legs=<container>:<offset>+...]] [owner=<agent number>]`
+// (legs: the extra legs of a mirrored vdisk, leg 1 first). Used by
 // `tabula vdisk table`; ranges are inclusive vdisk segment numbers and
 // offsets are in segments.
 
@@ -18,8 +19,10 @@ export function formatExtent(e: Extent, opts: FormatOptions = {}): string {
   const range = `${e.first}-${e.first + e.count - 1} ${segmentStateName(e.state)}`;
   const owner = e.owner ? ` owner=${e.owner}` : '';
   if (e.container === null) return range + owner;
-  const id = opts.fullIds ? e.container : e.container.slice(0, 8);
-  return `${range} c=${id} off=${e.offset}${owner}`;
+  const id = (c: string): string => (opts.fullIds ? c : c.slice(0, 8));
+  // Extra legs of a mirrored vdisk after leg 0: `legs=<container>:<offset>+...`.
+  const legs = e.legs !== undefined && e.legs.length > 0 ? ` legs=${e.legs.map((l) => `${id(l.container)}:${l.offset}`).join('+')}` : '';
+  return `${range} c=${id(e.container)} off=${e.offset}${legs}${owner}`;
 }
 
 export function formatExtents(extents: readonly Extent[], opts: FormatOptions = {}): string {

@@ -4,7 +4,10 @@
 // lookup is O(1); shared by the controller and the agent, so no I/O here.
 // Write owners (the agent that alone may write a segment of a vdisk exported
 // on several agents, docs/architecture.md) are few, so they live in a side
-// map and cost nothing per segment.
+// map and cost nothing per segment. Extra legs of mirrored vdisks (copies
+// 2 and 3) live in parallel slot/offset arrays allocated only when a table
+// first holds one, so a one-copy table stays at 7 bytes per segment (13 with
+// two legs, 19 with three).
 
 import {
   SegmentState,
@@ -30,7 +33,19 @@ export const MAX_CONTAINERS = 0xffff;
 export const NO_OWNER = 0;
 export const MAX_OWNER = 0xffffffff;
 
+/** Most locations (legs) a segment may have: leg 0 (the primary) and up to two extra legs. */
+export const MAX_COPIES = 3;
+
 const NO_SLOT = 0;
+
+/** One location of a segment: a container and the offset in it, in segments. */
+export interface LegLocation {
+  readonly container: string;
+  readonly offset: number;
+}
+
+/** Shared by every entry without extra legs (never mutated). */
+const NO_LEGS: readonly LegLocation[] = Object.freeze([]);
 
 export interface TableGeometry {
   /** Bytes per segment: a power of two, 64 KiB .. 1 GiB. */
@@ -59,6 +74,11 @@ export interface SegmentEntry {
   readonly container: string | null;
   /** Offset in the container, in segments. */
   readonly offset: number;
+  /**
+   * Extra legs (copies 2.., leg 1 first) of a mirrored segment; absent when
+   * it has none, so a one-copy entry is exactly what it was before mirrors.
+   */
+  readonly legs?: readonly LegLocation[];
 }
 
 /**
@@ -72,6 +92,14 @@ export interface EntryInput {
   readonly offset?: number;
   /** Write owner of every segment set (agent number); absent or 0: none. */
   readonly owner?: number;
+  /**
+   * Extra legs (leg 1 first, at most MAX_COPIES - 1), only with a container;
+   * every leg's container distinct. With setRange each leg's offset advances
+   * by offsetStep like the primary's. Absent or empty: none (a set replaces
+   * the whole entry, so the segment's previous extra legs go). States
+   * without a location drop them.
+   */
+  readonly legs?: readonly LegLocation[];
 }
 
 /** One segment's share of an I/O. `bufferOffset` is in bytes from the start of the I/O's buffer. */
@@ -101,6 +129,11 @@ export interface StateCounts {
   error: number;
   /** Segments that point at a container segment, whatever their state. */
   allocated: number;
+  /**
+   * Only in a table that has held extra legs (maxLegs > 1): byLegs[k] is the
+   * number of segments with k legs (k = 0 .. maxLegs).
+   */
+  byLegs?: number[];
 }
 
 function isPowerOfTwo(n: number): boolean {
@@ -135,6 +168,8 @@ export interface NormalEntry {
   state: SegmentState;
   container: string | null;
   offset: number;
+  /** Extra legs, checked; absent when none. */
+  legs?: readonly LegLocation[];
 }
 
 function checkOwner(owner: number): void {
@@ -172,6 +207,7 @@ export function checkEntry(entry: EntryInput, count: number, offsetStep: number)
   if (container === null) {
     if (stateNeedsLocation(state)) bad(`a ${segmentStateName(state)} entry needs a container`);
     if (entry.offset !== undefined && entry.offset !== 0) bad(`offset ${entry.offset} given without a container`);
+    if (entry.legs !== undefined && entry.legs.length > 0) bad('legs given without a container');
     return { state, container: null, offset: 0 };
   }
   if (typeof container !== 'string') bad('container id must be a string');
@@ -181,7 +217,29 @@ export function checkEntry(entry: EntryInput, count: number, offsetStep: number)
   }
   const last = offset + Math.max(0, count - 1) * offsetStep;
   if (last > MAX_CONTAINER_OFFSET) bad(`container offset ${last} exceeds ${MAX_CONTAINER_OFFSET}`);
-  return { state, container, offset };
+  const legs = entry.legs;
+  if (legs === undefined || legs.length === 0) return { state, container, offset };
+  checkLegs(container, legs, count, offsetStep);
+  return { state, container, offset, legs };
+}
+
+/** Extra legs: at most MAX_COPIES - 1, each a container distinct from the primary and the others, offsets in range. */
+function checkLegs(primary: string, legs: readonly LegLocation[], count: number, offsetStep: number): void {
+  if (!Array.isArray(legs)) bad('legs must be an array');
+  if (legs.length > MAX_COPIES - 1) bad(`${legs.length + 1} legs: a segment has at most ${MAX_COPIES}`);
+  for (let i = 0; i < legs.length; i++) {
+    const leg = legs[i] as LegLocation;
+    const c = leg.container;
+    if (typeof c !== 'string' || c === '') bad(`leg ${i + 1} has no container`);
+    if (c === primary) bad(`leg ${i + 1} is on container ${c}, as leg 0 is`);
+    for (let j = 0; j < i; j++) if ((legs[j] as LegLocation).container === c) bad(`leg ${i + 1} is on container ${c}, as leg ${j + 1} is`);
+    const o = leg.offset;
+    if (!Number.isInteger(o) || o < 0 || o > MAX_CONTAINER_OFFSET) {
+      bad(`leg ${i + 1} container offset ${String(o)} invalid: must be an integer from 0 to ${MAX_CONTAINER_OFFSET}`);
+    }
+    const last = o + Math.max(0, count - 1) * offsetStep;
+    if (last > MAX_CONTAINER_OFFSET) bad(`leg ${i + 1} container offset ${last} exceeds ${MAX_CONTAINER_OFFSET}`);
+  }
 }
 
 /** A RangeError from checkEntry with `where` put in front, for the caller to throw; other errors unchanged. */
@@ -202,6 +260,57 @@ export function normalizeEntry(entry: EntryInput, count = 1, offsetStep = 1, whe
   }
 }
 
+/** Fills [first, end) of a slot/offset pair: offsets advance by `step` from `offset` (0 without a slot). */
+function fillLocation(slots: Uint16Array, offsets: Uint32Array, first: number, end: number, slot: number, offset: number, step: number): void {
+  slots.fill(slot, first, end);
+  if (slot === NO_SLOT || step === 0) {
+    offsets.fill(slot === NO_SLOT ? 0 : offset, first, end);
+  } else {
+    let o = offset;
+    for (let s = first; s < end; s++, o += step) offsets[s] = o;
+  }
+}
+
+/** Where in (seg, end] an extra leg stops continuing seg's: same slot, offsets advancing by one (or none). */
+function legRunEnd(slots: Uint16Array, offsets: Uint32Array, seg: number, end: number): number {
+  const slot = slots[seg];
+  let s = seg + 1;
+  if (slot === NO_SLOT) {
+    while (s < end && slots[s] === NO_SLOT) s++;
+  } else {
+    let next = (offsets[seg] as number) + 1;
+    while (s < end && slots[s] === slot && offsets[s] === next) {
+      s++;
+      next++;
+    }
+  }
+  return s;
+}
+
+interface LegArrays {
+  slots: Uint16Array;
+  offsets: Uint32Array;
+}
+
+/** First segment below `end` where leg arrays differ (`map` translates a's slots to b's; null arrays hold no leg), or -1. */
+function firstLegDifference(a: LegArrays | null, b: LegArrays | null, map: Int32Array, end: number): number {
+  for (let s = 0; s < end; s++) {
+    const sa = a === null ? NO_SLOT : (a.slots[s] as number);
+    const sb = b === null ? NO_SLOT : (b.slots[s] as number);
+    if (map[sa] !== sb || (sa !== NO_SLOT && (a as LegArrays).offsets[s] !== (b as LegArrays).offsets[s])) return s;
+  }
+  return -1;
+}
+
+/** Sets differs[s] where leg arrays differ (`map` translates a's slots to b's). */
+function markLegDifferences(a: LegArrays | null, b: LegArrays | null, map: Int32Array, differs: Uint8Array): void {
+  for (let s = 0; s < differs.length; s++) {
+    const sa = a === null ? NO_SLOT : (a.slots[s] as number);
+    const sb = b === null ? NO_SLOT : (b.slots[s] as number);
+    if (map[sa] !== sb || (sa !== NO_SLOT && (a as LegArrays).offsets[s] !== (b as LegArrays).offsets[s])) differs[s] = 1;
+  }
+}
+
 export class MappingTable {
   readonly segmentSize: number;
   readonly blockSize: number;
@@ -214,6 +323,11 @@ export class MappingTable {
   #states: Uint8Array;
   #slots: Uint16Array;
   #offsets: Uint32Array;
+  /** Extra legs: #legSlots[k - 1] and #legOffsets[k - 1] hold leg k; allocated on first use. Packed: no leg k+1 without leg k. */
+  #legSlots: Uint16Array[] = [];
+  #legOffsets: Uint32Array[] = [];
+  /** setRange's extra-leg slots, reused (no allocation per entry). */
+  readonly #scratchSlots = new Uint16Array(MAX_COPIES - 1);
   #containers: string[] = [];
   #slotById = new Map<string, number>();
   /** Write owners by segment (owned segments only). */
@@ -282,7 +396,59 @@ export class MappingTable {
     return this.#version;
   }
 
+  /**
+   * Legs a segment may have in this table: 1 until an entry with extra legs
+   * is set, then 2 or 3 (it shrinks only in pruneContainers).
+   */
+  get maxLegs(): number {
+    return 1 + this.#legSlots.length;
+  }
+
   // ---- per-segment lookups (hot path: no allocation) ----
+
+  /** Locations of the segment: 0 without one, else 1 + its extra legs. */
+  legCountOf(seg: number): number {
+    this.#checkSeg(seg);
+    if (this.#slots[seg] === NO_SLOT) return 0;
+    const extra = this.#legSlots;
+    let n = 1;
+    while (n <= extra.length && (extra[n - 1] as Uint16Array)[seg] !== NO_SLOT) n++;
+    return n;
+  }
+
+  /** Index into `containers` of the segment's leg `leg` (0 = slotOf), or -1 when it has no such leg. */
+  legSlotOf(seg: number, leg: number): number {
+    this.#checkSeg(seg);
+    if (leg === 0) return (this.#slots[seg] as number) - 1;
+    this.#checkLeg(leg);
+    const a = this.#legSlots[leg - 1];
+    return a === undefined ? -1 : (a[seg] as number) - 1;
+  }
+
+  /** Container offset in segments of the segment's leg `leg` (0 = containerOffsetOf), 0 when it has no such leg. */
+  legOffsetOf(seg: number, leg: number): number {
+    this.#checkSeg(seg);
+    if (leg === 0) return this.#offsets[seg] as number;
+    this.#checkLeg(leg);
+    const a = this.#legOffsets[leg - 1];
+    return a === undefined ? 0 : (a[seg] as number);
+  }
+
+  /** Container id of the segment's leg `leg`, or null when it has no such leg. */
+  legContainerOf(seg: number, leg: number): string | null {
+    const slot = this.legSlotOf(seg, leg);
+    return slot < 0 ? null : (this.#containers[slot] as string);
+  }
+
+  /** Every location of the segment, leg 0 first; [] without one. */
+  locationsOf(seg: number): LegLocation[] {
+    const n = this.legCountOf(seg);
+    const out: LegLocation[] = [];
+    for (let leg = 0; leg < n; leg++) {
+      out.push({ container: this.#containers[this.legSlotOf(seg, leg)] as string, offset: this.legOffsetOf(seg, leg) });
+    }
+    return out;
+  }
 
   stateOf(seg: number): SegmentState {
     this.#checkSeg(seg);
@@ -338,7 +504,9 @@ export class MappingTable {
 
   get(seg: number): SegmentEntry {
     this.#checkSeg(seg);
-    return { state: this.#states[seg] as SegmentState, container: this.containerOf(seg), offset: this.#offsets[seg] as number };
+    const e = { state: this.#states[seg] as SegmentState, container: this.containerOf(seg), offset: this.#offsets[seg] as number };
+    if (this.#legSlots.length === 0 || this.legCountOf(seg) < 2) return e;
+    return { ...e, legs: this.locationsOf(seg).slice(1) };
   }
 
   segmentOf(lba: number): number {
@@ -447,23 +615,31 @@ export class MappingTable {
       this.#setOwnerRange(first, count, owner);
     }
     const slot = container === null ? NO_SLOT : this.#intern(container);
+    const legs = n.legs ?? NO_LEGS;
+    // Every container interned before anything is written (interning may throw).
+    const legSlots = this.#scratchSlots;
+    for (let k = 0; k < legs.length; k++) legSlots[k] = this.#intern((legs[k] as LegLocation).container);
+    if (legs.length > 0) this.#growLegs(legs.length + 1);
     if (count === 1) {
       // Typed-array fill costs more than a store for one element; decoding
       // a fragmented table is mostly these.
       this.#states[first] = state;
       this.#slots[first] = slot;
       this.#offsets[first] = offset;
+      for (let k = 0; k < this.#legSlots.length; k++) {
+        const has = k < legs.length;
+        (this.#legSlots[k] as Uint16Array)[first] = has ? (legSlots[k] as number) : NO_SLOT;
+        (this.#legOffsets[k] as Uint32Array)[first] = has ? (legs[k] as LegLocation).offset : 0;
+      }
       return;
     }
     const end = first + count;
     this.#states.fill(state, first, end);
-    this.#slots.fill(slot, first, end);
-    if (slot === NO_SLOT || offsetStep === 0) {
-      this.#offsets.fill(slot === NO_SLOT ? 0 : offset, first, end);
-    } else {
-      const offsets = this.#offsets;
-      let o = offset;
-      for (let s = first; s < end; s++, o += offsetStep) offsets[s] = o;
+    fillLocation(this.#slots, this.#offsets, first, end, slot, offset, offsetStep);
+    for (let k = 0; k < this.#legSlots.length; k++) {
+      const has = k < legs.length;
+      const ls = has ? (legSlots[k] as number) : NO_SLOT;
+      fillLocation(this.#legSlots[k] as Uint16Array, this.#legOffsets[k] as Uint32Array, first, end, ls, has ? (legs[k] as LegLocation).offset : 0, offsetStep);
     }
   }
 
@@ -488,6 +664,10 @@ export class MappingTable {
     if (!stateHasLocation(state)) {
       this.#slots.fill(NO_SLOT, first, end);
       this.#offsets.fill(0, first, end);
+      for (let k = 0; k < this.#legSlots.length; k++) {
+        (this.#legSlots[k] as Uint16Array).fill(NO_SLOT, first, end);
+        (this.#legOffsets[k] as Uint32Array).fill(0, first, end);
+      }
     }
   }
 
@@ -513,6 +693,16 @@ export class MappingTable {
     this.#states = states;
     this.#slots = slots;
     this.#offsets = offsets;
+    this.#legSlots = this.#legSlots.map((a) => {
+      const b = new Uint16Array(newSegmentCount);
+      b.set(a.subarray(0, keep));
+      return b;
+    });
+    this.#legOffsets = this.#legOffsets.map((a) => {
+      const b = new Uint32Array(newSegmentCount);
+      b.set(a.subarray(0, keep));
+      return b;
+    });
     this.#segmentCount = newSegmentCount;
   }
 
@@ -528,17 +718,29 @@ export class MappingTable {
     t.#states = this.#states.slice();
     t.#slots = this.#slots.slice();
     t.#offsets = this.#offsets.slice();
+    t.#legSlots = this.#legSlots.map((a) => a.slice());
+    t.#legOffsets = this.#legOffsets.map((a) => a.slice());
     t.#containers = this.#containers.slice();
     t.#slotById = new Map(this.#slotById);
     t.#owners = new Map(this.#owners);
     return t;
   }
 
-  /** Drops container ids no segment refers to, renumbering slots; returns how many were dropped. */
+  /**
+   * Drops container ids no segment refers to, renumbering slots, and the
+   * arrays of extra legs no segment has any more (maxLegs goes down: a table
+   * whose copies went back to one costs 7 B/segment again); returns how many
+   * container ids were dropped.
+   */
   pruneContainers(): number {
+    while (this.#legSlots.length > 0 && (this.#legSlots[this.#legSlots.length - 1] as Uint16Array).every((v) => v === NO_SLOT)) {
+      this.#legSlots.pop();
+      this.#legOffsets.pop();
+    }
     const used = new Uint8Array(this.#containers.length + 1);
     const slots = this.#slots;
     for (let s = 0; s < this.#segmentCount; s++) used[slots[s] as number] = 1;
+    for (const a of this.#legSlots) for (let s = 0; s < this.#segmentCount; s++) used[a[s] as number] = 1;
     const remap = new Uint16Array(this.#containers.length + 1);
     const kept: string[] = [];
     for (let i = 0; i < this.#containers.length; i++) {
@@ -550,6 +752,7 @@ export class MappingTable {
     const dropped = this.#containers.length - kept.length;
     if (dropped === 0) return 0;
     for (let s = 0; s < this.#segmentCount; s++) slots[s] = remap[slots[s] as number] as number;
+    for (const a of this.#legSlots) for (let s = 0; s < this.#segmentCount; s++) a[s] = remap[a[s] as number] as number;
     this.#containers = kept;
     this.#slotById = new Map(kept.map((id, i) => [id, i + 1]));
     return dropped;
@@ -560,7 +763,8 @@ export class MappingTable {
   /**
    * End (exclusive, at most `limit`) of the run starting at `seg`: the
    * segments that share its state and container and whose container offsets
-   * advance by one. One extent of the run-length encoding.
+   * advance by one, and the same for every extra leg. One extent of the
+   * run-length encoding.
    */
   runEnd(seg: number, limit: number = this.#segmentCount): number {
     this.#checkSeg(seg);
@@ -583,6 +787,8 @@ export class MappingTable {
         s++;
         next++;
       }
+      // Extra legs can only cut the run shorter.
+      for (let k = 0; k < this.#legSlots.length && s > seg + 1; k++) s = legRunEnd(this.#legSlots[k] as Uint16Array, this.#legOffsets[k] as Uint32Array, seg, s);
     }
     return s;
   }
@@ -596,6 +802,7 @@ export class MappingTable {
       (byState[states[s] as number] as number)++;
       if (slots[s] !== NO_SLOT) allocated++;
     }
+    const byLegs = this.#legSlots.length === 0 ? undefined : this.#legHistogram(allocated);
     return {
       normal: byState[SegmentState.Normal] as number,
       zero: byState[SegmentState.Zero] as number,
@@ -603,7 +810,24 @@ export class MappingTable {
       invalid: byState[SegmentState.Invalid] as number,
       error: byState[SegmentState.Error] as number,
       allocated,
+      ...(byLegs === undefined ? {} : { byLegs }),
     };
+  }
+
+  /** Segments by number of legs; `allocated` have at least one. */
+  #legHistogram(allocated: number): number[] {
+    const out = new Array<number>(this.#legSlots.length + 2).fill(0);
+    out[0] = this.#segmentCount - allocated;
+    // Legs are packed: a segment with leg k has legs 0..k-1 too, so the count with at least k+1 legs is the count of leg k.
+    const atLeast = [allocated];
+    for (const a of this.#legSlots) {
+      let n = 0;
+      for (let s = 0; s < this.#segmentCount; s++) if (a[s] !== NO_SLOT) n++;
+      atLeast.push(n);
+    }
+    atLeast.push(0);
+    for (let k = 1; k < out.length; k++) out[k] = (atLeast[k - 1] as number) - (atLeast[k] as number);
+    return out;
   }
 
   /** Same geometry, version and entries (container ids compared by value, not slot). */
@@ -636,6 +860,12 @@ export class MappingTable {
         break;
       }
     }
+    const legs = Math.max(this.#legSlots.length, other.#legSlots.length);
+    for (let k = 0; k < legs; k++) {
+      const end = first < 0 ? n : first;
+      const d = firstLegDifference(this.#legArrays(k), other.#legArrays(k), slotMap, end);
+      if (d >= 0) first = d;
+    }
     for (const s of this.#ownerDifferences(other)) {
       if (s < n && (first < 0 || s < first)) first = s;
     }
@@ -659,12 +889,27 @@ export class MappingTable {
     const ao = older.#offsets;
     const bo = this.#offsets;
     let s = 0;
-    while (s < n) {
-      while (s < n && a[s] === b[s] && slotMap[as[s] as number] === bs[s] && ao[s] === bo[s]) s++;
-      if (s === n) break;
-      const first = s;
-      while (s < n && !(a[s] === b[s] && slotMap[as[s] as number] === bs[s] && ao[s] === bo[s])) s++;
-      out.push([first, s]);
+    const legs = Math.max(this.#legSlots.length, older.#legSlots.length);
+    if (legs === 0) {
+      while (s < n) {
+        while (s < n && a[s] === b[s] && slotMap[as[s] as number] === bs[s] && ao[s] === bo[s]) s++;
+        if (s === n) break;
+        const first = s;
+        while (s < n && !(a[s] === b[s] && slotMap[as[s] as number] === bs[s] && ao[s] === bo[s])) s++;
+        out.push([first, s]);
+      }
+    } else {
+      // Mirrored: mark differing segments leg by leg, then cut the marks into runs.
+      const differs = new Uint8Array(n);
+      for (let t = 0; t < n; t++) if (a[t] !== b[t] || slotMap[as[t] as number] !== bs[t] || ao[t] !== bo[t]) differs[t] = 1;
+      for (let k = 0; k < legs; k++) markLegDifferences(older.#legArrays(k), this.#legArrays(k), slotMap, differs);
+      while (s < n) {
+        while (s < n && differs[s] === 0) s++;
+        if (s === n) break;
+        const first = s;
+        while (s < n && differs[s] === 1) s++;
+        out.push([first, s]);
+      }
     }
     for (let t = n; t < this.#segmentCount; ) {
       while (t < this.#segmentCount && b[t] === SegmentState.Zero) t++;
@@ -701,6 +946,24 @@ export class MappingTable {
   }
 
   // ---- internals ----
+
+  /** Leg k+1's arrays, or null when this table never held one. */
+  #legArrays(k: number): LegArrays | null {
+    const slots = this.#legSlots[k];
+    return slots === undefined ? null : { slots, offsets: this.#legOffsets[k] as Uint32Array };
+  }
+
+  /** Allocates extra-leg arrays so that segments may have `legs` legs. */
+  #growLegs(legs: number): void {
+    while (this.#legSlots.length < legs - 1) {
+      this.#legSlots.push(new Uint16Array(this.#segmentCount));
+      this.#legOffsets.push(new Uint32Array(this.#segmentCount));
+    }
+  }
+
+  #checkLeg(leg: number): void {
+    if (leg >>> 0 !== leg || leg >= MAX_COPIES) throw new RangeError(`leg ${leg} invalid: must be an integer from 0 to ${MAX_COPIES - 1}`);
+  }
 
   #putOwner(seg: number, owner: number): void {
     if (owner === NO_OWNER) {

@@ -23,6 +23,18 @@ export interface WireExtent {
   offset: number;
   /** Write owner (agent number); 0 or absent: none. */
   owner?: number;
+  /** Extra legs of a mirrored vdisk's run (`list`, leg 1 first); absent (or null) for one copy. */
+  legs?: ExtentLegs | null;
+}
+
+export interface ExtentLegs {
+  list: ExtentLeg[];
+}
+
+export interface ExtentLeg {
+  container: string;
+  /** Container offset of the extent's first segment, in segments. */
+  offset: number;
 }
 
 export interface ContainerRef {
@@ -94,6 +106,8 @@ export interface Fault {
   blocks: number;
   state: SegmentState;
   detail: string;
+  /** A leg fault: the I/O failed on this container only (other legs succeeded); '' or absent otherwise. */
+  failedContainer?: string;
 }
 
 export interface CopyDone {
@@ -190,6 +204,12 @@ export interface TableFull {
   runOffsets?: number[];
   /** Run form: write owner of each run; empty when none is owned. */
   runOwners?: number[];
+  /** Run form, mirrored: extra legs of each run; empty when no run has any. */
+  runLegCounts?: number[];
+  /** Run form, mirrored: flattened over runs, leg 1 first; 1-based index into `containers`. */
+  runLegContainers?: number[];
+  /** Run form, mirrored: flattened like runLegContainers; container offset of the run's first segment. */
+  runLegOffsets?: number[];
   /** Run form: more messages of this table follow. */
   more?: boolean;
   /** The LU state as of `version`; absent or null from a controller that keeps none. */
@@ -263,6 +283,8 @@ export interface Rescan {
 export interface ContainerShare {
   id: string;
   shared: boolean;
+  /** In this agent's own failure domain (reads prefer near legs); absent from an older controller. */
+  near?: boolean;
 }
 
 export interface ContainerSet {

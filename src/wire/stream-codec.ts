@@ -16,7 +16,7 @@
 // Written out per message rather than driven by a table of fields: a
 // table-driven version was tried and cost the agents ~6 % more CPU per
 // delta in alternating runs (the generic loop runs cold as well).
-import type { AgentMessage, ControllerMessage, Fault, FaultReply, Heartbeat, HeartbeatReply, TableAck, TableDeltaMsg, WireExtent } from './proto-types.js';
+import type { AgentMessage, ControllerMessage, ExtentLeg, ExtentLegs, Fault, FaultReply, Heartbeat, HeartbeatReply, TableAck, TableDeltaMsg, WireExtent } from './proto-types.js';
 
 const U32_MAX = 0xffffffff;
 const I32_MAX = 0x7fffffff;
@@ -88,9 +88,12 @@ const ascii = (v: unknown): v is string => typeof v === 'string' && ASCII.test(v
 
 function extent(e: WireExtent): Writer | null {
   const owner = e.owner;
+  const legs = e.legs;
   if (!u32(e.first) || !u32(e.count) || !enumValue(e.state) || !ascii(e.container) || !u32(e.offset)) return null;
   if (owner !== undefined && !u32(owner)) return null;
-  const w = new Writer(16 + e.container.length);
+  // An empty legs message, a null one: rare shapes left to protobufjs.
+  if (legs !== undefined && !plainLegs(legs)) return null;
+  const w = new Writer(16 + e.container.length + (legs === undefined ? 0 : legs.list.length * 48));
   w.uint(1, e.first);
   w.uint(2, e.count);
   w.uint(3, e.state);
@@ -102,8 +105,25 @@ function extent(e: WireExtent): Writer | null {
     w.varint(6 << 3);
     w.varint(owner);
   }
+  // Extra legs (mirrored vdisks): none for one copy, so its bytes are as before.
+  if (legs !== undefined) {
+    const list = new Writer(legs.list.length * 48);
+    for (const l of legs.list) {
+      const x = new Writer(8 + l.container.length);
+      x.ascii(1, l.container);
+      x.uint(2, l.offset);
+      list.nested(1, x);
+    }
+    w.nested(7, list);
+  }
   return w;
 }
+
+const plainLeg = (l: unknown): l is ExtentLeg =>
+  l !== null && typeof l === 'object' && ascii((l as ExtentLeg).container) && u32((l as ExtentLeg).offset);
+
+const plainLegs = (l: unknown): l is ExtentLegs =>
+  l !== null && typeof l === 'object' && Array.isArray((l as ExtentLegs).list) && (l as ExtentLegs).list.length > 0 && (l as ExtentLegs).list.every(plainLeg);
 
 function tableDelta(d: TableDeltaMsg): Writer | null {
   if (!ascii(d.vdiskId) || !u64(d.fromVersion) || !u64(d.toVersion) || !u32(d.segmentCount) || !Array.isArray(d.extents)) return null;
@@ -169,7 +189,8 @@ function fault(f: Fault): Writer | null {
     !u64(f.lba) ||
     !u32(f.blocks) ||
     !enumValue(f.state) ||
-    !ascii(f.detail)
+    !ascii(f.detail) ||
+    (f.failedContainer !== undefined && !ascii(f.failedContainer))
   ) {
     return null;
   }
@@ -183,6 +204,13 @@ function fault(f: Fault): Writer | null {
   w.uint(7, f.blocks);
   w.uint(8, f.state);
   w.ascii(9, f.detail);
+  // `optional` (explicit presence): written when given, even '', as protobufjs does.
+  if (f.failedContainer !== undefined) {
+    w.varint((10 << 3) | 2);
+    w.varint(f.failedContainer.length);
+    w.ensure(f.failedContainer.length);
+    w.n += w.buf.write(f.failedContainer, w.n, 'latin1');
+  }
   return w;
 }
 
@@ -307,6 +335,33 @@ function expectWire(actual: number, want: number): void {
   if (actual !== want) throw OFF_PATH;
 }
 
+function readExtentLeg(r: Reader): ExtentLeg {
+  const l: ExtentLeg = { container: '', offset: 0 };
+  fields(r, 0, (no, wt) => {
+    if (no === 1) {
+      expectWire(wt, 2);
+      l.container = r.ascii();
+    } else if (no === 2) {
+      expectWire(wt, 0);
+      l.offset = r.u32();
+    } else {
+      throw OFF_PATH;
+    }
+  });
+  return l;
+}
+
+function readExtentLegs(r: Reader): ExtentLegs {
+  const legs: ExtentLegs = { list: [] };
+  fields(r, 1, (no, wt) => {
+    if (no !== 1) throw OFF_PATH;
+    expectWire(wt, 2);
+    const [start, end] = r.span();
+    legs.list.push(readExtentLeg(new Reader(r.buf, start, end)));
+  });
+  return legs;
+}
+
 function readExtent(r: Reader): WireExtent {
   const e: WireExtent = { first: 0, count: 0, state: 0, container: '', offset: 0 };
   fields(r, 0, (no, wt) => {
@@ -335,6 +390,12 @@ function readExtent(r: Reader): WireExtent {
         expectWire(wt, 0);
         e.owner = r.u32();
         return;
+      case 7: {
+        expectWire(wt, 2);
+        const [start, end] = r.span();
+        e.legs = readExtentLegs(new Reader(r.buf, start, end));
+        return;
+      }
       default:
         throw OFF_PATH;
     }
@@ -453,10 +514,11 @@ function readHeartbeat(r: Reader): Heartbeat {
 function readFault(r: Reader): Fault {
   const f: Fault = { faultId: 0, vdiskId: '', tableVersion: 0, segment: 0, op: 0, lba: 0, blocks: 0, state: 0, detail: '' };
   fields(r, 0, (no, wt) => {
-    if (no === 2 || no === 9) {
+    if (no === 2 || no === 9 || no === 10) {
       expectWire(wt, 2);
       if (no === 2) f.vdiskId = r.ascii();
-      else f.detail = r.ascii();
+      else if (no === 9) f.detail = r.ascii();
+      else f.failedContainer = r.ascii();
       return;
     }
     expectWire(wt, 0);
