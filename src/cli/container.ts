@@ -1,4 +1,4 @@
-// `tabula container init|add|ls|rm|evacuate`. `init` works on the local file
+// `tabula container init|add|ls|rm|evacuate|set-domain`. `init` works on the local file
 // or device alone; the others talk to the controller. `add` reads the label
 // itself so the controller learns the container's id, size and geometry from
 // the disk. Either takes an iSCSI locator of one LUN instead of a path
@@ -26,12 +26,29 @@ function agentsCell(c: ContainerInfo): string {
   return c.agents.map((a) => (down.has(a) ? `${a}(unreachable)` : a)).join(',');
 }
 
+/** Derived failure domains (domains.ts) carry one of these prefixes; a name an admin gave does not. */
+const DERIVED_DOMAIN = /^(iscsi|host|container):/;
+
+/**
+ * The DOMAIN column is shown when domains tell something: the containers
+ * span more than one, or an admin named one. One container in its derived
+ * domain lists as it did before mirrors.
+ */
+function showDomains(list: readonly ContainerInfo[]): boolean {
+  const domains = list.map((c) => c.domain ?? '');
+  return new Set(domains).size > 1 || domains.some((d) => d !== '' && !DERIVED_DOMAIN.test(d));
+}
+
 export function containerRows(list: readonly ContainerInfo[]): string {
+  const domains = showDomains(list);
+  const head = ['ID', 'PATH', 'CAPACITY', 'ALLOCATED', 'SHARED', 'EXCLUSIVE', 'FREE', 'STATE', 'AGENTS'];
+  if (domains) head.splice(2, 0, 'DOMAIN');
   return formatColumns(
-    ['ID', 'PATH', 'CAPACITY', 'ALLOCATED', 'SHARED', 'EXCLUSIVE', 'FREE', 'STATE', 'AGENTS'],
+    head,
     list.map((c) => [
       c.id,
       c.path,
+      ...(domains ? [c.domain || '-'] : []),
       formatSize(capacity(c)),
       formatSize(c.segmentsUsed * c.segmentSize),
       formatSize(c.sharedBytes),
@@ -51,7 +68,7 @@ async function labelOf(path: string): Promise<FoundContainer> {
 }
 
 export function containerCommand(y: Argv): Argv {
-  return y.command('container', 'storage containers: init, add, ls, rm, evacuate', (c) =>
+  return y.command('container', 'storage containers: init, add, ls, rm, evacuate, set-domain', (c) =>
     c
       .command(
         'init <path>',
@@ -84,16 +101,31 @@ export function containerCommand(y: Argv): Argv {
         'register a labelled container with the controller',
         (a) =>
           adminOptions(
-            a.positional('path', { type: 'string', demandOption: true, describe: 'container file, block device or iscsi://[USER%SECRET@]HOST[:PORT]/IQN/LUN' }),
+            a
+              .positional('path', { type: 'string', demandOption: true, describe: 'container file, block device or iscsi://[USER%SECRET@]HOST[:PORT]/IQN/LUN' })
+              .option('domain', {
+                type: 'string',
+                describe: "failure domain: copies of a mirrored vdisk's segments go to distinct domains (default: the storage node of an iSCSI LUN, else the host of the agent that reaches it)",
+              }),
           ),
         async (args) => {
           quietLogs();
           const label = await labelOf(args.path);
           const info = await withAdmin(args, (s) =>
-            s.call('AddContainer', { id: label.id, path: label.path, size: label.size, dataOffset: label.dataOffset, segmentSize: label.segmentSize }),
+            s.call('AddContainer', {
+              id: label.id,
+              path: label.path,
+              size: label.size,
+              dataOffset: label.dataOffset,
+              segmentSize: label.segmentSize,
+              ...(args.domain === undefined ? {} : { domain: args.domain }),
+            }),
           );
           if (args.json) printJson(info);
-          else print(`container ${info.id} added: ${formatSize(capacity(info))} in ${info.segmentsTotal} segments of ${formatSize(info.segmentSize)}`);
+          else {
+            const domain = args.domain === undefined ? '' : `, failure domain ${info.domain ?? args.domain}`;
+            print(`container ${info.id} added: ${formatSize(capacity(info))} in ${info.segmentsTotal} segments of ${formatSize(info.segmentSize)}${domain}`);
+          }
         },
       )
       .command(
@@ -142,7 +174,22 @@ export function containerCommand(y: Argv): Argv {
           if (args.wait) requireDone(list);
         },
       )
-      .demandCommand(1, 'name a container command: init, add, ls, rm, evacuate'),
+      .command(
+        'set-domain <id> <domain>',
+        'set a container\'s failure domain ("" = derived again); segments placed already stay where they are',
+        (a) =>
+          adminOptions(
+            a
+              .positional('id', { type: 'string', demandOption: true, describe: 'container UUID or unique prefix' })
+              .positional('domain', { type: 'string', demandOption: true, describe: 'failure domain name, or "" for the derived one' }),
+          ),
+        async (args) => {
+          const info = await withAdmin(args, (s) => s.call('SetContainerDomain', { id: args.id, domain: args.domain }));
+          if (args.json) printJson(info);
+          else print(`container ${info.id} failure domain ${info.domain ?? args.domain}`);
+        },
+      )
+      .demandCommand(1, 'name a container command: init, add, ls, rm, evacuate, set-domain'),
   );
 }
 

@@ -30,8 +30,12 @@ function statesText(states: Record<string, number>): string {
 }
 
 export function vdiskRows(list: readonly VdiskInfo[]): string {
+  // COPIES once some vdisk is mirrored: without, the list is as it was before mirrors.
+  const copies = list.some((v) => (v.copies ?? 1) > 1);
+  const head = ['NAME', 'KIND', 'PROVISIONED', 'ALLOCATED', 'SHARED', 'EXCLUSIVE', 'TYPE', 'BLOCK', 'SEGMENT', 'VERSION', 'EXPORTS'];
+  if (copies) head.splice(7, 0, 'COPIES');
   return formatColumns(
-    ['NAME', 'KIND', 'PROVISIONED', 'ALLOCATED', 'SHARED', 'EXCLUSIVE', 'TYPE', 'BLOCK', 'SEGMENT', 'VERSION', 'EXPORTS'],
+    head,
     list.map((v) => [
       v.name,
       kindText(v),
@@ -40,6 +44,7 @@ export function vdiskRows(list: readonly VdiskInfo[]): string {
       formatSize(v.sharedBytes),
       formatSize(v.exclusiveBytes),
       v.thin ? 'thin' : 'thick',
+      ...(copies ? [v.copies ?? 1] : []),
       v.blockSize,
       formatSize(v.segmentSize),
       v.version,
@@ -64,6 +69,7 @@ export function vdiskDetail(v: VdiskInfo): string {
     ['shared', `${formatSize(v.sharedBytes)} (with snapshots and clones)`],
     ['exclusive', formatSize(v.exclusiveBytes)],
     ['type', v.thin ? 'thin' : 'thick'],
+    ['copies', v.copies ?? 1],
     ['block size', v.blockSize],
     ['segment size', formatSize(v.segmentSize)],
     ['table version', v.version],
@@ -78,7 +84,7 @@ export function vdiskCommand(y: Argv): Argv {
   return y.command('vdisk', `virtual disks: ${VERBS}`, (c) => {
     c.command(
       'create <name>',
-      'create a vdisk (thin unless --thick)',
+      'create a vdisk (thin unless --thick; mirrored with --copies)',
       (a) =>
         adminOptions(
           a
@@ -86,16 +92,30 @@ export function vdiskCommand(y: Argv): Argv {
             .option('size', { type: 'string', demandOption: true, describe: 'size with a unit (e.g. 10GiB)' })
             .option('block-size', { type: 'string', describe: 'logical block size: 512 (default) or 4096' })
             .option('segment-size', { type: 'string', describe: 'segment size, a power of two (default 1MiB)' })
-            .option('thick', { type: 'boolean', default: false, describe: 'allocate every segment now' }),
+            .option('thick', { type: 'boolean', default: false, describe: 'allocate every segment now' })
+            .option('copies', {
+              type: 'number',
+              default: 1,
+              describe: 'copies of each segment, in distinct failure domains (1-3); a thick vdisk needs that many domains with room now',
+            }),
         ),
       async (args) => {
         quietLogs();
         const size = parseSize(args.size);
         const blockSize = parseBlockSize(args['block-size']);
         const segmentSize = args['segment-size'] === undefined ? undefined : parseSize(args['segment-size']);
-        const v = await withAdmin(args, (s) => s.call('CreateVdisk', { name: args.name, size, blockSize, segmentSize, thick: args.thick }));
+        const copies = args.copies;
+        if (!Number.isInteger(copies) || copies < 1 || copies > 3) throw new CliError(`bad --copies ${String(copies)}: must be 1, 2 or 3`);
+        const v = await withAdmin(args, (s) =>
+          s.call('CreateVdisk', { name: args.name, size, blockSize, segmentSize, thick: args.thick, ...(copies === 1 ? {} : { copies }) }),
+        );
         if (args.json) printJson(v);
-        else print(`vdisk ${v.name} created: ${formatSize(v.size)} ${v.thin ? 'thin' : 'thick'}, ${v.segmentCount} segments of ${formatSize(v.segmentSize)}, block size ${v.blockSize}`);
+        else {
+          const mirrored = (v.copies ?? 1) > 1 ? `, ${v.copies} copies` : '';
+          print(
+            `vdisk ${v.name} created: ${formatSize(v.size)} ${v.thin ? 'thin' : 'thick'}${mirrored}, ${v.segmentCount} segments of ${formatSize(v.segmentSize)}, block size ${v.blockSize}`,
+          );
+        }
       },
     )
       .command(

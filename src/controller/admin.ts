@@ -48,6 +48,7 @@ import type {
   RemoveContainerRequest,
   RemoveExportRequest,
   ResizeVdiskRequest,
+  SetContainerDomainRequest,
   SetSegmentStateRequest,
   TableReply,
   VdiskInfo,
@@ -60,7 +61,8 @@ import { ContainerFullError } from './allocator.js';
 import { isShared } from './agent-registry.js';
 import { backupChunks, streamBackup } from './backup.js';
 import { checkInvariants } from './check.js';
-import { ALUA_PREFERENCES, TableChangeError, type AluaPreference, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
+import { ALUA_PREFERENCES, MAX_VDISK_COPIES, TableChangeError, type AluaPreference, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
+import { effectiveDomain } from './domains.js';
 import { aluaStateName } from './port-groups.js';
 import { MigrationError } from './migration.js';
 import { SnapshotError, removeTable, shareVdisk, shrinkTable } from './snapshots.js';
@@ -77,6 +79,14 @@ export function defaultTargetIqn(vdiskName: string): string {
 const VDISK_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const IQN_RE = /^(iqn\.\d{4}-\d{2}\.[a-z0-9][a-z0-9.-]*(:[^\s]+)?|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16}([0-9A-Fa-f]{16})?)$/;
 const CONTAINER_ID_RE = /^[0-9A-Za-z][0-9A-Za-z-]{0,63}$/;
+const DOMAIN_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/;
+
+/** A failure domain name as given ('' = derived), checked. */
+function domainName(raw: string | undefined): string {
+  const d = (raw ?? '').trim();
+  if (d !== '' && !DOMAIN_RE.test(d)) throw invalid(`bad failure domain "${d}": use 1-64 of A-Z a-z 0-9 . _ : - starting with a letter or digit`);
+  return d;
+}
 
 /** An admin error with the gRPC status it maps to. */
 export class AdminError extends Error {
@@ -165,9 +175,10 @@ export class Admin {
       throw invalid(`container ${id}: ${formatSize(size - dataOffset)} of data area holds no whole ${formatSize(segmentSize)} segment`);
     }
     if (this.#db.container(id)) throw exists(`container ${id} is already registered`);
-    const row = this.#db.insertContainer({ id, path: r.path ?? '', size, dataOffset, segmentSize, segmentsTotal, state: 'online' });
+    const domain = domainName(r.domain);
+    const row = this.#db.insertContainer({ id, path: r.path ?? '', size, dataOffset, segmentSize, segmentsTotal, state: 'online', domain });
     this.#ctrl.allocator.loadContainer(id);
-    this.#db.event('container', id, `added: ${formatSize(size)} at ${row.path}`);
+    this.#db.event('container', id, `added: ${formatSize(size)} at ${row.path}${domain === '' ? '' : ` in failure domain ${domain}`}`);
     log.info(`container ${id} added (${segmentsTotal} segments of ${formatSize(segmentSize)})`);
     // Agents running already find it on a rescan and claim it (ContainerUpdate).
     this.#ctrl.agents.rescanAll(`container ${id} added`);
@@ -195,7 +206,21 @@ export class Admin {
       agents: this.#db.containerAgents(c.id),
       unreachable: reach.filter((r) => !r.reachable).map((r) => `${r.agent}: ${r.error}`),
       shared: isShared(reach),
+      domain: effectiveDomain(c, this.#db),
     };
+  }
+
+  /** Sets (or with '' clears) a container's failure domain; where legs are placed already does not change. */
+  SetContainerDomain(r: Partial<SetContainerDomainRequest>): ContainerInfo {
+    const c = this.#db.findContainer(r.id ?? '');
+    if (!r.id || !c) throw notFound(`unknown container ${r.id ?? ''}`);
+    const domain = domainName(r.domain);
+    this.#db.setContainerDomain(c.id, domain);
+    const row = this.#db.container(c.id) as ContainerRow;
+    const shown = effectiveDomain(row, this.#db);
+    this.#db.event('container', c.id, `failure domain ${domain === '' ? `derived (${shown})` : domain}`);
+    log.info(`container ${c.id} failure domain ${shown}`);
+    return this.#containerInfo(row);
   }
 
   ListContainers(_r: Partial<Empty>): ListContainersReply {
@@ -243,6 +268,10 @@ export class Admin {
       throw invalid(`vdisk ${name}: ${(err as Error).message}`);
     }
     const thick = r.thick === true;
+    const copies = r.copies === undefined || r.copies === 0 ? 1 : r.copies;
+    if (!Number.isInteger(copies) || copies < 1 || copies > MAX_VDISK_COPIES) {
+      throw invalid(`vdisk ${name}: --copies ${copies} out of range 1-${MAX_VDISK_COPIES}`);
+    }
     // Thin too: better now than as a failed first write (07/27/07) later.
     // With no container online at all, a thin vdisk waits for capacity (a thick one fails below).
     const sizeProblem = this.#ctrl.allocator.segmentSizeProblem(segmentSize, thick);
@@ -251,22 +280,46 @@ export class Admin {
     const allocator = this.#ctrl.allocator;
     try {
       this.#db.tx(() => {
-        const v = this.#db.insertVdisk({ id, name, size: segmentCount * segmentSize, blockSize, segmentSize, segmentCount, thin: !thick, version: 1 });
-        if (thick) {
+        const v = this.#db.insertVdisk({ id, name, size: segmentCount * segmentSize, blockSize, segmentSize, segmentCount, thin: !thick, version: 1, copies });
+        if (thick && copies === 1) {
           let seg = 0;
           for (const run of allocator.allocate(v, segmentCount)) {
             this.#db.insertAllocatedRun(v, seg, run.containerId, run.offset, run.count);
             seg += run.count;
           }
+        } else if (thick) {
+          // Every segment gets all its copies now: a thick vdisk is never created degraded.
+          const problem = this.#mirrorRoomProblem(v);
+          if (problem !== null) throw precondition(`vdisk ${name}: ${problem}`);
+          this.#db.insertAllocatedLegs(v, 0, allocator.allocateLegs(v, segmentCount, copies));
         }
       });
     } catch (err) {
       if (thick) allocator.reload();
       throw err;
     }
-    this.#db.event('vdisk', name, `created ${thick ? 'thick' : 'thin'} ${formatSize(segmentCount * segmentSize)}`);
-    log.info(`vdisk ${name} created (${thick ? 'thick' : 'thin'}, ${segmentCount} segments)`);
+    const mirrored = copies > 1 ? `, ${copies} copies` : '';
+    this.#db.event('vdisk', name, `created ${thick ? 'thick' : 'thin'} ${formatSize(segmentCount * segmentSize)}${mirrored}`);
+    log.info(`vdisk ${name} created (${thick ? 'thick' : 'thin'}, ${segmentCount} segments${mirrored})`);
     return this.#vdiskInfo(this.#vdisk(id));
+  }
+
+  /**
+   * Null when `copies` legs of every segment of a new thick vdisk fit in
+   * distinct failure domains, else why not: a domain gives a segment at most
+   * one leg, so each domain counts for at most the vdisk's segments.
+   */
+  #mirrorRoomProblem(v: VdiskRow): string | null {
+    const room = this.#ctrl.allocator.domainsWithRoom(v);
+    const n = v.segmentCount;
+    const fits = [...room.values()].reduce((s, f) => s + Math.min(f, n), 0) >= v.copies * n;
+    if (fits) return null;
+    const full = [...room].filter(([, f]) => f >= n).length;
+    const list = [...room].map(([d, f]) => `${d} ${f}`).join(', ');
+    return (
+      `${v.copies} copies of ${n} segments need room in ${v.copies} failure domains, but ${full === 0 ? 'none has' : `only ${full} ha${full === 1 ? 's' : 've'}`} ` +
+      `${n} free segment${n === 1 ? '' : 's'} (free per domain: ${list || 'none'}); add containers in other domains (container add --domain) or use fewer copies`
+    );
   }
 
   #vdiskInfo(v: VdiskRow): VdiskInfo {
@@ -289,6 +342,7 @@ export class Admin {
       parent: parent?.name ?? '',
       parentId: v.parentId ?? '',
       migration: this.#migrationInfo(v.id) ?? null,
+      copies: v.copies,
       id: v.id,
       name: v.name,
       size: v.size,

@@ -8,9 +8,11 @@
 // Placement: a request goes to the eligible containers with the most free
 // segments, levelling them (so vdisks spread across containers), as
 // contiguous runs where possible (so a thick vdisk is a few extents, not a
-// million).
+// million). A mirrored segment's legs go to distinct failure domains
+// (domains.ts), the emptiest first.
 
 import type { ContainerRow, ControllerDb, Location, VdiskRow } from './db.js';
+import { containerDomains } from './domains.js';
 import { formatSize } from '../util/size.js';
 
 interface FreeRun {
@@ -206,17 +208,7 @@ export class Allocator {
     if (count <= 0) return [];
     const spaces = eligible.map((id) => this.#space.get(id)).filter((s): s is ContainerSpace => s !== undefined);
     const available = spaces.reduce((n, s) => n + s.free, 0);
-    if (available < count) {
-      const sizeProblem = eligible.length === 0 ? this.segmentSizeProblem(vdisk.segmentSize) : null;
-      const detail =
-        sizeProblem !== null
-          ? `${sizeProblem}: there are`
-          : eligible.length === 0
-            ? 'no container is eligible (online, same segment size, reached by every exporting agent) and has'
-            : `its ${eligible.length} eligible container${eligible.length === 1 ? ' has' : 's have'}`;
-      const scrubbing = eligible.reduce((n, id) => n + this.#db.scrubPendingCount(id), 0);
-      throw new ContainerFullError(vdisk.name, count, available, vdisk.segmentSize, detail, scrubbing);
-    }
+    if (available < count) throw this.#full(vdisk, count, eligible, available);
     // Water-filling: take from the containers with the most free space until
     // they are level with the next ones, so free space stays even and each
     // container gives one share (contiguous where its free runs allow).
@@ -255,6 +247,93 @@ export class Allocator {
     return out;
   }
 
+  #full(vdisk: VdiskRow, count: number, eligible: readonly string[], available: number, why = ''): ContainerFullError {
+    const sizeProblem = eligible.length === 0 ? this.segmentSizeProblem(vdisk.segmentSize) : null;
+    const detail =
+      sizeProblem !== null
+        ? `${sizeProblem}: there are`
+        : eligible.length === 0
+          ? `no container is eligible (online, same segment size, reached by every exporting agent${why}) and has`
+          : `its ${eligible.length} eligible container${eligible.length === 1 ? ' has' : 's have'}`;
+    const scrubbing = eligible.reduce((n, id) => n + this.#db.scrubPendingCount(id), 0);
+    return new ContainerFullError(vdisk.name, count, available, vdisk.segmentSize, detail, scrubbing);
+  }
+
+  /**
+   * Free segments per failure domain among the containers `vdisk` may use,
+   * leaving out domains `avoid` names: what allocateLegs would choose from.
+   */
+  domainsWithRoom(vdisk: VdiskRow, avoid?: (domain: string) => boolean): Map<string, number> {
+    const domains = containerDomains(this.#db);
+    const out = new Map<string, number>();
+    for (const id of this.eligibleContainers(vdisk)) {
+      const d = domains.get(id) ?? `container:${id}`;
+      const free = this.#space.get(id)?.free ?? 0;
+      if (free === 0 || avoid?.(d) === true) continue;
+      out.set(d, (out.get(d) ?? 0) + free);
+    }
+    return out;
+  }
+
+  /**
+   * Takes locations for `count` entries of `vdisk`, each with up to `legs`
+   * locations in distinct failure domains (eligible containers only: online,
+   * of its segment size, reached by its exporters; domains `avoid` names
+   * left out), the emptiest domains first. When the domains cannot give
+   * every entry all its legs, entries get fewer (degraded, at least one,
+   * evenly). Throws ContainerFullError, taking nothing, when there is not one
+   * free location per entry. Consecutive entries get consecutive offsets
+   * where free runs allow (a thick vdisk's legs are runs too). Marks them
+   * used in memory only, as allocate.
+   */
+  allocateLegs(vdisk: VdiskRow, count: number, legs: number, avoid?: (domain: string) => boolean): Location[][] {
+    if (count <= 0) return [];
+    if (!Number.isInteger(legs) || legs < 1) throw new RangeError(`allocateLegs: ${legs} legs`);
+    // One copy, nothing to avoid: a plain allocation, as always.
+    if (legs === 1 && avoid === undefined) return runLocations(this.allocate(vdisk, count)).map((l) => [l]);
+    const domainOf = containerDomains(this.#db);
+    const byDomain = new Map<string, string[]>();
+    const eligible: string[] = [];
+    for (const id of this.eligibleContainers(vdisk)) {
+      const d = domainOf.get(id) ?? `container:${id}`;
+      if (!this.#space.has(id) || avoid?.(d) === true) continue;
+      eligible.push(id);
+      let list = byDomain.get(d);
+      if (list === undefined) byDomain.set(d, (list = []));
+      list.push(id);
+    }
+    // Emptiest first: leg 0 goes there, and it gives the most.
+    const domains = [...byDomain]
+      .map(([d, ids]) => ({ ids, free: ids.reduce((n, id) => n + (this.#space.get(id)?.free ?? 0), 0) }))
+      .filter((x) => x.free > 0)
+      .sort((a, b) => b.free - a.free || ((a.ids[0] as string) < (b.ids[0] as string) ? -1 : 1));
+    const total = domains.reduce((n, x) => n + x.free, 0);
+    if (total < count) throw this.#full(vdisk, count, eligible, total, avoid === undefined ? '' : ', in a failure domain not avoided');
+    // A domain gives an entry at most one leg: at most `count` in all.
+    const cap = (f: number): number => Math.min(f, count);
+    const positions = Math.min(legs * count, domains.reduce((n, x) => n + cap(x.free), 0));
+    const takes = levelTakes(
+      domains.map((x) => x.free),
+      count,
+      positions,
+    );
+    // Wrap-around (McNaughton): the domains' takes laid end to end, position
+    // p is leg floor(p / count) of entry p % count. A domain takes at most
+    // `count` positions, so no entry gets two legs in one domain, and each
+    // domain's locations go to consecutive entries.
+    const out: Location[][] = Array.from({ length: count }, () => []);
+    let p = 0;
+    domains.forEach((x, i) => {
+      const n = takes[i] as number;
+      if (n === 0) return;
+      for (const l of runLocations(this.allocate(vdisk, n, x.ids))) {
+        (out[p % count] as Location[]).push(l);
+        p++;
+      }
+    });
+    return out;
+  }
+
   /** Returns locations to the free maps: only ones the DB no longer holds (scrubbed, or never used). */
   free(locations: readonly Location[]): void {
     let n = 0;
@@ -266,6 +345,34 @@ export class Allocator {
     }
     if (n > 0) this.observer?.freed(n);
   }
+}
+
+/**
+ * How many locations each domain gives (frees in the order given, emptiest
+ * first) for `positions` in all, at most `count` each: down to a common
+ * level, so that the emptiest give most and free space stays even.
+ */
+function levelTakes(frees: readonly number[], count: number, positions: number): number[] {
+  const give = (level: number): number[] => frees.map((f) => Math.min(count, Math.max(0, f - level)));
+  const sum = (a: readonly number[]): number => a.reduce((n, x) => n + x, 0);
+  // The lowest level whose takes do not exceed `positions`.
+  let lo = 0;
+  let hi = Math.max(0, ...frees);
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (sum(give(mid)) <= positions) hi = mid;
+    else lo = mid + 1;
+  }
+  const takes = give(lo);
+  // One level lower gives more than needed: the rest, one each, emptiest first.
+  let rest = positions - sum(takes);
+  for (let i = 0; i < frees.length && rest > 0; i++) {
+    if ((takes[i] as number) < Math.min(count, frees[i] as number)) {
+      takes[i] = (takes[i] as number) + 1;
+      rest--;
+    }
+  }
+  return takes;
 }
 
 /** Inserts one offset into a container's sorted free runs, merging neighbours. */

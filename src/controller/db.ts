@@ -26,9 +26,16 @@
 //   shares its source's container segments, whose counts then exceed 1.
 // - `migrations` holds one row per vdisk with its latest migration, so a
 //   restarted controller resumes a running one.
+// - Mirrored vdisks (copies > 1): a segment's first location (leg 0) stays
+//   in `segments`; its extra legs (1, 2) are rows of `segment_legs`, so a
+//   one-copy vdisk has the rows and queries it always had. A leg removed
+//   because its container failed becomes a `stale_legs` row that keeps its
+//   location's reference until it is resynced or dropped. A location's
+//   reference count is its references in the `segment_locations` view
+//   (every leg of every entry) plus those of stale legs.
 
 import Database from 'better-sqlite3';
-import { MappingTable, SegmentState, isSegmentState, stateHasLocation, type EntryInput } from '../table/index.js';
+import { MAX_COPIES, MappingTable, SegmentState, isSegmentState, stateHasLocation, type EntryInput } from '../table/index.js';
 import { migrate, type Sql } from './schema.js';
 import type { LuStateMsg } from '../wire/proto-types.js';
 
@@ -43,6 +50,8 @@ export interface ContainerRow {
   segmentsTotal: number;
   state: ContainerState;
   added: string;
+  /** Failure domain as set (container add --domain, set-domain); '' = derived from where it lives (domains.ts). */
+  domain: string;
 }
 
 export type ContainerState = 'online' | 'draining' | 'failed';
@@ -62,7 +71,12 @@ export interface VdiskRow {
   kind: VdiskKind;
   /** The vdisk a snapshot was taken of, or a clone's source (null for none). */
   parentId: string | null;
+  /** How many locations (legs) each allocated segment should have, in distinct failure domains: 1..MAX_VDISK_COPIES. */
+  copies: number;
 }
+
+/** The most copies a vdisk may have (schema CHECK). */
+export const MAX_VDISK_COPIES = MAX_COPIES;
 
 export type VdiskKind = 'vdisk' | 'snapshot';
 
@@ -89,6 +103,20 @@ export interface Reference {
   vdiskId: string;
   seg: number;
   state: SegmentState;
+  /** Which of the entry's locations it is: 0 the first, 1..2 an extra leg. */
+  leg: number;
+}
+
+/** A leg removed from its segment because its container failed, kept for resync (it keeps its location's reference). */
+export interface StaleLeg {
+  vdiskId: string;
+  seg: number;
+  containerId: string;
+  offset: number;
+  /** The segment was written since the leg was removed: a resync must copy it. */
+  dirty: boolean;
+  /** When it was removed (ISO time). */
+  since: string;
 }
 
 export interface SegmentRow {
@@ -200,7 +228,14 @@ export interface Location {
 export interface EntryAt extends Location {
   vdiskId: string;
   seg: number;
+  /** Which location of the entry: 0 the first, 1..2 an extra leg, -1 a stale leg. */
+  leg: number;
 }
+
+export const sameLocation = (a: Location, b: Location): boolean => a.containerId === b.containerId && a.offset === b.offset;
+
+/** A table entry as the table takes it, with its extra legs (EntryInput.legs). */
+export type EntryWithLegs = EntryInput;
 
 /** An entry `tabula check` looks at closer (ControllerDb.suspectEntries). */
 export interface SuspectEntry {
@@ -228,6 +263,7 @@ interface RawContainer {
   segments_total: number;
   state: ContainerState;
   added: string;
+  domain: string;
 }
 
 interface RawVdisk {
@@ -242,6 +278,7 @@ interface RawVdisk {
   created: string;
   kind: VdiskKind;
   parent_id: string | null;
+  copies: number;
 }
 
 interface RawMigration {
@@ -334,6 +371,7 @@ const toContainer = (r: RawContainer): ContainerRow => ({
   segmentsTotal: r.segments_total,
   state: r.state,
   added: r.added,
+  domain: r.domain,
 });
 
 const toVdisk = (r: RawVdisk): VdiskRow => ({
@@ -348,6 +386,7 @@ const toVdisk = (r: RawVdisk): VdiskRow => ({
   created: r.created,
   kind: r.kind,
   parentId: r.parent_id,
+  copies: r.copies,
 });
 
 const toSegment = (r: RawSegment): SegmentRow => ({
@@ -414,14 +453,14 @@ export class ControllerDb {
       container: p('SELECT * FROM containers WHERE id = ?'),
       containers: p('SELECT * FROM containers ORDER BY added, id'),
       insertContainer: p(
-        'INSERT INTO containers (id, path, size, data_offset, segment_size, segments_total, state, added) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+        'INSERT INTO containers (id, path, size, data_offset, segment_size, segments_total, state, added, domain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
       ),
       containerUsed: p('SELECT COUNT(*) AS n FROM container_segments WHERE container_id = ?'),
       vdiskById: p('SELECT * FROM vdisks WHERE id = ?'),
       vdiskByName: p('SELECT * FROM vdisks WHERE name = ?'),
       vdisks: p('SELECT * FROM vdisks ORDER BY name'),
       insertVdisk: p(
-        'INSERT INTO vdisks (id, name, size, block_size, segment_size, segment_count, thin, version, created, kind, parent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        'INSERT INTO vdisks (id, name, size, block_size, segment_size, segment_count, thin, version, created, kind, parent_id, copies) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
       ),
       bumpVersion: p('UPDATE vdisks SET version = version + 1 WHERE id = ? RETURNING version'),
       segment: p('SELECT * FROM segments WHERE vdisk_id = ? AND seg = ?'),
@@ -438,6 +477,14 @@ export class ControllerDb {
          ON CONFLICT (vdisk_id, seg) DO UPDATE SET state = excluded.state, container_id = excluded.container_id, offset = excluded.offset`,
       ),
       deleteSegment: p('DELETE FROM segments WHERE vdisk_id = ? AND seg = ?'),
+      legsOf: p('SELECT container_id AS containerId, offset FROM segment_legs WHERE vdisk_id = ? AND seg = ? ORDER BY leg'),
+      legsRaw: p('SELECT seg, container_id, offset FROM segment_legs WHERE vdisk_id = ? ORDER BY seg, leg').raw(),
+      deleteLegs: p('DELETE FROM segment_legs WHERE vdisk_id = ? AND seg = ?'),
+      insertLeg: p('INSERT INTO segment_legs (vdisk_id, seg, leg, container_id, offset) VALUES (?, ?, ?, ?, ?)'),
+      staleOfSegment: p('SELECT container_id AS containerId, offset FROM stale_legs WHERE vdisk_id = ? AND seg = ? ORDER BY container_id'),
+      insertStale: p('INSERT INTO stale_legs (vdisk_id, seg, container_id, offset, dirty, since) VALUES (?, ?, ?, ?, ?, ?)'),
+      deleteStale: p('DELETE FROM stale_legs WHERE vdisk_id = ? AND seg = ? AND container_id = ? RETURNING offset').pluck(),
+      markDirty: p('UPDATE stale_legs SET dirty = 1 WHERE vdisk_id = ? AND seg = ? AND dirty = 0'),
       containerSegment: p('SELECT * FROM container_segments WHERE container_id = ? AND offset = ?'),
       addReference: p(
         `INSERT INTO container_segments (container_id, offset, refcount) VALUES (?, ?, 1)
@@ -501,7 +548,7 @@ export class ControllerDb {
       faults: p('SELECT * FROM faults ORDER BY id DESC LIMIT ?'),
       faultsOf: p('SELECT * FROM faults WHERE vdisk_id = ? ORDER BY id DESC LIMIT ?'),
       event: p('INSERT INTO events (time, kind, subject, message) VALUES (?, ?, ?, ?)'),
-      references: p('SELECT vdisk_id, seg, state FROM segments WHERE container_id = ? AND offset = ? ORDER BY vdisk_id, seg'),
+      references: p('SELECT vdisk_id, seg, state, leg FROM segment_locations WHERE container_id = ? AND offset = ? ORDER BY vdisk_id, seg, leg'),
       migration: p('SELECT * FROM migrations WHERE vdisk_id = ?'),
       migrations: p('SELECT * FROM migrations ORDER BY started, vdisk_id'),
       upsertMigration: p(
@@ -598,14 +645,22 @@ export class ControllerDb {
     return all[0];
   }
 
-  insertContainer(c: Omit<ContainerRow, 'added'>): ContainerRow {
+  insertContainer(c: Omit<ContainerRow, 'added' | 'domain'> & { domain?: string }): ContainerRow {
     const added = now();
-    this.#statements.insertContainer.run(c.id, c.path, c.size, c.dataOffset, c.segmentSize, c.segmentsTotal, c.state, added);
-    return { ...c, added };
+    const domain = c.domain ?? '';
+    this.#statements.insertContainer.run(c.id, c.path, c.size, c.dataOffset, c.segmentSize, c.segmentsTotal, c.state, added, domain);
+    return { ...c, added, domain };
   }
 
   setContainerState(id: string, state: ContainerState): void {
     this.sql.prepare('UPDATE containers SET state = ? WHERE id = ?').run(state, id);
+  }
+
+  /** Sets a container's failure domain ('' = derived again, domains.ts). Legs already placed stay where they are. */
+  setContainerDomain(id: string, domain: string): void {
+    if (this.sql.prepare('UPDATE containers SET domain = ? WHERE id = ?').run(domain, id).changes === 0) {
+      throw new TableChangeError(`container ${id} does not exist`);
+    }
   }
 
   deleteContainer(id: string): void {
@@ -622,9 +677,12 @@ export class ControllerDb {
       .get(id) as { used: number; shared: number; exclusive: number };
   }
 
-  /** The vdisks (ids, sorted) with an entry on the container. */
+  /** The vdisks (ids, sorted) with an entry (any leg) or a stale leg on the container. */
   vdisksOnContainer(containerId: string): string[] {
-    return this.sql.prepare('SELECT DISTINCT vdisk_id FROM segments WHERE container_id = ? ORDER BY vdisk_id').pluck().all(containerId) as string[];
+    return this.sql
+      .prepare('SELECT vdisk_id FROM segment_locations WHERE container_id = ? UNION SELECT vdisk_id FROM stale_legs WHERE container_id = ? ORDER BY vdisk_id')
+      .pluck()
+      .all(containerId, containerId) as string[];
   }
 
 
@@ -711,12 +769,41 @@ export class ControllerDb {
     return (this.#statements.vdisks.all() as RawVdisk[]).map(toVdisk);
   }
 
-  insertVdisk(v: Omit<VdiskRow, 'created' | 'kind' | 'parentId'> & { kind?: VdiskKind; parentId?: string | null }): VdiskRow {
+  insertVdisk(
+    v: Omit<VdiskRow, 'created' | 'kind' | 'parentId' | 'copies'> & { kind?: VdiskKind; parentId?: string | null; copies?: number },
+  ): VdiskRow {
     const created = now();
     const kind = v.kind ?? 'vdisk';
     const parentId = v.parentId ?? null;
-    this.#statements.insertVdisk.run(v.id, v.name, v.size, v.blockSize, v.segmentSize, v.segmentCount, v.thin ? 1 : 0, v.version, created, kind, parentId);
-    return { ...v, created, kind, parentId };
+    const copies = v.copies ?? 1;
+    checkCopies(v.name, copies);
+    this.#statements.insertVdisk.run(
+      v.id,
+      v.name,
+      v.size,
+      v.blockSize,
+      v.segmentSize,
+      v.segmentCount,
+      v.thin ? 1 : 0,
+      v.version,
+      created,
+      kind,
+      parentId,
+      copies,
+    );
+    return { ...v, created, kind, parentId, copies };
+  }
+
+  /**
+   * Sets how many copies the vdisk should have. Only the number: adding or
+   * removing legs is the caller's table change (rebuild.ts), so until then
+   * segments are degraded (fewer legs) or over (more).
+   */
+  setVdiskCopies(id: string, copies: number): void {
+    checkCopies(id, copies);
+    if (this.sql.prepare('UPDATE vdisks SET copies = ? WHERE id = ?').run(copies, id).changes === 0) {
+      throw new TableChangeError(`vdisk ${id} does not exist`);
+    }
   }
 
   setVdiskSize(id: string, size: number, segmentCount: number): void {
@@ -813,12 +900,25 @@ export class ControllerDb {
 
   /**
    * Sets one segment's DB entry, keeping container reference counts right:
-   * the old location (if any) loses a reference, the new one gains one. A
-   * location whose count drops to 0 is marked released at `version` and is
-   * not reusable until reclaimed. Call inside a transaction that also bumps
-   * the version. Returns false when nothing changed.
+   * each location the entry stops referencing (first location or extra
+   * leg) loses a reference, each new one gains one. A location whose count
+   * drops to 0 is marked released at `version` and is not reusable until
+   * reclaimed. `legs` are the extra legs (leg 1, 2), in distinct containers
+   * from each other and from `location`; omitted, the segment keeps its
+   * extra legs while its first location stays, and drops them when it
+   * changes. A new location that is one of the segment's stale legs takes
+   * over that stale leg's reference (resync re-adding it). When no location
+   * of the old entry stays (the data moved or went), the segment's stale
+   * legs are dropped too: they were copies of data it no longer holds.
+   * Call inside a transaction that also bumps the version. Returns false
+   * when nothing changed.
    */
-  setSegment(vdisk: VdiskRow, seg: number, entry: { state: SegmentState; location: Location | null }, version: number): boolean {
+  setSegment(
+    vdisk: VdiskRow,
+    seg: number,
+    entry: { state: SegmentState; location: Location | null; legs?: readonly Location[] },
+    version: number,
+  ): boolean {
     if (!Number.isInteger(seg) || seg < 0 || seg >= vdisk.segmentCount) {
       throw new TableChangeError(`vdisk ${vdisk.name} segment ${seg} out of range (${vdisk.segmentCount} segments)`);
     }
@@ -830,37 +930,173 @@ export class ControllerDb {
     if ((state === SegmentState.Normal || state === SegmentState.NoWrite) && location === null) {
       throw new TableChangeError(`vdisk ${vdisk.name} segment ${seg}: state ${state === 0 ? 'normal' : 'no-write'} needs a location`);
     }
+    if (location === null && entry.legs !== undefined && entry.legs.length > 0) {
+      throw new TableChangeError(`vdisk ${vdisk.name} segment ${seg}: extra legs need a first location`);
+    }
+    if (entry.legs !== undefined && entry.legs.length > MAX_VDISK_COPIES - 1) {
+      throw new TableChangeError(`vdisk ${vdisk.name} segment ${seg}: ${1 + entry.legs.length} legs, at most ${MAX_VDISK_COPIES}`);
+    }
     const old = this.segment(vdisk.id, seg);
-    const sameLoc =
-      (old.containerId === null && location === null) ||
-      (location !== null && old.containerId === location.containerId && old.offset === location.offset);
-    if (sameLoc && old.state === state) return false;
-    if (!sameLoc) {
-      if (location !== null) {
-        const c = this.container(location.containerId);
-        if (!c) throw new TableChangeError(`vdisk ${vdisk.name} segment ${seg}: unknown container ${location.containerId}`);
-        if (c.segmentSize !== vdisk.segmentSize) {
-          throw new TableChangeError(
-            `vdisk ${vdisk.name} segment ${seg}: container ${c.id} has segment size ${c.segmentSize}, vdisk has ${vdisk.segmentSize}`,
-          );
+    const oldFirst = old.containerId === null || old.offset === null ? null : { containerId: old.containerId, offset: old.offset };
+    const oldLegs = oldFirst === null ? [] : this.segmentLegs(vdisk.id, seg);
+    const sameLoc = oldFirst === null ? location === null : location !== null && sameLocation(oldFirst, location);
+    const legs = entry.legs ?? (sameLoc ? oldLegs : []);
+    const sameLegs = legs.length === oldLegs.length && legs.every((l, i) => sameLocation(l, oldLegs[i] as Location));
+    if (sameLoc && sameLegs && old.state === state) return false;
+    const newLocs = location === null ? [] : [location, ...legs];
+    if (new Set(newLocs.map((l) => l.containerId)).size !== newLocs.length) {
+      throw new TableChangeError(`vdisk ${vdisk.name} segment ${seg}: two legs in one container (${newLocs.map(locText).join(', ')})`);
+    }
+    const oldLocs = oldFirst === null ? [] : [oldFirst, ...oldLegs];
+    if (!sameLoc || !sameLegs) {
+      const stale = oldLocs.length > 0 ? (this.#statements.staleOfSegment.all(vdisk.id, seg) as Location[]) : [];
+      for (const l of newLocs) {
+        if (oldLocs.some((o) => sameLocation(o, l))) continue;
+        if (stale.some((o) => sameLocation(o, l))) {
+          // Back from stale: its reference carries over.
+          this.#statements.deleteStale.get(vdisk.id, seg, l.containerId);
+          continue;
         }
-        if (!Number.isInteger(location.offset) || location.offset < 0 || location.offset >= c.segmentsTotal) {
-          throw new TableChangeError(
-            `vdisk ${vdisk.name} segment ${seg}: offset ${location.offset} outside container ${c.id} (${c.segmentsTotal} segments)`,
-          );
-        }
-        if (this.containerSegment(location.containerId, location.offset)?.scrub) {
-          // It still holds a freed vdisk's data and an agent may be zeroing it right now.
-          throw new TableChangeError(`vdisk ${vdisk.name} segment ${seg}: container ${c.id} offset ${location.offset} is waiting to be scrubbed`);
-        }
-        this.#statements.addReference.run(location.containerId, location.offset);
+        this.#checkLocation(vdisk, seg, l);
+        this.#statements.addReference.run(l.containerId, l.offset);
       }
-      if (old.containerId !== null && old.offset !== null) {
-        this.#statements.dropReference.run(vdisk.id, version, old.containerId, old.offset);
+      for (const o of oldLocs) {
+        if (!newLocs.some((l) => sameLocation(o, l))) this.#statements.dropReference.run(vdisk.id, version, o.containerId, o.offset);
+      }
+      if (oldLocs.length > 0 && !newLocs.some((l) => oldLocs.some((o) => sameLocation(o, l)))) {
+        for (const st of this.#statements.staleOfSegment.all(vdisk.id, seg) as Location[]) this.dropStaleLeg(vdisk.id, seg, st.containerId, version);
       }
     }
-    if (state === SegmentState.Zero) this.#statements.deleteSegment.run(vdisk.id, seg);
-    else this.#statements.upsertSegment.run(vdisk.id, seg, state, location?.containerId ?? null, location?.offset ?? null);
+    if (state === SegmentState.Zero) {
+      this.#statements.deleteSegment.run(vdisk.id, seg);
+      if (oldLegs.length > 0) this.#statements.deleteLegs.run(vdisk.id, seg);
+      return true;
+    }
+    this.#statements.upsertSegment.run(vdisk.id, seg, state, location?.containerId ?? null, location?.offset ?? null);
+    if (!sameLegs) {
+      if (oldLegs.length > 0) this.#statements.deleteLegs.run(vdisk.id, seg);
+      legs.forEach((l, i) => this.#statements.insertLeg.run(vdisk.id, seg, i + 1, l.containerId, l.offset));
+    }
+    return true;
+  }
+
+  /** Throws unless `l` may be mapped by a segment of `vdisk`: a known container of its segment size, inside it, not being scrubbed. */
+  #checkLocation(vdisk: VdiskRow, seg: number, l: Location): void {
+    const c = this.container(l.containerId);
+    if (!c) throw new TableChangeError(`vdisk ${vdisk.name} segment ${seg}: unknown container ${l.containerId}`);
+    if (c.segmentSize !== vdisk.segmentSize) {
+      throw new TableChangeError(`vdisk ${vdisk.name} segment ${seg}: container ${c.id} has segment size ${c.segmentSize}, vdisk has ${vdisk.segmentSize}`);
+    }
+    if (!Number.isInteger(l.offset) || l.offset < 0 || l.offset >= c.segmentsTotal) {
+      throw new TableChangeError(`vdisk ${vdisk.name} segment ${seg}: offset ${l.offset} outside container ${c.id} (${c.segmentsTotal} segments)`);
+    }
+    if (this.containerSegment(l.containerId, l.offset)?.scrub) {
+      // It still holds a freed vdisk's data and an agent may be zeroing it right now.
+      throw new TableChangeError(`vdisk ${vdisk.name} segment ${seg}: container ${c.id} offset ${l.offset} is waiting to be scrubbed`);
+    }
+  }
+
+  /** A segment's extra legs (leg 1, 2), in leg order; [] for a one-copy entry or no location. */
+  segmentLegs(vdiskId: string, seg: number): Location[] {
+    return this.#statements.legsOf.all(vdiskId, seg) as Location[];
+  }
+
+  /** Every location of a segment, its first location (leg 0) first; [] when it has none. */
+  locationsOfSegment(vdiskId: string, seg: number): Location[] {
+    const r = this.segment(vdiskId, seg);
+    if (r.containerId === null || r.offset === null) return [];
+    return [{ containerId: r.containerId, offset: r.offset }, ...this.segmentLegs(vdiskId, seg)];
+  }
+
+  /**
+   * Replaces a segment's extra legs, keeping its state and first location
+   * (setSegment's rules for references). To remove leg 0, setSegment with
+   * the new first location and the remaining legs (promotion).
+   */
+  setSegmentLegs(vdisk: VdiskRow, seg: number, legs: readonly Location[], version: number): boolean {
+    const r = this.segment(vdisk.id, seg);
+    if (r.containerId === null || r.offset === null) {
+      if (legs.length === 0) return false;
+      throw new TableChangeError(`vdisk ${vdisk.name} segment ${seg}: extra legs need a first location (the segment has none)`);
+    }
+    return this.setSegment(vdisk, seg, { state: r.state, location: { containerId: r.containerId, offset: r.offset }, legs }, version);
+  }
+
+  /** Every segment of a vdisk with extra legs, in segment order. */
+  legsOfVdisk(vdiskId: string): { seg: number; legs: Location[] }[] {
+    const out: { seg: number; legs: Location[] }[] = [];
+    for (const [seg, containerId, offset] of this.#statements.legsRaw.all(vdiskId) as [number, string, number][]) {
+      const last = out[out.length - 1];
+      if (last !== undefined && last.seg === seg) last.legs.push({ containerId, offset });
+      else out.push({ seg, legs: [{ containerId, offset }] });
+    }
+    return out;
+  }
+
+  /**
+   * Located segments with fewer locations than their vdisk's copies
+   * (degraded), or more (over: a set-copies in progress, or broken), of one
+   * vdisk or all.
+   */
+  legShortfalls(which: 'degraded' | 'over', vdiskId?: string): { vdiskId: string; seg: number; legs: number; copies: number }[] {
+    const cmp = which === 'degraded' ? '<' : '>';
+    return this.sql
+      .prepare(
+        `SELECT vdisk_id AS vdiskId, seg, legs, copies FROM (
+           SELECT s.vdisk_id, s.seg, v.copies,
+                  1 + (SELECT COUNT(*) FROM segment_legs l WHERE l.vdisk_id = s.vdisk_id AND l.seg = s.seg) AS legs
+           FROM segments s JOIN vdisks v ON v.id = s.vdisk_id
+           WHERE s.container_id IS NOT NULL${vdiskId === undefined ? '' : ' AND s.vdisk_id = ?'})
+         WHERE legs ${cmp} copies ORDER BY vdisk_id, seg`,
+      )
+      .all(...(vdiskId === undefined ? [] : [vdiskId])) as { vdiskId: string; seg: number; legs: number; copies: number }[];
+  }
+
+  // ---- stale legs (removed with a failed container, kept for resync) ----
+
+  /** Stale legs of a vdisk, of a container, or all, by vdisk, segment and container. */
+  staleLegs(filter: { vdiskId?: string; containerId?: string } = {}): StaleLeg[] {
+    const where: string[] = [];
+    const args: string[] = [];
+    if (filter.vdiskId !== undefined) {
+      where.push('vdisk_id = ?');
+      args.push(filter.vdiskId);
+    }
+    if (filter.containerId !== undefined) {
+      where.push('container_id = ?');
+      args.push(filter.containerId);
+    }
+    const q = `SELECT vdisk_id, seg, container_id, offset, dirty, since FROM stale_legs${where.length > 0 ? ` WHERE ${where.join(' AND ')}` : ''}
+               ORDER BY vdisk_id, seg, container_id`;
+    return (
+      this.sql.prepare(q).all(...args) as { vdisk_id: string; seg: number; container_id: string; offset: number; dirty: number; since: string }[]
+    ).map((r) => ({ vdiskId: r.vdisk_id, seg: r.seg, containerId: r.container_id, offset: r.offset, dirty: r.dirty !== 0, since: r.since }));
+  }
+
+  /**
+   * Records a stale leg; its location gains a reference (so removing the
+   * leg from the entry, in the same transaction, releases nothing). Call
+   * inside the table change that removes the leg.
+   */
+  addStaleLeg(s: Omit<StaleLeg, 'dirty' | 'since'> & { dirty?: boolean; since?: string }): void {
+    this.#statements.insertStale.run(s.vdiskId, s.seg, s.containerId, s.offset, s.dirty === true ? 1 : 0, s.since ?? now());
+    this.#statements.addReference.run(s.containerId, s.offset);
+  }
+
+  /** The segment was written: its stale legs (if any) must be copied on resync. Returns how many became dirty. */
+  markDirty(vdiskId: string, seg: number): number {
+    return this.#statements.markDirty.run(vdiskId, seg).changes;
+  }
+
+  /**
+   * Forgets a stale leg; its location loses the reference, released at
+   * `version` (the vdisk's current version will do: no table maps it).
+   * Returns false when there was none.
+   */
+  dropStaleLeg(vdiskId: string, seg: number, containerId: string, version: number): boolean {
+    const offset = this.#statements.deleteStale.get(vdiskId, seg, containerId) as number | undefined;
+    if (offset === undefined) return false;
+    this.#statements.dropReference.run(vdiskId, version, containerId, offset);
     return true;
   }
 
@@ -901,9 +1137,30 @@ export class ControllerDb {
     // Raw rows, coalesced into runs before they reach the table: a thick
     // vdisk of a million rows is then a handful of setRange calls.
     type Raw = [seg: number, state: number, container: string | null, offset: number | null];
+    type RawLeg = [seg: number, container: string, offset: number];
     const rows = this.#statements.segmentsRaw.all(vdisk.id) as Raw[];
-    // The container the table entry will carry (invalid drops its location).
+    // Extra legs by row (a one-copy vdisk has none: one empty read).
+    const legRows = this.#statements.legsRaw.all(vdisk.id) as RawLeg[];
+    const legsAt: (Location[] | undefined)[] = [];
+    if (legRows.length > 0) {
+      let li = 0;
+      rows.forEach((r, i) => {
+        while (li < legRows.length && (legRows[li] as RawLeg)[0] < r[0]) li++;
+        while (li < legRows.length && (legRows[li] as RawLeg)[0] === r[0]) {
+          const l = legRows[li++] as RawLeg;
+          (legsAt[i] ??= []).push({ containerId: l[1], offset: l[2] });
+        }
+      });
+    }
+    // The container the table entry will carry (invalid drops its location, and its legs).
     const where = (r: Raw): string | null => (r[1] === SegmentState.Invalid ? null : r[2]);
+    /** Row j continues row i's run by k segments in every extra leg too. */
+    const legsContinue = (i: number, j: number, k: number): boolean => {
+      const a = legsAt[i];
+      const b = legsAt[j];
+      if (a === undefined || b === undefined) return a === b;
+      return a.length === b.length && a.every((l, n) => (b[n] as Location).containerId === l.containerId && (b[n] as Location).offset === l.offset + k);
+    };
     let i = 0;
     while (i < rows.length) {
       const head = rows[i] as Raw;
@@ -913,9 +1170,9 @@ export class ControllerDb {
         const r = rows[j] as Raw;
         const k = j - i;
         if (r[0] !== head[0] + k || r[1] !== head[1] || where(r) !== c) break;
-        if (c !== null && r[3] !== (head[3] as number) + k) break;
+        if (c !== null && (r[3] !== (head[3] as number) + k || !legsContinue(i, j, k))) break;
       }
-      const entry = tableEntry({ vdiskId: vdisk.id, seg: head[0], state: head[1] as SegmentState, containerId: head[2], offset: head[3] });
+      const entry = tableEntry({ vdiskId: vdisk.id, seg: head[0], state: head[1] as SegmentState, containerId: head[2], offset: head[3] }, legsAt[i]);
       t.setRange(head[0], j - i, entry, 1);
       i = j;
     }
@@ -939,6 +1196,29 @@ export class ControllerDb {
   }
 
   /**
+   * Records freshly allocated entries with their legs for consecutive
+   * segments from `firstSeg` (a mirrored thick create): plain inserts, as
+   * insertAllocatedRun. Each entry's locations are leg 0 first, just taken
+   * from the allocator, in distinct containers.
+   */
+  insertAllocatedLegs(vdisk: VdiskRow, firstSeg: number, entries: readonly (readonly Location[])[]): void {
+    if (firstSeg < 0 || firstSeg + entries.length > vdisk.segmentCount) {
+      throw new TableChangeError(`vdisk ${vdisk.name} segments ${firstSeg}+${entries.length} out of range (${vdisk.segmentCount} segments)`);
+    }
+    entries.forEach((locs, i) => {
+      const seg = firstSeg + i;
+      const first = locs[0];
+      if (first === undefined) throw new TableChangeError(`vdisk ${vdisk.name} segment ${seg}: no location`);
+      for (const l of locs) this.#statements.insertContainerSegment.run(l.containerId, l.offset);
+      this.#statements.insertSegment.run(vdisk.id, seg, SegmentState.Normal, first.containerId, first.offset);
+      for (let k = 1; k < locs.length; k++) {
+        const l = locs[k] as Location;
+        this.#statements.insertLeg.run(vdisk.id, seg, k, l.containerId, l.offset);
+      }
+    });
+  }
+
+  /**
    * Copies every located normal/no-write entry of `srcId` into `dstId` as
    * no-write, each location gaining one reference (snapshot, clone). Call
    * inside the transaction that created `dstId`. Returns the entries shared.
@@ -948,9 +1228,18 @@ export class ControllerDb {
     this.sql
       .prepare(
         `UPDATE container_segments SET refcount = refcount + 1
-         WHERE (container_id, offset) IN (SELECT container_id, offset FROM segments WHERE ${where})`,
+         WHERE (container_id, offset) IN (SELECT container_id, offset FROM segment_locations WHERE ${where})`,
       )
       .run(srcId);
+    // Extra legs are shared as they are (stale legs stay the source's: the sharer is degraded there
+    // until a rebuild), and the sharer has the source's copies.
+    this.sql
+      .prepare(
+        `INSERT INTO segment_legs (vdisk_id, seg, leg, container_id, offset)
+         SELECT ?, seg, leg, container_id, offset FROM segment_locations WHERE leg > 0 AND ${where}`,
+      )
+      .run(dstId, srcId);
+    this.sql.prepare('UPDATE vdisks SET copies = (SELECT copies FROM vdisks WHERE id = ?) WHERE id = ?').run(srcId, dstId);
     return this.sql
       .prepare(`INSERT INTO segments (vdisk_id, seg, state, container_id, offset) SELECT ?, seg, ${SegmentState.NoWrite}, container_id, offset FROM segments WHERE ${where}`)
       .run(dstId, srcId).changes;
@@ -985,18 +1274,19 @@ export class ControllerDb {
       .get(vdiskId) as { shared: number; exclusive: number };
   }
 
-  /** The containers holding segments of a vdisk. */
+  /** The containers holding segments (any leg) of a vdisk. */
   containersOfVdisk(vdiskId: string): string[] {
-    return this.sql.prepare('SELECT DISTINCT container_id FROM segments WHERE vdisk_id = ? AND container_id IS NOT NULL').pluck().all(vdiskId) as string[];
+    return this.sql.prepare('SELECT DISTINCT container_id FROM segment_locations WHERE vdisk_id = ?').pluck().all(vdiskId) as string[];
   }
 
 
-  /** Every table entry that references a location. */
+  /** Every table entry that references a location, as any of its legs (stale legs are not entries: staleLegs). */
   references(loc: Location): Reference[] {
-    return (this.#statements.references.all(loc.containerId, loc.offset) as { vdisk_id: string; seg: number; state: number }[]).map((r) => ({
+    return (this.#statements.references.all(loc.containerId, loc.offset) as { vdisk_id: string; seg: number; state: number; leg: number }[]).map((r) => ({
       vdiskId: r.vdisk_id,
       seg: r.seg,
       state: r.state as SegmentState,
+      leg: r.leg,
     }));
   }
 
@@ -1123,6 +1413,18 @@ export class ControllerDb {
       const reachable = c.reachable !== false;
       this.#statements.insertAgentContainer.run(name, c.id, c.path, reachable ? 1 : 0, reachable ? '' : (c.error ?? ''));
     }
+  }
+
+  /** Every agent's claim of every container, with the agent's host, by container and agent (failure domains, domains.ts). */
+  allClaims(): { containerId: string; agent: string; host: string; path: string; reachable: boolean }[] {
+    return (
+      this.sql
+        .prepare(
+          `SELECT ac.container_id AS containerId, ac.agent AS agent, a.host AS host, ac.path AS path, ac.reachable AS reachable
+           FROM agent_containers ac JOIN agents a ON a.name = ac.agent ORDER BY ac.container_id, ac.agent`,
+        )
+        .all() as { containerId: string; agent: string; host: string; path: string; reachable: number }[]
+    ).map((r) => ({ ...r, reachable: r.reachable === 1 }));
   }
 
   /** Which agents claim a container, on which host, and whether they reach it now. */
@@ -1288,13 +1590,17 @@ export class ControllerDb {
 
   // ---- invariants (`tabula check`, check.ts): each query returns the rows that break one ----
 
-  /** Allocated locations whose reference count differs from the table entries referencing them. */
+  /** Allocated locations whose reference count differs from the table entries (any leg) and stale legs referencing them. */
   refcountMismatches(): { containerId: string; offset: number; refcount: number; refs: number }[] {
     return this.sql
       .prepare(
-        `SELECT cs.container_id AS containerId, cs.offset AS offset, cs.refcount AS refcount, COUNT(s.seg) AS refs
-         FROM container_segments cs LEFT JOIN segments s ON s.container_id = cs.container_id AND s.offset = cs.offset
-         GROUP BY cs.container_id, cs.offset HAVING refs != cs.refcount`,
+        `WITH refs AS (
+           SELECT container_id, offset, COUNT(*) AS n FROM (
+             SELECT container_id, offset FROM segment_locations UNION ALL SELECT container_id, offset FROM stale_legs
+           ) GROUP BY container_id, offset)
+         SELECT cs.container_id AS containerId, cs.offset AS offset, cs.refcount AS refcount, COALESCE(r.n, 0) AS refs
+         FROM container_segments cs LEFT JOIN refs r ON r.container_id = cs.container_id AND r.offset = cs.offset
+         WHERE COALESCE(r.n, 0) != cs.refcount`,
       )
       .all() as { containerId: string; offset: number; refcount: number; refs: number }[];
   }
@@ -1308,24 +1614,24 @@ export class ControllerDb {
       .all() as Location[];
   }
 
-  /** Table entries mapping a location that waits to be scrubbed. */
+  /** Table entries (any leg) and stale legs mapping a location that waits to be scrubbed. */
   entriesOnScrubbing(): EntryAt[] {
     return this.sql
       .prepare(
-        `SELECT s.vdisk_id AS vdiskId, s.seg AS seg, s.container_id AS containerId, s.offset AS offset FROM segments s
+        `SELECT s.vdisk_id AS vdiskId, s.seg AS seg, s.leg AS leg, s.container_id AS containerId, s.offset AS offset FROM ${ALL_REFERENCES} s
          JOIN container_segments cs ON cs.container_id = s.container_id AND cs.offset = s.offset
-         WHERE cs.scrub = 1 ORDER BY s.vdisk_id, s.seg`,
+         WHERE cs.scrub = 1 ORDER BY s.vdisk_id, s.seg, s.leg`,
       )
       .all() as EntryAt[];
   }
 
-  /** Table entries mapping a location that is not allocated (in the free map). */
+  /** Table entries (any leg) and stale legs mapping a location that is not allocated (in the free map). */
   entriesOnFreeSpace(): EntryAt[] {
     return this.sql
       .prepare(
-        `SELECT s.vdisk_id AS vdiskId, s.seg AS seg, s.container_id AS containerId, s.offset AS offset FROM segments s
+        `SELECT s.vdisk_id AS vdiskId, s.seg AS seg, s.leg AS leg, s.container_id AS containerId, s.offset AS offset FROM ${ALL_REFERENCES} s
          LEFT JOIN container_segments cs ON cs.container_id = s.container_id AND cs.offset = s.offset
-         WHERE s.container_id IS NOT NULL AND cs.container_id IS NULL`,
+         WHERE cs.container_id IS NULL ORDER BY s.vdisk_id, s.seg, s.leg`,
       )
       .all() as EntryAt[];
   }
@@ -1340,13 +1646,13 @@ export class ControllerDb {
       .all() as (Location & { segmentsTotal: number })[];
   }
 
-  /** Locations referenced by more than one entry: how many entries, of how many vdisks, how many of them normal. */
+  /** Locations referenced by more than one entry (any leg): how many entries, of how many vdisks, how many of them normal. */
   sharedLocations(): (Location & { refs: number; vdisks: number; writable: number })[] {
     return this.sql
       .prepare(
         `SELECT container_id AS containerId, offset, COUNT(*) AS refs, COUNT(DISTINCT vdisk_id) AS vdisks,
                 SUM(state = ${SegmentState.Normal}) AS writable
-         FROM segments WHERE container_id IS NOT NULL GROUP BY container_id, offset HAVING refs > 1`,
+         FROM segment_locations GROUP BY container_id, offset HAVING refs > 1`,
       )
       .all() as (Location & { refs: number; vdisks: number; writable: number })[];
   }
@@ -1402,7 +1708,7 @@ export class ControllerDb {
     return this.sql
       .prepare(
         `SELECT DISTINCT e.agent AS agent, e.vdisk_id AS vdiskId, s.container_id AS containerId FROM exports e
-         JOIN segments s ON s.vdisk_id = e.vdisk_id AND s.container_id IS NOT NULL
+         JOIN segment_locations s ON s.vdisk_id = e.vdisk_id
          LEFT JOIN agent_containers ac ON ac.agent = e.agent AND ac.container_id = s.container_id
          WHERE ac.container_id IS NULL`,
       )
@@ -1425,11 +1731,24 @@ function toMigrate(vdiskId: string, to: string | null, from: string | null): { w
   return { where, params };
 }
 
-/** A DB row as the table entry agents see (invalid drops its location). */
-export function tableEntry(r: SegmentRow): EntryInput {
+/** Every reference a location may have: entries' legs (leg 0..2) and stale legs (leg -1). */
+const ALL_REFERENCES = `(SELECT vdisk_id, seg, leg, container_id, offset FROM segment_locations
+  UNION ALL SELECT vdisk_id, seg, -1 AS leg, container_id, offset FROM stale_legs)`;
+
+/** A DB row, with its extra legs, as the table entry agents see (invalid drops its location and legs). */
+export function tableEntry(r: SegmentRow, legs: readonly Location[] = []): EntryWithLegs {
   if (!stateHasLocation(r.state) || r.containerId === null) return { state: r.state };
-  return { state: r.state, container: r.containerId, offset: r.offset ?? 0 };
+  const e = { state: r.state, container: r.containerId, offset: r.offset ?? 0 };
+  return legs.length === 0 ? e : { ...e, legs: legs.map((l) => ({ container: l.containerId, offset: l.offset })) };
 }
+
+function checkCopies(what: string, copies: number): void {
+  if (!Number.isInteger(copies) || copies < 1 || copies > MAX_VDISK_COPIES) {
+    throw new TableChangeError(`vdisk ${what}: copies ${copies} out of range 1-${MAX_VDISK_COPIES}`);
+  }
+}
+
+const locText = (l: Location): string => `${l.containerId}:${l.offset}`;
 
 export function openDb(path: string): ControllerDb {
   return new ControllerDb(path);

@@ -186,6 +186,43 @@ export const MIGRATIONS: readonly ((db: Sql) => void)[] = [
       ALTER TABLE agent_containers ADD COLUMN error TEXT NOT NULL DEFAULT '';
     `);
   },
+  // Mirrored vdisks: each container's failure domain ('' = derived,
+  // domains.ts), each vdisk's copies, and each segment's extra legs (leg 0
+  // stays in segments, so one-copy rows and their queries are as they were).
+  // A stale leg is one removed because its container failed, kept (with its
+  // location's reference) so that the container can be resynced when it
+  // comes back; dirty = written since. segment_locations is every location
+  // a table entry references, whatever its leg.
+  (db) => {
+    db.exec(`
+      ALTER TABLE containers ADD COLUMN domain TEXT NOT NULL DEFAULT '';
+      ALTER TABLE vdisks ADD COLUMN copies INTEGER NOT NULL DEFAULT 1 CHECK (copies BETWEEN 1 AND 3);
+      CREATE TABLE segment_legs (
+        vdisk_id TEXT NOT NULL REFERENCES vdisks(id) ON DELETE CASCADE,
+        seg INTEGER NOT NULL CHECK (seg >= 0),
+        leg INTEGER NOT NULL CHECK (leg BETWEEN 1 AND 2),
+        container_id TEXT NOT NULL REFERENCES containers(id),
+        offset INTEGER NOT NULL CHECK (offset >= 0),
+        PRIMARY KEY (vdisk_id, seg, leg)
+      ) WITHOUT ROWID;
+      CREATE INDEX segment_legs_by_location ON segment_legs (container_id, offset);
+      CREATE TABLE stale_legs (
+        vdisk_id TEXT NOT NULL REFERENCES vdisks(id) ON DELETE CASCADE,
+        seg INTEGER NOT NULL CHECK (seg >= 0),
+        container_id TEXT NOT NULL REFERENCES containers(id),
+        offset INTEGER NOT NULL CHECK (offset >= 0),
+        dirty INTEGER NOT NULL DEFAULT 0 CHECK (dirty IN (0, 1)),
+        since TEXT NOT NULL,
+        PRIMARY KEY (vdisk_id, seg, container_id)
+      ) WITHOUT ROWID;
+      CREATE INDEX stale_legs_by_container ON stale_legs (container_id, offset);
+      CREATE VIEW segment_locations AS
+        SELECT vdisk_id, seg, 0 AS leg, state, container_id, offset FROM segments WHERE container_id IS NOT NULL
+        UNION ALL
+        SELECT l.vdisk_id, l.seg, l.leg, s.state, l.container_id, l.offset
+        FROM segment_legs l JOIN segments s ON s.vdisk_id = l.vdisk_id AND s.seg = l.seg;
+    `);
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -19,7 +19,7 @@ import type { LuChange, LuEventMsg, LuStateMsg, Release, TableAck, WireExtent } 
 import { fromWireExtent, wireExtent } from '../wire/table-extents.js';
 import { log } from '../util/log.js';
 import { locKey, runLocations, type Allocator } from './allocator.js';
-import { TableChangeError, type ControllerDb, type Location, type VdiskRow } from './db.js';
+import { TableChangeError, type ControllerDb, type EntryWithLegs, type Location, type VdiskRow } from './db.js';
 import type { AgentLink } from './agent-link.js';
 import type { AgentRegistry } from './agent-registry.js';
 import type { WriteBehind } from './write-behind.js';
@@ -51,9 +51,21 @@ export interface ChangeContext {
   readonly vdisk: VdiskRow;
   /** The version this change commits as. */
   readonly version: number;
-  set(seg: number, state: SegmentState, location: Location | null): void;
+  /**
+   * Sets a segment's entry. `legs`: its extra legs (leg 1, 2); omitted, it
+   * keeps them while `location` stays, and loses them when it changes
+   * (ControllerDb.setSegment).
+   */
+  set(seg: number, state: SegmentState, location: Location | null, legs?: readonly Location[]): void;
+  /** Replaces a segment's extra legs, keeping its state and first location. */
+  setLegs(seg: number, legs: readonly Location[]): void;
   /** Allocates `count` container segments for this vdisk (throws ContainerFullError). */
   allocate(count: number): Location[];
+  /**
+   * Allocates locations for `count` entries, each with up to `legs` of them
+   * in distinct failure domains (fewer when domains run out; Allocator.allocateLegs).
+   */
+  allocateLegs(count: number, legs: number, avoid?: (domain: string) => boolean): Location[][];
   /** Grows the vdisk (new segments zero). */
   grow(size: number, segmentCount: number): void;
   /** Records a segment changed by direct SQL in this transaction (bulk changes), so it is pushed. */
@@ -185,13 +197,21 @@ export class TableChanges {
         const ctx: ChangeContext = {
           vdisk: live,
           version,
-          set: (seg, state, location) => {
-            if (db.setSegment(live, seg, { state, location }, version)) changed.add(seg);
+          set: (seg, state, location, legs) => {
+            if (db.setSegment(live, seg, legs === undefined ? { state, location } : { state, location, legs }, version)) changed.add(seg);
+          },
+          setLegs: (seg, legs) => {
+            if (db.setSegmentLegs(live, seg, legs, version)) changed.add(seg);
           },
           allocate: (count) => {
             const locs = runLocations(this.#allocator.allocate(live, count));
             allocated.push(...locs);
             return locs;
+          },
+          allocateLegs: (count, legs, avoid) => {
+            const entries = this.#allocator.allocateLegs(live, count, legs, avoid);
+            for (const e of entries) allocated.push(...e);
+            return entries;
           },
           mark: (seg) => {
             changed.add(seg);
@@ -602,9 +622,12 @@ function touchesNormal(table: MappingTable, ranges: readonly [number, number][],
   return false;
 }
 
-/** The cached entry of `seg` has the state and location of `e` (owners aside). */
-function sameEntry(table: MappingTable, seg: number, e: { state: SegmentState; container?: string; offset?: number }): boolean {
-  return table.stateOf(seg) === e.state && table.containerOf(seg) === (e.container ?? null) && table.containerOffsetOf(seg) === (e.offset ?? 0);
+/** The cached entry of `seg` has the state and locations (every leg) of `e` (owners aside). */
+function sameEntry(table: MappingTable, seg: number, e: EntryWithLegs): boolean {
+  if (table.stateOf(seg) !== e.state || table.containerOf(seg) !== (e.container ?? null) || table.containerOffsetOf(seg) !== (e.offset ?? 0)) return false;
+  const legs = e.legs ?? [];
+  if (table.legCountOf(seg) !== (table.containerOf(seg) === null ? 0 : 1 + legs.length)) return false;
+  return legs.every((l, i) => table.locationsOf(seg)[i + 1]?.container === l.container && table.locationsOf(seg)[i + 1]?.offset === l.offset);
 }
 
 function toRanges(segs: Set<number>): [number, number][] {
@@ -618,12 +641,15 @@ function toRanges(segs: Set<number>): [number, number][] {
   return out;
 }
 
-function tableEntryOf(db: ControllerDb, vdiskId: string, seg: number): { state: SegmentState; container?: string; offset?: number; owner?: number } {
+/** A segment's table entry as the DB has it, with its write owner and extra legs. */
+export function tableEntryOf(db: ControllerDb, vdiskId: string, seg: number): EntryWithLegs {
   const r = db.segment(vdiskId, seg);
   const owner = db.segmentOwner(vdiskId, seg);
   const own = owner === 0 ? {} : { owner };
   if (r.state === SegmentState.Zero || r.state === SegmentState.Invalid || r.containerId === null) return { state: r.state, ...own };
-  return { state: r.state, container: r.containerId, offset: r.offset ?? 0, ...own };
+  const legs = db.segmentLegs(vdiskId, seg);
+  const e = { state: r.state, container: r.containerId, offset: r.offset ?? 0, ...own };
+  return legs.length === 0 ? e : { ...e, legs: legs.map((l) => ({ container: l.containerId, offset: l.offset })) };
 }
 
 // Extent <-> WireExtent (legs included) live in src/wire/table-extents.ts, shared with the agent.

@@ -332,6 +332,14 @@ export interface AddContainerRequest {
   size: number;
   dataOffset: number;
   segmentSize: number;
+  /** Failure domain; '' or absent = derived. */
+  domain?: string;
+}
+
+export interface SetContainerDomainRequest {
+  id: string;
+  /** '' = derived again. */
+  domain: string;
 }
 
 export interface ContainerInfo {
@@ -353,6 +361,8 @@ export interface ContainerInfo {
   unreachable?: string[];
   /** Agents on more than one host reach it. */
   shared?: boolean;
+  /** Its failure domain (set, or derived); absent from an older controller. */
+  domain?: string;
 }
 
 export interface ListContainersReply {
@@ -369,6 +379,8 @@ export interface CreateVdiskRequest {
   blockSize: number;
   segmentSize: number;
   thick: boolean;
+  /** Locations of each segment in distinct failure domains (1..3); 0 or absent = 1. */
+  copies?: number;
 }
 
 export interface VdiskRef {
@@ -413,6 +425,8 @@ export interface VdiskInfo {
   parentId: string;
   /** Latest migration of this vdisk; null (absent on the wire) when none. */
   migration: MigrationInfo | null;
+  /** Locations each segment should have (1 = not mirrored); absent from an older controller. */
+  copies?: number;
 }
 
 export interface ListVdisksReply {
@@ -598,6 +612,7 @@ export interface AdminMethods {
   ListMigrations: [Empty, ListMigrationsReply];
   CancelMigration: [MigrationRef, MigrationInfo];
   EvacuateContainer: [EvacuateContainerRequest, ListMigrationsReply];
+  SetContainerDomain: [SetContainerDomainRequest, ContainerInfo];
 }
 
 /** Server-streaming AdminService RPCs (not in AdminMethods, which are unary). */
