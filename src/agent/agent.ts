@@ -20,7 +20,9 @@
 // - Containers: rescanned on Rescan (a container was added), on SIGHUP
 //   (rescan) and every rescanIntervalMs; what changed, and any change of a
 //   container's reachability, goes to the controller as ContainerUpdate.
-//   ContainerSet says which are shared (reopened with O_DIRECT).
+//   ContainerSet says which are shared (reopened with O_DIRECT) and which
+//   are near (this agent's failure domain); the devices ask AgentContainers
+//   (their resolver) near() and reachable() to pick a mirrored read's leg.
 // - Lease (Welcome.lease_ms): when it has expired, the link starts a resync
 //   once the controller answers a heartbeat again (every table sent before
 //   that answer has arrived); it is confirmed once those tables are

@@ -11,7 +11,9 @@
 // never dropped while tables may point into it. The controller says which
 // containers are shared, reached from more than one host (ContainerSet): a
 // shared file or block device is reopened with O_DIRECT, since a page cache
-// on this host could serve data another host has overwritten.
+// on this host could serve data another host has overwritten. It also says
+// which are near (in this agent's own failure domain): reads of a mirrored
+// segment go to a near, reachable leg first (near(), reachable()).
 import { MapResolver, type ContainerDriver, type ContainerResolver } from '../container/driver.js';
 import { openContainer, type FileDriverOptions } from '../container/file-driver.js';
 import { IscsiContainerDriver } from '../container/iscsi-driver.js';
@@ -71,6 +73,8 @@ export class AgentContainers implements ContainerResolver {
   readonly #reported = new Set<string>();
   /** Containers the controller says are shared (ContainerSet). */
   #shared = new Set<string>();
+  /** Containers the controller says are in this agent's failure domain (ContainerSet). */
+  #near: ReadonlySet<string> = new Set<string>();
   /** Scans run one at a time: Register, Rescan, SIGHUP and the timer may ask together. */
   #scanning: Promise<unknown> = Promise.resolve();
   /** Drivers replaced by a reopening, closed later (or at close). */
@@ -209,6 +213,22 @@ export class AgentContainers implements ContainerResolver {
     return { reachable: true, error: '' };
   }
 
+  /** Whether the controller put the container in this agent's own failure domain (I/O path: a set lookup). */
+  near(id: string): boolean {
+    return this.#near.has(id);
+  }
+
+  /**
+   * Whether a container can do I/O now (I/O path: no allocation). A mirrored
+   * read skips legs that cannot, rather than wait out the driver's hold.
+   */
+  reachable(id: string): boolean {
+    const c = this.#open.get(id);
+    if (c === undefined || c.missing !== null) return false;
+    const state = transportState(c.driver);
+    return state !== 'down' && state !== 'closed';
+  }
+
   refs(): ContainerRef[] {
     return [...this.#open.values()].map((c) => {
       const d = c.driver;
@@ -231,6 +251,8 @@ export class AgentContainers implements ContainerResolver {
    */
   async setShared(set: readonly ContainerShare[]): Promise<void> {
     this.#shared = new Set(set.filter((c) => c.shared).map((c) => c.id));
+    // At once, not after the scan below: it only steers reads.
+    this.#near = new Set(set.filter((c) => c.near === true).map((c) => c.id));
     const run = this.#scanning.then(async () => {
       for (const id of this.#shared) {
         const c = this.#open.get(id);

@@ -199,10 +199,10 @@ export function wireFaultSink(channel: FaultChannel, holdTimeoutMs: () => number
   return {
     async fault(f: DeviceFault): Promise<FaultDecision> {
       const signal = AbortSignal.timeout(holdTimeoutMs() + 1000);
-      const reply = await channel.report(
-        { vdiskId: f.vdiskId, tableVersion: f.version, segment: f.segment, op: f.op, lba: f.lba, blocks: f.blocks, state: f.state, detail: f.detail },
-        signal,
-      );
+      const report: FaultReport = { vdiskId: f.vdiskId, tableVersion: f.version, segment: f.segment, op: f.op, lba: f.lba, blocks: f.blocks, state: f.state, detail: f.detail };
+      // A leg fault only: one-copy faults stay the objects (and bytes) they were.
+      if (f.failedContainer !== undefined) report.failedContainer = f.failedContainer;
+      const reply = await channel.report(report, signal);
       return decisionOf(reply);
     },
     async release(r: DeviceRelease): Promise<ReleaseResult> {

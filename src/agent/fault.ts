@@ -17,8 +17,13 @@ export interface Fault {
   blocks: number;
   /** The inhibiting state; Error also for a container that failed under a normal segment. */
   state: SegmentState;
-  /** Why, for state Error: the container's I/O error. */
+  /** Why, for state Error: the container's I/O error; for a leg fault, the failed leg's error. */
   detail?: string;
+  /**
+   * A leg fault: the I/O failed on this copy (container id) of a mirrored
+   * segment only, and `state` is the segment's state. Absent otherwise.
+   */
+  failedContainer?: string;
 }
 
 /** The controller's sense for a failed fault is the block device's sense type: the logical unit reports it as is. */

@@ -15,6 +15,14 @@
 // controller moves ownership first. COMPARE AND WRITE runs as one piece,
 // read, compare and write counted in flight together, so an ownership
 // change cannot be acked between its read and its write.
+//
+// A mirrored segment has several legs (copies, src/table): writes go to
+// every leg in parallel and complete once all have it; a read goes to one
+// leg (a near one first) and fails over to the next. A leg that fails while
+// another succeeded is a leg fault (Fault.failedContainer): a write is held
+// as for any fault until the controller has dropped the leg; a read that
+// another leg served reports it and goes on. Every leg failing is what one
+// copy failing is.
 import { BlockDeviceError, type BlockDevice, type BlockErrorKind, type ProvisioningStatus, type WriteOptions } from '../blockdev/block-device.js';
 import { readBuffer } from '../blockdev/read-buffers.js';
 import { ContainerIoError, type ContainerDriver, type ContainerResolver, type ContainerWriteOptions } from '../container/driver.js';
@@ -27,6 +35,18 @@ import { debugEnabled, log } from '../util/log.js';
 import { ReleaseLostError, VdiskIoError, type Fault, type FaultDecision, type FaultSink, type Lease, type ReleaseResult, type SenseCode } from './fault.js';
 import { SegmentGate, type SegmentRange } from './segment-gate.js';
 
+/**
+ * What a device may learn about containers beyond their drivers (the agent's
+ * AgentContainers provides both): it steers mirrored reads. Without them
+ * every container counts as far and reachable.
+ */
+export interface LegHints {
+  /** In this agent's failure domain (ContainerShare.near). */
+  near?(id: string): boolean;
+  /** Able to do I/O now; a read skips legs that are not rather than wait out the driver's hold. */
+  reachable?(id: string): boolean;
+}
+
 export const DEFAULT_HOLD_TIMEOUT_MS = 10_000;
 
 export interface VdiskDeviceOptions {
@@ -34,7 +54,7 @@ export interface VdiskDeviceOptions {
   vdiskId: string;
   /** The first table. The device owns it from now on (deltas apply to it in place). */
   table: MappingTable;
-  containers: ContainerResolver;
+  containers: ContainerResolver & LegHints;
   faults: FaultSink;
   /** How long an I/O may be held (fault unanswered, table install) before it fails NOT READY. */
   holdTimeoutMs?: number;
@@ -67,6 +87,19 @@ interface CawPiece {
   result: number;
 }
 
+/** The leg of a mirrored piece named in its held leg fault. */
+interface LegFailure {
+  container: string;
+  detail: string;
+}
+
+/** A leg whose container has no driver here: fails like an I/O error on it. */
+class NoDriverError extends Error {}
+
+/** #legUse: no segment uses the container; it is only ever a segment's one copy. */
+const NOT_USED = -2;
+const SOLE_COPY = -1;
+
 /** #ownership's answer when the piece must wait for the lease (the controller may move this agent's ownership). */
 const LEASE_HOLD = 1;
 
@@ -84,7 +117,7 @@ export class VdiskDevice implements BlockDevice {
 
   #table: MappingTable;
   readonly #blocksPerSegment: number;
-  readonly #containers: ContainerResolver;
+  readonly #containers: ContainerResolver & LegHints;
   readonly #faults: FaultSink;
   readonly #gate: SegmentGate;
   /** Drivers by the current table's slot, resolved on first use. */
@@ -98,6 +131,8 @@ export class VdiskDevice implements BlockDevice {
   #installs: Promise<void> = Promise.resolve();
   #fenced = false;
   #closed = false;
+  /** A table with extra legs was installed once: flush failures are looked at as leg failures. */
+  #mirrored = false;
   #held = 0;
   #exporters: number;
   #ownerId: number;
@@ -107,6 +142,7 @@ export class VdiskDevice implements BlockDevice {
   constructor(opts: VdiskDeviceOptions) {
     this.vdiskId = opts.vdiskId;
     this.#table = opts.table;
+    this.#mirrored = opts.table.maxLegs > 1;
     this.blockSize = opts.table.blockSize;
     this.#blocksPerSegment = opts.table.blocksPerSegment;
     this.#containers = opts.containers;
@@ -171,7 +207,11 @@ export class VdiskDevice implements BlockDevice {
     if (blocks > 0) await this.#run(Mode.Write, IoOp.Write, lba, blocks, data, opts?.fua === true);
   }
 
-  /** Flushes every container the vdisk uses now, and any it wrote to under an older table. */
+  /**
+   * Flushes every container the vdisk uses now, and any it wrote to under an
+   * older table. On a mirrored vdisk a container whose flush fails is a
+   * failed leg (#flushFailed).
+   */
   async flush(): Promise<void> {
     const drivers = new Set(this.#dirty);
     this.#dirty.clear();
@@ -183,7 +223,8 @@ export class VdiskDevice implements BlockDevice {
     let media = false;
     await Promise.all(
       [...drivers].map((d) =>
-        d.flush().catch((e: unknown) => {
+        d.flush().catch(async (e: unknown) => {
+          if (this.#mirrored && (await this.#flushFailed(d, e))) return;
           this.#dirty.add(d);
           failed.push((e as Error).message);
           if (!isUnreachable(e)) media = true;
@@ -380,6 +421,7 @@ export class VdiskDevice implements BlockDevice {
     await gate.suspend(ranges);
     try {
       commit();
+      if (this.#table.maxLegs > 1) this.#mirrored = true;
     } finally {
       this.#drivers = [];
       gate.resume();
@@ -462,6 +504,7 @@ export class VdiskDevice implements BlockDevice {
       let action = inhibits(state, op);
       let faultState = state;
       let detail: string | undefined;
+      let failedContainer: string | undefined;
       if (action === 'proceed' && mode !== Mode.Read) {
         const own = this.#ownership(t, seg, op);
         if (own === LEASE_HOLD) {
@@ -482,13 +525,30 @@ export class VdiskDevice implements BlockDevice {
           detail = own;
         }
       }
-      if (action === 'proceed') return this.#containerIo(t, mode, op, seg, lba, blocks, buf, bufOff, fua, caw);
+      if (action === 'proceed') {
+        // One copy: the path as it always was (maxLegs and legCountOf are typed-array reads).
+        if (t.maxLegs === 1 || t.legCountOf(seg) < 2) return this.#containerIo(t, mode, op, seg, lba, blocks, buf, bufOff, fua, caw);
+        const failed = await this.#legsIo(t, mode, op, seg, lba, blocks, buf, bufOff, fua, caw);
+        if (failed === null) return;
+        // Some legs have the write, one has not: held until the controller
+        // drops that leg, then written again on the legs of the new table.
+        // A CAW compared equal and wrote: the retry only writes (comparing
+        // against its own data would report a miscompare for a write done).
+        if (mode === Mode.Caw) {
+          mode = Mode.Write;
+          (caw as CawPiece).result = -1;
+        }
+        action = 'fault';
+        detail = failed.detail;
+        failedContainer = failed.container;
+      }
       if (action === 'zero-read') {
         (buf as Buffer).fill(0, bufOff, bufOff + blocks * this.blockSize);
         return;
       }
       const fault: Fault = { vdiskId: this.vdiskId, version: t.version, segment: seg, op, lba, blocks, state: faultState };
       if (detail !== undefined) fault.detail = detail;
+      if (failedContainer !== undefined) fault.failedContainer = failedContainer;
       if (action === 'fail') {
         this.#report(fault);
         throw this.#error(isWrite(op) ? 'write-error' : 'read-error', op, seg, lba, blocks, segmentStateName(state));
@@ -503,7 +563,13 @@ export class VdiskDevice implements BlockDevice {
         continue;
       }
       faultedAt = t.version;
-      if (debugEnabled()) {
+      if (failedContainer !== undefined) {
+        log.warn(`${ioOpName(op)} lba=${lba} len=${blocks} on ${this.#name()} segment ${seg}: leg on container ${failedContainer} failed, held for the controller`, {
+          vdisk: this.vdiskId,
+          version: t.version,
+          error: detail,
+        });
+      } else if (debugEnabled()) {
         log.debug(`${ioOpName(op)} lba=${lba} len=${blocks} on ${this.#name()} segment ${seg}: ${segmentStateName(faultState)}, fault`, {
           vdisk: this.vdiskId,
           version: t.version,
@@ -526,7 +592,8 @@ export class VdiskDevice implements BlockDevice {
   async #miscompares(t: MappingTable, seg: number, lba: number, blocks: number, caw: CawPiece): Promise<boolean> {
     const len = blocks * this.blockSize;
     const stored = readBuffer(len);
-    await this.#containerIo(t, Mode.Read, IoOp.Read, seg, lba, blocks, stored, 0, false);
+    if (t.legCountOf(seg) < 2) await this.#containerIo(t, Mode.Read, IoOp.Read, seg, lba, blocks, stored, 0, false);
+    else await this.#legsIo(t, Mode.Read, IoOp.Read, seg, lba, blocks, stored, 0, false);
     if (stored.equals(caw.verify)) return false;
     for (let i = 0; i < len; i++) {
       if (stored[i] !== caw.verify[i]) {
@@ -633,19 +700,246 @@ export class VdiskDevice implements BlockDevice {
       }
       this.#dirty.add(driver);
     } catch (e) {
-      const detail = (e as Error).message;
-      // A container that is away (its driver already held the I/O up to the
-      // hold timeout) says nothing about the medium: no error fault for the
-      // segment, and a sense the initiator retries.
-      if (isUnreachable(e)) throw this.#error('unreachable', op, seg, lba, blocks, detail);
-      this.#report({ vdiskId: this.vdiskId, version: t.version, segment: seg, op, lba, blocks, state: SegmentState.Error, detail });
-      const code = (e as { code?: unknown }).code;
-      const kind: BlockErrorKind =
-        code === 'ENOSPC' || code === 'EDQUOT' ? 'no-space' : mode === Mode.Read ? 'read-error' : 'write-error';
-      throw this.#error(kind, op, seg, lba, blocks, detail);
+      throw this.#ioFailed(t, mode, op, seg, lba, blocks, e);
     } finally {
       this.#gate.leave(seg);
     }
+  }
+
+  /** The error for a piece whose container I/O failed (on its only copy, or on every leg): reported as state error unless unreachable. */
+  #ioFailed(t: MappingTable, mode: Mode, op: IoOp, seg: number, lba: number, blocks: number, e: unknown): VdiskIoError {
+    const detail = (e as Error).message;
+    // A container that is away (its driver already held the I/O up to the
+    // hold timeout) says nothing about the medium: no error fault for the
+    // segment, and a sense the initiator retries.
+    if (isUnreachable(e)) return this.#error('unreachable', op, seg, lba, blocks, detail);
+    this.#report({ vdiskId: this.vdiskId, version: t.version, segment: seg, op, lba, blocks, state: SegmentState.Error, detail });
+    const code = (e as { code?: unknown }).code;
+    const kind: BlockErrorKind = code === 'ENOSPC' || code === 'EDQUOT' ? 'no-space' : mode === Mode.Read ? 'read-error' : 'write-error';
+    return this.#error(kind, op, seg, lba, blocks, detail);
+  }
+
+  /** The driver of a leg's container (cached by slot until the next swap), or undefined when this agent has none. */
+  #legDriver(t: MappingTable, slot: number): ContainerDriver | undefined {
+    let driver = this.#drivers[slot];
+    if (driver === undefined) {
+      driver = this.#containers.get(t.containers[slot] as string);
+      this.#drivers[slot] = driver;
+    }
+    return driver;
+  }
+
+  /**
+   * A piece on a mirrored segment (two or more legs), inside one gate
+   * enter/leave: an install that changes the segment waits for every leg.
+   * Write-like modes go to all legs in parallel; a read goes to one leg and
+   * fails over; CAW compares one leg's data and writes all legs. Returns null
+   * when done, or the failed leg when others succeeded (a leg fault for the
+   * caller to hold; further failed legs are reported here). Every leg failed:
+   * throws as one copy would.
+   */
+  async #legsIo(
+    t: MappingTable,
+    mode: Mode,
+    op: IoOp,
+    seg: number,
+    lba: number,
+    blocks: number,
+    buf: Buffer | null,
+    bufOff: number,
+    fua: boolean,
+    caw?: CawPiece,
+  ): Promise<LegFailure | null> {
+    const n = t.legCountOf(seg);
+    const bs = this.blockSize;
+    const within = (lba - seg * this.#blocksPerSegment) * bs;
+    const len = blocks * bs;
+    this.#gate.enter(seg);
+    try {
+      if (mode === Mode.Read) {
+        await this.#readLegs(t, mode, op, seg, lba, blocks, n, within, buf as Buffer, bufOff, len);
+        return null;
+      }
+      let data: Buffer | null = null;
+      if (mode === Mode.Caw) {
+        const c = caw as CawPiece;
+        const stored = readBuffer(len);
+        await this.#readLegs(t, mode, op, seg, lba, blocks, n, within, stored, 0, len);
+        if (!stored.equals(c.verify)) {
+          for (let i = 0; i < len; i++) {
+            if (stored[i] !== c.verify[i]) {
+              c.result = i;
+              return null;
+            }
+          }
+        }
+        data = buf as Buffer;
+      } else if (mode === Mode.Write) {
+        const b = buf as Buffer;
+        data = bufOff === 0 && len === b.length ? b : b.subarray(bufOff, bufOff + len);
+      }
+      const errors = await Promise.all(
+        Array.from({ length: n }, (_, leg) => this.#writeLeg(t, mode, seg, leg, within, len, data, fua)),
+      );
+      let first = -1;
+      let failures = 0;
+      for (let leg = 0; leg < n; leg++) {
+        if (errors[leg] === undefined) continue;
+        failures++;
+        if (first < 0) first = leg;
+      }
+      if (failures === 0) {
+        if (mode === Mode.Caw) (caw as CawPiece).result = -1;
+        return null;
+      }
+      if (failures === n) {
+        // Prefer a medium error to an unreachable one: it is what the initiator must hear.
+        const media = errors.find((e) => !isUnreachable(e));
+        throw this.#ioFailed(t, mode, op, seg, lba, blocks, media ?? errors[first]);
+      }
+      for (let leg = first + 1; leg < n; leg++) {
+        const e = errors[leg];
+        if (e !== undefined) this.#reportLeg(t, op, seg, lba, blocks, leg, e);
+      }
+      return { container: t.containers[t.legSlotOf(seg, first)] as string, detail: (errors[first] as Error).message };
+    } finally {
+      this.#gate.leave(seg);
+    }
+  }
+
+  /** One leg's share of a mirrored write-like piece: undefined when it has the data, else why not. */
+  async #writeLeg(t: MappingTable, mode: Mode, seg: number, leg: number, within: number, len: number, data: Buffer | null, fua: boolean): Promise<unknown> {
+    const slot = t.legSlotOf(seg, leg);
+    const driver = this.#legDriver(t, slot);
+    if (driver === undefined) return new NoDriverError(`container ${t.containers[slot]} is not reachable from this agent`);
+    const offset = t.legOffsetOf(seg, leg) * t.segmentSize + within;
+    try {
+      if (mode === Mode.Zero) await driver.writeZeroes(offset, len);
+      else if (mode === Mode.Discard) await driver.discard(offset, len);
+      else await driver.write(offset, data as Buffer, fua ? FUA : undefined);
+      this.#dirty.add(driver);
+      return undefined;
+    } catch (e) {
+      return e ?? new Error('container I/O failed');
+    }
+  }
+
+  /**
+   * Reads a mirrored piece from one leg, failing over leg by leg; a leg that
+   * failed before another served the read is reported (a leg fault whose
+   * answer nobody waits for). Every leg failed: throws as one copy would.
+   */
+  async #readLegs(t: MappingTable, mode: Mode, op: IoOp, seg: number, lba: number, blocks: number, n: number, within: number, buf: Buffer, bufOff: number, len: number): Promise<void> {
+    const start = this.#readLeg(t, seg, n);
+    let errors: unknown[] | null = null;
+    for (let i = 0; i < n; i++) {
+      const leg = (start + i) % n;
+      const slot = t.legSlotOf(seg, leg);
+      const driver = this.#legDriver(t, slot);
+      try {
+        if (driver === undefined) throw new NoDriverError(`container ${t.containers[slot]} is not reachable from this agent`);
+        await driver.readInto(t.legOffsetOf(seg, leg) * t.segmentSize + within, buf, bufOff, len);
+      } catch (e) {
+        (errors ??= new Array<unknown>(n))[leg] = e ?? new Error('container I/O failed');
+        continue;
+      }
+      if (errors !== null) {
+        for (let l = 0; l < n; l++) if (errors[l] !== undefined) this.#reportLeg(t, op, seg, lba, blocks, l, errors[l]);
+      }
+      return;
+    }
+    const all = errors as unknown[];
+    const media = all.find((e) => !isUnreachable(e));
+    throw this.#ioFailed(t, mode, op, seg, lba, blocks, media ?? all[start]);
+  }
+
+  /**
+   * The leg a read starts on: the first near leg whose container is
+   * reachable, else one spread by segment and agent number (so agents and
+   * segments share the load) skipping unreachable containers; with none
+   * reachable, the spread one (its driver says why).
+   */
+  #readLeg(t: MappingTable, seg: number, n: number): number {
+    const r = this.#containers;
+    const ids = t.containers;
+    if (r.near !== undefined) {
+      for (let leg = 0; leg < n; leg++) {
+        const id = ids[t.legSlotOf(seg, leg)] as string;
+        if (r.near(id) && (r.reachable === undefined || r.reachable(id))) return leg;
+      }
+    }
+    const start = (seg + this.#ownerId) % n;
+    if (r.reachable === undefined) return start;
+    for (let i = 0; i < n; i++) {
+      const leg = (start + i) % n;
+      if (r.reachable(ids[t.legSlotOf(seg, leg)] as string)) return leg;
+    }
+    return start;
+  }
+
+  /**
+   * A container's flush failed on a mirrored vdisk. Used by no segment of
+   * the table any more (its legs were dropped): what was written to it no
+   * longer counts, it is forgotten (true). A leg of a mirrored segment: a
+   * leg fault for that segment, held like any, so the controller drops the
+   * container's legs; true if it then has. Otherwise (a segment's only copy
+   * is there) false: the flush fails as with one copy.
+   */
+  async #flushFailed(d: ContainerDriver, e: unknown): Promise<boolean> {
+    const detail = `SYNCHRONIZE CACHE: ${(e as Error).message}`;
+    const seg = this.#legUse(d.id);
+    if (seg === NOT_USED) {
+      log.warn(`${this.#name()}: flush of container ${d.id} failed; no segment uses it any more, its writes are forgotten`, { vdisk: this.vdiskId, error: detail });
+      return true;
+    }
+    if (seg === SOLE_COPY) return false;
+    const t = this.#table;
+    const lba = seg * this.#blocksPerSegment;
+    const blocks = Math.min(this.#blocksPerSegment, t.blockCount - lba);
+    log.warn(`${this.#name()} segment ${seg}: flush of leg on container ${d.id} failed, held for the controller`, { vdisk: this.vdiskId, version: t.version, error: detail });
+    const deadline = Date.now() + this.holdTimeoutMs;
+    const asked = this.#faults
+      .fault({ vdiskId: this.vdiskId, version: t.version, segment: seg, op: IoOp.Write, lba, blocks, state: t.stateOf(seg), detail, failedContainer: d.id })
+      .catch((): typeof UNDELIVERED => UNDELIVERED);
+    const r = await this.#hold(this.#race(asked, deadline));
+    if (r === TIMEOUT || r === UNDELIVERED || r.action !== 'retry') return false;
+    while (this.#table.version < (r.minVersion ?? 0)) {
+      if (!(await this.#hold(this.#waitSwap(deadline)))) return false;
+    }
+    return this.#legUse(d.id) === NOT_USED;
+  }
+
+  /**
+   * How the table uses a container: NOT_USED, SOLE_COPY (only as the one
+   * copy of segments), else the first mirrored segment with a leg on it.
+   * Scans the table: only after a failed flush.
+   */
+  #legUse(id: string): number {
+    const t = this.#table;
+    const slot = t.containers.indexOf(id);
+    if (slot < 0) return NOT_USED;
+    let sole = false;
+    for (let s = 0; s < t.segmentCount; s++) {
+      const n = t.legCountOf(s);
+      for (let leg = 0; leg < n; leg++) {
+        if (t.legSlotOf(s, leg) !== slot) continue;
+        if (n > 1) return s;
+        sole = true;
+      }
+    }
+    return sole ? SOLE_COPY : NOT_USED;
+  }
+
+  /** A leg fault whose answer does not matter: the I/O went on without that leg. */
+  #reportLeg(t: MappingTable, op: IoOp, seg: number, lba: number, blocks: number, leg: number, e: unknown): void {
+    const container = t.containers[t.legSlotOf(seg, leg)] as string;
+    const detail = (e as Error).message;
+    log.warn(`${ioOpName(op)} lba=${lba} len=${blocks} on ${this.#name()} segment ${seg}: leg on container ${container} failed, reported`, {
+      vdisk: this.vdiskId,
+      version: t.version,
+      error: detail,
+    });
+    this.#report({ vdiskId: this.vdiskId, version: t.version, segment: seg, op, lba, blocks, state: t.stateOf(seg), detail, failedContainer: container });
   }
 
   /**
@@ -819,13 +1113,23 @@ function changedRanges(a: MappingTable, b: MappingTable): SegmentRange[] {
   const out: SegmentRange[] = [];
   const n = Math.min(a.segmentCount, b.segmentCount);
   for (let s = 0; s < n; s++) {
-    if (a.stateOf(s) === b.stateOf(s) && a.containerOf(s) === b.containerOf(s) && a.containerOffsetOf(s) === b.containerOffsetOf(s)) continue;
+    if (a.stateOf(s) === b.stateOf(s) && a.containerOf(s) === b.containerOf(s) && a.containerOffsetOf(s) === b.containerOffsetOf(s) && sameExtraLegs(a, b, s)) continue;
     const last = out[out.length - 1];
     if (last !== undefined && last.first + last.count === s) last.count++;
     else out.push({ first: s, count: 1 });
   }
   if (b.segmentCount > a.segmentCount) out.push({ first: a.segmentCount, count: b.segmentCount - a.segmentCount });
   return out;
+}
+
+/** Whether segment `s` has the same extra legs (container and offset) in both tables. */
+function sameExtraLegs(a: MappingTable, b: MappingTable, s: number): boolean {
+  const n = a.legCountOf(s);
+  if (n !== b.legCountOf(s)) return false;
+  for (let leg = 1; leg < n; leg++) {
+    if (a.containers[a.legSlotOf(s, leg)] !== b.containers[b.legSlotOf(s, leg)] || a.legOffsetOf(s, leg) !== b.legOffsetOf(s, leg)) return false;
+  }
+  return true;
 }
 
 /** Waits for every task, then throws the first failure in submission (LBA) order. */

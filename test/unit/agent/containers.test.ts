@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AgentContainers, type IscsiScanResult } from '../../../src/agent/containers.js';
 import { defaultHostId } from '../../../src/agent/agent.js';
+import type { LegHints } from '../../../src/agent/vdisk-device.js';
 import type { ContainerDriver } from '../../../src/container/driver.js';
 import { openContainer, type FileDriverOptions } from '../../../src/container/file-driver.js';
 import { initContainer } from '../../../src/container/init.js';
@@ -143,6 +144,30 @@ describe('agent/AgentContainers', () => {
     await cs.setShared([{ id: 'c0c0c0c0-0000-4000-8000-000000000003', shared: true }]);
     await cs.refresh();
     expect(opens.slice(3)).to.deep.equal(['c.img direct']);
+  });
+
+  it('says which containers are near (ContainerSet) and which are reachable now, for mirrored reads', async () => {
+    await initContainer(join(dir, 'a.img'), { size: 4 << 20, id: CONTAINER_ID, segmentSize: SEG });
+    const l = lun(L1);
+    cs = new AgentContainers([join(dir, '*.img'), URL], { scanIscsi: async () => ({ found: [l], problems: [] }) });
+    // What the agent hands its devices as their resolver gives them both hints.
+    const hints: Required<LegHints> = cs;
+    await cs.refresh();
+    expect([hints.near(CONTAINER_ID), cs.near(L1)]).to.deep.equal([false, false]);
+    await cs.setShared([
+      { id: CONTAINER_ID, shared: false, near: true },
+      { id: L1, shared: false },
+    ]);
+    expect([cs.near(CONTAINER_ID), cs.near(L1)]).to.deep.equal([true, false]);
+    expect([cs.reachable(CONTAINER_ID), cs.reachable(L1), cs.reachable(C2)]).to.deep.equal([true, true, false]);
+    // The session's state counts at once, between scans.
+    l.state = 'down';
+    expect(cs.reachable(L1)).to.equal(false);
+    l.state = 'up';
+    expect(cs.reachable(L1)).to.equal(true);
+    // A later ContainerSet replaces the near set.
+    await cs.setShared([{ id: L1, shared: false, near: true }]);
+    expect([cs.near(CONTAINER_ID), cs.near(L1)]).to.deep.equal([false, true]);
   });
 
   it('a LUN-form locator is not scanned again while its LUN is open (no session churn); a portal is', async () => {

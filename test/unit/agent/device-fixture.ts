@@ -16,6 +16,8 @@ export const BPS = SEG / BS; // 128 blocks per segment
 export const DATA_OFFSET = 1 << 20; // the label's default
 export const C1 = '11111111-0000-4000-8000-000000000001';
 export const C2 = '22222222-0000-4000-8000-000000000002';
+/** Only in fixtures made with three containers. */
+export const C3 = '33333333-0000-4000-8000-000000000003';
 
 export interface Call {
   op: 'read' | 'write' | 'flush' | 'discard' | 'zero';
@@ -84,12 +86,14 @@ export class SpyDriver implements ContainerDriver {
     if (this.failWith) throw this.failWith;
     return this.inner.flush();
   }
-  discard(offset: number, length: number): Promise<void> {
+  async discard(offset: number, length: number): Promise<void> {
     this.calls.push({ op: 'discard', container: this.id, offset, length });
+    if (this.failWith) throw this.failWith;
     return this.inner.discard(offset, length);
   }
-  writeZeroes(offset: number, length: number): Promise<void> {
+  async writeZeroes(offset: number, length: number): Promise<void> {
     this.calls.push({ op: 'zero', container: this.id, offset, length });
+    if (this.failWith) throw this.failWith;
     return this.inner.writeZeroes(offset, length);
   }
   close(): Promise<void> {
@@ -106,16 +110,18 @@ export interface Fixture {
   cleanup(): Promise<void>;
 }
 
-/** Two containers of `segments` segments each, in a fresh temp dir. */
-export async function fixture(segments = 16): Promise<Fixture> {
+/** Two (or three) containers of `segments` segments each, in a fresh temp dir. */
+export async function fixture(segments = 16, containers: 2 | 3 = 2): Promise<Fixture> {
   const dir = mkdtempSync(join(tmpdir(), 'tabula-vdisk-'));
   const calls: Call[] = [];
   const paths: Record<string, string> = {};
   const drivers: Record<string, SpyDriver> = {};
-  for (const [name, id] of [
+  const all = [
     ['c1', C1],
     ['c2', C2],
-  ] as const) {
+    ['c3', C3],
+  ] as const;
+  for (const [name, id] of all.slice(0, containers)) {
     const path = join(dir, `${name}.img`);
     await initContainer(path, { size: DATA_OFFSET + segments * SEG, id, segmentSize: SEG });
     paths[id] = path;

@@ -5,7 +5,8 @@ import { expect } from 'chai';
 import { FaultChannel, wireFaultSink, type FaultLink } from '../../../src/agent/fault-channel.js';
 import { ReleaseLostError } from '../../../src/agent/fault.js';
 import type { LinkEventName, LinkEvents } from '../../../src/agent/controller-link.js';
-import type { AgentMessage } from '../../../src/wire/proto-types.js';
+import { FaultAction, type AgentMessage, type Fault } from '../../../src/wire/proto-types.js';
+import { IoOp, SegmentState } from '../../../src/table/segment-state.js';
 
 /** A controller link that is up or down, records what is sent, and can emit events. */
 class FakeLink implements FaultLink {
@@ -30,7 +31,10 @@ class FakeLink implements FaultLink {
     return true;
   }
 
-  sendFault(): boolean {
+  readonly faults: Fault[] = [];
+
+  sendFault(f: Fault): boolean {
+    this.faults.push(f);
     return this.up;
   }
 }
@@ -70,5 +74,23 @@ describe('agent: fault channel releases', () => {
     if (sent?.body !== 'release') throw new Error('no release sent');
     link.emit('releaseReply', { requestId: sent.release.requestId, ok: true, tableVersion: 4, error: '' });
     expect(await asked).to.deep.equal({ ok: true, version: 4 });
+  });
+});
+
+describe('agent: fault channel leg faults', () => {
+  it('carries failedContainer for a leg fault only; a one-copy fault has no such field', async () => {
+    const link = new FakeLink();
+    const sink = wireFaultSink(new FaultChannel(link), () => 10_000);
+    const base = { vdiskId: 'v1', version: 7, segment: 3, op: IoOp.Write, lba: 384, blocks: 8, state: SegmentState.Normal };
+    const leg = sink.fault({ ...base, detail: 'EIO', failedContainer: 'c2' });
+    const one = sink.fault({ ...base, state: SegmentState.Zero });
+    expect(link.faults.map((f) => [f.segment, f.state, f.failedContainer, f.detail])).to.deep.equal([
+      [3, SegmentState.Normal, 'c2', 'EIO'],
+      [3, SegmentState.Zero, undefined, ''],
+    ]);
+    expect('failedContainer' in (link.faults[1] as object)).to.equal(false);
+    for (const f of link.faults) link.emit('faultReply', { faultId: f.faultId, action: FaultAction.Retry, tableVersion: 8, senseKey: 0, asc: 0, ascq: 0, reason: '' });
+    expect(await leg).to.deep.equal({ action: 'retry', minVersion: 8 });
+    expect(await one).to.deep.equal({ action: 'retry', minVersion: 8 });
   });
 });

@@ -13,6 +13,7 @@ import { RawInitiator } from '../../support/raw-initiator.js';
 import { FakeController } from './fake-controller.js';
 import { vdiskDeviceFactory, type AgentDevice } from '../../../src/agent/device-port.js';
 import type { ContainerDriver, ContainerResolver, ContainerWriteOptions } from '../../../src/container/driver.js';
+import type { LegHints } from '../../../src/agent/vdisk-device.js';
 export { read10, write10 } from '../../support/cdb.js';
 
 export const KiB = 1024;
@@ -58,8 +59,11 @@ export interface Rig {
   containerPath: string;
   agent: Agent;
   devices: Map<string, AgentDevice>;
-  /** While set, container writes wait for it (I/O in flight that a table install must drain). */
-  gate: { writes: Promise<void> | null; writesStarted: number };
+  /**
+   * While `writes` is set, container writes wait for it (I/O in flight that a
+   * table install must drain); writes to containers in `failing` fail EIO.
+   */
+  gate: { writes: Promise<void> | null; writesStarted: number; failing?: Set<string> };
   port: number;
   close(): Promise<void>;
 }
@@ -207,14 +211,22 @@ export async function until(cond: () => boolean, ms: number, what: string): Prom
   }
 }
 
-/** Container drivers whose writes can be held by the test. */
-class GatedResolver implements ContainerResolver {
+/** Container drivers whose writes can be held (or failed) by the test; the agent's leg hints pass through. */
+class GatedResolver implements ContainerResolver, LegHints {
   readonly #wrapped = new Map<string, ContainerDriver>();
 
   constructor(
-    private readonly inner: ContainerResolver,
+    private readonly inner: ContainerResolver & LegHints,
     private readonly gate: Rig['gate'],
   ) {}
+
+  near(id: string): boolean {
+    return this.inner.near?.(id) ?? false;
+  }
+
+  reachable(id: string): boolean {
+    return this.inner.reachable?.(id) ?? true;
+  }
 
   get(id: string): ContainerDriver | undefined {
     const d = this.inner.get(id);
@@ -233,6 +245,7 @@ class GatedResolver implements ContainerResolver {
         async write(offset: number, data: Buffer, opts?: ContainerWriteOptions): Promise<void> {
           gate.writesStarted++;
           if (gate.writes) await gate.writes;
+          if (gate.failing?.has(d.id) === true) throw Object.assign(new Error(`EIO: i/o error, write ${d.path}`), { code: 'EIO' });
           return d.write(offset, data, opts);
         },
         flush: () => d.flush(),
