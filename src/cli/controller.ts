@@ -14,6 +14,7 @@ export const CONTROLLER_FLAGS: readonly FlagSpec[] = [
   { flag: 'ack-timeout', key: 'controller.ack-timeout' },
   { flag: 'hold-timeout', key: 'controller.hold-timeout' },
   { flag: 'command-timeout', key: 'controller.command-timeout' },
+  { flag: 'rebuild-delay', key: 'controller.mirrors.rebuild-delay' },
   { flag: 'metrics-listen', key: 'controller.metrics-listen' },
   { flag: 'tls-cert', key: 'security.tls.cert', path: true },
   { flag: 'tls-key', key: 'security.tls.key', path: true },
@@ -41,7 +42,11 @@ export function controllerCommand(y: Argv): Argv {
           .option('metrics-listen', { type: 'string', describe: 'Prometheus /metrics on HOST:PORT, :PORT or PORT (loopback)' })
           .option('ack-timeout', { type: 'number', describe: 'seconds an agent has to ack a table version before it is fenced (default 3)' })
           .option('hold-timeout', { type: 'number', describe: 'seconds agents hold a faulted I/O before NOT READY (default 10)' })
-          .option('command-timeout', { type: 'number', describe: 'seconds a copy or zero command may take, plus 64 ms per MiB (default 10)' }),
+          .option('command-timeout', { type: 'number', describe: 'seconds a copy or zero command may take, plus 64 ms per MiB (default 10)' })
+          .option('rebuild-delay', {
+            type: 'number',
+            describe: "seconds a failed container's copies wait for it to come back (resync) before they are rebuilt elsewhere (default 600; 0 = at once)",
+          }),
       ),
     async (args) => {
       checkSeconds(args['ack-timeout'], '--ack-timeout');

@@ -1,15 +1,16 @@
-// `tabula vdisk create|ls|show|rm|resize|table|snapshot|clone` and the
-// migration verbs (`migrate`, `migrate-status`, `migrate-cancel`) over the
-// admin API.
+// `tabula vdisk create|ls|show|rm|resize|table|snapshot|clone`, the
+// migration verbs (`migrate`, `migrate-status`, `migrate-cancel`) and the
+// mirror verbs (`set-copies`, `repair`) over the admin API.
 import type { Argv } from 'yargs';
 import type { ExportInfo, VdiskInfo } from '../wire/proto-types.js';
 import { formatSize, parseSize } from '../util/size.js';
 import { CliError, adminOptions, quietLogs, withAdmin } from './admin-client.js';
 import { migrationLine, migrationRows, requireDone, waitMigrations } from './migration-progress.js';
+import { healthLine, healthText, waitRebuild } from './mirror-progress.js';
 import { formatColumns, formatFields, print, printJson, sizeWithShare, tableJson } from './output.js';
 
 const BLOCK_SIZES = [512, 4096];
-const VERBS = 'create, ls, show, rm, resize, table, snapshot, clone, migrate, migrate-status, migrate-cancel';
+const VERBS = 'create, ls, show, rm, resize, table, snapshot, clone, migrate, migrate-status, migrate-cancel, set-copies, repair';
 
 function parseBlockSize(v: string | number | undefined): number | undefined {
   if (v === undefined) return undefined;
@@ -32,10 +33,11 @@ function statesText(states: Record<string, number>): string {
 export function vdiskRows(list: readonly VdiskInfo[]): string {
   // COPIES once some vdisk is mirrored: without, the list is as it was before mirrors.
   const copies = list.some((v) => (v.copies ?? 1) > 1);
-  const head = ['NAME', 'KIND', 'PROVISIONED', 'ALLOCATED', 'SHARED', 'EXCLUSIVE', 'TYPE', 'BLOCK', 'SEGMENT', 'VERSION', 'EXPORTS'];
-  if (copies) head.splice(7, 0, 'COPIES');
+  // HEALTH only once some vdisk is mirrored (or not healthy): one-copy listings stay as they were.
+  const health = list.some((v) => v.health != null && (v.health.copies > 1 || healthText(v.health) !== 'healthy'));
+  const header = ['NAME', 'KIND', 'PROVISIONED', 'ALLOCATED', 'SHARED', 'EXCLUSIVE', 'TYPE', ...(copies ? ['COPIES'] : []), 'BLOCK', 'SEGMENT', 'VERSION', ...(health ? ['HEALTH'] : []), 'EXPORTS'];
   return formatColumns(
-    head,
+    header,
     list.map((v) => [
       v.name,
       kindText(v),
@@ -48,6 +50,7 @@ export function vdiskRows(list: readonly VdiskInfo[]): string {
       v.blockSize,
       formatSize(v.segmentSize),
       v.version,
+      ...(health ? [healthText(v.health)] : []),
       exportsText(v.exports),
     ]),
   );
@@ -77,6 +80,7 @@ export function vdiskDetail(v: VdiskInfo): string {
     ['created', v.created],
     ['exports', exportsText(v.exports)],
     ['migration', v.migration ? migrationLine(v.migration) : '-'],
+    ['health', healthLine(v.health)],
   ]);
 }
 
@@ -194,6 +198,7 @@ export function vdiskCommand(y: Argv): Argv {
       );
     shareCommands(c);
     migrateCommands(c);
+    mirrorCommands(c);
     return c.demandCommand(1, `name a vdisk command: ${VERBS}`);
   });
 }
@@ -292,4 +297,49 @@ function migrateCommands(c: Argv): void {
         else print(migrationLine(m));
       },
     );
+}
+
+/** `set-copies` and `repair`: mirrored vdisks' copies, rebuilt online. */
+function mirrorCommands(c: Argv): void {
+  c.command(
+    'set-copies <name> <copies>',
+    'change the copies of a vdisk online: more rebuilds every allocated segment with new legs in other failure domains, fewer removes the last legs; --wait follows the rebuild',
+    (a) =>
+      adminOptions(
+        a
+          .positional('name', { type: 'string', demandOption: true, describe: 'vdisk name or id' })
+          .positional('copies', { type: 'number', demandOption: true, describe: '1, 2 or 3' })
+          .option('wait', { type: 'boolean', default: false, describe: 'follow the rebuild until it ends (exit 1 unless the vdisk is healthy)' }),
+      ),
+    async (args) => {
+      const copies = args.copies;
+      if (!Number.isInteger(copies) || copies < 1 || copies > 3) throw new CliError(`bad copies ${String(copies)}: give 1, 2 or 3`);
+      const v = await withAdmin(args, async (s) => {
+        const r = await s.call('SetVdiskCopies', { name: args.name, copies });
+        if (!args.wait) return r;
+        if (!args.json) print(`vdisk ${r.name} now has ${copies} cop${copies === 1 ? 'y' : 'ies'}: ${healthLine(r.health)}`);
+        return waitRebuild(s, r.id, { out: args.json ? undefined : process.stdout });
+      });
+      if (args.json) printJson(v);
+      else if (!args.wait) print(`vdisk ${v.name} now has ${copies} cop${copies === 1 ? 'y' : 'ies'}: ${healthLine(v.health)}`);
+    },
+  ).command(
+    'repair <name>',
+    'restore redundancy now: drop stale legs (without waiting for the rebuild delay) and rebuild degraded segments; --wait follows it',
+    (a) =>
+      adminOptions(
+        a
+          .positional('name', { type: 'string', demandOption: true, describe: 'vdisk name or id' })
+          .option('wait', { type: 'boolean', default: false, describe: 'follow the rebuild until it ends (exit 1 unless the vdisk is healthy)' }),
+      ),
+    async (args) => {
+      const v = await withAdmin(args, async (s) => {
+        const r = await s.call('RepairVdisk', { name: args.name });
+        if (!args.wait) return r;
+        return waitRebuild(s, r.id, { out: args.json ? undefined : process.stdout });
+      });
+      if (args.json) printJson(v);
+      else if (!args.wait) print(`vdisk ${v.name}: ${healthLine(v.health)}`);
+    },
+  );
 }

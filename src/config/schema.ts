@@ -75,6 +75,8 @@ export interface TabulaConfig {
     commandTimeoutSec?: number;
     /** Bounds of the fault and event logs (unset fields: the defaults in controller/retention.ts). */
     retention: { faults: LogRetention; events: LogRetention };
+    /** controller.mirrors: mirrored vdisks. */
+    mirrors: MirrorsConfig;
   };
   agent: {
     name: string;
@@ -123,6 +125,12 @@ export interface StorageConfig {
   /** Target name (default iqn.2026-11.org.tabula:storage.<host name>). */
   iqn: string;
   blockSize: 512 | 4096;
+}
+
+/** controller.mirrors (unset fields: the controller's defaults, controller/rebuild.ts). */
+export interface MirrorsConfig {
+  /** Seconds a failed container's stale legs wait for it to come back (a resync) before their segments are rebuilt elsewhere (default 600). */
+  rebuildDelaySec?: number;
 }
 
 /** controller.retention.faults / .events: newest rows kept, and the oldest age kept. */
@@ -354,7 +362,10 @@ function checkAddress(v: string, defaultPort: number): string | undefined {
 const TOP = ['role', 'data-dir', 'data-device', 'log-level', 'controller', 'agent', 'containers-init', 'all-in-one', 'storage', 'security'] as const;
 const STORAGE = ['luns', 'portal', 'iqn', 'block-size'] as const;
 const STORAGE_LUN = ['path', 'size'] as const;
-const CONTROLLER = ['listen', 'address', 'db', 'ack-timeout', 'hold-timeout', 'metrics-listen', 'command-timeout', 'retention'] as const;
+const CONTROLLER = ['listen', 'address', 'db', 'ack-timeout', 'hold-timeout', 'metrics-listen', 'command-timeout', 'retention', 'mirrors'] as const;
+const MIRRORS = ['rebuild-delay'] as const;
+/** A week: longer is a rebuild switched off in all but name. */
+const MAX_REBUILD_DELAY_SEC = 7 * 86_400;
 const RETENTION = ['faults', 'events'] as const;
 const LOG_RETENTION = ['max-rows', 'max-age-days'] as const;
 const AGENT = ['name', 'portals', 'containers', 'hold-timeout', 'metrics-listen', 'host-id', 'rescan-interval'] as const;
@@ -395,6 +406,7 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
     metricsListen: c.listen('metrics-listen', DEFAULT_CONTROLLER_METRICS_PORT),
     commandTimeoutSec: c.seconds('command-timeout'),
     retention: retentionOf(c.section('retention', RETENTION)),
+    mirrors: mirrorsOf(c.section('mirrors', MIRRORS)),
   };
   if (role === 'agent' && address === undefined && !c.has('address')) errors.push('controller.address: required when role is agent (HOST:PORT of the controller)');
 
@@ -561,6 +573,15 @@ function agentIscsi(errors: string[], r: Reader): AgentIscsiConfig {
   const sessions = count('sessions', 16);
   if (sessions !== undefined) out.sessions = sessions;
   if (commandTimeoutSec !== undefined) out.commandTimeoutSec = commandTimeoutSec;
+  return out;
+}
+
+/** controller.mirrors, as given (defaults are the controller's). */
+function mirrorsOf(r: Reader): MirrorsConfig {
+  const out: MirrorsConfig = {};
+  // 0 is allowed: rebuild at once, never wait for a resync.
+  const delay = r.count('rebuild-delay', 0, MAX_REBUILD_DELAY_SEC);
+  if (delay !== undefined) out.rebuildDelaySec = delay;
   return out;
 }
 

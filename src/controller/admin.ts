@@ -9,6 +9,7 @@ import {
   BLOCK_SIZES,
   DEFAULT_BLOCK_SIZE,
   DEFAULT_SEGMENT_SIZE,
+  MAX_COPIES,
   MAX_SEGMENT_COUNT,
   SEGMENT_STATE_NAMES,
   SegmentState,
@@ -50,7 +51,9 @@ import type {
   ResizeVdiskRequest,
   SetContainerDomainRequest,
   SetSegmentStateRequest,
+  SetVdiskCopiesRequest,
   TableReply,
+  VdiskHealthInfo,
   VdiskInfo,
   VdiskRef,
 } from '../wire/proto-types.js';
@@ -60,11 +63,12 @@ import { log } from '../util/log.js';
 import { ContainerFullError } from './allocator.js';
 import { isShared } from './agent-registry.js';
 import { backupChunks, streamBackup } from './backup.js';
-import { checkInvariants } from './check.js';
+import { checkInvariants, checkWarnings } from './check.js';
 import { ALUA_PREFERENCES, MAX_VDISK_COPIES, TableChangeError, type AluaPreference, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
-import { effectiveDomain } from './domains.js';
+import { containerDomains, effectiveDomain } from './domains.js';
 import { aluaStateName } from './port-groups.js';
 import { MigrationError } from './migration.js';
+import { RebuildError, copiesOf } from './rebuild.js';
 import { SnapshotError, removeTable, shareVdisk, shrinkTable } from './snapshots.js';
 import type { Controller } from './controller.js';
 import { wireExtent } from './table-changes.js';
@@ -109,7 +113,7 @@ export function toStatus(err: unknown): { code: grpc.status; details: string } {
   const msg = (err as Error)?.message ?? String(err);
   if (err instanceof AdminError) return { code: err.code, details: msg };
   if (err instanceof ContainerFullError) return { code: grpc.status.RESOURCE_EXHAUSTED, details: msg };
-  if (err instanceof SnapshotError || err instanceof MigrationError) return { code: grpc.status.FAILED_PRECONDITION, details: msg };
+  if (err instanceof SnapshotError || err instanceof MigrationError || err instanceof RebuildError) return { code: grpc.status.FAILED_PRECONDITION, details: msg };
   if (err instanceof TableChangeError || err instanceof RangeError || err instanceof SizeError) {
     return { code: grpc.status.INVALID_ARGUMENT, details: msg };
   }
@@ -117,9 +121,9 @@ export function toStatus(err: unknown): { code: grpc.status; details: string } {
   return { code: grpc.status.INTERNAL, details: msg };
 }
 
-/** Snapshot and migration refusals as the admin error they are. */
+/** Snapshot, migration and rebuild refusals as the admin error they are. */
 function asAdminError(err: unknown): never {
-  if (err instanceof SnapshotError || err instanceof MigrationError) throw precondition(err.message);
+  if (err instanceof SnapshotError || err instanceof MigrationError || err instanceof RebuildError) throw precondition(err.message);
   throw err;
 }
 
@@ -343,6 +347,7 @@ export class Admin {
       parentId: v.parentId ?? '',
       migration: this.#migrationInfo(v.id) ?? null,
       copies: v.copies,
+      health: this.#healthInfo(v, allocated),
       id: v.id,
       name: v.name,
       size: v.size,
@@ -357,6 +362,54 @@ export class Admin {
       states,
       exports: this.#db.exportsOfVdisk(v.id).map((e) => this.#exportInfo(e, v)),
     };
+  }
+
+  /** vdiskHealth: copies, degraded segments, stale legs, rebuild progress. */
+  #healthInfo(v: VdiskRow, allocated: number): VdiskHealthInfo {
+    const h = this.#ctrl.rebuild.health(v.id, allocated);
+    return {
+      copies: h.copies,
+      segments: h.segments,
+      degraded: h.degraded,
+      stale: h.stale,
+      dirty: h.dirty,
+      rebuilding: h.rebuilding ?? null,
+      blocked: h.blocked,
+      resyncing: null,
+    };
+  }
+
+  /**
+   * `vdisk set-copies`: more copies need as many failure domains among the
+   * containers the vdisk may use; the rebuild runs on after this returns
+   * (its progress in `vdisk show`). Fewer copies: returns once the table
+   * without the last legs is acked.
+   */
+  async SetVdiskCopies(r: Partial<SetVdiskCopiesRequest>): Promise<VdiskInfo> {
+    const v = this.#vdisk(r.name);
+    const copies = r.copies ?? 0;
+    if (!Number.isInteger(copies) || copies < 1 || copies > MAX_COPIES) throw invalid(`bad copies ${copies}: give 1 to ${MAX_COPIES}`);
+    if (this.#ctrl.migrations.running(v.id)) throw precondition(`vdisk ${v.name} is being migrated; wait for the migration or cancel it first`);
+    if (copies > copiesOf(v)) {
+      const domains = containerDomains(this.#db);
+      const eligible = this.#ctrl.allocator.eligibleContainers(v);
+      const have = [...new Set(eligible.map((c) => domains.get(c) ?? `container:${c}`))].sort();
+      if (have.length < copies) {
+        throw precondition(
+          `vdisk ${v.name}: ${copies} copies need containers in ${copies} failure domains, but the containers it may use (online, of its segment size, reached by every exporting agent) are in ${have.length}` +
+            `${have.length > 0 ? ` (${have.join(', ')})` : ''}; add containers in another domain (tabula container add --domain NAME)`,
+        );
+      }
+    }
+    await this.#ctrl.rebuild.setCopies(v.id, copies).catch(asAdminError);
+    return this.#vdiskInfo(this.#vdisk(v.id));
+  }
+
+  /** `vdisk repair`: stale legs dropped now (no rebuild delay) and degraded segments rebuilt; returns as the rebuild starts. */
+  async RepairVdisk(r: Partial<VdiskRef>): Promise<VdiskInfo> {
+    const v = this.#vdisk(r.name);
+    await this.#ctrl.rebuild.repair(v.id).catch(asAdminError);
+    return this.#vdiskInfo(this.#vdisk(v.id));
   }
 
   ListVdisks(_r: Partial<Empty>): ListVdisksReply {
@@ -708,6 +761,13 @@ export class Admin {
   EvacuateContainer(r: Partial<EvacuateContainerRequest>): ListMigrationsReply {
     const c = this.#db.findContainer(r.id ?? '');
     if (!r.id || !c) throw notFound(`unknown container ${r.id ?? ''}`);
+    if (c.state === 'failed') {
+      // Nothing can be copied off it: the legs it held are stale in their
+      // tables. Rebuild them elsewhere now instead of after the rebuild delay.
+      this.#db.event('container', c.id, 'evacuating a failed container: its stale legs are rebuilt elsewhere');
+      void this.#ctrl.rebuild.evacuate(c.id).catch((err: Error) => log.warn(`evacuating failed container ${c.id}: ${err.message}`));
+      return { migrations: [] };
+    }
     const users = this.#db.vdisksOnContainer(c.id);
     if (c.state === 'online') this.#db.setContainerState(c.id, 'draining');
     this.#db.event('container', c.id, `evacuating ${users.length} vdisks`);
@@ -731,7 +791,8 @@ export class Admin {
   Check(_r: Partial<Empty>): CheckReply {
     this.#ctrl.writeBehind.flush();
     const violations = checkInvariants(this.#db);
-    return { ok: violations.length === 0, violations };
+    const warnings = checkWarnings(this.#db);
+    return { ok: violations.length === 0, violations, ...(warnings.length > 0 ? { warnings } : {}) };
   }
 }
 

@@ -75,6 +75,8 @@ export interface AgentMessageHandlers {
   /** An agent started draining (Heartbeat.draining): its port groups are transitioning now. */
   draining(agent: string): void;
   luRequest(link: AgentLink, r: LuRequest): void;
+  /** An agent reports a container reachable: at Register, or in a ContainerUpdate where it was not before (a failed mirror leg may resync). */
+  containerReachable?(containerId: string, agent: string): void;
 }
 
 /** Exporters away whose lease may still let them serve zero and no-write segments, and how long until it surely has not. */
@@ -271,6 +273,7 @@ export class AgentRegistry {
       if (!accepted.some((c) => c.id === id)) this.#db.event('agent', name, `no longer reports container ${id}`);
     }
     this.#pushContainerSets();
+    for (const c of accepted) if (c.reachable && before.get(c.id)?.reachable !== true) this.#handlers.containerReachable?.(c.id, name);
   }
 
   /** What an agent is told about its containers now (ContainerSet): each accepted one, shared or not. */
@@ -462,6 +465,7 @@ export class AgentRegistry {
     // Before ExportSet and tables: a shared container is opened with O_DIRECT before it serves.
     this.#pushContainerSets();
     this.#handlers.registered(link, new Map(r.tables.map((t) => [t.vdiskId, t.version])));
+    for (const c of accepted) if (c.reachable) this.#handlers.containerReachable?.(c.id, r.agentName);
   }
 
   /** Null when the claim matches the registered container, else why not. */

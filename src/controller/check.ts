@@ -6,7 +6,8 @@
 // that every table entry is well formed and points at allocated space.)
 
 import { SEGMENT_STATE_NAMES, SegmentState } from '../table/index.js';
-import type { ControllerDb } from './db.js';
+import type { ControllerDb, Location } from './db.js';
+import { containerDomains } from './domains.js';
 
 const stateName = (s: number): string => SEGMENT_STATE_NAMES[s] ?? `state#${s}`;
 
@@ -81,6 +82,8 @@ export function checkInvariants(db: ControllerDb): string[] {
   // Exports of a vdisk reach every container it uses.
   for (const r of db.exportsMissingContainers()) out.push(`agent ${r.agent} exports ${vd(r.vdiskId)} but does not reach container ${r.containerId} it uses`);
 
+  out.push(...checkLegs(db, vd));
+
   // Write owners (COMPARE AND WRITE across agents) name agents that export
   // the vdisk; an owner that no longer does only costs a fault, but points
   // at a number reused or lost (an agent removed, a database restored).
@@ -93,4 +96,79 @@ export function checkInvariants(db: ControllerDb): string[] {
   }
 
   return out;
+}
+
+/**
+ * Mirrored entries: legs in distinct containers and failure domains, no
+ * more than the vdisk's copies; stale legs (kept for a resync) belong to a
+ * located segment and not to a container it still uses.
+ */
+function checkLegs(db: ControllerDb, vd: (id: string) => string): string[] {
+  const out: string[] = [];
+  for (const r of db.legShortfalls('over')) {
+    out.push(`${vd(r.vdiskId)} segment ${r.seg} has ${r.legs} legs but the vdisk keeps ${r.copies} cop${r.copies === 1 ? 'y' : 'ies'}`);
+  }
+  const domains = containerDomains(db);
+  const domainOf = (id: string): string => domains.get(id) ?? `container:${id}`;
+  for (const v of db.vdisks()) {
+    for (const { seg, legs } of db.legsOfVdisk(v.id)) {
+      const row = db.segment(v.id, seg);
+      const what = `${vd(v.id)} segment ${seg}`;
+      if (row.containerId === null || row.offset === null) {
+        out.push(`${what} has extra legs but no location`);
+        continue;
+      }
+      const all: Location[] = [{ containerId: row.containerId, offset: row.offset }, ...legs];
+      const byContainer = new Map<string, number>();
+      const byDomain = new Map<string, number>();
+      all.forEach((l, i) => {
+        const c = byContainer.get(l.containerId);
+        const d = domainOf(l.containerId);
+        if (c !== undefined) out.push(`${what} has legs ${c} and ${i} in the same container ${l.containerId}`);
+        else if (byDomain.has(d)) out.push(`${what} has legs ${byDomain.get(d) ?? '?'} and ${i} in the same failure domain ${d}`);
+        byContainer.set(l.containerId, i);
+        byDomain.set(d, i);
+      });
+    }
+  }
+  for (const st of db.staleLegs({})) {
+    const what = `${vd(st.vdiskId)} segment ${st.seg} has a stale leg on container ${st.containerId} offset ${st.offset}`;
+    const live = db.locationsOfSegment(st.vdiskId, st.seg);
+    if (live.length === 0) out.push(`${what} but no location (a stale leg is kept only beside a live one)`);
+    else if (live.some((l) => l.containerId === st.containerId)) out.push(`${what}, a container the segment still uses`);
+  }
+  return out;
+}
+
+/**
+ * What `tabula check` reports without failing: segments of mirrored vdisks
+ * with fewer legs than copies (degraded: rebuilt or resynced by the
+ * controller), one line per vdisk with the segments as ranges.
+ */
+export function checkWarnings(db: ControllerDb): string[] {
+  const out: string[] = [];
+  const bySegs = new Map<string, { copies: number; segs: number[] }>();
+  for (const r of db.legShortfalls('degraded')) {
+    let d = bySegs.get(r.vdiskId);
+    if (d === undefined) bySegs.set(r.vdiskId, (d = { copies: r.copies, segs: [] }));
+    d.segs.push(r.seg);
+  }
+  for (const [id, { copies, segs }] of bySegs) {
+    const name = db.vdisk(id)?.name ?? id;
+    out.push(`vdisk ${name}: ${segs.length} segment${segs.length === 1 ? ' is' : 's are'} degraded (fewer legs than its ${copies} copies): ${ranges(segs)}`);
+  }
+  return out;
+}
+
+/** Sorted segment numbers as `0-3, 7, 9-12` (at most 20 ranges, then how many more). */
+function ranges(segs: readonly number[]): string {
+  const parts: string[] = [];
+  let i = 0;
+  while (i < segs.length) {
+    let j = i;
+    while (j + 1 < segs.length && segs[j + 1] === (segs[j] as number) + 1) j++;
+    parts.push(i === j ? `${segs[i]}` : `${segs[i]}-${segs[j]}`);
+    i = j + 1;
+  }
+  return parts.length <= 20 ? parts.join(', ') : `${parts.slice(0, 20).join(', ')} and ${parts.length - 20} more ranges`;
 }

@@ -7,12 +7,14 @@
 //   agent-commands.ts  copy and zero commands run by agents
 //   faults.ts          what to do about each fault (its decision table)
 //   migration.ts       moving a vdisk's segments to another container
+//   mirrors.ts         a failed copy of mirrored vdisks: the leg removed per container, resync when it is back
+//   rebuild.ts         new legs for degraded segments of mirrored vdisks, set-copies, health
 //   scrubber.ts        zeroing freed container segments before reuse
 //   snapshots.ts       snapshots and clones (shared segments)
 //   lu-state.ts        each vdisk's SCSI LU state (reservations, unit attentions) for every path
 //
 // The managers see the controller through narrow interfaces (FaultHost,
-// MigrationHost, SnapshotHost, ScrubHost) listing what each uses.
+// MigrationHost, MirrorHost, SnapshotHost, ScrubHost) listing what each uses.
 
 import { randomUUID } from 'node:crypto';
 import { Allocator } from './allocator.js';
@@ -24,7 +26,10 @@ import { Exports } from './exports.js';
 import { FaultManager, type FaultHost } from './faults.js';
 import { LuStates } from './lu-state.js';
 import { MigrationManager, type MigrationHost } from './migration.js';
+import { MirrorManager, type MirrorHost } from './mirrors.js';
 import { PortGroups } from './port-groups.js';
+import { containerDomains } from './domains.js';
+import { RebuildManager } from './rebuild.js';
 import { Retention, type RetentionOptions } from './retention.js';
 import { Scrubber, type ScrubHost, type ScrubberOptions } from './scrubber.js';
 import type { SnapshotHost } from './snapshots.js';
@@ -51,9 +56,13 @@ export interface ControllerOptions {
   retention?: RetentionOptions;
   /** Base deadline of a copy or zero command (agent-commands.ts, DEFAULT_COMMAND_TIMEOUT_MS). */
   commandTimeoutMs?: number;
+  /** Age at which a failed container's stale legs are rebuilt elsewhere (rebuild.ts, DEFAULT_REBUILD_DELAY_MS). */
+  rebuildDelayMs?: number;
+  /** How often the rebuild looks for degraded segments and expired stale legs (rebuild.ts, DEFAULT_REBUILD_SCAN_MS). */
+  rebuildScanMs?: number;
 }
 
-export class Controller implements FaultHost, MigrationHost, SnapshotHost, ScrubHost {
+export class Controller implements FaultHost, MigrationHost, MirrorHost, SnapshotHost, ScrubHost {
   readonly id: string;
   readonly db: ControllerDb;
   readonly allocator: Allocator;
@@ -69,6 +78,10 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
   /** Each vdisk's LU state (persistent reservations, SPC-2 RESERVE, cross-path unit attentions). */
   readonly lu: LuStates;
   readonly migrations: MigrationManager;
+  /** Leg faults of mirrored vdisks (once per failed container) and resync when the container is back. */
+  readonly mirrors: MirrorManager;
+  /** New legs for degraded segments of mirrored vdisks (started by startController: rebuild.start()). */
+  readonly rebuild: RebuildManager;
   /** Zeroes freed container segments (through agents) before they can be allocated again. */
   readonly scrubber: Scrubber;
   /** Keeps the fault and event logs bounded, in the background. */
@@ -119,6 +132,7 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
         copyDone: (link, d) => this.commands.onDone(link, d),
         release: (link, r) => this.tables.onRelease(link, r),
         luRequest: (link, r) => this.lu.onRequest(link, r),
+        containerReachable: (id) => this.mirrors.containerReachable(id),
       },
     );
     // A settled change (or an agent back with the current table) lets held faults act.
@@ -141,6 +155,13 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
     this.faults = new FaultManager(this);
     // Writes held on a location that leaves `migrating` look again.
     this.migrations = new MigrationManager(this, settled, opts.migrationConcurrency);
+    // Writes held on a segment being resynced look again once it is done, as after a migration step.
+    this.mirrors = new MirrorManager(this, settled);
+    this.rebuild = new RebuildManager(this, settled, {
+      domains: () => containerDomains(db),
+      ...(opts.rebuildDelayMs === undefined ? {} : { delayMs: opts.rebuildDelayMs }),
+      ...(opts.rebuildScanMs === undefined ? {} : { scanIntervalMs: opts.rebuildScanMs }),
+    });
     this.scrubber = new Scrubber(this, opts.scrub);
     this.allocator.scrubSink = (locs) => this.scrubber.add(locs);
     this.retention = new Retention(db, opts.retention);
@@ -164,6 +185,8 @@ export class Controller implements FaultHost, MigrationHost, SnapshotHost, Scrub
     this.portGroups.close();
     this.tables.close();
     this.migrations.stopAll();
+    this.mirrors.close();
+    this.rebuild.stop();
     this.scrubber.stop();
     this.retention.stop();
     this.commands.close();

@@ -147,6 +147,8 @@ export async function startController(opts: StartControllerOptions): Promise<Con
   log.info(`controller listening on ${address} (db ${opts.dbPath})`);
   // Migrations a previous run left running go on (each waits for an agent that can copy).
   controller.migrations.resumeAll();
+  // Degraded segments are found again from the tables: a rebuild cut short by a restart goes on.
+  controller.rebuild.start();
   let closed: Promise<void> | undefined;
   return {
     address,

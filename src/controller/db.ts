@@ -1100,6 +1100,14 @@ export class ControllerDb {
     return true;
   }
 
+  /** One segment's stale leg on a container, if any (a resync checks it inside its change: one row, not the vdisk's list). */
+  staleLeg(vdiskId: string, seg: number, containerId: string): StaleLeg | undefined {
+    const r = this.sql.prepare('SELECT offset, dirty, since FROM stale_legs WHERE vdisk_id = ? AND seg = ? AND container_id = ?').get(vdiskId, seg, containerId) as
+      | { offset: number; dirty: number; since: string }
+      | undefined;
+    return r && { vdiskId, seg, containerId, offset: r.offset, dirty: r.dirty !== 0, since: r.since };
+  }
+
   /**
    * Container segments released by `vdiskId` at or before `version` whose
    * count is still 0: marked to be scrubbed (still allocated, not yet free)
@@ -1717,16 +1725,19 @@ export class ControllerDb {
 }
 
 /** The WHERE clause for the entries a migration still has to move (ControllerDb.countToMigrate). */
+// A mirrored segment moves one leg per migration: the one on `from`; with a
+// target only, it is moved while none of its legs is on `to` (migration.ts
+// picks which leg). Single-copy entries: leg 0, as always.
 function toMigrate(vdiskId: string, to: string | null, from: string | null): { where: string; params: string[] } {
   let where = `vdisk_id = ? AND container_id IS NOT NULL AND state IN (${SegmentState.Normal}, ${SegmentState.NoWrite})`;
   const params = [vdiskId];
-  if (to !== null) {
-    where += ' AND container_id != ?';
-    params.push(to);
-  }
+  const onLeg = 'EXISTS (SELECT 1 FROM segment_legs l WHERE l.vdisk_id = segments.vdisk_id AND l.seg = segments.seg AND l.container_id = ?)';
   if (from !== null) {
-    where += ' AND container_id = ?';
-    params.push(from);
+    where += ` AND (container_id = ? OR ${onLeg})`;
+    params.push(from, from);
+  } else if (to !== null) {
+    where += ` AND container_id != ? AND NOT ${onLeg}`;
+    params.push(to, to);
   }
   return { where, params };
 }

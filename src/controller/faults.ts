@@ -17,15 +17,19 @@
 //   normal         any other   RETRY (the agent's table is behind)
 //   zero           read/verify RETRY
 //   zero           unmap       DONE (nothing to deallocate)
-//   zero           other write allocate, push, acks, RETRY
+//   zero           other write allocate, push, acks, RETRY (a mirrored
+//                              vdisk: `copies` legs in distinct domains, fewer
+//                              (degraded) when domains run out)
 //   no-write       read/verify RETRY
 //   no-write       write-ish   being migrated: WAIT (RETRY once the remap is acked);
-//                              refcount 1: make normal, push, acks, RETRY;
-//                              shared: copy-on-write: reserve a new location,
-//                              one agent copies, commit the writer's new
-//                              mapping (normal), push, acks, RETRY; the old
-//                              location loses a reference (and a sole
-//                              remaining writable holder gets it back normal)
+//                              refcount 1: make normal (and mark the segment
+//                              dirty for a stale leg's resync), push, acks, RETRY;
+//                              shared: copy-on-write: reserve new locations
+//                              (one per copy), agents copy a healthy old leg
+//                              to each, commit the writer's new mapping
+//                              (normal), push, acks, RETRY; the old locations
+//                              lose a reference (and a sole remaining
+//                              writable holder gets them back normal)
 //   invalid        any         WAIT, answered again when the state changes
 //   error          read/verify FAIL 03/11/00; others FAIL 03/0C/00
 //   (snapshot)     write-ish   FAIL 07/27/00: snapshots are read-only
@@ -61,7 +65,8 @@ import { IoOp, SegmentState, inhibits, isIoOp, isReadOp, isSegmentState, ioOpNam
 import { FaultAction, FAULT_ACTION_NAMES, type Fault, type FaultReply } from '../wire/proto-types.js';
 import { debugEnabled, log } from '../util/log.js';
 import { ContainerFullError, locKey } from './allocator.js';
-import type { ControllerDb, Location } from './db.js';
+import type { ControllerDb, Location, VdiskRow } from './db.js';
+import { containerDomains } from './domains.js';
 import type { AgentLink } from './agent-link.js';
 import { isOverdue, type AgentCommands } from './agent-commands.js';
 import type { AgentRegistry } from './agent-registry.js';
@@ -69,6 +74,7 @@ import type { CommitResult, TableChanges } from './table-changes.js';
 import type { WriteBehind } from './write-behind.js';
 import type { Allocator } from './allocator.js';
 import { Sense as ScsiSense, type Asc } from '../scsi/sense.js';
+import type { LegFault, MirrorManager } from './mirrors.js';
 
 /**
  * Sense data the controller hands out (key, asc, ascq), named from the one
@@ -139,6 +145,8 @@ type Action = 'allocate' | 'make-writable' | 'copy' | 'take-ownership';
 
 /** How often a fault waiting for an unreachable container's room is looked at again. */
 const UNREACHABLE_RECHECK_MS = 1000;
+/** A vdisk's degraded allocations are logged at most this often. */
+const DEGRADED_LOG_MS = 60_000;
 
 const isAction = (d: Decision): boolean => d.kind === 'allocate' || d.kind === 'make-writable' || d.kind === 'copy' || d.kind === 'take-ownership';
 
@@ -194,10 +202,27 @@ export function decide(state: SegmentState, op: IoOp, refcount: number, ctx: Dec
   }
 }
 
+/**
+ * The reference count that decides between make-writable and copy-on-write:
+ * the highest over the segment's legs (a snapshot shares every leg; one
+ * moved by a migration for this vdisk alone is exclusive while the others
+ * stay shared). 0 without a location.
+ */
+export function segmentRefcount(db: Pick<ControllerDb, 'refcount'>, locs: readonly Location[]): number {
+  let n = 0;
+  for (const l of locs) n = Math.max(n, db.refcount(l));
+  return n;
+}
+
+/** The same locations in the same leg order. */
+export function sameLocations(a: readonly Location[], b: readonly Location[]): boolean {
+  return a.length === b.length && a.every((l, i) => l.containerId === b[i]?.containerId && l.offset === b[i]?.offset);
+}
+
 /** What the fault manager needs of the controller. */
 export interface FaultHost {
   readonly db: ControllerDb;
-  readonly allocator: Pick<Allocator, 'reserve' | 'unreserve' | 'awayWithRoom'>;
+  readonly allocator: Pick<Allocator, 'reserve' | 'unreserve' | 'awayWithRoom' | 'eligibleContainers' | 'freeSegments'>;
   /** The fault log is written behind the replies. */
   readonly writeBehind: Pick<WriteBehind, 'add'>;
   /** The controller is shutting down: nothing more is decided. */
@@ -207,6 +232,8 @@ export interface FaultHost {
   readonly tables: Pick<TableChanges, 'table' | 'quiesce' | 'changeTable' | 'settleShared'>;
   readonly agents: Pick<AgentRegistry, 'exportersInLease' | 'soleHolder'>;
   readonly commands: Pick<AgentCommands, 'copyAgent' | 'copy'>;
+  /** Decides leg faults of mirrored vdisks (mirrors.ts); absent: they are handled as any fault. */
+  readonly mirrors?: Pick<MirrorManager, 'legFault'>;
 }
 
 /** A fault's row in the fault log, written behind (FaultHost.writeBehind): its id once inserted. */
@@ -236,6 +263,8 @@ interface SegmentCase {
 export class FaultManager {
   readonly #host: FaultHost;
   readonly #cases = new Map<string, SegmentCase>();
+  /** When each vdisk's degraded allocation was last logged. */
+  readonly #degradedLogged = new Map<string, number>();
 
   constructor(host: FaultHost) {
     this.#host = host;
@@ -287,6 +316,12 @@ export class FaultManager {
     // Debug, not info: every fault is in the fault log (tabula fault ls) already.
     // Guarded: winston formats (timestamp, JSON) even what its level then drops.
     if (debugEnabled()) log.debug(`fault: agent ${agent} vdisk ${vdisk.name} segment ${f.segment} ${opName} lba ${f.lba}+${f.blocks} in state ${stateName} (table v${f.tableVersion})`);
+    // A leg fault (one copy failed, another took the I/O) is decided per container, not per segment.
+    const failed = (f as LegFault).failedContainer;
+    if (failed !== undefined && failed !== '' && this.#host.mirrors !== undefined) {
+      this.#host.mirrors.legFault(f, (d) => this.#reply(w, d.kind === 'retry' ? d : { kind: 'fail', cause: 'internalError', reason: d.reason }));
+      return;
+    }
     const key = `${f.vdiskId}:${f.segment}`;
     let c = this.#cases.get(key);
     if (c === undefined) {
@@ -334,11 +369,11 @@ export class FaultManager {
           break;
         }
         const row = host.db.segment(c.vdiskId, c.seg);
-        const loc = row.containerId !== null && row.offset !== null ? { containerId: row.containerId, offset: row.offset } : null;
-        const refcount = loc !== null ? host.db.refcount(loc) : 0;
+        const locs = row.containerId !== null && row.offset !== null ? host.db.locationsOfSegment(c.vdiskId, c.seg) : [];
+        const refcount = segmentRefcount(host.db, locs);
         const dctx: DecideContext = {
           snapshot: vdisk.kind === 'snapshot',
-          migrating: loc !== null && host.migrating.has(locKey(loc)),
+          migrating: locs.some((l) => host.migrating.has(locKey(l))),
           owner: host.db.segmentOwner(c.vdiskId, c.seg),
           shared: host.db.exportsOfVdisk(c.vdiskId).length > 1,
         };
@@ -382,8 +417,8 @@ export class FaultManager {
         if (action !== undefined) {
           const kind = action.kind as Exclude<Action, 'take-ownership'>;
           const failed =
-            kind === 'copy' && loc !== null
-              ? await this.#copyOnWrite(c, loc, c.waiters[0]?.link.name ?? null)
+            kind === 'copy' && locs.length > 0
+              ? await this.#copyOnWrite(c, locs, c.waiters[0]?.link.name ?? null)
               : await this.#act(c, kind as 'allocate' | 'make-writable', row.state);
           if (failed !== null && failed.kind === 'wait') {
             // Room is behind an unreachable container: hold, look again soon.
@@ -472,12 +507,23 @@ export class FaultManager {
           // The state may have moved while we queued for the vdisk: act only
           // on the state we decided for, and let the next round look again.
           if (row.state !== seen) return;
-          if (kind === 'allocate') {
+          if (kind === 'allocate' && ctx.vdisk.copies > 1) {
+            // One leg per copy, in distinct domains; fewer (degraded, rebuilt
+            // later) rather than a failed write while one domain has room.
+            const [first, ...legs] = ctx.allocateLegs(1, ctx.vdisk.copies)[0] ?? [];
+            if (first === undefined) throw new Error('allocator returned nothing');
+            if (legs.length + 1 < ctx.vdisk.copies) this.#degraded(ctx.vdisk, c.seg, legs.length + 1, 'allocated');
+            ctx.set(c.seg, SegmentState.Normal, first, legs);
+          } else if (kind === 'allocate') {
             const [loc] = ctx.allocate(1);
             if (loc === undefined) throw new Error('allocator returned nothing');
             ctx.set(c.seg, SegmentState.Normal, loc);
           } else if (row.containerId !== null && row.offset !== null) {
+            // Same primary: the extra legs stay. The write about to happen
+            // is what a stale leg of this segment misses (write intent, for
+            // its resync): recorded in the same transaction.
             ctx.set(c.seg, SegmentState.Normal, { containerId: row.containerId, offset: row.offset });
+            host.db.markDirty(c.vdiskId, c.seg);
           }
         },
         (r) => this.#answerBehind(c, r),
@@ -487,6 +533,14 @@ export class FaultManager {
       if (err instanceof ContainerFullError) return this.#outOfRoom(c.vdiskId, 1, err);
       throw err;
     }
+  }
+
+  /** Logs (at most once a minute per vdisk) that a mirrored segment got fewer legs than its copies. */
+  #degraded(vdisk: VdiskRow, seg: number, legs: number, how: string): void {
+    const now = Date.now();
+    if (now - (this.#degradedLogged.get(vdisk.id) ?? -Infinity) < DEGRADED_LOG_MS) return;
+    this.#degradedLogged.set(vdisk.id, now);
+    log.warn(`vdisk ${vdisk.name} segment ${seg} ${how} with ${legs} of ${vdisk.copies} copies: not enough failure domains with room (degraded until rebuilt)`);
   }
 
   /**
@@ -508,71 +562,114 @@ export class FaultManager {
   }
 
   /**
-   * Copy-on-write of one shared segment: reserve a location the vdisk may
-   * use, have one agent (the faulting one when it can) copy the old
-   * location there, then commit the new mapping for this vdisk only. Null
-   * on success (or when the entry changed meanwhile: the next round looks
-   * again), else the failure to answer with.
+   * Copy-on-write of one shared segment: reserve a location per copy the
+   * vdisk keeps (distinct failure domains), have agents (the faulting one
+   * when it can) copy a healthy leg of the old entry to each, in parallel,
+   * then commit the new mapping for this vdisk only. A leg whose copy could
+   * not run is left out (degraded) while another made it. Null on success
+   * (or when the entry changed meanwhile: the next round looks again), else
+   * the failure to answer with.
    */
-  async #copyOnWrite(c: SegmentCase, old: Location, prefer: string | null): Promise<Decision | null> {
+  async #copyOnWrite(c: SegmentCase, old: readonly Location[], prefer: string | null): Promise<Decision | null> {
     const host = this.#host;
     const vdisk = host.db.vdisk(c.vdiskId);
     if (!vdisk) return { kind: 'fail', cause: 'noSuchVdisk', reason: 'vdisk was removed' };
     const what = `copy-on-write of vdisk ${vdisk.name} segment ${c.seg}`;
-    let fresh: Location;
+    let fresh: Location[];
     try {
-      [fresh] = host.allocator.reserve(vdisk, 1) as [Location];
+      fresh = this.#reserveLegs(vdisk);
     } catch (err) {
       if (err instanceof ContainerFullError) return this.#outOfRoom(c.vdiskId, 1, err, what);
       throw err;
     }
+    /** Legs committed in the new mapping (kept), legs whose copy is overdue (their `late` gives them up). */
+    const kept = new Set<Location>();
+    const overdue = new Set<Location>();
     let committed = false;
-    let overdue = false;
     try {
-      const agent = host.commands.copyAgent([old.containerId, fresh.containerId], prefer);
-      if (agent === null) {
-        const reason = `${what} failed: no online agent reaches both containers ${old.containerId} and ${fresh.containerId}`;
+      // A failed container's leg may hold anything: copy only from the others.
+      const sources = old.filter((l) => host.db.container(l.containerId)?.state !== 'failed');
+      const plans = fresh.map((dst) => {
+        for (const src of sources) {
+          const agent = host.commands.copyAgent([src.containerId, dst.containerId], prefer);
+          if (agent !== null) return { src, dst, agent };
+        }
+        return { src: sources[0] ?? (old[0] as Location), dst, agent: null };
+      });
+      if (plans.every((p) => p.agent === null)) {
+        const p = plans[0];
+        const reason = `${what} failed: no online agent reaches both containers ${p?.src.containerId ?? '?'} and ${p?.dst.containerId ?? '?'}`;
         log.error(reason);
         return { kind: 'fail', cause: 'copyFailed', reason };
       }
       const size = vdisk.segmentSize;
-      log.info(`${what}: agent ${agent} copies ${old.containerId}@${old.offset} to ${fresh.containerId}@${fresh.offset}`);
-      const target = fresh;
-      const err = await host.commands.copy(
-        agent,
-        {
-          srcContainer: old.containerId,
-          srcOffset: old.offset * size,
-          dstContainer: fresh.containerId,
-          dstOffset: fresh.offset * size,
-          length: size,
-        },
-        // The agent may still write the new location: it is given up only once the copy is over.
-        { late: () => host.allocator.unreserve([target], true) },
+      const errors = await Promise.all(
+        plans.map(async ({ src, dst, agent }) => {
+          if (agent === null) return `no online agent reaches both containers ${src.containerId} and ${dst.containerId}`;
+          log.info(`${what}: agent ${agent} copies ${src.containerId}@${src.offset} to ${dst.containerId}@${dst.offset}`);
+          const err = await host.commands.copy(
+            agent,
+            { srcContainer: src.containerId, srcOffset: src.offset * size, dstContainer: dst.containerId, dstOffset: dst.offset * size, length: size },
+            // The agent may still write the new location: it is given up only once the copy is over.
+            { late: () => host.allocator.unreserve([dst], true) },
+          );
+          if (isOverdue(err)) overdue.add(dst);
+          return err === null ? null : `agent ${agent} could not copy ${src.containerId}@${src.offset} to ${dst.containerId}@${dst.offset}: ${err}`;
+        }),
       );
-      if (isOverdue(err)) overdue = true;
-      if (err !== null) {
-        const reason = `${what} failed: agent ${agent} could not copy ${old.containerId}@${old.offset} to ${fresh.containerId}@${fresh.offset}: ${err}`;
+      const copied = plans.filter((_, i) => errors[i] === null).map((p) => p.dst);
+      const failures = errors.filter((e): e is string => e !== null);
+      if (copied.length === 0) {
+        const reason = `${what} failed: ${failures.join('; ')}`;
         log.error(reason);
         host.db.event('cow', vdisk.name, reason);
         return { kind: 'fail', cause: 'copyFailed', reason };
       }
+      if (failures.length > 0) log.warn(`${what}: ${failures.join('; ')}; the segment keeps ${copied.length} of ${vdisk.copies} copies`);
+      const [first, ...legs] = copied as [Location, ...Location[]];
       await host.tables.changeTable(
         c.vdiskId,
         (ctx) => {
           const row = host.db.segment(c.vdiskId, c.seg);
-          // Still the shared entry we copied (not removed, made writable, migrated)?
-          if (row.state !== SegmentState.NoWrite || row.containerId !== old.containerId || row.offset !== old.offset) return;
-          ctx.set(c.seg, SegmentState.Normal, fresh);
+          // Still the shared entry we copied (not removed, made writable, migrated, a leg dropped)?
+          if (row.state !== SegmentState.NoWrite || !sameLocations(host.db.locationsOfSegment(c.vdiskId, c.seg), old)) return;
+          if (legs.length > 0) ctx.set(c.seg, SegmentState.Normal, first, legs);
+          else ctx.set(c.seg, SegmentState.Normal, first);
+          if (legs.length + 1 < vdisk.copies) this.#degraded(vdisk, c.seg, legs.length + 1, 'copied on write');
           committed = true;
+          for (const l of copied) kept.add(l);
         },
         (r) => this.#answerBehind(c, r),
       );
     } finally {
-      if (!overdue) host.allocator.unreserve([fresh], !committed);
+      for (const l of fresh) if (!overdue.has(l)) host.allocator.unreserve([l], !(committed && kept.has(l)));
     }
     if (committed) await host.tables.settleShared(old);
     return null;
+  }
+
+  /**
+   * New locations for one segment of `vdisk`, reserved until unreserve: one
+   * per copy, each in a failure domain the others do not use (the emptiest
+   * eligible container first); fewer when domains with room run out.
+   * Throws ContainerFullError when not even one fits.
+   */
+  #reserveLegs(vdisk: VdiskRow): Location[] {
+    const allocator = this.#host.allocator;
+    if (vdisk.copies <= 1) return allocator.reserve(vdisk, 1);
+    const eligible = allocator.eligibleContainers(vdisk);
+    const domains = containerDomains(this.#host.db);
+    const domainOf = (id: string): string => domains.get(id) ?? `container:${id}`;
+    const out = allocator.reserve(vdisk, 1, eligible);
+    const used = new Set(out.map((l) => domainOf(l.containerId)));
+    while (out.length < vdisk.copies) {
+      const left = eligible.filter((id) => !used.has(domainOf(id)) && allocator.freeSegments(id) > 0);
+      if (left.length === 0) break;
+      const [l] = allocator.reserve(vdisk, 1, left) as [Location];
+      out.push(l);
+      used.add(domainOf(l.containerId));
+    }
+    return out;
   }
 
   /**

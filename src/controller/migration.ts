@@ -30,6 +30,7 @@ import { formatSize } from '../util/size.js';
 import { log } from '../util/log.js';
 import { ContainerFullError, locKey } from './allocator.js';
 import type { ControllerDb, Location, MigrationRow, VdiskRow } from './db.js';
+import { containerDomains } from './domains.js';
 import { isOverdue, type AgentCommands } from './agent-commands.js';
 import type { AgentRegistry } from './agent-registry.js';
 import type { Allocator } from './allocator.js';
@@ -346,12 +347,33 @@ export class MigrationManager {
     this.#db.saveMigration(m);
   }
 
-  /** One segment, steps 1-5 above. 'skipped' when the entry changed under us (looked at again later). */
-  async #moveSegment(run: Run, vdisk: VdiskRow, m: MigrationRow, seg: number, old: Location): Promise<Outcome> {
+  /**
+   * The location of `seg` this migration moves: the leg on its from-container;
+   * else (a target only) the one location of a single-copy entry, or of a
+   * mirrored one the leg in the target's failure domain (no two legs share a
+   * domain), else its last leg. Undefined when no leg is to move.
+   */
+  #legToMove(vdisk: VdiskRow, m: MigrationRow, seg: number, domainOf: (id: string) => string): Location | undefined {
+    const locs = this.#db.locationsOfSegment(vdisk.id, seg);
+    if (m.fromContainer !== null) return locs.find((l) => l.containerId === m.fromContainer);
+    if (locs.length <= 1 || m.toContainer === null) return locs[0];
+    if (locs.some((l) => l.containerId === m.toContainer)) return undefined;
+    const d = domainOf(m.toContainer);
+    return locs.find((l) => domainOf(l.containerId) === d) ?? locs[locs.length - 1];
+  }
+
+  /** One segment (one of its legs), steps 1-5 above. 'skipped' when the entry changed under us (looked at again later). */
+  async #moveSegment(run: Run, vdisk: VdiskRow, m: MigrationRow, seg: number, first: Location): Promise<Outcome> {
     const host = this.#host;
     const db = this.#db;
-    const key = locKey(old);
     const what = `migration of vdisk ${vdisk.name} segment ${seg}`;
+    // Mirrored entries: the moved leg's target must be in a domain the other legs do not use.
+    const mirrored = db.segmentLegs(vdisk.id, seg).length > 0;
+    const domains = mirrored ? containerDomains(db) : new Map<string, string>();
+    const domainOf = (id: string): string => domains.get(id) ?? `container:${id}`;
+    const old = mirrored ? this.#legToMove(vdisk, m, seg, domainOf) : first;
+    if (old === undefined) return 'skipped';
+    const key = locKey(old);
     // Target containers: the chosen one, or (evacuation) any the vdisk may use but the source.
     const eligible = host.allocator.eligibleContainers(vdisk).filter((c) => (m.toContainer !== null ? c === m.toContainer : c !== m.fromContainer));
     if (eligible.length === 0) {
@@ -368,10 +390,29 @@ export class MigrationManager {
     let overdue = false;
     try {
       const row = db.segment(vdisk.id, seg);
-      if (row.containerId !== old.containerId || row.offset !== old.offset) return 'skipped';
+      const legs = mirrored ? db.locationsOfSegment(vdisk.id, seg) : [{ containerId: row.containerId ?? '', offset: row.offset ?? -1 }];
+      if (!legs.some((l) => same(l, old))) return 'skipped';
+      const others = legs.filter((l) => !same(l, old));
+      const placeable = mirrored
+        ? eligible.filter((c) => !others.some((l) => l.containerId === c || domainOf(l.containerId) === domainOf(c)))
+        : eligible;
+      if (placeable.length === 0) {
+        throw new MigrationError(
+          `${what}: no eligible target for its leg on container ${old.containerId} is in a failure domain its other legs (${others.map((l) => domainOf(l.containerId)).join(', ')}) do not use`,
+        );
+      }
+      // Any leg holds the data once the entry is no-write: the moved one, else another that an agent reaches with the target.
+      const sources = [old, ...others.filter((l) => db.container(l.containerId)?.state !== 'failed')];
+      const agentFor = (dst: string): { agent: string; src: Location } | null => {
+        for (const src of sources) {
+          const agent = host.commands.copyAgent([src.containerId, dst]);
+          if (agent !== null) return { agent, src };
+        }
+        return null;
+      };
       // Space and a copying agent first, so nothing is frozen for a copy that
       // cannot run: only targets some online agent reaches with the source.
-      const copyable = eligible.filter((c) => host.commands.copyAgent([old.containerId, c]) !== null);
+      const copyable = placeable.filter((c) => agentFor(c) !== null);
       if (copyable.length === 0) {
         this.#note(vdisk.id, `waiting for an online agent that reaches container ${old.containerId} and a target container`);
         return 'no-agent';
@@ -382,25 +423,29 @@ export class MigrationManager {
         if (err instanceof ContainerFullError) throw new MigrationError(`${what}: ${err.message}`);
         throw err;
       }
-      const agent = host.commands.copyAgent([old.containerId, fresh.containerId]);
-      if (agent === null) {
+      const via = agentFor(fresh.containerId);
+      if (via === null) {
         this.#note(vdisk.id, `waiting for an online agent that reaches containers ${old.containerId} and ${fresh.containerId}`);
         return 'no-agent';
       }
+      const { agent, src } = via;
       // The version from which every exporter sees the entry no-write.
       let frozenAt = db.vdisk(vdisk.id)?.version ?? 0;
       if (row.state === SegmentState.Normal) {
         // Step 2: reads go on, writes fault (and wait: the location is in `migrating`).
         const r = await host.tables.changeTable(vdisk.id, (c) => {
           const r = db.segment(vdisk.id, seg);
-          if (r.state === SegmentState.Normal && r.containerId === old.containerId && r.offset === old.offset) {
-            c.set(seg, SegmentState.NoWrite, old);
+          if (r.state !== SegmentState.Normal || r.containerId === null || r.offset === null) return;
+          // The primary stays, and with it the extra legs.
+          if (mirrored ? db.locationsOfSegment(vdisk.id, seg).some((l) => same(l, old)) : r.containerId === old.containerId && r.offset === old.offset) {
+            c.set(seg, SegmentState.NoWrite, { containerId: r.containerId, offset: r.offset });
           }
         });
         if (r !== null) frozenAt = r.version;
       }
       const frozen = db.segment(vdisk.id, seg);
-      if (frozen.state !== SegmentState.NoWrite || frozen.containerId !== old.containerId || frozen.offset !== old.offset) return 'skipped';
+      const stillThere = mirrored ? db.locationsOfSegment(vdisk.id, seg).some((l) => same(l, old)) : frozen.containerId === old.containerId && frozen.offset === old.offset;
+      if (frozen.state !== SegmentState.NoWrite || !stillThere) return 'skipped';
       // An exporter that has not acked a table with the entry no-write (offline,
       // fenced) might still write the old location: copy only once all have.
       await host.tables.quiesce(vdisk.id);
@@ -414,8 +459,8 @@ export class MigrationManager {
       const err = await host.commands.copy(
         agent,
         {
-          srcContainer: old.containerId,
-          srcOffset: old.offset * vdisk.segmentSize,
+          srcContainer: src.containerId,
+          srcOffset: src.offset * vdisk.segmentSize,
           dstContainer: fresh.containerId,
           dstOffset: fresh.offset * vdisk.segmentSize,
           length: vdisk.segmentSize,
@@ -436,13 +481,32 @@ export class MigrationManager {
           this.#note(vdisk.id, `copy on agent ${agent} interrupted: ${err}`);
           return 'no-agent';
         }
-        throw new MigrationError(`${what}: agent ${agent} could not copy ${old.containerId}@${old.offset} to ${fresh.containerId}@${fresh.offset}: ${err}`);
+        throw new MigrationError(`${what}: agent ${agent} could not copy ${src.containerId}@${src.offset} to ${fresh.containerId}@${fresh.offset}: ${err}`);
       }
       const target = fresh;
       await host.tables.changeTable(vdisk.id, (c) => {
         const r = db.segment(vdisk.id, seg);
-        if (r.state !== SegmentState.NoWrite || r.containerId !== old.containerId || r.offset !== old.offset) return;
-        c.set(seg, vdisk.kind === 'snapshot' ? SegmentState.NoWrite : SegmentState.Normal, target);
+        if (r.state !== SegmentState.NoWrite) return;
+        if (!mirrored) {
+          if (r.containerId !== old.containerId || r.offset !== old.offset) return;
+          c.set(seg, vdisk.kind === 'snapshot' ? SegmentState.NoWrite : SegmentState.Normal, target);
+          committed = true;
+          return;
+        }
+        const now = db.locationsOfSegment(vdisk.id, seg);
+        const i = now.findIndex((l) => same(l, old));
+        if (i < 0) return;
+        const next = now.map((l, j) => (j === i ? target : l));
+        // Writable again only when no other leg is still shared (with a snapshot, say).
+        const writable = vdisk.kind !== 'snapshot' && next.every((l, j) => j === i || db.refcount(l) === 1);
+        const state = writable ? SegmentState.Normal : SegmentState.NoWrite;
+        // Leg 0 moved: a new first location beside the same extra legs; an
+        // extra leg: the first location stays. Stale legs stay either way.
+        if (i === 0) c.set(seg, state, target, next.slice(1));
+        else {
+          c.setLegs(seg, next.slice(1));
+          c.set(seg, state, next[0] as Location);
+        }
         committed = true;
       });
       return committed ? 'moved' : 'skipped';
@@ -459,6 +523,8 @@ export class MigrationManager {
     }
   }
 }
+
+const same = (a: Location, b: Location): boolean => a.containerId === b.containerId && a.offset === b.offset;
 
 function describe(m: MigrationRow): string {
   if (m.toContainer !== null && m.fromContainer !== null) return `from container ${m.fromContainer} to ${m.toContainer}`;

@@ -13,7 +13,11 @@
 // the source's change itself still waits for that agent (or the removal of
 // its export) before the vdisk's next change (TableChanges.awaitAcks).
 //
-// Removal of a table drops its references; a location reaching zero is
+// A mirrored source's entries are shared leg by leg: every leg location of
+// a segment gains a reference, and the new table keeps the source's copies.
+//
+// Removal of a table drops its references (every leg's, and its stale
+// legs'); a location reaching zero is
 // freed once the agents that exported the table have acked (the vdisk must
 // be unexported first), and one left with a single writable holder becomes
 // writable there again (TableChanges.settleShared).
@@ -90,6 +94,8 @@ export async function shareVdisk(host: SnapshotHost, src: VdiskRow, name: string
         segmentCount: cur.segmentCount,
         // Nothing is reserved for the copies its writes will need.
         thin: true,
+        // Its legs are the source's: a clone's new writes get as many.
+        copies: cur.copies,
         version: 1,
         kind,
         parentId: cur.id,
@@ -148,7 +154,8 @@ export function removeTable(host: SnapshotHost, vdiskId: string): Promise<void> 
   db.tx(() => {
     const version = db.bumpVersion(v.id);
     for (const row of db.segmentRows(v.id)) {
-      if (row.containerId !== null && row.offset !== null) touched.push({ containerId: row.containerId, offset: row.offset });
+      if (row.containerId !== null) touched.push(...db.locationsOfSegment(v.id, row.seg));
+      // Without a location the extra legs and stale legs go too, each releasing its reference.
       db.setSegment(v, row.seg, { state: SegmentState.Zero, location: null }, version);
     }
     db.deleteVdisk(v.id);
@@ -165,7 +172,7 @@ export function shrinkTable(host: SnapshotHost, v: VdiskRow, segmentCount: numbe
   db.tx(() => {
     const version = db.bumpVersion(v.id);
     for (const row of db.segmentRows(v.id, segmentCount)) {
-      if (row.containerId !== null && row.offset !== null) touched.push({ containerId: row.containerId, offset: row.offset });
+      if (row.containerId !== null) touched.push(...db.locationsOfSegment(v.id, row.seg));
       db.setSegment(v, row.seg, { state: SegmentState.Zero, location: null }, version);
     }
     db.setVdiskSize(v.id, segmentCount * v.segmentSize, segmentCount);

@@ -602,10 +602,11 @@ export class TableChanges {
       await this.changeTable(vdiskId, (c) => {
         for (const { seg, loc } of list) {
           const row = db.segment(vdiskId, seg);
-          // Looked at again inside the transaction: the same entry, still alone.
-          if (row.state === SegmentState.NoWrite && row.containerId === loc.containerId && row.offset === loc.offset && sole(loc)) {
-            c.set(seg, SegmentState.Normal, loc);
-          }
+          // Looked at again inside the transaction: the same entry, and every
+          // leg of it alone (`loc` may be any leg of a mirrored segment).
+          const legs = db.locationsOfSegment(vdiskId, seg);
+          const holds = legs.some((l) => l.containerId === loc.containerId && l.offset === loc.offset);
+          if (row.state === SegmentState.NoWrite && holds && legs.every(sole) && legs[0] !== undefined) c.set(seg, SegmentState.Normal, legs[0]);
         }
       });
     }

@@ -17,6 +17,8 @@ export interface ControllerDaemonOptions {
   holdTimeoutMs?: number;
   metricsListen?: string;
   commandTimeoutMs?: number;
+  /** controller.mirrors.rebuild-delay in ms (default the controller's, 10 min). */
+  rebuildDelayMs?: number;
   retention?: { faults?: { maxRows?: number; maxAgeDays?: number }; events?: { maxRows?: number; maxAgeDays?: number } };
 }
 
@@ -91,6 +93,7 @@ export function controllerOptions(cfg: TabulaConfig): ControllerDaemonOptions {
     holdTimeoutMs: ms(cfg.controller.holdTimeoutSec),
     metricsListen: cfg.controller.metricsListen,
     ...(cfg.controller.commandTimeoutSec === undefined ? {} : { commandTimeoutMs: ms(cfg.controller.commandTimeoutSec) }),
+    ...(cfg.controller.mirrors.rebuildDelaySec === undefined ? {} : { rebuildDelayMs: cfg.controller.mirrors.rebuildDelaySec * 1000 }),
     ...retentionOptions(cfg),
   };
 }

@@ -50,6 +50,7 @@ const RESTART_KEYS: Readonly<Record<Role, Readonly<Record<string, (c: TabulaConf
     'controller.metrics-listen': (c) => c.controller.metricsListen,
     'controller.command-timeout': (c) => c.controller.commandTimeoutSec,
     'controller.retention': (c) => c.controller.retention,
+    'controller.mirrors': (c) => c.controller.mirrors,
   },
   agent: {
     'controller.address': (c) => c.controller.address,

@@ -57,6 +57,8 @@ export class ControllerMetrics {
   readonly #zerosDone: { ok: Child; failed: Child };
   readonly #allocated: Child;
   readonly #freed: Child;
+  readonly #resyncBytes: Child;
+  readonly #rebuildBytes: Child;
   #controller: Controller | null = null;
 
   constructor() {
@@ -142,6 +144,26 @@ export class ControllerMetrics {
     migrationGauge('tabula_controller_migration_segments_done', 'Segments a running migration of the vdisk has moved so far.', (m) => m.done);
     migrationGauge('tabula_controller_migration_bytes_done', 'Bytes a running migration of the vdisk has copied so far.', (m) => m.bytes);
 
+    // Mirrored vdisks: what is not redundant now (a one-copy vdisk is never degraded: 0, without a scan).
+    const degraded: Gauge<'vdisk'> = new Gauge({
+      name: 'tabula_vdisk_degraded_segments',
+      help: 'Allocated segments of each vdisk with fewer copies (legs) than the vdisk has.',
+      labelNames: ['vdisk'],
+      registers,
+      collect: () => {
+        degraded.reset();
+        const c = ctrl();
+        for (const v of c?.db.vdisks() ?? []) degraded.set({ vdisk: v.name }, c?.rebuild.health(v.id, 0).degraded ?? 0);
+      },
+    });
+    this.#rebuildBytes = zeroed(
+      new Counter({
+        name: 'tabula_rebuild_bytes_total',
+        help: 'Bytes copied to new legs of degraded segments (rebuilds and set-copies).',
+        registers,
+      }),
+    );
+
     const pushes = new Counter({
       name: 'tabula_controller_table_pushes_total',
       help: 'Table versions sent to agents, as whole tables (full) or deltas.',
@@ -207,6 +229,13 @@ export class ControllerMetrics {
       help: 'Container segments returned to the free map.',
       registers,
     });
+    this.#resyncBytes = zeroed(
+      new Counter({
+        name: 'tabula_resync_bytes_total',
+        help: 'Bytes copied onto stale legs of mirrored vdisks when their failed container came back (only the segments written while it was away).',
+        registers,
+      }),
+    );
     const path = connectPath();
     this.interceptor = (method, call) => (method.path === path ? this.#tap(call) : new grpc.ServerInterceptingCall(call));
   }
@@ -219,6 +248,8 @@ export class ControllerMetrics {
       freed: (n) => this.#freed.inc(n),
     };
     controller.allocator.observer = observer;
+    controller.mirrors.observer = { resyncBytes: (n) => this.#resyncBytes.inc(n) };
+    controller.rebuild.observer = { copied: (bytes) => this.#rebuildBytes.inc(bytes) };
   }
 
   /** One agent stream: counts its messages, and times pushes to acks and faults to answers. */

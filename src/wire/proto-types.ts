@@ -427,6 +427,31 @@ export interface VdiskInfo {
   migration: MigrationInfo | null;
   /** Locations each segment should have (1 = not mirrored); absent from an older controller. */
   copies?: number;
+  /** Copies and their health; null from a controller without mirrored vdisks. */
+  health?: VdiskHealthInfo | null;
+}
+
+export interface SetVdiskCopiesRequest {
+  name: string;
+  copies: number;
+}
+
+export interface RebuildProgressInfo {
+  done: number;
+  total: number;
+  bytes: number;
+}
+
+export interface VdiskHealthInfo {
+  copies: number;
+  segments: number;
+  degraded: number;
+  stale: number;
+  dirty: number;
+  rebuilding: RebuildProgressInfo | null;
+  /** Why the running rebuild cannot go on now; '' when it can. */
+  blocked: string;
+  resyncing: RebuildProgressInfo | null;
 }
 
 export interface ListVdisksReply {
@@ -538,6 +563,8 @@ export interface SetSegmentStateRequest {
 export interface CheckReply {
   ok: boolean;
   violations: string[];
+  /** Not violations: degraded segments of mirrored vdisks (absent from an older controller). */
+  warnings?: string[];
 }
 
 export interface SnapshotVdiskRequest {
@@ -598,6 +625,8 @@ export interface AdminMethods {
   RemoveVdisk: [VdiskRef, Empty];
   ResizeVdisk: [ResizeVdiskRequest, VdiskInfo];
   GetTable: [GetTableRequest, TableReply];
+  SetVdiskCopies: [SetVdiskCopiesRequest, VdiskInfo];
+  RepairVdisk: [VdiskRef, VdiskInfo];
   AddExport: [AddExportRequest, ExportInfo];
   ListExports: [ListExportsRequest, ListExportsReply];
   RemoveExport: [RemoveExportRequest, Empty];
