@@ -1,7 +1,9 @@
 // Hand-written protobuf codec for the stream messages of table changes and
 // faults: TableDelta, FaultReply and HeartbeatReply (controller -> agent),
-// TableAck, Fault and Heartbeat (agent -> controller); grpc.ts tries it
-// before protobufjs. Why by hand: these go by on every table change and
+// TableAck, Fault and Heartbeat (agent -> controller), and TableFull (whole
+// tables: a fragmented 1 TiB one is a million runs, whose protobufjs
+// encoding held the controller's event loop for most of a second); grpc.ts
+// tries it before protobufjs. Why by hand: these go by on every table change and
 // every fault, and protobufjs reflection (fromObject, encode, decode,
 // toObject) was a fifth of an agent's CPU per delta: 16 agents on 2 CPUs run
 // each of those rarely, so V8 never optimises it. These few fixed shapes cost
@@ -16,7 +18,20 @@
 // Written out per message rather than driven by a table of fields: a
 // table-driven version was tried and cost the agents ~6 % more CPU per
 // delta in alternating runs (the generic loop runs cold as well).
-import type { AgentMessage, ControllerMessage, ExtentLeg, ExtentLegs, Fault, FaultReply, Heartbeat, HeartbeatReply, TableAck, TableDeltaMsg, WireExtent } from './proto-types.js';
+import type {
+  AgentMessage,
+  ControllerMessage,
+  ExtentLeg,
+  ExtentLegs,
+  Fault,
+  FaultReply,
+  Heartbeat,
+  HeartbeatReply,
+  TableAck,
+  TableDeltaMsg,
+  TableFull,
+  WireExtent,
+} from './proto-types.js';
 
 const U32_MAX = 0xffffffff;
 const I32_MAX = 0x7fffffff;
@@ -142,6 +157,66 @@ function tableDelta(d: TableDeltaMsg): Writer | null {
   return w;
 }
 
+/** A packed repeated uint32 field, omitted when empty (as protobufjs writes proto3 repeated scalars); false if a value does not fit. */
+function packedU32(w: Writer, field: number, values: readonly number[] | undefined): boolean {
+  if (values === undefined || values.length === 0) return true;
+  if (!Array.isArray(values)) return false;
+  let len = 0;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (!u32(v)) return false;
+    len += v < 0x80 ? 1 : v < 0x4000 ? 2 : v < 0x200000 ? 3 : v < 0x10000000 ? 4 : 5;
+  }
+  w.varint((field << 3) | 2);
+  w.varint(len);
+  w.ensure(len);
+  const buf = w.buf;
+  let n = w.n;
+  for (let i = 0; i < values.length; i++) {
+    let v = values[i] as number;
+    while (v > 0x7f) {
+      buf[n++] = (v % 0x80) | 0x80;
+      v = Math.floor(v / 0x80);
+    }
+    buf[n++] = v;
+  }
+  w.n = n;
+  return true;
+}
+
+/** TableFull, both forms (the controller sends a whole table in these); one with LU state goes through protobufjs. */
+function tableFull(t: TableFull): Writer | null {
+  if (t.luState !== undefined && t.luState !== null) return null;
+  if (!ascii(t.vdiskId) || !u64(t.version) || !u32(t.segmentSize) || !u32(t.blockSize) || !u32(t.segmentCount)) return null;
+  if (!Array.isArray(t.containers) || !Array.isArray(t.extents) || !t.containers.every(ascii)) return null;
+  const first = t.firstSegment ?? 0;
+  if (!u32(first) || (t.more !== undefined && typeof t.more !== 'boolean')) return null;
+  const runs = (t.runCounts?.length ?? 0) + (t.runLegContainers?.length ?? 0);
+  const w = new Writer(64 + t.containers.length * 40 + t.extents.length * 48 + runs * 16);
+  w.ascii(1, t.vdiskId);
+  w.uint(2, t.version);
+  w.uint(3, t.segmentSize);
+  w.uint(4, t.blockSize);
+  w.uint(5, t.segmentCount);
+  for (const c of t.containers) {
+    // Repeated strings are written even when empty.
+    w.varint((6 << 3) | 2);
+    w.varint(c.length);
+    w.ensure(c.length);
+    w.n += w.buf.write(c, w.n, 'latin1');
+  }
+  for (const e of t.extents) {
+    const x = extent(e);
+    if (x === null) return null;
+    w.nested(7, x);
+  }
+  w.uint(8, first);
+  if (!packedU32(w, 9, t.runCounts) || !packedU32(w, 10, t.runStates) || !packedU32(w, 11, t.runContainers) || !packedU32(w, 12, t.runOffsets)) return null;
+  w.uint(13, t.more === true ? 1 : 0);
+  if (!packedU32(w, 20, t.runOwners) || !packedU32(w, 21, t.runLegCounts) || !packedU32(w, 22, t.runLegContainers) || !packedU32(w, 23, t.runLegOffsets)) return null;
+  return w;
+}
+
 function faultReply(r: FaultReply): Writer | null {
   if (!u64(r.faultId) || !enumValue(r.action) || !u64(r.tableVersion) || !u32(r.senseKey) || !u32(r.asc) || !u32(r.ascq) || !ascii(r.reason)) return null;
   const w = new Writer(48 + r.reason.length);
@@ -221,9 +296,11 @@ function wrap(field: number, inner: Writer | null): Buffer | null {
   return w.bytes();
 }
 
-/** ControllerMessage bytes for TableDelta, FaultReply and HeartbeatReply, else null (use protobufjs). */
+/** ControllerMessage bytes for TableFull, TableDelta, FaultReply and HeartbeatReply, else null (use protobufjs). */
 export function tryEncodeControllerMessage(m: ControllerMessage): Buffer | null {
   switch (m.body) {
+    case 'tableFull':
+      return m.tableFull !== null && typeof m.tableFull === 'object' ? wrap(3, tableFull(m.tableFull)) : null;
     case 'tableDelta':
       return m.tableDelta !== null && typeof m.tableDelta === 'object' ? wrap(4, tableDelta(m.tableDelta)) : null;
     case 'faultReply':
@@ -438,6 +515,122 @@ function readTableDelta(r: Reader): TableDeltaMsg {
   return d;
 }
 
+/** Appends a repeated uint32 field's values: packed (wire type 2) or one plain varint (0), as protobufjs accepts both. */
+function readU32s(r: Reader, wt: number, out: number[]): void {
+  if (wt === 0) {
+    out.push(r.u32());
+    return;
+  }
+  expectWire(wt, 2);
+  const [start, end] = r.span();
+  // Inline varints: a million-run table is a few million of these.
+  const buf = r.buf;
+  let pos = start;
+  while (pos < end) {
+    let b = buf[pos++] as number;
+    let v = b & 0x7f;
+    let mul = 0x80;
+    while (b >= 0x80) {
+      if (pos >= end || mul > 0x800000000) throw OFF_PATH;
+      b = buf[pos++] as number;
+      v += (b & 0x7f) * mul;
+      mul *= 0x80;
+    }
+    if (v > U32_MAX) throw OFF_PATH;
+    out.push(v);
+  }
+}
+
+/**
+ * TableFull, both forms: a whole table comes in these, and protobufjs took
+ * about half of an agent's load time of a fragmented 1 TiB table decoding
+ * it. A message with LU state (rare) is off this path.
+ */
+function readTableFull(r: Reader): TableFull {
+  // Every field as protobufjs's toObject gives it (defaults and arrays); lu_state (optional) absent.
+  const t: TableFull = {
+    containers: [],
+    extents: [],
+    runCounts: [],
+    runStates: [],
+    runContainers: [],
+    runOffsets: [],
+    runOwners: [],
+    runLegCounts: [],
+    runLegContainers: [],
+    runLegOffsets: [],
+    vdiskId: '',
+    version: 0,
+    segmentSize: 0,
+    blockSize: 0,
+    segmentCount: 0,
+    firstSegment: 0,
+    more: false,
+  };
+  // Singular fields seen twice are off the path (protobufjs keeps the last); repeated ones append.
+  let seen = 0;
+  while (!r.done) {
+    const tag = r.varint();
+    const no = Math.floor(tag / 8);
+    const wt = tag & 7;
+    switch (no) {
+      case 6:
+        expectWire(wt, 2);
+        (t.containers as string[]).push(r.ascii());
+        continue;
+      case 7: {
+        expectWire(wt, 2);
+        const [start, end] = r.span();
+        t.extents.push(readExtent(new Reader(r.buf, start, end)));
+        continue;
+      }
+      case 9:
+        readU32s(r, wt, t.runCounts!);
+        continue;
+      case 10:
+        readU32s(r, wt, t.runStates!);
+        continue;
+      case 11:
+        readU32s(r, wt, t.runContainers!);
+        continue;
+      case 12:
+        readU32s(r, wt, t.runOffsets!);
+        continue;
+      case 20:
+        readU32s(r, wt, t.runOwners!);
+        continue;
+      case 21:
+        readU32s(r, wt, t.runLegCounts!);
+        continue;
+      case 22:
+        readU32s(r, wt, t.runLegContainers!);
+        continue;
+      case 23:
+        readU32s(r, wt, t.runLegOffsets!);
+        continue;
+      default:
+        break;
+    }
+    if (no < 1 || no > 13 || no === 6 || no === 7 || no === 9 || no === 10 || no === 11 || no === 12) throw OFF_PATH;
+    const bit = 1 << no;
+    if (seen & bit) throw OFF_PATH;
+    seen |= bit;
+    if (no === 1) {
+      expectWire(wt, 2);
+      t.vdiskId = r.ascii();
+      continue;
+    }
+    expectWire(wt, 0);
+    if (no === 2) t.version = r.varint();
+    else if (no === 3) t.segmentSize = r.u32();
+    else if (no === 4) t.blockSize = r.u32();
+    else if (no === 5) t.segmentCount = r.u32();
+    else if (no === 8) t.firstSegment = r.u32();
+    else t.more = r.varint() !== 0; // 13
+  }
+  return t;
+}
+
 function readFaultReply(r: Reader): FaultReply {
   const f: FaultReply = { faultId: 0, action: 0, tableVersion: 0, senseKey: 0, asc: 0, ascq: 0, reason: '' };
   fields(r, 0, (no, wt) => {
@@ -563,13 +756,15 @@ function oneField(buf: Buffer): [number, Reader] | null {
   return [Math.floor(tag / 8), new Reader(buf, start, end)];
 }
 
-/** Decodes TableDelta, FaultReply and HeartbeatReply ControllerMessages as protobufjs would (decode, then toObject); null otherwise. */
+/** Decodes TableFull, TableDelta, FaultReply and HeartbeatReply ControllerMessages as protobufjs would (decode, then toObject); null otherwise. */
 export function tryDecodeControllerMessage(buf: Buffer): ControllerMessage | null {
   try {
     const f = oneField(buf);
     if (f === null) return null;
     const [no, r] = f;
     switch (no) {
+      case 3:
+        return { tableFull: readTableFull(r), body: 'tableFull' };
       case 4:
         return { tableDelta: readTableDelta(r), body: 'tableDelta' };
       case 5:

@@ -131,3 +131,81 @@ describe('wire: mirrored legs', () => {
     expect(toExtents(two)[2]).to.deep.equal({ first: 7, count: 1, state: N, container: C2, offset: 1, legs: [{ container: C1, offset: 99 }, { container: C3, offset: 4 }] });
   });
 });
+
+describe('wire: TableFull on the hand-written path', () => {
+  const T = messageType('ControllerMessage');
+  const rand = (seed: number): (() => number) => {
+    let s = seed >>> 0;
+    return () => {
+      s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0;
+      return s / 2 ** 32;
+    };
+  };
+  const U32 = [0, 1, 127, 128, 16384, 2 ** 31, 2 ** 32 - 1];
+
+  function randomFull(r: () => number): TableFull {
+    const pick = <X>(xs: readonly X[]): X => xs[Math.floor(r() * xs.length)] as X;
+    const n = Math.floor(r() * 6);
+    const arr = (k: number): number[] => Array.from({ length: k }, () => pick(U32));
+    const runs = r() < 0.5;
+    const legs = r() < 0.5;
+    const full: TableFull = {
+      vdiskId: pick(['', 'v', '0c2b6f0e-1111-4222-8333-444455556666']),
+      version: pick([0, 1, 2 ** 40 + 3]),
+      segmentSize: pick(U32),
+      blockSize: pick([0, 512, 4096]),
+      segmentCount: pick(U32),
+      containers: Array.from({ length: Math.floor(r() * 3) }, () => pick([C1, C2, C3, ''])),
+      extents: runs
+        ? []
+        : Array.from({ length: n }, () => ({
+            first: pick(U32),
+            count: pick(U32),
+            state: pick([0, 1, 2, 3, 4]),
+            container: pick(['', C1]),
+            offset: pick(U32),
+            ...(r() < 0.3 ? { owner: pick(U32) } : {}),
+            ...(legs ? { legs: { list: [{ container: C2, offset: pick(U32) }] } } : {}),
+          })),
+    };
+    if (runs) {
+      Object.assign(full, { firstSegment: pick(U32), runCounts: arr(n), runStates: arr(n), runContainers: arr(n), runOffsets: arr(n), more: r() < 0.5 });
+      if (r() < 0.3) full.runOwners = arr(n);
+      if (legs) Object.assign(full, { runLegCounts: arr(n), runLegContainers: arr(n + 1), runLegOffsets: arr(n + 1) });
+    }
+    return full;
+  }
+
+  it('encodes and decodes both forms, legs and owners included, as protobufjs does', () => {
+    const r = rand(21);
+    for (let i = 0; i < 400; i++) {
+      const m: ControllerMessage = { body: 'tableFull', tableFull: randomFull(r) };
+      const bytes = pbEncode(T, m);
+      expect(tryEncodeControllerMessage(m)?.toString('hex'), JSON.stringify(m)).to.equal(bytes.toString('hex'));
+      const mine = tryDecodeControllerMessage(bytes);
+      expect(mine, JSON.stringify(m)).to.not.equal(null);
+      expect(mine, JSON.stringify(m)).to.deep.equal(pbDecode(T, bytes));
+    }
+  });
+
+  it('leaves a TableFull with LU state, values a field cannot hold, or a singular field twice, to protobufjs', () => {
+    const full: TableFull = { ...randomFull(rand(3)), luState: { prGeneration: 1, aptpl: false, registrations: [], reservationType: 0, reservationHolder: '' } };
+    const bytes = pbEncode(T, { body: 'tableFull', tableFull: full });
+    expect(tryEncodeControllerMessage({ body: 'tableFull', tableFull: full })).to.equal(null);
+    expect(tryDecodeControllerMessage(bytes)).to.equal(null);
+    const base = randomFull(rand(4));
+    expect(tryEncodeControllerMessage({ body: 'tableFull', tableFull: { ...base, runCounts: [2 ** 32] } })).to.equal(null);
+    expect(tryEncodeControllerMessage({ body: 'tableFull', tableFull: { ...base, runLegOffsets: [-1] } })).to.equal(null);
+    expect(tryEncodeControllerMessage({ body: 'tableFull', tableFull: { ...base, containers: ['é'] } })).to.equal(null);
+    expect((decodeMessage<ControllerMessage>(T, bytes) as { tableFull: TableFull }).tableFull.luState).to.not.equal(undefined);
+    // ControllerMessage.table_full { segment_count 1, segment_count 2 }
+    expect(tryDecodeControllerMessage(Buffer.from('1a0428012802', 'hex'))).to.equal(null);
+    // Unpacked run_counts (two plain varints) decode as protobufjs reads them.
+    const unpacked = Buffer.from('1a0448034805', 'hex');
+    expect(tryDecodeControllerMessage(unpacked)).to.deep.equal(pbDecode(T, unpacked));
+    // A packed run count over 2^32 - 1: protobufjs decides (it truncates).
+    expect(tryDecodeControllerMessage(Buffer.from('1a074a058080808010', 'hex'))).to.equal(null);
+    // Truncated packed varint.
+    expect(tryDecodeControllerMessage(Buffer.from('1a034a0180', 'hex'))).to.equal(null);
+  });
+});
