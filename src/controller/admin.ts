@@ -189,7 +189,7 @@ export class Admin {
     return this.#containerInfo(row);
   }
 
-  #containerInfo(c: ContainerRow): ContainerInfo {
+  #containerInfo(c: ContainerRow, domains?: ReadonlyMap<string, string>): ContainerInfo {
     const acct = this.#db.containerSharing(c.id);
     const reach = this.#db.containerReach(c.id);
     const capacity = c.segmentsTotal * c.segmentSize;
@@ -210,7 +210,7 @@ export class Admin {
       agents: this.#db.containerAgents(c.id),
       unreachable: reach.filter((r) => !r.reachable).map((r) => `${r.agent}: ${r.error}`),
       shared: isShared(reach),
-      domain: effectiveDomain(c, this.#db),
+      domain: domains?.get(c.id) ?? effectiveDomain(c, this.#db),
     };
   }
 
@@ -228,7 +228,8 @@ export class Admin {
   }
 
   ListContainers(_r: Partial<Empty>): ListContainersReply {
-    return { containers: this.#db.containers().map((c) => this.#containerInfo(c)) };
+    const domains = containerDomains(this.#db);
+    return { containers: this.#db.containers().map((c) => this.#containerInfo(c, domains)) };
   }
 
   RemoveContainer(r: Partial<RemoveContainerRequest>): Empty {

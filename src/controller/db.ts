@@ -479,6 +479,13 @@ export class ControllerDb {
       deleteSegment: p('DELETE FROM segments WHERE vdisk_id = ? AND seg = ?'),
       legsOf: p('SELECT container_id AS containerId, offset FROM segment_legs WHERE vdisk_id = ? AND seg = ? ORDER BY leg'),
       legsRaw: p('SELECT seg, container_id, offset FROM segment_legs WHERE vdisk_id = ? ORDER BY seg, leg').raw(),
+      anyLeg: p('SELECT 1 FROM segment_legs WHERE vdisk_id = ? LIMIT 1').pluck(),
+      segmentsWithLegsRaw: p(
+        `SELECT s.seg, s.state, s.container_id, s.offset, l1.container_id, l1.offset, l2.container_id, l2.offset FROM segments s
+         LEFT JOIN segment_legs l1 ON l1.vdisk_id = s.vdisk_id AND l1.seg = s.seg AND l1.leg = 1
+         LEFT JOIN segment_legs l2 ON l2.vdisk_id = s.vdisk_id AND l2.seg = s.seg AND l2.leg = 2
+         WHERE s.vdisk_id = ? ORDER BY s.seg`,
+      ).raw(),
       deleteLegs: p('DELETE FROM segment_legs WHERE vdisk_id = ? AND seg = ?'),
       insertLeg: p('INSERT INTO segment_legs (vdisk_id, seg, leg, container_id, offset) VALUES (?, ?, ?, ?, ?)'),
       staleOfSegment: p('SELECT container_id AS containerId, offset FROM stale_legs WHERE vdisk_id = ? AND seg = ? ORDER BY container_id'),
@@ -1052,6 +1059,80 @@ export class ControllerDb {
       .all(...(vdiskId === undefined ? [] : [vdiskId])) as { vdiskId: string; seg: number; legs: number; copies: number }[];
   }
 
+  /** Located segments of a vdisk with fewer locations than its copies (health). */
+  degradedCount(vdiskId: string): number {
+    return this.sql
+      .prepare(
+        `SELECT COUNT(*) FROM segments s JOIN vdisks v ON v.id = s.vdisk_id
+         WHERE s.vdisk_id = ? AND s.container_id IS NOT NULL
+           AND 1 + (SELECT COUNT(*) FROM segment_legs l WHERE l.vdisk_id = s.vdisk_id AND l.seg = s.seg) < v.copies`,
+      )
+      .pluck()
+      .get(vdiskId) as number;
+  }
+
+  /**
+   * Calls fn for every segment with extra legs (of one vdisk, or all), with
+   * its state and every location, leg 0 first, in vdisk and segment order:
+   * one read, for checks over large mirrored tables.
+   */
+  forEachMirroredSegment(fn: (vdiskId: string, seg: number, state: SegmentState, locations: Location[]) => void, vdiskId?: string): void {
+    const q = this.sql
+      .prepare(
+        `SELECT vdisk_id, seg, state, container_id, offset FROM segment_locations
+         WHERE (vdisk_id, seg) IN (SELECT DISTINCT vdisk_id, seg FROM segment_legs${vdiskId === undefined ? '' : ' WHERE vdisk_id = ?'})
+         ORDER BY vdisk_id, seg, leg`,
+      )
+      .raw();
+    let cur: { vdiskId: string; seg: number; state: SegmentState; locs: Location[] } | null = null;
+    const rows = (vdiskId === undefined ? q.iterate() : q.iterate(vdiskId)) as IterableIterator<[string, number, number, string, number]>;
+    for (const [v, seg, state, containerId, offset] of rows) {
+      if (cur === null || cur.vdiskId !== v || cur.seg !== seg) {
+        if (cur !== null) fn(cur.vdiskId, cur.seg, cur.state, cur.locs);
+        cur = { vdiskId: v, seg, state: state as SegmentState, locs: [] };
+      }
+      cur.locs.push({ containerId, offset });
+    }
+    if (cur !== null) fn(cur.vdiskId, cur.seg, cur.state, cur.locs);
+  }
+
+  /**
+   * Extra legs and stale legs that break the rules (`tabula check`): a leg
+   * of a segment with no location (zero, invalid without one) or none at
+   * all; a leg in the container of another leg of its segment; a leg 2
+   * without a leg 1 (legs are packed); a leg in a container of another
+   * segment size; a stale leg that is also one of its segment's legs.
+   * `leg` is -1 for a stale leg.
+   */
+  suspectLegs(): (EntryAt & { problem: string })[] {
+    return this.sql
+      .prepare(
+        `SELECT l.vdisk_id AS vdiskId, l.seg AS seg, l.leg AS leg, l.container_id AS containerId, l.offset AS offset,
+           CASE
+             WHEN s.seg IS NULL OR s.container_id IS NULL THEN 'leg of a segment without a location'
+             WHEN s.container_id = l.container_id
+               OR EXISTS (SELECT 1 FROM segment_legs o WHERE o.vdisk_id = l.vdisk_id AND o.seg = l.seg AND o.leg < l.leg AND o.container_id = l.container_id)
+               THEN 'leg in the same container as another leg of its segment'
+             WHEN l.leg = 2 AND NOT EXISTS (SELECT 1 FROM segment_legs o WHERE o.vdisk_id = l.vdisk_id AND o.seg = l.seg AND o.leg = 1) THEN 'leg 2 without a leg 1'
+             WHEN ct.segment_size != vd.segment_size THEN 'leg in a container of another segment size'
+           END AS problem
+         FROM segment_legs l JOIN vdisks vd ON vd.id = l.vdisk_id JOIN containers ct ON ct.id = l.container_id
+         LEFT JOIN segments s ON s.vdisk_id = l.vdisk_id AND s.seg = l.seg
+         WHERE problem IS NOT NULL
+         UNION ALL
+         SELECT st.vdisk_id, st.seg, -1, st.container_id, st.offset,
+           CASE
+             WHEN s.seg IS NULL OR s.container_id IS NULL THEN 'stale leg of a segment without a location'
+             ELSE 'stale leg that is also a leg of its segment'
+           END
+         FROM stale_legs st LEFT JOIN segments s ON s.vdisk_id = st.vdisk_id AND s.seg = st.seg
+         WHERE s.seg IS NULL OR s.container_id IS NULL
+            OR EXISTS (SELECT 1 FROM segment_locations x WHERE x.vdisk_id = st.vdisk_id AND x.seg = st.seg AND x.container_id = st.container_id AND x.offset = st.offset)
+         ORDER BY 1, 2, 3`,
+      )
+      .all() as (EntryAt & { problem: string })[];
+  }
+
   // ---- stale legs (removed with a failed container, kept for resync) ----
 
   /** Stale legs of a vdisk, of a container, or all, by vdisk, segment and container. */
@@ -1143,31 +1224,26 @@ export class ControllerDb {
       name: vdisk.name,
     });
     // Raw rows, coalesced into runs before they reach the table: a thick
-    // vdisk of a million rows is then a handful of setRange calls.
-    type Raw = [seg: number, state: number, container: string | null, offset: number | null];
-    type RawLeg = [seg: number, container: string, offset: number];
-    const rows = this.#statements.segmentsRaw.all(vdisk.id) as Raw[];
-    // Extra legs by row (a one-copy vdisk has none: one empty read).
-    const legRows = this.#statements.legsRaw.all(vdisk.id) as RawLeg[];
-    const legsAt: (Location[] | undefined)[] = [];
-    if (legRows.length > 0) {
-      let li = 0;
-      rows.forEach((r, i) => {
-        while (li < legRows.length && (legRows[li] as RawLeg)[0] < r[0]) li++;
-        while (li < legRows.length && (legRows[li] as RawLeg)[0] === r[0]) {
-          const l = legRows[li++] as RawLeg;
-          (legsAt[i] ??= []).push({ containerId: l[1], offset: l[2] });
-        }
-      });
-    }
+    // vdisk of a million rows is then a handful of setRange calls. A vdisk
+    // with extra legs reads them joined into its rows (leg 1 and 2 columns
+    // null when absent); one without reads its rows as it always did.
+    type Raw = [seg: number, state: number, container: string | null, offset: number | null, ...legs: (string | number | null)[]];
+    const mirrored = this.#statements.anyLeg.get(vdisk.id) !== undefined;
+    const rows = (mirrored ? this.#statements.segmentsWithLegsRaw : this.#statements.segmentsRaw).all(vdisk.id) as Raw[];
     // The container the table entry will carry (invalid drops its location, and its legs).
     const where = (r: Raw): string | null => (r[1] === SegmentState.Invalid ? null : r[2]);
-    /** Row j continues row i's run by k segments in every extra leg too. */
-    const legsContinue = (i: number, j: number, k: number): boolean => {
-      const a = legsAt[i];
-      const b = legsAt[j];
-      if (a === undefined || b === undefined) return a === b;
-      return a.length === b.length && a.every((l, n) => (b[n] as Location).containerId === l.containerId && (b[n] as Location).offset === l.offset + k);
+    /** Row r continues head's run by k segments in every extra leg too. */
+    const legsContinue = (head: Raw, r: Raw, k: number): boolean => {
+      for (let c = 4; c < head.length; c += 2) {
+        if (r[c] !== head[c]) return false;
+        if (head[c] !== null && r[c + 1] !== (head[c + 1] as number) + k) return false;
+      }
+      return true;
+    };
+    const legsOf = (r: Raw): Location[] => {
+      const out: Location[] = [];
+      for (let c = 4; c < r.length && r[c] !== null; c += 2) out.push({ containerId: r[c] as string, offset: r[c + 1] as number });
+      return out;
     };
     let i = 0;
     while (i < rows.length) {
@@ -1178,10 +1254,10 @@ export class ControllerDb {
         const r = rows[j] as Raw;
         const k = j - i;
         if (r[0] !== head[0] + k || r[1] !== head[1] || where(r) !== c) break;
-        if (c !== null && (r[3] !== (head[3] as number) + k || !legsContinue(i, j, k))) break;
+        if (c !== null && (r[3] !== (head[3] as number) + k || (mirrored && !legsContinue(head, r, k)))) break;
       }
-      const entry = tableEntry({ vdiskId: vdisk.id, seg: head[0], state: head[1] as SegmentState, containerId: head[2], offset: head[3] }, legsAt[i]);
-      t.setRange(head[0], j - i, entry, 1);
+      const row = { vdiskId: vdisk.id, seg: head[0], state: head[1] as SegmentState, containerId: head[2], offset: head[3] };
+      t.setRange(head[0], j - i, tableEntry(row, mirrored ? legsOf(head) : []), 1);
       i = j;
     }
     for (const o of this.segmentOwners(vdisk.id)) if (o.seg < t.segmentCount) t.setOwner(o.seg, o.owner);

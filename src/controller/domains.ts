@@ -8,7 +8,7 @@
 // never equal a name an admin gave.
 
 import { isIscsiLocator, parseIscsiLocator } from '../container/iscsi-locator.js';
-import type { ContainerRow, ControllerDb } from './db.js';
+import type { AgentRow, ContainerRow, ControllerDb } from './db.js';
 
 /** One agent's claim of a container, as domains need it. */
 interface Claim {
@@ -56,4 +56,13 @@ export function containerDomains(db: ControllerDb): Map<string, string> {
     list.push(k);
   }
   return new Map(db.containers().map((c) => [c.id, derive(c, claims.get(c.id) ?? [])]));
+}
+
+/**
+ * An agent's own failure domain: that of a local container it reaches
+ * (`host:` its host, or its name when it reports none). A container in it is
+ * near the agent (ContainerShare.near: its reads go there first).
+ */
+export function agentDomain(a: Pick<AgentRow, 'name' | 'host'>): string {
+  return `host:${a.host !== '' ? a.host : a.name}`;
 }

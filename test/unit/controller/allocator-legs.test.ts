@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { join } from 'node:path';
 import { Allocator, ContainerFullError } from '../../../src/controller/allocator.js';
 import { ControllerDb, type Location } from '../../../src/controller/db.js';
-import { containerDomains, effectiveDomain } from '../../../src/controller/domains.js';
+import { agentDomain, containerDomains, effectiveDomain } from '../../../src/controller/domains.js';
 import { CA, CB, CC, MiB, tempDir } from './helpers.js';
 
 const CD = 'dddddddd-0000-4000-8000-00000000000d';
@@ -42,6 +42,9 @@ describe('controller allocator: legs in distinct failure domains', () => {
     // The agent's locator names the storage node when the registered path does not.
     db.registerAgent('a3', [], [{ id: CD, path: 'iscsi://[fd00::3]:3260/iqn.2026-11.org.example:st3/1' }], 'host-3');
     expect(effectiveDomain(db.container(CD)!, db)).to.equal('iscsi:fd00::3');
+    // An agent's own domain is that of its local containers.
+    expect(agentDomain(db.agent('a1')!)).to.equal('host:host-1');
+    expect(agentDomain(db.agent('a2')!)).to.equal('host:a2');
   });
 
   it('gives each entry its legs in distinct domains, never two in one domain, and runs for consecutive entries', () => {

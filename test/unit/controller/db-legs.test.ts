@@ -247,4 +247,33 @@ describe('controller db: mirrored segments (legs, stale legs, domains, copies)',
     db.sql.prepare('UPDATE container_segments SET refcount = 2 WHERE container_id = ? AND offset = 0').run(CB);
     expect(db.refcountMismatches()).to.deep.equal([{ containerId: CB, offset: 0, refcount: 2, refs: 1 }]);
   });
+
+  it('finds mirrored segments in one read, counts degraded ones, and names broken legs and stale legs', () => {
+    set(0, N, loc(CA, 0), [loc(CB, 0)]);
+    set(1, N, loc(CA, 1));
+    set(2, SegmentState.NoWrite, loc(CA, 2), [loc(CB, 2), loc(CC, 2)]);
+    const seen: [number, SegmentState, Location[]][] = [];
+    db.forEachMirroredSegment((vd, seg, state, locs) => {
+      expect(vd).to.equal('v1');
+      seen.push([seg, state, locs]);
+    });
+    expect(seen).to.deep.equal([
+      [0, N, [loc(CA, 0), loc(CB, 0)]],
+      [2, SegmentState.NoWrite, [loc(CA, 2), loc(CB, 2), loc(CC, 2)]],
+    ]);
+    let n = 0;
+    db.forEachMirroredSegment(() => n++, 'other');
+    expect(n).to.equal(0);
+    expect(db.degradedCount('v1')).to.equal(1);
+    expect(db.suspectLegs()).to.deep.equal([]);
+    // Planted: a leg on its segment's own container, a leg 2 alone, a stale leg that is also a leg.
+    db.sql.prepare('INSERT INTO segment_legs (vdisk_id, seg, leg, container_id, offset) VALUES (?, ?, ?, ?, ?)').run('v1', 1, 1, CA, 9);
+    db.sql.prepare('DELETE FROM segment_legs WHERE vdisk_id = ? AND seg = 2 AND leg = 1').run('v1');
+    db.sql.prepare("INSERT INTO stale_legs (vdisk_id, seg, container_id, offset, since) VALUES ('v1', 0, ?, 0, 'now')").run(CB);
+    expect(db.suspectLegs().map((p) => [p.seg, p.leg, p.problem])).to.deep.equal([
+      [0, -1, 'stale leg that is also a leg of its segment'],
+      [1, 1, 'leg in the same container as another leg of its segment'],
+      [2, 2, 'leg 2 without a leg 1'],
+    ]);
+  });
 });
