@@ -220,13 +220,15 @@ export class AgentContainers implements ContainerResolver {
 
   /**
    * Whether a container can do I/O now (I/O path: no allocation). A mirrored
-   * read skips legs that cannot, rather than wait out the driver's hold.
+   * read skips legs that cannot, rather than wait out the driver's hold; so
+   * a network LUN counts only while its session is up (not while it
+   * reconnects, which refs() does not yet report as unreachable).
    */
   reachable(id: string): boolean {
     const c = this.#open.get(id);
     if (c === undefined || c.missing !== null) return false;
     const state = transportState(c.driver);
-    return state !== 'down' && state !== 'closed';
+    return state === undefined || state === 'up';
   }
 
   refs(): ContainerRef[] {

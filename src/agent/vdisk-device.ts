@@ -133,6 +133,21 @@ export class VdiskDevice implements BlockDevice {
   #closed = false;
   /** A table with extra legs was installed once: flush failures are looked at as leg failures. */
   #mirrored = false;
+  /**
+   * Mirrored segments written (without FUA) since the last flush started:
+   * not known durable on every leg. When a leg fails, the controller hears
+   * of them (#reportUnflushed), so that a copy which lost its write cache
+   * is not taken back without a resync of them. Null until mirrored.
+   */
+  #unflushed: Set<number> | null = null;
+  /** The #unflushed sets that flushes in progress took. */
+  readonly #flushing = new Set<Set<number>>();
+  /** Containers whose unflushed segments were reported, with the table swap count then: once per container and table. */
+  readonly #unflushedReported = new Map<string, number>();
+  /** Table swaps so far: #legUse's answers hold until the next. */
+  #swaps = 0;
+  /** #legUse's answers by container, with the swap count they were found at. */
+  readonly #legUses = new Map<string, { swaps: number; use: number }>();
   #held = 0;
   #exporters: number;
   #ownerId: number;
@@ -143,6 +158,7 @@ export class VdiskDevice implements BlockDevice {
     this.vdiskId = opts.vdiskId;
     this.#table = opts.table;
     this.#mirrored = opts.table.maxLegs > 1;
+    if (this.#mirrored) this.#unflushed = new Set();
     this.blockSize = opts.table.blockSize;
     this.#blocksPerSegment = opts.table.blocksPerSegment;
     this.#containers = opts.containers;
@@ -219,6 +235,18 @@ export class VdiskDevice implements BlockDevice {
       const d = this.#containers.get(id);
       if (d !== undefined) drivers.add(d);
     }
+    if (this.#mirrored && this.#containers.reachable !== undefined) {
+      // A container that is away and that no segment uses any more (its
+      // legs were dropped): nothing there matters, and asking it would wait
+      // out its driver's hold on every SYNCHRONIZE CACHE.
+      for (const d of drivers) if (!this.#containers.reachable(d.id) && this.#legUse(d.id) === NOT_USED) drivers.delete(d);
+    }
+    // Segments written before this point are durable once this flush succeeds.
+    const pending = this.#unflushed;
+    if (pending !== null) {
+      this.#unflushed = new Set();
+      this.#flushing.add(pending);
+    }
     const failed: string[] = [];
     let media = false;
     await Promise.all(
@@ -231,6 +259,10 @@ export class VdiskDevice implements BlockDevice {
         }),
       ),
     );
+    if (pending !== null) {
+      this.#flushing.delete(pending);
+      if (failed.length > 0) for (const seg of pending) (this.#unflushed as Set<number>).add(seg);
+    }
     if (failed.length > 0) {
       // Only containers that are away: retryable, the writes are still there to flush.
       const kind: BlockErrorKind = media ? 'write-error' : 'unreachable';
@@ -421,7 +453,11 @@ export class VdiskDevice implements BlockDevice {
     await gate.suspend(ranges);
     try {
       commit();
-      if (this.#table.maxLegs > 1) this.#mirrored = true;
+      this.#swaps++;
+      if (this.#table.maxLegs > 1) {
+        this.#mirrored = true;
+        this.#unflushed ??= new Set();
+      }
     } finally {
       this.#drivers = [];
       gate.resume();
@@ -778,9 +814,10 @@ export class VdiskDevice implements BlockDevice {
         const b = buf as Buffer;
         data = bufOff === 0 && len === b.length ? b : b.subarray(bufOff, bufOff + len);
       }
-      const errors = await Promise.all(
-        Array.from({ length: n }, (_, leg) => this.#writeLeg(t, mode, seg, leg, within, len, data, fua)),
-      );
+      if (!fua) this.#unflushed?.add(seg);
+      const legs = new Array<Promise<unknown>>(n);
+      for (let leg = 0; leg < n; leg++) legs[leg] = this.#writeLeg(t, mode, seg, leg, within, len, data, fua);
+      const errors = await Promise.all(legs);
       let first = -1;
       let failures = 0;
       for (let leg = 0; leg < n; leg++) {
@@ -801,7 +838,9 @@ export class VdiskDevice implements BlockDevice {
         const e = errors[leg];
         if (e !== undefined) this.#reportLeg(t, op, seg, lba, blocks, leg, e);
       }
-      return { container: t.containers[t.legSlotOf(seg, first)] as string, detail: (errors[first] as Error).message };
+      const container = t.containers[t.legSlotOf(seg, first)] as string;
+      this.#reportUnflushed(container, seg);
+      return { container, detail: (errors[first] as Error).message };
     } finally {
       this.#gate.leave(seg);
     }
@@ -893,6 +932,7 @@ export class VdiskDevice implements BlockDevice {
       return true;
     }
     if (seg === SOLE_COPY) return false;
+    this.#reportUnflushed(d.id, seg);
     const t = this.#table;
     const lba = seg * this.#blocksPerSegment;
     const blocks = Math.min(this.#blocksPerSegment, t.blockCount - lba);
@@ -912,22 +952,30 @@ export class VdiskDevice implements BlockDevice {
   /**
    * How the table uses a container: NOT_USED, SOLE_COPY (only as the one
    * copy of segments), else the first mirrored segment with a leg on it.
-   * Scans the table: only after a failed flush.
+   * Scans the table once per table swap: only for a container that failed
+   * a flush or is away.
    */
   #legUse(id: string): number {
+    const known = this.#legUses.get(id);
+    if (known !== undefined && known.swaps === this.#swaps) return known.use;
     const t = this.#table;
     const slot = t.containers.indexOf(id);
-    if (slot < 0) return NOT_USED;
-    let sole = false;
-    for (let s = 0; s < t.segmentCount; s++) {
-      const n = t.legCountOf(s);
-      for (let leg = 0; leg < n; leg++) {
-        if (t.legSlotOf(s, leg) !== slot) continue;
-        if (n > 1) return s;
-        sole = true;
+    let use = NOT_USED;
+    if (slot >= 0) {
+      scan: for (let s = 0; s < t.segmentCount; s++) {
+        const n = t.legCountOf(s);
+        for (let leg = 0; leg < n; leg++) {
+          if (t.legSlotOf(s, leg) !== slot) continue;
+          if (n > 1) {
+            use = s;
+            break scan;
+          }
+          use = SOLE_COPY;
+        }
       }
     }
-    return sole ? SOLE_COPY : NOT_USED;
+    this.#legUses.set(id, { swaps: this.#swaps, use });
+    return use;
   }
 
   /** A leg fault whose answer does not matter: the I/O went on without that leg. */
@@ -940,6 +988,48 @@ export class VdiskDevice implements BlockDevice {
       error: detail,
     });
     this.#report({ vdiskId: this.vdiskId, version: t.version, segment: seg, op, lba, blocks, state: t.stateOf(seg), detail, failedContainer: container });
+    this.#reportUnflushed(container, seg);
+  }
+
+  /**
+   * A leg on `container` failed: every mirrored segment with a leg there
+   * that was written since the last flush started is reported as a leg
+   * fault too (answer ignored). Those writes were acknowledged by that copy
+   * but may have been in its write cache only; the controller marks them
+   * dirty, so taking the copy back resyncs them. Once per container and
+   * table version; not `except`, the segment whose own leg fault names it.
+   */
+  #reportUnflushed(container: string, except: number): void {
+    if (this.#unflushed === null || this.#unflushedReported.get(container) === this.#swaps) return;
+    this.#unflushedReported.set(container, this.#swaps);
+    const t = this.#table;
+    const slot = t.containers.indexOf(container);
+    if (slot < 0) return;
+    const bps = this.#blocksPerSegment;
+    const detail = 'written since the last flush started: not known durable on this copy';
+    let count = 0;
+    const report = (seg: number): void => {
+      if (seg === except || seg >= t.segmentCount) return;
+      const n = t.legCountOf(seg);
+      if (n < 2) return;
+      for (let leg = 0; leg < n; leg++) {
+        if (t.legSlotOf(seg, leg) !== slot) continue;
+        const lba = seg * bps;
+        const blocks = Math.min(bps, t.blockCount - lba);
+        this.#report({ vdiskId: this.vdiskId, version: t.version, segment: seg, op: IoOp.Write, lba, blocks, state: t.stateOf(seg), detail, failedContainer: container });
+        count++;
+        return;
+      }
+    };
+    const seen = new Set<number>();
+    for (const set of [this.#unflushed, ...this.#flushing]) {
+      for (const seg of set) {
+        if (seen.has(seg)) continue;
+        seen.add(seg);
+        report(seg);
+      }
+    }
+    if (count > 0) log.warn(`${this.#name()}: ${count} segments written since the last flush reported with the failed leg on container ${container}`, { vdisk: this.vdiskId });
   }
 
   /**

@@ -163,6 +163,10 @@ describe('agent/AgentContainers', () => {
     // The session's state counts at once, between scans.
     l.state = 'down';
     expect(cs.reachable(L1)).to.equal(false);
+    // Reconnecting: no I/O now either (refs() still says reachable: no flapping report).
+    l.state = 'connecting';
+    expect(cs.reachable(L1)).to.equal(false);
+    expect(cs.refs().find((r) => r.id === L1)?.reachable).to.equal(true);
     l.state = 'up';
     expect(cs.reachable(L1)).to.equal(true);
     // A later ContainerSet replaces the near set.

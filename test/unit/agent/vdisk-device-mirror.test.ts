@@ -81,19 +81,29 @@ describe('agent/VdiskDevice: mirrored segments', () => {
 
   /** As the controller's MirrorManager does: a leg fault drops every leg on the failed container (one table change). */
   function dropContainerOnFault(): void {
-    sink.onFault = async (f): Promise<FaultDecision> => {
-      const failed = f.failedContainer as string;
-      const n = next(dev.table, (t) => {
-        for (let s = 0; s < t.segmentCount; s++) {
-          const e = t.get(s);
-          if (e.container === null || e.legs === undefined) continue;
-          const legs = [{ container: e.container, offset: e.offset }, ...(e.legs ?? [])].filter((l) => l.container !== failed);
-          const [first, ...rest] = legs;
-          t.set(s, { state: e.state, container: first!.container, offset: first!.offset, legs: rest });
-        }
+    let queue: Promise<unknown> = Promise.resolve();
+    sink.onFault = (f): Promise<FaultDecision> => {
+      const answer = queue.then(async (): Promise<FaultDecision> => {
+        const failed = f.failedContainer as string;
+        const t = dev.table;
+        let legs = false;
+        for (let s = 0; s < t.segmentCount; s++) if (t.legCountOf(s) > 1 && t.locationsOf(s).some((l) => l.container === failed)) legs = true;
+        // Already dropped (a later leg fault for the container): RETRY at the installed version.
+        if (!legs) return { action: 'retry', minVersion: t.version };
+        const n = next(t, (x) => {
+          for (let s = 0; s < x.segmentCount; s++) {
+            const e = x.get(s);
+            if (e.container === null || e.legs === undefined) continue;
+            const kept = [{ container: e.container, offset: e.offset }, ...e.legs].filter((l) => l.container !== failed);
+            const [first, ...rest] = kept;
+            x.set(s, { state: e.state, container: first!.container, offset: first!.offset, legs: rest });
+          }
+        });
+        await dev.installTable(n);
+        return { action: 'retry', minVersion: n.version };
       });
-      await dev.installTable(n);
-      return { action: 'retry', minVersion: n.version };
+      queue = answer.catch(() => undefined);
+      return answer;
     };
   }
 
@@ -371,6 +381,26 @@ describe('agent/VdiskDevice: mirrored segments', () => {
       expect(sink.faults).to.have.length(1);
     });
 
+    it('a container that is away and that no segment uses is not asked (its driver would hold every flush)', async () => {
+      make();
+      await dev.write(0, pattern(8, 19)); // c1 and c2 dirty
+      away.add(C2);
+      fx.calls.length = 0;
+      await dev.flush();
+      // Still a leg of segments 0, 1 and 4: flushed (it may only be reconnecting).
+      expect(fx.calls.map((c) => c.container).sort()).to.deep.equal([C1, C2, C3]);
+      const n = next(dev.table, (t) => {
+        t.set(0, { state: SegmentState.Normal, container: C1, offset: 0 });
+        t.set(1, { state: SegmentState.Normal, container: C1, offset: 2 });
+        t.set(4, { state: SegmentState.Normal, container: C1, offset: 4, legs: [{ container: C3, offset: 4 }] });
+      });
+      await dev.installTable(n);
+      fx.calls.length = 0;
+      await dev.flush();
+      expect(fx.calls.map((c) => c.container).sort()).to.deep.equal([C1, C3]);
+      expect(sink.faults).to.deep.equal([]);
+    });
+
     it('a container that is some segment\'s only copy fails the flush as with one copy', async () => {
       make();
       fx.drivers[C1]!.failWith = EIO(); // seg 3's only copy
@@ -380,6 +410,44 @@ describe('agent/VdiskDevice: mirrored segments', () => {
       // Its mirrored legs were dropped first (leg fault), but seg 3 still needs it.
       expect(sink.faults.map((f) => f.failedContainer)).to.deep.equal([C1]);
       expect(dev.table.get(3)).to.deep.include({ container: C1, offset: 3 });
+    });
+  });
+
+  describe('writes not yet flushed', () => {
+    it('a failed leg reports the segments with a leg there written since the last flush (not FUA ones, not flushed ones)', async () => {
+      make();
+      dropContainerOnFault();
+      await dev.write(BPS, pattern(1, 20)); // seg 1
+      await dev.flush(); // durable everywhere
+      await dev.write(4 * BPS, pattern(1, 21)); // seg 4: c1, c2, c3
+      await dev.write(BPS + 1, pattern(1, 22), { fua: true }); // seg 1 again, but FUA
+      await dev.write(3 * BPS, pattern(1, 23)); // seg 3: one copy, never reported
+      fx.drivers[C2]!.failWith = EIO();
+      await dev.write(0, pattern(1, 24)); // seg 0's leg on c2 fails: held
+      expect(sink.faults.map((f) => [f.segment, f.failedContainer, f.op, f.lba, f.blocks])).to.deep.equal([
+        [4, C2, IoOp.Write, 4 * BPS, BPS],
+        [0, C2, IoOp.Write, 0, 1],
+      ]);
+      expect(sink.faults[0]?.detail).to.match(/since the last flush/);
+    });
+
+    it('a flush that fails keeps its segments for the report', async () => {
+      const t = new MappingTable({ segmentCount: 4, segmentSize: SEG, blockSize: BS, version: 1, name: 'mirror1' });
+      t.set(0, { state: SegmentState.Normal, container: C2, offset: 0, legs: [{ container: C3, offset: 0 }] });
+      t.set(1, { state: SegmentState.Normal, container: C2, offset: 1, legs: [{ container: C3, offset: 1 }] });
+      t.set(3, { state: SegmentState.Normal, container: C1, offset: 0 });
+      make({ t });
+      dropContainerOnFault();
+      await dev.write(0, pattern(1, 25)); // seg 0
+      fx.drivers[C1]!.failWith = EIO(); // seg 3's only copy: the flush fails as with one copy
+      await rejects(dev.flush());
+      fx.drivers[C1]!.failWith = null;
+      fx.drivers[C3]!.failWith = EIO();
+      await dev.write(BPS, pattern(1, 26)); // seg 1's leg on c3 fails
+      expect(sink.faults.map((f) => [f.segment, f.failedContainer])).to.deep.equal([
+        [0, C3],
+        [1, C3],
+      ]);
     });
   });
 
