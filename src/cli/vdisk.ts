@@ -31,13 +31,13 @@ function statesText(states: Record<string, number>): string {
 }
 
 export function vdiskRows(list: readonly VdiskInfo[]): string {
-  // COPIES once some vdisk is mirrored: without, the list is as it was before mirrors.
-  const copies = list.some((v) => (v.copies ?? 1) > 1);
-  // HEALTH only once some vdisk is mirrored (or not healthy): one-copy listings stay as they were.
+  // HEALTH only once some vdisk is mirrored (or not healthy), COPIES once some vdisk is mirrored: one-copy listings stay as they were.
   const health = list.some((v) => v.health != null && (v.health.copies > 1 || healthText(v.health) !== 'healthy'));
-  const header = ['NAME', 'KIND', 'PROVISIONED', 'ALLOCATED', 'SHARED', 'EXCLUSIVE', 'TYPE', ...(copies ? ['COPIES'] : []), 'BLOCK', 'SEGMENT', 'VERSION', ...(health ? ['HEALTH'] : []), 'EXPORTS'];
+  const copies = list.some((v) => (v.copies ?? 1) > 1);
+  const head = ['NAME', 'KIND', 'PROVISIONED', 'ALLOCATED', 'SHARED', 'EXCLUSIVE', 'TYPE', 'BLOCK', 'SEGMENT', 'VERSION', ...(health ? ['HEALTH'] : []), 'EXPORTS'];
+  if (copies) head.splice(7, 0, 'COPIES');
   return formatColumns(
-    header,
+    head,
     list.map((v) => [
       v.name,
       kindText(v),

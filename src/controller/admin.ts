@@ -65,9 +65,10 @@ import { isShared } from './agent-registry.js';
 import { backupChunks, streamBackup } from './backup.js';
 import { checkInvariants, checkWarnings } from './check.js';
 import { ALUA_PREFERENCES, MAX_VDISK_COPIES, TableChangeError, type AluaPreference, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
-import { containerDomains, effectiveDomain } from './domains.js';
+import { effectiveDomain } from './domains.js';
 import { aluaStateName } from './port-groups.js';
 import { MigrationError } from './migration.js';
+import { containerDomains } from './domains.js';
 import { RebuildError, copiesOf } from './rebuild.js';
 import { SnapshotError, removeTable, shareVdisk, shrinkTable } from './snapshots.js';
 import type { Controller } from './controller.js';
@@ -189,7 +190,7 @@ export class Admin {
     return this.#containerInfo(row);
   }
 
-  #containerInfo(c: ContainerRow, domains?: ReadonlyMap<string, string>): ContainerInfo {
+  #containerInfo(c: ContainerRow): ContainerInfo {
     const acct = this.#db.containerSharing(c.id);
     const reach = this.#db.containerReach(c.id);
     const capacity = c.segmentsTotal * c.segmentSize;
@@ -210,7 +211,7 @@ export class Admin {
       agents: this.#db.containerAgents(c.id),
       unreachable: reach.filter((r) => !r.reachable).map((r) => `${r.agent}: ${r.error}`),
       shared: isShared(reach),
-      domain: domains?.get(c.id) ?? effectiveDomain(c, this.#db),
+      domain: effectiveDomain(c, this.#db),
     };
   }
 
@@ -228,8 +229,7 @@ export class Admin {
   }
 
   ListContainers(_r: Partial<Empty>): ListContainersReply {
-    const domains = containerDomains(this.#db);
-    return { containers: this.#db.containers().map((c) => this.#containerInfo(c, domains)) };
+    return { containers: this.#db.containers().map((c) => this.#containerInfo(c)) };
   }
 
   RemoveContainer(r: Partial<RemoveContainerRequest>): Empty {
@@ -347,8 +347,8 @@ export class Admin {
       parent: parent?.name ?? '',
       parentId: v.parentId ?? '',
       migration: this.#migrationInfo(v.id) ?? null,
-      copies: v.copies,
       health: this.#healthInfo(v, allocated),
+      copies: v.copies,
       id: v.id,
       name: v.name,
       size: v.size,
@@ -376,7 +376,7 @@ export class Admin {
       dirty: h.dirty,
       rebuilding: h.rebuilding ?? null,
       blocked: h.blocked,
-      resyncing: null,
+      resyncing: this.#ctrl.mirrors.resyncProgress(v.id) ?? null,
     };
   }
 

@@ -28,6 +28,7 @@ import {
 } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
 import type { ContainerReach, ControllerDb } from './db.js';
+import { containerDomains } from './domains.js';
 import { AgentLink, type AgentCall } from './agent-link.js';
 import type { WriteBehind } from './write-behind.js';
 
@@ -276,16 +277,23 @@ export class AgentRegistry {
     for (const c of accepted) if (c.reachable && before.get(c.id)?.reachable !== true) this.#handlers.containerReachable?.(c.id, name);
   }
 
-  /** What an agent is told about its containers now (ContainerSet): each accepted one, shared or not. */
-  #containerSetOf(agent: string): ContainerShare[] {
-    return this.#db.agentClaims(agent).map((c) => ({ id: c.id, shared: isShared(this.#db.containerReach(c.id)) }));
+  /**
+   * What an agent is told about its containers now (ContainerSet): each
+   * accepted one, shared or not, and near when it is in the agent's own
+   * failure domain (its host's: reads of mirrored segments prefer that leg).
+   */
+  #containerSetOf(agent: string, domains: ReadonlyMap<string, string>): ContainerShare[] {
+    const host = this.#db.agent(agent)?.host ?? '';
+    const own = `host:${host !== '' ? host : agent}`;
+    return this.#db.agentClaims(agent).map((c) => ({ id: c.id, shared: isShared(this.#db.containerReach(c.id)), ...(domains.get(c.id) === own ? { near: true } : {}) }));
   }
 
   /** Sends each connected agent its ContainerSet when it differs from the last one sent on its stream. */
   #pushContainerSets(): void {
+    const domains = containerDomains(this.#db);
     for (const l of this.#links.values()) {
       if (l.closed || l.name === null) continue;
-      const set = this.#containerSetOf(l.name);
+      const set = this.#containerSetOf(l.name, domains);
       const key = JSON.stringify(set);
       if (this.#sentSets.get(l) === key) continue;
       this.#sentSets.set(l, key);

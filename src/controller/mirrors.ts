@@ -1,5 +1,5 @@
-// Leg failure and resync of mirrored vdisks (docs/architecture.md,
-// "Mirrored vdisks"; /work design §6). A leg fault (Fault.failedContainer)
+// Leg failure and resync of mirrored vdisks (docs/architecture.md, "A
+// failed copy and its resync"). A leg fault (Fault.failedContainer)
 // says one copy of a segment failed while another took the write. The
 // controller decides once per container, not per segment:
 //
@@ -17,10 +17,11 @@
 // Resync, once an agent reports the container reachable again: clean stale
 // legs come back in one table change per vdisk (a no-write that was only
 // there for tracking goes back to normal); a dirty one is copied first, per
-// segment, the migration engine's way (migration.ts): its location joins
-// `migrating` (writes to it WAIT), the entry goes no-write, push, acks, one
-// agent reaching both copies a healthy leg onto the stale location
-// (AgentCommands.copy), the leg is added back, normal, push, acks. With no
+// segment, the migration engine's way (migration.ts, rebuild.ts): its
+// location joins `migrating` (writes to it WAIT), the entry goes no-write,
+// push, acks, one agent reaching both copies a healthy leg onto the stale
+// location (segment-copy.ts, the steps migration and rebuild share), the leg
+// is added back, normal, push, acks. With no
 // stale leg left the container is online again. Bytes copied are counted
 // (resyncProgress, observer: tabula_resync_bytes_total).
 
@@ -28,20 +29,16 @@ import { IoOp, SegmentState } from '../table/index.js';
 import type { Fault } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
 import { locKey } from './allocator.js';
-import { isOverdue, type AgentCommands } from './agent-commands.js';
+import type { AgentCommands } from './agent-commands.js';
 import type { ControllerDb, Location, StaleLeg } from './db.js';
+import { copySegmentData, frozenEverywhere, type SegmentCopyHost } from './segment-copy.js';
 import type { ChangeContext, TableChanges } from './table-changes.js';
-import type { WriteBehind } from './write-behind.js';
 
-/** What the mirror manager needs of the controller. */
-export interface MirrorHost {
+/** What the mirror manager needs of the controller (and the copy steps it shares, segment-copy.ts). */
+export interface MirrorHost extends SegmentCopyHost {
   readonly db: ControllerDb;
-  /** The controller is shutting down: nothing more is decided. */
-  readonly closed: boolean;
   /** Locations (locKey) being copied: faults on entries that reference them WAIT (shared with migration). */
   readonly migrating: Set<string>;
-  /** Flushed before reading acked versions. */
-  readonly writeBehind: Pick<WriteBehind, 'flush'>;
   readonly tables: Pick<TableChanges, 'table' | 'quiesce' | 'changeTable'>;
   readonly commands: Pick<AgentCommands, 'copyAgent' | 'copy'>;
 }
@@ -110,7 +107,11 @@ export class MirrorManager {
   readonly #released: (vdiskId: string) => void;
   readonly #removals = new Map<string, Removal>();
   readonly #resyncs = new Map<string, Resync>();
-  /** Stale locations (locKey) whose copy missed its deadline: the agent may still write them, so no other copy goes there until it answers. */
+  /**
+   * Stale locations (locKey) whose copy missed its deadline: the agent may
+   * still write them, so they are not resynced again by this controller
+   * (the rebuild takes their segments over after its delay).
+   */
   readonly #overdue = new Set<string>();
   #bytes = 0;
   observer: MirrorObserver | null = null;
@@ -471,23 +472,19 @@ export class MirrorManager {
       const frozen = db.segment(s.vdiskId, s.seg);
       if (frozen.state !== SegmentState.NoWrite || !same(db.locationsOfSegment(s.vdiskId, s.seg)[0]) || !stillStale()) return 'skipped';
       // An exporter that has not acked the frozen table (offline within its lease) might still write the old legs.
-      await host.tables.quiesce(s.vdiskId);
-      host.writeBehind.flush();
-      const laggard = db.exportsOfVdisk(s.vdiskId).find((e) => e.ackedVersion < frozenAt);
-      if (laggard !== undefined) return 'later';
-      const size = vdisk.segmentSize;
+      const lag = await frozenEverywhere(host, vdisk, frozenAt);
+      if (lag !== null) {
+        log.debug(`${what}: ${lag}`);
+        return 'later';
+      }
       log.debug(`${what}: agent ${agent} copies ${src.containerId}@${src.offset}`);
-      const err = await host.commands.copy(
-        agent,
-        { srcContainer: src.containerId, srcOffset: src.offset * size, dstContainer: c, dstOffset: s.offset * size, length: size },
-        // A late copy would overwrite whatever a later one wrote there: none goes there until it is over.
-        { late: () => this.#overdue.delete(dstKey) },
-      );
+      const copied = await copySegmentData(host, agent, vdisk, src, { containerId: c, offset: s.offset });
       if (host.closed) return 'later';
-      if (err !== null) {
-        log.warn(`${what}: ${err}`);
-        if (!isOverdue(err)) return 'failed'; // the container (or the source) is still bad
-        this.#overdue.add(dstKey);
+      if (copied.kind !== 'copied') {
+        log.warn(`${what}: ${copied.reason}`);
+        if (copied.kind === 'failed') return 'failed'; // the container (or the source) is still bad
+        // A late copy would overwrite whatever a later one wrote there.
+        if (copied.overdue) this.#overdue.add(dstKey);
         return 'later';
       }
       let readded = false;

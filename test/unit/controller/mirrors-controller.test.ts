@@ -135,6 +135,32 @@ describe('controller mirrors: leg faults and resync through the controller (fake
     expect(db.staleLegs({})).to.deep.equal([]);
   });
 
+  it('the ContainerSet marks near the containers in the agent\'s own failure domain (its host), for mirrored reads', async () => {
+    const a = new FakeAgent(ctl.address, 'a1', { containers: [containerRef(CA, SEGS)], hostId: 'h1' });
+    agents.push(a);
+    await a.register();
+    const b = new FakeAgent(ctl.address, 'a2', { containers: [containerRef(CA, SEGS), containerRef(CB, SEGS)], hostId: 'h2' });
+    agents.push(b);
+    await b.register();
+    // Named domains (d1, d2) are no host's: nothing is near.
+    const set = (x: FakeAgent) => {
+      const m = x.received.filter((y) => y.body === 'containerSet').pop();
+      return m?.body === 'containerSet' ? m.containerSet.containers.map((c) => [c.id, c.shared, c.near === true]) : [];
+    };
+    expect(set(b).some((c) => c[2] === true)).to.equal(false);
+    // Derived domains: CA lives on a1's host (its first claimer), CB on a2's.
+    ctl.db.setContainerDomain(CA, '');
+    ctl.db.setContainerDomain(CB, '');
+    b.containerUpdate([containerRef(CA, SEGS), containerRef(CB, SEGS)]);
+    await until(() => set(b).some((c) => c[2] === true), 5000, 'a2 told of its near container');
+    expect(set(b)).to.deep.equal([
+      [CA, true, false],
+      [CB, false, true],
+    ]);
+    await until(() => set(a).some((c) => c[2] === true), 5000, 'a1 told of its near container');
+    expect(set(a)).to.deep.equal([[CA, true, true]]);
+  });
+
   it('an agent registering with the failed container reachable starts the resync; one reporting it unreachable does not', async () => {
     const v = ctl.admin.CreateVdisk({ name: 'm', size: 2 * MiB });
     ctl.db.setVdiskCopies(v.id, 2);

@@ -7,6 +7,7 @@
 import { expect } from 'chai';
 import { join } from 'node:path';
 import { Allocator } from '../../../src/controller/allocator.js';
+import type { AgentLink } from '../../../src/controller/agent-link.js';
 import type { AgentRegistry } from '../../../src/controller/agent-registry.js';
 import type { CopyArgs } from '../../../src/controller/agent-commands.js';
 import { checkInvariants } from '../../../src/controller/check.js';
@@ -49,7 +50,8 @@ describe('controller mirrors: leg failure and resync (fake host)', () => {
     // No agent holds a table: commits are sent to no one and acked at once.
     const agents = { holders: () => [], leaseMs: 0, leaseEnd: () => 0, unreachableExporters: () => [] } as unknown as AgentRegistry;
     const migrating = new Set<string>();
-    const tables = new TableChanges(db, new Allocator(db), writeBehind, agents, 1000, { migrating, scrub: () => undefined, settled: () => undefined });
+    const allocator = new Allocator(db);
+    const tables = new TableChanges(db, allocator, writeBehind, agents, 1000, { migrating, scrub: () => undefined, settled: () => undefined });
     const fake = { copies: [] as CopyArgs[], copyError: null as string | null, copyAgent: 'a1' as string | null, released: [] as string[] };
     const host = {
       db,
@@ -57,6 +59,9 @@ describe('controller mirrors: leg failure and resync (fake host)', () => {
       migrating,
       writeBehind,
       tables,
+      allocator,
+      // Every copying agent stays connected: a copy error is the copy's own.
+      agents: { link: () => ({}) as AgentLink },
       commands: {
         copyAgent: () => fake.copyAgent,
         copy: (_agent: string, cmd: CopyArgs) => {
@@ -209,6 +214,27 @@ describe('controller mirrors: leg failure and resync (fake host)', () => {
     expect(f.db.refcount({ containerId: CB, offset: 1 })).to.equal(1);
     expect(f.tables.table(id).legCountOf(3)).to.equal(2);
     expect(events('container-online')).to.have.length(1);
+    clean();
+  });
+
+  it('resync keeps an entry no-write while its first leg is shared (a snapshot taken while degraded)', async () => {
+    const id = await mirrored('m', 2);
+    await legFault(id, 0, CB);
+    // A snapshot now: the source's entries no-write, every location shared (stale legs stay the source's).
+    await f.tables.changeTable(id, (ctx) => ctx.set(0, NO_WRITE, { containerId: CA, offset: 0 }));
+    const sid = 's-id';
+    f.db.tx(() => {
+      f.db.insertVdisk({ id: sid, name: 's', size: 2 * MiB, blockSize: 512, segmentSize: MiB, segmentCount: 2, thin: true, version: 0, kind: 'snapshot', parentId: id });
+      f.db.shareInto(id, sid);
+    });
+    await f.mirrors.resync(CB);
+    expect(f.copies.map((c) => [c.srcContainer, c.srcOffset, c.dstContainer, c.dstOffset])).to.deep.equal([[CA, 0, CB, 0]]);
+    for (let s = 0; s < 2; s++) {
+      expect(where(id, s), `segment ${s}`).to.deep.equal([`aa@${s}`, `bb@${s}`]);
+      expect(state(id, s), `segment ${s}`).to.equal(NO_WRITE);
+      expect(where(sid, s), `snapshot segment ${s}`).to.deep.equal([`aa@${s}`]);
+    }
+    expect(f.db.container(CB)!.state).to.equal('online');
     clean();
   });
 
