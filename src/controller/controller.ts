@@ -159,6 +159,7 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
     this.mirrors = new MirrorManager(this, settled);
     this.rebuild = new RebuildManager(this, settled, {
       domains: () => containerDomains(db),
+      resyncing: (id) => this.mirrors.resyncing(id),
       ...(opts.rebuildDelayMs === undefined ? {} : { delayMs: opts.rebuildDelayMs }),
       ...(opts.rebuildScanMs === undefined ? {} : { scanIntervalMs: opts.rebuildScanMs }),
     });

@@ -6,7 +6,8 @@
 //   2. an exclusive normal entry becomes no-write: push, acks (reads go on,
 //      writes fault and wait); a shared entry is no-write already;
 //   3. a new location is reserved on the target and one agent reaching both
-//      containers copies the segment (CopyCommand / CopyDone);
+//      containers copies the segment (CopyCommand / CopyDone; the steps
+//      rebuild and resync share, segment-copy.ts);
 //   4. the entry is remapped to the new location (normal, or no-write in a
 //      snapshot): push, acks; the old location loses its reference and is
 //      freed once every exporter has acked (TableChanges.reclaim);
@@ -31,7 +32,8 @@ import { log } from '../util/log.js';
 import { ContainerFullError, locKey } from './allocator.js';
 import type { ControllerDb, Location, MigrationRow, VdiskRow } from './db.js';
 import { containerDomains } from './domains.js';
-import { isOverdue, type AgentCommands } from './agent-commands.js';
+import type { AgentCommands } from './agent-commands.js';
+import { copySegmentData, frozenEverywhere } from './segment-copy.js';
 import type { AgentRegistry } from './agent-registry.js';
 import type { Allocator } from './allocator.js';
 import type { TableChanges } from './table-changes.js';
@@ -448,41 +450,21 @@ export class MigrationManager {
       if (frozen.state !== SegmentState.NoWrite || !stillThere) return 'skipped';
       // An exporter that has not acked a table with the entry no-write (offline,
       // fenced) might still write the old location: copy only once all have.
-      await host.tables.quiesce(vdisk.id);
-      host.writeBehind.flush(); // acked versions
-      const laggard = db.exportsOfVdisk(vdisk.id).find((e) => e.ackedVersion < frozenAt);
-      if (laggard !== undefined) {
-        this.#note(vdisk.id, `waiting for agent ${laggard.agent} to ack vdisk ${vdisk.name}'s table (acked version ${laggard.ackedVersion})`);
+      const lag = await frozenEverywhere(host, vdisk, frozenAt);
+      if (lag !== null) {
+        this.#note(vdisk.id, lag);
         return 'no-agent';
       }
-      const dst = fresh;
-      const err = await host.commands.copy(
-        agent,
-        {
-          srcContainer: src.containerId,
-          srcOffset: src.offset * vdisk.segmentSize,
-          dstContainer: fresh.containerId,
-          dstOffset: fresh.offset * vdisk.segmentSize,
-          length: vdisk.segmentSize,
-        },
-        // The agent may still write the new location: it is given up only once the copy is over.
-        { late: () => host.allocator.unreserve([dst], true) },
-      );
-      if (isOverdue(err)) {
-        // Tried again with another agent (AgentCommands.copyAgent puts this one last).
-        overdue = true;
-        this.#note(vdisk.id, `${what}: ${err as string}`);
-        return 'no-agent';
+      const copied = await copySegmentData(host, agent, vdisk, src, fresh);
+      if (copied.kind === 'retry') {
+        // Overdue: tried again with another agent (AgentCommands.copyAgent puts this one last),
+        // and the new location is given up only once the silent one is done. Else the agent went away mid-copy.
+        overdue = copied.overdue;
+        this.#note(vdisk.id, copied.overdue ? `${what}: ${copied.reason}` : copied.reason);
+        return host.closed ? 'skipped' : 'no-agent';
       }
       if (host.closed) return 'skipped';
-      if (err !== null) {
-        if (host.agents.link(agent) === undefined) {
-          // The agent went away mid-copy: try again with another (or when it is back).
-          this.#note(vdisk.id, `copy on agent ${agent} interrupted: ${err}`);
-          return 'no-agent';
-        }
-        throw new MigrationError(`${what}: agent ${agent} could not copy ${src.containerId}@${src.offset} to ${fresh.containerId}@${fresh.offset}: ${err}`);
-      }
+      if (copied.kind === 'failed') throw new MigrationError(`${what}: ${copied.reason}`);
       const target = fresh;
       await host.tables.changeTable(vdisk.id, (c) => {
         const r = db.segment(vdisk.id, seg);

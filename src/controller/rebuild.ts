@@ -12,8 +12,9 @@
 //      fault and wait);
 //   4. the agent copies the healthy leg to the new location
 //      (segment-copy.ts);
-//   5. the leg is added and the entry goes back to its state: push, acks;
-//      held writes get RETRY and from then on reach every leg.
+//   5. the leg is added, the entry normal again (no-write while shared or
+//      a snapshot's): push, acks; held writes get RETRY and from then on
+//      reach every leg.
 //
 // What is degraded comes from the tables, so a restarted controller finds
 // the same segments again and goes on. A segment with a stale leg (its
@@ -80,6 +81,8 @@ export interface RebuildOptions {
   domains: () => ReadonlyMap<string, string>;
   /** Age at which a stale leg is dropped and its segment rebuilt (default DEFAULT_REBUILD_DELAY_MS). */
   delayMs?: number;
+  /** Whether the container's stale legs are being resynced now (mirrors.ts): they are not dropped under its copies. */
+  resyncing?: (containerId: string) => boolean;
   scanIntervalMs?: number;
   concurrency?: number;
 }
@@ -155,6 +158,7 @@ export class RebuildManager {
     if (!Number.isInteger(concurrency) || concurrency < 1) throw new Error(`rebuild concurrency must be a positive integer, not ${concurrency}`);
     this.#opts = {
       domains: opts.domains,
+      resyncing: opts.resyncing ?? (() => false),
       delayMs: opts.delayMs ?? DEFAULT_REBUILD_DELAY_MS,
       scanIntervalMs: opts.scanIntervalMs ?? DEFAULT_REBUILD_SCAN_MS,
       concurrency,
@@ -191,6 +195,15 @@ export class RebuildManager {
   /** Whether a rebuild of this vdisk is running. */
   running(vdiskId: string): boolean {
     return this.#runs.has(vdiskId);
+  }
+
+  /** Stops the vdisk's rebuild after the segments in flight (a removal or a shrink comes); the next scan starts it again if still needed. */
+  async cancel(vdiskId: string): Promise<void> {
+    const run = this.#runs.get(vdiskId);
+    if (!run) return;
+    run.cancel = true;
+    run.wake?.();
+    await run.done;
   }
 
   /** Resolves when the vdisk's rebuild (if any) has stopped. */
@@ -267,12 +280,7 @@ export class RebuildManager {
       this.#kick(vdiskId);
       return;
     }
-    const run = this.#runs.get(vdiskId);
-    if (run) {
-      run.cancel = true;
-      run.wake?.();
-      await run.done;
-    }
+    await this.cancel(vdiskId);
     let removed = 0;
     const r = await this.#host.tables.changeTable(vdiskId, (c) => {
       db.setVdiskCopies(vdiskId, copies);
@@ -346,7 +354,12 @@ export class RebuildManager {
     return out;
   }
 
-  /** Drops stale legs still present, each released at the version current when it goes (every holder has the table without it). */
+  /**
+   * Drops stale legs still present, each released at the version current
+   * when it goes (every holder has the table without it). Not one a resync
+   * may be copying onto: a copy landing after the scrub would leave data in
+   * free space.
+   */
   async #dropStale(vdiskId: string, legs: readonly StaleLeg[], why: string): Promise<void> {
     if (legs.length === 0) return;
     const db = this.#db;
@@ -356,7 +369,8 @@ export class RebuildManager {
       const present = new Set(db.staleLegs({ vdiskId }).map((s) => `${s.seg}:${s.containerId}`));
       let n = 0;
       for (const s of legs) {
-        if (!present.has(`${s.seg}:${s.containerId}`)) continue;
+        if (!present.has(`${s.seg}:${s.containerId}`) || this.#opts.resyncing(s.containerId)) continue;
+        if (db.locationsOfSegment(vdiskId, s.seg).some((l) => this.#host.migrating.has(locKey(l)))) continue;
         db.dropStaleLeg(vdiskId, s.seg, s.containerId, v.version);
         n++;
       }
@@ -529,14 +543,15 @@ export class RebuildManager {
         return { outcome: 'failed', reason: `${what}: ${copied.reason}` };
       }
       if (host.closed) return { outcome: 'skipped', reason: '' };
-      // Step 5: back to the state it had, with the new leg last; no-write if a
-      // snapshot came to share it meanwhile (its next write copies it).
+      // Step 5: the new leg last, and writable when this table alone holds
+      // every leg (as a write's make-writable would: it saves that fault);
+      // else no-write (a snapshot's, or shared: its next write copies it).
       const leg = fresh;
       const primary = legs[0] as Location;
       await host.tables.changeTable(vdisk.id, (c) => {
         if (db.segment(vdisk.id, seg).state !== SegmentState.NoWrite || !same(db.locationsOfSegment(vdisk.id, seg))) return;
-        const back = state === SegmentState.Normal && db.refcount(primary) === 1 ? SegmentState.Normal : SegmentState.NoWrite;
-        c.set(seg, back, primary, [...legs.slice(1), leg]);
+        const alone = vdisk.kind !== 'snapshot' && legs.every((l) => db.refcount(l) === 1);
+        c.set(seg, alone ? SegmentState.Normal : SegmentState.NoWrite, primary, [...legs.slice(1), leg]);
         committed = true;
       });
       return committed ? { outcome: 'rebuilt', reason: '' } : { outcome: 'skipped', reason: '' };

@@ -425,10 +425,10 @@ export interface VdiskInfo {
   parentId: string;
   /** Latest migration of this vdisk; null (absent on the wire) when none. */
   migration: MigrationInfo | null;
-  /** Copies and their health; null from a controller without mirrored vdisks. */
-  health?: VdiskHealthInfo | null;
   /** Locations each segment should have (1 = not mirrored); absent from an older controller. */
   copies?: number;
+  /** Copies and their health; null from a controller without mirrored vdisks. */
+  health?: VdiskHealthInfo | null;
 }
 
 export interface SetVdiskCopiesRequest {

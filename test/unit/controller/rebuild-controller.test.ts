@@ -5,10 +5,13 @@
 import { expect } from 'chai';
 import { closeSync, openSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { SegmentState } from '../../../src/table/index.js';
+import { IoOp, SegmentState } from '../../../src/table/index.js';
+import { FaultAction } from '../../../src/wire/proto-types.js';
 import { checkInvariants } from '../../../src/controller/check.js';
 import { startController, type ControllerHandle } from '../../../src/controller/daemon.js';
 import { CA, CB, CC, FakeAgent, MiB, containerRef, tempDir, until } from './helpers.js';
+import { valueOf } from '../metrics/exposition.js';
+import { metrics } from '../metrics/scrape.js';
 
 const SEGS = 8;
 
@@ -65,7 +68,7 @@ describe('controller mirror rebuild', () => {
   });
 
   const start = async (opts: { rebuildDelayMs?: number; rebuildScanMs?: number } = {}): Promise<ControllerHandle> => {
-    ctl = await startController({ dbPath, listen: '127.0.0.1:0', ackTimeoutMs: 2000, ...opts });
+    ctl = await startController({ dbPath, listen: '127.0.0.1:0', ackTimeoutMs: 2000, metricsListen: '127.0.0.1:0', ...opts });
     return ctl;
   };
   const agent = async (name: string, copy: 'files' | 'manual' = 'files'): Promise<FakeAgent> => {
@@ -118,6 +121,9 @@ describe('controller mirror rebuild', () => {
     }
     expect(a.copies).to.have.length(4);
     clean();
+    const e = await metrics(ctl!.metricsAddress as string);
+    expect(valueOf(e, 'tabula_rebuild_bytes_total')).to.equal(4 * MiB);
+    expect(valueOf(e, 'tabula_vdisk_degraded_segments', { vdisk: 'd' })).to.equal(0);
 
     await ctl!.admin.SetVdiskCopies({ name: 'd', copies: 1 });
     for (let s = 0; s < 4; s++) expect(legs('d', s)).to.deep.equal([`aa@${s}`]);
@@ -178,6 +184,30 @@ describe('controller mirror rebuild', () => {
     await until(() => legs('d', 1).length === 2, 10_000, 'segment 1 rebuilt by the repair');
     await rebuilt('d');
     expect(health('d')).to.deep.include({ stale: 0, degraded: 0 });
+    clean();
+  });
+
+  it('a leg fault fails a container: its legs wait as stale legs; container evacuate of it rebuilds them in the third domain at once', async () => {
+    const { id, a } = await setup();
+    await ctl!.admin.SetVdiskCopies({ name: 'd', copies: 2 });
+    await rebuilt('d');
+    // Fail the container holding segment 0's second leg.
+    const failed = ctl!.db.locationsOfSegment(id, 0)[1]!.containerId;
+    const onFailed = [0, 1, 2, 3].filter((s) => ctl!.db.locationsOfSegment(id, s).some((l) => l.containerId === failed));
+    const r = await a.sendFault({ vdiskId: id, segment: 0, op: IoOp.Write, state: SegmentState.Normal, detail: 'EIO', failedContainer: failed }).reply();
+    expect(r.action).to.equal(FaultAction.Retry);
+    expect(ctl!.db.container(failed)!.state).to.equal('failed');
+    expect(health('d')).to.deep.include({ degraded: onFailed.length, stale: onFailed.length, rebuilding: null });
+    expect(valueOf(await metrics(ctl!.metricsAddress as string), 'tabula_vdisk_degraded_segments', { vdisk: 'd' })).to.equal(onFailed.length);
+    // The rebuild delay (10 min by default) would wait for the container to come back; evacuate does not.
+    expect(ctl!.admin.EvacuateContainer({ id: failed }).migrations).to.deep.equal([]);
+    await until(() => ctl!.db.staleLegs({ vdiskId: id }).length === 0 && health('d').degraded === 0 && health('d').rebuilding === null, 10_000, 'rebuilt off the failed container');
+    const third = [CB, CC].find((c) => c !== failed)!;
+    for (let s = 0; s < 4; s++) {
+      const l = ctl!.db.locationsOfSegment(id, s);
+      expect(l.map((x) => x.containerId), `segment ${s}`).to.deep.equal([CA, third]);
+      expect(readSeg(files.get(third)!, l[1]!.offset).equals(pattern(s + 1)), `segment ${s} copy`).to.equal(true);
+    }
     clean();
   });
 

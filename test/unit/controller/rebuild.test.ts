@@ -41,6 +41,8 @@ class World {
   readonly unreserved: string[] = [];
   readonly released: string[] = [];
   readonly migrating = new Set<string>();
+  /** Locations another table shares too (refcount 2). */
+  readonly shared = new Set<string>();
   /** Set: copies wait for the test to call it (per copy), else they finish at once. */
   hold = false;
   readonly pending: (() => void)[] = [];
@@ -106,7 +108,7 @@ class World {
         vdisks: () => [w.vdisk],
         exportsOfVdisk: (): ExportRow[] => [],
         segment: (_id: string, seg: number) => segRow(seg),
-        refcount: () => 1,
+        refcount: (l: Location) => (w.shared.has(key(l)) ? 2 : 1),
         event: () => undefined,
         locationsOfSegment: (_id: string, seg: number) => [...(w.segs.get(seg)?.legs ?? [])],
         staleLegs: (f: { vdiskId?: string; containerId?: string }) =>
@@ -209,15 +211,25 @@ describe('controller mirror rebuild (fake host)', () => {
       'set 0 no-write A@0',
       'copy A@0 B@100',
       'set 0 normal A@0+B@100',
-      // Already no-write (shared, say): no freeze, and it stays no-write.
+      // Already no-write (an abandoned step, say): no freeze; held by this table alone, so writable after.
       'copy A@1 B@101',
-      'set 1 no-write A@1+B@101',
+      'set 1 normal A@1+B@101',
     ]);
     expect(w.legsOf(3)).to.deep.equal(['A@3', 'B@3']);
     expect(w.migrating.size).to.equal(0);
     expect(w.unreserved).to.deep.equal(['B@100', 'B@101']);
     expect(bytes).to.equal(2 * SEG);
     expect(m.health('v1')).to.deep.include({ segments: 3, degraded: 0, blocked: '' });
+  });
+
+  it('a shared segment (a snapshot holds it too) stays no-write with its new leg', async () => {
+    const w = new World(1, 2).container('A', 'd1', 4).container('B', 'd2', 4);
+    w.seg(0, [A(0)], NO_WRITE);
+    w.shared.add('A@0');
+    const m = manager(w);
+    m.start();
+    await until(() => !m.running('v1') && w.legsOf(0).length === 2, 2000, 'rebuild done');
+    expect(w.log).to.deep.equal(['copy A@0 B@100', 'set 0 no-write A@0+B@100']);
   });
 
   it('with three copies adds two legs in two more domains', async () => {
