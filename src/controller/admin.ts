@@ -67,6 +67,7 @@ import { checkInvariants, checkWarnings } from './check.js';
 import { ALUA_PREFERENCES, MAX_VDISK_COPIES, TableChangeError, type AluaPreference, type ContainerRow, type ExportRow, type VdiskRow } from './db.js';
 import { effectiveDomain } from './domains.js';
 import { aluaStateName } from './port-groups.js';
+import { segmentRefcount } from './faults.js';
 import { MigrationError } from './migration.js';
 import { containerDomains } from './domains.js';
 import { RebuildError, copiesOf } from './rebuild.js';
@@ -468,7 +469,10 @@ export class Admin {
       c.grow(segmentCount * v.segmentSize, segmentCount);
       if (!v.thin && segmentCount > old) {
         let seg = old;
-        for (const loc of c.allocate(segmentCount - old)) c.set(seg++, SegmentState.Normal, loc);
+        if (c.vdisk.copies > 1) {
+          // A leg per copy, in distinct domains (fewer, degraded, when domains run out).
+          for (const [first, ...legs] of c.allocateLegs(segmentCount - old, c.vdisk.copies)) c.set(seg++, SegmentState.Normal, first ?? null, legs);
+        } else for (const loc of c.allocate(segmentCount - old)) c.set(seg++, SegmentState.Normal, loc);
       }
     });
     this.#pushExportSets(v.id);
@@ -649,7 +653,8 @@ export class Admin {
       for (let seg = first; seg < first + count; seg++) {
         const row = this.#db.segment(v.id, seg);
         const loc = row.containerId !== null && row.offset !== null ? { containerId: row.containerId, offset: row.offset } : null;
-        const refs = loc !== null ? this.#db.refcount(loc) : 0;
+        // A mirrored entry is shared when any of its legs is.
+        const refs = loc !== null ? segmentRefcount(this.#db, this.#db.locationsOfSegment(v.id, seg)) : 0;
         if (refs > 1 && state !== SegmentState.Zero && state !== SegmentState.NoWrite) {
           throw precondition(
             `vdisk ${v.name} segment ${seg} shares container ${loc?.containerId} offset ${loc?.offset} with ${refs - 1} other table entr${refs === 2 ? 'y' : 'ies'} (snapshot or clone); it can only be no-write or zero`,
@@ -657,7 +662,10 @@ export class Admin {
         }
         if (v.kind === 'snapshot' && state === SegmentState.Normal) throw precondition(`${v.name} is a snapshot; its segments cannot be made writable`);
         if (state === SegmentState.Zero) c.set(seg, state, null);
-        else if (state === SegmentState.Normal || state === SegmentState.NoWrite) c.set(seg, state, loc ?? (c.allocate(1)[0] ?? null));
+        else if ((state === SegmentState.Normal || state === SegmentState.NoWrite) && loc === null && c.vdisk.copies > 1) {
+          const [first, ...legs] = c.allocateLegs(1, c.vdisk.copies)[0] ?? [];
+          c.set(seg, state, first ?? null, legs);
+        } else if (state === SegmentState.Normal || state === SegmentState.NoWrite) c.set(seg, state, loc ?? (c.allocate(1)[0] ?? null));
         else c.set(seg, state, loc);
       }
     });

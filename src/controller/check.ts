@@ -6,7 +6,7 @@
 // that every table entry is well formed and points at allocated space.)
 
 import { SEGMENT_STATE_NAMES, SegmentState } from '../table/index.js';
-import type { ControllerDb, Location } from './db.js';
+import type { ControllerDb } from './db.js';
 import { containerDomains } from './domains.js';
 
 const stateName = (s: number): string => SEGMENT_STATE_NAMES[s] ?? `state#${s}`;
@@ -99,43 +99,41 @@ export function checkInvariants(db: ControllerDb): string[] {
 }
 
 /**
- * Mirrored entries: legs in distinct containers and failure domains, no
- * more than the vdisk's copies; stale legs (kept for a resync) belong to a
- * located segment and not to a container it still uses.
+ * Mirrored entries: legs well formed (ControllerDb.suspectLegs: beside a
+ * location, packed, in distinct containers of the vdisk's segment size), in
+ * distinct failure domains, no more than the vdisk's copies; stale legs
+ * (kept for a resync) beside a live leg, on a container the segment no
+ * longer uses.
  */
 function checkLegs(db: ControllerDb, vd: (id: string) => string): string[] {
   const out: string[] = [];
+  for (const r of db.suspectLegs()) {
+    out.push(`${vd(r.vdiskId)} segment ${r.seg} ${r.leg < 0 ? 'stale leg' : `leg ${r.leg}`} on container ${r.containerId} offset ${r.offset}: ${r.problem}`);
+  }
   for (const r of db.legShortfalls('over')) {
     out.push(`${vd(r.vdiskId)} segment ${r.seg} has ${r.legs} legs but the vdisk keeps ${r.copies} cop${r.copies === 1 ? 'y' : 'ies'}`);
   }
   const domains = containerDomains(db);
   const domainOf = (id: string): string => domains.get(id) ?? `container:${id}`;
-  for (const v of db.vdisks()) {
-    for (const { seg, legs } of db.legsOfVdisk(v.id)) {
-      const row = db.segment(v.id, seg);
-      const what = `${vd(v.id)} segment ${seg}`;
-      if (row.containerId === null || row.offset === null) {
-        out.push(`${what} has extra legs but no location`);
-        continue;
+  db.forEachMirroredSegment((vdiskId, seg, _state, locs) => {
+    const byDomain = new Map<string, { leg: number; containerId: string }>();
+    locs.forEach((l, leg) => {
+      const d = domainOf(l.containerId);
+      const other = byDomain.get(d);
+      // Two legs in one container are suspectLegs' to name.
+      if (other !== undefined && other.containerId !== l.containerId) {
+        out.push(`${vd(vdiskId)} segment ${seg} has legs ${other.leg} and ${leg} in the same failure domain ${d}`);
       }
-      const all: Location[] = [{ containerId: row.containerId, offset: row.offset }, ...legs];
-      const byContainer = new Map<string, number>();
-      const byDomain = new Map<string, number>();
-      all.forEach((l, i) => {
-        const c = byContainer.get(l.containerId);
-        const d = domainOf(l.containerId);
-        if (c !== undefined) out.push(`${what} has legs ${c} and ${i} in the same container ${l.containerId}`);
-        else if (byDomain.has(d)) out.push(`${what} has legs ${byDomain.get(d) ?? '?'} and ${i} in the same failure domain ${d}`);
-        byContainer.set(l.containerId, i);
-        byDomain.set(d, i);
-      });
-    }
-  }
+      if (other === undefined) byDomain.set(d, { leg, containerId: l.containerId });
+    });
+  });
   for (const st of db.staleLegs({})) {
-    const what = `${vd(st.vdiskId)} segment ${st.seg} has a stale leg on container ${st.containerId} offset ${st.offset}`;
     const live = db.locationsOfSegment(st.vdiskId, st.seg);
-    if (live.length === 0) out.push(`${what} but no location (a stale leg is kept only beside a live one)`);
-    else if (live.some((l) => l.containerId === st.containerId)) out.push(`${what}, a container the segment still uses`);
+    // Without a location, or at one of its legs' very location: suspectLegs names it.
+    if (live.length === 0 || live.some((l) => l.containerId === st.containerId && l.offset === st.offset)) continue;
+    if (live.some((l) => l.containerId === st.containerId)) {
+      out.push(`${vd(st.vdiskId)} segment ${st.seg} has a stale leg on container ${st.containerId} offset ${st.offset}, a container the segment still uses`);
+    }
   }
   return out;
 }
