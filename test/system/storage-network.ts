@@ -7,7 +7,8 @@
 // storage node 1" one link. Each machine's files live in a directory of its
 // own (dir/<machine>/) that only that machine's processes open, so agents
 // reach storage only over the network. Everything is kept in one temp dir,
-// kept when a test fails.
+// kept when a test fails. MIRROR_TOPOLOGY adds a third storage node, st3
+// (`tabula target` on san3), for mirrored vdisks (mirror-must-show.test.ts).
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readlinkSync, rmSync, ftruncateSync } from 'node:fs';
