@@ -96,6 +96,9 @@ interface LegFailure {
 /** A leg whose container has no driver here: fails like an I/O error on it. */
 class NoDriverError extends Error {}
 
+/** Mirrored segments recorded as written since the last flush, at most (per set; see #unflushed). */
+export const MAX_UNFLUSHED = 4096;
+
 /** #legUse: no segment uses the container; it is only ever a segment's one copy. */
 const NOT_USED = -2;
 const SOLE_COPY = -1;
@@ -142,6 +145,8 @@ export class VdiskDevice implements BlockDevice {
   #unflushed: Set<number> | null = null;
   /** The #unflushed sets that flushes in progress took. */
   readonly #flushing = new Set<Set<number>>();
+  /** #unflushed sets that reached MAX_UNFLUSHED (an initiator that does not flush): some segments went unrecorded. */
+  readonly #overflowed = new WeakSet<Set<number>>();
   /** Containers whose unflushed segments were reported, with the table swap count then: once per container and table. */
   readonly #unflushedReported = new Map<string, number>();
   /** Table swaps so far: #legUse's answers hold until the next. */
@@ -261,7 +266,10 @@ export class VdiskDevice implements BlockDevice {
     );
     if (pending !== null) {
       this.#flushing.delete(pending);
-      if (failed.length > 0) for (const seg of pending) (this.#unflushed as Set<number>).add(seg);
+      if (failed.length > 0) {
+        if (this.#overflowed.has(pending)) this.#overflowed.add(this.#unflushed as Set<number>);
+        for (const seg of pending) this.#noteUnflushed(seg);
+      }
     }
     if (failed.length > 0) {
       // Only containers that are away: retryable, the writes are still there to flush.
@@ -814,7 +822,7 @@ export class VdiskDevice implements BlockDevice {
         const b = buf as Buffer;
         data = bufOff === 0 && len === b.length ? b : b.subarray(bufOff, bufOff + len);
       }
-      if (!fua) this.#unflushed?.add(seg);
+      if (!fua) this.#noteUnflushed(seg);
       const legs = new Array<Promise<unknown>>(n);
       for (let leg = 0; leg < n; leg++) legs[leg] = this.#writeLeg(t, mode, seg, leg, within, len, data, fua);
       const errors = await Promise.all(legs);
@@ -932,14 +940,16 @@ export class VdiskDevice implements BlockDevice {
       return true;
     }
     if (seg === SOLE_COPY) return false;
-    this.#reportUnflushed(d.id, seg);
+    this.#reportUnflushed(d.id, -1);
     const t = this.#table;
     const lba = seg * this.#blocksPerSegment;
     const blocks = Math.min(this.#blocksPerSegment, t.blockCount - lba);
     log.warn(`${this.#name()} segment ${seg}: flush of leg on container ${d.id} failed, held for the controller`, { vdisk: this.vdiskId, version: t.version, error: detail });
     const deadline = Date.now() + this.holdTimeoutMs;
     const asked = this.#faults
-      .fault({ vdiskId: this.vdiskId, version: t.version, segment: seg, op: IoOp.Write, lba, blocks, state: t.stateOf(seg), detail, failedContainer: d.id })
+      // Verify: the fault names the container, not a change to this segment
+      // (the writes at risk were just reported, each as a write).
+      .fault({ vdiskId: this.vdiskId, version: t.version, segment: seg, op: IoOp.Verify, lba, blocks, state: t.stateOf(seg), detail, failedContainer: d.id })
       .catch((): typeof UNDELIVERED => UNDELIVERED);
     const r = await this.#hold(this.#race(asked, deadline));
     if (r === TIMEOUT || r === UNDELIVERED || r.action !== 'retry') return false;
@@ -988,7 +998,16 @@ export class VdiskDevice implements BlockDevice {
       error: detail,
     });
     this.#report({ vdiskId: this.vdiskId, version: t.version, segment: seg, op, lba, blocks, state: t.stateOf(seg), detail, failedContainer: container });
-    this.#reportUnflushed(container, seg);
+    // A read's leg fault says nothing about the data (the controller marks no segment dirty for it).
+    this.#reportUnflushed(container, isWrite(op) ? seg : -1);
+  }
+
+  /** Records a mirrored segment written without FUA; bounded, so an initiator that never flushes costs no more than MAX_UNFLUSHED entries. */
+  #noteUnflushed(seg: number): void {
+    const u = this.#unflushed;
+    if (u === null) return;
+    if (u.size < MAX_UNFLUSHED) u.add(seg);
+    else if (!u.has(seg)) this.#overflowed.add(u);
   }
 
   /**
@@ -1022,7 +1041,9 @@ export class VdiskDevice implements BlockDevice {
       }
     };
     const seen = new Set<number>();
+    let overflowed = false;
     for (const set of [this.#unflushed, ...this.#flushing]) {
+      if (this.#overflowed.has(set)) overflowed = true;
       for (const seg of set) {
         if (seen.has(seg)) continue;
         seen.add(seg);
@@ -1030,6 +1051,11 @@ export class VdiskDevice implements BlockDevice {
       }
     }
     if (count > 0) log.warn(`${this.#name()}: ${count} segments written since the last flush reported with the failed leg on container ${container}`, { vdisk: this.vdiskId });
+    if (overflowed) {
+      log.warn(`${this.#name()}: more than ${MAX_UNFLUSHED} segments written since the last flush; those beyond were not recorded, so not reported with the failed leg on container ${container}`, {
+        vdisk: this.vdiskId,
+      });
+    }
   }
 
   /**
