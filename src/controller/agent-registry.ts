@@ -28,7 +28,7 @@ import {
 } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
 import type { ContainerReach, ControllerDb } from './db.js';
-import { containerDomains } from './domains.js';
+import { agentDomain, containerDomains } from './domains.js';
 import { AgentLink, type AgentCall } from './agent-link.js';
 import type { WriteBehind } from './write-behind.js';
 
@@ -283,8 +283,7 @@ export class AgentRegistry {
    * failure domain (its host's: reads of mirrored segments prefer that leg).
    */
   #containerSetOf(agent: string, domains: ReadonlyMap<string, string>): ContainerShare[] {
-    const host = this.#db.agent(agent)?.host ?? '';
-    const own = `host:${host !== '' ? host : agent}`;
+    const own = agentDomain({ name: agent, host: this.#db.agent(agent)?.host ?? '' });
     return this.#db.agentClaims(agent).map((c) => ({ id: c.id, shared: isShared(this.#db.containerReach(c.id)), ...(domains.get(c.id) === own ? { near: true } : {}) }));
   }
 

@@ -74,7 +74,7 @@ import type { CommitResult, TableChanges } from './table-changes.js';
 import type { WriteBehind } from './write-behind.js';
 import type { Allocator } from './allocator.js';
 import { Sense as ScsiSense, type Asc } from '../scsi/sense.js';
-import type { LegFault, MirrorManager } from './mirrors.js';
+import type { MirrorManager } from './mirrors.js';
 
 /**
  * Sense data the controller hands out (key, asc, ascq), named from the one
@@ -317,8 +317,7 @@ export class FaultManager {
     // Guarded: winston formats (timestamp, JSON) even what its level then drops.
     if (debugEnabled()) log.debug(`fault: agent ${agent} vdisk ${vdisk.name} segment ${f.segment} ${opName} lba ${f.lba}+${f.blocks} in state ${stateName} (table v${f.tableVersion})`);
     // A leg fault (one copy failed, another took the I/O) is decided per container, not per segment.
-    const failed = (f as LegFault).failedContainer;
-    if (failed !== undefined && failed !== '' && this.#host.mirrors !== undefined) {
+    if (typeof f.failedContainer === 'string' && f.failedContainer !== '' && this.#host.mirrors !== undefined) {
       this.#host.mirrors.legFault(f, (d) => this.#reply(w, d.kind === 'retry' ? d : { kind: 'fail', cause: 'internalError', reason: d.reason }));
       return;
     }

@@ -43,11 +43,8 @@ export interface MirrorHost extends SegmentCopyHost {
   readonly commands: Pick<AgentCommands, 'copyAgent' | 'copy'>;
 }
 
-/** A fault that may name a failed leg. */
-export type LegFault = Fault & { failedContainer?: string };
-
 /** Whether the failed I/O changed data: a failed read leaves the stale leg in sync, so it marks nothing dirty. */
-function changesData(f: LegFault): boolean {
+function changesData(f: Fault): boolean {
   return f.op !== IoOp.Read && f.op !== IoOp.Verify;
 }
 
@@ -74,7 +71,7 @@ const RESYNC_RETRY_MS = 500;
 const RESYNC_MAX_IDLE_PASSES = 20;
 
 interface Waiting {
-  fault: LegFault;
+  fault: Fault;
   answer: (a: LegAnswer) => void;
 }
 
@@ -172,7 +169,7 @@ export class MirrorManager {
    * A leg fault, already checked by FaultManager.handle (vdisk exported to
    * the agent, segment in range). Answered through `answer`, once.
    */
-  legFault(f: LegFault, answer: (a: LegAnswer) => void): void {
+  legFault(f: Fault, answer: (a: LegAnswer) => void): void {
     const c = f.failedContainer ?? '';
     const host = this.#host;
     const pending = this.#removals.get(c);

@@ -12,10 +12,11 @@ import type { AgentRegistry } from '../../../src/controller/agent-registry.js';
 import type { CopyArgs } from '../../../src/controller/agent-commands.js';
 import { checkInvariants } from '../../../src/controller/check.js';
 import { ControllerDb, type Location } from '../../../src/controller/db.js';
-import { MirrorManager, type LegAnswer, type LegFault, type MirrorHost } from '../../../src/controller/mirrors.js';
+import { MirrorManager, type LegAnswer, type MirrorHost } from '../../../src/controller/mirrors.js';
 import { TableChanges } from '../../../src/controller/table-changes.js';
 import { WriteBehind } from '../../../src/controller/write-behind.js';
 import { IoOp, SegmentState } from '../../../src/table/index.js';
+import type { Fault } from '../../../src/wire/proto-types.js';
 import { CA, CB, CC, MiB, tempDir, until } from './helpers.js';
 
 const NORMAL = SegmentState.Normal;
@@ -95,7 +96,7 @@ describe('controller mirrors: leg failure and resync (fake host)', () => {
 
   let nextFault = 1;
   function legFault(vdiskId: string, seg: number, failed: string): Promise<LegAnswer> {
-    const fault: LegFault = { faultId: nextFault++, vdiskId, tableVersion: 1, segment: seg, op: IoOp.Write, lba: seg * 2048, blocks: 8, state: NORMAL, detail: 'EIO', failedContainer: failed };
+    const fault: Fault = { faultId: nextFault++, vdiskId, tableVersion: 1, segment: seg, op: IoOp.Write, lba: seg * 2048, blocks: 8, state: NORMAL, detail: 'EIO', failedContainer: failed };
     return new Promise((resolve) => f.mirrors.legFault(fault, resolve));
   }
 
