@@ -414,6 +414,8 @@ export class RebuildManager {
   async #loop(run: Run): Promise<void> {
     const db = this.#db;
     let started = false;
+    /** The blocking reason last logged. */
+    let told = '';
     for (;;) {
       if (run.cancel || this.#host.closed) return;
       const vdisk = db.vdisk(run.vdiskId);
@@ -455,7 +457,12 @@ export class RebuildManager {
       await Promise.all(Array.from({ length: Math.min(this.#opts.concurrency, todo.length) }, worker));
       if (rebuilt === 0) {
         // Nothing could be done this pass (no agent, no room, segments busy): look again later.
-        if (why !== '') log.debug(`rebuild of vdisk ${vdisk.name} waits: ${why}`);
+        if (run.blocked !== '' && run.blocked !== told) {
+          // Once per reason: it needs an admin (room in another domain, a leg that reads again).
+          told = run.blocked;
+          log.warn(`rebuild of vdisk ${vdisk.name} cannot go on: ${run.blocked}; it retries every ${Math.round(this.#opts.scanIntervalMs / 1000)} s`);
+          db.event('rebuild', vdisk.name, `waiting: ${run.blocked}`);
+        } else if (why !== '') log.debug(`rebuild of vdisk ${vdisk.name} waits: ${why}`);
         await this.#pause(run, run.blocked !== '' ? this.#opts.scanIntervalMs : RETRY_MS);
       }
     }

@@ -2,7 +2,6 @@
 // `repair`, and health in `vdisk ls` / `show`, with a controller and an
 // agent reaching two containers in two failure domains.
 import { expect } from 'chai';
-import Database from 'better-sqlite3';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,12 +32,7 @@ describe('tabula CLI: mirrored vdisks (set-copies, repair, health)', function ()
     }
     // Both files sit on one agent's host (one default domain): name a domain each.
     const ids = (await tabulaJson<ContainerInfo[]>(['container', 'ls', ...ctl])).map((c) => c.id);
-    const db = new Database(join(dir, 'controller.db'));
-    try {
-      ids.forEach((id, i) => db.prepare('UPDATE containers SET domain = ? WHERE id = ?').run(`d${i + 1}`, id));
-    } finally {
-      db.close();
-    }
+    for (const [i, id] of ids.entries()) await tabulaOk(['container', 'set-domain', id, `d${i + 1}`, ...ctl]);
     const portal = `127.0.0.1:${await freeLoopbackPort()}`;
     agent = await startDaemon(['agent', ...ctl, '--name', 'a1', '--portal', portal, '--containers', ...files], /agent a1 serving on/, join(dir, 'agent.log'));
     for (let i = 0; i < 60; i++) {

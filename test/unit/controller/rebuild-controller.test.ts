@@ -211,6 +211,20 @@ describe('controller mirror rebuild', () => {
     clean();
   });
 
+  it('vdisk rm waits for a running rebuild to stop, then frees every leg', async () => {
+    const { id, a } = await setup({}, 'manual');
+    await ctl!.admin.SetVdiskCopies({ name: 'd', copies: 2 });
+    await until(() => a.copies.length === 4, 5000, 'four copies in flight');
+    ctl!.admin.RemoveExport({ vdisk: 'd', agent: 'a1' });
+    const rm = ctl!.admin.RemoveVdisk({ name: 'd' });
+    for (const c of a.copies) a.copyDone(c.commandId);
+    await rm;
+    expect(ctl!.db.findVdisk('d')).to.equal(undefined);
+    expect(ctl!.controller.rebuild.running(id)).to.equal(false);
+    await until(() => [CA, CB, CC].every((c) => ctl!.db.containerSegmentsUsed(c) === 0), 5000, 'every leg scrubbed and freed');
+    clean();
+  });
+
   it('a rebuild cut short by a controller restart goes on from the tables', async () => {
     const { a } = await setup({}, 'manual');
     await ctl!.admin.SetVdiskCopies({ name: 'd', copies: 2 });
