@@ -6,13 +6,13 @@
 //   1. the container goes `failed` (no allocation on it);
 //   2. every vdisk with a leg on it gets one table change: each segment with
 //      two or more legs loses its leg there (leg 1 is promoted when leg 0 is
-//      lost), the lost leg is kept as a stale leg (dirty when a leg fault
-//      named its segment), and a normal segment that is not dirty becomes
+//      lost), the lost leg is kept as a stale leg (dirty when the leg fault
+//      of a write named its segment; a failed read changed nothing), and a normal segment that is not dirty becomes
 //      no-write, so that its next write faults once and make-writable marks
 //      it dirty: the fault path is the write-intent log. A segment whose only
 //      leg is there keeps today's single-copy behaviour (its I/O errors);
 //   3. push, acks, then RETRY to every leg fault that waited. A later leg
-//      fault for that container marks its segment dirty and gets RETRY.
+//      fault (of a write) for that container marks its segment dirty and gets RETRY.
 //
 // Resync, once an agent reports the container reachable again: clean stale
 // legs come back in one table change per vdisk (a no-write that was only
@@ -25,7 +25,7 @@
 // stale leg left the container is online again. Bytes copied are counted
 // (resyncProgress, observer: tabula_resync_bytes_total).
 
-import { SegmentState } from '../table/index.js';
+import { IoOp, SegmentState } from '../table/index.js';
 import type { Fault } from '../wire/proto-types.js';
 import { log } from '../util/log.js';
 import { locKey } from './allocator.js';
@@ -41,6 +41,11 @@ export interface MirrorHost extends SegmentCopyHost {
   readonly migrating: Set<string>;
   readonly tables: Pick<TableChanges, 'table' | 'quiesce' | 'changeTable'>;
   readonly commands: Pick<AgentCommands, 'copyAgent' | 'copy'>;
+}
+
+/** Whether the failed I/O changed data: a failed read leaves the stale leg in sync, so it marks nothing dirty. */
+function changesData(f: Fault): boolean {
+  return f.op !== IoOp.Read && f.op !== IoOp.Verify;
 }
 
 /** The answer to one leg fault (FaultManager sends it, and logs it). */
@@ -169,14 +174,14 @@ export class MirrorManager {
     const host = this.#host;
     const pending = this.#removals.get(c);
     if (pending !== undefined) {
-      pending.dirty.add(segKey(f.vdiskId, f.segment));
+      if (changesData(f)) pending.dirty.add(segKey(f.vdiskId, f.segment));
       pending.waiting.push({ fault: f, answer });
       return;
     }
     const legs = host.db.locationsOfSegment(f.vdiskId, f.segment);
     if (legs.length >= 2 && legs.some((l) => l.containerId === c)) {
       // The first leg fault for this container: decide it for every vdisk.
-      const r: Removal = { containerId: c, waiting: [{ fault: f, answer }], dirty: new Set([segKey(f.vdiskId, f.segment)]), resyncAfter: false };
+      const r: Removal = { containerId: c, waiting: [{ fault: f, answer }], dirty: new Set(changesData(f) ? [segKey(f.vdiskId, f.segment)] : []), resyncAfter: false };
       this.#removals.set(c, r);
       void this.#remove(r);
       return;
@@ -184,7 +189,7 @@ export class MirrorManager {
     // The leg is gone already (removed for an earlier fault; the agent's
     // table was behind), or it is the segment's only leg now: the write
     // the agent holds reached the other legs, so the stale leg missed it.
-    if (host.db.markDirty(f.vdiskId, f.segment) > 0 && this.#resyncs.has(c)) {
+    if (changesData(f) && host.db.markDirty(f.vdiskId, f.segment) > 0 && this.#resyncs.has(c)) {
       log.debug(`vdisk ${f.vdiskId} segment ${f.segment}: dirty again during the resync of container ${c}`);
     }
     void host.tables.quiesce(f.vdiskId).then(

@@ -7,7 +7,8 @@
 // storage node 1" one link. Each machine's files live in a directory of its
 // own (dir/<machine>/) that only that machine's processes open, so agents
 // reach storage only over the network. Everything is kept in one temp dir,
-// kept when a test fails.
+// kept when a test fails. MIRROR_TOPOLOGY adds a third storage node, st3
+// (`tabula target` on san3), for mirrored vdisks (mirror-must-show.test.ts).
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readlinkSync, rmSync, ftruncateSync } from 'node:fs';
@@ -30,11 +31,26 @@ export const TOPOLOGY: TopologySpec = {
   },
 };
 
+/**
+ * Issue 16's topology: a third storage node st3, also running `tabula
+ * target`, on a network of its own (san3), so mirrored vdisks have three
+ * failure domains and a rebuild has somewhere to go.
+ */
+export const MIRROR_TOPOLOGY: TopologySpec = {
+  machines: ['ctl', 'st1', 'st2', 'st3', 'ha', 'hb'],
+  networks: {
+    ...TOPOLOGY.networks,
+    san3: ['st3', 'ctl', 'ha', 'hb'],
+  },
+};
+
 export type Host = 'ha' | 'hb';
 export const ISCSI_PORT = 3260;
 const CONTROLLER_PORT = 7100;
+const CONTROLLER_METRICS_PORT = 7101;
 export const TGTD_IQN = 'iqn.2026-11.org.tabula:st1';
 export const TARGET_IQN = 'iqn.2026-11.org.tabula:st2';
+export const TARGET3_IQN = 'iqn.2026-11.org.tabula:st3';
 
 /** tgtd on st1: one target, file-backed LUNs from 1 (tgt keeps LUN 0 for itself). */
 export class TgtdNode {
@@ -119,31 +135,36 @@ export class TgtdNode {
   }
 }
 
-/** `tabula target` on st2 over files in st2's directory, LUN 0..n-1. */
+/** `tabula target` on a storage node (st2, or st3) over files in its directory, LUN 0..n-1. */
 export class FileTargetNode {
   daemon: Daemon | undefined;
   readonly files: string[] = [];
 
-  constructor(readonly net: StorageNetwork) {}
+  constructor(
+    readonly net: StorageNetwork,
+    readonly machine = 'st2',
+    readonly network = 'san2',
+    readonly iqn = TARGET_IQN,
+  ) {}
 
   get portal(): string {
-    return `${this.net.t.addr('st2', 'san2')}:${ISCSI_PORT}`;
+    return `${this.net.t.addr(this.machine, this.network)}:${ISCSI_PORT}`;
   }
 
   url(lun: number): string {
-    return `iscsi://${this.portal}/${TARGET_IQN}/${lun}`;
+    return `iscsi://${this.portal}/${this.iqn}/${lun}`;
   }
 
   addFile(sizeBytes: number): number {
-    this.files.push(this.net.sparseFile('st2', `lun${this.files.length}.img`, sizeBytes));
+    this.files.push(this.net.sparseFile(this.machine, `lun${this.files.length}.img`, sizeBytes));
     return this.files.length - 1;
   }
 
   /** Starts (or restarts) the target over every file: `--file` repeated, LUN 0..n-1. */
   async start(): Promise<void> {
-    if (this.daemon?.running) throw new Error('tabula target on st2 is already running');
-    const args = ['target', ...this.files.flatMap((f) => ['--file', f]), '--portal', this.portal, '--iqn', TARGET_IQN];
-    this.daemon = await this.net.startDaemon('st2', 'target', args, /^iscsi:\/\/\S+$/m);
+    if (this.daemon?.running) throw new Error(`tabula target on ${this.machine} is already running`);
+    const args = ['target', ...this.files.flatMap((f) => ['--file', f]), '--portal', this.portal, '--iqn', this.iqn];
+    this.daemon = await this.net.startDaemon(this.machine, 'target', args, /^iscsi:\/\/\S+$/m);
   }
 
   async kill(): Promise<void> {
@@ -184,8 +205,8 @@ export class HostWriter {
     }
   }
 
-  /** SIGTERM: it finishes what is in flight and prints its summary. */
-  async stop(ms = 180_000): Promise<WriterSummary> {
+  /** SIGTERM: it finishes what is in flight and prints its summary (its last line, JSON). */
+  async stop<T = WriterSummary>(ms = 180_000): Promise<T> {
     if (!exited(this.child)) this.child.kill('SIGTERM');
     if (!(await waitExit(this.child, ms))) {
       await terminate(this.child, 1000);
@@ -193,7 +214,7 @@ export class HostWriter {
     }
     const line = this.#out.trim().split('\n').at(-1) ?? '';
     if (!line.startsWith('{')) throw new Error(`writer on ${this.host} ended without a summary: ${this.#out.slice(-500)}\n${fileTail(this.logFile)}`);
-    return JSON.parse(line) as WriterSummary;
+    return JSON.parse(line) as T;
   }
 }
 
@@ -209,6 +230,8 @@ export interface AgentStart {
 export class StorageNetwork {
   readonly tgtd: TgtdNode;
   readonly target: FileTargetNode;
+  /** `tabula target` on st3, in topologies that have it (MIRROR_TOPOLOGY). */
+  readonly target3: FileTargetNode | undefined;
   controller: Daemon | undefined;
   readonly agents = new Map<Host, Daemon>();
   /** The controller listens beyond loopback, so agents and admins present a token. */
@@ -221,6 +244,7 @@ export class StorageNetwork {
   ) {
     this.tgtd = new TgtdNode(this, tgtdControlNumber(process.pid));
     this.target = new FileTargetNode(this);
+    this.target3 = t.spec.machines.includes('st3') ? new FileTargetNode(this, 'st3', 'san3', TARGET3_IQN) : undefined;
     for (const m of t.spec.machines) mkdirSync(join(dir, m));
   }
 
@@ -266,11 +290,25 @@ export class StorageNetwork {
     });
   }
 
-  async startController(opts: { holdTimeoutS?: number } = {}): Promise<Daemon> {
+  /** The controller's Prometheus endpoint on the management network (when started with `metrics: true`). */
+  get controllerMetricsAddress(): string {
+    return `${this.t.addr('ctl', 'mgmt')}:${CONTROLLER_METRICS_PORT}`;
+  }
+
+  async startController(opts: { holdTimeoutS?: number; metrics?: boolean; extra?: readonly string[] } = {}): Promise<Daemon> {
     const args = ['controller', '--db', join(this.dir, 'ctl', 'controller.db'), '--listen', this.controllerAddress];
     if (opts.holdTimeoutS !== undefined) args.push('--hold-timeout', String(opts.holdTimeoutS));
+    if (opts.metrics === true) args.push('--metrics-listen', this.controllerMetricsAddress);
+    args.push(...(opts.extra ?? []));
     this.controller = await this.startDaemon('ctl', 'controller', args, /controller listening on \S+/);
     return this.controller;
+  }
+
+  /** The controller's `/metrics` text, fetched from inside ctl (its address is only there). */
+  async controllerMetrics(): Promise<string> {
+    const script = 'fetch(process.argv[1]).then(async (r) => process.stdout.write(await r.text()), (e) => { process.stderr.write(String(e)); process.exit(1); });';
+    const r = await this.t.execOk('ctl', [process.execPath, '-e', script, `http://${this.controllerMetricsAddress}/metrics`], { timeoutMs: 30_000 });
+    return r.stdout;
   }
 
   async startAgent(host: Host, o: AgentStart): Promise<Daemon> {
@@ -397,6 +435,7 @@ export class StorageNetwork {
     await Promise.all([...this.agents.values()].map((a) => a.stop(10_000)));
     await this.controller?.stop(10_000);
     await this.target.stop();
+    await this.target3?.stop();
     await this.tgtd.stop();
     if (!keep) rmSync(this.dir, { recursive: true, force: true });
   }
@@ -407,7 +446,7 @@ export class StorageNetwork {
  * `setup`); after the block the processes are stopped and then the topology
  * is torn down, also when a test failed; the dir is kept when anything failed.
  */
-export function useStorageNetwork(label: string, setup: (n: StorageNetwork) => Promise<void>): () => StorageNetwork {
+export function useStorageNetwork(label: string, setup: (n: StorageNetwork) => Promise<void>, spec: TopologySpec = TOPOLOGY): () => StorageNetwork {
   let topology: Topology | undefined;
   let net: StorageNetwork | undefined;
   let failed = false;
@@ -418,7 +457,7 @@ export function useStorageNetwork(label: string, setup: (n: StorageNetwork) => P
       process.stderr.write(`skipping ${this.test?.parent?.fullTitle() ?? label}: ${reason}\n`);
       this.skip();
     }
-    topology = await Topology.create(TOPOLOGY);
+    topology = await Topology.create(spec);
     net = StorageNetwork.create(topology, label);
     try {
       await setup(net);
