@@ -95,8 +95,8 @@ describe('controller mirrors: leg failure and resync (fake host)', () => {
   }
 
   let nextFault = 1;
-  function legFault(vdiskId: string, seg: number, failed: string): Promise<LegAnswer> {
-    const fault: Fault = { faultId: nextFault++, vdiskId, tableVersion: 1, segment: seg, op: IoOp.Write, lba: seg * 2048, blocks: 8, state: NORMAL, detail: 'EIO', failedContainer: failed };
+  function legFault(vdiskId: string, seg: number, failed: string, op: IoOp = IoOp.Write): Promise<LegAnswer> {
+    const fault: Fault = { faultId: nextFault++, vdiskId, tableVersion: 1, segment: seg, op, lba: seg * 2048, blocks: 8, state: NORMAL, detail: 'EIO', failedContainer: failed };
     return new Promise((resolve) => f.mirrors.legFault(fault, resolve));
   }
 
@@ -163,6 +163,18 @@ describe('controller mirrors: leg failure and resync (fake host)', () => {
     expect(f.db.vdisk(id)!.version).to.equal(v);
     expect(stale(CB)).to.deep.equal([`${id}:0 dirty`, `${id}:1`, `${id}:2 dirty`, `${id}:3`]);
     expect(events('container-failed')).to.have.length(1);
+  });
+
+  it('a failed read or flush (verify) marks nothing dirty: the stale leg still holds what the others hold', async () => {
+    // Regression: read leg faults marked their segments dirty, so a resync copied segments that were only read.
+    const id = await mirrored('m', 4);
+    expect(await legFault(id, 1, CB, IoOp.Read)).to.deep.equal({ kind: 'retry' });
+    expect(await legFault(id, 2, CB, IoOp.Read)).to.deep.equal({ kind: 'retry' });
+    expect(await legFault(id, 3, CB, IoOp.Verify)).to.deep.equal({ kind: 'retry' });
+    expect(stale(CB)).to.deep.equal([`${id}:0`, `${id}:1`, `${id}:2`, `${id}:3`]);
+    expect(await legFault(id, 2, CB)).to.deep.equal({ kind: 'retry' });
+    expect(stale(CB)).to.deep.equal([`${id}:0`, `${id}:1`, `${id}:2 dirty`, `${id}:3`]);
+    clean();
   });
 
   it('a segment whose only leg is on the failed container keeps it (single-copy behaviour)', async () => {
