@@ -140,12 +140,27 @@ export function containerCommand(y: Argv): Argv {
       )
       .command(
         'rm <id>',
-        'unregister an empty container (UUID or unique prefix)',
-        (a) => adminOptions(a.positional('id', { type: 'string', demandOption: true, describe: 'container UUID or unique prefix' })),
+        'unregister an empty container (UUID or unique prefix); --dead: one gone for good, its copies rebuilt elsewhere',
+        (a) =>
+          adminOptions(
+            a.positional('id', { type: 'string', demandOption: true, describe: 'container UUID or unique prefix' }).option('dead', {
+              type: 'boolean',
+              default: false,
+              describe: "the container is gone for good: remove its copies (legs) from mirrored vdisks and rebuild them elsewhere (refused while it holds a segment's only copy)",
+            }),
+          ),
         async (args) => {
-          await withAdmin(args, (s) => s.call('RemoveContainer', { id: args.id }));
-          if (args.json) printJson({ removed: args.id });
-          else print(`container ${args.id} removed`);
+          const r = await withAdmin(args, (s) => s.call('RemoveContainer', { id: args.id, ...(args.dead ? { dead: true } : {}) }));
+          if (args.json) printJson(args.dead ? { removed: args.id, dead: true, vdisks: r.vdisks, legs: r.legs, staleLegs: r.staleLegs } : { removed: args.id });
+          else if (!args.dead) print(`container ${args.id} removed`);
+          else if (r.vdisks.length === 0) print(`container ${args.id} removed (dead): no vdisk had copies on it`);
+          else {
+            const stale = r.staleLegs > 0 ? ` and ${r.staleLegs} stale cop${r.staleLegs === 1 ? 'y' : 'ies'}` : '';
+            print(
+              `container ${args.id} removed (dead): ${r.legs} cop${r.legs === 1 ? 'y' : 'ies'}${stale} dropped from vdisk${r.vdisks.length === 1 ? '' : 's'} ${r.vdisks.join(', ')}; ` +
+                'being rebuilt elsewhere (vdisk show, vdisk repair --wait)',
+            );
+          }
         },
       )
       .command(
@@ -158,8 +173,10 @@ export function containerCommand(y: Argv): Argv {
               .option('wait', { type: 'boolean', default: false, describe: 'follow the migrations until they end (exit 1 unless all are done)' }),
           ),
         async (args) => {
+          let failed: { segments: number; vdisks: string[] } | null = null;
           const list = await withAdmin(args, async (s) => {
             const r = await s.call('EvacuateContainer', { id: args.id });
+            if (r.failed === true) failed = { segments: r.rebuildingSegments ?? 0, vdisks: r.rebuildingVdisks ?? [] };
             if (!args.wait || r.migrations.length === 0) return r.migrations;
             if (!args.json) print(`container ${args.id} draining: migrating ${r.migrations.length} vdisk${r.migrations.length === 1 ? '' : 's'} off it`);
             return waitMigrations(
@@ -168,6 +185,20 @@ export function containerCommand(y: Argv): Argv {
               { out: args.json ? undefined : process.stdout },
             );
           });
+          const rebuilding = failed as { segments: number; vdisks: string[] } | null;
+          if (rebuilding !== null) {
+            // A failed container cannot be read: its copies are rebuilt from the other legs, not migrated.
+            if (args.json) printJson({ failed: true, rebuildingSegments: rebuilding.segments, rebuildingVdisks: rebuilding.vdisks, migrations: [] });
+            else if (rebuilding.segments === 0) print(`container ${args.id} failed: none of its copies waits for a rebuild`);
+            else {
+              const n = rebuilding.vdisks.length;
+              print(
+                `container ${args.id} failed: ${rebuilding.segments} segment${rebuilding.segments === 1 ? '' : 's'} of ${n} vdisk${n === 1 ? '' : 's'} ` +
+                  `(${rebuilding.vdisks.join(', ')}) are being rebuilt elsewhere (vdisk show; vdisk repair --wait follows one)`,
+              );
+            }
+            return;
+          }
           if (args.json) printJson(list);
           else if (list.length === 0) print(`container ${args.id} draining: no vdisk has segments on it`);
           else if (!args.wait) print([`container ${args.id} draining:`, ...list.map(migrationLine)].join('\n'));
