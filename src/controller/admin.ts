@@ -275,7 +275,7 @@ export class Admin {
       const which = lost.map((l) => `${l.vdisk} (${l.segments})`).join(', ');
       throw precondition(
         `container ${c.id} is the only location of ${total} segment${total === 1 ? '' : 's'} of vdisk${lost.length === 1 ? '' : 's'} ${which}: ` +
-          'removing it loses their data; bring it back and evacuate it, or remove those vdisks first',
+          'removing it would lose their data; if it still reads, evacuate it (container evacuate) or give them a second copy (vdisk set-copies NAME 2) first, else remove those vdisks (vdisk rm)',
       );
     }
     if (ctrl.mirrors.removing(c.id) || ctrl.mirrors.resyncing(c.id)) {
