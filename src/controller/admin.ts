@@ -306,6 +306,12 @@ export class Admin {
         staleLegs += n.stale;
       }
     }
+    // A copy onto it reserved before it failed ends soon (it fails, or commits a leg the passes above took away):
+    // giving its location up after the container is gone would record a row for an unknown container.
+    for (let i = 0; i < 50 && ctrl.allocator.reservedOn(c.id) > 0; i++) await new Promise((resolve) => setTimeout(resolve, 100));
+    if (ctrl.allocator.reservedOn(c.id) > 0) {
+      throw precondition(`container ${c.id}: a segment copy onto it is still in flight; retry in a moment`);
+    }
     const left = db.referencesOn(c.id);
     if (left > 0) {
       throw precondition(`container ${c.id}: ${left} legs still reference it (a segment being copied onto it?); retry in a moment`);

@@ -151,24 +151,43 @@ describe('container rm --dead', () => {
     clean();
   });
 
-  it('drops the stale legs a failed container left; evacuate of a failed container says what is rebuilt', async () => {
-    const { id, a } = await setup(2);
+  /** Fails the container of segment 0's second leg through a leg fault; returns it and the segments with a leg there. */
+  async function failSecondLeg(id: string, a: FakeAgent): Promise<{ failed: string; onFailed: number[] }> {
     const failed = ctl!.db.locationsOfSegment(id, 0)[1]!.containerId;
     const onFailed = [0, 1, 2, 3].filter((s) => ctl!.db.locationsOfSegment(id, s).some((l) => l.containerId === failed));
     const f = await a.sendFault({ vdiskId: id, segment: 0, op: IoOp.Write, state: SegmentState.Normal, detail: 'EIO', failedContainer: failed }).reply();
     expect(f.action).to.equal(FaultAction.Retry);
     expect(ctl!.db.staleLegs({ containerId: failed })).to.have.length(onFailed.length);
-    const ev = ctl!.admin.EvacuateContainer({ id: failed });
-    expect(ev).to.deep.include({ migrations: [], rebuildingSegments: onFailed.length, rebuildingVdisks: ['d'], failed: true });
-    // Declared dead right after: whatever stale legs evacuate has not dropped yet go here.
+    return { failed, onFailed };
+  }
+
+  it('drops the stale legs a failed container left, without the rebuild delay, and rebuilds their segments', async () => {
+    const { id, a } = await setup(2);
+    const { failed, onFailed } = await failSecondLeg(id, a);
+    const zerosBefore = a.zeros.length;
     const r = await ctl!.admin.RemoveContainer({ id: failed, dead: true });
-    expect(r.legs).to.equal(0);
+    expect(r).to.deep.equal({ vdisks: ['d'], legs: 0, staleLegs: onFailed.length });
     expect(ctl!.db.container(failed)).to.equal(undefined);
     await rebuilt('d');
     const third = [CB, CC].find((c) => c !== failed)!;
     for (let s = 0; s < 4; s++) expect(ctl!.db.locationsOfSegment(id, s).map((l) => l.containerId)).to.deep.equal([CA, third]);
     expect(ctl!.db.staleLegs({})).to.deep.equal([]);
+    expect(a.zeros.slice(zerosBefore).filter((z) => z.container === failed)).to.deep.equal([]);
     expectData(id);
+    clean();
+  });
+
+  it('evacuate of a failed container answers how many segments of which vdisks are rebuilt', async () => {
+    const { id, a } = await setup(2);
+    const { failed, onFailed } = await failSecondLeg(id, a);
+    expect(ctl!.admin.EvacuateContainer({ id: failed })).to.deep.equal({ migrations: [], rebuildingSegments: onFailed.length, rebuildingVdisks: ['d'], failed: true });
+    await rebuilt('d');
+    expect(ctl!.db.staleLegs({})).to.deep.equal([]);
+    // A second evacuate finds nothing left to rebuild; the container stays registered, failed.
+    expect(ctl!.admin.EvacuateContainer({ id: failed })).to.deep.include({ rebuildingSegments: 0, failed: true });
+    expect(ctl!.db.container(failed)!.state).to.equal('failed');
+    // Then given up: nothing references it any more.
+    expect(await ctl!.admin.RemoveContainer({ id: failed, dead: true })).to.deep.equal({ vdisks: [], legs: 0, staleLegs: 0 });
     clean();
   });
 
