@@ -8,7 +8,7 @@
 import { resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import { clientOptionsFromEnv, initContainer, isIscsiLocator, readContainerLabel, readIscsiLabel, redactLocator, type FoundContainer } from '../container/index.js';
-import type { ContainerInfo } from '../wire/proto-types.js';
+import type { ContainerInfo, RemoveContainerReply } from '../wire/proto-types.js';
 import { formatSize, parseSize } from '../util/size.js';
 import { adminOptions, quietLogs, withAdmin } from './admin-client.js';
 import { migrationLine, requireDone, waitMigrations } from './migration-progress.js';
@@ -58,6 +58,25 @@ export function containerRows(list: readonly ContainerInfo[]): string {
       agentsCell(c),
     ]),
   );
+}
+
+const plural = (n: number, one: string, many: string): string => `${n} ${n === 1 ? one : many}`;
+
+/** What `container rm --dead` took off the container. */
+export function deadRemovalLine(id: string, r: RemoveContainerReply): string {
+  if (r.vdisks.length === 0) return `container ${id} removed (dead): no vdisk had copies on it`;
+  const stale = r.staleLegs > 0 ? ` and ${plural(r.staleLegs, 'stale copy', 'stale copies')}` : '';
+  return (
+    `container ${id} removed (dead): ${plural(r.legs, 'copy', 'copies')}${stale} dropped from vdisk${r.vdisks.length === 1 ? '' : 's'} ${r.vdisks.join(', ')}; ` +
+    'being rebuilt elsewhere (vdisk show, vdisk repair --wait)'
+  );
+}
+
+/** `container evacuate` of a failed container: nothing is migrated, its stale copies are rebuilt from the others. */
+export function failedEvacuationLine(id: string, segments: number, vdisks: readonly string[]): string {
+  if (segments === 0) return `container ${id} failed: none of its copies waits for a rebuild`;
+  const are = segments === 1 ? 'is' : 'are';
+  return `container ${id} failed: ${plural(segments, 'segment', 'segments')} of ${plural(vdisks.length, 'vdisk', 'vdisks')} (${vdisks.join(', ')}) ${are} being rebuilt elsewhere (vdisk show; vdisk repair --wait follows one)`;
 }
 
 /** The label of a path (made absolute) or of the LUN a locator names (its path the locator without the secret). */
@@ -152,15 +171,7 @@ export function containerCommand(y: Argv): Argv {
         async (args) => {
           const r = await withAdmin(args, (s) => s.call('RemoveContainer', { id: args.id, ...(args.dead ? { dead: true } : {}) }));
           if (args.json) printJson(args.dead ? { removed: args.id, dead: true, vdisks: r.vdisks, legs: r.legs, staleLegs: r.staleLegs } : { removed: args.id });
-          else if (!args.dead) print(`container ${args.id} removed`);
-          else if (r.vdisks.length === 0) print(`container ${args.id} removed (dead): no vdisk had copies on it`);
-          else {
-            const stale = r.staleLegs > 0 ? ` and ${r.staleLegs} stale cop${r.staleLegs === 1 ? 'y' : 'ies'}` : '';
-            print(
-              `container ${args.id} removed (dead): ${r.legs} cop${r.legs === 1 ? 'y' : 'ies'}${stale} dropped from vdisk${r.vdisks.length === 1 ? '' : 's'} ${r.vdisks.join(', ')}; ` +
-                'being rebuilt elsewhere (vdisk show, vdisk repair --wait)',
-            );
-          }
+          else print(args.dead ? deadRemovalLine(args.id, r) : `container ${args.id} removed`);
         },
       )
       .command(
@@ -173,30 +184,22 @@ export function containerCommand(y: Argv): Argv {
               .option('wait', { type: 'boolean', default: false, describe: 'follow the migrations until they end (exit 1 unless all are done)' }),
           ),
         async (args) => {
-          let failed: { segments: number; vdisks: string[] } | null = null;
-          const list = await withAdmin(args, async (s) => {
+          const { list, rebuilding } = await withAdmin(args, async (s) => {
             const r = await s.call('EvacuateContainer', { id: args.id });
-            if (r.failed === true) failed = { segments: r.rebuildingSegments ?? 0, vdisks: r.rebuildingVdisks ?? [] };
-            if (!args.wait || r.migrations.length === 0) return r.migrations;
+            // A failed container cannot be read: its copies are rebuilt from the other legs, not migrated.
+            if (r.failed === true) return { list: [], rebuilding: { segments: r.rebuildingSegments ?? 0, vdisks: r.rebuildingVdisks ?? [] } };
+            if (!args.wait || r.migrations.length === 0) return { list: r.migrations, rebuilding: null };
             if (!args.json) print(`container ${args.id} draining: migrating ${r.migrations.length} vdisk${r.migrations.length === 1 ? '' : 's'} off it`);
-            return waitMigrations(
+            const done = await waitMigrations(
               s,
               r.migrations.map((m) => m.vdiskId),
               { out: args.json ? undefined : process.stdout },
             );
+            return { list: done, rebuilding: null };
           });
-          const rebuilding = failed as { segments: number; vdisks: string[] } | null;
           if (rebuilding !== null) {
-            // A failed container cannot be read: its copies are rebuilt from the other legs, not migrated.
             if (args.json) printJson({ failed: true, rebuildingSegments: rebuilding.segments, rebuildingVdisks: rebuilding.vdisks, migrations: [] });
-            else if (rebuilding.segments === 0) print(`container ${args.id} failed: none of its copies waits for a rebuild`);
-            else {
-              const n = rebuilding.vdisks.length;
-              print(
-                `container ${args.id} failed: ${rebuilding.segments} segment${rebuilding.segments === 1 ? '' : 's'} of ${n} vdisk${n === 1 ? '' : 's'} ` +
-                  `(${rebuilding.vdisks.join(', ')}) are being rebuilt elsewhere (vdisk show; vdisk repair --wait follows one)`,
-              );
-            }
+            else print(failedEvacuationLine(args.id, rebuilding.segments, rebuilding.vdisks));
             return;
           }
           if (args.json) printJson(list);

@@ -11,6 +11,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connectSession, read16Cdb, senseKey, write16Cdb, type IscsiInitiatorSession, type ScsiRequest, type ScsiResult } from '../../src/iscsi/initiator/index.js';
+import { deadRemovalLine, failedEvacuationLine } from '../../src/cli/container.js';
 import type { ContainerInfo, VdiskInfo } from '../../src/wire/proto-types.js';
 import { describeRun } from '../support/bounded-run.js';
 import { expectOneLineError, freeLoopbackPort, startDaemon, tabula, tabulaJson, tabulaOk, type Daemon } from './harness.js';
@@ -121,5 +122,23 @@ describe('tabula CLI: container rm --dead', function () {
     await tabulaOk(['container', 'add', join(dir, 'c4.img'), '--domain', 'd4', ...ctl]);
     const out = await tabulaJson<{ removed: string; dead: boolean; vdisks: string[]; legs: number }>(['container', 'rm', spare, '--dead', '--json', ...ctl]);
     expect(out).to.deep.equal({ removed: spare, dead: true, vdisks: [], legs: 0, staleLegs: 0 });
+  });
+});
+
+describe('container rm --dead and evacuate of a failed container: what they print', () => {
+  it('rm --dead names the copies dropped and the vdisks rebuilt', () => {
+    expect(deadRemovalLine('c9', { vdisks: ['a', 'b'], legs: 5, staleLegs: 1 })).to.equal(
+      'container c9 removed (dead): 5 copies and 1 stale copy dropped from vdisks a, b; being rebuilt elsewhere (vdisk show, vdisk repair --wait)',
+    );
+    expect(deadRemovalLine('c9', { vdisks: ['a'], legs: 1, staleLegs: 0 })).to.match(/^container c9 removed \(dead\): 1 copy dropped from vdisk a; /);
+    expect(deadRemovalLine('c9', { vdisks: [], legs: 0, staleLegs: 0 })).to.equal('container c9 removed (dead): no vdisk had copies on it');
+  });
+
+  it('evacuate of a failed container says a rebuild started, not that no vdisk has segments on it', () => {
+    expect(failedEvacuationLine('c9', 12, ['a', 'b'])).to.equal(
+      'container c9 failed: 12 segments of 2 vdisks (a, b) are being rebuilt elsewhere (vdisk show; vdisk repair --wait follows one)',
+    );
+    expect(failedEvacuationLine('c9', 1, ['a'])).to.match(/^container c9 failed: 1 segment of 1 vdisk \(a\) is being rebuilt/);
+    expect(failedEvacuationLine('c9', 0, [])).to.equal('container c9 failed: none of its copies waits for a rebuild');
   });
 });
