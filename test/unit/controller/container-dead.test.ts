@@ -86,7 +86,7 @@ describe('container rm --dead', () => {
    * CA (domain d1) holds thick vdisk d (4 segments, patterns 1..4), CB in
    * d2, CC in d3; exported on a1. With copies 2, d is mirrored onto CB or CC.
    */
-  async function setup(copies: number): Promise<{ id: string; a: FakeAgent }> {
+  async function setup(copies: number, copy: 'files' | 'manual' = 'files'): Promise<{ id: string; a: FakeAgent }> {
     ctl = await startController({ dbPath: join(t.dir, 'c.db'), listen: '127.0.0.1:0', ackTimeoutMs: 2000, rebuildScanMs: 600_000 });
     const h = ctl;
     h.admin.AddContainer({ id: CA, path: files.get(CA)!, size: (SEGS + 1) * MiB, dataOffset: MiB, domain: 'd1' });
@@ -94,7 +94,7 @@ describe('container rm --dead', () => {
     for (let s = 0; s < 4; s++) writeSeg(files.get(CA)!, s, pattern(s + 1));
     h.admin.AddContainer({ id: CB, path: files.get(CB)!, size: (SEGS + 1) * MiB, dataOffset: MiB, domain: 'd2' });
     h.admin.AddContainer({ id: CC, path: files.get(CC)!, size: (SEGS + 1) * MiB, dataOffset: MiB, domain: 'd3' });
-    const a = new FakeAgent(h.address, 'a1', { containers: [CA, CB, CC].map((id) => containerRef(id, SEGS)), copy: 'files', files });
+    const a = new FakeAgent(h.address, 'a1', { containers: [CA, CB, CC].map((id) => containerRef(id, SEGS)), copy, files });
     agents.push(a);
     await a.register();
     h.admin.AddExport({ vdisk: 'd', agent: 'a1' });
@@ -188,6 +188,39 @@ describe('container rm --dead', () => {
     expect(ctl!.db.container(failed)!.state).to.equal('failed');
     // Then given up: nothing references it any more.
     expect(await ctl!.admin.RemoveContainer({ id: failed, dead: true })).to.deep.equal({ vdisks: [], legs: 0, staleLegs: 0 });
+    clean();
+  });
+
+  it('keeps the stale legs of another failed container (they may still be resynced)', async () => {
+    const { id, a } = await setup(3);
+    for (let s = 0; s < 4; s++) expect(ctl!.db.locationsOfSegment(id, s).map((l) => l.containerId).sort()).to.deep.equal([CA, CB, CC]);
+    const f = await a.sendFault({ vdiskId: id, segment: 0, op: IoOp.Write, state: SegmentState.Normal, detail: 'EIO', failedContainer: CC }).reply();
+    expect(f.action).to.equal(FaultAction.Retry);
+    expect(ctl!.db.staleLegs({ containerId: CC })).to.have.length(4);
+    const r = await ctl!.admin.RemoveContainer({ id: CB, dead: true });
+    expect(r).to.deep.equal({ vdisks: ['d'], legs: 4, staleLegs: 0 });
+    for (let s = 0; s < 4; s++) expect(ctl!.db.locationsOfSegment(id, s).map((l) => l.containerId)).to.deep.equal([CA]);
+    // Unlike vdisk repair, the removal leaves CC's stale legs to a resync or the rebuild delay.
+    expect(ctl!.db.staleLegs({ containerId: CC })).to.have.length(4);
+    expect(health('d')).to.deep.include({ degraded: 4, stale: 4 });
+    expectData(id);
+    clean();
+  });
+
+  it('refuses while a migration runs to it, and goes once it is cancelled', async () => {
+    const { id, a } = await setup(1, 'manual');
+    await ctl!.admin.MigrateVdisk({ vdisk: 'd', toContainer: CB });
+    await until(() => a.copies.length > 0, 5000, 'a migration copy in flight');
+    const err = await refusal(() => ctl!.admin.RemoveContainer({ id: CB, dead: true }));
+    expect(err.message).to.match(/migrations of vdisks d run to or from it; cancel them first/);
+    expect(ctl!.db.container(CB)!.state).to.equal('online');
+    const cancelled = ctl!.admin.CancelMigration({ vdisk: 'd' });
+    for (const c of a.copies) a.copyDone(c.commandId);
+    await cancelled;
+    // Whatever the migration moved before it stopped is the only copy there: still refused, naming it.
+    const moved = ctl!.db.locationsOfSegment(id, 0)[0]!.containerId === CB || [1, 2, 3].some((s) => ctl!.db.locationsOfSegment(id, s)[0]!.containerId === CB);
+    if (moved) expect((await refusal(() => ctl!.admin.RemoveContainer({ id: CB, dead: true }))).message).to.match(/only location of \d+ segments? of vdisk d/);
+    else expect(await ctl!.admin.RemoveContainer({ id: CB, dead: true })).to.deep.equal({ vdisks: [], legs: 0, staleLegs: 0 });
     clean();
   });
 
