@@ -295,38 +295,38 @@ export class Admin {
     let staleLegs = 0;
     // A rebuild in flight may copy to or from it: stopped now, started again below.
     for (const id of db.vdisksOnContainer(c.id)) await ctrl.rebuild.cancel(id);
-    // A copy-on-write or rebuild that reserved space on it before it failed may commit a leg there after
-    // a vdisk's pass: look again a few times.
-    for (let pass = 0; pass < 3 && db.referencesOn(c.id) > 0; pass++) {
-      for (const id of db.vdisksOnContainer(c.id)) {
-        const n = await this.#dropDeadLegs(id, c.id);
-        if (n.legs + n.stale === 0) continue;
-        touched.add(id);
-        legs += n.legs;
-        staleLegs += n.stale;
-      }
-    }
-    // A copy onto it reserved before it failed ends soon (it fails, or commits a leg the passes above took away):
-    // giving its location up after the container is gone would record a row for an unknown container.
+    // A copy onto it reserved before it failed (copy-on-write, rebuild) ends soon, failing or committing a leg
+    // there that the passes below take away; given up after the container is gone, its location would
+    // record a row for an unknown container.
     for (let i = 0; i < 50 && ctrl.allocator.reservedOn(c.id) > 0; i++) await new Promise((resolve) => setTimeout(resolve, 100));
     if (ctrl.allocator.reservedOn(c.id) > 0) {
       throw precondition(`container ${c.id}: a segment copy onto it is still in flight; retry in a moment`);
     }
-    const left = db.referencesOn(c.id);
-    if (left > 0) {
-      throw precondition(`container ${c.id}: ${left} legs still reference it (a segment being copied onto it?); retry in a moment`);
+    try {
+      for (let pass = 0; pass < 3 && db.referencesOn(c.id) > 0; pass++) {
+        for (const id of db.vdisksOnContainer(c.id)) {
+          const n = await this.#dropDeadLegs(id, c.id);
+          if (n.legs + n.stale === 0) continue;
+          touched.add(id);
+          legs += n.legs;
+          staleLegs += n.stale;
+        }
+      }
+      const left = db.referencesOn(c.id);
+      if (left > 0) {
+        throw precondition(`container ${c.id}: ${left} legs still reference it (a segment being copied onto it?); retry in a moment`);
+      }
+      db.deleteDeadContainer(c.id);
+      ctrl.allocator.forget(c.id);
+    } finally {
+      // Refused half way or not, what lost a leg is rebuilt now.
+      for (const id of touched) ctrl.rebuild.rebuildNow(id);
     }
-    db.deleteDeadContainer(c.id);
-    ctrl.allocator.forget(c.id);
     const names = [...touched].map((id) => db.vdisk(id)?.name ?? id).sort();
     const what = `${legs} legs and ${staleLegs} stale legs removed from ${names.length} vdisks`;
     db.event('container', c.id, `removed as dead: ${what}`);
     log.warn(`container ${c.id} removed as dead: ${what}; rebuilding their segments`);
-    for (const id of touched) {
-      const v = db.vdisk(id);
-      if (v) db.event('degraded', v.name, `lost its legs on dead container ${c.id}: rebuilding`);
-      ctrl.rebuild.rebuildNow(id);
-    }
+    for (const name of names) db.event('degraded', name, `lost its legs on dead container ${c.id}: rebuilding`);
     return { vdisks: names, legs, staleLegs };
   }
 
