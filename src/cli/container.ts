@@ -8,7 +8,7 @@
 import { resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import { clientOptionsFromEnv, initContainer, isIscsiLocator, readContainerLabel, readIscsiLabel, redactLocator, type FoundContainer } from '../container/index.js';
-import type { ContainerInfo } from '../wire/proto-types.js';
+import type { ContainerInfo, RemoveContainerReply } from '../wire/proto-types.js';
 import { formatSize, parseSize } from '../util/size.js';
 import { adminOptions, quietLogs, withAdmin } from './admin-client.js';
 import { migrationLine, requireDone, waitMigrations } from './migration-progress.js';
@@ -58,6 +58,25 @@ export function containerRows(list: readonly ContainerInfo[]): string {
       agentsCell(c),
     ]),
   );
+}
+
+const plural = (n: number, one: string, many: string): string => `${n} ${n === 1 ? one : many}`;
+
+/** What `container rm --dead` took off the container. */
+export function deadRemovalLine(id: string, r: RemoveContainerReply): string {
+  if (r.vdisks.length === 0) return `container ${id} removed (dead): no vdisk had copies on it`;
+  const stale = r.staleLegs > 0 ? ` and ${plural(r.staleLegs, 'stale copy', 'stale copies')}` : '';
+  return (
+    `container ${id} removed (dead): ${plural(r.legs, 'copy', 'copies')}${stale} dropped from vdisk${r.vdisks.length === 1 ? '' : 's'} ${r.vdisks.join(', ')}; ` +
+    'being rebuilt elsewhere (vdisk show, vdisk repair --wait)'
+  );
+}
+
+/** `container evacuate` of a failed container: nothing is migrated, its stale copies are rebuilt from the others. */
+export function failedEvacuationLine(id: string, segments: number, vdisks: readonly string[]): string {
+  if (segments === 0) return `container ${id} failed: none of its copies waits for a rebuild`;
+  const are = segments === 1 ? 'is' : 'are';
+  return `container ${id} failed: ${plural(segments, 'segment', 'segments')} of ${plural(vdisks.length, 'vdisk', 'vdisks')} (${vdisks.join(', ')}) ${are} being rebuilt elsewhere (vdisk show; vdisk repair --wait follows one)`;
 }
 
 /** The label of a path (made absolute) or of the LUN a locator names (its path the locator without the secret). */
@@ -140,12 +159,19 @@ export function containerCommand(y: Argv): Argv {
       )
       .command(
         'rm <id>',
-        'unregister an empty container (UUID or unique prefix)',
-        (a) => adminOptions(a.positional('id', { type: 'string', demandOption: true, describe: 'container UUID or unique prefix' })),
+        'unregister an empty container (UUID or unique prefix); --dead: one gone for good, its copies rebuilt elsewhere',
+        (a) =>
+          adminOptions(
+            a.positional('id', { type: 'string', demandOption: true, describe: 'container UUID or unique prefix' }).option('dead', {
+              type: 'boolean',
+              default: false,
+              describe: "the container is gone for good: remove its copies (legs) from mirrored vdisks and rebuild them elsewhere (refused while it holds a segment's only copy)",
+            }),
+          ),
         async (args) => {
-          await withAdmin(args, (s) => s.call('RemoveContainer', { id: args.id }));
-          if (args.json) printJson({ removed: args.id });
-          else print(`container ${args.id} removed`);
+          const r = await withAdmin(args, (s) => s.call('RemoveContainer', { id: args.id, ...(args.dead ? { dead: true } : {}) }));
+          if (args.json) printJson(args.dead ? { removed: args.id, dead: true, vdisks: r.vdisks, legs: r.legs, staleLegs: r.staleLegs } : { removed: args.id });
+          else print(args.dead ? deadRemovalLine(args.id, r) : `container ${args.id} removed`);
         },
       )
       .command(
@@ -158,16 +184,24 @@ export function containerCommand(y: Argv): Argv {
               .option('wait', { type: 'boolean', default: false, describe: 'follow the migrations until they end (exit 1 unless all are done)' }),
           ),
         async (args) => {
-          const list = await withAdmin(args, async (s) => {
+          const { list, rebuilding } = await withAdmin(args, async (s) => {
             const r = await s.call('EvacuateContainer', { id: args.id });
-            if (!args.wait || r.migrations.length === 0) return r.migrations;
+            // A failed container cannot be read: its copies are rebuilt from the other legs, not migrated.
+            if (r.failed === true) return { list: [], rebuilding: { segments: r.rebuildingSegments ?? 0, vdisks: r.rebuildingVdisks ?? [] } };
+            if (!args.wait || r.migrations.length === 0) return { list: r.migrations, rebuilding: null };
             if (!args.json) print(`container ${args.id} draining: migrating ${r.migrations.length} vdisk${r.migrations.length === 1 ? '' : 's'} off it`);
-            return waitMigrations(
+            const done = await waitMigrations(
               s,
               r.migrations.map((m) => m.vdiskId),
               { out: args.json ? undefined : process.stdout },
             );
+            return { list: done, rebuilding: null };
           });
+          if (rebuilding !== null) {
+            if (args.json) printJson({ failed: true, rebuildingSegments: rebuilding.segments, rebuildingVdisks: rebuilding.vdisks, migrations: [] });
+            else print(failedEvacuationLine(args.id, rebuilding.segments, rebuilding.vdisks));
+            return;
+          }
           if (args.json) printJson(list);
           else if (list.length === 0) print(`container ${args.id} draining: no vdisk has segments on it`);
           else if (!args.wait) print([`container ${args.id} draining:`, ...list.map(migrationLine)].join('\n'));

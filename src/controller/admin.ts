@@ -46,6 +46,7 @@ import type {
   ListFaultsReply,
   ListFaultsRequest,
   ListVdisksReply,
+  RemoveContainerReply,
   RemoveContainerRequest,
   RemoveExportRequest,
   ResizeVdiskRequest,
@@ -232,9 +233,10 @@ export class Admin {
     return { containers: this.#db.containers().map((c) => this.#containerInfo(c)) };
   }
 
-  RemoveContainer(r: Partial<RemoveContainerRequest>): Empty {
+  RemoveContainer(r: Partial<RemoveContainerRequest>): RemoveContainerReply | Promise<RemoveContainerReply> {
     const c = this.#db.findContainer(r.id ?? '');
     if (!c) throw notFound(`unknown container ${r.id ?? ''}`);
+    if (r.dead === true) return this.#removeDead(c);
     const used = this.#db.containerSegmentsUsed(c.id);
     const scrubbing = this.#db.scrubPendingCount(c.id);
     if (used > scrubbing) {
@@ -251,7 +253,114 @@ export class Admin {
     this.#db.deleteContainer(c.id);
     this.#ctrl.allocator.forget(c.id);
     this.#db.event('container', c.id, 'removed');
-    return {};
+    return { vdisks: [], legs: 0, staleLegs: 0 };
+  }
+
+  /**
+   * `container rm --dead`: the container is gone for good. Refused while it
+   * is any segment's only location (its data would be lost). Else every
+   * mirrored segment loses its leg there (leg 1 promoted when it was leg 0)
+   * and its stale legs there, one table change per vdisk (pushed, acked);
+   * nothing on it is released to be scrubbed (its space is gone: its
+   * allocation map rows are dropped); the container is unregistered and the
+   * vdisks that lost legs are rebuilt at once.
+   */
+  async #removeDead(c: ContainerRow): Promise<RemoveContainerReply> {
+    const db = this.#db;
+    const ctrl = this.#ctrl;
+    const lost = db.soleLocationsOn(c.id);
+    if (lost.length > 0) {
+      const total = lost.reduce((n, l) => n + l.segments, 0);
+      const which = lost.map((l) => `${l.vdisk} (${l.segments})`).join(', ');
+      throw precondition(
+        `container ${c.id} is the only location of ${total} segment${total === 1 ? '' : 's'} of vdisk${lost.length === 1 ? '' : 's'} ${which}: ` +
+          'removing it would lose their data; if it still reads, evacuate it (container evacuate) or give them a second copy (vdisk set-copies NAME 2) first, else remove those vdisks (vdisk rm)',
+      );
+    }
+    if (ctrl.mirrors.removing(c.id) || ctrl.mirrors.resyncing(c.id)) {
+      throw precondition(`container ${c.id}: its legs are being removed or resynced now; retry in a moment`);
+    }
+    const moving = db.migrations().filter((m) => m.state === 'running' && (m.toContainer === c.id || m.fromContainer === c.id));
+    if (moving.length > 0) {
+      const names = moving.map((m) => db.vdisk(m.vdiskId)?.name ?? m.vdiskId).join(', ');
+      throw precondition(`container ${c.id}: migrations of vdisks ${names} run to or from it; cancel them first (vdisk migrate-cancel NAME)`);
+    }
+    // Nothing new is allocated on it from here on.
+    if (c.state !== 'failed') db.setContainerState(c.id, 'failed');
+    db.event('container', c.id, 'declared dead: removing its legs from mirrored segments');
+    log.warn(`container ${c.id} declared dead: removing its legs from mirrored segments`);
+    const touched = new Set<string>();
+    let legs = 0;
+    let staleLegs = 0;
+    // A rebuild in flight may copy to or from it: stopped now, started again below.
+    for (const id of db.vdisksOnContainer(c.id)) await ctrl.rebuild.cancel(id);
+    // A copy onto it reserved before it failed (copy-on-write, rebuild) ends soon, failing or committing a leg
+    // there that the passes below take away; given up after the container is gone, its location would
+    // record a row for an unknown container.
+    for (let i = 0; i < 50 && ctrl.allocator.reservedOn(c.id) > 0; i++) await new Promise((resolve) => setTimeout(resolve, 100));
+    if (ctrl.allocator.reservedOn(c.id) > 0) {
+      throw precondition(`container ${c.id}: a segment copy onto it is still in flight; retry in a moment`);
+    }
+    try {
+      for (let pass = 0; pass < 3 && db.referencesOn(c.id) > 0; pass++) {
+        for (const id of db.vdisksOnContainer(c.id)) {
+          const n = await this.#dropDeadLegs(id, c.id);
+          if (n.legs + n.stale === 0) continue;
+          touched.add(id);
+          legs += n.legs;
+          staleLegs += n.stale;
+        }
+      }
+      const left = db.referencesOn(c.id);
+      if (left > 0) {
+        throw precondition(`container ${c.id}: ${left} legs still reference it (a segment being copied onto it?); retry in a moment`);
+      }
+      db.deleteDeadContainer(c.id);
+      ctrl.allocator.forget(c.id);
+    } finally {
+      // Refused half way or not, what lost a leg is rebuilt now.
+      for (const id of touched) ctrl.rebuild.rebuildNow(id);
+    }
+    const names = [...touched].map((id) => db.vdisk(id)?.name ?? id).sort();
+    const what = `${legs} legs and ${staleLegs} stale legs removed from ${names.length} vdisks`;
+    db.event('container', c.id, `removed as dead: ${what}`);
+    log.warn(`container ${c.id} removed as dead: ${what}; rebuilding their segments`);
+    for (const name of names) db.event('degraded', name, `lost its legs on dead container ${c.id}: rebuilding`);
+    return { vdisks: names, legs, staleLegs };
+  }
+
+  /** One vdisk's legs and stale legs on dead container `c` go, releasing nothing there. */
+  async #dropDeadLegs(vdiskId: string, c: string): Promise<{ legs: number; stale: number }> {
+    const db = this.#db;
+    const tables = this.#ctrl.tables;
+    // Stale legs are in no table: dropped under the vdisk's lock, nothing to push.
+    const stale = await tables.serialize(vdiskId, () =>
+      Promise.resolve(
+        db.tx(() => {
+          const v = db.vdisk(vdiskId);
+          if (!v) return 0;
+          let n = 0;
+          for (const s of db.staleLegs({ vdiskId, containerId: c })) if (db.dropStaleLeg(vdiskId, s.seg, c, v.version)) n++;
+          db.forgetReleasedOn(c);
+          return n;
+        }),
+      ),
+    );
+    let legs = 0;
+    await tables.changeTable(vdiskId, (ctx) => {
+      legs = 0;
+      for (const seg of db.segmentsOn(vdiskId, c)) {
+        const locs = db.locationsOfSegment(vdiskId, seg);
+        const rest = locs.filter((l) => l.containerId !== c);
+        const primary = rest[0];
+        // Its only location (refused above; a race left it): the caller finds it still referenced.
+        if (primary === undefined) continue;
+        ctx.set(seg, db.segment(vdiskId, seg).state, primary, rest.slice(1));
+        legs++;
+      }
+      db.forgetReleasedOn(c);
+    });
+    return { legs, stale };
   }
 
   // ---- vdisks ----
@@ -772,9 +881,11 @@ export class Admin {
     if (c.state === 'failed') {
       // Nothing can be copied off it: the legs it held are stale in their
       // tables. Rebuild them elsewhere now instead of after the rebuild delay.
-      this.#db.event('container', c.id, 'evacuating a failed container: its stale legs are rebuilt elsewhere');
+      const stale = this.#db.staleLegs({ containerId: c.id });
+      const vdisks = [...new Set(stale.map((s) => s.vdiskId))].map((id) => this.#db.vdisk(id)?.name ?? id).sort();
+      this.#db.event('container', c.id, `evacuating a failed container: ${stale.length} stale legs of ${vdisks.length} vdisks are rebuilt elsewhere`);
       void this.#ctrl.rebuild.evacuate(c.id).catch((err: Error) => log.warn(`evacuating failed container ${c.id}: ${err.message}`));
-      return { migrations: [] };
+      return { migrations: [], rebuildingSegments: stale.length, rebuildingVdisks: vdisks, failed: true };
     }
     const users = this.#db.vdisksOnContainer(c.id);
     if (c.state === 'online') this.#db.setContainerState(c.id, 'draining');

@@ -140,6 +140,13 @@ export class Allocator {
     return this.#reserved.size;
   }
 
+  /** Locations of one container reserved for a copy in progress (container rm --dead waits for them). */
+  reservedOn(containerId: string): number {
+    let n = 0;
+    for (const l of this.#reserved.values()) if (l.containerId === containerId) n++;
+    return n;
+  }
+
   freeSegments(containerId: string): number {
     return this.#space.get(containerId)?.free ?? 0;
   }

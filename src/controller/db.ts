@@ -674,6 +674,56 @@ export class ControllerDb {
     this.sql.prepare('DELETE FROM containers WHERE id = ?').run(id);
   }
 
+  // ---- a dead container (container rm --dead) ----
+
+  /** Vdisks (names, sorted) with segments whose only location is on the container, and how many: removing it loses them. */
+  soleLocationsOn(containerId: string): { vdisk: string; segments: number }[] {
+    return this.sql
+      .prepare(
+        `SELECT v.name AS vdisk, COUNT(*) AS segments FROM segment_locations l JOIN vdisks v ON v.id = l.vdisk_id
+         WHERE l.container_id = ?
+           AND NOT EXISTS (SELECT 1 FROM segment_locations o WHERE o.vdisk_id = l.vdisk_id AND o.seg = l.seg AND o.container_id <> l.container_id)
+         GROUP BY v.name ORDER BY v.name`,
+      )
+      .all(containerId) as { vdisk: string; segments: number }[];
+  }
+
+  /** Segments of the vdisk with a leg (any state) on the container, ascending. */
+  segmentsOn(vdiskId: string, containerId: string): number[] {
+    return this.sql.prepare('SELECT DISTINCT seg FROM segment_locations WHERE vdisk_id = ? AND container_id = ? ORDER BY seg').pluck().all(vdiskId, containerId) as number[];
+  }
+
+  /** References to the container's locations: legs of table entries and stale legs. */
+  referencesOn(containerId: string): number {
+    return this.sql
+      .prepare('SELECT (SELECT COUNT(*) FROM segment_locations WHERE container_id = ?) + (SELECT COUNT(*) FROM stale_legs WHERE container_id = ?)')
+      .pluck()
+      .get(containerId, containerId) as number;
+  }
+
+  /**
+   * Forgets the container's allocation map rows that nothing references
+   * (released by the change in progress): a dead container's space is gone,
+   * so it is neither reclaimed nor scrubbed. Returns how many.
+   */
+  forgetReleasedOn(containerId: string): number {
+    return this.sql.prepare('DELETE FROM container_segments WHERE container_id = ? AND refcount = 0').run(containerId).changes;
+  }
+
+  /**
+   * Unregisters a dead container: its allocation map rows and its row (the
+   * agents' claims go with it). Throws while a table entry or a stale leg
+   * still references it.
+   */
+  deleteDeadContainer(id: string): void {
+    this.tx(() => {
+      const refs = this.referencesOn(id);
+      if (refs > 0) throw new TableChangeError(`container ${id} is still referenced by ${refs} legs`);
+      this.sql.prepare('DELETE FROM container_segments WHERE container_id = ?').run(id);
+      this.deleteContainer(id);
+    });
+  }
+
   containerSegmentsUsed(id: string): number {
     return (this.#statements.containerUsed.get(id) as { n: number }).n;
   }

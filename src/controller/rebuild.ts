@@ -242,6 +242,11 @@ export class RebuildManager {
     this.#kick(vdiskId);
   }
 
+  /** Rebuilds the vdisk's degraded segments now (its stale legs stay): `container rm --dead` took legs away. */
+  rebuildNow(vdiskId: string): void {
+    this.#kick(vdiskId);
+  }
+
   /** `container evacuate` of a failed container: its stale legs are dropped now and their segments rebuilt. Returns the vdisks touched. */
   async evacuate(containerId: string): Promise<string[]> {
     const stale = this.#db.staleLegs({ containerId });

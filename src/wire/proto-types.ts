@@ -371,6 +371,16 @@ export interface ListContainersReply {
 
 export interface RemoveContainerRequest {
   id: string;
+  /** Gone for good: its legs leave mirrored segments (refused while it is any segment's only location). */
+  dead?: boolean;
+}
+
+/** Empty for an empty container; with `dead`, what was taken off it. */
+export interface RemoveContainerReply {
+  /** Names of the vdisks that lost legs on it (rebuilt elsewhere now). */
+  vdisks: string[];
+  legs: number;
+  staleLegs: number;
 }
 
 export interface CreateVdiskRequest {
@@ -612,13 +622,19 @@ export interface MigrationInfo {
 
 export interface ListMigrationsReply {
   migrations: MigrationInfo[];
+  /** container evacuate of a failed container: segments whose stale legs there are rebuilt elsewhere. */
+  rebuildingSegments?: number;
+  /** Their vdisks (names). */
+  rebuildingVdisks?: string[];
+  /** The container evacuated had failed: its segments are rebuilt, not migrated. */
+  failed?: boolean;
 }
 
 /** Every AdminService RPC: request and reply types, by method name as in the .proto. */
 export interface AdminMethods {
   AddContainer: [AddContainerRequest, ContainerInfo];
   ListContainers: [Empty, ListContainersReply];
-  RemoveContainer: [RemoveContainerRequest, Empty];
+  RemoveContainer: [RemoveContainerRequest, RemoveContainerReply];
   CreateVdisk: [CreateVdiskRequest, VdiskInfo];
   ListVdisks: [Empty, ListVdisksReply];
   ShowVdisk: [VdiskRef, VdiskInfo];
