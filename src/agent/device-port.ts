@@ -18,6 +18,8 @@ export interface AgentDevice extends BlockDevice {
   installTable(table: MappingTable): Promise<void>;
   /** Same, for a delta; rejects with VersionGapError when the table is not at delta.fromVersion. */
   applyDelta(delta: TableDelta): Promise<void>;
+  /** The same at once when nothing needs draining (true), else false with nothing done; throws what applyDelta rejects with. */
+  applyDeltaNow?(delta: TableDelta): boolean;
   /** Every segment invalid (I/O held) until the next installTable. */
   fence(): void;
   /** The export changed: agents exporting the vdisk, and this agent's number in the table's owners. */

@@ -71,6 +71,23 @@ export class SegmentGate {
   }
 
   /**
+   * True when no suspension is in place and no I/O is in flight on any
+   * segment of `ranges`: a table change there has nothing to drain, and made
+   * synchronously (no I/O can enter meanwhile) it needs no suspension.
+   * Segments beyond capacity have nothing in flight.
+   */
+  idle(ranges: readonly SegmentRange[]): boolean {
+    if (this.suspending) return false;
+    if (this.#total === 0) return true;
+    const inflight = this.#inflight;
+    for (const r of ranges) {
+      const end = Math.min(r.first + r.count, inflight.length);
+      for (let s = Math.max(r.first, 0); s < end; s++) if (inflight[s] !== 0) return false;
+    }
+    return true;
+  }
+
+  /**
    * Suspends the segments in `ranges` (inside capacity) and resolves once
    * every I/O in flight on them when this was called has completed. Ranges
    * may overlap.

@@ -28,7 +28,7 @@ import { readBuffer } from '../blockdev/read-buffers.js';
 import { ContainerIoError, type ContainerDriver, type ContainerResolver, type ContainerWriteOptions } from '../container/driver.js';
 import { TransportError } from '../iscsi/initiator/transport.js';
 import { checkExtents } from '../table/extents.js';
-import { VersionGapError, applyDelta as applyTableDelta, type TableDelta } from '../table/delta.js';
+import { VersionGapError, applyCheckedDelta, type TableDelta } from '../table/delta.js';
 import type { MappingTable } from '../table/mapping-table.js';
 import { IoOp, SegmentState, inhibits, ioOpName, segmentStateName } from '../table/segment-state.js';
 import { debugEnabled, log } from '../util/log.js';
@@ -132,6 +132,8 @@ export class VdiskDevice implements BlockDevice {
   /** Held pieces waiting for an answer; close() ends their wait. */
   readonly #cancels = new Set<() => void>();
   #installs: Promise<void> = Promise.resolve();
+  /** Installs queued or running in #installs: applyDeltaNow steps aside for them. */
+  #installing = 0;
   #fenced = false;
   #closed = false;
   /** A table with extra legs was installed once: flush failures are looked at as leg failures. */
@@ -423,22 +425,55 @@ export class VdiskDevice implements BlockDevice {
   applyDelta(delta: TableDelta): Promise<void> {
     return this.#serialize(async () => {
       const cur = this.#table;
-      if (delta.fromVersion !== cur.version) {
-        throw new VersionGapError(cur.version, delta.fromVersion, delta.toVersion, cur.name || this.vdiskId);
-      }
-      if (!Number.isSafeInteger(delta.toVersion) || delta.toVersion <= delta.fromVersion) {
-        throw new RangeError(`${this.#name()}: delta ${delta.fromVersion}->${delta.toVersion}: the target version must be newer`);
-      }
-      if (!Number.isInteger(delta.segmentCount) || delta.segmentCount < 0) {
-        throw new RangeError(`${this.#name()}: delta ${delta.fromVersion}->${delta.toVersion}: segment count ${delta.segmentCount} invalid`);
-      }
-      checkExtents(delta.extents, delta.segmentCount, false);
-      const ranges = delta.extents.map(rangeOf);
-      if (delta.segmentCount < cur.segmentCount) ranges.push({ first: delta.segmentCount, count: cur.segmentCount - delta.segmentCount });
+      const ranges = this.#deltaRanges(delta);
       await this.#swap(ranges, delta.segmentCount, () => {
-        applyTableDelta(cur, delta);
+        applyCheckedDelta(cur, delta);
       });
     });
+  }
+
+  /**
+   * Applies a delta at once, without a promise turn, when nothing stands in
+   * its way: no install queued or running, and no I/O in flight on the
+   * segments it changes (nothing started under an older version can then
+   * complete after the caller's ack, and none can enter meanwhile). False,
+   * with nothing changed, when something does: the caller uses applyDelta,
+   * which drains. Throws what applyDelta rejects with.
+   */
+  applyDeltaNow(delta: TableDelta): boolean {
+    if (this.#installing > 0) return false;
+    const cur = this.#table;
+    const ranges = this.#deltaRanges(delta);
+    const gate = this.#gate;
+    if (!gate.idle(ranges)) return false;
+    gate.ensure(Math.max(delta.segmentCount, cur.segmentCount));
+    try {
+      applyCheckedDelta(cur, delta);
+      this.#swapped();
+    } finally {
+      this.#drivers = [];
+      this.#broadcastSwap();
+    }
+    if (debugEnabled()) log.debug(`${this.#name()}: table version ${cur.version} installed`, { vdisk: this.vdiskId, changedRanges: ranges.length });
+    return true;
+  }
+
+  /** A delta's checks (before any I/O is held) and the segments it changes. */
+  #deltaRanges(delta: TableDelta): SegmentRange[] {
+    const cur = this.#table;
+    if (delta.fromVersion !== cur.version) {
+      throw new VersionGapError(cur.version, delta.fromVersion, delta.toVersion, cur.name || this.vdiskId);
+    }
+    if (!Number.isSafeInteger(delta.toVersion) || delta.toVersion <= delta.fromVersion) {
+      throw new RangeError(`${this.#name()}: delta ${delta.fromVersion}->${delta.toVersion}: the target version must be newer`);
+    }
+    if (!Number.isInteger(delta.segmentCount) || delta.segmentCount < 0) {
+      throw new RangeError(`${this.#name()}: delta ${delta.fromVersion}->${delta.toVersion}: segment count ${delta.segmentCount} invalid`);
+    }
+    checkExtents(delta.extents, delta.segmentCount, false);
+    const ranges = delta.extents.map(rangeOf);
+    if (delta.segmentCount < cur.segmentCount) ranges.push({ first: delta.segmentCount, count: cur.segmentCount - delta.segmentCount });
+    return ranges;
   }
 
   /**
@@ -450,8 +485,12 @@ export class VdiskDevice implements BlockDevice {
   }
 
   #serialize(fn: () => Promise<void>): Promise<void> {
+    this.#installing++;
     const p = this.#installs.then(fn);
-    this.#installs = p.catch(() => undefined);
+    const done = (): void => {
+      this.#installing--;
+    };
+    this.#installs = p.then(done, done);
     return p;
   }
 
@@ -461,11 +500,7 @@ export class VdiskDevice implements BlockDevice {
     await gate.suspend(ranges);
     try {
       commit();
-      this.#swaps++;
-      if (this.#table.maxLegs > 1) {
-        this.#mirrored = true;
-        this.#unflushed ??= new Set();
-      }
+      this.#swapped();
     } finally {
       this.#drivers = [];
       gate.resume();
@@ -473,6 +508,15 @@ export class VdiskDevice implements BlockDevice {
     }
     // Guarded: winston formats (timestamp, JSON) even what its level then drops.
     if (debugEnabled()) log.debug(`${this.#name()}: table version ${this.#table.version} installed`, { vdisk: this.vdiskId, changedRanges: ranges.length });
+  }
+
+  /** A new table (or version) is in place: what every swap notes. */
+  #swapped(): void {
+    this.#swaps++;
+    if (this.#table.maxLegs > 1) {
+      this.#mirrored = true;
+      this.#unflushed ??= new Set();
+    }
   }
 
   #broadcastSwap(): void {

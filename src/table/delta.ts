@@ -64,6 +64,14 @@ export function applyDelta(table: MappingTable, delta: TableDelta): MappingTable
     throw new RangeError(`delta ${delta.fromVersion}->${delta.toVersion}: segment count ${delta.segmentCount} invalid`);
   }
   checkExtents(delta.extents, delta.segmentCount, false);
+  return applyCheckedDelta(table, delta);
+}
+
+/**
+ * applyDelta without its checks, for a caller that has made them (the
+ * agent's device checks before it holds any I/O): the extents once, not twice.
+ */
+export function applyCheckedDelta(table: MappingTable, delta: TableDelta): MappingTable {
   table.resize(delta.segmentCount);
   applyExtents(table, delta.extents);
   table.setVersion(delta.toVersion);

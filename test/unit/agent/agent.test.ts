@@ -123,6 +123,30 @@ describe('agent daemon', function () {
     expect(fx.rig.agent.exports()[0]?.tableVersion).to.equal(2);
   });
 
+  it('a delta on an idle segment behind one that drains waits its turn: both acked in order, after the drain', async () => {
+    const { stream } = await fx.ctl.accept();
+    await exportDisk(stream);
+    const ini = await login();
+    const gate = deferred();
+    fx.rig.gate.writes = gate.promise;
+    const write = ini.scsi(write10(0, 1), { write: pattern(1, 0x24) });
+    await until(() => fx.rig.gate.writesStarted > 0, 5000, 'the write to reach the container');
+    stream.send({ body: 'tableDelta', tableDelta: { vdiskId: VDISK_ID, fromVersion: 1, toVersion: 2, segmentCount: SEGS, extents: [normal(0, 1, 5)] } });
+    // Segment 3 has nothing in flight, but version 3 must not be installed (or acked) before version 2.
+    stream.send({ body: 'tableDelta', tableDelta: { vdiskId: VDISK_ID, fromVersion: 2, toVersion: 3, segmentCount: SEGS, extents: [normal(3, 1, 6)] } });
+    expect(await stream.none('tableAck', 300)).to.equal(true);
+    expect(await stream.none('tableRequest', 1)).to.equal(true);
+    fx.rig.gate.writes = null;
+    gate.resolve();
+    expect((await write).status).to.equal(0);
+    expect((await stream.take('tableAck')).tableAck.version).to.equal(2);
+    expect((await stream.take('tableAck')).tableAck.version).to.equal(3);
+    // With nothing queued or in flight, the next one is installed and acked at once.
+    stream.send({ body: 'tableDelta', tableDelta: { vdiskId: VDISK_ID, fromVersion: 3, toVersion: 4, segmentCount: SEGS, extents: [normal(0, 1, 7)] } });
+    expect((await stream.take('tableAck')).tableAck.version).to.equal(4);
+    expect(fx.rig.agent.exports()[0]?.tableVersion).to.equal(4);
+  });
+
   it('does not ack, and stays fenced, when a Fence overtakes a draining install', async () => {
     const { stream } = await fx.ctl.accept();
     await exportDisk(stream);

@@ -362,6 +362,56 @@ describe('agent/VdiskDevice', () => {
       await dev.read(0, 1); // nothing left suspended
     });
 
+    it('applies a delta at once when nothing is in flight on its segments, and declines while something is', async () => {
+      make();
+      const c1 = fx.drivers[C1]!;
+      const hold = new Latch();
+      c1.holdWrites = hold;
+      const w = dev.write(3 * BPS, pattern(1, 21)); // seg 3, held in the driver
+      await settle();
+      // Segment 2 has nothing in flight (I/O on segment 3 does not count): applied in this turn.
+      const t1 = dev.table.clone();
+      const d1 = diff(t1, next(t1, (x) => x.set(2, { state: SegmentState.Normal, container: C2, offset: 2 })));
+      expect(dev.applyDeltaNow(d1)).to.equal(true);
+      expect(dev.version).to.equal(2);
+      expect(dev.table.get(2)).to.deep.equal({ state: SegmentState.Normal, container: C2, offset: 2 });
+      // Segment 3 has the held write: declined with nothing changed; applyDelta drains it.
+      const t2 = dev.table.clone();
+      const d2 = diff(t2, next(t2, (x) => x.set(3, { state: SegmentState.Normal, container: C2, offset: 4 })));
+      expect(dev.applyDeltaNow(d2)).to.equal(false);
+      expect(dev.version).to.equal(2);
+      let applied = false;
+      const p = dev.applyDelta(d2).then(() => (applied = true));
+      await settle();
+      expect(applied).to.equal(false);
+      // While that install waits, a delta on an idle segment must queue behind it, not overtake it.
+      const d3 = { ...diff(t2, next(t2, (x) => x.set(2, { state: SegmentState.Zero }))), fromVersion: 3, toVersion: 4 };
+      expect(dev.applyDeltaNow(d3)).to.equal(false);
+      hold.open();
+      await Promise.all([w, p]);
+      expect(dev.version).to.equal(3);
+      expect(raw(fx.paths[C1]!, 0, 0, BS).equals(pattern(1, 21))).to.equal(true);
+      expect(dev.applyDeltaNow(d3)).to.equal(true);
+      expect(dev.version).to.equal(4);
+      // Checks as applyDelta's: a gap throws before anything changes.
+      expect(() => dev.applyDeltaNow({ ...d3, fromVersion: 7, toVersion: 8 })).to.throw(VersionGapError);
+      expect(dev.version).to.equal(4);
+    });
+
+    it('a held I/O waiting for a segment applyDeltaNow changes is woken and runs under the new table', async () => {
+      make();
+      // Segment 6 is invalid: a write there faults and is held until a table arrives.
+      sink.onFault = () => Promise.resolve({ action: 'wait' });
+      const w = dev.write(6 * BPS, pattern(1, 22));
+      await settle();
+      expect(sink.faults.length).to.equal(1);
+      expect(dev.heldCount).to.equal(1);
+      const t = dev.table.clone();
+      expect(dev.applyDeltaNow(diff(t, next(t, (x) => x.set(6, { state: SegmentState.Normal, container: C2, offset: 5 }))))).to.equal(true);
+      await w;
+      expect(raw(fx.paths[C2]!, 5, 0, BS).equals(pattern(1, 22))).to.equal(true);
+    });
+
     it('a shrink waits for I/O beyond the new end and then refuses it', async () => {
       make();
       const c1 = fx.drivers[C1]!;
