@@ -191,7 +191,7 @@ export class Admin {
     return this.#containerInfo(row);
   }
 
-  #containerInfo(c: ContainerRow): ContainerInfo {
+  #containerInfo(c: ContainerRow, domains?: ReadonlyMap<string, string>): ContainerInfo {
     const acct = this.#db.containerSharing(c.id);
     const reach = this.#db.containerReach(c.id);
     const capacity = c.segmentsTotal * c.segmentSize;
@@ -212,7 +212,7 @@ export class Admin {
       agents: this.#db.containerAgents(c.id),
       unreachable: reach.filter((r) => !r.reachable).map((r) => `${r.agent}: ${r.error}`),
       shared: isShared(reach),
-      domain: effectiveDomain(c, this.#db),
+      domain: domains?.get(c.id) ?? effectiveDomain(c, this.#db),
     };
   }
 
@@ -230,7 +230,8 @@ export class Admin {
   }
 
   ListContainers(_r: Partial<Empty>): ListContainersReply {
-    return { containers: this.#db.containers().map((c) => this.#containerInfo(c)) };
+    const domains = containerDomains(this.#db);
+    return { containers: this.#db.containers().map((c) => this.#containerInfo(c, domains)) };
   }
 
   RemoveContainer(r: Partial<RemoveContainerRequest>): RemoveContainerReply | Promise<RemoveContainerReply> {
@@ -456,8 +457,8 @@ export class Admin {
       parent: parent?.name ?? '',
       parentId: v.parentId ?? '',
       migration: this.#migrationInfo(v.id) ?? null,
-      health: this.#healthInfo(v, allocated),
       copies: v.copies,
+      health: this.#healthInfo(v, allocated),
       id: v.id,
       name: v.name,
       size: v.size,
@@ -541,6 +542,8 @@ export class Admin {
     const ex = this.#db.exportsOfVdisk(v.id);
     if (ex.length > 0) throw precondition(`vdisk ${v.name} is exported on ${ex.map((e) => e.agent).join(', ')}; remove the exports first`);
     if (this.#ctrl.migrations.running(v.id)) throw precondition(`vdisk ${v.name} is being migrated; cancel the migration first`);
+    // A rebuild stops first (after its segments in flight), then everything is looked at again.
+    if (this.#ctrl.rebuild.running(v.id)) return this.#ctrl.rebuild.cancel(v.id).then(() => this.RemoveVdisk(r));
     const settled = removeTable(this.#ctrl, v.id);
     this.#db.event(v.kind, v.name, 'removed');
     log.info(`${v.kind} ${v.name} removed`);
@@ -568,6 +571,7 @@ export class Admin {
       const ex = this.#db.exportsOfVdisk(v.id);
       if (ex.length > 0) throw precondition(`vdisk ${v.name} is exported on ${ex.map((e) => e.agent).join(', ')}; remove the exports before shrinking it`);
       if (this.#ctrl.migrations.running(v.id)) throw precondition(`vdisk ${v.name} is being migrated; cancel the migration before shrinking it`);
+      await this.#ctrl.rebuild.cancel(v.id);
       await shrinkTable(this.#ctrl, v, segmentCount);
       this.#db.event('vdisk', v.name, `shrunk from ${formatSize(v.size)} to ${newSize}`);
       return this.#vdiskInfo(this.#vdisk(v.id));
