@@ -473,6 +473,10 @@ export class IscsiLun {
   #run(op: ContainerOp, offset: number, req: ScsiRequest, note = ''): Promise<ScsiResult> {
     // GOOD at the first try (nearly every command) skips the retry loop's async frame: one promise less per I/O.
     const start = Date.now();
+    // The hold counts from here, whatever way the target goes away: the session gives up (and drops
+    // the connection, so that reinstatement ends the task on the target) by then, not a command
+    // timeout, an abort timeout and a hold later. Built here, one object per command.
+    req.deadline = start + this.#holdMs;
     return this.transport.execute(req).then(
       (r) => (r.status === Status.Good ? r : (this.#attempt(op, offset, req, false, note, start, { r }) as Promise<ScsiResult>)),
       (e: unknown) => this.#attempt(op, offset, req, false, note, start, { e }) as Promise<ScsiResult>,
@@ -502,6 +506,7 @@ export class IscsiLun {
     // Named only when an error needs it: no string is built per command.
     const what = (): string => `${cdbText(req.cdb)}${note}`;
     const deadline = start + this.#holdMs;
+    req.deadline ??= deadline;
     let delay = 1;
     let attentions = 0;
     let last = '';

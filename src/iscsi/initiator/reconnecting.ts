@@ -2,8 +2,9 @@
 // is lost it logs in again with bounded exponential backoff, reinstating the
 // session (same ISID and initiator name, TSIH 0, so the target drops the old
 // session's tasks first), and runs again the commands the lost connection
-// took with it. A command waits for a session at most holdMs, then fails as
-// 'unreachable'; the caller (the agent) holds I/O no longer than that.
+// took with it. A command waits for a session at most holdMs (or until its
+// own deadline, when the caller gives one), then fails as 'unreachable'; the
+// caller (the agent) holds I/O no longer than that.
 
 import { log } from '../../util/log.js';
 import { connectSession, randomIsid, type ConnectOptions } from './connect.js';
@@ -119,8 +120,10 @@ export class ReconnectingSession implements ScsiTransport {
           if (s === this.session) this.sessionDown(s, e);
         }
       }
-      holdUntil ??= Date.now() + this.holdMs;
-      await this.waitUp(holdUntil);
+      // The caller's deadline counts from when it sent the command: time already spent waiting
+      // for an answer on the lost connection is not held again.
+      holdUntil ??= req.deadline ?? Date.now() + this.holdMs;
+      await this.waitUp(holdUntil, req.deadline !== undefined);
     }
   }
 
@@ -226,11 +229,13 @@ export class ReconnectingSession implements ScsiTransport {
     });
   }
 
-  private waitUp(until: number): Promise<void> {
+  private waitUp(until: number, callerDeadline = false): Promise<void> {
+    const left = until - Date.now();
+    // Past the caller's deadline it has given up (and reported the command failed): the command
+    // must not run again, not even on a new session.
+    if (callerDeadline && left <= 0) return Promise.reject(this.unreachable());
     // A new session may already be up (the old one's failure reached us late).
     if (this.st === 'up' && this.session) return Promise.resolve();
-    const left = until - Date.now();
-    if (left <= 0) return Promise.reject(this.unreachable());
     return new Promise<void>((resolve, reject) => {
       const w: Waiter = {
         resolve,

@@ -106,6 +106,14 @@ interface PendingText {
   reject: (e: Error) => void;
 }
 
+/**
+ * The least an abort is waited for, however close the command's deadline: a
+ * live target answers in milliseconds, and a retry sent just before its
+ * deadline should not tear down a healthy connection (the bound stays within
+ * "the hold plus about a second").
+ */
+export const ABORT_FLOOR_MS = 500;
+
 const DEFAULTS = {
   queueDepth: 32,
   commandTimeoutMs: 30_000,
@@ -240,7 +248,9 @@ export class IscsiInitiatorSession implements ScsiTransport {
         readBuf: undefined,
         readEnd: 0,
       };
-      const timeout = req.timeoutMs ?? this.opts.commandTimeoutMs;
+      let timeout = req.timeoutMs ?? this.opts.commandTimeoutMs;
+      // Not past the caller's deadline: a silent target costs the hold, not the command timeout on top of it.
+      if (req.deadline !== undefined) timeout = Math.max(1, Math.min(timeout > 0 ? timeout : Infinity, req.deadline - Date.now()));
       if (timeout > 0) {
         task.timer = setTimeout(() => this.onCommandTimeout(task), timeout);
       }
@@ -692,13 +702,18 @@ export class IscsiInitiatorSession implements ScsiTransport {
     t.aborting = true;
     log.warn('iSCSI command timed out; aborting it', { session: this.opts.label, itt: t.itt, cdb: describeCdb(t.req.cdb), timeoutMs: timeout });
     const itt = this.allocItt();
+    // The abort waits no longer than what is left of the caller's deadline (at least ABORT_FLOOR_MS):
+    // a target that is gone (a cut link, no reset) is then declared so within the hold, and the
+    // reinstatement that follows is what makes the target drop the task.
+    const abortMs =
+      t.req.deadline === undefined ? this.opts.abortTimeoutMs : Math.min(this.opts.abortTimeoutMs, Math.max(ABORT_FLOOR_MS, t.req.deadline - Date.now()));
     const timer = setTimeout(() => {
       this.tmfs.delete(itt);
       // No answer to the abort either: the connection is of no use. The
       // aborted task reports its timeout; the others that the connection lost.
-      this.finishAbort(t, `no answer to ABORT TASK within ${this.opts.abortTimeoutMs} ms`);
-      this.goDown(new ConnectionLostError('unreachable', `${this.opts.label}: no answer to ABORT TASK within ${this.opts.abortTimeoutMs} ms`));
-    }, this.opts.abortTimeoutMs);
+      this.finishAbort(t, `no answer to ABORT TASK within ${abortMs} ms`);
+      this.goDown(new ConnectionLostError('unreachable', `${this.opts.label}: no answer to ABORT TASK within ${abortMs} ms`));
+    }, abortMs);
     this.tmfs.set(itt, { task: t, timer });
     this.send({
       opcode: Opcode.TaskMgmtRequest,

@@ -19,6 +19,13 @@ export interface ScsiRequest {
   dataInBuffer?: Buffer;
   /** Overrides the session's command timeout for this command. */
   timeoutMs?: number;
+  /**
+   * When the caller stops waiting (Date.now() ms): its hold. The command's
+   * timeout and its abort are cut to fit, the connection is dropped rather
+   * than waited on past it (so the target drops the task when the session is
+   * reinstated), and it is held for a new session only until then.
+   */
+  deadline?: number;
 }
 
 export interface ScsiResult {

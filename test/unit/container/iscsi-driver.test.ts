@@ -288,6 +288,25 @@ describe('IscsiContainerDriver', () => {
       expect((await rejects(d.read(0, 512))).code).to.equal('EUNREACHABLE');
     });
 
+    it('gives every command, and each of its retries, the hold counted from its first try as the deadline', async () => {
+      const { r, d } = await labelled({}, { holdMs: 4000 });
+      const seen: { op: string; deadline: number | undefined }[] = [];
+      let busy = 2;
+      r.transport.intercept = (req) => {
+        seen.push({ op: req.cdb[0]!.toString(16), deadline: req.deadline });
+        return req.cdb[0] === 0x8a && busy-- > 0 ? { status: 0x08 } : undefined;
+      };
+      const before = Date.now();
+      await d.write(0, randomBytes(4096));
+      await d.read(0, 4096);
+      await d.flush();
+      const after = Date.now();
+      expect(seen.map((x) => x.op)).to.deep.equal(['8a', '8a', '8a', '88', '91']);
+      for (const x of seen) expect(x.deadline, `deadline of ${x.op}`).to.be.within(before + 4000, after + 4000);
+      // The retries after BUSY keep the first try's deadline: the hold is not started again.
+      expect(new Set(seen.slice(0, 3).map((x) => x.deadline)).size).to.equal(1);
+    });
+
     it('a target that keeps reporting UNIT ATTENTION is paced, then EUNREACHABLE', async () => {
       const { r, d } = await labelled({}, { holdMs: 300 });
       let n = 0;

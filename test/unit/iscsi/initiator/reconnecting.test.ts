@@ -103,6 +103,54 @@ describe('iSCSI ReconnectingSession', () => {
     await r.close();
   });
 
+  it("holds a command lost with its connection only until the caller's deadline, not holdMs from the loss", async () => {
+    const f = factory();
+    const r = await ReconnectingSession.connect({ ...OPTS, connectFn: f.connect, holdMs: 60_000 });
+    f.fail = true;
+    const p = settled(r.execute({ lun: 0, cdb: read16Cdb(0, 1), dataInLength: 512, deadline: Date.now() + 100 }));
+    await waitFor(() => f.rigs[0]!.wire.sent.length > 0 || undefined);
+    f.rigs[0]!.s.connectionClosed('test cut');
+    expect(((await p) as TransportError).kind).to.equal('unreachable');
+    await r.close();
+  });
+
+  it('never runs a command again past its deadline, even on a session that is back', async () => {
+    const f = factory();
+    const r = await ReconnectingSession.connect({ ...OPTS, connectFn: f.connect, holdMs: 60_000 });
+    const p = settled(r.execute({ lun: 0, cdb: read16Cdb(0, 1), dataInLength: 512, deadline: Date.now() + 20 }));
+    await waitFor(() => f.rigs[0]!.wire.sent.length > 0 || undefined);
+    // Lost after its deadline, its abort unanswered.
+    await sleep(40);
+    f.rigs[0]!.s.connectionClosed('test cut');
+    const e = await p;
+    expect(e).to.be.instanceOf(TransportError);
+    expect(['unreachable', 'timeout']).to.include((e as TransportError).kind);
+    const second = await waitFor(() => f.rigs[1]);
+    await sleep(20);
+    expect(second.wire.take<ScsiCommandPdu>(Opcode.ScsiCommand)).to.have.lengthOf(0);
+    await r.close();
+  });
+
+  it("ends a command to a target gone silent within its deadline, whatever the command and abort timeouts", async () => {
+    const f = factory();
+    // A minute each: without the deadline this would take three.
+    const r = await ReconnectingSession.connect({ ...OPTS, connectFn: f.connect, holdMs: 60_000, commandTimeoutMs: 60_000, abortTimeoutMs: 60_000 });
+    f.fail = true;
+    const deadline = Date.now() + 50;
+    const p = settled(r.execute({ lun: 0, cdb: read16Cdb(0, 1), dataInLength: 512, deadline }));
+    const lost = settled(r.execute({ lun: 0, cdb: read16Cdb(1, 1), dataInLength: 512, deadline: deadline + 100 }));
+    const e = await p;
+    // The timed-out command reports its timeout; the other one, past its own deadline too, either
+    // its own timeout or the connection that went with it: both retryable, neither run again.
+    expect((e as TransportError).kind).to.equal('timeout');
+    expect(f.rigs[0]!.wire.destroyed).to.equal(true);
+    const l = (await lost) as TransportError;
+    expect(l).to.be.instanceOf(TransportError);
+    expect(l.retryable).to.equal(true);
+    expect(f.rigs.slice(1).every((x) => x.wire.take<ScsiCommandPdu>(Opcode.ScsiCommand).length === 0)).to.equal(true);
+    await r.close();
+  });
+
   it('starts without waiting (start()), holds commands while connecting, and comes up when the target does', async () => {
     const f = factory();
     f.fail = true;

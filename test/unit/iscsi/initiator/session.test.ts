@@ -200,6 +200,42 @@ describe('iSCSI initiator session', () => {
     expect(r.wire.destroyed).to.equal(true);
   });
 
+  it("cuts a command's timeout and its abort to the caller's deadline, then drops the connection (a silent target)", async () => {
+    // Both a minute: only the deadline can end this within the test's time.
+    const r = rig({}, { commandTimeoutMs: 60_000, abortTimeoutMs: 60_000 });
+    const timedOut = settled(r.s.execute({ lun: 0, cdb: read16Cdb(0, 1), dataInLength: 512, deadline: Date.now() + 30 }));
+    const other = settled(r.s.execute({ lun: 0, cdb: read16Cdb(1, 1), dataInLength: 512 }));
+    const [cmd] = r.wire.take<ScsiCommandPdu>(Opcode.ScsiCommand);
+    const e = await timedOut;
+    expect((e as TransportError).kind).to.equal('timeout');
+    // The abort went out first (a live target would have answered it and kept the connection)...
+    const [tmf] = r.wire.take<TaskMgmtRequest>(Opcode.TaskMgmtRequest);
+    expect(tmf!.referencedTaskTag).to.equal(cmd!.itt);
+    // ...and, unanswered, the connection is dropped: the target ends the task when the session is reinstated.
+    expect((e as Error).message).to.match(/no answer to ABORT TASK within \d+ ms/);
+    expect(await other).to.be.instanceOf(ConnectionLostError);
+    expect(r.wire.destroyed).to.equal(true);
+  });
+
+  it('keeps a healthy connection when the abort of a command near its deadline is answered', async () => {
+    const r = rig({}, { commandTimeoutMs: 60_000, abortTimeoutMs: 60_000 });
+    const p = settled(r.s.execute({ lun: 0, cdb: read16Cdb(0, 1), dataInLength: 512, deadline: Date.now() + 10 }));
+    const tmf = await (async () => {
+      for (;;) {
+        const [t] = r.wire.take<TaskMgmtRequest>(Opcode.TaskMgmtRequest);
+        if (t) return t;
+        await sleep(2);
+      }
+    })();
+    // The deadline has passed; the abort still gets its floor (ABORT_FLOOR_MS) to be answered in.
+    await sleep(20);
+    r.feed({ ...base, opcode: Opcode.TaskMgmtResponse, data: Buffer.alloc(0), response: 0, itt: tmf.itt, ...r.sn() });
+    expect(((await p) as TransportError).kind).to.equal('timeout');
+    expect(r.s.state).to.equal('up');
+    expect(r.wire.destroyed).to.equal(false);
+    await r.s.close().catch(() => undefined);
+  });
+
   it('drops the connection on a malformed or unexpected PDU and fails pending commands as protocol', async () => {
     for (const bad of [
       (r: Rig) => r.s.receive(Buffer.concat([Buffer.of(0x3a), Buffer.alloc(47)])),
