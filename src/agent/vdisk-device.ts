@@ -616,6 +616,7 @@ export class VdiskDevice implements BlockDevice {
       if (action === 'proceed') {
         // One copy: the path as it always was (maxLegs and legCountOf are typed-array reads).
         if (t.maxLegs === 1 || t.legCountOf(seg) < 2) return this.#containerIo(t, mode, op, seg, lba, blocks, buf, bufOff, fua, caw);
+        if (mode === Mode.Read) return this.#readMirrored(t, op, seg, lba, blocks, buf as Buffer, bufOff);
         const failed = await this.#legsIo(t, mode, op, seg, lba, blocks, buf, bufOff, fua, caw);
         if (failed === null) return;
         // Some legs have the write, one has not: held until the controller
@@ -920,10 +921,59 @@ export class VdiskDevice implements BlockDevice {
    * failed before another served the read is reported (a leg fault whose
    * answer nobody waits for). Every leg failed: throws as one copy would.
    */
-  async #readLegs(t: MappingTable, mode: Mode, op: IoOp, seg: number, lba: number, blocks: number, n: number, within: number, buf: Buffer, bufOff: number, len: number): Promise<void> {
+  /**
+   * A mirrored read, as cheap as a one-copy read while its leg answers: the
+   * chosen leg's read is returned as it is (no extra async frames, which cost
+   * a mirrored read about 0.5 µs of CPU); only a failure takes the failover
+   * path, which goes on from the next leg (the failed one is not asked again:
+   * an unreachable one would hold the read a second time).
+   */
+  #readMirrored(t: MappingTable, op: IoOp, seg: number, lba: number, blocks: number, buf: Buffer, bufOff: number): Promise<void> {
+    const n = t.legCountOf(seg);
     const start = this.#readLeg(t, seg, n);
+    const driver = this.#legDriver(t, t.legSlotOf(seg, start));
+    const within = (lba - seg * this.#blocksPerSegment) * this.blockSize;
+    const len = blocks * this.blockSize;
+    if (driver === undefined) return this.#failOver(t, op, seg, lba, blocks, n, within, buf, bufOff, len, start, null);
+    this.#gate.enter(seg);
+    return driver.readInto(t.legOffsetOf(seg, start) * t.segmentSize + within, buf, bufOff, len).then(
+      () => this.#gate.leave(seg),
+      (e: unknown) => {
+        this.#gate.leave(seg);
+        return this.#failOver(t, op, seg, lba, blocks, n, within, buf, bufOff, len, start, e ?? new Error('container I/O failed'));
+      },
+    );
+  }
+
+  /** A mirrored read whose first leg failed (`error`; null: no driver here): the other legs, inside the gate. */
+  async #failOver(t: MappingTable, op: IoOp, seg: number, lba: number, blocks: number, n: number, within: number, buf: Buffer, bufOff: number, len: number, start: number, error: unknown): Promise<void> {
+    this.#gate.enter(seg);
+    try {
+      const first = error ?? new NoDriverError(`container ${t.containers[t.legSlotOf(seg, start)]} is not reachable from this agent`);
+      await this.#readLegs(t, Mode.Read, op, seg, lba, blocks, n, within, buf, bufOff, len, { leg: start, error: first });
+    } finally {
+      this.#gate.leave(seg);
+    }
+  }
+
+  async #readLegs(
+    t: MappingTable,
+    mode: Mode,
+    op: IoOp,
+    seg: number,
+    lba: number,
+    blocks: number,
+    n: number,
+    within: number,
+    buf: Buffer,
+    bufOff: number,
+    len: number,
+    failed?: { leg: number; error: unknown },
+  ): Promise<void> {
+    const start = failed === undefined ? this.#readLeg(t, seg, n) : failed.leg;
     let errors: unknown[] | null = null;
-    for (let i = 0; i < n; i++) {
+    if (failed !== undefined) (errors = new Array<unknown>(n))[failed.leg] = failed.error;
+    for (let i = failed === undefined ? 0 : 1; i < n; i++) {
       const leg = (start + i) % n;
       const slot = t.legSlotOf(seg, leg);
       const driver = this.#legDriver(t, slot);
