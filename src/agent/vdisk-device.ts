@@ -683,13 +683,9 @@ export class VdiskDevice implements BlockDevice {
     const stored = readBuffer(len);
     if (t.legCountOf(seg) < 2) await this.#containerIo(t, Mode.Read, IoOp.Read, seg, lba, blocks, stored, 0, false);
     else await this.#legsIo(t, Mode.Read, IoOp.Read, seg, lba, blocks, stored, 0, false);
-    if (stored.equals(caw.verify)) return false;
-    for (let i = 0; i < len; i++) {
-      if (stored[i] !== caw.verify[i]) {
-        caw.result = i;
-        break;
-      }
-    }
+    const at = firstMismatch(stored, caw.verify);
+    if (at < 0) return false;
+    caw.result = at;
     return true;
   }
 
@@ -774,13 +770,10 @@ export class VdiskDevice implements BlockDevice {
           const c = caw as CawPiece;
           const stored = readBuffer(len);
           await driver.readInto(offset, stored, 0, len);
-          if (!stored.equals(c.verify)) {
-            for (let i = 0; i < len; i++) {
-              if (stored[i] !== c.verify[i]) {
-                c.result = i;
-                return;
-              }
-            }
+          const at = firstMismatch(stored, c.verify);
+          if (at >= 0) {
+            c.result = at;
+            return;
           }
           await driver.write(offset, buf as Buffer, fua ? FUA : undefined);
           c.result = -1;
@@ -854,13 +847,10 @@ export class VdiskDevice implements BlockDevice {
         const c = caw as CawPiece;
         const stored = readBuffer(len);
         await this.#readLegs(t, mode, op, seg, lba, blocks, n, within, stored, 0, len);
-        if (!stored.equals(c.verify)) {
-          for (let i = 0; i < len; i++) {
-            if (stored[i] !== c.verify[i]) {
-              c.result = i;
-              return null;
-            }
-          }
+        const at = firstMismatch(stored, c.verify);
+        if (at >= 0) {
+          c.result = at;
+          return null;
         }
         data = buf as Buffer;
       } else if (mode === Mode.Write) {
@@ -1347,4 +1337,11 @@ async function settleAll(tasks: Promise<void>[]): Promise<void> {
   if (tasks.length === 1) return tasks[0];
   const results = await Promise.allSettled(tasks);
   for (const r of results) if (r.status === 'rejected') throw r.reason;
+}
+
+/** COMPARE AND WRITE: the offset of the first byte where `stored` differs from `verify`, or -1 when they are equal. */
+function firstMismatch(stored: Buffer, verify: Buffer): number {
+  if (stored.equals(verify)) return -1;
+  for (let i = 0; i < stored.length; i++) if (stored[i] !== verify[i]) return i;
+  return -1;
 }

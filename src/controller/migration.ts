@@ -33,7 +33,7 @@ import { ContainerFullError, locKey } from './allocator.js';
 import type { ControllerDb, Location, MigrationRow, VdiskRow } from './db.js';
 import { containerDomains } from './domains.js';
 import type { AgentCommands } from './agent-commands.js';
-import { copySegmentData, frozenEverywhere } from './segment-copy.js';
+import { copySegmentData, frozenEverywhere, pauseRun } from './segment-copy.js';
 import type { AgentRegistry } from './agent-registry.js';
 import type { Allocator } from './allocator.js';
 import type { TableChanges } from './table-changes.js';
@@ -304,14 +304,14 @@ export class MigrationManager {
       if (outcome === 'no-agent') {
         // Looked at again after the pause (it is behind the cursor: next pass).
         wrapped = false;
-        await this.#pause(run, NO_AGENT_RETRY_MS);
+        await pauseRun(run, NO_AGENT_RETRY_MS);
         continue;
       }
       // A skipped entry (changed under us, or being moved by another vdisk's
       // migration) is looked at again on the next pass; never spin on it.
       if (outcome === 'skipped') {
         wrapped = false;
-        await this.#pause(run, SKIP_PAUSE_MS);
+        await pauseRun(run, SKIP_PAUSE_MS);
       }
       if (outcome === 'moved') wrapped = false;
       const fresh = this.#db.migration(vdisk.id);
@@ -325,20 +325,6 @@ export class MigrationManager {
       fresh.updated = now();
       this.#db.saveMigration(fresh);
     }
-  }
-
-  #pause(run: Run, ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const t = setTimeout(() => {
-        run.wake = null;
-        resolve();
-      }, ms);
-      run.wake = () => {
-        clearTimeout(t);
-        run.wake = null;
-        resolve();
-      };
-    });
   }
 
   #note(vdiskId: string, error: string): void {

@@ -32,7 +32,7 @@ import type { ControllerDb, Location, StaleLeg, VdiskRow } from './db.js';
 import type { AgentCommands } from './agent-commands.js';
 import type { Allocator } from './allocator.js';
 import type { CommitResult, TableChanges } from './table-changes.js';
-import { copySegmentData, frozenEverywhere, type SegmentCopyHost } from './segment-copy.js';
+import { copySegmentData, frozenEverywhere, pauseRun, type SegmentCopyHost } from './segment-copy.js';
 
 /** Segments of one vdisk rebuilt at once (as a migration moves them: the copies overlap the table changes). */
 export const REBUILD_CONCURRENCY = 4;
@@ -468,23 +468,9 @@ export class RebuildManager {
           log.warn(`rebuild of vdisk ${vdisk.name} cannot go on: ${run.blocked}; it retries every ${Math.round(this.#opts.scanIntervalMs / 1000)} s`);
           db.event('rebuild', vdisk.name, `waiting: ${run.blocked}`);
         } else if (why !== '') log.debug(`rebuild of vdisk ${vdisk.name} waits: ${why}`);
-        await this.#pause(run, run.blocked !== '' ? this.#opts.scanIntervalMs : RETRY_MS);
+        await pauseRun(run, run.blocked !== '' ? this.#opts.scanIntervalMs : RETRY_MS);
       }
     }
-  }
-
-  #pause(run: Run, ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const t = setTimeout(() => {
-        run.wake = null;
-        resolve();
-      }, ms);
-      run.wake = () => {
-        clearTimeout(t);
-        run.wake = null;
-        resolve();
-      };
-    });
   }
 
   /** Steps 1-5 above for one segment. */

@@ -76,3 +76,23 @@ export async function copySegmentData(host: SegmentCopyHost, agent: string, vdis
   if (host.closed || host.agents.link(agent) === undefined) return { kind: 'retry', reason: `copy on agent ${agent} interrupted: ${err}`, overdue: false };
   return { kind: 'failed', reason: `agent ${agent} could not copy ${src.containerId}@${src.offset} to ${dst.containerId}@${dst.offset}: ${err}` };
 }
+
+/** A copy loop's run that a pause can be cut short for (cancel, a new agent, a repair). */
+export interface WakeableRun {
+  wake: (() => void) | null;
+}
+
+/** Waits `ms`, or until `run.wake()` is called: the pause migration and rebuild take between tries. */
+export function pauseRun(run: WakeableRun, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => {
+      run.wake = null;
+      resolve();
+    }, ms);
+    run.wake = () => {
+      clearTimeout(t);
+      run.wake = null;
+      resolve();
+    };
+  });
+}
