@@ -275,6 +275,15 @@ export class LogicalUnit implements LogicalUnitApi {
   // ---- dispatch ----
 
   async execute(req: ScsiRequest): Promise<ScsiResponse> {
+    return this.start(req);
+  }
+
+  /**
+   * execute() without a promise when the command completes in this turn
+   * (checks that fail, a READ or WRITE the device did inline): the common
+   * 4 KiB I/O then costs no promise hops through the SCSI layers.
+   */
+  start(req: ScsiRequest): ScsiResponse | Promise<ScsiResponse> {
     const found = lookupCommand(req.cdb);
     if ('error' in found) return this.errorResponse(found.error, req, undefined);
     const spec = found.spec;
@@ -303,13 +312,44 @@ export class LogicalUnit implements LogicalUnitApi {
       if (spec.writesMedium && (this.readOnly || this.mode.softwareWriteProtect)) {
         throw new ScsiError(this.readOnly ? Sense.writeProtected : Sense.softwareWriteProtected, {}, `${spec.name} on write-protected LU ${this.lun}`);
       }
-      if (req.attr === TaskAttribute.Ordered && !this.exclusiveRunning) {
-        return await this.runExclusive(async () => ctx.spec.handler(ctx), false);
-      }
-      return await this.runShared(ctx);
     } catch (e) {
       return this.errorResponse(e, req, spec);
     }
+    if (req.attr === TaskAttribute.Ordered && !this.exclusiveRunning) {
+      return this.runExclusive(async () => ctx.spec.handler(ctx), false).catch((e: unknown) => this.errorResponse(e, req, spec));
+    }
+    if (this.exclusiveRunning || this.exclusiveWaiters.length > 0) {
+      return this.runShared(ctx).catch((e: unknown) => this.errorResponse(e, req, spec));
+    }
+    // runShared inline: counted in `active` while the handler runs, whether it completes now or later.
+    this.active++;
+    let r: ScsiResponse | Promise<ScsiResponse>;
+    try {
+      r = spec.handler(ctx);
+    } catch (e) {
+      this.sharedDone();
+      return this.errorResponse(e, req, spec);
+    }
+    if (!(r instanceof Promise)) {
+      this.sharedDone();
+      return r;
+    }
+    return r.then(
+      (resp) => {
+        this.sharedDone();
+        return resp;
+      },
+      (e: unknown) => {
+        this.sharedDone();
+        return this.errorResponse(e, req, spec);
+      },
+    );
+  }
+
+  /** A shared (non-exclusive) command left the handler: an exclusive section may start. */
+  private sharedDone(): void {
+    this.active--;
+    if (this.active === 0 && this.exclusiveWaiters.length > 0) this.pump();
   }
 
   checkCondition(code: Asc, opts?: SenseOptions): ScsiResponse {

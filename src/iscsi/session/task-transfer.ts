@@ -275,7 +275,7 @@ export class TaskTransfer {
       this.solicit(task);
       return;
     }
-    void this.execute(task);
+    this.execute(task);
   }
 
   private solicit(task: Task): void {
@@ -377,7 +377,8 @@ export class TaskTransfer {
 
   // ---------------------------------------------------------------- execution and response
 
-  private async execute(task: Task): Promise<void> {
+  /** Hands the task to the SCSI layer; a command the port answers in this turn completes in it too (no promise). */
+  private execute(task: Task): void {
     const port = this.port;
     const nexus = this.nexus;
     if (!port || !nexus) return;
@@ -393,13 +394,29 @@ export class TaskTransfer {
       expectedLength: task.edtl,
     };
     task.request = req;
-    let resp: ScsiResponse;
+    let r: ScsiResponse | Promise<ScsiResponse>;
     try {
-      resp = await port.execute(req);
+      r = port.start !== undefined ? port.start(req) : port.execute(req);
     } catch (e) {
-      log.error('SCSI layer threw', { err: (e as Error).message, cdb: task.pdu.cdb.toString('hex'), session: this.host.tsih });
-      resp = { status: ScsiStatus.CheckCondition, sense: internalFailureSense() };
+      r = Promise.reject(e);
     }
+    if (r instanceof Promise) {
+      r.then(
+        (resp) => this.executed(task, req, resp),
+        (e: unknown) => this.executed(task, req, this.failed(task, e)),
+      );
+      return;
+    }
+    this.executed(task, req, r);
+  }
+
+  private failed(task: Task, e: unknown): ScsiResponse {
+    log.error('SCSI layer threw', { err: (e as Error).message, cdb: task.pdu.cdb.toString('hex'), session: this.host.tsih });
+    return { status: ScsiStatus.CheckCondition, sense: internalFailureSense() };
+  }
+
+  /** The SCSI layer is done with the task: release its buffer, then answer unless it was aborted. */
+  private executed(task: Task, req: ScsiRequest, resp: ScsiResponse): void {
     this.active--;
     task.state = TaskState.Done;
     if (task.pooled) {
