@@ -15,7 +15,7 @@ import type { BlockDevice } from '../blockdev/block-device.js';
 import { log } from '../util/log.js';
 import { checkControlByte } from './cdb.js';
 import type { CommandContext, CommandSpec } from './command-spec.js';
-import { lookupCommand } from './commands.js';
+import { commandOf, lookupCommand } from './commands.js';
 import type { BlockLimits, BusyState, LogicalUnitApi, LuIdentity, PortGroup, ReservationGate, TargetApi, UnitAttentionScope } from './lu-api.js';
 import { AccessState, defaultLimits } from './lu-api.js';
 import { ModeState } from './mode-pages.js';
@@ -284,9 +284,13 @@ export class LogicalUnit implements LogicalUnitApi {
    * 4 KiB I/O then costs no promise hops through the SCSI layers.
    */
   start(req: ScsiRequest): ScsiResponse | Promise<ScsiResponse> {
-    const found = lookupCommand(req.cdb);
-    if ('error' in found) return this.errorResponse(found.error, req, undefined);
-    const spec = found.spec;
+    // commandOf allocates nothing; lookupCommand says why there is no row.
+    let spec = commandOf(req.cdb);
+    if (spec === undefined) {
+      const found = lookupCommand(req.cdb);
+      if ('error' in found) return this.errorResponse(found.error, req, undefined);
+      spec = found.spec;
+    }
     if (this.device.blockCount !== this.lastBlockCount) {
       this.lastBlockCount = this.device.blockCount;
       this.raiseUnitAttention(Sense.capacityDataChanged);

@@ -64,6 +64,7 @@ export interface Task {
   unsolicitedReceived: number;
   unsolicitedDataSN: number;
   nextSolicit: number;
+  /** Open R2Ts by TTT; NO_R2TS (read-only, empty) for a task without solicited data. */
   r2ts: Map<number, R2TState>;
   r2tSN: number;
   aborted: boolean;
@@ -75,6 +76,12 @@ export interface Task {
    */
   onFinished?: (() => void)[];
 }
+
+/**
+ * The R2T map of a task that can never have one (no Data-Out beyond its
+ * immediate data): shared and only ever read, a Map less per command.
+ */
+const NO_R2TS: ReadonlyMap<number, R2TState> = new Map();
 
 /** Resolves when the SCSI layer is done with an executing task. */
 function whenFinished(t: Task): Promise<void> {
@@ -224,7 +231,7 @@ export class TaskTransfer {
       unsolicitedReceived: 0,
       unsolicitedDataSN: 0,
       nextSolicit: unsolicitedLimit,
-      r2ts: new Map(),
+      r2ts: pdu.write && edtl > immediateLen ? new Map() : (NO_R2TS as Map<number, R2TState>),
       r2tSN: 0,
       aborted: false,
     };
