@@ -24,6 +24,7 @@
 // another leg served reports it and goes on. Every leg failing is what one
 // copy failing is.
 import { BlockDeviceError, type BlockDevice, type BlockErrorKind, type ProvisioningStatus, type WriteOptions } from '../blockdev/block-device.js';
+import { INLINE_MAX_BYTES } from '../blockdev/inline-policy.js';
 import { readBuffer } from '../blockdev/read-buffers.js';
 import { ContainerIoError, type ContainerDriver, type ContainerResolver, type ContainerWriteOptions } from '../container/driver.js';
 import { TransportError } from '../iscsi/initiator/transport.js';
@@ -228,6 +229,84 @@ export class VdiskDevice implements BlockDevice {
     const blocks = data.length / this.blockSize;
     this.#checkWritable(IoOp.Write, lba, blocks);
     if (blocks > 0) await this.#run(Mode.Write, IoOp.Write, lba, blocks, data, opts?.fua === true);
+  }
+
+  /**
+   * read() in this turn when nothing can make it wait: one segment, no
+   * install on it, a state that reads (or reads as zeros) on one copy, and a
+   * container driver that reads inline now. Otherwise undefined, with
+   * nothing done: read() takes the general path (holds, faults, legs).
+   */
+  readNow(lba: number, blocks: number): Buffer | undefined {
+    this.#checkRange(IoOp.Read, lba, blocks);
+    const len = blocks * this.blockSize;
+    if (blocks === 0 || len > INLINE_MAX_BYTES) return undefined;
+    const seg = Math.floor(lba / this.#blocksPerSegment);
+    const t = this.#table;
+    const driver = this.#driverNow(t, seg, lba, blocks, IoOp.Read);
+    if (driver === null) {
+      // zero-read
+      return readBuffer(len).fill(0);
+    }
+    if (driver === undefined || driver.readIntoNow === undefined) return undefined;
+    const buf = readBuffer(len);
+    try {
+      if (!driver.readIntoNow(this.#offsetOf(t, seg, lba), buf, 0, len)) return undefined;
+    } catch (e) {
+      throw this.#ioFailed(t, Mode.Read, IoOp.Read, seg, lba, blocks, e);
+    }
+    return buf;
+  }
+
+  /**
+   * A buffered (not FUA) write() in this turn when nothing can make it
+   * wait, as for readNow, and the segment is this agent's to write: true
+   * once written; false with nothing done (write() takes the general path).
+   */
+  writeNow(lba: number, data: Buffer, opts?: WriteOptions): boolean {
+    if (opts?.fua === true || data.length % this.blockSize !== 0 || data.length > INLINE_MAX_BYTES) return false;
+    const blocks = data.length / this.blockSize;
+    this.#checkWritable(IoOp.Write, lba, blocks);
+    if (blocks === 0) return false;
+    const seg = Math.floor(lba / this.#blocksPerSegment);
+    const t = this.#table;
+    const driver = this.#driverNow(t, seg, lba, blocks, IoOp.Write);
+    if (driver === null || driver === undefined || driver.writeNow === undefined) return false;
+    if (this.#ownership(t, seg, IoOp.Write) !== null) return false;
+    try {
+      if (!driver.writeNow(this.#offsetOf(t, seg, lba), data)) return false;
+    } catch (e) {
+      throw this.#ioFailed(t, Mode.Write, IoOp.Write, seg, lba, blocks, e);
+    }
+    this.#dirty.add(driver);
+    return true;
+  }
+
+  /**
+   * For readNow/writeNow: the driver of a one-segment, one-copy piece that
+   * may proceed now; null when it reads as zeros; undefined when the general
+   * path must decide (held, faulted, failed, mirrored, several segments).
+   * Mirrors #piece's checks, without effects.
+   */
+  #driverNow(t: MappingTable, seg: number, lba: number, blocks: number, op: IoOp): ContainerDriver | null | undefined {
+    if (this.#closed || this.#fenced || Math.floor((lba + blocks - 1) / this.#blocksPerSegment) !== seg) return undefined;
+    if (seg >= t.segmentCount || this.#gate.isSuspended(seg)) return undefined;
+    const state = t.stateOf(seg);
+    if ((state === SegmentState.Zero || state === SegmentState.NoWrite) && this.#lease?.expired === true) return undefined;
+    const action = inhibits(state, op);
+    if (action === 'zero-read') return null;
+    if (action !== 'proceed' || (t.maxLegs !== 1 && t.legCountOf(seg) >= 2)) return undefined;
+    const slot = t.slotOf(seg);
+    let driver = this.#drivers[slot];
+    if (driver === undefined) {
+      driver = this.#containers.get(t.containers[slot] as string);
+      this.#drivers[slot] = driver;
+    }
+    return driver;
+  }
+
+  #offsetOf(t: MappingTable, seg: number, lba: number): number {
+    return t.containerOffsetOf(seg) * t.segmentSize + (lba - seg * this.#blocksPerSegment) * this.blockSize;
   }
 
   /**

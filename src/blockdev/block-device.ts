@@ -98,6 +98,15 @@ export interface BlockDevice {
   read(lba: number, blocks: number): Promise<Buffer>;
   /** Write data (a whole number of blocks) at `lba`. */
   write(lba: number, data: Buffer, opts?: WriteOptions): Promise<void>;
+  /**
+   * Optional synchronous fast path of read(): the data when the device can
+   * read it inline right now (a page-cache hit), else undefined with nothing
+   * done (call read()). Throws what read() would reject with. It spares the
+   * SCSI layers their promise hops on the common 4 KiB I/O.
+   */
+  readNow?(lba: number, blocks: number): Buffer | undefined;
+  /** Optional synchronous fast path of write(): true when written inline now, false with nothing done (call write()). */
+  writeNow?(lba: number, data: Buffer, opts?: WriteOptions): boolean;
   /** Make every completed write durable (SYNCHRONIZE CACHE). */
   flush(): Promise<void>;
   /** Deallocate; afterwards the range reads as zeros (LBPRZ). A no-op on thick devices is not allowed: they must write zeros. */

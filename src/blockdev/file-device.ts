@@ -78,12 +78,33 @@ export class FileBlockDevice implements BlockDevice {
     return buf;
   }
 
-  async write(lba: number, data: Buffer, opts?: WriteOptions): Promise<void> {
-    if (this.readOnly) throw new BlockDeviceError('write-protected', `WRITE ${this.path} lba=${lba}: opened read-only`, lba);
-    if (data.length % this.blockSize !== 0) {
-      throw new Error(`WRITE ${this.path} lba=${lba}: ${data.length} bytes is not a whole number of ${this.blockSize}-byte blocks`);
+  readNow(lba: number, blocks: number): Buffer | undefined {
+    this.check(lba, blocks, 'read');
+    const len = blocks * this.blockSize;
+    if (!this.file.inlineNow(len)) return undefined;
+    const buf = readBuffer(len);
+    try {
+      this.file.readNow(buf, 0, len, lba * this.blockSize);
+    } catch (e) {
+      throw this.ioError('read', e, lba);
     }
-    this.check(lba, data.length / this.blockSize, 'write');
+    return buf;
+  }
+
+  writeNow(lba: number, data: Buffer, opts?: WriteOptions): boolean {
+    if (opts?.fua === true) return false;
+    this.checkWrite(lba, data);
+    if (!this.file.inlineNow(data.length)) return false;
+    try {
+      this.file.writeNow(data, 0, data.length, lba * this.blockSize);
+    } catch (e) {
+      throw this.ioError('write', e, lba);
+    }
+    return true;
+  }
+
+  async write(lba: number, data: Buffer, opts?: WriteOptions): Promise<void> {
+    this.checkWrite(lba, data);
     try {
       const pending = this.file.write(data, 0, data.length, lba * this.blockSize, opts?.fua === true);
       if (pending !== undefined) await pending;
@@ -142,6 +163,14 @@ export class FileBlockDevice implements BlockDevice {
     if (this.closed) return;
     this.closed = true;
     await this.file.close();
+  }
+
+  private checkWrite(lba: number, data: Buffer): void {
+    if (this.readOnly) throw new BlockDeviceError('write-protected', `WRITE ${this.path} lba=${lba}: opened read-only`, lba);
+    if (data.length % this.blockSize !== 0) {
+      throw new Error(`WRITE ${this.path} lba=${lba}: ${data.length} bytes is not a whole number of ${this.blockSize}-byte blocks`);
+    }
+    this.check(lba, data.length / this.blockSize, 'write');
   }
 
   private check(lba: number, blocks: number, op: 'read' | 'write'): void {

@@ -349,21 +349,36 @@ export class OpenFile {
   read(buf: Buffer, off: number, len: number, pos: number): Promise<void> | undefined {
     if (this.#pool !== null) return this.#readDirect(this.#pool, buf, off, len, pos);
     if (this.#inline.allows(len)) {
-      const t0 = this.#inline.start();
-      readFullySync(this.fd, buf, off, len, pos);
-      this.#inline.took(t0);
+      this.readNow(buf, off, len, pos);
       return undefined;
     }
     return readFully(this.fd, buf, off, len, pos);
+  }
+
+  /** Whether a read or buffered write of `len` bytes would run inline now (readNow/writeNow may be used). */
+  inlineNow(len: number): boolean {
+    return this.#pool === null && this.#inline.allows(len);
+  }
+
+  /** read() done inline; only after inlineNow(len) said so in the same turn. */
+  readNow(buf: Buffer, off: number, len: number, pos: number): void {
+    const t0 = this.#inline.start();
+    readFullySync(this.fd, buf, off, len, pos);
+    this.#inline.took(t0);
+  }
+
+  /** A buffered (not FUA) write() done inline; only after inlineNow(len) said so in the same turn. */
+  writeNow(buf: Buffer, off: number, len: number, pos: number): void {
+    const t0 = this.#inline.start();
+    writeFullySync(this.fd, buf, off, len, pos);
+    this.#inline.took(t0);
   }
 
   /** Writes exactly `len` bytes of buf[off..] at `pos`; FUA ones through the O_DSYNC descriptor, never inline (they wait for the medium). */
   write(buf: Buffer, off: number, len: number, pos: number, fua: boolean): Promise<void> | undefined {
     if (this.#pool !== null) return this.#writeDirect(this.#pool, buf, off, len, pos, fua);
     if (!fua && this.#inline.allows(len)) {
-      const t0 = this.#inline.start();
-      writeFullySync(this.fd, buf, off, len, pos);
-      this.#inline.took(t0);
+      this.writeNow(buf, off, len, pos);
       return undefined;
     }
     return writeFully(fua ? this.syncFd : this.fd, buf, off, len, pos);

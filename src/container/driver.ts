@@ -28,6 +28,10 @@ export interface ContainerDriver {
   readInto(offset: number, target: Buffer, targetOffset: number, length: number): Promise<void>;
   /** Writes all of `data` at `offset`. */
   write(offset: number, data: Buffer, opts?: ContainerWriteOptions): Promise<void>;
+  /** Optional synchronous readInto(): true once done inline (a page-cache hit), false with nothing done. Throws what readInto() would reject with. */
+  readIntoNow?(offset: number, target: Buffer, targetOffset: number, length: number): boolean;
+  /** Optional synchronous buffered (not FUA) write(): true once done inline, false with nothing done. */
+  writeNow?(offset: number, data: Buffer): boolean;
   /** Makes every completed write durable. */
   flush(): Promise<void>;
   /** Deallocates the range where the medium can; afterwards it reads as zeros. */

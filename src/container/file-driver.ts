@@ -104,6 +104,32 @@ export class FileContainerDriver implements ContainerDriver {
     }
   }
 
+  readIntoNow(offset: number, target: Buffer, targetOffset: number, length: number): boolean {
+    this.#check('read', offset, length);
+    if (targetOffset < 0 || targetOffset + length > target.length) {
+      throw new RangeError(`read ${this.path} offset ${offset}: ${length} bytes do not fit the buffer at ${targetOffset}`);
+    }
+    if (!this.file.inlineNow(length)) return false;
+    try {
+      this.file.readNow(target, targetOffset, length, this.#base + offset);
+    } catch (e) {
+      throw this.#ioError('read', offset, e);
+    }
+    return true;
+  }
+
+  writeNow(offset: number, data: Buffer): boolean {
+    this.#checkWritable('write', offset);
+    this.#check('write', offset, data.length);
+    if (!this.file.inlineNow(data.length)) return false;
+    try {
+      this.file.writeNow(data, 0, data.length, this.#base + offset);
+    } catch (e) {
+      throw this.#ioError('write', offset, e);
+    }
+    return true;
+  }
+
   async write(offset: number, data: Buffer, opts?: ContainerWriteOptions): Promise<void> {
     this.#checkWritable('write', offset);
     this.#check('write', offset, data.length);

@@ -4,7 +4,8 @@
 import type { Socket } from 'node:net';
 import { log } from '../util/log.js';
 import { LoginMachine, type LoginEnvironment, type LoginOutcome } from './login/login-machine.js';
-import { encodePdu } from './pdu/encode.js';
+import { encodeHeader, encodePdu } from './pdu/encode.js';
+import { ZERO_PADS, padLength } from './pdu/layout.js';
 import { PduParser } from './pdu/parser.js';
 import { Opcode, RESERVED_TAG, RejectReason, type InitiatorPdu, type TargetPdu } from './pdu/types.js';
 import { snAdd } from './serial.js';
@@ -184,7 +185,7 @@ export class Connection implements SessionConnection {
   /** Queue a full-feature PDU: fills StatSN and the CmdSN window. */
   send(pdu: TargetPdu): void {
     if (this.state === ConnState.Closed) return;
-    const w = this.session?.window;
+    const session = this.session;
     switch (pdu.opcode) {
       case Opcode.DataIn:
         if (pdu.hasStatus) {
@@ -203,10 +204,7 @@ export class Connection implements SessionConnection {
         (pdu as { statSN: number }).statSN = this.statSN;
         this.statSN = snAdd(this.statSN, 1);
     }
-    if (w && 'expCmdSN' in pdu) {
-      pdu.expCmdSN = w.expCmdSN;
-      pdu.maxCmdSN = w.maxCmdSN;
-    }
+    if (session !== null && 'expCmdSN' in pdu) session.fillWindow(pdu);
     this.writePdu(pdu);
   }
 
@@ -222,7 +220,17 @@ export class Connection implements SessionConnection {
         s.uncork();
       });
     }
-    for (const b of encodePdu(pdu, this.digests)) s.write(b);
+    if (this.digests.header || this.digests.data) {
+      for (const b of encodePdu(pdu, this.digests)) s.write(b);
+      return;
+    }
+    // No digests: header, data, padding written as they are, without the iovec array.
+    s.write(encodeHeader(pdu));
+    const data = pdu.data;
+    if (data.length === 0) return;
+    s.write(data);
+    const pad = padLength(data.length);
+    if (pad !== 0) s.write(ZERO_PADS[pad]!);
   }
 
   close(reason: string): void {

@@ -41,26 +41,26 @@ function row(
   usage: number[],
   opts: RowOptions = {},
 ): CommandSpec {
+  // Every row has every field, in one order: one object shape, so the
+  // dispatcher's loads of them per command stay monomorphic.
   const spec: CommandSpec = {
     opcode,
+    serviceAction: opts.sa,
     name,
     cdbLength: usage.length,
     handler,
     dataOut: opts.dataOut ?? false,
+    releasesDataOut: opts.releasesDataOut === true,
     reservation,
+    skipsUnitAttention: opts.skipsUnitAttention === true,
+    clearsUnitAttention: opts.clearsUnitAttention,
+    allowedWhileBusy: opts.allowedWhileBusy === true,
+    writesMedium: opts.writesMedium === true,
+    noLun: opts.noLun,
     // byte 0 is the operation code; a service action sits in byte 1 bits 4-0
     cdbUsage: [opcode, ...usage.slice(1)],
   };
-  if (opts.sa !== undefined) {
-    spec.serviceAction = opts.sa;
-    spec.cdbUsage[1] = (spec.cdbUsage[1]! & 0xe0) | opts.sa;
-  }
-  if (opts.skipsUnitAttention) spec.skipsUnitAttention = true;
-  if (opts.clearsUnitAttention) spec.clearsUnitAttention = opts.clearsUnitAttention;
-  if (opts.allowedWhileBusy) spec.allowedWhileBusy = true;
-  if (opts.writesMedium) spec.writesMedium = true;
-  if (opts.releasesDataOut) spec.releasesDataOut = true;
-  if (opts.noLun) spec.noLun = opts.noLun;
+  if (opts.sa !== undefined) spec.cdbUsage[1] = (spec.cdbUsage[1]! & 0xe0) | opts.sa;
   return spec;
 }
 

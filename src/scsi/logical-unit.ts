@@ -15,7 +15,7 @@ import type { BlockDevice } from '../blockdev/block-device.js';
 import { log } from '../util/log.js';
 import { checkControlByte } from './cdb.js';
 import type { CommandContext, CommandSpec } from './command-spec.js';
-import { lookupCommand } from './commands.js';
+import { commandOf, lookupCommand } from './commands.js';
 import type { BlockLimits, BusyState, LogicalUnitApi, LuIdentity, PortGroup, ReservationGate, TargetApi, UnitAttentionScope } from './lu-api.js';
 import { AccessState, defaultLimits } from './lu-api.js';
 import { ModeState } from './mode-pages.js';
@@ -275,9 +275,22 @@ export class LogicalUnit implements LogicalUnitApi {
   // ---- dispatch ----
 
   async execute(req: ScsiRequest): Promise<ScsiResponse> {
-    const found = lookupCommand(req.cdb);
-    if ('error' in found) return this.errorResponse(found.error, req, undefined);
-    const spec = found.spec;
+    return this.start(req);
+  }
+
+  /**
+   * execute() without a promise when the command completes in this turn
+   * (checks that fail, a READ or WRITE the device did inline): the common
+   * 4 KiB I/O then costs no promise hops through the SCSI layers.
+   */
+  start(req: ScsiRequest): ScsiResponse | Promise<ScsiResponse> {
+    // commandOf allocates nothing; lookupCommand says why there is no row.
+    let spec = commandOf(req.cdb);
+    if (spec === undefined) {
+      const found = lookupCommand(req.cdb);
+      if ('error' in found) return this.errorResponse(found.error, req, undefined);
+      spec = found.spec;
+    }
     if (this.device.blockCount !== this.lastBlockCount) {
       this.lastBlockCount = this.device.blockCount;
       this.raiseUnitAttention(Sense.capacityDataChanged);
@@ -303,13 +316,44 @@ export class LogicalUnit implements LogicalUnitApi {
       if (spec.writesMedium && (this.readOnly || this.mode.softwareWriteProtect)) {
         throw new ScsiError(this.readOnly ? Sense.writeProtected : Sense.softwareWriteProtected, {}, `${spec.name} on write-protected LU ${this.lun}`);
       }
-      if (req.attr === TaskAttribute.Ordered && !this.exclusiveRunning) {
-        return await this.runExclusive(async () => ctx.spec.handler(ctx), false);
-      }
-      return await this.runShared(ctx);
     } catch (e) {
       return this.errorResponse(e, req, spec);
     }
+    if (req.attr === TaskAttribute.Ordered && !this.exclusiveRunning) {
+      return this.runExclusive(async () => ctx.spec.handler(ctx), false).catch((e: unknown) => this.errorResponse(e, req, spec));
+    }
+    if (this.exclusiveRunning || this.exclusiveWaiters.length > 0) {
+      return this.runShared(ctx).catch((e: unknown) => this.errorResponse(e, req, spec));
+    }
+    // runShared inline: counted in `active` while the handler runs, whether it completes now or later.
+    this.active++;
+    let r: ScsiResponse | Promise<ScsiResponse>;
+    try {
+      r = spec.handler(ctx);
+    } catch (e) {
+      this.sharedDone();
+      return this.errorResponse(e, req, spec);
+    }
+    if (!(r instanceof Promise)) {
+      this.sharedDone();
+      return r;
+    }
+    return r.then(
+      (resp) => {
+        this.sharedDone();
+        return resp;
+      },
+      (e: unknown) => {
+        this.sharedDone();
+        return this.errorResponse(e, req, spec);
+      },
+    );
+  }
+
+  /** A shared (non-exclusive) command left the handler: an exclusive section may start. */
+  private sharedDone(): void {
+    this.active--;
+    if (this.active === 0 && this.exclusiveWaiters.length > 0) this.pump();
   }
 
   checkCondition(code: Asc, opts?: SenseOptions): ScsiResponse {

@@ -78,9 +78,11 @@ const PAGES: readonly PageDef[] = [
 /** Current mode page values of one LU. */
 export class ModeState {
   private readonly current = new Map<PageDef, Buffer>();
+  /** The same buffers by page << 8 | subpage: every WRITE reads SWP and WCE, without walking `current`. */
+  private readonly byCode = new Map<number, Buffer>();
 
   constructor() {
-    for (const p of PAGES) this.current.set(p, Buffer.from(p.defaults));
+    this.resetToDefaults();
   }
 
   /** D_SENSE in the control page: sense data in descriptor format. */
@@ -111,7 +113,11 @@ export class ModeState {
 
   /** Back to default values (not used on LU reset: there are no saved values to restore). */
   resetToDefaults(): void {
-    for (const p of PAGES) this.current.set(p, Buffer.from(p.defaults));
+    for (const p of PAGES) {
+      const b = Buffer.from(p.defaults);
+      this.current.set(p, b);
+      this.byCode.set((p.page << 8) | p.subpage, b);
+    }
   }
 
   /** The pages whose current values differ from the defaults, in page order: the LU state's share of the mode pages. */
@@ -141,7 +147,8 @@ export class ModeState {
   }
 
   private page(page: number, subpage: number): Buffer {
-    for (const [def, b] of this.current) if (def.page === page && def.subpage === subpage) return b;
+    const b = this.byCode.get((page << 8) | subpage);
+    if (b !== undefined) return b;
     throw new Error(`mode page ${page}/${subpage} is not defined`);
   }
 

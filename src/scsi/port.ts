@@ -115,6 +115,13 @@ export const enum TmfResult {
  */
 export interface ScsiPort {
   execute(req: ScsiRequest): Promise<ScsiResponse>;
+  /**
+   * Optional: execute() answering in the same turn when it can (a READ or
+   * WRITE done inline, a check that fails), else a promise. The transport
+   * uses it when present, to skip promise hops per command; a throw counts
+   * as execute() rejecting.
+   */
+  start?(req: ScsiRequest): ScsiResponse | Promise<ScsiResponse>;
   /** SCSI-level effects of a task management function, after the transport has aborted the tasks concerned. */
   taskManagement(fn: TmfCode, nexus: Nexus, lun: number): Promise<TmfResult>;
   /**

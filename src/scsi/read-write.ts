@@ -35,24 +35,47 @@ function decode(ctx: CommandContext, maxBlocks?: number): Decoded {
   const len = ctx.spec.cdbLength;
   const { cdb } = ctx.req;
   checkProtect(cdb, len);
-  const r = lbaRange(cdb, len);
-  const lba = checkLbaRange(r.lba, r.blocks, lu.device.blockCount);
+  let lba: number;
+  let blocks: number;
+  const count = lu.device.blockCount;
+  // READ/WRITE(10) and (16) with an LBA below 2^53 in range: plain numbers, no BigInt per command.
+  if (len === 10) {
+    lba = cdb.readUInt32BE(2);
+    blocks = cdb.readUInt16BE(7);
+  } else if (len === 16 && cdb.readUInt32BE(2) < 0x200000) {
+    lba = cdb.readUInt32BE(2) * 0x1_0000_0000 + cdb.readUInt32BE(6);
+    blocks = cdb.readUInt32BE(10);
+  } else {
+    lba = -1;
+    blocks = 0;
+  }
+  if (lba < 0 || lba + blocks > count) {
+    // Every other form, and every out-of-range one: the general decoder reports it.
+    const r = lbaRange(cdb, len);
+    lba = checkLbaRange(r.lba, r.blocks, count);
+    blocks = r.blocks;
+  }
   const max = maxBlocks ?? lu.limits.maxTransferBlocks;
-  if (r.blocks > max) throw ScsiError.cdb(lengthByte(len), undefined, `transfer length ${r.blocks} exceeds the maximum ${max}`);
-  return { lu, lba, blocks: r.blocks };
+  if (blocks > max) throw ScsiError.cdb(lengthByte(len), undefined, `transfer length ${blocks} exceeds the maximum ${max}`);
+  return { lu, lba, blocks };
 }
 
 function writeOptions(ctx: CommandContext, lu: LogicalUnitApi): WriteOptions {
   // FUA (byte 1 bit 3) in 10/12/16-byte CDBs; with WCE=0 every write is durable before status
   const fua = (ctx.spec.cdbLength > 6 && (ctx.req.cdb[1]! & 0x08) !== 0) || !lu.mode.writeCacheEnabled;
-  return fua ? { fua: true } : {};
+  return fua ? FUA : BUFFERED;
 }
 
-/** READ(6/10/12/16). */
-export async function read(ctx: CommandContext): Promise<ScsiResponse> {
+const FUA: WriteOptions = Object.freeze({ fua: true });
+const BUFFERED: WriteOptions = Object.freeze({});
+
+/** READ(6/10/12/16): answered in the same turn when the device can read inline (readNow). */
+export function read(ctx: CommandContext): ScsiResponse | Promise<ScsiResponse> {
   const { lu, lba, blocks } = decode(ctx);
   if (blocks === 0) return good();
-  return good(await lu.device.read(lba, blocks));
+  const device = lu.device;
+  const now = device.readNow?.(lba, blocks);
+  return now !== undefined ? good(now) : device.read(lba, blocks).then(good);
 }
 
 /** The whole blocks of Data-Out received, at most `blocks`. */
@@ -62,14 +85,17 @@ function receivedBlocks(dataOut: Buffer | null, blockSize: number, blocks: numbe
   return n > 0 ? dataOut.subarray(0, n * blockSize) : undefined;
 }
 
-/** WRITE(6/10/12/16). */
-export async function write(ctx: CommandContext): Promise<ScsiResponse> {
+/** WRITE(6/10/12/16): answered in the same turn when the device can write inline (writeNow). */
+export function write(ctx: CommandContext): ScsiResponse | Promise<ScsiResponse> {
   const { lu, lba, blocks } = decode(ctx);
-  const bs = lu.device.blockSize;
+  const device = lu.device;
+  const bs = device.blockSize;
   const res: ScsiResponse = { status: ScsiStatus.Good, dataOutLength: blocks * bs };
   const data = receivedBlocks(ctx.req.dataOut, bs, blocks);
-  if (data) await lu.device.write(lba, data, writeOptions(ctx, lu));
-  return res;
+  if (!data) return res;
+  const opts = writeOptions(ctx, lu);
+  if (device.writeNow?.(lba, data, opts) === true) return res;
+  return device.write(lba, data, opts).then(() => res);
 }
 
 /** BYTCHK field (byte 1 bits 2-1) of VERIFY and WRITE AND VERIFY. */

@@ -139,9 +139,13 @@ export class ScsiTargetDevice implements ScsiPort, TargetApi {
   }
 
   async execute(req: ScsiRequest): Promise<ScsiResponse> {
+    return this.start(req);
+  }
+
+  start(req: ScsiRequest): ScsiResponse | Promise<ScsiResponse> {
     if (!this.live.has(req.nexus.id)) this.live.set(req.nexus.id, req.nexus);
     const unit = this.units.get(req.lun);
-    if (unit) return unit.execute(req);
+    if (unit) return unit.start(req);
     return this.noSuchLun(req);
   }
 

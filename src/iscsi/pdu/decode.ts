@@ -34,6 +34,25 @@ export { PduError } from './pdu-error.js';
 /** Shared by every PDU without AHS; frozen so a stray push fails loudly. */
 const NO_AHS = Object.freeze([]) as unknown as AhsSegment[];
 
+// The last LUN field read, as its two halves and as the bigint: a session
+// addresses the same LUN command after command, and this spares a BigInt
+// allocation per PDU.
+let lastLunHi = 0;
+let lastLunLo = 0;
+let lastLun = 0n;
+
+/** The 8-byte LUN field at bytes 8..15. */
+function readLun(h: Buffer): bigint {
+  const hi = h.readUInt32BE(8);
+  const lo = h.readUInt32BE(12);
+  if (hi !== lastLunHi || lo !== lastLunLo) {
+    lastLun = h.readBigUInt64BE(8);
+    lastLunHi = hi;
+    lastLunLo = lo;
+  }
+  return lastLun;
+}
+
 /** Opcode (low 6 bits of byte 0) of a BHS. */
 export function peekOpcode(header: Buffer): number {
   return header[0]! & 0x3f;
@@ -186,7 +205,7 @@ function decodeNopOut(h: Buffer, ahs: AhsSegment[], data: Buffer): NopOut {
     immediate: (h[0]! & 0x40) !== 0,
     ahs,
     data,
-    lun: h.readBigUInt64BE(8),
+    lun: readLun(h),
     itt: h.readUInt32BE(16),
     ttt: h.readUInt32BE(20),
     cmdSN: h.readUInt32BE(24),
@@ -205,7 +224,7 @@ function decodeScsiCommand(h: Buffer, ahs: AhsSegment[], data: Buffer): ScsiComm
     read: (b1 & 0x40) !== 0,
     write: (b1 & 0x20) !== 0,
     attr: (b1 & 0x07) as TaskAttr,
-    lun: h.readBigUInt64BE(8),
+    lun: readLun(h),
     itt: h.readUInt32BE(16),
     expectedDataTransferLength: h.readUInt32BE(20),
     cmdSN: h.readUInt32BE(24),
@@ -249,7 +268,7 @@ function decodeTaskMgmtRequest(h: Buffer, ahs: AhsSegment[], data: Buffer): Task
     ahs,
     data,
     fn: (h[1]! & 0x7f) as TmfFunction,
-    lun: h.readBigUInt64BE(8),
+    lun: readLun(h),
     itt: h.readUInt32BE(16),
     referencedTaskTag: h.readUInt32BE(20),
     cmdSN: h.readUInt32BE(24),
@@ -290,7 +309,7 @@ function decodeTextRequest(h: Buffer, ahs: AhsSegment[], data: Buffer): TextRequ
     data,
     final: (b1 & 0x80) !== 0,
     cont: (b1 & 0x40) !== 0,
-    lun: h.readBigUInt64BE(8),
+    lun: readLun(h),
     itt: h.readUInt32BE(16),
     ttt: h.readUInt32BE(20),
     cmdSN: h.readUInt32BE(24),
@@ -305,7 +324,7 @@ function decodeDataOut(h: Buffer, ahs: AhsSegment[], data: Buffer): DataOut {
     ahs,
     data,
     final: (h[1]! & 0x80) !== 0,
-    lun: h.readBigUInt64BE(8),
+    lun: readLun(h),
     itt: h.readUInt32BE(16),
     ttt: h.readUInt32BE(20),
     expStatSN: h.readUInt32BE(28),
@@ -335,7 +354,7 @@ function decodeSnackRequest(h: Buffer, ahs: AhsSegment[], data: Buffer): SnackRe
     ahs,
     data,
     type: h[1]! & 0x0f,
-    lun: h.readBigUInt64BE(8),
+    lun: readLun(h),
     itt: h.readUInt32BE(16),
     ttt: h.readUInt32BE(20),
     expStatSN: h.readUInt32BE(28),
@@ -350,7 +369,7 @@ function decodeNopIn(h: Buffer, ahs: AhsSegment[], data: Buffer): NopIn {
     immediate: (h[0]! & 0x40) !== 0,
     ahs,
     data,
-    lun: h.readBigUInt64BE(8),
+    lun: readLun(h),
     itt: h.readUInt32BE(16),
     ttt: h.readUInt32BE(20),
     statSN: h.readUInt32BE(24),
@@ -430,7 +449,7 @@ function decodeTextResponse(h: Buffer, ahs: AhsSegment[], data: Buffer): TextRes
     data,
     final: (b1 & 0x80) !== 0,
     cont: (b1 & 0x40) !== 0,
-    lun: h.readBigUInt64BE(8),
+    lun: readLun(h),
     itt: h.readUInt32BE(16),
     ttt: h.readUInt32BE(20),
     statSN: h.readUInt32BE(24),
@@ -452,7 +471,7 @@ function decodeDataIn(h: Buffer, ahs: AhsSegment[], data: Buffer): DataIn {
     underflow: (b1 & 0x02) !== 0,
     hasStatus: (b1 & 0x01) !== 0,
     status: h[3]!,
-    lun: h.readBigUInt64BE(8),
+    lun: readLun(h),
     itt: h.readUInt32BE(16),
     ttt: h.readUInt32BE(20),
     statSN: h.readUInt32BE(24),
@@ -486,7 +505,7 @@ function decodeR2T(h: Buffer, ahs: AhsSegment[], data: Buffer): R2TPdu {
     immediate: (h[0]! & 0x40) !== 0,
     ahs,
     data,
-    lun: h.readBigUInt64BE(8),
+    lun: readLun(h),
     itt: h.readUInt32BE(16),
     ttt: h.readUInt32BE(20),
     statSN: h.readUInt32BE(24),
@@ -504,7 +523,7 @@ function decodeAsyncMessage(h: Buffer, ahs: AhsSegment[], data: Buffer): AsyncMe
     immediate: (h[0]! & 0x40) !== 0,
     ahs,
     data,
-    lun: h.readBigUInt64BE(8),
+    lun: readLun(h),
     statSN: h.readUInt32BE(24),
     expCmdSN: h.readUInt32BE(28),
     maxCmdSN: h.readUInt32BE(32),

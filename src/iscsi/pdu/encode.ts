@@ -155,12 +155,31 @@ function writeCdb(h: Buffer, pdu: ScsiCommandPdu): void {
   pdu.cdb.copy(h, 32, 0, Math.min(16, pdu.cdb.length));
 }
 
+// The last LUN written, as its two 32-bit halves: no BigInt arithmetic per PDU.
+let lastLun = 0n;
+let lastLunHi = 0;
+let lastLunLo = 0;
+
+/** The 8-byte LUN field at bytes 8..15 (already zero: LUN 0 writes nothing). */
+function writeLun(h: Buffer, lun: bigint): void {
+  if (lun === 0n) return;
+  if (lun !== lastLun) {
+    h.writeBigUInt64BE(lun, 8);
+    lastLun = lun;
+    lastLunHi = h.readUInt32BE(8);
+    lastLunLo = h.readUInt32BE(12);
+    return;
+  }
+  h.writeUInt32BE(lastLunHi, 8);
+  h.writeUInt32BE(lastLunLo, 12);
+}
+
 /** Opcode-specific BHS fields; bytes not written stay zero (reserved). */
 function writeFields(h: Buffer, pdu: Pdu): void {
   switch (pdu.opcode) {
     case Opcode.NopOut:
       h[1] = 0x80;
-      h.writeBigUInt64BE(pdu.lun, 8);
+      writeLun(h, pdu.lun);
       h.writeUInt32BE(pdu.itt, 16);
       h.writeUInt32BE(pdu.ttt, 20);
       h.writeUInt32BE(pdu.cmdSN, 24);
@@ -168,7 +187,7 @@ function writeFields(h: Buffer, pdu: Pdu): void {
       return;
     case Opcode.ScsiCommand:
       h[1] = (pdu.final ? 0x80 : 0) | (pdu.read ? 0x40 : 0) | (pdu.write ? 0x20 : 0) | (pdu.attr & 0x07);
-      h.writeBigUInt64BE(pdu.lun, 8);
+      writeLun(h, pdu.lun);
       h.writeUInt32BE(pdu.itt, 16);
       h.writeUInt32BE(pdu.expectedDataTransferLength, 20);
       h.writeUInt32BE(pdu.cmdSN, 24);
@@ -177,7 +196,7 @@ function writeFields(h: Buffer, pdu: Pdu): void {
       return;
     case Opcode.TaskMgmtRequest:
       h[1] = 0x80 | (pdu.fn & 0x7f);
-      h.writeBigUInt64BE(pdu.lun, 8);
+      writeLun(h, pdu.lun);
       h.writeUInt32BE(pdu.itt, 16);
       h.writeUInt32BE(pdu.referencedTaskTag, 20);
       h.writeUInt32BE(pdu.cmdSN, 24);
@@ -198,7 +217,7 @@ function writeFields(h: Buffer, pdu: Pdu): void {
       return;
     case Opcode.TextRequest:
       h[1] = (pdu.final ? 0x80 : 0) | (pdu.cont ? 0x40 : 0);
-      h.writeBigUInt64BE(pdu.lun, 8);
+      writeLun(h, pdu.lun);
       h.writeUInt32BE(pdu.itt, 16);
       h.writeUInt32BE(pdu.ttt, 20);
       h.writeUInt32BE(pdu.cmdSN, 24);
@@ -206,7 +225,7 @@ function writeFields(h: Buffer, pdu: Pdu): void {
       return;
     case Opcode.DataOut:
       h[1] = pdu.final ? 0x80 : 0;
-      h.writeBigUInt64BE(pdu.lun, 8);
+      writeLun(h, pdu.lun);
       h.writeUInt32BE(pdu.itt, 16);
       h.writeUInt32BE(pdu.ttt, 20);
       h.writeUInt32BE(pdu.expStatSN, 28);
@@ -222,7 +241,7 @@ function writeFields(h: Buffer, pdu: Pdu): void {
       return;
     case Opcode.SnackRequest:
       h[1] = 0x80 | (pdu.type & 0x0f);
-      h.writeBigUInt64BE(pdu.lun, 8);
+      writeLun(h, pdu.lun);
       h.writeUInt32BE(pdu.itt, 16);
       h.writeUInt32BE(pdu.ttt, 20);
       h.writeUInt32BE(pdu.expStatSN, 28);
@@ -231,7 +250,7 @@ function writeFields(h: Buffer, pdu: Pdu): void {
       return;
     case Opcode.NopIn:
       h[1] = 0x80;
-      h.writeBigUInt64BE(pdu.lun, 8);
+      writeLun(h, pdu.lun);
       h.writeUInt32BE(pdu.itt, 16);
       h.writeUInt32BE(pdu.ttt, 20);
       h.writeUInt32BE(pdu.statSN, 24);
@@ -279,7 +298,7 @@ function writeFields(h: Buffer, pdu: Pdu): void {
       return;
     case Opcode.TextResponse:
       h[1] = (pdu.final ? 0x80 : 0) | (pdu.cont ? 0x40 : 0);
-      h.writeBigUInt64BE(pdu.lun, 8);
+      writeLun(h, pdu.lun);
       h.writeUInt32BE(pdu.itt, 16);
       h.writeUInt32BE(pdu.ttt, 20);
       h.writeUInt32BE(pdu.statSN, 24);
@@ -294,7 +313,7 @@ function writeFields(h: Buffer, pdu: Pdu): void {
         (pdu.underflow ? 0x02 : 0) |
         (pdu.hasStatus ? 0x01 : 0);
       h[3] = pdu.hasStatus ? pdu.status : 0;
-      h.writeBigUInt64BE(pdu.lun, 8);
+      writeLun(h, pdu.lun);
       h.writeUInt32BE(pdu.itt, 16);
       h.writeUInt32BE(pdu.ttt, 20);
       h.writeUInt32BE(pdu.statSN, 24);
@@ -316,7 +335,7 @@ function writeFields(h: Buffer, pdu: Pdu): void {
       return;
     case Opcode.R2T:
       h[1] = 0x80;
-      h.writeBigUInt64BE(pdu.lun, 8);
+      writeLun(h, pdu.lun);
       h.writeUInt32BE(pdu.itt, 16);
       h.writeUInt32BE(pdu.ttt, 20);
       h.writeUInt32BE(pdu.statSN, 24);
@@ -328,7 +347,7 @@ function writeFields(h: Buffer, pdu: Pdu): void {
       return;
     case Opcode.AsyncMessage:
       h[1] = 0x80;
-      h.writeBigUInt64BE(pdu.lun, 8);
+      writeLun(h, pdu.lun);
       h.writeUInt32BE(RESERVED_TAG, 16);
       h.writeUInt32BE(pdu.statSN, 24);
       h.writeUInt32BE(pdu.expCmdSN, 28);

@@ -9,6 +9,18 @@ const LOWER_LEVELS = 0xffffffffffffn;
  * address method, a non-zero bus, or more than one level (not ours to serve).
  */
 export function decodeLun(raw: bigint): number {
+  // Commands address the same LUN over and over: no BigInt arithmetic for a repeat.
+  if (raw === lastRaw) return lastLun;
+  const lun = decodeLunField(raw);
+  lastRaw = raw;
+  lastLun = lun;
+  return lun;
+}
+
+let lastRaw = 0n;
+let lastLun = 0;
+
+function decodeLunField(raw: bigint): number {
   if ((raw & LOWER_LEVELS) !== 0n) return -1;
   const first = Number((raw >> 48n) & 0xffffn);
   switch (first >>> 14) {

@@ -103,6 +103,12 @@ export class Session implements TaskTransferHost, TaskManagementHost {
     return { expCmdSN: this.expCmdSN, maxCmdSN: this.maxCmdSN };
   }
 
+  /** Sets a PDU's ExpCmdSN and MaxCmdSN to the window now (window without an object per PDU). */
+  fillWindow(pdu: { expCmdSN: number; maxCmdSN: number }): void {
+    pdu.expCmdSN = this.expCmdSN;
+    pdu.maxCmdSN = this.maxCmdSN;
+  }
+
   attach(conn: SessionConnection): void {
     this.conn = conn;
   }

@@ -64,6 +64,7 @@ export interface Task {
   unsolicitedReceived: number;
   unsolicitedDataSN: number;
   nextSolicit: number;
+  /** Open R2Ts by TTT; NO_R2TS (read-only, empty) for a task without solicited data. */
   r2ts: Map<number, R2TState>;
   r2tSN: number;
   aborted: boolean;
@@ -75,6 +76,12 @@ export interface Task {
    */
   onFinished?: (() => void)[];
 }
+
+/**
+ * The R2T map of a task that can never have one (no Data-Out beyond its
+ * immediate data): shared and only ever read, a Map less per command.
+ */
+const NO_R2TS: ReadonlyMap<number, R2TState> = new Map();
 
 /** Resolves when the SCSI layer is done with an executing task. */
 function whenFinished(t: Task): Promise<void> {
@@ -224,7 +231,7 @@ export class TaskTransfer {
       unsolicitedReceived: 0,
       unsolicitedDataSN: 0,
       nextSolicit: unsolicitedLimit,
-      r2ts: new Map(),
+      r2ts: pdu.write && edtl > immediateLen ? new Map() : (NO_R2TS as Map<number, R2TState>),
       r2tSN: 0,
       aborted: false,
     };
@@ -275,7 +282,7 @@ export class TaskTransfer {
       this.solicit(task);
       return;
     }
-    void this.execute(task);
+    this.execute(task);
   }
 
   private solicit(task: Task): void {
@@ -377,7 +384,8 @@ export class TaskTransfer {
 
   // ---------------------------------------------------------------- execution and response
 
-  private async execute(task: Task): Promise<void> {
+  /** Hands the task to the SCSI layer; a command the port answers in this turn completes in it too (no promise). */
+  private execute(task: Task): void {
     const port = this.port;
     const nexus = this.nexus;
     if (!port || !nexus) return;
@@ -393,13 +401,29 @@ export class TaskTransfer {
       expectedLength: task.edtl,
     };
     task.request = req;
-    let resp: ScsiResponse;
+    let r: ScsiResponse | Promise<ScsiResponse>;
     try {
-      resp = await port.execute(req);
+      r = port.start !== undefined ? port.start(req) : port.execute(req);
     } catch (e) {
-      log.error('SCSI layer threw', { err: (e as Error).message, cdb: task.pdu.cdb.toString('hex'), session: this.host.tsih });
-      resp = { status: ScsiStatus.CheckCondition, sense: internalFailureSense() };
+      r = Promise.reject(e);
     }
+    if (r instanceof Promise) {
+      r.then(
+        (resp) => this.executed(task, req, resp),
+        (e: unknown) => this.executed(task, req, this.failed(task, e)),
+      );
+      return;
+    }
+    this.executed(task, req, r);
+  }
+
+  private failed(task: Task, e: unknown): ScsiResponse {
+    log.error('SCSI layer threw', { err: (e as Error).message, cdb: task.pdu.cdb.toString('hex'), session: this.host.tsih });
+    return { status: ScsiStatus.CheckCondition, sense: internalFailureSense() };
+  }
+
+  /** The SCSI layer is done with the task: release its buffer, then answer unless it was aborted. */
+  private executed(task: Task, req: ScsiRequest, resp: ScsiResponse): void {
     this.active--;
     task.state = TaskState.Done;
     if (task.pooled) {

@@ -172,6 +172,32 @@ describe('FileBlockDevice', () => {
       expect(raw[100 * 512 + 1]).to.equal(38);
     });
 
+    it(`readNow / writeNow ${inlineMaxBytes === 0 ? 'decline (nothing done) when I/O must go through the thread pool' : 'do small I/O in the same turn and decline large I/O'}`, async () => {
+      const path = join(dir, 'now.img');
+      const dev = await FileBlockDevice.open(path, { size: 1 << 20, blockSize: 512, inlineMaxBytes });
+      try {
+        const small = Buffer.alloc(4096, 0x5a);
+        const large = Buffer.alloc(128 * 1024, 0x33);
+        expect(dev.writeNow(7, small, { fua: true })).to.equal(false);
+        expect(dev.writeNow(100, large)).to.equal(false);
+        expect((await dev.read(100, 256)).every((x) => x === 0)).to.equal(true);
+        expect(dev.readNow(100, 256)).to.equal(undefined);
+        if (inlineMaxBytes === 0) {
+          expect(dev.writeNow(7, small)).to.equal(false);
+          expect(dev.readNow(7, 8)).to.equal(undefined);
+          expect((await dev.read(7, 8)).every((x) => x === 0)).to.equal(true);
+        } else {
+          expect(dev.writeNow(7, small)).to.equal(true);
+          expect(dev.readNow(7, 8)?.equals(small)).to.equal(true);
+          expect((await dev.read(7, 8)).equals(small)).to.equal(true);
+        }
+        expect(() => dev.readNow(2048, 1)).to.throw(BlockDeviceError, /beyond the last block/);
+        expect(() => dev.writeNow(2048, small)).to.throw(BlockDeviceError, /beyond the last block/);
+      } finally {
+        await dev.close();
+      }
+    });
+
     it(`reports a file that shrank under it as a read error ${inlineMaxBytes === 0 ? '(thread pool)' : '(inline)'}`, async () => {
       const path = join(dir, 'shrunk.img');
       const dev = await FileBlockDevice.open(path, { size: 64 * 512, inlineMaxBytes });
