@@ -124,7 +124,7 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
           // Freed space on containers this agent reaches may be waiting for it.
           this.scrubber.kick();
           this.commands.registered(link.name as string);
-          this.spaceRecovery.check();
+          this.spaceRecovery.registered(link.name as string, have);
         },
         disconnected: (link) => {
           this.faults.dropLink(link);

@@ -11,7 +11,8 @@
 //   tables of the lost run (the exports in the DB: an allocation is pushed
 //   only to exporters, and adding or removing an export is a durable
 //   commit) has registered again and acked a full table of each vdisk it
-//   exports (the DB's version, reconciled), or that export is gone;
+//   exports (the DB's version, reconciled: above any version it came back
+//   holding from the lost run), or that export is gone;
 // - then, in one durable commit, marked to be scrubbed and their rows
 //   dropped: the Scrubber zeroes them and frees them.
 //
@@ -45,6 +46,10 @@ export class SpaceRecovery {
   #suspects: Location[] = [];
   /** Exports (agent -> vdisks) that must be reconciled before the suspects may be scrubbed. */
   readonly #waiting = new Map<string, Set<string>>();
+  /** Each vdisk's version in the DB at start: an agent holding a later one holds a table of the lost run. */
+  readonly #startVersions = new Map<string, number>();
+  /** Per agent, vdisk: the version it must have acked (above the lost one it registered with). */
+  readonly #mustAck = new Map<string, Map<string, number>>();
   #timer: NodeJS.Timeout | null = null;
   #done = false;
 
@@ -66,6 +71,7 @@ export class SpaceRecovery {
       this.#release();
       return;
     }
+    for (const v of db.vdisks()) this.#startVersions.set(v.id, v.version);
     for (const e of db.exports()) {
       let vdisks = this.#waiting.get(e.agent);
       if (vdisks === undefined) this.#waiting.set(e.agent, (vdisks = new Set()));
@@ -97,14 +103,35 @@ export class SpaceRecovery {
     this.#timer.unref();
   }
 
+  /**
+   * An agent registered holding `have` (vdisk -> version): a version newer
+   * than the DB's at start is one of the lost run, and that table is gone
+   * from the agent only once it acks a later version (the controller
+   * reconciles it above, agent-registry.ts), not on a version number equal
+   * by chance.
+   */
+  registered(agent: string, have: ReadonlyMap<string, number>): void {
+    const vdisks = this.#waiting.get(agent);
+    if (vdisks !== undefined) {
+      const must = new Map<string, number>();
+      for (const id of vdisks) {
+        const h = have.get(id) ?? 0;
+        if (h > (this.#startVersions.get(id) ?? 0)) must.set(id, h + 1);
+      }
+      this.#mustAck.set(agent, must);
+    }
+    this.check();
+  }
+
   /** Looks again (an agent registered, a full table was acked, an export went away). */
   check(): void {
     if (this.#done || !this.#host.db.open) return;
     const db = this.#host.db;
     for (const [agent, vdisks] of this.#waiting) {
       const link = this.#host.agents.link(agent);
+      const must = this.#mustAck.get(agent);
       for (const vdiskId of vdisks) {
-        if (db.export(vdiskId, agent) === undefined || reconciled(link, vdiskId)) vdisks.delete(vdiskId);
+        if (db.export(vdiskId, agent) === undefined || reconciled(link, vdiskId, must?.get(vdiskId) ?? 0)) vdisks.delete(vdiskId);
       }
       if (vdisks.size === 0) this.#waiting.delete(agent);
     }
@@ -137,10 +164,11 @@ export class SpaceRecovery {
 
 /**
  * The agent holds the controller's table of the vdisk: it acked a full table
- * sent on this link (or kept the DB's very version, which counts as one) and
- * is not fenced. A table of the lost run is gone from it then.
+ * sent on this link (or kept the DB's very version, which counts as one),
+ * at least `mustAck`, and is not fenced. A table of the lost run is gone
+ * from it then.
  */
-function reconciled(link: AgentLink | undefined, vdiskId: string): boolean {
+function reconciled(link: AgentLink | undefined, vdiskId: string, mustAck: number): boolean {
   const held = link?.held(vdiskId);
-  return held !== undefined && !held.fenced && held.fullAt > 0 && held.acked >= held.fullAt;
+  return held !== undefined && !held.fenced && held.fullAt > 0 && held.acked >= held.fullAt && held.acked >= mustAck;
 }
