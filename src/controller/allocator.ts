@@ -124,6 +124,8 @@ export class Allocator {
   readonly #suspect = new Map<string, Set<number>>();
   #refill: NodeJS.Immediate | null = null;
   #closed = false;
+  /** The eligible containers prepareLazy found, for the lazy allocation in the same synchronous turn (saves the queries twice per fault). */
+  #prepared: { vdiskId: string; eligible: readonly string[] } | null = null;
 
   constructor(db: ControllerDb, opts: AllocatorOptions = {}) {
     this.#db = db;
@@ -266,8 +268,9 @@ export class Allocator {
    * memory only; the caller records them in the same DB transaction).
    * Throws ContainerFullError, taking nothing, when they do not fit.
    */
-  allocate(vdisk: VdiskRow, count: number, eligible: readonly string[] = this.eligibleContainers(vdisk), opts: AllocateOptions = {}): AllocatedRun[] {
+  allocate(vdisk: VdiskRow, count: number, eligible?: readonly string[], opts: AllocateOptions = {}): AllocatedRun[] {
     if (count <= 0) return [];
+    eligible ??= this.#eligible(vdisk, opts);
     const spaces = eligible.map((id) => this.#space.get(id)).filter((s): s is ContainerSpace => s !== undefined);
     const available = spaces.reduce((n, s) => n + s.free, 0);
     if (available < count) throw this.#full(vdisk, count, eligible, available);
@@ -308,6 +311,12 @@ export class Allocator {
 
   // ---- durable reservations for lazy allocations ----
 
+  /** A lazy allocation right after prepareLazy uses the containers it prepared (the same turn: nothing changed them). */
+  #eligible(vdisk: VdiskRow, opts: AllocateOptions): readonly string[] {
+    const p = this.#prepared;
+    return opts.lazy === true && p !== null && p.vdiskId === vdisk.id ? p.eligible : this.eligibleContainers(vdisk);
+  }
+
   /** Throws UnreservedSpaceError when a container's take exceeds its reserved free space. */
   #checkReserved(take: ReadonlyMap<string, number>): void {
     for (const [id, n] of take) {
@@ -344,6 +353,8 @@ export class Allocator {
   prepareLazy(vdisk: VdiskRow, entries = 1, eligible: readonly string[] = this.eligibleContainers(vdisk)): boolean {
     if (this.#closed) return false;
     if (entries <= 0) return true;
+    if (this.#prepared === null) queueMicrotask(() => (this.#prepared = null));
+    this.#prepared = { vdiskId: vdisk.id, eligible };
     // A container gives one request at most `entries` locations (allocateLegs: one leg per entry per domain).
     const short = eligible.filter((id) => {
       const s = this.#space.get(id);
@@ -528,7 +539,7 @@ export class Allocator {
     const domainOf = containerDomains(this.#db);
     const byDomain = new Map<string, string[]>();
     const eligible: string[] = [];
-    for (const id of this.eligibleContainers(vdisk)) {
+    for (const id of this.#eligible(vdisk, opts)) {
       const d = domainOf.get(id) ?? `container:${id}`;
       if (!this.#space.has(id) || avoid?.(d) === true) continue;
       eligible.push(id);
