@@ -385,7 +385,7 @@ export class Allocator {
       if (s === undefined) continue;
       const pool = this.#pools.get(id);
       const keep = freeWithin(s, pool?.ranges ?? []);
-      let want = Math.max(this.#batch, min) - keep.reduce((n, p) => n + p.count, 0);
+      let want = Math.max(this.#poolTarget(s), min) - keep.reduce((n, p) => n + p.count, 0);
       if (want <= 0) continue;
       const add: FreeRun[] = [];
       for (const p of freeOutside(s.runs, keep)) {
@@ -424,10 +424,20 @@ export class Allocator {
     const low: string[] = [];
     for (const id of this.#pools.keys()) {
       const s = this.#space.get(id);
+      if (s === undefined) continue;
       const reserved = this.reservedFree(id);
-      if (s !== undefined && reserved * 2 < this.#batch && s.free > reserved) low.push(id);
+      if (reserved * 2 < this.#poolTarget(s) && s.free > reserved) low.push(id);
     }
     return low;
+  }
+
+  /**
+   * What a container's pool is filled to: the batch, but at most a quarter
+   * of its free space, so that what a crash leaves suspect (held until
+   * agents reconcile, then zeroed) is never most of a small container.
+   */
+  #poolTarget(s: ContainerSpace): number {
+    return Math.min(this.#batch, Math.max(1, Math.floor(s.free / 4)));
   }
 
   /**
@@ -500,7 +510,8 @@ export class Allocator {
         : eligible.length === 0
           ? `no container is eligible (online, same segment size, reached by every exporting agent${why}) and has`
           : `its ${eligible.length} eligible container${eligible.length === 1 ? ' has' : 's have'}`;
-    const scrubbing = eligible.reduce((n, id) => n + this.#db.scrubPendingCount(id), 0);
+    // Suspect space (space-recovery.ts) is scrubbed too, once agents have reconciled.
+    const scrubbing = eligible.reduce((n, id) => n + this.#db.scrubPendingCount(id) + (this.#suspect.get(id)?.size ?? 0), 0);
     return new ContainerFullError(vdisk.name, count, available, vdisk.segmentSize, detail, scrubbing);
   }
 

@@ -148,7 +148,7 @@ describe('controller allocator: durable reservations for lazy allocations', () =
   });
 
   it('a rolled-back lazy transaction leaves the rows, the free map and the pool as they were', () => {
-    add(CA, 30);
+    add(CA, 40);
     const a = new Allocator(db, { reserveBatch: 8 });
     const v = vdisk('d', 20);
     a.prepareLazy(v, 1);
@@ -162,7 +162,7 @@ describe('controller allocator: durable reservations for lazy allocations', () =
     ).to.throw('change failed');
     a.reload(); // as TableChanges does after a failed transaction
     expect(rows()).to.deep.equal(before);
-    expect(a.freeSegments(CA)).to.equal(30);
+    expect(a.freeSegments(CA)).to.equal(40);
     expect(a.reservedFree(CA)).to.equal(8);
     expect(db.containerSegmentsUsed(CA)).to.equal(0);
     expect(runLocations(a.allocate(v, 1, undefined, { lazy: true }))).to.deep.equal([{ containerId: CA, offset: 0 }]);
@@ -188,6 +188,16 @@ describe('controller allocator: durable reservations for lazy allocations', () =
     expect(db.hasSpaceReservations()).to.equal(false);
     expect(a.prepareLazy(v, 1)).to.equal(false);
     expect(() => a.allocate(v, 1, undefined, { lazy: true })).to.throw(UnreservedSpaceError);
+  });
+
+  it('a pool is at most a quarter of the container\'s free space, unless the request needs more', () => {
+    add(CA, 20);
+    const a = new Allocator(db, { reserveBatch: 256 });
+    const v = vdisk('d', 20);
+    a.prepareLazy(v, 1);
+    expect(a.reservedFree(CA)).to.equal(5);
+    a.prepareLazy(v, 9);
+    expect(a.reservedFree(CA)).to.equal(9);
   });
 
   it('suspect space stays out of the free map across reloads until released', () => {

@@ -40,7 +40,7 @@ describe('controller space recovery (stand-in host)', () => {
   beforeEach(() => {
     t = tempDir();
     db = new ControllerDb(join(t.dir, 'r.db'));
-    db.insertContainer({ id: CA, path: '/a', size: 21 * MiB, dataOffset: MiB, segmentSize: MiB, segmentsTotal: 20, state: 'online' });
+    db.insertContainer({ id: CA, path: '/a', size: 41 * MiB, dataOffset: MiB, segmentSize: MiB, segmentsTotal: 40, state: 'online' });
     v = db.insertVdisk({ id: 'id-d', name: 'd', size: 10 * MiB, blockSize: 512, segmentSize: MiB, segmentCount: 10, thin: true, version: 1 });
     db.registerAgent('a1', [], [{ id: CA, path: '/a' }]);
     db.insertExport({ vdiskId: v.id, agent: 'a1', targetIqn: 'iqn.2024-01.test:d', lun: 0, readOnly: false, ackedVersion: 0 });
@@ -60,7 +60,7 @@ describe('controller space recovery (stand-in host)', () => {
     r.stop(); // the test looks by hand
     expect(r.pending).to.equal(4);
     expect(r.waitingFor).to.deep.equal(['a1']);
-    expect(allocator.freeSegments(CA)).to.equal(20 - 2 - 4);
+    expect(allocator.freeSegments(CA)).to.equal(40 - 2 - 4);
     // Never handed out meanwhile.
     const got = runLocations(allocator.allocate(v, 8)).map((l) => l.offset);
     expect(got.filter((o) => o >= 2 && o < 6)).to.deep.equal([]);
@@ -86,7 +86,7 @@ describe('controller space recovery (stand-in host)', () => {
     // Zeroed by an agent (the Scrubber's part): free again.
     allocator.free(db.finishScrub(CA, 2, 4));
     allocator.reload();
-    expect(allocator.freeSegments(CA)).to.equal(18);
+    expect(allocator.freeSegments(CA)).to.equal(38);
   });
 
   it('an agent back holding a version of the lost run is reconciled only once it acked a later one', () => {
@@ -139,14 +139,14 @@ describe('controller space recovery (after a power loss, fake agents over loopba
     const image = join(t.dir, 'image.db');
     const agents: FakeAgent[] = [];
     const agent = async (address: string, name: string, tables: { vdiskId: string; version: number }[] = []) => {
-      const a = new FakeAgent(address, name, { containers: [containerRef(CA, 8)] });
+      const a = new FakeAgent(address, name, { containers: [containerRef(CA, 16)] });
       agents.push(a);
       await a.register(tables);
       return a;
     };
     let h = await startController({ dbPath, listen: '127.0.0.1:0', reserveBatch: 4 });
     try {
-      h.admin.AddContainer({ id: CA, path: '/c/a', size: 9 * MiB, dataOffset: MiB });
+      h.admin.AddContainer({ id: CA, path: '/c/a', size: 17 * MiB, dataOffset: MiB });
       const a1 = await agent(h.address, 'a1');
       h.admin.CreateVdisk({ name: 'd', size: 4 * MiB });
       const v = h.db.vdiskByName('d') as VdiskRow;
@@ -167,8 +167,8 @@ describe('controller space recovery (after a power loss, fake agents over loopba
       h = await startController({ dbPath: image, listen: '127.0.0.1:0', reserveBatch: 4 });
       const rec = h.controller.spaceRecovery;
       expect(rec.pending).to.equal(4);
-      expect(h.controller.allocator.freeSegments(CA)).to.equal(4);
-      expect(() => h.admin.CreateVdisk({ name: 'big', size: 5 * MiB, thick: true })).to.throw(ContainerFullError);
+      expect(h.controller.allocator.freeSegments(CA)).to.equal(12);
+      expect(() => h.admin.CreateVdisk({ name: 'big', size: 13 * MiB, thick: true })).to.throw(ContainerFullError, /4 segments are being scrubbed/);
       expect(h.admin.Check({}).ok).to.equal(true);
       // An agent that exports nothing does not hold the lost tables; it is no reason to wait, nor enough.
       const a2 = await agent(h.address, 'a2');
@@ -183,7 +183,7 @@ describe('controller space recovery (after a power loss, fake agents over loopba
       await until(() => h.db.containerSegmentsUsed(CA) === 0, 5000, 'suspect space scrubbed');
       const zeros = [...a2.zeros, ...back.zeros].map((z) => [z.offset, z.length]);
       expect(zeros).to.deep.equal([[0, 4 * MiB]]);
-      expect(h.controller.allocator.freeSegments(CA)).to.equal(8);
+      expect(h.controller.allocator.freeSegments(CA)).to.equal(16);
       expect(h.db.hasSpaceReservations()).to.equal(false);
       expect(h.admin.Check({}).ok).to.equal(true);
     } finally {
