@@ -33,6 +33,11 @@
 //   location's reference until it is resynced or dropped. A location's
 //   reference count is its references in the `segment_locations` view
 //   (every leg of every entry) plus those of stale legs.
+// - `space_reservations` holds ranges of container segments reserved by a
+//   durable commit for lazily committed allocations (allocator.ts); they
+//   stay free in the map. Rows left at start mean a run ended without a
+//   clean shutdown: their unreferenced locations are suspect until
+//   scrubbed (space-recovery.ts).
 
 import Database from 'better-sqlite3';
 import { MAX_COPIES, MappingTable, SegmentState, isSegmentState, stateHasLocation, type EntryInput } from '../table/index.js';
