@@ -18,7 +18,7 @@ import { TABLE_RUNS_PER_MESSAGE, encodeControllerMessage, type EncodedMessage } 
 import type { LuChange, LuEventMsg, LuStateMsg, Release, TableAck, WireExtent } from '../wire/proto-types.js';
 import { fromWireExtent, wireExtent } from '../wire/table-extents.js';
 import { log } from '../util/log.js';
-import { locKey, runLocations, type Allocator } from './allocator.js';
+import { UnreservedSpaceError, locKey, runLocations, type Allocator } from './allocator.js';
 import { TableChangeError, type ControllerDb, type EntryWithLegs, type Location, type VdiskRow } from './db.js';
 import type { AgentLink } from './agent-link.js';
 import type { AgentRegistry } from './agent-registry.js';
@@ -54,9 +54,13 @@ export interface CommitOptions {
    * Lazily (a thin allocation, issue 18): synchronous = NORMAL, no fsync of
    * its own (ControllerDb.lazy); durable by the group commit within the
    * durable interval, or sooner when an agent asks (SyncRequest,
-   * durability.ts). Everything else commits FULL.
+   * durability.ts). Everything else commits FULL. Its allocations come
+   * only from durably reserved space (Allocator.prepareLazy before the
+   * transaction); when there is none to be had, the change commits FULL.
    */
   lazy?: boolean;
+  /** For a lazy change: how many table entries it may allocate (default 1; Allocator.prepareLazy). */
+  lazyEntries?: number;
 }
 
 /** What table changes need of durability.ts: lazy versions not yet durable. */
@@ -209,8 +213,13 @@ export class TableChanges {
     let lu: LuChange | undefined;
     const allocated: Location[] = [];
     let result: CommitResult | null;
-    const lazyVersions = opts.lazy === true ? this.#hooks.durability : undefined;
-    let lazy = false;
+    let lazyVersions = opts.lazy === true ? this.#hooks.durability : undefined;
+    if (lazyVersions !== undefined) {
+      // Reserved space for what it may allocate (a FULL commit only when a pool runs short); none to be had: FULL.
+      const v = db.vdisk(vdiskId);
+      if (v === undefined || !this.#allocator.prepareLazy(v, opts.lazyEntries ?? 1)) lazyVersions = undefined;
+    }
+    const allocOpts = lazyVersions === undefined ? {} : { lazy: true };
     try {
       const commit = (): CommitResult => {
         const vdisk = db.vdisk(vdiskId);
@@ -227,12 +236,12 @@ export class TableChanges {
             if (db.setSegmentLegs(live, seg, legs, version)) changed.add(seg);
           },
           allocate: (count) => {
-            const locs = runLocations(this.#allocator.allocate(live, count));
+            const locs = runLocations(this.#allocator.allocate(live, count, undefined, allocOpts));
             allocated.push(...locs);
             return locs;
           },
           allocateLegs: (count, legs, avoid) => {
-            const entries = this.#allocator.allocateLegs(live, count, legs, avoid);
+            const entries = this.#allocator.allocateLegs(live, count, legs, avoid, allocOpts);
             for (const e of entries) allocated.push(...e);
             return entries;
           },
@@ -269,19 +278,14 @@ export class TableChanges {
         if (lu !== undefined) r.lu = lu;
         return r;
       };
-      if (lazyVersions === undefined) {
-        result = db.tx(commit);
-      } else {
-        const done = db.lazy(commit);
-        result = done.value;
-        // Made durable inside (a new space reservation came with it): as a FULL commit.
-        lazy = !done.synced;
-      }
+      result = lazyVersions === undefined ? db.tx(commit) : db.lazy(commit);
     } catch (err) {
       // Allocations were taken from the in-memory free map; the rollback
       // undid them in the DB, so rebuild the map from it.
       if (allocated.length > 0) this.#allocator.reload();
       if (err instanceof NoChange) return null;
+      // More than the reservations held (a batch of entries larger than prepared): the same change, durably.
+      if (err instanceof UnreservedSpaceError && lazyVersions !== undefined) return this.commitAndSend(vdiskId, change);
       throw err;
     }
     const table = this.table(vdiskId);
@@ -297,9 +301,9 @@ export class TableChanges {
       for (let s = first; s < end; s++) table.set(s, tableEntryOf(db, vdiskId, s));
     }
     table.setVersion(result.version);
-    if (lazy) {
+    if (lazyVersions !== undefined) {
       result.lazy = true;
-      lazyVersions?.committedLazily(vdiskId, result.version);
+      lazyVersions.committedLazily(vdiskId, result.version);
     }
     this.#send(result);
     return result;

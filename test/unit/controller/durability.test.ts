@@ -6,6 +6,7 @@ import { SegmentState } from '../../../src/table/index.js';
 import { FaultAction, type ControllerMessage, type SyncReplyMsg } from '../../../src/wire/proto-types.js';
 import { ControllerDb } from '../../../src/controller/db.js';
 import { Durability, checkDurableIntervalMs, type SyncReplySink } from '../../../src/controller/durability.js';
+import { UnreservedSpaceError } from '../../../src/controller/allocator.js';
 import { CA, FakeAgent, MiB, containerRef, startTestController, tempDir, until } from './helpers.js';
 
 // Lazy commits (thin allocations) and when they become durable: the group
@@ -47,23 +48,11 @@ describe('durability: lazy commits and the group commit', () => {
       db.sql.prepare('INSERT INTO t VALUES (1)').run();
       return 7;
     });
-    expect(r).to.deep.equal({ value: 7, synced: false });
+    expect(r).to.equal(7);
     expect(seen).to.deep.equal([1, true, true]);
     expect(db.sql.pragma('synchronous', { simple: true })).to.equal(2);
     expect(db.inLazyCommit).to.equal(false);
-    expect(() => db.requireSync()).to.throw(/outside a lazy commit/);
     expect(() => db.tx(() => db.lazy(() => 1))).to.throw(/cannot join/);
-  });
-
-  it('a lazy commit that requires a sync is durable when it returns (a durable point)', () => {
-    let points = 0;
-    db.onDurable(() => points++);
-    const r = db.lazy(() => {
-      db.sql.prepare('INSERT INTO t VALUES (1)').run();
-      db.requireSync();
-    });
-    expect(r.synced).to.equal(true);
-    expect(points).to.equal(1);
   });
 
   it('a FULL transaction that wrote is a durable point; one that only read, a relaxed or a lazy one is not', () => {
@@ -207,7 +196,7 @@ describe('durability: SyncRequest answers', () => {
   });
 
   it('answers ok for a lazy version once a group commit made it durable', async () => {
-    const version = db.lazy(() => db.bumpVersion(vdiskId)).value;
+    const version = db.lazy(() => db.bumpVersion(vdiskId));
     d.committedLazily(vdiskId, version);
     const r = replies();
     d.onSyncRequest(r, { requestId: 8, vdiskId, version });
@@ -328,6 +317,42 @@ describe('durability through the controller: lazy deltas, SyncRequest, reconcili
     a.stream.write({ body: 'tableRequest', tableRequest: { vdiskId, haveVersion: 0, reason: 'test' } });
     const full = await a.next((x) => x.body === 'tableFull', 5000, from);
     expect((full as { tableFull: { lazy?: boolean } }).tableFull).to.not.have.property('lazy');
+  });
+
+  it('a lazy allocation takes reserved space; with none to be had, or more than was reserved, the change commits FULL', async () => {
+    const { vdiskId, as } = await setup(['a1']);
+    const a = as[0]!;
+    await a.sendFault({ vdiskId, segment: 0, op: 1, state: SegmentState.Zero }).reply();
+    expect(deltas(a).pop()!.lazy).to.equal(true);
+    const loc = ctl.db.segment(vdiskId, 0);
+    const reserved = ctl.db.spaceReservations().some((r) => r.containerId === loc.containerId && loc.offset! >= r.first && loc.offset! < r.first + r.count);
+    expect(reserved, 'allocated inside a durable reservation').to.equal(true);
+    const alloc = ctl.controller.allocator as unknown as { prepareLazy: (...args: unknown[]) => boolean };
+    const real = alloc.prepareLazy.bind(alloc);
+    // prepareLazy could not reserve: FULL.
+    alloc.prepareLazy = () => false;
+    await a.sendFault({ vdiskId, segment: 1, op: 1, state: SegmentState.Zero }).reply();
+    expect(deltas(a).pop()).to.not.have.property('lazy');
+    // It said yes but the reservations do not cover the change (a bigger batch than prepared): the same change, FULL.
+    const allocator = ctl.controller.allocator;
+    const allocate = allocator.allocate.bind(allocator);
+    let refused = 0;
+    allocator.allocate = (v, n, eligible, o = {}) => {
+      if (o.lazy === true) {
+        refused++;
+        throw new UnreservedSpaceError(CA, n, 0);
+      }
+      return allocate(v, n, eligible, o);
+    };
+    alloc.prepareLazy = () => true;
+    const r = await a.sendFault({ vdiskId, segment: 2, op: 1, state: SegmentState.Zero }).reply();
+    expect(r.action).to.equal(FaultAction.Retry);
+    expect(deltas(a).pop()).to.not.have.property('lazy');
+    expect(ctl.db.segment(vdiskId, 2).state).to.equal(SegmentState.Normal);
+    expect(refused).to.equal(1);
+    alloc.prepareLazy = real;
+    allocator.allocate = allocate;
+    expect(ctl.admin.Check({}).violations).to.deep.equal([]);
   });
 
   it('other changes commit FULL: their deltas carry no lazy, and they make earlier lazy commits durable', async () => {
