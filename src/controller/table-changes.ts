@@ -59,8 +59,12 @@ export interface CommitOptions {
    * transaction); when there is none to be had, the change commits FULL.
    */
   lazy?: boolean;
-  /** For a lazy change: how many table entries it may allocate (default 1; Allocator.prepareLazy). */
-  lazyEntries?: number;
+  /**
+   * For a lazy change: how many table entries it may allocate (default 1;
+   * Allocator.prepareLazy). A function is asked right before the change
+   * runs, in the same turn (a batch that others may join until then).
+   */
+  lazyEntries?: number | (() => number);
 }
 
 /** What table changes need of durability.ts: lazy versions not yet durable. */
@@ -217,7 +221,8 @@ export class TableChanges {
     if (lazyVersions !== undefined) {
       // Reserved space for what it may allocate (a FULL commit only when a pool runs short); none to be had: FULL.
       const v = db.vdisk(vdiskId);
-      if (v === undefined || !this.#allocator.prepareLazy(v, opts.lazyEntries ?? 1)) lazyVersions = undefined;
+      const entries = typeof opts.lazyEntries === 'function' ? opts.lazyEntries() : (opts.lazyEntries ?? 1);
+      if (v === undefined || !this.#allocator.prepareLazy(v, entries)) lazyVersions = undefined;
     }
     const allocOpts = lazyVersions === undefined ? {} : { lazy: true };
     try {

@@ -355,6 +355,39 @@ describe('durability through the controller: lazy deltas, SyncRequest, reconcili
     expect(ctl.admin.Check({}).violations).to.deep.equal([]);
   });
 
+  it('a lazy change reserves for the entries it says it may allocate, asked right before it runs', async () => {
+    const { vdiskId, as } = await setup(['a1']);
+    const alloc = ctl.controller.allocator;
+    const real = alloc.prepareLazy.bind(alloc);
+    const asked: number[] = [];
+    alloc.prepareLazy = (v, entries, eligible) => {
+      asked.push(entries ?? 1);
+      return real(v, entries, eligible);
+    };
+    // Queued behind another task of the vdisk: members join (a fault batch) until the change runs.
+    let release: (() => void) | undefined;
+    const blocker = ctl.controller.tables.serialize(vdiskId, () => new Promise<void>((resolve) => (release = resolve)));
+    let members = 1;
+    const change = ctl.controller.tables.changeTable(
+      vdiskId,
+      (c) => {
+        for (const [i, loc] of c.allocate(members).entries()) c.set(i, SegmentState.Normal, loc);
+      },
+      undefined,
+      { lazy: true, lazyEntries: () => members },
+    );
+    members = 3;
+    await until(() => release !== undefined, 1000, 'the blocking task running');
+    release!();
+    await blocker;
+    const r = await change;
+    expect(asked).to.deep.equal([3]);
+    expect(r!.ranges).to.deep.equal([[0, 3]]);
+    expect(r!.lazy).to.equal(true);
+    expect(deltas(as[0]!).pop()!.lazy).to.equal(true);
+    alloc.prepareLazy = real;
+  });
+
   it('other changes commit FULL: their deltas carry no lazy, and they make earlier lazy commits durable', async () => {
     const { vdiskId, as } = await setup(['a1']);
     const a = as[0]!;
