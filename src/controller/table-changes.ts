@@ -315,19 +315,18 @@ export class TableChanges {
   }
 
   /**
-   * An agent holds `have` of the vdisk, above the database's version (a
-   * power loss took the versions between, agent-registry.ts): the version
-   * jumps above it, durably (FULL), so no version number the agent saw
-   * means anything else, and the new version goes to every holder (an
-   * empty delta from the database's version, else the full table). Returns
-   * the new version, or null when the version is already above `have`.
-   * Synchronous, like commitAndSend, so it cannot interleave with a change.
+   * An agent holds `have` of the vdisk from versions the database lost (a
+   * power loss, agent-registry.ts): the version jumps above both, durably
+   * (FULL), so the agent's version number matches none this controller
+   * has, and the new version goes to every holder (an empty delta from the
+   * database's version, else the full table). Returns the new version, or
+   * null when the vdisk is gone. Synchronous, like commitAndSend, so it
+   * cannot interleave with a change.
    */
   raiseVersionAbove(vdiskId: string, have: number): number | null {
     const table = this.table(vdiskId);
     const from = table.version;
-    if (from > have) return null;
-    const version = have + 1;
+    const version = Math.max(have, from) + 1;
     if (!this.#db.raiseVersion(vdiskId, version)) return null;
     table.setVersion(version);
     this.#send({ vdiskId, fromVersion: from, version, ranges: [], segmentCount: table.segmentCount, touchesNormal: false });

@@ -7,6 +7,7 @@ import { FaultAction, type ControllerMessage, type SyncReplyMsg } from '../../..
 import { ControllerDb } from '../../../src/controller/db.js';
 import { Durability, checkDurableIntervalMs, type SyncReplySink } from '../../../src/controller/durability.js';
 import { UnreservedSpaceError } from '../../../src/controller/allocator.js';
+import { startController } from '../../../src/controller/daemon.js';
 import { CA, FakeAgent, MiB, containerRef, startTestController, tempDir, until } from './helpers.js';
 
 // Lazy commits (thin allocations) and when they become durable: the group
@@ -421,6 +422,47 @@ describe('durability through the controller: lazy deltas, SyncRequest, reconcili
     back.stream.write({ body: 'syncRequest', syncRequest: { requestId: 1, vdiskId, version: raised } });
     const reply = await back.next((m) => m.body === 'syncReply');
     expect((reply as { syncReply: SyncReplyMsg }).syncReply).to.include({ ok: true, durableVersion: raised });
+  });
+
+  it('after a restart, an agent holding a lost version that the new run committed again (equal by chance) is reconciled too, once', async () => {
+    const t = tempDir();
+    const dbPath = join(t.dir, 'c.db');
+    let h = await startController({ dbPath, listen: '127.0.0.1:0', ackTimeoutMs: 2000, durableIntervalMs: 60_000 });
+    try {
+      h.admin.AddContainer({ id: CA, path: '/c/a', size: 9 * MiB, dataOffset: MiB });
+      const first = new FakeAgent(h.address, 'a1', { containers: [containerRef(CA, 8)] });
+      await first.register();
+      const vdiskId = h.admin.CreateVdisk({ name: 'd', size: 4 * MiB }).id;
+      h.admin.AddExport({ vdisk: 'd', agent: 'a1' });
+      await first.next((m) => m.body === 'tableFull');
+      first.close();
+      const d = h.db.vdisk(vdiskId)!.version;
+      await h.close();
+      // The run that followed lost versions d+1 and d+2 (the plug pulled); this run commits its own d+1 and d+2.
+      h = await startController({ dbPath, listen: '127.0.0.1:0', ackTimeoutMs: 2000, durableIntervalMs: 60_000 });
+      await h.controller.tables.changeTable(vdiskId, (c) => c.set(0, SegmentState.Invalid, null));
+      await h.controller.tables.changeTable(vdiskId, (c) => c.set(1, SegmentState.Invalid, null));
+      expect(h.db.vdisk(vdiskId)!.version).to.equal(d + 2);
+      const back = new FakeAgent(h.address, 'a1', { containers: [containerRef(CA, 8)] });
+      agents.push(back);
+      await back.register([{ vdiskId, version: d + 2 }]);
+      const full = await back.next((m) => m.body === 'tableFull');
+      expect((full as { tableFull: { version: number } }).tableFull.version).to.equal(d + 3);
+      expect(back.tables.get(vdiskId)!.get(0).state, "this run's table, not the lost one").to.equal(SegmentState.Invalid);
+      // Registering again in this run, holding what this run sent: nothing to reconcile.
+      back.close();
+      await until(() => h.controller.agents.link('a1') === undefined || h.controller.agents.link('a1')!.closed, 5000, 'a1 gone');
+      const again = new FakeAgent(h.address, 'a1', { containers: [containerRef(CA, 8)] });
+      agents.push(again);
+      await again.register([{ vdiskId, version: d + 3 }]);
+      await again.next((m) => m.body === 'exportSet');
+      expect(h.db.vdisk(vdiskId)!.version).to.equal(d + 3);
+      expect(again.received.some((m) => m.body === 'tableFull'), 'kept the very version: nothing sent').to.equal(false);
+    } finally {
+      for (const a of agents.splice(0)) a.close();
+      await h.close();
+      t.cleanup();
+    }
   });
 
   it('an agent back with the database\'s version or an older one is not reconciled', async () => {
