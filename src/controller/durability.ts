@@ -100,6 +100,9 @@ export class Durability {
     const dir = opts.powerSnapshotDir ?? process.env[POWER_SNAPSHOT_ENV];
     this.#snapshotDir = dir === undefined || dir === '' ? null : dir;
     db.onDurable(() => this.#durablePoint());
+    // Lazy commits of an earlier run that survived its crash are in the WAL but maybe not on disk: durable now, before
+    // anything answers for them (SyncRequest).
+    db.syncNow();
     if (this.#snapshotDir !== null) {
       db.sql.pragma('wal_autocheckpoint = 0');
       const st = db.sql.prepare('SELECT total_changes()').pluck();
