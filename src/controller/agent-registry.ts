@@ -23,6 +23,7 @@ import {
   type MalformedMessage,
   type Register,
   type Release,
+  type SyncRequestMsg,
   type TableAck,
   type TableRequest,
 } from '../wire/proto-types.js';
@@ -78,6 +79,15 @@ export interface AgentMessageHandlers {
   luRequest(link: AgentLink, r: LuRequest): void;
   /** An agent reports a container reachable: at Register, or in a ContainerUpdate where it was not before (a failed mirror leg may resync). */
   containerReachable?(containerId: string, agent: string): void;
+  /** An agent must promise durability of a vdisk's table up to a version (durability.ts answers with SyncReply). */
+  syncRequest?(link: AgentLink, r: SyncRequestMsg): void;
+  /**
+   * At Register, before `registered`: the agent holds `have` of the vdisk,
+   * above the database's version (a power loss took the versions between).
+   * Raises the vdisk's version above `have` (durably), so `registered` sends
+   * that agent the full table at the new version.
+   */
+  newerThanDb?(link: AgentLink, vdiskId: string, have: number): void;
 }
 
 /** Exporters away whose lease may still let them serve zero and no-write segments, and how long until it surely has not. */
@@ -98,6 +108,20 @@ export class AgentRegistry {
   readonly #lastAnswered = new Map<string, number>();
   /** Agents may hold leases granted before this controller started (an earlier run): count them from here. */
   readonly #startedAt = performance.now();
+  /**
+   * Each vdisk's version when this controller started: what an agent kept
+   * from an earlier run is at most this, unless the database lost versions
+   * (a power loss), and this run may commit those numbers again.
+   */
+  readonly #startVersions: ReadonlyMap<string, number>;
+  /** Agents registered in this run: a later registration keeps only what this run sent it. */
+  readonly #registeredThisRun = new Set<string>();
+  /**
+   * Versions an agent kept from an earlier run that the database lost, by
+   * agent and vdisk: (above, upTo]. A SyncRequest for one is refused, even
+   * when this run has committed that number again.
+   */
+  readonly #lostVersions = new Map<string, Map<string, { above: number; upTo: number }>>();
   /** Registered links by agent name (the newest stream of each). */
   readonly #links = new Map<string, AgentLink>();
   /** Every open stream, registered or not. */
@@ -113,6 +137,7 @@ export class AgentRegistry {
 
   constructor(db: ControllerDb, writeBehind: WriteBehind, settings: AgentRegistrySettings, handlers: AgentMessageHandlers) {
     this.#db = db;
+    this.#startVersions = new Map(db.vdisks().map((v) => [v.id, v.version]));
     this.#writeBehind = writeBehind;
     this.#settings = settings;
     this.#handlers = handlers;
@@ -409,6 +434,20 @@ export class AgentRegistry {
       case 'containerUpdate':
         this.#onContainerUpdate(link, m.containerUpdate);
         return;
+      case 'syncRequest':
+        if (this.#refuseLost(link, m.syncRequest)) return;
+        if (to.syncRequest !== undefined) {
+          to.syncRequest(link, m.syncRequest);
+        } else {
+          // No durability tracking here: every commit was FULL, so every version the DB has is durable.
+          const v = this.#db.vdisk(m.syncRequest.vdiskId);
+          const ok = v !== undefined && v.version >= m.syncRequest.version;
+          link.send({
+            body: 'syncReply',
+            syncReply: { requestId: m.syncRequest.requestId, ok, durableVersion: v?.version ?? 0, reason: ok ? '' : `vdisk ${m.syncRequest.vdiskId} table version ${m.syncRequest.version} is not in the database` },
+          });
+        }
+        return;
       default: {
         const body: string = (m as { body: string }).body;
         log.error(`unknown message ${body} from ${link.label}`);
@@ -471,8 +510,48 @@ export class AgentRegistry {
     });
     // Before ExportSet and tables: a shared container is opened with O_DIRECT before it serves.
     this.#pushContainerSets();
+    this.#reconcileNewer(link, r);
     this.#handlers.registered(link, new Map(r.tables.map((t) => [t.vdiskId, t.version])));
     for (const c of accepted) if (c.reachable) this.#handlers.containerReachable?.(c.id, r.agentName);
+  }
+
+  /**
+   * Tables the agent kept at a version above the database's: the database
+   * lost those versions (restored to its last fsync after a power loss), and
+   * with them the lazy allocations they made. The agent gets the database's
+   * table at a version above its own (newerThanDb), so it drops what was lost.
+   */
+  #reconcileNewer(link: AgentLink, r: Register): void {
+    const firstThisRun = !this.#registeredThisRun.has(r.agentName);
+    this.#registeredThisRun.add(r.agentName);
+    for (const t of r.tables) {
+      const v = this.#db.vdisk(t.vdiskId);
+      if (v === undefined) continue;
+      // Above what the database had at start, kept from an earlier run: a lost version, even
+      // when this run has committed that number again since (with other contents).
+      const start = this.#startVersions.get(t.vdiskId);
+      const lost = t.version > v.version || (firstThisRun && start !== undefined && t.version > start);
+      if (!lost) continue;
+      let mine = this.#lostVersions.get(r.agentName);
+      if (mine === undefined) this.#lostVersions.set(r.agentName, (mine = new Map()));
+      mine.set(t.vdiskId, { above: start ?? v.version, upTo: t.version });
+      log.warn(
+        `agent ${r.agentName} holds vdisk ${v.name} (${v.id}) at table version ${t.version}, but the database had ${start ?? v.version} (now ${v.version}): versions lost in a power loss; raising the version above it and sending the full table`,
+      );
+      this.#db.event('agent', r.agentName, `holds vdisk ${v.name} at table version ${t.version}, database has ${v.version}: reconciled`);
+      this.#handlers.newerThanDb?.(link, t.vdiskId, t.version);
+    }
+  }
+
+  /** A SyncRequest for a version the agent kept from an earlier run and the database lost: answered ok=false. */
+  #refuseLost(link: AgentLink, r: SyncRequestMsg): boolean {
+    const lost = this.#lostVersions.get(link.name as string)?.get(r.vdiskId);
+    if (lost === undefined || r.version <= lost.above || r.version > lost.upTo) return false;
+    link.send({
+      body: 'syncReply',
+      syncReply: { requestId: r.requestId, ok: false, durableVersion: lost.above, reason: `vdisk ${r.vdiskId} table version ${r.version} was lost (the database had ${lost.above})` },
+    });
+    return true;
   }
 
   /** Null when the claim matches the registered container, else why not. */

@@ -12,6 +12,7 @@
 //   scrubber.ts        zeroing freed container segments before reuse
 //   snapshots.ts       snapshots and clones (shared segments)
 //   lu-state.ts        each vdisk's SCSI LU state (reservations, unit attentions) for every path
+//   durability.ts      when lazily committed thin allocations become durable (group commit, SyncRequest)
 //
 // The managers see the controller through narrow interfaces (FaultHost,
 // MigrationHost, MirrorHost, SnapshotHost, ScrubHost) listing what each uses.
@@ -22,6 +23,7 @@ import type { ControllerDb } from './db.js';
 import type { AgentCall } from './agent-link.js';
 import { AgentCommands } from './agent-commands.js';
 import { AgentRegistry, DEFAULT_LEASE_MARGIN_MS, DEFAULT_LEASE_MS } from './agent-registry.js';
+import { Durability } from './durability.js';
 import { Exports } from './exports.js';
 import { FaultManager, type FaultHost } from './faults.js';
 import { LuStates } from './lu-state.js';
@@ -32,6 +34,7 @@ import { containerDomains } from './domains.js';
 import { RebuildManager } from './rebuild.js';
 import { Retention, type RetentionOptions } from './retention.js';
 import { Scrubber, type ScrubHost, type ScrubberOptions } from './scrubber.js';
+import { SpaceRecovery } from './space-recovery.js';
 import type { SnapshotHost } from './snapshots.js';
 import { TableChanges } from './table-changes.js';
 import { WriteBehind } from './write-behind.js';
@@ -56,10 +59,14 @@ export interface ControllerOptions {
   retention?: RetentionOptions;
   /** Base deadline of a copy or zero command (agent-commands.ts, DEFAULT_COMMAND_TIMEOUT_MS). */
   commandTimeoutMs?: number;
+  /** Segments of free space reserved durably at a time per container for lazy allocations (allocator.ts, DEFAULT_RESERVE_BATCH). */
+  reserveBatch?: number;
   /** Age at which a failed container's stale legs are rebuilt elsewhere (rebuild.ts, DEFAULT_REBUILD_DELAY_MS). */
   rebuildDelayMs?: number;
   /** How often the rebuild looks for degraded segments and expired stale legs (rebuild.ts, DEFAULT_REBUILD_SCAN_MS). */
   rebuildScanMs?: number;
+  /** A lazily committed thin allocation is durable against power loss at most this long after it (durability.ts, DEFAULT_DURABLE_INTERVAL_MS). */
+  durableIntervalMs?: number;
 }
 
 export class Controller implements FaultHost, MigrationHost, MirrorHost, SnapshotHost, ScrubHost {
@@ -68,6 +75,8 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
   readonly allocator: Allocator;
   /** Acked versions, the fault log and last-seen times, written off the path of the messages they follow. */
   readonly writeBehind: WriteBehind;
+  /** Lazy commits (thin allocations) not yet durable: group commit, SyncRequest answers. */
+  readonly durability: Durability;
   readonly agents: AgentRegistry;
   readonly tables: TableChanges;
   readonly exports: Exports;
@@ -84,6 +93,8 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
   readonly rebuild: RebuildManager;
   /** Zeroes freed container segments (through agents) before they can be allocated again. */
   readonly scrubber: Scrubber;
+  /** Suspect space found at start (reserved, unreferenced after a crash): held until agents reconciled, then scrubbed. */
+  readonly spaceRecovery: SpaceRecovery;
   /** Keeps the fault and event logs bounded, in the background. */
   readonly retention: Retention;
   /**
@@ -99,7 +110,8 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
     this.id = opts.controllerId ?? randomUUID();
     const ackTimeoutMs = opts.ackTimeoutMs ?? 3000;
     this.writeBehind = new WriteBehind(db);
-    this.allocator = new Allocator(db);
+    this.durability = new Durability(db, opts.durableIntervalMs === undefined ? {} : { intervalMs: opts.durableIntervalMs });
+    this.allocator = new Allocator(db, opts.reserveBatch === undefined ? {} : { reserveBatch: opts.reserveBatch });
     // The registry hands each message to the part that owns it.
     this.agents = new AgentRegistry(
       db,
@@ -119,6 +131,7 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
           // Freed space on containers this agent reaches may be waiting for it.
           this.scrubber.kick();
           this.commands.registered(link.name as string);
+          this.spaceRecovery.registered(link.name as string, have);
         },
         disconnected: (link) => {
           this.faults.dropLink(link);
@@ -133,18 +146,23 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
         release: (link, r) => this.tables.onRelease(link, r),
         luRequest: (link, r) => this.lu.onRequest(link, r),
         containerReachable: (id) => this.mirrors.containerReachable(id),
+        syncRequest: (link, r) => this.durability.onSyncRequest(link, r),
+        newerThanDb: (_link, vdiskId, have) => this.tables.raiseVersionAbove(vdiskId, have),
       },
     );
     // A settled change (or an agent back with the current table) lets held faults act.
     const settled = (vdiskId: string): void => {
       this.faults.onTableChanged(vdiskId);
       this.portGroups.settled(vdiskId);
+      // A full table acked may be the last reconciliation suspect space waits for.
+      this.spaceRecovery.check();
     };
     this.tables = new TableChanges(db, this.allocator, this.writeBehind, this.agents, ackTimeoutMs, {
       migrating: this.migrating,
       scrub: (locs) => this.scrubber.add(locs),
       settled,
       fenced: (vdiskId) => this.portGroups.recheckVdisk(vdiskId),
+      durability: this.durability,
     });
     this.lu = new LuStates(db, this.tables);
     this.exports = new Exports(db, this.agents, this.tables, ackTimeoutMs, settled);
@@ -165,6 +183,9 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
     });
     this.scrubber = new Scrubber(this, opts.scrub);
     this.allocator.scrubSink = (locs) => this.scrubber.add(locs);
+    // Before anything allocates: suspect space leaves the free map at once.
+    this.spaceRecovery = new SpaceRecovery(this);
+    this.spaceRecovery.start();
     this.retention = new Retention(db, opts.retention);
     this.retention.start();
   }
@@ -189,11 +210,16 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
     this.mirrors.close();
     this.rebuild.stop();
     this.scrubber.stop();
+    this.spaceRecovery.stop();
+    // Ends this run's reservations durably: a clean restart finds no suspect space.
+    this.allocator.close();
     this.retention.stop();
     this.commands.close();
     // Drops the faults each agent had waiting.
     this.agents.close();
     // The faults just dropped, while the database is still open.
     this.writeBehind.flush();
+    // Lazy commits still pending become durable before the database closes.
+    this.durability.close();
   }
 }

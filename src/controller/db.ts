@@ -33,11 +33,18 @@
 //   location's reference until it is resynced or dropped. A location's
 //   reference count is its references in the `segment_locations` view
 //   (every leg of every entry) plus those of stale legs.
+// - `space_reservations` holds ranges of container segments reserved by a
+//   durable commit for lazily committed allocations (allocator.ts); they
+//   stay free in the map. Rows left at start mean a run ended without a
+//   clean shutdown: their unreferenced locations are suspect until
+//   scrubbed (space-recovery.ts).
 
 import Database from 'better-sqlite3';
+import { closeSync, fstatSync, fsync, fsyncSync, openSync, statSync } from 'node:fs';
 import { MAX_COPIES, MappingTable, SegmentState, isSegmentState, stateHasLocation, type EntryInput } from '../table/index.js';
 import { migrate, type Sql } from './schema.js';
 import type { LuStateMsg } from '../wire/proto-types.js';
+import { log } from '../util/log.js';
 
 export type { Sql };
 
@@ -222,6 +229,14 @@ export type NewFault = Omit<FaultRow, 'id' | 'time' | 'outcome'> & { outcome?: s
 export interface Location {
   containerId: string;
   offset: number;
+}
+
+/** A range of container segments reserved durably for lazy allocations (space_reservations). */
+export interface SpaceReservation {
+  id: number;
+  containerId: string;
+  first: number;
+  count: number;
 }
 
 /** A table entry and the location it maps. */
@@ -437,6 +452,15 @@ export class ControllerDb {
   readonly path: string;
   /** Statements prepared once, when the database opens. */
   readonly #statements;
+  /** relaxed() calls in progress: their commits run with synchronous = NORMAL, no durable point. */
+  #relaxedDepth = 0;
+  /** Inside lazy(): a thin allocation's commit. */
+  #inLazy = false;
+  /** Told of every durable point: a FULL commit that wrote, or an fsync of the WAL (durability.ts). */
+  readonly #durableListeners: (() => void)[] = [];
+  /** An fd of `<db>-wal` for the group commit's fsync, with its inode (the file may be replaced). */
+  #wal: { fd: number; ino: number } | null = null;
+  readonly #totalChanges;
 
   constructor(path: string) {
     this.path = path;
@@ -449,6 +473,7 @@ export class ControllerDb {
     this.sql.pragma('busy_timeout = 5000');
     migrate(this.sql);
     const p = (q: string) => this.sql.prepare(q);
+    this.#totalChanges = p('SELECT total_changes()').pluck();
     this.#statements = {
       container: p('SELECT * FROM containers WHERE id = ?'),
       containers: p('SELECT * FROM containers ORDER BY added, id'),
@@ -570,6 +595,10 @@ export class ControllerDb {
   }
 
   close(): void {
+    if (this.#wal !== null) {
+      closeSync(this.#wal.fd);
+      this.#wal = null;
+    }
     if (this.sql.open) this.sql.close();
   }
 
@@ -583,9 +612,19 @@ export class ControllerDb {
     await this.sql.backup(path);
   }
 
-  /** Runs `fn` in one transaction (nested calls join the outer one). */
+  /**
+   * Runs `fn` in one transaction (nested calls join the outer one). An
+   * outer one that wrote, outside relaxed() and lazy(), is a durable point
+   * (synchronous = FULL: its commit fsynced the WAL, and with it every
+   * earlier commit, the WAL being one sequential file).
+   */
   tx<T>(fn: () => T): T {
-    return this.sql.transaction(fn)();
+    if (this.sql.inTransaction || this.#relaxedDepth > 0) return this.sql.transaction(fn)();
+    const before = this.#totalChanges.get() as number;
+    const r = this.sql.transaction(fn)();
+    // A transaction that wrote nothing synced nothing.
+    if ((this.#totalChanges.get() as number) !== before) this.#durablePoint();
+    return r;
   }
 
   /**
@@ -597,12 +636,108 @@ export class ControllerDb {
    */
   relaxed<T>(fn: () => T): T {
     if (this.sql.inTransaction) return fn();
+    // Not a prepared statement: SQLite applies this pragma when it compiles it.
     this.sql.pragma('synchronous = NORMAL');
+    this.#relaxedDepth++;
     try {
       return fn();
     } finally {
+      this.#relaxedDepth--;
       this.sql.pragma('synchronous = FULL');
     }
+  }
+
+  /**
+   * A thin allocation's commit (issue 18, docs/architecture.md): `fn` runs
+   * in one transaction with synchronous = NORMAL. Committed, it survives a
+   * controller crash at once; it is durable against power loss only at the
+   * next durable point (a FULL commit, or the group commit's fsync of the
+   * WAL, durability.ts). Keeps the fault path free of fsyncs. SQLite cannot
+   * change the safety level inside a transaction, so the choice is made
+   * here, before it starts; what the commit allocates must lie in space
+   * reserved durably before it (Allocator.prepareLazy).
+   */
+  lazy<T>(fn: () => T): T {
+    if (this.sql.inTransaction) throw new Error('a lazy commit cannot join a transaction in progress');
+    this.#inLazy = true;
+    try {
+      return this.relaxed(() => this.sql.transaction(fn)());
+    } finally {
+      this.#inLazy = false;
+    }
+  }
+
+  /** Inside a lazy commit (lazy()). */
+  get inLazyCommit(): boolean {
+    return this.#inLazy;
+  }
+
+  /** Calls `listener` after every durable point (synchronously, in the same turn). */
+  onDurable(listener: () => void): void {
+    this.#durableListeners.push(listener);
+  }
+
+  #durablePoint(): void {
+    // After a commit that happened: a listener's failure must not look like the commit's.
+    for (const l of this.#durableListeners) {
+      try {
+        l();
+      } catch (err) {
+        log.error(`after a durable commit: ${(err as Error).message}`);
+      }
+    }
+  }
+
+  /**
+   * The WAL's fd, opened once and again when the file was replaced (a new
+   * inode); null when there is no -wal file. fsync on any fd of the file
+   * flushes all of it: every frame SQLite wrote (write(2), even with
+   * synchronous = NORMAL) before the call.
+   */
+  #walFd(): number | null {
+    const walPath = `${this.path}-wal`;
+    const st = statSync(walPath, { throwIfNoEntry: false });
+    if (st === undefined) return null;
+    if (this.#wal !== null && this.#wal.ino === st.ino) return this.#wal.fd;
+    if (this.#wal !== null) closeSync(this.#wal.fd);
+    this.#wal = null;
+    const fd = openSync(walPath, 'r+');
+    this.#wal = { fd, ino: fstatSync(fd).ino };
+    return fd;
+  }
+
+  /**
+   * Group commit: fsyncs the WAL off the event loop. Every commit made
+   * before the call is durable once it resolves true; commits made while it
+   * runs may not be. Resolves false when there is no -wal file (the caller
+   * falls back to syncNow()). Tells no durable-point listener: only the
+   * caller knows which commits came before (durability.ts).
+   */
+  fsyncWal(): Promise<boolean> {
+    const fd = this.#walFd();
+    if (fd === null) return Promise.resolve(false);
+    return new Promise((resolve, reject) => fsync(fd, (err) => (err ? reject(err) : resolve(true))));
+  }
+
+  /**
+   * Makes every commit so far durable, synchronously, and is a durable
+   * point: an fsync of the WAL, or without a -wal file a FULL commit of a
+   * write that changes nothing (the header's application id, set to itself).
+   */
+  syncNow(): void {
+    const fd = this.#walFd();
+    if (fd !== null) {
+      fsyncSync(fd);
+    } else {
+      const id = this.sql.pragma('application_id', { simple: true }) as number;
+      this.sql.pragma(`application_id = ${id}`);
+    }
+    this.#durablePoint();
+  }
+
+  /** The vdisk's version, raised to `version` (durably: a FULL commit) if it was lower; false when it was not or the vdisk is gone. */
+  raiseVersion(vdiskId: string, version: number): boolean {
+    return this.tx(() => this.sql.prepare('UPDATE vdisks SET version = ? WHERE id = ? AND version < ?').run(version, vdiskId, version).changes > 0);
   }
 
   // ---- LU state (one logical unit on every path) ----
@@ -799,6 +934,61 @@ export class ControllerDb {
     return this.tx(() =>
       (this.#statements.scrubbed.pluck().all(containerId, offset, offset + count) as number[]).map((o) => ({ containerId, offset: o })),
     );
+  }
+
+  // ---- space reservations (free space reserved durably for lazy allocations, allocator.ts) ----
+
+  /** Every reservation row, by container and first offset. */
+  spaceReservations(): SpaceReservation[] {
+    return this.sql.prepare('SELECT id, container_id AS containerId, first, count FROM space_reservations ORDER BY container_id, first').all() as SpaceReservation[];
+  }
+
+  /** Whether any reservation row exists (a start after a clean shutdown has none). */
+  hasSpaceReservations(): boolean {
+    return this.sql.prepare('SELECT 1 FROM space_reservations LIMIT 1').pluck().get() !== undefined;
+  }
+
+  /**
+   * Replaces reservation rows of containers in one transaction (durable: the
+   * connection's synchronous = FULL): per container, deletes the rows `drop`
+   * names and inserts `ranges`. Returns the new rows' ids, per change. Call
+   * outside any other transaction, or the rows are only as durable as it.
+   */
+  replaceSpaceReservations(changes: readonly { containerId: string; drop: readonly number[]; ranges: readonly { first: number; count: number }[] }[]): number[][] {
+    const del = this.sql.prepare('DELETE FROM space_reservations WHERE id = ?');
+    const ins = this.sql.prepare('INSERT INTO space_reservations (container_id, first, count) VALUES (?, ?, ?) RETURNING id').pluck();
+    return this.tx(() =>
+      changes.map((c) => {
+        for (const id of c.drop) del.run(id);
+        return c.ranges.map((r) => ins.get(c.containerId, r.first, r.count) as number);
+      }),
+    );
+  }
+
+  /**
+   * Ends reservations from an earlier run (space-recovery.ts), in one
+   * durable transaction: `suspects` (reserved locations nothing referenced)
+   * are marked to be scrubbed, the rows `ids` deleted. Returns the locations
+   * newly marked (those of containers still known, not already held).
+   */
+  releaseSpaceReservations(ids: readonly number[], suspects: readonly Location[]): Location[] {
+    const del = this.sql.prepare('DELETE FROM space_reservations WHERE id = ?');
+    return this.tx(() => {
+      const known = new Set(this.containers().map((c) => c.id));
+      const marked = suspects.filter((l) => known.has(l.containerId) && this.#statements.insertScrub.run(l.containerId, l.offset).changes > 0);
+      for (const id of ids) del.run(id);
+      return marked;
+    });
+  }
+
+  /** Reservation rows that reach past the end of their container (`tabula check`). */
+  reservationsBeyondContainer(): (SpaceReservation & { segmentsTotal: number })[] {
+    return this.sql
+      .prepare(
+        `SELECT r.id AS id, r.container_id AS containerId, r.first AS first, r.count AS count, c.segments_total AS segmentsTotal
+         FROM space_reservations r JOIN containers c ON c.id = r.container_id WHERE r.first + r.count > c.segments_total`,
+      )
+      .all() as (SpaceReservation & { segmentsTotal: number })[];
   }
 
   containerAgents(id: string): string[] {

@@ -18,7 +18,7 @@ import { TABLE_RUNS_PER_MESSAGE, encodeControllerMessage, type EncodedMessage } 
 import type { LuChange, LuEventMsg, LuStateMsg, Release, TableAck, WireExtent } from '../wire/proto-types.js';
 import { fromWireExtent, wireExtent } from '../wire/table-extents.js';
 import { log } from '../util/log.js';
-import { locKey, runLocations, type Allocator } from './allocator.js';
+import { UnreservedSpaceError, locKey, runLocations, type Allocator } from './allocator.js';
 import { TableChangeError, type ControllerDb, type EntryWithLegs, type Location, type VdiskRow } from './db.js';
 import type { AgentLink } from './agent-link.js';
 import type { AgentRegistry } from './agent-registry.js';
@@ -44,6 +44,33 @@ export interface CommitResult {
   touchesNormal: boolean;
   /** The LU state and unit attentions this version carries (lu-state.ts), if it changed them. */
   lu?: LuChange;
+  /** Committed lazily and not yet durable against power loss: the delta goes out with lazy=true. */
+  lazy?: boolean;
+}
+
+/** How a change commits. */
+export interface CommitOptions {
+  /**
+   * Lazily (a thin allocation, issue 18): synchronous = NORMAL, no fsync of
+   * its own (ControllerDb.lazy); durable by the group commit within the
+   * durable interval, or sooner when an agent asks (SyncRequest,
+   * durability.ts). Everything else commits FULL. Its allocations come
+   * only from durably reserved space (Allocator.prepareLazy before the
+   * transaction); when there is none to be had, the change commits FULL.
+   */
+  lazy?: boolean;
+  /**
+   * For a lazy change: how many table entries it may allocate (default 1;
+   * Allocator.prepareLazy). A function is asked right before the change
+   * runs, in the same turn (a batch that others may join until then).
+   */
+  lazyEntries?: number | (() => number);
+}
+
+/** What table changes need of durability.ts: lazy versions not yet durable. */
+export interface LazyVersions {
+  committedLazily(vdiskId: string, version: number): void;
+  isPending(vdiskId: string, version: number): boolean;
 }
 
 /** What a change function may do inside its transaction. */
@@ -95,6 +122,8 @@ export interface TableChangeHooks {
   settled(vdiskId: string): void;
   /** An agent was fenced for the vdisk (its port group is unavailable). */
   fenced?(vdiskId: string): void;
+  /** Lazy commits not yet durable (durability.ts); without it, lazy commits are FULL. */
+  readonly durability?: LazyVersions;
 }
 
 export class TableChanges {
@@ -177,7 +206,7 @@ export class TableChanges {
    * vdisk, all synchronously. Returns null when the change changed nothing
    * (no version bump). Use through changeTable unless already serialized.
    */
-  commitAndSend(vdiskId: string, change: (c: ChangeContext) => void): CommitResult | null {
+  commitAndSend(vdiskId: string, change: (c: ChangeContext) => void, opts: CommitOptions = {}): CommitResult | null {
     const db = this.#db;
     // Cached before the commit: CommitResult.touchesNormal reads the previous states from it.
     this.table(vdiskId);
@@ -188,8 +217,16 @@ export class TableChanges {
     let lu: LuChange | undefined;
     const allocated: Location[] = [];
     let result: CommitResult | null;
+    let lazyVersions = opts.lazy === true ? this.#hooks.durability : undefined;
+    if (lazyVersions !== undefined) {
+      // Reserved space for what it may allocate (a FULL commit only when a pool runs short); none to be had: FULL.
+      const v = db.vdisk(vdiskId);
+      const entries = typeof opts.lazyEntries === 'function' ? opts.lazyEntries() : (opts.lazyEntries ?? 1);
+      if (v === undefined || !this.#allocator.prepareLazy(v, entries)) lazyVersions = undefined;
+    }
+    const allocOpts = lazyVersions === undefined ? {} : { lazy: true };
     try {
-      result = db.tx(() => {
+      const commit = (): CommitResult => {
         const vdisk = db.vdisk(vdiskId);
         if (!vdisk) throw new TableChangeError(`vdisk ${vdiskId} does not exist`);
         const version = db.bumpVersion(vdiskId);
@@ -204,12 +241,12 @@ export class TableChanges {
             if (db.setSegmentLegs(live, seg, legs, version)) changed.add(seg);
           },
           allocate: (count) => {
-            const locs = runLocations(this.#allocator.allocate(live, count));
+            const locs = runLocations(this.#allocator.allocate(live, count, undefined, allocOpts));
             allocated.push(...locs);
             return locs;
           },
           allocateLegs: (count, legs, avoid) => {
-            const entries = this.#allocator.allocateLegs(live, count, legs, avoid);
+            const entries = this.#allocator.allocateLegs(live, count, legs, avoid, allocOpts);
             for (const e of entries) allocated.push(...e);
             return entries;
           },
@@ -245,12 +282,15 @@ export class TableChanges {
         const r: CommitResult = { vdiskId, fromVersion: vdisk.version, version, ranges: toRanges(changed), segmentCount: live.segmentCount, touchesNormal: false };
         if (lu !== undefined) r.lu = lu;
         return r;
-      });
+      };
+      result = lazyVersions === undefined ? db.tx(commit) : db.lazy(commit);
     } catch (err) {
       // Allocations were taken from the in-memory free map; the rollback
       // undid them in the DB, so rebuild the map from it.
       if (allocated.length > 0) this.#allocator.reload();
       if (err instanceof NoChange) return null;
+      // More than the reservations held (a batch of entries larger than prepared): the same change, durably.
+      if (err instanceof UnreservedSpaceError && lazyVersions !== undefined) return this.commitAndSend(vdiskId, change);
       throw err;
     }
     const table = this.table(vdiskId);
@@ -266,8 +306,31 @@ export class TableChanges {
       for (let s = first; s < end; s++) table.set(s, tableEntryOf(db, vdiskId, s));
     }
     table.setVersion(result.version);
+    if (lazyVersions !== undefined) {
+      result.lazy = true;
+      lazyVersions.committedLazily(vdiskId, result.version);
+    }
     this.#send(result);
     return result;
+  }
+
+  /**
+   * An agent holds `have` of the vdisk from versions the database lost (a
+   * power loss, agent-registry.ts): the version jumps above both, durably
+   * (FULL), so the agent's version number matches none this controller
+   * has, and the new version goes to every holder (an empty delta from the
+   * database's version, else the full table). Returns the new version, or
+   * null when the vdisk is gone. Synchronous, like commitAndSend, so it
+   * cannot interleave with a change.
+   */
+  raiseVersionAbove(vdiskId: string, have: number): number | null {
+    const table = this.table(vdiskId);
+    const from = table.version;
+    const version = Math.max(have, from) + 1;
+    if (!this.#db.raiseVersion(vdiskId, version)) return null;
+    table.setVersion(version);
+    this.#send({ vdiskId, fromVersion: from, version, ranges: [], segmentCount: table.segmentCount, touchesNormal: false });
+    return version;
   }
 
   /**
@@ -275,9 +338,14 @@ export class TableChanges {
    * `afterSend` runs once the new version is on its way to every holder and
    * before the acks are in (a fault answered right behind the delta).
    */
-  changeTable(vdiskId: string, change: (c: ChangeContext) => void, afterSend?: (r: CommitResult) => void): Promise<CommitResult | null> {
+  changeTable(
+    vdiskId: string,
+    change: (c: ChangeContext) => void,
+    afterSend?: (r: CommitResult) => void,
+    opts?: CommitOptions,
+  ): Promise<CommitResult | null> {
     return this.serialize(vdiskId, async () => {
-      const r = this.commitAndSend(vdiskId, change);
+      const r = this.commitAndSend(vdiskId, change, opts);
       if (r !== null) {
         afterSend?.(r);
         await this.awaitAcks(r);
@@ -303,6 +371,8 @@ export class TableChanges {
             segmentCount: r.segmentCount,
             extents: r.ranges.flatMap(([a, b]) => extentsIn(table, a, b)).map(wireExtent),
             ...(r.lu === undefined ? {} : { lu: r.lu }),
+            // Only when true: a durable delta is the bytes it always was.
+            ...(r.lazy === true ? { lazy: true } : {}),
           },
         });
         link.send(delta);
@@ -428,7 +498,7 @@ export class TableChanges {
     const t = this.table(vdiskId);
     if (link.readsTableRuns) {
       // Run form, in pieces of bounded size (proto/tabula.proto, TableFull).
-      const meta = { vdiskId, version: t.version, segmentSize: t.segmentSize, blockSize: t.blockSize, segmentCount: t.segmentCount, ...this.#luOf(vdiskId) };
+      const meta = { vdiskId, version: t.version, segmentSize: t.segmentSize, blockSize: t.blockSize, segmentCount: t.segmentCount, ...this.#luOf(vdiskId), ...this.#lazyOf(vdiskId, t.version) };
       const containers = [...t.containers];
       let prev: TableRuns | null = null;
       const sendPiece = (r: TableRuns, more: boolean): void => {
@@ -470,9 +540,15 @@ export class TableChanges {
         containers,
         extents: extents.map(wireExtent),
         ...this.#luOf(vdiskId),
+        ...this.#lazyOf(vdiskId, t.version),
       },
     });
     link.noteSent(vdiskId, t.version, true);
+  }
+
+  /** TableFull's lazy field: present (true) only while the version is not yet durable. */
+  #lazyOf(vdiskId: string, version: number): { lazy?: true } {
+    return this.#hooks.durability?.isPending(vdiskId, version) === true ? { lazy: true } : {};
   }
 
   /** TableFull's LU state field: the state as of the table's version (none set yet: absent, the empty state). */
