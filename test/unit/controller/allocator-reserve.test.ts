@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { Allocator, UnreservedSpaceError, runLocations } from '../../../src/controller/allocator.js';
 import { checkInvariants } from '../../../src/controller/check.js';
 import { ControllerDb, type Location, type VdiskRow } from '../../../src/controller/db.js';
-import { CA, CB, CC, MiB, tempDir } from './helpers.js';
+import { CA, CB, CC, MiB, tempDir, until } from './helpers.js';
 
 describe('controller allocator: durable reservations for lazy allocations', () => {
   let t: ReturnType<typeof tempDir>;
@@ -128,11 +128,49 @@ describe('controller allocator: durable reservations for lazy allocations', () =
     });
     expect(a.reservedFree(CA)).to.equal(3);
     await nextTurn();
+    // Written without an fsync of its own: not handed out before one made it durable.
     expect(commits.n).to.equal(1);
-    expect(a.reservedFree(CA)).to.equal(8);
     expect(rows()).to.deep.equal([[CA, 5, 8]]);
+    expect(a.reservedFree(CA)).to.equal(3);
+    await until(() => a.reservedFree(CA) === 8, 5000, 'the refill usable once fsynced');
     expect(a.reservedRanges(CA)).to.deep.equal([{ first: 5, count: 8 }]);
     expect(checkInvariants(db)).to.deep.equal([]);
+  });
+
+  it('inside a lazy commit, a short pool is reserved in that commit, which is made durable before it returns; a pool that covers it costs no sync', () => {
+    add(CA, 100);
+    const a = new Allocator(db, { reserveBatch: 8 });
+    const v = vdisk('d', 50);
+    const first = db.lazy(() => {
+      const [l] = runLocations(a.allocate(v, 1));
+      db.insertAllocatedRun(v, 0, CA, (l as Location).offset, 1);
+      return l;
+    });
+    expect(first.synced, 'the reservation came with it').to.equal(true);
+    expect(rows()).to.deep.equal([[CA, 0, 8]]);
+    const second = db.lazy(() => {
+      const [l] = runLocations(a.allocate(v, 1));
+      db.insertAllocatedRun(v, 1, CA, (l as Location).offset, 1);
+      return l;
+    });
+    expect(second.synced).to.equal(false);
+    expect(inRows([first.value as Location, second.value as Location])).to.equal(true);
+  });
+
+  it('a lazy commit that reserved and then rolled back leaves no pool behind it', () => {
+    add(CA, 100);
+    const a = new Allocator(db, { reserveBatch: 8 });
+    const v = vdisk('d', 50);
+    expect(() =>
+      db.lazy(() => {
+        a.allocate(v, 1);
+        throw new Error('change failed');
+      }),
+    ).to.throw('change failed');
+    a.reload(); // as TableChanges does after a failed transaction
+    expect(rows()).to.deep.equal([]);
+    expect(a.reservedFree(CA)).to.equal(0);
+    expect(() => a.allocate(v, 1, undefined, { lazy: true })).to.throw(UnreservedSpaceError);
   });
 
   it('non-lazy allocations use reserved space too; prepareLazy tops the pool up', () => {
