@@ -324,7 +324,7 @@ export class Allocator {
     const take = waterFill(spaces, count);
     // Before anything is taken, so a refusal takes nothing.
     const lazy = opts.lazy === true || this.#db.inLazyCommit;
-    if (lazy) this.#ensureReserved(take);
+    if (lazy) this.#ensureReserved(take, eligible);
     const order = [...spaces].sort((a, b) => (a.id < b.id ? -1 : 1));
     const out: AllocatedRun[] = [];
     for (const s of order) {
@@ -369,9 +369,11 @@ export class Allocator {
    * Makes sure each container's take lies in its reserved free space:
    * inside a lazy commit, a short pool gets a batch reserved in that commit,
    * which is then made durable before it returns (requireSync), before any
-   * agent sees it; else throws UnreservedSpaceError.
+   * agent sees it; else throws UnreservedSpaceError. The other containers
+   * of `eligible` low on reserved space get theirs in the same commit (the
+   * next allocations go there: one fsync for all).
    */
-  #ensureReserved(take: ReadonlyMap<string, number>): void {
+  #ensureReserved(take: ReadonlyMap<string, number>, eligible: readonly string[]): void {
     const short: string[] = [];
     let need = 0;
     for (const [id, n] of take) {
@@ -381,7 +383,11 @@ export class Allocator {
     }
     if (short.length === 0) return;
     if (this.#db.inLazyCommit && !this.#closed) {
-      this.#reserve(short, need);
+      const low = eligible.filter((id) => {
+        const s = this.#space.get(id);
+        return !short.includes(id) && s !== undefined && s.free > 0 && this.reservedFree(id) * 2 < this.#poolTarget(s);
+      });
+      this.#reserve([...short, ...low], need);
       this.#db.requireSync();
     }
     for (const id of short) {
@@ -694,7 +700,7 @@ export class Allocator {
         const spaces = x.ids.map((id) => this.#space.get(id)).filter((sp): sp is ContainerSpace => sp !== undefined);
         if (n > 0) for (const [id, k] of waterFill(spaces, n)) all.set(id, k);
       });
-      this.#ensureReserved(all);
+      this.#ensureReserved(all, eligible);
     }
     let p = 0;
     domains.forEach((x, i) => {

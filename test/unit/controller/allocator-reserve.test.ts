@@ -157,6 +157,28 @@ describe('controller allocator: durable reservations for lazy allocations', () =
     expect(inRows([first.value as Location, second.value as Location])).to.equal(true);
   });
 
+  it('the lazy commit that reserves for one container reserves for the other eligible ones too (one fsync for all)', () => {
+    add(CA, 100);
+    add(CB, 100);
+    const a = new Allocator(db, { reserveBatch: 8 });
+    const v = vdisk('d', 50);
+    const commit = (seg: number) =>
+      db.lazy(() => {
+        const [l] = runLocations(a.allocate(v, 1));
+        db.insertAllocatedRun(v, seg, (l as Location).containerId, (l as Location).offset, 1);
+        return l as Location;
+      });
+    const first = commit(0);
+    expect(first.synced).to.equal(true);
+    expect(rows()).to.deep.equal([
+      [CA, 0, 8],
+      [CB, 0, 8],
+    ]);
+    const second = commit(1);
+    expect(second.value.containerId, 'levelled to the other container').to.not.equal(first.value.containerId);
+    expect(second.synced).to.equal(false);
+  });
+
   it('a lazy commit that reserved and then rolled back leaves no pool behind it', () => {
     add(CA, 100);
     const a = new Allocator(db, { reserveBatch: 8 });
