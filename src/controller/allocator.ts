@@ -518,7 +518,8 @@ export class Allocator {
       }
       log.debug(`refilled free space reservations for lazy allocations: ${describe(changes)}`);
     } catch (e) {
-      log.warn(`refilling free space reservations failed: ${(e as Error).message}`);
+      // At shutdown the database may close under the fsync: nothing is lost (close ends the reservations).
+      if (!this.#closed) log.warn(`refilling free space reservations failed: ${(e as Error).message}`);
     } finally {
       this.#refilling = false;
     }
