@@ -453,10 +453,8 @@ export class ControllerDb {
   readonly #statements;
   /** relaxed() calls in progress: their commits run with synchronous = NORMAL, no durable point. */
   #relaxedDepth = 0;
-  /** Inside lazy(): a thin allocation's commit (the allocator hands out durably reserved space only). */
+  /** Inside lazy(): a thin allocation's commit. */
   #inLazy = false;
-  /** requireSync() was called in the lazy commit in progress: it is made durable before lazy() returns. */
-  #syncRequired = false;
   /** Told of every durable point: a FULL commit that wrote, or an fsync of the WAL (durability.ts). */
   readonly #durableListeners: (() => void)[] = [];
   /** An fd of `<db>-wal` for the group commit's fsync, with its inode (the file may be replaced). */
@@ -653,40 +651,24 @@ export class ControllerDb {
    * in one transaction with synchronous = NORMAL. Committed, it survives a
    * controller crash at once; it is durable against power loss only at the
    * next durable point (a FULL commit, or the group commit's fsync of the
-   * WAL, durability.ts), unless `fn` called requireSync(), which makes it
-   * durable before this returns (`synced`). Keeps the fault path free of
-   * fsyncs: SQLite cannot change the safety level inside a transaction,
-   * so the choice is made here, before it starts.
+   * WAL, durability.ts). Keeps the fault path free of fsyncs. SQLite cannot
+   * change the safety level inside a transaction, so the choice is made
+   * here, before it starts; what the commit allocates must lie in space
+   * reserved durably before it (Allocator.prepareLazy).
    */
-  lazy<T>(fn: () => T): { value: T; synced: boolean } {
+  lazy<T>(fn: () => T): T {
     if (this.sql.inTransaction) throw new Error('a lazy commit cannot join a transaction in progress');
-    this.#syncRequired = false;
     this.#inLazy = true;
-    let value: T;
     try {
-      value = this.relaxed(() => this.sql.transaction(fn)());
+      return this.relaxed(() => this.sql.transaction(fn)());
     } finally {
       this.#inLazy = false;
     }
-    if (!this.#syncRequired) return { value, synced: false };
-    this.#syncRequired = false;
-    this.syncNow();
-    return { value, synced: true };
   }
 
-  /** Inside a lazy commit (lazy()): only durably reserved space may be handed out. */
+  /** Inside a lazy commit (lazy()). */
   get inLazyCommit(): boolean {
     return this.#inLazy;
-  }
-
-  /**
-   * Called inside a lazy commit that wrote something that must be durable
-   * before anyone acts on the commit (a new space reservation, allocator.ts):
-   * lazy() then makes the commit durable before it returns.
-   */
-  requireSync(): void {
-    if (!this.#inLazy) throw new Error('requireSync outside a lazy commit');
-    this.#syncRequired = true;
   }
 
   /** Calls `listener` after every durable point (synchronously, in the same turn). */
