@@ -16,15 +16,17 @@
 // reservations: ranges of free space recorded durably before any of it is
 // handed out, so that after a power loss the space an agent may have
 // written through a lost commit is known (space-recovery.ts). Each
-// container a lazy allocation uses keeps a pool of its lowest free segments
-// reserved (where allocations go anyway, so placement is unchanged), in
-// batches: an allocation inside a lazy commit (ControllerDb.inLazyCommit)
-// that finds its pool short reserves a batch in that commit, which is then
-// made durable before it returns (ControllerDb.requireSync), before anyone
-// acts on it (prepareLazy does it ahead, outside any commit); a pool below
-// half is refilled off the fault path (written without an fsync, used only
-// once an fsync of the WAL made it durable). Reserved space stays in the
-// free map: non-lazy allocations (durable at commit) use it too.
+// container a lazy allocation may use keeps a pool of its lowest free
+// segments reserved (where allocations go anyway, so placement is
+// unchanged), in batches: prepareLazy, called before the lazy commit,
+// reserves with a FULL commit only when a pool is short (one fsync for every
+// container); a pool below half is refilled off the fault path (written
+// without an fsync, used only once an fsync of the WAL made it durable).
+// Inside a lazy commit (ControllerDb.inLazyCommit, or {lazy: true}) an
+// allocation takes only reserved space, or throws UnreservedSpaceError
+// taking nothing (TableChanges then commits the change FULL). Reserved
+// space stays in the free map: non-lazy allocations (durable at commit)
+// use it too.
 
 import type { ContainerRow, ControllerDb, Location, SpaceReservation, VdiskRow } from './db.js';
 import { containerDomains } from './domains.js';
@@ -324,7 +326,7 @@ export class Allocator {
     const take = waterFill(spaces, count);
     // Before anything is taken, so a refusal takes nothing.
     const lazy = opts.lazy === true || this.#db.inLazyCommit;
-    if (lazy) this.#ensureReserved(take, eligible);
+    if (lazy) this.#ensureReserved(take);
     const order = [...spaces].sort((a, b) => (a.id < b.id ? -1 : 1));
     const out: AllocatedRun[] = [];
     for (const s of order) {
@@ -365,33 +367,10 @@ export class Allocator {
     return opts.lazy === true && p !== null && p.vdiskId === vdisk.id ? p.eligible : this.eligibleContainers(vdisk);
   }
 
-  /**
-   * Makes sure each container's take lies in its reserved free space:
-   * inside a lazy commit, a short pool gets a batch reserved in that commit,
-   * which is then made durable before it returns (requireSync), before any
-   * agent sees it; else throws UnreservedSpaceError. The other containers
-   * of `eligible` low on reserved space get theirs in the same commit (the
-   * next allocations go there: one fsync for all).
-   */
-  #ensureReserved(take: ReadonlyMap<string, number>, eligible: readonly string[]): void {
-    const short: string[] = [];
-    let need = 0;
+  /** Throws UnreservedSpaceError when a container's take exceeds its reserved free space (prepareLazy reserves it ahead). */
+  #ensureReserved(take: ReadonlyMap<string, number>): void {
     for (const [id, n] of take) {
-      if (n === 0 || this.reservedFree(id) >= n) continue;
-      short.push(id);
-      need = Math.max(need, n);
-    }
-    if (short.length === 0) return;
-    if (this.#db.inLazyCommit && !this.#closed) {
-      const low = eligible.filter((id) => {
-        const s = this.#space.get(id);
-        return !short.includes(id) && s !== undefined && s.free > 0 && this.reservedFree(id) * 2 < this.#poolTarget(s);
-      });
-      this.#reserve([...short, ...low], need);
-      this.#db.requireSync();
-    }
-    for (const id of short) {
-      const n = take.get(id) ?? 0;
+      if (n === 0) continue;
       const reserved = this.reservedFree(id);
       if (reserved < n) throw new UnreservedSpaceError(id, n, reserved);
     }
@@ -694,14 +673,14 @@ export class Allocator {
     // domain's locations go to consecutive entries.
     const out: Location[][] = Array.from({ length: count }, () => []);
     if (opts.lazy === true || this.#db.inLazyCommit) {
-      // Reserved (or refused) before anything is taken: allocate checks per call, and an earlier domain's take would stay taken.
+      // Refused before anything is taken: allocate checks per call, and an earlier domain's take would stay taken.
       const all = new Map<string, number>();
       domains.forEach((x, i) => {
         const n = takes[i] as number;
         const spaces = x.ids.map((id) => this.#space.get(id)).filter((sp): sp is ContainerSpace => sp !== undefined);
         if (n > 0) for (const [id, k] of waterFill(spaces, n)) all.set(id, k);
       });
-      this.#ensureReserved(all, eligible);
+      this.#ensureReserved(all);
     }
     let p = 0;
     domains.forEach((x, i) => {

@@ -285,8 +285,6 @@ describe('durability through the controller: lazy deltas, SyncRequest, reconcili
       ctl.admin.AddExport({ vdisk: 'd', agent: a.name });
       await a.next((m) => m.body === 'tableFull');
     }
-    // Free space reserved durably ahead (allocator.ts): else the first allocation reserves it in its own commit, made durable at once (not lazy).
-    ctl.controller.allocator.prepareLazy(ctl.db.vdisk(v.id)!, 1);
     return { vdiskId: v.id, as };
   }
 
