@@ -116,6 +116,12 @@ export class AgentRegistry {
   readonly #startVersions: ReadonlyMap<string, number>;
   /** Agents registered in this run: a later registration keeps only what this run sent it. */
   readonly #registeredThisRun = new Set<string>();
+  /**
+   * Versions an agent kept from an earlier run that the database lost, by
+   * agent and vdisk: (above, upTo]. A SyncRequest for one is refused, even
+   * when this run has committed that number again.
+   */
+  readonly #lostVersions = new Map<string, Map<string, { above: number; upTo: number }>>();
   /** Registered links by agent name (the newest stream of each). */
   readonly #links = new Map<string, AgentLink>();
   /** Every open stream, registered or not. */
@@ -429,6 +435,7 @@ export class AgentRegistry {
         this.#onContainerUpdate(link, m.containerUpdate);
         return;
       case 'syncRequest':
+        if (this.#refuseLost(link, m.syncRequest)) return;
         if (to.syncRequest !== undefined) {
           to.syncRequest(link, m.syncRequest);
         } else {
@@ -525,12 +532,26 @@ export class AgentRegistry {
       const start = this.#startVersions.get(t.vdiskId);
       const lost = t.version > v.version || (firstThisRun && start !== undefined && t.version > start);
       if (!lost) continue;
+      let mine = this.#lostVersions.get(r.agentName);
+      if (mine === undefined) this.#lostVersions.set(r.agentName, (mine = new Map()));
+      mine.set(t.vdiskId, { above: start ?? v.version, upTo: t.version });
       log.warn(
         `agent ${r.agentName} holds vdisk ${v.name} (${v.id}) at table version ${t.version}, but the database had ${start ?? v.version} (now ${v.version}): versions lost in a power loss; raising the version above it and sending the full table`,
       );
       this.#db.event('agent', r.agentName, `holds vdisk ${v.name} at table version ${t.version}, database has ${v.version}: reconciled`);
       this.#handlers.newerThanDb?.(link, t.vdiskId, t.version);
     }
+  }
+
+  /** A SyncRequest for a version the agent kept from an earlier run and the database lost: answered ok=false. */
+  #refuseLost(link: AgentLink, r: SyncRequestMsg): boolean {
+    const lost = this.#lostVersions.get(link.name as string)?.get(r.vdiskId);
+    if (lost === undefined || r.version <= lost.above || r.version > lost.upTo) return false;
+    link.send({
+      body: 'syncReply',
+      syncReply: { requestId: r.requestId, ok: false, durableVersion: lost.above, reason: `vdisk ${r.vdiskId} table version ${r.version} was lost (the database had ${lost.above})` },
+    });
+    return true;
   }
 
   /** Null when the claim matches the registered container, else why not. */

@@ -44,6 +44,7 @@ import { closeSync, fstatSync, fsync, fsyncSync, openSync, statSync } from 'node
 import { MAX_COPIES, MappingTable, SegmentState, isSegmentState, stateHasLocation, type EntryInput } from '../table/index.js';
 import { migrate, type Sql } from './schema.js';
 import type { LuStateMsg } from '../wire/proto-types.js';
+import { log } from '../util/log.js';
 
 export type { Sql };
 
@@ -677,7 +678,14 @@ export class ControllerDb {
   }
 
   #durablePoint(): void {
-    for (const l of this.#durableListeners) l();
+    // After a commit that happened: a listener's failure must not look like the commit's.
+    for (const l of this.#durableListeners) {
+      try {
+        l();
+      } catch (err) {
+        log.error(`after a durable commit: ${(err as Error).message}`);
+      }
+    }
   }
 
   /**

@@ -31,7 +31,7 @@
 // made outside a transaction (which no hook sees) are picked up by a poll
 // whenever no lazy commit is pending.
 
-import { copyFileSync, existsSync, renameSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { log } from '../util/log.js';
 import type { SyncRequestMsg } from '../wire/proto-types.js';
@@ -99,18 +99,21 @@ export class Durability {
     this.#intervalMs = interval;
     const dir = opts.powerSnapshotDir ?? process.env[POWER_SNAPSHOT_ENV];
     this.#snapshotDir = dir === undefined || dir === '' ? null : dir;
-    db.onDurable(() => this.#durablePoint());
     if (this.#snapshotDir !== null) {
+      mkdirSync(this.#snapshotDir, { recursive: true });
       db.sql.pragma('wal_autocheckpoint = 0');
       const st = db.sql.prepare('SELECT total_changes()').pluck();
       this.#totalChanges = () => st.get() as number;
       log.warn(`power-loss simulation: the database is copied to ${this.#snapshotDir} at every durable point (${POWER_SNAPSHOT_ENV}; tests only)`);
-      this.#snapshot();
       this.#poll = setInterval(() => {
         if (this.#pending.size === 0 && this.#db.open && this.#totalChanges!() !== this.#snapshotChanges) this.#snapshot();
       }, SNAPSHOT_POLL_MS);
       this.#poll.unref();
     }
+    db.onDurable(() => this.#durablePoint());
+    // Lazy commits of an earlier run that survived its crash are in the WAL but maybe not on disk: durable now,
+    // before anything answers for them (SyncRequest). A durable point: the first power snapshot too.
+    db.syncNow();
   }
 
   get intervalMs(): number {
