@@ -13,6 +13,9 @@
 //   unconfirmed (an "orphan") until the controller answers for it, since a
 //   table sent after the controller lost that version (power loss) does not
 //   vouch for it. Concurrent flushes asking for one version share one request.
+//   ok=false (the controller lost the version): the flushes fail, and go on
+//   failing while the table holding it is installed; the orphan of the
+//   reconciling whole table fails once more, then it is settled.
 // - SyncChannel sends the requests over the controller link. Like a fault, a
 //   request is held while the controller is away and sent again on the next
 //   stream (same id); the device's hold timeout, not the channel, decides
@@ -75,6 +78,8 @@ export class LazyVersions {
   #confirmed = 0;
   /** A lazy version held when a whole table replaced the history, not yet answered for (0: none). */
   #orphan = 0;
+  /** The last version the controller said it lost (logged once). */
+  #reportedLost = 0;
   /** Requests in flight by version (a new flush joins the one for its version). */
   readonly #asks = new Map<number, Ask>();
 
@@ -181,18 +186,27 @@ export class LazyVersions {
       log.warn('controller answered a durability request with an older durable version', { vdisk: this.#name, id: this.vdiskId, version: v, durableVersion: r.durableVersion });
       return { kind: 'unanswered', reason: `controller says durable up to version ${r.durableVersion} only` };
     }
-    // Settled either way: the version is durable, or its loss is reported
-    // now (to every flush waiting) and not again.
-    if (v > this.#confirmed) this.#confirmed = v;
+    // An orphan is settled either way: durable, or its loss reported now
+    // (to every flush waiting) and not again; its table is gone already.
     if (this.#orphan !== 0 && this.#orphan <= v) this.#orphan = 0;
-    if (r.ok) return DURABLE;
+    if (r.ok) {
+      if (v > this.#confirmed) this.#confirmed = v;
+      return DURABLE;
+    }
+    // A version of the table still held stays unconfirmed: every flush
+    // under it fails (writes keep going to the lost allocations) until the
+    // controller's reconciling whole table replaces it (then once more, as
+    // an orphan, for the writes made in between).
     const reason = r.reason || 'the controller no longer has it';
-    log.error('thin allocation lost: table version not durable at the controller (power loss?); failing SYNCHRONIZE CACHE / FUA writes that needed it', {
-      vdisk: this.#name,
-      id: this.vdiskId,
-      version: v,
-      reason,
-    });
+    if (v !== this.#reportedLost) {
+      this.#reportedLost = v;
+      log.error('thin allocation lost: table version not durable at the controller (power loss?); failing SYNCHRONIZE CACHE and FUA writes that need it', {
+        vdisk: this.#name,
+        id: this.vdiskId,
+        version: v,
+        reason,
+      });
+    }
     return { kind: 'lost', reason };
   }
 }

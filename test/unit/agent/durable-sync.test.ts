@@ -305,8 +305,23 @@ describe('agent: VdiskDevice flush and FUA writes wait for lazy versions to be d
       expect(isSense(e, 0x03, 0x0c, 0x00), e.message).to.equal(true);
       expect(e.message).to.match(/version 2 lost/);
     }
-    // Reported once: the next flush completes.
+    // Still the table with the lost allocation: the next flush asks again and fails again.
+    const next = rejects(dev.flush());
+    await until(() => sync.asked.length === 2, 'the request again');
+    sync.asked[1]!.answer({ ok: false, durableVersion: 1, reason: 'version 2 lost' });
+    expect(isSense(await next, 0x03, 0x0c, 0x00)).to.equal(true);
+    // The controller reconciles with a whole durable table: the lost version is asked about once more
+    // (writes may have gone through it since), then the flushes complete.
+    const t3 = table(3);
+    lazy.wholeTable(3, false, dev.version);
+    await dev.installTable(t3);
+    const orphan = rejects(dev.flush());
+    await until(() => sync.asked.length === 3, 'the orphan request');
+    expect(sync.asked[2]!.version).to.equal(2);
+    sync.asked[2]!.answer({ ok: false, durableVersion: 3, reason: 'version 2 lost' });
+    expect(isSense(await orphan, 0x03, 0x0c, 0x00)).to.equal(true);
     await dev.flush();
+    expect(sync.asked).to.have.length(3);
   });
 
   it('many concurrent flushes and FUA writes share one request', async () => {
