@@ -81,6 +81,8 @@ export interface AgentOptions extends ClientOptions {
   /** CHAP for every target this agent serves and for discovery (agent-local, not from the controller). */
   iscsiAuth?: AgentIscsiAuth;
   softwareVersion?: string;
+  /** How long a lazily committed table version waits before it is asked about in the background (default BACKGROUND_ASK_MS; 0: never). */
+  backgroundSyncMs?: number;
 }
 
 /** One exported vdisk as the agent holds it. */
@@ -413,7 +415,7 @@ export class Agent {
       if (h !== undefined && h.exp.targetIqn !== '') continue;
       if (h === undefined) {
         let device: AgentDevice;
-        const lazy = new LazyVersions(e.vdiskId, this.#syncSink, e.vdiskName);
+        const lazy = new LazyVersions(e.vdiskId, { sink: this.#syncSink, name: e.vdiskName, backgroundAskMs: this.#opts.backgroundSyncMs });
         try {
           const table = placeholderTable({
             segmentCount: Math.ceil(e.size / e.segmentSize),
@@ -488,6 +490,7 @@ export class Agent {
   }
 
   async #closeDevice(h: ServedVdisk): Promise<void> {
+    h.lazy.close();
     try {
       await h.device.close();
     } catch (err) {

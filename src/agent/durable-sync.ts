@@ -53,12 +53,23 @@ export type SyncOutcome =
 
 const DURABLE: SyncOutcome = { kind: 'durable' };
 
+/**
+ * A lazy version not confirmed this long after it came is asked about in
+ * the background (once per vdisk per interval): by then the controller's
+ * group commit (1 s by default) has usually made it durable, so the answer
+ * costs it nothing, and a later flush or FUA write need not ask, nor wait
+ * out the hold timeout if the controller is away by then.
+ */
+export const BACKGROUND_ASK_MS = 1000;
+
 /** One request in flight, shared by every flush that needs its version. */
 interface Ask {
   readonly version: number;
   readonly outcome: Promise<SyncOutcome>;
   readonly abort: AbortController;
   waiters: number;
+  /** Of the waiters, flushes (not the background ask): only they can be told of a loss. */
+  flushes: number;
   settled: boolean;
 }
 
@@ -68,10 +79,20 @@ export interface SyncWait {
   leave(): void;
 }
 
+export interface LazyVersionsOptions {
+  /** Where requests go; without one (a controller that commits nothing lazily) there is nothing to ask. */
+  sink?: SyncSink;
+  /** The vdisk's name, for logs. */
+  name?: string;
+  /** The background ask's delay (default BACKGROUND_ASK_MS); 0: none. */
+  backgroundAskMs?: number;
+}
+
 export class LazyVersions {
   readonly vdiskId: string;
   readonly #sink: SyncSink | undefined;
   readonly #name: string;
+  readonly #backgroundMs: number;
   /** Highest version that came lazy (noted before it is installed; 0: none). */
   #lazy = 0;
   /** Every version up to this one is known durable at the controller. */
@@ -82,12 +103,16 @@ export class LazyVersions {
   #reportedLost = 0;
   /** Requests in flight by version (a new flush joins the one for its version). */
   readonly #asks = new Map<number, Ask>();
+  /** The background ask: its timer, or its request in flight. */
+  #bgTimer: NodeJS.Timeout | null = null;
+  #bgWait: SyncWait | null = null;
+  #closed = false;
 
-  /** Without a sink (a controller that commits nothing lazily) there is nothing to ask. */
-  constructor(vdiskId: string, sink?: SyncSink, name?: string) {
+  constructor(vdiskId: string, opts: LazyVersionsOptions = {}) {
     this.vdiskId = vdiskId;
-    this.#sink = sink;
-    this.#name = name ?? vdiskId;
+    this.#sink = opts.sink;
+    this.#name = opts.name ?? vdiskId;
+    this.#backgroundMs = opts.backgroundAskMs ?? BACKGROUND_ASK_MS;
   }
 
   /**
@@ -114,6 +139,7 @@ export class LazyVersions {
   /** A delta that came with lazy=true is about to be applied: noted before, so no I/O under it can miss it. */
   lazyDelta(toVersion: number): void {
     if (toVersion > this.#lazy) this.#lazy = toVersion;
+    if (this.#bgTimer === null && this.#bgWait === null) this.#background();
   }
 
   /** A delta that came with lazy=false was applied: its version and every earlier one are durable. */
@@ -132,6 +158,7 @@ export class LazyVersions {
     if (held > this.#confirmed && held > this.#orphan) this.#orphan = held;
     if (lazy) {
       if (version > this.#lazy) this.#lazy = version;
+      if (this.#bgTimer === null && this.#bgWait === null) this.#background();
     } else if (version > this.#confirmed) {
       this.#confirmed = version;
     }
@@ -142,10 +169,11 @@ export class LazyVersions {
    * flight for it. The caller must `leave()` when it stops waiting; the
    * request is given up once nobody waits.
    */
-  wait(version: number): SyncWait {
+  wait(version: number, background = false): SyncWait {
     let ask = this.#asks.get(version);
     if (ask === undefined) ask = this.#ask(version);
     ask.waiters++;
+    if (!background) ask.flushes++;
     const a = ask;
     let left = false;
     return {
@@ -153,6 +181,7 @@ export class LazyVersions {
       leave: () => {
         if (left) return;
         left = true;
+        if (!background) a.flushes--;
         if (--a.waiters > 0 || a.settled) return;
         // Nobody waits any more (hold timeouts, device closed): forget it.
         a.settled = true;
@@ -162,6 +191,36 @@ export class LazyVersions {
     };
   }
 
+  /** Stops the background ask (the export is gone, or the agent stops). */
+  close(): void {
+    this.#closed = true;
+    if (this.#bgTimer !== null) clearTimeout(this.#bgTimer);
+    this.#bgTimer = null;
+    const w = this.#bgWait;
+    this.#bgWait = null;
+    w?.leave();
+  }
+
+  /** Arms the background ask of the newest lazy version (not of an orphan: its loss must reach a flush). */
+  #background(): void {
+    if (this.#sink === undefined || this.#closed || this.#backgroundMs <= 0) return;
+    this.#bgTimer = setTimeout(() => {
+      this.#bgTimer = null;
+      const v = this.#lazy;
+      if (v <= this.#confirmed || this.#closed) return;
+      const w = this.wait(v, true);
+      this.#bgWait = w;
+      void w.outcome.then((o) => {
+        if (this.#bgWait !== w) return;
+        this.#bgWait = null;
+        w.leave();
+        // Lost or unanswered: the flushes ask (and are told) themselves.
+        if (o.kind === 'durable' && this.#lazy > this.#confirmed) this.#background();
+      });
+    }, this.#backgroundMs);
+    this.#bgTimer.unref();
+  }
+
   #ask(version: number): Ask {
     const abort = new AbortController();
     const sink = this.#sink;
@@ -169,7 +228,7 @@ export class LazyVersions {
       sink === undefined
         ? Promise.resolve(new Error('no controller to ask'))
         : sink.sync(this.vdiskId, version, abort.signal).catch((e: unknown) => (e instanceof Error ? e : new Error(String(e))));
-    const ask: Ask = { version, abort, waiters: 0, settled: false, outcome: asked.then((r) => this.#answered(ask, r)) };
+    const ask: Ask = { version, abort, waiters: 0, flushes: 0, settled: false, outcome: asked.then((r) => this.#answered(ask, r)) };
     this.#asks.set(version, ask);
     return ask;
   }
@@ -186,13 +245,14 @@ export class LazyVersions {
       log.warn('controller answered a durability request with an older durable version', { vdisk: this.#name, id: this.vdiskId, version: v, durableVersion: r.durableVersion });
       return { kind: 'unanswered', reason: `controller says durable up to version ${r.durableVersion} only` };
     }
-    // An orphan is settled either way: durable, or its loss reported now
-    // (to every flush waiting) and not again; its table is gone already.
-    if (this.#orphan !== 0 && this.#orphan <= v) this.#orphan = 0;
     if (r.ok) {
       if (v > this.#confirmed) this.#confirmed = v;
+      if (this.#orphan !== 0 && this.#orphan <= v) this.#orphan = 0;
       return DURABLE;
     }
+    // An orphan's loss is settled once told to the flushes waiting (its
+    // table is gone already), and not again; a background ask tells no one.
+    if (this.#orphan !== 0 && this.#orphan <= v && ask.flushes > 0) this.#orphan = 0;
     // A version of the table still held stays unconfirmed: every flush
     // under it fails (writes keep going to the lost allocations) until the
     // controller's reconciling whole table replaces it (then once more, as

@@ -48,7 +48,7 @@ async function firstWrite(stream: FakeStream, ini: RawInitiator, data: Buffer): 
 
 describe('agent daemon: flushes and FUA writes wait for lazily committed allocations', function () {
   this.timeout(30_000);
-  const fx = useRig({ holdTimeoutMs: 5000 });
+  const fx = useRig({ holdTimeoutMs: 5000, backgroundSyncMs: 0 });
 
   async function login(): Promise<RawInitiator> {
     const i = await loginTo(fx.rig.port);
@@ -158,5 +158,45 @@ describe('agent daemon: flushes and FUA writes wait for lazily committed allocat
     expect((await stream.take('tableAck')).tableAck.version).to.equal(3);
     expect((await ini.scsi(syncCache10())).status).to.equal(0);
     expect(await stream.none('syncRequest', 200)).to.equal(true);
+  });
+});
+
+describe('agent daemon: a lazily committed version is confirmed in the background', function () {
+  this.timeout(30_000);
+  const fx = useRig({ holdTimeoutMs: 5000, backgroundSyncMs: 100 });
+
+  it('asks once on its own; once answered, SYNCHRONIZE CACHE and FUA writes need not ask (nor the controller be there)', async () => {
+    const { stream } = await fx.ctl.accept();
+    await exportDisk(stream);
+    const ini = await loginTo(fx.rig.port);
+    fx.initiators.push(ini);
+    expect((await firstWrite(stream, ini, pattern(1, 0x38))).status).to.equal(0);
+    const req = await stream.take('syncRequest');
+    expect(req.syncRequest).to.include({ vdiskId: VDISK_ID, version: 2 });
+    expect(fx.rig.agent.heldIos, 'no I/O waits for it').to.equal(0);
+    stream.send({ body: 'syncReply', syncReply: { requestId: req.syncRequest.requestId, ok: true, durableVersion: 2, reason: '' } });
+    await until(() => fx.rig.agent.syncs.held === 0, 5000, 'the answer');
+    await fx.ctl.stop();
+    await until(() => !fx.rig.agent.link.connected, 5000, 'the agent to notice');
+    expect((await ini.scsi(write10Fua(3 * BPS + 1, 1), { write: pattern(1, 0x39) })).status).to.equal(0);
+    expect((await ini.scsi(syncCache10())).status).to.equal(0);
+  });
+
+  it('a lost version found in the background still fails the next SYNCHRONIZE CACHE', async () => {
+    const { stream } = await fx.ctl.accept();
+    await exportDisk(stream);
+    const ini = await loginTo(fx.rig.port);
+    fx.initiators.push(ini);
+    expect((await firstWrite(stream, ini, pattern(1, 0x3a))).status).to.equal(0);
+    const bg = await stream.take('syncRequest');
+    stream.send({ body: 'syncReply', syncReply: { requestId: bg.syncRequest.requestId, ok: false, durableVersion: 1, reason: 'database at version 1' } });
+    await until(() => fx.rig.agent.syncs.held === 0, 5000, 'the answer');
+    const sync = ini.scsi(syncCache10());
+    const req = await stream.take('syncRequest');
+    expect(req.syncRequest).to.include({ vdiskId: VDISK_ID, version: 2 });
+    stream.send({ body: 'syncReply', syncReply: { requestId: req.syncRequest.requestId, ok: false, durableVersion: 1, reason: 'database at version 1' } });
+    const r = await sync;
+    expect(r.status).to.equal(2);
+    expect(senseOf(r)).to.deep.equal([0x03, 0x0c, 0x00]);
   });
 });

@@ -117,7 +117,7 @@ describe('agent: lazy table versions (LazyVersions)', () => {
 
   it('keeps a lazy version held when a whole table replaces it, until the controller answers for it', async () => {
     const sink = new FakeSyncSink();
-    const lv = new LazyVersions(VDISK, sink);
+    const lv = new LazyVersions(VDISK, { sink, backgroundAskMs: 0 });
     lv.wholeTable(1, false, 0);
     lv.lazyDelta(2);
     // E.g. the controller lost version 2 (power loss) and reconciled with version 3.
@@ -133,7 +133,7 @@ describe('agent: lazy table versions (LazyVersions)', () => {
 
   it('gives the request up once nobody waits for it', async () => {
     const sink = new FakeSyncSink();
-    const lv = new LazyVersions(VDISK, sink);
+    const lv = new LazyVersions(VDISK, { sink, backgroundAskMs: 0 });
     lv.lazyDelta(5);
     const a = lv.wait(5);
     const b = lv.wait(5);
@@ -149,9 +149,27 @@ describe('agent: lazy table versions (LazyVersions)', () => {
     expect(sink.asked).to.have.length(2);
   });
 
+  it('asks in the background about the newest lazy version, once per interval, and stops when closed', async () => {
+    const sink = new FakeSyncSink();
+    const lv = new LazyVersions(VDISK, { sink, backgroundAskMs: 20 });
+    lv.wholeTable(1, false, 0);
+    lv.lazyDelta(2);
+    lv.lazyDelta(3);
+    await until(() => sink.asked.length === 1, 'the background ask');
+    expect(sink.asked[0]!.version).to.equal(3);
+    lv.lazyDelta(4);
+    sink.asked[0]!.answer({ ok: true });
+    await until(() => lv.confirmed === 3, 'the answer');
+    await until(() => sink.asked.length === 2, 'the next background ask');
+    expect(sink.asked[1]!.version).to.equal(4);
+    lv.close();
+    expect(sink.asked[1]!.signal.aborted, 'given up at close').to.equal(true);
+    expect(lv.due(4)).to.equal(4);
+  });
+
   it('does not take an ok below the version asked for as durability', async () => {
     const sink = new FakeSyncSink();
-    const lv = new LazyVersions(VDISK, sink);
+    const lv = new LazyVersions(VDISK, { sink, backgroundAskMs: 0 });
     lv.lazyDelta(5);
     const w = lv.wait(5);
     sink.asked[0]!.answer({ ok: true, durableVersion: 4 });
@@ -216,7 +234,7 @@ describe('agent: VdiskDevice flush and FUA writes wait for lazy versions to be d
 
   function make(holdTimeoutMs = 5000): VdiskDevice {
     sync = new FakeSyncSink();
-    lazy = new LazyVersions(VDISK, sync, 'thin0');
+    lazy = new LazyVersions(VDISK, { sink: sync, name: 'thin0', backgroundAskMs: 0 });
     lazy.wholeTable(1, false, 0);
     dev = new VdiskDevice({ vdiskId: VDISK, table: table(1), containers: fx.resolver, faults: new FakeSink(), holdTimeoutMs, lazyVersions: lazy });
     return dev;
@@ -382,7 +400,7 @@ describe('agent: VdiskDevice flush and FUA writes wait for lazy versions to be d
   it('through the wire channel: held while the controller is away, answered on the next stream', async () => {
     const link = new FakeLink();
     const channel = new SyncChannel(link);
-    lazy = new LazyVersions(VDISK, wireSyncSink(channel), 'thin0');
+    lazy = new LazyVersions(VDISK, { sink: wireSyncSink(channel), name: 'thin0', backgroundAskMs: 0 });
     lazy.wholeTable(1, false, 0);
     dev = new VdiskDevice({ vdiskId: VDISK, table: table(1), containers: fx.resolver, faults: new FakeSink(), holdTimeoutMs: 5000, lazyVersions: lazy });
     await lazyAllocation();
