@@ -81,7 +81,7 @@ export interface AgentOptions extends ClientOptions {
   /** CHAP for every target this agent serves and for discovery (agent-local, not from the controller). */
   iscsiAuth?: AgentIscsiAuth;
   softwareVersion?: string;
-  /** How long a lazily committed table version waits before it is asked about in the background (default BACKGROUND_ASK_MS; 0: never). */
+  /** How long a lazily committed table version waits before it is asked about in the background (default BACKGROUND_ASK_MS, 100 ms; 0: never). */
   backgroundSyncMs?: number;
 }
 

@@ -55,12 +55,14 @@ const DURABLE: SyncOutcome = { kind: 'durable' };
 
 /**
  * A lazy version not confirmed this long after it came is asked about in
- * the background (once per vdisk per interval): by then the controller's
- * group commit (1 s by default) has usually made it durable, so the answer
- * costs it nothing, and a later flush or FUA write need not ask, nor wait
- * out the hold timeout if the controller is away by then.
+ * the background (once per vdisk per interval, so a burst of allocations
+ * costs one request and one group commit): then a later flush or FUA write
+ * need not ask, nor wait out the hold timeout if the controller is away by
+ * then. Every exporter of the vdisk learns this way, not only the one whose
+ * initiator flushes. Shorter than the controller's durable interval (1 s):
+ * the controller makes the version durable when asked, a little early.
  */
-export const BACKGROUND_ASK_MS = 1000;
+export const BACKGROUND_ASK_MS = 100;
 
 /** One request in flight, shared by every flush that needs its version. */
 interface Ask {
