@@ -249,12 +249,14 @@ export class LazyVersions {
     }
     if (r.ok) {
       if (v > this.#confirmed) this.#confirmed = v;
-      if (this.#orphan !== 0 && this.#orphan <= v) this.#orphan = 0;
+      // Only an answer for the orphan itself: one for a newer version of the
+      // table now held says nothing of a version the controller may have lost.
+      if (this.#orphan === v) this.#orphan = 0;
       return DURABLE;
     }
     // An orphan's loss is settled once told to the flushes waiting (its
     // table is gone already), and not again; a background ask tells no one.
-    if (this.#orphan !== 0 && this.#orphan <= v && ask.flushes > 0) this.#orphan = 0;
+    if (this.#orphan === v && ask.flushes > 0) this.#orphan = 0;
     // A version of the table still held stays unconfirmed: every flush
     // under it fails (writes keep going to the lost allocations) until the
     // controller's reconciling whole table replaces it (then once more, as

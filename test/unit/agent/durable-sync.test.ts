@@ -131,6 +131,31 @@ describe('agent: lazy table versions (LazyVersions)', () => {
     expect(lv.due(3), 'reported once, then settled').to.equal(0);
   });
 
+  it('an answer for a newer version does not settle the orphan: only one for the orphan itself', async () => {
+    const sink = new FakeSyncSink();
+    const lv = new LazyVersions(VDISK, { sink, backgroundAskMs: 0 });
+    lv.wholeTable(1, false, 0);
+    lv.lazyDelta(2);
+    lv.wholeTable(3, true, 2);
+    lv.lazyDelta(4);
+    const newer = lv.wait(4, true);
+    sink.asked[0]!.answer({ ok: true });
+    expect((await newer.outcome).kind).to.equal('durable');
+    newer.leave();
+    expect(lv.due(4)).to.equal(2);
+    // A lost answer seen by no flush (the background ask) does not settle it either.
+    const bg = lv.wait(2, true);
+    sink.asked[1]!.answer({ ok: false, reason: 'lost' });
+    expect((await bg.outcome).kind).to.equal('lost');
+    bg.leave();
+    expect(lv.due(4)).to.equal(2);
+    const flush = lv.wait(2);
+    sink.asked[2]!.answer({ ok: false, reason: 'lost' });
+    expect((await flush.outcome).kind).to.equal('lost');
+    flush.leave();
+    expect(lv.due(4)).to.equal(0);
+  });
+
   it('gives the request up once nobody waits for it', async () => {
     const sink = new FakeSyncSink();
     const lv = new LazyVersions(VDISK, { sink, backgroundAskMs: 0 });
