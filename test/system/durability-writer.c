@@ -8,8 +8,10 @@
  *   durability-writer URL TAG RUN SEED OPS DEPTH BLOCKS FIRST COUNT STRIDE SYNC_EVERY FUA_PERMILLE
  *
  * Each write covers BLOCKS 512-byte blocks at an LBA that is a multiple of
- * BLOCKS in [FIRST, FIRST+COUNT): random (seeded by SEED) when STRIDE is 0,
- * else FIRST, FIRST+STRIDE, ... in turn. No write overlaps one in flight, so
+ * BLOCKS in [FIRST, FIRST+COUNT): when STRIDE is 0, random (seeded by SEED)
+ * in a window from FIRST that grows with the writes issued to all of it by
+ * the last one (a fill: first writes to new segments all along the run, among
+ * overwrites), else FIRST, FIRST+STRIDE, ... in turn. No write overlaps one in flight, so
  * completion order is the order of the data. After every SYNC_EVERY writes
  * issued (0: never) one SYNCHRONIZE CACHE(10) of the whole LUN is issued,
  * alongside the writes; FUA_PERMILLE of the writes are WRITE(16) with FUA.
@@ -187,7 +189,9 @@ int main(int argc, char **argv) {
 				if (overlaps(lba)) break;
 			} else {
 				int tries = 0;
-				do lba = first + (xorshift(&rng) % slots_in_range) * blocks;
+				uint64_t window = slots_in_range * (issued + 1) / ops;
+				if (window == 0) window = 1;
+				do lba = first + (xorshift(&rng) % window) * blocks;
 				while (overlaps(lba) && ++tries < 100);
 				if (tries >= 100) break;
 			}

@@ -37,7 +37,7 @@ const SEED = envInt('TABULA_DURABILITY_SEED', 18);
 
 const SEG_BLOCKS = (1 << 20) / BLOCK;
 /** Segments each random round writes in, fresh ones, so that every round allocates. */
-const REGION = 8;
+const REGION = 16;
 /** Segments after the random rounds' regions, for the scenarios written by hand. */
 const SPARE = 8;
 const VDISK_SEGS = (ROUNDS + POWER_ROUNDS) * REGION + SPARE;
@@ -109,6 +109,8 @@ interface WriterRun {
 
 /** Crashes while some writer was still writing, of all crashes (so a run that missed them shows). */
 const crashes = { during: 0, all: 0 };
+/** How long the writers ran, for the report. */
+const writerMs: number[] = [];
 
 function countCrash(ws: readonly WriterRun[]): void {
   crashes.all++;
@@ -147,6 +149,7 @@ async function finishWriters(ws: WriterRun[]): Promise<Map<string, { syncFailure
   for (const w of ws) {
     const r = await w.done;
     if (r.exitCode !== 0 || !/^END$/m.test(r.stdout)) throw new Error(`writer of ${w.vdisk}: ${describeRun(r)}`);
+    writerMs.push(r.durationMs);
     const m = model(w.vdisk);
     const before = m.goodWrites;
     const f = m.ingest(r.stdout);
@@ -207,7 +210,7 @@ async function expectConsistent(c: Cluster): Promise<void> {
 
 function report(what: string): void {
   const parts = VDISKS.map((v) => `${v.name} ${model(v.name).goodWrites} GOOD / ${model(v.name).durableWrites} durable`);
-  process.stdout.write(`      ${what}: ${parts.join(', ')}; ${crashes.during} of ${crashes.all} crashes while writing\n`);
+  process.stdout.write(`      ${what}: ${parts.join(', ')}; ${crashes.during} of ${crashes.all} crashes while writing; writers ran ${writerMs.map((ms) => (ms / 1000).toFixed(1)).join(', ')} s\n`);
 }
 
 /** One write of the test's own, tagged as the writers do, FUA when asked; the model records it (durable only if FUA). */
@@ -247,9 +250,10 @@ describe('system: thin allocation durability at every crash point', function () 
   it(`controller SIGKILL during a thin fill (${ROUNDS} rounds, ${KILLS} kills each): every block reported GOOD reads back, check clean`, async function () {
     const c = cluster();
     for (let round = 0; round < ROUNDS; round++) {
-      const ws = startWriters(c, round * REGION, 1500);
+      const ws = startWriters(c, round * REGION, 3000);
       for (let k = 0; k < KILLS; k++) {
-        await sleep(200 + rand() * 1500);
+        // Unhindered, the writers take a second or so: the crashes land in it.
+        await sleep(50 + rand() * 500);
         countCrash(ws);
         await processCrash(c, 100 + rand() * 900);
       }
@@ -268,8 +272,8 @@ describe('system: thin allocation durability at every crash point', function () 
   it(`power loss during a thin fill (${POWER_ROUNDS} rounds): synced and FUA blocks read back, others their data or zeros, never another vdisk's; agents reconciled; check clean`, async function () {
     const c = cluster();
     for (let round = 0; round < POWER_ROUNDS; round++) {
-      const ws = startWriters(c, (ROUNDS + round) * REGION, 1500);
-      await sleep(300 + rand() * 1500);
+      const ws = startWriters(c, (ROUNDS + round) * REGION, 3000);
+      await sleep(100 + rand() * 800);
       countCrash(ws);
       await powerLoss(c, 100 + rand() * 900);
       const f = await finishWriters(ws);
