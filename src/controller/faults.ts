@@ -526,6 +526,8 @@ export class FaultManager {
           }
         },
         (r) => this.#answerBehind(c, r),
+        // A thin allocation commits lazily: durable by the group commit, or when an agent syncs (durability.ts).
+        { lazy: kind === 'allocate' },
       );
       return null;
     } catch (err) {
