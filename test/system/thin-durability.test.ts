@@ -14,7 +14,7 @@
 // TABULA_DURABILITY_ROUNDS / _POWER_ROUNDS / _KILLS (rounds of each kind, kills
 // per round) and TABULA_DURABILITY_SEED make longer or other runs on demand.
 import { expect } from 'chai';
-import { copyFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeRun, runBounded, type RunResult } from '../support/bounded-run.js';
 import { BLOCK, decodeBlock, describeContent, encodeBlocks, VdiskModel, type BlockContent, type CrashKind } from '../support/durability-model.js';
@@ -45,6 +45,8 @@ const VDISK_SEGS = (ROUNDS + POWER_ROUNDS) * REGION + SPARE;
 const CONTAINER_SEGS = 2 * VDISK_SEGS + 16;
 /** The controller's group commit interval under test (its default). */
 const DURABLE_INTERVAL_MS = 1000;
+/** The longest it may be: lazy allocations then stay not durable through a hand-made power loss. */
+const LONG_INTERVAL_MS = 60_000;
 
 const VDISKS = [
   { name: 'd1', tag: 1, writer: 'a' },
@@ -66,10 +68,15 @@ function model(name: string): VdiskModel {
   return m;
 }
 
-/** Flags for a controller whose lazy allocations stay not durable until a SYNC (the test's hand-made power losses). */
+/**
+ * Flags for a controller whose lazy allocations become durable at most
+ * `durableIntervalMs` after they commit (controller.durable-interval, which
+ * only the configuration file sets).
+ */
 function controllerArgs(durableIntervalMs: number): string[] {
-  void durableIntervalMs;
-  return [];
+  const file = join(snapDir, '..', `controller-${durableIntervalMs}.yaml`);
+  writeFileSync(file, `controller:\n  durable-interval: ${durableIntervalMs / 1000}\n`);
+  return ['--config', file];
 }
 
 async function startController(c: Cluster, durableIntervalMs = DURABLE_INTERVAL_MS): Promise<void> {
@@ -101,6 +108,7 @@ async function powerLoss(c: Cluster, downMs: number, durableIntervalMs = DURABLE
 }
 
 interface WriterRun {
+  run: number;
   vdisk: string;
   agent: string;
   done: Promise<RunResult>;
@@ -137,17 +145,19 @@ function startWriters(c: Cluster, region: number, ops: number): WriterRun[] {
       '40',
       '30',
     ];
-    const w: WriterRun = { vdisk: v.name, agent: v.writer, done: runBounded(writer, args, { timeoutMs: 150_000, maxCapture: 64 << 20 }), finished: false };
+    const w: WriterRun = { run, vdisk: v.name, agent: v.writer, done: runBounded(writer, args, { timeoutMs: 150_000, maxCapture: 64 << 20 }), finished: false };
     void w.done.finally(() => (w.finished = true));
     return w;
   });
 }
 
 /** Waits for the writers and takes in their logs; returns the failed syncs and writes, per vdisk. */
-async function finishWriters(ws: WriterRun[]): Promise<Map<string, { syncFailures: string[]; writeFailures: string[]; good: number }>> {
+async function finishWriters(c: Cluster, ws: WriterRun[]): Promise<Map<string, { syncFailures: string[]; writeFailures: string[]; good: number }>> {
   const out = new Map<string, { syncFailures: string[]; writeFailures: string[]; good: number }>();
   for (const w of ws) {
     const r = await w.done;
+    // Kept with the cluster's logs when a test fails: which writes were GOOD, synced, FUA.
+    writeFileSync(join(c.dir, `writer-${w.run}-${w.vdisk}.log`), r.stdout);
     if (r.exitCode !== 0 || !/^END$/m.test(r.stdout)) throw new Error(`writer of ${w.vdisk}: ${describeRun(r)}`);
     writerMs.push(r.durationMs);
     const m = model(w.vdisk);
@@ -257,7 +267,7 @@ describe('system: thin allocation durability at every crash point', function () 
         countCrash(ws);
         await processCrash(c, 100 + rand() * 900);
       }
-      const f = await finishWriters(ws);
+      const f = await finishWriters(c, ws);
       for (const [vdisk, x] of f) {
         expect(x.good, `GOOD writes of ${vdisk} in round ${round}`).to.be.greaterThan(0);
         // A process crash loses nothing committed: no SYNCHRONIZE CACHE may fail.
@@ -276,7 +286,7 @@ describe('system: thin allocation durability at every crash point', function () 
       await sleep(100 + rand() * 800);
       countCrash(ws);
       await powerLoss(c, 100 + rand() * 900);
-      const f = await finishWriters(ws);
+      const f = await finishWriters(c, ws);
       for (const [vdisk, x] of f) {
         for (const s of x.syncFailures) expect(s, `a failed SYNCHRONIZE CACHE on ${vdisk}`).to.equal('CHECK 03/0c/00');
       }
@@ -323,7 +333,7 @@ describe('system: thin allocation durability at every crash point', function () 
     const c = cluster();
     // A controller whose lazy allocations become durable only on a SYNC: nothing else makes them so here.
     await c.killController();
-    await startController(c, 600_000);
+    await startController(c, LONG_INTERVAL_MS);
     await expectConsistent(c);
     const base = (ROUNDS + POWER_ROUNDS) * REGION + 1;
     const s1 = await LunSession.open(c.agent('a').portal, iqnOf('d1'));
@@ -345,7 +355,7 @@ describe('system: thin allocation durability at every crash point', function () 
       // d1: the SYNCHRONIZE CACHE waits for a controller that comes back without the allocation.
       const held = s1.sync(120_000);
       await sleep(500);
-      await powerLoss(c, 200, 600_000);
+      await powerLoss(c, 200, LONG_INTERVAL_MS);
       const r1 = await held;
       expect(r1.status, `held SYNCHRONIZE CACHE on d1: ${describeIo(r1)}`).to.equal(CHECK_CONDITION);
       expect(senseText(r1.sense)).to.equal('03/0c/00');
