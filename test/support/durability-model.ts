@@ -163,6 +163,14 @@ export class VdiskModel {
     }
   }
 
+  /** Write `id` completed GOOD and a SYNCHRONIZE CACHE after it too. */
+  makeDurable(id: number): void {
+    const w = this.#writes.get(id);
+    if (w === undefined || !w.rec.good) throw new Error(`write ${id} is not known GOOD`);
+    if (!w.rec.durable) this.#durableCount++;
+    w.rec.durable = true;
+  }
+
   /**
    * Why block `lba` may not read back as `c` after a crash of `kind`
    * (undefined: it may). Blocks nobody wrote must read zeros.
