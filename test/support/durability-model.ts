@@ -198,10 +198,13 @@ export class VdiskModel {
   }
 
   /**
-   * After a check: what each block was found to hold becomes its only
-   * history, durable, so that the next round is judged from there.
+   * After a check: what each block was found to hold (`found`: every block
+   * that did not read zeros) becomes its only history, durable, so that the
+   * next round is judged from there.
    */
   settle(found: ReadonlyMap<number, BlockContent>): void {
+    // Blocks not found (zeros) have no history left.
+    for (const lba of [...this.#blocks.keys()]) if (!found.has(lba)) this.#blocks.delete(lba);
     for (const [lba, c] of found) {
       if (c.kind !== 'data') {
         this.#blocks.delete(lba);
