@@ -43,4 +43,13 @@ describe('durability-model (the thin durability test judge)', () => {
     expect(m.judge(24, block(1, 24, 4), 'power')).to.equal(undefined);
     expect(m.durableWrites).to.equal(2);
   });
+
+  it('settle: what was read becomes the only history, zeros included', () => {
+    const m = new VdiskModel('v', 1);
+    m.ingest([`WI ${id(1)} 0 1 1`, `W ${id(1)} GOOD`, `WI ${id(2)} 8 1 1`, `W ${id(2)} GOOD`].join('\n'));
+    expect(m.judge(0, ZERO, 'power')).to.match(/durable/);
+    m.settle(new Map([[8, block(1, 8, 2)]]));
+    expect(m.judge(0, ZERO, 'power')).to.equal(undefined);
+    expect(m.judge(8, ZERO, 'power')).to.match(/durable/);
+  });
 });
