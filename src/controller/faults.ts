@@ -70,7 +70,7 @@ import { containerDomains } from './domains.js';
 import type { AgentLink } from './agent-link.js';
 import { isOverdue, type AgentCommands } from './agent-commands.js';
 import type { AgentRegistry } from './agent-registry.js';
-import type { CommitResult, TableChanges } from './table-changes.js';
+import type { ChangeContext, CommitResult, TableChanges } from './table-changes.js';
 import type { WriteBehind } from './write-behind.js';
 import type { Allocator } from './allocator.js';
 import { Sense as ScsiSense, type Asc } from '../scsi/sense.js';
@@ -260,11 +260,30 @@ interface SegmentCase {
   leaseTimer?: NodeJS.Timeout;
 }
 
+/**
+ * Allocations of one vdisk made in one table change: every case that decides
+ * `allocate` while the batch has not run yet joins it (cases released by the
+ * same quiesce decide in the same turn), so faults that queued behind a
+ * change are answered from one commit, one delta and one ack instead of one
+ * each, in turn.
+ */
+interface AllocBatch {
+  members: { c: SegmentCase; seen: SegmentState }[];
+  /** The change ran (or failed): a later case starts a new batch. */
+  closed: boolean;
+  /** Per member (by case), the failure to answer with; absent: allocated (or left for the next round). */
+  failed: Map<SegmentCase, Decision>;
+  /** Settles once the change is acked; rejects with what the change threw. */
+  done?: Promise<void>;
+}
+
 export class FaultManager {
   readonly #host: FaultHost;
   readonly #cases = new Map<string, SegmentCase>();
   /** When each vdisk's degraded allocation was last logged. */
   readonly #degradedLogged = new Map<string, number>();
+  /** The allocation batch of each vdisk still open to joiners. */
+  readonly #allocBatches = new Map<string, AllocBatch>();
 
   constructor(host: FaultHost) {
     this.#host = host;
@@ -495,42 +514,77 @@ export class FaultManager {
     if (debugEnabled()) log.debug(`vdisk ${c.vdiskId} segment ${c.seg}: write owner is now agent ${name} (${agent})`);
   }
 
-  /** Performs the one table change; null on success, else the failure to answer with. */
+  /**
+   * Performs the one table change; null on success (or when the state moved
+   * meanwhile: the next round looks again), else the failure to answer with.
+   * An allocation joins the vdisk's open batch (AllocBatch) when there is
+   * one: one change allocates for every case in it.
+   */
   async #act(c: SegmentCase, kind: 'allocate' | 'make-writable', seen: SegmentState): Promise<Decision | null> {
     const host = this.#host;
+    const open = kind === 'allocate' ? this.#allocBatches.get(c.vdiskId) : undefined;
+    if (open !== undefined && !open.closed && open.done !== undefined) {
+      open.members.push({ c, seen });
+      await open.done;
+      return open.failed.get(c) ?? null;
+    }
+    const batch: AllocBatch = { members: [{ c, seen }], closed: false, failed: new Map() };
+    const close = (): void => {
+      batch.closed = true;
+      if (this.#allocBatches.get(c.vdiskId) === batch) this.#allocBatches.delete(c.vdiskId);
+    };
+    if (kind === 'allocate') this.#allocBatches.set(c.vdiskId, batch);
+    batch.done = (async () => {
+      try {
+        await host.tables.changeTable(
+          c.vdiskId,
+          (ctx) => {
+            close();
+            for (const m of batch.members) this.#change(ctx, kind, m.c, m.seen, batch.failed);
+          },
+          (r) => {
+            for (const m of batch.members) this.#answerBehind(m.c, r);
+          },
+        );
+      } finally {
+        close();
+      }
+    })();
+    await batch.done;
+    return batch.failed.get(c) ?? null;
+  }
+
+  /** One case's part of the change (#act), inside its transaction; a failure to answer with goes in `failed`. */
+  #change(ctx: ChangeContext, kind: 'allocate' | 'make-writable', c: SegmentCase, seen: SegmentState, failed: Map<SegmentCase, Decision>): void {
+    const host = this.#host;
+    const row = host.db.segment(c.vdiskId, c.seg);
+    // The state may have moved while we queued for the vdisk: act only
+    // on the state we decided for, and let the next round look again.
+    if (row.state !== seen) return;
     try {
-      await host.tables.changeTable(
-        c.vdiskId,
-        (ctx) => {
-          const row = host.db.segment(c.vdiskId, c.seg);
-          // The state may have moved while we queued for the vdisk: act only
-          // on the state we decided for, and let the next round look again.
-          if (row.state !== seen) return;
-          if (kind === 'allocate' && ctx.vdisk.copies > 1) {
-            // One leg per copy, in distinct domains; fewer (degraded, rebuilt
-            // later) rather than a failed write while one domain has room.
-            const [first, ...legs] = ctx.allocateLegs(1, ctx.vdisk.copies)[0] ?? [];
-            if (first === undefined) throw new Error('allocator returned nothing');
-            if (legs.length + 1 < ctx.vdisk.copies) this.#degraded(ctx.vdisk, c.seg, legs.length + 1, 'allocated');
-            ctx.set(c.seg, SegmentState.Normal, first, legs);
-          } else if (kind === 'allocate') {
-            const [loc] = ctx.allocate(1);
-            if (loc === undefined) throw new Error('allocator returned nothing');
-            ctx.set(c.seg, SegmentState.Normal, loc);
-          } else if (row.containerId !== null && row.offset !== null) {
-            // Same primary: the extra legs stay. The write about to happen
-            // is what a stale leg of this segment misses (write intent, for
-            // its resync): recorded in the same transaction.
-            ctx.set(c.seg, SegmentState.Normal, { containerId: row.containerId, offset: row.offset });
-            host.db.markDirty(c.vdiskId, c.seg);
-          }
-        },
-        (r) => this.#answerBehind(c, r),
-      );
-      return null;
+      if (kind === 'allocate' && ctx.vdisk.copies > 1) {
+        // One leg per copy, in distinct domains; fewer (degraded, rebuilt
+        // later) rather than a failed write while one domain has room.
+        const [first, ...legs] = ctx.allocateLegs(1, ctx.vdisk.copies)[0] ?? [];
+        if (first === undefined) throw new Error('allocator returned nothing');
+        if (legs.length + 1 < ctx.vdisk.copies) this.#degraded(ctx.vdisk, c.seg, legs.length + 1, 'allocated');
+        ctx.set(c.seg, SegmentState.Normal, first, legs);
+      } else if (kind === 'allocate') {
+        const [loc] = ctx.allocate(1);
+        if (loc === undefined) throw new Error('allocator returned nothing');
+        ctx.set(c.seg, SegmentState.Normal, loc);
+      } else if (row.containerId !== null && row.offset !== null) {
+        // Same primary: the extra legs stay. The write about to happen
+        // is what a stale leg of this segment misses (write intent, for
+        // its resync): recorded in the same transaction.
+        ctx.set(c.seg, SegmentState.Normal, { containerId: row.containerId, offset: row.offset });
+        host.db.markDirty(c.vdiskId, c.seg);
+      }
     } catch (err) {
-      if (err instanceof ContainerFullError) return this.#outOfRoom(c.vdiskId, 1, err);
-      throw err;
+      // No room for this one (the allocator takes nothing before it throws):
+      // the others of the batch still get theirs.
+      if (!(err instanceof ContainerFullError)) throw err;
+      failed.set(c, this.#outOfRoom(c.vdiskId, 1, err));
     }
   }
 
