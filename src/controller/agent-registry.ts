@@ -23,6 +23,7 @@ import {
   type MalformedMessage,
   type Register,
   type Release,
+  type SyncRequestMsg,
   type TableAck,
   type TableRequest,
 } from '../wire/proto-types.js';
@@ -78,6 +79,15 @@ export interface AgentMessageHandlers {
   luRequest(link: AgentLink, r: LuRequest): void;
   /** An agent reports a container reachable: at Register, or in a ContainerUpdate where it was not before (a failed mirror leg may resync). */
   containerReachable?(containerId: string, agent: string): void;
+  /** An agent must promise durability of a vdisk's table up to a version (durability.ts answers with SyncReply). */
+  syncRequest?(link: AgentLink, r: SyncRequestMsg): void;
+  /**
+   * At Register, before `registered`: the agent holds `have` of the vdisk,
+   * above the database's version (a power loss took the versions between).
+   * Raises the vdisk's version above `have` (durably), so `registered` sends
+   * that agent the full table at the new version.
+   */
+  newerThanDb?(link: AgentLink, vdiskId: string, have: number): void;
 }
 
 /** Exporters away whose lease may still let them serve zero and no-write segments, and how long until it surely has not. */
@@ -409,6 +419,19 @@ export class AgentRegistry {
       case 'containerUpdate':
         this.#onContainerUpdate(link, m.containerUpdate);
         return;
+      case 'syncRequest':
+        if (to.syncRequest !== undefined) {
+          to.syncRequest(link, m.syncRequest);
+        } else {
+          // No durability tracking here: every commit was FULL, so every version the DB has is durable.
+          const v = this.#db.vdisk(m.syncRequest.vdiskId);
+          const ok = v !== undefined && v.version >= m.syncRequest.version;
+          link.send({
+            body: 'syncReply',
+            syncReply: { requestId: m.syncRequest.requestId, ok, durableVersion: v?.version ?? 0, reason: ok ? '' : `vdisk ${m.syncRequest.vdiskId} table version ${m.syncRequest.version} is not in the database` },
+          });
+        }
+        return;
       default: {
         const body: string = (m as { body: string }).body;
         log.error(`unknown message ${body} from ${link.label}`);
@@ -471,8 +494,27 @@ export class AgentRegistry {
     });
     // Before ExportSet and tables: a shared container is opened with O_DIRECT before it serves.
     this.#pushContainerSets();
+    this.#reconcileNewer(link, r);
     this.#handlers.registered(link, new Map(r.tables.map((t) => [t.vdiskId, t.version])));
     for (const c of accepted) if (c.reachable) this.#handlers.containerReachable?.(c.id, r.agentName);
+  }
+
+  /**
+   * Tables the agent kept at a version above the database's: the database
+   * lost those versions (restored to its last fsync after a power loss), and
+   * with them the lazy allocations they made. The agent gets the database's
+   * table at a version above its own (newerThanDb), so it drops what was lost.
+   */
+  #reconcileNewer(link: AgentLink, r: Register): void {
+    for (const t of r.tables) {
+      const v = this.#db.vdisk(t.vdiskId);
+      if (v === undefined || t.version <= v.version) continue;
+      log.warn(
+        `agent ${r.agentName} holds vdisk ${v.name} (${v.id}) at table version ${t.version}, above the database's ${v.version} (versions lost in a power loss): raising the version above it and sending the full table`,
+      );
+      this.#db.event('agent', r.agentName, `holds vdisk ${v.name} at table version ${t.version}, database has ${v.version}: reconciled`);
+      this.#handlers.newerThanDb?.(link, t.vdiskId, t.version);
+    }
   }
 
   /** Null when the claim matches the registered container, else why not. */

@@ -12,6 +12,7 @@
 //   scrubber.ts        zeroing freed container segments before reuse
 //   snapshots.ts       snapshots and clones (shared segments)
 //   lu-state.ts        each vdisk's SCSI LU state (reservations, unit attentions) for every path
+//   durability.ts      when lazily committed thin allocations become durable (group commit, SyncRequest)
 //
 // The managers see the controller through narrow interfaces (FaultHost,
 // MigrationHost, MirrorHost, SnapshotHost, ScrubHost) listing what each uses.
@@ -22,6 +23,7 @@ import type { ControllerDb } from './db.js';
 import type { AgentCall } from './agent-link.js';
 import { AgentCommands } from './agent-commands.js';
 import { AgentRegistry, DEFAULT_LEASE_MARGIN_MS, DEFAULT_LEASE_MS } from './agent-registry.js';
+import { Durability } from './durability.js';
 import { Exports } from './exports.js';
 import { FaultManager, type FaultHost } from './faults.js';
 import { LuStates } from './lu-state.js';
@@ -60,6 +62,8 @@ export interface ControllerOptions {
   rebuildDelayMs?: number;
   /** How often the rebuild looks for degraded segments and expired stale legs (rebuild.ts, DEFAULT_REBUILD_SCAN_MS). */
   rebuildScanMs?: number;
+  /** A lazily committed thin allocation is durable against power loss at most this long after it (durability.ts, DEFAULT_DURABLE_INTERVAL_MS). */
+  durableIntervalMs?: number;
 }
 
 export class Controller implements FaultHost, MigrationHost, MirrorHost, SnapshotHost, ScrubHost {
@@ -68,6 +72,8 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
   readonly allocator: Allocator;
   /** Acked versions, the fault log and last-seen times, written off the path of the messages they follow. */
   readonly writeBehind: WriteBehind;
+  /** Lazy commits (thin allocations) not yet durable: group commit, SyncRequest answers. */
+  readonly durability: Durability;
   readonly agents: AgentRegistry;
   readonly tables: TableChanges;
   readonly exports: Exports;
@@ -99,6 +105,7 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
     this.id = opts.controllerId ?? randomUUID();
     const ackTimeoutMs = opts.ackTimeoutMs ?? 3000;
     this.writeBehind = new WriteBehind(db);
+    this.durability = new Durability(db, opts.durableIntervalMs === undefined ? {} : { intervalMs: opts.durableIntervalMs });
     this.allocator = new Allocator(db);
     // The registry hands each message to the part that owns it.
     this.agents = new AgentRegistry(
@@ -133,6 +140,8 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
         release: (link, r) => this.tables.onRelease(link, r),
         luRequest: (link, r) => this.lu.onRequest(link, r),
         containerReachable: (id) => this.mirrors.containerReachable(id),
+        syncRequest: (link, r) => this.durability.onSyncRequest(link, r),
+        newerThanDb: (_link, vdiskId, have) => this.tables.raiseVersionAbove(vdiskId, have),
       },
     );
     // A settled change (or an agent back with the current table) lets held faults act.
@@ -145,6 +154,7 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
       scrub: (locs) => this.scrubber.add(locs),
       settled,
       fenced: (vdiskId) => this.portGroups.recheckVdisk(vdiskId),
+      durability: this.durability,
     });
     this.lu = new LuStates(db, this.tables);
     this.exports = new Exports(db, this.agents, this.tables, ackTimeoutMs, settled);
@@ -195,5 +205,7 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
     this.agents.close();
     // The faults just dropped, while the database is still open.
     this.writeBehind.flush();
+    // Lazy commits still pending become durable before the database closes.
+    this.durability.close();
   }
 }

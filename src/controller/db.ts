@@ -35,6 +35,7 @@
 //   (every leg of every entry) plus those of stale legs.
 
 import Database from 'better-sqlite3';
+import { closeSync, fstatSync, fsync, fsyncSync, openSync, statSync } from 'node:fs';
 import { MAX_COPIES, MappingTable, SegmentState, isSegmentState, stateHasLocation, type EntryInput } from '../table/index.js';
 import { migrate, type Sql } from './schema.js';
 import type { LuStateMsg } from '../wire/proto-types.js';
@@ -437,6 +438,17 @@ export class ControllerDb {
   readonly path: string;
   /** Statements prepared once, when the database opens. */
   readonly #statements;
+  /** relaxed() calls in progress: their commits run with synchronous = NORMAL, no durable point. */
+  #relaxedDepth = 0;
+  /** Inside lazy(): a thin allocation's commit (the allocator hands out durably reserved space only). */
+  #inLazy = false;
+  /** requireSync() was called in the lazy commit in progress: it is made durable before lazy() returns. */
+  #syncRequired = false;
+  /** Told of every durable point: a FULL commit that wrote, or an fsync of the WAL (durability.ts). */
+  readonly #durableListeners: (() => void)[] = [];
+  /** An fd of `<db>-wal` for the group commit's fsync, with its inode (the file may be replaced). */
+  #wal: { fd: number; ino: number } | null = null;
+  readonly #totalChanges;
 
   constructor(path: string) {
     this.path = path;
@@ -449,6 +461,7 @@ export class ControllerDb {
     this.sql.pragma('busy_timeout = 5000');
     migrate(this.sql);
     const p = (q: string) => this.sql.prepare(q);
+    this.#totalChanges = p('SELECT total_changes()').pluck();
     this.#statements = {
       container: p('SELECT * FROM containers WHERE id = ?'),
       containers: p('SELECT * FROM containers ORDER BY added, id'),
@@ -570,6 +583,10 @@ export class ControllerDb {
   }
 
   close(): void {
+    if (this.#wal !== null) {
+      closeSync(this.#wal.fd);
+      this.#wal = null;
+    }
     if (this.sql.open) this.sql.close();
   }
 
@@ -583,9 +600,19 @@ export class ControllerDb {
     await this.sql.backup(path);
   }
 
-  /** Runs `fn` in one transaction (nested calls join the outer one). */
+  /**
+   * Runs `fn` in one transaction (nested calls join the outer one). An
+   * outer one that wrote, outside relaxed() and lazy(), is a durable point
+   * (synchronous = FULL: its commit fsynced the WAL, and with it every
+   * earlier commit, the WAL being one sequential file).
+   */
   tx<T>(fn: () => T): T {
-    return this.sql.transaction(fn)();
+    if (this.sql.inTransaction || this.#relaxedDepth > 0) return this.sql.transaction(fn)();
+    const before = this.#totalChanges.get() as number;
+    const r = this.sql.transaction(fn)();
+    // A transaction that wrote nothing synced nothing.
+    if ((this.#totalChanges.get() as number) !== before) this.#durablePoint();
+    return r;
   }
 
   /**
@@ -597,12 +624,117 @@ export class ControllerDb {
    */
   relaxed<T>(fn: () => T): T {
     if (this.sql.inTransaction) return fn();
+    // Not a prepared statement: SQLite applies this pragma when it compiles it.
     this.sql.pragma('synchronous = NORMAL');
+    this.#relaxedDepth++;
     try {
       return fn();
     } finally {
+      this.#relaxedDepth--;
       this.sql.pragma('synchronous = FULL');
     }
+  }
+
+  /**
+   * A thin allocation's commit (issue 18, docs/architecture.md): `fn` runs
+   * in one transaction with synchronous = NORMAL. Committed, it survives a
+   * controller crash at once; it is durable against power loss only at the
+   * next durable point (a FULL commit, or the group commit's fsync of the
+   * WAL, durability.ts), unless `fn` called requireSync(), which makes it
+   * durable before this returns (`synced`). Keeps the fault path free of
+   * fsyncs: SQLite cannot change the safety level inside a transaction,
+   * so the choice is made here, before it starts.
+   */
+  lazy<T>(fn: () => T): { value: T; synced: boolean } {
+    if (this.sql.inTransaction) throw new Error('a lazy commit cannot join a transaction in progress');
+    this.#syncRequired = false;
+    this.#inLazy = true;
+    let value: T;
+    try {
+      value = this.relaxed(() => this.sql.transaction(fn)());
+    } finally {
+      this.#inLazy = false;
+    }
+    if (!this.#syncRequired) return { value, synced: false };
+    this.#syncRequired = false;
+    this.syncNow();
+    return { value, synced: true };
+  }
+
+  /** Inside a lazy commit (lazy()): only durably reserved space may be handed out. */
+  get inLazyCommit(): boolean {
+    return this.#inLazy;
+  }
+
+  /**
+   * Called inside a lazy commit that wrote something that must be durable
+   * before anyone acts on the commit (a new space reservation, allocator.ts):
+   * lazy() then makes the commit durable before it returns.
+   */
+  requireSync(): void {
+    if (!this.#inLazy) throw new Error('requireSync outside a lazy commit');
+    this.#syncRequired = true;
+  }
+
+  /** Calls `listener` after every durable point (synchronously, in the same turn). */
+  onDurable(listener: () => void): void {
+    this.#durableListeners.push(listener);
+  }
+
+  #durablePoint(): void {
+    for (const l of this.#durableListeners) l();
+  }
+
+  /**
+   * The WAL's fd, opened once and again when the file was replaced (a new
+   * inode); null when there is no -wal file. fsync on any fd of the file
+   * flushes all of it: every frame SQLite wrote (write(2), even with
+   * synchronous = NORMAL) before the call.
+   */
+  #walFd(): number | null {
+    const walPath = `${this.path}-wal`;
+    const st = statSync(walPath, { throwIfNoEntry: false });
+    if (st === undefined) return null;
+    if (this.#wal !== null && this.#wal.ino === st.ino) return this.#wal.fd;
+    if (this.#wal !== null) closeSync(this.#wal.fd);
+    this.#wal = null;
+    const fd = openSync(walPath, 'r+');
+    this.#wal = { fd, ino: fstatSync(fd).ino };
+    return fd;
+  }
+
+  /**
+   * Group commit: fsyncs the WAL off the event loop. Every commit made
+   * before the call is durable once it resolves true; commits made while it
+   * runs may not be. Resolves false when there is no -wal file (the caller
+   * falls back to syncNow()). Tells no durable-point listener: only the
+   * caller knows which commits came before (durability.ts).
+   */
+  fsyncWal(): Promise<boolean> {
+    const fd = this.#walFd();
+    if (fd === null) return Promise.resolve(false);
+    return new Promise((resolve, reject) => fsync(fd, (err) => (err ? reject(err) : resolve(true))));
+  }
+
+  /**
+   * Makes every commit so far durable, synchronously, and is a durable
+   * point: an fsync of the WAL, or without a -wal file a FULL commit of a
+   * write that changes nothing (the header's application id, set to itself).
+   */
+  syncNow(): void {
+    const fd = this.#walFd();
+    if (fd !== null) {
+      fsyncSync(fd);
+    } else {
+      const id = this.sql.pragma('application_id', { simple: true }) as number;
+      this.sql.pragma(`application_id = ${id}`);
+    }
+    this.#durablePoint();
+  }
+
+  /** The vdisk's version, raised to `version` (durably: a FULL commit) if it was lower; false when it was not or the vdisk is gone. */
+  raiseVersion(vdiskId: string, version: number): boolean {
+    return this.tx(() => this.sql.prepare('UPDATE vdisks SET version = ? WHERE id = ? AND version < ?').run(version, vdiskId, version).changes > 0);
   }
 
   // ---- LU state (one logical unit on every path) ----

@@ -545,6 +545,8 @@ export class FaultManager {
           (r) => {
             for (const m of batch.members) this.#answerBehind(m.c, r);
           },
+          // A thin allocation commits lazily: durable by the group commit, or when an agent syncs (durability.ts).
+          { lazy: kind === 'allocate' },
         );
       } finally {
         close();

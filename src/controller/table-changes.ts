@@ -44,6 +44,25 @@ export interface CommitResult {
   touchesNormal: boolean;
   /** The LU state and unit attentions this version carries (lu-state.ts), if it changed them. */
   lu?: LuChange;
+  /** Committed lazily and not yet durable against power loss: the delta goes out with lazy=true. */
+  lazy?: boolean;
+}
+
+/** How a change commits. */
+export interface CommitOptions {
+  /**
+   * Lazily (a thin allocation, issue 18): synchronous = NORMAL, no fsync of
+   * its own (ControllerDb.lazy); durable by the group commit within the
+   * durable interval, or sooner when an agent asks (SyncRequest,
+   * durability.ts). Everything else commits FULL.
+   */
+  lazy?: boolean;
+}
+
+/** What table changes need of durability.ts: lazy versions not yet durable. */
+export interface LazyVersions {
+  committedLazily(vdiskId: string, version: number): void;
+  isPending(vdiskId: string, version: number): boolean;
 }
 
 /** What a change function may do inside its transaction. */
@@ -95,6 +114,8 @@ export interface TableChangeHooks {
   settled(vdiskId: string): void;
   /** An agent was fenced for the vdisk (its port group is unavailable). */
   fenced?(vdiskId: string): void;
+  /** Lazy commits not yet durable (durability.ts); without it, lazy commits are FULL. */
+  readonly durability?: LazyVersions;
 }
 
 export class TableChanges {
@@ -177,7 +198,7 @@ export class TableChanges {
    * vdisk, all synchronously. Returns null when the change changed nothing
    * (no version bump). Use through changeTable unless already serialized.
    */
-  commitAndSend(vdiskId: string, change: (c: ChangeContext) => void): CommitResult | null {
+  commitAndSend(vdiskId: string, change: (c: ChangeContext) => void, opts: CommitOptions = {}): CommitResult | null {
     const db = this.#db;
     // Cached before the commit: CommitResult.touchesNormal reads the previous states from it.
     this.table(vdiskId);
@@ -188,8 +209,10 @@ export class TableChanges {
     let lu: LuChange | undefined;
     const allocated: Location[] = [];
     let result: CommitResult | null;
+    const lazyVersions = opts.lazy === true ? this.#hooks.durability : undefined;
+    let lazy = false;
     try {
-      result = db.tx(() => {
+      const commit = (): CommitResult => {
         const vdisk = db.vdisk(vdiskId);
         if (!vdisk) throw new TableChangeError(`vdisk ${vdiskId} does not exist`);
         const version = db.bumpVersion(vdiskId);
@@ -245,7 +268,15 @@ export class TableChanges {
         const r: CommitResult = { vdiskId, fromVersion: vdisk.version, version, ranges: toRanges(changed), segmentCount: live.segmentCount, touchesNormal: false };
         if (lu !== undefined) r.lu = lu;
         return r;
-      });
+      };
+      if (lazyVersions === undefined) {
+        result = db.tx(commit);
+      } else {
+        const done = db.lazy(commit);
+        result = done.value;
+        // Made durable inside (a new space reservation came with it): as a FULL commit.
+        lazy = !done.synced;
+      }
     } catch (err) {
       // Allocations were taken from the in-memory free map; the rollback
       // undid them in the DB, so rebuild the map from it.
@@ -266,8 +297,32 @@ export class TableChanges {
       for (let s = first; s < end; s++) table.set(s, tableEntryOf(db, vdiskId, s));
     }
     table.setVersion(result.version);
+    if (lazy) {
+      result.lazy = true;
+      lazyVersions?.committedLazily(vdiskId, result.version);
+    }
     this.#send(result);
     return result;
+  }
+
+  /**
+   * An agent holds `have` of the vdisk, above the database's version (a
+   * power loss took the versions between, agent-registry.ts): the version
+   * jumps above it, durably (FULL), so no version number the agent saw
+   * means anything else, and the new version goes to every holder (an
+   * empty delta from the database's version, else the full table). Returns
+   * the new version, or null when the version is already above `have`.
+   * Synchronous, like commitAndSend, so it cannot interleave with a change.
+   */
+  raiseVersionAbove(vdiskId: string, have: number): number | null {
+    const table = this.table(vdiskId);
+    const from = table.version;
+    if (from > have) return null;
+    const version = have + 1;
+    if (!this.#db.raiseVersion(vdiskId, version)) return null;
+    table.setVersion(version);
+    this.#send({ vdiskId, fromVersion: from, version, ranges: [], segmentCount: table.segmentCount, touchesNormal: false });
+    return version;
   }
 
   /**
@@ -275,9 +330,14 @@ export class TableChanges {
    * `afterSend` runs once the new version is on its way to every holder and
    * before the acks are in (a fault answered right behind the delta).
    */
-  changeTable(vdiskId: string, change: (c: ChangeContext) => void, afterSend?: (r: CommitResult) => void): Promise<CommitResult | null> {
+  changeTable(
+    vdiskId: string,
+    change: (c: ChangeContext) => void,
+    afterSend?: (r: CommitResult) => void,
+    opts?: CommitOptions,
+  ): Promise<CommitResult | null> {
     return this.serialize(vdiskId, async () => {
-      const r = this.commitAndSend(vdiskId, change);
+      const r = this.commitAndSend(vdiskId, change, opts);
       if (r !== null) {
         afterSend?.(r);
         await this.awaitAcks(r);
@@ -303,6 +363,8 @@ export class TableChanges {
             segmentCount: r.segmentCount,
             extents: r.ranges.flatMap(([a, b]) => extentsIn(table, a, b)).map(wireExtent),
             ...(r.lu === undefined ? {} : { lu: r.lu }),
+            // Only when true: a durable delta is the bytes it always was.
+            ...(r.lazy === true ? { lazy: true } : {}),
           },
         });
         link.send(delta);
@@ -428,7 +490,7 @@ export class TableChanges {
     const t = this.table(vdiskId);
     if (link.readsTableRuns) {
       // Run form, in pieces of bounded size (proto/tabula.proto, TableFull).
-      const meta = { vdiskId, version: t.version, segmentSize: t.segmentSize, blockSize: t.blockSize, segmentCount: t.segmentCount, ...this.#luOf(vdiskId) };
+      const meta = { vdiskId, version: t.version, segmentSize: t.segmentSize, blockSize: t.blockSize, segmentCount: t.segmentCount, ...this.#luOf(vdiskId), ...this.#lazyOf(vdiskId, t.version) };
       const containers = [...t.containers];
       let prev: TableRuns | null = null;
       const sendPiece = (r: TableRuns, more: boolean): void => {
@@ -470,9 +532,15 @@ export class TableChanges {
         containers,
         extents: extents.map(wireExtent),
         ...this.#luOf(vdiskId),
+        ...this.#lazyOf(vdiskId, t.version),
       },
     });
     link.noteSent(vdiskId, t.version, true);
+  }
+
+  /** TableFull's lazy field: present (true) only while the version is not yet durable. */
+  #lazyOf(vdiskId: string, version: number): { lazy?: true } {
+    return this.#hooks.durability?.isPending(vdiskId, version) === true ? { lazy: true } : {};
   }
 
   /** TableFull's LU state field: the state as of the table's version (none set yet: absent, the empty state). */

@@ -133,7 +133,19 @@ export type AgentMessage =
   | { body: 'copyDone'; copyDone: CopyDone }
   | { body: 'release'; release: Release }
   | { body: 'luRequest'; luRequest: LuRequest }
-  | { body: 'containerUpdate'; containerUpdate: ContainerUpdate };
+  | { body: 'containerUpdate'; containerUpdate: ContainerUpdate }
+  | { body: 'syncRequest'; syncRequest: SyncRequestMsg };
+
+/**
+ * The agent must promise durability (SYNCHRONIZE CACHE, FUA) and holds
+ * `version` of the vdisk received lazy and not confirmed since; answered by
+ * SyncReply once every commit up to `version` is durable.
+ */
+export interface SyncRequestMsg {
+  requestId: number;
+  vdiskId: string;
+  version: number;
+}
 
 // ---- controller -> agent ----
 
@@ -214,6 +226,8 @@ export interface TableFull {
   more?: boolean;
   /** The LU state as of `version`; absent or null from a controller that keeps none. */
   luState?: LuStateMsg | null;
+  /** `version` is committed but not yet durable against power loss (every piece carries it); false/absent: durable, and every earlier version too. */
+  lazy?: boolean;
 }
 
 export interface TableDeltaMsg {
@@ -224,6 +238,8 @@ export interface TableDeltaMsg {
   extents: WireExtent[];
   /** What this version changed of the LU; absent = nothing. */
   lu?: LuChange | null;
+  /** toVersion is committed but not yet durable against power loss; false/absent: durable, and every earlier version too. */
+  lazy?: boolean;
 }
 
 export interface LuChange {
@@ -310,7 +326,18 @@ export type ControllerMessage =
   | { body: 'heartbeatReply'; heartbeatReply: HeartbeatReply }
   | { body: 'luReply'; luReply: LuReply }
   | { body: 'rescan'; rescan: Rescan }
-  | { body: 'containerSet'; containerSet: ContainerSet };
+  | { body: 'containerSet'; containerSet: ContainerSet }
+  | { body: 'syncReply'; syncReply: SyncReplyMsg };
+
+/** Answer to SyncRequest: ok when every commit up to the requested version is durable; not ok when the DB lost it or the vdisk is gone. */
+export interface SyncReplyMsg {
+  requestId: number;
+  ok: boolean;
+  /** The vdisk's highest durable version (>= the requested one when ok; 0 when the vdisk is gone). */
+  durableVersion: number;
+  /** Why not ok; '' when ok. */
+  reason: string;
+}
 
 /**
  * What the stream deserializer yields for bytes that do not decode (or

@@ -144,6 +144,8 @@ function tableDelta(d: TableDeltaMsg): Writer | null {
   if (!ascii(d.vdiskId) || !u64(d.fromVersion) || !u64(d.toVersion) || !u32(d.segmentCount) || !Array.isArray(d.extents)) return null;
   // A delta that carries LU state or unit attention events (rare: PROUT, RESERVE, resets) goes through protobufjs.
   if (d.lu !== undefined && d.lu !== null) return null;
+  const lazy = d.lazy;
+  if (lazy !== undefined && typeof lazy !== 'boolean') return null;
   const w = new Writer(64 + d.extents.length * 48);
   w.ascii(1, d.vdiskId);
   w.uint(2, d.fromVersion);
@@ -153,6 +155,13 @@ function tableDelta(d: TableDeltaMsg): Writer | null {
     const x = extent(e);
     if (x === null) return null;
     w.nested(5, x);
+  }
+  // `optional` (explicit presence): written when given, even false, as
+  // protobufjs does; the controller gives it only when true, so a durable
+  // delta is the same bytes as before lazy existed.
+  if (lazy !== undefined) {
+    w.varint(7 << 3);
+    w.varint(lazy ? 1 : 0);
   }
   return w;
 }
@@ -190,7 +199,7 @@ function tableFull(t: TableFull): Writer | null {
   if (!ascii(t.vdiskId) || !u64(t.version) || !u32(t.segmentSize) || !u32(t.blockSize) || !u32(t.segmentCount)) return null;
   if (!Array.isArray(t.containers) || !Array.isArray(t.extents) || !t.containers.every(ascii)) return null;
   const first = t.firstSegment ?? 0;
-  if (!u32(first) || (t.more !== undefined && typeof t.more !== 'boolean')) return null;
+  if (!u32(first) || (t.more !== undefined && typeof t.more !== 'boolean') || (t.lazy !== undefined && typeof t.lazy !== 'boolean')) return null;
   const runs = (t.runCounts?.length ?? 0) + (t.runLegContainers?.length ?? 0);
   const w = new Writer(64 + t.containers.length * 40 + t.extents.length * 48 + runs * 16);
   w.ascii(1, t.vdiskId);
@@ -214,6 +223,11 @@ function tableFull(t: TableFull): Writer | null {
   if (!packedU32(w, 9, t.runCounts) || !packedU32(w, 10, t.runStates) || !packedU32(w, 11, t.runContainers) || !packedU32(w, 12, t.runOffsets)) return null;
   w.uint(13, t.more === true ? 1 : 0);
   if (!packedU32(w, 20, t.runOwners) || !packedU32(w, 21, t.runLegCounts) || !packedU32(w, 22, t.runLegContainers) || !packedU32(w, 23, t.runLegOffsets)) return null;
+  // `optional`, as lazy in tableDelta: written when given.
+  if (t.lazy !== undefined) {
+    w.varint(24 << 3);
+    w.varint(t.lazy ? 1 : 0);
+  }
   return w;
 }
 
@@ -510,7 +524,8 @@ function readExtent(r: Reader): WireExtent {
 
 function readTableDelta(r: Reader): TableDeltaMsg {
   // Key order as protobufjs's toObject gives it (repeated fields first).
-  // `lu` (field 6, optional) is off this path: absent, protobufjs gives no key for it either.
+  // `lu` (field 6, optional) is off this path: absent, protobufjs gives no key for it either;
+  // nor for `lazy` (7, optional) when absent.
   const d: TableDeltaMsg = { extents: [], vdiskId: '', fromVersion: 0, toVersion: 0, segmentCount: 0 } as TableDeltaMsg;
   fields(r, 5, (no, wt) => {
     switch (no) {
@@ -536,6 +551,10 @@ function readTableDelta(r: Reader): TableDeltaMsg {
         d.extents.push(readExtent(new Reader(r.buf, start, end)));
         return;
       }
+      case 7:
+        expectWire(wt, 0);
+        d.lazy = r.varint() !== 0;
+        return;
       default:
         throw OFF_PATH;
     }
@@ -575,7 +594,7 @@ function readU32s(r: Reader, wt: number, out: number[]): void {
  * it. A message with LU state (rare) is off this path.
  */
 function readTableFull(r: Reader): TableFull {
-  // Every field as protobufjs's toObject gives it (defaults and arrays); lu_state (optional) absent.
+  // Every field as protobufjs's toObject gives it (defaults and arrays); lu_state and lazy (optional) absent unless given.
   const t: TableFull = {
     containers: [],
     extents: [],
@@ -597,6 +616,7 @@ function readTableFull(r: Reader): TableFull {
   };
   // Singular fields seen twice are off the path (protobufjs keeps the last); repeated ones append.
   let seen = 0;
+  let lazySeen = false;
   while (!r.done) {
     const tag = r.varint();
     const no = Math.floor(tag / 8);
@@ -638,6 +658,13 @@ function readTableFull(r: Reader): TableFull {
         continue;
       default:
         break;
+    }
+    if (no === 24) {
+      if (lazySeen) throw OFF_PATH;
+      lazySeen = true;
+      expectWire(wt, 0);
+      t.lazy = r.varint() !== 0;
+      continue;
     }
     if (no < 1 || no > 13 || no === 6 || no === 7 || no === 9 || no === 10 || no === 11 || no === 12) throw OFF_PATH;
     const bit = 1 << no;

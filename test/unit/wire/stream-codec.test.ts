@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import type protobuf from 'protobufjs';
 import { tryDecodeAgentMessage, tryDecodeControllerMessage, tryEncodeAgentMessage, tryEncodeControllerMessage } from '../../../src/wire/stream-codec.js';
 import { agentServiceDefinition, messageType } from '../../../src/wire/grpc.js';
-import type { AgentMessage, ControllerMessage } from '../../../src/wire/proto-types.js';
+import type { AgentMessage, ControllerMessage, TableDeltaMsg, TableFull } from '../../../src/wire/proto-types.js';
 
 // The hand-written codec must be indistinguishable from protobufjs: the same
 // bytes for what it encodes, the same objects (decode + toObject with the
@@ -209,6 +209,103 @@ describe('wire: Extent.owner on the hand-written path', () => {
       const back = tryDecodeControllerMessage(mine!);
       expect(back).to.deep.equal(pbDecode(C, mine!));
       expect((back as { tableDelta: { extents: { owner?: number }[] } }).tableDelta.extents[0]!.owner).to.equal(owner);
+    }
+  });
+});
+
+describe('wire: lazy (committed, not yet durable) tables and SyncRequest/SyncReply', () => {
+  const deltaMsg = (lazy?: boolean): TableDeltaMsg => ({
+    vdiskId: 'v',
+    fromVersion: 4,
+    toVersion: 5,
+    segmentCount: 9,
+    extents: [{ first: 2, count: 1, state: 0, container: 'c', offset: 3 }],
+    ...(lazy === undefined ? {} : { lazy }),
+  });
+  const delta = (lazy?: boolean): ControllerMessage => ({ body: 'tableDelta', tableDelta: deltaMsg(lazy) });
+  const fullMsg = (lazy: boolean | undefined, runs: boolean): TableFull => ({
+    vdiskId: 'v',
+    version: 7,
+    segmentSize: 1 << 20,
+    blockSize: 512,
+    segmentCount: 3,
+    containers: ['c'],
+    extents: runs ? [] : [{ first: 0, count: 3, state: 1, container: 'c', offset: 0 }],
+    ...(runs ? { firstSegment: 0, runCounts: [3], runStates: [1], runContainers: [1], runOffsets: [0], more: true } : {}),
+    ...(lazy === undefined ? {} : { lazy }),
+  });
+  const full = (lazy: boolean | undefined, runs: boolean): ControllerMessage => ({ body: 'tableFull', tableFull: fullMsg(lazy, runs) });
+  const BEFORE = '22140a0176100418052009' + '2a09' + '080210012201632803';
+
+  it('a durable delta (no lazy key, as the controller sends it) is the same bytes as before lazy existed, and decodes without the key', () => {
+    const bytes = tryEncodeControllerMessage(delta())!;
+    expect(bytes.toString('hex')).to.equal(BEFORE);
+    expect(pbEncode(C, delta()).toString('hex')).to.equal(BEFORE);
+    const back = tryDecodeControllerMessage(bytes) as { tableDelta: TableDeltaMsg };
+    expect(back).to.deep.equal(pbDecode(C, bytes));
+    expect(back.tableDelta).to.not.have.property('lazy');
+  });
+
+  it('lazy true or false encodes as protobufjs does (optional: written when given) and round-trips', () => {
+    // ControllerMessage.table_delta with lazy (field 7) = 1 at the end.
+    expect(tryEncodeControllerMessage(delta(true))!.toString('hex')).to.equal('22160a0176100418052009' + '2a09' + '080210012201632803' + '3801');
+    for (const lazy of [false, true]) {
+      const m = delta(lazy);
+      const mine = tryEncodeControllerMessage(m)!;
+      expect(mine.toString('hex'), String(lazy)).to.equal(pbEncode(C, m).toString('hex'));
+      const back = tryDecodeControllerMessage(mine) as { tableDelta: TableDeltaMsg };
+      expect(back).to.deep.equal(pbDecode(C, mine));
+      expect(back.tableDelta).to.deep.equal(deltaMsg(lazy));
+    }
+  });
+
+  it('a lazy full table, extents and run form, encodes and decodes as protobufjs does; a durable one is the bytes of before', () => {
+    for (const runs of [false, true]) {
+      const durable = tryEncodeControllerMessage(full(undefined, runs))!;
+      expect(durable.toString('hex')).to.equal(pbEncode(C, full(undefined, runs)).toString('hex'));
+      expect(tryDecodeControllerMessage(durable)).to.deep.equal(pbDecode(C, durable));
+      expect((tryDecodeControllerMessage(durable) as { tableFull: TableFull }).tableFull).to.not.have.property('lazy');
+      for (const lazy of [false, true]) {
+        const m = full(lazy, runs);
+        const mine = tryEncodeControllerMessage(m)!;
+        expect(mine.toString('hex'), `${runs} ${lazy}`).to.equal(pbEncode(C, m).toString('hex'));
+        const back = tryDecodeControllerMessage(mine) as { tableFull: TableFull };
+        expect(back).to.deep.equal(pbDecode(C, mine));
+        expect(back.tableFull.lazy).to.equal(lazy);
+      }
+    }
+  });
+
+  it('declines a lazy that is not a boolean, and lazy bytes off the plain path', () => {
+    expect(tryEncodeControllerMessage({ body: 'tableDelta', tableDelta: { ...deltaMsg(), lazy: 1 } } as unknown as ControllerMessage)).to.equal(null);
+    expect(tryEncodeControllerMessage({ body: 'tableFull', tableFull: { ...fullMsg(undefined, false), lazy: 'yes' } } as unknown as ControllerMessage)).to.equal(null);
+    const lazyDelta = tryEncodeControllerMessage(delta(true))!;
+    // lazy given twice (protobufjs keeps the last): off the path.
+    const twice = Buffer.concat([Buffer.from([0x22, lazyDelta[1]! + 2]), lazyDelta.subarray(2), Buffer.from('3800', 'hex')]);
+    expect(tryDecodeControllerMessage(twice)).to.equal(null);
+    expect((pbDecode(C, twice) as { tableDelta: TableDeltaMsg }).tableDelta.lazy).to.equal(false);
+    // lazy with the wrong wire type.
+    const wrong = Buffer.concat([Buffer.from([0x22, lazyDelta[1]!]), lazyDelta.subarray(2, lazyDelta.length - 2), Buffer.from('3a00', 'hex')]);
+    expect(tryDecodeControllerMessage(wrong)).to.equal(null);
+    const fullLazy = tryEncodeControllerMessage(full(true, true))!;
+    expect(fullLazy[1]! + 3).to.be.below(128);
+    const fullTwice = Buffer.concat([Buffer.from([0x1a, fullLazy[1]! + 3]), fullLazy.subarray(2), Buffer.from('c00100', 'hex')]);
+    expect(tryDecodeControllerMessage(fullTwice)).to.equal(null);
+    expect((pbDecode(C, fullTwice) as { tableFull: TableFull }).tableFull.lazy).to.equal(false);
+  });
+
+  it('SyncRequest and SyncReply round-trip through the stream (de)serializers', () => {
+    const connect = agentServiceDefinition().Connect!;
+    const req: AgentMessage = { body: 'syncRequest', syncRequest: { requestId: 2 ** 40, vdiskId: 'v', version: 12 } };
+    expect(tryEncodeAgentMessage(req)).to.equal(null);
+    expect(connect.requestDeserialize(connect.requestSerialize(req))).to.deep.equal(req);
+    for (const syncReply of [
+      { requestId: 3, ok: true, durableVersion: 12, reason: '' },
+      { requestId: 4, ok: false, durableVersion: 0, reason: 'vdisk v is gone' },
+    ]) {
+      const rep: ControllerMessage = { body: 'syncReply', syncReply };
+      expect(tryEncodeControllerMessage(rep)).to.equal(null);
+      expect(connect.responseDeserialize(connect.responseSerialize(rep))).to.deep.equal(rep);
     }
   });
 });
