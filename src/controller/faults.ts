@@ -236,9 +236,14 @@ export interface FaultHost {
   readonly mirrors?: Pick<MirrorManager, 'legFault'>;
 }
 
-/** A fault's row in the fault log, written behind (FaultHost.writeBehind): its id once inserted. */
+/**
+ * A fault's row in the fault log, written behind (FaultHost.writeBehind): its
+ * id once inserted; before that, the outcome the insert writes with it.
+ */
 interface FaultRecord {
   id: number | null;
+  outcome?: string;
+  detail?: string;
 }
 
 interface Waiter {
@@ -316,7 +321,8 @@ export class FaultManager {
       detail: f.detail,
     };
     this.#host.writeBehind.add(() => {
-      record.id = db.insertFault(row);
+      // Usually answered before this runs: one row written with its outcome, not an insert and an update.
+      record.id = db.insertFault(record.outcome === undefined ? row : { ...row, outcome: record.outcome, detail: record.detail ?? row.detail });
     });
     const w: Waiter = { link, fault: f, record, toldWait: false };
     const reject = (cause: FailureCause, why: string): void => {
@@ -389,11 +395,13 @@ export class FaultManager {
         const row = host.db.segment(c.vdiskId, c.seg);
         const locs = row.containerId !== null && row.offset !== null ? host.db.locationsOfSegment(c.vdiskId, c.seg) : [];
         const refcount = segmentRefcount(host.db, locs);
+        const owner = host.db.segmentOwner(c.vdiskId, c.seg);
         const dctx: DecideContext = {
           snapshot: vdisk.kind === 'snapshot',
           migrating: locs.some((l) => host.migrating.has(locKey(l))),
-          owner: host.db.segmentOwner(c.vdiskId, c.seg),
-          shared: host.db.exportsOfVdisk(c.vdiskId).length > 1,
+          owner,
+          // Read only where decide() looks at it (a CAW on an unowned segment): a query saved per first write.
+          shared: owner === 0 && c.waiters.some((w) => w.fault.op === IoOp.CompareAndWrite) && host.db.exportsOfVdisk(c.vdiskId).length > 1,
         };
         const numbers = new Map<AgentLink, number>();
         const agentOf = (w: Waiter): number => {
@@ -401,7 +409,8 @@ export class FaultManager {
           if (n === undefined) numbers.set(w.link, (n = host.db.agentNumber(w.link.name as string)));
           return n;
         };
-        let decisions = c.waiters.map((w) => decide(row.state, w.fault.op, refcount, { ...dctx, agent: agentOf(w), reported: w.fault.state }));
+        // The faulting agent's number matters only against an owner (decide()).
+        let decisions = c.waiters.map((w) => decide(row.state, w.fault.op, refcount, { ...dctx, agent: owner !== 0 ? agentOf(w) : 0, reported: w.fault.state }));
         let action = decisions.find(isAction);
         const away = action !== undefined ? host.agents.exportersInLease(c.vdiskId) : { agents: [], waitMs: 0 };
         if (away.agents.length > 0) {
@@ -472,7 +481,8 @@ export class FaultManager {
             }
             left.push(w);
           } else {
-            this.#reply(w, d);
+            // Same turn as the read of `vdisk` (no change since): its version is the one to name.
+            this.#reply(w, d, undefined, vdisk.version);
           }
         });
         c.waiters = left;
@@ -542,9 +552,7 @@ export class FaultManager {
             close();
             for (const m of batch.members) this.#change(ctx, kind, m.c, m.seen, batch.failed);
           },
-          (r) => {
-            for (const m of batch.members) this.#answerBehind(m.c, r);
-          },
+          (r) => this.#answerBehind(batch.members, r),
           // A thin allocation commits lazily: durable by the group commit, or when an agent syncs (durability.ts).
           { lazy: kind === 'allocate' },
         );
@@ -694,7 +702,7 @@ export class FaultManager {
           committed = true;
           for (const l of copied) kept.add(l);
         },
-        (r) => this.#answerBehind(c, r),
+        (r) => this.#answerBehind([{ c }], r),
       );
     } finally {
       for (const l of fresh) if (!overdue.has(l)) host.allocator.unreserve([l], !(committed && kept.has(l)));
@@ -736,25 +744,29 @@ export class FaultManager {
    * waits for it before the vdisk's next change. Saves the ack's round trip
    * (docs/architecture.md, "Retry behind the delta": RETRY means a newer table is on its way or already sent).
    */
-  #answerBehind(c: SegmentCase, r: CommitResult): void {
+  #answerBehind(members: readonly { c: SegmentCase }[], r: CommitResult): void {
     const host = this.#host;
-    if (!r.ranges.some(([first, end]) => c.seg >= first && c.seg < end)) return;
-    const sole = host.agents.soleHolder(c.vdiskId);
+    const sole = host.agents.soleHolder(r.vdiskId);
     if (sole === null) return;
-    const vdisk = host.db.vdisk(c.vdiskId);
-    const row = host.db.segment(c.vdiskId, c.seg);
-    if (!vdisk || row.state !== SegmentState.Normal) return;
-    const left: Waiter[] = [];
-    for (const w of c.waiters) {
-      const d = decide(row.state, w.fault.op, 1, { snapshot: vdisk.kind === 'snapshot' });
-      if (w.link === sole && d.kind === 'retry') this.#reply(w, d);
-      else left.push(w);
+    const vdisk = host.db.vdisk(r.vdiskId);
+    if (!vdisk) return;
+    for (const { c } of members) {
+      if (!r.ranges.some(([first, end]) => c.seg >= first && c.seg < end)) continue;
+      const row = host.db.segment(c.vdiskId, c.seg);
+      if (row.state !== SegmentState.Normal) continue;
+      const left: Waiter[] = [];
+      for (const w of c.waiters) {
+        const d = decide(row.state, w.fault.op, 1, { snapshot: vdisk.kind === 'snapshot' });
+        // r.version: the version just committed and sent, the one the agent must wait for.
+        if (w.link === sole && d.kind === 'retry') this.#reply(w, d, undefined, r.version);
+        else left.push(w);
+      }
+      c.waiters = left;
     }
-    c.waiters = left;
   }
 
-  #reply(w: Waiter, d: Decision, outcome?: string): void {
-    const version = this.#host.db.vdisk(w.fault.vdiskId)?.version ?? 0;
+  /** `version`: the vdisk's version when the caller knows it (else read from the DB). */
+  #reply(w: Waiter, d: Decision, outcome?: string, version = this.#host.db.vdisk(w.fault.vdiskId)?.version ?? 0): void {
     let action: FaultAction;
     let sense: Sense = [0, 0, 0];
     let reason = '';
@@ -783,6 +795,12 @@ export class FaultManager {
   #outcome(w: Waiter, outcome: string, detail: string): void {
     const db = this.#host.db;
     const record = w.record;
+    if (record.id === null) {
+      // Not inserted yet: the insert writes it (as setFaultOutcome would, a detail only when given).
+      record.outcome = outcome;
+      if (detail !== '') record.detail = detail;
+      return;
+    }
     this.#host.writeBehind.add(() => {
       if (record.id !== null) db.setFaultOutcome(record.id, outcome, detail);
     });

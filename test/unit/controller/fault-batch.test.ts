@@ -70,6 +70,26 @@ describe('controller: allocation faults of one vdisk batched into one table chan
     expect(offsets.size, 'distinct locations').to.equal(4);
     expect(ctl.db.containerSegmentsUsed(CA)).to.equal(4);
     expect(ctl.admin.Check({}).violations).to.deep.equal([]);
+    const log = ctl.admin.ListFaults({ vdisk: 'd' }).faults;
+    expect(log.map((f) => [f.segment, f.outcome]).sort()).to.deep.equal([
+      [0, 'retry'],
+      [1, 'retry'],
+      [2, 'retry'],
+      [2, 'retry'],
+      [5, 'retry'],
+    ]);
+  });
+
+  it('logs a fault answered WAIT and then RETRY once, with its last outcome and the reason it waited', async () => {
+    const { vdiskId, as } = await setup(['a1']);
+    const a = as[0]!;
+    await ctl.admin.SetSegmentState({ vdisk: 'd', first: 3, count: 1, state: SegmentState.Invalid });
+    const held = a.sendFault({ vdiskId, segment: 3, op: 0, state: SegmentState.Invalid });
+    expect((await held.reply(true)).action).to.equal(FaultAction.Wait);
+    expect(ctl.admin.ListFaults({ vdisk: 'd' }).faults.map((f) => [f.segment, f.outcome, f.detail])).to.deep.equal([[3, 'wait', 'segment is invalid']]);
+    await ctl.admin.SetSegmentState({ vdisk: 'd', first: 3, count: 1, state: SegmentState.Zero });
+    expect((await held.reply()).action).to.equal(FaultAction.Retry);
+    expect(ctl.admin.ListFaults({ vdisk: 'd' }).faults.map((f) => [f.segment, f.outcome, f.detail])).to.deep.equal([[3, 'retry', 'segment is invalid']]);
   });
 
   it('with several holders, answers the batch RETRY once every holder has acked it', async () => {
