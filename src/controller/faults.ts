@@ -3,7 +3,10 @@
 // the case looks at the segment's current state (the controller's table,
 // not the state the agent reported, which may be stale), performs at most
 // one table change at a time (allocate a zero segment, make a sole-owner
-// no-write segment writable), and then answers every waiting fault.
+// no-write segment writable), and then answers every waiting fault. The
+// allocations of every case of one vdisk that decide `allocate` together
+// (typically all those that queued behind the vdisk's previous change) are
+// one table change: one commit, one delta, one ack (AllocBatch).
 //
 // The decisions, in full (decide() and FAILURE below are this table in code):
 //
