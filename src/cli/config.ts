@@ -32,6 +32,7 @@ export function effectiveDocument(cfg: TabulaConfig): Record<string, unknown> {
       ...(cfg.controller.ackTimeoutSec !== undefined ? { 'ack-timeout': cfg.controller.ackTimeoutSec } : {}),
       ...(cfg.controller.holdTimeoutSec !== undefined ? { 'hold-timeout': cfg.controller.holdTimeoutSec } : {}),
       ...(cfg.controller.commandTimeoutSec !== undefined ? { 'command-timeout': cfg.controller.commandTimeoutSec } : {}),
+      ...(cfg.controller.durableIntervalSec !== undefined ? { 'durable-interval': cfg.controller.durableIntervalSec } : {}),
       ...(cfg.controller.mirrors.rebuildDelaySec !== undefined ? { mirrors: { 'rebuild-delay': cfg.controller.mirrors.rebuildDelaySec } } : {}),
       ...retentionDocument(cfg),
     },

@@ -73,6 +73,8 @@ export interface TabulaConfig {
     metricsListen?: string;
     /** Base deadline of a copy or zero command an agent runs (seconds; default 10, plus 64 ms per MiB). */
     commandTimeoutSec?: number;
+    /** A thin allocation (committed lazily) is durable against power loss at most this long after it (seconds; default 1, at most 60). */
+    durableIntervalSec?: number;
     /** Bounds of the fault and event logs (unset fields: the defaults in controller/retention.ts). */
     retention: { faults: LogRetention; events: LogRetention };
     /** controller.mirrors: mirrored vdisks. */
@@ -362,7 +364,7 @@ function checkAddress(v: string, defaultPort: number): string | undefined {
 const TOP = ['role', 'data-dir', 'data-device', 'log-level', 'controller', 'agent', 'containers-init', 'all-in-one', 'storage', 'security'] as const;
 const STORAGE = ['luns', 'portal', 'iqn', 'block-size'] as const;
 const STORAGE_LUN = ['path', 'size'] as const;
-const CONTROLLER = ['listen', 'address', 'db', 'ack-timeout', 'hold-timeout', 'metrics-listen', 'command-timeout', 'retention', 'mirrors'] as const;
+const CONTROLLER = ['listen', 'address', 'db', 'ack-timeout', 'hold-timeout', 'metrics-listen', 'command-timeout', 'durable-interval', 'retention', 'mirrors'] as const;
 const MIRRORS = ['rebuild-delay'] as const;
 /** A week: longer is a rebuild switched off in all but name. */
 const MAX_REBUILD_DELAY_SEC = 7 * 86_400;
@@ -405,9 +407,13 @@ export function validateConfig(raw: unknown, source: string, ctx: DefaultsContex
     holdTimeoutSec: c.seconds('hold-timeout'),
     metricsListen: c.listen('metrics-listen', DEFAULT_CONTROLLER_METRICS_PORT),
     commandTimeoutSec: c.seconds('command-timeout'),
+    durableIntervalSec: c.seconds('durable-interval'),
     retention: retentionOf(c.section('retention', RETENTION)),
     mirrors: mirrorsOf(c.section('mirrors', MIRRORS)),
   };
+  if (controller.durableIntervalSec !== undefined && (controller.durableIntervalSec > 60 || controller.durableIntervalSec < 0.001)) {
+    errors.push(`controller.durable-interval: expected seconds from 0.001 to 60, got ${controller.durableIntervalSec}`);
+  }
   if (role === 'agent' && address === undefined && !c.has('address')) errors.push('controller.address: required when role is agent (HOST:PORT of the controller)');
 
   const a = top.section('agent', [...AGENT, 'iscsi']);

@@ -108,6 +108,14 @@ export class AgentRegistry {
   readonly #lastAnswered = new Map<string, number>();
   /** Agents may hold leases granted before this controller started (an earlier run): count them from here. */
   readonly #startedAt = performance.now();
+  /**
+   * Each vdisk's version when this controller started: what an agent kept
+   * from an earlier run is at most this, unless the database lost versions
+   * (a power loss), and this run may commit those numbers again.
+   */
+  readonly #startVersions: ReadonlyMap<string, number>;
+  /** Agents registered in this run: a later registration keeps only what this run sent it. */
+  readonly #registeredThisRun = new Set<string>();
   /** Registered links by agent name (the newest stream of each). */
   readonly #links = new Map<string, AgentLink>();
   /** Every open stream, registered or not. */
@@ -123,6 +131,7 @@ export class AgentRegistry {
 
   constructor(db: ControllerDb, writeBehind: WriteBehind, settings: AgentRegistrySettings, handlers: AgentMessageHandlers) {
     this.#db = db;
+    this.#startVersions = new Map(db.vdisks().map((v) => [v.id, v.version]));
     this.#writeBehind = writeBehind;
     this.#settings = settings;
     this.#handlers = handlers;
@@ -506,11 +515,18 @@ export class AgentRegistry {
    * table at a version above its own (newerThanDb), so it drops what was lost.
    */
   #reconcileNewer(link: AgentLink, r: Register): void {
+    const firstThisRun = !this.#registeredThisRun.has(r.agentName);
+    this.#registeredThisRun.add(r.agentName);
     for (const t of r.tables) {
       const v = this.#db.vdisk(t.vdiskId);
-      if (v === undefined || t.version <= v.version) continue;
+      if (v === undefined) continue;
+      // Above what the database had at start, kept from an earlier run: a lost version, even
+      // when this run has committed that number again since (with other contents).
+      const start = this.#startVersions.get(t.vdiskId);
+      const lost = t.version > v.version || (firstThisRun && start !== undefined && t.version > start);
+      if (!lost) continue;
       log.warn(
-        `agent ${r.agentName} holds vdisk ${v.name} (${v.id}) at table version ${t.version}, above the database's ${v.version} (versions lost in a power loss): raising the version above it and sending the full table`,
+        `agent ${r.agentName} holds vdisk ${v.name} (${v.id}) at table version ${t.version}, but the database had ${start ?? v.version} (now ${v.version}): versions lost in a power loss; raising the version above it and sending the full table`,
       );
       this.#db.event('agent', r.agentName, `holds vdisk ${v.name} at table version ${t.version}, database has ${v.version}: reconciled`);
       this.#handlers.newerThanDb?.(link, t.vdiskId, t.version);

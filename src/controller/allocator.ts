@@ -10,10 +10,25 @@
 // contiguous runs where possible (so a thick vdisk is a few extents, not a
 // million). A mirrored segment's legs go to distinct failure domains
 // (domains.ts), the emptiest first.
+//
+// Lazy allocations (a thin segment's first write, committed without an
+// fsync; docs/architecture.md) take only locations inside durable
+// reservations: ranges of free space recorded by a FULL commit before any of
+// it is handed out, so that after a power loss the space an agent may have
+// written through a lost commit is known (space-recovery.ts). Each container
+// a lazy allocation may use keeps a pool of its lowest free segments
+// reserved (where allocations go anyway, so placement is unchanged),
+// reserved in batches by prepareLazy before the lazy transaction and
+// refilled off the fault path when it runs below half. Reserved space stays
+// in the free map: non-lazy allocations (durable at commit) use it too.
 
 import type { ContainerRow, ControllerDb, Location, VdiskRow } from './db.js';
 import { containerDomains } from './domains.js';
 import { formatSize } from '../util/size.js';
+import { log } from '../util/log.js';
+
+/** Segments a container's reservation pool is filled to (allocator option reserveBatch). */
+export const DEFAULT_RESERVE_BATCH = 256;
 
 interface FreeRun {
   start: number;
@@ -47,6 +62,34 @@ export class ContainerFullError extends Error {
   }
 }
 
+/**
+ * A lazy allocation would have taken a location outside the durable
+ * reservations (prepareLazy was not called, or could not reserve): nothing
+ * was taken; commit the change durably (FULL) instead.
+ */
+export class UnreservedSpaceError extends Error {
+  constructor(readonly containerId: string, readonly needed: number, readonly reserved: number) {
+    super(`lazy allocation needs ${needed} segment${needed === 1 ? '' : 's'} of container ${containerId} but only ${reserved} free ${reserved === 1 ? 'is' : 'are'} durably reserved`);
+    this.name = 'UnreservedSpaceError';
+  }
+}
+
+export interface AllocateOptions {
+  /** Lazily committed (not fsynced at commit): only reserved locations (UnreservedSpaceError otherwise). */
+  lazy?: boolean;
+}
+
+export interface AllocatorOptions {
+  /** Segments each reservation pool is filled to (default DEFAULT_RESERVE_BATCH). */
+  reserveBatch?: number;
+}
+
+/** This run's durable reservations of one container: sorted, non-adjacent ranges and the rows recording them. */
+interface Pool {
+  ranges: FreeRun[];
+  rowIds: number[];
+}
+
 /** A run of newly allocated container segments. */
 export interface AllocatedRun {
   containerId: string;
@@ -74,9 +117,19 @@ export class Allocator {
    * hand them out again.
    */
   readonly #reserved = new Map<string, Location>();
+  readonly #batch: number;
+  /** This run's reservations for lazy allocations, by container. */
+  readonly #pools = new Map<string, Pool>();
+  /** Suspect space from an earlier run (space-recovery.ts): out of the free map until it is scrubbed. */
+  readonly #suspect = new Map<string, Set<number>>();
+  #refill: NodeJS.Immediate | null = null;
+  #closed = false;
+  /** The eligible containers prepareLazy found, for the lazy allocation in the same synchronous turn (saves the queries twice per fault). */
+  #prepared: { vdiskId: string; eligible: readonly string[] } | null = null;
 
-  constructor(db: ControllerDb) {
+  constructor(db: ControllerDb, opts: AllocatorOptions = {}) {
     this.#db = db;
+    this.#batch = Math.max(1, Math.floor(opts.reserveBatch ?? DEFAULT_RESERVE_BATCH));
     this.reload();
   }
 
@@ -90,11 +143,14 @@ export class Allocator {
   loadContainer(id: string): void {
     const c = this.#db.container(id);
     if (c) this.#load(c);
-    else this.#space.delete(id);
+    else this.forget(id);
   }
 
   forget(id: string): void {
     this.#space.delete(id);
+    // Its reservation rows went with the container (ON DELETE CASCADE).
+    this.#pools.delete(id);
+    this.#suspect.delete(id);
   }
 
   #load(c: ContainerRow): void {
@@ -111,6 +167,7 @@ export class Allocator {
     const space: ContainerSpace = { id: c.id, total: c.segmentsTotal, free, runs };
     this.#space.set(c.id, space);
     for (const r of this.#reserved.values()) if (r.containerId === c.id) takeFree(space, r.offset);
+    for (const o of this.#suspect.get(c.id) ?? []) takeFree(space, o);
   }
 
   /**
@@ -211,34 +268,31 @@ export class Allocator {
    * memory only; the caller records them in the same DB transaction).
    * Throws ContainerFullError, taking nothing, when they do not fit.
    */
-  allocate(vdisk: VdiskRow, count: number, eligible: readonly string[] = this.eligibleContainers(vdisk)): AllocatedRun[] {
+  allocate(vdisk: VdiskRow, count: number, eligible?: readonly string[], opts: AllocateOptions = {}): AllocatedRun[] {
     if (count <= 0) return [];
+    eligible ??= this.#eligible(vdisk, opts);
     const spaces = eligible.map((id) => this.#space.get(id)).filter((s): s is ContainerSpace => s !== undefined);
     const available = spaces.reduce((n, s) => n + s.free, 0);
     if (available < count) throw this.#full(vdisk, count, eligible, available);
-    // Water-filling: take from the containers with the most free space until
-    // they are level with the next ones, so free space stays even and each
-    // container gives one share (contiguous where its free runs allow).
-    const take = new Map<string, number>();
-    const remaining = (s: ContainerSpace): number => s.free - (take.get(s.id) ?? 0);
-    let left = count;
-    while (left > 0) {
-      const top = Math.max(...spaces.map(remaining));
-      const level = spaces.filter((s) => remaining(s) === top).sort((a, b) => (a.id < b.id ? -1 : 1));
-      const below = Math.max(0, ...spaces.map(remaining).filter((r) => r < top));
-      const room = (top - below) * level.length;
-      if (room >= left) {
-        const per = Math.floor(left / level.length);
-        level.forEach((s, i) => take.set(s.id, (take.get(s.id) ?? 0) + per + (i < left % level.length ? 1 : 0)));
-        left = 0;
-      } else {
-        for (const s of level) take.set(s.id, (take.get(s.id) ?? 0) + top - below);
-        left -= room;
-      }
-    }
+    const take = waterFill(spaces, count);
+    // Checked before anything is taken, so a refusal takes nothing.
+    if (opts.lazy === true) this.#checkReserved(take);
+    const order = [...spaces].sort((a, b) => (a.id < b.id ? -1 : 1));
     const out: AllocatedRun[] = [];
-    for (const s of [...spaces].sort((a, b) => (a.id < b.id ? -1 : 1))) {
+    for (const s of order) {
       let n = take.get(s.id) ?? 0;
+      if (n === 0) continue;
+      if (opts.lazy === true) {
+        // The lowest reserved free pieces (the pool is the lowest free space, so usually the same as below).
+        for (const p of freeWithin(s, this.#pools.get(s.id)?.ranges ?? [])) {
+          if (n === 0) break;
+          const k = Math.min(p.count, n);
+          takeSpan(s, p.start, k);
+          out.push({ containerId: s.id, offset: p.start, count: k });
+          n -= k;
+        }
+        continue;
+      }
       while (n > 0) {
         const run = s.runs[0] as FreeRun;
         const k = Math.min(run.count, n);
@@ -251,7 +305,201 @@ export class Allocator {
       }
     }
     this.observer?.allocated(count);
+    if (this.#pools.size > 0) this.#refillLow();
     return out;
+  }
+
+  // ---- durable reservations for lazy allocations ----
+
+  /** A lazy allocation right after prepareLazy uses the containers it prepared (the same turn: nothing changed them). */
+  #eligible(vdisk: VdiskRow, opts: AllocateOptions): readonly string[] {
+    const p = this.#prepared;
+    return opts.lazy === true && p !== null && p.vdiskId === vdisk.id ? p.eligible : this.eligibleContainers(vdisk);
+  }
+
+  /** Throws UnreservedSpaceError when a container's take exceeds its reserved free space. */
+  #checkReserved(take: ReadonlyMap<string, number>): void {
+    for (const [id, n] of take) {
+      if (n === 0) continue;
+      const reserved = this.reservedFree(id);
+      if (reserved < n) throw new UnreservedSpaceError(id, n, reserved);
+    }
+  }
+
+  /** Free segments of a container inside this run's reservations: what lazy allocations may take there. */
+  reservedFree(containerId: string): number {
+    const s = this.#space.get(containerId);
+    const pool = this.#pools.get(containerId);
+    if (s === undefined || pool === undefined) return 0;
+    return freeWithin(s, pool.ranges).reduce((n, p) => n + p.count, 0);
+  }
+
+  /** This run's reserved ranges of a container (tests, diagnostics). */
+  reservedRanges(containerId: string): { first: number; count: number }[] {
+    return (this.#pools.get(containerId)?.ranges ?? []).map((r) => ({ first: r.start, count: r.count }));
+  }
+
+  /**
+   * Call before a lazy transaction that allocates up to `entries` table
+   * entries for `vdisk` (any number of legs each), outside any transaction
+   * and in the same synchronous turn: makes sure every container the
+   * allocation may use has that much reserved free space, committing a
+   * batch of reservations (FULL, one fsync for all containers) only when a
+   * pool is short, so the common case commits nothing. Returns false when
+   * it could not (inside a transaction, closed, the commit failed): the
+   * change must then commit durably (lazy allocate would throw
+   * UnreservedSpaceError).
+   */
+  prepareLazy(vdisk: VdiskRow, entries = 1, eligible: readonly string[] = this.eligibleContainers(vdisk)): boolean {
+    if (this.#closed) return false;
+    if (entries <= 0) return true;
+    if (this.#prepared === null) queueMicrotask(() => (this.#prepared = null));
+    this.#prepared = { vdiskId: vdisk.id, eligible };
+    // A container gives one request at most `entries` locations (allocateLegs: one leg per entry per domain).
+    const short = eligible.filter((id) => {
+      const s = this.#space.get(id);
+      return s !== undefined && this.reservedFree(id) < Math.min(entries, s.free);
+    });
+    if (short.length === 0) return true;
+    // A commit inside another transaction is only as durable as that one.
+    if (this.#db.sql.inTransaction) return false;
+    try {
+      this.#reserve(short, entries);
+      return true;
+    } catch (e) {
+      log.warn(`reserving free space for lazy allocations of vdisk ${vdisk.name} failed: ${(e as Error).message}`);
+      return false;
+    }
+  }
+
+  /**
+   * Fills the pools of `ids` to the batch size (at least `min`) with their
+   * lowest free segments not yet reserved, in one durable commit that also
+   * drops ranges no longer free (allocated since: that commit makes any
+   * lazy allocation of them durable too, as the WAL is sequential).
+   */
+  #reserve(ids: readonly string[], min: number): void {
+    const changes: { containerId: string; drop: number[]; ranges: { first: number; count: number }[]; runs: FreeRun[] }[] = [];
+    for (const id of ids) {
+      const s = this.#space.get(id);
+      if (s === undefined) continue;
+      const pool = this.#pools.get(id);
+      const keep = freeWithin(s, pool?.ranges ?? []);
+      let want = Math.max(this.#poolTarget(s), min) - keep.reduce((n, p) => n + p.count, 0);
+      if (want <= 0) continue;
+      const add: FreeRun[] = [];
+      for (const p of freeOutside(s.runs, keep)) {
+        const k = Math.min(p.count, want);
+        add.push({ start: p.start, count: k });
+        want -= k;
+        if (want === 0) break;
+      }
+      if (add.length === 0) continue; // nothing free left to reserve
+      const runs = mergeRuns([...keep, ...add]);
+      changes.push({ containerId: id, drop: pool?.rowIds ?? [], ranges: runs.map((r) => ({ first: r.start, count: r.count })), runs });
+    }
+    if (changes.length === 0) return;
+    const rowIds = this.#db.replaceSpaceReservations(changes);
+    changes.forEach((c, i) => this.#pools.set(c.containerId, { ranges: c.runs, rowIds: rowIds[i] ?? [] }));
+    log.debug(`reserved free space for lazy allocations: ${changes.map((c) => `container ${c.containerId} ${c.runs.reduce((n, r) => n + r.count, 0)} segments`).join(', ')}`);
+  }
+
+  /** Refills, off the caller's path (after its transaction), the pools that ran below half. */
+  #refillLow(): void {
+    if (this.#refill !== null || this.#closed) return;
+    if (this.#lowPools().length === 0) return;
+    this.#refill = setImmediate(() => {
+      this.#refill = null;
+      if (this.#closed || !this.#db.open || this.#db.sql.inTransaction) return;
+      try {
+        this.#reserve(this.#lowPools(), 0);
+      } catch (e) {
+        log.warn(`refilling free space reservations failed: ${(e as Error).message}`);
+      }
+    });
+    this.#refill.unref();
+  }
+
+  #lowPools(): string[] {
+    const low: string[] = [];
+    for (const id of this.#pools.keys()) {
+      const s = this.#space.get(id);
+      if (s === undefined) continue;
+      const reserved = this.reservedFree(id);
+      if (reserved * 2 < this.#poolTarget(s) && s.free > reserved) low.push(id);
+    }
+    return low;
+  }
+
+  /**
+   * What a container's pool is filled to: the batch, but at most a quarter
+   * of its free space, so that what a crash leaves suspect (held until
+   * agents reconcile, then zeroed) is never most of a small container.
+   */
+  #poolTarget(s: ContainerSpace): number {
+    return Math.min(this.#batch, Math.max(1, Math.floor(s.free / 4)));
+  }
+
+  /**
+   * Stops reserving (controller shutdown) and ends this run's reservations
+   * durably: every allocation made from them is durable with that commit,
+   * so a clean restart finds nothing suspect. Lazy allocations after this
+   * get UnreservedSpaceError (they commit durably).
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#refill !== null) clearImmediate(this.#refill);
+    this.#refill = null;
+    const changes = [...this.#pools].map(([containerId, p]) => ({ containerId, drop: p.rowIds, ranges: [] }));
+    this.#pools.clear();
+    if (changes.length === 0 || !this.#db.open) return;
+    try {
+      this.#db.replaceSpaceReservations(changes);
+    } catch (e) {
+      // The rows stay: the next start treats their free space as suspect and scrubs it.
+      log.warn(`ending free space reservations at shutdown failed: ${(e as Error).message}`);
+    }
+  }
+
+  /**
+   * Takes the free locations of `ranges` (reservations of an earlier run,
+   * space-recovery.ts) out of the free map until releaseSuspect, also
+   * across reloads; returns them.
+   */
+  holdSuspect(ranges: readonly { containerId: string; first: number; count: number }[]): Location[] {
+    const out: Location[] = [];
+    for (const r of ranges) {
+      const s = this.#space.get(r.containerId);
+      if (s === undefined) continue;
+      let held = this.#suspect.get(r.containerId);
+      for (const p of freeWithin(s, [{ start: r.first, count: r.count }])) {
+        if (held === undefined) this.#suspect.set(r.containerId, (held = new Set()));
+        for (let o = p.start; o < p.start + p.count; o++) {
+          held.add(o);
+          out.push({ containerId: r.containerId, offset: o });
+        }
+        takeSpan(s, p.start, p.count);
+      }
+    }
+    return out;
+  }
+
+  /** Ends the hold on suspect locations (now marked to be scrubbed in the DB, so a reload leaves them out anyway). */
+  releaseSuspect(locs: readonly Location[]): void {
+    for (const l of locs) {
+      const held = this.#suspect.get(l.containerId);
+      if (held === undefined) continue;
+      held.delete(l.offset);
+      if (held.size === 0) this.#suspect.delete(l.containerId);
+    }
+  }
+
+  /** Suspect locations held out of the free map. */
+  get suspectCount(): number {
+    let n = 0;
+    for (const h of this.#suspect.values()) n += h.size;
+    return n;
   }
 
   #full(vdisk: VdiskRow, count: number, eligible: readonly string[], available: number, why = ''): ContainerFullError {
@@ -262,7 +510,8 @@ export class Allocator {
         : eligible.length === 0
           ? `no container is eligible (online, same segment size, reached by every exporting agent${why}) and has`
           : `its ${eligible.length} eligible container${eligible.length === 1 ? ' has' : 's have'}`;
-    const scrubbing = eligible.reduce((n, id) => n + this.#db.scrubPendingCount(id), 0);
+    // Suspect space (space-recovery.ts) is scrubbed too, once agents have reconciled.
+    const scrubbing = eligible.reduce((n, id) => n + this.#db.scrubPendingCount(id) + (this.#suspect.get(id)?.size ?? 0), 0);
     return new ContainerFullError(vdisk.name, count, available, vdisk.segmentSize, detail, scrubbing);
   }
 
@@ -293,15 +542,15 @@ export class Allocator {
    * where free runs allow (a thick vdisk's legs are runs too). Marks them
    * used in memory only, as allocate.
    */
-  allocateLegs(vdisk: VdiskRow, count: number, legs: number, avoid?: (domain: string) => boolean): Location[][] {
+  allocateLegs(vdisk: VdiskRow, count: number, legs: number, avoid?: (domain: string) => boolean, opts: AllocateOptions = {}): Location[][] {
     if (count <= 0) return [];
     if (!Number.isInteger(legs) || legs < 1) throw new RangeError(`allocateLegs: ${legs} legs`);
     // One copy, nothing to avoid: a plain allocation, as always.
-    if (legs === 1 && avoid === undefined) return runLocations(this.allocate(vdisk, count)).map((l) => [l]);
+    if (legs === 1 && avoid === undefined) return runLocations(this.allocate(vdisk, count, undefined, opts)).map((l) => [l]);
     const domainOf = containerDomains(this.#db);
     const byDomain = new Map<string, string[]>();
     const eligible: string[] = [];
-    for (const id of this.eligibleContainers(vdisk)) {
+    for (const id of this.#eligible(vdisk, opts)) {
       const d = domainOf.get(id) ?? `container:${id}`;
       if (!this.#space.has(id) || avoid?.(d) === true) continue;
       eligible.push(id);
@@ -329,11 +578,19 @@ export class Allocator {
     // `count` positions, so no entry gets two legs in one domain, and each
     // domain's locations go to consecutive entries.
     const out: Location[][] = Array.from({ length: count }, () => []);
+    if (opts.lazy === true) {
+      // Refused before anything is taken (allocate checks per call, and an earlier domain's take would stay taken).
+      domains.forEach((x, i) => {
+        const n = takes[i] as number;
+        const spaces = x.ids.map((id) => this.#space.get(id)).filter((sp): sp is ContainerSpace => sp !== undefined);
+        if (n > 0) this.#checkReserved(waterFill(spaces, n));
+      });
+    }
     let p = 0;
     domains.forEach((x, i) => {
       const n = takes[i] as number;
       if (n === 0) return;
-      for (const l of runLocations(this.allocate(vdisk, n, x.ids))) {
+      for (const l of runLocations(this.allocate(vdisk, n, x.ids, opts))) {
         (out[p % count] as Location[]).push(l);
         p++;
       }
@@ -352,6 +609,34 @@ export class Allocator {
     }
     if (n > 0) this.observer?.freed(n);
   }
+}
+
+/**
+ * Water-filling: how many segments each container gives for `count` (at
+ * most their free total), taking from those with the most free space until
+ * they are level with the next ones, so free space stays even and each
+ * container gives one share (contiguous where its free runs allow).
+ */
+function waterFill(spaces: readonly ContainerSpace[], count: number): Map<string, number> {
+  const take = new Map<string, number>();
+  const remaining = (s: ContainerSpace): number => s.free - (take.get(s.id) ?? 0);
+  let left = count;
+  while (left > 0) {
+    const top = Math.max(...spaces.map(remaining));
+    if (top <= 0) break;
+    const level = spaces.filter((s) => remaining(s) === top).sort((a, b) => (a.id < b.id ? -1 : 1));
+    const below = Math.max(0, ...spaces.map(remaining).filter((r) => r < top));
+    const room = (top - below) * level.length;
+    if (room >= left) {
+      const per = Math.floor(left / level.length);
+      level.forEach((s, i) => take.set(s.id, (take.get(s.id) ?? 0) + per + (i < left % level.length ? 1 : 0)));
+      left = 0;
+    } else {
+      for (const s of level) take.set(s.id, (take.get(s.id) ?? 0) + top - below);
+      left -= room;
+    }
+  }
+  return take;
 }
 
 /**
@@ -435,4 +720,75 @@ export function runLocations(runs: readonly AllocatedRun[]): Location[] {
   const out: Location[] = [];
   for (const r of runs) for (let i = 0; i < r.count; i++) out.push({ containerId: r.containerId, offset: r.offset + i });
   return out;
+}
+
+/** Index of the first free run that ends after `offset`. */
+function runEndingAfter(runs: readonly FreeRun[], offset: number): number {
+  let lo = 0;
+  let hi = runs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    const r = runs[mid] as FreeRun;
+    if (r.start + r.count <= offset) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** The free pieces of a container inside `ranges` (sorted, non-overlapping), in offset order. */
+function freeWithin(s: ContainerSpace, ranges: readonly FreeRun[]): FreeRun[] {
+  const out: FreeRun[] = [];
+  for (const r of ranges) {
+    const end = r.start + r.count;
+    for (let i = runEndingAfter(s.runs, r.start); i < s.runs.length; i++) {
+      const f = s.runs[i] as FreeRun;
+      if (f.start >= end) break;
+      const a = Math.max(f.start, r.start);
+      const b = Math.min(f.start + f.count, end);
+      if (b > a) out.push({ start: a, count: b - a });
+    }
+  }
+  return out;
+}
+
+/** The pieces of free `runs` outside `pieces` (sorted, each inside one run), in offset order. */
+function* freeOutside(runs: readonly FreeRun[], pieces: readonly FreeRun[]): Generator<FreeRun> {
+  let j = 0;
+  for (const r of runs) {
+    let at = r.start;
+    const end = r.start + r.count;
+    while (j < pieces.length && (pieces[j] as FreeRun).start < end) {
+      const p = pieces[j] as FreeRun;
+      if (p.start > at) yield { start: at, count: p.start - at };
+      at = Math.max(at, p.start + p.count);
+      j++;
+    }
+    if (at < end) yield { start: at, count: end - at };
+  }
+}
+
+/** Sorts runs and merges overlapping or adjacent ones. */
+function mergeRuns(runs: readonly FreeRun[]): FreeRun[] {
+  const out: FreeRun[] = [];
+  for (const r of [...runs].sort((a, b) => a.start - b.start)) {
+    const last = out[out.length - 1];
+    if (last !== undefined && r.start <= last.start + last.count) last.count = Math.max(last.count, r.start + r.count - last.start);
+    else out.push({ start: r.start, count: r.count });
+  }
+  return out;
+}
+
+/** Removes [start, start+count), which lies inside one free run, from a container's free runs. */
+function takeSpan(s: ContainerSpace, start: number, count: number): void {
+  const i = runEndingAfter(s.runs, start);
+  const r = s.runs[i];
+  if (r === undefined || start < r.start || start + count > r.start + r.count) {
+    throw new Error(`allocator: container ${s.id} segments ${start}+${count} are not one free run`);
+  }
+  const parts: FreeRun[] = [];
+  if (start > r.start) parts.push({ start: r.start, count: start - r.start });
+  const tail = r.start + r.count - start - count;
+  if (tail > 0) parts.push({ start: start + count, count: tail });
+  s.runs.splice(i, 1, ...parts);
+  s.free -= count;
 }

@@ -38,6 +38,12 @@ export function checkInvariants(db: ControllerDb): string[] {
   // Locations inside their container.
   for (const r of db.locationsBeyondContainer()) out.push(`${loc(r.containerId, r.offset)} is beyond the container's ${r.segmentsTotal} segments`);
 
+  // Space reserved for lazy allocations is free space (or allocated, like any
+  // other) and no error; only a reservation outside its container is.
+  for (const r of db.reservationsBeyondContainer()) {
+    out.push(`container ${r.containerId} reservation of segments ${r.first}+${r.count} is beyond the container's ${r.segmentsTotal} segments`);
+  }
+
   // Shared locations are no-write everywhere (in snapshots and clones alike);
   // no two vdisks write one location.
   for (const r of db.sharedLocations()) {

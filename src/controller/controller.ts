@@ -34,6 +34,7 @@ import { containerDomains } from './domains.js';
 import { RebuildManager } from './rebuild.js';
 import { Retention, type RetentionOptions } from './retention.js';
 import { Scrubber, type ScrubHost, type ScrubberOptions } from './scrubber.js';
+import { SpaceRecovery } from './space-recovery.js';
 import type { SnapshotHost } from './snapshots.js';
 import { TableChanges } from './table-changes.js';
 import { WriteBehind } from './write-behind.js';
@@ -58,6 +59,8 @@ export interface ControllerOptions {
   retention?: RetentionOptions;
   /** Base deadline of a copy or zero command (agent-commands.ts, DEFAULT_COMMAND_TIMEOUT_MS). */
   commandTimeoutMs?: number;
+  /** Segments of free space reserved durably at a time per container for lazy allocations (allocator.ts, DEFAULT_RESERVE_BATCH). */
+  reserveBatch?: number;
   /** Age at which a failed container's stale legs are rebuilt elsewhere (rebuild.ts, DEFAULT_REBUILD_DELAY_MS). */
   rebuildDelayMs?: number;
   /** How often the rebuild looks for degraded segments and expired stale legs (rebuild.ts, DEFAULT_REBUILD_SCAN_MS). */
@@ -90,6 +93,8 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
   readonly rebuild: RebuildManager;
   /** Zeroes freed container segments (through agents) before they can be allocated again. */
   readonly scrubber: Scrubber;
+  /** Suspect space found at start (reserved, unreferenced after a crash): held until agents reconciled, then scrubbed. */
+  readonly spaceRecovery: SpaceRecovery;
   /** Keeps the fault and event logs bounded, in the background. */
   readonly retention: Retention;
   /**
@@ -106,7 +111,7 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
     const ackTimeoutMs = opts.ackTimeoutMs ?? 3000;
     this.writeBehind = new WriteBehind(db);
     this.durability = new Durability(db, opts.durableIntervalMs === undefined ? {} : { intervalMs: opts.durableIntervalMs });
-    this.allocator = new Allocator(db);
+    this.allocator = new Allocator(db, opts.reserveBatch === undefined ? {} : { reserveBatch: opts.reserveBatch });
     // The registry hands each message to the part that owns it.
     this.agents = new AgentRegistry(
       db,
@@ -126,6 +131,7 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
           // Freed space on containers this agent reaches may be waiting for it.
           this.scrubber.kick();
           this.commands.registered(link.name as string);
+          this.spaceRecovery.registered(link.name as string, have);
         },
         disconnected: (link) => {
           this.faults.dropLink(link);
@@ -148,6 +154,8 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
     const settled = (vdiskId: string): void => {
       this.faults.onTableChanged(vdiskId);
       this.portGroups.settled(vdiskId);
+      // A full table acked may be the last reconciliation suspect space waits for.
+      this.spaceRecovery.check();
     };
     this.tables = new TableChanges(db, this.allocator, this.writeBehind, this.agents, ackTimeoutMs, {
       migrating: this.migrating,
@@ -175,6 +183,9 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
     });
     this.scrubber = new Scrubber(this, opts.scrub);
     this.allocator.scrubSink = (locs) => this.scrubber.add(locs);
+    // Before anything allocates: suspect space leaves the free map at once.
+    this.spaceRecovery = new SpaceRecovery(this);
+    this.spaceRecovery.start();
     this.retention = new Retention(db, opts.retention);
     this.retention.start();
   }
@@ -199,6 +210,9 @@ export class Controller implements FaultHost, MigrationHost, MirrorHost, Snapsho
     this.mirrors.close();
     this.rebuild.stop();
     this.scrubber.stop();
+    this.spaceRecovery.stop();
+    // Ends this run's reservations durably: a clean restart finds no suspect space.
+    this.allocator.close();
     this.retention.stop();
     this.commands.close();
     // Drops the faults each agent had waiting.

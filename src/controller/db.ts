@@ -33,6 +33,11 @@
 //   location's reference until it is resynced or dropped. A location's
 //   reference count is its references in the `segment_locations` view
 //   (every leg of every entry) plus those of stale legs.
+// - `space_reservations` holds ranges of container segments reserved by a
+//   durable commit for lazily committed allocations (allocator.ts); they
+//   stay free in the map. Rows left at start mean a run ended without a
+//   clean shutdown: their unreferenced locations are suspect until
+//   scrubbed (space-recovery.ts).
 
 import Database from 'better-sqlite3';
 import { closeSync, fstatSync, fsync, fsyncSync, openSync, statSync } from 'node:fs';
@@ -223,6 +228,14 @@ export type NewFault = Omit<FaultRow, 'id' | 'time' | 'outcome'> & { outcome?: s
 export interface Location {
   containerId: string;
   offset: number;
+}
+
+/** A range of container segments reserved durably for lazy allocations (space_reservations). */
+export interface SpaceReservation {
+  id: number;
+  containerId: string;
+  first: number;
+  count: number;
 }
 
 /** A table entry and the location it maps. */
@@ -440,10 +453,8 @@ export class ControllerDb {
   readonly #statements;
   /** relaxed() calls in progress: their commits run with synchronous = NORMAL, no durable point. */
   #relaxedDepth = 0;
-  /** Inside lazy(): a thin allocation's commit (the allocator hands out durably reserved space only). */
+  /** Inside lazy(): a thin allocation's commit. */
   #inLazy = false;
-  /** requireSync() was called in the lazy commit in progress: it is made durable before lazy() returns. */
-  #syncRequired = false;
   /** Told of every durable point: a FULL commit that wrote, or an fsync of the WAL (durability.ts). */
   readonly #durableListeners: (() => void)[] = [];
   /** An fd of `<db>-wal` for the group commit's fsync, with its inode (the file may be replaced). */
@@ -640,40 +651,24 @@ export class ControllerDb {
    * in one transaction with synchronous = NORMAL. Committed, it survives a
    * controller crash at once; it is durable against power loss only at the
    * next durable point (a FULL commit, or the group commit's fsync of the
-   * WAL, durability.ts), unless `fn` called requireSync(), which makes it
-   * durable before this returns (`synced`). Keeps the fault path free of
-   * fsyncs: SQLite cannot change the safety level inside a transaction,
-   * so the choice is made here, before it starts.
+   * WAL, durability.ts). Keeps the fault path free of fsyncs. SQLite cannot
+   * change the safety level inside a transaction, so the choice is made
+   * here, before it starts; what the commit allocates must lie in space
+   * reserved durably before it (Allocator.prepareLazy).
    */
-  lazy<T>(fn: () => T): { value: T; synced: boolean } {
+  lazy<T>(fn: () => T): T {
     if (this.sql.inTransaction) throw new Error('a lazy commit cannot join a transaction in progress');
-    this.#syncRequired = false;
     this.#inLazy = true;
-    let value: T;
     try {
-      value = this.relaxed(() => this.sql.transaction(fn)());
+      return this.relaxed(() => this.sql.transaction(fn)());
     } finally {
       this.#inLazy = false;
     }
-    if (!this.#syncRequired) return { value, synced: false };
-    this.#syncRequired = false;
-    this.syncNow();
-    return { value, synced: true };
   }
 
-  /** Inside a lazy commit (lazy()): only durably reserved space may be handed out. */
+  /** Inside a lazy commit (lazy()). */
   get inLazyCommit(): boolean {
     return this.#inLazy;
-  }
-
-  /**
-   * Called inside a lazy commit that wrote something that must be durable
-   * before anyone acts on the commit (a new space reservation, allocator.ts):
-   * lazy() then makes the commit durable before it returns.
-   */
-  requireSync(): void {
-    if (!this.#inLazy) throw new Error('requireSync outside a lazy commit');
-    this.#syncRequired = true;
   }
 
   /** Calls `listener` after every durable point (synchronously, in the same turn). */
@@ -931,6 +926,61 @@ export class ControllerDb {
     return this.tx(() =>
       (this.#statements.scrubbed.pluck().all(containerId, offset, offset + count) as number[]).map((o) => ({ containerId, offset: o })),
     );
+  }
+
+  // ---- space reservations (free space reserved durably for lazy allocations, allocator.ts) ----
+
+  /** Every reservation row, by container and first offset. */
+  spaceReservations(): SpaceReservation[] {
+    return this.sql.prepare('SELECT id, container_id AS containerId, first, count FROM space_reservations ORDER BY container_id, first').all() as SpaceReservation[];
+  }
+
+  /** Whether any reservation row exists (a start after a clean shutdown has none). */
+  hasSpaceReservations(): boolean {
+    return this.sql.prepare('SELECT 1 FROM space_reservations LIMIT 1').pluck().get() !== undefined;
+  }
+
+  /**
+   * Replaces reservation rows of containers in one transaction (durable: the
+   * connection's synchronous = FULL): per container, deletes the rows `drop`
+   * names and inserts `ranges`. Returns the new rows' ids, per change. Call
+   * outside any other transaction, or the rows are only as durable as it.
+   */
+  replaceSpaceReservations(changes: readonly { containerId: string; drop: readonly number[]; ranges: readonly { first: number; count: number }[] }[]): number[][] {
+    const del = this.sql.prepare('DELETE FROM space_reservations WHERE id = ?');
+    const ins = this.sql.prepare('INSERT INTO space_reservations (container_id, first, count) VALUES (?, ?, ?) RETURNING id').pluck();
+    return this.tx(() =>
+      changes.map((c) => {
+        for (const id of c.drop) del.run(id);
+        return c.ranges.map((r) => ins.get(c.containerId, r.first, r.count) as number);
+      }),
+    );
+  }
+
+  /**
+   * Ends reservations from an earlier run (space-recovery.ts), in one
+   * durable transaction: `suspects` (reserved locations nothing referenced)
+   * are marked to be scrubbed, the rows `ids` deleted. Returns the locations
+   * newly marked (those of containers still known, not already held).
+   */
+  releaseSpaceReservations(ids: readonly number[], suspects: readonly Location[]): Location[] {
+    const del = this.sql.prepare('DELETE FROM space_reservations WHERE id = ?');
+    return this.tx(() => {
+      const known = new Set(this.containers().map((c) => c.id));
+      const marked = suspects.filter((l) => known.has(l.containerId) && this.#statements.insertScrub.run(l.containerId, l.offset).changes > 0);
+      for (const id of ids) del.run(id);
+      return marked;
+    });
+  }
+
+  /** Reservation rows that reach past the end of their container (`tabula check`). */
+  reservationsBeyondContainer(): (SpaceReservation & { segmentsTotal: number })[] {
+    return this.sql
+      .prepare(
+        `SELECT r.id AS id, r.container_id AS containerId, r.first AS first, r.count AS count, c.segments_total AS segmentsTotal
+         FROM space_reservations r JOIN containers c ON c.id = r.container_id WHERE r.first + r.count > c.segments_total`,
+      )
+      .all() as (SpaceReservation & { segmentsTotal: number })[];
   }
 
   containerAgents(id: string): string[] {

@@ -223,6 +223,22 @@ export const MIGRATIONS: readonly ((db: Sql) => void)[] = [
         FROM segment_legs l JOIN segments s ON s.vdisk_id = l.vdisk_id AND s.seg = l.seg;
     `);
   },
+  // Durable reservations of free space for lazily committed thin
+  // allocations (allocator.ts): a lazy commit may be lost at a power cut
+  // after an agent wrote through it, so it takes locations only from ranges
+  // recorded here by a durable commit; at start, reserved locations nothing
+  // references are suspect until scrubbed (space-recovery.ts).
+  (db) => {
+    db.exec(`
+      CREATE TABLE space_reservations (
+        id INTEGER PRIMARY KEY,
+        container_id TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+        first INTEGER NOT NULL CHECK (first >= 0),
+        count INTEGER NOT NULL CHECK (count > 0)
+      );
+      CREATE INDEX space_reservations_by_container ON space_reservations (container_id, first);
+    `);
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -18,7 +18,7 @@ import { TABLE_RUNS_PER_MESSAGE, encodeControllerMessage, type EncodedMessage } 
 import type { LuChange, LuEventMsg, LuStateMsg, Release, TableAck, WireExtent } from '../wire/proto-types.js';
 import { fromWireExtent, wireExtent } from '../wire/table-extents.js';
 import { log } from '../util/log.js';
-import { locKey, runLocations, type Allocator } from './allocator.js';
+import { UnreservedSpaceError, locKey, runLocations, type Allocator } from './allocator.js';
 import { TableChangeError, type ControllerDb, type EntryWithLegs, type Location, type VdiskRow } from './db.js';
 import type { AgentLink } from './agent-link.js';
 import type { AgentRegistry } from './agent-registry.js';
@@ -54,9 +54,17 @@ export interface CommitOptions {
    * Lazily (a thin allocation, issue 18): synchronous = NORMAL, no fsync of
    * its own (ControllerDb.lazy); durable by the group commit within the
    * durable interval, or sooner when an agent asks (SyncRequest,
-   * durability.ts). Everything else commits FULL.
+   * durability.ts). Everything else commits FULL. Its allocations come
+   * only from durably reserved space (Allocator.prepareLazy before the
+   * transaction); when there is none to be had, the change commits FULL.
    */
   lazy?: boolean;
+  /**
+   * For a lazy change: how many table entries it may allocate (default 1;
+   * Allocator.prepareLazy). A function is asked right before the change
+   * runs, in the same turn (a batch that others may join until then).
+   */
+  lazyEntries?: number | (() => number);
 }
 
 /** What table changes need of durability.ts: lazy versions not yet durable. */
@@ -209,8 +217,14 @@ export class TableChanges {
     let lu: LuChange | undefined;
     const allocated: Location[] = [];
     let result: CommitResult | null;
-    const lazyVersions = opts.lazy === true ? this.#hooks.durability : undefined;
-    let lazy = false;
+    let lazyVersions = opts.lazy === true ? this.#hooks.durability : undefined;
+    if (lazyVersions !== undefined) {
+      // Reserved space for what it may allocate (a FULL commit only when a pool runs short); none to be had: FULL.
+      const v = db.vdisk(vdiskId);
+      const entries = typeof opts.lazyEntries === 'function' ? opts.lazyEntries() : (opts.lazyEntries ?? 1);
+      if (v === undefined || !this.#allocator.prepareLazy(v, entries)) lazyVersions = undefined;
+    }
+    const allocOpts = lazyVersions === undefined ? {} : { lazy: true };
     try {
       const commit = (): CommitResult => {
         const vdisk = db.vdisk(vdiskId);
@@ -227,12 +241,12 @@ export class TableChanges {
             if (db.setSegmentLegs(live, seg, legs, version)) changed.add(seg);
           },
           allocate: (count) => {
-            const locs = runLocations(this.#allocator.allocate(live, count));
+            const locs = runLocations(this.#allocator.allocate(live, count, undefined, allocOpts));
             allocated.push(...locs);
             return locs;
           },
           allocateLegs: (count, legs, avoid) => {
-            const entries = this.#allocator.allocateLegs(live, count, legs, avoid);
+            const entries = this.#allocator.allocateLegs(live, count, legs, avoid, allocOpts);
             for (const e of entries) allocated.push(...e);
             return entries;
           },
@@ -269,19 +283,14 @@ export class TableChanges {
         if (lu !== undefined) r.lu = lu;
         return r;
       };
-      if (lazyVersions === undefined) {
-        result = db.tx(commit);
-      } else {
-        const done = db.lazy(commit);
-        result = done.value;
-        // Made durable inside (a new space reservation came with it): as a FULL commit.
-        lazy = !done.synced;
-      }
+      result = lazyVersions === undefined ? db.tx(commit) : db.lazy(commit);
     } catch (err) {
       // Allocations were taken from the in-memory free map; the rollback
       // undid them in the DB, so rebuild the map from it.
       if (allocated.length > 0) this.#allocator.reload();
       if (err instanceof NoChange) return null;
+      // More than the reservations held (a batch of entries larger than prepared): the same change, durably.
+      if (err instanceof UnreservedSpaceError && lazyVersions !== undefined) return this.commitAndSend(vdiskId, change);
       throw err;
     }
     const table = this.table(vdiskId);
@@ -297,28 +306,27 @@ export class TableChanges {
       for (let s = first; s < end; s++) table.set(s, tableEntryOf(db, vdiskId, s));
     }
     table.setVersion(result.version);
-    if (lazy) {
+    if (lazyVersions !== undefined) {
       result.lazy = true;
-      lazyVersions?.committedLazily(vdiskId, result.version);
+      lazyVersions.committedLazily(vdiskId, result.version);
     }
     this.#send(result);
     return result;
   }
 
   /**
-   * An agent holds `have` of the vdisk, above the database's version (a
-   * power loss took the versions between, agent-registry.ts): the version
-   * jumps above it, durably (FULL), so no version number the agent saw
-   * means anything else, and the new version goes to every holder (an
-   * empty delta from the database's version, else the full table). Returns
-   * the new version, or null when the version is already above `have`.
-   * Synchronous, like commitAndSend, so it cannot interleave with a change.
+   * An agent holds `have` of the vdisk from versions the database lost (a
+   * power loss, agent-registry.ts): the version jumps above both, durably
+   * (FULL), so the agent's version number matches none this controller
+   * has, and the new version goes to every holder (an empty delta from the
+   * database's version, else the full table). Returns the new version, or
+   * null when the vdisk is gone. Synchronous, like commitAndSend, so it
+   * cannot interleave with a change.
    */
   raiseVersionAbove(vdiskId: string, have: number): number | null {
     const table = this.table(vdiskId);
     const from = table.version;
-    if (from > have) return null;
-    const version = have + 1;
+    const version = Math.max(have, from) + 1;
     if (!this.#db.raiseVersion(vdiskId, version)) return null;
     table.setVersion(version);
     this.#send({ vdiskId, fromVersion: from, version, ranges: [], segmentCount: table.segmentCount, touchesNormal: false });

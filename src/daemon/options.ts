@@ -93,6 +93,7 @@ export function controllerOptions(cfg: TabulaConfig): ControllerDaemonOptions {
     holdTimeoutMs: ms(cfg.controller.holdTimeoutSec),
     metricsListen: cfg.controller.metricsListen,
     ...(cfg.controller.commandTimeoutSec === undefined ? {} : { commandTimeoutMs: ms(cfg.controller.commandTimeoutSec) }),
+    ...(cfg.controller.durableIntervalSec === undefined ? {} : { durableIntervalMs: ms(cfg.controller.durableIntervalSec) }),
     ...(cfg.controller.mirrors.rebuildDelaySec === undefined ? {} : { rebuildDelayMs: cfg.controller.mirrors.rebuildDelaySec * 1000 }),
     ...retentionOptions(cfg),
   };

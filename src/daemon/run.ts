@@ -49,6 +49,7 @@ const RESTART_KEYS: Readonly<Record<Role, Readonly<Record<string, (c: TabulaConf
     'controller.hold-timeout': (c) => c.controller.holdTimeoutSec,
     'controller.metrics-listen': (c) => c.controller.metricsListen,
     'controller.command-timeout': (c) => c.controller.commandTimeoutSec,
+    'controller.durable-interval': (c) => c.controller.durableIntervalSec,
     'controller.retention': (c) => c.controller.retention,
     'controller.mirrors': (c) => c.controller.mirrors,
   },

@@ -6,6 +6,8 @@ import { SegmentState } from '../../../src/table/index.js';
 import { FaultAction, type ControllerMessage, type SyncReplyMsg } from '../../../src/wire/proto-types.js';
 import { ControllerDb } from '../../../src/controller/db.js';
 import { Durability, checkDurableIntervalMs, type SyncReplySink } from '../../../src/controller/durability.js';
+import { UnreservedSpaceError } from '../../../src/controller/allocator.js';
+import { startController } from '../../../src/controller/daemon.js';
 import { CA, FakeAgent, MiB, containerRef, startTestController, tempDir, until } from './helpers.js';
 
 // Lazy commits (thin allocations) and when they become durable: the group
@@ -47,23 +49,11 @@ describe('durability: lazy commits and the group commit', () => {
       db.sql.prepare('INSERT INTO t VALUES (1)').run();
       return 7;
     });
-    expect(r).to.deep.equal({ value: 7, synced: false });
+    expect(r).to.equal(7);
     expect(seen).to.deep.equal([1, true, true]);
     expect(db.sql.pragma('synchronous', { simple: true })).to.equal(2);
     expect(db.inLazyCommit).to.equal(false);
-    expect(() => db.requireSync()).to.throw(/outside a lazy commit/);
     expect(() => db.tx(() => db.lazy(() => 1))).to.throw(/cannot join/);
-  });
-
-  it('a lazy commit that requires a sync is durable when it returns (a durable point)', () => {
-    let points = 0;
-    db.onDurable(() => points++);
-    const r = db.lazy(() => {
-      db.sql.prepare('INSERT INTO t VALUES (1)').run();
-      db.requireSync();
-    });
-    expect(r.synced).to.equal(true);
-    expect(points).to.equal(1);
   });
 
   it('a FULL transaction that wrote is a durable point; one that only read, a relaxed or a lazy one is not', () => {
@@ -207,7 +197,7 @@ describe('durability: SyncRequest answers', () => {
   });
 
   it('answers ok for a lazy version once a group commit made it durable', async () => {
-    const version = db.lazy(() => db.bumpVersion(vdiskId)).value;
+    const version = db.lazy(() => db.bumpVersion(vdiskId));
     d.committedLazily(vdiskId, version);
     const r = replies();
     d.onSyncRequest(r, { requestId: 8, vdiskId, version });
@@ -330,6 +320,75 @@ describe('durability through the controller: lazy deltas, SyncRequest, reconcili
     expect((full as { tableFull: { lazy?: boolean } }).tableFull).to.not.have.property('lazy');
   });
 
+  it('a lazy allocation takes reserved space; with none to be had, or more than was reserved, the change commits FULL', async () => {
+    const { vdiskId, as } = await setup(['a1']);
+    const a = as[0]!;
+    await a.sendFault({ vdiskId, segment: 0, op: 1, state: SegmentState.Zero }).reply();
+    expect(deltas(a).pop()!.lazy).to.equal(true);
+    const loc = ctl.db.segment(vdiskId, 0);
+    const reserved = ctl.db.spaceReservations().some((r) => r.containerId === loc.containerId && loc.offset! >= r.first && loc.offset! < r.first + r.count);
+    expect(reserved, 'allocated inside a durable reservation').to.equal(true);
+    const alloc = ctl.controller.allocator as unknown as { prepareLazy: (...args: unknown[]) => boolean };
+    const real = alloc.prepareLazy.bind(alloc);
+    // prepareLazy could not reserve: FULL.
+    alloc.prepareLazy = () => false;
+    await a.sendFault({ vdiskId, segment: 1, op: 1, state: SegmentState.Zero }).reply();
+    expect(deltas(a).pop()).to.not.have.property('lazy');
+    // It said yes but the reservations do not cover the change (a bigger batch than prepared): the same change, FULL.
+    const allocator = ctl.controller.allocator;
+    const allocate = allocator.allocate.bind(allocator);
+    let refused = 0;
+    allocator.allocate = (v, n, eligible, o = {}) => {
+      if (o.lazy === true) {
+        refused++;
+        throw new UnreservedSpaceError(CA, n, 0);
+      }
+      return allocate(v, n, eligible, o);
+    };
+    alloc.prepareLazy = () => true;
+    const r = await a.sendFault({ vdiskId, segment: 2, op: 1, state: SegmentState.Zero }).reply();
+    expect(r.action).to.equal(FaultAction.Retry);
+    expect(deltas(a).pop()).to.not.have.property('lazy');
+    expect(ctl.db.segment(vdiskId, 2).state).to.equal(SegmentState.Normal);
+    expect(refused).to.equal(1);
+    alloc.prepareLazy = real;
+    allocator.allocate = allocate;
+    expect(ctl.admin.Check({}).violations).to.deep.equal([]);
+  });
+
+  it('a lazy change reserves for the entries it says it may allocate, asked right before it runs', async () => {
+    const { vdiskId, as } = await setup(['a1']);
+    const alloc = ctl.controller.allocator;
+    const real = alloc.prepareLazy.bind(alloc);
+    const asked: number[] = [];
+    alloc.prepareLazy = (v, entries, eligible) => {
+      asked.push(entries ?? 1);
+      return real(v, entries, eligible);
+    };
+    // Queued behind another task of the vdisk: members join (a fault batch) until the change runs.
+    let release: (() => void) | undefined;
+    const blocker = ctl.controller.tables.serialize(vdiskId, () => new Promise<void>((resolve) => (release = resolve)));
+    let members = 1;
+    const change = ctl.controller.tables.changeTable(
+      vdiskId,
+      (c) => {
+        for (const [i, loc] of c.allocate(members).entries()) c.set(i, SegmentState.Normal, loc);
+      },
+      undefined,
+      { lazy: true, lazyEntries: () => members },
+    );
+    members = 3;
+    await until(() => release !== undefined, 1000, 'the blocking task running');
+    release!();
+    await blocker;
+    const r = await change;
+    expect(asked).to.deep.equal([3]);
+    expect(r!.ranges).to.deep.equal([[0, 3]]);
+    expect(r!.lazy).to.equal(true);
+    expect(deltas(as[0]!).pop()!.lazy).to.equal(true);
+    alloc.prepareLazy = real;
+  });
+
   it('other changes commit FULL: their deltas carry no lazy, and they make earlier lazy commits durable', async () => {
     const { vdiskId, as } = await setup(['a1']);
     const a = as[0]!;
@@ -363,6 +422,47 @@ describe('durability through the controller: lazy deltas, SyncRequest, reconcili
     back.stream.write({ body: 'syncRequest', syncRequest: { requestId: 1, vdiskId, version: raised } });
     const reply = await back.next((m) => m.body === 'syncReply');
     expect((reply as { syncReply: SyncReplyMsg }).syncReply).to.include({ ok: true, durableVersion: raised });
+  });
+
+  it('after a restart, an agent holding a lost version that the new run committed again (equal by chance) is reconciled too, once', async () => {
+    const t = tempDir();
+    const dbPath = join(t.dir, 'c.db');
+    let h = await startController({ dbPath, listen: '127.0.0.1:0', ackTimeoutMs: 2000, durableIntervalMs: 60_000 });
+    try {
+      h.admin.AddContainer({ id: CA, path: '/c/a', size: 9 * MiB, dataOffset: MiB });
+      const first = new FakeAgent(h.address, 'a1', { containers: [containerRef(CA, 8)] });
+      await first.register();
+      const vdiskId = h.admin.CreateVdisk({ name: 'd', size: 4 * MiB }).id;
+      h.admin.AddExport({ vdisk: 'd', agent: 'a1' });
+      await first.next((m) => m.body === 'tableFull');
+      first.close();
+      const d = h.db.vdisk(vdiskId)!.version;
+      await h.close();
+      // The run that followed lost versions d+1 and d+2 (the plug pulled); this run commits its own d+1 and d+2.
+      h = await startController({ dbPath, listen: '127.0.0.1:0', ackTimeoutMs: 2000, durableIntervalMs: 60_000 });
+      await h.controller.tables.changeTable(vdiskId, (c) => c.set(0, SegmentState.Invalid, null));
+      await h.controller.tables.changeTable(vdiskId, (c) => c.set(1, SegmentState.Invalid, null));
+      expect(h.db.vdisk(vdiskId)!.version).to.equal(d + 2);
+      const back = new FakeAgent(h.address, 'a1', { containers: [containerRef(CA, 8)] });
+      agents.push(back);
+      await back.register([{ vdiskId, version: d + 2 }]);
+      const full = await back.next((m) => m.body === 'tableFull');
+      expect((full as { tableFull: { version: number } }).tableFull.version).to.equal(d + 3);
+      expect(back.tables.get(vdiskId)!.get(0).state, "this run's table, not the lost one").to.equal(SegmentState.Invalid);
+      // Registering again in this run, holding what this run sent: nothing to reconcile.
+      back.close();
+      await until(() => h.controller.agents.link('a1') === undefined || h.controller.agents.link('a1')!.closed, 5000, 'a1 gone');
+      const again = new FakeAgent(h.address, 'a1', { containers: [containerRef(CA, 8)] });
+      agents.push(again);
+      await again.register([{ vdiskId, version: d + 3 }]);
+      await again.next((m) => m.body === 'exportSet');
+      expect(h.db.vdisk(vdiskId)!.version).to.equal(d + 3);
+      expect(again.received.some((m) => m.body === 'tableFull'), 'kept the very version: nothing sent').to.equal(false);
+    } finally {
+      for (const a of agents.splice(0)) a.close();
+      await h.close();
+      t.cleanup();
+    }
   });
 
   it('an agent back with the database\'s version or an older one is not reconciled', async () => {
