@@ -27,7 +27,10 @@
 //                                          mirror.ts): "x 1copy" compares with vdisk-1copy (issue 16's goals
 //                                          for vdisk-2copy: 4k write 0.6x, 4k read 1.0x, 1M write 0.5x), e.g.
 //                                          --targets vdisk-1copy,vdisk-2copy
-//                                          --cases 4k-rand-write-qd32,4k-rand-read-qd32,1M-seq-write-qd8
+//                                          --cases 4k-rand-write-qd32,4k-rand-read-qd32,1M-seq-write-qd8;
+//                                          and vdisk-thin-fill-b: vdisk-thin-fill run by another build
+//                                          (BENCH_ENTRY_B=/other/checkout/bin/tabula.js), an in-run A/B
+//                                          of the fault path
 //   --cases LIST       BENCH_CASES         comma list of case names (default all, see CASES)
 //   --run-timeout S    BENCH_RUN_TIMEOUT   seconds per qemu-img run before it is killed (default 120)
 //   --out FILE         BENCH_OUT           JSON output (default bench/results/latest.json)
@@ -86,7 +89,7 @@ export const CASES: BenchCase[] = [
 
 /** tgtd, raw, vdisk-thick, vdisk-thin-fill, or a `tabula target` variant: "tabula" or "tabula-<anything>" (see variantSettings). */
 type TargetName = string;
-const FIXED_TARGETS: string[] = ['tgtd', 'raw', 'vdisk-thick', 'vdisk-thin-fill', ...NETWORK_LUN_TARGETS, ...MIRROR_TARGETS];
+const FIXED_TARGETS: string[] = ['tgtd', 'raw', 'vdisk-thick', 'vdisk-thin-fill', 'vdisk-thin-fill-b', ...NETWORK_LUN_TARGETS, ...MIRROR_TARGETS];
 const isNetworkLun = (t: string): t is NetworkLunTarget => (NETWORK_LUN_TARGETS as readonly string[]).includes(t);
 const isMirror = (t: string): t is MirrorTarget => (MIRROR_TARGETS as readonly string[]).includes(t);
 
@@ -372,11 +375,14 @@ async function runMatrix(opts: Options): Promise<CellResult[]> {
       targets.push({ name, url: t.url, cache: 'none', t, storagePid: t.storagePid, files: t.files });
       continue;
     }
-    if (name === 'vdisk-thin-fill') {
+    if (name === 'vdisk-thin-fill' || name === 'vdisk-thin-fill-b') {
       const dataDir = join(opts.dir, `${name}.data`);
-      const t = await startTabulaUp(dataDir, opts.size, opts.dir, up);
-      log(`bench: ${name} pid ${t.pid} at ${t.url} (restarted empty before every run)`);
-      targets.push({ name, url: t.url, cache: 'none', t, fresh: () => startTabulaUp(dataDir, opts.size, opts.dir, up) });
+      const entryB = process.env.BENCH_ENTRY_B;
+      if (name === 'vdisk-thin-fill-b' && (entryB === undefined || entryB === '')) fail('vdisk-thin-fill-b needs BENCH_ENTRY_B (another build\'s bin/tabula.js)');
+      const o = name === 'vdisk-thin-fill-b' ? { ...up, entry: entryB as string } : up;
+      const t = await startTabulaUp(dataDir, opts.size, opts.dir, o);
+      log(`bench: ${name} pid ${t.pid} at ${t.url} (${o.entry}; restarted empty before every run)`);
+      targets.push({ name, url: t.url, cache: 'none', t, fresh: () => startTabulaUp(dataDir, opts.size, opts.dir, o) });
       continue;
     }
     const file = join(opts.dir, `${name}.img`);

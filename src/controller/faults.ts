@@ -3,7 +3,10 @@
 // the case looks at the segment's current state (the controller's table,
 // not the state the agent reported, which may be stale), performs at most
 // one table change at a time (allocate a zero segment, make a sole-owner
-// no-write segment writable), and then answers every waiting fault.
+// no-write segment writable), and then answers every waiting fault. The
+// allocations of every case of one vdisk that decide `allocate` together
+// (typically all those that queued behind the vdisk's previous change) are
+// one table change: one commit, one delta, one ack (AllocBatch).
 //
 // The decisions, in full (decide() and FAILURE below are this table in code):
 //
@@ -70,7 +73,7 @@ import { containerDomains } from './domains.js';
 import type { AgentLink } from './agent-link.js';
 import { isOverdue, type AgentCommands } from './agent-commands.js';
 import type { AgentRegistry } from './agent-registry.js';
-import type { CommitResult, TableChanges } from './table-changes.js';
+import type { ChangeContext, CommitResult, TableChanges } from './table-changes.js';
 import type { WriteBehind } from './write-behind.js';
 import type { Allocator } from './allocator.js';
 import { Sense as ScsiSense, type Asc } from '../scsi/sense.js';
@@ -236,9 +239,14 @@ export interface FaultHost {
   readonly mirrors?: Pick<MirrorManager, 'legFault'>;
 }
 
-/** A fault's row in the fault log, written behind (FaultHost.writeBehind): its id once inserted. */
+/**
+ * A fault's row in the fault log, written behind (FaultHost.writeBehind): its
+ * id once inserted; before that, the outcome the insert writes with it.
+ */
 interface FaultRecord {
   id: number | null;
+  outcome?: string;
+  detail?: string;
 }
 
 interface Waiter {
@@ -260,11 +268,30 @@ interface SegmentCase {
   leaseTimer?: NodeJS.Timeout;
 }
 
+/**
+ * Allocations of one vdisk made in one table change: every case that decides
+ * `allocate` while the batch has not run yet joins it (cases released by the
+ * same quiesce decide in the same turn), so faults that queued behind a
+ * change are answered from one commit, one delta and one ack instead of one
+ * each, in turn.
+ */
+interface AllocBatch {
+  members: { c: SegmentCase; seen: SegmentState }[];
+  /** The change ran (or failed): a later case starts a new batch. */
+  closed: boolean;
+  /** Per member (by case), the failure to answer with; absent: allocated (or left for the next round). */
+  failed: Map<SegmentCase, Decision>;
+  /** Settles once the change is acked; rejects with what the change threw. */
+  done?: Promise<void>;
+}
+
 export class FaultManager {
   readonly #host: FaultHost;
   readonly #cases = new Map<string, SegmentCase>();
   /** When each vdisk's degraded allocation was last logged. */
   readonly #degradedLogged = new Map<string, number>();
+  /** The allocation batch of each vdisk still open to joiners. */
+  readonly #allocBatches = new Map<string, AllocBatch>();
 
   constructor(host: FaultHost) {
     this.#host = host;
@@ -297,7 +324,8 @@ export class FaultManager {
       detail: f.detail,
     };
     this.#host.writeBehind.add(() => {
-      record.id = db.insertFault(row);
+      // Usually answered before this runs: one row written with its outcome, not an insert and an update.
+      record.id = db.insertFault(record.outcome === undefined ? row : { ...row, outcome: record.outcome, detail: record.detail ?? row.detail });
     });
     const w: Waiter = { link, fault: f, record, toldWait: false };
     const reject = (cause: FailureCause, why: string): void => {
@@ -370,11 +398,13 @@ export class FaultManager {
         const row = host.db.segment(c.vdiskId, c.seg);
         const locs = row.containerId !== null && row.offset !== null ? host.db.locationsOfSegment(c.vdiskId, c.seg) : [];
         const refcount = segmentRefcount(host.db, locs);
+        const owner = host.db.segmentOwner(c.vdiskId, c.seg);
         const dctx: DecideContext = {
           snapshot: vdisk.kind === 'snapshot',
           migrating: locs.some((l) => host.migrating.has(locKey(l))),
-          owner: host.db.segmentOwner(c.vdiskId, c.seg),
-          shared: host.db.exportsOfVdisk(c.vdiskId).length > 1,
+          owner,
+          // Read only where decide() looks at it (a CAW on an unowned segment): a query saved per first write.
+          shared: owner === 0 && c.waiters.some((w) => w.fault.op === IoOp.CompareAndWrite) && host.db.exportsOfVdisk(c.vdiskId).length > 1,
         };
         const numbers = new Map<AgentLink, number>();
         const agentOf = (w: Waiter): number => {
@@ -382,7 +412,8 @@ export class FaultManager {
           if (n === undefined) numbers.set(w.link, (n = host.db.agentNumber(w.link.name as string)));
           return n;
         };
-        let decisions = c.waiters.map((w) => decide(row.state, w.fault.op, refcount, { ...dctx, agent: agentOf(w), reported: w.fault.state }));
+        // The faulting agent's number matters only against an owner (decide()).
+        let decisions = c.waiters.map((w) => decide(row.state, w.fault.op, refcount, { ...dctx, agent: owner !== 0 ? agentOf(w) : 0, reported: w.fault.state }));
         let action = decisions.find(isAction);
         const away = action !== undefined ? host.agents.exportersInLease(c.vdiskId) : { agents: [], waitMs: 0 };
         if (away.agents.length > 0) {
@@ -453,7 +484,8 @@ export class FaultManager {
             }
             left.push(w);
           } else {
-            this.#reply(w, d);
+            // Same turn as the read of `vdisk` (no change since): its version is the one to name.
+            this.#reply(w, d, undefined, vdisk.version);
           }
         });
         c.waiters = left;
@@ -495,44 +527,77 @@ export class FaultManager {
     if (debugEnabled()) log.debug(`vdisk ${c.vdiskId} segment ${c.seg}: write owner is now agent ${name} (${agent})`);
   }
 
-  /** Performs the one table change; null on success, else the failure to answer with. */
+  /**
+   * Performs the one table change; null on success (or when the state moved
+   * meanwhile: the next round looks again), else the failure to answer with.
+   * An allocation joins the vdisk's open batch (AllocBatch) when there is
+   * one: one change allocates for every case in it.
+   */
   async #act(c: SegmentCase, kind: 'allocate' | 'make-writable', seen: SegmentState): Promise<Decision | null> {
     const host = this.#host;
+    const open = kind === 'allocate' ? this.#allocBatches.get(c.vdiskId) : undefined;
+    if (open !== undefined && !open.closed && open.done !== undefined) {
+      open.members.push({ c, seen });
+      await open.done;
+      return open.failed.get(c) ?? null;
+    }
+    const batch: AllocBatch = { members: [{ c, seen }], closed: false, failed: new Map() };
+    const close = (): void => {
+      batch.closed = true;
+      if (this.#allocBatches.get(c.vdiskId) === batch) this.#allocBatches.delete(c.vdiskId);
+    };
+    if (kind === 'allocate') this.#allocBatches.set(c.vdiskId, batch);
+    batch.done = (async () => {
+      try {
+        await host.tables.changeTable(
+          c.vdiskId,
+          (ctx) => {
+            close();
+            for (const m of batch.members) this.#change(ctx, kind, m.c, m.seen, batch.failed);
+          },
+          (r) => this.#answerBehind(batch.members, r),
+          // A thin allocation commits lazily: durable by the group commit, or when an agent syncs (durability.ts).
+          { lazy: kind === 'allocate' },
+        );
+      } finally {
+        close();
+      }
+    })();
+    await batch.done;
+    return batch.failed.get(c) ?? null;
+  }
+
+  /** One case's part of the change (#act), inside its transaction; a failure to answer with goes in `failed`. */
+  #change(ctx: ChangeContext, kind: 'allocate' | 'make-writable', c: SegmentCase, seen: SegmentState, failed: Map<SegmentCase, Decision>): void {
+    const host = this.#host;
+    const row = host.db.segment(c.vdiskId, c.seg);
+    // The state may have moved while we queued for the vdisk: act only
+    // on the state we decided for, and let the next round look again.
+    if (row.state !== seen) return;
     try {
-      await host.tables.changeTable(
-        c.vdiskId,
-        (ctx) => {
-          const row = host.db.segment(c.vdiskId, c.seg);
-          // The state may have moved while we queued for the vdisk: act only
-          // on the state we decided for, and let the next round look again.
-          if (row.state !== seen) return;
-          if (kind === 'allocate' && ctx.vdisk.copies > 1) {
-            // One leg per copy, in distinct domains; fewer (degraded, rebuilt
-            // later) rather than a failed write while one domain has room.
-            const [first, ...legs] = ctx.allocateLegs(1, ctx.vdisk.copies)[0] ?? [];
-            if (first === undefined) throw new Error('allocator returned nothing');
-            if (legs.length + 1 < ctx.vdisk.copies) this.#degraded(ctx.vdisk, c.seg, legs.length + 1, 'allocated');
-            ctx.set(c.seg, SegmentState.Normal, first, legs);
-          } else if (kind === 'allocate') {
-            const [loc] = ctx.allocate(1);
-            if (loc === undefined) throw new Error('allocator returned nothing');
-            ctx.set(c.seg, SegmentState.Normal, loc);
-          } else if (row.containerId !== null && row.offset !== null) {
-            // Same primary: the extra legs stay. The write about to happen
-            // is what a stale leg of this segment misses (write intent, for
-            // its resync): recorded in the same transaction.
-            ctx.set(c.seg, SegmentState.Normal, { containerId: row.containerId, offset: row.offset });
-            host.db.markDirty(c.vdiskId, c.seg);
-          }
-        },
-        (r) => this.#answerBehind(c, r),
-        // A thin allocation commits lazily: durable by the group commit, or when an agent syncs (durability.ts).
-        { lazy: kind === 'allocate' },
-      );
-      return null;
+      if (kind === 'allocate' && ctx.vdisk.copies > 1) {
+        // One leg per copy, in distinct domains; fewer (degraded, rebuilt
+        // later) rather than a failed write while one domain has room.
+        const [first, ...legs] = ctx.allocateLegs(1, ctx.vdisk.copies)[0] ?? [];
+        if (first === undefined) throw new Error('allocator returned nothing');
+        if (legs.length + 1 < ctx.vdisk.copies) this.#degraded(ctx.vdisk, c.seg, legs.length + 1, 'allocated');
+        ctx.set(c.seg, SegmentState.Normal, first, legs);
+      } else if (kind === 'allocate') {
+        const [loc] = ctx.allocate(1);
+        if (loc === undefined) throw new Error('allocator returned nothing');
+        ctx.set(c.seg, SegmentState.Normal, loc);
+      } else if (row.containerId !== null && row.offset !== null) {
+        // Same primary: the extra legs stay. The write about to happen
+        // is what a stale leg of this segment misses (write intent, for
+        // its resync): recorded in the same transaction.
+        ctx.set(c.seg, SegmentState.Normal, { containerId: row.containerId, offset: row.offset });
+        host.db.markDirty(c.vdiskId, c.seg);
+      }
     } catch (err) {
-      if (err instanceof ContainerFullError) return this.#outOfRoom(c.vdiskId, 1, err);
-      throw err;
+      // No room for this one (the allocator takes nothing before it throws):
+      // the others of the batch still get theirs.
+      if (!(err instanceof ContainerFullError)) throw err;
+      failed.set(c, this.#outOfRoom(c.vdiskId, 1, err));
     }
   }
 
@@ -640,7 +705,7 @@ export class FaultManager {
           committed = true;
           for (const l of copied) kept.add(l);
         },
-        (r) => this.#answerBehind(c, r),
+        (r) => this.#answerBehind([{ c }], r),
       );
     } finally {
       for (const l of fresh) if (!overdue.has(l)) host.allocator.unreserve([l], !(committed && kept.has(l)));
@@ -682,25 +747,29 @@ export class FaultManager {
    * waits for it before the vdisk's next change. Saves the ack's round trip
    * (docs/architecture.md, "Retry behind the delta": RETRY means a newer table is on its way or already sent).
    */
-  #answerBehind(c: SegmentCase, r: CommitResult): void {
+  #answerBehind(members: readonly { c: SegmentCase }[], r: CommitResult): void {
     const host = this.#host;
-    if (!r.ranges.some(([first, end]) => c.seg >= first && c.seg < end)) return;
-    const sole = host.agents.soleHolder(c.vdiskId);
+    const sole = host.agents.soleHolder(r.vdiskId);
     if (sole === null) return;
-    const vdisk = host.db.vdisk(c.vdiskId);
-    const row = host.db.segment(c.vdiskId, c.seg);
-    if (!vdisk || row.state !== SegmentState.Normal) return;
-    const left: Waiter[] = [];
-    for (const w of c.waiters) {
-      const d = decide(row.state, w.fault.op, 1, { snapshot: vdisk.kind === 'snapshot' });
-      if (w.link === sole && d.kind === 'retry') this.#reply(w, d);
-      else left.push(w);
+    const vdisk = host.db.vdisk(r.vdiskId);
+    if (!vdisk) return;
+    for (const { c } of members) {
+      if (!r.ranges.some(([first, end]) => c.seg >= first && c.seg < end)) continue;
+      const row = host.db.segment(c.vdiskId, c.seg);
+      if (row.state !== SegmentState.Normal) continue;
+      const left: Waiter[] = [];
+      for (const w of c.waiters) {
+        const d = decide(row.state, w.fault.op, 1, { snapshot: vdisk.kind === 'snapshot' });
+        // r.version: the version just committed and sent, the one the agent must wait for.
+        if (w.link === sole && d.kind === 'retry') this.#reply(w, d, undefined, r.version);
+        else left.push(w);
+      }
+      c.waiters = left;
     }
-    c.waiters = left;
   }
 
-  #reply(w: Waiter, d: Decision, outcome?: string): void {
-    const version = this.#host.db.vdisk(w.fault.vdiskId)?.version ?? 0;
+  /** `version`: the vdisk's version when the caller knows it (else read from the DB). */
+  #reply(w: Waiter, d: Decision, outcome?: string, version = this.#host.db.vdisk(w.fault.vdiskId)?.version ?? 0): void {
     let action: FaultAction;
     let sense: Sense = [0, 0, 0];
     let reason = '';
@@ -729,6 +798,12 @@ export class FaultManager {
   #outcome(w: Waiter, outcome: string, detail: string): void {
     const db = this.#host.db;
     const record = w.record;
+    if (record.id === null) {
+      // Not inserted yet: the insert writes it (as setFaultOutcome would, a detail only when given).
+      record.outcome = outcome;
+      if (detail !== '') record.detail = detail;
+      return;
+    }
     this.#host.writeBehind.add(() => {
       if (record.id !== null) db.setFaultOutcome(record.id, outcome, detail);
     });
