@@ -255,13 +255,30 @@ function heartbeatReply(r: HeartbeatReply): Writer | null {
 const ackPrefixes = new Map<string, Buffer>();
 const MAX_ACK_PREFIXES = 1024;
 
+/** Bytes of `v` as a varint. */
+function varintLength(v: number): number {
+  let n = 1;
+  for (let x = v; x > 0x7f; x = Math.floor(x / 0x80)) n++;
+  return n;
+}
+
+/** Writes `v` as a varint at `n` in `buf` (room checked by the caller); the position after it. */
+function putVarint(buf: Buffer, n: number, v: number): number {
+  while (v > 0x7f) {
+    buf[n++] = (v % 0x80) | 0x80;
+    v = Math.floor(v / 0x80);
+  }
+  buf[n++] = v;
+  return n;
+}
+
 /**
- * AgentMessage{table_ack} in one buffer, the vdisk id's field cached: every
- * holder of a vdisk sends one per change, and the id's check and copy were
- * most of its encoding. The same bytes as protobufjs (unit tests).
+ * AgentMessage{table_ack} in one buffer of its exact size, the vdisk id's
+ * field cached: every holder of a vdisk sends one per change, and the id's
+ * check and copy were most of its encoding. The same bytes as protobufjs
+ * (unit tests). Null when the id is not ASCII or the version not exact.
  */
-function tableAckMessage(a: TableAck): Buffer | null {
-  const id = a.vdiskId;
+export function encodeTableAck(id: string, v: number): Buffer | null {
   let prefix = ackPrefixes.get(id);
   if (prefix === undefined) {
     if (!ascii(id)) return null;
@@ -271,20 +288,18 @@ function tableAckMessage(a: TableAck): Buffer | null {
     if (ackPrefixes.size >= MAX_ACK_PREFIXES) ackPrefixes.clear();
     ackPrefixes.set(id, prefix);
   }
-  const v = a.version;
   if (!u64(v)) return null;
-  let vlen = 0;
-  if (v !== 0) {
-    vlen = 2;
-    for (let x = v; x > 0x7f; x = Math.floor(x / 0x80)) vlen++;
-  }
+  const vlen = v === 0 ? 0 : 1 + varintLength(v);
   const inner = prefix.length + vlen;
-  const w = new Writer(inner + 6);
-  w.varint((3 << 3) | 2);
-  w.varint(inner);
-  w.n += prefix.copy(w.buf, w.n);
-  w.uint(2, v);
-  return w.bytes();
+  const out = Buffer.allocUnsafe(1 + varintLength(inner) + inner);
+  out[0] = (3 << 3) | 2;
+  let n = putVarint(out, 1, inner);
+  n += prefix.copy(out, n);
+  if (v !== 0) {
+    out[n++] = 2 << 3;
+    putVarint(out, n, v);
+  }
+  return out;
 }
 
 function heartbeat(h: Heartbeat): Writer | null {
@@ -360,7 +375,7 @@ export function tryEncodeAgentMessage(m: AgentMessage): Buffer | null {
     case 'heartbeat':
       return m.heartbeat !== null && typeof m.heartbeat === 'object' ? wrap(2, heartbeat(m.heartbeat)) : null;
     case 'tableAck':
-      return m.tableAck !== null && typeof m.tableAck === 'object' ? tableAckMessage(m.tableAck) : null;
+      return m.tableAck !== null && typeof m.tableAck === 'object' ? encodeTableAck(m.tableAck.vdiskId, m.tableAck.version) : null;
     case 'fault':
       return m.fault !== null && typeof m.fault === 'object' ? wrap(5, fault(m.fault)) : null;
     default:
