@@ -12,7 +12,10 @@
 // A/B of agent builds under the same load: BENCH_FANOUT_ENTRY_B=/other/checkout/bin/tabula.js
 // starts every odd-numbered agent from that launcher; the CPU of each half is
 // reported apart (the same changes, at the same moments, on the same machine:
-// far steadier than alternating whole runs on a shared box).
+// far steadier than alternating whole runs on a shared box). The other checkout
+// needs its own build: `npx tsc -p tsconfig.json` there, and the native addon
+// (build/Release/fileops.node, e.g. a link to this checkout's build/), or its
+// agents exit at start and the run fails only once the start times out.
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';

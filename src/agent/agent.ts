@@ -523,7 +523,7 @@ export class Agent {
 
   #ack(h: ServedVdisk, version: number): void {
     // Not connected: the version goes in the next Register instead.
-    this.link.send({ body: 'tableAck', tableAck: { vdiskId: h.exp.vdiskId, version } });
+    this.link.sendTableAck(h.exp.vdiskId, version);
   }
 
   #requestTable(h: ServedVdisk, reason: string): void {

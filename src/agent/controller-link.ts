@@ -9,7 +9,8 @@
 // The link also keeps the controller's lease (AgentLease below): renewed by
 // the controller's answers to heartbeats, it tells the devices when segments
 // in state zero or no-write may no longer be served from the table held.
-import { AgentServiceClient, type AgentStream, type ClientOptions } from '../wire/grpc.js';
+import { AgentServiceClient, EncodedMessage, type AgentStream, type ClientOptions } from '../wire/grpc.js';
+import { encodeTableAck } from '../wire/stream-codec.js';
 import type {
   AgentMessage,
   ContainerRef,
@@ -278,7 +279,8 @@ export class ControllerLink {
   /** Presented on every (re)connection; SIGHUP may replace it (setToken). */
   #token: string | undefined;
   readonly #backoff: Backoff;
-  readonly #listeners = new Map<LinkEventName, Set<(arg: never) => void>>();
+  /** Replaced, never changed in place: an emit runs over the listeners there were when it began. */
+  readonly #listeners = new Map<LinkEventName, readonly ((arg: never) => void)[]>();
   #state: LinkState = 'idle';
   #client: AgentServiceClient | null = null;
   #stream: AgentStream | null = null;
@@ -326,17 +328,14 @@ export class ControllerLink {
   }
 
   on<K extends LinkEventName>(event: K, fn: Listener<K>): this {
-    let set = this.#listeners.get(event);
-    if (!set) {
-      set = new Set();
-      this.#listeners.set(event, set);
-    }
-    set.add(fn as (arg: never) => void);
+    const list = this.#listeners.get(event) ?? [];
+    if (!list.includes(fn as (arg: never) => void)) this.#listeners.set(event, [...list, fn as (arg: never) => void]);
     return this;
   }
 
   off<K extends LinkEventName>(event: K, fn: Listener<K>): this {
-    this.#listeners.get(event)?.delete(fn as (arg: never) => void);
+    const list = this.#listeners.get(event);
+    if (list !== undefined) this.#listeners.set(event, list.filter((f) => f !== fn));
     return this;
   }
 
@@ -350,7 +349,7 @@ export class ControllerLink {
    * Sends on the registered stream. False when there is none (the caller
    * keeps what must survive, e.g. faults, and re-sends after `welcome`).
    */
-  send(msg: AgentMessage): boolean {
+  send(msg: AgentMessage | EncodedMessage): boolean {
     const stream = this.#stream;
     if (this.#state !== 'registered' || stream === null) return false;
     try {
@@ -361,6 +360,18 @@ export class ControllerLink {
       log.error('controller link: cannot send message', { body: msg.body, err: (err as Error).message });
       return false;
     }
+  }
+
+  /**
+   * A TableAck, as send: every holder of a vdisk sends one per change, so its
+   * bytes are made here at once (the serializer passes them through) rather
+   * than through the generic encoder's dispatch.
+   */
+  sendTableAck(vdiskId: string, version: number): boolean {
+    if (this.#state !== 'registered') return false;
+    const msg: AgentMessage = { body: 'tableAck', tableAck: { vdiskId, version } };
+    const bytes = encodeTableAck(vdiskId, version);
+    return this.send(bytes === null ? msg : new EncodedMessage(bytes, msg));
   }
 
   /**
@@ -451,6 +462,11 @@ export class ControllerLink {
 
   #onMessage(stream: AgentStream, m: ControllerMessage | MalformedMessage): void {
     if (stream !== this.#stream) return;
+    // The message of every table change, first (what the general path below does with it).
+    if (m.body === 'tableDelta' && this.#state === 'registered' && m.tableDelta !== null && typeof m.tableDelta === 'object') {
+      this.#emit('tableDelta', m.tableDelta);
+      return;
+    }
     if (m.body === 'malformed') {
       log.warn('controller link: dropped a message that does not decode', { reason: m.reason });
       return;
@@ -574,11 +590,11 @@ export class ControllerLink {
   }
 
   #emit<K extends LinkEventName>(event: K, arg: LinkEvents[K]): void {
-    const set = this.#listeners.get(event);
-    if (!set) return;
-    for (const fn of set) {
+    const list = this.#listeners.get(event);
+    if (list === undefined) return;
+    for (let i = 0; i < list.length; i++) {
       try {
-        (fn as Listener<K>)(arg);
+        (list[i] as Listener<K>)(arg);
       } catch (err) {
         // A handler's bug must not take the stream (and every other vdisk) down with it.
         log.error('controller link: event handler failed', { event, err: (err as Error).stack ?? String(err) });

@@ -649,6 +649,7 @@ export class VdiskDevice implements BlockDevice {
   }
 
   #broadcastSwap(): void {
+    if (this.#wakers.size === 0) return; // the common delta: nothing held
     const wakers = [...this.#wakers];
     this.#wakers.clear();
     for (const w of wakers) w();

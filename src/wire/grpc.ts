@@ -179,7 +179,7 @@ export interface ClientOptions {
 }
 
 /** The agent's side of AgentService.Connect. */
-export type AgentStream = grpc.ClientDuplexStream<AgentMessage, ControllerMessage | MalformedMessage>;
+export type AgentStream = grpc.ClientDuplexStream<AgentMessage | EncodedMessage, ControllerMessage | MalformedMessage>;
 
 export class AgentServiceClient {
   readonly #client: grpc.Client;
@@ -192,7 +192,8 @@ export class AgentServiceClient {
   }
 
   connect(): AgentStream {
-    const def = agentServiceDefinition().Connect as grpc.MethodDefinition<AgentMessage, ControllerMessage | MalformedMessage>;
+    // Its serializer passes an EncodedMessage's bytes through (serviceDefinition).
+    const def = agentServiceDefinition().Connect as grpc.MethodDefinition<AgentMessage | EncodedMessage, ControllerMessage | MalformedMessage>;
     return this.#client.makeBidiStreamRequest(
       def.path,
       def.requestSerialize,

@@ -255,13 +255,30 @@ function heartbeatReply(r: HeartbeatReply): Writer | null {
 const ackPrefixes = new Map<string, Buffer>();
 const MAX_ACK_PREFIXES = 1024;
 
+/** Bytes of `v` as a varint. */
+function varintLength(v: number): number {
+  let n = 1;
+  for (let x = v; x > 0x7f; x = Math.floor(x / 0x80)) n++;
+  return n;
+}
+
+/** Writes `v` as a varint at `n` in `buf` (room checked by the caller); the position after it. */
+function putVarint(buf: Buffer, n: number, v: number): number {
+  while (v > 0x7f) {
+    buf[n++] = (v % 0x80) | 0x80;
+    v = Math.floor(v / 0x80);
+  }
+  buf[n++] = v;
+  return n;
+}
+
 /**
- * AgentMessage{table_ack} in one buffer, the vdisk id's field cached: every
- * holder of a vdisk sends one per change, and the id's check and copy were
- * most of its encoding. The same bytes as protobufjs (unit tests).
+ * AgentMessage{table_ack} in one buffer of its exact size, the vdisk id's
+ * field cached: every holder of a vdisk sends one per change, and the id's
+ * check and copy were most of its encoding. The same bytes as protobufjs
+ * (unit tests). Null when the id is not ASCII or the version not exact.
  */
-function tableAckMessage(a: TableAck): Buffer | null {
-  const id = a.vdiskId;
+export function encodeTableAck(id: string, v: number): Buffer | null {
   let prefix = ackPrefixes.get(id);
   if (prefix === undefined) {
     if (!ascii(id)) return null;
@@ -271,20 +288,18 @@ function tableAckMessage(a: TableAck): Buffer | null {
     if (ackPrefixes.size >= MAX_ACK_PREFIXES) ackPrefixes.clear();
     ackPrefixes.set(id, prefix);
   }
-  const v = a.version;
   if (!u64(v)) return null;
-  let vlen = 0;
-  if (v !== 0) {
-    vlen = 2;
-    for (let x = v; x > 0x7f; x = Math.floor(x / 0x80)) vlen++;
-  }
+  const vlen = v === 0 ? 0 : 1 + varintLength(v);
   const inner = prefix.length + vlen;
-  const w = new Writer(inner + 6);
-  w.varint((3 << 3) | 2);
-  w.varint(inner);
-  w.n += prefix.copy(w.buf, w.n);
-  w.uint(2, v);
-  return w.bytes();
+  const out = Buffer.allocUnsafe(1 + varintLength(inner) + inner);
+  out[0] = (3 << 3) | 2;
+  let n = putVarint(out, 1, inner);
+  n += prefix.copy(out, n);
+  if (v !== 0) {
+    out[n++] = 2 << 3;
+    putVarint(out, n, v);
+  }
+  return out;
 }
 
 function heartbeat(h: Heartbeat): Writer | null {
@@ -360,7 +375,7 @@ export function tryEncodeAgentMessage(m: AgentMessage): Buffer | null {
     case 'heartbeat':
       return m.heartbeat !== null && typeof m.heartbeat === 'object' ? wrap(2, heartbeat(m.heartbeat)) : null;
     case 'tableAck':
-      return m.tableAck !== null && typeof m.tableAck === 'object' ? tableAckMessage(m.tableAck) : null;
+      return m.tableAck !== null && typeof m.tableAck === 'object' ? encodeTableAck(m.tableAck.vdiskId, m.tableAck.version) : null;
     case 'fault':
       return m.fault !== null && typeof m.fault === 'object' ? wrap(5, fault(m.fault)) : null;
     default:
@@ -560,6 +575,114 @@ function readTableDelta(r: Reader): TableDeltaMsg {
     }
   });
   return d;
+}
+
+// ---- the delta's fast path ----
+//
+// Every holder of a vdisk decodes each of its deltas, a few times a second
+// at most, so this code runs cold (interpreted): what costs is the number
+// of calls and closures, not the arithmetic. The fast path reads the one
+// shape the controller sends (fields in ascending order, single-byte tags,
+// extents without legs) in two loops with the position in a module
+// variable (no Reader, no closure per field); anything else returns null
+// and the general readers above decide, so the result is the same object.
+
+/** Read position of the fast path (single-threaded, never held across calls). */
+let at = 0;
+
+/** A varint at `at` below `end` up to 2^53 - 1 (as Reader.varint), or -1. */
+function varintAt(buf: Buffer, end: number): number {
+  let b = at < end ? (buf[at++] as number) : 0x100;
+  if (b < 0x80) return b;
+  if (b === 0x100) return -1;
+  let v = b & 0x7f;
+  let mul = 0x80;
+  for (let i = 1; i < 8; i++) {
+    if (at >= end) return -1;
+    b = buf[at++] as number;
+    v += (b & 0x7f) * mul;
+    if (b < 0x80) return Number.isSafeInteger(v) ? v : -1;
+    mul *= 0x80;
+  }
+  return -1;
+}
+
+/** An ASCII string field's value at `at` (after its tag), or null. */
+function asciiAt(buf: Buffer, end: number): string | null {
+  const len = varintAt(buf, end);
+  if (len < 0 || len > end - at) return null;
+  const start = at;
+  const stop = start + len;
+  for (let i = start; i < stop; i++) if ((buf[i] as number) >= 0x80) return null;
+  at = stop;
+  return buf.toString('latin1', start, stop);
+}
+
+/** One extent without legs (fields in ascending order), at `at` up to `end`, or null. */
+function fastExtent(buf: Buffer, end: number): WireExtent | null {
+  const e: WireExtent = { first: 0, count: 0, state: 0, container: '', offset: 0 };
+  let last = 0;
+  while (at < end) {
+    const tag = buf[at++] as number;
+    const no = tag >> 3;
+    if (no <= last || (tag & 7) !== (no === 4 ? 2 : 0)) return null;
+    last = no;
+    if (no === 4) {
+      const c = asciiAt(buf, end);
+      if (c === null) return null;
+      e.container = c;
+      continue;
+    }
+    const v = varintAt(buf, end);
+    if (v < 0 || v > (no === 3 ? I32_MAX : U32_MAX)) return null;
+    if (no === 1) e.first = v;
+    else if (no === 2) e.count = v;
+    else if (no === 3) e.state = v;
+    else if (no === 5) e.offset = v;
+    else if (no === 6) e.owner = v;
+    else return null;
+  }
+  return at === end ? e : null;
+}
+
+/** ControllerMessage{table_delta} as the controller writes it, or null (the general path decides). */
+function fastTableDelta(buf: Buffer): ControllerMessage | null {
+  const n = buf.length;
+  at = 1;
+  const len = varintAt(buf, n);
+  if (len !== n - at) return null;
+  // Key order as readTableDelta's.
+  const d = { extents: [], vdiskId: '', fromVersion: 0, toVersion: 0, segmentCount: 0 } as TableDeltaMsg;
+  let last = 0;
+  while (at < n) {
+    const tag = buf[at++] as number;
+    const no = tag >> 3;
+    // Ascending, each once, except extents (5) repeated one after another.
+    if (no < last || (no === last && no !== 5)) return null;
+    last = no;
+    if (tag === 0x2a) {
+      const elen = varintAt(buf, n);
+      if (elen < 0 || elen > n - at) return null;
+      const x = fastExtent(buf, at + elen);
+      if (x === null) return null;
+      d.extents.push(x);
+    } else if (tag === 0x0a) {
+      const id = asciiAt(buf, n);
+      if (id === null) return null;
+      d.vdiskId = id;
+    } else if (tag === 0x10 || tag === 0x18 || tag === 0x20 || tag === 0x38) {
+      const v = varintAt(buf, n);
+      if (v < 0) return null;
+      if (tag === 0x10) d.fromVersion = v;
+      else if (tag === 0x18) d.toVersion = v;
+      else if (tag === 0x38) d.lazy = v !== 0;
+      else if (v > U32_MAX) return null;
+      else d.segmentCount = v;
+    } else {
+      return null;
+    }
+  }
+  return { tableDelta: d, body: 'tableDelta' };
 }
 
 /** Appends a repeated uint32 field's values: packed (wire type 2) or one plain varint (0), as protobufjs accepts both. */
@@ -813,6 +936,11 @@ function oneField(buf: Buffer): [number, Reader] | null {
 
 /** Decodes TableFull, TableDelta, FaultReply and HeartbeatReply ControllerMessages as protobufjs would (decode, then toObject); null otherwise. */
 export function tryDecodeControllerMessage(buf: Buffer): ControllerMessage | null {
+  // ControllerMessage.table_delta (4, length-delimited): the message of every table change.
+  if (buf[0] === 0x22) {
+    const m = fastTableDelta(buf);
+    if (m !== null) return m;
+  }
   try {
     const f = oneField(buf);
     if (f === null) return null;
