@@ -452,6 +452,9 @@ export class ControllerDb {
   readonly path: string;
   /** Statements prepared once, when the database opens. */
   readonly #statements;
+  /** relaxed()'s two pragmas (see there). */
+  readonly #syncNormal: Database.Statement;
+  readonly #syncFull: Database.Statement;
   /** relaxed() calls in progress: their commits run with synchronous = NORMAL, no durable point. */
   #relaxedDepth = 0;
   /** Inside lazy(): a thin allocation's commit. */
@@ -470,6 +473,8 @@ export class ControllerDb {
     // FULL: a table version pushed to agents must survive power loss, or a
     // restarted controller could hand the same location out twice.
     this.sql.pragma('synchronous = FULL');
+    this.#syncNormal = this.sql.prepare('PRAGMA synchronous = NORMAL');
+    this.#syncFull = this.sql.prepare('PRAGMA synchronous = FULL');
     this.sql.pragma('busy_timeout = 5000');
     migrate(this.sql);
     const p = (q: string) => this.sql.prepare(q);
@@ -636,14 +641,16 @@ export class ControllerDb {
    */
   relaxed<T>(fn: () => T): T {
     if (this.sql.inTransaction) return fn();
-    // Not a prepared statement: SQLite applies this pragma when it compiles it.
-    this.sql.pragma('synchronous = NORMAL');
+    // Prepared once: SQLite sets the level when it compiles the pragma, and
+    // the statement expires itself, so each run compiles (and sets) it again;
+    // what is saved is better-sqlite3's parse and prepare, twice per fault.
+    this.#syncNormal.run();
     this.#relaxedDepth++;
     try {
       return fn();
     } finally {
       this.#relaxedDepth--;
-      this.sql.pragma('synchronous = FULL');
+      this.#syncFull.run();
     }
   }
 

@@ -56,6 +56,16 @@ describe('durability: lazy commits and the group commit', () => {
     expect(() => db.tx(() => db.lazy(() => 1))).to.throw(/cannot join/);
   });
 
+  it('relaxed() switches the safety level every time (its pragmas are prepared once and run again)', () => {
+    const level = (): unknown => db.sql.pragma('synchronous', { simple: true });
+    for (let i = 0; i < 3; i++) {
+      expect(db.relaxed(() => level())).to.equal(1);
+      expect(level()).to.equal(2);
+      expect(db.lazy(() => level())).to.equal(1);
+      expect(level()).to.equal(2);
+    }
+  });
+
   it('a FULL transaction that wrote is a durable point; one that only read, a relaxed or a lazy one is not', () => {
     let points = 0;
     db.onDurable(() => points++);
