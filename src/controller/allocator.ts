@@ -13,19 +13,26 @@
 //
 // Lazy allocations (a thin segment's first write, committed without an
 // fsync; docs/architecture.md) take only locations inside durable
-// reservations: ranges of free space recorded by a FULL commit before any of
-// it is handed out, so that after a power loss the space an agent may have
-// written through a lost commit is known (space-recovery.ts). Each container
-// a lazy allocation may use keeps a pool of its lowest free segments
-// reserved (where allocations go anyway, so placement is unchanged),
-// reserved in batches by prepareLazy before the lazy transaction and
-// refilled off the fault path when it runs below half. Reserved space stays
-// in the free map: non-lazy allocations (durable at commit) use it too.
+// reservations: ranges of free space recorded durably before any of it is
+// handed out, so that after a power loss the space an agent may have
+// written through a lost commit is known (space-recovery.ts). Each
+// container a lazy allocation may use keeps a pool of its lowest free
+// segments reserved (where allocations go anyway, so placement is
+// unchanged), in batches: prepareLazy, called before the lazy commit,
+// reserves with a FULL commit only when a pool is short (one fsync for every
+// container); a pool below half is refilled off the fault path (written
+// without an fsync, used only once an fsync of the WAL made it durable).
+// Inside a lazy commit (ControllerDb.inLazyCommit, or {lazy: true}) an
+// allocation takes only reserved space, or throws UnreservedSpaceError
+// taking nothing (TableChanges then commits the change FULL). Reserved
+// space stays in the free map: non-lazy allocations (durable at commit)
+// use it too.
 
-import type { ContainerRow, ControllerDb, Location, VdiskRow } from './db.js';
+import type { ContainerRow, ControllerDb, Location, SpaceReservation, VdiskRow } from './db.js';
 import { containerDomains } from './domains.js';
 import { formatSize } from '../util/size.js';
 import { log } from '../util/log.js';
+import { POWER_SNAPSHOT_ENV } from './durability.js';
 
 /** Segments a container's reservation pool is filled to (allocator option reserveBatch). */
 export const DEFAULT_RESERVE_BATCH = 256;
@@ -84,10 +91,14 @@ export interface AllocatorOptions {
   reserveBatch?: number;
 }
 
-/** This run's durable reservations of one container: sorted, non-adjacent ranges and the rows recording them. */
+/** This run's reservations of one container. */
 interface Pool {
+  /** Sorted, non-adjacent: what lazy allocations may take (durably recorded). */
   ranges: FreeRun[];
+  /** This run's rows of the container in the DB (an unsynced refill's included). */
   rowIds: number[];
+  /** Bumped by every rewrite: a refill whose fsync ends after another rewrite leaves the ranges to it. */
+  gen: number;
 }
 
 /** A run of newly allocated container segments. */
@@ -122,7 +133,11 @@ export class Allocator {
   readonly #pools = new Map<string, Pool>();
   /** Suspect space from an earlier run (space-recovery.ts): out of the free map until it is scrubbed. */
   readonly #suspect = new Map<string, Set<number>>();
+  /** Reservation rows found at construction: an earlier run's (space-recovery.ts), not pools of this one. */
+  #inherited: SpaceReservation[];
+  #gen = 0;
   #refill: NodeJS.Immediate | null = null;
+  #refilling = false;
   #closed = false;
   /** The eligible containers prepareLazy found, for the lazy allocation in the same synchronous turn (saves the queries twice per fault). */
   #prepared: { vdiskId: string; eligible: readonly string[] } | null = null;
@@ -130,13 +145,47 @@ export class Allocator {
   constructor(db: ControllerDb, opts: AllocatorOptions = {}) {
     this.#db = db;
     this.#batch = Math.max(1, Math.floor(opts.reserveBatch ?? DEFAULT_RESERVE_BATCH));
+    this.#inherited = db.hasSpaceReservations() ? db.spaceReservations() : [];
     this.reload();
   }
 
-  /** Rebuilds every free map from the DB. */
+  /** Rebuilds every free map from the DB (and the pools: a rolled-back commit may have written reservations). */
   reload(): void {
     this.#space.clear();
     for (const c of this.#db.containers()) this.#load(c);
+    if (this.#pools.size > 0) this.#reloadPools();
+  }
+
+  /**
+   * Each pool keeps what it had that the DB still records: a reservation
+   * made in a commit that rolled back is gone, an unsynced refill's rows
+   * are not usable yet (not in the ranges); the row ids follow the DB.
+   */
+  #reloadPools(): void {
+    const inherited = new Set(this.#inherited.map((r) => r.id));
+    const rows = new Map<string, SpaceReservation[]>();
+    for (const r of this.#db.spaceReservations()) {
+      if (inherited.has(r.id)) continue;
+      const list = rows.get(r.containerId);
+      if (list === undefined) rows.set(r.containerId, [r]);
+      else list.push(r);
+    }
+    for (const id of new Set([...this.#pools.keys(), ...rows.keys()])) {
+      const list = rows.get(id) ?? [];
+      const pool = this.#pools.get(id);
+      const recorded = mergeRuns(list.map((r) => ({ start: r.first, count: r.count })));
+      this.#pools.set(id, { ranges: intersectRuns(pool?.ranges ?? [], recorded), rowIds: list.map((r) => r.id), gen: ++this.#gen });
+    }
+  }
+
+  /** The reservation rows of an earlier run found at start (space-recovery.ts). */
+  inheritedReservations(): readonly SpaceReservation[] {
+    return this.#inherited;
+  }
+
+  /** The earlier run's rows are gone (space recovery dropped them). */
+  forgetInherited(): void {
+    this.#inherited = [];
   }
 
   /** (Re)loads one container, e.g. after it was added. */
@@ -275,14 +324,15 @@ export class Allocator {
     const available = spaces.reduce((n, s) => n + s.free, 0);
     if (available < count) throw this.#full(vdisk, count, eligible, available);
     const take = waterFill(spaces, count);
-    // Checked before anything is taken, so a refusal takes nothing.
-    if (opts.lazy === true) this.#checkReserved(take);
+    // Before anything is taken, so a refusal takes nothing.
+    const lazy = opts.lazy === true || this.#db.inLazyCommit;
+    if (lazy) this.#ensureReserved(take);
     const order = [...spaces].sort((a, b) => (a.id < b.id ? -1 : 1));
     const out: AllocatedRun[] = [];
     for (const s of order) {
       let n = take.get(s.id) ?? 0;
       if (n === 0) continue;
-      if (opts.lazy === true) {
+      if (lazy) {
         // The lowest reserved free pieces (the pool is the lowest free space, so usually the same as below).
         for (const p of freeWithin(s, this.#pools.get(s.id)?.ranges ?? [])) {
           if (n === 0) break;
@@ -317,8 +367,8 @@ export class Allocator {
     return opts.lazy === true && p !== null && p.vdiskId === vdisk.id ? p.eligible : this.eligibleContainers(vdisk);
   }
 
-  /** Throws UnreservedSpaceError when a container's take exceeds its reserved free space. */
-  #checkReserved(take: ReadonlyMap<string, number>): void {
+  /** Throws UnreservedSpaceError when a container's take exceeds its reserved free space (prepareLazy reserves it ahead). */
+  #ensureReserved(take: ReadonlyMap<string, number>): void {
     for (const [id, n] of take) {
       if (n === 0) continue;
       const reserved = this.reservedFree(id);
@@ -379,7 +429,16 @@ export class Allocator {
    * lazy allocation of them durable too, as the WAL is sequential).
    */
   #reserve(ids: readonly string[], min: number): void {
-    const changes: { containerId: string; drop: number[]; ranges: { first: number; count: number }[]; runs: FreeRun[] }[] = [];
+    const changes = this.#plan(ids, min);
+    if (changes.length === 0) return;
+    const rowIds = this.#db.replaceSpaceReservations(changes);
+    changes.forEach((c, i) => this.#pools.set(c.containerId, { ranges: c.runs, rowIds: rowIds[i] ?? [], gen: ++this.#gen }));
+    log.debug(`reserved free space for lazy allocations: ${describe(changes)}`);
+  }
+
+  /** What #reserve would write: per container, the rows to drop and the ranges to record. */
+  #plan(ids: readonly string[], min: number): PoolChange[] {
+    const changes: PoolChange[] = [];
     for (const id of ids) {
       const s = this.#space.get(id);
       if (s === undefined) continue;
@@ -398,26 +457,61 @@ export class Allocator {
       const runs = mergeRuns([...keep, ...add]);
       changes.push({ containerId: id, drop: pool?.rowIds ?? [], ranges: runs.map((r) => ({ first: r.start, count: r.count })), runs });
     }
-    if (changes.length === 0) return;
-    const rowIds = this.#db.replaceSpaceReservations(changes);
-    changes.forEach((c, i) => this.#pools.set(c.containerId, { ranges: c.runs, rowIds: rowIds[i] ?? [] }));
-    log.debug(`reserved free space for lazy allocations: ${changes.map((c) => `container ${c.containerId} ${c.runs.reduce((n, r) => n + r.count, 0)} segments`).join(', ')}`);
+    return changes;
   }
 
   /** Refills, off the caller's path (after its transaction), the pools that ran below half. */
   #refillLow(): void {
-    if (this.#refill !== null || this.#closed) return;
+    if (this.#refill !== null || this.#refilling || this.#closed) return;
     if (this.#lowPools().length === 0) return;
     this.#refill = setImmediate(() => {
       this.#refill = null;
-      if (this.#closed || !this.#db.open || this.#db.sql.inTransaction) return;
-      try {
-        this.#reserve(this.#lowPools(), 0);
-      } catch (e) {
-        log.warn(`refilling free space reservations failed: ${(e as Error).message}`);
-      }
+      void this.#refillNow();
     });
     this.#refill.unref();
+  }
+
+  /**
+   * A refill without an fsync on the event loop: the rows are written
+   * without one (synchronous = NORMAL), then the WAL is fsynced off it, and
+   * only then do lazy allocations take the new ranges. Meanwhile a pool
+   * hands out only what both the old and the new rows hold: whichever of
+   * the two a power loss leaves, that covers it (the WAL is sequential).
+   */
+  async #refillNow(): Promise<void> {
+    if (this.#closed || this.#refilling || !this.#db.open || this.#db.sql.inTransaction) return;
+    this.#refilling = true;
+    try {
+      const changes = this.#plan(this.#lowPools(), 0);
+      if (changes.length === 0) return;
+      const rowIds = this.#db.relaxed(() => this.#db.replaceSpaceReservations(changes));
+      const gen = ++this.#gen;
+      for (const [i, c] of changes.entries()) {
+        const old = this.#pools.get(c.containerId)?.ranges ?? [];
+        this.#pools.set(c.containerId, { ranges: intersectRuns(old, c.runs), rowIds: rowIds[i] ?? [], gen });
+      }
+      await this.#syncWal();
+      for (const c of changes) {
+        const pool = this.#pools.get(c.containerId);
+        if (pool !== undefined && pool.gen === gen) pool.ranges = c.runs;
+      }
+      log.debug(`refilled free space reservations for lazy allocations: ${describe(changes)}`);
+    } catch (e) {
+      // At shutdown the database may close under the fsync: nothing is lost (close ends the reservations).
+      if (!this.#closed) log.warn(`refilling free space reservations failed: ${(e as Error).message}`);
+    } finally {
+      this.#refilling = false;
+    }
+  }
+
+  /**
+   * Every commit so far durable: an fsync of the WAL off the event loop.
+   * Simulating power loss (tests), a synchronous durable point instead, so
+   * the snapshot holds what the fsync would have covered (durability.ts).
+   */
+  async #syncWal(): Promise<void> {
+    if (process.env[POWER_SNAPSHOT_ENV] === undefined && (await this.#db.fsyncWal())) return;
+    if (this.#db.open) this.#db.syncNow();
   }
 
   #lowPools(): string[] {
@@ -578,13 +672,15 @@ export class Allocator {
     // `count` positions, so no entry gets two legs in one domain, and each
     // domain's locations go to consecutive entries.
     const out: Location[][] = Array.from({ length: count }, () => []);
-    if (opts.lazy === true) {
-      // Refused before anything is taken (allocate checks per call, and an earlier domain's take would stay taken).
+    if (opts.lazy === true || this.#db.inLazyCommit) {
+      // Refused before anything is taken: allocate checks per call, and an earlier domain's take would stay taken.
+      const all = new Map<string, number>();
       domains.forEach((x, i) => {
         const n = takes[i] as number;
         const spaces = x.ids.map((id) => this.#space.get(id)).filter((sp): sp is ContainerSpace => sp !== undefined);
-        if (n > 0) this.#checkReserved(waterFill(spaces, n));
+        if (n > 0) for (const [id, k] of waterFill(spaces, n)) all.set(id, k);
       });
+      this.#ensureReserved(all);
     }
     let p = 0;
     domains.forEach((x, i) => {
@@ -609,6 +705,35 @@ export class Allocator {
     }
     if (n > 0) this.observer?.freed(n);
   }
+}
+
+/** A rewrite of one container's reservation rows. */
+interface PoolChange {
+  containerId: string;
+  drop: number[];
+  ranges: { first: number; count: number }[];
+  runs: FreeRun[];
+}
+
+function describe(changes: readonly PoolChange[]): string {
+  return changes.map((c) => `container ${c.containerId} ${c.runs.reduce((n, r) => n + r.count, 0)} segments`).join(', ');
+}
+
+/** The intersection of two sorted, non-overlapping lists of runs. */
+function intersectRuns(a: readonly FreeRun[], b: readonly FreeRun[]): FreeRun[] {
+  const out: FreeRun[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length && j < b.length) {
+    const x = a[i] as FreeRun;
+    const y = b[j] as FreeRun;
+    const lo = Math.max(x.start, y.start);
+    const hi = Math.min(x.start + x.count, y.start + y.count);
+    if (hi > lo) out.push({ start: lo, count: hi - lo });
+    if (x.start + x.count < y.start + y.count) i++;
+    else j++;
+  }
+  return out;
 }
 
 /**

@@ -28,7 +28,7 @@ import type { ControllerDb, Location } from './db.js';
 /** What space recovery needs of the controller. */
 export interface SpaceRecoveryHost {
   readonly db: ControllerDb;
-  readonly allocator: Pick<Allocator, 'holdSuspect' | 'releaseSuspect'>;
+  readonly allocator: Pick<Allocator, 'inheritedReservations' | 'forgetInherited' | 'holdSuspect' | 'releaseSuspect'>;
   readonly agents: { link(agent: string): AgentLink | undefined };
   readonly scrubber: { add(locs: readonly Location[]): void };
 }
@@ -58,11 +58,12 @@ export class SpaceRecovery {
     this.#host = host;
     this.#recheckMs = opts.recheckMs ?? 1000;
     const db = host.db;
-    if (!db.hasSpaceReservations()) {
+    // Read by the allocator when it was made, before it reserved anything itself.
+    const rows = host.allocator.inheritedReservations();
+    if (rows.length === 0) {
       this.#done = true;
       return;
     }
-    const rows = db.spaceReservations();
     this.#rowIds = rows.map((r) => r.id);
     this.#suspects = host.allocator.holdSuspect(rows);
     if (this.#suspects.length === 0) {
@@ -155,6 +156,7 @@ export class SpaceRecovery {
     this.#done = true;
     this.stop();
     this.#host.allocator.releaseSuspect(this.#suspects);
+    this.#host.allocator.forgetInherited();
     if (this.#suspects.length > 0) log.info(`space recovery: no agent can write the ${this.#suspects.length} suspect segments any more; ${marked.length} queued for scrubbing`);
     this.#host.scrubber.add(marked);
     this.#suspects = [];

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { Allocator, UnreservedSpaceError, runLocations } from '../../../src/controller/allocator.js';
 import { checkInvariants } from '../../../src/controller/check.js';
 import { ControllerDb, type Location, type VdiskRow } from '../../../src/controller/db.js';
-import { CA, CB, CC, MiB, tempDir } from './helpers.js';
+import { CA, CB, CC, MiB, tempDir, until } from './helpers.js';
 
 describe('controller allocator: durable reservations for lazy allocations', () => {
   let t: ReturnType<typeof tempDir>;
@@ -128,11 +128,52 @@ describe('controller allocator: durable reservations for lazy allocations', () =
     });
     expect(a.reservedFree(CA)).to.equal(3);
     await nextTurn();
+    // Written without an fsync of its own: not handed out before one made it durable.
     expect(commits.n).to.equal(1);
-    expect(a.reservedFree(CA)).to.equal(8);
     expect(rows()).to.deep.equal([[CA, 5, 8]]);
+    expect(a.reservedFree(CA)).to.equal(3);
+    await until(() => a.reservedFree(CA) === 8, 5000, 'the refill usable once fsynced');
     expect(a.reservedRanges(CA)).to.deep.equal([{ first: 5, count: 8 }]);
     expect(checkInvariants(db)).to.deep.equal([]);
+  });
+
+  it('inside a lazy commit every allocation is lazy: refused, taking nothing, outside the reservations, taken from them when prepared', () => {
+    add(CA, 100);
+    add(CB, 100);
+    const a = new Allocator(db, { reserveBatch: 8 });
+    const v = vdisk('d', 50);
+    expect(() => db.lazy(() => a.allocate(v, 1))).to.throw(UnreservedSpaceError);
+    a.reload(); // as TableChanges does after a failed transaction
+    expect([a.freeSegments(CA), a.freeSegments(CB)]).to.deep.equal([100, 100]);
+    expect(a.prepareLazy(v, 1)).to.equal(true);
+    const got = [0, 1].map((seg) =>
+      db.lazy(() => {
+        const [l] = runLocations(a.allocate(v, 1));
+        db.insertAllocatedRun(v, seg, (l as Location).containerId, (l as Location).offset, 1);
+        return l as Location;
+      }),
+    );
+    expect(new Set(got.map((l) => l.containerId)).size, 'levelled over both containers, both prepared at once').to.equal(2);
+    expect(inRows(got)).to.equal(true);
+  });
+
+  it('a lazy commit that rolled back leaves the rows, the free map and the pool as they were', () => {
+    add(CA, 100);
+    const a = new Allocator(db, { reserveBatch: 8 });
+    const v = vdisk('d', 50);
+    a.prepareLazy(v, 1);
+    const before = rows();
+    expect(() =>
+      db.lazy(() => {
+        const [l] = runLocations(a.allocate(v, 1));
+        db.insertAllocatedRun(v, 0, CA, (l as Location).offset, 1);
+        throw new Error('change failed');
+      }),
+    ).to.throw('change failed');
+    a.reload();
+    expect(rows()).to.deep.equal(before);
+    expect(a.reservedFree(CA)).to.equal(8);
+    expect(db.containerSegmentsUsed(CA)).to.equal(0);
   });
 
   it('non-lazy allocations use reserved space too; prepareLazy tops the pool up', () => {

@@ -133,6 +133,36 @@ describe('controller space recovery (stand-in host)', () => {
 });
 
 describe('controller space recovery (after a power loss, fake agents over loopback gRPC)', () => {
+  it('the first thin write reserves a batch durably before its lazy commit; the next ones commit lazily from the pool, reserving nothing', async () => {
+    const t = tempDir();
+    const h = await startController({ dbPath: join(t.dir, 'c.db'), listen: '127.0.0.1:0', reserveBatch: 4, durableIntervalMs: 60_000 });
+    const a1 = new FakeAgent(h.address, 'a1', { containers: [containerRef(CA, 16)] });
+    try {
+      h.admin.AddContainer({ id: CA, path: '/c/a', size: 17 * MiB, dataOffset: MiB });
+      await a1.register();
+      const v = h.admin.CreateVdisk({ name: 'd', size: 8 * MiB });
+      h.admin.AddExport({ vdisk: 'd', agent: 'a1' });
+      await until(() => a1.tables.has(v.id), 2000, 'a1 has the table');
+      const lastDelta = () => {
+        const m = a1.received.filter((x) => x.body === 'tableDelta').pop();
+        return m?.body === 'tableDelta' ? m.tableDelta : undefined;
+      };
+      await a1.sendFault({ vdiskId: v.id, segment: 0, op: 1 }).reply();
+      expect(lastDelta()?.lazy).to.equal(true);
+      const reserved = h.db.spaceReservations();
+      expect(reserved.map((r) => [r.first, r.count])).to.deep.equal([[0, 4]]);
+      await a1.sendFault({ vdiskId: v.id, segment: 1, op: 1 }).reply();
+      expect(lastDelta()?.lazy).to.equal(true);
+      expect(h.db.spaceReservations(), 'nothing reserved again').to.deep.equal(reserved);
+      expect(h.db.segment(v.id, 1)).to.deep.include({ containerId: CA, offset: 1 });
+      expect(h.controller.allocator.reservedFree(CA)).to.equal(2);
+    } finally {
+      a1.close();
+      await h.close();
+      t.cleanup();
+    }
+  });
+
   it('a lost lazy allocation\'s space is suspect after restart: not allocated, not scrubbed until the exporter reconciled, then zeroed and free', async () => {
     const t = tempDir();
     const dbPath = join(t.dir, 'c.db');
@@ -160,6 +190,8 @@ describe('controller space recovery (after a power loss, fake agents over loopba
       if (existsSync(`${dbPath}-wal`)) copyFileSync(`${dbPath}-wal`, `${image}-wal`);
       const reply = await a1.sendFault({ vdiskId: v.id, segment: 0, op: 1 }).reply();
       expect(reply.action).to.not.equal(2);
+      const delta = a1.received.filter((x) => x.body === 'tableDelta').pop();
+      expect(delta?.body === 'tableDelta' && delta.tableDelta.lazy, 'committed lazily, from the pool').to.equal(true);
       const heldVersion = a1.tables.get(v.id)?.version ?? 0;
       a1.close();
       await h.close();
