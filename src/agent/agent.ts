@@ -46,6 +46,7 @@ import { ControllerLink, DEFAULT_WELCOME_TIMEOUT_MS } from './controller-link.js
 import { runCopy } from './copy.js';
 import { runZero } from './zero.js';
 import { placeholderTable, vdiskDeviceFactory, type AgentDevice, type DeviceFactory } from './device-port.js';
+import { LazyVersions, SyncChannel, wireSyncSink, type SyncSink } from './durable-sync.js';
 import type { FaultSink } from './fault.js';
 import { FaultChannel, wireFaultSink } from './fault-channel.js';
 import { LuChannel } from './lu-channel.js';
@@ -80,6 +81,8 @@ export interface AgentOptions extends ClientOptions {
   /** CHAP for every target this agent serves and for discovery (agent-local, not from the controller). */
   iscsiAuth?: AgentIscsiAuth;
   softwareVersion?: string;
+  /** How long a lazily committed table version waits before it is asked about in the background (default BACKGROUND_ASK_MS, 100 ms; 0: never). */
+  backgroundSyncMs?: number;
 }
 
 /** One exported vdisk as the agent holds it. */
@@ -102,6 +105,8 @@ interface ServedVdisk {
   assembly: TableAssembly | null;
   /** The LU's reservation state: the controller's, as last installed; changes go to the controller. */
   gate: Reservations;
+  /** Versions that came lazy and are not confirmed durable (SYNCHRONIZE CACHE and FUA writes wait for them). */
+  lazy: LazyVersions;
 }
 
 export interface ExportStatus {
@@ -163,7 +168,10 @@ export class Agent {
   readonly faults: FaultChannel;
   /** LU state requests to the controller (PROUT, RESERVE, RELEASE, LU-scoped task management). */
   readonly lu: LuChannel;
+  /** Durability requests for lazily committed table versions (durable-sync.ts). */
+  readonly syncs: SyncChannel;
   readonly #sink: FaultSink;
+  readonly #syncSink: SyncSink;
   readonly containers: AgentContainers;
   readonly targets: AgentTargets;
   readonly #opts: AgentOptions;
@@ -201,6 +209,8 @@ export class Agent {
     this.faults = new FaultChannel(this.link);
     this.#sink = wireFaultSink(this.faults, () => this.#holdTimeoutMs);
     this.lu = new LuChannel(this.link, () => this.#holdTimeoutMs);
+    this.syncs = new SyncChannel(this.link);
+    this.#syncSink = wireSyncSink(this.syncs);
     this.link.on('welcome', (w) => {
       if (opts.holdTimeoutMs === undefined && w.holdTimeoutMs > 0) this.#holdTimeoutMs = w.holdTimeoutMs;
       // Before the ExportSet that follows: targets are made with this identity.
@@ -295,6 +305,7 @@ export class Agent {
     await this.link.close();
     this.faults.close();
     this.lu.close();
+    this.syncs.close();
     await this.targets.close();
     const held = [...this.#held.values()];
     this.#held.clear();
@@ -404,6 +415,7 @@ export class Agent {
       if (h !== undefined && h.exp.targetIqn !== '') continue;
       if (h === undefined) {
         let device: AgentDevice;
+        const lazy = new LazyVersions(e.vdiskId, { sink: this.#syncSink, name: e.vdiskName, backgroundAskMs: this.#opts.backgroundSyncMs });
         try {
           const table = placeholderTable({
             segmentCount: Math.ceil(e.size / e.segmentSize),
@@ -422,6 +434,7 @@ export class Agent {
             lease: this.link.lease,
             exporters: exportersOf(e),
             ownerId: e.ownPortGroup ?? 0,
+            lazyVersions: lazy,
           });
           // Fenced until the first TableFull: holds I/O, and lets that table install whatever its version.
           device.fence();
@@ -431,7 +444,7 @@ export class Agent {
         }
         const gate = new Reservations();
         gate.authority = this.lu.authority(e.vdiskId);
-        h = { exp: e, device, queue: Promise.resolve(), pending: 0, fenced: false, loaded: false, fences: 0, requested: false, removed: false, assembly: null, gate };
+        h = { exp: e, device, queue: Promise.resolve(), pending: 0, fenced: false, loaded: false, fences: 0, requested: false, removed: false, assembly: null, gate, lazy };
         this.#held.set(e.vdiskId, h);
       }
       h.exp = e;
@@ -477,6 +490,7 @@ export class Agent {
   }
 
   async #closeDevice(h: ServedVdisk): Promise<void> {
+    h.lazy.close();
     try {
       await h.device.close();
     } catch (err) {
@@ -569,6 +583,7 @@ export class Agent {
         return;
       }
       const fences = h.fences;
+      h.lazy.wholeTable(t.version, t.lazy === true, have);
       await h.device.installTable(table);
       if (this.#overtakenByFence(h, fences)) return;
       h.fenced = false;
@@ -600,6 +615,8 @@ export class Agent {
   #onTableDelta(d: TableDeltaMsg): void {
     const h = this.#heldFor(d.vdiskId, 'TableDelta');
     if (h === undefined) return;
+    // Before it is applied: no flush may complete under it without asking.
+    if (d.lazy === true) h.lazy.lazyDelta(d.toVersion);
     const delta: TableDelta = {
       fromVersion: d.fromVersion,
       toVersion: d.toVersion,
@@ -668,6 +685,7 @@ export class Agent {
   }
 
   #deltaApplied(h: ServedVdisk, d: TableDeltaMsg): void {
+    if (d.lazy !== true) h.lazy.durableDelta(d.toVersion);
     if (d.lu) this.#applyLuChange(h, d.lu);
     this.#ack(h, d.toVersion);
   }

@@ -25,6 +25,7 @@ import type {
   MalformedMessage,
   ReleaseReply,
   Rescan,
+  SyncReplyMsg,
   TableDeltaMsg,
   TableFull,
   TableVersion,
@@ -78,6 +79,8 @@ export interface LinkEvents {
   rescan: Rescan;
   /** Which of this agent's containers are shared (reached from more than one host). */
   containerSet: ContainerSet;
+  /** The answer to a durability request (src/agent/durable-sync.ts). */
+  syncReply: SyncReplyMsg;
 }
 
 export type LinkEventName = keyof LinkEvents;
@@ -102,6 +105,7 @@ const EVENT_OF_BODY: Readonly<Record<string, LinkEventName | undefined>> = {
   error: 'controllerError',
   rescan: 'rescan',
   containerSet: 'containerSet',
+  syncReply: 'syncReply',
 };
 
 /**

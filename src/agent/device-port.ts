@@ -5,6 +5,7 @@
 import type { BlockDevice } from '../blockdev/block-device.js';
 import type { ContainerResolver } from '../container/driver.js';
 import { MappingTable, SegmentState, type TableDelta } from '../table/index.js';
+import type { LazyVersions } from './durable-sync.js';
 import type { FaultSink, Lease } from './fault.js';
 import { VdiskDevice } from './vdisk-device.js';
 
@@ -42,6 +43,8 @@ export interface DeviceSpec {
   exporters?: number;
   /** This agent's number in the table's owners (Export.own_port_group). */
   ownerId?: number;
+  /** The vdisk's lazily committed versions, which SYNCHRONIZE CACHE and FUA writes wait to be durable. */
+  lazyVersions?: LazyVersions;
 }
 
 export type DeviceFactory = (spec: DeviceSpec) => AgentDevice;
@@ -57,6 +60,7 @@ export const vdiskDeviceFactory: DeviceFactory = (spec) =>
     lease: spec.lease,
     exporters: spec.exporters,
     ownerId: spec.ownerId,
+    lazyVersions: spec.lazyVersions,
   });
 
 /** A table where every segment is invalid: what an export serves before its first TableFull. */

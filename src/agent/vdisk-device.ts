@@ -32,6 +32,7 @@ import { VersionGapError, applyCheckedDelta, type TableDelta } from '../table/de
 import type { MappingTable } from '../table/mapping-table.js';
 import { IoOp, SegmentState, inhibits, ioOpName, segmentStateName } from '../table/segment-state.js';
 import { debugEnabled, log } from '../util/log.js';
+import type { LazyVersions, SyncOutcome } from './durable-sync.js';
 import { ReleaseLostError, VdiskIoError, type Fault, type FaultDecision, type FaultSink, type Lease, type ReleaseResult, type SenseCode } from './fault.js';
 import { SegmentGate, type SegmentRange } from './segment-gate.js';
 
@@ -66,6 +67,12 @@ export interface VdiskDeviceOptions {
   exporters?: number;
   /** This agent's number as the table's owners name it (Export.own_port_group, its agent number); 0: none. */
   ownerId?: number;
+  /**
+   * The vdisk's table versions that came lazy (thin allocations not yet
+   * durable at the controller): SYNCHRONIZE CACHE and FUA writes wait for
+   * them to be durable. None: every version counts as durable.
+   */
+  lazyVersions?: LazyVersions;
 }
 
 /** What a piece does to its blocks. Zero and Discard make them read as zeros. */
@@ -160,6 +167,7 @@ export class VdiskDevice implements BlockDevice {
   #ownerId: number;
   readonly #lease: Lease | undefined;
   readonly #unsubscribeLease: (() => void) | undefined;
+  readonly #lazy: LazyVersions | undefined;
 
   constructor(opts: VdiskDeviceOptions) {
     this.vdiskId = opts.vdiskId;
@@ -176,6 +184,7 @@ export class VdiskDevice implements BlockDevice {
     this.#lease = opts.lease;
     this.#exporters = opts.exporters ?? 1;
     this.#ownerId = opts.ownerId ?? 0;
+    this.#lazy = opts.lazyVersions;
     // Pieces held for the lease wait like those held for a table swap.
     this.#unsubscribeLease = opts.lease?.onRenewed(() => this.#broadcastSwap());
   }
@@ -228,6 +237,7 @@ export class VdiskDevice implements BlockDevice {
     const blocks = data.length / this.blockSize;
     this.#checkWritable(IoOp.Write, lba, blocks);
     if (blocks > 0) await this.#run(Mode.Write, IoOp.Write, lba, blocks, data, opts?.fua === true);
+    if (opts?.fua === true && this.#lazy !== undefined && this.#lazy.due(this.#table.version) !== 0) await this.#durable(IoOp.Write, lba, blocks);
   }
 
   /**
@@ -277,6 +287,44 @@ export class VdiskDevice implements BlockDevice {
       // Only containers that are away: retryable, the writes are still there to flush.
       const kind: BlockErrorKind = media ? 'write-error' : 'unreachable';
       throw new VdiskIoError(kind, `SYNCHRONIZE CACHE on ${this.#name()}: ${failed.join('; ')}`, undefined, this.vdiskId, -1);
+    }
+    if (this.#lazy !== undefined && this.#lazy.due(this.#table.version) !== 0) await this.#durable(null, 0, 0);
+  }
+
+  /**
+   * A SYNCHRONIZE CACHE or FUA write whose data is durable: the table it ran
+   * under may hold thin allocations the controller committed lazily (not yet
+   * durable against its power loss). Completes once the controller says they
+   * are (docs/architecture.md, "Durability of thin allocations"); concurrent
+   * callers share one request. Unanswered within the hold timeout: NOT READY
+   * (retryable, like a held fault). The controller lost the version: WRITE
+   * ERROR, the data written through it is gone.
+   */
+  async #durable(op: IoOp | null, lba: number, blocks: number): Promise<void> {
+    const lazy = this.#lazy as LazyVersions;
+    // Writes completed before this point ran under this version or an older one.
+    const installed = this.#table.version;
+    const deadline = Date.now() + this.holdTimeoutMs;
+    const what = op === null ? `SYNCHRONIZE CACHE on ${this.#name()}` : `${ioOpName(op).toUpperCase()} lba=${lba} len=${blocks} (FUA) on ${this.#name()}`;
+    const at = op === null ? undefined : lba;
+    for (let version = lazy.due(installed); version !== 0; version = lazy.due(installed)) {
+      const w = lazy.wait(version);
+      let r: SyncOutcome | typeof TIMEOUT;
+      try {
+        r = await this.#hold(this.#race(w.outcome, deadline));
+      } finally {
+        w.leave();
+      }
+      if (r === TIMEOUT) {
+        const why = this.#closed ? 'device closed' : `held ${this.holdTimeoutMs} ms`;
+        throw new VdiskIoError('not-ready', `${what}: ${why} waiting for table version ${version} to be durable at the controller`, at, this.vdiskId, -1);
+      }
+      if (r.kind === 'unanswered') {
+        throw new VdiskIoError('not-ready', `${what}: table version ${version} not known durable at the controller: ${r.reason}`, at, this.vdiskId, -1);
+      }
+      if (r.kind === 'lost') {
+        throw new VdiskIoError('write-error', `${what}: table version ${version} lost by the controller (${r.reason}): data written through its allocations is gone`, at, this.vdiskId, -1);
+      }
     }
   }
 
@@ -338,6 +386,7 @@ export class VdiskDevice implements BlockDevice {
     if (Math.floor((lba + blocks - 1) / this.#blocksPerSegment) === seg) {
       const caw: CawPiece = { verify, result: -1 };
       await this.#piece(Mode.Caw, IoOp.CompareAndWrite, seg, lba, blocks, data, 0, fua, caw);
+      if (fua && caw.result < 0 && this.#lazy !== undefined && this.#lazy.due(this.#table.version) !== 0) await this.#durable(IoOp.CompareAndWrite, lba, blocks);
       return caw.result;
     }
     const stored = readBuffer(data.length);
@@ -346,6 +395,7 @@ export class VdiskDevice implements BlockDevice {
       for (let i = 0; i < stored.length; i++) if (stored[i] !== verify[i]) return i;
     }
     await this.#run(Mode.Write, IoOp.CompareAndWrite, lba, blocks, data, fua);
+    if (fua && this.#lazy !== undefined && this.#lazy.due(this.#table.version) !== 0) await this.#durable(IoOp.CompareAndWrite, lba, blocks);
     return -1;
   }
 
