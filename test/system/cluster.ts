@@ -53,6 +53,10 @@ export interface ControllerOptions {
   ackTimeoutS?: number;
   /** Base deadline of copy and zero commands (--command-timeout). */
   commandTimeoutS?: number;
+  /** More flags for `tabula controller`. */
+  args?: readonly string[];
+  /** More environment (TABULA_* variables pass only this way). */
+  env?: Readonly<Record<string, string>>;
 }
 
 /** A controller and agents in one temp dir. */
@@ -92,7 +96,7 @@ export class Cluster {
    * its stdout matches `ready` (killed if it does not within a minute).
    * TABULA_SYSTEM_NODE_ARGS: node flags for the daemons (e.g. --cpu-prof), for profiling a bench or a test.
    */
-  startDaemon(label: string, args: readonly string[], ready: RegExp, lifetimeMs = 10 * 60_000): Promise<Daemon> {
+  startDaemon(label: string, args: readonly string[], ready: RegExp, lifetimeMs = 10 * 60_000, env: Readonly<Record<string, string>> = {}): Promise<Daemon> {
     const nodeArgs = (process.env.TABULA_SYSTEM_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
     return startDaemon(args, {
       label,
@@ -100,7 +104,7 @@ export class Cluster {
       logFile: join(this.dir, `${label}.${++this.#starts}.log`),
       ready,
       lifetimeMs,
-      env: { TABULA_LOG_LEVEL: 'info' },
+      env: { TABULA_LOG_LEVEL: 'info', ...env },
     });
   }
 
@@ -113,7 +117,8 @@ export class Cluster {
     if (o.holdTimeoutS !== undefined) args.push('--hold-timeout', String(o.holdTimeoutS));
     if (o.ackTimeoutS !== undefined) args.push('--ack-timeout', String(o.ackTimeoutS));
     if (o.commandTimeoutS !== undefined) args.push('--command-timeout', String(o.commandTimeoutS));
-    this.controller = await this.startDaemon('controller', args, /controller listening on \S+/, lifetimeMs);
+    args.push(...(o.args ?? []));
+    this.controller = await this.startDaemon('controller', args, /controller listening on \S+/, lifetimeMs, o.env);
     return this.controller;
   }
 
