@@ -585,6 +585,8 @@ export class Agent {
       const fences = h.fences;
       h.lazy.wholeTable(t.version, t.lazy === true, have);
       await h.device.installTable(table);
+      // Drained too: no write goes through the replaced table any more.
+      h.lazy.tableInstalled();
       if (this.#overtakenByFence(h, fences)) return;
       h.fenced = false;
       h.loaded = true;

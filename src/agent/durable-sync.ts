@@ -14,8 +14,14 @@
 //   table sent after the controller lost that version (power loss) does not
 //   vouch for it. Concurrent flushes asking for one version share one request.
 //   ok=false (the controller lost the version): the flushes fail, and go on
-//   failing while the table holding it is installed; the orphan of the
-//   reconciling whole table fails once more, then it is settled.
+//   failing while the table holding it is installed. The orphan of the
+//   reconciling whole table is settled only by the failure of a SYNCHRONIZE
+//   CACHE received once that table is installed and the I/O still in flight
+//   on the old one has drained: a write can land in the lost allocation up
+//   to then, and a flush received after it must say so. A flush received
+//   earlier fails too, but does not vouch for writes that came after it.
+//   A FUA write vouches for its own data only: one received after that point
+//   went through the new table and does not wait for the orphan.
 // - SyncChannel sends the requests over the controller link. Like a fault, a
 //   request is held while the controller is away and sent again on the next
 //   stream (same id); the device's hold timeout, not the channel, decides
@@ -70,8 +76,6 @@ interface Ask {
   readonly outcome: Promise<SyncOutcome>;
   readonly abort: AbortController;
   waiters: number;
-  /** Of the waiters, flushes (not the background ask): only they can be told of a loss. */
-  flushes: number;
   settled: boolean;
 }
 
@@ -101,6 +105,13 @@ export class LazyVersions {
   #confirmed = 0;
   /** A lazy version held when a whole table replaced the history, not yet answered for (0: none). */
   #orphan = 0;
+  /**
+   * Flush epochs: bumped when an orphan's reconciling table is installed and
+   * drained. A flush notes the epoch when it is received (`epoch`).
+   */
+  #epoch = 0;
+  /** The epoch from which a flush received may settle the orphan (0: its table is not installed yet). */
+  #orphanFrom = 0;
   /** The last version the controller said it lost (logged once). */
   #reportedLost = 0;
   /** Requests in flight by version (a new flush joins the one for its version). */
@@ -122,10 +133,17 @@ export class LazyVersions {
    * `installed` the device's table version; 0 when none. On the flush and
    * FUA path: field reads and comparisons only.
    */
-  due(installed: number): number {
-    if (this.#orphan !== 0) return this.#orphan;
+  due(installed: number, fuaSince = -1): number {
+    // A FUA write received after the orphan's table was installed and
+    // drained wrote through the new table only: the orphan is not its own.
+    if (this.#orphan !== 0 && (this.#orphanFrom === 0 || fuaSince < this.#orphanFrom)) return this.#orphan;
     const v = this.#lazy < installed ? this.#lazy : installed;
     return v > this.#confirmed ? v : 0;
+  }
+
+  /** The flush epoch now: a SYNCHRONIZE CACHE or FUA write notes it when received. */
+  get epoch(): number {
+    return this.#epoch;
   }
 
   /** Versions known durable (diagnostics and tests). */
@@ -158,6 +176,8 @@ export class LazyVersions {
   wholeTable(version: number, lazy: boolean, installed: number): void {
     const held = this.#lazy < installed ? this.#lazy : installed;
     if (held > this.#confirmed && held > this.#orphan) this.#orphan = held;
+    // Writes may go through the table being replaced until it is drained.
+    if (this.#orphan !== 0) this.#orphanFrom = 0;
     if (lazy) {
       if (version > this.#lazy) this.#lazy = version;
       if (this.#bgTimer === null && this.#bgWait === null) this.#background();
@@ -167,23 +187,43 @@ export class LazyVersions {
   }
 
   /**
+   * The whole table announced by `wholeTable` is installed and every I/O
+   * started under the table it replaced has completed: no write reaches an
+   * orphan's allocations any more, so a flush received from now on may
+   * settle it.
+   */
+  tableInstalled(): void {
+    if (this.#orphan !== 0 && this.#orphanFrom === 0) this.#orphanFrom = ++this.#epoch;
+  }
+
+  /**
    * Asks the controller to make `version` durable, or joins the request in
    * flight for it. The caller must `leave()` when it stops waiting; the
-   * request is given up once nobody waits.
+   * request is given up once nobody waits. `receivedAt`: the epoch when the
+   * SYNCHRONIZE CACHE was received (default now); a loss it is told of
+   * settles the orphan only if that is not before the orphan's table was
+   * installed. null: a FUA write, which vouches for its own data only and
+   * settles nothing.
    */
-  wait(version: number, background = false): SyncWait {
+  wait(version: number, background = false, receivedAt: number | null = this.#epoch): SyncWait {
     let ask = this.#asks.get(version);
     if (ask === undefined) ask = this.#ask(version);
     ask.waiters++;
-    if (!background) ask.flushes++;
     const a = ask;
     let left = false;
+    // Settled by the flush that is told of the loss (and reports it), not by
+    // the answer itself: a flush that gave up waiting tells no one.
+    const settles = !background && receivedAt !== null;
     return {
-      outcome: a.outcome,
+      outcome: settles
+        ? a.outcome.then((o) => {
+            if (o.kind === 'lost' && !left) this.#toldLost(a.version, receivedAt);
+            return o;
+          })
+        : a.outcome,
       leave: () => {
         if (left) return;
         left = true;
-        if (!background) a.flushes--;
         if (--a.waiters > 0 || a.settled) return;
         // Nobody waits any more (hold timeouts, device closed): forget it.
         a.settled = true;
@@ -201,6 +241,11 @@ export class LazyVersions {
     const w = this.#bgWait;
     this.#bgWait = null;
     w?.leave();
+  }
+
+  /** A SYNCHRONIZE CACHE received at epoch `receivedAt` reports the loss of `version`. */
+  #toldLost(version: number, receivedAt: number): void {
+    if (this.#orphan === version && this.#orphanFrom !== 0 && receivedAt >= this.#orphanFrom) this.#orphan = 0;
   }
 
   /** Arms the background ask of the newest lazy version (not of an orphan: its loss must reach a flush). */
@@ -230,7 +275,7 @@ export class LazyVersions {
       sink === undefined
         ? Promise.resolve(new Error('no controller to ask'))
         : sink.sync(this.vdiskId, version, abort.signal).catch((e: unknown) => (e instanceof Error ? e : new Error(String(e))));
-    const ask: Ask = { version, abort, waiters: 0, flushes: 0, settled: false, outcome: asked.then((r) => this.#answered(ask, r)) };
+    const ask: Ask = { version, abort, waiters: 0, settled: false, outcome: asked.then((r) => this.#answered(ask, r)) };
     this.#asks.set(version, ask);
     return ask;
   }
@@ -254,13 +299,10 @@ export class LazyVersions {
       if (this.#orphan === v) this.#orphan = 0;
       return DURABLE;
     }
-    // An orphan's loss is settled once told to the flushes waiting (its
-    // table is gone already), and not again; a background ask tells no one.
-    if (this.#orphan === v && ask.flushes > 0) this.#orphan = 0;
     // A version of the table still held stays unconfirmed: every flush
     // under it fails (writes keep going to the lost allocations) until the
-    // controller's reconciling whole table replaces it (then once more, as
-    // an orphan, for the writes made in between).
+    // controller's reconciling whole table replaces it (then as an orphan,
+    // until a flush received after the new table drained is told).
     const reason = r.reason || 'the controller no longer has it';
     if (v !== this.#reportedLost) {
       this.#reportedLost = v;

@@ -237,8 +237,13 @@ export class VdiskDevice implements BlockDevice {
     }
     const blocks = data.length / this.blockSize;
     this.#checkWritable(IoOp.Write, lba, blocks);
-    if (blocks > 0) await this.#run(Mode.Write, IoOp.Write, lba, blocks, data, opts?.fua === true);
-    if (opts?.fua === true && this.#lazy !== undefined && this.#lazy.due(this.#table.version) !== 0) await this.#durable(IoOp.Write, lba, blocks);
+    if (opts?.fua !== true) {
+      if (blocks > 0) await this.#run(Mode.Write, IoOp.Write, lba, blocks, data, false);
+      return;
+    }
+    const since = this.#lazy?.epoch ?? 0;
+    if (blocks > 0) await this.#run(Mode.Write, IoOp.Write, lba, blocks, data, true);
+    if (this.#lazy !== undefined && this.#lazy.due(this.#table.version, since) !== 0) await this.#durable(IoOp.Write, lba, blocks, since);
   }
 
   /**
@@ -325,6 +330,8 @@ export class VdiskDevice implements BlockDevice {
    * failed leg (#flushFailed).
    */
   async flush(): Promise<void> {
+    // What it vouches for: the writes completed before now (durable-sync.ts, orphans).
+    const received = this.#lazy?.epoch ?? 0;
     const drivers = new Set(this.#dirty);
     this.#dirty.clear();
     for (const id of this.#table.containers) {
@@ -367,7 +374,7 @@ export class VdiskDevice implements BlockDevice {
       const kind: BlockErrorKind = media ? 'write-error' : 'unreachable';
       throw new VdiskIoError(kind, `SYNCHRONIZE CACHE on ${this.#name()}: ${failed.join('; ')}`, undefined, this.vdiskId, -1);
     }
-    if (this.#lazy !== undefined && this.#lazy.due(this.#table.version) !== 0) await this.#durable(null, 0, 0);
+    if (this.#lazy !== undefined && this.#lazy.due(this.#table.version) !== 0) await this.#durable(null, 0, 0, received);
   }
 
   /**
@@ -377,17 +384,19 @@ export class VdiskDevice implements BlockDevice {
    * are (docs/architecture.md, "Durability of thin allocations"); concurrent
    * callers share one request. Unanswered within the hold timeout: NOT READY
    * (retryable, like a held fault). The controller lost the version: WRITE
-   * ERROR, the data written through it is gone.
+   * ERROR, the data written through it is gone. `received`: the flush epoch
+   * (LazyVersions.epoch) when the SYNCHRONIZE CACHE or FUA write came.
    */
-  async #durable(op: IoOp | null, lba: number, blocks: number): Promise<void> {
+  async #durable(op: IoOp | null, lba: number, blocks: number, received: number): Promise<void> {
     const lazy = this.#lazy as LazyVersions;
     // Writes completed before this point ran under this version or an older one.
     const installed = this.#table.version;
     const deadline = Date.now() + this.holdTimeoutMs;
     const what = op === null ? `SYNCHRONIZE CACHE on ${this.#name()}` : `${ioOpName(op).toUpperCase()} lba=${lba} len=${blocks} (FUA) on ${this.#name()}`;
     const at = op === null ? undefined : lba;
-    for (let version = lazy.due(installed); version !== 0; version = lazy.due(installed)) {
-      const w = lazy.wait(version);
+    const fuaSince = op === null ? -1 : received;
+    for (let version = lazy.due(installed, fuaSince); version !== 0; version = lazy.due(installed, fuaSince)) {
+      const w = lazy.wait(version, false, op === null ? received : null);
       let r: SyncOutcome | typeof TIMEOUT;
       try {
         r = await this.#hold(this.#race(w.outcome, deadline));
@@ -461,11 +470,12 @@ export class VdiskDevice implements BlockDevice {
     this.#checkWritable(IoOp.CompareAndWrite, lba, blocks);
     if (blocks === 0) return -1;
     const fua = opts?.fua === true;
+    const since = fua ? (this.#lazy?.epoch ?? 0) : 0;
     const seg = Math.floor(lba / this.#blocksPerSegment);
     if (Math.floor((lba + blocks - 1) / this.#blocksPerSegment) === seg) {
       const caw: CawPiece = { verify, result: -1 };
       await this.#piece(Mode.Caw, IoOp.CompareAndWrite, seg, lba, blocks, data, 0, fua, caw);
-      if (fua && caw.result < 0 && this.#lazy !== undefined && this.#lazy.due(this.#table.version) !== 0) await this.#durable(IoOp.CompareAndWrite, lba, blocks);
+      if (fua && caw.result < 0 && this.#lazy !== undefined && this.#lazy.due(this.#table.version, since) !== 0) await this.#durable(IoOp.CompareAndWrite, lba, blocks, since);
       return caw.result;
     }
     const stored = readBuffer(data.length);
@@ -474,7 +484,7 @@ export class VdiskDevice implements BlockDevice {
       for (let i = 0; i < stored.length; i++) if (stored[i] !== verify[i]) return i;
     }
     await this.#run(Mode.Write, IoOp.CompareAndWrite, lba, blocks, data, fua);
-    if (fua && this.#lazy !== undefined && this.#lazy.due(this.#table.version) !== 0) await this.#durable(IoOp.CompareAndWrite, lba, blocks);
+    if (fua && this.#lazy !== undefined && this.#lazy.due(this.#table.version, since) !== 0) await this.#durable(IoOp.CompareAndWrite, lba, blocks, since);
     return -1;
   }
 

@@ -122,6 +122,7 @@ describe('agent: lazy table versions (LazyVersions)', () => {
     lv.lazyDelta(2);
     // E.g. the controller lost version 2 (power loss) and reconciled with version 3.
     lv.wholeTable(3, false, 2);
+    lv.tableInstalled();
     expect(lv.due(3)).to.equal(2);
     const w = lv.wait(2);
     expect(sink.asked.map((a) => a.version)).to.deep.equal([2]);
@@ -137,6 +138,7 @@ describe('agent: lazy table versions (LazyVersions)', () => {
     lv.wholeTable(1, false, 0);
     lv.lazyDelta(2);
     lv.wholeTable(3, true, 2);
+    lv.tableInstalled();
     lv.lazyDelta(4);
     const newer = lv.wait(4, true);
     sink.asked[0]!.answer({ ok: true });
@@ -358,6 +360,7 @@ describe('agent: VdiskDevice flush and FUA writes wait for lazy versions to be d
     const t3 = table(3);
     lazy.wholeTable(3, false, dev.version);
     await dev.installTable(t3);
+    lazy.tableInstalled();
     const orphan = rejects(dev.flush());
     await until(() => sync.asked.length === 3, 'the orphan request');
     expect(sync.asked[2]!.version).to.equal(2);
@@ -365,6 +368,75 @@ describe('agent: VdiskDevice flush and FUA writes wait for lazy versions to be d
     expect(isSense(await orphan, 0x03, 0x0c, 0x00)).to.equal(true);
     await dev.flush();
     expect(sync.asked).to.have.length(3);
+  });
+
+  // The crash tests' contract violation B (test/system/thin-durability.test.ts, test 4): a write
+  // that landed in the lost allocation after the held SYNCHRONIZE CACHE was received must make a
+  // later one fail; that the held one failed does not vouch for it.
+  it('a write through the lost version after a held SYNCHRONIZE CACHE makes the next one fail too', async () => {
+    const link = new FakeLink();
+    const channel = new SyncChannel(link);
+    lazy = new LazyVersions(VDISK, { sink: wireSyncSink(channel), name: 'thin0', backgroundAskMs: 0 });
+    lazy.wholeTable(1, false, 0);
+    dev = new VdiskDevice({ vdiskId: VDISK, table: table(1), containers: fx.resolver, faults: new FakeSink(), holdTimeoutMs: 10_000, lazyVersions: lazy });
+    // (1) A write to a new segment: allocated by lazy version 2, GOOD.
+    await lazyAllocation();
+    await dev.write(2 * BPS, pattern(1, 20));
+    // (2) The controller is killed; a SYNCHRONIZE CACHE is held.
+    link.up = false;
+    const held = rejects(dev.flush());
+    await until(() => dev.heldCount === 1, 'the flush held');
+    // (3) Another write to the same segment, through version 2: GOOD.
+    await dev.write(2 * BPS + 1, pattern(1, 21));
+    // (4) Power loss: the controller restarts without version 2 and reconciles with a whole
+    // durable table at version 3 (segment 2 zero), as the agent installs it; then it refuses version 2.
+    link.welcome();
+    const [req] = link.requests();
+    expect(req).to.include({ vdiskId: VDISK, version: 2 });
+    lazy.wholeTable(3, false, dev.version);
+    await dev.installTable(table(3));
+    lazy.tableInstalled();
+    link.emit('syncReply', { requestId: req!.requestId, ok: false, durableVersion: 3, reason: 'version 2 lost' });
+    const e1 = await held;
+    expect(isSense(e1, 0x03, 0x0c, 0x00), e1.message).to.equal(true);
+    // (5) The next SYNCHRONIZE CACHE was received after the write of (3): it must not complete GOOD.
+    const next = rejects(dev.flush());
+    await until(() => link.requests().length === 2, 'the orphan asked about again');
+    const req2 = link.requests()[1]!;
+    expect(req2).to.include({ vdiskId: VDISK, version: 2 });
+    link.emit('syncReply', { requestId: req2.requestId, ok: false, durableVersion: 3, reason: 'version 2 lost' });
+    const e2 = await next;
+    expect(isSense(e2, 0x03, 0x0c, 0x00), e2.message).to.equal(true);
+    // Told to a flush received after the new table drained: settled, the next one completes at once.
+    await dev.flush();
+    expect(link.requests()).to.have.length(2);
+    expect(channel.held).to.equal(0);
+  });
+
+  it('the orphan is settled only by a SYNCHRONIZE CACHE received once its table is drained; a FUA write received then does not wait for it', async () => {
+    make();
+    await lazyAllocation();
+    await dev.write(2 * BPS, pattern(1, 22));
+    // The reconciling table is announced; a flush and a FUA write received before it is installed.
+    lazy.wholeTable(3, false, dev.version);
+    const early = rejects(dev.flush());
+    const earlyFua = rejects(dev.write(0, pattern(1, 23), { fua: true }));
+    await until(() => dev.heldCount === 2, 'both held');
+    await dev.installTable(table(3));
+    lazy.tableInstalled();
+    sync.asked[0]!.answer({ ok: false, durableVersion: 3, reason: 'version 2 lost' });
+    for (const e of [await early, await earlyFua]) expect(isSense(e, 0x03, 0x0c, 0x00), e.message).to.equal(true);
+    expect(lazy.due(3), 'told only to flushes received before the table drained').to.equal(2);
+    // A FUA write received now went through version 3 only.
+    await dev.write(0, pattern(1, 24), { fua: true });
+    expect(sync.asked).to.have.length(1);
+    const late = rejects(dev.flush());
+    await until(() => sync.asked.length === 2, 'the orphan asked about again');
+    sync.asked[1]!.answer({ ok: false, durableVersion: 3, reason: 'version 2 lost' });
+    expect(isSense(await late, 0x03, 0x0c, 0x00)).to.equal(true);
+    expect(lazy.due(3)).to.equal(0);
+    await dev.flush();
+    expect(sync.asked).to.have.length(2);
   });
 
   it('many concurrent flushes and FUA writes share one request', async () => {
