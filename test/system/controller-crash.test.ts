@@ -34,6 +34,18 @@ describe('system: the controller is SIGKILLed and restarted', function () {
 
     const [sa, sb] = await Promise.all([LunSession.open(c.agent('a').portal, iqnOf(VDISK)), LunSession.open(c.agent('b').portal, iqnOf(VDISK))]);
     try {
+      // Thin allocations commit lazily (docs/architecture.md, "Durability of
+      // thin allocations"): an agent completes a FUA write or a flush only
+      // once it knows the table version it holds is durable, and b learns it
+      // for a's allocations by asking. Let it have asked (its ack of the
+      // latest version, then a flush), so that what follows tests serving
+      // without the controller, not the moment right after an allocation.
+      const latest = (await table(c, VDISK)).version;
+      await waitFor('agent b acking the latest table version', 30_000, async () => {
+        const ex = (await c.admin.call('ListExports', { vdisk: VDISK, agent: 'b' })).exports as { ackedVersion: number }[];
+        return ex.some((e) => e.ackedVersion >= latest) ? true : undefined;
+      });
+      expect(describeIo(await sb.sync(30_000))).to.equal('GOOD');
       await c.killController();
 
       // Allocated segments: reads and writes go on through both agents.
