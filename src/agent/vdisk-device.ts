@@ -311,13 +311,7 @@ export class VdiskDevice implements BlockDevice {
     const action = inhibits(state, op);
     if (action === 'zero-read') return null;
     if (action !== 'proceed' || (t.maxLegs !== 1 && t.legCountOf(seg) >= 2)) return undefined;
-    const slot = t.slotOf(seg);
-    let driver = this.#drivers[slot];
-    if (driver === undefined) {
-      driver = this.#containers.get(t.containers[slot] as string);
-      this.#drivers[slot] = driver;
-    }
-    return driver;
+    return this.#legDriver(t, t.slotOf(seg));
   }
 
   #offsetOf(t: MappingTable, seg: number, lba: number): number {

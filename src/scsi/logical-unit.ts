@@ -267,8 +267,7 @@ export class LogicalUnit implements LogicalUnitApi {
     try {
       return await ctx.spec.handler(ctx);
     } finally {
-      this.active--;
-      if (this.active === 0 && this.exclusiveWaiters.length > 0) this.pump();
+      this.sharedDone();
     }
   }
 
